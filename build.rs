@@ -1,0 +1,11 @@
+//! Generates the gRPC code from proto/ into OUT_DIR with a vendored protoc, so
+//! a fresh machine needs no system protobuf compiler.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_protos(&["proto/drover/v1/drover.proto"], &["proto"])?;
+    Ok(())
+}

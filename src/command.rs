@@ -1,0 +1,132 @@
+//! Commands are the only way state changes: each is one raft log entry,
+//! applied in log order by the [`crate::machine`] on every node. Outcomes are
+//! what apply returns to the request that proposed the command.
+//!
+//! Variants carry batches (many completions, many heartbeats) so a busy worker
+//! costs one log entry per round, not one per job.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::job::{Job, JobId, JobState, NewJob, Progress};
+
+/// One raft log entry's payload. `at_ms` is stamped by the leader when it
+/// proposes; the machine never reads a clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    Enqueue {
+        jobs: Vec<NewJob>,
+    },
+    /// Lease up to `max` ready jobs from `queues` to `worker`.
+    Lease {
+        worker: String,
+        queues: Vec<String>,
+        max: u32,
+    },
+    Heartbeat {
+        worker: String,
+        leases: Vec<LeaseBeat>,
+    },
+    Complete {
+        worker: String,
+        items: Vec<Completion>,
+    },
+    Fail {
+        worker: String,
+        items: Vec<Failure>,
+    },
+    Cancel {
+        id: JobId,
+    },
+    /// Proposed by the leader when something is due: expires leases not
+    /// extended in time and makes delayed jobs ready.
+    Tick,
+}
+
+impl Command {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Enqueue { .. } => "enqueue",
+            Command::Lease { .. } => "lease",
+            Command::Heartbeat { .. } => "heartbeat",
+            Command::Complete { .. } => "complete",
+            Command::Fail { .. } => "fail",
+            Command::Cancel { .. } => "cancel",
+            Command::Tick => "tick",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseBeat {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub progress: Option<Progress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub result: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub error_class: String,
+    pub message: String,
+}
+
+/// The id a new job got, or the id of the job its idempotency key already named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: JobId,
+    pub duplicate: bool,
+}
+
+/// Why the machine refused a message about one job. Refusals change nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("job {0} does not exist")]
+    UnknownJob(JobId),
+    #[error("stale lease on job {job_id}: attempt {attempt} is not the current lease (job is {state}, current attempt {current})")]
+    StaleLease {
+        job_id: JobId,
+        attempt: u32,
+        current: u32,
+        state: JobState,
+    },
+    #[error("job {job_id} is already {state}")]
+    Finished { job_id: JobId, state: JobState },
+    #[error("log entry at index {index} could not be decoded: {reason}")]
+    Undecodable { index: u64, reason: String },
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Enqueued(Vec<Enqueued>),
+    /// The jobs leased, with their new lease. Payloads are read from the store
+    /// by the caller, so followers do not copy them.
+    Leased(Vec<Job>),
+    /// One result per item of a heartbeat, complete or fail, in order.
+    Acks(Vec<Result<(), Refusal>>),
+    /// The state the job was in when it was cancelled.
+    Cancelled(Result<JobState, Refusal>),
+    Ticked {
+        expired: u32,
+        promoted: u32,
+    },
+    /// Raft's own entries (empty entries of a new leader, conf changes).
+    Noop,
+    Rejected(Refusal),
+}

@@ -1,0 +1,283 @@
+//! The node's one config file: a typed struct read from TOML, every key with
+//! its default next to it, validated once at start. `config/drover.toml`
+//! documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::JobLimits;
+use crate::machine::MachineConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's raft id; unique in the cluster, never 0.
+    pub node_id: u64,
+    /// Where the sled database lives. Created on first start.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (producers, workers). Port 0 picks a free port.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (admin API, /metrics, /health, /ready).
+    pub http_addr: SocketAddr,
+    pub limits: Limits,
+    pub jobs: Jobs,
+    pub raft: Raft,
+    pub storage: Storage,
+    pub log: Log,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            data_dir: PathBuf::from("./drover-data"),
+            grpc_addr: "127.0.0.1:7070".parse().expect("literal address"),
+            http_addr: "127.0.0.1:7080".parse().expect("literal address"),
+            limits: Limits::default(),
+            jobs: Jobs::default(),
+            raft: Raft::default(),
+            storage: Storage::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Most jobs in one enqueue request.
+    pub max_jobs_per_request: usize,
+    /// Most jobs a worker may hold at once (its registered capacity).
+    pub max_worker_capacity: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 1024 * 1024,
+            max_jobs_per_request: 10_000,
+            max_worker_capacity: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Jobs {
+    /// A lease not extended by a heartbeat within this time expires and the
+    /// job goes back to ready.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// Retries after the first attempt before a failing job is dead-lettered.
+    pub max_retries: u32,
+    /// First retry delay; doubles each retry up to `retry_max_delay`.
+    #[serde(with = "humantime_serde")]
+    pub retry_base_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs {
+            heartbeat_timeout: Duration::from_secs(30),
+            max_retries: 3,
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Raft {
+    /// One raft tick.
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+    /// Ticks without a leader's word before a follower campaigns.
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Applied entries kept in the log behind the applied index before older
+    /// ones are compacted away.
+    pub log_keep_entries: u64,
+}
+
+impl Default for Raft {
+    fn default() -> Self {
+        Raft {
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            log_keep_entries: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// sled's page cache, in bytes. The main lever on a node's memory.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            cache_capacity_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `json` (one JSON object a line) or `text`.
+    pub format: String,
+    /// A tracing filter such as `info` or `drover=debug,info`.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file. Unknown keys are errors so a typo is
+    /// not silently ignored.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges and relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "must be 1 or more"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        if self.limits.max_payload_bytes == 0 || self.limits.max_payload_bytes > 64 * 1024 * 1024 {
+            return Err(invalid("limits.max_payload_bytes", "must be 1 to 67108864 (64 MiB)"));
+        }
+        if self.limits.max_jobs_per_request == 0 {
+            return Err(invalid("limits.max_jobs_per_request", "must be 1 or more"));
+        }
+        if self.limits.max_worker_capacity == 0 {
+            return Err(invalid("limits.max_worker_capacity", "must be 1 or more"));
+        }
+        if self.jobs.heartbeat_timeout < Duration::from_millis(100) {
+            return Err(invalid("jobs.heartbeat_timeout", "must be at least 100ms"));
+        }
+        if self.jobs.retry_max_delay < self.jobs.retry_base_delay {
+            return Err(invalid("jobs.retry_max_delay", "must not be less than jobs.retry_base_delay"));
+        }
+        if self.raft.tick_interval.is_zero() {
+            return Err(invalid("raft.tick_interval", "must be more than 0"));
+        }
+        if self.raft.heartbeat_ticks == 0 || self.raft.election_ticks <= self.raft.heartbeat_ticks {
+            return Err(invalid(
+                "raft.election_ticks",
+                "must be more than raft.heartbeat_ticks, which must be 1 or more",
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "json" | "text") {
+            return Err(invalid("log.format", format!("{:?} is not `json` or `text`", self.log.format)));
+        }
+        Ok(())
+    }
+
+    pub fn job_limits(&self) -> JobLimits {
+        JobLimits {
+            max_payload_bytes: self.limits.max_payload_bytes,
+        }
+    }
+
+    /// The part of the config the state machine reads. It must be the same on
+    /// every node of a cluster, since apply must be deterministic.
+    pub fn machine(&self) -> MachineConfig {
+        MachineConfig {
+            heartbeat_timeout_ms: self.jobs.heartbeat_timeout.as_millis() as u64,
+            max_retries: self.jobs.max_retries,
+            retry_base_delay_ms: self.jobs.retry_base_delay.as_millis() as u64,
+            retry_max_delay_ms: self.jobs.retry_max_delay.as_millis() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../config/drover.toml");
+        let parsed = Config::from_toml(text).unwrap();
+        parsed.validate().unwrap();
+        assert_eq!(
+            toml::to_string(&parsed).unwrap(),
+            toml::to_string(&Config::default()).unwrap(),
+            "config/drover.toml must document the defaults"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = Config::from_toml("nod_id = 3").unwrap_err().to_string();
+        assert!(err.contains("nod_id"), "{err}");
+        let err = Config::from_toml("[jobs]\nheartbeat_timeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("heartbeat_timeout"), "{err}");
+        let c = Config::from_toml("node_id = 0").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("node_id"));
+    }
+}

@@ -1,0 +1,447 @@
+//! The raft driver: one task, on its own thread, owns the `RawNode` and the
+//! state machine. Everything else talks to it through [`DriverHandle`].
+//!
+//! Each turn of its loop drains every proposal waiting in the channel into
+//! raft, then handles one `Ready` in the order raft-rs asks: send messages,
+//! apply committed entries, persist new entries and hard state (one sled
+//! batch, one flush), send persisted messages, advance, apply what the light
+//! ready committed. That is group commit: proposals that arrive while a flush
+//! runs share the next one.
+//!
+//! Waiting proposals are keyed by (index, term). An entry applied at that
+//! index with another term means a new leader replaced ours: its proposer is
+//! told so explicitly and never handed someone else's outcome.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
+use raft::{RawNode, StateRole};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::command::{Command, LogEntry, Outcome, Refusal};
+use crate::config::Config;
+use crate::error::Error;
+use crate::machine::{JobReader, Machine, MachineError, MachineStats};
+use crate::store::{RaftStore, StoreError};
+
+/// Most proposals folded into one Ready; bounds the size of one flush.
+const MAX_PROPOSALS_PER_READY: usize = 4096;
+
+/// A command waiting to be committed and applied.
+pub struct Proposal {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<Outcome, Error>>,
+}
+
+/// What the node knows of its raft group, published after every Ready.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub role: String,
+    pub term: u64,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+}
+
+/// A failure the driver cannot recover from: raft's or the machine's storage
+/// is broken. The node stops rather than run on half-written state.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("raft storage failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("state machine failed: {0}")]
+    Machine(#[from] MachineError),
+    #[error("raft failed: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("cannot start the raft driver thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The rest of the node's way to the driver.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: mpsc::Sender<Proposal>,
+    status: watch::Receiver<NodeStatus>,
+    stats: watch::Receiver<Arc<MachineStats>>,
+    reader: JobReader,
+    retry_after_ms: u64,
+}
+
+impl DriverHandle {
+    /// Proposes a command and waits until it is applied.
+    pub async fn propose(&self, command: Command) -> Result<Outcome, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Proposal { command, reply })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn status_watch(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    pub fn stats(&self) -> Arc<MachineStats> {
+        self.stats.borrow().clone()
+    }
+
+    /// Changes whenever an applied range changed the machine.
+    pub fn stats_watch(&self) -> watch::Receiver<Arc<MachineStats>> {
+        self.stats.clone()
+    }
+
+    pub fn reader(&self) -> &JobReader {
+        &self.reader
+    }
+
+    pub fn retry_after_ms(&self) -> u64 {
+        self.retry_after_ms
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Forwards raft-rs's slog records to tracing, so one log stream shows both.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg())
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::info!(target: "raft", "{}", record.msg()),
+            _ => tracing::debug!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}
+
+struct Pending {
+    term: u64,
+    reply: Option<oneshot::Sender<Result<Outcome, Error>>>,
+}
+
+struct Driver {
+    raw: RawNode<RaftStore>,
+    machine: Machine,
+    rx: mpsc::Receiver<Proposal>,
+    pending: HashMap<u64, Pending>,
+    status_tx: watch::Sender<NodeStatus>,
+    stats_tx: watch::Sender<Arc<MachineStats>>,
+    shutdown: watch::Receiver<bool>,
+    tick_interval: Duration,
+    log_keep: u64,
+    /// Index of a Tick proposed and not yet applied; one at a time.
+    tick_in_flight: Option<u64>,
+    node_id: u64,
+}
+
+/// Opens raft and the machine on `db`, bootstraps a new cluster if the store
+/// is empty, and starts the driver thread. The returned receiver yields once
+/// the driver has stopped, with its error if it failed.
+pub fn start(
+    cfg: &Config,
+    db: &sled::Db,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(DriverHandle, oneshot::Receiver<Result<(), DriverError>>), Error> {
+    let mut store = RaftStore::open(db)?;
+    if store.is_new() {
+        store.bootstrap(vec![cfg.node_id])?;
+        tracing::info!(event = "cluster_bootstrapped", node_id = cfg.node_id, "bootstrapped a new one-voter cluster");
+    }
+    let machine = Machine::open(db.open_tree("machine").map_err(StoreError::from)?, cfg.machine())?;
+    let meta = machine.meta();
+    // The machine only ever applies committed entries, so its applied index
+    // is committed even if the hard state's commit did not reach the disk.
+    if store.hard_state().commit < meta.applied_index {
+        store.set_commit(meta.applied_index)?;
+    }
+    let raft_cfg = raft::Config {
+        id: cfg.node_id,
+        election_tick: cfg.raft.election_ticks,
+        heartbeat_tick: cfg.raft.heartbeat_ticks,
+        applied: meta.applied_index,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    };
+    raft_cfg.validate().map_err(|e| {
+        Error::Config(crate::config::ConfigError::Invalid {
+            key: "raft",
+            reason: e.to_string(),
+        })
+    })?;
+    let logger = slog::Logger::root(TracingDrain, slog::o!());
+    let mut raw = RawNode::new(&raft_cfg, store, &logger)
+        .map_err(|e| Error::Store(StoreError::Corrupt { key: "raft".into(), reason: e.to_string() }))?;
+    let single_voter = raw.raft.prs().conf().voters().ids().len() == 1;
+    if single_voter {
+        // Nobody to wait for: become leader now instead of after an election timeout.
+        let _ = raw.campaign();
+    }
+
+    let (tx, rx) = mpsc::channel(MAX_PROPOSALS_PER_READY * 4);
+    let (status_tx, status) = watch::channel(NodeStatus::default());
+    let (stats_tx, stats) = watch::channel(Arc::new(machine.stats()));
+    let handle = DriverHandle {
+        tx,
+        status,
+        stats,
+        reader: machine.reader(),
+        retry_after_ms: (cfg.raft.tick_interval * cfg.raft.election_ticks as u32).as_millis() as u64,
+    };
+    let driver = Driver {
+        raw,
+        machine,
+        rx,
+        pending: HashMap::new(),
+        status_tx,
+        stats_tx,
+        shutdown,
+        tick_interval: cfg.raft.tick_interval,
+        log_keep: cfg.raft.log_keep_entries,
+        tick_in_flight: None,
+        node_id: cfg.node_id,
+    };
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("raft-driver".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(driver.run()),
+                Err(e) => Err(DriverError::Thread(e)),
+            };
+            if let Err(e) = &result {
+                tracing::error!(event = "raft_driver_failed", error = %e, "raft driver stopped");
+            }
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| Error::Store(StoreError::Corrupt { key: "thread".into(), reason: e.to_string() }))?;
+    Ok((handle, done))
+}
+
+impl Driver {
+    async fn run(mut self) -> Result<(), DriverError> {
+        let mut ticker = tokio::time::interval(self.tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.handle_ready()?;
+        self.publish_status();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.propose_tick_if_due();
+                }
+                p = self.rx.recv() => {
+                    let Some(p) = p else { break };
+                    self.propose(p.command, Some(p.reply));
+                    for _ in 1..MAX_PROPOSALS_PER_READY {
+                        match self.rx.try_recv() {
+                            Ok(p) => self.propose(p.command, Some(p.reply)),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.handle_ready()?;
+            self.publish_status();
+        }
+        for (_, p) in self.pending.drain() {
+            if let Some(reply) = p.reply {
+                let _ = reply.send(Err(Error::ShuttingDown));
+            }
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self, command: Command, reply: Option<oneshot::Sender<Result<Outcome, Error>>>) {
+        let entry = LogEntry {
+            at_ms: now_ms(),
+            command,
+        };
+        let data = bincode::serde::encode_to_vec(&entry, bincode::config::standard())
+            .expect("bincode encoding of in-memory values cannot fail");
+        match self.raw.propose(vec![], data) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                let term = self.raw.raft.term;
+                self.pending.insert(index, Pending { term, reply });
+                if matches!(entry.command, Command::Tick) {
+                    self.tick_in_flight = Some(index);
+                }
+            }
+            Err(_) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(Error::NoLeader {
+                        retry_after_ms: self.tick_interval.as_millis() as u64 * 5,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// The leader proposes a Tick when a lease or a delayed job is due, so an
+    /// idle cluster writes nothing to its log.
+    fn propose_tick_if_due(&mut self) {
+        if self.raw.raft.state != StateRole::Leader || self.tick_in_flight.is_some() {
+            return;
+        }
+        if self.machine.next_due_ms().is_some_and(|due| due <= now_ms()) {
+            self.propose(Command::Tick, None);
+        }
+    }
+
+    fn handle_ready(&mut self) -> Result<(), DriverError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        // Messages to peers: a one-voter cluster has none; peers come with
+        // the cluster issue's transport.
+        drop(rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            return Err(DriverError::Raft(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            )));
+        }
+        let committed = rd.take_committed_entries();
+        self.apply(committed)?;
+        let entries = rd.take_entries();
+        let hs = rd.hs().cloned();
+        if !entries.is_empty() || hs.is_some() {
+            self.raw.mut_store().persist(&entries, hs.as_ref())?;
+        }
+        drop(rd.take_persisted_messages());
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        drop(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), DriverError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut replies = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (index, term) = (entry.index, entry.term);
+            let outcome = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.machine.apply_noop(index, term);
+                    Outcome::Noop
+                }
+                EntryType::EntryNormal => {
+                    match bincode::serde::decode_from_slice::<LogEntry, _>(&entry.data, bincode::config::standard()) {
+                        Ok((log_entry, _)) => self.machine.apply(index, term, &log_entry)?,
+                        Err(e) => {
+                            // Every node decodes the same bytes the same way,
+                            // so skipping keeps them equal.
+                            tracing::error!(event = "entry_undecodable", index, error = %e, "skipping a log entry that does not decode");
+                            self.machine.apply_noop(index, term);
+                            Outcome::Rejected(Refusal::Undecodable { index, reason: e.to_string() })
+                        }
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry)?;
+                    self.machine.apply_noop(index, term);
+                    Outcome::Noop
+                }
+            };
+            if self.tick_in_flight.is_some_and(|i| i <= index) {
+                self.tick_in_flight = None;
+            }
+            replies.push((index, term, outcome));
+        }
+        self.machine.commit()?;
+        for (index, term, outcome) in replies {
+            if let Some(p) = self.pending.remove(&index) {
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(if p.term == term { Ok(outcome) } else { Err(Error::Superseded) });
+                }
+            }
+        }
+        self.stats_tx.send_replace(Arc::new(self.machine.stats()));
+        self.compact_log()?;
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), DriverError> {
+        use protobuf::Message as _;
+        let cs = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            let cc = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| StoreError::Corrupt {
+                key: format!("raft/e/{}", entry.index),
+                reason: e.to_string(),
+            })?;
+            self.raw.apply_conf_change(&cc)?
+        } else {
+            let cc = ConfChange::parse_from_bytes(&entry.data).map_err(|e| StoreError::Corrupt {
+                key: format!("raft/e/{}", entry.index),
+                reason: e.to_string(),
+            })?;
+            self.raw.apply_conf_change(&cc)?
+        };
+        self.raw.mut_store().set_conf_state(cs)?;
+        Ok(())
+    }
+
+    /// Keeps the log from growing without bound: everything applied more than
+    /// `log_keep` entries ago is dropped, in steps of `log_keep`.
+    fn compact_log(&mut self) -> Result<(), DriverError> {
+        let applied = self.machine.meta().applied_index;
+        let store = self.raw.mut_store();
+        if applied > store.compacted_index() + 2 * self.log_keep {
+            store.compact(applied - self.log_keep)?;
+        }
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let raft = &self.raw.raft;
+        let status = NodeStatus {
+            node_id: self.node_id,
+            role: format!("{:?}", raft.state).to_lowercase(),
+            term: raft.term,
+            leader_id: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.machine.meta().applied_index,
+            last_index: raft.raft_log.last_index(),
+        };
+        self.status_tx.send_if_modified(|s| {
+            if *s != status {
+                *s = status;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

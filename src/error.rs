@@ -1,0 +1,85 @@
+//! The library's error type. Every error a request can meet ends here, and
+//! here alone decides its gRPC code and HTTP status, so the two APIs always
+//! agree on what a failure means.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::command::Refusal;
+use crate::config::ConfigError;
+use crate::job::{InvalidJob, JobId};
+use crate::machine::MachineError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid argument: {0}")]
+    InvalidJob(#[from] InvalidJob),
+    #[error("invalid argument `{field}`: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    #[error("no leader is known right now (election in progress?); retry in about {retry_after_ms} ms")]
+    NoLeader { retry_after_ms: u64 },
+    #[error("the request's log entry was replaced by a new leader before it committed, so it did not take effect; retry it")]
+    Superseded,
+    #[error("the node is shutting down; retry on another node")]
+    ShuttingDown,
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Machine(#[from] MachineError),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Error::InvalidJob(_) | Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::JobNotFound(_) => Code::NotFound,
+            Error::Refused(Refusal::UnknownJob(_)) => Code::NotFound,
+            Error::Refused(_) => Code::FailedPrecondition,
+            Error::NoLeader { .. } | Error::Superseded | Error::ShuttingDown => Code::Unavailable,
+            Error::Config(_) | Error::Store(_) | Error::Machine(_) => Code::Internal,
+        }
+    }
+
+    fn http_status(&self) -> StatusCode {
+        match self.grpc_code() {
+            tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            tonic::Code::NotFound => StatusCode::NOT_FOUND,
+            tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> tonic::Status {
+        tonic::Status::new(e.grpc_code(), e.to_string())
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.http_status();
+        let body = serde_json::json!({
+            "error": self.to_string(),
+            "code": format!("{:?}", self.grpc_code()),
+        });
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,312 @@
+//! The job: what the cluster stores about one unit of work, its states, and
+//! the validation every new job passes before it becomes a command.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Ids are assigned by the state machine from a counter in its own state, so
+/// every node assigns the same id to the same job and ids sort by enqueue order.
+pub type JobId = u64;
+
+/// Highest priority; served first.
+pub const PRIORITY_HIGHEST: u8 = 1;
+/// Lowest priority.
+pub const PRIORITY_LOWEST: u8 = 5;
+/// Priority of a job that names none.
+pub const PRIORITY_DEFAULT: u8 = 3;
+/// Events kept on a job's timeline; older ones are dropped so a job that is
+/// retried many times keeps a bounded record.
+pub const TIMELINE_MAX: usize = 32;
+/// The name used for job type and tenant when the producer gives none.
+pub const DEFAULT_NAME: &str = "default";
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    /// Waiting for its run_at or for a retry backoff to pass.
+    Scheduled,
+    /// Waiting for a worker.
+    Ready,
+    /// Held by a worker under a lease.
+    Leased,
+    Succeeded,
+    /// Failed more often than its retry policy allows.
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Ready => "ready",
+            JobState::Leased => "leased",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// A finished job never changes state again.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job as a producer submits it, after validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    pub queue: String,
+    pub job_type: String,
+    pub tenant: String,
+    pub run_id: String,
+    pub priority: u8,
+    pub payload: Bytes,
+    pub idempotency_key: String,
+    pub delay_ms: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The current lease on a job. `attempt` is the fence: only messages naming
+/// this attempt may heartbeat, complete or fail the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub worker: String,
+    pub attempt: u32,
+    pub deadline_ms: u64,
+}
+
+/// What a worker last said about a long job's progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub fraction: f32,
+    pub message: String,
+}
+
+/// One line of a job's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub at_ms: u64,
+    pub what: String,
+}
+
+/// Everything the cluster stores about a job except its payload and result,
+/// which live under their own keys so state changes do not rewrite them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub queue: String,
+    pub job_type: String,
+    pub tenant: String,
+    pub run_id: String,
+    pub priority: u8,
+    pub state: JobState,
+    /// How many times the job has been leased.
+    pub attempts: u32,
+    pub idempotency_key: String,
+    pub labels: BTreeMap<String, String>,
+    pub enqueued_at_ms: u64,
+    pub run_at_ms: u64,
+    pub lease: Option<Lease>,
+    pub progress: Option<Progress>,
+    pub last_error_class: String,
+    pub last_error: String,
+    pub finished_at_ms: u64,
+    pub events: Vec<JobEvent>,
+}
+
+impl Job {
+    /// Appends to the timeline, dropping the oldest event past [`TIMELINE_MAX`].
+    pub fn record(&mut self, at_ms: u64, what: impl Into<String>) {
+        if self.events.len() >= TIMELINE_MAX {
+            self.events.remove(0);
+        }
+        self.events.push(JobEvent {
+            at_ms,
+            what: what.into(),
+        });
+    }
+}
+
+/// Why a new job was refused before it reached the log. Each names the field
+/// and the rule, so the producer can fix the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidJob {
+    #[error("field `{field}`: {reason}")]
+    Field { field: &'static str, reason: String },
+    #[error("field `payload`: {size} bytes is over the limit of {limit} bytes (limits.max_payload_bytes)")]
+    PayloadTooLarge { size: usize, limit: usize },
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> InvalidJob {
+    InvalidJob::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Checks a queue name: `[A-Za-z0-9_.-]{1,128}`.
+pub fn validate_queue(queue: &str) -> Result<(), InvalidJob> {
+    validate_name("queue", queue)
+}
+
+/// Names of queues, job types and tenants share one alphabet so they are safe
+/// in metrics labels, URLs and file names.
+fn validate_name(name: &'static str, value: &str) -> Result<(), InvalidJob> {
+    if value.is_empty() {
+        return Err(field(name, "must not be empty"));
+    }
+    if value.len() > 128 {
+        return Err(field(
+            name,
+            format!("{} characters is over the limit of 128", value.len()),
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(field(
+            name,
+            format!("{value:?} contains {c:?}; use only A-Z a-z 0-9 _ . -"),
+        ));
+    }
+    Ok(())
+}
+
+/// The raw fields of a job as they arrive from gRPC, HTTP or the CLI.
+#[derive(Debug, Clone, Default)]
+pub struct JobRequest {
+    pub queue: String,
+    pub job_type: String,
+    pub tenant: String,
+    pub run_id: String,
+    /// 0 means the default priority.
+    pub priority: u32,
+    pub payload: Bytes,
+    pub idempotency_key: String,
+    pub delay_ms: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Limits a node enforces on new jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    pub max_payload_bytes: usize,
+}
+
+impl JobRequest {
+    /// Turns raw fields into a [`NewJob`], filling defaults and refusing what
+    /// the cluster would not be able to serve.
+    pub fn validate(self, limits: JobLimits) -> Result<NewJob, InvalidJob> {
+        validate_queue(&self.queue)?;
+        let job_type = or_default(self.job_type);
+        validate_name("job_type", &job_type)?;
+        let tenant = or_default(self.tenant);
+        validate_name("tenant", &tenant)?;
+        if !self.run_id.is_empty() {
+            validate_name("run_id", &self.run_id)?;
+        }
+        let priority = match self.priority {
+            0 => PRIORITY_DEFAULT,
+            p @ 1..=5 => p as u8,
+            p => return Err(field("priority", format!("{p} is outside 1 (highest) to 5 (lowest)"))),
+        };
+        if self.payload.len() > limits.max_payload_bytes {
+            return Err(InvalidJob::PayloadTooLarge {
+                size: self.payload.len(),
+                limit: limits.max_payload_bytes,
+            });
+        }
+        if self.idempotency_key.len() > 256 {
+            return Err(field("idempotency_key", "longer than 256 bytes"));
+        }
+        if self.labels.len() > 32 {
+            return Err(field("labels", format!("{} labels is over the limit of 32", self.labels.len())));
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.len() > 128 || v.len() > 1024 {
+                return Err(field("labels", format!("label {k:?}: keys must be 1-128 bytes, values at most 1024")));
+            }
+        }
+        // Ten years: anything longer is a unit mistake (seconds sent as ms * 1000).
+        const MAX_DELAY_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+        if self.delay_ms > MAX_DELAY_MS {
+            return Err(field("delay_ms", format!("{} ms is more than ten years", self.delay_ms)));
+        }
+        Ok(NewJob {
+            queue: self.queue,
+            job_type,
+            tenant,
+            run_id: self.run_id,
+            priority,
+            payload: self.payload,
+            idempotency_key: self.idempotency_key,
+            delay_ms: self.delay_ms,
+            labels: self.labels,
+        })
+    }
+}
+
+fn or_default(s: String) -> String {
+    if s.is_empty() {
+        DEFAULT_NAME.to_string()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: JobLimits = JobLimits {
+        max_payload_bytes: 16,
+    };
+
+    fn req(queue: &str) -> JobRequest {
+        JobRequest {
+            queue: queue.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fills_defaults() {
+        let job = req("emails").validate(LIMITS).unwrap();
+        assert_eq!(job.priority, PRIORITY_DEFAULT);
+        assert_eq!(job.tenant, "default");
+        assert_eq!(job.job_type, "default");
+    }
+
+    #[test]
+    fn refuses_bad_fields_naming_them() {
+        let err = req("bad queue").validate(LIMITS).unwrap_err();
+        assert!(err.to_string().contains("`queue`"), "{err}");
+        let err = req("").validate(LIMITS).unwrap_err();
+        assert!(err.to_string().contains("must not be empty"), "{err}");
+        let err = req(&"q".repeat(129)).validate(LIMITS).unwrap_err();
+        assert!(err.to_string().contains("128"), "{err}");
+        let mut r = req("q");
+        r.priority = 6;
+        assert!(r.validate(LIMITS).unwrap_err().to_string().contains("`priority`"));
+        let mut r = req("q");
+        r.payload = Bytes::from(vec![0; 17]);
+        assert_eq!(
+            r.validate(LIMITS).unwrap_err(),
+            InvalidJob::PayloadTooLarge { size: 17, limit: 16 }
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! Tests of the machine with no runtime: time is a value, storage a temp sled.
+
+use super::*;
+use crate::job::PRIORITY_DEFAULT;
+use bytes::Bytes;
+
+const CFG: MachineConfig = MachineConfig {
+    heartbeat_timeout_ms: 1_000,
+    max_retries: 2,
+    retry_base_delay_ms: 100,
+    retry_max_delay_ms: 1_000,
+};
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    db: sled::Db,
+    m: Machine,
+    index: u64,
+    log: Vec<LogEntry>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let m = Machine::open(db.open_tree("machine").unwrap(), CFG).unwrap();
+        Harness {
+            _dir: dir,
+            db,
+            m,
+            index: 0,
+            log: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, at_ms: u64, command: Command) -> Outcome {
+        self.index += 1;
+        let entry = LogEntry { at_ms, command };
+        self.log.push(entry.clone());
+        let out = self.m.apply(self.index, 1, &entry).unwrap();
+        self.m.commit().unwrap();
+        out
+    }
+
+    fn enqueue(&mut self, at: u64, queue: &str, priority: u8) -> JobId {
+        match self.run(at, Command::Enqueue { jobs: vec![new_job(queue, priority)] }) {
+            Outcome::Enqueued(v) => v[0].id,
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+
+    fn lease(&mut self, at: u64, worker: &str, queues: &[&str], max: u32) -> Vec<Job> {
+        match self.run(
+            at,
+            Command::Lease {
+                worker: worker.into(),
+                queues: queues.iter().map(|q| q.to_string()).collect(),
+                max,
+            },
+        ) {
+            Outcome::Leased(v) => v,
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+
+    fn complete(&mut self, at: u64, id: JobId, attempt: u32) -> Result<(), Refusal> {
+        let items = vec![Completion { job_id: id, attempt, result: Bytes::from_static(b"ok") }];
+        match self.run(at, Command::Complete { worker: "w".into(), items }) {
+            Outcome::Acks(mut v) => v.remove(0),
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+
+    fn fail(&mut self, at: u64, id: JobId, attempt: u32) -> Result<(), Refusal> {
+        let items = vec![Failure {
+            job_id: id,
+            attempt,
+            error_class: "boom".into(),
+            message: "it broke".into(),
+        }];
+        match self.run(at, Command::Fail { worker: "w".into(), items }) {
+            Outcome::Acks(mut v) => v.remove(0),
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+
+    fn job(&self, id: JobId) -> Job {
+        self.m.reader().job(id).unwrap().unwrap()
+    }
+}
+
+fn new_job(queue: &str, priority: u8) -> NewJob {
+    NewJob {
+        queue: queue.into(),
+        job_type: "t".into(),
+        tenant: "default".into(),
+        run_id: String::new(),
+        priority,
+        payload: Bytes::from_static(b"payload"),
+        idempotency_key: String::new(),
+        delay_ms: 0,
+        labels: Default::default(),
+    }
+}
+
+#[test]
+fn enqueue_stores_job_and_payload() {
+    let mut h = Harness::new();
+    let id = h.enqueue(10, "q", PRIORITY_DEFAULT);
+    let job = h.job(id);
+    assert_eq!(job.state, JobState::Ready);
+    assert_eq!(job.enqueued_at_ms, 10);
+    assert_eq!(h.m.reader().payload(id).unwrap(), Bytes::from_static(b"payload"));
+    assert_eq!(h.m.stats().queues["q"].ready[2], 1);
+    assert_eq!(h.m.meta().applied_index, 1);
+}
+
+#[test]
+fn leases_by_priority_then_fifo() {
+    let mut h = Harness::new();
+    let low = h.enqueue(1, "q", 5);
+    let mid1 = h.enqueue(2, "q", 3);
+    let high = h.enqueue(3, "other", 1);
+    let mid2 = h.enqueue(4, "q", 3);
+    let got: Vec<JobId> = h.lease(5, "w", &["q", "other"], 10).iter().map(|j| j.id).collect();
+    assert_eq!(got, vec![high, mid1, mid2, low]);
+    assert!(h.lease(6, "w", &["q", "other"], 10).is_empty());
+    assert_eq!(h.m.stats().queues["q"].leased, 3);
+}
+
+#[test]
+fn lease_respects_max_and_queues() {
+    let mut h = Harness::new();
+    for i in 0..5 {
+        h.enqueue(i, "a", 3);
+    }
+    h.enqueue(9, "b", 1);
+    assert_eq!(h.lease(10, "w", &["a"], 2).len(), 2);
+    assert!(h.lease(10, "w", &["c"], 2).is_empty());
+    assert_eq!(h.m.stats().queues["a"].ready_total(), 3);
+}
+
+#[test]
+fn stale_leases_are_refused_and_change_nothing() {
+    let mut h = Harness::new();
+    let id = h.enqueue(0, "q", 3);
+    let first = h.lease(0, "w1", &["q"], 1).remove(0);
+    assert_eq!(first.attempts, 1);
+    // The lease expires and another worker takes the job.
+    assert_eq!(h.run(2_000, Command::Tick), Outcome::Ticked { expired: 1, promoted: 0 });
+    let second = h.lease(2_001, "w2", &["q"], 1).remove(0);
+    assert_eq!(second.attempts, 2);
+    let before = h.job(id);
+    let err = h.complete(2_002, id, 1).unwrap_err();
+    assert!(matches!(err, Refusal::StaleLease { attempt: 1, current: 2, .. }), "{err:?}");
+    assert!(h.fail(2_002, id, 1).is_err());
+    let beat = Command::Heartbeat {
+        worker: "w1".into(),
+        leases: vec![LeaseBeat { job_id: id, attempt: 1, progress: None }],
+    };
+    assert!(matches!(h.run(2_003, beat), Outcome::Acks(v) if v[0].is_err()));
+    assert_eq!(h.job(id), before, "refused messages change nothing");
+    h.complete(2_004, id, 2).unwrap();
+    assert_eq!(h.job(id).state, JobState::Succeeded);
+    assert_eq!(h.m.reader().result(id).unwrap(), Bytes::from_static(b"ok"));
+    assert!(h.complete(2_005, id, 2).is_err(), "a completion is accepted once");
+}
+
+#[test]
+fn heartbeat_extends_the_lease() {
+    let mut h = Harness::new();
+    let id = h.enqueue(0, "q", 3);
+    h.lease(0, "w", &["q"], 1);
+    let beat = |_at: u64| Command::Heartbeat {
+        worker: "w".into(),
+        leases: vec![LeaseBeat {
+            job_id: id,
+            attempt: 1,
+            progress: Some(crate::job::Progress { fraction: 0.5, message: "half".into() }),
+        }],
+    };
+    h.run(900, beat(900));
+    assert_eq!(h.run(1_500, Command::Tick), Outcome::Ticked { expired: 0, promoted: 0 });
+    assert_eq!(h.job(id).progress.unwrap().message, "half");
+    assert_eq!(h.run(1_900, Command::Tick), Outcome::Ticked { expired: 1, promoted: 0 });
+    assert_eq!(h.job(id).state, JobState::Ready);
+}
+
+#[test]
+fn failures_retry_with_backoff_then_dead_letter() {
+    let mut h = Harness::new();
+    let id = h.enqueue(0, "q", 3);
+    let mut now = 0;
+    for attempt in 1..=3 {
+        let leased = h.lease(now, "w", &["q"], 1);
+        assert_eq!(leased.len(), 1, "attempt {attempt} should be leasable");
+        h.fail(now, id, attempt).unwrap();
+        let job = h.job(id);
+        if attempt <= CFG.max_retries {
+            assert_eq!(job.state, JobState::Scheduled);
+            let delay = job.run_at_ms - now;
+            let base = CFG.retry_base_delay_ms << (attempt - 1);
+            assert!(delay >= base && delay <= base + base / 4 + 1, "delay {delay}");
+            assert!(h.lease(now, "w", &["q"], 1).is_empty(), "not before its backoff");
+            now = job.run_at_ms;
+            assert_eq!(h.run(now, Command::Tick), Outcome::Ticked { expired: 0, promoted: 1 });
+        } else {
+            assert_eq!(job.state, JobState::Dead);
+            assert_eq!(job.last_error_class, "boom");
+        }
+    }
+    assert_eq!(h.m.stats().queues["q"].dead, 1);
+    assert_eq!(h.m.stats().queues["q"].pending(), 0);
+}
+
+#[test]
+fn delayed_jobs_wait_for_their_time() {
+    let mut h = Harness::new();
+    let mut job = new_job("q", 3);
+    job.delay_ms = 500;
+    h.run(100, Command::Enqueue { jobs: vec![job] });
+    assert!(h.lease(200, "w", &["q"], 1).is_empty());
+    assert_eq!(h.m.next_due_ms(), Some(600));
+    h.run(600, Command::Tick);
+    assert_eq!(h.lease(601, "w", &["q"], 1).len(), 1);
+}
+
+#[test]
+fn time_never_runs_backwards() {
+    let mut h = Harness::new();
+    h.enqueue(1_000, "q", 3);
+    // An entry stamped earlier (a new leader with a slower clock) uses the latest time.
+    let id = h.enqueue(500, "q", 3);
+    assert_eq!(h.job(id).enqueued_at_ms, 1_000);
+}
+
+#[test]
+fn idempotency_keys_return_the_first_job() {
+    let mut h = Harness::new();
+    let mut job = new_job("q", 3);
+    job.idempotency_key = "k1".into();
+    let out = h.run(0, Command::Enqueue { jobs: vec![job.clone(), job.clone()] });
+    let Outcome::Enqueued(v) = out else { panic!() };
+    assert!(!v[0].duplicate);
+    assert!(v[1].duplicate);
+    assert_eq!(v[0].id, v[1].id);
+    let Outcome::Enqueued(again) = h.run(1, Command::Enqueue { jobs: vec![job] }) else { panic!() };
+    assert_eq!(again[0], Enqueued { id: v[0].id, duplicate: true });
+    assert_eq!(h.m.stats().queues["q"].ready_total(), 1);
+}
+
+#[test]
+fn cancel_removes_from_dispatch() {
+    let mut h = Harness::new();
+    let id = h.enqueue(0, "q", 3);
+    assert_eq!(h.run(1, Command::Cancel { id }), Outcome::Cancelled(Ok(JobState::Ready)));
+    assert!(h.lease(2, "w", &["q"], 1).is_empty());
+    assert!(matches!(h.run(3, Command::Cancel { id }), Outcome::Cancelled(Err(Refusal::Finished { .. }))));
+    assert!(matches!(h.run(3, Command::Cancel { id: 999 }), Outcome::Cancelled(Err(Refusal::UnknownJob(999)))));
+}
+
+/// Replaying the same log into a fresh machine gives the same outcomes and the
+/// same state; reopening a machine rebuilds the same indexes.
+#[test]
+fn replay_is_deterministic_and_reopen_rebuilds() {
+    let mut h = Harness::new();
+    let a = h.enqueue(0, "q", 2);
+    h.enqueue(1, "q", 4);
+    let mut delayed = new_job("r", 1);
+    delayed.delay_ms = 50;
+    h.run(2, Command::Enqueue { jobs: vec![delayed] });
+    h.lease(3, "w", &["q", "r"], 1);
+    h.fail(4, a, 1).unwrap();
+    h.run(5_000, Command::Tick);
+    h.lease(5_001, "w", &["q", "r"], 3);
+    let digest = h.m.digest().unwrap();
+
+    let mut fresh = Harness::new();
+    let mut replayed_outcomes = Vec::new();
+    for (i, entry) in h.log.iter().enumerate() {
+        replayed_outcomes.push(fresh.m.apply(i as u64 + 1, 1, entry).unwrap());
+    }
+    fresh.m.commit().unwrap();
+    assert_eq!(fresh.m.digest().unwrap(), digest);
+    assert_eq!(fresh.m.stats(), h.m.stats());
+
+    // And replaying once more, entry by entry, into a third machine gives equal outcomes.
+    let mut third = Harness::new();
+    for (i, entry) in h.log.iter().enumerate() {
+        let out = third.m.apply(i as u64 + 1, 1, entry).unwrap();
+        assert_eq!(out, replayed_outcomes[i]);
+    }
+
+    // Reopen from disk.
+    let tree = h.db.open_tree("machine").unwrap();
+    let stats = h.m.stats();
+    let reopened = Machine::open(tree, CFG).unwrap();
+    assert_eq!(reopened.stats().queues, stats.queues);
+    assert_eq!(reopened.next_due_ms(), h.m.next_due_ms());
+    assert_eq!(reopened.meta(), h.m.meta());
+}
+
+#[test]
+fn corrupt_records_are_reported_not_panicked() {
+    let h = Harness::new();
+    let tree = h.db.open_tree("machine").unwrap();
+    tree.insert(key(JOB, 7), b"garbage".to_vec()).unwrap();
+    let err = Machine::open(tree, CFG).err().expect("must refuse");
+    assert!(err.to_string().contains("j/7"), "{err}");
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Enqueue(u8, u64),
+        Lease(u32),
+        Complete(usize),
+        Fail(usize),
+        Tick(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u8..=5, 0u64..3).prop_map(|(p, d)| Op::Enqueue(p, d * 100)),
+            (1u32..4).prop_map(Op::Lease),
+            (0usize..8).prop_map(Op::Complete),
+            (0usize..8).prop_map(Op::Fail),
+            (0u64..1500).prop_map(Op::Tick),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Counts always match the records, no job is leased twice at once,
+        /// and a replay gives the same digest.
+        #[test]
+        fn invariants_hold(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut h = Harness::new();
+            let mut now = 0u64;
+            let mut held: Vec<(JobId, u32)> = Vec::new();
+            for op in ops {
+                now += 10;
+                match op {
+                    Op::Enqueue(p, d) => {
+                        let mut j = new_job("q", p);
+                        j.delay_ms = d;
+                        h.run(now, Command::Enqueue { jobs: vec![j] });
+                    }
+                    Op::Lease(n) => {
+                        for j in h.lease(now, "w", &["q"], n) {
+                            // Whoever held this job before holds a stale attempt now.
+                            prop_assert!(held.iter().all(|(id, a)| *id != j.id || *a < j.attempts));
+                            held.push((j.id, j.attempts));
+                        }
+                    }
+                    Op::Complete(i) if i < held.len() => { let (id, a) = held.remove(i); let _ = h.complete(now, id, a); }
+                    Op::Fail(i) if i < held.len() => { let (id, a) = held.remove(i); let _ = h.fail(now, id, a); }
+                    Op::Tick(dt) => { now += dt; h.run(now, Command::Tick); }
+                    _ => {}
+                }
+                // Counts agree with the stored records.
+                let mut counts = QueueCounts::default();
+                let mut leased_ids = std::collections::HashSet::new();
+                for item in h.m.tree.scan_prefix([JOB]) {
+                    let (_, v) = item.unwrap();
+                    let job: Job = decode(b"j", &v).unwrap();
+                    *counts.slot(job.state, job.priority) += 1;
+                    if job.state == JobState::Leased {
+                        prop_assert!(leased_ids.insert(job.id));
+                        prop_assert!(job.lease.is_some());
+                    }
+                }
+                let stats = h.m.stats();
+                prop_assert_eq!(stats.queues.get("q").cloned().unwrap_or_default(), counts);
+            }
+            let mut fresh = Harness::new();
+            for (i, e) in h.log.iter().enumerate() {
+                fresh.m.apply(i as u64 + 1, 1, e).unwrap();
+            }
+            fresh.m.commit().unwrap();
+            prop_assert_eq!(fresh.m.digest().unwrap(), h.m.digest().unwrap());
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! The node's sled database: the raft log, raft's hard and conf state, and the
+//! tree the state machine owns. Implements raft's [`Storage`] over sled.
+//!
+//! Key layout of the `raft` tree: `e`+index entries (protobuf), `h` hard
+//! state, `c` conf state, `s` the (index, term) the log was compacted to.
+//! A Ready's entries and hard state go in one atomic batch followed by one
+//! flush, so group commit costs one fsync however many proposals it carries.
+
+use std::path::Path;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+const ENTRY: u8 = b'e';
+const HARD_STATE: &[u8] = b"h";
+const CONF_STATE: &[u8] = b"c";
+const COMPACTED: &[u8] = b"s";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database in {path}: {source}; check that the directory exists, is writable and is not used by another drover process")]
+    Open { path: String, source: sled::Error },
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("raft record {key} is corrupt ({reason}); the data dir is damaged: restore it from a backup or re-sync this node from its peers")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Opens (or creates) the node's database.
+pub fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_capacity_bytes)
+        // Durability comes from our explicit flush per Ready; sled's own
+        // periodic flush would only add fsyncs on the hot path.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = ENTRY;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn corrupt(key: impl Into<String>, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        key: key.into(),
+        reason: reason.to_string(),
+    }
+}
+
+fn to_raft(e: StoreError) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+/// The raft log and state in sled, with the bounds cached in memory.
+pub struct RaftStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last compacted entry (0, 0 for a new log).
+    compacted: (u64, u64),
+    last_index: u64,
+}
+
+impl RaftStore {
+    pub fn open(db: &sled::Db) -> Result<RaftStore, StoreError> {
+        let tree = db.open_tree("raft")?;
+        let hard_state = match tree.get(HARD_STATE)? {
+            Some(b) => HardState::parse_from_bytes(&b).map_err(|e| corrupt("raft/h", e))?,
+            None => HardState::default(),
+        };
+        let conf_state = match tree.get(CONF_STATE)? {
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| corrupt("raft/c", e))?,
+            None => ConfState::default(),
+        };
+        let compacted = match tree.get(COMPACTED)? {
+            Some(b) if b.len() == 16 => (
+                u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+                u64::from_be_bytes(b[8..].try_into().expect("8 bytes")),
+            ),
+            Some(_) => return Err(corrupt("raft/s", "expected 16 bytes")),
+            None => (0, 0),
+        };
+        let last_index = match tree.scan_prefix([ENTRY]).next_back() {
+            Some(item) => {
+                let (k, _) = item?;
+                u64::from_be_bytes(
+                    k[1..]
+                        .try_into()
+                        .map_err(|_| corrupt("raft/e", "entry key is not 9 bytes"))?,
+                )
+            }
+            None => compacted.0,
+        };
+        Ok(RaftStore {
+            db: db.clone(),
+            tree,
+            hard_state,
+            conf_state,
+            compacted,
+            last_index,
+        })
+    }
+
+    /// True when this node has never been part of a cluster.
+    pub fn is_new(&self) -> bool {
+        self.conf_state.voters.is_empty() && self.conf_state.learners.is_empty()
+    }
+
+    /// Writes the first configuration of a new cluster.
+    pub fn bootstrap(&mut self, voters: Vec<u64>) -> Result<(), StoreError> {
+        let mut cs = ConfState::default();
+        cs.voters = voters;
+        self.set_conf_state(cs)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StoreError> {
+        let bytes = cs.write_to_bytes().map_err(|e| corrupt("raft/c", e))?;
+        self.tree.insert(CONF_STATE, bytes)?;
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// Appends entries (replacing any conflicting suffix) and stores the hard
+    /// state, in one batch and one flush. Returns only once both are durable.
+    pub fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        if let Some(last) = entries.last() {
+            // A new leader may overwrite an uncommitted suffix of ours.
+            for stale in last.index + 1..=self.last_index {
+                batch.remove(&entry_key(stale)[..]);
+            }
+            for e in entries {
+                let bytes = e.write_to_bytes().map_err(|err| corrupt("raft/e", err))?;
+                batch.insert(&entry_key(e.index)[..], bytes);
+            }
+        }
+        if let Some(hs) = hs {
+            let bytes = hs.write_to_bytes().map_err(|e| corrupt("raft/h", e))?;
+            batch.insert(HARD_STATE, bytes);
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        if let Some(last) = entries.last() {
+            self.last_index = last.index;
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a commit index learned from a light ready. Not flushed: raft
+    /// recomputes the commit index after a restart.
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
+        self.hard_state.commit = commit;
+        let bytes = self
+            .hard_state
+            .write_to_bytes()
+            .map_err(|e| corrupt("raft/h", e))?;
+        self.tree.insert(HARD_STATE, bytes)?;
+        Ok(())
+    }
+
+    /// Drops entries up to and including `index`, which must be applied.
+    pub fn compact(&mut self, index: u64) -> Result<(), StoreError> {
+        if index <= self.compacted.0 || index > self.last_index {
+            return Ok(());
+        }
+        let term = self.term(index).map_err(|e| corrupt("raft/e", e))?;
+        let mut batch = sled::Batch::default();
+        for i in self.compacted.0 + 1..=index {
+            batch.remove(&entry_key(i)[..]);
+        }
+        let mut s = [0u8; 16];
+        s[..8].copy_from_slice(&index.to_be_bytes());
+        s[8..].copy_from_slice(&term.to_be_bytes());
+        batch.insert(COMPACTED, &s[..]);
+        self.tree.apply_batch(batch)?;
+        self.compacted = (index, term);
+        Ok(())
+    }
+
+    pub fn compacted_index(&self) -> u64 {
+        self.compacted.0
+    }
+
+    fn load(&self, index: u64) -> Result<Entry, StoreError> {
+        match self.tree.get(entry_key(index))? {
+            Some(b) => Entry::parse_from_bytes(&b).map_err(|e| corrupt(format!("raft/e/{index}"), e)),
+            None => Err(corrupt(format!("raft/e/{index}"), "entry is missing from the log")),
+        }
+    }
+}
+
+impl Storage for RaftStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.compacted.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for item in self.tree.range(entry_key(low)..entry_key(high)) {
+            let (k, v) = item.map_err(|e| to_raft(e.into()))?;
+            let e = Entry::parse_from_bytes(&v)
+                .map_err(|err| to_raft(corrupt(format!("raft/{}", String::from_utf8_lossy(&k[..1])), err)))?;
+            size += v.len() as u64;
+            // Always return at least one entry, as the trait requires.
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        if out.is_empty() && low < high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.compacted.0 {
+            return Ok(self.compacted.1);
+        }
+        if idx < self.compacted.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        self.load(idx).map(|e| e.term).map_err(to_raft)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.compacted.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Only a peer that fell behind the compacted log needs a snapshot; a
+        // one-voter cluster has none.
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8; 4].into();
+        e
+    }
+
+    #[test]
+    fn persists_truncates_compacts_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path(), 1 << 20).unwrap();
+        let mut s = RaftStore::open(&db).unwrap();
+        assert!(s.is_new());
+        s.bootstrap(vec![1]).unwrap();
+        let entries: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.commit = 3;
+        s.persist(&entries, Some(&hs)).unwrap();
+        assert_eq!(s.last_index().unwrap(), 5);
+        // A new leader overwrites 4..=5 with 4 only.
+        s.persist(&[entry(4, 2)], None).unwrap();
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(s.term(4).unwrap(), 2);
+        let got = s.entries(1, 5, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.len(), 4);
+        let limited = s.entries(1, 5, Some(1), GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(limited.len(), 1);
+        s.compact(2).unwrap();
+        assert_eq!(s.first_index().unwrap(), 3);
+        assert_eq!(s.term(2).unwrap(), 1);
+        assert!(s.entries(2, 4, None, GetEntriesContext::empty(false)).is_err());
+        drop(s);
+        let s = RaftStore::open(&db).unwrap();
+        assert!(!s.is_new());
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (3, 4));
+        assert_eq!(s.hard_state().commit, 3);
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1]);
+    }
+
+    #[test]
+    fn corrupt_hard_state_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path(), 1 << 20).unwrap();
+        db.open_tree("raft").unwrap().insert(HARD_STATE, &[0xff, 0xff, 0xff][..]).unwrap();
+        let err = RaftStore::open(&db).err().unwrap().to_string();
+        assert!(err.contains("raft/h"), "{err}");
+    }
+}
