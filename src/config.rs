@@ -42,6 +42,11 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// HTTP listen address (admin API, /metrics, /health, /ready).
     pub http_addr: SocketAddr,
+    /// On shutdown, how long connected workers get to finish and report the
+    /// jobs they hold before the node stops anyway (their leases then expire
+    /// and the jobs run again elsewhere).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     pub limits: Limits,
     pub jobs: Jobs,
     pub raft: Raft,
@@ -56,6 +61,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./drover-data"),
             grpc_addr: "127.0.0.1:7070".parse().expect("literal address"),
             http_addr: "127.0.0.1:7080".parse().expect("literal address"),
+            shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
             jobs: Jobs::default(),
             raft: Raft::default(),

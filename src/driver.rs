@@ -382,6 +382,8 @@ impl Driver {
             replies.push((index, term, outcome));
         }
         self.machine.commit()?;
+        // Publish before replying, so whoever is answered sees the new state.
+        self.stats_tx.send_replace(Arc::new(self.machine.stats()));
         for (index, term, outcome) in replies {
             if let Some(p) = self.pending.remove(&index) {
                 if let Some(reply) = p.reply {
@@ -389,7 +391,6 @@ impl Driver {
                 }
             }
         }
-        self.stats_tx.send_replace(Arc::new(self.machine.stats()));
         self.compact_log()?;
         Ok(())
     }

@@ -29,6 +29,19 @@ pub enum Error {
     ShuttingDown,
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} (config key `{key}`): {source}; pick a free port or stop what uses it")]
+    Bind {
+        key: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("data dir {path} is not usable (config key `data_dir`): {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the raft driver stopped: {0}")]
+    Driver(String),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -51,7 +64,12 @@ impl Error {
             Error::Refused(Refusal::UnknownJob(_)) => Code::NotFound,
             Error::Refused(_) => Code::FailedPrecondition,
             Error::NoLeader { .. } | Error::Superseded | Error::ShuttingDown => Code::Unavailable,
-            Error::Config(_) | Error::Store(_) | Error::Machine(_) => Code::Internal,
+            Error::Config(_)
+            | Error::Bind { .. }
+            | Error::DataDir { .. }
+            | Error::Driver(_)
+            | Error::Store(_)
+            | Error::Machine(_) => Code::Internal,
         }
     }
 

@@ -25,6 +25,7 @@ pub const DEFAULT_NAME: &str = "default";
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for its run_at or for a retry backoff to pass.
     Scheduled,

@@ -5,14 +5,21 @@
 //! [`machine`]. The gRPC and HTTP adapters in [`api`] translate requests into
 //! commands and outcomes into responses; [`node`] wires them together.
 
+pub mod api;
+pub mod bench;
+pub mod client;
 pub mod command;
 pub mod config;
 pub mod driver;
 pub mod error;
 pub mod job;
 pub mod machine;
+pub mod metrics;
+pub mod node;
 pub mod proto;
 pub mod store;
+pub mod worker_exec;
+pub mod workers;
 
 pub use config::Config;
 pub use error::Error;

@@ -1,1 +1,362 @@
-fn main(){}
+//! The `drover` binary: parses the command line and calls into the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use drover::client::worker::{self, WorkerOptions};
+use drover::client::Producer;
+use drover::proto::v1 as pb;
+use drover::Config;
+
+#[derive(Parser)]
+#[command(name = "drover", version, about = "A job queue in one binary: Raft-replicated, sled-backed, gRPC workers.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node. With no config file it uses the defaults of config/drover.toml.
+    Serve(ServeArgs),
+    /// Enqueue jobs and print their ids.
+    Enqueue(EnqueueArgs),
+    /// Run a worker that executes a shell command once per job.
+    Worker(WorkerArgs),
+    /// Show the node, its queues and connected workers.
+    Status(HttpArgs),
+    /// Read and cancel jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCmd,
+    },
+    /// Measure throughput and latency (see BENCH.md).
+    Bench(drover::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file; every key is optional.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    grpc_addr: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    http_addr: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    node_id: Option<u64>,
+}
+
+#[derive(Args)]
+struct GrpcArgs {
+    /// gRPC address of any node.
+    #[arg(long, env = "DROVER_SERVER", default_value = "http://127.0.0.1:7070")]
+    server: String,
+}
+
+#[derive(Args)]
+struct HttpArgs {
+    /// HTTP address of any node.
+    #[arg(long, env = "DROVER_HTTP", default_value = "http://127.0.0.1:7080")]
+    http: String,
+    /// Print the raw JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct EnqueueArgs {
+    #[command(flatten)]
+    grpc: GrpcArgs,
+    #[arg(long)]
+    queue: String,
+    #[arg(long = "type", default_value = "")]
+    job_type: String,
+    /// 1 (highest) to 5 (lowest).
+    #[arg(long, default_value_t = 3)]
+    priority: u32,
+    #[arg(long, default_value = "")]
+    tenant: String,
+    /// Run id grouping jobs for budgets.
+    #[arg(long, default_value = "")]
+    run: String,
+    /// Wait this long before the job is ready: "30s", "5m".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    delay: Option<Duration>,
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+    #[arg(long, conflicts_with = "payload_file")]
+    payload: Option<String>,
+    #[arg(long)]
+    payload_file: Option<PathBuf>,
+    /// Enqueue this many copies.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    grpc: GrpcArgs,
+    /// A queue to serve; repeat for several.
+    #[arg(long, required = true)]
+    queue: Vec<String>,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Shell command run per job: payload on stdin, DROVER_* variables set.
+    #[arg(long)]
+    exec: String,
+    /// Worker id; defaults to host name and process id.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// Print one job.
+    Get {
+        id: u64,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// Cancel a job that has not finished.
+    Cancel {
+        id: u64,
+        #[command(flatten)]
+        grpc: GrpcArgs,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Serve(a) => serve(a).await,
+            Cmd::Enqueue(a) => enqueue(a).await,
+            Cmd::Worker(a) => run_worker(a).await,
+            Cmd::Status(a) => status(a).await,
+            Cmd::Jobs { command: JobsCmd::Get { id, http } } => job_get(id, http).await,
+            Cmd::Jobs { command: JobsCmd::Cancel { id, grpc } } => {
+                let state = Producer::connect(&grpc.server).await?.cancel(id).await?;
+                println!("job {id} cancelled (was {state})");
+                Ok(())
+            }
+            Cmd::Bench(a) => {
+                init_tracing("text", "warn");
+                drover::bench::run(a).await.map_err(Into::into)
+            }
+        }
+    })
+}
+
+fn init_tracing(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let mut config = match &a.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = a.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = a.grpc_addr {
+        config.grpc_addr = v;
+    }
+    if let Some(v) = a.http_addr {
+        config.http_addr = v;
+    }
+    if let Some(v) = a.node_id {
+        config.node_id = v;
+    }
+    config.validate()?;
+    init_tracing(&config.log.format, &config.log.level);
+    let node = drover::node::Node::start(config).await?;
+    // One line on stdout that scripts and tests can wait for.
+    println!(
+        "drover node {} ready grpc={} http={}",
+        node.app.config.node_id, node.grpc_addr, node.http_addr
+    );
+    let stop = node.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.send_replace(true);
+    });
+    node.wait().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn enqueue(a: EnqueueArgs) -> Result<()> {
+    let payload: bytes::Bytes = match (&a.payload, &a.payload_file) {
+        (Some(p), _) => p.clone().into(),
+        (None, Some(f)) => std::fs::read(f)
+            .with_context(|| format!("cannot read --payload-file {}", f.display()))?
+            .into(),
+        (None, None) => bytes::Bytes::new(),
+    };
+    if a.count == 0 {
+        bail!("--count must be 1 or more");
+    }
+    let job = pb::NewJob {
+        queue: a.queue,
+        job_type: a.job_type,
+        tenant: a.tenant,
+        run_id: a.run,
+        priority: a.priority,
+        payload,
+        idempotency_key: a.idempotency_key,
+        delay_ms: a.delay.map_or(0, |d| d.as_millis() as u64),
+        labels: Default::default(),
+    };
+    let mut producer = Producer::connect(&a.grpc.server).await?;
+    let mut left = a.count;
+    while left > 0 {
+        let n = left.min(1000);
+        let ids = producer.enqueue(vec![job.clone(); n as usize]).await?;
+        for j in ids {
+            if j.duplicate {
+                println!("{} (duplicate)", j.id);
+            } else {
+                println!("{}", j.id);
+            }
+        }
+        left -= n;
+    }
+    Ok(())
+}
+
+async fn run_worker(a: WorkerArgs) -> Result<()> {
+    init_tracing("text", "info");
+    let id = a.id.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "worker".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let cmd = std::sync::Arc::new(a.exec);
+    let handler = move |job: pb::LeasedJob| {
+        let cmd = cmd.clone();
+        async move { drover::worker_exec::exec_job(&cmd, job).await }
+    };
+    let opts = WorkerOptions::new(a.grpc.server, id, a.queue, a.concurrency);
+    let report = worker::run(opts, handler, stop).await?;
+    eprintln!(
+        "worker stopped: {} completed, {} failed, {} refused",
+        report.completed, report.failed, report.refused
+    );
+    Ok(())
+}
+
+async fn get_json(base: &str, path: &str) -> Result<serde_json::Value> {
+    let url = format!("{}{}", base.trim_end_matches('/'), path);
+    let resp = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot reach {url}; is a drover node running there?"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.with_context(|| format!("{url} did not answer JSON"))?;
+    if !status.is_success() {
+        bail!("{}: {}", status, body["error"].as_str().unwrap_or("request failed"));
+    }
+    Ok(body)
+}
+
+async fn status(a: HttpArgs) -> Result<()> {
+    let s = get_json(&a.http, "/api/v1/stats").await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let n = &s["node"];
+    println!(
+        "node {}  role {}  term {}  leader {}  commit {}  applied {}",
+        n["node_id"], n["role"].as_str().unwrap_or("?"), n["term"], n["leader_id"], n["commit_index"], n["applied_index"]
+    );
+    println!();
+    println!("{:<24} {:>22} {:>9} {:>7} {:>9} {:>6} {:>9}", "QUEUE", "READY p1/p2/p3/p4/p5", "SCHEDULED", "LEASED", "SUCCEEDED", "DEAD", "CANCELLED");
+    if let Some(queues) = s["queues"].as_object() {
+        for (name, c) in queues {
+            let ready: Vec<String> = c["ready"].as_array().map(|a| a.iter().map(|v| v.to_string()).collect()).unwrap_or_default();
+            let n = |k: &str| c[k].to_string();
+            println!(
+                "{:<24} {:>22} {:>9} {:>7} {:>9} {:>6} {:>9}",
+                name, ready.join("/"), n("scheduled"), n("leased"), n("succeeded"), n("dead"), n("cancelled")
+            );
+        }
+    }
+    println!();
+    let workers = s["workers"].as_array().cloned().unwrap_or_default();
+    println!("{} worker(s) connected", workers.len());
+    for w in workers {
+        let queues: Vec<&str> = w["queues"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+        println!(
+            "  {}  queues={}  capacity={}  in_flight={}{}",
+            w["worker_id"].as_str().unwrap_or("?"),
+            queues.join(","),
+            w["capacity"],
+            w["in_flight"],
+            if w["draining"].as_bool() == Some(true) { "  draining" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+async fn job_get(id: u64, a: HttpArgs) -> Result<()> {
+    let j = get_json(&a.http, &format!("/api/v1/jobs/{id}")).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    println!("job {}  queue {}  type {}  tenant {}  priority {}", j["id"], j["queue"].as_str().unwrap_or(""), j["job_type"].as_str().unwrap_or(""), j["tenant"].as_str().unwrap_or(""), j["priority"]);
+    println!("state {}  attempts {}", j["state"].as_str().unwrap_or("?"), j["attempts"]);
+    if let Some(r) = j["result"].as_str() {
+        println!("result: {r}");
+    }
+    if let Some(c) = j["last_error_class"].as_str().filter(|c| !c.is_empty()) {
+        println!("last error: {c}: {}", j["last_error"].as_str().unwrap_or(""));
+    }
+    if let Some(events) = j["events"].as_array() {
+        println!("timeline:");
+        for e in events {
+            let at = e["at_ms"].as_u64().unwrap_or(0);
+            let at = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(at));
+            println!("  {at}  {}", e["what"].as_str().unwrap_or(""));
+        }
+    }
+    Ok(())
+}

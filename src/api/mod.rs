@@ -1,0 +1,99 @@
+//! Adapters from the wire to commands: the gRPC producer and worker services
+//! and the HTTP admin API. They validate and translate; the rules live in the
+//! machine.
+
+pub mod convert;
+pub mod http;
+pub mod producer;
+pub mod worker;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::command::{Command, Enqueued, Outcome};
+use crate::config::Config;
+use crate::driver::DriverHandle;
+use crate::error::Error;
+use crate::job::{Job, JobId, JobRequest, JobState};
+use crate::workers::WorkerRegistry;
+
+/// What every adapter shares: the way to the driver, the config, the soft
+/// state of connected workers, and the shutdown signal.
+#[derive(Clone)]
+pub struct App {
+    pub driver: DriverHandle,
+    pub config: Arc<Config>,
+    pub workers: WorkerRegistry,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A job as read back, with its payload and result.
+pub struct JobView {
+    pub job: Job,
+    pub payload: bytes::Bytes,
+    pub result: bytes::Bytes,
+}
+
+impl App {
+    /// Validates a batch of job requests and enqueues them as one command.
+    /// Errors name the job's position in the batch and the field.
+    pub async fn enqueue(&self, requests: Vec<JobRequest>) -> Result<Vec<Enqueued>, Error> {
+        if requests.is_empty() {
+            return Err(Error::invalid("jobs", "the request holds no jobs"));
+        }
+        let max = self.config.limits.max_jobs_per_request;
+        if requests.len() > max {
+            return Err(Error::invalid(
+                "jobs",
+                format!("{} jobs is over the limit of {max} per request (limits.max_jobs_per_request)", requests.len()),
+            ));
+        }
+        let limits = self.config.job_limits();
+        let batch = requests.len() > 1;
+        let jobs = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.validate(limits).map_err(|e| {
+                    if batch {
+                        Error::invalid("jobs", format!("job {i}: {e}"))
+                    } else {
+                        Error::InvalidJob(e)
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        match self.driver.propose(Command::Enqueue { jobs }).await? {
+            Outcome::Enqueued(ids) => Ok(ids),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn get_job(&self, id: JobId) -> Result<JobView, Error> {
+        let reader = self.driver.reader();
+        let job = reader.job(id)?.ok_or(Error::JobNotFound(id))?;
+        Ok(JobView {
+            payload: reader.payload(id)?,
+            result: reader.result(id)?,
+            job,
+        })
+    }
+
+    /// Cancels a job; returns the state it was in.
+    pub async fn cancel(&self, id: JobId) -> Result<JobState, Error> {
+        match self.driver.propose(Command::Cancel { id }).await? {
+            Outcome::Cancelled(r) => Ok(r?),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// An outcome that does not belong to the command proposed: a bug, reported
+/// rather than panicked on.
+fn unexpected(outcome: Outcome) -> Error {
+    Error::Machine(crate::machine::MachineError::Corrupt {
+        key: "outcome".into(),
+        reason: format!("unexpected outcome {outcome:?}"),
+    })
+}

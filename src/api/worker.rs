@@ -1,0 +1,424 @@
+//! The gRPC worker service: one bidirectional stream per worker.
+//!
+//! A session pushes leases while the worker has free capacity and one of its
+//! queues has ready jobs (learned from the stats the driver publishes, so an
+//! idle worker proposes nothing). Messages that arrive together are folded
+//! into one command per kind, so a busy worker costs one log entry per round
+//! of completions, not one per job.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::{convert, App};
+use crate::command::{Command, Completion, Failure, LeaseBeat, Outcome, Refusal};
+use crate::driver::now_ms;
+use crate::error::Error;
+use crate::job::{validate_queue, JobId, Progress};
+use crate::machine::MachineStats;
+use crate::proto::v1 as pb;
+use crate::proto::v1::worker_message::Msg;
+use crate::proto::v1::worker_service_server::WorkerService;
+use crate::workers::{Registration, WorkerEntry};
+
+/// How long a new stream may take to send Register.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most inbound messages folded into one round of commands.
+const MAX_MESSAGES_PER_ROUND: usize = 512;
+/// Pause before asking again after a lease proposal failed (no leader).
+const LEASE_RETRY: Duration = Duration::from_millis(200);
+const MAX_ERROR_MESSAGE: usize = 4096;
+
+pub struct Worker {
+    pub app: App,
+}
+
+#[tonic::async_trait]
+impl WorkerService for Worker {
+    type WorkStream = ReceiverStream<Result<pb::ServerMessage, Status>>;
+
+    async fn work(
+        &self,
+        req: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded("no Register message within 10 s of opening the Work stream")
+            })??;
+        let Some(pb::WorkerMessage { msg: Some(Msg::Register(reg)) }) = first else {
+            return Err(Status::invalid_argument(
+                "the first message on a Work stream must be Register (worker_id, queues, capacity)",
+            ));
+        };
+        let registration = self.register(reg).map_err(|e| {
+            tracing::warn!(event = "worker_register_failed", error = %e, "refused a worker");
+            Status::from(e)
+        })?;
+        let (tx, rx) = mpsc::channel(256);
+        let timeout_ms = self.app.config.jobs.heartbeat_timeout.as_millis() as u64;
+        let _ = tx
+            .send(Ok(pb::ServerMessage {
+                msg: Some(pb::server_message::Msg::Registered(pb::Registered {
+                    heartbeat_interval_ms: (timeout_ms / 3).max(1),
+                    lease_timeout_ms: timeout_ms,
+                    node_id: self.app.config.node_id,
+                })),
+            }))
+            .await;
+        tracing::info!(event = "worker_registered", worker_id = %registration.entry.worker_id,
+            queues = ?registration.entry.queues, capacity = registration.entry.capacity, "worker connected");
+        let session = Session {
+            app: self.app.clone(),
+            registration,
+            in_flight: HashMap::new(),
+            draining: false,
+            tx,
+        };
+        tokio::spawn(session.run(inbound));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl Worker {
+    fn register(&self, reg: pb::Register) -> Result<Registration, Error> {
+        if reg.worker_id.is_empty() || reg.worker_id.len() > 128 {
+            return Err(Error::invalid("worker_id", "must be 1 to 128 bytes"));
+        }
+        if reg.queues.is_empty() || reg.queues.len() > 64 {
+            return Err(Error::invalid("queues", "name 1 to 64 queues to serve"));
+        }
+        for q in &reg.queues {
+            validate_queue(q)?;
+        }
+        let max = self.app.config.limits.max_worker_capacity;
+        if reg.capacity == 0 || reg.capacity > max {
+            return Err(Error::invalid(
+                "capacity",
+                format!("{} is outside 1 to {max} (limits.max_worker_capacity)", reg.capacity),
+            ));
+        }
+        let mut queues = reg.queues;
+        queues.sort();
+        queues.dedup();
+        Ok(self.app.workers.register(WorkerEntry {
+            worker_id: reg.worker_id,
+            queues,
+            capacity: reg.capacity,
+            connected_at_ms: now_ms(),
+            in_flight: Default::default(),
+            draining: Default::default(),
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Heartbeat,
+    Complete,
+    Fail,
+}
+
+impl Kind {
+    fn ack_kind(self) -> pb::AckKind {
+        match self {
+            Kind::Heartbeat => pb::AckKind::Heartbeat,
+            Kind::Complete => pb::AckKind::Complete,
+            Kind::Fail => pb::AckKind::Fail,
+        }
+    }
+}
+
+enum Event {
+    Leased(Result<Outcome, Error>),
+    Acked(Kind, Vec<(JobId, u32)>, Result<Outcome, Error>),
+}
+
+struct Session {
+    app: App,
+    registration: Registration,
+    /// Jobs this worker holds: id -> attempt.
+    in_flight: HashMap<JobId, u32>,
+    draining: bool,
+    tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+}
+
+fn has_ready(stats: &MachineStats, queues: &[String]) -> bool {
+    queues
+        .iter()
+        .any(|q| stats.queues.get(q).is_some_and(|c| c.ready_total() > 0))
+}
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<pb::WorkerMessage>) {
+        let mut proposals: FuturesUnordered<BoxFuture<'static, Event>> = FuturesUnordered::new();
+        let mut lease_in_flight = false;
+        let mut stats = self.app.driver.stats_watch();
+        let mut shutdown = self.app.shutdown.clone();
+        let mut server_stopping = *shutdown.borrow();
+        let mut retry_at: Option<Instant> = None;
+        let worker_id = self.registration.entry.worker_id.clone();
+        loop {
+            let free = (self.registration.entry.capacity as usize).saturating_sub(self.in_flight.len());
+            let may_lease = !self.draining && !lease_in_flight && free > 0 && retry_at.is_none();
+            if may_lease && has_ready(&stats.borrow_and_update(), &self.registration.entry.queues) {
+                lease_in_flight = true;
+                let driver = self.app.driver.clone();
+                let cmd = Command::Lease {
+                    worker: worker_id.clone(),
+                    queues: self.registration.entry.queues.clone(),
+                    max: free as u32,
+                };
+                proposals.push(async move { Event::Leased(driver.propose(cmd).await) }.boxed());
+                continue;
+            }
+            if server_stopping && self.in_flight.is_empty() && proposals.is_empty() {
+                break;
+            }
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(first)) => {
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_MESSAGES_PER_ROUND {
+                            match inbound.message().now_or_never() {
+                                Some(Ok(Some(m))) => batch.push(m),
+                                _ => break,
+                            }
+                        }
+                        if let Err(status) = self.on_messages(batch, &mut proposals) {
+                            let _ = self.tx.send(Err(status)).await;
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(event = "worker_stream_error", worker_id = %worker_id, error = %status, "worker stream broke");
+                        break;
+                    }
+                },
+                Some(event) = proposals.next(), if !proposals.is_empty() => {
+                    if let Event::Leased(_) = event {
+                        lease_in_flight = false;
+                    }
+                    if !self.on_event(event, &mut retry_at).await {
+                        break;
+                    }
+                }
+                changed = stats.changed(), if may_lease => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = shutdown.changed(), if !server_stopping => {
+                    server_stopping = true;
+                    self.draining = true;
+                    let _ = self.tx.send(Ok(pb::ServerMessage {
+                        msg: Some(pb::server_message::Msg::Shutdown(pb::Shutdown {
+                            reason: "the node is shutting down: finish held jobs and reconnect to another node".into(),
+                        })),
+                    })).await;
+                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                    retry_at = None;
+                }
+                _ = self.tx.closed() => break,
+            }
+        }
+        // Jobs still held stay leased until their deadline: the worker may
+        // reconnect (to this or another node) and keep them by heartbeating.
+        tracing::info!(event = "worker_disconnected", worker_id = %worker_id, held = self.in_flight.len(), "worker session ended");
+    }
+
+    fn sync_entry(&self) {
+        self.registration
+            .entry
+            .in_flight
+            .store(self.in_flight.len() as u32, Ordering::Relaxed);
+        self.registration.entry.draining.store(self.draining, Ordering::Relaxed);
+    }
+
+    /// Folds a round of messages into at most one command per kind.
+    fn on_messages(
+        &mut self,
+        batch: Vec<pb::WorkerMessage>,
+        proposals: &mut FuturesUnordered<BoxFuture<'static, Event>>,
+    ) -> Result<(), Status> {
+        let max_result = self.app.config.limits.max_payload_bytes;
+        let mut beats = Vec::new();
+        let mut completions = Vec::new();
+        let mut failures = Vec::new();
+        for m in batch {
+            match m.msg {
+                Some(Msg::Register(_)) => {
+                    return Err(Status::invalid_argument("Register may be sent only once, as the first message"))
+                }
+                Some(Msg::Heartbeat(h)) => beats.extend(h.leases.into_iter().map(|l| LeaseBeat {
+                    job_id: l.job_id,
+                    attempt: l.attempt,
+                    progress: (!l.progress_message.is_empty() || l.progress > 0.0).then(|| Progress {
+                        fraction: if l.progress.is_finite() { l.progress.clamp(0.0, 1.0) } else { 0.0 },
+                        message: truncate(l.progress_message, 256),
+                    }),
+                })),
+                Some(Msg::Complete(c)) => {
+                    for c in c.completions {
+                        self.in_flight.remove(&c.job_id);
+                        if c.result.len() > max_result {
+                            // Refusing the completion would leave the job
+                            // leased until expiry; failing it says why at once.
+                            failures.push(Failure {
+                                job_id: c.job_id,
+                                attempt: c.attempt,
+                                error_class: "result_too_large".into(),
+                                message: format!(
+                                    "result of {} bytes is over the limit of {max_result} bytes (limits.max_payload_bytes)",
+                                    c.result.len()
+                                ),
+                            });
+                        } else {
+                            completions.push(Completion { job_id: c.job_id, attempt: c.attempt, result: c.result });
+                        }
+                    }
+                }
+                Some(Msg::Fail(f)) => {
+                    for f in f.failures {
+                        self.in_flight.remove(&f.job_id);
+                        failures.push(Failure {
+                            job_id: f.job_id,
+                            attempt: f.attempt,
+                            error_class: if f.error_class.is_empty() { "unknown".into() } else { truncate(f.error_class, 128) },
+                            message: truncate(f.message, MAX_ERROR_MESSAGE),
+                        });
+                    }
+                }
+                Some(Msg::Drain(_)) => self.draining = true,
+                None => return Err(Status::invalid_argument("empty WorkerMessage: set one of its fields")),
+            }
+        }
+        let worker = self.registration.entry.worker_id.clone();
+        if !beats.is_empty() {
+            let refs = beats.iter().map(|b| (b.job_id, b.attempt)).collect();
+            self.push(proposals, Kind::Heartbeat, refs, Command::Heartbeat { worker: worker.clone(), leases: beats });
+        }
+        if !completions.is_empty() {
+            let refs = completions.iter().map(|c| (c.job_id, c.attempt)).collect();
+            self.push(proposals, Kind::Complete, refs, Command::Complete { worker: worker.clone(), items: completions });
+        }
+        if !failures.is_empty() {
+            let refs = failures.iter().map(|f| (f.job_id, f.attempt)).collect();
+            self.push(proposals, Kind::Fail, refs, Command::Fail { worker, items: failures });
+        }
+        self.sync_entry();
+        Ok(())
+    }
+
+    fn push(
+        &self,
+        proposals: &mut FuturesUnordered<BoxFuture<'static, Event>>,
+        kind: Kind,
+        refs: Vec<(JobId, u32)>,
+        cmd: Command,
+    ) {
+        let driver = self.app.driver.clone();
+        proposals.push(async move { Event::Acked(kind, refs, driver.propose(cmd).await) }.boxed());
+    }
+
+    /// Returns false when the worker is gone.
+    async fn on_event(&mut self, event: Event, retry_at: &mut Option<Instant>) -> bool {
+        let msg = match event {
+            Event::Leased(Ok(Outcome::Leased(jobs))) => {
+                if jobs.is_empty() {
+                    return true;
+                }
+                let reader = self.app.driver.reader();
+                let mut leased = Vec::with_capacity(jobs.len());
+                for job in &jobs {
+                    let payload = match reader.payload(job.id) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::error!(event = "payload_read_failed", job_id = job.id, error = %e, "leased job's payload unreadable; it will expire and be retried");
+                            continue;
+                        }
+                    };
+                    self.in_flight.insert(job.id, job.attempts);
+                    leased.push(convert::leased_job(job, payload));
+                }
+                self.sync_entry();
+                pb::server_message::Msg::Leases(pb::Leases { jobs: leased })
+            }
+            Event::Leased(result) => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "lease proposal failed; retrying shortly");
+                }
+                *retry_at = Some(Instant::now() + LEASE_RETRY);
+                return true;
+            }
+            Event::Acked(kind, refs, result) => {
+                let acks = self.acks(kind, refs, result);
+                if acks.is_empty() {
+                    return true;
+                }
+                pb::server_message::Msg::Acks(pb::Acks { acks })
+            }
+        };
+        self.tx.send(Ok(pb::ServerMessage { msg: Some(msg) })).await.is_ok()
+    }
+
+    fn acks(&mut self, kind: Kind, refs: Vec<(JobId, u32)>, result: Result<Outcome, Error>) -> Vec<pb::Ack> {
+        if matches!(kind, Kind::Heartbeat) && result.is_err() {
+            // The heartbeat did not reach the log (no leader); the next one will.
+            return Vec::new();
+        }
+        let results: Vec<Result<(), String>> = match result {
+            Ok(Outcome::Acks(results)) if results.len() == refs.len() => {
+                results.into_iter().map(|r| r.map_err(|e: Refusal| e.to_string())).collect()
+            }
+            Ok(other) => vec![Err(format!("unexpected outcome {other:?}")); refs.len()],
+            Err(e) => vec![Err(e.to_string()); refs.len()],
+        };
+        let mut acks = Vec::new();
+        for ((job_id, attempt), r) in refs.into_iter().zip(results) {
+            if let Kind::Heartbeat = kind {
+                match &r {
+                    // A worker that reconnected keeps its jobs by heartbeating them.
+                    Ok(()) => {
+                        self.in_flight.insert(job_id, attempt);
+                        continue;
+                    }
+                    Err(_) => {
+                        self.in_flight.remove(&job_id);
+                    }
+                }
+            }
+            acks.push(pb::Ack {
+                job_id,
+                attempt,
+                kind: kind.ack_kind() as i32,
+                ok: r.is_ok(),
+                error: r.err().unwrap_or_default(),
+            });
+        }
+        self.sync_entry();
+        acks
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}

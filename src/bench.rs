@@ -1,0 +1,362 @@
+//! `drover bench`: the workloads of BENCH.md against a node it starts (a
+//! child `drover serve` on loopback with a temp data dir) or one given with
+//! `--server`. Every throughput figure is reported over several runs (median,
+//! min, max) and as a ratio to the no-op RPC ceiling measured in the same
+//! session, since the machine is shared and absolute figures drift.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::client::worker::{self, WorkerOptions};
+use crate::client::{ClientError, Producer};
+use crate::proto::v1 as pb;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// gRPC address of a running node; by default a fresh node is started per run.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Jobs per throughput run.
+    #[arg(long, default_value_t = 100_000)]
+    pub jobs: u64,
+    /// Runs per figure.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Concurrent producers (each with its own connection).
+    #[arg(long, default_value_t = 16)]
+    pub producers: usize,
+    /// Workers in the end-to-end workload.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Jobs each worker runs at once in the end-to-end workload.
+    #[arg(long, default_value_t = 64)]
+    pub worker_concurrency: u32,
+    /// Jobs pending when RSS is read; 0 skips that figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rss_jobs: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// Only these workloads (comma separated): ping,enq,e2e,lat,batch,rss.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot start a node for the benchmark: {0}")]
+    Spawn(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// A node started for one run; killed when dropped.
+struct LocalNode {
+    child: Child,
+    grpc: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LocalNode {
+    fn start() -> Result<LocalNode, BenchError> {
+        let dir = tempfile::tempdir().map_err(|e| BenchError::Spawn(e.to_string()))?;
+        let config = dir.path().join("bench.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n",
+                dir.path().join("data")
+            ),
+        )
+        .map_err(|e| BenchError::Spawn(e.to_string()))?;
+        let exe = std::env::current_exe().map_err(|e| BenchError::Spawn(e.to_string()))?;
+        let mut child = Command::new(exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| BenchError::Spawn(e.to_string()))?;
+        let stdout = child.stdout.take().ok_or_else(|| BenchError::Spawn("no stdout".into()))?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| BenchError::Spawn(e.to_string()))?;
+        let grpc = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .ok_or_else(|| BenchError::Spawn(format!("node printed {line:?} instead of its ready line")))?;
+        Ok(LocalNode {
+            grpc: format!("http://{grpc}"),
+            child,
+            _dir: dir,
+        })
+    }
+
+    fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+}
+
+/// A target for one run: a fresh local node, or the given server.
+async fn target(args: &BenchArgs) -> Result<(String, Option<LocalNode>), BenchError> {
+    match &args.server {
+        Some(s) => Ok((s.clone(), None)),
+        None => {
+            let node = tokio::task::spawn_blocking(LocalNode::start)
+                .await
+                .map_err(|e| BenchError::Spawn(e.to_string()))??;
+            Ok((node.grpc.clone(), Some(node)))
+        }
+    }
+}
+
+fn job(queue: &str, payload: &Bytes) -> pb::NewJob {
+    pb::NewJob {
+        queue: queue.into(),
+        payload: payload.clone(),
+        ..Default::default()
+    }
+}
+
+/// Runs `op` from `clients` tasks, each with its own connection, until `total`
+/// operations are done; returns operations per second.
+async fn drive<F, Fut>(url: &str, clients: usize, total: u64, op: F) -> Result<f64, BenchError>
+where
+    F: Fn(Producer) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, ClientError>> + Send,
+{
+    let mut producers = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        producers.push(Producer::connect(url).await?);
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for p in producers {
+        let next = next.clone();
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            // Each call of `op` does `step` operations.
+            loop {
+                let done = next.load(Ordering::Relaxed);
+                if done >= total {
+                    return Ok::<(), ClientError>(());
+                }
+                let step = op(p.clone()).await?;
+                next.fetch_add(step, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| BenchError::Spawn(e.to_string()))??;
+    }
+    Ok(next.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn ping(args: &BenchArgs) -> Result<f64, BenchError> {
+    let (url, _node) = target(args).await?;
+    drive(&url, args.producers, args.jobs, |mut p| async move {
+        p.ping().await?;
+        Ok(1)
+    })
+    .await
+}
+
+async fn enqueue(args: &BenchArgs, per_request: usize) -> Result<f64, BenchError> {
+    let (url, _node) = target(args).await?;
+    let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
+    drive(&url, args.producers, args.jobs, move |mut p| {
+        let jobs = vec![job("bench", &payload); per_request];
+        async move {
+            p.enqueue(jobs).await?;
+            Ok(per_request as u64)
+        }
+    })
+    .await
+}
+
+/// Producers and workers at once; a job counts when its completion is
+/// acknowledged.
+async fn end_to_end(args: &BenchArgs) -> Result<f64, BenchError> {
+    let (url, _node) = target(args).await?;
+    let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
+    let total = args.jobs;
+    let run_count = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for i in 0..args.workers {
+        let opts = WorkerOptions::new(url.clone(), format!("bench-{i}"), vec!["bench-e2e".into()], args.worker_concurrency);
+        let run_count = run_count.clone();
+        let stop_tx = stop_tx.clone();
+        let handler = move |_job: pb::LeasedJob| {
+            if run_count.fetch_add(1, Ordering::Relaxed) + 1 >= total {
+                stop_tx.send_replace(true);
+            }
+            async { Ok(Bytes::new()) }
+        };
+        workers.push(tokio::spawn(worker::run(opts, handler, stop.clone())));
+    }
+    drive(&url, args.producers, total, move |mut p| {
+        let jobs = vec![job("bench-e2e", &payload)];
+        async move {
+            p.enqueue(jobs).await?;
+            Ok(1)
+        }
+    })
+    .await?;
+    let mut completed = 0;
+    for w in workers {
+        completed += w.await.map_err(|e| BenchError::Spawn(e.to_string()))??.completed;
+    }
+    Ok(completed as f64 / start.elapsed().as_secs_f64())
+}
+
+/// One producer, one job per request: (p50, p99) in milliseconds.
+async fn latency(args: &BenchArgs) -> Result<(f64, f64), BenchError> {
+    let (url, _node) = target(args).await?;
+    let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
+    let mut p = Producer::connect(&url).await?;
+    let n = (args.jobs / 10).max(100);
+    let mut samples = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        p.enqueue(vec![job("bench-lat", &payload)]).await?;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e3;
+    Ok((at(0.50), at(0.99)))
+}
+
+async fn rss(args: &BenchArgs) -> Result<Option<u64>, BenchError> {
+    if args.server.is_some() {
+        return Ok(None);
+    }
+    let (url, node) = target(args).await?;
+    let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
+    drive(&url, 4, args.rss_jobs, move |mut p| {
+        let jobs = vec![job("bench-rss", &payload); 1000];
+        async move {
+            p.enqueue(jobs).await?;
+            Ok(1000)
+        }
+    })
+    .await?;
+    // Let the node settle (sled's cache and allocator) before reading.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(node.and_then(|n| n.rss_bytes()))
+}
+
+struct Figure {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn figure(mut v: Vec<f64>) -> Figure {
+    v.sort_by(|a, b| a.total_cmp(b));
+    Figure {
+        median: v[v.len() / 2],
+        min: v[0],
+        max: v[v.len() - 1],
+    }
+}
+
+async fn repeat<F, Fut>(runs: usize, f: F) -> Result<Figure, BenchError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<f64, BenchError>>,
+{
+    let mut v = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        v.push(f().await?);
+    }
+    Ok(figure(v))
+}
+
+fn print_rate(name: &str, f: &Figure, unit: &str, ceiling: Option<f64>) {
+    let ratio = ceiling
+        .map(|c| format!("  {:.2} of the no-op ceiling", f.median / c))
+        .unwrap_or_default();
+    println!(
+        "{name:<10} {:>9.0} {unit}  (min {:.0}, max {:.0}){ratio}",
+        f.median, f.min, f.max
+    );
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
+    let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    println!(
+        "drover bench: {} jobs of {} bytes per run, {} runs, {} producers, {}",
+        args.jobs,
+        args.payload_bytes,
+        args.runs,
+        args.producers,
+        args.server.as_deref().map_or("a fresh local node per run".to_string(), |s| format!("server {s}"))
+    );
+    let mut ceiling = None;
+    if want("ping") {
+        let f = repeat(args.runs, || ping(&args)).await?;
+        print_rate("ping", &f, "calls/s", None);
+        ceiling = Some(f.median);
+    }
+    if want("enq") {
+        let f = repeat(args.runs, || enqueue(&args, 1)).await?;
+        print_rate("enq", &f, "jobs/s ", ceiling);
+    }
+    if want("e2e") {
+        let f = repeat(args.runs, || end_to_end(&args)).await?;
+        print_rate("e2e", &f, "jobs/s ", ceiling);
+    }
+    if want("lat") {
+        let mut p50 = Vec::new();
+        let mut p99 = Vec::new();
+        for _ in 0..args.runs.max(1) {
+            let (a, b) = latency(&args).await?;
+            p50.push(a);
+            p99.push(b);
+        }
+        let (a, b) = (figure(p50), figure(p99));
+        println!(
+            "lat        p50 {:.3} ms (min {:.3}, max {:.3})  p99 {:.3} ms (min {:.3}, max {:.3})",
+            a.median, a.min, a.max, b.median, b.min, b.max
+        );
+    }
+    if want("batch") {
+        let f = repeat(args.runs, || enqueue(&args, 100)).await?;
+        print_rate("batch100", &f, "jobs/s ", ceiling);
+    }
+    if want("rss") && args.rss_jobs > 0 {
+        match rss(&args).await? {
+            Some(b) => println!("rss        {:.0} MB with {} jobs pending", b as f64 / 1e6, args.rss_jobs),
+            None => println!("rss        not measured (needs a local node)"),
+        }
+    }
+    Ok(())
+}

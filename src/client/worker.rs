@@ -1,0 +1,318 @@
+//! The worker runtime: holds one Work stream, runs a handler per leased job
+//! (up to the worker's concurrency), heartbeats every held lease, and sends
+//! results back in batches. Jobs keep running across a reconnect: their
+//! results go out on the new stream, and heartbeats on it keep their leases.
+//!
+//! Stopping (the `stop` signal or the server's Shutdown) sends Drain, lets
+//! held jobs finish, waits for their results to be acknowledged, and returns.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::client::{connect, ClientError};
+use crate::proto::v1 as pb;
+use crate::proto::v1::server_message::Msg as ServerMsg;
+use crate::proto::v1::worker_message::Msg;
+use crate::proto::v1::worker_service_client::WorkerServiceClient;
+
+/// Why a job failed, as the worker reports it. `class` selects the retry
+/// behaviour; `message` is kept on the job for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFailure {
+    pub class: String,
+    pub message: String,
+}
+
+/// Runs one job. Implemented for any `Fn(LeasedJob) -> impl Future`.
+pub trait Handler: Send + Sync + 'static {
+    fn run(&self, job: pb::LeasedJob) -> BoxFuture<'static, Result<Bytes, JobFailure>>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(pb::LeasedJob) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, JobFailure>> + Send + 'static,
+{
+    fn run(&self, job: pb::LeasedJob) -> BoxFuture<'static, Result<Bytes, JobFailure>> {
+        (self)(job).boxed()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub url: String,
+    pub worker_id: String,
+    pub queues: Vec<String>,
+    pub concurrency: u32,
+    /// Pause between reconnect attempts after a stream breaks.
+    pub reconnect_delay: Duration,
+    /// Give up after this many failed connects in a row (0: never).
+    pub max_reconnects: u32,
+}
+
+impl WorkerOptions {
+    pub fn new(url: impl Into<String>, worker_id: impl Into<String>, queues: Vec<String>, concurrency: u32) -> Self {
+        WorkerOptions {
+            url: url.into(),
+            worker_id: worker_id.into(),
+            queues,
+            concurrency,
+            reconnect_delay: Duration::from_millis(500),
+            max_reconnects: 0,
+        }
+    }
+}
+
+/// What a worker did before it stopped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WorkerReport {
+    pub completed: u64,
+    pub failed: u64,
+    /// Results the server refused (stale lease: the job had been given to
+    /// another worker after this one's lease expired).
+    pub refused: u64,
+}
+
+struct Done {
+    job_id: u64,
+    attempt: u32,
+    result: Result<Bytes, JobFailure>,
+}
+
+/// The state that outlives a single stream.
+struct Runtime<H> {
+    opts: WorkerOptions,
+    handler: Arc<H>,
+    /// Held jobs: id -> attempt.
+    held: HashMap<u64, u32>,
+    /// Results sent and not yet acknowledged.
+    unacked: HashMap<u64, Done>,
+    /// Results not yet sent (stream was down).
+    unsent: Vec<Done>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    report: WorkerReport,
+    stopping: bool,
+}
+
+/// Runs a worker until `stop` turns true (or the server shuts down) and every
+/// held job is finished and reported.
+pub async fn run<H: Handler>(
+    opts: WorkerOptions,
+    handler: H,
+    mut stop: watch::Receiver<bool>,
+) -> Result<WorkerReport, ClientError> {
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let mut rt = Runtime {
+        opts,
+        handler: Arc::new(handler),
+        held: HashMap::new(),
+        unacked: HashMap::new(),
+        unsent: Vec::new(),
+        done_tx,
+        done_rx,
+        report: WorkerReport::default(),
+        stopping: *stop.borrow(),
+    };
+    let mut failures = 0u32;
+    loop {
+        match rt.session(&mut stop).await {
+            Ok(()) => return Ok(rt.report),
+            Err(e) => {
+                if rt.stopping && rt.held.is_empty() && rt.unsent.is_empty() && rt.unacked.is_empty() {
+                    return Ok(rt.report);
+                }
+                failures += 1;
+                if rt.opts.max_reconnects > 0 && failures > rt.opts.max_reconnects {
+                    return Err(e);
+                }
+                tracing::warn!(event = "worker_reconnecting", error = %e, held = rt.held.len(), "worker stream lost; reconnecting");
+                // Results already sent but not acknowledged may not have
+                // reached the log; send them again (a duplicate is refused as stale).
+                let unacked: Vec<Done> = rt.unacked.drain().map(|(_, d)| d).collect();
+                rt.unsent.extend(unacked);
+                tokio::time::sleep(rt.opts.reconnect_delay).await;
+            }
+        }
+    }
+}
+
+fn message(msg: Msg) -> pb::WorkerMessage {
+    pb::WorkerMessage { msg: Some(msg) }
+}
+
+impl<H: Handler> Runtime<H> {
+    /// One stream's life. Ok when the worker has stopped cleanly.
+    async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), ClientError> {
+        let channel = connect(&self.opts.url).await?;
+        let mut client = WorkerServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(1024);
+        out.send(message(Msg::Register(pb::Register {
+            worker_id: self.opts.worker_id.clone(),
+            queues: self.opts.queues.clone(),
+            capacity: self.opts.concurrency,
+        })))
+        .await
+        .map_err(|_| ClientError::Protocol("stream closed before Register".into()))?;
+        if self.stopping {
+            let _ = out.send(message(Msg::Drain(pb::Drain {}))).await;
+        }
+        let mut inbound = client.work(ReceiverStream::new(out_rx)).await?.into_inner();
+        let registered = match inbound.message().await? {
+            Some(pb::ServerMessage { msg: Some(ServerMsg::Registered(r)) }) => r,
+            other => return Err(ClientError::Protocol(format!("expected Registered, got {other:?}"))),
+        };
+        let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
+        let mut heartbeat = tokio::time::interval(interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Results finished while disconnected go out first.
+        let pending: Vec<Done> = std::mem::take(&mut self.unsent);
+        self.send_results(&out, pending).await?;
+        loop {
+            if self.stopping && self.held.is_empty() && self.unacked.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                msg = inbound.message() => match msg? {
+                    None => return Err(ClientError::Protocol("the server closed the stream".into())),
+                    Some(m) => self.on_server(m, &out).await?,
+                },
+                Some(first) = self.done_rx.recv() => {
+                    let mut batch = vec![first];
+                    while let Ok(d) = self.done_rx.try_recv() {
+                        batch.push(d);
+                    }
+                    self.send_results(&out, batch).await?;
+                }
+                _ = heartbeat.tick() => {
+                    if !self.held.is_empty() {
+                        let leases = self.held.iter().map(|(&job_id, &attempt)| pb::LeaseRef {
+                            job_id, attempt, progress: 0.0, progress_message: String::new(),
+                        }).collect();
+                        send(&out, Msg::Heartbeat(pb::Heartbeat { leases })).await?;
+                    }
+                }
+                changed = stop.changed(), if !self.stopping => {
+                    let stop_now = changed.is_err() || *stop.borrow();
+                    if stop_now {
+                        self.begin_stop(&out).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn begin_stop(&mut self, out: &mpsc::Sender<pb::WorkerMessage>) -> Result<(), ClientError> {
+        self.stopping = true;
+        tracing::info!(event = "worker_draining", held = self.held.len(), "stopping: finishing held jobs");
+        send(out, Msg::Drain(pb::Drain {})).await
+    }
+
+    async fn on_server(&mut self, m: pb::ServerMessage, out: &mpsc::Sender<pb::WorkerMessage>) -> Result<(), ClientError> {
+        match m.msg {
+            Some(ServerMsg::Leases(l)) => {
+                for job in l.jobs {
+                    self.held.insert(job.job_id, job.attempt);
+                    let (job_id, attempt) = (job.job_id, job.attempt);
+                    let handler = self.handler.clone();
+                    let tx = self.done_tx.clone();
+                    tokio::spawn(async move {
+                        // A panicking handler fails its job instead of killing the worker.
+                        let result = std::panic::AssertUnwindSafe(handler.run(job))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(JobFailure { class: "handler_panicked".into(), message: "the job handler panicked".into() })
+                            });
+                        let _ = tx.send(Done { job_id, attempt, result });
+                    });
+                }
+            }
+            Some(ServerMsg::Acks(a)) => {
+                for ack in a.acks {
+                    let kind = pb::AckKind::try_from(ack.kind).unwrap_or(pb::AckKind::Unspecified);
+                    if kind == pb::AckKind::Heartbeat {
+                        // Our lease is gone: stop heartbeating; the job's
+                        // result will be refused when it comes.
+                        self.held.remove(&ack.job_id);
+                        tracing::warn!(event = "lease_lost", job_id = ack.job_id, error = %ack.error, "lease lost");
+                        continue;
+                    }
+                    self.unacked.remove(&ack.job_id);
+                    if ack.ok {
+                        match kind {
+                            pb::AckKind::Complete => self.report.completed += 1,
+                            _ => self.report.failed += 1,
+                        }
+                    } else {
+                        self.report.refused += 1;
+                        tracing::warn!(event = "result_refused", job_id = ack.job_id, attempt = ack.attempt, error = %ack.error, "server refused a result");
+                    }
+                }
+            }
+            Some(ServerMsg::Shutdown(s)) => {
+                tracing::info!(event = "server_shutdown", reason = %s.reason, "server asked this worker to stop");
+                if !self.stopping {
+                    self.begin_stop(out).await?;
+                }
+            }
+            Some(ServerMsg::Registered(_)) | None => {}
+        }
+        Ok(())
+    }
+
+    async fn send_results(&mut self, out: &mpsc::Sender<pb::WorkerMessage>, batch: Vec<Done>) -> Result<(), ClientError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut completions = Vec::new();
+        let mut failures = Vec::new();
+        let mut sent = HashSet::new();
+        for d in &batch {
+            self.held.remove(&d.job_id);
+            sent.insert(d.job_id);
+            match &d.result {
+                Ok(result) => completions.push(pb::Completion { job_id: d.job_id, attempt: d.attempt, result: result.clone() }),
+                Err(f) => failures.push(pb::Failure {
+                    job_id: d.job_id,
+                    attempt: d.attempt,
+                    error_class: f.class.clone(),
+                    message: f.message.clone(),
+                }),
+            }
+        }
+        let mut r = Ok(());
+        if !completions.is_empty() {
+            r = send(out, Msg::Complete(pb::Complete { completions })).await;
+        }
+        if r.is_ok() && !failures.is_empty() {
+            r = send(out, Msg::Fail(pb::Fail { failures })).await;
+        }
+        match r {
+            Ok(()) => {
+                for d in batch {
+                    self.unacked.insert(d.job_id, d);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.unsent.extend(batch);
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn send(out: &mpsc::Sender<pb::WorkerMessage>, msg: Msg) -> Result<(), ClientError> {
+    out.send(message(msg))
+        .await
+        .map_err(|_| ClientError::Protocol("the stream to the server is closed".into()))
+}

@@ -1,0 +1,146 @@
+//! A running node: opens the data dir, starts the raft driver, serves gRPC
+//! and HTTP, and shuts all of it down in order.
+//!
+//! Shutdown: stop accepting connections, tell connected workers to finish
+//! what they hold (they may complete it within `shutdown_grace`), then stop
+//! the driver, which answers anything still waiting and flushes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{self, App};
+use crate::config::Config;
+use crate::driver::{self, DriverError};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::proto::v1::producer_service_server::ProducerServiceServer;
+use crate::proto::v1::worker_service_server::WorkerServiceServer;
+use crate::store;
+use crate::workers::WorkerRegistry;
+
+/// Longest gRPC message accepted: a batch of jobs may be large, a single
+/// payload is limited separately by `limits.max_payload_bytes`.
+const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
+
+pub struct Node {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub app: App,
+    shutdown_tx: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+    driver_done: oneshot::Receiver<Result<(), DriverError>>,
+    driver_stop: watch::Sender<bool>,
+    grace: Duration,
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { key, addr, source })
+}
+
+impl Node {
+    /// Starts a node; returns once it listens on both addresses.
+    pub async fn start(config: Config) -> Result<Node, Error> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let db = store::open_db(&config.data_dir, config.storage.cache_capacity_bytes)?;
+        let grpc_listener = bind("grpc_addr", config.grpc_addr).await?;
+        let http_listener = bind("http_addr", config.http_addr).await?;
+        let grpc_addr = grpc_listener.local_addr().map_err(|source| Error::Bind { key: "grpc_addr", addr: config.grpc_addr, source })?;
+        let http_addr = http_listener.local_addr().map_err(|source| Error::Bind { key: "http_addr", addr: config.http_addr, source })?;
+
+        // Two signals: `shutdown` tells the APIs and workers; `driver_stop`
+        // comes later so completions sent during the grace period still commit.
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let (driver_stop, driver_stop_rx) = watch::channel(false);
+        let (handle, driver_done) = driver::start(&config, &db, driver_stop_rx)?;
+        let grace = config.shutdown_grace;
+        let app = App {
+            driver: handle,
+            config: Arc::new(config),
+            workers: WorkerRegistry::default(),
+            shutdown: shutdown.clone(),
+        };
+        let metrics = Metrics::install();
+
+        let producer = ProducerServiceServer::new(api::producer::Producer { app: app.clone() })
+            .max_decoding_message_size(MAX_GRPC_MESSAGE);
+        let worker = WorkerServiceServer::new(api::worker::Worker { app: app.clone() })
+            .max_decoding_message_size(MAX_GRPC_MESSAGE);
+        let mut grpc_shutdown = shutdown.clone();
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(producer)
+                .add_service(worker)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                    let _ = grpc_shutdown.wait_for(|s| *s).await;
+                }),
+        );
+        let router = api::http::router(app.clone(), metrics);
+        let mut http_shutdown = shutdown.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_shutdown.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tracing::info!(event = "node_started", node_id = app.config.node_id, %grpc_addr, %http_addr, "node started");
+        Ok(Node { grpc_addr, http_addr, app, shutdown_tx, grpc, http, driver_done, driver_stop, grace })
+    }
+
+    /// Asks the node to stop; [`Node::wait`] returns when it has.
+    pub fn shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
+    /// A handle that can ask the node to stop from elsewhere.
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown_tx.clone()
+    }
+
+    /// Runs until shutdown is asked for or the driver fails, then stops
+    /// everything in order.
+    pub async fn wait(mut self) -> Result<(), Error> {
+        let mut shutdown = self.app.shutdown.clone();
+        let driver_failed = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => None,
+            r = &mut self.driver_done => Some(r),
+        };
+        if let Some(r) = driver_failed {
+            self.shutdown_tx.send_replace(true);
+            let reason = match r {
+                Ok(Err(e)) => e.to_string(),
+                _ => "the driver thread ended unexpectedly".into(),
+            };
+            return Err(Error::Driver(reason));
+        }
+        tracing::info!(event = "node_stopping", grace_ms = self.grace.as_millis() as u64, "stopping: workers finish held jobs");
+        // Streams end when their workers finish; bound the wait.
+        let _ = tokio::time::timeout(self.grace, async {
+            let _ = (&mut self.grpc).await;
+        })
+        .await;
+        self.grpc.abort();
+        let _ = (&mut self.http).await;
+        self.driver_stop.send_replace(true);
+        match self.driver_done.await {
+            Ok(Err(e)) => return Err(Error::Driver(e.to_string())),
+            Ok(Ok(())) | Err(_) => {}
+        }
+        tracing::info!(event = "node_stopped", "node stopped");
+        Ok(())
+    }
+}

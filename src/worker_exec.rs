@@ -1,0 +1,119 @@
+//! The handler behind `drover worker --exec CMD`: runs CMD with `sh -c` once
+//! per job, payload on stdin, job facts in `DROVER_*` variables. Exit 0
+//! completes the job with stdout as its result; any other exit fails it with
+//! the class named by the last stderr line of the form `error_class=NAME`, or
+//! `exit_<code>` when there is none.
+
+use std::process::Stdio;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::client::worker::JobFailure;
+use crate::proto::v1 as pb;
+
+/// Bytes of stderr kept as the failure message.
+const MAX_MESSAGE: usize = 2048;
+
+pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<Bytes, JobFailure> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("DROVER_JOB_ID", job.job_id.to_string())
+        .env("DROVER_QUEUE", &job.queue)
+        .env("DROVER_JOB_TYPE", &job.job_type)
+        .env("DROVER_TENANT", &job.tenant)
+        .env("DROVER_RUN_ID", &job.run_id)
+        .env("DROVER_ATTEMPT", job.attempt.to_string())
+        .env("DROVER_PRIORITY", job.priority.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| JobFailure {
+            class: "spawn_failed".into(),
+            message: format!("cannot start `sh -c {cmd}`: {e}"),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let payload = job.payload.clone();
+        // Written beside the wait so a command that ignores stdin cannot block us.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&payload).await;
+        });
+    }
+    let out = child.wait_with_output().await.map_err(|e| JobFailure {
+        class: "wait_failed".into(),
+        message: e.to_string(),
+    })?;
+    if out.status.success() {
+        return Ok(Bytes::from(out.stdout));
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(JobFailure {
+        class: error_class(&stderr).unwrap_or_else(|| exit_class(&out.status)),
+        message: tail(&stderr, MAX_MESSAGE),
+    })
+}
+
+fn exit_class(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit_{code}"),
+        (None, Some(sig)) => format!("signal_{sig}"),
+        _ => "exit_unknown".into(),
+    }
+}
+
+/// The class from the last stderr line `error_class=NAME`.
+pub fn error_class(stderr: &str) -> Option<String> {
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error_class="))
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+}
+
+fn tail(s: &str, max: usize) -> String {
+    let s = s.trim_end();
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> pb::LeasedJob {
+        pb::LeasedJob {
+            job_id: 42,
+            attempt: 2,
+            queue: "q".into(),
+            payload: Bytes::from_static(b"hello"),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn success_returns_stdout_and_sees_env_and_stdin() {
+        let out = exec_job("printf '%s:%s:' \"$DROVER_JOB_ID\" \"$DROVER_ATTEMPT\"; cat", job()).await.unwrap();
+        assert_eq!(out, Bytes::from_static(b"42:2:hello"));
+    }
+
+    #[tokio::test]
+    async fn failure_takes_class_from_stderr_or_exit_code() {
+        let f = exec_job("echo first >&2; echo error_class=rate_limited >&2; exit 3", job()).await.unwrap_err();
+        assert_eq!(f.class, "rate_limited");
+        let f = exec_job("echo oops >&2; exit 7", job()).await.unwrap_err();
+        assert_eq!(f.class, "exit_7");
+        assert_eq!(f.message, "oops");
+    }
+}
