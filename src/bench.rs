@@ -91,7 +91,10 @@ impl LocalNode {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| BenchError::Spawn(e.to_string()))?;
-        let stdout = child.stdout.take().ok_or_else(|| BenchError::Spawn("no stdout".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| BenchError::Spawn("no stdout".into()))?;
         let mut line = String::new();
         BufReader::new(stdout)
             .read_line(&mut line)
@@ -99,7 +102,9 @@ impl LocalNode {
         let grpc = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("grpc="))
-            .ok_or_else(|| BenchError::Spawn(format!("node printed {line:?} instead of its ready line")))?;
+            .ok_or_else(|| {
+                BenchError::Spawn(format!("node printed {line:?} instead of its ready line"))
+            })?;
         Ok(LocalNode {
             grpc: format!("http://{grpc}"),
             child,
@@ -211,7 +216,12 @@ async fn end_to_end(args: &BenchArgs) -> Result<f64, BenchError> {
     let start = Instant::now();
     let mut workers = Vec::new();
     for i in 0..args.workers {
-        let opts = WorkerOptions::new(url.clone(), format!("bench-{i}"), vec!["bench-e2e".into()], args.worker_concurrency);
+        let opts = WorkerOptions::new(
+            url.clone(),
+            format!("bench-{i}"),
+            vec!["bench-e2e".into()],
+            args.worker_concurrency,
+        );
         let run_count = run_count.clone();
         let stop_tx = stop_tx.clone();
         let handler = move |_job: pb::LeasedJob| {
@@ -232,7 +242,10 @@ async fn end_to_end(args: &BenchArgs) -> Result<f64, BenchError> {
     .await?;
     let mut completed = 0;
     for w in workers {
-        completed += w.await.map_err(|e| BenchError::Spawn(e.to_string()))??.completed;
+        completed += w
+            .await
+            .map_err(|e| BenchError::Spawn(e.to_string()))??
+            .completed;
     }
     Ok(completed as f64 / start.elapsed().as_secs_f64())
 }
@@ -250,7 +263,9 @@ async fn latency(args: &BenchArgs) -> Result<(f64, f64), BenchError> {
         samples.push(t.elapsed());
     }
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e3;
+    let at = |q: f64| {
+        samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e3
+    };
     Ok((at(0.50), at(0.99)))
 }
 
@@ -318,7 +333,11 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         args.payload_bytes,
         args.runs,
         args.producers,
-        args.server.as_deref().map_or("a fresh local node per run".to_string(), |s| format!("server {s}"))
+        args.server
+            .as_deref()
+            .map_or("a fresh local node per run".to_string(), |s| format!(
+                "server {s}"
+            ))
     );
     let mut ceiling = None;
     if want("ping") {
@@ -354,7 +373,11 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     }
     if want("rss") && args.rss_jobs > 0 {
         match rss(&args).await? {
-            Some(b) => println!("rss        {:.0} MB with {} jobs pending", b as f64 / 1e6, args.rss_jobs),
+            Some(b) => println!(
+                "rss        {:.0} MB with {} jobs pending",
+                b as f64 / 1e6,
+                args.rss_jobs
+            ),
             None => println!("rss        not measured (needs a local node)"),
         }
     }

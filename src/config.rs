@@ -212,7 +212,10 @@ impl Config {
             return Err(invalid("data_dir", "must not be empty"));
         }
         if self.limits.max_payload_bytes == 0 || self.limits.max_payload_bytes > 64 * 1024 * 1024 {
-            return Err(invalid("limits.max_payload_bytes", "must be 1 to 67108864 (64 MiB)"));
+            return Err(invalid(
+                "limits.max_payload_bytes",
+                "must be 1 to 67108864 (64 MiB)",
+            ));
         }
         if self.limits.max_jobs_per_request == 0 {
             return Err(invalid("limits.max_jobs_per_request", "must be 1 or more"));
@@ -224,7 +227,10 @@ impl Config {
             return Err(invalid("jobs.heartbeat_timeout", "must be at least 100ms"));
         }
         if self.jobs.retry_max_delay < self.jobs.retry_base_delay {
-            return Err(invalid("jobs.retry_max_delay", "must not be less than jobs.retry_base_delay"));
+            return Err(invalid(
+                "jobs.retry_max_delay",
+                "must not be less than jobs.retry_base_delay",
+            ));
         }
         if self.raft.tick_interval.is_zero() {
             return Err(invalid("raft.tick_interval", "must be more than 0"));
@@ -236,7 +242,10 @@ impl Config {
             ));
         }
         if !matches!(self.log.format.as_str(), "json" | "text") {
-            return Err(invalid("log.format", format!("{:?} is not `json` or `text`", self.log.format)));
+            return Err(invalid(
+                "log.format",
+                format!("{:?} is not `json` or `text`", self.log.format),
+            ));
         }
         Ok(())
     }

@@ -167,9 +167,16 @@ pub fn start(
     let mut store = RaftStore::open(db)?;
     if store.is_new() {
         store.bootstrap(vec![cfg.node_id])?;
-        tracing::info!(event = "cluster_bootstrapped", node_id = cfg.node_id, "bootstrapped a new one-voter cluster");
+        tracing::info!(
+            event = "cluster_bootstrapped",
+            node_id = cfg.node_id,
+            "bootstrapped a new one-voter cluster"
+        );
     }
-    let machine = Machine::open(db.open_tree("machine").map_err(StoreError::from)?, cfg.machine())?;
+    let machine = Machine::open(
+        db.open_tree("machine").map_err(StoreError::from)?,
+        cfg.machine(),
+    )?;
     let meta = machine.meta();
     // The machine only ever applies committed entries, so its applied index
     // is committed even if the hard state's commit did not reach the disk.
@@ -194,8 +201,12 @@ pub fn start(
         })
     })?;
     let logger = slog::Logger::root(TracingDrain, slog::o!());
-    let mut raw = RawNode::new(&raft_cfg, store, &logger)
-        .map_err(|e| Error::Store(StoreError::Corrupt { key: "raft".into(), reason: e.to_string() }))?;
+    let mut raw = RawNode::new(&raft_cfg, store, &logger).map_err(|e| {
+        Error::Store(StoreError::Corrupt {
+            key: "raft".into(),
+            reason: e.to_string(),
+        })
+    })?;
     let single_voter = raw.raft.prs().conf().voters().ids().len() == 1;
     if single_voter {
         // Nobody to wait for: become leader now instead of after an election timeout.
@@ -210,7 +221,8 @@ pub fn start(
         status,
         stats,
         reader: machine.reader(),
-        retry_after_ms: (cfg.raft.tick_interval * cfg.raft.election_ticks as u32).as_millis() as u64,
+        retry_after_ms: (cfg.raft.tick_interval * cfg.raft.election_ticks as u32).as_millis()
+            as u64,
     };
     let driver = Driver {
         raw,
@@ -229,7 +241,10 @@ pub fn start(
     std::thread::Builder::new()
         .name("raft-driver".into())
         .spawn(move || {
-            let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt.block_on(driver.run()),
                 Err(e) => Err(DriverError::Thread(e)),
             };
@@ -238,7 +253,12 @@ pub fn start(
             }
             let _ = done_tx.send(result);
         })
-        .map_err(|e| Error::Store(StoreError::Corrupt { key: "thread".into(), reason: e.to_string() }))?;
+        .map_err(|e| {
+            Error::Store(StoreError::Corrupt {
+                key: "thread".into(),
+                reason: e.to_string(),
+            })
+        })?;
     Ok((handle, done))
 }
 
@@ -278,7 +298,11 @@ impl Driver {
         Ok(())
     }
 
-    fn propose(&mut self, command: Command, reply: Option<oneshot::Sender<Result<Outcome, Error>>>) {
+    fn propose(
+        &mut self,
+        command: Command,
+        reply: Option<oneshot::Sender<Result<Outcome, Error>>>,
+    ) {
         let entry = LogEntry {
             at_ms: now_ms(),
             command,
@@ -310,7 +334,11 @@ impl Driver {
         if self.raw.raft.state != StateRole::Leader || self.tick_in_flight.is_some() {
             return;
         }
-        if self.machine.next_due_ms().is_some_and(|due| due <= now_ms()) {
+        if self
+            .machine
+            .next_due_ms()
+            .is_some_and(|due| due <= now_ms())
+        {
             self.propose(Command::Tick, None);
         }
     }
@@ -359,14 +387,20 @@ impl Driver {
                     Outcome::Noop
                 }
                 EntryType::EntryNormal => {
-                    match bincode::serde::decode_from_slice::<LogEntry, _>(&entry.data, bincode::config::standard()) {
+                    match bincode::serde::decode_from_slice::<LogEntry, _>(
+                        &entry.data,
+                        bincode::config::standard(),
+                    ) {
                         Ok((log_entry, _)) => self.machine.apply(index, term, &log_entry)?,
                         Err(e) => {
                             // Every node decodes the same bytes the same way,
                             // so skipping keeps them equal.
                             tracing::error!(event = "entry_undecodable", index, error = %e, "skipping a log entry that does not decode");
                             self.machine.apply_noop(index, term);
-                            Outcome::Rejected(Refusal::Undecodable { index, reason: e.to_string() })
+                            Outcome::Rejected(Refusal::Undecodable {
+                                index,
+                                reason: e.to_string(),
+                            })
                         }
                     }
                 }
@@ -387,7 +421,11 @@ impl Driver {
         for (index, term, outcome) in replies {
             if let Some(p) = self.pending.remove(&index) {
                 if let Some(reply) = p.reply {
-                    let _ = reply.send(if p.term == term { Ok(outcome) } else { Err(Error::Superseded) });
+                    let _ = reply.send(if p.term == term {
+                        Ok(outcome)
+                    } else {
+                        Err(Error::Superseded)
+                    });
                 }
             }
         }
@@ -398,16 +436,18 @@ impl Driver {
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), DriverError> {
         use protobuf::Message as _;
         let cs = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
-            let cc = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| StoreError::Corrupt {
-                key: format!("raft/e/{}", entry.index),
-                reason: e.to_string(),
-            })?;
+            let cc =
+                ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| StoreError::Corrupt {
+                    key: format!("raft/e/{}", entry.index),
+                    reason: e.to_string(),
+                })?;
             self.raw.apply_conf_change(&cc)?
         } else {
-            let cc = ConfChange::parse_from_bytes(&entry.data).map_err(|e| StoreError::Corrupt {
-                key: format!("raft/e/{}", entry.index),
-                reason: e.to_string(),
-            })?;
+            let cc =
+                ConfChange::parse_from_bytes(&entry.data).map_err(|e| StoreError::Corrupt {
+                    key: format!("raft/e/{}", entry.index),
+                    reason: e.to_string(),
+                })?;
             self.raw.apply_conf_change(&cc)?
         };
         self.raw.mut_store().set_conf_state(cs)?;

@@ -21,7 +21,9 @@ pub enum Error {
     JobNotFound(JobId),
     #[error("{0}")]
     Refused(#[from] Refusal),
-    #[error("no leader is known right now (election in progress?); retry in about {retry_after_ms} ms")]
+    #[error(
+        "no leader is known right now (election in progress?); retry in about {retry_after_ms} ms"
+    )]
     NoLeader { retry_after_ms: u64 },
     #[error("the request's log entry was replaced by a new leader before it committed, so it did not take effect; retry it")]
     Superseded,

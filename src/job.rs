@@ -223,7 +223,12 @@ impl JobRequest {
         let priority = match self.priority {
             0 => PRIORITY_DEFAULT,
             p @ 1..=5 => p as u8,
-            p => return Err(field("priority", format!("{p} is outside 1 (highest) to 5 (lowest)"))),
+            p => {
+                return Err(field(
+                    "priority",
+                    format!("{p} is outside 1 (highest) to 5 (lowest)"),
+                ))
+            }
         };
         if self.payload.len() > limits.max_payload_bytes {
             return Err(InvalidJob::PayloadTooLarge {
@@ -235,17 +240,26 @@ impl JobRequest {
             return Err(field("idempotency_key", "longer than 256 bytes"));
         }
         if self.labels.len() > 32 {
-            return Err(field("labels", format!("{} labels is over the limit of 32", self.labels.len())));
+            return Err(field(
+                "labels",
+                format!("{} labels is over the limit of 32", self.labels.len()),
+            ));
         }
         for (k, v) in &self.labels {
             if k.is_empty() || k.len() > 128 || v.len() > 1024 {
-                return Err(field("labels", format!("label {k:?}: keys must be 1-128 bytes, values at most 1024")));
+                return Err(field(
+                    "labels",
+                    format!("label {k:?}: keys must be 1-128 bytes, values at most 1024"),
+                ));
             }
         }
         // Ten years: anything longer is a unit mistake (seconds sent as ms * 1000).
         const MAX_DELAY_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
         if self.delay_ms > MAX_DELAY_MS {
-            return Err(field("delay_ms", format!("{} ms is more than ten years", self.delay_ms)));
+            return Err(field(
+                "delay_ms",
+                format!("{} ms is more than ten years", self.delay_ms),
+            ));
         }
         Ok(NewJob {
             queue: self.queue,
@@ -302,12 +316,19 @@ mod tests {
         assert!(err.to_string().contains("128"), "{err}");
         let mut r = req("q");
         r.priority = 6;
-        assert!(r.validate(LIMITS).unwrap_err().to_string().contains("`priority`"));
+        assert!(r
+            .validate(LIMITS)
+            .unwrap_err()
+            .to_string()
+            .contains("`priority`"));
         let mut r = req("q");
         r.payload = Bytes::from(vec![0; 17]);
         assert_eq!(
             r.validate(LIMITS).unwrap_err(),
-            InvalidJob::PayloadTooLarge { size: 17, limit: 16 }
+            InvalidJob::PayloadTooLarge {
+                size: 17,
+                limit: 16
+            }
         );
     }
 }

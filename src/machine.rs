@@ -469,7 +469,10 @@ impl Machine {
                 deadline_ms: now.saturating_add(self.cfg.heartbeat_timeout_ms),
             });
             job.progress = None;
-            job.record(now, format!("leased by {worker} (attempt {})", job.attempts));
+            job.record(
+                now,
+                format!("leased by {worker} (attempt {})", job.attempts),
+            );
             self.place(&job);
             self.put_job(&job);
             self.totals.dispatched += 1;
@@ -495,7 +498,11 @@ impl Machine {
         Ok(Ok(job))
     }
 
-    fn heartbeat(&mut self, now: u64, beat: &LeaseBeat) -> Result<Result<(), Refusal>, MachineError> {
+    fn heartbeat(
+        &mut self,
+        now: u64,
+        beat: &LeaseBeat,
+    ) -> Result<Result<(), Refusal>, MachineError> {
         let mut job = match self.fenced(beat.job_id, beat.attempt)? {
             Ok(job) => job,
             Err(refusal) => return Ok(Err(refusal)),

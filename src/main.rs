@@ -12,7 +12,11 @@ use drover::proto::v1 as pb;
 use drover::Config;
 
 #[derive(Parser)]
-#[command(name = "drover", version, about = "A job queue in one binary: Raft-replicated, sled-backed, gRPC workers.")]
+#[command(
+    name = "drover",
+    version,
+    about = "A job queue in one binary: Raft-replicated, sled-backed, gRPC workers."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -145,8 +149,12 @@ fn main() -> Result<()> {
             Cmd::Enqueue(a) => enqueue(a).await,
             Cmd::Worker(a) => run_worker(a).await,
             Cmd::Status(a) => status(a).await,
-            Cmd::Jobs { command: JobsCmd::Get { id, http } } => job_get(id, http).await,
-            Cmd::Jobs { command: JobsCmd::Cancel { id, grpc } } => {
+            Cmd::Jobs {
+                command: JobsCmd::Get { id, http },
+            } => job_get(id, http).await,
+            Cmd::Jobs {
+                command: JobsCmd::Cancel { id, grpc },
+            } => {
                 let state = Producer::connect(&grpc.server).await?.cancel(id).await?;
                 println!("job {id} cancelled (was {state})");
                 Ok(())
@@ -162,7 +170,9 @@ fn main() -> Result<()> {
 fn init_tracing(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().flatten_event(true).init();
     } else {
@@ -261,7 +271,8 @@ async fn enqueue(a: EnqueueArgs) -> Result<()> {
 async fn run_worker(a: WorkerArgs) -> Result<()> {
     init_tracing("text", "info");
     let id = a.id.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "worker".into());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_else(|_| "worker".into());
         format!("{}-{}", host.trim(), std::process::id())
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -289,9 +300,16 @@ async fn get_json(base: &str, path: &str) -> Result<serde_json::Value> {
         .await
         .with_context(|| format!("cannot reach {url}; is a drover node running there?"))?;
     let status = resp.status();
-    let body: serde_json::Value = resp.json().await.with_context(|| format!("{url} did not answer JSON"))?;
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer JSON"))?;
     if !status.is_success() {
-        bail!("{}: {}", status, body["error"].as_str().unwrap_or("request failed"));
+        bail!(
+            "{}: {}",
+            status,
+            body["error"].as_str().unwrap_or("request failed")
+        );
     }
     Ok(body)
 }
@@ -305,17 +323,34 @@ async fn status(a: HttpArgs) -> Result<()> {
     let n = &s["node"];
     println!(
         "node {}  role {}  term {}  leader {}  commit {}  applied {}",
-        n["node_id"], n["role"].as_str().unwrap_or("?"), n["term"], n["leader_id"], n["commit_index"], n["applied_index"]
+        n["node_id"],
+        n["role"].as_str().unwrap_or("?"),
+        n["term"],
+        n["leader_id"],
+        n["commit_index"],
+        n["applied_index"]
     );
     println!();
-    println!("{:<24} {:>22} {:>9} {:>7} {:>9} {:>6} {:>9}", "QUEUE", "READY p1/p2/p3/p4/p5", "SCHEDULED", "LEASED", "SUCCEEDED", "DEAD", "CANCELLED");
+    println!(
+        "{:<24} {:>22} {:>9} {:>7} {:>9} {:>6} {:>9}",
+        "QUEUE", "READY p1/p2/p3/p4/p5", "SCHEDULED", "LEASED", "SUCCEEDED", "DEAD", "CANCELLED"
+    );
     if let Some(queues) = s["queues"].as_object() {
         for (name, c) in queues {
-            let ready: Vec<String> = c["ready"].as_array().map(|a| a.iter().map(|v| v.to_string()).collect()).unwrap_or_default();
+            let ready: Vec<String> = c["ready"]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.to_string()).collect())
+                .unwrap_or_default();
             let n = |k: &str| c[k].to_string();
             println!(
                 "{:<24} {:>22} {:>9} {:>7} {:>9} {:>6} {:>9}",
-                name, ready.join("/"), n("scheduled"), n("leased"), n("succeeded"), n("dead"), n("cancelled")
+                name,
+                ready.join("/"),
+                n("scheduled"),
+                n("leased"),
+                n("succeeded"),
+                n("dead"),
+                n("cancelled")
             );
         }
     }
@@ -323,14 +358,21 @@ async fn status(a: HttpArgs) -> Result<()> {
     let workers = s["workers"].as_array().cloned().unwrap_or_default();
     println!("{} worker(s) connected", workers.len());
     for w in workers {
-        let queues: Vec<&str> = w["queues"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+        let queues: Vec<&str> = w["queues"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
         println!(
             "  {}  queues={}  capacity={}  in_flight={}{}",
             w["worker_id"].as_str().unwrap_or("?"),
             queues.join(","),
             w["capacity"],
             w["in_flight"],
-            if w["draining"].as_bool() == Some(true) { "  draining" } else { "" }
+            if w["draining"].as_bool() == Some(true) {
+                "  draining"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
@@ -342,19 +384,34 @@ async fn job_get(id: u64, a: HttpArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
-    println!("job {}  queue {}  type {}  tenant {}  priority {}", j["id"], j["queue"].as_str().unwrap_or(""), j["job_type"].as_str().unwrap_or(""), j["tenant"].as_str().unwrap_or(""), j["priority"]);
-    println!("state {}  attempts {}", j["state"].as_str().unwrap_or("?"), j["attempts"]);
+    println!(
+        "job {}  queue {}  type {}  tenant {}  priority {}",
+        j["id"],
+        j["queue"].as_str().unwrap_or(""),
+        j["job_type"].as_str().unwrap_or(""),
+        j["tenant"].as_str().unwrap_or(""),
+        j["priority"]
+    );
+    println!(
+        "state {}  attempts {}",
+        j["state"].as_str().unwrap_or("?"),
+        j["attempts"]
+    );
     if let Some(r) = j["result"].as_str() {
         println!("result: {r}");
     }
     if let Some(c) = j["last_error_class"].as_str().filter(|c| !c.is_empty()) {
-        println!("last error: {c}: {}", j["last_error"].as_str().unwrap_or(""));
+        println!(
+            "last error: {c}: {}",
+            j["last_error"].as_str().unwrap_or("")
+        );
     }
     if let Some(events) = j["events"].as_array() {
         println!("timeline:");
         for e in events {
             let at = e["at_ms"].as_u64().unwrap_or(0);
-            let at = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(at));
+            let at =
+                humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(at));
             println!("  {at}  {}", e["what"].as_str().unwrap_or(""));
         }
     }

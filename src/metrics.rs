@@ -48,7 +48,8 @@ impl Metrics {
                 ("dead", c.dead),
                 ("cancelled", c.cancelled),
             ] {
-                metrics::gauge!("drover_jobs", "queue" => queue.clone(), "state" => state).set(n as f64);
+                metrics::gauge!("drover_jobs", "queue" => queue.clone(), "state" => state)
+                    .set(n as f64);
             }
         }
         let t = stats.totals;

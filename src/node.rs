@@ -57,8 +57,16 @@ impl Node {
         let db = store::open_db(&config.data_dir, config.storage.cache_capacity_bytes)?;
         let grpc_listener = bind("grpc_addr", config.grpc_addr).await?;
         let http_listener = bind("http_addr", config.http_addr).await?;
-        let grpc_addr = grpc_listener.local_addr().map_err(|source| Error::Bind { key: "grpc_addr", addr: config.grpc_addr, source })?;
-        let http_addr = http_listener.local_addr().map_err(|source| Error::Bind { key: "http_addr", addr: config.http_addr, source })?;
+        let grpc_addr = grpc_listener.local_addr().map_err(|source| Error::Bind {
+            key: "grpc_addr",
+            addr: config.grpc_addr,
+            source,
+        })?;
+        let http_addr = http_listener.local_addr().map_err(|source| Error::Bind {
+            key: "http_addr",
+            addr: config.http_addr,
+            source,
+        })?;
 
         // Two signals: `shutdown` tells the APIs and workers; `driver_stop`
         // comes later so completions sent during the grace period still commit.
@@ -98,7 +106,17 @@ impl Node {
                 .await
         });
         tracing::info!(event = "node_started", node_id = app.config.node_id, %grpc_addr, %http_addr, "node started");
-        Ok(Node { grpc_addr, http_addr, app, shutdown_tx, grpc, http, driver_done, driver_stop, grace })
+        Ok(Node {
+            grpc_addr,
+            http_addr,
+            app,
+            shutdown_tx,
+            grpc,
+            http,
+            driver_done,
+            driver_stop,
+            grace,
+        })
     }
 
     /// Asks the node to stop; [`Node::wait`] returns when it has.
@@ -127,7 +145,11 @@ impl Node {
             };
             return Err(Error::Driver(reason));
         }
-        tracing::info!(event = "node_stopping", grace_ms = self.grace.as_millis() as u64, "stopping: workers finish held jobs");
+        tracing::info!(
+            event = "node_stopping",
+            grace_ms = self.grace.as_millis() as u64,
+            "stopping: workers finish held jobs"
+        );
         // Streams end when their workers finish; bound the wait.
         let _ = tokio::time::timeout(self.grace, async {
             let _ = (&mut self.grpc).await;
@@ -136,9 +158,8 @@ impl Node {
         self.grpc.abort();
         let _ = (&mut self.http).await;
         self.driver_stop.send_replace(true);
-        match self.driver_done.await {
-            Ok(Err(e)) => return Err(Error::Driver(e.to_string())),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(e)) = self.driver_done.await {
+            return Err(Error::Driver(e.to_string()));
         }
         tracing::info!(event = "node_stopped", "node stopped");
         Ok(())

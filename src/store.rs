@@ -118,9 +118,10 @@ impl RaftStore {
 
     /// Writes the first configuration of a new cluster.
     pub fn bootstrap(&mut self, voters: Vec<u64>) -> Result<(), StoreError> {
-        let mut cs = ConfState::default();
-        cs.voters = voters;
-        self.set_conf_state(cs)?;
+        self.set_conf_state(ConfState {
+            voters,
+            ..Default::default()
+        })?;
         self.db.flush()?;
         Ok(())
     }
@@ -202,15 +203,23 @@ impl RaftStore {
 
     fn load(&self, index: u64) -> Result<Entry, StoreError> {
         match self.tree.get(entry_key(index))? {
-            Some(b) => Entry::parse_from_bytes(&b).map_err(|e| corrupt(format!("raft/e/{index}"), e)),
-            None => Err(corrupt(format!("raft/e/{index}"), "entry is missing from the log")),
+            Some(b) => {
+                Entry::parse_from_bytes(&b).map_err(|e| corrupt(format!("raft/e/{index}"), e))
+            }
+            None => Err(corrupt(
+                format!("raft/e/{index}"),
+                "entry is missing from the log",
+            )),
         }
     }
 }
 
 impl Storage for RaftStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
     }
 
     fn entries(
@@ -228,8 +237,12 @@ impl Storage for RaftStore {
         let mut size = 0u64;
         for item in self.tree.range(entry_key(low)..entry_key(high)) {
             let (k, v) = item.map_err(|e| to_raft(e.into()))?;
-            let e = Entry::parse_from_bytes(&v)
-                .map_err(|err| to_raft(corrupt(format!("raft/{}", String::from_utf8_lossy(&k[..1])), err)))?;
+            let e = Entry::parse_from_bytes(&v).map_err(|err| {
+                to_raft(corrupt(
+                    format!("raft/{}", String::from_utf8_lossy(&k[..1])),
+                    err,
+                ))
+            })?;
             size += v.len() as u64;
             // Always return at least one entry, as the trait requires.
             if !out.is_empty() && size > max_size {
@@ -267,7 +280,9 @@ impl Storage for RaftStore {
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         // Only a peer that fell behind the compacted log needs a snapshot; a
         // one-voter cluster has none.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -276,11 +291,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8; 4].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 4].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -291,23 +307,31 @@ mod tests {
         assert!(s.is_new());
         s.bootstrap(vec![1]).unwrap();
         let entries: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
-        let mut hs = HardState::default();
-        hs.term = 1;
-        hs.commit = 3;
+        let hs = HardState {
+            term: 1,
+            commit: 3,
+            ..Default::default()
+        };
         s.persist(&entries, Some(&hs)).unwrap();
         assert_eq!(s.last_index().unwrap(), 5);
         // A new leader overwrites 4..=5 with 4 only.
         s.persist(&[entry(4, 2)], None).unwrap();
         assert_eq!(s.last_index().unwrap(), 4);
         assert_eq!(s.term(4).unwrap(), 2);
-        let got = s.entries(1, 5, None, GetEntriesContext::empty(false)).unwrap();
+        let got = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(got.len(), 4);
-        let limited = s.entries(1, 5, Some(1), GetEntriesContext::empty(false)).unwrap();
+        let limited = s
+            .entries(1, 5, Some(1), GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(limited.len(), 1);
         s.compact(2).unwrap();
         assert_eq!(s.first_index().unwrap(), 3);
         assert_eq!(s.term(2).unwrap(), 1);
-        assert!(s.entries(2, 4, None, GetEntriesContext::empty(false)).is_err());
+        assert!(s
+            .entries(2, 4, None, GetEntriesContext::empty(false))
+            .is_err());
         drop(s);
         let s = RaftStore::open(&db).unwrap();
         assert!(!s.is_new());
@@ -320,7 +344,10 @@ mod tests {
     fn corrupt_hard_state_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path(), 1 << 20).unwrap();
-        db.open_tree("raft").unwrap().insert(HARD_STATE, &[0xff, 0xff, 0xff][..]).unwrap();
+        db.open_tree("raft")
+            .unwrap()
+            .insert(HARD_STATE, &[0xff, 0xff, 0xff][..])
+            .unwrap();
         let err = RaftStore::open(&db).err().unwrap().to_string();
         assert!(err.contains("raft/h"), "{err}");
     }

@@ -104,13 +104,23 @@ mod tests {
 
     #[tokio::test]
     async fn success_returns_stdout_and_sees_env_and_stdin() {
-        let out = exec_job("printf '%s:%s:' \"$DROVER_JOB_ID\" \"$DROVER_ATTEMPT\"; cat", job()).await.unwrap();
+        let out = exec_job(
+            "printf '%s:%s:' \"$DROVER_JOB_ID\" \"$DROVER_ATTEMPT\"; cat",
+            job(),
+        )
+        .await
+        .unwrap();
         assert_eq!(out, Bytes::from_static(b"42:2:hello"));
     }
 
     #[tokio::test]
     async fn failure_takes_class_from_stderr_or_exit_code() {
-        let f = exec_job("echo first >&2; echo error_class=rate_limited >&2; exit 3", job()).await.unwrap_err();
+        let f = exec_job(
+            "echo first >&2; echo error_class=rate_limited >&2; exit 3",
+            job(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(f.class, "rate_limited");
         let f = exec_job("echo oops >&2; exit 7", job()).await.unwrap_err();
         assert_eq!(f.class, "exit_7");

@@ -22,7 +22,11 @@ impl From<pb::NewJob> for JobRequest {
 
 impl From<JobView> for pb::Job {
     fn from(v: JobView) -> pb::Job {
-        let JobView { job, payload, result } = v;
+        let JobView {
+            job,
+            payload,
+            result,
+        } = v;
         pb::Job {
             id: job.id,
             state: job.state.as_str().to_string(),
@@ -31,11 +35,18 @@ impl From<JobView> for pb::Job {
             result,
             enqueued_at_ms: job.enqueued_at_ms,
             run_at_ms: job.run_at_ms,
-            worker_id: job.lease.as_ref().map(|l| l.worker.clone()).unwrap_or_default(),
+            worker_id: job
+                .lease
+                .as_ref()
+                .map(|l| l.worker.clone())
+                .unwrap_or_default(),
             events: job
                 .events
                 .iter()
-                .map(|e| pb::JobEvent { at_ms: e.at_ms, what: e.what.clone() })
+                .map(|e| pb::JobEvent {
+                    at_ms: e.at_ms,
+                    what: e.what.clone(),
+                })
                 .collect(),
             labels: job.labels.clone().into_iter().collect(),
             priority: u32::from(job.priority),

@@ -66,13 +66,20 @@ async fn ready(State(s): State<HttpState>) -> Response {
     };
     match reason {
         None => Json(json!({"ready": true, "leader_id": st.leader_id})).into_response(),
-        Some(r) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": r}))).into_response(),
+        Some(r) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": r})),
+        )
+            .into_response(),
     }
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         s.metrics.render(&s.app),
     )
         .into_response()
@@ -119,14 +126,23 @@ fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
 }
 
 fn job_id(raw: &str) -> Result<JobId, Error> {
-    raw.parse()
-        .map_err(|_| Error::invalid("id", format!("{raw:?} is not a job id (a positive integer)")))
+    raw.parse().map_err(|_| {
+        Error::invalid(
+            "id",
+            format!("{raw:?} is not a job id (a positive integer)"),
+        )
+    })
 }
 
 impl EnqueueBody {
     fn into_request(self, queue: String) -> Result<JobRequest, Error> {
         let payload = match (self.payload, self.payload_base64) {
-            (Some(_), Some(_)) => return Err(Error::invalid("payload", "give payload or payload_base64, not both")),
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "payload",
+                    "give payload or payload_base64, not both",
+                ))
+            }
             (Some(text), None) => bytes::Bytes::from(text),
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
@@ -135,10 +151,17 @@ impl EnqueueBody {
             (None, None) => bytes::Bytes::new(),
         };
         let delay_ms = match (self.delay_ms, self.delay) {
-            (Some(_), Some(_)) => return Err(Error::invalid("delay", "give delay or delay_ms, not both")),
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid("delay", "give delay or delay_ms, not both"))
+            }
             (Some(ms), None) => ms,
             (None, Some(d)) => humantime::parse_duration(&d)
-                .map_err(|e| Error::invalid("delay", format!("{d:?} is not a duration like \"30s\": {e}")))?
+                .map_err(|e| {
+                    Error::invalid(
+                        "delay",
+                        format!("{d:?} is not a duration like \"30s\": {e}"),
+                    )
+                })?
                 .as_millis() as u64,
             (None, None) => 0,
         };
@@ -164,7 +187,10 @@ async fn enqueue(
     let req = body(b)?.into_request(queue)?;
     let ids = s.app.enqueue(vec![req]).await?;
     let e = ids[0];
-    Ok((StatusCode::CREATED, Json(json!({"id": e.id, "duplicate": e.duplicate}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": e.id, "duplicate": e.duplicate})),
+    ))
 }
 
 /// A job as the admin API shows it: the record plus payload and result, as
@@ -186,7 +212,10 @@ pub struct JobJson {
 fn text_or_base64(b: &[u8]) -> (Option<String>, Option<String>) {
     match std::str::from_utf8(b) {
         Ok(s) => (Some(s.to_string()), None),
-        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(b))),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(b)),
+        ),
     }
 }
 
@@ -194,16 +223,30 @@ impl From<JobView> for JobJson {
     fn from(v: JobView) -> JobJson {
         let (payload, payload_base64) = text_or_base64(&v.payload);
         let (result, result_base64) = text_or_base64(&v.result);
-        JobJson { job: v.job, payload, payload_base64, result, result_base64 }
+        JobJson {
+            job: v.job,
+            payload,
+            payload_base64,
+            result,
+            result_base64,
+        }
     }
 }
 
-async fn get_job(State(s): State<HttpState>, Path(id): Path<String>) -> Result<Json<JobJson>, Error> {
+async fn get_job(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobJson>, Error> {
     Ok(Json(s.app.get_job(job_id(&id)?)?.into()))
 }
 
-async fn cancel(State(s): State<HttpState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, Error> {
+async fn cancel(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Error> {
     let id = job_id(&id)?;
     let was = s.app.cancel(id).await?;
-    Ok(Json(json!({"id": id, "state": "cancelled", "was": was.as_str()})))
+    Ok(Json(
+        json!({"id": id, "state": "cancelled", "was": was.as_str()}),
+    ))
 }

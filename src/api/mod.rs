@@ -46,7 +46,10 @@ impl App {
         if requests.len() > max {
             return Err(Error::invalid(
                 "jobs",
-                format!("{} jobs is over the limit of {max} per request (limits.max_jobs_per_request)", requests.len()),
+                format!(
+                    "{} jobs is over the limit of {max} per request (limits.max_jobs_per_request)",
+                    requests.len()
+                ),
             ));
         }
         let limits = self.config.job_limits();

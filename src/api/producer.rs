@@ -12,13 +12,19 @@ pub struct Producer {
 
 #[tonic::async_trait]
 impl ProducerService for Producer {
-    async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Result<Response<pb::EnqueueResponse>, Status> {
+    async fn enqueue(
+        &self,
+        req: Request<pb::EnqueueRequest>,
+    ) -> Result<Response<pb::EnqueueResponse>, Status> {
         let jobs = req.into_inner().jobs.into_iter().map(Into::into).collect();
         let ids = self.app.enqueue(jobs).await?;
         Ok(Response::new(pb::EnqueueResponse {
             jobs: ids
                 .into_iter()
-                .map(|e| pb::EnqueuedJob { id: e.id, duplicate: e.duplicate })
+                .map(|e| pb::EnqueuedJob {
+                    id: e.id,
+                    duplicate: e.duplicate,
+                })
                 .collect(),
         }))
     }
@@ -27,12 +33,20 @@ impl ProducerService for Producer {
         Ok(Response::new(self.app.get_job(req.into_inner().id)?.into()))
     }
 
-    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+    async fn cancel(
+        &self,
+        req: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::CancelResponse>, Status> {
         let was = self.app.cancel(req.into_inner().id).await?;
-        Ok(Response::new(pb::CancelResponse { state: was.as_str().to_string() }))
+        Ok(Response::new(pb::CancelResponse {
+            state: was.as_str().to_string(),
+        }))
     }
 
-    async fn ping(&self, _req: Request<pb::PingRequest>) -> Result<Response<pb::PingResponse>, Status> {
+    async fn ping(
+        &self,
+        _req: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
         Ok(Response::new(pb::PingResponse {}))
     }
 }

@@ -53,9 +53,14 @@ impl WorkerService for Worker {
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
             .map_err(|_| {
-                Status::deadline_exceeded("no Register message within 10 s of opening the Work stream")
+                Status::deadline_exceeded(
+                    "no Register message within 10 s of opening the Work stream",
+                )
             })??;
-        let Some(pb::WorkerMessage { msg: Some(Msg::Register(reg)) }) = first else {
+        let Some(pb::WorkerMessage {
+            msg: Some(Msg::Register(reg)),
+        }) = first
+        else {
             return Err(Status::invalid_argument(
                 "the first message on a Work stream must be Register (worker_id, queues, capacity)",
             ));
@@ -104,7 +109,10 @@ impl Worker {
         if reg.capacity == 0 || reg.capacity > max {
             return Err(Error::invalid(
                 "capacity",
-                format!("{} is outside 1 to {max} (limits.max_worker_capacity)", reg.capacity),
+                format!(
+                    "{} is outside 1 to {max} (limits.max_worker_capacity)",
+                    reg.capacity
+                ),
             ));
         }
         let mut queues = reg.queues;
@@ -168,7 +176,8 @@ impl Session {
         let mut retry_at: Option<Instant> = None;
         let worker_id = self.registration.entry.worker_id.clone();
         loop {
-            let free = (self.registration.entry.capacity as usize).saturating_sub(self.in_flight.len());
+            let free =
+                (self.registration.entry.capacity as usize).saturating_sub(self.in_flight.len());
             let may_lease = !self.draining && !lease_in_flight && free > 0 && retry_at.is_none();
             if may_lease && has_ready(&stats.borrow_and_update(), &self.registration.entry.queues) {
                 lease_in_flight = true;
@@ -243,7 +252,10 @@ impl Session {
             .entry
             .in_flight
             .store(self.in_flight.len() as u32, Ordering::Relaxed);
-        self.registration.entry.draining.store(self.draining, Ordering::Relaxed);
+        self.registration
+            .entry
+            .draining
+            .store(self.draining, Ordering::Relaxed);
     }
 
     /// Folds a round of messages into at most one command per kind.
@@ -259,14 +271,22 @@ impl Session {
         for m in batch {
             match m.msg {
                 Some(Msg::Register(_)) => {
-                    return Err(Status::invalid_argument("Register may be sent only once, as the first message"))
+                    return Err(Status::invalid_argument(
+                        "Register may be sent only once, as the first message",
+                    ))
                 }
                 Some(Msg::Heartbeat(h)) => beats.extend(h.leases.into_iter().map(|l| LeaseBeat {
                     job_id: l.job_id,
                     attempt: l.attempt,
-                    progress: (!l.progress_message.is_empty() || l.progress > 0.0).then(|| Progress {
-                        fraction: if l.progress.is_finite() { l.progress.clamp(0.0, 1.0) } else { 0.0 },
-                        message: truncate(l.progress_message, 256),
+                    progress: (!l.progress_message.is_empty() || l.progress > 0.0).then(|| {
+                        Progress {
+                            fraction: if l.progress.is_finite() {
+                                l.progress.clamp(0.0, 1.0)
+                            } else {
+                                0.0
+                            },
+                            message: truncate(l.progress_message, 256),
+                        }
                     }),
                 })),
                 Some(Msg::Complete(c)) => {
@@ -285,7 +305,11 @@ impl Session {
                                 ),
                             });
                         } else {
-                            completions.push(Completion { job_id: c.job_id, attempt: c.attempt, result: c.result });
+                            completions.push(Completion {
+                                job_id: c.job_id,
+                                attempt: c.attempt,
+                                result: c.result,
+                            });
                         }
                     }
                 }
@@ -295,27 +319,59 @@ impl Session {
                         failures.push(Failure {
                             job_id: f.job_id,
                             attempt: f.attempt,
-                            error_class: if f.error_class.is_empty() { "unknown".into() } else { truncate(f.error_class, 128) },
+                            error_class: if f.error_class.is_empty() {
+                                "unknown".into()
+                            } else {
+                                truncate(f.error_class, 128)
+                            },
                             message: truncate(f.message, MAX_ERROR_MESSAGE),
                         });
                     }
                 }
                 Some(Msg::Drain(_)) => self.draining = true,
-                None => return Err(Status::invalid_argument("empty WorkerMessage: set one of its fields")),
+                None => {
+                    return Err(Status::invalid_argument(
+                        "empty WorkerMessage: set one of its fields",
+                    ))
+                }
             }
         }
         let worker = self.registration.entry.worker_id.clone();
         if !beats.is_empty() {
             let refs = beats.iter().map(|b| (b.job_id, b.attempt)).collect();
-            self.push(proposals, Kind::Heartbeat, refs, Command::Heartbeat { worker: worker.clone(), leases: beats });
+            self.push(
+                proposals,
+                Kind::Heartbeat,
+                refs,
+                Command::Heartbeat {
+                    worker: worker.clone(),
+                    leases: beats,
+                },
+            );
         }
         if !completions.is_empty() {
             let refs = completions.iter().map(|c| (c.job_id, c.attempt)).collect();
-            self.push(proposals, Kind::Complete, refs, Command::Complete { worker: worker.clone(), items: completions });
+            self.push(
+                proposals,
+                Kind::Complete,
+                refs,
+                Command::Complete {
+                    worker: worker.clone(),
+                    items: completions,
+                },
+            );
         }
         if !failures.is_empty() {
             let refs = failures.iter().map(|f| (f.job_id, f.attempt)).collect();
-            self.push(proposals, Kind::Fail, refs, Command::Fail { worker, items: failures });
+            self.push(
+                proposals,
+                Kind::Fail,
+                refs,
+                Command::Fail {
+                    worker,
+                    items: failures,
+                },
+            );
         }
         self.sync_entry();
         Ok(())
@@ -370,18 +426,27 @@ impl Session {
                 pb::server_message::Msg::Acks(pb::Acks { acks })
             }
         };
-        self.tx.send(Ok(pb::ServerMessage { msg: Some(msg) })).await.is_ok()
+        self.tx
+            .send(Ok(pb::ServerMessage { msg: Some(msg) }))
+            .await
+            .is_ok()
     }
 
-    fn acks(&mut self, kind: Kind, refs: Vec<(JobId, u32)>, result: Result<Outcome, Error>) -> Vec<pb::Ack> {
+    fn acks(
+        &mut self,
+        kind: Kind,
+        refs: Vec<(JobId, u32)>,
+        result: Result<Outcome, Error>,
+    ) -> Vec<pb::Ack> {
         if matches!(kind, Kind::Heartbeat) && result.is_err() {
             // The heartbeat did not reach the log (no leader); the next one will.
             return Vec::new();
         }
         let results: Vec<Result<(), String>> = match result {
-            Ok(Outcome::Acks(results)) if results.len() == refs.len() => {
-                results.into_iter().map(|r| r.map_err(|e: Refusal| e.to_string())).collect()
-            }
+            Ok(Outcome::Acks(results)) if results.len() == refs.len() => results
+                .into_iter()
+                .map(|r| r.map_err(|e: Refusal| e.to_string()))
+                .collect(),
             Ok(other) => vec![Err(format!("unexpected outcome {other:?}")); refs.len()],
             Err(e) => vec![Err(e.to_string()); refs.len()],
         };

@@ -68,7 +68,10 @@ impl Producer {
     }
 
     /// Enqueues a batch; returns once every job in it is durable.
-    pub async fn enqueue(&mut self, jobs: Vec<pb::NewJob>) -> Result<Vec<pb::EnqueuedJob>, ClientError> {
+    pub async fn enqueue(
+        &mut self,
+        jobs: Vec<pb::NewJob>,
+    ) -> Result<Vec<pb::EnqueuedJob>, ClientError> {
         Ok(self
             .inner
             .enqueue(pb::EnqueueRequest { jobs })
@@ -78,11 +81,20 @@ impl Producer {
     }
 
     pub async fn get(&mut self, id: u64) -> Result<pb::Job, ClientError> {
-        Ok(self.inner.get_job(pb::GetJobRequest { id }).await?.into_inner())
+        Ok(self
+            .inner
+            .get_job(pb::GetJobRequest { id })
+            .await?
+            .into_inner())
     }
 
     pub async fn cancel(&mut self, id: u64) -> Result<String, ClientError> {
-        Ok(self.inner.cancel(pb::CancelRequest { id }).await?.into_inner().state)
+        Ok(self
+            .inner
+            .cancel(pb::CancelRequest { id })
+            .await?
+            .into_inner()
+            .state)
     }
 
     pub async fn ping(&mut self) -> Result<(), ClientError> {

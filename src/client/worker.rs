@@ -59,7 +59,12 @@ pub struct WorkerOptions {
 }
 
 impl WorkerOptions {
-    pub fn new(url: impl Into<String>, worker_id: impl Into<String>, queues: Vec<String>, concurrency: u32) -> Self {
+    pub fn new(
+        url: impl Into<String>,
+        worker_id: impl Into<String>,
+        queues: Vec<String>,
+        concurrency: u32,
+    ) -> Self {
         WorkerOptions {
             url: url.into(),
             worker_id: worker_id.into(),
@@ -127,7 +132,11 @@ pub async fn run<H: Handler>(
         match rt.session(&mut stop).await {
             Ok(()) => return Ok(rt.report),
             Err(e) => {
-                if rt.stopping && rt.held.is_empty() && rt.unsent.is_empty() && rt.unacked.is_empty() {
+                if rt.stopping
+                    && rt.held.is_empty()
+                    && rt.unsent.is_empty()
+                    && rt.unacked.is_empty()
+                {
                     return Ok(rt.report);
                 }
                 failures += 1;
@@ -153,7 +162,8 @@ impl<H: Handler> Runtime<H> {
     /// One stream's life. Ok when the worker has stopped cleanly.
     async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), ClientError> {
         let channel = connect(&self.opts.url).await?;
-        let mut client = WorkerServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        let mut client =
+            WorkerServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(1024);
         out.send(message(Msg::Register(pb::Register {
             worker_id: self.opts.worker_id.clone(),
@@ -167,8 +177,14 @@ impl<H: Handler> Runtime<H> {
         }
         let mut inbound = client.work(ReceiverStream::new(out_rx)).await?.into_inner();
         let registered = match inbound.message().await? {
-            Some(pb::ServerMessage { msg: Some(ServerMsg::Registered(r)) }) => r,
-            other => return Err(ClientError::Protocol(format!("expected Registered, got {other:?}"))),
+            Some(pb::ServerMessage {
+                msg: Some(ServerMsg::Registered(r)),
+            }) => r,
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected Registered, got {other:?}"
+                )))
+            }
         };
         let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
         let mut heartbeat = tokio::time::interval(interval);
@@ -210,13 +226,24 @@ impl<H: Handler> Runtime<H> {
         }
     }
 
-    async fn begin_stop(&mut self, out: &mpsc::Sender<pb::WorkerMessage>) -> Result<(), ClientError> {
+    async fn begin_stop(
+        &mut self,
+        out: &mpsc::Sender<pb::WorkerMessage>,
+    ) -> Result<(), ClientError> {
         self.stopping = true;
-        tracing::info!(event = "worker_draining", held = self.held.len(), "stopping: finishing held jobs");
+        tracing::info!(
+            event = "worker_draining",
+            held = self.held.len(),
+            "stopping: finishing held jobs"
+        );
         send(out, Msg::Drain(pb::Drain {})).await
     }
 
-    async fn on_server(&mut self, m: pb::ServerMessage, out: &mpsc::Sender<pb::WorkerMessage>) -> Result<(), ClientError> {
+    async fn on_server(
+        &mut self,
+        m: pb::ServerMessage,
+        out: &mpsc::Sender<pb::WorkerMessage>,
+    ) -> Result<(), ClientError> {
         match m.msg {
             Some(ServerMsg::Leases(l)) => {
                 for job in l.jobs {
@@ -230,9 +257,16 @@ impl<H: Handler> Runtime<H> {
                             .catch_unwind()
                             .await
                             .unwrap_or_else(|_| {
-                                Err(JobFailure { class: "handler_panicked".into(), message: "the job handler panicked".into() })
+                                Err(JobFailure {
+                                    class: "handler_panicked".into(),
+                                    message: "the job handler panicked".into(),
+                                })
                             });
-                        let _ = tx.send(Done { job_id, attempt, result });
+                        let _ = tx.send(Done {
+                            job_id,
+                            attempt,
+                            result,
+                        });
                     });
                 }
             }
@@ -269,7 +303,11 @@ impl<H: Handler> Runtime<H> {
         Ok(())
     }
 
-    async fn send_results(&mut self, out: &mpsc::Sender<pb::WorkerMessage>, batch: Vec<Done>) -> Result<(), ClientError> {
+    async fn send_results(
+        &mut self,
+        out: &mpsc::Sender<pb::WorkerMessage>,
+        batch: Vec<Done>,
+    ) -> Result<(), ClientError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -280,7 +318,11 @@ impl<H: Handler> Runtime<H> {
             self.held.remove(&d.job_id);
             sent.insert(d.job_id);
             match &d.result {
-                Ok(result) => completions.push(pb::Completion { job_id: d.job_id, attempt: d.attempt, result: result.clone() }),
+                Ok(result) => completions.push(pb::Completion {
+                    job_id: d.job_id,
+                    attempt: d.attempt,
+                    result: result.clone(),
+                }),
                 Err(f) => failures.push(pb::Failure {
                     job_id: d.job_id,
                     attempt: d.attempt,

@@ -43,7 +43,12 @@ impl Harness {
     }
 
     fn enqueue(&mut self, at: u64, queue: &str, priority: u8) -> JobId {
-        match self.run(at, Command::Enqueue { jobs: vec![new_job(queue, priority)] }) {
+        match self.run(
+            at,
+            Command::Enqueue {
+                jobs: vec![new_job(queue, priority)],
+            },
+        ) {
             Outcome::Enqueued(v) => v[0].id,
             o => panic!("unexpected {o:?}"),
         }
@@ -64,8 +69,18 @@ impl Harness {
     }
 
     fn complete(&mut self, at: u64, id: JobId, attempt: u32) -> Result<(), Refusal> {
-        let items = vec![Completion { job_id: id, attempt, result: Bytes::from_static(b"ok") }];
-        match self.run(at, Command::Complete { worker: "w".into(), items }) {
+        let items = vec![Completion {
+            job_id: id,
+            attempt,
+            result: Bytes::from_static(b"ok"),
+        }];
+        match self.run(
+            at,
+            Command::Complete {
+                worker: "w".into(),
+                items,
+            },
+        ) {
             Outcome::Acks(mut v) => v.remove(0),
             o => panic!("unexpected {o:?}"),
         }
@@ -78,7 +93,13 @@ impl Harness {
             error_class: "boom".into(),
             message: "it broke".into(),
         }];
-        match self.run(at, Command::Fail { worker: "w".into(), items }) {
+        match self.run(
+            at,
+            Command::Fail {
+                worker: "w".into(),
+                items,
+            },
+        ) {
             Outcome::Acks(mut v) => v.remove(0),
             o => panic!("unexpected {o:?}"),
         }
@@ -110,7 +131,10 @@ fn enqueue_stores_job_and_payload() {
     let job = h.job(id);
     assert_eq!(job.state, JobState::Ready);
     assert_eq!(job.enqueued_at_ms, 10);
-    assert_eq!(h.m.reader().payload(id).unwrap(), Bytes::from_static(b"payload"));
+    assert_eq!(
+        h.m.reader().payload(id).unwrap(),
+        Bytes::from_static(b"payload")
+    );
     assert_eq!(h.m.stats().queues["q"].ready[2], 1);
     assert_eq!(h.m.meta().applied_index, 1);
 }
@@ -122,7 +146,11 @@ fn leases_by_priority_then_fifo() {
     let mid1 = h.enqueue(2, "q", 3);
     let high = h.enqueue(3, "other", 1);
     let mid2 = h.enqueue(4, "q", 3);
-    let got: Vec<JobId> = h.lease(5, "w", &["q", "other"], 10).iter().map(|j| j.id).collect();
+    let got: Vec<JobId> = h
+        .lease(5, "w", &["q", "other"], 10)
+        .iter()
+        .map(|j| j.id)
+        .collect();
     assert_eq!(got, vec![high, mid1, mid2, low]);
     assert!(h.lease(6, "w", &["q", "other"], 10).is_empty());
     assert_eq!(h.m.stats().queues["q"].leased, 3);
@@ -147,23 +175,46 @@ fn stale_leases_are_refused_and_change_nothing() {
     let first = h.lease(0, "w1", &["q"], 1).remove(0);
     assert_eq!(first.attempts, 1);
     // The lease expires and another worker takes the job.
-    assert_eq!(h.run(2_000, Command::Tick), Outcome::Ticked { expired: 1, promoted: 0 });
+    assert_eq!(
+        h.run(2_000, Command::Tick),
+        Outcome::Ticked {
+            expired: 1,
+            promoted: 0
+        }
+    );
     let second = h.lease(2_001, "w2", &["q"], 1).remove(0);
     assert_eq!(second.attempts, 2);
     let before = h.job(id);
     let err = h.complete(2_002, id, 1).unwrap_err();
-    assert!(matches!(err, Refusal::StaleLease { attempt: 1, current: 2, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Refusal::StaleLease {
+                attempt: 1,
+                current: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(h.fail(2_002, id, 1).is_err());
     let beat = Command::Heartbeat {
         worker: "w1".into(),
-        leases: vec![LeaseBeat { job_id: id, attempt: 1, progress: None }],
+        leases: vec![LeaseBeat {
+            job_id: id,
+            attempt: 1,
+            progress: None,
+        }],
     };
     assert!(matches!(h.run(2_003, beat), Outcome::Acks(v) if v[0].is_err()));
     assert_eq!(h.job(id), before, "refused messages change nothing");
     h.complete(2_004, id, 2).unwrap();
     assert_eq!(h.job(id).state, JobState::Succeeded);
     assert_eq!(h.m.reader().result(id).unwrap(), Bytes::from_static(b"ok"));
-    assert!(h.complete(2_005, id, 2).is_err(), "a completion is accepted once");
+    assert!(
+        h.complete(2_005, id, 2).is_err(),
+        "a completion is accepted once"
+    );
 }
 
 #[test]
@@ -176,13 +227,28 @@ fn heartbeat_extends_the_lease() {
         leases: vec![LeaseBeat {
             job_id: id,
             attempt: 1,
-            progress: Some(crate::job::Progress { fraction: 0.5, message: "half".into() }),
+            progress: Some(crate::job::Progress {
+                fraction: 0.5,
+                message: "half".into(),
+            }),
         }],
     };
     h.run(900, beat(900));
-    assert_eq!(h.run(1_500, Command::Tick), Outcome::Ticked { expired: 0, promoted: 0 });
+    assert_eq!(
+        h.run(1_500, Command::Tick),
+        Outcome::Ticked {
+            expired: 0,
+            promoted: 0
+        }
+    );
     assert_eq!(h.job(id).progress.unwrap().message, "half");
-    assert_eq!(h.run(1_900, Command::Tick), Outcome::Ticked { expired: 1, promoted: 0 });
+    assert_eq!(
+        h.run(1_900, Command::Tick),
+        Outcome::Ticked {
+            expired: 1,
+            promoted: 0
+        }
+    );
     assert_eq!(h.job(id).state, JobState::Ready);
 }
 
@@ -200,10 +266,22 @@ fn failures_retry_with_backoff_then_dead_letter() {
             assert_eq!(job.state, JobState::Scheduled);
             let delay = job.run_at_ms - now;
             let base = CFG.retry_base_delay_ms << (attempt - 1);
-            assert!(delay >= base && delay <= base + base / 4 + 1, "delay {delay}");
-            assert!(h.lease(now, "w", &["q"], 1).is_empty(), "not before its backoff");
+            assert!(
+                delay >= base && delay <= base + base / 4 + 1,
+                "delay {delay}"
+            );
+            assert!(
+                h.lease(now, "w", &["q"], 1).is_empty(),
+                "not before its backoff"
+            );
             now = job.run_at_ms;
-            assert_eq!(h.run(now, Command::Tick), Outcome::Ticked { expired: 0, promoted: 1 });
+            assert_eq!(
+                h.run(now, Command::Tick),
+                Outcome::Ticked {
+                    expired: 0,
+                    promoted: 1
+                }
+            );
         } else {
             assert_eq!(job.state, JobState::Dead);
             assert_eq!(job.last_error_class, "boom");
@@ -239,13 +317,26 @@ fn idempotency_keys_return_the_first_job() {
     let mut h = Harness::new();
     let mut job = new_job("q", 3);
     job.idempotency_key = "k1".into();
-    let out = h.run(0, Command::Enqueue { jobs: vec![job.clone(), job.clone()] });
+    let out = h.run(
+        0,
+        Command::Enqueue {
+            jobs: vec![job.clone(), job.clone()],
+        },
+    );
     let Outcome::Enqueued(v) = out else { panic!() };
     assert!(!v[0].duplicate);
     assert!(v[1].duplicate);
     assert_eq!(v[0].id, v[1].id);
-    let Outcome::Enqueued(again) = h.run(1, Command::Enqueue { jobs: vec![job] }) else { panic!() };
-    assert_eq!(again[0], Enqueued { id: v[0].id, duplicate: true });
+    let Outcome::Enqueued(again) = h.run(1, Command::Enqueue { jobs: vec![job] }) else {
+        panic!()
+    };
+    assert_eq!(
+        again[0],
+        Enqueued {
+            id: v[0].id,
+            duplicate: true
+        }
+    );
     assert_eq!(h.m.stats().queues["q"].ready_total(), 1);
 }
 
@@ -253,10 +344,19 @@ fn idempotency_keys_return_the_first_job() {
 fn cancel_removes_from_dispatch() {
     let mut h = Harness::new();
     let id = h.enqueue(0, "q", 3);
-    assert_eq!(h.run(1, Command::Cancel { id }), Outcome::Cancelled(Ok(JobState::Ready)));
+    assert_eq!(
+        h.run(1, Command::Cancel { id }),
+        Outcome::Cancelled(Ok(JobState::Ready))
+    );
     assert!(h.lease(2, "w", &["q"], 1).is_empty());
-    assert!(matches!(h.run(3, Command::Cancel { id }), Outcome::Cancelled(Err(Refusal::Finished { .. }))));
-    assert!(matches!(h.run(3, Command::Cancel { id: 999 }), Outcome::Cancelled(Err(Refusal::UnknownJob(999)))));
+    assert!(matches!(
+        h.run(3, Command::Cancel { id }),
+        Outcome::Cancelled(Err(Refusal::Finished { .. }))
+    ));
+    assert!(matches!(
+        h.run(3, Command::Cancel { id: 999 }),
+        Outcome::Cancelled(Err(Refusal::UnknownJob(999)))
+    ));
 }
 
 /// Replaying the same log into a fresh machine gives the same outcomes and the
@@ -268,7 +368,12 @@ fn replay_is_deterministic_and_reopen_rebuilds() {
     h.enqueue(1, "q", 4);
     let mut delayed = new_job("r", 1);
     delayed.delay_ms = 50;
-    h.run(2, Command::Enqueue { jobs: vec![delayed] });
+    h.run(
+        2,
+        Command::Enqueue {
+            jobs: vec![delayed],
+        },
+    );
     h.lease(3, "w", &["q", "r"], 1);
     h.fail(4, a, 1).unwrap();
     h.run(5_000, Command::Tick);

@@ -1,0 +1,239 @@
+//! Enqueue and read jobs over gRPC and HTTP against a real node; bad input is
+//! refused with the right code and a message naming what was wrong.
+
+mod common;
+
+use common::*;
+use drover::client::{ClientError, Producer};
+use drover::proto::v1 as pb;
+use serde_json::json;
+
+fn code(e: ClientError) -> (tonic::Code, String) {
+    match e {
+        ClientError::Status(s) => (s.code(), s.message().to_string()),
+        other => panic!("expected a status, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn enqueue_and_get_over_grpc_and_http() {
+    let node = TestNode::start("");
+    let mut p = Producer::connect(&node.grpc).await.unwrap();
+    let mut job = new_job("emails", "hello");
+    job.priority = 2;
+    job.labels.insert("customer".into(), "acme".into());
+    let ids = p
+        .enqueue(vec![job.clone(), new_job("emails", "second")])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0].id < ids[1].id, "ids sort by enqueue order");
+
+    let got = p.get(ids[0].id).await.unwrap();
+    assert_eq!(got.state, "ready");
+    assert_eq!(got.payload, bytes::Bytes::from_static(b"hello"));
+    assert_eq!(got.priority, 2);
+    assert_eq!(got.labels["customer"], "acme");
+
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{}/api/v1/queues/emails/jobs", node.http))
+        .json(&json!({"payload": "over http", "priority": 1, "type": "welcome", "delay": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let id = body["id"].as_u64().unwrap();
+    let (status, j) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
+    assert_eq!(status, 200);
+    assert_eq!(j["state"], "scheduled");
+    assert_eq!(j["payload"], "over http");
+    assert_eq!(j["job_type"], "welcome");
+
+    let (status, stats) = get_json(&format!("{}/api/v1/stats", node.http)).await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["queues"]["emails"]["ready"], json!([0, 1, 1, 0, 0]));
+    assert_eq!(stats["queues"]["emails"]["scheduled"], 1);
+    assert_eq!(stats["node"]["role"], "leader");
+
+    // Idempotency: the same key names the same job.
+    let mut keyed = new_job("emails", "once");
+    keyed.idempotency_key = "order-17".into();
+    let first = p.enqueue(vec![keyed.clone()]).await.unwrap();
+    let again = p.enqueue(vec![keyed]).await.unwrap();
+    assert_eq!(first[0].id, again[0].id);
+    assert!(again[0].duplicate);
+
+    // Cancel over gRPC; a second cancel is refused.
+    assert_eq!(p.cancel(ids[1].id).await.unwrap(), "ready");
+    let (c, msg) = code(p.cancel(ids[1].id).await.unwrap_err());
+    assert_eq!(c, tonic::Code::FailedPrecondition, "{msg}");
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_naming_the_problem() {
+    let node = TestNode::start("[limits]\nmax_payload_bytes = 1024\n");
+    let mut p = Producer::connect(&node.grpc).await.unwrap();
+
+    let cases: Vec<(pb::NewJob, &str)> = vec![
+        (new_job("bad queue!", "x"), "queue"),
+        (new_job("", "x"), "queue"),
+        (new_job(&"q".repeat(129), "x"), "queue"),
+        (
+            pb::NewJob {
+                priority: 9,
+                ..new_job("q", "x")
+            },
+            "priority",
+        ),
+        (new_job("q", &"x".repeat(1025)), "payload"),
+        (
+            pb::NewJob {
+                tenant: "a/b".into(),
+                ..new_job("q", "x")
+            },
+            "tenant",
+        ),
+    ];
+    for (job, field) in cases {
+        let (c, msg) = code(p.enqueue(vec![job]).await.unwrap_err());
+        assert_eq!(c, tonic::Code::InvalidArgument, "{msg}");
+        assert!(msg.contains(field), "message {msg:?} should name {field}");
+    }
+    let (c, msg) = code(p.enqueue(vec![]).await.unwrap_err());
+    assert_eq!(c, tonic::Code::InvalidArgument, "{msg}");
+    // A bad job in a batch names its position, and nothing of the batch is kept.
+    let (c, msg) = code(
+        p.enqueue(vec![new_job("q", "ok"), new_job("no spaces", "x")])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(c, tonic::Code::InvalidArgument);
+    assert!(msg.contains("job 1"), "{msg}");
+    let (c, _) = code(p.get(999_999).await.unwrap_err());
+    assert_eq!(c, tonic::Code::NotFound);
+
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: &'static str| {
+        client
+            .post(format!("{}{path}", node.http))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for (path, body, needle) in [
+        ("/api/v1/queues/q/jobs", "{not json", "body"),
+        (
+            "/api/v1/queues/q/jobs",
+            r#"{"payload": "x", "colour": "red"}"#,
+            "colour",
+        ),
+        ("/api/v1/queues/q/jobs", r#"{"priority": 0.5}"#, "priority"),
+        ("/api/v1/queues/q/jobs", r#"{"priority": 7}"#, "priority"),
+        ("/api/v1/queues/bad%20name/jobs", r#"{}"#, "queue"),
+        ("/api/v1/queues/q/jobs", r#"{"delay": "soon"}"#, "delay"),
+        (
+            "/api/v1/queues/q/jobs",
+            r#"{"payload_base64": "***"}"#,
+            "payload_base64",
+        ),
+    ] {
+        let resp = post(path, body).await.unwrap();
+        assert_eq!(resp.status(), 400, "{path} {body}");
+        let j: serde_json::Value = resp.json().await.unwrap();
+        let err = j["error"].as_str().unwrap_or_default();
+        assert!(err.contains(needle), "error {err:?} should name {needle}");
+    }
+    let big = format!(r#"{{"payload": "{}"}}"#, "x".repeat(2000));
+    let resp = client
+        .post(format!("{}/api/v1/queues/q/jobs", node.http))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let (status, _) = get_json(&format!("{}/api/v1/jobs/abc", node.http)).await;
+    assert_eq!(status, 400);
+    let (status, _) = get_json(&format!("{}/api/v1/jobs/424242", node.http)).await;
+    assert_eq!(status, 404);
+    let (status, _) = get_json(&format!("{}/api/v1/nope", node.http)).await;
+    assert_eq!(status, 404);
+
+    // Nothing invalid was stored.
+    let (_, stats) = get_json(&format!("{}/api/v1/stats", node.http)).await;
+    assert_eq!(stats["totals"]["enqueued"], 0, "{stats}");
+}
+
+#[tokio::test]
+async fn probes_and_metrics_answer_without_a_token() {
+    let node = TestNode::start("");
+    let (status, _) = get_json(&format!("{}/health", node.http)).await;
+    assert_eq!(status, 200);
+    wait_for(
+        "the node to be ready",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (s, body) = get_json(&format!("{}/ready", node.http)).await;
+            if s == 200 {
+                Ok(())
+            } else {
+                Err(body.to_string())
+            }
+        },
+    )
+    .await;
+    let mut p = Producer::connect(&node.grpc).await.unwrap();
+    p.enqueue(vec![new_job("metered", "x")]).await.unwrap();
+    let text = reqwest::get(format!("{}/metrics", node.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "drover_pending_jobs{queue=\"metered\",priority=\"3\"} 1",
+        "drover_jobs_enqueued_total 1",
+        "drover_jobs_dispatched_total",
+        "drover_jobs_completed_total",
+        "drover_jobs_failed_total",
+        "drover_jobs_requeued_total",
+        "drover_active_workers 0",
+        "drover_raft_term",
+        "drover_raft_commit_index",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle:?}:\n{text}");
+    }
+}
+
+#[test]
+fn bad_config_stops_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &str| {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{config:?} should not start");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(run("node_idd = 2").contains("node_idd"));
+    assert!(run("[jobs]\nheartbeat_timeout = 5").contains("heartbeat_timeout"));
+    assert!(run("node_id = 0").contains("node_id"));
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let err = run(&format!(
+        "data_dir = {:?}\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"",
+        file.join("sub")
+    ));
+    assert!(err.contains("data_dir"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["serve", "--config", "/nonexistent/drover.toml"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/drover.toml"));
+}

@@ -1,0 +1,164 @@
+//! Helpers for integration tests: real `drover serve` processes on loopback
+//! ports chosen by the OS, and polling with a deadline instead of sleeping.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestNode {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub extra_config: String,
+    pub grpc: String,
+    pub http: String,
+}
+
+impl TestNode {
+    /// Starts a node whose config is the defaults plus `extra` (TOML).
+    pub fn start(extra: &str) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut node = TestNode {
+            child: None,
+            dir,
+            extra_config: extra.to_string(),
+            grpc: String::new(),
+            http: String::new(),
+        };
+        node.spawn();
+        node
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// (Re)starts the process on the same data dir, on new ports.
+    pub fn spawn(&mut self) {
+        let config = self.dir.path().join("node.toml");
+        // Top-level keys must precede the tables the extra config may open.
+        let (top, tables) = match self.extra_config.find('[') {
+            Some(i) => self.extra_config.split_at(i),
+            None => (self.extra_config.as_str(), ""),
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n{top}\n[log]\nlevel = \"info,raft=warn\"\nformat = \"text\"\n{tables}\n",
+                self.data_dir()
+            ),
+        )
+        .expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_drover"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn drover serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read ready line");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("node did not print its ready line; got {line:?}"))
+                .to_string()
+        };
+        self.grpc = format!("http://{}", field("grpc="));
+        self.http = format!("http://{}", field("http="));
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the process to exit; returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        signal(c.id(), libc::SIGTERM);
+        wait_child(&mut c, Duration::from_secs(30))
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid we spawned; no memory is involved.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Waits for a child to exit, killing it if it has not within `limit`.
+pub fn wait_child(c: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = c.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            panic!("process {} did not exit within {limit:?}", c.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `cond` every 20 ms until it returns Some, or panics after `limit`
+/// with the last thing it saw.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match cond().await {
+            Ok(v) => return v,
+            Err(seen) => {
+                if Instant::now() > deadline {
+                    panic!("timed out after {limit:?} waiting for {what}; last saw: {seen}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::get(url).await.expect("http get");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// The state of a job, read over HTTP.
+pub async fn job_state(node: &TestNode, id: u64) -> String {
+    let (_, j) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
+    j["state"].as_str().unwrap_or("?").to_string()
+}
+
+pub fn new_job(queue: &str, payload: &str) -> drover::proto::v1::NewJob {
+    drover::proto::v1::NewJob {
+        queue: queue.into(),
+        payload: payload.to_string().into(),
+        ..Default::default()
+    }
+}
