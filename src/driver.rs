@@ -60,6 +60,8 @@ pub enum DriverError {
     Raft(#[from] raft::Error),
     #[error("cannot start the raft driver thread: {0}")]
     Thread(std::io::Error),
+    #[error("log flusher failed: {0}")]
+    Flusher(String),
 }
 
 /// The rest of the node's way to the driver.
@@ -154,6 +156,46 @@ struct Driver {
     /// Index of a Tick proposed and not yet applied; one at a time.
     tick_in_flight: Option<u64>,
     node_id: u64,
+    /// Ready numbers written to sled, for the flusher to make durable.
+    flusher: std::sync::mpsc::Sender<(u64, bool)>,
+    /// Ready numbers now durable.
+    persisted: mpsc::UnboundedReceiver<Result<u64, sled::Error>>,
+    /// Messages raft may send only once their ready is durable (votes,
+    /// append responses), by ready number.
+    after_persist: std::collections::VecDeque<(u64, Vec<raft::eraftpb::Message>)>,
+    flush_in_flight: bool,
+}
+
+/// The flusher thread: makes sled durable for the newest ready number it was
+/// given, folding every number that queued up meanwhile into one flush.
+fn spawn_flusher(
+    db: sled::Db,
+) -> std::io::Result<(
+    std::sync::mpsc::Sender<(u64, bool)>,
+    mpsc::UnboundedReceiver<Result<u64, sled::Error>>,
+)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, bool)>();
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("raft-flusher".into())
+        .spawn(move || {
+            while let Ok((mut number, mut sync)) = rx.recv() {
+                while let Ok((n, s)) = rx.try_recv() {
+                    number = n;
+                    sync |= s;
+                }
+                let result = if sync {
+                    db.flush().map(|_| number)
+                } else {
+                    Ok(number)
+                };
+                let failed = result.is_err();
+                if done_tx.send(result).is_err() || failed {
+                    break;
+                }
+            }
+        })?;
+    Ok((tx, done_rx))
 }
 
 /// Opens raft and the machine on `db`, bootstraps a new cluster if the store
@@ -224,7 +266,17 @@ pub fn start(
         retry_after_ms: (cfg.raft.tick_interval * cfg.raft.election_ticks as u32).as_millis()
             as u64,
     };
+    let (flusher, persisted) = spawn_flusher(db.clone()).map_err(|e| {
+        Error::Store(StoreError::Corrupt {
+            key: "thread".into(),
+            reason: e.to_string(),
+        })
+    })?;
     let driver = Driver {
+        flusher,
+        persisted,
+        after_persist: Default::default(),
+        flush_in_flight: false,
         raw,
         machine,
         rx,
@@ -238,27 +290,16 @@ pub fn start(
         node_id: cfg.node_id,
     };
     let (done_tx, done) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("raft-driver".into())
-        .spawn(move || {
-            let result = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(driver.run()),
-                Err(e) => Err(DriverError::Thread(e)),
-            };
-            if let Err(e) = &result {
-                tracing::error!(event = "raft_driver_failed", error = %e, "raft driver stopped");
-            }
-            let _ = done_tx.send(result);
-        })
-        .map_err(|e| {
-            Error::Store(StoreError::Corrupt {
-                key: "thread".into(),
-                reason: e.to_string(),
-            })
-        })?;
+    // The driver never blocks on the disk (the flusher thread does), so it
+    // runs as a task among the API's: waking a request's task on the same
+    // runtime is far cheaper than waking another thread per reply.
+    tokio::spawn(async move {
+        let result = driver.run().await;
+        if let Err(e) = &result {
+            tracing::error!(event = "raft_driver_failed", error = %e, "raft driver stopped");
+        }
+        let _ = done_tx.send(result);
+    });
     Ok((handle, done))
 }
 
@@ -272,6 +313,11 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
+                persisted = self.persisted.recv() => match persisted {
+                    Some(Ok(number)) => self.on_persisted(number),
+                    Some(Err(e)) => return Err(DriverError::Store(e.into())),
+                    None => return Err(DriverError::Flusher("the flusher thread stopped".into())),
+                },
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.propose_tick_if_due();
@@ -287,7 +333,11 @@ impl Driver {
                     }
                 }
             }
-            self.handle_ready()?;
+            // One flush at a time: while it runs, proposals gather in raft's
+            // unstable log and all go into the next Ready and the next flush.
+            if !self.flush_in_flight {
+                self.handle_ready()?;
+            }
             self.publish_status();
         }
         for (_, p) in self.pending.drain() {
@@ -348,9 +398,7 @@ impl Driver {
             return Ok(());
         }
         let mut rd = self.raw.ready();
-        // Messages to peers: a one-voter cluster has none; peers come with
-        // the cluster issue's transport.
-        drop(rd.take_messages());
+        self.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
             return Err(DriverError::Raft(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,
@@ -360,18 +408,48 @@ impl Driver {
         self.apply(committed)?;
         let entries = rd.take_entries();
         let hs = rd.hs().cloned();
+        let must_sync = rd.must_sync();
         if !entries.is_empty() || hs.is_some() {
-            self.raw.mut_store().persist(&entries, hs.as_ref())?;
+            self.raw.mut_store().write(&entries, hs.as_ref())?;
         }
-        drop(rd.take_persisted_messages());
-        let mut light = self.raw.advance(rd);
-        if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit)?;
-        }
-        drop(light.take_messages());
-        self.apply(light.take_committed_entries())?;
+        let number = rd.number();
+        let persisted_messages = rd.take_persisted_messages();
+        // Entries are readable by raft now and durable once the flusher says
+        // so; meanwhile this loop goes on taking proposals, which the next
+        // flush covers. That is the pipelined half of group commit.
+        self.raw.advance_append_async(rd);
         self.raw.advance_apply();
+        if !persisted_messages.is_empty() {
+            self.after_persist.push_back((number, persisted_messages));
+        }
+        self.flusher
+            .send((number, must_sync))
+            .map_err(|_| DriverError::Flusher("the flusher thread is gone".into()))?;
+        self.flush_in_flight = true;
         Ok(())
+    }
+
+    /// Called when everything written up to ready `number` is on disk.
+    fn on_persisted(&mut self, number: u64) {
+        self.flush_in_flight = false;
+        self.raw.on_persist_ready(number);
+        while self
+            .after_persist
+            .front()
+            .is_some_and(|(n, _)| *n <= number)
+        {
+            if let Some((_, msgs)) = self.after_persist.pop_front() {
+                self.send(msgs);
+            }
+        }
+    }
+
+    /// Messages to peers: a one-voter cluster has none; peers come with the
+    /// cluster's transport.
+    fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
+        if !msgs.is_empty() {
+            tracing::debug!(count = msgs.len(), "no transport for raft messages");
+        }
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), DriverError> {

@@ -3,8 +3,9 @@
 //!
 //! Key layout of the `raft` tree: `e`+index entries (protobuf), `h` hard
 //! state, `c` conf state, `s` the (index, term) the log was compacted to.
-//! A Ready's entries and hard state go in one atomic batch followed by one
-//! flush, so group commit costs one fsync however many proposals it carries.
+//! A Ready's entries and hard state go in one atomic batch; one flush covers
+//! every batch written before it, so group commit costs one fsync however
+//! many proposals it carries.
 
 use std::path::Path;
 
@@ -138,8 +139,10 @@ impl RaftStore {
     }
 
     /// Appends entries (replacing any conflicting suffix) and stores the hard
-    /// state, in one batch and one flush. Returns only once both are durable.
-    pub fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StoreError> {
+    /// state in one atomic batch, without flushing: the caller makes it
+    /// durable with [`RaftStore::flush`] (or the driver's flusher thread)
+    /// before it counts as persisted.
+    pub fn write(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         if let Some(last) = entries.last() {
             // A new leader may overwrite an uncommitted suffix of ours.
@@ -156,13 +159,18 @@ impl RaftStore {
             batch.insert(HARD_STATE, bytes);
         }
         self.tree.apply_batch(batch)?;
-        self.db.flush()?;
         if let Some(last) = entries.last() {
             self.last_index = last.index;
         }
         if let Some(hs) = hs {
             self.hard_state = hs.clone();
         }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
         Ok(())
     }
 
@@ -312,10 +320,11 @@ mod tests {
             commit: 3,
             ..Default::default()
         };
-        s.persist(&entries, Some(&hs)).unwrap();
+        s.write(&entries, Some(&hs)).unwrap();
+        s.flush().unwrap();
         assert_eq!(s.last_index().unwrap(), 5);
         // A new leader overwrites 4..=5 with 4 only.
-        s.persist(&[entry(4, 2)], None).unwrap();
+        s.write(&[entry(4, 2)], None).unwrap();
         assert_eq!(s.last_index().unwrap(), 4);
         assert_eq!(s.term(4).unwrap(), 2);
         let got = s
