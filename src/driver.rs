@@ -157,23 +157,25 @@ struct Driver {
     tick_in_flight: Option<u64>,
     node_id: u64,
     /// Ready numbers written to sled, for the flusher to make durable.
-    flusher: std::sync::mpsc::Sender<(u64, bool)>,
+    flusher: FlushRequests,
     /// Ready numbers now durable.
-    persisted: mpsc::UnboundedReceiver<Result<u64, sled::Error>>,
+    persisted: FlushResults,
     /// Messages raft may send only once their ready is durable (votes,
     /// append responses), by ready number.
     after_persist: std::collections::VecDeque<(u64, Vec<raft::eraftpb::Message>)>,
-    flush_in_flight: bool,
+    /// The newest ready number handed to the flusher and not yet durable.
+    awaiting_flush: Option<u64>,
 }
 
+/// Sends (ready number, needs a sync) to the flusher thread.
+type FlushRequests = std::sync::mpsc::Sender<(u64, bool)>;
+/// Ready numbers the flusher has made durable, or the error that stopped it.
+type FlushResults = mpsc::UnboundedReceiver<Result<u64, sled::Error>>;
+
 /// The flusher thread: makes sled durable for the newest ready number it was
-/// given, folding every number that queued up meanwhile into one flush.
-fn spawn_flusher(
-    db: sled::Db,
-) -> std::io::Result<(
-    std::sync::mpsc::Sender<(u64, bool)>,
-    mpsc::UnboundedReceiver<Result<u64, sled::Error>>,
-)> {
+/// given, folding every number that queued up meanwhile into one flush. It
+/// keeps the fsync off the driver, which goes on taking proposals.
+fn spawn_flusher(db: sled::Db) -> std::io::Result<(FlushRequests, FlushResults)> {
     let (tx, rx) = std::sync::mpsc::channel::<(u64, bool)>();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
@@ -276,7 +278,7 @@ pub fn start(
         flusher,
         persisted,
         after_persist: Default::default(),
-        flush_in_flight: false,
+        awaiting_flush: None,
         raw,
         machine,
         rx,
@@ -333,11 +335,7 @@ impl Driver {
                     }
                 }
             }
-            // One flush at a time: while it runs, proposals gather in raft's
-            // unstable log and all go into the next Ready and the next flush.
-            if !self.flush_in_flight {
-                self.handle_ready()?;
-            }
+            self.handle_ready()?;
             self.publish_status();
         }
         for (_, p) in self.pending.drain() {
@@ -422,16 +420,25 @@ impl Driver {
         if !persisted_messages.is_empty() {
             self.after_persist.push_back((number, persisted_messages));
         }
-        self.flusher
-            .send((number, must_sync))
-            .map_err(|_| DriverError::Flusher("the flusher thread is gone".into()))?;
-        self.flush_in_flight = true;
+        if must_sync || self.awaiting_flush.is_some() {
+            // Readies count as persisted in order, so one that needs no sync
+            // still waits behind a flush in flight.
+            self.flusher
+                .send((number, must_sync))
+                .map_err(|_| DriverError::Flusher("the flusher thread is gone".into()))?;
+            self.awaiting_flush = Some(number);
+        } else {
+            // Nothing new must be durable (a commit index, entries to apply).
+            self.on_persisted(number);
+        }
         Ok(())
     }
 
     /// Called when everything written up to ready `number` is on disk.
     fn on_persisted(&mut self, number: u64) {
-        self.flush_in_flight = false;
+        if self.awaiting_flush.is_some_and(|n| n <= number) {
+            self.awaiting_flush = None;
+        }
         self.raw.on_persist_ready(number);
         while self
             .after_persist

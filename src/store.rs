@@ -143,26 +143,22 @@ impl RaftStore {
     /// durable with [`RaftStore::flush`] (or the driver's flusher thread)
     /// before it counts as persisted.
     pub fn write(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
         if let Some(last) = entries.last() {
             // A new leader may overwrite an uncommitted suffix of ours.
-            for stale in last.index + 1..=self.last_index {
-                batch.remove(&entry_key(stale)[..]);
+            // Removed from the end backwards and written forwards, so any
+            // prefix of these writes that survives a crash is a gap-free log.
+            for stale in (last.index + 1..=self.last_index).rev() {
+                self.tree.remove(entry_key(stale))?;
             }
             for e in entries {
                 let bytes = e.write_to_bytes().map_err(|err| corrupt("raft/e", err))?;
-                batch.insert(&entry_key(e.index)[..], bytes);
+                self.tree.insert(entry_key(e.index), bytes)?;
             }
-        }
-        if let Some(hs) = hs {
-            let bytes = hs.write_to_bytes().map_err(|e| corrupt("raft/h", e))?;
-            batch.insert(HARD_STATE, bytes);
-        }
-        self.tree.apply_batch(batch)?;
-        if let Some(last) = entries.last() {
             self.last_index = last.index;
         }
         if let Some(hs) = hs {
+            let bytes = hs.write_to_bytes().map_err(|e| corrupt("raft/h", e))?;
+            self.tree.insert(HARD_STATE, bytes)?;
             self.hard_state = hs.clone();
         }
         Ok(())
