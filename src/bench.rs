@@ -5,6 +5,7 @@
 //! session, since the machine is shared and absolute figures drift.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +47,10 @@ pub struct BenchArgs {
     /// Only these workloads (comma separated): ping,enq,e2e,lat,batch,rss.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Config file for the nodes bench starts (its data dir and addresses are
+    /// replaced by a temp dir and free loopback ports).
+    #[arg(long)]
+    pub node_config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,22 +76,25 @@ impl Drop for LocalNode {
 }
 
 impl LocalNode {
-    fn start() -> Result<LocalNode, BenchError> {
+    fn start(base_config: Option<&Path>) -> Result<LocalNode, BenchError> {
         let dir = tempfile::tempdir().map_err(|e| BenchError::Spawn(e.to_string()))?;
-        let config = dir.path().join("bench.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {:?}\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n",
-                dir.path().join("data")
-            ),
-        )
-        .map_err(|e| BenchError::Spawn(e.to_string()))?;
+        let config = match base_config {
+            Some(path) => path.to_path_buf(),
+            None => {
+                let path = dir.path().join("bench.toml");
+                std::fs::write(&path, "[log]\nlevel = \"warn\"\n")
+                    .map_err(|e| BenchError::Spawn(e.to_string()))?;
+                path
+            }
+        };
         let exe = std::env::current_exe().map_err(|e| BenchError::Spawn(e.to_string()))?;
         let mut child = Command::new(exe)
             .arg("serve")
             .arg("--config")
             .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -131,7 +139,8 @@ async fn target(args: &BenchArgs) -> Result<(String, Option<LocalNode>), BenchEr
     match &args.server {
         Some(s) => Ok((s.clone(), None)),
         None => {
-            let node = tokio::task::spawn_blocking(LocalNode::start)
+            let config = args.node_config.clone();
+            let node = tokio::task::spawn_blocking(move || LocalNode::start(config.as_deref()))
                 .await
                 .map_err(|e| BenchError::Spawn(e.to_string()))??;
             Ok((node.grpc.clone(), Some(node)))
@@ -276,10 +285,11 @@ async fn rss(args: &BenchArgs) -> Result<Option<u64>, BenchError> {
     let (url, node) = target(args).await?;
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
     drive(&url, 4, args.rss_jobs, move |mut p| {
-        let jobs = vec![job("bench-rss", &payload); 1000];
+        const BATCH: usize = crate::config::DEFAULT_MAX_JOBS_PER_REQUEST;
+        let jobs = vec![job("bench-rss", &payload); BATCH];
         async move {
             p.enqueue(jobs).await?;
-            Ok(1000)
+            Ok(BATCH as u64)
         }
     })
     .await?;

@@ -87,14 +87,14 @@ pub struct Failure {
 }
 
 /// The id a new job got, or the id of the job its idempotency key already named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enqueued {
     pub id: JobId,
     pub duplicate: bool,
 }
 
 /// Why the machine refused a message about one job. Refusals change nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Refusal {
     #[error("job {0} does not exist")]
     UnknownJob(JobId),
@@ -111,8 +111,9 @@ pub enum Refusal {
     Undecodable { index: u64, reason: String },
 }
 
-/// What applying a command produced.
-#[derive(Debug, Clone, PartialEq)]
+/// What applying a command produced. Serializable because a follower gets it
+/// back from the leader it forwarded the command to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     Enqueued(Vec<Enqueued>),
     /// The jobs leased, with their new lease. Payloads are read from the store

@@ -47,6 +47,10 @@ pub struct Config {
     /// and the jobs run again elsewhere).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Peers refuse traffic that names another cluster.
+    pub cluster_id: String,
+    /// The initial members, this node included; empty for a one-voter cluster.
+    pub peers: Vec<Peer>,
     pub limits: Limits,
     pub jobs: Jobs,
     pub raft: Raft,
@@ -62,6 +66,8 @@ impl Default for Config {
             grpc_addr: "127.0.0.1:7070".parse().expect("literal address"),
             http_addr: "127.0.0.1:7080".parse().expect("literal address"),
             shutdown_grace: Duration::from_secs(10),
+            cluster_id: "drover".into(),
+            peers: Vec::new(),
             limits: Limits::default(),
             jobs: Jobs::default(),
             raft: Raft::default(),
@@ -70,6 +76,20 @@ impl Default for Config {
         }
     }
 }
+
+/// A member of the cluster and the gRPC address its peers reach it on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// Most jobs in one enqueue request by default; clients split larger sets.
+/// All of a request's jobs are written in one atomic sled batch, and sled's
+/// memory use grows sharply with batches over about a thousand writes (two per
+/// job), so this also bounds the node's memory.
+pub const DEFAULT_MAX_JOBS_PER_REQUEST: usize = 500;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -86,7 +106,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_payload_bytes: 1024 * 1024,
-            max_jobs_per_request: 10_000,
+            max_jobs_per_request: DEFAULT_MAX_JOBS_PER_REQUEST,
             max_worker_capacity: 1024,
         }
     }
@@ -155,7 +175,7 @@ pub struct Storage {
 impl Default for Storage {
     fn default() -> Self {
         Storage {
-            cache_capacity_bytes: 64 * 1024 * 1024,
+            cache_capacity_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -208,6 +228,30 @@ impl Config {
         if self.node_id == 0 {
             return Err(invalid("node_id", "must be 1 or more"));
         }
+        if self.cluster_id.is_empty() {
+            return Err(invalid("cluster_id", "must not be empty"));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for p in &self.peers {
+            if p.id == 0 || !ids.insert(p.id) {
+                return Err(invalid(
+                    "peers",
+                    format!(
+                        "peer id {} is 0 or listed twice; ids must be unique and 1 or more",
+                        p.id
+                    ),
+                ));
+            }
+            if p.addr.is_empty() {
+                return Err(invalid("peers", format!("peer {} has no addr", p.id)));
+            }
+        }
+        if !self.peers.is_empty() && !ids.contains(&self.node_id) {
+            return Err(invalid(
+                "peers",
+                format!("this node (node_id {}) is not in the list; list every member, this node included", self.node_id),
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -248,6 +292,15 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The ids of the initial voters: the peers, or this node alone.
+    pub fn initial_voters(&self) -> Vec<u64> {
+        if self.peers.is_empty() {
+            vec![self.node_id]
+        } else {
+            self.peers.iter().map(|p| p.id).collect()
+        }
     }
 
     pub fn job_limits(&self) -> JobLimits {

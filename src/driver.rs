@@ -20,6 +20,8 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
 use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::cluster::transport::Transport;
+use crate::cluster::Control;
 use crate::command::{Command, LogEntry, Outcome, Refusal};
 use crate::config::Config;
 use crate::error::Error;
@@ -28,15 +30,22 @@ use crate::store::{RaftStore, StoreError};
 
 /// Most proposals folded into one Ready; bounds the size of one flush.
 const MAX_PROPOSALS_PER_READY: usize = 4096;
+/// Raft messages and reports waiting for the driver before more are dropped.
+const CONTROL_QUEUE: usize = 16384;
+/// Most raft messages stepped before the driver handles a Ready.
+const MAX_STEPS_PER_READY: usize = 1024;
+
+/// What a proposal's proposer hears: the outcome and the index it was applied at.
+type Reply = oneshot::Sender<Result<(Outcome, u64), Error>>;
 
 /// A command waiting to be committed and applied.
 pub struct Proposal {
     pub command: Command,
-    pub reply: oneshot::Sender<Result<Outcome, Error>>,
+    pub reply: Reply,
 }
 
 /// What the node knows of its raft group, published after every Ready.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
     pub node_id: u64,
     pub role: String,
@@ -46,6 +55,25 @@ pub struct NodeStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub last_index: u64,
+    /// Every voter and learner; progress is known only on the leader.
+    pub members: Vec<Member>,
+}
+
+impl NodeStatus {
+    pub fn is_leader(&self) -> bool {
+        self.role == "leader"
+    }
+}
+
+/// A member as the leader sees it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub voter: bool,
+    /// Highest log index known to be on that node (leader only).
+    pub match_index: Option<u64>,
+    /// Heard from within an election timeout (leader only).
+    pub reachable: Option<bool>,
 }
 
 /// A failure the driver cannot recover from: raft's or the machine's storage
@@ -68,6 +96,7 @@ pub enum DriverError {
 #[derive(Clone)]
 pub struct DriverHandle {
     tx: mpsc::Sender<Proposal>,
+    control: mpsc::Sender<Control>,
     status: watch::Receiver<NodeStatus>,
     stats: watch::Receiver<Arc<MachineStats>>,
     reader: JobReader,
@@ -75,14 +104,27 @@ pub struct DriverHandle {
 }
 
 impl DriverHandle {
-    /// Proposes a command and waits until it is applied.
+    /// Proposes a command on this node and waits until it is applied. Fails
+    /// with [`Error::NoLeader`] unless this node leads; the cluster router
+    /// sends commands where they belong.
     pub async fn propose(&self, command: Command) -> Result<Outcome, Error> {
+        self.propose_at(command).await.map(|(outcome, _)| outcome)
+    }
+
+    /// Like [`DriverHandle::propose`], with the index the command was applied at.
+    pub async fn propose_at(&self, command: Command) -> Result<(Outcome, u64), Error> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Proposal { command, reply })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Hands the driver a raft message or a report. Dropped when the driver
+    /// is saturated: raft recovers from lost messages.
+    pub fn control(&self, c: Control) {
+        let _ = self.control.try_send(c);
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -140,13 +182,15 @@ impl slog::Drain for TracingDrain {
 
 struct Pending {
     term: u64,
-    reply: Option<oneshot::Sender<Result<Outcome, Error>>>,
+    reply: Option<Reply>,
 }
 
 struct Driver {
     raw: RawNode<RaftStore>,
     machine: Machine,
     rx: mpsc::Receiver<Proposal>,
+    control: mpsc::Receiver<Control>,
+    transport: Transport,
     pending: HashMap<u64, Pending>,
     status_tx: watch::Sender<NodeStatus>,
     stats_tx: watch::Sender<Arc<MachineStats>>,
@@ -210,12 +254,14 @@ pub fn start(
 ) -> Result<(DriverHandle, oneshot::Receiver<Result<(), DriverError>>), Error> {
     let mut store = RaftStore::open(db)?;
     if store.is_new() {
-        store.bootstrap(vec![cfg.node_id])?;
+        let voters = cfg.initial_voters();
         tracing::info!(
             event = "cluster_bootstrapped",
             node_id = cfg.node_id,
-            "bootstrapped a new one-voter cluster"
+            ?voters,
+            "bootstrapped a new cluster"
         );
+        store.bootstrap(voters)?;
     }
     let machine = Machine::open(
         db.open_tree("machine").map_err(StoreError::from)?,
@@ -258,10 +304,13 @@ pub fn start(
     }
 
     let (tx, rx) = mpsc::channel(MAX_PROPOSALS_PER_READY * 4);
+    let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
+    let transport = Transport::start(cfg, control_tx.clone());
     let (status_tx, status) = watch::channel(NodeStatus::default());
     let (stats_tx, stats) = watch::channel(Arc::new(machine.stats()));
     let handle = DriverHandle {
         tx,
+        control: control_tx,
         status,
         stats,
         reader: machine.reader(),
@@ -282,6 +331,8 @@ pub fn start(
         raw,
         machine,
         rx,
+        control,
+        transport,
         pending: HashMap::new(),
         status_tx,
         stats_tx,
@@ -324,6 +375,16 @@ impl Driver {
                     self.raw.tick();
                     self.propose_tick_if_due();
                 }
+                c = self.control.recv() => {
+                    let Some(c) = c else { break };
+                    self.on_control(c);
+                    for _ in 1..MAX_STEPS_PER_READY {
+                        match self.control.try_recv() {
+                            Ok(c) => self.on_control(c),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 p = self.rx.recv() => {
                     let Some(p) = p else { break };
                     self.propose(p.command, Some(p.reply));
@@ -346,11 +407,29 @@ impl Driver {
         Ok(())
     }
 
-    fn propose(
-        &mut self,
-        command: Command,
-        reply: Option<oneshot::Sender<Result<Outcome, Error>>>,
-    ) {
+    fn on_control(&mut self, c: Control) {
+        match c {
+            Control::Step(msg) => {
+                let from = msg.from;
+                if let Err(e) = self.raw.step(msg) {
+                    tracing::debug!(from, error = %e, "raft message not stepped");
+                }
+            }
+            Control::Unreachable(id) => self.raw.report_unreachable(id),
+            Control::TransferLeader(id) => self.raw.transfer_leader(id),
+        }
+    }
+
+    fn propose(&mut self, command: Command, reply: Option<Reply>) {
+        let retry_after_ms = self.tick_interval.as_millis() as u64 * 5;
+        if self.raw.raft.state != StateRole::Leader {
+            // A follower would forward it to the leader inside raft, where
+            // its outcome could never come back to us.
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(Error::NoLeader { retry_after_ms }));
+            }
+            return;
+        }
         let entry = LogEntry {
             at_ms: now_ms(),
             command,
@@ -368,9 +447,7 @@ impl Driver {
             }
             Err(_) => {
                 if let Some(reply) = reply {
-                    let _ = reply.send(Err(Error::NoLeader {
-                        retry_after_ms: self.tick_interval.as_millis() as u64 * 5,
-                    }));
+                    let _ = reply.send(Err(Error::NoLeader { retry_after_ms }));
                 }
             }
         }
@@ -451,11 +528,9 @@ impl Driver {
         }
     }
 
-    /// Messages to peers: a one-voter cluster has none; peers come with the
-    /// cluster's transport.
     fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
-        if !msgs.is_empty() {
-            tracing::debug!(count = msgs.len(), "no transport for raft messages");
+        for m in msgs {
+            self.transport.send(m);
         }
     }
 
@@ -499,6 +574,11 @@ impl Driver {
                 self.tick_in_flight = None;
             }
             replies.push((index, term, outcome));
+            // Commits at entry boundaries, so each batch is still atomic with
+            // the applied index it carries.
+            if self.machine.wants_commit() {
+                self.machine.commit()?;
+            }
         }
         self.machine.commit()?;
         // Publish before replying, so whoever is answered sees the new state.
@@ -507,7 +587,7 @@ impl Driver {
             if let Some(p) = self.pending.remove(&index) {
                 if let Some(reply) = p.reply {
                     let _ = reply.send(if p.term == term {
-                        Ok(outcome)
+                        Ok((outcome, index))
                     } else {
                         Err(Error::Superseded)
                     });
@@ -540,14 +620,52 @@ impl Driver {
     }
 
     /// Keeps the log from growing without bound: everything applied more than
-    /// `log_keep` entries ago is dropped, in steps of `log_keep`.
+    /// `log_keep` entries ago is dropped, in steps of `log_keep`. A leader
+    /// keeps what its slowest follower still needs, so a follower that was
+    /// down catches up from the log.
     fn compact_log(&mut self) -> Result<(), DriverError> {
         let applied = self.machine.meta().applied_index;
+        let mut upto = applied.saturating_sub(self.log_keep);
+        if self.raw.raft.state == StateRole::Leader {
+            let slowest = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .map(|(_, p)| p.matched)
+                .min()
+                .unwrap_or(applied);
+            upto = upto.min(slowest);
+        }
         let store = self.raw.mut_store();
-        if applied > store.compacted_index() + 2 * self.log_keep {
-            store.compact(applied - self.log_keep)?;
+        if upto > store.compacted_index() + self.log_keep {
+            store.compact(upto)?;
         }
         Ok(())
+    }
+
+    fn members(&self) -> Vec<Member> {
+        let raft = &self.raw.raft;
+        let leader = raft.state == StateRole::Leader;
+        let conf = raft.prs().conf();
+        let mut out: Vec<Member> = conf
+            .voters()
+            .ids()
+            .iter()
+            .map(|id| (id, true))
+            .chain(conf.learners().iter().map(|id| (*id, false)))
+            .map(|(id, voter)| {
+                let progress = raft.prs().get(id).filter(|_| leader);
+                Member {
+                    id,
+                    voter,
+                    match_index: progress.map(|p| p.matched),
+                    reachable: progress.map(|p| id == self.node_id || p.recent_active),
+                }
+            })
+            .collect();
+        out.sort_by_key(|m| m.id);
+        out
     }
 
     fn publish_status(&mut self) {
@@ -560,6 +678,7 @@ impl Driver {
             commit_index: raft.raft_log.committed,
             applied_index: self.machine.meta().applied_index,
             last_index: raft.raft_log.last_index(),
+            members: self.members(),
         };
         self.status_tx.send_if_modified(|s| {
             if *s != status {

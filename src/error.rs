@@ -29,6 +29,8 @@ pub enum Error {
     Superseded,
     #[error("the node is shutting down; retry on another node")]
     ShuttingDown,
+    #[error("leader (node {leader}) answered {}: {}", .status.code(), .status.message())]
+    Forward { leader: u64, status: tonic::Status },
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr} (config key `{key}`): {source}; pick a free port or stop what uses it")]
@@ -66,6 +68,7 @@ impl Error {
             Error::Refused(Refusal::UnknownJob(_)) => Code::NotFound,
             Error::Refused(_) => Code::FailedPrecondition,
             Error::NoLeader { .. } | Error::Superseded | Error::ShuttingDown => Code::Unavailable,
+            Error::Forward { status, .. } => status.code(),
             Error::Config(_)
             | Error::Bind { .. }
             | Error::DataDir { .. }
@@ -87,9 +90,43 @@ impl Error {
     }
 }
 
+/// Metadata on a status whose request certainly did not take effect, so a
+/// client may send it again as it is.
+const RETRY_SAFE: &str = "drover-retry-safe";
+/// Metadata with a hint, in milliseconds, of when to retry.
+const RETRY_AFTER: &str = "drover-retry-after-ms";
+
+impl Error {
+    /// The request was refused before it could take effect.
+    fn retry_safe(&self) -> bool {
+        match self {
+            Error::NoLeader { .. } | Error::Superseded | Error::ShuttingDown => true,
+            Error::Forward { status, .. } => retry_safe(status),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a status says its request did not take effect (see [`RETRY_SAFE`]).
+pub fn retry_safe(status: &tonic::Status) -> bool {
+    status.metadata().contains_key(RETRY_SAFE)
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> tonic::Status {
-        tonic::Status::new(e.grpc_code(), e.to_string())
+        let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
+        if e.retry_safe() {
+            status
+                .metadata_mut()
+                .insert(RETRY_SAFE, tonic::metadata::MetadataValue::from_static("1"));
+        }
+        if let Error::NoLeader { retry_after_ms } = e {
+            status.metadata_mut().insert(
+                RETRY_AFTER,
+                tonic::metadata::MetadataValue::from(retry_after_ms),
+            );
+        }
+        status
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod driver;

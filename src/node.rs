@@ -15,10 +15,12 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{self, App};
+use crate::cluster::router::Router;
 use crate::config::Config;
 use crate::driver::{self, DriverError};
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::proto::v1::peer_service_server::PeerServiceServer;
 use crate::proto::v1::producer_service_server::ProducerServiceServer;
 use crate::proto::v1::worker_service_server::WorkerServiceServer;
 use crate::store;
@@ -26,7 +28,7 @@ use crate::workers::WorkerRegistry;
 
 /// Longest gRPC message accepted: a batch of jobs may be large, a single
 /// payload is limited separately by `limits.max_payload_bytes`.
-const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
+pub const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
 
 pub struct Node {
     pub grpc_addr: SocketAddr,
@@ -74,7 +76,9 @@ impl Node {
         let (driver_stop, driver_stop_rx) = watch::channel(false);
         let (handle, driver_done) = driver::start(&config, &db, driver_stop_rx)?;
         let grace = config.shutdown_grace;
+        let router = Router::new(&config, handle.clone());
         let app = App {
+            router,
             driver: handle,
             config: Arc::new(config),
             workers: WorkerRegistry::default(),
@@ -86,12 +90,16 @@ impl Node {
             .max_decoding_message_size(MAX_GRPC_MESSAGE);
         let worker = WorkerServiceServer::new(api::worker::Worker { app: app.clone() })
             .max_decoding_message_size(MAX_GRPC_MESSAGE);
+        let peer = PeerServiceServer::new(api::peer::Peer { app: app.clone() })
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
         let mut grpc_shutdown = shutdown.clone();
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(producer)
                 .add_service(worker)
+                .add_service(peer)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
                     let _ = grpc_shutdown.wait_for(|s| *s).await;
                 }),

@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod http;
+pub mod peer;
 pub mod producer;
 pub mod worker;
 
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::cluster::router::Router;
 use crate::command::{Command, Enqueued, Outcome};
 use crate::config::Config;
 use crate::driver::DriverHandle;
@@ -23,6 +25,8 @@ use crate::workers::WorkerRegistry;
 #[derive(Clone)]
 pub struct App {
     pub driver: DriverHandle,
+    /// Where commands go: proposed here, or forwarded to the leader.
+    pub router: Router,
     pub config: Arc<Config>,
     pub workers: WorkerRegistry,
     pub shutdown: watch::Receiver<bool>,
@@ -67,7 +71,7 @@ impl App {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        match self.driver.propose(Command::Enqueue { jobs }).await? {
+        match self.router.propose(Command::Enqueue { jobs }).await? {
             Outcome::Enqueued(ids) => Ok(ids),
             other => Err(unexpected(other)),
         }
@@ -85,7 +89,7 @@ impl App {
 
     /// Cancels a job; returns the state it was in.
     pub async fn cancel(&self, id: JobId) -> Result<JobState, Error> {
-        match self.driver.propose(Command::Cancel { id }).await? {
+        match self.router.propose(Command::Cancel { id }).await? {
             Outcome::Cancelled(r) => Ok(r?),
             other => Err(unexpected(other)),
         }

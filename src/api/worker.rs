@@ -384,8 +384,8 @@ impl Session {
         refs: Vec<(JobId, u32)>,
         cmd: Command,
     ) {
-        let driver = self.app.driver.clone();
-        proposals.push(async move { Event::Acked(kind, refs, driver.propose(cmd).await) }.boxed());
+        let router = self.app.router.clone();
+        proposals.push(async move { Event::Acked(kind, refs, router.propose(cmd).await) }.boxed());
     }
 
     /// Returns false when the worker is gone.

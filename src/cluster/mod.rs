@@ -1,0 +1,27 @@
+//! What makes one node part of a cluster: the transport that carries raft
+//! messages to peers, and the router that sends a follower's writes to the
+//! leader.
+
+pub mod router;
+pub mod transport;
+
+use crate::config::Config;
+use crate::proto::v1 as pb;
+
+/// Inputs to the raft driver other than proposals.
+pub enum Control {
+    /// A raft message from a peer.
+    Step(raft::eraftpb::Message),
+    /// A send to this peer failed.
+    Unreachable(u64),
+    /// Hand leadership to this node.
+    TransferLeader(u64),
+}
+
+/// Names this node and its cluster on every peer request.
+pub fn header(cfg: &Config) -> pb::PeerHeader {
+    pb::PeerHeader {
+        cluster_id: cfg.cluster_id.clone(),
+        from: cfg.node_id,
+    }
+}

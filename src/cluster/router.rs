@@ -1,0 +1,192 @@
+//! Where a command goes: proposed here when this node leads, forwarded to
+//! the leader otherwise, and held briefly while an election runs. Clients can
+//! talk to any node and never need to know which one leads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::command::{Command, Outcome};
+use crate::config::Config;
+use crate::driver::{DriverHandle, NodeStatus};
+use crate::error::Error;
+use crate::proto::v1 as pb;
+use crate::proto::v1::peer_service_client::PeerServiceClient;
+
+/// How long a follower waits to apply what the leader applied for it, so its
+/// client reads its own write here. Past it the answer goes out anyway: the
+/// command took effect, this node is only slow.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Router {
+    driver: DriverHandle,
+    node_id: u64,
+    header: pb::PeerHeader,
+    addrs: Arc<HashMap<u64, String>>,
+    clients: Arc<Mutex<HashMap<u64, PeerServiceClient<Channel>>>>,
+}
+
+impl Router {
+    pub fn new(cfg: &Config, driver: DriverHandle) -> Router {
+        Router {
+            driver,
+            node_id: cfg.node_id,
+            header: super::header(cfg),
+            addrs: Arc::new(cfg.peers.iter().map(|p| (p.id, p.addr.clone())).collect()),
+            clients: Arc::default(),
+        }
+    }
+
+    pub fn driver(&self) -> &DriverHandle {
+        &self.driver
+    }
+
+    /// Proposes `command` on the leader and returns its outcome once this
+    /// node has applied it too.
+    pub async fn propose(&self, command: Command) -> Result<Outcome, Error> {
+        let retry_after_ms = self.driver.retry_after_ms();
+        let deadline = Instant::now() + Duration::from_millis(retry_after_ms);
+        let mut status_rx = self.driver.status_watch();
+        let mut encoded: Option<bytes::Bytes> = None;
+        loop {
+            let status = status_rx.borrow_and_update().clone();
+            if status.is_leader() {
+                return self.driver.propose(command).await;
+            }
+            if status.leader_id != 0 && status.leader_id != self.node_id {
+                let bytes = encoded.get_or_insert_with(|| encode(&command)).clone();
+                match self.forward(status.leader_id, bytes).await {
+                    Ok((outcome, index)) => {
+                        self.wait_applied(index).await;
+                        return Ok(outcome);
+                    }
+                    Err(Forwarded::Final(e)) => return Err(e),
+                    Err(Forwarded::Retry) => {}
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::NoLeader { retry_after_ms });
+            }
+            // Woken by a new leader or term; polls too, since a leader that
+            // refused us may still be the leader we know.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), status_rx.changed())
+                .await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        command: bytes::Bytes,
+    ) -> Result<(Outcome, u64), Forwarded> {
+        let mut client = self.client(leader).map_err(Forwarded::Final)?;
+        let request = pb::ForwardRequest {
+            header: Some(self.header.clone()),
+            command,
+        };
+        match client.forward(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                let outcome = bincode::serde::decode_from_slice::<Outcome, _>(
+                    &reply.outcome,
+                    bincode::config::standard(),
+                )
+                .map(|(o, _)| o)
+                .map_err(|e| {
+                    Forwarded::Final(Error::Forward {
+                        leader,
+                        status: tonic::Status::internal(format!(
+                            "undecodable outcome from the leader: {e}; are all nodes running the same drover version?"
+                        )),
+                    })
+                })?;
+                Ok((outcome, reply.index))
+            }
+            Err(status) if crate::error::retry_safe(&status) || never_sent(&status) => {
+                Err(Forwarded::Retry)
+            }
+            Err(status) => Err(Forwarded::Final(Error::Forward { leader, status })),
+        }
+    }
+
+    fn client(&self, id: u64) -> Result<PeerServiceClient<Channel>, Error> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&id) {
+            return Ok(c.clone());
+        }
+        let addr = self.addrs.get(&id).ok_or(Error::NoLeader {
+            retry_after_ms: self.driver.retry_after_ms(),
+        })?;
+        let endpoint = crate::client::endpoint(addr)
+            .map_err(|e| Error::invalid("peers", e.to_string()))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(FORWARD_TIMEOUT);
+        let client = PeerServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(crate::node::MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(crate::node::MAX_GRPC_MESSAGE);
+        clients.insert(id, client.clone());
+        Ok(client)
+    }
+
+    /// The leader's view of the cluster, or this node's if it leads or no
+    /// leader answers.
+    pub async fn members(&self) -> Result<NodeStatus, Error> {
+        let status = self.driver.status();
+        if status.is_leader() || status.leader_id == 0 {
+            return Ok(status);
+        }
+        let mut client = self.client(status.leader_id)?;
+        let request = pb::MembersRequest {
+            header: Some(self.header.clone()),
+        };
+        match client.members(request).await {
+            Ok(reply) => {
+                serde_json::from_str(&reply.into_inner().json).map_err(|e| Error::Forward {
+                    leader: status.leader_id,
+                    status: tonic::Status::internal(e.to_string()),
+                })
+            }
+            // The leader is unreachable from here: say what this node knows.
+            Err(_) => Ok(status),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64) {
+        let mut rx = self.driver.status_watch();
+        let _ = tokio::time::timeout(APPLY_WAIT, rx.wait_for(|s| s.applied_index >= index)).await;
+    }
+}
+
+enum Forwarded {
+    /// The leader refused before proposing (it no longer leads, or is
+    /// stopping): safe to send again once a leader is known.
+    Retry,
+    Final(Error),
+}
+
+/// Whether the call failed before reaching the leader (it is down or
+/// restarting), so nothing can have been proposed.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn encode(command: &Command) -> bytes::Bytes {
+    bincode::serde::encode_to_vec(command, bincode::config::standard())
+        .expect("bincode encoding of in-memory values cannot fail")
+        .into()
+}
