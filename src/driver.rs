@@ -396,7 +396,12 @@ impl Driver {
                     }
                 }
             }
-            self.handle_ready()?;
+            // While a flush is in flight, new proposals and messages wait in
+            // raft's unstable log and go out in one Ready when it lands: one
+            // sled write and one flush per batch instead of per arrival.
+            if self.awaiting_flush.is_none() {
+                self.handle_ready()?;
+            }
             self.publish_status();
         }
         for (_, p) in self.pending.drain() {

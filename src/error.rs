@@ -31,6 +31,8 @@ pub enum Error {
     ShuttingDown,
     #[error("leader (node {leader}) answered {}: {}", .status.code(), .status.message())]
     Forward { leader: u64, status: tonic::Status },
+    #[error("lost contact with the leader (node {leader}) while it handled the request ({reason}); it may or may not have taken effect: retry, with an idempotency key if it must not run twice")]
+    ForwardLost { leader: u64, reason: String },
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr} (config key `{key}`): {source}; pick a free port or stop what uses it")]
@@ -69,6 +71,7 @@ impl Error {
             Error::Refused(_) => Code::FailedPrecondition,
             Error::NoLeader { .. } | Error::Superseded | Error::ShuttingDown => Code::Unavailable,
             Error::Forward { status, .. } => status.code(),
+            Error::ForwardLost { .. } => Code::Unavailable,
             Error::Config(_)
             | Error::Bind { .. }
             | Error::DataDir { .. }
@@ -98,7 +101,7 @@ const RETRY_AFTER: &str = "drover-retry-after-ms";
 
 impl Error {
     /// The request was refused before it could take effect.
-    fn retry_safe(&self) -> bool {
+    pub fn retry_safe(&self) -> bool {
         match self {
             Error::NoLeader { .. } | Error::Superseded | Error::ShuttingDown => true,
             Error::Forward { status, .. } => retry_safe(status),

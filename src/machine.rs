@@ -197,6 +197,18 @@ fn decode<T: for<'de> Deserialize<'de>>(k: &[u8], bytes: &[u8]) -> Result<T, Mac
         })
 }
 
+/// An order-sensitive hash of records in key order: equal trees, equal hashes.
+fn hash_records<'a>(records: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
+    let mut h = 0u64;
+    for (k, v) in records {
+        for b in k.iter().chain(v.iter()) {
+            h = mix(h ^ u64::from(*b));
+        }
+        h = mix(h ^ 0xff);
+    }
+    h
+}
+
 /// splitmix64: a fixed mixing function, so jitter is a pure function of the job.
 fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -378,14 +390,7 @@ impl Machine {
             };
         }
         all.insert(META_KEY.to_vec(), encode(&self.meta));
-        let mut h = 0u64;
-        for (k, v) in all {
-            for b in k.iter().chain(v.iter()) {
-                h = mix(h ^ u64::from(*b));
-            }
-            h = mix(h ^ 0xff);
-        }
-        Ok(h)
+        Ok(hash_records(all.iter().map(|(k, v)| (&k[..], &v[..]))))
     }
 
     // ---- commands ----
@@ -745,6 +750,24 @@ impl JobReader {
 
     pub fn result(&self, id: JobId) -> Result<bytes::Bytes, MachineError> {
         Ok(self.blob(RESULT, id)?)
+    }
+
+    /// The digest of the committed tree and the applied index it covers, as
+    /// [`Machine::digest`] computes it. Consistent only while nothing is
+    /// applied meanwhile: for comparing nodes of a quiet cluster.
+    pub fn digest(&self) -> Result<(u64, u64), MachineError> {
+        let mut records = Vec::new();
+        for item in self.tree.iter() {
+            records.push(item?);
+        }
+        let applied = match self.tree.get(META_KEY)? {
+            Some(bytes) => decode::<Meta>(META_KEY, &bytes)?.applied_index,
+            None => 0,
+        };
+        Ok((
+            applied,
+            hash_records(records.iter().map(|(k, v)| (&k[..], &v[..]))),
+        ))
     }
 
     fn blob(&self, prefix: u8, id: JobId) -> Result<bytes::Bytes, sled::Error> {

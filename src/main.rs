@@ -37,8 +37,19 @@ enum Cmd {
         #[command(subcommand)]
         command: JobsCmd,
     },
+    /// Inspect the cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
     /// Measure throughput and latency (see BENCH.md).
     Bench(drover::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Each member with its role, match index and whether the leader hears it.
+    Members(HttpArgs),
 }
 
 #[derive(Args)]
@@ -58,7 +69,8 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct GrpcArgs {
-    /// gRPC address of any node.
+    /// gRPC address of any node, or of several separated by commas (calls
+    /// move to the next when a node is down or has no leader).
     #[arg(long, env = "DROVER_SERVER", default_value = "http://127.0.0.1:7070")]
     server: String,
 }
@@ -165,6 +177,9 @@ fn main() -> Result<()> {
                 println!("job {id} cancelled (was {state})");
                 Ok(())
             }
+            Cmd::Cluster {
+                command: ClusterCmd::Members(a),
+            } => members(a).await,
             Cmd::Bench(a) => {
                 init_tracing("text", "warn");
                 drover::bench::run(a).await.map_err(Into::into)
@@ -318,6 +333,53 @@ async fn get_json(base: &str, path: &str) -> Result<serde_json::Value> {
         );
     }
     Ok(body)
+}
+
+async fn members(a: HttpArgs) -> Result<()> {
+    let s = get_json(&a.http, "/api/v1/cluster/members").await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let leader = s["leader_id"].as_u64().unwrap_or(0);
+    println!(
+        "leader {}  term {}  commit {}  (as seen from node {})",
+        if leader == 0 {
+            "none".to_string()
+        } else {
+            leader.to_string()
+        },
+        s["term"],
+        s["commit_index"],
+        s["seen_from"]
+    );
+    println!(
+        "{:<6} {:<9} {:>12} {:>10}",
+        "ID", "ROLE", "MATCH", "REACHABLE"
+    );
+    for m in s["members"].as_array().into_iter().flatten() {
+        let id = m["id"].as_u64().unwrap_or(0);
+        let role = match (id == leader, m["voter"].as_bool().unwrap_or(false)) {
+            (true, _) => "leader",
+            (false, true) => "follower",
+            (false, false) => "learner",
+        };
+        let opt = |v: &serde_json::Value| {
+            if v.is_null() {
+                "?".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        println!(
+            "{:<6} {:<9} {:>12} {:>10}",
+            id,
+            role,
+            opt(&m["match_index"]),
+            opt(&m["reachable"])
+        );
+    }
+    Ok(())
 }
 
 async fn status(a: HttpArgs) -> Result<()> {

@@ -36,6 +36,8 @@ pub fn router(app: App, metrics: Metrics) -> Router {
         .route("/api/v1/queues/{queue}/jobs", post(enqueue))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/cluster/members", get(members))
+        .route("/api/v1/debug/digest", get(digest))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(HttpState { app, metrics })
@@ -93,6 +95,29 @@ async fn stats(State(s): State<HttpState>) -> Json<serde_json::Value> {
         "totals": stats.totals,
         "workers": s.app.workers.list(),
     }))
+}
+
+/// The cluster as its leader sees it: members, match indexes, reachability.
+async fn members(State(s): State<HttpState>) -> Result<Json<serde_json::Value>, Error> {
+    let status = s.app.router.members().await?;
+    Ok(Json(json!({
+        "leader_id": status.leader_id,
+        "term": status.term,
+        "commit_index": status.commit_index,
+        "seen_from": status.node_id,
+        "members": status.members,
+    })))
+}
+
+/// A digest of this node's machine tree: nodes that applied the same log
+/// have the same digest (compare them on a quiet cluster).
+async fn digest(State(s): State<HttpState>) -> Result<Json<serde_json::Value>, Error> {
+    let (applied_index, digest) = s.app.driver.reader().digest()?;
+    Ok(Json(json!({
+        "node_id": s.app.config.node_id,
+        "applied_index": applied_index,
+        "digest": format!("{digest:016x}"),
+    })))
 }
 
 /// The JSON body of `POST /api/v1/queues/{queue}/jobs`.

@@ -36,6 +36,8 @@ const MAX_MESSAGES_PER_ROUND: usize = 512;
 /// Pause before asking again after a lease proposal failed (no leader).
 const LEASE_RETRY: Duration = Duration::from_millis(200);
 const MAX_ERROR_MESSAGE: usize = 4096;
+/// How long a completion or failure is retried while no leader is known.
+const RESULT_RETRY: Duration = Duration::from_secs(10);
 
 pub struct Worker {
     pub app: App,
@@ -181,13 +183,13 @@ impl Session {
             let may_lease = !self.draining && !lease_in_flight && free > 0 && retry_at.is_none();
             if may_lease && has_ready(&stats.borrow_and_update(), &self.registration.entry.queues) {
                 lease_in_flight = true;
-                let driver = self.app.driver.clone();
+                let router = self.app.router.clone();
                 let cmd = Command::Lease {
                     worker: worker_id.clone(),
                     queues: self.registration.entry.queues.clone(),
                     max: free as u32,
                 };
-                proposals.push(async move { Event::Leased(driver.propose(cmd).await) }.boxed());
+                proposals.push(async move { Event::Leased(router.propose(cmd).await) }.boxed());
                 continue;
             }
             if server_stopping && self.in_flight.is_empty() && proposals.is_empty() {
@@ -385,7 +387,15 @@ impl Session {
         cmd: Command,
     ) {
         let router = self.app.router.clone();
-        proposals.push(async move { Event::Acked(kind, refs, router.propose(cmd).await) }.boxed());
+        let result = async move {
+            match kind {
+                // The next heartbeat goes out soon anyway.
+                Kind::Heartbeat => router.propose(cmd).await,
+                // A result is worth keeping through an election.
+                Kind::Complete | Kind::Fail => router.propose_retrying(cmd, RESULT_RETRY).await,
+            }
+        };
+        proposals.push(async move { Event::Acked(kind, refs, result.await) }.boxed());
     }
 
     /// Returns false when the worker is gone.

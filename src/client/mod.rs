@@ -50,20 +50,125 @@ pub async fn connect(url: &str) -> Result<Channel, ClientError> {
         })
 }
 
-/// A producer: enqueues, reads and cancels jobs.
+/// The addresses in a `--server` value: one node, or several separated by
+/// commas.
+pub fn server_list(servers: &str) -> Vec<String> {
+    servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Retries of one call across nodes before its error is returned.
+const MAX_ATTEMPTS: u32 = 12;
+
+/// Whether a failed call certainly did not take effect, so it may be sent
+/// again (to this node or another): the node said so, or it was never reached.
+pub fn retryable(status: &tonic::Status) -> bool {
+    crate::error::retry_safe(status) || never_sent(status)
+}
+
+/// Whether the call failed before reaching the node (it is down or
+/// restarting), so nothing can have been done.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Backoff before retry `attempt` (0-based): the server's hint if it gave
+/// one, else exponential from 50 ms, at most 1 s.
+pub fn backoff(status: &tonic::Status, attempt: u32) -> std::time::Duration {
+    let hinted = status
+        .metadata()
+        .get("drover-retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let ms = hinted.unwrap_or(50u64 << attempt.min(5)).min(1000);
+    std::time::Duration::from_millis(ms)
+}
+
+/// A producer: enqueues, reads and cancels jobs. Given several nodes, it
+/// sends to one and moves to the next when a call fails in a way that is
+/// safe to retry (no leader yet, node down or stopping).
 #[derive(Clone)]
 pub struct Producer {
-    inner: ProducerServiceClient<Channel>,
+    nodes: Vec<ProducerServiceClient<Channel>>,
+    current: usize,
 }
 
 impl Producer {
-    pub async fn connect(url: &str) -> Result<Producer, ClientError> {
-        Ok(Producer::new(connect(url).await?))
+    /// Connects to the first reachable of `servers` (comma separated).
+    pub async fn connect(servers: &str) -> Result<Producer, ClientError> {
+        let urls = server_list(servers);
+        let mut nodes = Vec::with_capacity(urls.len());
+        let mut first_error = None;
+        let mut current = None;
+        for url in &urls {
+            let endpoint = endpoint(url)?;
+            if current.is_none() {
+                match endpoint.connect().await {
+                    Ok(ch) => {
+                        current = Some(nodes.len());
+                        nodes.push(ch);
+                        continue;
+                    }
+                    Err(source) => {
+                        first_error.get_or_insert(ClientError::Connect {
+                            url: url.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+            nodes.push(endpoint.connect_lazy());
+        }
+        match current {
+            Some(current) => Ok(Producer {
+                nodes: nodes.into_iter().map(client).collect(),
+                current,
+            }),
+            None => Err(first_error.unwrap_or_else(|| ClientError::BadUrl {
+                url: servers.to_string(),
+                reason: "no server address given".into(),
+            })),
+        }
     }
 
     pub fn new(channel: Channel) -> Producer {
         Producer {
-            inner: ProducerServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+            nodes: vec![client(channel)],
+            current: 0,
+        }
+    }
+
+    /// Runs `call` against the current node, moving on to the next one on a
+    /// retryable failure.
+    async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(ProducerServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call(self.nodes[self.current].clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) if attempt + 1 < MAX_ATTEMPTS && retryable(&status) => {
+                    tokio::time::sleep(backoff(&status, attempt)).await;
+                    self.current = (self.current + 1) % self.nodes.len();
+                    attempt += 1;
+                }
+                Err(status) => return Err(status.into()),
+            }
         }
     }
 
@@ -72,33 +177,35 @@ impl Producer {
         &mut self,
         jobs: Vec<pb::NewJob>,
     ) -> Result<Vec<pb::EnqueuedJob>, ClientError> {
-        Ok(self
-            .inner
-            .enqueue(pb::EnqueueRequest { jobs })
-            .await?
-            .into_inner()
-            .jobs)
+        let request = pb::EnqueueRequest { jobs };
+        let reply = self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.enqueue(r).await }
+            })
+            .await?;
+        Ok(reply.jobs)
     }
 
     pub async fn get(&mut self, id: u64) -> Result<pb::Job, ClientError> {
-        Ok(self
-            .inner
-            .get_job(pb::GetJobRequest { id })
-            .await?
-            .into_inner())
+        self.call(|mut c| async move { c.get_job(pb::GetJobRequest { id }).await })
+            .await
     }
 
     pub async fn cancel(&mut self, id: u64) -> Result<String, ClientError> {
-        Ok(self
-            .inner
-            .cancel(pb::CancelRequest { id })
-            .await?
-            .into_inner()
-            .state)
+        let reply = self
+            .call(|mut c| async move { c.cancel(pb::CancelRequest { id }).await })
+            .await?;
+        Ok(reply.state)
     }
 
     pub async fn ping(&mut self) -> Result<(), ClientError> {
-        self.inner.ping(pb::PingRequest {}).await?;
+        let mut c = self.nodes[self.current].clone();
+        c.ping(pb::PingRequest {}).await?;
         Ok(())
     }
+}
+
+fn client(channel: Channel) -> ProducerServiceClient<Channel> {
+    ProducerServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024)
 }

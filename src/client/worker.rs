@@ -48,6 +48,8 @@ where
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
+    /// A node's address, or several separated by commas: each reconnect
+    /// tries the next, so a worker outlives the node it was connected to.
     pub url: String,
     pub worker_id: String,
     pub queues: Vec<String>,
@@ -106,6 +108,9 @@ struct Runtime<H> {
     done_rx: mpsc::UnboundedReceiver<Done>,
     report: WorkerReport,
     stopping: bool,
+    urls: Vec<String>,
+    /// Sessions started; picks the node of the next one.
+    sessions: usize,
 }
 
 /// Runs a worker until `stop` turns true (or the server shuts down) and every
@@ -117,7 +122,7 @@ pub async fn run<H: Handler>(
 ) -> Result<WorkerReport, ClientError> {
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut rt = Runtime {
-        opts,
+        opts: opts.clone(),
         handler: Arc::new(handler),
         held: HashMap::new(),
         unacked: HashMap::new(),
@@ -126,6 +131,8 @@ pub async fn run<H: Handler>(
         done_rx,
         report: WorkerReport::default(),
         stopping: *stop.borrow(),
+        urls: super::server_list(&opts.url),
+        sessions: 0,
     };
     let mut failures = 0u32;
     loop {
@@ -161,7 +168,13 @@ fn message(msg: Msg) -> pb::WorkerMessage {
 impl<H: Handler> Runtime<H> {
     /// One stream's life. Ok when the worker has stopped cleanly.
     async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), ClientError> {
-        let channel = connect(&self.opts.url).await?;
+        let url = self
+            .urls
+            .get(self.sessions % self.urls.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        self.sessions += 1;
+        let channel = connect(&url).await?;
         let mut client =
             WorkerServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(1024);

@@ -80,6 +80,24 @@ impl Router {
         }
     }
 
+    /// [`Router::propose`], tried again while it fails in a way that is safe
+    /// to retry, for up to `patience`.
+    pub async fn propose_retrying(
+        &self,
+        command: Command,
+        patience: Duration,
+    ) -> Result<Outcome, Error> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match self.propose(command.clone()).await {
+                Err(e) if e.retry_safe() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
     async fn forward(
         &self,
         leader: u64,
@@ -108,9 +126,11 @@ impl Router {
                 })?;
                 Ok((outcome, reply.index))
             }
-            Err(status) if crate::error::retry_safe(&status) || never_sent(&status) => {
-                Err(Forwarded::Retry)
-            }
+            Err(status) if crate::client::retryable(&status) => Err(Forwarded::Retry),
+            Err(status) if lost_contact(&status) => Err(Forwarded::Final(Error::ForwardLost {
+                leader,
+                reason: status.message().to_string(),
+            })),
             Err(status) => Err(Forwarded::Final(Error::Forward { leader, status })),
         }
     }
@@ -170,19 +190,13 @@ enum Forwarded {
     Final(Error),
 }
 
-/// Whether the call failed before reaching the leader (it is down or
-/// restarting), so nothing can have been proposed.
-fn never_sent(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
+/// A status made by the transport, not by the leader: the call broke or
+/// timed out after it may have been delivered.
+fn lost_contact(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+    ) || (status.code() == tonic::Code::Unavailable && status.metadata().is_empty())
 }
 
 fn encode(command: &Command) -> bytes::Bytes {

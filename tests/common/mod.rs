@@ -11,6 +11,9 @@ pub struct TestNode {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub extra_config: String,
+    /// The gRPC listen address: port 0 for a lone node, a fixed port for a
+    /// cluster member (its peers must know it).
+    pub grpc_addr: String,
     pub grpc: String,
     pub http: String,
 }
@@ -18,11 +21,17 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node whose config is the defaults plus `extra` (TOML).
     pub fn start(extra: &str) -> TestNode {
+        Self::start_at("127.0.0.1:0", extra)
+    }
+
+    /// Starts a node listening for gRPC on `grpc_addr`.
+    pub fn start_at(grpc_addr: &str, extra: &str) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut node = TestNode {
             child: None,
             dir,
             extra_config: extra.to_string(),
+            grpc_addr: grpc_addr.to_string(),
             grpc: String::new(),
             http: String::new(),
         };
@@ -45,8 +54,9 @@ impl TestNode {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n{top}\n[log]\nlevel = \"info,raft=warn\"\nformat = \"text\"\n{tables}\n",
-                self.data_dir()
+                "data_dir = {:?}\ngrpc_addr = {:?}\nhttp_addr = \"127.0.0.1:0\"\n{top}\n[log]\nlevel = \"info,raft=warn\"\nformat = \"text\"\n{tables}\n",
+                self.data_dir(),
+                self.grpc_addr
             ),
         )
         .expect("write config");
@@ -72,6 +82,10 @@ impl TestNode {
         self.grpc = format!("http://{}", field("grpc="));
         self.http = format!("http://{}", field("http="));
         self.child = Some(child);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn pid(&self) -> u32 {
@@ -160,5 +174,107 @@ pub fn new_job(queue: &str, payload: &str) -> drover::proto::v1::NewJob {
         queue: queue.into(),
         payload: payload.to_string().into(),
         ..Default::default()
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Real node processes forming one cluster on loopback.
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes, ids 1..=n, each with `extra` config (TOML, top-level
+    /// keys first).
+    pub fn start(n: usize, extra: &str) -> TestCluster {
+        let addrs: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let peers: String = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("[[peers]]\nid = {}\naddr = \"{a}\"\n", i + 1))
+            .collect();
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                TestNode::start_at(
+                    a,
+                    &format!(
+                        "node_id = {}\ncluster_id = \"test\"\n{extra}\n{peers}",
+                        i + 1
+                    ),
+                )
+            })
+            .collect();
+        TestCluster { nodes }
+    }
+
+    /// All nodes' gRPC addresses, comma separated, for clients.
+    pub fn servers(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.grpc.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the node that every running node agrees leads.
+    pub async fn leader(&self) -> usize {
+        wait_for(
+            "a leader all running nodes agree on",
+            Duration::from_secs(20),
+            || async {
+                let mut seen = Vec::new();
+                for n in self.nodes.iter().filter(|n| n.is_running()) {
+                    let (_, s) = get_json(&format!("{}/api/v1/stats", n.http)).await;
+                    seen.push(s["node"]["leader_id"].as_u64().unwrap_or(0));
+                }
+                match seen.first() {
+                    Some(&l)
+                        if l != 0
+                            && seen.iter().all(|&x| x == l)
+                            && self.nodes[l as usize - 1].is_running() =>
+                    {
+                        Ok(l as usize - 1)
+                    }
+                    _ => Err(format!("leader ids {seen:?}")),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until every running node has applied the same index and has
+    /// the same machine digest; returns that index.
+    pub async fn converged(&self) -> u64 {
+        wait_for(
+            "all running nodes to hold the same state",
+            Duration::from_secs(30),
+            || async {
+                let mut seen = Vec::new();
+                for n in self.nodes.iter().filter(|n| n.is_running()) {
+                    let (_, d) = get_json(&format!("{}/api/v1/debug/digest", n.http)).await;
+                    seen.push((
+                        d["applied_index"].as_u64().unwrap_or(0),
+                        d["digest"].to_string(),
+                    ));
+                }
+                if seen.len() > 1 && seen.iter().all(|s| *s == seen[0]) {
+                    Ok(seen[0].0)
+                } else {
+                    Err(format!("(applied, digest) per node: {seen:?}"))
+                }
+            },
+        )
+        .await
     }
 }

@@ -1,0 +1,289 @@
+//! Three real node processes on loopback: replication through followers,
+//! failover under load with a history check, full restarts and catch-up.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use drover::client::worker::{self, JobFailure, WorkerOptions};
+use drover::client::Producer;
+use drover::proto::v1 as pb;
+use tokio::sync::watch;
+
+/// Short leases so jobs whose holder vanished come back quickly.
+const CLUSTER: &str = "[jobs]\nheartbeat_timeout = \"2s\"\n";
+
+async fn stats(node: &TestNode) -> serde_json::Value {
+    get_json(&format!("{}/api/v1/stats", node.http)).await.1
+}
+
+/// Waits until `node` reports every job of `ids` succeeded.
+async fn all_succeeded(node: &TestNode, ids: &[u64]) {
+    for &id in ids {
+        wait_for(
+            &format!("job {id} to succeed"),
+            Duration::from_secs(60),
+            || async {
+                match job_state(node, id).await.as_str() {
+                    "succeeded" => Ok(()),
+                    s => Err(s.to_string()),
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// A worker that records every (job, attempt) it is handed.
+fn recording_worker(
+    servers: &str,
+    id: &str,
+    queue: &str,
+    runs: Arc<Mutex<Vec<(u64, u32, String)>>>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<worker::WorkerReport, drover::client::ClientError>> {
+    let me = id.to_string();
+    let handler = move |job: pb::LeasedJob| {
+        runs.lock()
+            .unwrap()
+            .push((job.job_id, job.attempt, me.clone()));
+        async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Ok::<_, JobFailure>(Bytes::from_static(b"ok"))
+        }
+    };
+    let mut opts = WorkerOptions::new(servers, id, vec![queue.into()], 8);
+    opts.reconnect_delay = Duration::from_millis(200);
+    tokio::spawn(worker::run(opts, handler, stop))
+}
+
+/// The servers list starting at node `first`, so clients spread out.
+fn rotated(c: &TestCluster, first: usize) -> String {
+    let n = c.nodes.len();
+    (0..n)
+        .map(|i| c.nodes[(first + i) % n].grpc.clone())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[tokio::test]
+async fn a_job_enqueued_on_one_follower_is_done_through_another() {
+    let c = TestCluster::start(3, CLUSTER);
+    let leader = c.leader().await;
+    let (f1, f2) = ((leader + 1) % 3, (leader + 2) % 3);
+
+    let mut p = Producer::connect(&c.nodes[f1].grpc).await.unwrap();
+    let ids: Vec<u64> = p
+        .enqueue(vec![new_job("repl", "payload"); 20])
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    // The follower answered after applying the entry itself: its client
+    // reads its own write there.
+    assert_eq!(job_state(&c.nodes[f1], ids[0]).await, "ready");
+
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let (stop_tx, stop) = watch::channel(false);
+    let w = recording_worker(&c.nodes[f2].grpc, "w-follower", "repl", runs.clone(), stop);
+    all_succeeded(&c.nodes[leader], &ids).await;
+    stop_tx.send_replace(true);
+    let report = w.await.unwrap().unwrap();
+    assert_eq!(report.completed, 20);
+    assert_eq!(report.refused, 0);
+    c.converged().await;
+
+    // Every node answers membership with the leader's view.
+    let (_, m) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[f2].http)).await;
+    assert_eq!(m["leader_id"].as_u64(), Some(leader as u64 + 1), "{m}");
+    let members = m["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{m}");
+    assert!(
+        members
+            .iter()
+            .all(|x| x["reachable"] == true && x["match_index"].as_u64() > Some(0)),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn killing_the_leader_under_load_loses_no_acknowledged_job() {
+    let mut c = TestCluster::start(3, CLUSTER);
+    let old_leader = c.leader().await;
+
+    // The history: every enqueue with its outcome, every run handed out.
+    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let unknown = Arc::new(Mutex::new(0u32));
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let producing = Arc::new(AtomicBool::new(true));
+
+    let mut producers = Vec::new();
+    for i in 0..4 {
+        let servers = rotated(&c, i);
+        let (acked, unknown, producing) = (acked.clone(), unknown.clone(), producing.clone());
+        producers.push(tokio::spawn(async move {
+            let mut p = Producer::connect(&servers).await.unwrap();
+            for n in 0..5000 {
+                if !producing.load(Ordering::Relaxed) {
+                    break;
+                }
+                match p.enqueue(vec![new_job("load", &format!("p{i}-{n}"))]).await {
+                    Ok(ids) => acked.lock().unwrap().push(ids[0].id),
+                    Err(e) => {
+                        *unknown.lock().unwrap() += 1;
+                        eprintln!("enqueue p{i}-{n}: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let (stop_tx, stop) = watch::channel(false);
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            recording_worker(
+                &rotated(&c, i + 1),
+                &format!("w{i}"),
+                "load",
+                runs.clone(),
+                stop.clone(),
+            )
+        })
+        .collect();
+
+    let before = Instant::now();
+    wait_for(
+        "some jobs to be acknowledged",
+        Duration::from_secs(20),
+        || async {
+            let n = acked.lock().unwrap().len();
+            if n >= 200 {
+                Ok(())
+            } else {
+                Err(format!("{n} acked"))
+            }
+        },
+    )
+    .await;
+    c.nodes[old_leader].kill();
+    let killed_at = acked.lock().unwrap().len();
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, old_leader);
+    // Producers carry on through the new leader.
+    wait_for(
+        "enqueues to continue after the failover",
+        Duration::from_secs(30),
+        || async {
+            let n = acked.lock().unwrap().len();
+            if n >= killed_at + 200 {
+                Ok(())
+            } else {
+                Err(format!("{n} acked, {killed_at} at the kill"))
+            }
+        },
+    )
+    .await;
+    producing.store(false, Ordering::Relaxed);
+    for p in producers {
+        p.await.unwrap();
+    }
+    eprintln!("load ran {:?}", before.elapsed());
+
+    let acked: Vec<u64> = acked.lock().unwrap().clone();
+    all_succeeded(&c.nodes[new_leader], &acked).await;
+    stop_tx.send_replace(true);
+    for w in workers {
+        w.await.unwrap().unwrap();
+    }
+
+    // Check the history. Acknowledged enqueues are never lost (above) and
+    // unique; nothing is left ready, leased or dead.
+    assert_eq!(
+        acked.iter().collect::<HashSet<_>>().len(),
+        acked.len(),
+        "duplicate ids acknowledged"
+    );
+    let s = stats(&c.nodes[new_leader]).await;
+    let q = &s["queues"]["load"];
+    assert_eq!(q["leased"], 0, "{s}");
+    assert_eq!(q["scheduled"], 0, "{s}");
+    assert_eq!(q["dead"], 0, "{s}");
+    assert!(q["ready"].as_array().unwrap().iter().all(|v| v == 0), "{s}");
+    let succeeded = q["succeeded"].as_u64().unwrap();
+    let unknown = u64::from(*unknown.lock().unwrap());
+    assert!(
+        succeeded >= acked.len() as u64 && succeeded <= acked.len() as u64 + unknown,
+        "{succeeded} succeeded for {} acknowledged and {unknown} unknown enqueues",
+        acked.len()
+    );
+    // Fencing: a job handed out more than once got a new attempt each time,
+    // so no two workers ever held the same valid lease.
+    let mut holders: HashMap<(u64, u32), Vec<String>> = HashMap::new();
+    for (job, attempt, worker) in runs.lock().unwrap().iter() {
+        holders
+            .entry((*job, *attempt))
+            .or_default()
+            .push(worker.clone());
+    }
+    let doubled: Vec<_> = holders.iter().filter(|(_, w)| w.len() > 1).collect();
+    assert!(doubled.is_empty(), "leases handed out twice: {doubled:?}");
+
+    // The old leader comes back, steps down and converges.
+    c.nodes[old_leader].spawn();
+    c.converged().await;
+}
+
+#[tokio::test]
+async fn restarting_every_node_keeps_everything() {
+    let mut c = TestCluster::start(3, CLUSTER);
+    c.leader().await;
+    let mut p = Producer::connect(&c.servers()).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.extend(
+            p.enqueue(vec![new_job("keep", "x"); 50])
+                .await
+                .unwrap()
+                .iter()
+                .map(|j| j.id),
+        );
+    }
+    let before = c.converged().await;
+    for n in c.nodes.iter_mut() {
+        n.kill();
+    }
+    for n in c.nodes.iter_mut() {
+        n.spawn();
+    }
+    let leader = c.leader().await;
+    let after = c.converged().await;
+    assert!(
+        after >= before,
+        "applied index went back from {before} to {after}"
+    );
+    for id in ids {
+        assert_eq!(job_state(&c.nodes[leader], id).await, "ready");
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_was_down_catches_up() {
+    let mut c = TestCluster::start(3, CLUSTER);
+    let leader = c.leader().await;
+    let down = (leader + 1) % 3;
+    c.nodes[down].kill();
+    let mut p = Producer::connect(&c.nodes[leader].grpc).await.unwrap();
+    let mut last = 0;
+    for _ in 0..40 {
+        last = p.enqueue(vec![new_job("catch", "y"); 50]).await.unwrap()[49].id;
+    }
+    c.nodes[down].spawn();
+    c.converged().await;
+    assert_eq!(job_state(&c.nodes[down], last).await, "ready");
+}
