@@ -152,6 +152,9 @@ pub struct Raft {
     /// Applied entries kept in the log behind the applied index before older
     /// ones are compacted away.
     pub log_keep_entries: u64,
+    /// A snapshot of the machine is written every this many applied entries;
+    /// followers too far behind the compacted log are sent the newest one.
+    pub snapshot_every: u64,
 }
 
 impl Default for Raft {
@@ -161,6 +164,7 @@ impl Default for Raft {
             election_ticks: 10,
             heartbeat_ticks: 2,
             log_keep_entries: 20_000,
+            snapshot_every: 100_000,
         }
     }
 }
@@ -284,6 +288,9 @@ impl Config {
                 "raft.election_ticks",
                 "must be more than raft.heartbeat_ticks, which must be 1 or more",
             ));
+        }
+        if self.raft.snapshot_every == 0 {
+            return Err(invalid("raft.snapshot_every", "must be 1 or more"));
         }
         if !matches!(self.log.format.as_str(), "json" | "text") {
             return Err(invalid(

@@ -13,6 +13,7 @@
 //! told so explicitly and never handed someone else's outcome.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +27,8 @@ use crate::command::{Command, LogEntry, Outcome, Refusal};
 use crate::config::Config;
 use crate::error::Error;
 use crate::machine::{JobReader, Machine, MachineError, MachineStats};
-use crate::store::{RaftStore, StoreError};
+use crate::snapshot::{self, SnapshotError, SnapshotMeta};
+use crate::store::{RaftStore, StoreError, DEFAULT_MACHINE_TREE};
 
 /// Most proposals folded into one Ready; bounds the size of one flush.
 const MAX_PROPOSALS_PER_READY: usize = 4096;
@@ -90,6 +92,8 @@ pub enum DriverError {
     Thread(std::io::Error),
     #[error("log flusher failed: {0}")]
     Flusher(String),
+    #[error("{0}")]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// The rest of the node's way to the driver.
@@ -116,6 +120,17 @@ impl DriverHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Proposal { command, reply })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Takes a snapshot now (or finds the newest if nothing was applied
+    /// since) and returns its file.
+    pub async fn snapshot_now(&self) -> Result<PathBuf, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::TakeSnapshot(reply))
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
@@ -186,6 +201,12 @@ struct Pending {
 }
 
 struct Driver {
+    db: sled::Db,
+    snap_dir: PathBuf,
+    snapshot_every: u64,
+    /// Applied index of the newest snapshot taken or installed (or of the
+    /// state at start, so a restart does not take one at once).
+    last_snapshot_index: u64,
     raw: RawNode<RaftStore>,
     machine: Machine,
     rx: mpsc::Receiver<Proposal>,
@@ -209,6 +230,17 @@ struct Driver {
     after_persist: std::collections::VecDeque<(u64, Vec<raft::eraftpb::Message>)>,
     /// The newest ready number handed to the flusher and not yet durable.
     awaiting_flush: Option<u64>,
+}
+
+/// Drops machine trees left by a snapshot install that a crash interrupted.
+fn drop_stale_machine_trees(db: &sled::Db, active: &str) {
+    for name in db.tree_names() {
+        let name = String::from_utf8_lossy(&name).into_owned();
+        if name.starts_with(DEFAULT_MACHINE_TREE) && name != active {
+            tracing::info!(tree = %name, "dropping a machine tree left by an interrupted snapshot install");
+            let _ = db.drop_tree(name.as_bytes());
+        }
+    }
 }
 
 /// Sends (ready number, needs a sync) to the flusher thread.
@@ -263,8 +295,32 @@ pub fn start(
         );
         store.bootstrap(voters)?;
     }
+    let snap_dir = cfg.data_dir.join("snapshots");
+    std::fs::create_dir_all(&snap_dir).map_err(|source| Error::DataDir {
+        path: snap_dir.clone(),
+        source,
+    })?;
+    // Snapshots received but never installed (the node stopped first).
+    for e in std::fs::read_dir(&snap_dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with("recv-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let tree_name = store.machine_tree()?;
+    drop_stale_machine_trees(db, &tree_name);
+    for path in snapshot::list(&snap_dir) {
+        match snapshot::read_meta(&path) {
+            Ok(meta) => {
+                store.set_latest_snapshot(meta, path);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(event = "snapshot_unreadable", error = %e, "ignoring a damaged snapshot file")
+            }
+        }
+    }
     let machine = Machine::open(
-        db.open_tree("machine").map_err(StoreError::from)?,
+        db.open_tree(&tree_name).map_err(StoreError::from)?,
         cfg.machine(),
     )?;
     let meta = machine.meta();
@@ -290,6 +346,7 @@ pub fn start(
             reason: e.to_string(),
         })
     })?;
+    let store_snapshot_index = store.latest_snapshot().map_or(0, |(m, _)| m.index);
     let logger = slog::Logger::root(TracingDrain, slog::o!());
     let mut raw = RawNode::new(&raft_cfg, store, &logger).map_err(|e| {
         Error::Store(StoreError::Corrupt {
@@ -323,7 +380,12 @@ pub fn start(
             reason: e.to_string(),
         })
     })?;
+    let last_snapshot_index = store_snapshot_index.max(meta.applied_index);
     let driver = Driver {
+        db: db.clone(),
+        snap_dir,
+        snapshot_every: cfg.raft.snapshot_every,
+        last_snapshot_index,
         flusher,
         persisted,
         after_persist: Default::default(),
@@ -422,6 +484,20 @@ impl Driver {
             }
             Control::Unreachable(id) => self.raw.report_unreachable(id),
             Control::TransferLeader(id) => self.raw.transfer_leader(id),
+            Control::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Control::TakeSnapshot(reply) => {
+                let _ = reply.send(
+                    self.take_snapshot()
+                        .map_err(|e| Error::Driver(e.to_string())),
+                );
+            }
         }
     }
 
@@ -480,12 +556,11 @@ impl Driver {
         let mut rd = self.raw.ready();
         self.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
-            return Err(DriverError::Raft(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            )));
+            return self.handle_snapshot_ready(rd);
         }
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
+        self.maybe_take_snapshot()?;
         let entries = rd.take_entries();
         let hs = rd.hs().cloned();
         let must_sync = rd.must_sync();
@@ -513,6 +588,30 @@ impl Driver {
             // Nothing new must be durable (a commit index, entries to apply).
             self.on_persisted(number);
         }
+        Ok(())
+    }
+
+    /// A Ready that installs a snapshot is handled synchronously: raft may
+    /// count the snapshot as applied only once it is persisted. (Readies are
+    /// only handled with no flush in flight, so nothing is pending.)
+    fn handle_snapshot_ready(&mut self, mut rd: raft::Ready) -> Result<(), DriverError> {
+        if let Some(n) = self.awaiting_flush {
+            self.raw.store().flush()?;
+            self.on_persisted(n);
+        }
+        self.install_snapshot(rd.snapshot())?;
+        self.apply(rd.take_committed_entries())?;
+        let entries = rd.take_entries();
+        let hs = rd.hs().cloned();
+        if !entries.is_empty() || hs.is_some() {
+            self.raw.mut_store().write(&entries, hs.as_ref())?;
+        }
+        self.raw.store().flush()?;
+        self.send(rd.take_persisted_messages());
+        let mut light = self.raw.advance(rd);
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
         Ok(())
     }
 
@@ -603,6 +702,110 @@ impl Driver {
         Ok(())
     }
 
+    /// Takes a snapshot every `snapshot_every` applied entries, and when raft
+    /// wanted one to send that we did not have.
+    fn maybe_take_snapshot(&mut self) -> Result<(), DriverError> {
+        let applied = self.machine.meta().applied_index;
+        if applied >= self.last_snapshot_index + self.snapshot_every
+            || (self.raw.store().snapshot_wanted() && applied > self.last_snapshot_index)
+        {
+            self.take_snapshot()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the machine's committed state as a snapshot file (or returns
+    /// the newest one if nothing was applied since). Runs between Readies,
+    /// when nothing is staged, so the tree is exactly the applied state.
+    fn take_snapshot(&mut self) -> Result<PathBuf, DriverError> {
+        let meta = self.machine.meta();
+        if let Some((m, p)) = self.raw.store().latest_snapshot() {
+            if m.index == meta.applied_index && p.exists() {
+                return Ok(p.clone());
+            }
+        }
+        let snap = SnapshotMeta {
+            index: meta.applied_index,
+            term: meta.applied_term,
+            conf_state: self.raw.raft.prs().conf().to_conf_state(),
+        };
+        let path = snapshot::path_for(&self.snap_dir, snap.index, snap.term);
+        let started = std::time::Instant::now();
+        let bytes = snapshot::write(&path, &snap, self.machine.tree().iter())?;
+        tracing::info!(
+            event = "snapshot_taken",
+            index = snap.index,
+            term = snap.term,
+            bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "took a snapshot"
+        );
+        self.last_snapshot_index = snap.index;
+        self.raw.mut_store().set_latest_snapshot(snap, path.clone());
+        self.prune_snapshots();
+        Ok(path)
+    }
+
+    /// Keeps the two newest snapshot files: one may still be streaming out.
+    fn prune_snapshots(&self) {
+        for old in snapshot::list(&self.snap_dir).into_iter().skip(2) {
+            if let Err(e) = std::fs::remove_file(&old) {
+                tracing::warn!(path = %old.display(), error = %e, "cannot remove an old snapshot");
+            }
+        }
+    }
+
+    /// Replaces this node's state with a snapshot the leader sent: loads it
+    /// into a fresh tree, then switches the machine and moves the log past
+    /// it in one flushed batch, so a crash leaves the old state or the new.
+    fn install_snapshot(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<(), DriverError> {
+        let received = PathBuf::from(String::from_utf8_lossy(&snap.data).into_owned());
+        let md = snap.get_metadata();
+        let name = format!("{DEFAULT_MACHINE_TREE}.{}", md.index);
+        let started = std::time::Instant::now();
+        self.db
+            .drop_tree(name.as_bytes())
+            .map_err(StoreError::from)?;
+        let tree = self.db.open_tree(&name).map_err(StoreError::from)?;
+        let meta = snapshot::load(&received, &tree)?;
+        if meta.index != md.index || meta.term != md.term {
+            return Err(DriverError::Snapshot(SnapshotError::Corrupt {
+                path: received,
+                reason: format!(
+                    "file is at ({}, {}) but raft installs ({}, {})",
+                    meta.index, meta.term, md.index, md.term
+                ),
+            }));
+        }
+        self.db.flush().map_err(StoreError::from)?;
+        let old = self.raw.store().machine_tree()?;
+        self.raw.mut_store().apply_snapshot(&meta, &name)?;
+        self.machine.replace_tree(tree)?;
+        if old != name {
+            if let Err(e) = self.db.drop_tree(old.as_bytes()) {
+                tracing::warn!(tree = %old, error = %e, "cannot drop the replaced machine tree");
+            }
+        }
+        // The received file becomes ours to offer if this node leads later.
+        let kept = snapshot::path_for(&self.snap_dir, meta.index, meta.term);
+        match std::fs::rename(&received, &kept) {
+            Ok(()) => {
+                self.raw.mut_store().set_latest_snapshot(meta.clone(), kept);
+                self.prune_snapshots();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot keep the installed snapshot file"),
+        }
+        self.last_snapshot_index = meta.index;
+        tracing::info!(
+            event = "snapshot_installed",
+            index = meta.index,
+            term = meta.term,
+            ms = started.elapsed().as_millis() as u64,
+            "installed a snapshot from the leader"
+        );
+        Ok(())
+    }
+
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), DriverError> {
         use protobuf::Message as _;
         let cs = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
@@ -632,6 +835,7 @@ impl Driver {
         let applied = self.machine.meta().applied_index;
         let mut upto = applied.saturating_sub(self.log_keep);
         if self.raw.raft.state == StateRole::Leader {
+            // Keep what the slowest follower needs, unless a snapshot covers it.
             let slowest = self
                 .raw
                 .raft
@@ -640,7 +844,7 @@ impl Driver {
                 .map(|(_, p)| p.matched)
                 .min()
                 .unwrap_or(applied);
-            upto = upto.min(slowest);
+            upto = upto.min(slowest.max(self.last_snapshot_index));
         }
         let store = self.raw.mut_store();
         if upto > store.compacted_index() + self.log_keep {

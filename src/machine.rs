@@ -17,6 +17,7 @@
 //! `m` meta, `j`+id job, `p`+id payload, `r`+id result, `i`+scope idempotency.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +142,8 @@ struct QueueIndex {
 
 pub struct Machine {
     tree: sled::Tree,
+    /// The same tree, for readers; swapped when a snapshot is installed.
+    shared: Arc<RwLock<sled::Tree>>,
     cfg: MachineConfig,
     meta: Meta,
     queues: BTreeMap<String, QueueIndex>,
@@ -244,6 +247,7 @@ impl Machine {
             },
         };
         let mut machine = Machine {
+            shared: Arc::new(RwLock::new(tree.clone())),
             tree,
             cfg,
             meta,
@@ -268,8 +272,25 @@ impl Machine {
     /// A reader of committed job records that needs no access to the machine.
     pub fn reader(&self) -> JobReader {
         JobReader {
-            tree: self.tree.clone(),
+            tree: self.shared.clone(),
         }
+    }
+
+    /// The tree holding the committed state, for taking a snapshot. Only
+    /// meaningful right after [`Machine::commit`].
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Moves the machine onto `tree` (a snapshot just loaded into it) and
+    /// rebuilds the indexes from it. Readers follow; event totals carry on.
+    pub fn replace_tree(&mut self, tree: sled::Tree) -> Result<(), MachineError> {
+        let mut fresh = Machine::open(tree.clone(), self.cfg)?;
+        fresh.totals = self.totals;
+        fresh.shared = self.shared.clone();
+        *fresh.shared.write().unwrap_or_else(|e| e.into_inner()) = tree;
+        *self = fresh;
+        Ok(())
     }
 
     /// The earliest time at which a [`Command::Tick`] would change something.
@@ -732,13 +753,17 @@ impl Machine {
 /// apply, so reads never wait behind writes.
 #[derive(Clone)]
 pub struct JobReader {
-    tree: sled::Tree,
+    tree: Arc<RwLock<sled::Tree>>,
 }
 
 impl JobReader {
+    fn tree(&self) -> sled::Tree {
+        self.tree.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn job(&self, id: JobId) -> Result<Option<Job>, MachineError> {
         let k = key(JOB, id);
-        match self.tree.get(k)? {
+        match self.tree().get(k)? {
             Some(v) => decode(&k, &v).map(Some),
             None => Ok(None),
         }
@@ -757,10 +782,10 @@ impl JobReader {
     /// applied meanwhile: for comparing nodes of a quiet cluster.
     pub fn digest(&self) -> Result<(u64, u64), MachineError> {
         let mut records = Vec::new();
-        for item in self.tree.iter() {
+        for item in self.tree().iter() {
             records.push(item?);
         }
-        let applied = match self.tree.get(META_KEY)? {
+        let applied = match self.tree().get(META_KEY)? {
             Some(bytes) => decode::<Meta>(META_KEY, &bytes)?.applied_index,
             None => 0,
         };
@@ -772,7 +797,7 @@ impl JobReader {
 
     fn blob(&self, prefix: u8, id: JobId) -> Result<bytes::Bytes, sled::Error> {
         Ok(self
-            .tree
+            .tree()
             .get(key(prefix, id))?
             .map(|v| bytes::Bytes::copy_from_slice(&v))
             .unwrap_or_default())

@@ -7,16 +7,24 @@
 //! every batch written before it, so group commit costs one fsync however
 //! many proposals it carries.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
+use crate::snapshot::SnapshotMeta;
+
 const ENTRY: u8 = b'e';
 const HARD_STATE: &[u8] = b"h";
 const CONF_STATE: &[u8] = b"c";
 const COMPACTED: &[u8] = b"s";
+/// The name of the tree that holds the machine's state; a snapshot install
+/// loads a new tree and switches this name in the same batch that moves the
+/// log past the snapshot, so a crash leaves one or the other, never a mix.
+const ACTIVE_MACHINE: &[u8] = b"a";
+pub const DEFAULT_MACHINE_TREE: &str = "machine";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -70,6 +78,12 @@ pub struct RaftStore {
     /// Index and term of the last compacted entry (0, 0 for a new log).
     compacted: (u64, u64),
     last_index: u64,
+    /// The newest snapshot file on disk, offered to followers that fell
+    /// behind the compacted log.
+    latest_snapshot: Option<(SnapshotMeta, PathBuf)>,
+    /// Raft asked for a snapshot newer than the one we have; the driver
+    /// takes one after the current Ready.
+    snapshot_wanted: AtomicBool,
 }
 
 impl RaftStore {
@@ -109,7 +123,69 @@ impl RaftStore {
             conf_state,
             compacted,
             last_index,
+            latest_snapshot: None,
+            snapshot_wanted: AtomicBool::new(false),
         })
+    }
+
+    /// The tree the machine lives in.
+    pub fn machine_tree(&self) -> Result<String, StoreError> {
+        Ok(match self.tree.get(ACTIVE_MACHINE)? {
+            Some(name) => String::from_utf8(name.to_vec()).map_err(|e| corrupt("raft/a", e))?,
+            None => DEFAULT_MACHINE_TREE.to_string(),
+        })
+    }
+
+    pub fn set_latest_snapshot(&mut self, meta: SnapshotMeta, path: PathBuf) {
+        self.latest_snapshot = Some((meta, path));
+        self.snapshot_wanted.store(false, Ordering::Relaxed);
+    }
+
+    pub fn latest_snapshot(&self) -> Option<&(SnapshotMeta, PathBuf)> {
+        self.latest_snapshot.as_ref()
+    }
+
+    /// Whether raft asked for a snapshot we did not have.
+    pub fn snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the log with a snapshot's position: drops every entry, moves
+    /// the compacted point, membership and commit to the snapshot, and makes
+    /// `machine_tree` the machine's tree, in one batch, flushed.
+    pub fn apply_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        machine_tree: &str,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for i in self.compacted.0 + 1..=self.last_index {
+            batch.remove(&entry_key(i)[..]);
+        }
+        batch.insert(ACTIVE_MACHINE, machine_tree.as_bytes());
+        let mut s = [0u8; 16];
+        s[..8].copy_from_slice(&meta.index.to_be_bytes());
+        s[8..].copy_from_slice(&meta.term.to_be_bytes());
+        batch.insert(COMPACTED, &s[..]);
+        let cs = meta
+            .conf_state
+            .write_to_bytes()
+            .map_err(|e| corrupt("raft/c", e))?;
+        batch.insert(CONF_STATE, cs);
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        batch.insert(
+            HARD_STATE,
+            hs.write_to_bytes().map_err(|e| corrupt("raft/h", e))?,
+        );
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        self.compacted = (meta.index, meta.term);
+        self.last_index = meta.index;
+        self.conf_state = meta.conf_state.clone();
+        self.hard_state = hs;
+        Ok(())
     }
 
     /// True when this node has never been part of a cluster.
@@ -281,12 +357,29 @@ impl Storage for RaftStore {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Only a peer that fell behind the compacted log needs a snapshot; a
-        // one-voter cluster has none.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// The newest snapshot file, if it is recent enough. Its data is the
+    /// file's path: the transport streams the file itself. Raft treats any
+    /// error but "temporarily unavailable" as fatal, so that is the only one.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match &self.latest_snapshot {
+            Some((meta, path)) if meta.index >= request_index && meta.index >= self.compacted.0 => {
+                let mut snap = Snapshot {
+                    data: path.to_string_lossy().into_owned().into_bytes().into(),
+                    ..Default::default()
+                };
+                let md = snap.mut_metadata();
+                md.index = meta.index;
+                md.term = meta.term;
+                md.set_conf_state(meta.conf_state.clone());
+                Ok(snap)
+            }
+            _ => {
+                self.snapshot_wanted.store(true, Ordering::Relaxed);
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
     }
 }
 

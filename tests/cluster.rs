@@ -273,17 +273,31 @@ async fn restarting_every_node_keeps_everything() {
 }
 
 #[tokio::test]
-async fn a_node_that_was_down_catches_up() {
-    let mut c = TestCluster::start(3, CLUSTER);
+async fn a_node_that_was_down_catches_up_by_snapshot() {
+    // A short log and frequent snapshots, so the leader compacts past the
+    // entries the stopped node would need.
+    let mut c = TestCluster::start(
+        3,
+        "[jobs]\nheartbeat_timeout = \"2s\"\n[raft]\nlog_keep_entries = 20\nsnapshot_every = 50\n",
+    );
     let leader = c.leader().await;
     let down = (leader + 1) % 3;
     c.nodes[down].kill();
     let mut p = Producer::connect(&c.nodes[leader].grpc).await.unwrap();
     let mut last = 0;
-    for _ in 0..40 {
-        last = p.enqueue(vec![new_job("catch", "y"); 50]).await.unwrap()[49].id;
+    for _ in 0..200 {
+        last = p.enqueue(vec![new_job("catch", "y"); 5]).await.unwrap()[4].id;
     }
     c.nodes[down].spawn();
     c.converged().await;
     assert_eq!(job_state(&c.nodes[down], last).await, "ready");
+    let snaps: Vec<_> = std::fs::read_dir(c.nodes[down].data_dir().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        snaps.iter().any(|n| n.starts_with("snap-")),
+        "the node caught up without installing a snapshot: {snaps:?}"
+    );
 }

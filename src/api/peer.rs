@@ -2,13 +2,15 @@
 //! and this node's view of the cluster. Only members of this cluster get in.
 
 use protobuf::Message as _;
-use tonic::{Request, Response, Status};
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::App;
 use crate::cluster::Control;
 use crate::command::Command;
 use crate::proto::v1 as pb;
 use crate::proto::v1::peer_service_server::PeerService;
+use crate::snapshot;
 
 pub struct Peer {
     pub app: App,
@@ -87,6 +89,80 @@ impl PeerService for Peer {
         }))
     }
 
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::SnapshotAck>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let from = self.admit(first.header.as_ref())?;
+        let mut msg = raft::eraftpb::Message::parse_from_bytes(&first.message).map_err(|e| {
+            Status::invalid_argument(format!(
+                "undecodable snapshot message from node {from}: {e}"
+            ))
+        })?;
+        let me = self.app.config.node_id;
+        if msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot
+            || msg.from != from
+            || msg.to != me
+        {
+            return Err(Status::invalid_argument(format!(
+                "expected a snapshot from node {from} to node {me}, got {:?} from {} to {}",
+                msg.get_msg_type(),
+                msg.from,
+                msg.to
+            )));
+        }
+        let (index, term) = {
+            let md = msg.get_snapshot().get_metadata();
+            (md.index, md.term)
+        };
+        let dir = self.app.config.data_dir.join("snapshots");
+        let tmp = dir.join(format!("recv-{index:020}-{term}-from-{from}.part"));
+        let received = receive(&mut stream, &tmp).await;
+        let checked = match received {
+            Ok(()) => {
+                let path = tmp.clone();
+                tokio::task::spawn_blocking(move || snapshot::verify(&path))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))
+                    .and_then(|r| r.map_err(|e| Status::invalid_argument(e.to_string())))
+            }
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(meta) if meta.index == index && meta.term == term => {}
+            Ok(meta) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(Status::invalid_argument(format!(
+                    "snapshot file is at ({}, {}), the message says ({index}, {term})",
+                    meta.index, meta.term
+                )));
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        }
+        let path = dir.join(format!("recv-{index:020}-{term}.bin"));
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| Status::internal(format!("cannot keep the received snapshot: {e}")))?;
+        msg.mut_snapshot().data = path.to_string_lossy().into_owned().into_bytes().into();
+        tracing::info!(
+            event = "snapshot_received",
+            from,
+            index,
+            term,
+            "received a snapshot; installing it"
+        );
+        self.app.driver.control(Control::Step(msg));
+        Ok(Response::new(pb::SnapshotAck {}))
+    }
+
     async fn members(
         &self,
         req: Request<pb::MembersRequest>,
@@ -96,4 +172,18 @@ impl PeerService for Peer {
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::MembersResponse { json }))
     }
+}
+
+/// Writes the rest of a snapshot stream to `path`, synced.
+async fn receive(
+    stream: &mut Streaming<pb::SnapshotChunk>,
+    path: &std::path::Path,
+) -> Result<(), Status> {
+    let io = |e: std::io::Error| Status::internal(format!("cannot write {}: {e}", path.display()));
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    while let Some(chunk) = stream.message().await? {
+        file.write_all(&chunk.data).await.map_err(io)?;
+    }
+    file.sync_all().await.map_err(io)?;
+    Ok(())
 }

@@ -16,6 +16,10 @@ pub enum Control {
     Unreachable(u64),
     /// Hand leadership to this node.
     TransferLeader(u64),
+    /// How streaming a snapshot to a follower ended.
+    SnapshotSent { to: u64, ok: bool },
+    /// Take a snapshot now and answer with its file.
+    TakeSnapshot(tokio::sync::oneshot::Sender<Result<std::path::PathBuf, crate::error::Error>>),
 }
 
 /// Names this node and its cluster on every peer request.

@@ -8,9 +8,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+use tonic::transport::Channel;
 
 use crate::config::Config;
 use crate::proto::v1 as pb;
@@ -25,27 +28,78 @@ const MAX_BATCH: usize = 1024;
 /// A call that takes longer than this counts as failed (a partitioned peer).
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long streaming one snapshot may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Bytes of snapshot file per chunk.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+struct Link {
+    tx: mpsc::Sender<Message>,
+    /// Snapshots go on their own connection, so a long transfer does not
+    /// hold up heartbeats and appends.
+    snapshots: PeerServiceClient<Channel>,
+}
+
 pub struct Transport {
-    peers: HashMap<u64, mpsc::Sender<Message>>,
+    peers: HashMap<u64, Link>,
+    header: pb::PeerHeader,
+    control: mpsc::Sender<Control>,
 }
 
 impl Transport {
     /// Starts a sender task for every peer but this node.
     pub fn start(cfg: &Config, control: mpsc::Sender<Control>) -> Transport {
+        let header = super::header(cfg);
         let mut peers = HashMap::new();
         for p in cfg.peers.iter().filter(|p| p.id != cfg.node_id) {
+            let endpoint = match crate::client::endpoint(&p.addr) {
+                Ok(e) => e.connect_timeout(Duration::from_millis(500)),
+                Err(e) => {
+                    tracing::error!(event = "peer_address_invalid", peer = p.id, error = %e, "cannot reach this peer");
+                    continue;
+                }
+            };
+            let client = |timeout| {
+                PeerServiceClient::new(endpoint.clone().timeout(timeout).connect_lazy())
+                    .max_decoding_message_size(crate::node::MAX_GRPC_MESSAGE)
+                    .max_encoding_message_size(crate::node::MAX_GRPC_MESSAGE)
+            };
             let (tx, rx) = mpsc::channel(QUEUE);
-            let header = super::header(cfg);
-            tokio::spawn(send_loop(p.id, p.addr.clone(), header, rx, control.clone()));
-            peers.insert(p.id, tx);
+            tokio::spawn(send_loop(
+                p.id,
+                p.addr.clone(),
+                client(CALL_TIMEOUT),
+                header.clone(),
+                rx,
+                control.clone(),
+            ));
+            peers.insert(
+                p.id,
+                Link {
+                    tx,
+                    snapshots: client(SNAPSHOT_TIMEOUT),
+                },
+            );
         }
-        Transport { peers }
+        Transport {
+            peers,
+            header,
+            control,
+        }
     }
 
     pub fn send(&self, msg: Message) {
         match self.peers.get(&msg.to) {
-            Some(tx) => {
-                if tx.try_send(msg).is_err() {
+            Some(link) if msg.get_msg_type() == MessageType::MsgSnapshot => {
+                tokio::spawn(send_snapshot(
+                    link.snapshots.clone(),
+                    self.header.clone(),
+                    msg,
+                    self.control.clone(),
+                ));
+            }
+            Some(link) => {
+                if link.tx.try_send(msg).is_err() {
                     tracing::debug!("raft message to a slow peer dropped");
                 }
             }
@@ -58,25 +112,75 @@ impl Transport {
     }
 }
 
+/// Streams the snapshot file named in `msg` to its follower and tells raft
+/// how it went.
+async fn send_snapshot(
+    mut client: PeerServiceClient<Channel>,
+    header: pb::PeerHeader,
+    mut msg: Message,
+    control: mpsc::Sender<Control>,
+) {
+    let to = msg.to;
+    let path =
+        std::path::PathBuf::from(String::from_utf8_lossy(&msg.get_snapshot().data).into_owned());
+    // The follower learns the file from the stream, not from our path.
+    msg.mut_snapshot().data = Default::default();
+    let result = async {
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let first = pb::SnapshotChunk {
+            header: Some(header),
+            message: msg.write_to_bytes().map_err(|e| e.to_string())?.into(),
+            data: Default::default(),
+        };
+        let rest = futures::stream::unfold(Some(file), |file| async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    let chunk = pb::SnapshotChunk {
+                        data: buf.into(),
+                        ..Default::default()
+                    };
+                    Some((chunk, Some(file)))
+                }
+                Err(e) => {
+                    // Ending early makes the follower refuse the file.
+                    tracing::error!(error = %e, "cannot read a snapshot file being sent");
+                    None
+                }
+            }
+        });
+        client
+            .install_snapshot(futures::stream::once(async { first }).chain(rest))
+            .await
+            .map_err(|s| s.message().to_string())
+    }
+    .await;
+    let ok = match result {
+        Ok(_) => {
+            tracing::info!(event = "snapshot_sent", to, "snapshot sent to a follower");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(event = "snapshot_send_failed", to, error = %e, "cannot send a snapshot");
+            false
+        }
+    };
+    let _ = control.send(Control::SnapshotSent { to, ok }).await;
+}
+
 async fn send_loop(
     peer: u64,
     addr: String,
+    mut client: PeerServiceClient<Channel>,
     header: pb::PeerHeader,
     mut rx: mpsc::Receiver<Message>,
     control: mpsc::Sender<Control>,
 ) {
-    let endpoint = match crate::client::endpoint(&addr) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(CALL_TIMEOUT),
-        Err(e) => {
-            tracing::error!(event = "peer_address_invalid", peer, error = %e, "cannot reach this peer");
-            return;
-        }
-    };
-    let mut client = PeerServiceClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(crate::node::MAX_GRPC_MESSAGE)
-        .max_encoding_message_size(crate::node::MAX_GRPC_MESSAGE);
     let mut reachable = true;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
