@@ -52,6 +52,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("{0}")]
     Machine(#[from] MachineError),
+    #[error("{0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 impl Error {
@@ -77,7 +79,8 @@ impl Error {
             | Error::DataDir { .. }
             | Error::Driver(_)
             | Error::Store(_)
-            | Error::Machine(_) => Code::Internal,
+            | Error::Machine(_)
+            | Error::Snapshot(_) => Code::Internal,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod machine;
 pub mod metrics;
 pub mod node;
 pub mod proto;
+pub mod restore;
 pub mod snapshot;
 pub mod store;
 pub mod worker_exec;

@@ -42,8 +42,33 @@ enum Cmd {
         #[command(subcommand)]
         command: ClusterCmd,
     },
+    /// Back up and restore the state.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCmd,
+    },
     /// Measure throughput and latency (see BENCH.md).
     Bench(drover::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Write a consistent snapshot of a running node's state to FILE.
+    Save {
+        file: PathBuf,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// Seed a new node's data dir from a snapshot file, as a one-voter
+    /// cluster; start it with `drover serve --data-dir DIR --node-id N`.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The id the restored node will run as.
+        #[arg(long, default_value_t = 1)]
+        node_id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +204,29 @@ fn main() -> Result<()> {
             Cmd::Cluster {
                 command: ClusterCmd::Members(a),
             } => members(a).await,
+            Cmd::Snapshot {
+                command: SnapshotCmd::Save { file, http },
+            } => snapshot_save(&file, &http.http).await,
+            Cmd::Snapshot {
+                command:
+                    SnapshotCmd::Restore {
+                        file,
+                        data_dir,
+                        node_id,
+                    },
+            } => {
+                let cache = Config::default().storage.cache_capacity_bytes;
+                let meta = drover::restore::restore(&file, &data_dir, node_id, cache)?;
+                println!(
+                    "restored {} at index {} (term {}) into {} as node {node_id}; start it with: drover serve --data-dir {} --node-id {node_id}",
+                    file.display(),
+                    meta.index,
+                    meta.term,
+                    data_dir.display(),
+                    data_dir.display()
+                );
+                Ok(())
+            }
             Cmd::Bench(a) => {
                 init_tracing("text", "warn");
                 drover::bench::run(a).await.map_err(Into::into)
@@ -332,6 +380,44 @@ async fn get_json(base: &str, path: &str) -> Result<serde_json::Value> {
         );
     }
     Ok(body)
+}
+
+async fn snapshot_save(file: &std::path::Path, http: &str) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let url = format!("{}/api/v1/snapshot", http.trim_end_matches('/'));
+    let mut resp = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot reach {url}; is a drover node running there?"))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        bail!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("request failed")
+        );
+    }
+    let tmp = file.with_extension("partial");
+    let mut out = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .context("the snapshot download broke off")?
+    {
+        out.write_all(&chunk).await?;
+    }
+    out.sync_all().await?;
+    drop(out);
+    let meta = drover::snapshot::verify(&tmp)?;
+    std::fs::rename(&tmp, file)?;
+    println!(
+        "saved a snapshot at index {} (term {}) to {}",
+        meta.index,
+        meta.term,
+        file.display()
+    );
+    Ok(())
 }
 
 async fn members(a: HttpArgs) -> Result<()> {

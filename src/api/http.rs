@@ -38,6 +38,7 @@ pub fn router(app: App, metrics: Metrics) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/cluster/members", get(members))
         .route("/api/v1/debug/digest", get(digest))
+        .route("/api/v1/snapshot", get(snapshot))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(HttpState { app, metrics })
@@ -107,6 +108,23 @@ async fn members(State(s): State<HttpState>) -> Result<Json<serde_json::Value>, 
         "seen_from": status.node_id,
         "members": status.members,
     })))
+}
+
+/// A consistent backup: takes a snapshot now and streams its file.
+async fn snapshot(State(s): State<HttpState>) -> Result<Response, Error> {
+    let path = s.app.driver.snapshot_now().await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|source| Error::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        body,
+    )
+        .into_response())
 }
 
 /// A digest of this node's machine tree: nodes that applied the same log

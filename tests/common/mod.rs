@@ -26,17 +26,22 @@ impl TestNode {
 
     /// Starts a node listening for gRPC on `grpc_addr`.
     pub fn start_at(grpc_addr: &str, extra: &str) -> TestNode {
+        let mut node = Self::prepare(grpc_addr, extra);
+        node.spawn();
+        node
+    }
+
+    /// A node with its temp dir, not started yet.
+    pub fn prepare(grpc_addr: &str, extra: &str) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut node = TestNode {
+        TestNode {
             child: None,
             dir,
             extra_config: extra.to_string(),
             grpc_addr: grpc_addr.to_string(),
             grpc: String::new(),
             http: String::new(),
-        };
-        node.spawn();
-        node
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -1,0 +1,48 @@
+//! `drover snapshot restore`: seeds a new node's data dir from a snapshot
+//! file, as a one-voter cluster of that node. Other nodes can then be added
+//! with `drover cluster add`.
+
+use std::path::Path;
+
+use raft::eraftpb::ConfState;
+
+use crate::error::Error;
+use crate::snapshot::{self, SnapshotMeta};
+use crate::store::{self, RaftStore, DEFAULT_MACHINE_TREE};
+
+pub fn restore(
+    file: &Path,
+    data_dir: &Path,
+    node_id: u64,
+    cache_capacity_bytes: u64,
+) -> Result<SnapshotMeta, Error> {
+    let not_empty = std::fs::read_dir(data_dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if not_empty {
+        return Err(Error::DataDir {
+            path: data_dir.to_path_buf(),
+            source: std::io::Error::other(
+                "it is not empty; a restore seeds a new node: give it an empty or new directory",
+            ),
+        });
+    }
+    std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let meta = snapshot::verify(file)?;
+    let db = store::open_db(data_dir, cache_capacity_bytes)?;
+    let name = format!("{DEFAULT_MACHINE_TREE}.{}", meta.index);
+    let tree = db.open_tree(&name).map_err(store::StoreError::from)?;
+    snapshot::load(file, &tree)?;
+    let seeded = SnapshotMeta {
+        conf_state: ConfState {
+            voters: vec![node_id],
+            ..Default::default()
+        },
+        ..meta.clone()
+    };
+    RaftStore::open(&db)?.apply_snapshot(&seeded, &name)?;
+    Ok(meta)
+}
