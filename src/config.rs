@@ -51,6 +51,10 @@ pub struct Config {
     pub cluster_id: String,
     /// The initial members, this node included; empty for a one-voter cluster.
     pub peers: Vec<Peer>,
+    /// Join an existing cluster instead of bootstrapping one: the node waits
+    /// until a member adds it (`drover cluster add`). `peers` then lists the
+    /// members it may hear from.
+    pub join: bool,
     pub limits: Limits,
     pub jobs: Jobs,
     pub raft: Raft,
@@ -68,6 +72,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             cluster_id: "drover".into(),
             peers: Vec::new(),
+            join: false,
             limits: Limits::default(),
             jobs: Jobs::default(),
             raft: Raft::default(),
@@ -250,7 +255,13 @@ impl Config {
                 return Err(invalid("peers", format!("peer {} has no addr", p.id)));
             }
         }
-        if !self.peers.is_empty() && !ids.contains(&self.node_id) {
+        if self.join && self.peers.is_empty() {
+            return Err(invalid(
+                "join",
+                "a joining node needs [[peers]] listing the members it will hear from",
+            ));
+        }
+        if !self.join && !self.peers.is_empty() && !ids.contains(&self.node_id) {
             return Err(invalid(
                 "peers",
                 format!("this node (node_id {}) is not in the list; list every member, this node included", self.node_id),

@@ -17,18 +17,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
 use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cluster::transport::Transport;
-use crate::cluster::Control;
+use crate::cluster::{Control, MemberChange};
 use crate::command::{Command, LogEntry, Outcome, Refusal};
 use crate::config::Config;
 use crate::error::Error;
 use crate::machine::{JobReader, Machine, MachineError, MachineStats};
 use crate::snapshot::{self, SnapshotError, SnapshotMeta};
-use crate::store::{RaftStore, StoreError, DEFAULT_MACHINE_TREE};
+use crate::store::{RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_INDEX};
 
 /// Most proposals folded into one Ready; bounds the size of one flush.
 const MAX_PROPOSALS_PER_READY: usize = 4096;
@@ -40,9 +40,16 @@ const MAX_STEPS_PER_READY: usize = 1024;
 /// What a proposal's proposer hears: the outcome and the index it was applied at.
 type Reply = oneshot::Sender<Result<(Outcome, u64), Error>>;
 
-/// A command waiting to be committed and applied.
+/// What can be proposed: a command for the machine, or a membership change
+/// for raft itself.
+pub enum Proposed {
+    Command(Command),
+    Member(MemberChange),
+}
+
+/// A proposal waiting to be committed and applied.
 pub struct Proposal {
-    pub command: Command,
+    pub what: Proposed,
     pub reply: Reply,
 }
 
@@ -71,6 +78,8 @@ impl NodeStatus {
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     pub id: u64,
+    /// Its gRPC address, as peers reach it.
+    pub addr: String,
     pub voter: bool,
     /// Highest log index known to be on that node (leader only).
     pub match_index: Option<u64>,
@@ -117,9 +126,21 @@ impl DriverHandle {
 
     /// Like [`DriverHandle::propose`], with the index the command was applied at.
     pub async fn propose_at(&self, command: Command) -> Result<(Outcome, u64), Error> {
+        self.submit(Proposed::Command(command)).await
+    }
+
+    /// Proposes a membership change on this node (the leader) and waits
+    /// until it is applied.
+    pub async fn change_members(&self, change: MemberChange) -> Result<u64, Error> {
+        self.submit(Proposed::Member(change))
+            .await
+            .map(|(_, index)| index)
+    }
+
+    async fn submit(&self, what: Proposed) -> Result<(Outcome, u64), Error> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Proposal { command, reply })
+            .send(Proposal { what, reply })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
@@ -202,6 +223,9 @@ struct Pending {
 
 struct Driver {
     db: sled::Db,
+    /// Where each member is reached: the config's peers, then every member
+    /// added since (kept in the raft tree).
+    addrs: std::collections::BTreeMap<u64, String>,
     snap_dir: PathBuf,
     snapshot_every: u64,
     /// Applied index of the newest snapshot taken or installed (or of the
@@ -285,7 +309,15 @@ pub fn start(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(DriverHandle, oneshot::Receiver<Result<(), DriverError>>), Error> {
     let mut store = RaftStore::open(db)?;
-    if store.is_new() {
+    let bootstrapping = store.is_new() && !cfg.join;
+    if store.is_new() && cfg.join {
+        tracing::info!(
+            event = "waiting_to_join",
+            node_id = cfg.node_id,
+            "joining an existing cluster: waiting for its leader to add this node (drover cluster add)"
+        );
+    }
+    if bootstrapping {
         let voters = cfg.initial_voters();
         tracing::info!(
             event = "cluster_bootstrapped",
@@ -319,10 +351,15 @@ pub fn start(
             }
         }
     }
-    let machine = Machine::open(
+    let mut machine = Machine::open(
         db.open_tree(&tree_name).map_err(StoreError::from)?,
         cfg.machine(),
     )?;
+    if bootstrapping {
+        // The machine starts where the bootstrapped log does.
+        machine.apply_noop(INIT_INDEX, INIT_INDEX);
+        machine.commit()?;
+    }
     let meta = machine.meta();
     // The machine only ever applies committed entries, so its applied index
     // is committed even if the hard state's commit did not reach the disk.
@@ -362,7 +399,10 @@ pub fn start(
 
     let (tx, rx) = mpsc::channel(MAX_PROPOSALS_PER_READY * 4);
     let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
-    let transport = Transport::start(cfg, control_tx.clone());
+    let mut addrs: std::collections::BTreeMap<u64, String> =
+        cfg.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
+    addrs.extend(raw.store().addresses()?);
+    let transport = Transport::start(cfg, &addrs, control_tx.clone());
     let (status_tx, status) = watch::channel(NodeStatus::default());
     let (stats_tx, stats) = watch::channel(Arc::new(machine.stats()));
     let handle = DriverHandle {
@@ -382,6 +422,7 @@ pub fn start(
     })?;
     let last_snapshot_index = store_snapshot_index.max(meta.applied_index);
     let driver = Driver {
+        addrs,
         db: db.clone(),
         snap_dir,
         snapshot_every: cfg.raft.snapshot_every,
@@ -449,10 +490,10 @@ impl Driver {
                 }
                 p = self.rx.recv() => {
                     let Some(p) = p else { break };
-                    self.propose(p.command, Some(p.reply));
+                    self.propose_any(p.what, p.reply);
                     for _ in 1..MAX_PROPOSALS_PER_READY {
                         match self.rx.try_recv() {
-                            Ok(p) => self.propose(p.command, Some(p.reply)),
+                            Ok(p) => self.propose_any(p.what, p.reply),
                             Err(_) => break,
                         }
                     }
@@ -497,6 +538,63 @@ impl Driver {
                     self.take_snapshot()
                         .map_err(|e| Error::Driver(e.to_string())),
                 );
+            }
+        }
+    }
+
+    fn propose_any(&mut self, what: Proposed, reply: Reply) {
+        match what {
+            Proposed::Command(c) => self.propose(c, Some(reply)),
+            Proposed::Member(m) => self.propose_member(m, reply),
+        }
+    }
+
+    /// Proposes a conf change, carrying a new member's address in its
+    /// context so every node learns where to reach it.
+    fn propose_member(&mut self, change: MemberChange, reply: Reply) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(Error::NoLeader {
+                retry_after_ms: self.tick_interval.as_millis() as u64 * 5,
+            }));
+            return;
+        }
+        let mut cc = ConfChange::default();
+        match &change {
+            MemberChange::AddLearner { id, addr } => {
+                cc.set_change_type(ConfChangeType::AddLearnerNode);
+                cc.node_id = *id;
+                cc.context = addr.clone().into_bytes().into();
+            }
+            MemberChange::Promote { id } => {
+                cc.set_change_type(ConfChangeType::AddNode);
+                cc.node_id = *id;
+            }
+            MemberChange::Remove { id } => {
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = *id;
+            }
+        }
+        let before = self.raw.raft.raft_log.last_index();
+        match self.raw.propose_conf_change(vec![], cc) {
+            Ok(()) if self.raw.raft.raft_log.last_index() > before => {
+                let index = self.raw.raft.raft_log.last_index();
+                let term = self.raw.raft.term;
+                tracing::info!(
+                    event = "membership_change_proposed",
+                    ?change,
+                    index,
+                    "proposed a membership change"
+                );
+                self.pending.insert(
+                    index,
+                    Pending {
+                        term,
+                        reply: Some(reply),
+                    },
+                );
+            }
+            _ => {
+                let _ = reply.send(Err(Error::MembershipBusy));
             }
         }
     }
@@ -806,24 +904,59 @@ impl Driver {
         Ok(())
     }
 
+    /// Applies a conf change: raft's membership, and the address book that
+    /// the transport and the router use. One that raft refuses (it would
+    /// remove the last voter, say) is refused the same way on every node,
+    /// so it is logged and skipped.
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), DriverError> {
         use protobuf::Message as _;
-        let cs = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
-            let cc =
-                ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| StoreError::Corrupt {
-                    key: format!("raft/e/{}", entry.index),
-                    reason: e.to_string(),
-                })?;
-            self.raw.apply_conf_change(&cc)?
-        } else {
-            let cc =
-                ConfChange::parse_from_bytes(&entry.data).map_err(|e| StoreError::Corrupt {
-                    key: format!("raft/e/{}", entry.index),
-                    reason: e.to_string(),
-                })?;
-            self.raw.apply_conf_change(&cc)?
+        let corrupt = |e: protobuf::ProtobufError| StoreError::Corrupt {
+            key: format!("raft/e/{}", entry.index),
+            reason: e.to_string(),
         };
-        self.raw.mut_store().set_conf_state(cs)?;
+        let result = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            let cc = ConfChangeV2::parse_from_bytes(&entry.data).map_err(corrupt)?;
+            self.raw.apply_conf_change(&cc)
+        } else {
+            let cc = ConfChange::parse_from_bytes(&entry.data).map_err(corrupt)?;
+            let result = self.raw.apply_conf_change(&cc);
+            if result.is_ok() {
+                let id = cc.node_id;
+                match cc.get_change_type() {
+                    ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+                        if !cc.context.is_empty() =>
+                    {
+                        let addr = String::from_utf8_lossy(&cc.context).into_owned();
+                        self.addrs.insert(id, addr.clone());
+                        if id != self.node_id {
+                            self.transport.add_peer(id, &addr);
+                        }
+                    }
+                    ConfChangeType::RemoveNode => {
+                        self.addrs.remove(&id);
+                        self.transport.remove_peer(id);
+                        if id == self.node_id {
+                            tracing::warn!(
+                                event = "removed_from_cluster",
+                                "this node was removed from the cluster; stop it"
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+                self.raw.mut_store().set_addresses(&self.addrs)?;
+            }
+            result
+        };
+        match result {
+            Ok(cs) => {
+                tracing::info!(event = "membership_changed", index = entry.index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+                self.raw.mut_store().set_conf_state(cs)?;
+            }
+            Err(e) => {
+                tracing::error!(event = "membership_change_refused", index = entry.index, error = %e, "raft refused a membership change; skipped on every node");
+            }
+        }
         Ok(())
     }
 
@@ -867,6 +1000,7 @@ impl Driver {
                 let progress = raft.prs().get(id).filter(|_| leader);
                 Member {
                     id,
+                    addr: self.addrs.get(&id).cloned().unwrap_or_default(),
                     voter,
                     match_index: progress.map(|p| p.matched),
                     reachable: progress.map(|p| id == self.node_id || p.recent_active),

@@ -31,6 +31,10 @@ pub enum Error {
     ShuttingDown,
     #[error("leader (node {leader}) answered {}: {}", .status.code(), .status.message())]
     Forward { leader: u64, status: tonic::Status },
+    #[error("another membership change is in progress; wait for it to finish (see `drover cluster members`) and retry")]
+    MembershipBusy,
+    #[error("{0}")]
+    MembershipRefused(String),
     #[error("lost contact with the leader (node {leader}) while it handled the request ({reason}); it may or may not have taken effect: retry, with an idempotency key if it must not run twice")]
     ForwardLost { leader: u64, reason: String },
     #[error("{0}")]
@@ -70,7 +74,9 @@ impl Error {
             Error::InvalidJob(_) | Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::JobNotFound(_) => Code::NotFound,
             Error::Refused(Refusal::UnknownJob(_)) => Code::NotFound,
-            Error::Refused(_) => Code::FailedPrecondition,
+            Error::Refused(_) | Error::MembershipBusy | Error::MembershipRefused(_) => {
+                Code::FailedPrecondition
+            }
             Error::NoLeader { .. } | Error::Superseded | Error::ShuttingDown => Code::Unavailable,
             Error::Forward { status, .. } => status.code(),
             Error::ForwardLost { .. } => Code::Unavailable,

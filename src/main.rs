@@ -75,6 +75,29 @@ enum SnapshotCmd {
 enum ClusterCmd {
     /// Each member with its role, match index and whether the leader hears it.
     Members(HttpArgs),
+    /// Add node ID, reachable by its peers at ADDR (its gRPC address). Start
+    /// it first with `join = true`; it votes once it has caught up.
+    Add {
+        id: u64,
+        addr: String,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// Remove node ID. Refused if the voters left would have no reachable
+    /// majority, unless --force.
+    Remove {
+        id: u64,
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// Make node ID the leader.
+    TransferLeader {
+        id: u64,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
 }
 
 #[derive(Args)]
@@ -204,6 +227,26 @@ fn main() -> Result<()> {
             Cmd::Cluster {
                 command: ClusterCmd::Members(a),
             } => members(a).await,
+            Cmd::Cluster {
+                command: ClusterCmd::Add { id, addr, http },
+            } => {
+                let body = serde_json::json!({"id": id, "addr": addr});
+                let url = api_url(&http.http, "/api/v1/cluster/members");
+                print_members(&http, send_json(reqwest::Client::new().post(&url).json(&body), &url).await?)
+            }
+            Cmd::Cluster {
+                command: ClusterCmd::Remove { id, force, http },
+            } => {
+                let url = api_url(&http.http, &format!("/api/v1/cluster/members/{id}?force={force}"));
+                print_members(&http, send_json(reqwest::Client::new().delete(&url), &url).await?)
+            }
+            Cmd::Cluster {
+                command: ClusterCmd::TransferLeader { id, http },
+            } => {
+                let body = serde_json::json!({"id": id});
+                let url = api_url(&http.http, "/api/v1/cluster/transfer-leader");
+                print_members(&http, send_json(reqwest::Client::new().post(&url).json(&body), &url).await?)
+            }
             Cmd::Snapshot {
                 command: SnapshotCmd::Save { file, http },
             } => snapshot_save(&file, &http.http).await,
@@ -362,9 +405,19 @@ async fn run_worker(a: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
+fn api_url(base: &str, path: &str) -> String {
+    format!("{}{}", base.trim_end_matches('/'), path)
+}
+
 async fn get_json(base: &str, path: &str) -> Result<serde_json::Value> {
-    let url = format!("{}{}", base.trim_end_matches('/'), path);
-    let resp = reqwest::get(&url)
+    let url = api_url(base, path);
+    send_json(reqwest::Client::new().get(&url), &url).await
+}
+
+/// Sends a request to the admin API; its JSON answer, or its error message.
+async fn send_json(req: reqwest::RequestBuilder, url: &str) -> Result<serde_json::Value> {
+    let resp = req
+        .send()
         .await
         .with_context(|| format!("cannot reach {url}; is a drover node running there?"))?;
     let status = resp.status();
@@ -422,6 +475,10 @@ async fn snapshot_save(file: &std::path::Path, http: &str) -> Result<()> {
 
 async fn members(a: HttpArgs) -> Result<()> {
     let s = get_json(&a.http, "/api/v1/cluster/members").await?;
+    print_members(&a, s)
+}
+
+fn print_members(a: &HttpArgs, s: serde_json::Value) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());

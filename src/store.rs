@@ -25,6 +25,10 @@ const COMPACTED: &[u8] = b"s";
 /// log past the snapshot, so a crash leaves one or the other, never a mix.
 const ACTIVE_MACHINE: &[u8] = b"a";
 pub const DEFAULT_MACHINE_TREE: &str = "machine";
+/// Index (and term) a new cluster's log starts after; see [`RaftStore::bootstrap`].
+pub const INIT_INDEX: u64 = 5;
+/// Addresses of members added at run time (bincode map of id to address).
+const ADDRESSES: &[u8] = b"p";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -128,6 +132,26 @@ impl RaftStore {
         })
     }
 
+    /// Addresses of the members added since the cluster started.
+    pub fn addresses(&self) -> Result<std::collections::BTreeMap<u64, String>, StoreError> {
+        match self.tree.get(ADDRESSES)? {
+            Some(b) => bincode::serde::decode_from_slice(&b, bincode::config::standard())
+                .map(|(m, _)| m)
+                .map_err(|e| corrupt("raft/p", e)),
+            None => Ok(Default::default()),
+        }
+    }
+
+    pub fn set_addresses(
+        &mut self,
+        addrs: &std::collections::BTreeMap<u64, String>,
+    ) -> Result<(), StoreError> {
+        let bytes = bincode::serde::encode_to_vec(addrs, bincode::config::standard())
+            .map_err(|e| corrupt("raft/p", e))?;
+        self.tree.insert(ADDRESSES, bytes)?;
+        Ok(())
+    }
+
     /// The tree the machine lives in.
     pub fn machine_tree(&self) -> Result<String, StoreError> {
         Ok(match self.tree.get(ACTIVE_MACHINE)? {
@@ -194,13 +218,21 @@ impl RaftStore {
     }
 
     /// Writes the first configuration of a new cluster.
+    ///
+    /// The log starts as if compacted at [`INIT_INDEX`]: a node that joins
+    /// later has an empty log, so the leader must send it a snapshot, which
+    /// carries the membership. (Replaying from index 1 would not: the first
+    /// membership is in no entry.)
     pub fn bootstrap(&mut self, voters: Vec<u64>) -> Result<(), StoreError> {
-        self.set_conf_state(ConfState {
-            voters,
-            ..Default::default()
-        })?;
-        self.db.flush()?;
-        Ok(())
+        let meta = SnapshotMeta {
+            index: INIT_INDEX,
+            term: INIT_INDEX,
+            conf_state: ConfState {
+                voters,
+                ..Default::default()
+            },
+        };
+        self.apply_snapshot(&meta, DEFAULT_MACHINE_TREE)
     }
 
     pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StoreError> {
@@ -402,7 +434,11 @@ mod tests {
         let db = open_db(dir.path(), 1 << 20).unwrap();
         let mut s = RaftStore::open(&db).unwrap();
         assert!(s.is_new());
-        s.bootstrap(vec![1]).unwrap();
+        s.set_conf_state(ConfState {
+            voters: vec![1],
+            ..Default::default()
+        })
+        .unwrap();
         let entries: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
         let hs = HardState {
             term: 1,

@@ -301,3 +301,152 @@ async fn a_node_that_was_down_catches_up_by_snapshot() {
         "the node caught up without installing a snapshot: {snaps:?}"
     );
 }
+
+async fn members_of(node: &TestNode) -> serde_json::Value {
+    get_json(&format!("{}/api/v1/cluster/members", node.http))
+        .await
+        .1
+}
+
+#[tokio::test]
+async fn members_are_added_and_removed_under_load() {
+    let mut c = TestCluster::start(3, CLUSTER);
+    let leader = c.leader().await;
+    let producing = Arc::new(AtomicBool::new(true));
+    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let load = {
+        let (servers, producing, acked) = (c.servers(), producing.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut p = Producer::connect(&servers).await.unwrap();
+            for _ in 0..20_000 {
+                if !producing.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(ids) = p.enqueue(vec![new_job("members", "z")]).await {
+                    acked.lock().unwrap().push(ids[0].id);
+                }
+            }
+        })
+    };
+
+    // A fourth node joins through a follower's admin API.
+    let new = c.start_joining(CLUSTER);
+    let addr = c.nodes[new].grpc_addr.clone();
+    let via = &c.nodes[(leader + 1) % 3];
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/cluster/members", via.http))
+        .json(&serde_json::json!({"id": new + 1, "addr": addr}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(status.is_success(), "{status} {body}");
+    let m = members_of(&c.nodes[leader]).await;
+    let voters = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["voter"] == true)
+        .count();
+    assert_eq!(voters, 4, "{m}");
+
+    // Removing a follower; then the cluster runs on without it.
+    let gone = (leader + 2) % 3;
+    let resp = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/v1/cluster/members/{}",
+            c.nodes[leader].http,
+            gone + 1
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    c.nodes[gone].kill();
+    let m = members_of(&c.nodes[leader]).await;
+    assert_eq!(m["members"].as_array().unwrap().len(), 3, "{m}");
+
+    producing.store(false, Ordering::Relaxed);
+    load.await.unwrap();
+    let applied = c.converged().await;
+    assert!(applied > 0);
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    for id in acked.iter().step_by(50) {
+        assert_eq!(
+            job_state(&c.nodes[new], *id).await,
+            "ready",
+            "job {id} on the new node"
+        );
+    }
+
+    // With one of the three voters down, removing another live one would
+    // leave no reachable majority: refused, naming the way out.
+    let other = (0..c.nodes.len())
+        .find(|&i| i != leader && i != gone && i != new)
+        .unwrap();
+    c.nodes[other].kill();
+    wait_for(
+        "the leader to notice the node is down",
+        Duration::from_secs(20),
+        || async {
+            let m = members_of(&c.nodes[leader]).await;
+            let down = m["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["id"] == other as u64 + 1 && x["reachable"] == false);
+            if down {
+                Ok(())
+            } else {
+                Err(m.to_string())
+            }
+        },
+    )
+    .await;
+    let resp = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/v1/cluster/members/{}",
+            c.nodes[leader].http,
+            new + 1
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("--force"), "{text}");
+    // The leader itself cannot be removed before handing over leadership.
+    let resp = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/v1/cluster/members/{}",
+            c.nodes[new].http,
+            leader + 1
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409, "{:?}", resp.text().await);
+}
+
+#[tokio::test]
+async fn leadership_moves_on_request() {
+    let c = TestCluster::start(3, CLUSTER);
+    let leader = c.leader().await;
+    let target = (leader + 1) % 3;
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/cluster/transfer-leader",
+            c.nodes[(leader + 2) % 3].http
+        ))
+        .json(&serde_json::json!({"id": target + 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    assert_eq!(c.leader().await, target);
+    // And the cluster still takes writes.
+    let mut p = Producer::connect(&c.servers()).await.unwrap();
+    p.enqueue(vec![new_job("moved", "a")]).await.unwrap();
+}

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,9 @@ pub fn router(app: App, metrics: Metrics) -> Router {
         .route("/api/v1/queues/{queue}/jobs", post(enqueue))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
-        .route("/api/v1/cluster/members", get(members))
+        .route("/api/v1/cluster/members", get(members).post(add_member))
+        .route("/api/v1/cluster/members/{id}", delete(remove_member))
+        .route("/api/v1/cluster/transfer-leader", post(transfer_leader))
         .route("/api/v1/debug/digest", get(digest))
         .route("/api/v1/snapshot", get(snapshot))
         .fallback(not_found)
@@ -98,16 +100,71 @@ async fn stats(State(s): State<HttpState>) -> Json<serde_json::Value> {
     }))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    id: u64,
+    addr: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeRef {
+    id: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn add_member(
+    State(s): State<HttpState>,
+    b: Result<Json<AddMember>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let b = body(b)?;
+    let status = crate::cluster::admin::add(&s.app.router, b.id, &b.addr).await?;
+    Ok(members_json(&status))
+}
+
+async fn remove_member(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    q: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let Query(q) = q.map_err(|e| Error::invalid("query", e.body_text()))?;
+    let id = id
+        .parse()
+        .map_err(|_| Error::invalid("id", format!("{id:?} is not a node id")))?;
+    let status = crate::cluster::admin::remove(&s.app.router, id, q.force).await?;
+    Ok(members_json(&status))
+}
+
+async fn transfer_leader(
+    State(s): State<HttpState>,
+    b: Result<Json<NodeRef>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let b = body(b)?;
+    let status = crate::cluster::admin::transfer_leader(&s.app.router, b.id).await?;
+    Ok(members_json(&status))
+}
+
 /// The cluster as its leader sees it: members, match indexes, reachability.
 async fn members(State(s): State<HttpState>) -> Result<Json<serde_json::Value>, Error> {
     let status = s.app.router.members().await?;
-    Ok(Json(json!({
+    Ok(members_json(&status))
+}
+
+fn members_json(status: &crate::driver::NodeStatus) -> Json<serde_json::Value> {
+    Json(json!({
         "leader_id": status.leader_id,
         "term": status.term,
         "commit_index": status.commit_index,
         "seen_from": status.node_id,
         "members": status.members,
-    })))
+    }))
 }
 
 /// A consistent backup: takes a snapshot now and streams its file.

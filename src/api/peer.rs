@@ -6,8 +6,7 @@ use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::App;
-use crate::cluster::Control;
-use crate::command::Command;
+use crate::cluster::{Control, Forwardable};
 use crate::proto::v1 as pb;
 use crate::proto::v1::peer_service_server::PeerService;
 use crate::snapshot;
@@ -72,7 +71,7 @@ impl PeerService for Peer {
     ) -> Result<Response<pb::ForwardResponse>, Status> {
         let req = req.into_inner();
         self.admit(req.header.as_ref())?;
-        let command: Command =
+        let what: Forwardable =
             bincode::serde::decode_from_slice(&req.command, bincode::config::standard())
                 .map(|(c, _)| c)
                 .map_err(|e| {
@@ -80,7 +79,7 @@ impl PeerService for Peer {
                         "undecodable command: {e}; are all nodes running the same drover version?"
                     ))
                 })?;
-        let (outcome, index) = self.app.driver.propose_at(command).await?;
+        let (outcome, index) = self.app.router.local(what).await?;
         let outcome = bincode::serde::encode_to_vec(&outcome, bincode::config::standard())
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::ForwardResponse {

@@ -2,11 +2,40 @@
 //! messages to peers, and the router that sends a follower's writes to the
 //! leader.
 
+pub mod admin;
 pub mod router;
 pub mod transport;
 
+use serde::{Deserialize, Serialize};
+
+use crate::command::Command;
 use crate::config::Config;
 use crate::proto::v1 as pb;
+
+/// A change of membership; one raft conf change each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Joins as a learner: receives the log, does not vote yet.
+    AddLearner {
+        id: u64,
+        addr: String,
+    },
+    /// A learner that has caught up becomes a voter.
+    Promote {
+        id: u64,
+    },
+    Remove {
+        id: u64,
+    },
+}
+
+/// What a follower forwards to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Forwardable {
+    Command(Command),
+    Member(MemberChange),
+    TransferLeader(u64),
+}
 
 /// Inputs to the raft driver other than proposals.
 pub enum Control {

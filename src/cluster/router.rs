@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use super::{Control, Forwardable, MemberChange};
 use crate::command::{Command, Outcome};
 use crate::config::Config;
 use crate::driver::{DriverHandle, NodeStatus};
@@ -22,13 +23,15 @@ use crate::proto::v1::peer_service_client::PeerServiceClient;
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Peer clients by member id, with the address each was made for.
+type Clients = HashMap<u64, (String, PeerServiceClient<Channel>)>;
+
 #[derive(Clone)]
 pub struct Router {
     driver: DriverHandle,
     node_id: u64,
     header: pb::PeerHeader,
-    addrs: Arc<HashMap<u64, String>>,
-    clients: Arc<Mutex<HashMap<u64, PeerServiceClient<Channel>>>>,
+    clients: Arc<Mutex<Clients>>,
 }
 
 impl Router {
@@ -37,7 +40,6 @@ impl Router {
             driver,
             node_id: cfg.node_id,
             header: super::header(cfg),
-            addrs: Arc::new(cfg.peers.iter().map(|p| (p.id, p.addr.clone())).collect()),
             clients: Arc::default(),
         }
     }
@@ -49,6 +51,47 @@ impl Router {
     /// Proposes `command` on the leader and returns its outcome once this
     /// node has applied it too.
     pub async fn propose(&self, command: Command) -> Result<Outcome, Error> {
+        self.submit(Forwardable::Command(command))
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// Proposes a membership change on the leader; returns its log index.
+    pub async fn change_members(&self, change: MemberChange) -> Result<u64, Error> {
+        self.submit(Forwardable::Member(change))
+            .await
+            .map(|(_, index)| index)
+    }
+
+    /// Asks the leader to hand leadership to `id`.
+    pub async fn transfer_leader(&self, id: u64) -> Result<(), Error> {
+        self.submit(Forwardable::TransferLeader(id))
+            .await
+            .map(|_| ())
+    }
+
+    /// Carries out `what` on this node, which must lead.
+    pub async fn local(&self, what: Forwardable) -> Result<(Outcome, u64), Error> {
+        match what {
+            Forwardable::Command(c) => self.driver.propose_at(c).await,
+            Forwardable::Member(m) => self
+                .driver
+                .change_members(m)
+                .await
+                .map(|index| (Outcome::Noop, index)),
+            Forwardable::TransferLeader(id) => {
+                if !self.driver.status().is_leader() {
+                    return Err(Error::NoLeader {
+                        retry_after_ms: self.driver.retry_after_ms(),
+                    });
+                }
+                self.driver.control(Control::TransferLeader(id));
+                Ok((Outcome::Noop, 0))
+            }
+        }
+    }
+
+    async fn submit(&self, what: Forwardable) -> Result<(Outcome, u64), Error> {
         let retry_after_ms = self.driver.retry_after_ms();
         let deadline = Instant::now() + Duration::from_millis(retry_after_ms);
         let mut status_rx = self.driver.status_watch();
@@ -56,14 +99,14 @@ impl Router {
         loop {
             let status = status_rx.borrow_and_update().clone();
             if status.is_leader() {
-                return self.driver.propose(command).await;
+                return self.local(what).await;
             }
             if status.leader_id != 0 && status.leader_id != self.node_id {
-                let bytes = encoded.get_or_insert_with(|| encode(&command)).clone();
-                match self.forward(status.leader_id, bytes).await {
+                let bytes = encoded.get_or_insert_with(|| encode(&what)).clone();
+                match self.forward(&status, bytes).await {
                     Ok((outcome, index)) => {
                         self.wait_applied(index).await;
-                        return Ok(outcome);
+                        return Ok((outcome, index));
                     }
                     Err(Forwarded::Final(e)) => return Err(e),
                     Err(Forwarded::Retry) => {}
@@ -100,10 +143,11 @@ impl Router {
 
     async fn forward(
         &self,
-        leader: u64,
+        status: &NodeStatus,
         command: bytes::Bytes,
     ) -> Result<(Outcome, u64), Forwarded> {
-        let mut client = self.client(leader).map_err(Forwarded::Final)?;
+        let leader = status.leader_id;
+        let mut client = self.client(status, leader).map_err(Forwarded::Final)?;
         let request = pb::ForwardRequest {
             header: Some(self.header.clone()),
             command,
@@ -135,22 +179,30 @@ impl Router {
         }
     }
 
-    fn client(&self, id: u64) -> Result<PeerServiceClient<Channel>, Error> {
+    /// A client for member `id`, at the address the membership gives.
+    fn client(&self, status: &NodeStatus, id: u64) -> Result<PeerServiceClient<Channel>, Error> {
+        let addr = status
+            .members
+            .iter()
+            .find(|m| m.id == id && !m.addr.is_empty())
+            .map(|m| m.addr.clone())
+            .ok_or(Error::NoLeader {
+                retry_after_ms: self.driver.retry_after_ms(),
+            })?;
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(&id) {
-            return Ok(c.clone());
+        if let Some((known, c)) = clients.get(&id) {
+            if *known == addr {
+                return Ok(c.clone());
+            }
         }
-        let addr = self.addrs.get(&id).ok_or(Error::NoLeader {
-            retry_after_ms: self.driver.retry_after_ms(),
-        })?;
-        let endpoint = crate::client::endpoint(addr)
+        let endpoint = crate::client::endpoint(&addr)
             .map_err(|e| Error::invalid("peers", e.to_string()))?
             .connect_timeout(Duration::from_millis(500))
             .timeout(FORWARD_TIMEOUT);
         let client = PeerServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(crate::node::MAX_GRPC_MESSAGE)
             .max_encoding_message_size(crate::node::MAX_GRPC_MESSAGE);
-        clients.insert(id, client.clone());
+        clients.insert(id, (addr, client.clone()));
         Ok(client)
     }
 
@@ -161,7 +213,7 @@ impl Router {
         if status.is_leader() || status.leader_id == 0 {
             return Ok(status);
         }
-        let mut client = self.client(status.leader_id)?;
+        let mut client = self.client(&status, status.leader_id)?;
         let request = pb::MembersRequest {
             header: Some(self.header.clone()),
         };
@@ -199,8 +251,8 @@ fn lost_contact(status: &tonic::Status) -> bool {
     ) || (status.code() == tonic::Code::Unavailable && status.metadata().is_empty())
 }
 
-fn encode(command: &Command) -> bytes::Bytes {
-    bincode::serde::encode_to_vec(command, bincode::config::standard())
+fn encode(what: &Forwardable) -> bytes::Bytes {
+    bincode::serde::encode_to_vec(what, bincode::config::standard())
         .expect("bincode encoding of in-memory values cannot fail")
         .into()
 }

@@ -5,7 +5,7 @@
 //! reported to raft as the peer being unreachable (it then probes instead of
 //! streaming appends) rather than retried here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -47,45 +47,58 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Starts a sender task for every peer but this node.
-    pub fn start(cfg: &Config, control: mpsc::Sender<Control>) -> Transport {
-        let header = super::header(cfg);
-        let mut peers = HashMap::new();
-        for p in cfg.peers.iter().filter(|p| p.id != cfg.node_id) {
-            let endpoint = match crate::client::endpoint(&p.addr) {
-                Ok(e) => e.connect_timeout(Duration::from_millis(500)),
-                Err(e) => {
-                    tracing::error!(event = "peer_address_invalid", peer = p.id, error = %e, "cannot reach this peer");
-                    continue;
-                }
-            };
-            let client = |timeout| {
-                PeerServiceClient::new(endpoint.clone().timeout(timeout).connect_lazy())
-                    .max_decoding_message_size(crate::node::MAX_GRPC_MESSAGE)
-                    .max_encoding_message_size(crate::node::MAX_GRPC_MESSAGE)
-            };
-            let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(send_loop(
-                p.id,
-                p.addr.clone(),
-                client(CALL_TIMEOUT),
-                header.clone(),
-                rx,
-                control.clone(),
-            ));
-            peers.insert(
-                p.id,
-                Link {
-                    tx,
-                    snapshots: client(SNAPSHOT_TIMEOUT),
-                },
-            );
-        }
-        Transport {
-            peers,
-            header,
+    /// Starts a sender task for every member in `addrs` but this node.
+    pub fn start(
+        cfg: &Config,
+        addrs: &BTreeMap<u64, String>,
+        control: mpsc::Sender<Control>,
+    ) -> Transport {
+        let mut t = Transport {
+            peers: HashMap::new(),
+            header: super::header(cfg),
             control,
+        };
+        for (id, addr) in addrs.iter().filter(|(id, _)| **id != cfg.node_id) {
+            t.add_peer(*id, addr);
         }
+        t
+    }
+
+    /// Starts sending to a member (replacing any earlier address of it).
+    pub fn add_peer(&mut self, id: u64, addr: &str) {
+        let endpoint = match crate::client::endpoint(addr) {
+            Ok(e) => e.connect_timeout(Duration::from_millis(500)),
+            Err(e) => {
+                tracing::error!(event = "peer_address_invalid", peer = id, error = %e, "cannot reach this peer");
+                return;
+            }
+        };
+        let client = |timeout| {
+            PeerServiceClient::new(endpoint.clone().timeout(timeout).connect_lazy())
+                .max_decoding_message_size(crate::node::MAX_GRPC_MESSAGE)
+                .max_encoding_message_size(crate::node::MAX_GRPC_MESSAGE)
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(send_loop(
+            id,
+            addr.to_string(),
+            client(CALL_TIMEOUT),
+            self.header.clone(),
+            rx,
+            self.control.clone(),
+        ));
+        // Dropping an old link's sender ends its task.
+        self.peers.insert(
+            id,
+            Link {
+                tx,
+                snapshots: client(SNAPSHOT_TIMEOUT),
+            },
+        );
+    }
+
+    pub fn remove_peer(&mut self, id: u64) {
+        self.peers.remove(&id);
     }
 
     pub fn send(&self, msg: Message) {

@@ -193,6 +193,8 @@ pub fn free_port() -> u16 {
 /// Real node processes forming one cluster on loopback.
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
+    /// `[[peers]]` tables of the initial members.
+    pub peers: String,
 }
 
 impl TestCluster {
@@ -220,7 +222,23 @@ impl TestCluster {
                 )
             })
             .collect();
-        TestCluster { nodes }
+        TestCluster { nodes, peers }
+    }
+
+    /// Starts one more node (id = count + 1) that joins rather than
+    /// bootstraps; returns its index. Add it with `drover cluster add`.
+    pub fn start_joining(&mut self, extra: &str) -> usize {
+        let id = self.nodes.len() + 1;
+        let addr = format!("127.0.0.1:{}", free_port());
+        let node = TestNode::start_at(
+            &addr,
+            &format!(
+                "node_id = {id}\ncluster_id = \"test\"\njoin = true\n{extra}\n{}",
+                self.peers
+            ),
+        );
+        self.nodes.push(node);
+        id - 1
     }
 
     /// All nodes' gRPC addresses, comma separated, for clients.
