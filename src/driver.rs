@@ -157,6 +157,23 @@ impl DriverHandle {
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
+    /// The index a linearizable read must wait to apply: confirmed with a
+    /// quorum by the leader (raft's read index), asked through this node.
+    pub async fn read_index(&self) -> Result<u64, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::ReadIndex(reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let no_leader = Error::NoLeader {
+            retry_after_ms: self.retry_after_ms,
+        };
+        match tokio::time::timeout(Duration::from_millis(self.retry_after_ms * 2), rx).await {
+            Ok(Ok(index)) => Ok(index),
+            _ => Err(no_leader),
+        }
+    }
+
     /// Hands the driver a raft message or a report. Dropped when the driver
     /// is saturated: raft recovers from lost messages.
     pub fn control(&self, c: Control) {
@@ -222,6 +239,11 @@ struct Pending {
 }
 
 struct Driver {
+    /// Read index requests by context; answered from Ready's read states.
+    /// One that raft drops (no leader) is dropped with it, and its waiter
+    /// times out.
+    pending_reads: HashMap<Vec<u8>, oneshot::Sender<u64>>,
+    read_seq: u64,
     db: sled::Db,
     /// Where each member is reached: the config's peers, then every member
     /// added since (kept in the raft tree).
@@ -422,6 +444,8 @@ pub fn start(
     })?;
     let last_snapshot_index = store_snapshot_index.max(meta.applied_index);
     let driver = Driver {
+        pending_reads: HashMap::new(),
+        read_seq: 0,
         addrs,
         db: db.clone(),
         snap_dir,
@@ -532,6 +556,12 @@ impl Driver {
                     raft::SnapshotStatus::Failure
                 };
                 self.raw.report_snapshot(to, status);
+            }
+            Control::ReadIndex(reply) => {
+                self.read_seq += 1;
+                let ctx = self.read_seq.to_be_bytes().to_vec();
+                self.raw.read_index(ctx.clone());
+                self.pending_reads.insert(ctx, reply);
             }
             Control::TakeSnapshot(reply) => {
                 let _ = reply.send(
@@ -653,6 +683,11 @@ impl Driver {
         }
         let mut rd = self.raw.ready();
         self.send(rd.take_messages());
+        for rs in rd.take_read_states() {
+            if let Some(reply) = self.pending_reads.remove(&rs.request_ctx) {
+                let _ = reply.send(rs.index);
+            }
+        }
         if !rd.snapshot().is_empty() {
             return self.handle_snapshot_ready(rd);
         }

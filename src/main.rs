@@ -525,7 +525,8 @@ fn print_members(a: &HttpArgs, s: serde_json::Value) -> Result<()> {
 }
 
 async fn status(a: HttpArgs) -> Result<()> {
-    let s = get_json(&a.http, "/api/v1/stats").await?;
+    // Answers even with no leader: an operator needs it most then.
+    let s = get_json(&a.http, "/api/v1/stats?stale=ok").await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());

@@ -450,3 +450,32 @@ async fn leadership_moves_on_request() {
     let mut p = Producer::connect(&c.servers()).await.unwrap();
     p.enqueue(vec![new_job("moved", "a")]).await.unwrap();
 }
+
+#[tokio::test]
+async fn current_reads_need_a_leader_and_stale_ones_do_not() {
+    let mut c = TestCluster::start(3, CLUSTER);
+    let leader = c.leader().await;
+    let f = (leader + 1) % 3;
+    let mut p = Producer::connect(&c.nodes[leader].grpc).await.unwrap();
+    let id = p.enqueue(vec![new_job("reads", "r")]).await.unwrap()[0].id;
+    // A follower's current read sees the write at once (read index).
+    assert_eq!(job_state(&c.nodes[f], id).await, "ready");
+    let (code, _) = get_json(&format!("{}/api/v1/stats", c.nodes[f].http)).await;
+    assert_eq!(code, 200);
+
+    // Alone, the follower cannot confirm what is current: it says so, and
+    // still answers a stale read.
+    c.nodes[leader].kill();
+    c.nodes[(leader + 2) % 3].kill();
+    let (code, body) = get_json(&format!("{}/api/v1/stats", c.nodes[f].http)).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("no leader"),
+        "{body}"
+    );
+    let (code, body) = get_json(&format!("{}/api/v1/stats?stale=ok", c.nodes[f].http)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["queues"]["reads"]["ready"][2], 1, "{body}");
+    let (code, _) = get_json(&format!("{}/api/v1/stats?stale=maybe", c.nodes[f].http)).await;
+    assert_eq!(code, 400);
+}

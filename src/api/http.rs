@@ -90,14 +90,38 @@ async fn metrics_text(State(s): State<HttpState>) -> Response {
         .into_response()
 }
 
-async fn stats(State(s): State<HttpState>) -> Json<serde_json::Value> {
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    /// `ok`: answer from this node's state without asking the leader.
+    #[serde(default)]
+    stale: Option<String>,
+}
+
+/// Queue depths and totals, current as of the request (read index) unless
+/// `?stale=ok`, which any node answers from what it has applied.
+async fn stats(
+    State(s): State<HttpState>,
+    q: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let Query(q) = q.map_err(|e| Error::invalid("query", e.body_text()))?;
+    match q.stale.as_deref() {
+        Some("ok") => {}
+        None => s.app.router.read_barrier().await?,
+        Some(other) => {
+            return Err(Error::invalid(
+                "stale",
+                format!("{other:?} is not `ok`; leave it out for a current answer"),
+            ))
+        }
+    }
     let stats = s.app.driver.stats();
-    Json(json!({
+    Ok(Json(json!({
         "node": s.app.driver.status(),
         "queues": stats.queues,
         "totals": stats.totals,
         "workers": s.app.workers.list(),
-    }))
+    })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,7 +361,7 @@ async fn get_job(
     State(s): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobJson>, Error> {
-    Ok(Json(s.app.get_job(job_id(&id)?)?.into()))
+    Ok(Json(s.app.get_job(job_id(&id)?).await?.into()))
 }
 
 async fn cancel(

@@ -77,7 +77,9 @@ impl App {
         }
     }
 
-    pub fn get_job(&self, id: JobId) -> Result<JobView, Error> {
+    /// Reads a job as it is now in the cluster (after a read index).
+    pub async fn get_job(&self, id: JobId) -> Result<JobView, Error> {
+        self.router.read_barrier().await?;
         let reader = self.driver.reader();
         let job = reader.job(id)?.ok_or(Error::JobNotFound(id))?;
         Ok(JobView {

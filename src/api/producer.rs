@@ -30,7 +30,9 @@ impl ProducerService for Producer {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(self.app.get_job(req.into_inner().id)?.into()))
+        Ok(Response::new(
+            self.app.get_job(req.into_inner().id).await?.into(),
+        ))
     }
 
     async fn cancel(

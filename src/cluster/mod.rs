@@ -47,6 +47,9 @@ pub enum Control {
     TransferLeader(u64),
     /// How streaming a snapshot to a follower ended.
     SnapshotSent { to: u64, ok: bool },
+    /// Confirm leadership with a quorum and answer with the commit index
+    /// every read after it must see (raft's read index).
+    ReadIndex(tokio::sync::oneshot::Sender<u64>),
     /// Take a snapshot now and answer with its file.
     TakeSnapshot(tokio::sync::oneshot::Sender<Result<std::path::PathBuf, crate::error::Error>>),
 }

@@ -229,6 +229,19 @@ impl Router {
         }
     }
 
+    /// Waits until this node has applied everything committed before now,
+    /// as confirmed by a quorum: reads after it are current (linearizable).
+    pub async fn read_barrier(&self) -> Result<(), Error> {
+        let index = self.driver.read_index().await?;
+        let mut rx = self.driver.status_watch();
+        tokio::time::timeout(APPLY_WAIT, rx.wait_for(|s| s.applied_index >= index))
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::NoLeader {
+                retry_after_ms: self.driver.retry_after_ms(),
+            })
+    }
+
     async fn wait_applied(&self, index: u64) {
         let mut rx = self.driver.status_watch();
         let _ = tokio::time::timeout(APPLY_WAIT, rx.wait_for(|s| s.applied_index >= index)).await;

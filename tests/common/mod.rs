@@ -258,7 +258,7 @@ impl TestCluster {
             || async {
                 let mut seen = Vec::new();
                 for n in self.nodes.iter().filter(|n| n.is_running()) {
-                    let (_, s) = get_json(&format!("{}/api/v1/stats", n.http)).await;
+                    let (_, s) = get_json(&format!("{}/api/v1/stats?stale=ok", n.http)).await;
                     seen.push(s["node"]["leader_id"].as_u64().unwrap_or(0));
                 }
                 match seen.first() {
