@@ -479,3 +479,105 @@ async fn current_reads_need_a_leader_and_stale_ones_do_not() {
     let (code, _) = get_json(&format!("{}/api/v1/stats?stale=maybe", c.nodes[f].http)).await;
     assert_eq!(code, 400);
 }
+
+/// The leader each running node names (0 for none), read without a leader.
+async fn leaders_seen(c: &TestCluster, which: &[usize]) -> Vec<u64> {
+    let mut seen = Vec::new();
+    for &i in which {
+        let s = get_json(&format!("{}/api/v1/stats?stale=ok", c.nodes[i].http))
+            .await
+            .1;
+        seen.push(s["node"]["leader_id"].as_u64().unwrap_or(0));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn an_isolated_leader_takes_no_writes_and_rejoins_without_divergence() {
+    let (c, proxies) = TestCluster::start_with_proxies(3, CLUSTER).await;
+    let old = c.leader().await;
+    let mut acked = Vec::new();
+    let mut p = Producer::connect(&c.nodes[old].grpc).await.unwrap();
+    acked.extend(
+        p.enqueue(vec![new_job("part", "before"); 10])
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id),
+    );
+
+    // Cut every link to and from the leader.
+    for ((from, to), proxy) in &proxies {
+        if *from == old || *to == old {
+            proxy.cut();
+        }
+    }
+    let majority: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let new = wait_for(
+        "the majority to elect a new leader",
+        Duration::from_secs(30),
+        || async {
+            let seen = leaders_seen(&c, &majority).await;
+            match seen[0] {
+                l if l != 0 && l != old as u64 + 1 && seen.iter().all(|&x| x == l) => {
+                    Ok(l as usize - 1)
+                }
+                _ => Err(format!("{seen:?}")),
+            }
+        },
+    )
+    .await;
+
+    // The majority goes on taking writes.
+    let mut pm = Producer::connect(&c.nodes[majority[0]].grpc).await.unwrap();
+    for _ in 0..5 {
+        acked.extend(
+            pm.enqueue(vec![new_job("part", "during")])
+                .await
+                .unwrap()
+                .iter()
+                .map(|j| j.id),
+        );
+    }
+    // The isolated old leader accepts none: the write never commits there.
+    let mut pl = Producer::connect(&c.nodes[old].grpc).await.unwrap();
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(3),
+        pl.enqueue(vec![new_job("part", "minority")]),
+    )
+    .await;
+    assert!(
+        !matches!(attempt, Ok(Ok(_))),
+        "the minority side acknowledged a write: {attempt:?}"
+    );
+
+    // Heal: the old leader steps down, follows the new one, and every node
+    // ends with the same state.
+    for proxy in proxies.values() {
+        proxy.heal();
+    }
+    wait_for(
+        "all nodes to follow the new leader",
+        Duration::from_secs(30),
+        || async {
+            let seen = leaders_seen(&c, &[0, 1, 2]).await;
+            if seen
+                .iter()
+                .all(|&x| x != 0 && x != old as u64 + 1 && x == seen[0])
+            {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+    c.converged().await;
+    for id in acked {
+        assert_eq!(job_state(&c.nodes[old], id).await, "ready", "job {id}");
+    }
+    let s = get_json(&format!("{}/api/v1/stats", c.nodes[new].http))
+        .await
+        .1;
+    assert_eq!(s["queues"]["part"]["ready"][2], 15, "{s}");
+}

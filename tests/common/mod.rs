@@ -301,3 +301,114 @@ impl TestCluster {
         .await
     }
 }
+
+/// A TCP proxy on loopback that can cut the link it carries: while cut, it
+/// drops its open connections and closes new ones at once, as a partition
+/// with resets would.
+pub struct Proxy {
+    pub addr: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr").to_string();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, k) = (cut.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                k.lock().unwrap().push(task);
+            }
+        });
+        Proxy {
+            addr,
+            cut,
+            conns,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+impl TestCluster {
+    /// Like [`TestCluster::start`], but every peer link goes through its own
+    /// proxy (`proxies[(from, to)]`, node indexes), so links can be cut.
+    pub async fn start_with_proxies(
+        n: usize,
+        extra: &str,
+    ) -> (
+        TestCluster,
+        std::collections::HashMap<(usize, usize), Proxy>,
+    ) {
+        let addrs: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let mut proxies = std::collections::HashMap::new();
+        for from in 0..n {
+            for to in (0..n).filter(|&t| t != from) {
+                proxies.insert((from, to), Proxy::start(addrs[to].clone()).await);
+            }
+        }
+        let mut nodes = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let peers: String = (0..n)
+                .map(|j| {
+                    let a = if j == i {
+                        addr.clone()
+                    } else {
+                        proxies[&(i, j)].addr.clone()
+                    };
+                    format!("[[peers]]\nid = {}\naddr = \"{a}\"\n", j + 1)
+                })
+                .collect();
+            nodes.push(TestNode::start_at(
+                addr,
+                &format!(
+                    "node_id = {}\ncluster_id = \"test\"\n{extra}\n{peers}",
+                    i + 1
+                ),
+            ));
+        }
+        (
+            TestCluster {
+                nodes,
+                peers: String::new(),
+            },
+            proxies,
+        )
+    }
+}
