@@ -20,9 +20,14 @@ use crate::proto::v1 as pb;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// gRPC address of a running node; by default a fresh node is started per run.
-    #[arg(long)]
+    /// gRPC address of a running node, or of several cluster members
+    /// separated by commas (clients spread over them); by default a fresh
+    /// node is started per run.
+    #[arg(long, alias = "servers")]
     pub server: Option<String>,
+    /// Start a fresh 3-node cluster on loopback per run instead of one node.
+    #[arg(long, conflicts_with = "server")]
+    pub cluster: bool,
     /// Jobs per throughput run.
     #[arg(long, default_value_t = 100_000)]
     pub jobs: u64,
@@ -76,17 +81,30 @@ impl Drop for LocalNode {
 }
 
 impl LocalNode {
-    fn start(base_config: Option<&Path>) -> Result<LocalNode, BenchError> {
+    /// Starts a node; `member` makes it (id, gRPC address, `[[peers]]`
+    /// tables) a member of a local cluster.
+    fn start(
+        base_config: Option<&Path>,
+        member: Option<(u64, String, String)>,
+    ) -> Result<LocalNode, BenchError> {
         let dir = tempfile::tempdir().map_err(|e| BenchError::Spawn(e.to_string()))?;
-        let config = match base_config {
-            Some(path) => path.to_path_buf(),
-            None => {
+        let config = match (base_config, &member) {
+            (Some(path), None) => path.to_path_buf(),
+            _ => {
                 let path = dir.path().join("bench.toml");
-                std::fs::write(&path, "[log]\nlevel = \"warn\"\n")
-                    .map_err(|e| BenchError::Spawn(e.to_string()))?;
+                let text = match &member {
+                    Some((id, _, peers)) => format!(
+                        "node_id = {id}\ncluster_id = \"bench\"\n[log]\nlevel = \"error\"\n{peers}"
+                    ),
+                    None => "[log]\nlevel = \"warn\"\n".to_string(),
+                };
+                std::fs::write(&path, text).map_err(|e| BenchError::Spawn(e.to_string()))?;
                 path
             }
         };
+        let grpc_addr = member
+            .as_ref()
+            .map_or("127.0.0.1:0".to_string(), |m| m.1.clone());
         let exe = std::env::current_exe().map_err(|e| BenchError::Spawn(e.to_string()))?;
         let mut child = Command::new(exe)
             .arg("serve")
@@ -94,7 +112,7 @@ impl LocalNode {
             .arg(&config)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", &grpc_addr, "--http-addr", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -134,18 +152,73 @@ impl LocalNode {
     }
 }
 
-/// A target for one run: a fresh local node, or the given server.
-async fn target(args: &BenchArgs) -> Result<(String, Option<LocalNode>), BenchError> {
-    match &args.server {
-        Some(s) => Ok((s.clone(), None)),
-        None => {
-            let config = args.node_config.clone();
-            let node = tokio::task::spawn_blocking(move || LocalNode::start(config.as_deref()))
-                .await
-                .map_err(|e| BenchError::Spawn(e.to_string()))??;
-            Ok((node.grpc.clone(), Some(node)))
-        }
+/// What one run talks to: the given servers, or nodes it started.
+struct Target {
+    servers: Vec<String>,
+    nodes: Vec<LocalNode>,
+}
+
+impl Target {
+    /// The servers list rotated to start at `i`, so client `i` connects to
+    /// node `i mod n` and falls back to the others.
+    fn url(&self, i: usize) -> String {
+        let n = self.servers.len().max(1);
+        (0..self.servers.len())
+            .map(|k| self.servers[(i + k) % n].clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
+}
+
+/// A target for one run: a fresh local node or cluster, or the given servers.
+async fn target(args: &BenchArgs) -> Result<Target, BenchError> {
+    if let Some(s) = &args.server {
+        return Ok(Target {
+            servers: crate::client::server_list(s),
+            nodes: Vec::new(),
+        });
+    }
+    let config = args.node_config.clone();
+    let members: Vec<Option<(u64, String, String)>> = if args.cluster {
+        let addrs: Vec<String> = (0..3)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.to_string())
+                    .map_err(|e| BenchError::Spawn(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let peers: String = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("[[peers]]\nid = {}\naddr = \"{a}\"\n", i + 1))
+            .collect();
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Some((i as u64 + 1, a.clone(), peers.clone())))
+            .collect()
+    } else {
+        vec![None]
+    };
+    let mut nodes = Vec::new();
+    for member in members {
+        let config = config.clone();
+        nodes.push(
+            tokio::task::spawn_blocking(move || LocalNode::start(config.as_deref(), member))
+                .await
+                .map_err(|e| BenchError::Spawn(e.to_string()))??,
+        );
+    }
+    let target = Target {
+        servers: nodes.iter().map(|n| n.grpc.clone()).collect(),
+        nodes,
+    };
+    // Wait for a leader: the client retries while there is none.
+    let mut p = Producer::connect(&target.url(0)).await?;
+    p.enqueue(vec![job("bench-warmup", &Bytes::from_static(b"x"))])
+        .await?;
+    Ok(target)
 }
 
 fn job(queue: &str, payload: &Bytes) -> pb::NewJob {
@@ -158,14 +231,19 @@ fn job(queue: &str, payload: &Bytes) -> pb::NewJob {
 
 /// Runs `op` from `clients` tasks, each with its own connection, until `total`
 /// operations are done; returns operations per second.
-async fn drive<F, Fut>(url: &str, clients: usize, total: u64, op: F) -> Result<f64, BenchError>
+async fn drive<F, Fut>(
+    target: &Target,
+    clients: usize,
+    total: u64,
+    op: F,
+) -> Result<f64, BenchError>
 where
     F: Fn(Producer) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<u64, ClientError>> + Send,
 {
     let mut producers = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        producers.push(Producer::connect(url).await?);
+    for i in 0..clients {
+        producers.push(Producer::connect(&target.url(i)).await?);
     }
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -192,8 +270,8 @@ where
 }
 
 async fn ping(args: &BenchArgs) -> Result<f64, BenchError> {
-    let (url, _node) = target(args).await?;
-    drive(&url, args.producers, args.jobs, |mut p| async move {
+    let target = target(args).await?;
+    drive(&target, args.producers, args.jobs, |mut p| async move {
         p.ping().await?;
         Ok(1)
     })
@@ -201,9 +279,9 @@ async fn ping(args: &BenchArgs) -> Result<f64, BenchError> {
 }
 
 async fn enqueue(args: &BenchArgs, per_request: usize) -> Result<f64, BenchError> {
-    let (url, _node) = target(args).await?;
+    let target = target(args).await?;
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
-    drive(&url, args.producers, args.jobs, move |mut p| {
+    drive(&target, args.producers, args.jobs, move |mut p| {
         let jobs = vec![job("bench", &payload); per_request];
         async move {
             p.enqueue(jobs).await?;
@@ -216,7 +294,7 @@ async fn enqueue(args: &BenchArgs, per_request: usize) -> Result<f64, BenchError
 /// Producers and workers at once; a job counts when its completion is
 /// acknowledged.
 async fn end_to_end(args: &BenchArgs) -> Result<f64, BenchError> {
-    let (url, _node) = target(args).await?;
+    let target = target(args).await?;
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
     let total = args.jobs;
     let run_count = Arc::new(AtomicU64::new(0));
@@ -226,7 +304,7 @@ async fn end_to_end(args: &BenchArgs) -> Result<f64, BenchError> {
     let mut workers = Vec::new();
     for i in 0..args.workers {
         let opts = WorkerOptions::new(
-            url.clone(),
+            target.url(i),
             format!("bench-{i}"),
             vec!["bench-e2e".into()],
             args.worker_concurrency,
@@ -241,7 +319,7 @@ async fn end_to_end(args: &BenchArgs) -> Result<f64, BenchError> {
         };
         workers.push(tokio::spawn(worker::run(opts, handler, stop.clone())));
     }
-    drive(&url, args.producers, total, move |mut p| {
+    drive(&target, args.producers, total, move |mut p| {
         let jobs = vec![job("bench-e2e", &payload)];
         async move {
             p.enqueue(jobs).await?;
@@ -261,9 +339,9 @@ async fn end_to_end(args: &BenchArgs) -> Result<f64, BenchError> {
 
 /// One producer, one job per request: (p50, p99) in milliseconds.
 async fn latency(args: &BenchArgs) -> Result<(f64, f64), BenchError> {
-    let (url, _node) = target(args).await?;
+    let target = target(args).await?;
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
-    let mut p = Producer::connect(&url).await?;
+    let mut p = Producer::connect(&target.url(0)).await?;
     let n = (args.jobs / 10).max(100);
     let mut samples = Vec::with_capacity(n as usize);
     for _ in 0..n {
@@ -282,9 +360,9 @@ async fn rss(args: &BenchArgs) -> Result<Option<u64>, BenchError> {
     if args.server.is_some() {
         return Ok(None);
     }
-    let (url, node) = target(args).await?;
+    let target = target(args).await?;
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
-    drive(&url, 4, args.rss_jobs, move |mut p| {
+    drive(&target, 4, args.rss_jobs, move |mut p| {
         const BATCH: usize = crate::config::DEFAULT_MAX_JOBS_PER_REQUEST;
         let jobs = vec![job("bench-rss", &payload); BATCH];
         async move {
@@ -293,9 +371,10 @@ async fn rss(args: &BenchArgs) -> Result<Option<u64>, BenchError> {
         }
     })
     .await?;
-    // Let the node settle (sled's cache and allocator) before reading.
+    // Let the nodes settle (sled's cache and allocator) before reading.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok(node.and_then(|n| n.rss_bytes()))
+    // In a cluster every node holds every job: the largest is the figure.
+    Ok(target.nodes.iter().filter_map(|n| n.rss_bytes()).max())
 }
 
 struct Figure {
@@ -343,11 +422,11 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         args.payload_bytes,
         args.runs,
         args.producers,
-        args.server
-            .as_deref()
-            .map_or("a fresh local node per run".to_string(), |s| format!(
-                "server {s}"
-            ))
+        match (&args.server, args.cluster) {
+            (Some(s), _) => format!("servers {s}"),
+            (None, true) => "a fresh local 3-node cluster per run".to_string(),
+            (None, false) => "a fresh local node per run".to_string(),
+        }
     );
     let mut ceiling = None;
     if want("ping") {

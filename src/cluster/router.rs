@@ -105,7 +105,13 @@ impl Router {
                 let bytes = encoded.get_or_insert_with(|| encode(&what)).clone();
                 match self.forward(&status, bytes).await {
                     Ok((outcome, index)) => {
-                        self.wait_applied(index).await;
+                        // A lease is answered with payloads read here, so
+                        // this node must have applied the jobs first. Other
+                        // answers need nothing local (reads use a read
+                        // index), and waiting would cost a round trip.
+                        if matches!(what, Forwardable::Command(Command::Lease { .. })) {
+                            self.wait_applied(index).await;
+                        }
                         return Ok((outcome, index));
                     }
                     Err(Forwarded::Final(e)) => return Err(e),
