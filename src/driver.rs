@@ -168,7 +168,7 @@ impl DriverHandle {
         let no_leader = Error::NoLeader {
             retry_after_ms: self.retry_after_ms,
         };
-        match tokio::time::timeout(Duration::from_millis(self.retry_after_ms * 2), rx).await {
+        match tokio::time::timeout(Duration::from_millis(self.retry_after_ms), rx).await {
             Ok(Ok(index)) => Ok(index),
             _ => Err(no_leader),
         }
@@ -243,6 +243,8 @@ struct Driver {
     /// One that raft drops (no leader) is dropped with it, and its waiter
     /// times out.
     pending_reads: HashMap<Vec<u8>, oneshot::Sender<u64>>,
+    /// Reads that arrived before this new leader committed in its term.
+    deferred_reads: Vec<Vec<u8>>,
     read_seq: u64,
     db: sled::Db,
     /// Where each member is reached: the config's peers, then every member
@@ -445,6 +447,7 @@ pub fn start(
     let last_snapshot_index = store_snapshot_index.max(meta.applied_index);
     let driver = Driver {
         pending_reads: HashMap::new(),
+        deferred_reads: Vec::new(),
         read_seq: 0,
         addrs,
         db: db.clone(),
@@ -560,8 +563,16 @@ impl Driver {
             Control::ReadIndex(reply) => {
                 self.read_seq += 1;
                 let ctx = self.read_seq.to_be_bytes().to_vec();
-                self.raw.read_index(ctx.clone());
-                self.pending_reads.insert(ctx, reply);
+                self.pending_reads.insert(ctx.clone(), reply);
+                if self.raw.raft.state == StateRole::Leader
+                    && !self.raw.raft.commit_to_current_term()
+                {
+                    // raft drops reads until a new leader has committed in
+                    // its term; ask again once it has.
+                    self.deferred_reads.push(ctx);
+                } else {
+                    self.raw.read_index(ctx);
+                }
             }
             Control::TakeSnapshot(reply) => {
                 let _ = reply.send(
@@ -694,6 +705,7 @@ impl Driver {
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
         self.maybe_take_snapshot()?;
+        self.release_deferred_reads();
         let entries = rd.take_entries();
         let hs = rd.hs().cloned();
         let must_sync = rd.must_sync();
@@ -722,6 +734,22 @@ impl Driver {
             self.on_persisted(number);
         }
         Ok(())
+    }
+
+    fn release_deferred_reads(&mut self) {
+        if self.deferred_reads.is_empty() {
+            return;
+        }
+        if self.raw.raft.state != StateRole::Leader {
+            // Lost leadership: their waiters time out and retry elsewhere.
+            for ctx in self.deferred_reads.drain(..) {
+                self.pending_reads.remove(&ctx);
+            }
+        } else if self.raw.raft.commit_to_current_term() {
+            for ctx in std::mem::take(&mut self.deferred_reads) {
+                self.raw.read_index(ctx);
+            }
+        }
     }
 
     /// A Ready that installs a snapshot is handled synchronously: raft may

@@ -238,7 +238,16 @@ impl Router {
     /// Waits until this node has applied everything committed before now,
     /// as confirmed by a quorum: reads after it are current (linearizable).
     pub async fn read_barrier(&self) -> Result<(), Error> {
-        let index = self.driver.read_index().await?;
+        // A read raft dropped (a leader just elected, or none known) is
+        // asked again, for up to two election timeouts.
+        let mut attempts = 2;
+        let index = loop {
+            match self.driver.read_index().await {
+                Ok(index) => break index,
+                Err(e) if attempts > 1 && e.retry_safe() => attempts -= 1,
+                Err(e) => return Err(e),
+            }
+        };
         let mut rx = self.driver.status_watch();
         tokio::time::timeout(APPLY_WAIT, rx.wait_for(|s| s.applied_index >= index))
             .await
