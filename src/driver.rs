@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::machine::{JobReader, Machine, MachineError, MachineStats};
 use crate::snapshot::{self, SnapshotError, SnapshotMeta};
-use crate::store::{RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_INDEX};
+use crate::store::{Database, RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_INDEX};
 
 /// Most proposals folded into one Ready; bounds the size of one flush.
 const MAX_PROPOSALS_PER_READY: usize = 4096;
@@ -246,7 +246,7 @@ struct Driver {
     /// Reads that arrived before this new leader committed in its term.
     deferred_reads: Vec<Vec<u8>>,
     read_seq: u64,
-    db: sled::Db,
+    db: Database,
     /// Where each member is reached: the config's peers, then every member
     /// added since (kept in the raft tree).
     addrs: std::collections::BTreeMap<u64, String>,
@@ -299,7 +299,7 @@ type FlushResults = mpsc::UnboundedReceiver<Result<u64, sled::Error>>;
 /// The flusher thread: makes sled durable for the newest ready number it was
 /// given, folding every number that queued up meanwhile into one flush. It
 /// keeps the fsync off the driver, which goes on taking proposals.
-fn spawn_flusher(db: sled::Db) -> std::io::Result<(FlushRequests, FlushResults)> {
+fn spawn_flusher(db: Database) -> std::io::Result<(FlushRequests, FlushResults)> {
     let (tx, rx) = std::sync::mpsc::channel::<(u64, bool)>();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
@@ -329,7 +329,7 @@ fn spawn_flusher(db: sled::Db) -> std::io::Result<(FlushRequests, FlushResults)>
 /// the driver has stopped, with its error if it failed.
 pub fn start(
     cfg: &Config,
-    db: &sled::Db,
+    db: &Database,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(DriverHandle, oneshot::Receiver<Result<(), DriverError>>), Error> {
     let mut store = RaftStore::open(db)?;

@@ -40,19 +40,52 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
+/// The node's sled database, with a handle on sled's log file so that a
+/// flush is durable: sled ends its writes with `sync_file_range`, which
+/// neither flushes the device's write cache nor the metadata that appended
+/// data needs, so [`Database::flush`] adds an `fdatasync`.
+#[derive(Clone)]
+pub struct Database {
+    db: sled::Db,
+    log: std::sync::Arc<std::fs::File>,
+}
+
+impl std::ops::Deref for Database {
+    type Target = sled::Db;
+    fn deref(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+impl Database {
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush()?;
+        self.log.sync_data()?;
+        Ok(())
+    }
+}
+
 /// Opens (or creates) the node's database.
-pub fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
-    sled::Config::new()
+pub fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<Database, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let db = sled::Config::new()
         .path(path)
         .cache_capacity(cache_capacity_bytes)
         // Durability comes from our explicit flush per Ready; sled's own
         // periodic flush would only add fsyncs on the hot path.
         .flush_every_ms(None)
         .open()
-        .map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        })
+        .map_err(open_error)?;
+    // sled keeps its log in `db` in its directory.
+    let log = std::fs::File::open(path.join("db")).map_err(|e| open_error(sled::Error::Io(e)))?;
+    Ok(Database {
+        db,
+        log: std::sync::Arc::new(log),
+    })
 }
 
 fn entry_key(index: u64) -> [u8; 9] {
@@ -75,7 +108,7 @@ fn to_raft(e: StoreError) -> raft::Error {
 
 /// The raft log and state in sled, with the bounds cached in memory.
 pub struct RaftStore {
-    db: sled::Db,
+    db: Database,
     tree: sled::Tree,
     hard_state: HardState,
     conf_state: ConfState,
@@ -91,7 +124,7 @@ pub struct RaftStore {
 }
 
 impl RaftStore {
-    pub fn open(db: &sled::Db) -> Result<RaftStore, StoreError> {
+    pub fn open(db: &Database) -> Result<RaftStore, StoreError> {
         let tree = db.open_tree("raft")?;
         let hard_state = match tree.get(HARD_STATE)? {
             Some(b) => HardState::parse_from_bytes(&b).map_err(|e| corrupt("raft/h", e))?,
