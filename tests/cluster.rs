@@ -581,3 +581,21 @@ async fn an_isolated_leader_takes_no_writes_and_rejoins_without_divergence() {
         .1;
     assert_eq!(s["queues"]["part"]["ready"][2], 15, "{s}");
 }
+
+#[tokio::test]
+async fn five_nodes_survive_losing_two() {
+    let mut c = TestCluster::start(5, CLUSTER);
+    let leader = c.leader().await;
+    let mut p = Producer::connect(&c.servers()).await.unwrap();
+    let before = p.enqueue(vec![new_job("five", "a"); 10]).await.unwrap();
+    // Lose the leader and one follower: three of five are still a quorum.
+    c.nodes[leader].kill();
+    c.nodes[(leader + 1) % 5].kill();
+    let new = c.leader().await;
+    assert!(new != leader && new != (leader + 1) % 5);
+    let after = p.enqueue(vec![new_job("five", "b"); 10]).await.unwrap();
+    for j in before.iter().chain(after.iter()) {
+        assert_eq!(job_state(&c.nodes[new], j.id).await, "ready");
+    }
+    c.converged().await;
+}
