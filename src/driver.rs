@@ -143,7 +143,9 @@ impl DriverHandle {
             .send(Proposal { what, reply })
             .await
             .map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        // A dropped reply means the driver died holding the proposal, maybe
+        // after it entered the log: not safe to send again blindly.
+        rx.await.map_err(|_| Error::OutcomeUnknown)?
     }
 
     /// Takes a snapshot now (or finds the newest if nothing was applied
@@ -236,6 +238,8 @@ impl slog::Drain for TracingDrain {
 struct Pending {
     term: u64,
     reply: Option<Reply>,
+    /// A membership change: answered by how its conf change applied.
+    member: bool,
 }
 
 struct Driver {
@@ -502,6 +506,8 @@ impl Driver {
                     None => return Err(DriverError::Flusher("the flusher thread stopped".into())),
                 },
                 _ = ticker.tick() => {
+                    // Reads raft dropped (no leader) whose waiters gave up.
+                    self.pending_reads.retain(|_, r| !r.is_closed());
                     self.raw.tick();
                     self.propose_tick_if_due();
                 }
@@ -534,9 +540,10 @@ impl Driver {
             }
             self.publish_status();
         }
+        // These are in the log: another node may still commit them.
         for (_, p) in self.pending.drain() {
             if let Some(reply) = p.reply {
-                let _ = reply.send(Err(Error::ShuttingDown));
+                let _ = reply.send(Err(Error::OutcomeUnknown));
             }
         }
         Ok(())
@@ -615,6 +622,11 @@ impl Driver {
                 cc.node_id = *id;
             }
         }
+        if self.raw.raft.has_pending_conf() {
+            // raft would turn the change into an empty entry.
+            let _ = reply.send(Err(Error::MembershipBusy));
+            return;
+        }
         let before = self.raw.raft.raft_log.last_index();
         match self.raw.propose_conf_change(vec![], cc) {
             Ok(()) if self.raw.raft.raft_log.last_index() > before => {
@@ -631,6 +643,7 @@ impl Driver {
                     Pending {
                         term,
                         reply: Some(reply),
+                        member: true,
                     },
                 );
             }
@@ -660,7 +673,14 @@ impl Driver {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
                 let term = self.raw.raft.term;
-                self.pending.insert(index, Pending { term, reply });
+                self.pending.insert(
+                    index,
+                    Pending {
+                        term,
+                        reply,
+                        member: false,
+                    },
+                );
                 if matches!(entry.command, Command::Tick) {
                     self.tick_in_flight = Some(index);
                 }
@@ -705,10 +725,10 @@ impl Driver {
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
         self.maybe_take_snapshot()?;
-        self.release_deferred_reads();
         let entries = rd.take_entries();
         let hs = rd.hs().cloned();
         let must_sync = rd.must_sync();
+        self.supersede(&entries);
         if !entries.is_empty() || hs.is_some() {
             self.raw.mut_store().write(&entries, hs.as_ref())?;
         }
@@ -719,6 +739,8 @@ impl Driver {
         // flush covers. That is the pipelined half of group commit.
         self.raw.advance_append_async(rd);
         self.raw.advance_apply();
+        // raft takes new reads only between Readies.
+        self.release_deferred_reads();
         if !persisted_messages.is_empty() {
             self.after_persist.push_back((number, persisted_messages));
         }
@@ -734,6 +756,33 @@ impl Driver {
             self.on_persisted(number);
         }
         Ok(())
+    }
+
+    /// Answers proposals whose entries a new leader's entries replace: they
+    /// will never apply. Called before `entries` overwrite the log.
+    fn supersede(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        if first.index > raft::Storage::last_index(self.raw.store()).unwrap_or(0)
+            || self.pending.is_empty()
+        {
+            return;
+        }
+        let replaced: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(idx, p)| {
+                **idx >= first.index
+                    && entries
+                        .get((**idx - first.index) as usize)
+                        .is_none_or(|e| e.term != p.term)
+            })
+            .map(|(idx, _)| *idx)
+            .collect();
+        for idx in replaced {
+            if let Some(Pending { reply: Some(r), .. }) = self.pending.remove(&idx) {
+                let _ = r.send(Err(Error::Superseded));
+            }
+        }
     }
 
     fn release_deferred_reads(&mut self) {
@@ -764,6 +813,7 @@ impl Driver {
         self.apply(rd.take_committed_entries())?;
         let entries = rd.take_entries();
         let hs = rd.hs().cloned();
+        self.supersede(&entries);
         if !entries.is_empty() || hs.is_some() {
             self.raw.mut_store().write(&entries, hs.as_ref())?;
         }
@@ -806,6 +856,8 @@ impl Driver {
         let mut replies = Vec::with_capacity(entries.len());
         for entry in entries {
             let (index, term) = (entry.index, entry.term);
+            // Set for conf change entries: whether raft took the change.
+            let mut membership = None;
             let outcome = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     self.machine.apply_noop(index, term);
@@ -830,7 +882,7 @@ impl Driver {
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(&entry)?;
+                    membership = Some(self.apply_conf_change(&entry)?);
                     self.machine.apply_noop(index, term);
                     Outcome::Noop
                 }
@@ -838,7 +890,7 @@ impl Driver {
             if self.tick_in_flight.is_some_and(|i| i <= index) {
                 self.tick_in_flight = None;
             }
-            replies.push((index, term, outcome));
+            replies.push((index, term, outcome, membership));
             // Commits at entry boundaries, so each batch is still atomic with
             // the applied index it carries.
             if self.machine.wants_commit() {
@@ -848,13 +900,16 @@ impl Driver {
         self.machine.commit()?;
         // Publish before replying, so whoever is answered sees the new state.
         self.stats_tx.send_replace(Arc::new(self.machine.stats()));
-        for (index, term, outcome) in replies {
+        for (index, term, outcome, membership) in replies {
             if let Some(p) = self.pending.remove(&index) {
                 if let Some(reply) = p.reply {
-                    let _ = reply.send(if p.term == term {
-                        Ok((outcome, index))
-                    } else {
-                        Err(Error::Superseded)
+                    let _ = reply.send(match (p.term == term, p.member, membership) {
+                        (false, _, _) => Err(Error::Superseded),
+                        (true, false, _) => Ok((outcome, index)),
+                        (true, true, Some(Ok(()))) => Ok((outcome, index)),
+                        (true, true, Some(Err(reason))) => Err(Error::MembershipRefused(reason)),
+                        // raft replaced the change with an empty entry.
+                        (true, true, None) => Err(Error::MembershipBusy),
                     });
                 }
             }
@@ -868,7 +923,13 @@ impl Driver {
     fn maybe_take_snapshot(&mut self) -> Result<(), DriverError> {
         let applied = self.machine.meta().applied_index;
         if applied >= self.last_snapshot_index + self.snapshot_every
-            || (self.raw.store().snapshot_wanted() && applied > self.last_snapshot_index)
+            || (self.raw.store().snapshot_wanted()
+                && applied
+                    > self
+                        .raw
+                        .store()
+                        .latest_snapshot()
+                        .map_or(0, |(m, _)| m.index))
         {
             self.take_snapshot()?;
         }
@@ -942,11 +1003,9 @@ impl Driver {
         let old = self.raw.store().machine_tree()?;
         self.raw.mut_store().apply_snapshot(&meta, &name)?;
         self.machine.replace_tree(tree)?;
-        if old != name {
-            if let Err(e) = self.db.drop_tree(old.as_bytes()) {
-                tracing::warn!(tree = %old, error = %e, "cannot drop the replaced machine tree");
-            }
-        }
+        // The replaced tree stays until the next start (see
+        // drop_stale_machine_trees): readers may still hold it.
+        let _ = old;
         // The received file becomes ours to offer if this node leads later.
         let kept = snapshot::path_for(&self.snap_dir, meta.index, meta.term);
         match std::fs::rename(&received, &kept) {
@@ -957,6 +1016,19 @@ impl Driver {
             Err(e) => tracing::warn!(error = %e, "cannot keep the installed snapshot file"),
         }
         self.last_snapshot_index = meta.index;
+        // Proposals this node made as leader that the snapshot jumped over:
+        // whether they committed is not known here.
+        let covered: Vec<u64> = self
+            .pending
+            .keys()
+            .filter(|i| **i <= meta.index)
+            .copied()
+            .collect();
+        for idx in covered {
+            if let Some(Pending { reply: Some(r), .. }) = self.pending.remove(&idx) {
+                let _ = r.send(Err(Error::OutcomeUnknown));
+            }
+        }
         tracing::info!(
             event = "snapshot_installed",
             index = meta.index,
@@ -971,7 +1043,7 @@ impl Driver {
     /// the transport and the router use. One that raft refuses (it would
     /// remove the last voter, say) is refused the same way on every node,
     /// so it is logged and skipped.
-    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), DriverError> {
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<Result<(), String>, DriverError> {
         use protobuf::Message as _;
         let corrupt = |e: protobuf::ProtobufError| StoreError::Corrupt {
             key: format!("raft/e/{}", entry.index),
@@ -1015,12 +1087,13 @@ impl Driver {
             Ok(cs) => {
                 tracing::info!(event = "membership_changed", index = entry.index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
                 self.raw.mut_store().set_conf_state(cs)?;
+                Ok(Ok(()))
             }
             Err(e) => {
                 tracing::error!(event = "membership_change_refused", index = entry.index, error = %e, "raft refused a membership change; skipped on every node");
+                Ok(Err(format!("raft refused the membership change: {e}")))
             }
         }
-        Ok(())
     }
 
     /// Keeps the log from growing without bound: everything applied more than
@@ -1040,7 +1113,12 @@ impl Driver {
                 .map(|(_, p)| p.matched)
                 .min()
                 .unwrap_or(applied);
-            upto = upto.min(slowest.max(self.last_snapshot_index));
+            let on_disk = self
+                .raw
+                .store()
+                .latest_snapshot()
+                .map_or(0, |(m, _)| m.index);
+            upto = upto.min(slowest.max(on_disk));
         }
         let store = self.raw.mut_store();
         if upto > store.compacted_index() + self.log_keep {

@@ -29,6 +29,8 @@ pub enum Error {
     Superseded,
     #[error("the node is shutting down; retry on another node")]
     ShuttingDown,
+    #[error("the node stopped after the request entered its log, so it may or may not take effect: retry, with an idempotency key if it must not run twice")]
+    OutcomeUnknown,
     #[error("leader (node {leader}) answered {}: {}", .status.code(), .status.message())]
     Forward { leader: u64, status: tonic::Status },
     #[error("another membership change is in progress; wait for it to finish (see `drover cluster members`) and retry")]
@@ -77,7 +79,10 @@ impl Error {
             Error::Refused(_) | Error::MembershipBusy | Error::MembershipRefused(_) => {
                 Code::FailedPrecondition
             }
-            Error::NoLeader { .. } | Error::Superseded | Error::ShuttingDown => Code::Unavailable,
+            Error::NoLeader { .. }
+            | Error::Superseded
+            | Error::ShuttingDown
+            | Error::OutcomeUnknown => Code::Unavailable,
             Error::Forward { status, .. } => status.code(),
             Error::ForwardLost { .. } => Code::Unavailable,
             Error::Config(_)

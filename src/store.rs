@@ -287,8 +287,12 @@ impl RaftStore {
         if let Some(last) = entries.last() {
             // A new leader may overwrite an uncommitted suffix of ours.
             // Removed from the end backwards and written forwards, so any
-            // prefix of these writes that survives a crash is a gap-free log.
-            for stale in (last.index + 1..=self.last_index).rev() {
+            // prefix of these writes that survives a crash is a gap-free log
+            // that matches the leader's wherever it has entries.
+            // Everything from the first new index is removed first, so a
+            // crash midway never leaves old entries after new ones.
+            let first = entries[0].index;
+            for stale in (first..=self.last_index).rev() {
                 self.tree.remove(entry_key(stale))?;
             }
             for e in entries {
@@ -425,9 +429,15 @@ impl Storage for RaftStore {
     /// The newest snapshot file, if it is recent enough. Its data is the
     /// file's path: the transport streams the file itself. Raft treats any
     /// error but "temporarily unavailable" as fatal, so that is the only one.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A snapshot from before `to` joined would be refused by it.
+        let names = |cs: &ConfState| cs.voters.contains(&to) || cs.learners.contains(&to);
         match &self.latest_snapshot {
-            Some((meta, path)) if meta.index >= request_index && meta.index >= self.compacted.0 => {
+            Some((meta, path))
+                if meta.index >= request_index
+                    && meta.index >= self.compacted.0
+                    && names(&meta.conf_state) =>
+            {
                 let mut snap = Snapshot {
                     data: path.to_string_lossy().into_owned().into_bytes().into(),
                     ..Default::default()

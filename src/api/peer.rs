@@ -54,6 +54,11 @@ impl PeerService for Peer {
             let msg = raft::eraftpb::Message::parse_from_bytes(&bytes).map_err(|e| {
                 Status::invalid_argument(format!("undecodable raft message from node {from}: {e}"))
             })?;
+            if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                return Err(Status::invalid_argument(
+                    "snapshots travel through InstallSnapshot, not Raft",
+                ));
+            }
             if msg.from != from || msg.to != me {
                 return Err(Status::invalid_argument(format!(
                     "raft message from {} to {} arrived from node {from} at node {me}",
