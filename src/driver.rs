@@ -950,6 +950,7 @@ impl Driver {
             index: meta.applied_index,
             term: meta.applied_term,
             conf_state: self.raw.raft.prs().conf().to_conf_state(),
+            addrs: self.addrs.clone(),
         };
         let path = snapshot::path_for(&self.snap_dir, snap.index, snap.term);
         let started = std::time::Instant::now();
@@ -1003,6 +1004,15 @@ impl Driver {
         let old = self.raw.store().machine_tree()?;
         self.raw.mut_store().apply_snapshot(&meta, &name)?;
         self.machine.replace_tree(tree)?;
+        for (id, addr) in &meta.addrs {
+            if self.addrs.get(id) != Some(addr) {
+                self.addrs.insert(*id, addr.clone());
+                if *id != self.node_id {
+                    self.transport.add_peer(*id, addr);
+                }
+            }
+        }
+        self.raw.mut_store().set_addresses(&self.addrs)?;
         // The replaced tree stays until the next start (see
         // drop_stale_machine_trees): readers may still hold it.
         let _ = old;

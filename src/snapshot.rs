@@ -6,7 +6,7 @@
 //! and `drover snapshot restore` seeds a new node from it.
 //!
 //! Layout: `DROVSNP1`, index u64, term u64, conf state (u32 length +
-//! protobuf), then records (u32 key length, u32 value length, key, value),
+//! protobuf), member addresses (u32 length + bincode), then records (u32 key length, u32 value length, key, value),
 //! then an end marker (u32::MAX), the record count (u64) and a CRC32 of
 //! everything before it. Integers are big-endian. A file is written to a
 //! temp name, synced and renamed, so a reader never sees half of one.
@@ -14,6 +14,8 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+
+use std::collections::BTreeMap;
 
 use protobuf::Message as _;
 use raft::eraftpb::ConfState;
@@ -45,6 +47,9 @@ pub struct SnapshotMeta {
     pub index: u64,
     pub term: u64,
     pub conf_state: ConfState,
+    /// Where each member is reached, so a node caught up by snapshot can
+    /// talk to members added while it was away.
+    pub addrs: BTreeMap<u64, String>,
 }
 
 /// Computes the CRC of everything that passes through.
@@ -98,6 +103,11 @@ pub fn write(
     w.write_all(&(conf.len() as u32).to_be_bytes())
         .map_err(io)?;
     w.write_all(&conf).map_err(io)?;
+    let addrs = bincode::serde::encode_to_vec(&meta.addrs, bincode::config::standard())
+        .map_err(|e| io(std::io::Error::other(e)))?;
+    w.write_all(&(addrs.len() as u32).to_be_bytes())
+        .map_err(io)?;
+    w.write_all(&addrs).map_err(io)?;
     let mut count = 0u64;
     for item in records {
         let (k, v) = item?;
@@ -151,12 +161,18 @@ impl Reader {
         let conf = r.bytes(len)?;
         let conf_state = ConfState::parse_from_bytes(&conf)
             .map_err(|e| r.corrupt(format!("membership does not decode: {e}")))?;
+        let len = r.u32()?;
+        let raw = r.bytes(len)?;
+        let addrs = bincode::serde::decode_from_slice(&raw, bincode::config::standard())
+            .map(|(a, _)| a)
+            .map_err(|e| r.corrupt(format!("member addresses do not decode: {e}")))?;
         Ok((
             r,
             SnapshotMeta {
                 index,
                 term,
                 conf_state,
+                addrs,
             },
         ))
     }
@@ -302,6 +318,11 @@ mod tests {
                 voters: vec![1, 2, 3],
                 ..Default::default()
             },
+            addrs: [
+                (1, "127.0.0.1:1".to_string()),
+                (4, "127.0.0.1:4".to_string()),
+            ]
+            .into(),
         }
     }
 

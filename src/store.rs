@@ -264,6 +264,7 @@ impl RaftStore {
                 voters,
                 ..Default::default()
             },
+            addrs: Default::default(),
         };
         self.apply_snapshot(&meta, DEFAULT_MACHINE_TREE)
     }
