@@ -310,7 +310,12 @@ async fn members_of(node: &TestNode) -> serde_json::Value {
 
 #[tokio::test]
 async fn members_are_added_and_removed_under_load() {
-    let mut c = TestCluster::start(3, CLUSTER);
+    // Frequent snapshots, so one from before the new node joined exists and
+    // must not be the one it is sent.
+    let mut c = TestCluster::start(
+        3,
+        "[jobs]\nheartbeat_timeout = \"2s\"\n[raft]\nsnapshot_every = 20\nlog_keep_entries = 10\n",
+    );
     let leader = c.leader().await;
     let producing = Arc::new(AtomicBool::new(true));
     let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
@@ -598,4 +603,53 @@ async fn five_nodes_survive_losing_two() {
         assert_eq!(job_state(&c.nodes[new], j.id).await, "ready");
     }
     c.converged().await;
+}
+
+#[tokio::test]
+async fn a_worker_keeps_its_job_across_a_failover_by_heartbeating_it() {
+    let mut c = TestCluster::start(3, "[jobs]\nheartbeat_timeout = \"6s\"\n");
+    let leader = c.leader().await;
+    let mut p = Producer::connect(&c.servers()).await.unwrap();
+    let id = p
+        .enqueue(vec![new_job("keep-lease", "slow")])
+        .await
+        .unwrap()[0]
+        .id;
+
+    // The worker starts on the leader, then falls back to the others.
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let seen = runs.clone();
+    let handler = move |job: pb::LeasedJob| {
+        seen.lock().unwrap().push((job.job_id, job.attempt));
+        let _ = started_tx.send(());
+        async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, JobFailure>(Bytes::from_static(b"done"))
+        }
+    };
+    let mut opts = WorkerOptions::new(rotated(&c, leader), "w-keep", vec!["keep-lease".into()], 1);
+    opts.reconnect_delay = Duration::from_millis(100);
+    let (stop_tx, stop) = watch::channel(false);
+    let w = tokio::spawn(worker::run(opts, handler, stop));
+    tokio::time::timeout(Duration::from_secs(20), started.recv())
+        .await
+        .expect("the job was never leased");
+
+    // The leader dies while the job runs; the lease it granted outlives it.
+    c.nodes[leader].kill();
+    let new = c.leader().await;
+    wait_for("the job to succeed", Duration::from_secs(30), || async {
+        match job_state(&c.nodes[new], id).await.as_str() {
+            "succeeded" => Ok(()),
+            s => Err(s.to_string()),
+        }
+    })
+    .await;
+    stop_tx.send_replace(true);
+    let report = w.await.unwrap().unwrap();
+    assert_eq!(report.refused, 0, "{report:?}");
+    assert_eq!(*runs.lock().unwrap(), vec![(id, 1)], "the job ran again");
+    let (_, job) = get_json(&format!("{}/api/v1/jobs/{id}", c.nodes[new].http)).await;
+    assert_eq!(job["attempts"], 1, "{job}");
 }
