@@ -34,6 +34,8 @@ use crate::store::{Database, RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_I
 const MAX_PROPOSALS_PER_READY: usize = 4096;
 /// Raft messages and reports waiting for the driver before more are dropped.
 const CONTROL_QUEUE: usize = 16384;
+/// Most log entries dropped per Ready by compaction.
+const COMPACT_STEP: u64 = 1000;
 /// Most raft messages stepped before the driver handles a Ready.
 const MAX_STEPS_PER_READY: usize = 1024;
 
@@ -1107,7 +1109,8 @@ impl Driver {
     }
 
     /// Keeps the log from growing without bound: everything applied more than
-    /// `log_keep` entries ago is dropped, in steps of `log_keep`. A leader
+    /// `log_keep` entries ago is dropped, once another `log_keep` entries
+    /// have been applied, [`COMPACT_STEP`] entries per Ready. A leader
     /// keeps what its slowest follower still needs, so a follower that was
     /// down catches up from the log.
     fn compact_log(&mut self) -> Result<(), DriverError> {
@@ -1132,7 +1135,8 @@ impl Driver {
         }
         let store = self.raw.mut_store();
         if upto > store.compacted_index() + self.log_keep {
-            store.compact(upto)?;
+            // A bounded step per Ready, so compaction never stalls the loop.
+            store.compact(upto.min(store.compacted_index() + COMPACT_STEP))?;
         }
         Ok(())
     }

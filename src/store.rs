@@ -153,6 +153,12 @@ impl RaftStore {
             }
             None => compacted.0,
         };
+        // Entries a compaction interrupted by a crash left behind.
+        let below = entry_key(compacted.0 + 1);
+        for item in tree.range(entry_key(0)..below) {
+            let (k, _) = item?;
+            tree.remove(k)?;
+        }
         Ok(RaftStore {
             db: db.clone(),
             tree,
@@ -329,21 +335,25 @@ impl RaftStore {
     }
 
     /// Drops entries up to and including `index`, which must be applied.
+    /// Drops the log up to `index`. The new compaction point is written
+    /// first and the entries removed one by one after it (not in one sled
+    /// batch: a batch that size holds far more memory, and stalls the
+    /// driver): a crash midway leaves entries below the point, which
+    /// [`RaftStore::open`] removes, never a gap above it.
     pub fn compact(&mut self, index: u64) -> Result<(), StoreError> {
         if index <= self.compacted.0 || index > self.last_index {
             return Ok(());
         }
         let term = self.term(index).map_err(|e| corrupt("raft/e", e))?;
-        let mut batch = sled::Batch::default();
-        for i in self.compacted.0 + 1..=index {
-            batch.remove(&entry_key(i)[..]);
-        }
         let mut s = [0u8; 16];
         s[..8].copy_from_slice(&index.to_be_bytes());
         s[8..].copy_from_slice(&term.to_be_bytes());
-        batch.insert(COMPACTED, &s[..]);
-        self.tree.apply_batch(batch)?;
+        self.tree.insert(COMPACTED, &s[..])?;
+        let old = self.compacted.0;
         self.compacted = (index, term);
+        for i in old + 1..=index {
+            self.tree.remove(entry_key(i))?;
+        }
         Ok(())
     }
 
@@ -528,5 +538,29 @@ mod tests {
             .unwrap();
         let err = RaftStore::open(&db).err().unwrap().to_string();
         assert!(err.contains("raft/h"), "{err}");
+    }
+
+    #[test]
+    fn entries_a_crashed_compaction_left_behind_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path(), 1 << 20).unwrap();
+        let mut s = RaftStore::open(&db).unwrap();
+        s.set_conf_state(ConfState {
+            voters: vec![1],
+            ..Default::default()
+        })
+        .unwrap();
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        s.write(&entries, None).unwrap();
+        s.compact(6).unwrap();
+        // As if the process died after writing the compaction point but
+        // before removing every entry below it.
+        s.tree.insert(entry_key(3), vec![1u8]).unwrap();
+        drop(s);
+        let s = RaftStore::open(&db).unwrap();
+        assert_eq!(s.first_index().unwrap(), 7);
+        assert_eq!(s.last_index().unwrap(), 10);
+        assert!(s.tree.get(entry_key(3)).unwrap().is_none());
+        assert_eq!(s.term(8).unwrap(), 1);
     }
 }
