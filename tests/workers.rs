@@ -15,10 +15,24 @@ use drover::client::Producer;
 use drover::proto::v1 as pb;
 use tokio::sync::watch;
 
+/// Sends SIGKILL to a child process when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGKILL);
+    }
+}
+
+/// These tests run one at a time: each starts a node and workers, and on a
+/// 2-core machine several at once starve each other's timers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const SHORT: &str = "[jobs]\nheartbeat_timeout = \"1s\"\nmax_retries = 1\nretry_base_delay = \"100ms\"\nretry_max_delay = \"200ms\"\n";
 
 #[tokio::test]
 async fn rust_worker_completes_jobs_by_priority() {
+    let _serial = SERIAL.lock().await;
     let node = TestNode::start("");
     let mut p = Producer::connect(&node.grpc).await.unwrap();
     let mut jobs = Vec::new();
@@ -82,6 +96,7 @@ async fn rust_worker_completes_jobs_by_priority() {
 
 #[tokio::test]
 async fn failing_jobs_retry_then_dead_letter() {
+    let _serial = SERIAL.lock().await;
     let node = TestNode::start(SHORT);
     let mut p = Producer::connect(&node.grpc).await.unwrap();
     let id = p.enqueue(vec![new_job("flaky", "x")]).await.unwrap()[0].id;
@@ -145,6 +160,7 @@ async fn failing_jobs_retry_then_dead_letter() {
 /// completion would be refused as stale.
 #[tokio::test]
 async fn a_dead_workers_job_is_requeued_and_completed_by_another() {
+    let _serial = SERIAL.lock().await;
     let node = TestNode::start(SHORT);
     let mut p = Producer::connect(&node.grpc).await.unwrap();
     let id = p.enqueue(vec![new_job("slow", "x")]).await.unwrap()[0].id;
@@ -206,6 +222,7 @@ async fn a_dead_workers_job_is_requeued_and_completed_by_another() {
 
 #[tokio::test]
 async fn exec_worker_runs_commands_and_stops_on_sigterm() {
+    let _serial = SERIAL.lock().await;
     let node = TestNode::start(SHORT);
     let mut p = Producer::connect(&node.grpc).await.unwrap();
     let ok = p.enqueue(vec![new_job("sh", "hello")]).await.unwrap()[0].id;
@@ -231,6 +248,9 @@ printf '%s/%s/%s' "$line" "$DROVER_QUEUE" "$DROVER_ATTEMPT""#;
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    // Killed if the test fails first, so no worker outlives it and takes
+    // jobs from a later test's node that reuses the port.
+    let _reaper = KillOnDrop(worker.id());
     for (id, want) in [(ok, "succeeded"), (failing, "dead")] {
         wait_for("exec jobs to finish", Duration::from_secs(20), || async {
             let s = job_state(&node, id).await;
@@ -278,6 +298,7 @@ printf '%s/%s/%s' "$line" "$DROVER_QUEUE" "$DROVER_ATTEMPT""#;
 /// A node shutting down tells its workers, and exits cleanly.
 #[tokio::test]
 async fn node_sigterm_stops_workers_and_exits_cleanly() {
+    let _serial = SERIAL.lock().await;
     let mut node = TestNode::start("shutdown_grace = \"5s\"\n");
     let handler = |_job: pb::LeasedJob| async { Ok::<_, JobFailure>(Bytes::new()) };
     let (_stop_tx, stop) = watch::channel(false);

@@ -36,6 +36,8 @@ const MAX_MESSAGES_PER_ROUND: usize = 512;
 /// Pause before asking again after a lease proposal failed (no leader).
 const LEASE_RETRY: Duration = Duration::from_millis(200);
 const MAX_ERROR_MESSAGE: usize = 4096;
+/// Finished leases a session remembers; see `Session::finished`.
+const FINISHED_REMEMBERED: usize = 4096;
 /// How long a completion or failure is retried while no leader is known.
 const RESULT_RETRY: Duration = Duration::from_secs(10);
 
@@ -89,6 +91,8 @@ impl WorkerService for Worker {
             registration,
             in_flight: HashMap::new(),
             draining: false,
+            finished: Default::default(),
+            worker_drained: false,
             tx,
         };
         tokio::spawn(session.run(inbound));
@@ -159,6 +163,11 @@ struct Session {
     /// Jobs this worker holds: id -> attempt.
     in_flight: HashMap<JobId, u32>,
     draining: bool,
+    /// Leases whose result this session has received, so a late heartbeat
+    /// answer does not count them as held again.
+    finished: std::collections::HashSet<(JobId, u32)>,
+    /// The worker sent Drain: it knows to stop.
+    worker_drained: bool,
     tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
 }
 
@@ -192,7 +201,13 @@ impl Session {
                 proposals.push(async move { Event::Leased(router.propose(cmd).await) }.boxed());
                 continue;
             }
-            if server_stopping && self.in_flight.is_empty() && proposals.is_empty() {
+            // The stream stays open until the worker has answered Shutdown
+            // with Drain: closing it at once could lose the Shutdown on the
+            // way, and the worker would take the stop for a failure.
+            // A draining worker's stream is closed once it has reported
+            // every lease sent to it, so a lease already on its way when it
+            // began to drain still reaches it (and is run) first.
+            if self.worker_drained && self.in_flight.is_empty() && proposals.is_empty() {
                 break;
             }
             tokio::select! {
@@ -294,6 +309,7 @@ impl Session {
                 Some(Msg::Complete(c)) => {
                     for c in c.completions {
                         self.in_flight.remove(&c.job_id);
+                        self.mark_finished(c.job_id, c.attempt);
                         if c.result.len() > max_result {
                             // Refusing the completion would leave the job
                             // leased until expiry; failing it says why at once.
@@ -318,6 +334,7 @@ impl Session {
                 Some(Msg::Fail(f)) => {
                     for f in f.failures {
                         self.in_flight.remove(&f.job_id);
+                        self.mark_finished(f.job_id, f.attempt);
                         failures.push(Failure {
                             job_id: f.job_id,
                             attempt: f.attempt,
@@ -330,7 +347,10 @@ impl Session {
                         });
                     }
                 }
-                Some(Msg::Drain(_)) => self.draining = true,
+                Some(Msg::Drain(_)) => {
+                    self.draining = true;
+                    self.worker_drained = true;
+                }
                 None => {
                     return Err(Status::invalid_argument(
                         "empty WorkerMessage: set one of its fields",
@@ -442,6 +462,15 @@ impl Session {
             .is_ok()
     }
 
+    fn mark_finished(&mut self, job_id: JobId, attempt: u32) {
+        // Only the last few seconds matter (heartbeats in flight); the
+        // bound keeps a long session small.
+        if self.finished.len() >= FINISHED_REMEMBERED {
+            self.finished.clear();
+        }
+        self.finished.insert((job_id, attempt));
+    }
+
     fn acks(
         &mut self,
         kind: Kind,
@@ -465,8 +494,12 @@ impl Session {
             if let Kind::Heartbeat = kind {
                 match &r {
                     // A worker that reconnected keeps its jobs by heartbeating them.
+                    // But a heartbeat answered after the job's result came
+                    // in must not bring it back: the worker no longer holds it.
                     Ok(()) => {
-                        self.in_flight.insert(job_id, attempt);
+                        if !self.finished.contains(&(job_id, attempt)) {
+                            self.in_flight.insert(job_id, attempt);
+                        }
                         continue;
                     }
                     Err(_) => {

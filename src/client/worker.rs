@@ -88,6 +88,10 @@ pub struct WorkerReport {
     pub refused: u64,
 }
 
+/// How long a stopping worker with nothing held waits for the server to
+/// close its stream.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 struct Done {
     job_id: u64,
     attempt: u32,
@@ -205,15 +209,28 @@ impl<H: Handler> Runtime<H> {
         // Results finished while disconnected go out first.
         let pending: Vec<Done> = std::mem::take(&mut self.unsent);
         self.send_results(&out, pending).await?;
+        // Once stopping with nothing held, the server closes the stream after
+        // any lease already on its way has arrived; this bounds the wait for
+        // a server that does not.
+        let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
-            if self.stopping && self.held.is_empty() && self.unacked.is_empty() {
+            let idle = self.stopping && self.held.is_empty() && self.unacked.is_empty();
+            if !idle {
+                idle_since = None;
+            } else if idle_since
+                .get_or_insert_with(tokio::time::Instant::now)
+                .elapsed()
+                > STOP_WAIT
+            {
                 return Ok(());
             }
             tokio::select! {
                 msg = inbound.message() => match msg? {
+                    None if idle => return Ok(()),
                     None => return Err(ClientError::Protocol("the server closed the stream".into())),
                     Some(m) => self.on_server(m, &out).await?,
                 },
+                _ = tokio::time::sleep(STOP_WAIT), if idle => {}
                 Some(first) = self.done_rx.recv() => {
                     let mut batch = vec![first];
                     while let Ok(d) = self.done_rx.try_recv() {
