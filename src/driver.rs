@@ -153,22 +153,29 @@ impl DriverHandle {
     /// Takes a snapshot now (or finds the newest if nothing was applied
     /// since) and returns its file.
     pub async fn snapshot_now(&self) -> Result<PathBuf, Error> {
+        self.ask(Control::TakeSnapshot)
+            .await?
+            .await
+            .map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Sends the driver a request that carries its own reply channel.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> Control,
+    ) -> Result<oneshot::Receiver<T>, Error> {
         let (reply, rx) = oneshot::channel();
         self.control
-            .send(Control::TakeSnapshot(reply))
+            .send(request(reply))
             .await
             .map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        Ok(rx)
     }
 
     /// The index a linearizable read must wait to apply: confirmed with a
     /// quorum by the leader (raft's read index), asked through this node.
     pub async fn read_index(&self) -> Result<u64, Error> {
-        let (reply, rx) = oneshot::channel();
-        self.control
-            .send(Control::ReadIndex(reply))
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
+        let rx = self.ask(Control::ReadIndex).await?;
         let no_leader = Error::NoLeader {
             retry_after_ms: self.retry_after_ms,
         };

@@ -97,11 +97,16 @@ impl Router {
         let mut status_rx = self.driver.status_watch();
         let mut encoded: Option<bytes::Bytes> = None;
         loop {
-            let status = status_rx.borrow_and_update().clone();
-            if status.is_leader() {
+            // The whole status (members and all) is copied only to forward.
+            let (leading, leader_id) = {
+                let s = status_rx.borrow_and_update();
+                (s.is_leader(), s.leader_id)
+            };
+            if leading {
                 return self.local(what).await;
             }
-            if status.leader_id != 0 && status.leader_id != self.node_id {
+            if leader_id != 0 && leader_id != self.node_id {
+                let status = self.driver.status();
                 let bytes = encoded.get_or_insert_with(|| encode(&what)).clone();
                 match self.forward(&status, bytes).await {
                     Ok((outcome, index)) => {
