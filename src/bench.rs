@@ -170,14 +170,8 @@ impl Target {
     }
 }
 
-/// A target for one run: a fresh local node or cluster, or the given servers.
-async fn target(args: &BenchArgs) -> Result<Target, BenchError> {
-    if let Some(s) = &args.server {
-        return Ok(Target {
-            servers: crate::client::server_list(s),
-            nodes: Vec::new(),
-        });
-    }
+/// Starts the local node, or the nodes of a local cluster.
+async fn start_nodes(args: &BenchArgs) -> Result<Vec<LocalNode>, BenchError> {
     let config = args.node_config.clone();
     let members: Vec<Option<(u64, String, String)>> = if args.cluster {
         let addrs: Vec<String> = (0..3)
@@ -210,6 +204,30 @@ async fn target(args: &BenchArgs) -> Result<Target, BenchError> {
                 .map_err(|e| BenchError::Spawn(e.to_string()))??,
         );
     }
+    Ok(nodes)
+}
+
+/// A target for one run: a fresh local node or cluster, or the given servers.
+async fn target(args: &BenchArgs) -> Result<Target, BenchError> {
+    if let Some(s) = &args.server {
+        return Ok(Target {
+            servers: crate::client::server_list(s),
+            nodes: Vec::new(),
+        });
+    }
+    // A cluster's ports are picked before its nodes bind them, so another
+    // socket can take one in between: start again on fresh ports.
+    let mut attempt = 0;
+    let nodes = loop {
+        attempt += 1;
+        match start_nodes(args).await {
+            Ok(nodes) => break nodes,
+            Err(e) if args.cluster && attempt < 3 => {
+                eprintln!("bench: {e}; starting the cluster again on other ports");
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let target = Target {
         servers: nodes.iter().map(|n| n.grpc.clone()).collect(),
         nodes,
