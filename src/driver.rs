@@ -195,6 +195,11 @@ impl DriverHandle {
         self.status.borrow().clone()
     }
 
+    /// The status without copying it; hold it briefly (it blocks updates).
+    pub fn status_ref(&self) -> watch::Ref<'_, NodeStatus> {
+        self.status.borrow()
+    }
+
     pub fn status_watch(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
     }

@@ -32,6 +32,9 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Response metadata naming the leader's address, set by followers.
+pub const LEADER_HINT: &str = "drover-leader";
+
 /// A job as read back, with its payload and result.
 pub struct JobView {
     pub job: Job,
@@ -87,6 +90,18 @@ impl App {
             result: reader.result(id)?,
             job,
         })
+    }
+
+    /// Marks a producer answer from a follower with the leader's address
+    /// (`drover-leader`), so a client given several nodes can send there
+    /// directly and save the hop through this one.
+    pub fn hint_leader<T>(&self, mut response: tonic::Response<T>) -> tonic::Response<T> {
+        if let Some(addr) = self.router.leader_addr() {
+            if let Ok(v) = tonic::metadata::MetadataValue::try_from(addr.as_str()) {
+                response.metadata_mut().insert(LEADER_HINT, v);
+            }
+        }
+        response
     }
 
     /// Cancels a job; returns the state it was in.

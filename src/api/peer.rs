@@ -1,6 +1,7 @@
 //! The gRPC peer service: raft messages in, commands forwarded by followers,
 //! and this node's view of the cluster. Only members of this cluster get in.
 
+use futures::StreamExt;
 use protobuf::Message as _;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -42,15 +43,11 @@ impl Peer {
         }
         Ok(h.from)
     }
-}
 
-#[tonic::async_trait]
-impl PeerService for Peer {
-    async fn raft(&self, req: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
-        let batch = req.into_inner();
-        let from = self.admit(batch.header.as_ref())?;
+    /// Hands raft messages from member `from` to the driver.
+    fn step(&self, from: u64, messages: Vec<bytes::Bytes>) -> Result<(), Status> {
         let me = self.app.config.node_id;
-        for bytes in batch.messages {
+        for bytes in messages {
             let msg = raft::eraftpb::Message::parse_from_bytes(&bytes).map_err(|e| {
                 Status::invalid_argument(format!("undecodable raft message from node {from}: {e}"))
             })?;
@@ -67,7 +64,39 @@ impl PeerService for Peer {
             }
             self.app.driver.control(Control::Step(msg));
         }
-        Ok(Response::new(pb::RaftAck {}))
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl PeerService for Peer {
+    type RaftStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RaftAck, Status>> + Send>>;
+
+    async fn raft(
+        &self,
+        req: Request<Streaming<pb::RaftBatch>>,
+    ) -> Result<Response<Self::RaftStream>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("raft stream ended before its header"))?;
+        let from = self.admit(first.header.as_ref())?;
+        self.step(from, first.messages)?;
+        let peer = Peer {
+            app: self.app.clone(),
+        };
+        let taken = async move {
+            while let Some(batch) = stream.message().await? {
+                peer.step(from, batch.messages)?;
+            }
+            Ok::<(), Status>(())
+        };
+        // Yields nothing; ends with the inbound stream, or with its error.
+        let answer = futures::stream::once(taken)
+            .filter_map(|ended| std::future::ready(ended.err().map(Err)));
+        Ok(Response::new(Box::pin(answer)))
     }
 
     async fn forward(

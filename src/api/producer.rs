@@ -18,7 +18,7 @@ impl ProducerService for Producer {
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         let jobs = req.into_inner().jobs.into_iter().map(Into::into).collect();
         let ids = self.app.enqueue(jobs).await?;
-        Ok(Response::new(pb::EnqueueResponse {
+        Ok(self.app.hint_leader(Response::new(pb::EnqueueResponse {
             jobs: ids
                 .into_iter()
                 .map(|e| pb::EnqueuedJob {
@@ -26,13 +26,13 @@ impl ProducerService for Producer {
                     duplicate: e.duplicate,
                 })
                 .collect(),
-        }))
+        })))
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(
+        Ok(self.app.hint_leader(Response::new(
             self.app.get_job(req.into_inner().id).await?.into(),
-        ))
+        )))
     }
 
     async fn cancel(
@@ -40,15 +40,15 @@ impl ProducerService for Producer {
         req: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let was = self.app.cancel(req.into_inner().id).await?;
-        Ok(Response::new(pb::CancelResponse {
+        Ok(self.app.hint_leader(Response::new(pb::CancelResponse {
             state: was.as_str().to_string(),
-        }))
+        })))
     }
 
     async fn ping(
         &self,
         _req: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
-        Ok(Response::new(pb::PingResponse {}))
+        Ok(self.app.hint_leader(Response::new(pb::PingResponse {})))
     }
 }

@@ -61,6 +61,26 @@ pub fn server_list(servers: &str) -> Vec<String> {
         .collect()
 }
 
+/// The position in `urls` of the node an answer names as the leader
+/// (`drover-leader`, set by followers), if the caller was given that node.
+pub fn hinted_leader<T>(response: &tonic::Response<T>, urls: &[String]) -> Option<usize> {
+    let leader = response
+        .metadata()
+        .get(crate::api::LEADER_HINT)?
+        .to_str()
+        .ok()?;
+    let bare = |u: &str| u.split_once("://").map_or(u, |(_, rest)| rest).to_string();
+    let leader = bare(leader);
+    urls.iter().position(|u| bare(u) == leader)
+}
+
+/// Asks the node behind `channel` who leads; the position in `urls` of the
+/// leader if it is another node the caller knows.
+pub async fn find_leader(channel: Channel, urls: &[String]) -> Option<usize> {
+    let response = client(channel).ping(pb::PingRequest {}).await.ok()?;
+    hinted_leader(&response, urls)
+}
+
 /// Retries of one call across nodes before its error is returned.
 const MAX_ATTEMPTS: u32 = 12;
 
@@ -99,10 +119,12 @@ pub fn backoff(status: &tonic::Status, attempt: u32) -> std::time::Duration {
 
 /// A producer: enqueues, reads and cancels jobs. Given several nodes, it
 /// sends to one and moves to the next when a call fails in a way that is
-/// safe to retry (no leader yet, node down or stopping).
+/// safe to retry (no leader yet, node down or stopping), and to the leader
+/// when a follower names it, which saves the follower's hop.
 #[derive(Clone)]
 pub struct Producer {
     nodes: Vec<ProducerServiceClient<Channel>>,
+    urls: Vec<String>,
     current: usize,
 }
 
@@ -132,9 +154,17 @@ impl Producer {
             }
             nodes.push(endpoint.connect_lazy());
         }
+        // Start at the leader if the node reached names it.
+        if let Some(leader) = match current {
+            Some(i) if urls.len() > 1 => find_leader(nodes[i].clone(), &urls).await,
+            _ => None,
+        } {
+            current = Some(leader);
+        }
         match current {
             Some(current) => Ok(Producer {
                 nodes: nodes.into_iter().map(client).collect(),
+                urls,
                 current,
             }),
             None => Err(first_error.unwrap_or_else(|| ClientError::BadUrl {
@@ -147,6 +177,7 @@ impl Producer {
     pub fn new(channel: Channel) -> Producer {
         Producer {
             nodes: vec![client(channel)],
+            urls: Vec::new(),
             current: 0,
         }
     }
@@ -161,7 +192,12 @@ impl Producer {
         let mut attempt = 0;
         loop {
             match call(self.nodes[self.current].clone()).await {
-                Ok(r) => return Ok(r.into_inner()),
+                Ok(r) => {
+                    if let Some(leader) = hinted_leader(&r, &self.urls) {
+                        self.current = leader;
+                    }
+                    return Ok(r.into_inner());
+                }
                 Err(status) if attempt + 1 < MAX_ATTEMPTS && retryable(&status) => {
                     tokio::time::sleep(backoff(&status, attempt)).await;
                     self.current = (self.current + 1) % self.nodes.len();

@@ -178,7 +178,15 @@ impl<H: Handler> Runtime<H> {
             .cloned()
             .unwrap_or_default();
         self.sessions += 1;
-        let channel = connect(&url).await?;
+        let mut channel = connect(&url).await?;
+        // Lease and results go to the leader anyway: connecting there saves
+        // the hop through a follower.
+        if let Some(i) = super::find_leader(channel.clone(), &self.urls).await {
+            if let Ok(leader) = connect(&self.urls[i]).await {
+                channel = leader;
+                self.sessions = i + 1;
+            }
+        }
         let mut client =
             WorkerServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(1024);

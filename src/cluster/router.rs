@@ -48,6 +48,19 @@ impl Router {
         &self.driver
     }
 
+    /// The leader's address when another node leads (and is known).
+    pub fn leader_addr(&self) -> Option<String> {
+        let status = self.driver.status_ref();
+        if status.is_leader() || status.leader_id == 0 {
+            return None;
+        }
+        status
+            .members
+            .iter()
+            .find(|m| m.id == status.leader_id && !m.addr.is_empty())
+            .map(|m| m.addr.clone())
+    }
+
     /// Proposes `command` on the leader and returns its outcome once this
     /// node has applied it too.
     pub async fn propose(&self, command: Command) -> Result<Outcome, Error> {

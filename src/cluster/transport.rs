@@ -1,9 +1,12 @@
-//! Raft messages to peers: one sender task per peer, each batching whatever
-//! queued while its previous batch was in flight into one `Raft` call.
+//! Raft messages to peers: one sender task per peer, each keeping one
+//! long-lived `Raft` stream open and writing whatever queued since its last
+//! write as one batch. A stream costs one frame per batch, where a call per
+//! batch cost a request, a response and a wait for it.
 //!
-//! Raft tolerates lost messages, so a full queue drops and a failed call is
+//! Raft tolerates lost messages, so nothing is retried here: a full queue
+//! drops, and while a stream is down what would go on it is dropped and
 //! reported to raft as the peer being unreachable (it then probes instead of
-//! streaming appends) rather than retried here.
+//! streaming appends) until a new stream is open.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -25,8 +28,14 @@ use super::Control;
 const QUEUE: usize = 8192;
 /// Most messages in one call.
 const MAX_BATCH: usize = 1024;
-/// A call that takes longer than this counts as failed (a partitioned peer).
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Batches written to a stream and not yet taken by HTTP/2; past it the
+/// peer counts as unreachable (it stopped reading) and messages drop.
+const STREAM_QUEUE: usize = 256;
+/// A peer that answers no HTTP/2 ping for this long has its stream closed.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// Waits before opening a new stream after one failed, doubling to the max.
+const RECONNECT_MIN: Duration = Duration::from_millis(20);
+const RECONNECT_MAX: Duration = Duration::from_millis(500);
 
 /// How long streaming one snapshot may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -73,16 +82,22 @@ impl Transport {
                 return;
             }
         };
-        let client = |timeout| {
-            PeerServiceClient::new(endpoint.clone().timeout(timeout).connect_lazy())
+        let client = |endpoint: tonic::transport::Endpoint| {
+            PeerServiceClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(crate::node::MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(crate::node::MAX_GRPC_MESSAGE)
         };
+        // A stream has no deadline; pings find a peer that went silent.
+        let streaming = endpoint
+            .clone()
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true);
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(send_loop(
             id,
             addr.to_string(),
-            client(CALL_TIMEOUT),
+            client(streaming),
             self.header.clone(),
             rx,
             self.control.clone(),
@@ -92,7 +107,7 @@ impl Transport {
             id,
             Link {
                 tx,
-                snapshots: client(SNAPSHOT_TIMEOUT),
+                snapshots: client(endpoint.timeout(SNAPSHOT_TIMEOUT)),
             },
         );
     }
@@ -189,39 +204,95 @@ async fn send_snapshot(
 async fn send_loop(
     peer: u64,
     addr: String,
-    mut client: PeerServiceClient<Channel>,
+    client: PeerServiceClient<Channel>,
     header: pb::PeerHeader,
     mut rx: mpsc::Receiver<Message>,
     control: mpsc::Sender<Control>,
 ) {
     let mut reachable = true;
+    let mut wait = RECONNECT_MIN;
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut messages = Vec::with_capacity(batch.len());
-        for m in batch.drain(..) {
-            match m.write_to_bytes() {
-                Ok(b) => messages.push(bytes::Bytes::from(b)),
-                Err(e) => tracing::error!(peer, error = %e, "cannot encode a raft message"),
-            }
-        }
-        let request = pb::RaftBatch {
+    loop {
+        let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
+        // The first batch names this node; the peer admits us on it.
+        let _ = stream_tx.try_send(pb::RaftBatch {
             header: Some(header.clone()),
-            messages,
+            messages: Vec::new(),
+        });
+        let (up_tx, up) = tokio::sync::oneshot::channel();
+        // Fused: once answered (or dropped) it stays pending.
+        let mut up = futures::FutureExt::fuse(up);
+        let mut call = {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let stream = tokio_stream::wrappers::ReceiverStream::new(stream_rx);
+                let mut answer = client.raft(stream).await?.into_inner();
+                let _ = up_tx.send(());
+                while answer.message().await?.is_some() {}
+                Ok::<(), tonic::Status>(())
+            })
         };
-        match client.raft(request).await {
-            Ok(_) => {
-                if !reachable {
+        let failure = loop {
+            tokio::select! {
+                Ok(()) = &mut up, if !reachable => {
                     tracing::info!(event = "peer_reachable", peer, %addr, "peer is reachable again");
                     reachable = true;
+                    wait = RECONNECT_MIN;
                 }
+                n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                    if n == 0 {
+                        // The link was replaced or removed.
+                        call.abort();
+                        return;
+                    }
+                    let request = pb::RaftBatch {
+                        header: None,
+                        messages: encode(peer, batch.drain(..)),
+                    };
+                    if stream_tx.try_send(request).is_err() {
+                        // The peer takes nothing in: treat it as gone.
+                        break "the peer stopped reading raft messages".to_string();
+                    }
+                }
+                ended = &mut call => break match ended {
+                    Ok(Ok(())) => "the peer closed the raft stream".to_string(),
+                    Ok(Err(status)) => status.message().to_string(),
+                    Err(e) => e.to_string(),
+                },
             }
-            Err(status) => {
-                if reachable {
-                    tracing::warn!(event = "peer_unreachable", peer, %addr, error = %status.message(), "cannot send raft messages to peer");
-                    reachable = false;
+        };
+        call.abort();
+        if reachable {
+            tracing::warn!(event = "peer_unreachable", peer, %addr, error = %failure, "cannot send raft messages to peer");
+            reachable = false;
+        }
+        let _ = control.try_send(Control::Unreachable(peer));
+        // Messages raft sends meanwhile are dropped: it sends them again.
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    batch.clear();
+                    let _ = control.try_send(Control::Unreachable(peer));
                 }
-                let _ = control.try_send(Control::Unreachable(peer));
             }
         }
+        wait = (wait * 2).min(RECONNECT_MAX);
     }
+}
+
+fn encode(peer: u64, messages: impl Iterator<Item = Message>) -> Vec<bytes::Bytes> {
+    messages
+        .filter_map(|m| match m.write_to_bytes() {
+            Ok(b) => Some(bytes::Bytes::from(b)),
+            Err(e) => {
+                tracing::error!(peer, error = %e, "cannot encode a raft message");
+                None
+            }
+        })
+        .collect()
 }
