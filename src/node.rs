@@ -12,7 +12,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{self, App};
 use crate::cluster::router::Router;
@@ -94,13 +93,17 @@ impl Node {
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
         let mut grpc_shutdown = shutdown.clone();
+        // The builder's tcp_nodelay covers only listeners it binds itself;
+        // without it, Nagle held the second write of an answer until the
+        // peer's delayed ACK (40 ms) came.
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
+            .with_nodelay(Some(true));
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(producer)
                 .add_service(worker)
                 .add_service(peer)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = grpc_shutdown.wait_for(|s| *s).await;
                 }),
         );
