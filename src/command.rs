@@ -1,4 +1,4 @@
-//! Commands are the only way state changes: each is one raft log entry,
+//! Commands are the only way state changes: they go into raft log entries,
 //! applied in log order by the [`crate::machine`] on every node. Outcomes are
 //! what apply returns to the request that proposed the command.
 //!
@@ -10,12 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobId, JobState, NewJob, Progress};
 
-/// One raft log entry's payload. `at_ms` is stamped by the leader when it
-/// proposes; the machine never reads a clock.
+/// One raft log entry's payload: every command the leader took in one turn
+/// of its loop, applied in order at one time. One entry per turn instead of
+/// per command is group commit reaching into the log: one record to write,
+/// send, decode and compact for many requests. `at_ms` is stamped by the
+/// leader when it proposes; the machine never reads a clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {
     pub at_ms: u64,
-    pub command: Command,
+    pub commands: Vec<Command>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +63,22 @@ impl Command {
             Command::Fail { .. } => "fail",
             Command::Cancel { .. } => "cancel",
             Command::Tick => "tick",
+        }
+    }
+
+    /// About how many bytes the command takes in the log; bounds how many
+    /// go into one entry.
+    pub fn approx_bytes(&self) -> usize {
+        const RECORD: usize = 64;
+        match self {
+            Command::Enqueue { jobs } => jobs.iter().map(|j| RECORD + j.payload.len()).sum(),
+            Command::Complete { items, .. } => items.iter().map(|c| RECORD + c.result.len()).sum(),
+            Command::Fail { items, .. } => items
+                .iter()
+                .map(|f| RECORD + f.message.len() + f.error_class.len())
+                .sum(),
+            Command::Heartbeat { leases, .. } => RECORD * leases.len(),
+            Command::Lease { .. } | Command::Cancel { .. } | Command::Tick => RECORD,
         }
     }
 }

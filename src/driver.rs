@@ -34,6 +34,10 @@ use crate::store::{Database, RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_I
 const MAX_PROPOSALS_PER_READY: usize = 4096;
 /// Raft messages and reports waiting for the driver before more are dropped.
 const CONTROL_QUEUE: usize = 16384;
+/// Commands go into one entry until it holds about this many bytes. The
+/// machine writes an entry in one sled batch, whose memory sled keeps until
+/// the batch ends, so this also bounds that.
+const MAX_ENTRY_BYTES: usize = 256 << 10;
 /// Most log entries dropped per Ready by compaction.
 const COMPACT_STEP: u64 = 1000;
 /// Most raft messages stepped before the driver handles a Ready.
@@ -249,11 +253,23 @@ impl slog::Drain for TracingDrain {
     }
 }
 
+/// The proposers waiting on one log entry.
 struct Pending {
     term: u64,
-    reply: Option<Reply>,
+    /// One per command of the entry, in order; None where nobody waits (a
+    /// Tick). A membership change has exactly one.
+    replies: Vec<Option<Reply>>,
     /// A membership change: answered by how its conf change applied.
     member: bool,
+}
+
+impl Pending {
+    /// Answers every waiter with the same error.
+    fn fail(self, error: impl Fn() -> Error) {
+        for reply in self.replies.into_iter().flatten() {
+            let _ = reply.send(Err(error()));
+        }
+    }
 }
 
 struct Driver {
@@ -537,13 +553,14 @@ impl Driver {
                 }
                 p = self.rx.recv() => {
                     let Some(p) = p else { break };
-                    self.propose_any(p.what, p.reply);
-                    for _ in 1..MAX_PROPOSALS_PER_READY {
+                    let mut turn = vec![p];
+                    while turn.len() < MAX_PROPOSALS_PER_READY {
                         match self.rx.try_recv() {
-                            Ok(p) => self.propose_any(p.what, p.reply),
+                            Ok(p) => turn.push(p),
                             Err(_) => break,
                         }
                     }
+                    self.propose_all(turn);
                 }
             }
             // While a flush is in flight, new proposals and messages wait in
@@ -556,9 +573,7 @@ impl Driver {
         }
         // These are in the log: another node may still commit them.
         for (_, p) in self.pending.drain() {
-            if let Some(reply) = p.reply {
-                let _ = reply.send(Err(Error::OutcomeUnknown));
-            }
+            p.fail(|| Error::OutcomeUnknown);
         }
         Ok(())
     }
@@ -604,10 +619,29 @@ impl Driver {
         }
     }
 
-    fn propose_any(&mut self, what: Proposed, reply: Reply) {
-        match what {
-            Proposed::Command(c) => self.propose(c, Some(reply)),
-            Proposed::Member(m) => self.propose_member(m, reply),
+    /// Proposes what one turn of the loop took in: the commands in as few
+    /// entries as [`MAX_ENTRY_BYTES`] allows, membership changes each alone.
+    fn propose_all(&mut self, turn: Vec<Proposal>) {
+        let mut commands = Vec::new();
+        let mut replies = Vec::new();
+        let mut bytes = 0;
+        for p in turn {
+            match p.what {
+                Proposed::Member(m) => self.propose_member(m, p.reply),
+                Proposed::Command(c) => {
+                    let size = c.approx_bytes();
+                    if !commands.is_empty() && bytes + size > MAX_ENTRY_BYTES {
+                        self.propose(std::mem::take(&mut commands), std::mem::take(&mut replies));
+                        bytes = 0;
+                    }
+                    bytes += size;
+                    commands.push(c);
+                    replies.push(Some(p.reply));
+                }
+            }
+        }
+        if !commands.is_empty() {
+            self.propose(commands, replies);
         }
     }
 
@@ -656,7 +690,7 @@ impl Driver {
                     index,
                     Pending {
                         term,
-                        reply: Some(reply),
+                        replies: vec![Some(reply)],
                         member: true,
                     },
                 );
@@ -667,19 +701,27 @@ impl Driver {
         }
     }
 
-    fn propose(&mut self, command: Command, reply: Option<Reply>) {
+    /// Proposes `commands` as one entry; `replies` holds one waiter (or
+    /// None) per command.
+    fn propose(&mut self, commands: Vec<Command>, replies: Vec<Option<Reply>>) {
         let retry_after_ms = self.tick_interval.as_millis() as u64 * 5;
+        let refuse = |replies: Vec<Option<Reply>>| {
+            Pending {
+                term: 0,
+                replies,
+                member: false,
+            }
+            .fail(|| Error::NoLeader { retry_after_ms })
+        };
         if self.raw.raft.state != StateRole::Leader {
             // A follower would forward it to the leader inside raft, where
             // its outcome could never come back to us.
-            if let Some(reply) = reply {
-                let _ = reply.send(Err(Error::NoLeader { retry_after_ms }));
-            }
-            return;
+            return refuse(replies);
         }
+        let ticks = commands.iter().any(|c| matches!(c, Command::Tick));
         let entry = LogEntry {
             at_ms: now_ms(),
-            command,
+            commands,
         };
         let data = bincode::serde::encode_to_vec(&entry, bincode::config::standard())
             .expect("bincode encoding of in-memory values cannot fail");
@@ -691,19 +733,15 @@ impl Driver {
                     index,
                     Pending {
                         term,
-                        reply,
+                        replies,
                         member: false,
                     },
                 );
-                if matches!(entry.command, Command::Tick) {
+                if ticks {
                     self.tick_in_flight = Some(index);
                 }
             }
-            Err(_) => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(Error::NoLeader { retry_after_ms }));
-                }
-            }
+            Err(_) => refuse(replies),
         }
     }
 
@@ -718,7 +756,7 @@ impl Driver {
             .next_due_ms()
             .is_some_and(|due| due <= now_ms())
         {
-            self.propose(Command::Tick, None);
+            self.propose(vec![Command::Tick], vec![None]);
         }
     }
 
@@ -793,8 +831,8 @@ impl Driver {
             .map(|(idx, _)| *idx)
             .collect();
         for idx in replaced {
-            if let Some(Pending { reply: Some(r), .. }) = self.pending.remove(&idx) {
-                let _ = r.send(Err(Error::Superseded));
+            if let Some(p) = self.pending.remove(&idx) {
+                p.fail(|| Error::Superseded);
             }
         }
     }
@@ -872,10 +910,10 @@ impl Driver {
             let (index, term) = (entry.index, entry.term);
             // Set for conf change entries: whether raft took the change.
             let mut membership = None;
-            let outcome = match entry.get_entry_type() {
+            let outcomes = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     self.machine.apply_noop(index, term);
-                    Outcome::Noop
+                    vec![Outcome::Noop]
                 }
                 EntryType::EntryNormal => {
                     match bincode::serde::decode_from_slice::<LogEntry, _>(
@@ -888,23 +926,23 @@ impl Driver {
                             // so skipping keeps them equal.
                             tracing::error!(event = "entry_undecodable", index, error = %e, "skipping a log entry that does not decode");
                             self.machine.apply_noop(index, term);
-                            Outcome::Rejected(Refusal::Undecodable {
+                            vec![Outcome::Rejected(Refusal::Undecodable {
                                 index,
                                 reason: e.to_string(),
-                            })
+                            })]
                         }
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     membership = Some(self.apply_conf_change(&entry)?);
                     self.machine.apply_noop(index, term);
-                    Outcome::Noop
+                    vec![Outcome::Noop]
                 }
             };
             if self.tick_in_flight.is_some_and(|i| i <= index) {
                 self.tick_in_flight = None;
             }
-            replies.push((index, term, outcome, membership));
+            replies.push((index, term, outcomes, membership));
             // Commits at entry boundaries, so each batch is still atomic with
             // the applied index it carries.
             if self.machine.wants_commit() {
@@ -914,17 +952,40 @@ impl Driver {
         self.machine.commit()?;
         // Publish before replying, so whoever is answered sees the new state.
         self.stats_tx.send_replace(Arc::new(self.machine.stats()));
-        for (index, term, outcome, membership) in replies {
-            if let Some(p) = self.pending.remove(&index) {
-                if let Some(reply) = p.reply {
-                    let _ = reply.send(match (p.term == term, p.member, membership) {
-                        (false, _, _) => Err(Error::Superseded),
-                        (true, false, _) => Ok((outcome, index)),
-                        (true, true, Some(Ok(()))) => Ok((outcome, index)),
-                        (true, true, Some(Err(reason))) => Err(Error::MembershipRefused(reason)),
-                        // raft replaced the change with an empty entry.
-                        (true, true, None) => Err(Error::MembershipBusy),
-                    });
+        for (index, term, outcomes, membership) in replies {
+            let Some(p) = self.pending.remove(&index) else {
+                continue;
+            };
+            if p.term != term {
+                p.fail(|| Error::Superseded);
+                continue;
+            }
+            if p.member {
+                match membership {
+                    Some(Ok(())) => {}
+                    Some(Err(reason)) => {
+                        p.fail(|| Error::MembershipRefused(reason.clone()));
+                        continue;
+                    }
+                    // raft replaced the change with an empty entry.
+                    None => {
+                        p.fail(|| Error::MembershipBusy);
+                        continue;
+                    }
+                }
+            }
+            // One outcome per command; an entry that did not decode has one
+            // for all of them.
+            let shared = if outcomes.len() == p.replies.len() {
+                None
+            } else {
+                outcomes.first().cloned()
+            };
+            let mut outcomes = outcomes.into_iter();
+            for reply in p.replies {
+                let outcome = shared.clone().or_else(|| outcomes.next());
+                if let (Some(reply), Some(outcome)) = (reply, outcome) {
+                    let _ = reply.send(Ok((outcome, index)));
                 }
             }
         }
@@ -1049,8 +1110,8 @@ impl Driver {
             .copied()
             .collect();
         for idx in covered {
-            if let Some(Pending { reply: Some(r), .. }) = self.pending.remove(&idx) {
-                let _ = r.send(Err(Error::OutcomeUnknown));
+            if let Some(p) = self.pending.remove(&idx) {
+                p.fail(|| Error::OutcomeUnknown);
             }
         }
         tracing::info!(

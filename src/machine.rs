@@ -323,19 +323,28 @@ impl Machine {
         }
     }
 
-    /// Applies one committed entry. Must be followed, after the last entry of
-    /// the range, by [`Machine::commit`].
+    /// Applies one committed entry: each of its commands in order, with one
+    /// outcome each. Must be followed, after the last entry of the range, by
+    /// [`Machine::commit`].
     pub fn apply(
         &mut self,
         index: u64,
         term: u64,
         entry: &LogEntry,
-    ) -> Result<Outcome, MachineError> {
+    ) -> Result<Vec<Outcome>, MachineError> {
         let now = entry.at_ms.max(self.meta.last_at_ms);
         self.meta.last_at_ms = now;
         self.meta.applied_index = index;
         self.meta.applied_term = term;
-        Ok(match &entry.command {
+        entry
+            .commands
+            .iter()
+            .map(|c| self.apply_command(now, c))
+            .collect()
+    }
+
+    fn apply_command(&mut self, now: u64, command: &Command) -> Result<Outcome, MachineError> {
+        Ok(match command {
             Command::Enqueue { jobs } => Outcome::Enqueued(self.enqueue(now, jobs)?),
             Command::Lease {
                 worker,

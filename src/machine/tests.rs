@@ -35,11 +35,15 @@ impl Harness {
 
     fn run(&mut self, at_ms: u64, command: Command) -> Outcome {
         self.index += 1;
-        let entry = LogEntry { at_ms, command };
+        let entry = LogEntry {
+            at_ms,
+            commands: vec![command],
+        };
         self.log.push(entry.clone());
-        let out = self.m.apply(self.index, 1, &entry).unwrap();
+        let mut out = self.m.apply(self.index, 1, &entry).unwrap();
         self.m.commit().unwrap();
-        out
+        assert_eq!(out.len(), 1, "one outcome per command");
+        out.remove(0)
     }
 
     fn enqueue(&mut self, at: u64, queue: &str, priority: u8) -> JobId {
@@ -403,6 +407,40 @@ fn replay_is_deterministic_and_reopen_rebuilds() {
     assert_eq!(reopened.stats().queues, stats.queues);
     assert_eq!(reopened.next_due_ms(), h.m.next_due_ms());
     assert_eq!(reopened.meta(), h.m.meta());
+}
+
+/// Commands the leader folds into one entry apply exactly as they would in
+/// entries of their own at the same time: same outcomes, same jobs.
+#[test]
+fn a_batched_entry_applies_like_its_commands_one_by_one() {
+    let mut h = Harness::new();
+    let a = h.enqueue(7, "q", 2);
+    let b = h.enqueue(7, "q", 1);
+    h.lease(7, "w", &["q"], 2);
+    h.complete(7, b, 1).unwrap();
+    h.fail(7, a, 1).unwrap();
+    assert!(h.complete(7, b, 1).is_err(), "a second completion is refused");
+    let one_by_one: Vec<Outcome> = {
+        let mut fresh = Harness::new();
+        h.log
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| fresh.m.apply(i as u64 + 1, 1, e).unwrap())
+            .collect()
+    };
+
+    let mut batched = Harness::new();
+    let entry = LogEntry {
+        at_ms: 7,
+        commands: h.log.iter().flat_map(|e| e.commands.clone()).collect(),
+    };
+    let outcomes = batched.m.apply(1, 1, &entry).unwrap();
+    batched.m.commit().unwrap();
+    assert_eq!(outcomes, one_by_one);
+    assert_eq!(batched.m.stats().queues, h.m.stats().queues);
+    for id in [a, b] {
+        assert_eq!(batched.m.reader().job(id).unwrap(), h.m.reader().job(id).unwrap());
+    }
 }
 
 #[test]
