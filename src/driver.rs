@@ -1,12 +1,13 @@
 //! The raft driver: one task, on its own thread, owns the `RawNode` and the
 //! state machine. Everything else talks to it through [`DriverHandle`].
 //!
-//! Each turn of its loop drains every proposal waiting in the channel into
-//! raft, then handles one `Ready` in the order raft-rs asks: send messages,
-//! apply committed entries, persist new entries and hard state (one sled
-//! batch, one flush), send persisted messages, advance, apply what the light
-//! ready committed. That is group commit: proposals that arrive while a flush
-//! runs share the next one.
+//! Each turn of its loop puts every proposal waiting in the channel into one
+//! log entry, then handles one `Ready` in the order raft-rs asks: send
+//! messages, apply committed entries, write new entries and hard state to
+//! sled, and hand the flush to the flusher thread; messages that must wait
+//! for durability (votes, append responses) go out when it reports back.
+//! That is group commit: everything written while a flush runs shares the
+//! next one.
 //!
 //! Waiting proposals are keyed by (index, term). An entry applied at that
 //! index with another term means a new leader replaced ours: its proposer is
@@ -563,12 +564,12 @@ impl Driver {
                     self.propose_all(turn);
                 }
             }
-            // While a flush is in flight, new proposals and messages wait in
-            // raft's unstable log and go out in one Ready when it lands: one
-            // sled write and one flush per batch instead of per arrival.
-            if self.awaiting_flush.is_none() {
-                self.handle_ready()?;
-            }
+            // Handled even while a flush is in flight: new entries go to
+            // sled and the flusher folds them into its next flush (group
+            // commit), and whatever a quorum has made durable is applied at
+            // once instead of after this node's own flush. Waiting for the
+            // flush instead measured 10-20% more CPU per job on 3 nodes.
+            self.handle_ready()?;
             self.publish_status();
         }
         // These are in the log: another node may still commit them.
@@ -854,8 +855,8 @@ impl Driver {
     }
 
     /// A Ready that installs a snapshot is handled synchronously: raft may
-    /// count the snapshot as applied only once it is persisted. (Readies are
-    /// only handled with no flush in flight, so nothing is pending.)
+    /// count the snapshot as applied only once it is persisted. Whatever an
+    /// earlier Ready left to the flusher is made durable first.
     fn handle_snapshot_ready(&mut self, mut rd: raft::Ready) -> Result<(), DriverError> {
         if let Some(n) = self.awaiting_flush {
             self.raw.store().flush()?;
