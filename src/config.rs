@@ -160,6 +160,11 @@ pub struct Raft {
     /// A snapshot of the machine is written every this many applied entries;
     /// followers too far behind the compacted log are sent the newest one.
     pub snapshot_every: u64,
+    /// Entries the leader may have proposed and not yet committed; past it
+    /// new requests wait and go into one entry once one commits. 1 (stop
+    /// and wait) batches the most and costs the least CPU per request; more
+    /// pipelines replication round trips. 0 means no limit.
+    pub max_inflight_entries: u64,
 }
 
 impl Default for Raft {
@@ -170,6 +175,7 @@ impl Default for Raft {
             heartbeat_ticks: 2,
             log_keep_entries: 20_000,
             snapshot_every: 100_000,
+            max_inflight_entries: 1,
         }
     }
 }

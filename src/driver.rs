@@ -301,6 +301,7 @@ struct Driver {
     shutdown: watch::Receiver<bool>,
     tick_interval: Duration,
     log_keep: u64,
+    max_inflight: u64,
     /// Index of a Tick proposed and not yet applied; one at a time.
     tick_in_flight: Option<u64>,
     node_id: u64,
@@ -504,6 +505,7 @@ pub fn start(
         shutdown,
         tick_interval: cfg.raft.tick_interval,
         log_keep: cfg.raft.log_keep_entries,
+        max_inflight: cfg.raft.max_inflight_entries,
         tick_in_flight: None,
         node_id: cfg.node_id,
     };
@@ -552,7 +554,7 @@ impl Driver {
                         }
                     }
                 }
-                p = self.rx.recv() => {
+                p = self.rx.recv(), if self.takes_proposals() => {
                     let Some(p) = p else { break };
                     let mut turn = vec![p];
                     while turn.len() < MAX_PROPOSALS_PER_READY {
@@ -618,6 +620,19 @@ impl Driver {
                 );
             }
         }
+    }
+
+    /// Whether to take new proposals now: a leader with
+    /// `max_inflight_entries` uncommitted entries holds them back, so they
+    /// pile up in the channel and go into one entry once one commits. That
+    /// batches by how long replication takes, not by how fast requests come.
+    /// Other nodes refuse them at once, so they need no limit.
+    fn takes_proposals(&self) -> bool {
+        if self.max_inflight == 0 || self.raw.raft.state != StateRole::Leader {
+            return true;
+        }
+        let log = &self.raw.raft.raft_log;
+        log.last_index().saturating_sub(log.committed) < self.max_inflight
     }
 
     /// Proposes what one turn of the loop took in: the commands in as few
