@@ -1033,7 +1033,11 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     header: Header,
     from_reserve: bool,
 ) -> Result<()> {
-    maybe_seal_and_write_iobuf_inner(iobufs, iobuf, header, from_reserve, false)
+    // drover: every sealed buffer is written by the thread that sealed it
+    // (drover's raft driver), not handed to the IO pool: the hand-off cost
+    // two context switches per buffer, and the pool's write ended with a
+    // sync_file_range that drover's own fdatasync makes redundant.
+    maybe_seal_and_write_iobuf_inner(iobufs, iobuf, header, from_reserve, true)
 }
 
 fn maybe_seal_and_write_iobuf_inner(
