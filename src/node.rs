@@ -96,8 +96,8 @@ impl Node {
         // The builder's tcp_nodelay covers only listeners it binds itself;
         // without it, Nagle held the second write of an answer until the
         // peer's delayed ACK (40 ms) came.
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
-            .with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(producer)

@@ -148,7 +148,11 @@ impl EntryCache {
         while self.entries.back().is_some_and(|e| e.index >= first.index) {
             self.pop_back();
         }
-        if self.entries.back().is_some_and(|e| e.index + 1 != first.index) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|e| e.index + 1 != first.index)
+        {
             self.clear();
         }
         for e in written {

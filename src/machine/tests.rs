@@ -419,7 +419,10 @@ fn a_batched_entry_applies_like_its_commands_one_by_one() {
     h.lease(7, "w", &["q"], 2);
     h.complete(7, b, 1).unwrap();
     h.fail(7, a, 1).unwrap();
-    assert!(h.complete(7, b, 1).is_err(), "a second completion is refused");
+    assert!(
+        h.complete(7, b, 1).is_err(),
+        "a second completion is refused"
+    );
     let one_by_one: Vec<Outcome> = {
         let mut fresh = Harness::new();
         h.log
@@ -439,7 +442,10 @@ fn a_batched_entry_applies_like_its_commands_one_by_one() {
     assert_eq!(outcomes, one_by_one);
     assert_eq!(batched.m.stats().queues, h.m.stats().queues);
     for id in [a, b] {
-        assert_eq!(batched.m.reader().job(id).unwrap(), h.m.reader().job(id).unwrap());
+        assert_eq!(
+            batched.m.reader().job(id).unwrap(),
+            h.m.reader().job(id).unwrap()
+        );
     }
 }
 
