@@ -433,17 +433,22 @@ impl Log {
                  to log from exit_reservation",
                 lsn
             );
-            let iobufs = self.iobufs.clone();
-            let iobuf = iobuf.clone();
-            threadpool::spawn(move || {
-                if let Err(e) = iobufs.write_to_log(&iobuf) {
-                    error!(
-                        "hit error while writing iobuf with lsn {}: {:?}",
-                        lsn, e
-                    );
-                    iobufs.config.set_global_error(e);
-                }
-            })?;
+            // drover: the last writer out of a sealed buffer writes it
+            // itself. With drover's flusher sealing buffers while the raft
+            // driver writes, this ran on every flush; handing it to the IO
+            // pool cost two context switches and a `sync_file_range` that
+            // the flush's own `fdatasync` makes redundant.
+            if let Err(e) = self.iobufs.write_to_log_inner(iobuf, false) {
+                error!(
+                    "hit error while writing iobuf with lsn {}: {:?}",
+                    lsn, e
+                );
+                self.iobufs.config.set_global_error(e.clone());
+                let intervals = self.iobufs.intervals.lock();
+                drop(intervals);
+                let _notified = self.iobufs.interval_updated.notify_all();
+                return Err(e);
+            }
 
             Ok(())
         } else {
