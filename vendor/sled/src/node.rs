@@ -602,12 +602,7 @@ impl Node {
         } else if self.data.is_index() {
             256
         } else {
-            // drover: 48 items per leaf instead of 16. drover's keys grow
-            // in order (log indexes, job ids), so each split left a half-full
-            // leaf behind every ~8 inserts, and splits cost ~9% of a
-            // follower's CPU; 48 measured ~5% less CPU per job on 3 nodes
-            // and 1M pending jobs in 218 MB instead of 238 MB.
-            48
+            16
         };
 
         let size_checks = self.data.len() > threshold;
