@@ -100,6 +100,10 @@ impl Node {
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
+                // Finds connections of peers and clients that died without
+                // closing them, which long-lived streams would keep.
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
                 .add_service(producer)
                 .add_service(worker)
                 .add_service(peer)

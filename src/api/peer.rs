@@ -27,21 +27,27 @@ impl Peer {
                 cfg.cluster_id, h.cluster_id
             )));
         }
-        let known = cfg.peers.iter().any(|p| p.id == h.from)
+        self.check_member(h.from)?;
+        Ok(h.from)
+    }
+
+    /// Refuses a node that is not (or no longer) a member of this cluster.
+    fn check_member(&self, from: u64) -> Result<(), Status> {
+        let cfg = &self.app.config;
+        let known = cfg.peers.iter().any(|p| p.id == from)
             || self
                 .app
                 .driver
-                .status()
+                .status_ref()
                 .members
                 .iter()
-                .any(|m| m.id == h.from);
-        if !known || h.from == cfg.node_id {
+                .any(|m| m.id == from);
+        if !known || from == cfg.node_id {
             return Err(Status::permission_denied(format!(
-                "node {} is not a member of this cluster; add it with `drover cluster add` first",
-                h.from
+                "node {from} is not a member of this cluster; add it with `drover cluster add` first"
             )));
         }
-        Ok(h.from)
+        Ok(())
     }
 
     /// Hands raft messages from member `from` to the driver.
@@ -87,11 +93,26 @@ impl PeerService for Peer {
         let peer = Peer {
             app: self.app.clone(),
         };
+        let mut shutdown = self.app.shutdown.clone();
         let taken = async move {
-            while let Some(batch) = stream.message().await? {
-                peer.step(from, batch.messages)?;
+            loop {
+                tokio::select! {
+                    batch = stream.message() => match batch? {
+                        Some(batch) => {
+                            // A member removed while its stream was open
+                            // is refused from its next batch on.
+                            peer.check_member(from)?;
+                            peer.step(from, batch.messages)?;
+                        }
+                        None => return Ok(()),
+                    },
+                    // Ended, so the server's graceful stop need not wait
+                    // for peers to hang up.
+                    _ = shutdown.wait_for(|stopping| *stopping) => {
+                        return Err(Status::unavailable("this node is stopping"));
+                    }
+                }
             }
-            Ok::<(), Status>(())
         };
         // Yields nothing; ends with the inbound stream, or with its error.
         let answer = futures::stream::once(taken)

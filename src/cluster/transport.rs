@@ -26,8 +26,12 @@ use super::Control;
 
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 8192;
-/// Most messages in one call.
+/// Most messages taken from the queue at once.
 const MAX_BATCH: usize = 1024;
+/// Most encoded bytes in one stream frame, well under the gRPC message
+/// limit: a leader catching a follower up sends hundreds of appends of up
+/// to 1 MiB at once.
+const MAX_FRAME_BYTES: usize = 16 << 20;
 /// Batches written to a stream and not yet taken by HTTP/2; past it the
 /// peer counts as unreachable (it stopped reading) and messages drop.
 const STREAM_QUEUE: usize = 256;
@@ -245,11 +249,10 @@ async fn send_loop(
                         call.abort();
                         return;
                     }
-                    let request = pb::RaftBatch {
-                        header: None,
-                        messages: encode(peer, batch.drain(..)),
-                    };
-                    if stream_tx.try_send(request).is_err() {
+                    let frames = frames(encode(peer, batch.drain(..)));
+                    if frames.into_iter().any(|messages| {
+                        stream_tx.try_send(pb::RaftBatch { header: None, messages }).is_err()
+                    }) {
                         // The peer takes nothing in: treat it as gone.
                         break "the peer stopped reading raft messages".to_string();
                     }
@@ -285,6 +288,26 @@ async fn send_loop(
     }
 }
 
+/// Splits encoded messages into frames of at most [`MAX_FRAME_BYTES`]
+/// (a bigger message gets a frame of its own).
+fn frames(messages: Vec<bytes::Bytes>) -> Vec<Vec<bytes::Bytes>> {
+    let mut out: Vec<Vec<bytes::Bytes>> = Vec::new();
+    let mut size = 0;
+    for m in messages {
+        match out.last_mut() {
+            Some(frame) if size + m.len() <= MAX_FRAME_BYTES => {
+                size += m.len();
+                frame.push(m);
+            }
+            _ => {
+                size = m.len();
+                out.push(vec![m]);
+            }
+        }
+    }
+    out
+}
+
 fn encode(peer: u64, messages: impl Iterator<Item = Message>) -> Vec<bytes::Bytes> {
     messages
         .filter_map(|m| match m.write_to_bytes() {
@@ -295,4 +318,25 @@ fn encode(peer: u64, messages: impl Iterator<Item = Message>) -> Vec<bytes::Byte
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_stay_under_the_limit_and_keep_order() {
+        let big = MAX_FRAME_BYTES / 3 + 1;
+        let messages: Vec<bytes::Bytes> = (0..7u8)
+            .map(|i| bytes::Bytes::from(vec![i; big]))
+            .chain([bytes::Bytes::from(vec![9u8; MAX_FRAME_BYTES + 5])])
+            .chain([bytes::Bytes::from_static(b"x")])
+            .collect();
+        let frames = frames(messages.clone());
+        assert!(frames
+            .iter()
+            .all(|f| f.len() == 1 || f.iter().map(|m| m.len()).sum::<usize>() <= MAX_FRAME_BYTES));
+        assert_eq!(frames.concat(), messages, "nothing lost or reordered");
+        assert_eq!(frames.len(), 6);
+    }
 }

@@ -571,8 +571,9 @@ impl IoBufs {
     }
 
     /// drover: `sync_range` false skips the `sync_file_range` after the
-    /// write. Only a flush's own inline write passes false: drover follows
-    /// every flush with an fdatasync of the log file, which covers it.
+    /// write. Every write drover's paths make passes false: drover follows
+    /// every flush with an fdatasync of the log file, which covers it, and
+    /// `write_snapshot` syncs the log before a snapshot points into it.
     pub(crate) fn write_to_log_inner(&self, iobuf: &IoBuf, sync_range: bool) -> Result<()> {
         let _measure = Measure::new(&M.write_to_log);
         let header = iobuf.get_header();

@@ -512,6 +512,11 @@ fn read_snapshot(config: &RunningConfig) -> Result<Option<Snapshot>> {
 fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
     trace!("writing snapshot {:?}", snapshot);
 
+    // drover: log writes are no longer `sync_file_range`d one by one (drover
+    // fdatasyncs the log after every flush), so make the log the snapshot
+    // points into durable before the snapshot itself is.
+    config.file.sync_all()?;
+
     let raw_bytes = snapshot.serialize();
     let decompressed_len = raw_bytes.len();
 
