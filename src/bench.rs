@@ -150,6 +150,73 @@ impl LocalNode {
             .ok()?;
         Some(kb * 1024)
     }
+
+    /// CPU seconds the node has used so far (user and system).
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name, which is in parentheses.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (ticks > 0).then(|| (utime + stime) / ticks as f64)
+    }
+}
+
+/// CPU seconds used so far by this process (the load generator) and by the
+/// nodes it started (none when targeting `--server`).
+#[derive(Clone, Copy)]
+struct CpuMark {
+    client: f64,
+    nodes: Option<f64>,
+}
+
+impl CpuMark {
+    fn now(target: &Target) -> CpuMark {
+        // SAFETY: getrusage fills the struct it is given.
+        let client = unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut u);
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            secs(u.ru_utime) + secs(u.ru_stime)
+        };
+        let nodes = (!target.nodes.is_empty())
+            .then(|| {
+                target
+                    .nodes
+                    .iter()
+                    .map(LocalNode::cpu_seconds)
+                    .sum::<Option<f64>>()
+            })
+            .flatten();
+        CpuMark { client, nodes }
+    }
+
+    /// Microseconds of CPU per operation since `start`: (nodes, client).
+    fn per_op_since(self, start: CpuMark, ops: u64) -> Cpu {
+        let per = |a: f64, b: f64| (a - b) * 1e6 / ops.max(1) as f64;
+        Cpu {
+            nodes: self.nodes.zip(start.nodes).map(|(a, b)| per(a, b)),
+            client: per(self.client, start.client),
+        }
+    }
+}
+
+/// CPU per operation of one run, in microseconds. On this shared machine it
+/// moves far less from run to run than the rate does, so it is what tells
+/// whether a change made the work cheaper.
+#[derive(Clone, Copy)]
+struct Cpu {
+    nodes: Option<f64>,
+    client: f64,
+}
+
+/// What a throughput run measured.
+struct Run {
+    rate: f64,
+    cpu: Cpu,
 }
 
 /// What one run talks to: the given servers, or nodes it started.
@@ -254,7 +321,7 @@ async fn drive<F, Fut>(
     clients: usize,
     total: u64,
     op: F,
-) -> Result<f64, BenchError>
+) -> Result<Run, BenchError>
 where
     F: Fn(Producer) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<u64, ClientError>> + Send,
@@ -265,6 +332,7 @@ where
     }
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let cpu_start = CpuMark::now(target);
     let mut tasks = Vec::new();
     for p in producers {
         let next = next.clone();
@@ -284,10 +352,14 @@ where
     for t in tasks {
         t.await.map_err(|e| BenchError::Spawn(e.to_string()))??;
     }
-    Ok(next.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    let done = next.load(Ordering::Relaxed);
+    Ok(Run {
+        rate: done as f64 / start.elapsed().as_secs_f64(),
+        cpu: CpuMark::now(target).per_op_since(cpu_start, done),
+    })
 }
 
-async fn ping(args: &BenchArgs) -> Result<f64, BenchError> {
+async fn ping(args: &BenchArgs) -> Result<Run, BenchError> {
     let target = target(args).await?;
     drive(&target, args.producers, args.jobs, |mut p| async move {
         p.ping().await?;
@@ -296,7 +368,7 @@ async fn ping(args: &BenchArgs) -> Result<f64, BenchError> {
     .await
 }
 
-async fn enqueue(args: &BenchArgs, per_request: usize) -> Result<f64, BenchError> {
+async fn enqueue(args: &BenchArgs, per_request: usize) -> Result<Run, BenchError> {
     let target = target(args).await?;
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
     drive(&target, args.producers, args.jobs, move |mut p| {
@@ -311,7 +383,7 @@ async fn enqueue(args: &BenchArgs, per_request: usize) -> Result<f64, BenchError
 
 /// Producers and workers at once; a job counts when its completion is
 /// acknowledged.
-async fn end_to_end(args: &BenchArgs) -> Result<f64, BenchError> {
+async fn end_to_end(args: &BenchArgs) -> Result<Run, BenchError> {
     let target = target(args).await?;
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
     let total = args.jobs;
@@ -319,6 +391,7 @@ async fn end_to_end(args: &BenchArgs) -> Result<f64, BenchError> {
     let (stop_tx, stop) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let start = Instant::now();
+    let cpu_start = CpuMark::now(&target);
     let mut workers = Vec::new();
     for i in 0..args.workers {
         let opts = WorkerOptions::new(
@@ -352,7 +425,10 @@ async fn end_to_end(args: &BenchArgs) -> Result<f64, BenchError> {
             .map_err(|e| BenchError::Spawn(e.to_string()))??
             .completed;
     }
-    Ok(completed as f64 / start.elapsed().as_secs_f64())
+    Ok(Run {
+        rate: completed as f64 / start.elapsed().as_secs_f64(),
+        cpu: CpuMark::now(&target).per_op_since(cpu_start, completed),
+    })
 }
 
 /// One producer, one job per request: (p50, p99) in milliseconds.
@@ -410,25 +486,41 @@ fn figure(mut v: Vec<f64>) -> Figure {
     }
 }
 
-async fn repeat<F, Fut>(runs: usize, f: F) -> Result<Figure, BenchError>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<f64, BenchError>>,
-{
-    let mut v = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        v.push(f().await?);
-    }
-    Ok(figure(v))
+/// The runs of one workload: rates, and the median CPU per operation.
+struct Figures {
+    rate: Figure,
+    nodes_cpu: Option<f64>,
+    client_cpu: f64,
 }
 
-fn print_rate(name: &str, f: &Figure, unit: &str, ceiling: Option<f64>) {
+async fn repeat<F, Fut>(runs: usize, f: F) -> Result<Figures, BenchError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Run, BenchError>>,
+{
+    let mut done = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        done.push(f().await?);
+    }
+    let nodes: Option<Vec<f64>> = done.iter().map(|r| r.cpu.nodes).collect();
+    Ok(Figures {
+        rate: figure(done.iter().map(|r| r.rate).collect()),
+        nodes_cpu: nodes.map(|v| figure(v).median),
+        client_cpu: figure(done.iter().map(|r| r.cpu.client).collect()).median,
+    })
+}
+
+fn print_rate(name: &str, f: &Figures, unit: &str, ceiling: Option<f64>) {
     let ratio = ceiling
-        .map(|c| format!("  {:.2} of the no-op ceiling", f.median / c))
+        .map(|c| format!("  {:.2} of the no-op ceiling", f.rate.median / c))
+        .unwrap_or_default();
+    let nodes = f
+        .nodes_cpu
+        .map(|n| format!("nodes {n:.0} + "))
         .unwrap_or_default();
     println!(
-        "{name:<10} {:>9.0} {unit}  (min {:.0}, max {:.0}){ratio}",
-        f.median, f.min, f.max
+        "{name:<10} {:>9.0} {unit}  (min {:.0}, max {:.0}){ratio}  cpu/op {nodes}client {:.0} us",
+        f.rate.median, f.rate.min, f.rate.max, f.client_cpu
     );
 }
 
@@ -450,7 +542,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     if want("ping") {
         let f = repeat(args.runs, || ping(&args)).await?;
         print_rate("ping", &f, "calls/s", None);
-        ceiling = Some(f.median);
+        ceiling = Some(f.rate.median);
     }
     if want("enq") {
         let f = repeat(args.runs, || enqueue(&args, 1)).await?;
