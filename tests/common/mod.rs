@@ -183,11 +183,25 @@ pub fn new_job(queue: &str, payload: &str) -> drover::proto::v1::NewJob {
 }
 
 /// A loopback port that was free a moment ago.
+/// A port nothing listens on, for a node to bind later. Taken below Linux's
+/// ephemeral range (32768 and up): a port the kernel picked with bind(:0)
+/// could be handed to some outgoing connection (raft streams reconnect
+/// often) before the node bound it. A counter keeps this binary's tests on
+/// distinct ports; its start depends on the process id.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = (std::process::id() % 1000) * 10;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from(LOW + (base + n) % SPAN).expect("port range fits u16");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN);
 }
 
 /// Real node processes forming one cluster on loopback.
