@@ -79,6 +79,14 @@ impl NodeStatus {
     pub fn is_leader(&self) -> bool {
         self.role == "leader"
     }
+
+    /// Where member `id` is reached, if known.
+    pub fn addr_of(&self, id: u64) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| m.id == id && !m.addr.is_empty())
+            .map(|m| m.addr.as_str())
+    }
 }
 
 /// A member as the leader sees it.
@@ -267,9 +275,13 @@ struct Pending {
 impl Pending {
     /// Answers every waiter with the same error.
     fn fail(self, error: impl Fn() -> Error) {
-        for reply in self.replies.into_iter().flatten() {
-            let _ = reply.send(Err(error()));
-        }
+        fail_all(self.replies, error);
+    }
+}
+
+fn fail_all(replies: Vec<Option<Reply>>, error: impl Fn() -> Error) {
+    for reply in replies.into_iter().flatten() {
+        let _ = reply.send(Err(error()));
     }
 }
 
@@ -722,14 +734,7 @@ impl Driver {
     /// None) per command.
     fn propose(&mut self, commands: Vec<Command>, replies: Vec<Option<Reply>>) {
         let retry_after_ms = self.tick_interval.as_millis() as u64 * 5;
-        let refuse = |replies: Vec<Option<Reply>>| {
-            Pending {
-                term: 0,
-                replies,
-                member: false,
-            }
-            .fail(|| Error::NoLeader { retry_after_ms })
-        };
+        let refuse = |replies| fail_all(replies, || Error::NoLeader { retry_after_ms });
         if self.raw.raft.state != StateRole::Leader {
             // A follower would forward it to the leader inside raft, where
             // its outcome could never come back to us.

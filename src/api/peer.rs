@@ -31,6 +31,22 @@ impl Peer {
         Ok(h.from)
     }
 
+    /// Reads a peer stream's first message, which names the sender, and
+    /// admits the sender.
+    async fn open<T>(
+        &self,
+        stream: &mut Streaming<T>,
+        header: impl Fn(&T) -> Option<&pb::PeerHeader>,
+        empty: &'static str,
+    ) -> Result<(u64, T), Status> {
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument(empty))?;
+        let from = self.admit(header(&first))?;
+        Ok((from, first))
+    }
+
     /// Refuses a node that is not (or no longer) a member of this cluster.
     fn check_member(&self, from: u64) -> Result<(), Status> {
         let cfg = &self.app.config;
@@ -84,11 +100,13 @@ impl PeerService for Peer {
         req: Request<Streaming<pb::RaftBatch>>,
     ) -> Result<Response<Self::RaftStream>, Status> {
         let mut stream = req.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("raft stream ended before its header"))?;
-        let from = self.admit(first.header.as_ref())?;
+        let (from, first) = self
+            .open(
+                &mut stream,
+                |b| b.header.as_ref(),
+                "raft stream ended before its header",
+            )
+            .await?;
         self.step(from, first.messages)?;
         let peer = Peer {
             app: self.app.clone(),
@@ -148,11 +166,9 @@ impl PeerService for Peer {
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotAck>, Status> {
         let mut stream = req.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let from = self.admit(first.header.as_ref())?;
+        let (from, first) = self
+            .open(&mut stream, |c| c.header.as_ref(), "empty snapshot stream")
+            .await?;
         let mut msg = raft::eraftpb::Message::parse_from_bytes(&first.message).map_err(|e| {
             Status::invalid_argument(format!(
                 "undecodable snapshot message from node {from}: {e}"

@@ -75,8 +75,11 @@ pub fn hinted_leader<T>(response: &tonic::Response<T>, urls: &[String]) -> Optio
 }
 
 /// Asks the node behind `channel` who leads; the position in `urls` of the
-/// leader if it is another node the caller knows.
+/// leader if it is another node the caller knows (never, given one node).
 pub async fn find_leader(channel: Channel, urls: &[String]) -> Option<usize> {
+    if urls.len() < 2 {
+        return None;
+    }
     let response = client(channel).ping(pb::PingRequest {}).await.ok()?;
     hinted_leader(&response, urls)
 }
@@ -155,11 +158,10 @@ impl Producer {
             nodes.push(endpoint.connect_lazy());
         }
         // Start at the leader if the node reached names it.
-        if let Some(leader) = match current {
-            Some(i) if urls.len() > 1 => find_leader(nodes[i].clone(), &urls).await,
-            _ => None,
-        } {
-            current = Some(leader);
+        if let Some(i) = current {
+            if let Some(leader) = find_leader(nodes[i].clone(), &urls).await {
+                current = Some(leader);
+            }
         }
         match current {
             Some(current) => Ok(Producer {

@@ -54,11 +54,7 @@ impl Router {
         if status.is_leader() || status.leader_id == 0 {
             return None;
         }
-        status
-            .members
-            .iter()
-            .find(|m| m.id == status.leader_id && !m.addr.is_empty())
-            .map(|m| m.addr.clone())
+        status.addr_of(status.leader_id).map(String::from)
     }
 
     /// Proposes `command` on the leader and returns its outcome once this
@@ -206,10 +202,8 @@ impl Router {
     /// A client for member `id`, at the address the membership gives.
     fn client(&self, status: &NodeStatus, id: u64) -> Result<PeerServiceClient<Channel>, Error> {
         let addr = status
-            .members
-            .iter()
-            .find(|m| m.id == id && !m.addr.is_empty())
-            .map(|m| m.addr.clone())
+            .addr_of(id)
+            .map(String::from)
             .ok_or(Error::NoLeader {
                 retry_after_ms: self.driver.retry_after_ms(),
             })?;
