@@ -130,6 +130,13 @@ pub enum Refusal {
     Undecodable { index: u64, reason: String },
 }
 
+/// A job handed to a worker, with the payload it runs on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasedJob {
+    pub job: Job,
+    pub payload: Bytes,
+}
+
 /// What applying a command produced. Serializable because a follower gets it
 /// back from the leader it forwarded the command to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,7 +144,7 @@ pub enum Outcome {
     Enqueued(Vec<Enqueued>),
     /// The jobs leased, with their new lease. Payloads are read from the store
     /// by the caller, so followers do not copy them.
-    Leased(Vec<Job>),
+    Leased(Vec<LeasedJob>),
     /// One result per item of a heartbeat, complete or fail, in order.
     Acks(Vec<Result<(), Refusal>>),
     /// The state the job was in when it was cancelled.

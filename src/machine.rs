@@ -14,7 +14,13 @@
 //! pending jobs small.
 //!
 //! Key layout of the tree, one byte of prefix per record kind:
-//! `m` meta, `j`+id job, `p`+id payload, `r`+id result, `i`+scope idempotency.
+//! `f` format, `m` meta, `j`+id job with its payload, `r`+id result,
+//! `i`+scope idempotency.
+//!
+//! A job and its payload share one record: an enqueue is one tree write per
+//! job instead of two (a sled insert costs ~8 µs, on every node), and a lease
+//! reads the payload with the job. State changes rewrite the payload with
+//! the record, which costs far less than the second insert did.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -22,13 +28,16 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Command, Completion, Enqueued, Failure, LeaseBeat, LogEntry, Outcome, Refusal,
+    Command, Completion, Enqueued, Failure, LeaseBeat, LeasedJob, LogEntry, Outcome, Refusal,
 };
 use crate::job::{Job, JobId, JobState, Lease, NewJob, PRIORITY_LOWEST};
 
 const META_KEY: &[u8] = b"m";
+const FORMAT_KEY: &[u8] = b"f";
+/// Layout of the tree; a tree of another layout is refused, not misread.
+/// 1 kept payloads under their own `p` keys.
+const FORMAT: u8 = 2;
 const JOB: u8 = b'j';
-const PAYLOAD: u8 = b'p';
 const RESULT: u8 = b'r';
 const IDEMPOTENCY: u8 = b'i';
 
@@ -63,6 +72,8 @@ pub enum MachineError {
     Storage(#[from] sled::Error),
     #[error("machine record {key} is corrupt ({reason}); the data dir is damaged: restore it from a backup or let the node re-sync from its peers")]
     Corrupt { key: String, reason: String },
+    #[error("the job store has layout {found}, this drover reads layout {FORMAT}: it was written by another version of drover; run that version, or start this node with an empty data dir so it re-syncs from its peers")]
+    Format { found: String },
 }
 
 /// Persisted with every commit; the applied index and the state it describes
@@ -200,6 +211,25 @@ fn decode<T: for<'de> Deserialize<'de>>(k: &[u8], bytes: &[u8]) -> Result<T, Mac
         })
 }
 
+/// Refuses a tree of another layout; marks an empty one with this layout.
+/// Every node starts empty or from a snapshot (which carries the mark), so
+/// the mark is the same on all of them.
+fn check_format(tree: &sled::Tree) -> Result<(), MachineError> {
+    match tree.get(FORMAT_KEY)? {
+        Some(v) if v.as_ref() == [FORMAT] => Ok(()),
+        Some(v) => Err(MachineError::Format {
+            found: format!("{:?}", v.as_ref()),
+        }),
+        None if tree.is_empty() => {
+            tree.insert(FORMAT_KEY, &[FORMAT])?;
+            Ok(())
+        }
+        None => Err(MachineError::Format {
+            found: "1 (no layout mark)".into(),
+        }),
+    }
+}
+
 /// An order-sensitive hash of records in key order: equal trees, equal hashes.
 fn hash_records<'a>(records: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
     let mut h = 0u64;
@@ -239,6 +269,7 @@ impl Machine {
     /// Opens the machine on its tree and rebuilds the in-memory indexes from
     /// the job records.
     pub fn open(tree: sled::Tree, cfg: MachineConfig) -> Result<Machine, MachineError> {
+        check_format(&tree)?;
         let meta = match tree.get(META_KEY)? {
             Some(bytes) => decode(META_KEY, &bytes)?,
             None => Meta {
@@ -259,7 +290,7 @@ impl Machine {
         };
         for item in machine.tree.scan_prefix([JOB]) {
             let (k, v) = item?;
-            let job: Job = decode(&k, &v)?;
+            let (job, _payload): (Job, bytes::Bytes) = decode(&k, &v)?;
             machine.place(&job);
         }
         Ok(machine)
@@ -478,9 +509,8 @@ impl Machine {
             if let Some(k) = idem {
                 self.put(k, id.to_be_bytes().to_vec());
             }
-            self.put(key(PAYLOAD, id).to_vec(), new.payload.to_vec());
             self.place(&job);
-            self.put_job(&job);
+            self.put_job(&job, &new.payload);
             self.totals.enqueued += 1;
             out.push(Enqueued {
                 id,
@@ -496,7 +526,7 @@ impl Machine {
         worker: &str,
         queues: &[String],
         max: u32,
-    ) -> Result<Vec<Job>, MachineError> {
+    ) -> Result<Vec<LeasedJob>, MachineError> {
         let mut out = Vec::new();
         while out.len() < max as usize {
             let best = queues
@@ -505,7 +535,7 @@ impl Machine {
                 .min()
                 .copied();
             let Some((_, id)) = best else { break };
-            let mut job = self.must_load(id)?;
+            let (mut job, payload) = self.must_load(id)?;
             self.unplace(&job);
             job.attempts += 1;
             job.state = JobState::Leased;
@@ -520,16 +550,20 @@ impl Machine {
                 format!("leased by {worker} (attempt {})", job.attempts),
             );
             self.place(&job);
-            self.put_job(&job);
+            self.put_job(&job, &payload);
             self.totals.dispatched += 1;
-            out.push(job);
+            out.push(LeasedJob { job, payload });
         }
         Ok(out)
     }
 
     /// Loads a job and checks that `attempt` is its current lease.
-    fn fenced(&self, job_id: JobId, attempt: u32) -> Result<Result<Job, Refusal>, MachineError> {
-        let Some(job) = self.load(job_id)? else {
+    fn fenced(
+        &self,
+        job_id: JobId,
+        attempt: u32,
+    ) -> Result<Result<(Job, bytes::Bytes), Refusal>, MachineError> {
+        let Some((job, payload)) = self.load(job_id)? else {
             return Ok(Err(Refusal::UnknownJob(job_id)));
         };
         let current = job.lease.as_ref().map_or(0, |l| l.attempt);
@@ -541,7 +575,7 @@ impl Machine {
                 state: job.state,
             }));
         }
-        Ok(Ok(job))
+        Ok(Ok((job, payload)))
     }
 
     fn heartbeat(
@@ -549,8 +583,8 @@ impl Machine {
         now: u64,
         beat: &LeaseBeat,
     ) -> Result<Result<(), Refusal>, MachineError> {
-        let mut job = match self.fenced(beat.job_id, beat.attempt)? {
-            Ok(job) => job,
+        let (mut job, payload) = match self.fenced(beat.job_id, beat.attempt)? {
+            Ok(loaded) => loaded,
             Err(refusal) => return Ok(Err(refusal)),
         };
         self.unplace(&job);
@@ -561,13 +595,13 @@ impl Machine {
             job.progress = beat.progress.clone();
         }
         self.place(&job);
-        self.put_job(&job);
+        self.put_job(&job, &payload);
         Ok(Ok(()))
     }
 
     fn complete(&mut self, now: u64, c: &Completion) -> Result<Result<(), Refusal>, MachineError> {
-        let mut job = match self.fenced(c.job_id, c.attempt)? {
-            Ok(job) => job,
+        let (mut job, payload) = match self.fenced(c.job_id, c.attempt)? {
+            Ok(loaded) => loaded,
             Err(refusal) => return Ok(Err(refusal)),
         };
         self.unplace(&job);
@@ -576,7 +610,7 @@ impl Machine {
         job.finished_at_ms = now;
         job.record(now, format!("completed (attempt {})", c.attempt));
         self.place(&job);
-        self.put_job(&job);
+        self.put_job(&job, &payload);
         if !c.result.is_empty() {
             self.put(key(RESULT, job.id).to_vec(), c.result.to_vec());
         }
@@ -585,8 +619,8 @@ impl Machine {
     }
 
     fn fail(&mut self, now: u64, f: &Failure) -> Result<Result<(), Refusal>, MachineError> {
-        let mut job = match self.fenced(f.job_id, f.attempt)? {
-            Ok(job) => job,
+        let (mut job, payload) = match self.fenced(f.job_id, f.attempt)? {
+            Ok(loaded) => loaded,
             Err(refusal) => return Ok(Err(refusal)),
         };
         self.unplace(&job);
@@ -618,12 +652,12 @@ impl Machine {
             self.totals.retried += 1;
         }
         self.place(&job);
-        self.put_job(&job);
+        self.put_job(&job, &payload);
         Ok(Ok(()))
     }
 
     fn cancel(&mut self, now: u64, id: JobId) -> Result<Result<JobState, Refusal>, MachineError> {
-        let Some(mut job) = self.load(id)? else {
+        let Some((mut job, payload)) = self.load(id)? else {
             return Ok(Err(Refusal::UnknownJob(id)));
         };
         if job.state.is_finished() {
@@ -639,7 +673,7 @@ impl Machine {
         job.finished_at_ms = now;
         job.record(now, format!("cancelled while {was}"));
         self.place(&job);
-        self.put_job(&job);
+        self.put_job(&job, &payload);
         self.totals.cancelled += 1;
         Ok(Ok(was))
     }
@@ -650,13 +684,13 @@ impl Machine {
             if deadline > now {
                 break;
             }
-            let mut job = self.must_load(id)?;
+            let (mut job, payload) = self.must_load(id)?;
             self.unplace(&job);
             let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
             job.state = JobState::Ready;
             job.record(now, format!("lease expired (worker {worker}); requeued"));
             self.place(&job);
-            self.put_job(&job);
+            self.put_job(&job, &payload);
             self.totals.requeued += 1;
             expired += 1;
         }
@@ -665,11 +699,11 @@ impl Machine {
             if run_at > now {
                 break;
             }
-            let mut job = self.must_load(id)?;
+            let (mut job, payload) = self.must_load(id)?;
             self.unplace(&job);
             job.state = JobState::Ready;
             self.place(&job);
-            self.put_job(&job);
+            self.put_job(&job, &payload);
             promoted += 1;
         }
         Ok(Outcome::Ticked { expired, promoted })
@@ -732,11 +766,11 @@ impl Machine {
         self.staged.insert(k, Some(v));
     }
 
-    fn put_job(&mut self, job: &Job) {
-        self.put(key(JOB, job.id).to_vec(), encode(job));
+    fn put_job(&mut self, job: &Job, payload: &bytes::Bytes) {
+        self.put(key(JOB, job.id).to_vec(), encode(&(job, payload)));
     }
 
-    fn load(&self, id: JobId) -> Result<Option<Job>, MachineError> {
+    fn load(&self, id: JobId) -> Result<Option<(Job, bytes::Bytes)>, MachineError> {
         let k = key(JOB, id);
         match self.staged.get(&k[..]) {
             Some(Some(v)) => decode(&k, v).map(Some),
@@ -750,7 +784,7 @@ impl Machine {
 
     /// Loads a job the indexes say exists; its absence means the tree and the
     /// indexes disagree, which only damage on disk can cause.
-    fn must_load(&self, id: JobId) -> Result<Job, MachineError> {
+    fn must_load(&self, id: JobId) -> Result<(Job, bytes::Bytes), MachineError> {
         self.load(id)?.ok_or_else(|| MachineError::Corrupt {
             key: describe_key(&key(JOB, id)),
             reason: "indexed job has no record".into(),
@@ -771,6 +805,10 @@ impl JobReader {
     }
 
     pub fn job(&self, id: JobId) -> Result<Option<Job>, MachineError> {
+        Ok(self.job_and_payload(id)?.map(|(job, _)| job))
+    }
+
+    pub fn job_and_payload(&self, id: JobId) -> Result<Option<(Job, bytes::Bytes)>, MachineError> {
         let k = key(JOB, id);
         match self.tree().get(k)? {
             Some(v) => decode(&k, &v).map(Some),
@@ -778,12 +816,12 @@ impl JobReader {
         }
     }
 
-    pub fn payload(&self, id: JobId) -> Result<bytes::Bytes, MachineError> {
-        Ok(self.blob(PAYLOAD, id)?)
-    }
-
     pub fn result(&self, id: JobId) -> Result<bytes::Bytes, MachineError> {
-        Ok(self.blob(RESULT, id)?)
+        Ok(self
+            .tree()
+            .get(key(RESULT, id))?
+            .map(|v| bytes::Bytes::copy_from_slice(&v))
+            .unwrap_or_default())
     }
 
     /// The digest of the committed tree and the applied index it covers, as
@@ -802,14 +840,6 @@ impl JobReader {
             applied,
             hash_records(records.iter().map(|(k, v)| (&k[..], &v[..]))),
         ))
-    }
-
-    fn blob(&self, prefix: u8, id: JobId) -> Result<bytes::Bytes, sled::Error> {
-        Ok(self
-            .tree()
-            .get(key(prefix, id))?
-            .map(|v| bytes::Bytes::copy_from_slice(&v))
-            .unwrap_or_default())
     }
 }
 

@@ -1,7 +1,8 @@
 //! Translations between protobuf messages and domain types.
 
 use crate::api::JobView;
-use crate::job::{Job, JobRequest};
+use crate::command::LeasedJob;
+use crate::job::JobRequest;
 use crate::proto::v1 as pb;
 
 impl From<pb::NewJob> for JobRequest {
@@ -62,7 +63,7 @@ impl From<JobView> for pb::Job {
 }
 
 /// A leased job as pushed to a worker.
-pub fn leased_job(job: &Job, payload: bytes::Bytes) -> pb::LeasedJob {
+pub fn leased_job(LeasedJob { job, payload }: LeasedJob) -> pb::LeasedJob {
     let lease = job.lease.as_ref();
     pb::LeasedJob {
         job_id: job.id,

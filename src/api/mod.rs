@@ -84,9 +84,9 @@ impl App {
     pub async fn get_job(&self, id: JobId) -> Result<JobView, Error> {
         self.router.read_barrier().await?;
         let reader = self.driver.reader();
-        let job = reader.job(id)?.ok_or(Error::JobNotFound(id))?;
+        let (job, payload) = reader.job_and_payload(id)?.ok_or(Error::JobNotFound(id))?;
         Ok(JobView {
-            payload: reader.payload(id)?,
+            payload,
             result: reader.result(id)?,
             job,
         })

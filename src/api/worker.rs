@@ -425,18 +425,11 @@ impl Session {
                 if jobs.is_empty() {
                     return true;
                 }
-                let reader = self.app.driver.reader();
                 let mut leased = Vec::with_capacity(jobs.len());
-                for job in &jobs {
-                    let payload = match reader.payload(job.id) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tracing::error!(event = "payload_read_failed", job_id = job.id, error = %e, "leased job's payload unreadable; it will expire and be retried");
-                            continue;
-                        }
-                    };
-                    self.in_flight.insert(job.id, job.attempts);
-                    leased.push(convert::leased_job(job, payload));
+                for leased_job in jobs {
+                    self.in_flight
+                        .insert(leased_job.job.id, leased_job.job.attempts);
+                    leased.push(convert::leased_job(leased_job));
                 }
                 self.sync_entry();
                 pb::server_message::Msg::Leases(pb::Leases { jobs: leased })

@@ -67,7 +67,17 @@ impl Harness {
                 max,
             },
         ) {
-            Outcome::Leased(v) => v,
+            Outcome::Leased(v) => v
+                .into_iter()
+                .map(|l| {
+                    assert_eq!(
+                        l.payload,
+                        Bytes::from_static(b"payload"),
+                        "leased with its payload"
+                    );
+                    l.job
+                })
+                .collect(),
             o => panic!("unexpected {o:?}"),
         }
     }
@@ -135,10 +145,9 @@ fn enqueue_stores_job_and_payload() {
     let job = h.job(id);
     assert_eq!(job.state, JobState::Ready);
     assert_eq!(job.enqueued_at_ms, 10);
-    assert_eq!(
-        h.m.reader().payload(id).unwrap(),
-        Bytes::from_static(b"payload")
-    );
+    let (stored, payload) = h.m.reader().job_and_payload(id).unwrap().unwrap();
+    assert_eq!(stored, job);
+    assert_eq!(payload, Bytes::from_static(b"payload"));
     assert_eq!(h.m.stats().queues["q"].ready[2], 1);
     assert_eq!(h.m.meta().applied_index, 1);
 }
@@ -456,6 +465,32 @@ fn corrupt_records_are_reported_not_panicked() {
     tree.insert(key(JOB, 7), b"garbage".to_vec()).unwrap();
     let err = Machine::open(tree, CFG).err().expect("must refuse");
     assert!(err.to_string().contains("j/7"), "{err}");
+}
+
+#[test]
+fn a_tree_of_another_layout_is_refused_with_what_to_do() {
+    let h = Harness::new();
+    // Layout 1: job records without their payload, and no layout mark.
+    let old = h.db.open_tree("old").unwrap();
+    old.insert(key(JOB, 1), b"job".to_vec()).unwrap();
+    let err = Machine::open(old, CFG).err().expect("must refuse");
+    assert!(matches!(err, MachineError::Format { .. }), "{err}");
+    assert!(err.to_string().contains("empty data dir"), "{err}");
+
+    let newer = h.db.open_tree("newer").unwrap();
+    newer.insert(FORMAT_KEY, &[FORMAT + 1]).unwrap();
+    assert!(matches!(
+        Machine::open(newer, CFG),
+        Err(MachineError::Format { .. })
+    ));
+
+    // The mark survives a reopen, so a used tree opens again.
+    let tree = h.db.open_tree("machine").unwrap();
+    assert_eq!(
+        tree.get(FORMAT_KEY).unwrap().as_deref(),
+        Some(&[FORMAT][..])
+    );
+    Machine::open(tree, CFG).expect("same layout opens");
 }
 
 mod props {
