@@ -49,7 +49,8 @@ pub struct BenchArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
-    /// Only these workloads (comma separated): ping,enq,e2e,lat,batch,rss.
+    /// Only these workloads (comma separated): ping,enq,enqs,e2e,lat,batch,rss.
+    /// enqs is enq over one enqueue stream per producer.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Config file for the nodes bench starts (its data dir and addresses are
@@ -314,37 +315,45 @@ fn job(queue: &str, payload: &Bytes) -> pb::NewJob {
     }
 }
 
-/// Runs `op` from `clients` tasks, each with its own connection, until `total`
-/// operations are done; returns operations per second.
-async fn drive<F, Fut>(
-    target: &Target,
-    clients: usize,
-    total: u64,
-    op: F,
-) -> Result<Run, BenchError>
-where
-    F: Fn(Producer) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<u64, ClientError>> + Send,
-{
+/// One producer per client, each with its own connection.
+async fn producers(target: &Target, clients: usize) -> Result<Vec<Producer>, BenchError> {
     let mut producers = Vec::with_capacity(clients);
     for i in 0..clients {
         producers.push(Producer::connect(&target.url(i)).await?);
     }
+    Ok(producers)
+}
+
+/// Runs `op` from one task per client until `total` operations are done;
+/// returns operations per second. `op` takes the client's state (a producer,
+/// a stream) and gives it back with the operations it did.
+async fn drive<S, F, Fut>(
+    target: &Target,
+    clients: Vec<S>,
+    total: u64,
+    op: F,
+) -> Result<Run, BenchError>
+where
+    S: Send + 'static,
+    F: Fn(S) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(S, u64), ClientError>> + Send,
+{
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let cpu_start = CpuMark::now(target);
     let mut tasks = Vec::new();
-    for p in producers {
+    for client in clients {
         let next = next.clone();
         let op = op.clone();
         tasks.push(tokio::spawn(async move {
-            // Each call of `op` does `step` operations.
+            let mut client = client;
             loop {
                 let done = next.load(Ordering::Relaxed);
                 if done >= total {
                     return Ok::<(), ClientError>(());
                 }
-                let step = op(p.clone()).await?;
+                let (back, step) = op(client).await?;
+                client = back;
                 next.fetch_add(step, Ordering::Relaxed);
             }
         }));
@@ -361,9 +370,10 @@ where
 
 async fn ping(args: &BenchArgs) -> Result<Run, BenchError> {
     let target = target(args).await?;
-    drive(&target, args.producers, args.jobs, |mut p| async move {
+    let clients = producers(&target, args.producers).await?;
+    drive(&target, clients, args.jobs, |mut p| async move {
         p.ping().await?;
-        Ok(1)
+        Ok((p, 1))
     })
     .await
 }
@@ -371,11 +381,31 @@ async fn ping(args: &BenchArgs) -> Result<Run, BenchError> {
 async fn enqueue(args: &BenchArgs, per_request: usize) -> Result<Run, BenchError> {
     let target = target(args).await?;
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
-    drive(&target, args.producers, args.jobs, move |mut p| {
+    let clients = producers(&target, args.producers).await?;
+    drive(&target, clients, args.jobs, move |mut p| {
         let jobs = vec![job("bench", &payload); per_request];
         async move {
             p.enqueue(jobs).await?;
-            Ok(per_request as u64)
+            Ok((p, per_request as u64))
+        }
+    })
+    .await
+}
+
+/// enq16 with each producer's jobs sent as messages on one enqueue stream
+/// instead of one call each; each producer still waits for every reply.
+async fn enqueue_streamed(args: &BenchArgs) -> Result<Run, BenchError> {
+    let target = target(args).await?;
+    let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
+    let mut streams = Vec::with_capacity(args.producers);
+    for p in producers(&target, args.producers).await? {
+        streams.push(p.enqueue_stream().await?);
+    }
+    drive(&target, streams, args.jobs, move |mut s| {
+        let jobs = vec![job("bench", &payload)];
+        async move {
+            s.enqueue(jobs).await?;
+            Ok((s, 1))
         }
     })
     .await
@@ -410,11 +440,12 @@ async fn end_to_end(args: &BenchArgs) -> Result<Run, BenchError> {
         };
         workers.push(tokio::spawn(worker::run(opts, handler, stop.clone())));
     }
-    drive(&target, args.producers, total, move |mut p| {
+    let clients = producers(&target, args.producers).await?;
+    drive(&target, clients, total, move |mut p| {
         let jobs = vec![job("bench-e2e", &payload)];
         async move {
             p.enqueue(jobs).await?;
-            Ok(1)
+            Ok((p, 1))
         }
     })
     .await?;
@@ -456,12 +487,13 @@ async fn rss(args: &BenchArgs) -> Result<Option<u64>, BenchError> {
     }
     let target = target(args).await?;
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
-    drive(&target, 4, args.rss_jobs, move |mut p| {
+    let clients = producers(&target, 4).await?;
+    drive(&target, clients, args.rss_jobs, move |mut p| {
         const BATCH: usize = crate::config::DEFAULT_MAX_JOBS_PER_REQUEST;
         let jobs = vec![job("bench-rss", &payload); BATCH];
         async move {
             p.enqueue(jobs).await?;
-            Ok(BATCH as u64)
+            Ok((p, BATCH as u64))
         }
     })
     .await?;
@@ -547,6 +579,10 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     if want("enq") {
         let f = repeat(args.runs, || enqueue(&args, 1)).await?;
         print_rate("enq", &f, "jobs/s ", ceiling);
+    }
+    if want("enqs") {
+        let f = repeat(args.runs, || enqueue_streamed(&args)).await?;
+        print_rate("enqs", &f, "jobs/s ", ceiling);
     }
     if want("e2e") {
         let f = repeat(args.runs, || end_to_end(&args)).await?;

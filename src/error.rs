@@ -147,6 +147,39 @@ impl From<Error> for tonic::Status {
     }
 }
 
+/// A failed request's status as a stream reply carries it.
+pub fn request_error(status: &tonic::Status) -> crate::proto::v1::RequestError {
+    crate::proto::v1::RequestError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        retry_safe: retry_safe(status),
+        retry_after_ms: status
+            .metadata()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    }
+}
+
+/// The status a stream reply's error stands for, with the metadata a unary
+/// call's status would carry, so clients treat both alike.
+pub fn status_of(e: crate::proto::v1::RequestError) -> tonic::Status {
+    let mut status = tonic::Status::new(tonic::Code::from(e.code), e.message);
+    if e.retry_safe {
+        status
+            .metadata_mut()
+            .insert(RETRY_SAFE, tonic::metadata::MetadataValue::from_static("1"));
+    }
+    if e.retry_after_ms > 0 {
+        status.metadata_mut().insert(
+            RETRY_AFTER,
+            tonic::metadata::MetadataValue::from(e.retry_after_ms),
+        );
+    }
+    status
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.http_status();

@@ -72,6 +72,57 @@ async fn enqueue_and_get_over_grpc_and_http() {
 }
 
 #[tokio::test]
+async fn an_enqueue_stream_answers_each_request_in_order_and_survives_a_refusal() {
+    let node = TestNode::start("[limits]\nmax_payload_bytes = 1024\n");
+    let p = Producer::connect(&node.grpc).await.unwrap();
+    let mut stream = p.enqueue_stream().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let got = stream
+            .enqueue(vec![new_job("streamed", &format!("job {i}"))])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        ids.push(got[0].id);
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids in send order: {ids:?}"
+    );
+
+    // A refused request is answered with its error; the stream goes on.
+    let (c, msg) = code(
+        stream
+            .enqueue(vec![new_job("streamed", &"x".repeat(2000))])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(c, tonic::Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("payload"), "{msg}");
+    let (c, _) = code(stream.enqueue(vec![]).await.unwrap_err());
+    assert_eq!(c, tonic::Code::InvalidArgument);
+
+    // An enqueue dropped after sending leaves its reply unread; the next
+    // call skips it. One poll sends the request and then waits for the reply.
+    use futures::FutureExt;
+    assert!(stream
+        .enqueue(vec![new_job("streamed", "dropped")])
+        .now_or_never()
+        .is_none());
+    let last = stream
+        .enqueue(vec![new_job("streamed", "last")])
+        .await
+        .unwrap();
+    let mut unary = Producer::connect(&node.grpc).await.unwrap();
+    let job = unary.get(last[0].id).await.unwrap();
+    assert_eq!(job.payload, bytes::Bytes::from_static(b"last"));
+    for (i, id) in ids.iter().enumerate() {
+        let job = unary.get(*id).await.unwrap();
+        assert_eq!(job.payload, bytes::Bytes::from(format!("job {i}")));
+    }
+}
+
+#[tokio::test]
 async fn bad_requests_are_refused_naming_the_problem() {
     let node = TestNode::start("[limits]\nmax_payload_bytes = 1024\n");
     let mut p = Producer::connect(&node.grpc).await.unwrap();

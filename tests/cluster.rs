@@ -78,13 +78,22 @@ async fn a_job_enqueued_on_one_follower_is_done_through_another() {
     let (f1, f2) = ((leader + 1) % 3, (leader + 2) % 3);
 
     let mut p = Producer::connect(&c.nodes[f1].grpc).await.unwrap();
-    let ids: Vec<u64> = p
+    let mut ids: Vec<u64> = p
         .enqueue(vec![new_job("repl", "payload"); 20])
         .await
         .unwrap()
         .iter()
         .map(|j| j.id)
         .collect();
+    // An enqueue stream on a follower forwards each request too.
+    let mut stream = p.enqueue_stream().await.unwrap();
+    for _ in 0..5 {
+        let got = stream
+            .enqueue(vec![new_job("repl", "streamed")])
+            .await
+            .unwrap();
+        ids.push(got[0].id);
+    }
     // The follower answered after applying the entry itself: its client
     // reads its own write there.
     assert_eq!(job_state(&c.nodes[f1], ids[0]).await, "ready");
@@ -95,7 +104,7 @@ async fn a_job_enqueued_on_one_follower_is_done_through_another() {
     all_succeeded(&c.nodes[leader], &ids).await;
     stop_tx.send_replace(true);
     let report = w.await.unwrap().unwrap();
-    assert_eq!(report.completed, 20);
+    assert_eq!(report.completed, 25);
     assert_eq!(report.refused, 0);
     c.converged().await;
 

@@ -1,6 +1,7 @@
 //! The gRPC producer service: enqueue in batches, read and cancel jobs.
 
-use tonic::{Request, Response, Status};
+use futures::stream::{BoxStream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::App;
 use crate::proto::v1 as pb;
@@ -10,23 +11,72 @@ pub struct Producer {
     pub app: App,
 }
 
+/// Requests of one enqueue stream being worked on at once. A producer that
+/// waits for each reply has one; more let a pipelining producer's requests
+/// share raft entries.
+const STREAM_PIPELINE: usize = 64;
+
+/// Enqueues the jobs of one request, unary or on a stream.
+async fn enqueue_jobs(app: &App, jobs: Vec<pb::NewJob>) -> Result<pb::EnqueueResponse, Status> {
+    let ids = app
+        .enqueue(jobs.into_iter().map(Into::into).collect())
+        .await?;
+    Ok(pb::EnqueueResponse {
+        jobs: ids
+            .into_iter()
+            .map(|e| pb::EnqueuedJob {
+                id: e.id,
+                duplicate: e.duplicate,
+            })
+            .collect(),
+    })
+}
+
 #[tonic::async_trait]
 impl ProducerService for Producer {
     async fn enqueue(
         &self,
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
-        let jobs = req.into_inner().jobs.into_iter().map(Into::into).collect();
-        let ids = self.app.enqueue(jobs).await?;
-        Ok(self.app.hint_leader(Response::new(pb::EnqueueResponse {
-            jobs: ids
-                .into_iter()
-                .map(|e| pb::EnqueuedJob {
-                    id: e.id,
-                    duplicate: e.duplicate,
-                })
-                .collect(),
-        })))
+        let reply = enqueue_jobs(&self.app, req.into_inner().jobs).await?;
+        Ok(self.app.hint_leader(Response::new(reply)))
+    }
+
+    type EnqueueStreamStream = BoxStream<'static, Result<pb::EnqueueReply, Status>>;
+
+    async fn enqueue_stream(
+        &self,
+        req: Request<Streaming<pb::EnqueueRequest>>,
+    ) -> Result<Response<Self::EnqueueStreamStream>, Status> {
+        let app = self.app.clone();
+        let mut shutdown = self.app.shutdown.clone();
+        // A stopping node reads no more requests, answers those it took, and
+        // then ends the stream, so the stop does not wait for producers.
+        let stopping = async move {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        };
+        let replies = req
+            .into_inner()
+            .take_until(stopping)
+            .map(move |request| {
+                let app = app.clone();
+                async move {
+                    let result = match request {
+                        Ok(request) => enqueue_jobs(&app, request.jobs).await,
+                        Err(status) => Err(status),
+                    };
+                    Ok(pb::EnqueueReply {
+                        result: Some(match result {
+                            Ok(ok) => pb::enqueue_reply::Result::Ok(ok),
+                            Err(status) => pb::enqueue_reply::Result::Error(
+                                crate::error::request_error(&status),
+                            ),
+                        }),
+                    })
+                }
+            })
+            .buffered(STREAM_PIPELINE);
+        Ok(self.app.hint_leader(Response::new(replies.boxed())))
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
