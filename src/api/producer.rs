@@ -13,8 +13,9 @@ pub struct Producer {
 
 /// Requests of one enqueue stream being worked on at once. A producer that
 /// waits for each reply has one; more let a pipelining producer's requests
-/// share raft entries.
-const STREAM_PIPELINE: usize = 64;
+/// share raft entries. It also bounds what one stream can hold in memory:
+/// this many requests of at most the gRPC message limit each.
+const STREAM_PIPELINE: usize = 16;
 
 /// Enqueues the jobs of one request, unary or on a stream.
 async fn enqueue_jobs(app: &App, jobs: Vec<pb::NewJob>) -> Result<pb::EnqueueResponse, Status> {
