@@ -142,8 +142,8 @@ pub struct LeasedJob {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     Enqueued(Vec<Enqueued>),
-    /// The jobs leased, with their new lease. Payloads are read from the store
-    /// by the caller, so followers do not copy them.
+    /// The jobs leased, with their new lease and their payloads (which a
+    /// follower that forwarded the lease gets back from the leader).
     Leased(Vec<LeasedJob>),
     /// One result per item of a heartbeat, complete or fail, in order.
     Acks(Vec<Result<(), Refusal>>),

@@ -1099,6 +1099,7 @@ impl Driver {
             .map_err(StoreError::from)?;
         let tree = self.db.open_tree(&name).map_err(StoreError::from)?;
         let meta = snapshot::load(&received, &tree)?;
+        crate::machine::check_layout(&tree)?;
         if meta.index != md.index || meta.term != md.term {
             return Err(DriverError::Snapshot(SnapshotError::Corrupt {
                 path: received,

@@ -36,6 +36,7 @@ pub fn restore(
     let name = format!("{DEFAULT_MACHINE_TREE}.{}", meta.index);
     let tree = db.open_tree(&name).map_err(store::StoreError::from)?;
     snapshot::load(file, &tree)?;
+    crate::machine::check_layout(&tree)?;
     let seeded = SnapshotMeta {
         conf_state: ConfState {
             voters: vec![node_id],

@@ -123,6 +123,37 @@ async fn an_enqueue_stream_answers_each_request_in_order_and_survives_a_refusal(
 }
 
 #[tokio::test]
+async fn a_stopping_node_ends_enqueue_streams_with_a_retryable_status() {
+    let node = TestNode::start("");
+    let p = Producer::connect(&node.grpc).await.unwrap();
+    let mut stream = p.enqueue_stream().await.unwrap();
+    stream
+        .enqueue(vec![new_job("streamed", "before")])
+        .await
+        .unwrap();
+    signal(node.pid(), libc::SIGTERM);
+    // Requests the node still read are answered; the first one it did not
+    // read fails in a way that says it may be sent elsewhere.
+    let mut refused = None;
+    for _ in 0..100 {
+        match stream.enqueue(vec![new_job("streamed", "during")]).await {
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    match refused.expect("the stopping node ended the stream") {
+        ClientError::Status(s) => {
+            assert!(drover::client::retryable(&s), "{s:?}");
+            assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+        }
+        other => panic!("expected a status, got {other}"),
+    }
+}
+
+#[tokio::test]
 async fn bad_requests_are_refused_naming_the_problem() {
     let node = TestNode::start("[limits]\nmax_payload_bytes = 1024\n");
     let mut p = Producer::connect(&node.grpc).await.unwrap();

@@ -51,11 +51,17 @@ impl ProducerService for Producer {
     ) -> Result<Response<Self::EnqueueStreamStream>, Status> {
         let app = self.app.clone();
         let mut shutdown = self.app.shutdown.clone();
+        let stopped = self.app.shutdown.clone();
         // A stopping node reads no more requests, answers those it took, and
-        // then ends the stream, so the stop does not wait for producers.
+        // then ends the stream with a retry-safe status: a request still
+        // waiting for its reply was never read, so it may go to another node.
         let stopping = async move {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         };
+        let farewell = futures::stream::once(async move {
+            (*stopped.borrow()).then(|| Err(Status::from(crate::error::Error::ShuttingDown)))
+        })
+        .filter_map(std::future::ready);
         let replies = req
             .into_inner()
             .take_until(stopping)
@@ -76,7 +82,8 @@ impl ProducerService for Producer {
                     })
                 }
             })
-            .buffered(STREAM_PIPELINE);
+            .buffered(STREAM_PIPELINE)
+            .chain(farewell);
         Ok(self.app.hint_leader(Response::new(replies.boxed())))
     }
 

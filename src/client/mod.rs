@@ -287,9 +287,14 @@ impl EnqueueStream {
             self.unread -= 1;
         }
         if self.tx.send(pb::EnqueueRequest { jobs }).await.is_err() {
-            return Err(tonic::Status::unavailable(
-                "the enqueue stream is closed and the request was not sent; open a new stream",
-            )
+            return Err(crate::error::status_of(pb::RequestError {
+                code: tonic::Code::Unavailable as i32,
+                message:
+                    "the enqueue stream is closed and the request was not sent; open a new stream"
+                        .into(),
+                retry_safe: true,
+                retry_after_ms: 0,
+            })
             .into());
         }
         self.unread = 1;

@@ -468,6 +468,60 @@ fn corrupt_records_are_reported_not_panicked() {
 }
 
 #[test]
+fn a_large_payload_keeps_its_own_record_and_state_changes_leave_it_alone() {
+    let mut h = Harness::new();
+    let big = Bytes::from(vec![b'x'; INLINE_PAYLOAD_MAX + 1]);
+    let mut job = new_job("q", PRIORITY_DEFAULT);
+    job.payload = big.clone();
+    let id = match h.run(0, Command::Enqueue { jobs: vec![job] }) {
+        Outcome::Enqueued(v) => v[0].id,
+        o => panic!("unexpected {o:?}"),
+    };
+    let tree = h.db.open_tree("machine").unwrap();
+    let record_len = || tree.get(key(JOB, id)).unwrap().unwrap().len();
+    assert!(
+        record_len() < 1024,
+        "the record holds no payload: {} bytes",
+        record_len()
+    );
+    assert_eq!(
+        tree.get(key(PAYLOAD, id)).unwrap().unwrap().len(),
+        big.len()
+    );
+
+    let leased = match h.run(
+        1,
+        Command::Lease {
+            worker: "w".into(),
+            queues: vec!["q".into()],
+            max: 1,
+        },
+    ) {
+        Outcome::Leased(v) => v,
+        o => panic!("unexpected {o:?}"),
+    };
+    assert_eq!(leased[0].payload, big, "leased with the payload kept apart");
+    h.run(
+        2,
+        Command::Heartbeat {
+            worker: "w".into(),
+            leases: vec![LeaseBeat {
+                job_id: id,
+                attempt: 1,
+                progress: None,
+            }],
+        },
+    );
+    assert!(record_len() < 1024, "a heartbeat rewrote no payload");
+    let (_, payload) = h.m.reader().job_and_payload(id).unwrap().unwrap();
+    assert_eq!(payload, big);
+
+    // A small payload lives in the record: no payload key of its own.
+    let small = h.enqueue(3, "q", PRIORITY_DEFAULT);
+    assert!(tree.get(key(PAYLOAD, small)).unwrap().is_none());
+}
+
+#[test]
 fn a_tree_of_another_layout_is_refused_with_what_to_do() {
     let h = Harness::new();
     // Layout 1: job records without their payload, and no layout mark.
