@@ -179,6 +179,10 @@ struct WorkerArgs {
     /// Worker id; defaults to host name and process id.
     #[arg(long)]
     id: Option<String>,
+    /// How long a stopping worker keeps trying to reach a node to report
+    /// its results before it exits without them (e.g. 30s, 2m).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    stop_timeout: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -396,7 +400,8 @@ async fn run_worker(a: WorkerArgs) -> Result<()> {
         let cmd = cmd.clone();
         async move { drover::worker_exec::exec_job(&cmd, job).await }
     };
-    let opts = WorkerOptions::new(a.grpc.server, id, a.queue, a.concurrency);
+    let mut opts = WorkerOptions::new(a.grpc.server, id, a.queue, a.concurrency);
+    opts.stop_timeout = a.stop_timeout;
     let report = worker::run(opts, handler, stop).await?;
     eprintln!(
         "worker stopped: {} completed, {} failed, {} refused",

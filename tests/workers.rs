@@ -331,3 +331,45 @@ async fn node_sigterm_stops_workers_and_exits_cleanly() {
         "the worker stops cleanly when told: {report:?}"
     );
 }
+
+/// A worker told to stop while its node is gone tries to reach one for
+/// `stop_timeout`, then exits saying what it could not report, instead of
+/// waiting forever; its job runs again once the lease expires.
+#[tokio::test]
+async fn a_stopping_worker_that_reaches_no_node_gives_up_after_its_stop_timeout() {
+    let _serial = SERIAL.lock().await;
+    let mut node = TestNode::start(SHORT);
+    let mut p = Producer::connect(&node.grpc).await.unwrap();
+    p.enqueue(vec![new_job("orphan", "x")]).await.unwrap();
+
+    let (taken_tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |_job: pb::LeasedJob| {
+        let _ = taken_tx.send(());
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, JobFailure>(Bytes::from_static(b"done too late"))
+        }
+    };
+    let (stop_tx, stop) = watch::channel(false);
+    let mut opts = WorkerOptions::new(&node.grpc, "orphaned", vec!["orphan".into()], 1);
+    opts.reconnect_delay = Duration::from_millis(100);
+    opts.stop_timeout = Duration::from_secs(1);
+    let w = tokio::spawn(worker::run(opts, handler, stop));
+    tokio::time::timeout(Duration::from_secs(20), taken.recv())
+        .await
+        .expect("the worker took the job")
+        .unwrap();
+    node.kill();
+    stop_tx.send_replace(true);
+
+    let result = tokio::time::timeout(Duration::from_secs(30), w)
+        .await
+        .expect("the worker gave up within its stop timeout and a reconnect")
+        .unwrap();
+    match result {
+        Err(drover::client::ClientError::Abandoned { results, .. }) => {
+            assert_eq!(results, 1, "the finished job's result went unreported")
+        }
+        other => panic!("expected Abandoned, got {other:?}"),
+    }
+}

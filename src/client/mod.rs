@@ -22,6 +22,13 @@ pub enum ClientError {
     Status(#[from] tonic::Status),
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("stopped without reporting {results} results and {running} running jobs: no node answered for {waited:?} ({last_error}); those jobs run again once their leases expire")]
+    Abandoned {
+        results: usize,
+        running: usize,
+        waited: std::time::Duration,
+        last_error: String,
+    },
 }
 
 /// Builds a lazily connecting channel to `url` (`http://host:port`; a bare

@@ -58,6 +58,11 @@ pub struct WorkerOptions {
     pub reconnect_delay: Duration,
     /// Give up after this many failed connects in a row (0: never).
     pub max_reconnects: u32,
+    /// How long a stopping worker goes on trying to reach a node to report
+    /// its results. Past it, it exits with [`ClientError::Abandoned`]: the
+    /// unreported jobs run again once their leases expire. A stopping worker
+    /// that is connected waits for its jobs however long they take.
+    pub stop_timeout: Duration,
 }
 
 impl WorkerOptions {
@@ -74,6 +79,7 @@ impl WorkerOptions {
             concurrency,
             reconnect_delay: Duration::from_millis(500),
             max_reconnects: 0,
+            stop_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -112,6 +118,10 @@ struct Runtime<H> {
     done_rx: mpsc::UnboundedReceiver<Done>,
     report: WorkerReport,
     stopping: bool,
+    /// When the worker began to stop, for [`WorkerOptions::stop_timeout`].
+    stop_began: Option<tokio::time::Instant>,
+    /// The current session registered: the node was reached.
+    registered: bool,
     urls: Vec<String>,
     /// Sessions started; picks the node of the next one.
     sessions: usize,
@@ -135,6 +145,8 @@ pub async fn run<H: Handler>(
         done_rx,
         report: WorkerReport::default(),
         stopping: *stop.borrow(),
+        stop_began: stop.borrow().then(tokio::time::Instant::now),
+        registered: false,
         urls: super::server_list(&opts.url),
         sessions: 0,
     };
@@ -143,6 +155,12 @@ pub async fn run<H: Handler>(
         match rt.session(&mut stop).await {
             Ok(()) => return Ok(rt.report),
             Err(e) => {
+                rt.collect_finished();
+                // A stop that came while no node was reachable.
+                if *stop.borrow() && !rt.stopping {
+                    rt.stopping = true;
+                    rt.stop_began = Some(tokio::time::Instant::now());
+                }
                 if rt.stopping
                     && rt.held.is_empty()
                     && rt.unsent.is_empty()
@@ -150,9 +168,24 @@ pub async fn run<H: Handler>(
                 {
                     return Ok(rt.report);
                 }
+                // Connects failed in a row: a session that registered ends the run.
+                if std::mem::take(&mut rt.registered) {
+                    failures = 0;
+                }
                 failures += 1;
                 if rt.opts.max_reconnects > 0 && failures > rt.opts.max_reconnects {
                     return Err(e);
+                }
+                if let Some(began) = rt.stop_began {
+                    if began.elapsed() >= rt.opts.stop_timeout {
+                        tracing::error!(event = "worker_abandoned", error = %e, held = rt.held.len(), unreported = rt.unsent.len() + rt.unacked.len(), "stopping worker reached no node in time; exiting without reporting");
+                        return Err(ClientError::Abandoned {
+                            results: rt.unsent.len() + rt.unacked.len(),
+                            running: rt.held.len(),
+                            waited: rt.opts.stop_timeout,
+                            last_error: e.to_string(),
+                        });
+                    }
                 }
                 tracing::warn!(event = "worker_reconnecting", error = %e, held = rt.held.len(), "worker stream lost; reconnecting");
                 // Results already sent but not acknowledged may not have
@@ -170,6 +203,15 @@ fn message(msg: Msg) -> pb::WorkerMessage {
 }
 
 impl<H: Handler> Runtime<H> {
+    /// Takes the results of jobs that finished while no stream was open;
+    /// the next session sends them.
+    fn collect_finished(&mut self) {
+        while let Ok(d) = self.done_rx.try_recv() {
+            self.held.remove(&d.job_id);
+            self.unsent.push(d);
+        }
+    }
+
     /// One stream's life. Ok when the worker has stopped cleanly.
     async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), ClientError> {
         let url = self
@@ -211,6 +253,7 @@ impl<H: Handler> Runtime<H> {
                 )))
             }
         };
+        self.registered = true;
         let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -269,6 +312,8 @@ impl<H: Handler> Runtime<H> {
         out: &mpsc::Sender<pb::WorkerMessage>,
     ) -> Result<(), ClientError> {
         self.stopping = true;
+        self.stop_began
+            .get_or_insert_with(tokio::time::Instant::now);
         tracing::info!(
             event = "worker_draining",
             held = self.held.len(),
