@@ -49,8 +49,8 @@ pub struct BenchArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
-    /// Only these workloads (comma separated): ping,enq,enqs,e2e,lat,batch,rss.
-    /// enqs is enq over one enqueue stream per producer.
+    /// Only these workloads (comma separated): ping,enq,enqs,e2e,e2es,lat,batch,rss.
+    /// enqs and e2es are enq and e2e with each producer on one enqueue stream.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Config file for the nodes bench starts (its data dir and addresses are
@@ -378,44 +378,65 @@ async fn ping(args: &BenchArgs) -> Result<Run, BenchError> {
     .await
 }
 
-async fn enqueue(args: &BenchArgs, per_request: usize) -> Result<Run, BenchError> {
+async fn enqueue(args: &BenchArgs, per_request: usize, via: Via) -> Result<Run, BenchError> {
     let target = target(args).await?;
-    let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
-    let clients = producers(&target, args.producers).await?;
-    drive(&target, clients, args.jobs, move |mut p| {
-        let jobs = vec![job("bench", &payload); per_request];
-        async move {
-            p.enqueue(jobs).await?;
-            Ok((p, per_request as u64))
-        }
-    })
-    .await
+    produce(&target, args, "bench", per_request, args.jobs, via).await
 }
 
-/// enq16 with each producer's jobs sent as messages on one enqueue stream
-/// instead of one call each; each producer still waits for every reply.
-async fn enqueue_streamed(args: &BenchArgs) -> Result<Run, BenchError> {
-    let target = target(args).await?;
+/// How producers send their requests.
+#[derive(Clone, Copy)]
+enum Via {
+    /// One call each.
+    Calls,
+    /// Messages on one enqueue stream per producer; each producer still
+    /// waits for every reply.
+    Streams,
+}
+
+/// Enqueues `total` jobs to `queue` from `args.producers` producers, each
+/// request holding `per_request` jobs.
+async fn produce(
+    target: &Target,
+    args: &BenchArgs,
+    queue: &'static str,
+    per_request: usize,
+    total: u64,
+    via: Via,
+) -> Result<Run, BenchError> {
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
-    let mut streams = Vec::with_capacity(args.producers);
-    for p in producers(&target, args.producers).await? {
-        streams.push(p.enqueue_stream().await?);
-    }
-    drive(&target, streams, args.jobs, move |mut s| {
-        let jobs = vec![job("bench", &payload)];
-        async move {
-            s.enqueue(jobs).await?;
-            Ok((s, 1))
+    let clients = producers(target, args.producers).await?;
+    match via {
+        Via::Calls => {
+            drive(target, clients, total, move |mut p| {
+                let jobs = vec![job(queue, &payload); per_request];
+                async move {
+                    p.enqueue(jobs).await?;
+                    Ok((p, per_request as u64))
+                }
+            })
+            .await
         }
-    })
-    .await
+        Via::Streams => {
+            let mut streams = Vec::with_capacity(clients.len());
+            for p in clients {
+                streams.push(p.enqueue_stream().await?);
+            }
+            drive(target, streams, total, move |mut s| {
+                let jobs = vec![job(queue, &payload); per_request];
+                async move {
+                    s.enqueue(jobs).await?;
+                    Ok((s, per_request as u64))
+                }
+            })
+            .await
+        }
+    }
 }
 
 /// Producers and workers at once; a job counts when its completion is
 /// acknowledged.
-async fn end_to_end(args: &BenchArgs) -> Result<Run, BenchError> {
+async fn end_to_end(args: &BenchArgs, via: Via) -> Result<Run, BenchError> {
     let target = target(args).await?;
-    let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
     let total = args.jobs;
     let run_count = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop) = watch::channel(false);
@@ -440,15 +461,7 @@ async fn end_to_end(args: &BenchArgs) -> Result<Run, BenchError> {
         };
         workers.push(tokio::spawn(worker::run(opts, handler, stop.clone())));
     }
-    let clients = producers(&target, args.producers).await?;
-    drive(&target, clients, total, move |mut p| {
-        let jobs = vec![job("bench-e2e", &payload)];
-        async move {
-            p.enqueue(jobs).await?;
-            Ok((p, 1))
-        }
-    })
-    .await?;
+    produce(&target, args, "bench-e2e", 1, total, via).await?;
     let mut completed = 0;
     for w in workers {
         completed += w
@@ -577,16 +590,20 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         ceiling = Some(f.rate.median);
     }
     if want("enq") {
-        let f = repeat(args.runs, || enqueue(&args, 1)).await?;
+        let f = repeat(args.runs, || enqueue(&args, 1, Via::Calls)).await?;
         print_rate("enq", &f, "jobs/s ", ceiling);
     }
     if want("enqs") {
-        let f = repeat(args.runs, || enqueue_streamed(&args)).await?;
+        let f = repeat(args.runs, || enqueue(&args, 1, Via::Streams)).await?;
         print_rate("enqs", &f, "jobs/s ", ceiling);
     }
     if want("e2e") {
-        let f = repeat(args.runs, || end_to_end(&args)).await?;
+        let f = repeat(args.runs, || end_to_end(&args, Via::Calls)).await?;
         print_rate("e2e", &f, "jobs/s ", ceiling);
+    }
+    if want("e2es") {
+        let f = repeat(args.runs, || end_to_end(&args, Via::Streams)).await?;
+        print_rate("e2es", &f, "jobs/s ", ceiling);
     }
     if want("lat") {
         let mut p50 = Vec::new();
@@ -603,7 +620,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         );
     }
     if want("batch") {
-        let f = repeat(args.runs, || enqueue(&args, 100)).await?;
+        let f = repeat(args.runs, || enqueue(&args, 100, Via::Calls)).await?;
         print_rate("batch100", &f, "jobs/s ", ceiling);
     }
     if want("rss") && args.rss_jobs > 0 {
