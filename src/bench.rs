@@ -166,6 +166,19 @@ impl LocalNode {
     }
 }
 
+/// CPU seconds (user and system) this process has used so far: the load
+/// generator's here, and `cargo bench`'s.
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let u = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 /// CPU seconds used so far by this process (the load generator) and by the
 /// nodes it started (none when targeting `--server`).
 #[derive(Clone, Copy)]
@@ -176,13 +189,7 @@ struct CpuMark {
 
 impl CpuMark {
     fn now(target: &Target) -> CpuMark {
-        // SAFETY: getrusage fills the struct it is given.
-        let client = unsafe {
-            let mut u: libc::rusage = std::mem::zeroed();
-            libc::getrusage(libc::RUSAGE_SELF, &mut u);
-            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-            secs(u.ru_utime) + secs(u.ru_stime)
-        };
+        let client = process_cpu_seconds();
         let nodes = (!target.nodes.is_empty())
             .then(|| {
                 target
@@ -405,30 +412,44 @@ async fn produce(
 ) -> Result<Run, BenchError> {
     let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
     let clients = producers(target, args.producers).await?;
+    let op = move |mut client: Enqueuer| {
+        let jobs = vec![job(queue, &payload); per_request];
+        async move {
+            client.enqueue(jobs).await?;
+            Ok((client, per_request as u64))
+        }
+    };
     match via {
         Via::Calls => {
-            drive(target, clients, total, move |mut p| {
-                let jobs = vec![job(queue, &payload); per_request];
-                async move {
-                    p.enqueue(jobs).await?;
-                    Ok((p, per_request as u64))
-                }
-            })
+            drive(
+                target,
+                clients.into_iter().map(Enqueuer::Calls).collect(),
+                total,
+                op,
+            )
             .await
         }
         Via::Streams => {
             let mut streams = Vec::with_capacity(clients.len());
             for p in clients {
-                streams.push(p.enqueue_stream().await?);
+                streams.push(Enqueuer::Stream(p.enqueue_stream().await?));
             }
-            drive(target, streams, total, move |mut s| {
-                let jobs = vec![job(queue, &payload); per_request];
-                async move {
-                    s.enqueue(jobs).await?;
-                    Ok((s, per_request as u64))
-                }
-            })
-            .await
+            drive(target, streams, total, op).await
+        }
+    }
+}
+
+/// A producer's way of sending, as [`Via`] picks it.
+enum Enqueuer {
+    Calls(Producer),
+    Stream(crate::client::EnqueueStream),
+}
+
+impl Enqueuer {
+    async fn enqueue(&mut self, jobs: Vec<pb::NewJob>) -> Result<(), ClientError> {
+        match self {
+            Enqueuer::Calls(p) => p.enqueue(jobs).await.map(drop),
+            Enqueuer::Stream(s) => s.enqueue(jobs).await.map(drop),
         }
     }
 }

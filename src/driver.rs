@@ -1,5 +1,5 @@
-//! The raft driver: one task, on its own thread, owns the `RawNode` and the
-//! state machine. Everything else talks to it through [`DriverHandle`].
+//! The raft driver: one task owns the `RawNode` and the state machine; a
+//! flusher thread makes its writes durable. Everything else talks to it through [`DriverHandle`].
 //!
 //! Each turn of its loop puts every proposal waiting in the channel into one
 //! log entry, then handles one `Ready` in the order raft-rs asks: send

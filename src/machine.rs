@@ -89,6 +89,27 @@ enum Payload {
     Apart,
 }
 
+impl Payload {
+    /// The payload's bytes; `read` fetches a record by key (from the staged
+    /// writes or the tree) for one kept apart.
+    fn bytes(
+        self,
+        id: JobId,
+        read: impl FnOnce(&[u8]) -> Result<Option<bytes::Bytes>, MachineError>,
+    ) -> Result<bytes::Bytes, MachineError> {
+        match self {
+            Payload::Inline(bytes) => Ok(bytes),
+            Payload::Apart => read(&key(PAYLOAD, id))?.ok_or_else(|| missing_payload(id)),
+        }
+    }
+}
+
+/// A job record from its stored bytes without its payload, which follows
+/// the job in the record and is left unread.
+fn decode_job(k: &[u8], bytes: &[u8]) -> Result<Job, MachineError> {
+    decode(k, bytes)
+}
+
 /// Persisted with every commit; the applied index and the state it describes
 /// are always written together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,8 +339,7 @@ impl Machine {
         };
         for item in machine.tree.scan_prefix([JOB]) {
             let (k, v) = item?;
-            let (job, _payload): (Job, Payload) = decode(&k, &v)?;
-            machine.place(&job);
+            machine.place(&decode_job(&k, &v)?);
         }
         Ok(machine)
     }
@@ -807,13 +827,7 @@ impl Machine {
 
     /// The bytes of a payload the job's record names.
     fn payload_bytes(&self, id: JobId, payload: Payload) -> Result<bytes::Bytes, MachineError> {
-        match payload {
-            Payload::Inline(bytes) => Ok(bytes),
-            Payload::Apart => self
-                .get(&key(PAYLOAD, id))?
-                .map(bytes::Bytes::from)
-                .ok_or_else(|| missing_payload(id)),
-        }
+        payload.bytes(id, |k| Ok(self.get(k)?.map(bytes::Bytes::from)))
     }
 
     fn load(&self, id: JobId) -> Result<Option<(Job, Payload)>, MachineError> {
@@ -851,7 +865,11 @@ impl JobReader {
     }
 
     pub fn job(&self, id: JobId) -> Result<Option<Job>, MachineError> {
-        Ok(self.job_and_payload(id)?.map(|(job, _)| job))
+        let k = key(JOB, id);
+        match self.tree().get(k)? {
+            Some(v) => decode_job(&k, &v).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn job_and_payload(&self, id: JobId) -> Result<Option<(Job, bytes::Bytes)>, MachineError> {
@@ -861,13 +879,9 @@ impl JobReader {
             return Ok(None);
         };
         let (job, payload): (Job, Payload) = decode(&k, &v)?;
-        let payload = match payload {
-            Payload::Inline(bytes) => bytes,
-            Payload::Apart => tree
-                .get(key(PAYLOAD, id))?
-                .map(|v| bytes::Bytes::copy_from_slice(&v))
-                .ok_or_else(|| missing_payload(id))?,
-        };
+        let payload = payload.bytes(id, |k| {
+            Ok(tree.get(k)?.map(|v| bytes::Bytes::copy_from_slice(&v)))
+        })?;
         Ok(Some((job, payload)))
     }
 

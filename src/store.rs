@@ -138,8 +138,9 @@ struct EntryCache {
 }
 
 impl EntryCache {
+    /// Its encoded size, which is what sled holds and what raft limits.
     fn size(e: &Entry) -> usize {
-        e.data.len() + e.context.len() + 24
+        e.compute_size() as usize
     }
 
     /// Adds what was just written (replacing any suffix it overwrites).
@@ -200,18 +201,31 @@ impl EntryCache {
         if low >= high || self.get(low).is_none() || self.get(high - 1).is_none() {
             return None;
         }
-        let mut out = Vec::with_capacity((high - low) as usize);
-        let mut size = 0u64;
-        for index in low..high {
-            let e = self.get(index)?;
-            size += Self::size(e) as u64;
-            if !out.is_empty() && size > max_size {
-                break;
-            }
-            out.push(e.clone());
-        }
+        let entries = (low..high)
+            .filter_map(|i| self.get(i))
+            .map(|e| Ok::<_, std::convert::Infallible>((e.clone(), Self::size(e) as u64)));
+        let Ok(out) = within_size(entries, max_size);
         Some(out)
     }
+}
+
+/// Entries in order while their encoded sizes add up to at most `max_size`,
+/// but always the first, as raft's `entries` requires.
+fn within_size<E>(
+    entries: impl Iterator<Item = Result<(Entry, u64), E>>,
+    max_size: u64,
+) -> Result<Vec<Entry>, E> {
+    let mut out = Vec::new();
+    let mut size = 0u64;
+    for item in entries {
+        let (e, len) = item?;
+        size += len;
+        if !out.is_empty() && size > max_size {
+            break;
+        }
+        out.push(e);
+    }
+    Ok(out)
 }
 
 impl RaftStore {
@@ -491,23 +505,20 @@ impl Storage for RaftStore {
         if let Some(cached) = self.recent.range(low, high, max_size) {
             return Ok(cached);
         }
-        let mut out = Vec::with_capacity((high - low) as usize);
-        let mut size = 0u64;
-        for item in self.tree.range(entry_key(low)..entry_key(high)) {
-            let (k, v) = item.map_err(|e| to_raft(e.into()))?;
-            let e = Entry::parse_from_bytes(&v).map_err(|err| {
-                to_raft(corrupt(
-                    format!("raft/{}", String::from_utf8_lossy(&k[..1])),
-                    err,
-                ))
-            })?;
-            size += v.len() as u64;
-            // Always return at least one entry, as the trait requires.
-            if !out.is_empty() && size > max_size {
-                break;
-            }
-            out.push(e);
-        }
+        let stored = self
+            .tree
+            .range(entry_key(low)..entry_key(high))
+            .map(|item| {
+                let (k, v) = item.map_err(|e| to_raft(e.into()))?;
+                let e = Entry::parse_from_bytes(&v).map_err(|err| {
+                    to_raft(corrupt(
+                        format!("raft/{}", String::from_utf8_lossy(&k[..1])),
+                        err,
+                    ))
+                })?;
+                Ok::<_, raft::Error>((e, v.len() as u64))
+            });
+        let out = within_size(stored, max_size)?;
         if out.is_empty() && low < high {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }

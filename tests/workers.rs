@@ -342,11 +342,16 @@ async fn a_stopping_worker_that_reaches_no_node_gives_up_after_its_stop_timeout(
     let mut p = Producer::connect(&node.grpc).await.unwrap();
     p.enqueue(vec![new_job("orphan", "x")]).await.unwrap();
 
+    // The job finishes only once its node is gone, so its result can only
+    // be reported to a node that no longer answers.
     let (taken_tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let finish = release.clone();
     let handler = move |_job: pb::LeasedJob| {
         let _ = taken_tx.send(());
-        async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        let finish = finish.clone();
+        async move {
+            finish.notified().await;
             Ok::<_, JobFailure>(Bytes::from_static(b"done too late"))
         }
     };
@@ -360,6 +365,7 @@ async fn a_stopping_worker_that_reaches_no_node_gives_up_after_its_stop_timeout(
         .expect("the worker took the job")
         .unwrap();
     node.kill();
+    release.notify_one();
     stop_tx.send_replace(true);
 
     let result = tokio::time::timeout(Duration::from_secs(30), w)

@@ -117,8 +117,8 @@ struct Runtime<H> {
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     report: WorkerReport,
-    stopping: bool,
-    /// When the worker began to stop, for [`WorkerOptions::stop_timeout`].
+    /// When the worker began to stop (it is stopping once set), for
+    /// [`WorkerOptions::stop_timeout`].
     stop_began: Option<tokio::time::Instant>,
     /// The current session registered: the node was reached.
     registered: bool,
@@ -144,7 +144,6 @@ pub async fn run<H: Handler>(
         done_tx,
         done_rx,
         report: WorkerReport::default(),
-        stopping: *stop.borrow(),
         stop_began: stop.borrow().then(tokio::time::Instant::now),
         registered: false,
         urls: super::server_list(&opts.url),
@@ -157,11 +156,10 @@ pub async fn run<H: Handler>(
             Err(e) => {
                 rt.collect_finished();
                 // A stop that came while no node was reachable.
-                if *stop.borrow() && !rt.stopping {
-                    rt.stopping = true;
-                    rt.stop_began = Some(tokio::time::Instant::now());
+                if *stop.borrow() {
+                    rt.mark_stopping();
                 }
-                if rt.stopping
+                if rt.stopping()
                     && rt.held.is_empty()
                     && rt.unsent.is_empty()
                     && rt.unacked.is_empty()
@@ -203,6 +201,14 @@ fn message(msg: Msg) -> pb::WorkerMessage {
 }
 
 impl<H: Handler> Runtime<H> {
+    fn stopping(&self) -> bool {
+        self.stop_began.is_some()
+    }
+
+    fn mark_stopping(&mut self) {
+        self.stop_began
+            .get_or_insert_with(tokio::time::Instant::now);
+    }
     /// Takes the results of jobs that finished while no stream was open;
     /// the next session sends them.
     fn collect_finished(&mut self) {
@@ -239,7 +245,7 @@ impl<H: Handler> Runtime<H> {
         })))
         .await
         .map_err(|_| ClientError::Protocol("stream closed before Register".into()))?;
-        if self.stopping {
+        if self.stopping() {
             let _ = out.send(message(Msg::Drain(pb::Drain {}))).await;
         }
         let mut inbound = client.work(ReceiverStream::new(out_rx)).await?.into_inner();
@@ -265,7 +271,7 @@ impl<H: Handler> Runtime<H> {
         // a server that does not.
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
-            let idle = self.stopping && self.held.is_empty() && self.unacked.is_empty();
+            let idle = self.stopping() && self.held.is_empty() && self.unacked.is_empty();
             if !idle {
                 idle_since = None;
             } else if idle_since
@@ -297,7 +303,7 @@ impl<H: Handler> Runtime<H> {
                         send(&out, Msg::Heartbeat(pb::Heartbeat { leases })).await?;
                     }
                 }
-                changed = stop.changed(), if !self.stopping => {
+                changed = stop.changed(), if !self.stopping() => {
                     let stop_now = changed.is_err() || *stop.borrow();
                     if stop_now {
                         self.begin_stop(&out).await?;
@@ -311,9 +317,7 @@ impl<H: Handler> Runtime<H> {
         &mut self,
         out: &mpsc::Sender<pb::WorkerMessage>,
     ) -> Result<(), ClientError> {
-        self.stopping = true;
-        self.stop_began
-            .get_or_insert_with(tokio::time::Instant::now);
+        self.mark_stopping();
         tracing::info!(
             event = "worker_draining",
             held = self.held.len(),
@@ -377,7 +381,7 @@ impl<H: Handler> Runtime<H> {
             }
             Some(ServerMsg::Shutdown(s)) => {
                 tracing::info!(event = "server_shutdown", reason = %s.reason, "server asked this worker to stop");
-                if !self.stopping {
+                if !self.stopping() {
                     self.begin_stop(out).await?;
                 }
             }

@@ -182,7 +182,6 @@ pub fn new_job(queue: &str, payload: &str) -> drover::proto::v1::NewJob {
     }
 }
 
-/// A loopback port that was free a moment ago.
 /// A port nothing listens on, for a node to bind later. Taken below Linux's
 /// ephemeral range (32768 and up): a port the kernel picked with bind(:0)
 /// could be handed to some outgoing connection (raft streams reconnect
