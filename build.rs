@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
         .bytes(".")
+        // Malformed messages are INVALID_ARGUMENT, not prost's INTERNAL.
+        .codec_path("crate::wire::codec::StrictCodec")
         .compile_protos(&["proto/drover/v1/drover.proto"], &["proto"])?;
     Ok(())
 }

@@ -253,14 +253,11 @@ impl JobRequest {
                 ));
             }
         }
-        // Ten years: anything longer is a unit mistake (seconds sent as ms * 1000).
-        const MAX_DELAY_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
-        if self.delay_ms > MAX_DELAY_MS {
-            return Err(field(
-                "delay_ms",
-                format!("{} ms is more than ten years", self.delay_ms),
-            ));
-        }
+        crate::wire::duration_ms(
+            std::time::Duration::from_millis(self.delay_ms),
+            crate::wire::MAX_DELAY,
+        )
+        .map_err(|reason| field("delay_ms", format!("{} ms: {reason}", self.delay_ms)))?;
         Ok(NewJob {
             queue: self.queue,
             job_type,

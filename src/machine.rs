@@ -657,6 +657,13 @@ impl Machine {
     fn complete(&mut self, now: u64, c: &Completion) -> Result<Result<(), Refusal>, MachineError> {
         let (mut job, payload) = match self.fenced(c.job_id, c.attempt)? {
             Ok(loaded) => loaded,
+            // A worker sends a result again when it could not learn whether
+            // the first reached the log; the repeat changes nothing.
+            Err(Refusal::StaleLease {
+                state: JobState::Succeeded,
+                current,
+                ..
+            }) if current == c.attempt => return Ok(Ok(())),
             Err(refusal) => return Ok(Err(refusal)),
         };
         self.unplace(&job);
@@ -676,6 +683,13 @@ impl Machine {
     fn fail(&mut self, now: u64, f: &Failure) -> Result<Result<(), Refusal>, MachineError> {
         let (mut job, payload) = match self.fenced(f.job_id, f.attempt)? {
             Ok(loaded) => loaded,
+            // A repeated failure report (see `complete`): the job failed at
+            // this attempt and waits for its retry, or is dead.
+            Err(Refusal::StaleLease {
+                state: JobState::Scheduled | JobState::Dead,
+                current,
+                ..
+            }) if current == f.attempt => return Ok(Ok(())),
             Err(refusal) => return Ok(Err(refusal)),
         };
         self.unplace(&job);

@@ -279,14 +279,8 @@ impl EnqueueBody {
                 return Err(Error::invalid("delay", "give delay or delay_ms, not both"))
             }
             (Some(ms), None) => ms,
-            (None, Some(d)) => humantime::parse_duration(&d)
-                .map_err(|e| {
-                    Error::invalid(
-                        "delay",
-                        format!("{d:?} is not a duration like \"30s\": {e}"),
-                    )
-                })?
-                .as_millis() as u64,
+            (None, Some(d)) => crate::wire::parse_duration_ms(&d, crate::wire::MAX_DELAY)
+                .map_err(|reason| Error::invalid("delay", reason))?,
             (None, None) => 0,
         };
         Ok(JobRequest {

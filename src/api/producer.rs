@@ -62,16 +62,26 @@ impl ProducerService for Producer {
             (*stopped.borrow()).then(|| Err(Status::from(crate::error::Error::ShuttingDown)))
         })
         .filter_map(std::future::ready);
-        let replies = req
-            .into_inner()
-            .take_until(stopping)
+        // A frame or decode error leaves the stream's framing unknown: the
+        // bytes after it may be the inside of the refused message. So the
+        // first such error ends the stream (after the replies to what came
+        // before it); nothing after it is read.
+        let requests = futures::stream::unfold(
+            Some(req.into_inner().take_until(stopping).boxed()),
+            |inbound| async move {
+                let mut inbound = inbound?;
+                match inbound.next().await? {
+                    Ok(request) => Some((Ok(request), Some(inbound))),
+                    Err(status) => Some((Err(crate::wire::inbound_stream_error(status)), None)),
+                }
+            },
+        );
+        let replies = requests
             .map(move |request| {
                 let app = app.clone();
                 async move {
-                    let result = match request {
-                        Ok(request) => enqueue_jobs(&app, request.jobs).await,
-                        Err(status) => Err(status),
-                    };
+                    let request = request?;
+                    let result = enqueue_jobs(&app, request.jobs).await;
                     Ok(pb::EnqueueReply {
                         result: Some(match result {
                             Ok(ok) => pb::enqueue_reply::Result::Ok(ok),

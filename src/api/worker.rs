@@ -6,7 +6,7 @@
 //! into one command per kind, so a busy worker costs one log entry per round
 //! of completions, not one per job.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -60,7 +60,8 @@ impl WorkerService for Worker {
                 Status::deadline_exceeded(
                     "no Register message within 10 s of opening the Work stream",
                 )
-            })??;
+            })?
+            .map_err(crate::wire::inbound_stream_error)?;
         let Some(pb::WorkerMessage {
             msg: Some(Msg::Register(reg)),
         }) = first
@@ -89,7 +90,7 @@ impl WorkerService for Worker {
         let session = Session {
             app: self.app.clone(),
             registration,
-            in_flight: HashMap::new(),
+            in_flight: HashSet::new(),
             draining: false,
             finished: Default::default(),
             worker_drained: false,
@@ -105,10 +106,14 @@ impl Worker {
         if reg.worker_id.is_empty() || reg.worker_id.len() > 128 {
             return Err(Error::invalid("worker_id", "must be 1 to 128 bytes"));
         }
-        if reg.queues.is_empty() || reg.queues.len() > 64 {
+        // A queue named twice is served once, so it counts once.
+        let mut queues = reg.queues;
+        queues.sort();
+        queues.dedup();
+        if queues.is_empty() || queues.len() > 64 {
             return Err(Error::invalid("queues", "name 1 to 64 queues to serve"));
         }
-        for q in &reg.queues {
+        for q in &queues {
             validate_queue(q)?;
         }
         let max = self.app.config.limits.max_worker_capacity;
@@ -121,9 +126,6 @@ impl Worker {
                 ),
             ));
         }
-        let mut queues = reg.queues;
-        queues.sort();
-        queues.dedup();
         Ok(self.app.workers.register(WorkerEntry {
             worker_id: reg.worker_id,
             queues,
@@ -160,8 +162,9 @@ enum Event {
 struct Session {
     app: App,
     registration: Registration,
-    /// Jobs this worker holds: id -> attempt.
-    in_flight: HashMap<JobId, u32>,
+    /// Leases this worker holds, as (job, attempt): a report about another
+    /// attempt of a held job (stale or forged) frees no slot.
+    in_flight: HashSet<(JobId, u32)>,
     draining: bool,
     /// Leases whose result this session has received, so a late heartbeat
     /// answer does not count them as held again.
@@ -227,7 +230,11 @@ impl Session {
                     }
                     Ok(None) => break,
                     Err(status) => {
+                        // Framing is lost after a bad frame: end the stream
+                        // with the error (the worker reconnects) instead of
+                        // reading on from inside it.
                         tracing::info!(event = "worker_stream_error", worker_id = %worker_id, error = %status, "worker stream broke");
+                        let _ = self.tx.send(Err(crate::wire::inbound_stream_error(status))).await;
                         break;
                     }
                 },
@@ -308,7 +315,7 @@ impl Session {
                 })),
                 Some(Msg::Complete(c)) => {
                     for c in c.completions {
-                        self.in_flight.remove(&c.job_id);
+                        self.in_flight.remove(&(c.job_id, c.attempt));
                         self.mark_finished(c.job_id, c.attempt);
                         if c.result.len() > max_result {
                             // Refusing the completion would leave the job
@@ -333,7 +340,7 @@ impl Session {
                 }
                 Some(Msg::Fail(f)) => {
                     for f in f.failures {
-                        self.in_flight.remove(&f.job_id);
+                        self.in_flight.remove(&(f.job_id, f.attempt));
                         self.mark_finished(f.job_id, f.attempt);
                         failures.push(Failure {
                             job_id: f.job_id,
@@ -427,9 +434,9 @@ impl Session {
                 }
                 let mut leased = Vec::with_capacity(jobs.len());
                 for leased_job in jobs {
-                    self.in_flight
-                        .insert(leased_job.job.id, leased_job.job.attempts);
-                    leased.push(convert::leased_job(leased_job));
+                    let job = convert::leased_job(leased_job);
+                    self.in_flight.insert((job.job_id, job.attempt));
+                    leased.push(job);
                 }
                 self.sync_entry();
                 pb::server_message::Msg::Leases(pb::Leases { jobs: leased })
@@ -474,13 +481,18 @@ impl Session {
             // The heartbeat did not reach the log (no leader); the next one will.
             return Vec::new();
         }
-        let results: Vec<Result<(), String>> = match result {
+        // (message, transient) for each refused report. A refusal by the
+        // machine is final; a proposal that failed (no leader, the node
+        // stopping, an outcome not known) is transient: the worker keeps
+        // the result and sends it again, which the machine's fencing by
+        // (job, attempt) makes safe.
+        let results: Vec<Result<(), (String, bool)>> = match result {
             Ok(Outcome::Acks(results)) if results.len() == refs.len() => results
                 .into_iter()
-                .map(|r| r.map_err(|e: Refusal| e.to_string()))
+                .map(|r| r.map_err(|e: Refusal| (e.to_string(), false)))
                 .collect(),
-            Ok(other) => vec![Err(format!("unexpected outcome {other:?}")); refs.len()],
-            Err(e) => vec![Err(e.to_string()); refs.len()],
+            Ok(other) => vec![Err((format!("unexpected outcome {other:?}"), false)); refs.len()],
+            Err(e) => vec![Err((e.to_string(), true)); refs.len()],
         };
         let mut acks = Vec::new();
         for ((job_id, attempt), r) in refs.into_iter().zip(results) {
@@ -491,21 +503,24 @@ impl Session {
                     // in must not bring it back: the worker no longer holds it.
                     Ok(()) => {
                         if !self.finished.contains(&(job_id, attempt)) {
-                            self.in_flight.insert(job_id, attempt);
+                            self.in_flight.insert((job_id, attempt));
                         }
                         continue;
                     }
                     Err(_) => {
-                        self.in_flight.remove(&job_id);
+                        self.in_flight.remove(&(job_id, attempt));
                     }
                 }
             }
+            let ok = r.is_ok();
+            let (error, transient) = r.err().unwrap_or_default();
             acks.push(pb::Ack {
                 job_id,
                 attempt,
                 kind: kind.ack_kind() as i32,
-                ok: r.is_ok(),
-                error: r.err().unwrap_or_default(),
+                ok,
+                error,
+                transient,
             });
         }
         self.sync_entry();

@@ -112,8 +112,13 @@ struct Runtime<H> {
     held: HashMap<u64, u32>,
     /// Results sent and not yet acknowledged.
     unacked: HashMap<u64, Done>,
-    /// Results not yet sent (stream was down).
+    /// Results not yet sent (stream was down), or refused for a passing
+    /// reason and waiting for `resend_at`.
     unsent: Vec<Done>,
+    /// When to send `unsent` again on the open stream, after a transient
+    /// refusal; its backoff grows with `transient_refusals` in a row.
+    resend_at: Option<tokio::time::Instant>,
+    transient_refusals: u32,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     report: WorkerReport,
@@ -141,6 +146,8 @@ pub async fn run<H: Handler>(
         held: HashMap::new(),
         unacked: HashMap::new(),
         unsent: Vec::new(),
+        resend_at: None,
+        transient_refusals: 0,
         done_tx,
         done_rx,
         report: WorkerReport::default(),
@@ -264,6 +271,7 @@ impl<H: Handler> Runtime<H> {
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Results finished while disconnected go out first.
+        self.resend_at = None;
         let pending: Vec<Done> = std::mem::take(&mut self.unsent);
         self.send_results(&out, pending).await?;
         // Once stopping with nothing held, the server closes the stream after
@@ -271,7 +279,10 @@ impl<H: Handler> Runtime<H> {
         // a server that does not.
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
-            let idle = self.stopping() && self.held.is_empty() && self.unacked.is_empty();
+            let idle = self.stopping()
+                && self.held.is_empty()
+                && self.unacked.is_empty()
+                && self.unsent.is_empty();
             if !idle {
                 idle_since = None;
             } else if idle_since
@@ -288,6 +299,11 @@ impl<H: Handler> Runtime<H> {
                     Some(m) => self.on_server(m, &out).await?,
                 },
                 _ = tokio::time::sleep(STOP_WAIT), if idle => {}
+                _ = tokio::time::sleep_until(self.resend_at.unwrap_or_else(tokio::time::Instant::now)), if self.resend_at.is_some() => {
+                    self.resend_at = None;
+                    let again = std::mem::take(&mut self.unsent);
+                    self.send_results(&out, again).await?;
+                }
                 Some(first) = self.done_rx.recv() => {
                     let mut batch = vec![first];
                     while let Ok(d) = self.done_rx.try_recv() {
@@ -367,7 +383,21 @@ impl<H: Handler> Runtime<H> {
                         tracing::warn!(event = "lease_lost", job_id = ack.job_id, error = %ack.error, "lease lost");
                         continue;
                     }
-                    self.unacked.remove(&ack.job_id);
+                    let Some(done) = self.unacked.remove(&ack.job_id) else {
+                        continue;
+                    };
+                    if !ack.ok && ack.transient {
+                        // It did not reach the log (election, node
+                        // stopping): keep it and send it again shortly.
+                        tracing::info!(event = "result_resend", job_id = ack.job_id, attempt = ack.attempt, error = %ack.error, "result not taken for now; sending it again");
+                        self.unsent.push(done);
+                        self.transient_refusals += 1;
+                        self.resend_at.get_or_insert_with(|| {
+                            tokio::time::Instant::now() + resend_backoff(self.transient_refusals)
+                        });
+                        continue;
+                    }
+                    self.transient_refusals = 0;
                     if ack.ok {
                         match kind {
                             pb::AckKind::Complete => self.report.completed += 1,
@@ -438,6 +468,17 @@ impl<H: Handler> Runtime<H> {
             }
         }
     }
+}
+
+/// The pause before sending results again after the `n`th transient
+/// refusal in a row: 100 ms doubling to 3.2 s, with up to half again of
+/// random jitter so workers refused together do not come back together.
+fn resend_backoff(n: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let base = 100u64 << n.saturating_sub(1).min(5);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(n);
+    Duration::from_millis(base + h.finish() % (base / 2 + 1))
 }
 
 async fn send(out: &mpsc::Sender<pb::WorkerMessage>, msg: Msg) -> Result<(), ClientError> {

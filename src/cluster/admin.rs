@@ -21,48 +21,97 @@ fn refused(reason: impl Into<String>) -> Error {
     Error::MembershipRefused(reason.into())
 }
 
+/// How long the node asked may take to open a connection to a new
+/// member's address before the add is refused.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Adds node `id`, reachable at `addr`: as a learner first, promoted to
-/// voter once it has caught up.
+/// voter once it has answered the leader and caught up.
 pub async fn add(router: &Router, id: u64, addr: &str) -> Result<NodeStatus, Error> {
     if id == 0 {
         return Err(Error::invalid("id", "node ids are 1 or more"));
     }
-    crate::client::endpoint(addr).map_err(|e| Error::invalid("addr", e.to_string()))?;
+    crate::wire::check_peer_addr(addr).map_err(|reason| Error::invalid("addr", reason))?;
     let view = router.members().await?;
-    match view.members.iter().find(|m| m.id == id) {
+    // Until it has answered, a learner's progress says nothing, so the wait
+    // below is for a log index it can only report by answering: the entry
+    // that added it, or (a learner from an earlier attempt) what is
+    // committed now.
+    let answered_at = match view.members.iter().find(|m| m.id == id) {
         Some(m) if m.voter => return Err(refused(format!("node {id} is already a voter"))),
-        Some(_) => {} // a learner from an earlier attempt: go on to promote it
+        Some(_) => view.commit_index, // a learner from an earlier attempt: go on to promote it
         None => {
+            dial(addr).await?;
             router
                 .change_members(MemberChange::AddLearner {
                     id,
                     addr: addr.to_string(),
                 })
-                .await?;
+                .await?
         }
-    }
+    };
     let deadline = Instant::now() + CATCH_UP;
-    loop {
+    let view = loop {
         let view = router.members().await?;
         let caught_up = view.members.iter().any(|m| {
             m.id == id
-                && m.reachable == Some(true)
-                && m.match_index
-                    .is_some_and(|i| i + CAUGHT_UP_SLACK >= view.commit_index)
+                && m.match_index.is_some_and(|i| {
+                    i >= answered_at.max(1) && i + CAUGHT_UP_SLACK >= view.commit_index
+                })
         });
         if caught_up {
-            break;
+            break view;
         }
         if Instant::now() > deadline {
             return Err(refused(format!(
-                "node {id} joined as a learner but did not catch up within {}s; check that it runs with join = true, the same cluster_id, and can reach the members at their addresses; run the add again to promote it once it has caught up, or remove it",
+                "node {id} joined as a learner but has not answered the leader with the log up to index {answered_at} within {}s, so it stays a learner; check that it runs at {addr} with join = true and the same cluster_id, and can reach the members at their addresses; run the add again to promote it once it has caught up, or remove it",
                 CATCH_UP.as_secs()
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    // The learner has answered, so it counts as reachable.
+    let voters = view.members.iter().filter(|m| m.voter).count() + 1;
+    let reachable = view
+        .members
+        .iter()
+        .filter(|m| m.voter && m.reachable == Some(true))
+        .count()
+        + 1;
+    check_quorum(voters, reachable)
+        .map_err(|why| refused(format!("promoting node {id} would leave {why}")))?;
     router.change_members(MemberChange::Promote { id }).await?;
     router.members().await
+}
+
+/// Opens a connection to `addr`, so a typo or a node not started yet is
+/// reported before anything enters the log.
+async fn dial(addr: &str) -> Result<(), Error> {
+    let endpoint = crate::client::endpoint(addr)
+        .map_err(|e| Error::invalid("addr", e.to_string()))?
+        .connect_timeout(DIAL_TIMEOUT);
+    match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(refused(format!(
+            "cannot connect to {addr}: {e}; start the new node first (with join = true) and check the address and port"
+        ))),
+        Err(_) => Err(refused(format!(
+            "no answer from {addr} within {}s; start the new node first (with join = true) and check the address and that no firewall drops it",
+            DIAL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Whether `reachable` of `voters` make a quorum; `Err` says why not, to
+/// follow "would leave".
+fn check_quorum(voters: usize, reachable: usize) -> Result<(), String> {
+    let quorum = voters / 2 + 1;
+    if reachable < quorum {
+        return Err(format!(
+            "{reachable} reachable of {voters} voters, fewer than the {quorum} a quorum needs"
+        ));
+    }
+    Ok(())
 }
 
 /// Removes node `id`. Refused when the voters left would not include a
@@ -87,12 +136,12 @@ pub async fn remove(router: &Router, id: u64, force: bool) -> Result<NodeStatus,
             return Err(refused("the last voter cannot be removed"));
         }
         let reachable = left.iter().filter(|m| m.reachable == Some(true)).count();
-        let quorum = left.len() / 2 + 1;
-        if reachable < quorum && !force {
-            return Err(refused(format!(
-                "removing node {id} would leave {reachable} reachable of {} voters, fewer than the {quorum} a quorum needs; bring members back first, or pass --force to remove it anyway",
-                left.len()
-            )));
+        if let Err(why) = check_quorum(left.len(), reachable) {
+            if !force {
+                return Err(refused(format!(
+                    "removing node {id} would leave {why}; bring members back first, or pass --force to remove it anyway"
+                )));
+            }
         }
     }
     router.change_members(MemberChange::Remove { id }).await?;
@@ -122,5 +171,22 @@ pub async fn transfer_leader(router: &Router, id: u64) -> Result<NodeStatus, Err
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_quorum;
+
+    #[test]
+    fn quorum_of_reachable_voters() {
+        assert!(check_quorum(1, 1).is_ok());
+        assert!(check_quorum(2, 1).is_err());
+        assert!(check_quorum(3, 2).is_ok());
+        assert!(check_quorum(4, 2).is_err());
+        assert_eq!(
+            check_quorum(5, 2).unwrap_err(),
+            "2 reachable of 5 voters, fewer than the 3 a quorum needs"
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! ports chosen by the OS, and polling with a deadline instead of sleeping.
 #![allow(dead_code)]
 
+pub mod raw_grpc;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,369 @@
+//! Regression tests for the holes an outside fuzz run found: broken frames
+//! on streams, a worker pushed past its capacity, durations that wrap, and
+//! members that do not exist. Each sends what a careless or hostile client
+//! would, over real sockets to a real node.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::raw_grpc::{self, frame};
+use common::*;
+use drover::proto::v1 as pb;
+use prost::Message;
+use serde_json::json;
+
+const ENQUEUE_STREAM: &str = "/drover.v1.ProducerService/EnqueueStream";
+const ENQUEUE: &str = "/drover.v1.ProducerService/Enqueue";
+const WORK: &str = "/drover.v1.WorkerService/Work";
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn enqueue_request(queue: &str) -> Vec<u8> {
+    pb::EnqueueRequest {
+        jobs: vec![new_job(queue, "x")],
+    }
+    .encode_to_vec()
+}
+
+async fn queue_stats(node: &TestNode, queue: &str) -> serde_json::Value {
+    let (_, s) = get_json(&format!("{}/api/v1/stats", node.http)).await;
+    s["queues"][queue].clone()
+}
+
+#[tokio::test]
+async fn an_oversized_stream_frame_ends_the_stream_and_nothing_inside_it_runs() {
+    let node = TestNode::start("");
+    // A 65 MiB message (over the 64 MiB limit) whose body starts with a
+    // well-formed frame of its own, for queue `smuggled`.
+    let inner = frame(&enqueue_request("smuggled"));
+    let mut body = inner.to_vec();
+    body.resize(65 * 1024 * 1024, 0x01);
+    let reply = raw_grpc::call(
+        &node.grpc,
+        ENQUEUE_STREAM,
+        vec![frame(&enqueue_request("fine")), frame(&body)],
+        LIMIT,
+        100,
+    )
+    .await;
+    assert!(reply.ended, "the stream must end: {reply:?}");
+    assert!(reply.messages.len() <= 1, "{reply:?}");
+    assert_eq!(
+        reply.grpc_status,
+        Some(tonic::Code::OutOfRange as i32),
+        "{}",
+        reply.grpc_message
+    );
+    assert_eq!(
+        queue_stats(&node, "smuggled").await,
+        serde_json::Value::Null
+    );
+    // The node still serves.
+    let mut p = drover::client::Producer::connect(&node.grpc).await.unwrap();
+    p.enqueue(vec![new_job("after", "x")]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_that_cannot_be_decoded_ends_instead_of_answering_forever() {
+    let node = TestNode::start("");
+    // Unframed junk between two good requests: the framing is lost.
+    let unframed = raw_grpc::call(
+        &node.grpc,
+        ENQUEUE_STREAM,
+        vec![
+            frame(&enqueue_request("a")),
+            Bytes::from_static(&[0x0a, 0x02, 0xff, 0xfe]),
+            frame(&enqueue_request("a")),
+        ],
+        LIMIT,
+        1000,
+    )
+    .await;
+    assert!(unframed.ended, "{unframed:?}");
+    assert!(
+        unframed.messages.len() <= 2,
+        "{} replies",
+        unframed.messages.len()
+    );
+    assert_ne!(unframed.grpc_status, Some(0), "{unframed:?}");
+    // A well-framed message that is not an EnqueueRequest.
+    let framed = raw_grpc::call(
+        &node.grpc,
+        ENQUEUE_STREAM,
+        vec![
+            frame(&enqueue_request("b")),
+            frame(&[0x0a, 0x02, 0xff, 0xfe]),
+            frame(&enqueue_request("b")),
+        ],
+        LIMIT,
+        1000,
+    )
+    .await;
+    assert!(framed.ended, "{framed:?}");
+    assert_eq!(
+        framed.messages.len(),
+        1,
+        "only the first request is answered"
+    );
+    assert_eq!(
+        framed.grpc_status,
+        Some(tonic::Code::InvalidArgument as i32),
+        "{}",
+        framed.grpc_message
+    );
+    // The request after the broken one was never read.
+    assert_eq!(
+        queue_stats(&node, "b").await["ready"],
+        json!([0, 0, 1, 0, 0])
+    );
+}
+
+#[tokio::test]
+async fn malformed_protobuf_is_invalid_argument_on_calls_and_the_work_stream() {
+    let node = TestNode::start("");
+    let unary = raw_grpc::call(
+        &node.grpc,
+        ENQUEUE,
+        vec![frame(&[0x0a, 0x02, 0xff, 0xfe])],
+        LIMIT,
+        10,
+    )
+    .await;
+    assert_eq!(
+        unary.grpc_status,
+        Some(tonic::Code::InvalidArgument as i32),
+        "{}",
+        unary.grpc_message
+    );
+    let register = pb::WorkerMessage {
+        msg: Some(pb::worker_message::Msg::Register(pb::Register {
+            worker_id: "w".into(),
+            queues: vec!["q".into()],
+            capacity: 1,
+        })),
+    }
+    .encode_to_vec();
+    let work = raw_grpc::call(
+        &node.grpc,
+        WORK,
+        vec![frame(&register), frame(&[0x0a, 0x02, 0xff, 0xfe])],
+        LIMIT,
+        10,
+    )
+    .await;
+    assert!(work.ended, "{work:?}");
+    assert_eq!(work.messages.len(), 1, "Registered, then the error");
+    assert_eq!(
+        work.grpc_status,
+        Some(tonic::Code::InvalidArgument as i32),
+        "{}",
+        work.grpc_message
+    );
+}
+
+/// A worker stream driven by hand.
+struct RawWorker {
+    out: tokio::sync::mpsc::Sender<pb::WorkerMessage>,
+    inbound: tonic::Streaming<pb::ServerMessage>,
+}
+
+impl RawWorker {
+    async fn register(node: &TestNode, queues: Vec<String>, capacity: u32) -> RawWorker {
+        let mut client = pb::worker_service_client::WorkerServiceClient::connect(node.grpc.clone())
+            .await
+            .unwrap();
+        let (out, rx) = tokio::sync::mpsc::channel(16);
+        out.send(msg(pb::worker_message::Msg::Register(pb::Register {
+            worker_id: "raw".into(),
+            queues,
+            capacity,
+        })))
+        .await
+        .unwrap();
+        let mut inbound = client
+            .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        match inbound.message().await.unwrap() {
+            Some(pb::ServerMessage {
+                msg: Some(pb::server_message::Msg::Registered(_)),
+            }) => {}
+            other => panic!("expected Registered, got {other:?}"),
+        }
+        RawWorker { out, inbound }
+    }
+
+    async fn next(&mut self, within: Duration) -> Option<pb::server_message::Msg> {
+        match tokio::time::timeout(within, self.inbound.message()).await {
+            Ok(m) => m.unwrap().and_then(|m| m.msg),
+            Err(_) => None,
+        }
+    }
+}
+
+fn msg(m: pb::worker_message::Msg) -> pb::WorkerMessage {
+    pb::WorkerMessage { msg: Some(m) }
+}
+
+#[tokio::test]
+async fn reports_for_another_attempt_do_not_free_a_workers_slot() {
+    let node = TestNode::start("");
+    let mut p = drover::client::Producer::connect(&node.grpc).await.unwrap();
+    p.enqueue((0..3).map(|_| new_job("cap", "x")).collect())
+        .await
+        .unwrap();
+    let mut w = RawWorker::register(&node, vec!["cap".into()], 1).await;
+    let Some(pb::server_message::Msg::Leases(l)) = w.next(LIMIT).await else {
+        panic!("expected a lease");
+    };
+    assert_eq!(l.jobs.len(), 1);
+    let (job_id, attempt) = (l.jobs[0].job_id, l.jobs[0].attempt);
+    let forged = attempt + 1;
+    let reports = [
+        pb::worker_message::Msg::Heartbeat(pb::Heartbeat {
+            leases: vec![pb::LeaseRef {
+                job_id,
+                attempt: forged,
+                ..Default::default()
+            }],
+        }),
+        pb::worker_message::Msg::Complete(pb::Complete {
+            completions: vec![pb::Completion {
+                job_id,
+                attempt: forged,
+                result: Bytes::new(),
+            }],
+        }),
+        pb::worker_message::Msg::Fail(pb::Fail {
+            failures: vec![pb::Failure {
+                job_id,
+                attempt: forged,
+                error_class: "x".into(),
+                message: String::new(),
+            }],
+        }),
+    ];
+    for report in reports {
+        w.out.send(msg(report)).await.unwrap();
+        match w.next(LIMIT).await {
+            Some(pb::server_message::Msg::Acks(a)) => {
+                assert_eq!(a.acks.len(), 1);
+                assert!(!a.acks[0].ok, "a report for attempt {forged} is stale");
+                assert!(!a.acks[0].transient, "a stale lease is a final refusal");
+            }
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+        // A second lease would come at once; a second of quiet shows none comes.
+        if let Some(m) = w.next(Duration::from_secs(1)).await {
+            panic!("a worker of capacity 1 holding a lease was sent {m:?}");
+        }
+    }
+    assert_eq!(queue_stats(&node, "cap").await["leased"], 1);
+    // The real report frees the slot: the next job is leased.
+    w.out
+        .send(msg(pb::worker_message::Msg::Complete(pb::Complete {
+            completions: vec![pb::Completion {
+                job_id,
+                attempt,
+                result: Bytes::new(),
+            }],
+        })))
+        .await
+        .unwrap();
+    let mut leased_again = false;
+    for _ in 0..4 {
+        if let Some(pb::server_message::Msg::Leases(_)) = w.next(LIMIT).await {
+            leased_again = true;
+            break;
+        }
+    }
+    assert!(leased_again, "the completed job's slot was not freed");
+}
+
+#[tokio::test]
+async fn a_queue_named_many_times_counts_once() {
+    let node = TestNode::start("");
+    let _w = RawWorker::register(&node, vec!["same".to_string(); 100], 1).await;
+}
+
+#[tokio::test]
+async fn delays_that_overflow_or_are_too_long_are_refused() {
+    let node = TestNode::start("");
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1/queues/q/jobs", node.http);
+    for delay in [
+        json!({"payload": "x", "delay": "18446744073709552s 616ms"}),
+        json!({"payload": "x", "delay": "400days"}),
+        json!({"payload": "x", "delay_ms": u64::MAX}),
+    ] {
+        let resp = client.post(&url).json(&delay).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{delay}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("delay"),
+            "the error names the field: {body}"
+        );
+    }
+    let ok = client
+        .post(&url)
+        .json(&json!({"payload": "x", "delay": "300days"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 201);
+    let mut p = drover::client::Producer::connect(&node.grpc).await.unwrap();
+    let mut job = new_job("q", "x");
+    job.delay_ms = u64::MAX;
+    match p.enqueue(vec![job]).await {
+        Err(drover::client::ClientError::Status(s)) => {
+            assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            assert!(s.message().contains("delay_ms"), "{}", s.message());
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    assert_eq!(queue_stats(&node, "q").await["scheduled"], 1);
+}
+
+#[tokio::test]
+async fn adding_a_member_that_does_not_exist_is_refused_and_the_cluster_stays_up() {
+    let node = TestNode::start("");
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1/cluster/members", node.http);
+    for addr in [
+        "127.0.0.1:99999",
+        "http://[zz]:1",
+        "-1:-1",
+        "nohost",
+        "127.0.0.1:0",
+    ] {
+        let resp = client
+            .post(&url)
+            .json(&json!({"id": 784, "addr": addr}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{addr}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("addr"), "{body}");
+    }
+    // A well-formed address where nothing listens.
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let resp = client
+        .post(&url)
+        .json(&json!({"id": 784, "addr": nobody}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("cannot connect"),
+        "{body}"
+    );
+    let (_, members) = get_json(&url).await;
+    assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
+    let mut p = drover::client::Producer::connect(&node.grpc).await.unwrap();
+    p.enqueue(vec![new_job("q", "still up")]).await.unwrap();
+}
