@@ -485,7 +485,10 @@ impl Machine {
     }
 
     /// A digest of everything the machine stores, committed and staged; equal
-    /// on every node that applied the same log.
+    /// on every node that applied the same log. The meta record (applied
+    /// index, the log's time, next id) is left out: a command the machine
+    /// refuses still moves the applied index and the time, and changes
+    /// nothing a client can see, so the digest stays as it was.
     pub fn digest(&self) -> Result<u64, MachineError> {
         let mut all: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for item in self.tree.iter() {
@@ -498,7 +501,7 @@ impl Machine {
                 None => all.remove(k),
             };
         }
-        all.insert(META_KEY.to_vec(), encode(&self.meta));
+        all.remove(META_KEY);
         Ok(hash_records(all.iter().map(|(k, v)| (&k[..], &v[..]))))
     }
 
@@ -913,7 +916,10 @@ impl JobReader {
     pub fn digest(&self) -> Result<(u64, u64), MachineError> {
         let mut records = Vec::new();
         for item in self.tree().iter() {
-            records.push(item?);
+            let (k, v) = item?;
+            if &k[..] != META_KEY {
+                records.push((k, v));
+            }
         }
         let applied = match self.tree().get(META_KEY)? {
             Some(bytes) => decode::<Meta>(META_KEY, &bytes)?.applied_index,

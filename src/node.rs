@@ -104,6 +104,9 @@ impl Node {
                 // closing them, which long-lived streams would keep.
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+                .layer(tower::util::MapResponseLayer::new(
+                    crate::wire::framing_errors_as_invalid_argument::<tonic::body::Body>,
+                ))
                 .add_service(producer)
                 .add_service(worker)
                 .add_service(peer)

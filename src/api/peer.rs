@@ -11,6 +11,7 @@ use crate::cluster::{Control, Forwardable};
 use crate::proto::v1 as pb;
 use crate::proto::v1::peer_service_server::PeerService;
 use crate::snapshot;
+use crate::wire::inbound_stream_error;
 
 pub struct Peer {
     pub app: App,
@@ -41,7 +42,8 @@ impl Peer {
     ) -> Result<(u64, T), Status> {
         let first = stream
             .message()
-            .await?
+            .await
+            .map_err(inbound_stream_error)?
             .ok_or_else(|| Status::invalid_argument(empty))?;
         let from = self.admit(header(&first))?;
         Ok((from, first))
@@ -115,7 +117,7 @@ impl PeerService for Peer {
         let taken = async move {
             loop {
                 tokio::select! {
-                    batch = stream.message() => match batch? {
+                    batch = stream.message() => match batch.map_err(inbound_stream_error)? {
                         Some(batch) => {
                             // A member removed while its stream was open
                             // is refused from its next batch on.
@@ -251,7 +253,7 @@ async fn receive(
 ) -> Result<(), Status> {
     let io = |e: std::io::Error| Status::internal(format!("cannot write {}: {e}", path.display()));
     let mut file = tokio::fs::File::create(path).await.map_err(io)?;
-    while let Some(chunk) = stream.message().await? {
+    while let Some(chunk) = stream.message().await.map_err(inbound_stream_error)? {
         file.write_all(&chunk.data).await.map_err(io)?;
     }
     file.sync_all().await.map_err(io)?;

@@ -224,9 +224,34 @@ fn stale_leases_are_refused_and_change_nothing() {
     h.complete(2_004, id, 2).unwrap();
     assert_eq!(h.job(id).state, JobState::Succeeded);
     assert_eq!(h.m.reader().result(id).unwrap(), Bytes::from_static(b"ok"));
+    // A worker that did not learn whether its result reached the log sends
+    // it again: the repeat is acknowledged and changes nothing.
+    let done = h.job(id);
+    h.complete(2_005, id, 2).unwrap();
+    assert_eq!(h.job(id), done, "a repeated completion changes nothing");
     assert!(
-        h.complete(2_005, id, 2).is_err(),
-        "a completion is accepted once"
+        h.fail(2_006, id, 2).is_err(),
+        "a failure of a completed attempt is refused"
+    );
+    assert!(
+        h.complete(2_006, id, 1).is_err(),
+        "an older attempt stays stale"
+    );
+}
+
+#[test]
+fn a_repeated_failure_report_is_acknowledged_once_applied() {
+    let mut h = Harness::new();
+    let id = h.enqueue(0, "q", 3);
+    h.lease(0, "w", &["q"], 1);
+    h.fail(10, id, 1).unwrap();
+    let failed = h.job(id);
+    assert_eq!(failed.state, JobState::Scheduled);
+    h.fail(20, id, 1).unwrap();
+    assert_eq!(h.job(id), failed, "the repeat changes nothing");
+    assert!(
+        h.complete(30, id, 1).is_err(),
+        "a failed attempt cannot complete"
     );
 }
 
@@ -429,8 +454,8 @@ fn a_batched_entry_applies_like_its_commands_one_by_one() {
     h.complete(7, b, 1).unwrap();
     h.fail(7, a, 1).unwrap();
     assert!(
-        h.complete(7, b, 1).is_err(),
-        "a second completion is refused"
+        h.complete(7, a, 1).is_err(),
+        "a completion of a failed attempt is refused"
     );
     let one_by_one: Vec<Outcome> = {
         let mut fresh = Harness::new();

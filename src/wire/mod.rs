@@ -99,6 +99,34 @@ pub fn inbound_stream_error(status: tonic::Status) -> tonic::Status {
     }
 }
 
+/// What tonic says, as INTERNAL and before any handler runs, of a request
+/// whose framing is broken (no message, a bad compression flag, a message
+/// cut short). See [`framing_errors_as_invalid_argument`].
+const TONIC_FRAMING_ERRORS: [&str; 4] = [
+    "Missing request message",
+    "Unexpected EOF decoding stream",
+    "protocol error: received message with",
+    "Error decompressing:",
+];
+
+/// Answers a request tonic could not frame with INVALID_ARGUMENT instead of
+/// INTERNAL: the sender's bytes were wrong, not the node. Applied to every
+/// gRPC response (a `tower` map); only trailers-only answers carrying one
+/// of tonic's framing messages change.
+pub fn framing_errors_as_invalid_argument<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let framing = headers.get("grpc-status").is_some_and(|s| s == "13")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .map(|m| m.replace("%20", " "))
+            .is_some_and(|m| TONIC_FRAMING_ERRORS.iter().any(|e| m.starts_with(e)));
+    if framing {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
