@@ -50,6 +50,15 @@ pub enum Command {
     /// Proposed by the leader when something is due: expires leases not
     /// extended in time and makes delayed jobs ready.
     Tick,
+    /// The jobs leased to `worker` now (answered as [`Outcome::Leased`];
+    /// changes nothing). A worker's session asks when it may have missed
+    /// leases the log gave it: after it registers (its previous session may
+    /// have ended with a lease on the way) and after a lease proposal whose
+    /// outcome it could not learn. Appended last: variants are numbered in
+    /// the log by position.
+    Held {
+        worker: String,
+    },
 }
 
 impl Command {
@@ -63,6 +72,7 @@ impl Command {
             Command::Fail { .. } => "fail",
             Command::Cancel { .. } => "cancel",
             Command::Tick => "tick",
+            Command::Held { .. } => "held",
         }
     }
 
@@ -78,7 +88,10 @@ impl Command {
                 .map(|f| RECORD + f.message.len() + f.error_class.len())
                 .sum(),
             Command::Heartbeat { leases, .. } => RECORD * leases.len(),
-            Command::Lease { .. } | Command::Cancel { .. } | Command::Tick => RECORD,
+            Command::Lease { .. }
+            | Command::Cancel { .. }
+            | Command::Tick
+            | Command::Held { .. } => RECORD,
         }
     }
 }

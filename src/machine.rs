@@ -24,7 +24,7 @@
 //! second insert did. A larger payload keeps its own record, so heartbeats
 //! and other state changes never rewrite it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -196,6 +196,8 @@ pub struct Machine {
     scheduled: BTreeSet<(u64, JobId)>,
     /// (lease deadline, id) of leased jobs.
     leases: BTreeSet<(u64, JobId)>,
+    /// Leased jobs by the worker holding them, for [`Command::Held`].
+    held_by: HashMap<String, BTreeSet<JobId>>,
     totals: Totals,
     /// Writes of the entries applied since the last commit; reads look here
     /// first so later entries of a range see earlier ones.
@@ -334,6 +336,7 @@ impl Machine {
             queues: BTreeMap::new(),
             scheduled: BTreeSet::new(),
             leases: BTreeSet::new(),
+            held_by: HashMap::new(),
             totals: Totals::default(),
             staged: BTreeMap::new(),
         };
@@ -450,6 +453,7 @@ impl Machine {
             ),
             Command::Cancel { id } => Outcome::Cancelled(self.cancel(now, *id)?),
             Command::Tick => self.tick(now)?,
+            Command::Held { worker } => Outcome::Leased(self.held(worker)?),
         })
     }
 
@@ -573,6 +577,21 @@ impl Machine {
                 id,
                 duplicate: false,
             });
+        }
+        Ok(out)
+    }
+
+    /// The jobs leased to `worker` now, as a lease hands them out. Changes
+    /// nothing.
+    fn held(&self, worker: &str) -> Result<Vec<LeasedJob>, MachineError> {
+        let Some(ids) = self.held_by.get(worker) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let (job, payload) = self.must_load(id)?;
+            let payload = self.payload_bytes(job.id, payload)?;
+            out.push(LeasedJob { job, payload });
         }
         Ok(out)
     }
@@ -797,6 +816,15 @@ impl Machine {
             JobState::Leased => {
                 if let Some(l) = &job.lease {
                     self.leases.insert((l.deadline_ms, job.id));
+                    match self.held_by.get_mut(&l.worker) {
+                        Some(held) => {
+                            held.insert(job.id);
+                        }
+                        None => {
+                            self.held_by
+                                .insert(l.worker.clone(), BTreeSet::from([job.id]));
+                        }
+                    }
                 }
             }
             _ => {}
@@ -819,6 +847,12 @@ impl Machine {
             JobState::Leased => {
                 if let Some(l) = &job.lease {
                     self.leases.remove(&(l.deadline_ms, job.id));
+                    if let Some(held) = self.held_by.get_mut(&l.worker) {
+                        held.remove(&job.id);
+                        if held.is_empty() {
+                            self.held_by.remove(&l.worker);
+                        }
+                    }
                 }
             }
             _ => {}

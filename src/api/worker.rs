@@ -94,6 +94,7 @@ impl WorkerService for Worker {
             draining: false,
             finished: Default::default(),
             worker_drained: false,
+            reclaim: true,
             tx,
         };
         tokio::spawn(session.run(inbound));
@@ -155,7 +156,8 @@ impl Kind {
 }
 
 enum Event {
-    Leased(Result<Outcome, Error>),
+    /// A lease or (true) a reclaim answered.
+    Leased(bool, Result<Outcome, Error>),
     Acked(Kind, Vec<(JobId, u32)>, Result<Outcome, Error>),
 }
 
@@ -171,6 +173,13 @@ struct Session {
     finished: std::collections::HashSet<(JobId, u32)>,
     /// The worker sent Drain: it knows to stop.
     worker_drained: bool,
+    /// The log may hold leases for this worker that it never received: its
+    /// previous session ended (or a lease proposal's answer was lost) with a
+    /// lease on the way. Set at register and after such a loss; the session
+    /// then asks the log what it holds ([`Command::Held`]) and sends what
+    /// the worker does not know of, instead of letting those jobs wait out
+    /// their leases.
+    reclaim: bool,
     tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
 }
 
@@ -192,6 +201,17 @@ impl Session {
         loop {
             let free =
                 (self.registration.entry.capacity as usize).saturating_sub(self.in_flight.len());
+            if self.reclaim && !lease_in_flight && retry_at.is_none() {
+                self.reclaim = false;
+                lease_in_flight = true;
+                let router = self.app.router.clone();
+                let cmd = Command::Held {
+                    worker: worker_id.clone(),
+                };
+                proposals
+                    .push(async move { Event::Leased(true, router.propose(cmd).await) }.boxed());
+                continue;
+            }
             let may_lease = !self.draining && !lease_in_flight && free > 0 && retry_at.is_none();
             if may_lease && has_ready(&stats.borrow_and_update(), &self.registration.entry.queues) {
                 lease_in_flight = true;
@@ -201,7 +221,8 @@ impl Session {
                     queues: self.registration.entry.queues.clone(),
                     max: free as u32,
                 };
-                proposals.push(async move { Event::Leased(router.propose(cmd).await) }.boxed());
+                proposals
+                    .push(async move { Event::Leased(false, router.propose(cmd).await) }.boxed());
                 continue;
             }
             // The stream stays open until the worker has answered Shutdown
@@ -239,7 +260,7 @@ impl Session {
                     }
                 },
                 Some(event) = proposals.next(), if !proposals.is_empty() => {
-                    if let Event::Leased(_) = event {
+                    if let Event::Leased(..) = event {
                         lease_in_flight = false;
                     }
                     if !self.on_event(event, &mut retry_at).await {
@@ -428,22 +449,33 @@ impl Session {
     /// Returns false when the worker is gone.
     async fn on_event(&mut self, event: Event, retry_at: &mut Option<Instant>) -> bool {
         let msg = match event {
-            Event::Leased(Ok(Outcome::Leased(jobs))) => {
+            Event::Leased(_, Ok(Outcome::Leased(jobs))) => {
                 if jobs.is_empty() {
                     return true;
                 }
                 let mut leased = Vec::with_capacity(jobs.len());
                 for leased_job in jobs {
                     let job = convert::leased_job(leased_job);
-                    self.in_flight.insert((job.job_id, job.attempt));
+                    let lease = (job.job_id, job.attempt);
+                    // A reclaim names leases this session already sent or
+                    // has seen finish.
+                    if self.finished.contains(&lease) || !self.in_flight.insert(lease) {
+                        continue;
+                    }
                     leased.push(job);
+                }
+                if leased.is_empty() {
+                    return true;
                 }
                 self.sync_entry();
                 pb::server_message::Msg::Leases(pb::Leases { jobs: leased })
             }
-            Event::Leased(result) => {
+            Event::Leased(reclaiming, result) => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "lease proposal failed; retrying shortly");
+                    // A lease may have taken effect, and a reclaim that
+                    // failed is still owed: ask the log what it holds.
+                    self.reclaim |= reclaiming || !e.retry_safe();
                 }
                 *retry_at = Some(Instant::now() + LEASE_RETRY);
                 return true;

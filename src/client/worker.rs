@@ -94,6 +94,9 @@ pub struct WorkerReport {
     pub refused: u64,
 }
 
+/// Leases remembered in `Runtime::recent`.
+const RECENT_REMEMBERED: usize = 4096;
+
 /// How long a stopping worker with nothing held waits for the server to
 /// close its stream.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -112,6 +115,10 @@ struct Runtime<H> {
     held: HashMap<u64, u32>,
     /// Results sent and not yet acknowledged.
     unacked: HashMap<u64, Done>,
+    /// Leases whose result was sent lately: a node re-sends the leases the
+    /// log holds for this worker after a reconnect, and one of them may
+    /// have just finished here. Bounded; cleared when full.
+    recent: HashSet<(u64, u32)>,
     /// Results not yet sent (stream was down), or refused for a passing
     /// reason and waiting for `resend_at`.
     unsent: Vec<Done>,
@@ -145,6 +152,7 @@ pub async fn run<H: Handler>(
         handler: Arc::new(handler),
         held: HashMap::new(),
         unacked: HashMap::new(),
+        recent: HashSet::new(),
         unsent: Vec::new(),
         resend_at: None,
         transient_refusals: 0,
@@ -342,6 +350,21 @@ impl<H: Handler> Runtime<H> {
         send(out, Msg::Drain(pb::Drain {})).await
     }
 
+    /// Whether this lease is one the worker runs or ran: a node re-sends
+    /// the leases the log holds for this worker (see `recent`).
+    fn knows(&self, job_id: u64, attempt: u32) -> bool {
+        self.held.get(&job_id) == Some(&attempt)
+            || self.recent.contains(&(job_id, attempt))
+            || self
+                .unacked
+                .get(&job_id)
+                .is_some_and(|d| d.attempt == attempt)
+            || self
+                .unsent
+                .iter()
+                .any(|d| d.job_id == job_id && d.attempt == attempt)
+    }
+
     async fn on_server(
         &mut self,
         m: pb::ServerMessage,
@@ -350,6 +373,9 @@ impl<H: Handler> Runtime<H> {
         match m.msg {
             Some(ServerMsg::Leases(l)) => {
                 for job in l.jobs {
+                    if self.knows(job.job_id, job.attempt) {
+                        continue;
+                    }
                     self.held.insert(job.job_id, job.attempt);
                     let (job_id, attempt) = (job.job_id, job.attempt);
                     let handler = self.handler.clone();
@@ -431,8 +457,12 @@ impl<H: Handler> Runtime<H> {
         let mut completions = Vec::new();
         let mut failures = Vec::new();
         let mut sent = HashSet::new();
+        if self.recent.len() >= RECENT_REMEMBERED {
+            self.recent.clear();
+        }
         for d in &batch {
             self.held.remove(&d.job_id);
+            self.recent.insert((d.job_id, d.attempt));
             sent.insert(d.job_id);
             match &d.result {
                 Ok(result) => completions.push(pb::Completion {

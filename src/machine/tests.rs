@@ -648,3 +648,63 @@ mod props {
         }
     }
 }
+
+#[test]
+fn held_names_the_jobs_leased_to_a_worker_and_changes_nothing() {
+    let mut h = Harness::new();
+    let a = h.enqueue(0, "q", 3);
+    let b = h.enqueue(0, "q", 3);
+    let c = h.enqueue(0, "q", 3);
+    h.lease(0, "w1", &["q"], 2);
+    h.lease(0, "w2", &["q"], 1);
+    let held = |h: &mut Harness, w: &str| match h.run(1, Command::Held { worker: w.into() }) {
+        Outcome::Leased(jobs) => jobs
+            .iter()
+            .map(|j| (j.job.id, j.job.attempts))
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let before = h.m.digest().unwrap();
+    assert_eq!(held(&mut h, "w1"), vec![(a, 1), (b, 1)]);
+    assert_eq!(held(&mut h, "w2"), vec![(c, 1)]);
+    assert_eq!(held(&mut h, "nobody"), vec![]);
+    assert_eq!(h.m.digest().unwrap(), before, "held changes nothing");
+    h.complete(2, a, 1).unwrap();
+    assert_eq!(held(&mut h, "w1"), vec![(b, 1)]);
+    // A heartbeat moves the lease's deadline, not its holder.
+    h.run(
+        3,
+        Command::Heartbeat {
+            worker: "w1".into(),
+            leases: vec![LeaseBeat {
+                job_id: b,
+                attempt: 1,
+                progress: None,
+            }],
+        },
+    );
+    assert_eq!(held(&mut h, "w1"), vec![(b, 1)]);
+    // An expired lease is no longer held; a reopened machine rebuilds the index.
+    h.run(60_000, Command::Tick);
+    assert_eq!(held(&mut h, "w1"), vec![]);
+    h.lease(60_001, "w3", &["q"], 1);
+    h.m.commit().unwrap();
+    let mut reopened = Machine::open(h.m.tree().clone(), CFG).unwrap();
+    match reopened
+        .apply(
+            99,
+            1,
+            &LogEntry {
+                at_ms: 60_002,
+                commands: vec![Command::Held {
+                    worker: "w3".into(),
+                }],
+            },
+        )
+        .unwrap()
+        .remove(0)
+    {
+        Outcome::Leased(jobs) => assert_eq!(jobs.len(), 1),
+        other => panic!("{other:?}"),
+    }
+}
