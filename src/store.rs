@@ -40,14 +40,12 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
-/// The node's sled database, with a handle on sled's log file so that a
-/// flush is durable: sled ends its writes with `sync_file_range`, which
-/// neither flushes the device's write cache nor the metadata that appended
-/// data needs, so [`Database::flush`] adds an `fdatasync`.
+/// The node's sled database. The vendored sled's flush ends with an
+/// `fdatasync` of its log (see vendor/sled/DROVER.md), so
+/// [`Database::flush`] is durable.
 #[derive(Clone)]
 pub struct Database {
     db: sled::Db,
-    log: std::sync::Arc<std::fs::File>,
 }
 
 impl std::ops::Deref for Database {
@@ -61,7 +59,6 @@ impl Database {
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<(), sled::Error> {
         self.db.flush()?;
-        self.log.sync_data()?;
         Ok(())
     }
 }
@@ -80,12 +77,7 @@ pub fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<Database, Store
         .flush_every_ms(None)
         .open()
         .map_err(open_error)?;
-    // sled keeps its log in `db` in its directory.
-    let log = std::fs::File::open(path.join("db")).map_err(|e| open_error(sled::Error::Io(e)))?;
-    Ok(Database {
-        db,
-        log: std::sync::Arc::new(log),
-    })
+    Ok(Database { db })
 }
 
 fn entry_key(index: u64) -> [u8; 9] {

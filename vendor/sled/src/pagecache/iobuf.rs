@@ -309,6 +309,12 @@ pub(crate) struct IoBufs {
     // file, and there may be buffers that have been written out-of-order
     // to stable storage due to interesting thread interleavings.
     pub stable_lsn: AtomicLsn,
+    // drover: the highest LSN known to be on the device: every byte up to
+    // it was written before an fdatasync of the log that has returned.
+    // `stable_lsn` only means "handed to the page cache" since log writes
+    // stopped calling `sync_file_range`. Segment headers record this one,
+    // so segment deactivation, and so segment reuse, waits for it.
+    pub durable_lsn: AtomicLsn,
     pub max_reserved_lsn: AtomicLsn,
     pub max_header_stable_lsn: Arc<AtomicLsn>,
     pub segment_accountant: Mutex<SegmentAccountant>,
@@ -386,6 +392,12 @@ impl IoBufs {
         // of our file has not yet been written.
         let stable = next_lsn - 1;
 
+        // drover: whatever recovery found is durable from here on, so
+        // `durable_lsn` may start at `stable`.
+        if !config.temporary {
+            config.file.sync_all()?;
+        }
+
         // the tip offset is not completely full yet, reuse it
         let base = assert_usize(next_lid % segment_size as LogOffset);
 
@@ -412,6 +424,7 @@ impl IoBufs {
             interval_updated: Condvar::new(),
 
             stable_lsn: AtomicLsn::new(stable),
+            durable_lsn: AtomicLsn::new(stable),
             max_reserved_lsn: AtomicLsn::new(stable),
             max_header_stable_lsn: Arc::new(AtomicLsn::new(next_lsn)),
             segment_accountant: Mutex::new(segment_accountant),
@@ -521,6 +534,39 @@ impl IoBufs {
         self.stable_lsn.load(Acquire)
     }
 
+    /// drover: the highest LSN an fdatasync of the log is known to cover
+    /// (`stable` for a temporary database, which needs no durability).
+    pub(in crate::pagecache) fn durable(&self) -> Lsn {
+        if self.config.temporary {
+            return self.stable();
+        }
+        self.durable_lsn.load(Acquire)
+    }
+
+    /// drover: fdatasync the log and advance `durable_lsn` to the stable
+    /// LSN read before it: every byte up to that LSN was `pwrite`n before
+    /// the call, so the fdatasync covers it. Skipped when nothing stable is
+    /// newer than the last sync. A failed sync is fatal, like a failed write.
+    pub(in crate::pagecache) fn sync_log(&self) -> Result<()> {
+        if self.config.temporary {
+            return Ok(());
+        }
+        let lsn = self.stable();
+        if self.durable_lsn.load(Acquire) >= lsn {
+            return Ok(());
+        }
+        if let Err(e) = self.config.file.sync_data() {
+            let e = Error::from(e);
+            self.config.set_global_error(e.clone());
+            let intervals = self.intervals.lock();
+            drop(intervals);
+            let _notified = self.interval_updated.notify_all();
+            return Err(e);
+        }
+        bump_atomic_lsn(&self.durable_lsn, lsn);
+        Ok(())
+    }
+
     // Adds a header to the front of the buffer
     #[allow(clippy::mut_mut)]
     pub(crate) fn encapsulate<T: Serialize + Debug>(
@@ -571,8 +617,9 @@ impl IoBufs {
     }
 
     /// drover: `sync_range` false skips the `sync_file_range` after the
-    /// write. Every write drover's paths make passes false: drover follows
-    /// every flush with an fdatasync of the log file, which covers it, and
+    /// write. Every write drover's paths make passes false: `flush` ends
+    /// with an fdatasync of the log (`sync_log`), which covers it, segment
+    /// headers record `durable_lsn` rather than `stable_lsn`, and
     /// `write_snapshot` syncs the log before a snapshot points into it.
     pub(crate) fn write_to_log_inner(&self, iobuf: &IoBuf, sync_range: bool) -> Result<()> {
         let _measure = Measure::new(&M.write_to_log);
@@ -1020,9 +1067,15 @@ pub(in crate::pagecache) fn make_stable_inner(
 /// to flush some pending writes. Returns the number
 /// of bytes written during this call.
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
-    let _cc = concurrency_control::read();
-    let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
-    make_stable(iobufs, max_reserved_lsn)
+    let written = {
+        let _cc = concurrency_control::read();
+        let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
+        make_stable(iobufs, max_reserved_lsn)?
+    };
+    // drover: make it durable, outside the concurrency-control guard so a
+    // batch (`apply_batch` takes the write side) never waits on the disk.
+    iobufs.sync_log()?;
+    Ok(written)
 }
 
 /// Attempt to seal the current IO buffer, possibly
@@ -1154,7 +1207,10 @@ fn maybe_seal_and_write_iobuf_inner(
             stored_max_stable_lsn: -1,
         };
 
-        next_iobuf.store_segment_header(sealed, next_lsn, iobufs.stable());
+        // drover: a header's stable LSN decides when earlier segments may
+        // be deactivated, freed and overwritten, and where recovery looks
+        // for a torn tail, so it must be on the device, not just written.
+        next_iobuf.store_segment_header(sealed, next_lsn, iobufs.durable());
 
         next_iobuf
     } else {

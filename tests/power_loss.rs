@@ -1,0 +1,216 @@
+//! Power loss, simulated: a node runs on lazyfs (tools/lazyfs, a FUSE
+//! filesystem in the spirit of the LazyFS Jepsen uses for etcd) that keeps
+//! every write not yet covered by an fsync/fdatasync in memory. Under load,
+//! the power is cut: unsynced data is dropped (a random part of it written
+//! back first, as a disk's writeback might have), every later request fails.
+//! The node is killed, and reopened on what the "disk" holds: it must open,
+//! and every job whose enqueue was acknowledged must be there.
+//!
+//! Needs root, /dev/fuse and the lazyfs binary, so it is ignored by a plain
+//! `cargo test`; `.ci/run` builds lazyfs and runs it:
+//!
+//! ```sh
+//! cargo build --release --manifest-path tools/lazyfs/Cargo.toml
+//! cargo test --test power_loss -- --ignored --nocapture
+//! ```
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use drover::client::worker::{self, JobFailure, WorkerOptions};
+use drover::client::Producer;
+use drover::proto::v1 as pb;
+use tokio::sync::watch;
+
+/// Frequent snapshots and log compaction, so sled frees and reuses log
+/// segments while the load runs: the path a power loss could catch.
+const CONFIG: &str = "[raft]\nsnapshot_every = 2000\n[jobs]\nheartbeat_timeout = \"5s\"\n";
+const CYCLES: u64 = 3;
+
+/// A mounted lazyfs.
+struct LazyFs {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl LazyFs {
+    fn binary() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/lazyfs/target/release/lazyfs")
+    }
+
+    /// Mounts `backing` at `mount`; on a cut, the dirty pages chosen by
+    /// `seed` are written back and the rest dropped.
+    fn mount(backing: &Path, mount: &Path, seed: u64) -> LazyFs {
+        let bin = Self::binary();
+        assert!(
+            bin.exists(),
+            "{} is missing: cargo build --release --manifest-path tools/lazyfs/Cargo.toml",
+            bin.display()
+        );
+        std::fs::create_dir_all(mount).expect("mount point");
+        let mut child = Command::new(bin)
+            .arg("--backing")
+            .arg(backing)
+            .arg("--mount")
+            .arg(mount)
+            .arg("--keep-random")
+            .arg(seed.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn lazyfs");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[lazyfs] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut fs = LazyFs { child, lines };
+        fs.expect_line("lazyfs ready");
+        fs
+    }
+
+    fn expect_line(&mut self, prefix: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return,
+                Ok(_) => {}
+                Err(e) => panic!("lazyfs did not print {prefix:?}: {e}"),
+            }
+        }
+    }
+
+    /// The power cut.
+    fn cut(&mut self) {
+        signal(self.child.id(), libc::SIGUSR1);
+        self.expect_line("lazyfs cut");
+    }
+
+    fn unmount(mut self) {
+        signal(self.child.id(), libc::SIGTERM);
+        let status = wait_child(&mut self.child, Duration::from_secs(30));
+        assert!(status.success(), "lazyfs exited with {status}");
+    }
+}
+
+impl Drop for LazyFs {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            signal(self.child.id(), libc::SIGTERM);
+            let _ = wait_child(&mut self.child, Duration::from_secs(30));
+        }
+    }
+}
+
+/// Every acknowledged job is in the node, with its payload.
+async fn check_acked(node: &TestNode, acked: &HashMap<u64, String>) {
+    let mut p = Producer::connect(&node.grpc).await.expect("connect");
+    for (&id, payload) in acked {
+        let job = p
+            .get(id)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged job {id} is lost: {e}"));
+        assert_eq!(job.payload, Bytes::from(payload.clone()), "job {id}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs root, /dev/fuse and tools/lazyfs built; run by .ci/run"]
+async fn acknowledged_jobs_survive_a_power_cut() {
+    let backing = tempfile::tempdir().expect("backing dir");
+    let mut node = TestNode::prepare("127.0.0.1:0", CONFIG);
+    let acked = Arc::new(Mutex::new(HashMap::<u64, String>::new()));
+    for cycle in 0..CYCLES {
+        let mut fs = LazyFs::mount(backing.path(), &node.data_dir(), 1000 + cycle);
+        node.spawn();
+        let before = acked.lock().unwrap().clone();
+        check_acked(&node, &before).await;
+        eprintln!(
+            "cycle {cycle}: node opened after the cut with all {} acknowledged jobs",
+            before.len()
+        );
+
+        // Load: producers with unique payloads, a worker churning records.
+        let producing = Arc::new(AtomicBool::new(true));
+        let mut producers = Vec::new();
+        for i in 0..4 {
+            let (servers, acked, producing) = (node.grpc.clone(), acked.clone(), producing.clone());
+            producers.push(tokio::spawn(async move {
+                let Ok(mut p) = Producer::connect(&servers).await else {
+                    return;
+                };
+                for n in 0.. {
+                    if !producing.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let payload = format!("c{cycle}-p{i}-{n}");
+                    match p.enqueue(vec![new_job("power", &payload)]).await {
+                        Ok(ids) => {
+                            acked.lock().unwrap().insert(ids[0].id, payload);
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            }));
+        }
+        let (stop_tx, stop) = watch::channel(false);
+        let handler =
+            |_job: pb::LeasedJob| async { Ok::<_, JobFailure>(Bytes::from_static(b"done")) };
+        let mut opts = WorkerOptions::new(node.grpc.clone(), "pw", vec!["power".into()], 4);
+        opts.max_reconnects = 1;
+        opts.stop_timeout = Duration::from_secs(1);
+        let w = tokio::spawn(worker::run(opts, handler, stop));
+
+        let target = before.len() + 3000 + 1500 * cycle as usize;
+        wait_for("load before the cut", Duration::from_secs(120), || async {
+            let n = acked.lock().unwrap().len();
+            if n >= target {
+                Ok(())
+            } else {
+                Err(format!("{n} acknowledged, cutting at {target}"))
+            }
+        })
+        .await;
+        fs.cut();
+        // Whatever is acknowledged from here on was synced before the cut:
+        // every fsync after it fails.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        node.kill();
+        producing.store(false, Ordering::Relaxed);
+        stop_tx.send_replace(true);
+        for p in producers {
+            let _ = p.await;
+        }
+        let _ = w.await;
+        fs.unmount();
+        eprintln!(
+            "cycle {cycle}: cut with {} acknowledged",
+            acked.lock().unwrap().len()
+        );
+    }
+    let fs = LazyFs::mount(backing.path(), &node.data_dir(), 0);
+    node.spawn();
+    let all = acked.lock().unwrap().clone();
+    check_acked(&node, &all).await;
+    eprintln!(
+        "after {CYCLES} power cuts: all {} acknowledged jobs are there",
+        all.len()
+    );
+    node.kill();
+    fs.unmount();
+}
