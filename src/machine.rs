@@ -79,6 +79,9 @@ pub enum MachineError {
     Corrupt { key: String, reason: String },
     #[error("the job store has layout {found}, this drover reads layout {FORMAT}: it was written by another version of drover; run that version, or start this node with an empty data dir so it re-syncs from its peers")]
     Format { found: String },
+    /// A bug in the caller, reported rather than panicked on.
+    #[error("a consistent read of the machine could not start: {0}")]
+    Capture(&'static str),
 }
 
 /// Where a job's payload is, as its record says.
@@ -202,6 +205,9 @@ pub struct Machine {
     /// Writes of the entries applied since the last commit; reads look here
     /// first so later entries of a range see earlier ones.
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// A consistent read of the tree in progress (a snapshot being
+    /// written): each commit tells it what it is about to overwrite.
+    capture: Option<Arc<capture::Capture>>,
 }
 
 fn key(prefix: u8, id: JobId) -> [u8; 9] {
@@ -339,6 +345,7 @@ impl Machine {
             held_by: HashMap::new(),
             totals: Totals::default(),
             staged: BTreeMap::new(),
+            capture: None,
         };
         for item in machine.tree.scan_prefix([JOB]) {
             let (k, v) = item?;
@@ -364,9 +371,28 @@ impl Machine {
         &self.tree
     }
 
+    /// Starts a consistent read of the committed state as it is now, for a
+    /// snapshot written off the raft loop: the reader may run on any thread
+    /// while the machine applies on. Call right after [`Machine::commit`]
+    /// (nothing staged), and one at a time.
+    pub fn start_capture(&mut self) -> Result<capture::CaptureReader, MachineError> {
+        if !self.staged.is_empty() {
+            return Err(MachineError::Capture("writes are staged; commit first"));
+        }
+        if self.capture.as_ref().is_some_and(|c| !c.finished()) {
+            return Err(MachineError::Capture("another one is running"));
+        }
+        let (shared, reader) = capture::CaptureReader::start(self.tree.clone());
+        self.capture = Some(shared);
+        Ok(reader)
+    }
+
     /// Moves the machine onto `tree` (a snapshot just loaded into it) and
     /// rebuilds the indexes from it. Readers follow; event totals carry on.
     pub fn replace_tree(&mut self, tree: sled::Tree) -> Result<(), MachineError> {
+        if let Some(c) = self.capture.take() {
+            c.cancel();
+        }
         let mut fresh = Machine::open(tree.clone(), self.cfg)?;
         fresh.totals = self.totals;
         fresh.shared = self.shared.clone();
@@ -476,6 +502,14 @@ impl Machine {
     /// index, in one atomic batch. Does not flush: the raft log already holds
     /// the entries durably and replays them after a crash.
     pub fn commit(&mut self) -> Result<(), MachineError> {
+        if let Some(c) = &self.capture {
+            if c.finished() {
+                self.capture = None;
+            } else {
+                let keys = self.staged.keys().map(|k| &k[..]);
+                c.before_write(&self.tree, keys.chain(std::iter::once(META_KEY)))?;
+            }
+        }
         let mut batch = sled::Batch::default();
         for (k, v) in std::mem::take(&mut self.staged) {
             match v {
@@ -965,6 +999,8 @@ impl JobReader {
         ))
     }
 }
+
+pub mod capture;
 
 #[cfg(test)]
 mod tests;

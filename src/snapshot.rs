@@ -39,6 +39,14 @@ pub enum SnapshotError {
     Corrupt { path: PathBuf, reason: String },
     #[error("while reading the machine tree for a snapshot: {0}")]
     Sled(#[from] sled::Error),
+    #[error("while reading the machine for a snapshot: {0}")]
+    Capture(String),
+}
+
+impl From<crate::machine::capture::CaptureError> for SnapshotError {
+    fn from(e: crate::machine::capture::CaptureError) -> SnapshotError {
+        SnapshotError::Capture(e.to_string())
+    }
 }
 
 /// What a snapshot stands for.
@@ -78,10 +86,10 @@ impl<R: Read> Read for Crc<R> {
 }
 
 /// Writes `records` (in key order) as a snapshot at `path`; returns its size.
-pub fn write(
+pub fn write<E: Into<SnapshotError>>(
     path: &Path,
     meta: &SnapshotMeta,
-    records: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    records: impl Iterator<Item = Result<(sled::IVec, sled::IVec), E>>,
 ) -> Result<u64, SnapshotError> {
     let io = |source| SnapshotError::Io {
         path: path.to_path_buf(),
@@ -110,7 +118,7 @@ pub fn write(
     w.write_all(&addrs).map_err(io)?;
     let mut count = 0u64;
     for item in records {
-        let (k, v) = item?;
+        let (k, v) = item.map_err(Into::into)?;
         w.write_all(&(k.len() as u32).to_be_bytes()).map_err(io)?;
         w.write_all(&(v.len() as u32).to_be_bytes()).map_err(io)?;
         w.write_all(&k).map_err(io)?;

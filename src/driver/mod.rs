@@ -31,6 +31,9 @@ use crate::machine::{JobReader, Machine, MachineError, MachineStats};
 use crate::snapshot::{self, SnapshotError, SnapshotMeta};
 use crate::store::{Database, RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_INDEX};
 
+mod snapshots;
+use snapshots::Snapshots;
+
 /// Most proposals folded into one Ready; bounds the size of one flush.
 const MAX_PROPOSALS_PER_READY: usize = 4096;
 /// Raft messages and reports waiting for the driver before more are dropped.
@@ -297,11 +300,7 @@ struct Driver {
     /// Where each member is reached: the config's peers, then every member
     /// added since (kept in the raft tree).
     addrs: std::collections::BTreeMap<u64, String>,
-    snap_dir: PathBuf,
-    snapshot_every: u64,
-    /// Applied index of the newest snapshot taken or installed (or of the
-    /// state at start, so a restart does not take one at once).
-    last_snapshot_index: u64,
+    snapshots: Snapshots,
     raw: RawNode<RaftStore>,
     machine: Machine,
     rx: mpsc::Receiver<Proposal>,
@@ -499,9 +498,7 @@ pub fn start(
         read_seq: 0,
         addrs,
         db: db.clone(),
-        snap_dir,
-        snapshot_every: cfg.raft.snapshot_every,
-        last_snapshot_index,
+        snapshots: Snapshots::new(snap_dir, cfg.raft.snapshot_every, last_snapshot_index),
         flusher,
         persisted,
         after_persist: Default::default(),
@@ -556,6 +553,7 @@ impl Driver {
                     self.raw.tick();
                     self.propose_tick_if_due();
                 }
+                written = self.snapshots.next_written() => self.on_snapshot_written(written),
                 c = self.control.recv() => {
                     let Some(c) = c else { break };
                     self.on_control(c);
@@ -626,12 +624,7 @@ impl Driver {
                     self.raw.read_index(ctx);
                 }
             }
-            Control::TakeSnapshot(reply) => {
-                let _ = reply.send(
-                    self.take_snapshot()
-                        .map_err(|e| Error::Driver(e.to_string())),
-                );
-            }
+            Control::TakeSnapshot(reply) => self.take_snapshot(Some(reply)),
         }
     }
 
@@ -798,7 +791,7 @@ impl Driver {
         }
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
-        self.maybe_take_snapshot()?;
+        self.maybe_take_snapshot();
         let entries = rd.take_entries();
         let hs = rd.hs().cloned();
         let must_sync = rd.must_sync();
@@ -1028,30 +1021,27 @@ impl Driver {
 
     /// Takes a snapshot every `snapshot_every` applied entries, and when raft
     /// wanted one to send that we did not have.
-    fn maybe_take_snapshot(&mut self) -> Result<(), DriverError> {
+    fn maybe_take_snapshot(&mut self) {
         let applied = self.machine.meta().applied_index;
-        if applied >= self.last_snapshot_index + self.snapshot_every
-            || (self.raw.store().snapshot_wanted()
-                && applied
-                    > self
-                        .raw
-                        .store()
-                        .latest_snapshot()
-                        .map_or(0, |(m, _)| m.index))
-        {
-            self.take_snapshot()?;
+        let store = self.raw.store();
+        let latest = store.latest_snapshot().map_or(0, |(m, _)| m.index);
+        if self.snapshots.due(applied, store.snapshot_wanted(), latest) {
+            self.take_snapshot(None);
         }
-        Ok(())
     }
 
-    /// Writes the machine's committed state as a snapshot file (or returns
-    /// the newest one if nothing was applied since). Runs between Readies,
-    /// when nothing is staged, so the tree is exactly the applied state.
-    fn take_snapshot(&mut self) -> Result<PathBuf, DriverError> {
+    /// Starts writing a snapshot of the machine's committed state off the
+    /// loop (see [`snapshots`]), or answers `waiter` with the newest file
+    /// if nothing was applied since. Runs between Readies, when nothing is
+    /// staged, so the read starts at exactly the applied state.
+    fn take_snapshot(&mut self, waiter: Option<snapshots::Waiter>) {
         let meta = self.machine.meta();
         if let Some((m, p)) = self.raw.store().latest_snapshot() {
             if m.index == meta.applied_index && p.exists() {
-                return Ok(p.clone());
+                if let Some(w) = waiter {
+                    let _ = w.send(Ok(p.clone()));
+                }
+                return;
             }
         }
         let snap = SnapshotMeta {
@@ -1060,30 +1050,36 @@ impl Driver {
             conf_state: self.raw.raft.prs().conf().to_conf_state(),
             addrs: self.addrs.clone(),
         };
-        let path = snapshot::path_for(&self.snap_dir, snap.index, snap.term);
-        let started = std::time::Instant::now();
-        let bytes = snapshot::write(&path, &snap, self.machine.tree().iter())?;
-        tracing::info!(
-            event = "snapshot_taken",
-            index = snap.index,
-            term = snap.term,
-            bytes,
-            ms = started.elapsed().as_millis() as u64,
-            "took a snapshot"
-        );
-        self.last_snapshot_index = snap.index;
-        self.raw.mut_store().set_latest_snapshot(snap, path.clone());
-        self.prune_snapshots();
-        Ok(path)
+        if let Err(e) = self.snapshots.start(&mut self.machine, snap) {
+            tracing::error!(event = "snapshot_failed", error = %e, "could not start a snapshot");
+            if let Some(w) = waiter {
+                let _ = w.send(Err(Error::Driver(format!("snapshot failed: {e}"))));
+            }
+            return;
+        }
+        if let Some(w) = waiter {
+            // Joins the snapshot just started, or the one already running.
+            self.snapshots.wait(w);
+        }
     }
 
-    /// Keeps the two newest snapshot files: one may still be streaming out.
-    fn prune_snapshots(&self) {
-        for old in snapshot::list(&self.snap_dir).into_iter().skip(2) {
-            if let Err(e) = std::fs::remove_file(&old) {
-                tracing::warn!(path = %old.display(), error = %e, "cannot remove an old snapshot");
-            }
+    /// A snapshot the writer thread finished: offered to raft (and the log
+    /// compacted behind it) unless an installed one is newer.
+    fn on_snapshot_written(&mut self, written: snapshots::Written) {
+        let Some(taken) = self.snapshots.finished(written) else {
+            return;
+        };
+        let newer = self
+            .raw
+            .store()
+            .latest_snapshot()
+            .is_some_and(|(m, _)| m.index >= taken.meta.index);
+        if !newer {
+            self.raw
+                .mut_store()
+                .set_latest_snapshot(taken.meta, taken.path);
         }
+        self.snapshots.prune();
     }
 
     /// Replaces this node's state with a snapshot the leader sent: loads it
@@ -1126,15 +1122,15 @@ impl Driver {
         // drop_stale_machine_trees): readers may still hold it.
         let _ = old;
         // The received file becomes ours to offer if this node leads later.
-        let kept = snapshot::path_for(&self.snap_dir, meta.index, meta.term);
+        let kept = snapshot::path_for(self.snapshots.dir(), meta.index, meta.term);
         match std::fs::rename(&received, &kept) {
             Ok(()) => {
                 self.raw.mut_store().set_latest_snapshot(meta.clone(), kept);
-                self.prune_snapshots();
+                self.snapshots.prune();
             }
             Err(e) => tracing::warn!(error = %e, "cannot keep the installed snapshot file"),
         }
-        self.last_snapshot_index = meta.index;
+        self.snapshots.installed(meta.index);
         // Proposals this node made as leader that the snapshot jumped over:
         // whether they committed is not known here.
         let covered: Vec<u64> = self

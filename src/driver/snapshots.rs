@@ -1,0 +1,193 @@
+//! Taking snapshots without stopping the raft loop: when one is due (every
+//! `raft.snapshot_every` applied entries, when raft wants one to send, or
+//! when an operator asks for a backup), the loop starts a consistent read of
+//! the machine at the applied index ([`crate::machine::capture`]) and a
+//! thread of its own writes the file from it. The loop keeps ticking,
+//! heartbeating, appending and applying; it learns the file is written
+//! from [`Snapshots::finished`] and only then offers it to raft and lets
+//! the log be compacted behind it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::Error;
+use crate::machine::Machine;
+use crate::snapshot::{self, SnapshotError, SnapshotMeta};
+
+/// Who waits for a snapshot file: an operator's backup.
+pub type Waiter = oneshot::Sender<Result<PathBuf, Error>>;
+
+/// A snapshot being written.
+struct Running {
+    meta: SnapshotMeta,
+    path: PathBuf,
+    started: Instant,
+    waiters: Vec<Waiter>,
+}
+
+/// How a snapshot's writing ended, as the writer thread reports it.
+pub struct Written {
+    index: u64,
+    result: Result<u64, SnapshotError>,
+}
+
+/// The snapshot files of one node and the one being written.
+pub struct Snapshots {
+    dir: PathBuf,
+    every: u64,
+    /// Applied index of the newest snapshot taken or installed (or of the
+    /// state at start, so a restart does not take one at once), or of a
+    /// failed attempt, so a failing disk is tried again only `every`
+    /// entries later.
+    last_index: u64,
+    running: Option<Running>,
+    done_tx: mpsc::UnboundedSender<Written>,
+    done_rx: mpsc::UnboundedReceiver<Written>,
+}
+
+/// What the loop does with a snapshot that was written.
+pub struct Taken {
+    pub meta: SnapshotMeta,
+    pub path: PathBuf,
+}
+
+impl Snapshots {
+    pub fn new(dir: PathBuf, every: u64, last_index: u64) -> Snapshots {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Snapshots {
+            dir,
+            every,
+            last_index,
+            running: None,
+            done_tx,
+            done_rx,
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Whether a snapshot should be started now, at `applied`: `every`
+    /// entries since the last, or raft wants one newer than `latest` to send.
+    pub fn due(&self, applied: u64, raft_wants: bool, latest: u64) -> bool {
+        self.running.is_none()
+            && (applied >= self.last_index + self.every || (raft_wants && applied > latest))
+    }
+
+    /// Starts writing a snapshot of `machine` (committed, nothing staged)
+    /// as `meta` says, unless one is being written already: that one is
+    /// consistent and at most a few seconds old, and serves.
+    pub fn start(
+        &mut self,
+        machine: &mut Machine,
+        meta: SnapshotMeta,
+    ) -> Result<(), SnapshotError> {
+        if self.running.is_some() {
+            return Ok(());
+        }
+        let reader = machine
+            .start_capture()
+            .map_err(|e| SnapshotError::Capture(e.to_string()))?;
+        let path = snapshot::path_for(&self.dir, meta.index, meta.term);
+        let (thread_path, thread_meta, done) = (path.clone(), meta.clone(), self.done_tx.clone());
+        let index = meta.index;
+        std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || {
+                let result = snapshot::write(&thread_path, &thread_meta, reader);
+                let _ = done.send(Written { index, result });
+            })
+            .map_err(|source| SnapshotError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        self.running = Some(Running {
+            meta,
+            path,
+            started: Instant::now(),
+            waiters: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Answers `waiter` once the snapshot being written is; at once with an
+    /// error if none is.
+    pub fn wait(&mut self, waiter: Waiter) {
+        match &mut self.running {
+            Some(running) => running.waiters.push(waiter),
+            None => {
+                let _ = waiter.send(Err(Error::Driver("no snapshot is being written".into())));
+            }
+        }
+    }
+
+    /// Waits for the snapshot being written to end; pending forever while
+    /// none is.
+    pub async fn next_written(&mut self) -> Written {
+        match self.done_rx.recv().await {
+            Some(w) => w,
+            // The sender lives in self: never closed while we are here.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Ends the snapshot `written` reports: answers its waiters and returns
+    /// the file to offer to raft, or None if it failed (logged; tried again
+    /// `every` entries later).
+    pub fn finished(&mut self, written: Written) -> Option<Taken> {
+        let running = self.running.take()?;
+        if running.meta.index != written.index {
+            // Not ours (cannot happen: one at a time); keep waiting.
+            self.running = Some(running);
+            return None;
+        }
+        let Running {
+            meta,
+            path,
+            started,
+            waiters,
+        } = running;
+        self.last_index = self.last_index.max(meta.index);
+        match written.result {
+            Ok(bytes) => {
+                tracing::info!(
+                    event = "snapshot_taken",
+                    index = meta.index,
+                    term = meta.term,
+                    bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "took a snapshot"
+                );
+                for w in waiters {
+                    let _ = w.send(Ok(path.clone()));
+                }
+                Some(Taken { meta, path })
+            }
+            Err(e) => {
+                tracing::error!(event = "snapshot_failed", index = meta.index, error = %e, "could not write a snapshot; trying again later");
+                let message = e.to_string();
+                for w in waiters {
+                    let _ = w.send(Err(Error::Driver(format!("snapshot failed: {message}"))));
+                }
+                None
+            }
+        }
+    }
+
+    /// Records a snapshot installed from the leader as the newest.
+    pub fn installed(&mut self, index: u64) {
+        self.last_index = self.last_index.max(index);
+    }
+
+    /// Keeps the two newest snapshot files: one may still be streaming out.
+    pub fn prune(&self) {
+        for old in snapshot::list(&self.dir).into_iter().skip(2) {
+            if let Err(e) = std::fs::remove_file(&old) {
+                tracing::warn!(path = %old.display(), error = %e, "cannot remove an old snapshot");
+            }
+        }
+    }
+}
