@@ -200,9 +200,23 @@ async fn snapshot(State(s): State<HttpState>) -> Result<Response, Error> {
             path: path.clone(),
             source,
         })?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|source| Error::DataDir {
+            path: path.clone(),
+            source,
+        })?
+        .len();
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
+        ],
         body,
     )
         .into_response())

@@ -47,6 +47,58 @@ pub struct Snapshots {
     done_rx: mpsc::UnboundedReceiver<Written>,
 }
 
+/// Gives the writer thread the lowest CPU priority: on a busy node it
+/// should take what the raft loop and the API leave, not compete with them.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on this thread's own id; no memory is passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
+
+/// Rests the writer thread twice as long as it worked, every thousand
+/// records: a third of a core at most. On a node whose cores are busy, low
+/// priority alone is not enough: sled's iterator takes a shared lock that
+/// every commit must wait for, and a writer preempted while holding it
+/// stalls the raft loop behind it; resting often keeps it out of the way.
+struct DutyCycle<I> {
+    inner: I,
+    count: u32,
+    since: Instant,
+}
+
+/// Records read between rests.
+const RECORDS_PER_REST: u32 = 1024;
+/// The longest rest: a few milliseconds, so a snapshot never takes more
+/// than about three times as long as it would flat out.
+const MAX_REST: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl<I> DutyCycle<I> {
+    fn new(inner: I) -> DutyCycle<I> {
+        DutyCycle {
+            inner,
+            count: 0,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl<I: Iterator> Iterator for DutyCycle<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        self.count += 1;
+        if self.count >= RECORDS_PER_REST {
+            std::thread::sleep((self.since.elapsed() * 2).min(MAX_REST));
+            self.count = 0;
+            self.since = Instant::now();
+        }
+        self.inner.next()
+    }
+}
+
 /// What the loop does with a snapshot that was written.
 pub struct Taken {
     pub meta: SnapshotMeta,
@@ -97,7 +149,8 @@ impl Snapshots {
         std::thread::Builder::new()
             .name("snapshot-writer".into())
             .spawn(move || {
-                let result = snapshot::write(&thread_path, &thread_meta, reader);
+                lower_priority();
+                let result = snapshot::write(&thread_path, &thread_meta, DutyCycle::new(reader));
                 let _ = done.send(Written { index, result });
             })
             .map_err(|source| SnapshotError::Io {

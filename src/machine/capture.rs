@@ -111,15 +111,23 @@ impl CaptureReader {
     }
 
     /// Reads the next slice into `ready`; false at the end.
+    ///
+    /// The tree is read without the lock (a reader at low priority must
+    /// never hold up a commit): a value read then is the one at the capture
+    /// point unless the key was written since, and every such write saved
+    /// that value first, so under the lock the saved values override.
     fn fill(&mut self) -> Result<bool, CaptureError> {
-        let mut s = self.capture.lock();
-        if s.cancelled {
-            return Err(CaptureError::Cancelled);
-        }
-        if s.done {
-            return Ok(false);
-        }
-        let range = match &s.cursor {
+        let cursor = {
+            let s = self.capture.lock();
+            if s.cancelled {
+                return Err(CaptureError::Cancelled);
+            }
+            if s.done {
+                return Ok(false);
+            }
+            s.cursor.clone()
+        };
+        let range = match &cursor {
             Some(c) => self.tree.range::<&[u8], _>((
                 std::ops::Bound::Excluded(&c[..]),
                 std::ops::Bound::Unbounded,
@@ -136,7 +144,11 @@ impl CaptureReader {
         } else {
             from_tree.last().map(|(k, _)| k.clone())
         };
-        let lower = match &s.cursor {
+        let mut s = self.capture.lock();
+        if s.cancelled {
+            return Err(CaptureError::Cancelled);
+        }
+        let lower = match &cursor {
             Some(c) => std::ops::Bound::Excluded(c.clone()),
             None => std::ops::Bound::Unbounded,
         };
@@ -149,6 +161,19 @@ impl CaptureReader {
             .range((lower, upper))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        match &end {
+            Some(e) => {
+                // Saved values at or before the new cursor are read here.
+                s.before = s.before.split_off(&e[..]);
+                s.before.remove(&e[..]);
+                s.cursor = Some(e.clone());
+            }
+            None => {
+                s.done = true;
+                s.before.clear();
+            }
+        }
+        drop(s);
         // Merge the tree's slice with the saved values, saved ones winning.
         let mut saved = saved.into_iter().peekable();
         for (k, v) in from_tree {
@@ -166,18 +191,6 @@ impl CaptureReader {
         for (sk, sv) in saved {
             if let Some(sv) = sv {
                 self.ready.push_back((sk, sv));
-            }
-        }
-        match end {
-            Some(e) => {
-                // Saved values at or before the cursor are read; drop them.
-                s.before = s.before.split_off(&e[..]);
-                s.before.remove(&e[..]);
-                s.cursor = Some(e);
-            }
-            None => {
-                s.done = true;
-                s.before.clear();
             }
         }
         Ok(true)
@@ -301,6 +314,37 @@ mod tests {
             prop_assert_eq!(got, expected);
             prop_assert!(capture.finished());
         }
+    }
+
+    /// The reader on its own thread, a writer committing as fast as it can.
+    #[test]
+    fn reads_the_tree_as_it_was_while_another_thread_writes() {
+        let t = tree();
+        for k in 0u32..20_000 {
+            t.insert(k.to_be_bytes(), vec![0]).unwrap();
+        }
+        let expected = contents(&t);
+        let (capture, reader) = CaptureReader::start(t.clone());
+        let reading = std::thread::spawn(move || {
+            reader
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+                .collect::<Vec<_>>()
+        });
+        let mut round = 0u32;
+        while !capture.finished() && round < 100_000 {
+            round += 1;
+            // Rewrite, remove and create keys all over the key space.
+            let batch: Vec<_> = (0..16u32)
+                .map(|i| {
+                    let k = (round.wrapping_mul(7919) + i * 1301) % 25_000;
+                    let v = (k % 3 != 0).then(|| round.to_be_bytes().to_vec());
+                    (k.to_be_bytes().to_vec(), v)
+                })
+                .collect();
+            commit(&t, &capture, &batch);
+        }
+        assert!(round > 1, "the writer ran while the reader read");
+        assert_eq!(reading.join().unwrap(), expected);
     }
 
     #[test]
