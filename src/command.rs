@@ -59,6 +59,29 @@ pub enum Command {
     Held {
         worker: String,
     },
+    /// Proposed by the leader when finished jobs are past their retention:
+    /// removes up to `limit` of them, oldest first, and idempotency records
+    /// past their TTL. The bounds travel in the command, so every node
+    /// purges exactly the same whatever its own config says.
+    Purge {
+        retention: Retention,
+        limit: u32,
+    },
+}
+
+/// How long finished jobs and idempotency records are kept, as the leader's
+/// config said when it proposed a [`Command::Purge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Succeeded and cancelled jobs, from when they finished.
+    pub finished_ms: u64,
+    /// Dead jobs, from when they died.
+    pub dead_ms: u64,
+    /// Idempotency records, from their job's enqueue.
+    pub idempotency_ms: u64,
+    /// Most bytes of finished-job records kept; past it the oldest go first,
+    /// whatever their age.
+    pub max_finished_bytes: u64,
 }
 
 impl Command {
@@ -73,6 +96,7 @@ impl Command {
             Command::Cancel { .. } => "cancel",
             Command::Tick => "tick",
             Command::Held { .. } => "held",
+            Command::Purge { .. } => "purge",
         }
     }
 
@@ -91,7 +115,8 @@ impl Command {
             Command::Lease { .. }
             | Command::Cancel { .. }
             | Command::Tick
-            | Command::Held { .. } => RECORD,
+            | Command::Held { .. }
+            | Command::Purge { .. } => RECORD,
         }
     }
 }
@@ -169,4 +194,10 @@ pub enum Outcome {
     /// Raft's own entries (empty entries of a new leader, conf changes).
     Noop,
     Rejected(Refusal),
+    /// What a purge removed; `more` when it stopped at its limit.
+    Purged {
+        jobs: u32,
+        idempotency_records: u32,
+        more: bool,
+    },
 }

@@ -131,6 +131,23 @@ pub struct Jobs {
     pub retry_base_delay: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max_delay: Duration,
+    /// Succeeded and cancelled jobs are removed this long after they
+    /// finished (a replicated purge, oldest first); their ids then answer
+    /// 404.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Most bytes finished jobs may keep on disk (records, payloads,
+    /// results); past it the oldest are removed whatever their age.
+    /// A number of bytes or a size like "10 GiB".
+    pub retention_max_bytes: bytesize::ByteSize,
+    /// Dead jobs are kept this long, for inspection and replay.
+    #[serde(with = "humantime_serde")]
+    pub dead_retention: Duration,
+    /// An idempotency key names its job for this long after the enqueue
+    /// (or until the job is removed, if sooner); then the key may be used
+    /// again for a new job.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for Jobs {
@@ -140,6 +157,23 @@ impl Default for Jobs {
             max_retries: 3,
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(300),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            retention_max_bytes: bytesize::ByteSize::gib(10),
+            dead_retention: Duration::from_secs(30 * 24 * 3600),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Jobs {
+    /// The bounds the leader puts in a purge.
+    pub fn retention(&self) -> crate::command::Retention {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        crate::command::Retention {
+            finished_ms: ms(self.retention),
+            dead_ms: ms(self.dead_retention),
+            idempotency_ms: ms(self.idempotency_ttl),
+            max_finished_bytes: self.retention_max_bytes.as_u64(),
         }
     }
 }
@@ -157,6 +191,10 @@ pub struct Raft {
     /// Applied entries kept in the log behind the applied index before older
     /// ones are compacted away.
     pub log_keep_entries: u64,
+    /// Most bytes of applied entries kept in the log: past it the oldest
+    /// are compacted away even within `log_keep_entries` (entries range from
+    /// bytes to 256 KiB, so a count alone does not bound the disk).
+    pub log_keep_bytes: bytesize::ByteSize,
     /// A snapshot of the machine is written every this many applied entries;
     /// followers too far behind the compacted log are sent the newest one.
     pub snapshot_every: u64,
@@ -174,6 +212,7 @@ impl Default for Raft {
             election_ticks: 10,
             heartbeat_ticks: 2,
             log_keep_entries: 20_000,
+            log_keep_bytes: bytesize::ByteSize::mib(256),
             snapshot_every: 100_000,
             max_inflight_entries: 1,
         }
@@ -275,6 +314,15 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
+        }
+        for (key, d) in [
+            ("jobs.retention", self.jobs.retention),
+            ("jobs.dead_retention", self.jobs.dead_retention),
+            ("jobs.idempotency_ttl", self.jobs.idempotency_ttl),
+        ] {
+            if d < Duration::from_secs(1) {
+                return Err(invalid(key, "must be at least 1s"));
+            }
         }
         if self.limits.max_payload_bytes == 0 || self.limits.max_payload_bytes > 64 * 1024 * 1024 {
             return Err(invalid(

@@ -208,6 +208,8 @@ pub struct Machine {
     /// A consistent read of the tree in progress (a snapshot being
     /// written): each commit tells it what it is about to overwrite.
     capture: Option<Arc<capture::Capture>>,
+    /// Bytes kept by finished jobs (see [`retention`]); stored under `b`.
+    finished_bytes: u64,
 }
 
 fn key(prefix: u8, id: JobId) -> [u8; 9] {
@@ -334,6 +336,7 @@ impl Machine {
                 ..Meta::default()
             },
         };
+        let finished_bytes = Machine::load_finished_bytes(&tree)?;
         let mut machine = Machine {
             shared: Arc::new(RwLock::new(tree.clone())),
             tree,
@@ -346,6 +349,7 @@ impl Machine {
             totals: Totals::default(),
             staged: BTreeMap::new(),
             capture: None,
+            finished_bytes,
         };
         for item in machine.tree.scan_prefix([JOB]) {
             let (k, v) = item?;
@@ -480,6 +484,7 @@ impl Machine {
             Command::Cancel { id } => Outcome::Cancelled(self.cancel(now, *id)?),
             Command::Tick => self.tick(now)?,
             Command::Held { worker } => Outcome::Leased(self.held(worker)?),
+            Command::Purge { retention, limit } => self.purge(now, retention, *limit)?,
         })
     }
 
@@ -596,6 +601,7 @@ impl Machine {
             };
             job.record(now, "enqueued");
             if let Some(k) = idem {
+                self.index_idempotency(now, id, &k);
                 self.put(k, id.to_be_bytes().to_vec());
             }
             let payload = if new.payload.len() <= INLINE_PAYLOAD_MAX {
@@ -728,10 +734,12 @@ impl Machine {
         job.finished_at_ms = now;
         job.record(now, format!("completed (attempt {})", c.attempt));
         self.place(&job);
-        self.put_job(&job, &payload);
+        let record = self.put_job(&job, &payload);
         if !c.result.is_empty() {
             self.put(key(RESULT, job.id).to_vec(), c.result.to_vec());
         }
+        let bytes = self.stored_bytes(record, job.id, &payload, c.result.len())?;
+        self.index_finished(&job, bytes);
         self.totals.completed += 1;
         Ok(Ok(()))
     }
@@ -777,7 +785,11 @@ impl Machine {
             self.totals.retried += 1;
         }
         self.place(&job);
-        self.put_job(&job, &payload);
+        let record = self.put_job(&job, &payload);
+        if job.state == JobState::Dead {
+            let bytes = self.stored_bytes(record, job.id, &payload, 0)?;
+            self.index_finished(&job, bytes);
+        }
         Ok(Ok(()))
     }
 
@@ -798,7 +810,9 @@ impl Machine {
         job.finished_at_ms = now;
         job.record(now, format!("cancelled while {was}"));
         self.place(&job);
-        self.put_job(&job, &payload);
+        let record = self.put_job(&job, &payload);
+        let bytes = self.stored_bytes(record, job.id, &payload, self.result_len(id)?)?;
+        self.index_finished(&job, bytes);
         self.totals.cancelled += 1;
         Ok(Ok(was))
     }
@@ -906,8 +920,21 @@ impl Machine {
         self.staged.insert(k, Some(v));
     }
 
-    fn put_job(&mut self, job: &Job, payload: &Payload) {
-        self.put(key(JOB, job.id).to_vec(), encode(&(job, payload)));
+    /// Stages a job's record; returns its length.
+    fn put_job(&mut self, job: &Job, payload: &Payload) -> usize {
+        let record = encode(&(job, payload));
+        let len = record.len();
+        self.put(key(JOB, job.id).to_vec(), record);
+        len
+    }
+
+    /// The length of a job's stored result (0 if none).
+    fn result_len(&self, id: JobId) -> Result<usize, MachineError> {
+        Ok(self.get(&key(RESULT, id))?.map_or(0, |r| r.len()))
+    }
+
+    fn delete(&mut self, k: Vec<u8>) {
+        self.staged.insert(k, None);
     }
 
     /// The bytes of a payload the job's record names.
@@ -1001,6 +1028,7 @@ impl JobReader {
 }
 
 pub mod capture;
+mod retention;
 
 #[cfg(test)]
 mod tests;

@@ -1,11 +1,23 @@
 //! Prometheus metrics. Values are read from what the driver publishes at
-//! scrape time, so the hot path does no metrics work at all.
+//! scrape time, so the hot path does no metrics work at all. The caller
+//! passes them in: this module knows the values, not where they live.
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::api::App;
+use crate::driver::NodeStatus;
+use crate::machine::MachineStats;
+
+/// What one scrape renders.
+pub struct Scrape<'a> {
+    pub stats: &'a MachineStats,
+    pub status: &'a NodeStatus,
+    pub active_workers: usize,
+    /// The node's data dir, whose size on disk is reported.
+    pub data_dir: &'a Path,
+}
 
 /// The process-wide recorder; installed once even when tests start several
 /// nodes in one process.
@@ -32,9 +44,11 @@ impl Metrics {
     }
 
     /// Sets every gauge and counter from the node's current state and renders.
-    pub fn render(&self, app: &App) -> String {
-        let stats = app.driver.stats();
+    pub fn render(&self, scrape: Scrape<'_>) -> String {
+        let stats = scrape.stats;
+        let mut finished = 0;
         for (queue, c) in &stats.queues {
+            finished += c.succeeded + c.dead + c.cancelled;
             for (i, n) in c.ready.iter().enumerate() {
                 let priority = (i + 1).to_string();
                 metrics::gauge!("drover_pending_jobs", "queue" => queue.clone(), "priority" => priority)
@@ -65,12 +79,32 @@ impl Metrics {
         ] {
             metrics::counter!(name).absolute(v);
         }
-        metrics::gauge!("drover_active_workers").set(app.workers.count() as f64);
-        let st = app.driver.status();
+        metrics::gauge!("drover_finished_jobs").set(finished as f64);
+        metrics::gauge!("drover_data_dir_bytes").set(disk_usage(scrape.data_dir) as f64);
+        metrics::gauge!("drover_active_workers").set(scrape.active_workers as f64);
+        let st = scrape.status;
         metrics::gauge!("drover_raft_term").set(st.term as f64);
         metrics::gauge!("drover_raft_commit_index").set(st.commit_index as f64);
         metrics::gauge!("drover_raft_applied_index").set(st.applied_index as f64);
         metrics::gauge!("drover_raft_is_leader").set(if st.role == "leader" { 1.0 } else { 0.0 });
         self.handle.render()
     }
+}
+
+/// Bytes a directory tree takes on disk (allocated blocks, as `du` counts
+/// them); what cannot be read counts as nothing.
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => dirs.push(entry.path()),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }

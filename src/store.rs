@@ -117,6 +117,11 @@ pub struct RaftStore {
     /// right after they are written, to send them and to apply them, and
     /// reading and parsing them out of sled cost ~5% of a leader's CPU.
     recent: EntryCache,
+    /// The encoded size of every entry in the log, oldest first, and their
+    /// sum: lets compaction keep the log under a byte bound as well as a
+    /// count, since entries range from a few bytes to 256 KiB.
+    sizes: std::collections::VecDeque<(u64, u32)>,
+    log_bytes: u64,
 }
 
 /// Most bytes of entry data [`EntryCache`] keeps.
@@ -256,6 +261,18 @@ impl RaftStore {
             let (k, _) = item?;
             tree.remove(k)?;
         }
+        let mut sizes = std::collections::VecDeque::new();
+        let mut log_bytes = 0;
+        for item in tree.range(below..entry_key(u64::MAX)) {
+            let (k, v) = item?;
+            let index = u64::from_be_bytes(
+                k[1..]
+                    .try_into()
+                    .map_err(|_| corrupt("raft/e", "entry key is not 9 bytes"))?,
+            );
+            sizes.push_back((index, v.len() as u32));
+            log_bytes += v.len() as u64;
+        }
         Ok(RaftStore {
             db: db.clone(),
             tree,
@@ -266,7 +283,49 @@ impl RaftStore {
             latest_snapshot: None,
             snapshot_wanted: AtomicBool::new(false),
             recent: EntryCache::default(),
+            sizes,
+            log_bytes,
         })
+    }
+
+    /// Bytes of the entries in the log.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
+    /// The index through which entries must be dropped to keep at most
+    /// `max` bytes in the log (the compacted index when it is under).
+    pub fn index_keeping_bytes(&self, max: u64) -> u64 {
+        let mut over = self.log_bytes.saturating_sub(max);
+        let mut upto = self.compacted.0;
+        for &(index, bytes) in &self.sizes {
+            if over == 0 {
+                break;
+            }
+            over = over.saturating_sub(u64::from(bytes));
+            upto = index;
+        }
+        upto
+    }
+
+    fn forget_sizes_through(&mut self, index: u64) {
+        while let Some(&(i, bytes)) = self.sizes.front() {
+            if i > index {
+                break;
+            }
+            self.log_bytes -= u64::from(bytes);
+            self.sizes.pop_front();
+        }
+    }
+
+    fn forget_sizes_from(&mut self, index: u64) {
+        while let Some(&(i, bytes)) = self.sizes.back() {
+            if i < index {
+                break;
+            }
+            self.log_bytes -= u64::from(bytes);
+            self.sizes.pop_back();
+        }
     }
 
     /// Addresses of the members added since the cluster started.
@@ -343,6 +402,8 @@ impl RaftStore {
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
         self.recent.clear();
+        self.sizes.clear();
+        self.log_bytes = 0;
         self.compacted = (meta.index, meta.term);
         self.last_index = meta.index;
         self.conf_state = meta.conf_state.clone();
@@ -401,8 +462,11 @@ impl RaftStore {
             for stale in (first..=self.last_index).rev() {
                 self.tree.remove(entry_key(stale))?;
             }
+            self.forget_sizes_from(first);
             for e in entries {
                 let bytes = e.write_to_bytes().map_err(|err| corrupt("raft/e", err))?;
+                self.sizes.push_back((e.index, bytes.len() as u32));
+                self.log_bytes += bytes.len() as u64;
                 self.tree.insert(entry_key(e.index), bytes)?;
             }
             self.recent.append(entries);
@@ -452,6 +516,7 @@ impl RaftStore {
         let old = self.compacted.0;
         self.compacted = (index, term);
         self.recent.drop_through(index);
+        self.forget_sizes_through(index);
         for i in old + 1..=index {
             self.tree.remove(entry_key(i))?;
         }

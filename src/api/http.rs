@@ -85,7 +85,12 @@ async fn metrics_text(State(s): State<HttpState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.metrics.render(&s.app),
+        s.metrics.render(crate::metrics::Scrape {
+            stats: &s.app.driver.stats(),
+            status: &s.app.driver.status(),
+            active_workers: s.app.workers.count(),
+            data_dir: &s.app.config.data_dir,
+        }),
     )
         .into_response()
 }

@@ -1,6 +1,7 @@
 //! Tests of the machine with no runtime: time is a value, storage a temp sled.
 
 use super::*;
+use crate::command::Retention;
 use crate::job::PRIORITY_DEFAULT;
 use bytes::Bytes;
 
@@ -578,20 +579,26 @@ mod props {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Enqueue(u8, u64),
+        Enqueue(u8, u64, Option<u8>),
         Lease(u32),
         Complete(usize),
         Fail(usize),
         Tick(u64),
+        Purge(u32, u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (1u8..=5, 0u64..3).prop_map(|(p, d)| Op::Enqueue(p, d * 100)),
+            (1u8..=5, 0u64..3, proptest::option::of(0u8..4)).prop_map(|(p, d, k)| Op::Enqueue(
+                p,
+                d * 100,
+                k
+            )),
             (1u32..4).prop_map(Op::Lease),
             (0usize..8).prop_map(Op::Complete),
             (0usize..8).prop_map(Op::Fail),
             (0u64..1500).prop_map(Op::Tick),
+            (1u32..6, 0u64..3000).prop_map(|(n, b)| Op::Purge(n, b)),
         ]
     }
 
@@ -607,9 +614,12 @@ mod props {
             for op in ops {
                 now += 10;
                 match op {
-                    Op::Enqueue(p, d) => {
+                    Op::Enqueue(p, d, k) => {
                         let mut j = new_job("q", p);
                         j.delay_ms = d;
+                        if let Some(k) = k {
+                            j.idempotency_key = format!("k{k}");
+                        }
                         h.run(now, Command::Enqueue { jobs: vec![j] });
                     }
                     Op::Lease(n) => {
@@ -622,6 +632,10 @@ mod props {
                     Op::Complete(i) if i < held.len() => { let (id, a) = held.remove(i); let _ = h.complete(now, id, a); }
                     Op::Fail(i) if i < held.len() => { let (id, a) = held.remove(i); let _ = h.fail(now, id, a); }
                     Op::Tick(dt) => { now += dt; h.run(now, Command::Tick); }
+                    Op::Purge(limit, max_bytes) => {
+                        let retention = Retention { finished_ms: 300, dead_ms: 600, idempotency_ms: 400, max_finished_bytes: max_bytes };
+                        h.run(now, Command::Purge { retention, limit });
+                    }
                     _ => {}
                 }
                 // Counts agree with the stored records.
@@ -637,7 +651,22 @@ mod props {
                     }
                 }
                 let stats = h.m.stats();
-                prop_assert_eq!(stats.queues.get("q").cloned().unwrap_or_default(), counts);
+                prop_assert_eq!(stats.queues.get("q").cloned().unwrap_or_default(), counts.clone());
+                // Every finished job is indexed once, and the byte total adds up.
+                let mut indexed = 0u64;
+                let mut bytes = 0u64;
+                for prefix in [b'F', b'D'] {
+                    for item in h.m.tree.scan_prefix([prefix]) {
+                        let (k, v) = item.unwrap();
+                        let id = u64::from_be_bytes(k[9..17].try_into().unwrap());
+                        let job = h.m.reader().job(id).unwrap();
+                        prop_assert!(job.is_some_and(|j| j.state.is_finished()), "index names a live job");
+                        indexed += 1;
+                        bytes += u64::from_be_bytes(v[..].try_into().unwrap());
+                    }
+                }
+                prop_assert_eq!(indexed, counts.succeeded + counts.dead + counts.cancelled);
+                prop_assert_eq!(bytes, h.m.finished_bytes);
             }
             let mut fresh = Harness::new();
             for (i, e) in h.log.iter().enumerate() {
@@ -707,4 +736,128 @@ fn held_names_the_jobs_leased_to_a_worker_and_changes_nothing() {
         Outcome::Leased(jobs) => assert_eq!(jobs.len(), 1),
         other => panic!("{other:?}"),
     }
+}
+
+const KEEP: Retention = Retention {
+    finished_ms: 1_000,
+    dead_ms: 5_000,
+    idempotency_ms: 3_000,
+    max_finished_bytes: u64::MAX,
+};
+
+fn purge(h: &mut Harness, at: u64, retention: Retention) -> (u32, u32, bool) {
+    match h.run(
+        at,
+        Command::Purge {
+            retention,
+            limit: 100,
+        },
+    ) {
+        Outcome::Purged {
+            jobs,
+            idempotency_records,
+            more,
+        } => (jobs, idempotency_records, more),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn finished_jobs_are_purged_after_their_retention() {
+    let mut h = Harness::new();
+    let done = h.enqueue(0, "q", 3);
+    let dead = h.enqueue(0, "q", 3);
+    let live = h.enqueue(0, "q", 3);
+    let mut keyed = new_job("q", 3);
+    keyed.idempotency_key = "once".into();
+    h.run(
+        0,
+        Command::Enqueue {
+            jobs: vec![keyed.clone()],
+        },
+    );
+    h.lease(0, "w", &["q"], 2);
+    h.complete(100, done, 1).unwrap();
+    // `dead` dies on its first failure here: retries exhausted.
+    let mut job = h.job(dead);
+    for attempt in 1..=CFG.max_retries + 1 {
+        if attempt > 1 {
+            h.run(job.run_at_ms, Command::Tick);
+            h.lease(job.run_at_ms, "w", &["q"], 1);
+        }
+        h.fail(job.run_at_ms.max(100), dead, attempt).unwrap();
+        job = h.job(dead);
+    }
+    assert_eq!(job.state, JobState::Dead);
+    let died = job.finished_at_ms;
+    assert!(h.m.finished_bytes > 0);
+
+    assert!(
+        !h.m.purge_due(100 + 999, &KEEP).unwrap(),
+        "nothing is old enough yet"
+    );
+    assert!(h.m.purge_due(100 + 1_000, &KEEP).unwrap());
+    assert_eq!(purge(&mut h, 100 + 1_000, KEEP), (1, 0, false));
+    assert!(h.m.reader().job(done).unwrap().is_none(), "purged: gone");
+    assert!(
+        h.m.reader().job(dead).unwrap().is_some(),
+        "dead jobs are kept longer"
+    );
+    assert!(h.m.reader().job(live).unwrap().is_some());
+    assert_eq!(h.m.stats().queues["q"].succeeded, 0);
+
+    let at = died + 5_000;
+    assert_eq!(
+        purge(&mut h, at, KEEP),
+        (1, 1, false),
+        "the dead job, and the key past its TTL"
+    );
+    assert!(h.m.reader().job(dead).unwrap().is_none());
+    assert_eq!(h.m.finished_bytes, 0);
+    assert_eq!(h.m.stats().queues["q"].dead, 0);
+    assert!(
+        !h.m.purge_due(at + 1_000_000, &KEEP).unwrap(),
+        "nothing left to purge"
+    );
+    // The key's TTL ended: the same key makes a new job.
+    match h.run(at, Command::Enqueue { jobs: vec![keyed] }) {
+        Outcome::Enqueued(v) => assert!(!v[0].duplicate),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn finished_jobs_over_the_byte_bound_go_oldest_first() {
+    let mut h = Harness::new();
+    let ids: Vec<JobId> = (0..5).map(|_| h.enqueue(0, "q", 3)).collect();
+    h.lease(0, "w", &["q"], 5);
+    for (i, &id) in ids.iter().enumerate() {
+        h.complete(10 + i as u64, id, 1).unwrap();
+    }
+    let each = h.m.finished_bytes / 5;
+    let bound = Retention {
+        max_finished_bytes: each * 2,
+        ..KEEP
+    };
+    assert!(h.m.purge_due(20, &bound).unwrap());
+    assert_eq!(purge(&mut h, 20, bound), (3, 0, false));
+    let left: Vec<bool> = ids
+        .iter()
+        .map(|&id| h.m.reader().job(id).unwrap().is_some())
+        .collect();
+    assert_eq!(left, vec![false, false, false, true, true]);
+    assert!(h.m.finished_bytes <= each * 2 + 5);
+}
+
+#[test]
+fn a_purge_stops_at_its_limit_and_says_there_is_more() {
+    let mut h = Harness::new();
+    let ids: Vec<JobId> = (0..150).map(|_| h.enqueue(0, "q", 3)).collect();
+    h.lease(0, "w", &["q"], 150);
+    for &id in &ids {
+        h.complete(10, id, 1).unwrap();
+    }
+    assert_eq!(purge(&mut h, 5_000, KEEP), (100, 0, true));
+    assert_eq!(purge(&mut h, 5_000, KEEP), (50, 0, false));
+    assert_eq!(h.m.finished_bytes, 0);
 }
