@@ -210,6 +210,9 @@ pub struct Machine {
     capture: Option<Arc<capture::Capture>>,
     /// Bytes kept by finished jobs (see [`retention`]); stored under `b`.
     finished_bytes: u64,
+    /// Jobs the command being applied finished (dead?, id, bytes), indexed
+    /// together when it is done.
+    finishing: Vec<(bool, JobId, u64)>,
 }
 
 fn key(prefix: u8, id: JobId) -> [u8; 9] {
@@ -350,6 +353,7 @@ impl Machine {
             staged: BTreeMap::new(),
             capture: None,
             finished_bytes,
+            finishing: Vec::new(),
         };
         for item in machine.tree.scan_prefix([JOB]) {
             let (k, v) = item?;
@@ -451,7 +455,11 @@ impl Machine {
         entry
             .commands
             .iter()
-            .map(|c| self.apply_command(now, c))
+            .map(|c| {
+                let outcome = self.apply_command(now, c);
+                self.index_finished(now);
+                outcome
+            })
             .collect()
     }
 
@@ -739,7 +747,7 @@ impl Machine {
             self.put(key(RESULT, job.id).to_vec(), c.result.to_vec());
         }
         let bytes = self.stored_bytes(record, job.id, &payload, c.result.len())?;
-        self.index_finished(&job, bytes);
+        self.finished(&job, bytes);
         self.totals.completed += 1;
         Ok(Ok(()))
     }
@@ -788,7 +796,7 @@ impl Machine {
         let record = self.put_job(&job, &payload);
         if job.state == JobState::Dead {
             let bytes = self.stored_bytes(record, job.id, &payload, 0)?;
-            self.index_finished(&job, bytes);
+            self.finished(&job, bytes);
         }
         Ok(Ok(()))
     }
@@ -812,7 +820,7 @@ impl Machine {
         self.place(&job);
         let record = self.put_job(&job, &payload);
         let bytes = self.stored_bytes(record, job.id, &payload, self.result_len(id)?)?;
-        self.index_finished(&job, bytes);
+        self.finished(&job, bytes);
         self.totals.cancelled += 1;
         Ok(Ok(was))
     }

@@ -3,14 +3,16 @@
 //! oldest first, a bounded slice per entry, so the disk and memory of a busy
 //! node stay flat and every node removes exactly the same records.
 //!
-//! Each finished job gets a time-index record (`F` for succeeded and
-//! cancelled, `D` for dead: finish time, id -> the bytes the job keeps), and
-//! each idempotency record one (`T`: enqueue time, id -> the record's key).
+//! The jobs one command finishes share a time-index record (`F` for
+//! succeeded and cancelled, `D` for dead: finish time, first id -> each
+//! job's id and the bytes it keeps): one more write per batch of
+//! completions, not per job. Each idempotency record gets one of its own
+//! (`T`: enqueue time, id -> the record's key).
 //! The machine keeps the total bytes of finished jobs under `b`. Reads merge
 //! the staged writes into the tree's order, so a purge sees the same records
 //! whatever the commit boundaries of the node applying it.
 
-use super::{key, Machine, MachineError, Payload, JOB, PAYLOAD, RESULT};
+use super::{decode, encode, key, Machine, MachineError, Payload, JOB, PAYLOAD, RESULT};
 use crate::command::{Outcome, Retention};
 use crate::job::{Job, JobId, JobState};
 
@@ -60,12 +62,13 @@ fn u64_value(k: &[u8], v: &[u8]) -> Result<u64, MachineError> {
 /// A key and its value.
 type Record = (Vec<u8>, Vec<u8>);
 
-/// A finished job's time-index record, as a purge reads it.
-struct Finished {
+/// A time-index record, as a purge reads it.
+struct Indexed {
     key: Vec<u8>,
     at_ms: u64,
     id: JobId,
-    bytes: u64,
+    /// The value: for finished jobs, each job's id and bytes (encoded).
+    value: Vec<u8>,
 }
 
 impl Machine {
@@ -77,18 +80,31 @@ impl Machine {
         }
     }
 
-    /// Indexes a job that just finished, keeping `bytes` on disk.
-    pub(super) fn index_finished(&mut self, job: &Job, bytes: u64) {
-        let prefix = if job.state == JobState::Dead {
-            DEAD_AT
-        } else {
-            FINISHED_AT
-        };
-        self.put(
-            time_key(prefix, job.finished_at_ms, job.id),
-            bytes.to_be_bytes().to_vec(),
-        );
+    /// Notes a job that just finished, keeping `bytes` on disk; the
+    /// command's finished jobs are indexed together by [`Self::index_finished`].
+    pub(super) fn finished(&mut self, job: &Job, bytes: u64) {
+        let dead = job.state == JobState::Dead;
+        self.finishing.push((dead, job.id, bytes));
         self.set_finished_bytes(self.finished_bytes.saturating_add(bytes));
+    }
+
+    /// Writes the time-index records of the jobs the command just applied
+    /// finished, all at `now`.
+    pub(super) fn index_finished(&mut self, now: u64) {
+        if self.finishing.is_empty() {
+            return;
+        }
+        let finishing = std::mem::take(&mut self.finishing);
+        for (dead, prefix) in [(false, FINISHED_AT), (true, DEAD_AT)] {
+            let jobs: Vec<(JobId, u64)> = finishing
+                .iter()
+                .filter(|(d, _, _)| *d == dead)
+                .map(|(_, id, bytes)| (*id, *bytes))
+                .collect();
+            if let Some(&(first, _)) = jobs.first() {
+                self.put(time_key(prefix, now, first), encode(&jobs));
+            }
+        }
     }
 
     /// Indexes an idempotency record by its job's enqueue time.
@@ -136,7 +152,8 @@ impl Machine {
                 && (finished.is_some() || dead.is_some())))
     }
 
-    /// Applies a [`Command::Purge`].
+    /// Applies a [`Command::Purge`]: whole index records, oldest first,
+    /// until at least `limit` jobs are removed (one record may take it past).
     pub(super) fn purge(
         &mut self,
         now: u64,
@@ -171,8 +188,7 @@ impl Machine {
                 (false, false) => break,
             };
             let Some(next) = next else { break };
-            self.purge_job(next)?;
-            jobs += 1;
+            jobs += self.purge_record(next)?;
         }
         let mut records = 0;
         let room = limit.saturating_sub(jobs);
@@ -192,23 +208,33 @@ impl Machine {
         })
     }
 
-    /// Removes a finished job and everything it keeps.
-    fn purge_job(&mut self, f: Finished) -> Result<(), MachineError> {
-        self.delete(f.key);
-        self.set_finished_bytes(self.finished_bytes.saturating_sub(f.bytes));
-        let Some((job, payload)) = self.load(f.id)? else {
-            return Ok(()); // the index outlived its job: nothing more to do
-        };
-        self.unplace(&job);
-        self.delete(key(JOB, job.id).to_vec());
-        if let Payload::Apart = payload {
-            self.delete(key(PAYLOAD, job.id).to_vec());
+    /// Removes the jobs of one finished-jobs index record, and the record;
+    /// returns how many jobs went.
+    fn purge_record(&mut self, record: Indexed) -> Result<usize, MachineError> {
+        let jobs: Vec<(JobId, u64)> = decode(&record.key, &record.value)?;
+        self.delete(record.key);
+        let mut purged = 0;
+        for (id, bytes) in jobs {
+            self.set_finished_bytes(self.finished_bytes.saturating_sub(bytes));
+            let Some((job, payload)) = self.load(id)? else {
+                continue; // gone already
+            };
+            // A job finished again later (replayed) is indexed again then.
+            if !job.state.is_finished() || job.finished_at_ms != record.at_ms {
+                continue;
+            }
+            self.unplace(&job);
+            self.delete(key(JOB, id).to_vec());
+            if let Payload::Apart = payload {
+                self.delete(key(PAYLOAD, id).to_vec());
+            }
+            self.delete(key(RESULT, id).to_vec());
+            if !job.idempotency_key.is_empty() {
+                self.drop_idempotency(time_key(IDEMPOTENT_AT, job.enqueued_at_ms, id), id)?;
+            }
+            purged += 1;
         }
-        self.delete(key(RESULT, job.id).to_vec());
-        if !job.idempotency_key.is_empty() {
-            self.drop_idempotency(time_key(IDEMPOTENT_AT, job.enqueued_at_ms, job.id), job.id)?;
-        }
-        Ok(())
+        Ok(purged)
     }
 
     /// Removes an idempotency record's time index and the record itself if
@@ -228,20 +254,15 @@ impl Machine {
 
     /// The first `limit` records of a time index, oldest first, staged
     /// writes merged in.
-    fn time_index(&self, prefix: u8, limit: usize) -> Result<Vec<Finished>, MachineError> {
+    fn time_index(&self, prefix: u8, limit: usize) -> Result<Vec<Indexed>, MachineError> {
         let mut out = Vec::new();
         for (k, v) in self.scan_merged(prefix, limit)? {
             let (at_ms, id) = parse_time_key(&k)?;
-            let bytes = if prefix == IDEMPOTENT_AT {
-                0
-            } else {
-                u64_value(&k, &v)?
-            };
-            out.push(Finished {
+            out.push(Indexed {
                 key: k,
                 at_ms,
                 id,
-                bytes,
+                value: v,
             });
         }
         Ok(out)

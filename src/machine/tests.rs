@@ -658,11 +658,14 @@ mod props {
                 for prefix in [b'F', b'D'] {
                     for item in h.m.tree.scan_prefix([prefix]) {
                         let (k, v) = item.unwrap();
-                        let id = u64::from_be_bytes(k[9..17].try_into().unwrap());
-                        let job = h.m.reader().job(id).unwrap();
-                        prop_assert!(job.is_some_and(|j| j.state.is_finished()), "index names a live job");
-                        indexed += 1;
-                        bytes += u64::from_be_bytes(v[..].try_into().unwrap());
+                        let at = u64::from_be_bytes(k[1..9].try_into().unwrap());
+                        let jobs: Vec<(JobId, u64)> = decode(&k, &v).unwrap();
+                        for (id, b) in jobs {
+                            let job = h.m.reader().job(id).unwrap();
+                            prop_assert!(job.is_some_and(|j| j.state.is_finished() && j.finished_at_ms == at), "index names a live job");
+                            indexed += 1;
+                            bytes += b;
+                        }
                     }
                 }
                 prop_assert_eq!(indexed, counts.succeeded + counts.dead + counts.cancelled);
