@@ -107,77 +107,27 @@ impl Error {
     }
 }
 
-/// Metadata on a status whose request certainly did not take effect, so a
-/// client may send it again as it is.
-const RETRY_SAFE: &str = "drover-retry-safe";
-/// Metadata with a hint, in milliseconds, of when to retry.
-const RETRY_AFTER: &str = "drover-retry-after-ms";
-
 impl Error {
     /// The request was refused before it could take effect.
     pub fn retry_safe(&self) -> bool {
         match self {
             Error::NoLeader { .. } | Error::Superseded | Error::ShuttingDown => true,
-            Error::Forward { status, .. } => retry_safe(status),
+            Error::Forward { status, .. } => crate::wire::retry_safe(status),
             _ => false,
         }
     }
 }
 
-/// Whether a status says its request did not take effect (see [`RETRY_SAFE`]).
-pub fn retry_safe(status: &tonic::Status) -> bool {
-    status.metadata().contains_key(RETRY_SAFE)
-}
-
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> tonic::Status {
         let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
-        if e.retry_safe() {
-            status
-                .metadata_mut()
-                .insert(RETRY_SAFE, tonic::metadata::MetadataValue::from_static("1"));
-        }
-        if let Error::NoLeader { retry_after_ms } = e {
-            status.metadata_mut().insert(
-                RETRY_AFTER,
-                tonic::metadata::MetadataValue::from(retry_after_ms),
-            );
-        }
+        let retry_after_ms = match e {
+            Error::NoLeader { retry_after_ms } => retry_after_ms,
+            _ => 0,
+        };
+        crate::wire::mark_retry(&mut status, e.retry_safe(), retry_after_ms);
         status
     }
-}
-
-/// A failed request's status as a stream reply carries it.
-pub fn request_error(status: &tonic::Status) -> crate::proto::v1::RequestError {
-    crate::proto::v1::RequestError {
-        code: status.code() as i32,
-        message: status.message().to_string(),
-        retry_safe: retry_safe(status),
-        retry_after_ms: status
-            .metadata()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-    }
-}
-
-/// The status a stream reply's error stands for, with the metadata a unary
-/// call's status would carry, so clients treat both alike.
-pub fn status_of(e: crate::proto::v1::RequestError) -> tonic::Status {
-    let mut status = tonic::Status::new(tonic::Code::from(e.code), e.message);
-    if e.retry_safe {
-        status
-            .metadata_mut()
-            .insert(RETRY_SAFE, tonic::metadata::MetadataValue::from_static("1"));
-    }
-    if e.retry_after_ms > 0 {
-        status.metadata_mut().insert(
-            RETRY_AFTER,
-            tonic::metadata::MetadataValue::from(e.retry_after_ms),
-        );
-    }
-    status
 }
 
 impl IntoResponse for Error {

@@ -86,7 +86,7 @@ impl Metrics {
         metrics::gauge!("drover_raft_term").set(st.term as f64);
         metrics::gauge!("drover_raft_commit_index").set(st.commit_index as f64);
         metrics::gauge!("drover_raft_applied_index").set(st.applied_index as f64);
-        metrics::gauge!("drover_raft_is_leader").set(if st.role == "leader" { 1.0 } else { 0.0 });
+        metrics::gauge!("drover_raft_is_leader").set(if st.is_leader() { 1.0 } else { 0.0 });
         self.handle.render()
     }
 }

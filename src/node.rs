@@ -25,10 +25,6 @@ use crate::proto::v1::worker_service_server::WorkerServiceServer;
 use crate::store;
 use crate::workers::WorkerRegistry;
 
-/// Longest gRPC message accepted: a batch of jobs may be large, a single
-/// payload is limited separately by `limits.max_payload_bytes`.
-pub const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
-
 pub struct Node {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -86,12 +82,12 @@ impl Node {
         let metrics = Metrics::install();
 
         let producer = ProducerServiceServer::new(api::producer::Producer { app: app.clone() })
-            .max_decoding_message_size(MAX_GRPC_MESSAGE);
+            .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE);
         let worker = WorkerServiceServer::new(api::worker::Worker { app: app.clone() })
-            .max_decoding_message_size(MAX_GRPC_MESSAGE);
+            .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE);
         let peer = PeerServiceServer::new(api::peer::Peer { app: app.clone() })
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+            .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(crate::wire::MAX_GRPC_MESSAGE);
         let mut grpc_shutdown = shutdown.clone();
         // The builder's tcp_nodelay covers only listeners it binds itself;
         // without it, Nagle held the second write of an answer until the

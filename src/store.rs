@@ -3,9 +3,10 @@
 //!
 //! Key layout of the `raft` tree: `e`+index entries (protobuf), `h` hard
 //! state, `c` conf state, `s` the (index, term) the log was compacted to.
-//! A Ready's entries and hard state go in one atomic batch; one flush covers
-//! every batch written before it, so group commit costs one fsync however
-//! many proposals it carries.
+//! A Ready's entries and hard state are written as single inserts, in an
+//! order whose every prefix is a valid log (see [`RaftStore::write`]); one
+//! flush covers every write before it, so group commit costs one fsync
+//! however many proposals it carries.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -447,7 +448,7 @@ impl RaftStore {
     }
 
     /// Appends entries (replacing any conflicting suffix) and stores the hard
-    /// state in one atomic batch, without flushing: the caller makes it
+    /// state, in an order safe to cut short, without flushing: the caller makes it
     /// durable with [`RaftStore::flush`] (or the driver's flusher thread)
     /// before it counts as persisted.
     pub fn write(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StoreError> {

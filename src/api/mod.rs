@@ -32,9 +32,6 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Response metadata naming the leader's address, set by followers.
-pub const LEADER_HINT: &str = "drover-leader";
-
 /// A job as read back, with its payload and result.
 pub struct JobView {
     pub job: Job,
@@ -98,7 +95,7 @@ impl App {
     pub fn hint_leader<T>(&self, mut response: tonic::Response<T>) -> tonic::Response<T> {
         if let Some(addr) = self.router.leader_addr() {
             if let Ok(v) = tonic::metadata::MetadataValue::try_from(addr.as_str()) {
-                response.metadata_mut().insert(LEADER_HINT, v);
+                response.metadata_mut().insert(crate::wire::LEADER_HINT, v);
             }
         }
         response

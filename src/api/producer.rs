@@ -86,7 +86,7 @@ impl ProducerService for Producer {
                         result: Some(match result {
                             Ok(ok) => pb::enqueue_reply::Result::Ok(ok),
                             Err(status) => pb::enqueue_reply::Result::Error(
-                                crate::error::request_error(&status),
+                                crate::wire::request_error(&status),
                             ),
                         }),
                     })

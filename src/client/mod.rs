@@ -34,17 +34,10 @@ pub enum ClientError {
 /// Builds a lazily connecting channel to `url` (`http://host:port`; a bare
 /// `host:port` is taken as http).
 pub fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
-    let full = if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    };
-    Endpoint::from_shared(full)
-        .map(|e| e.tcp_nodelay(true))
-        .map_err(|e| ClientError::BadUrl {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })
+    crate::wire::endpoint(url).map_err(|reason| ClientError::BadUrl {
+        url: url.to_string(),
+        reason,
+    })
 }
 
 pub async fn connect(url: &str) -> Result<Channel, ClientError> {
@@ -73,7 +66,7 @@ pub fn server_list(servers: &str) -> Vec<String> {
 pub fn hinted_leader<T>(response: &tonic::Response<T>, urls: &[String]) -> Option<usize> {
     let leader = response
         .metadata()
-        .get(crate::api::LEADER_HINT)?
+        .get(crate::wire::LEADER_HINT)?
         .to_str()
         .ok()?;
     let bare = |u: &str| u.split_once("://").map_or(u, |(_, rest)| rest).to_string();
@@ -94,38 +87,7 @@ pub async fn find_leader(channel: Channel, urls: &[String]) -> Option<usize> {
 /// Retries of one call across nodes before its error is returned.
 const MAX_ATTEMPTS: u32 = 12;
 
-/// Whether a failed call certainly did not take effect, so it may be sent
-/// again (to this node or another): the node said so, or it was never reached.
-pub fn retryable(status: &tonic::Status) -> bool {
-    crate::error::retry_safe(status) || never_sent(status)
-}
-
-/// Whether the call failed before reaching the node (it is down or
-/// restarting), so nothing can have been done.
-fn never_sent(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// Backoff before retry `attempt` (0-based): the server's hint if it gave
-/// one, else exponential from 50 ms, at most 1 s.
-pub fn backoff(status: &tonic::Status, attempt: u32) -> std::time::Duration {
-    let hinted = status
-        .metadata()
-        .get("drover-retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let ms = hinted.unwrap_or(50u64 << attempt.min(5)).min(1000);
-    std::time::Duration::from_millis(ms)
-}
+pub use crate::wire::{backoff, retryable};
 
 /// A producer: enqueues, reads and cancels jobs. Given several nodes, it
 /// sends to one and moves to the next when a call fails in a way that is
@@ -294,7 +256,7 @@ impl EnqueueStream {
             self.unread -= 1;
         }
         if self.tx.send(pb::EnqueueRequest { jobs }).await.is_err() {
-            return Err(crate::error::status_of(pb::RequestError {
+            return Err(crate::wire::status_of(pb::RequestError {
                 code: tonic::Code::Unavailable as i32,
                 message:
                     "the enqueue stream is closed and the request was not sent; open a new stream"
@@ -313,7 +275,7 @@ impl EnqueueStream {
             }) => Ok(ok.jobs),
             Some(pb::EnqueueReply {
                 result: Some(pb::enqueue_reply::Result::Error(e)),
-            }) => Err(crate::error::status_of(e).into()),
+            }) => Err(crate::wire::status_of(e).into()),
             Some(pb::EnqueueReply { result: None }) => Err(ClientError::Protocol(
                 "an enqueue reply carried neither ids nor an error".into(),
             )),

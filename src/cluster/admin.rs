@@ -87,7 +87,7 @@ pub async fn add(router: &Router, id: u64, addr: &str) -> Result<NodeStatus, Err
 /// Opens a connection to `addr`, so a typo or a node not started yet is
 /// reported before anything enters the log.
 async fn dial(addr: &str) -> Result<(), Error> {
-    let endpoint = crate::client::endpoint(addr)
+    let endpoint = crate::wire::endpoint(addr)
         .map_err(|e| Error::invalid("addr", e.to_string()))?
         .connect_timeout(DIAL_TIMEOUT);
     match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect()).await {

@@ -190,7 +190,7 @@ impl Router {
                 })?;
                 Ok((outcome, reply.index))
             }
-            Err(status) if crate::client::retryable(&status) => Err(Forwarded::Retry),
+            Err(status) if crate::wire::retryable(&status) => Err(Forwarded::Retry),
             Err(status) if lost_contact(&status) => Err(Forwarded::Final(Error::ForwardLost {
                 leader,
                 reason: status.message().to_string(),
@@ -213,13 +213,13 @@ impl Router {
                 return Ok(c.clone());
             }
         }
-        let endpoint = crate::client::endpoint(&addr)
+        let endpoint = crate::wire::endpoint(&addr)
             .map_err(|e| Error::invalid("peers", e.to_string()))?
             .connect_timeout(Duration::from_millis(500))
             .timeout(FORWARD_TIMEOUT);
         let client = PeerServiceClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(crate::node::MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(crate::node::MAX_GRPC_MESSAGE);
+            .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(crate::wire::MAX_GRPC_MESSAGE);
         clients.insert(id, (addr, client.clone()));
         Ok(client)
     }

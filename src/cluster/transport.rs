@@ -79,7 +79,7 @@ impl Transport {
 
     /// Starts sending to a member (replacing any earlier address of it).
     pub fn add_peer(&mut self, id: u64, addr: &str) {
-        let endpoint = match crate::client::endpoint(addr) {
+        let endpoint = match crate::wire::endpoint(addr) {
             Ok(e) => e.connect_timeout(Duration::from_millis(500)),
             Err(e) => {
                 tracing::error!(event = "peer_address_invalid", peer = id, error = %e, "cannot reach this peer");
@@ -88,8 +88,8 @@ impl Transport {
         };
         let client = |endpoint: tonic::transport::Endpoint| {
             PeerServiceClient::new(endpoint.connect_lazy())
-                .max_decoding_message_size(crate::node::MAX_GRPC_MESSAGE)
-                .max_encoding_message_size(crate::node::MAX_GRPC_MESSAGE)
+                .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE)
+                .max_encoding_message_size(crate::wire::MAX_GRPC_MESSAGE)
         };
         // A stream has no deadline; pings find a peer that went silent.
         let streaming = endpoint

@@ -31,6 +31,7 @@ use crate::machine::{JobReader, Machine, MachineError, MachineStats};
 use crate::snapshot::{self, SnapshotError, SnapshotMeta};
 use crate::store::{Database, RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_INDEX};
 
+mod pending;
 mod snapshots;
 use snapshots::Snapshots;
 
@@ -54,7 +55,7 @@ const COMPACT_STEP: u64 = 1000;
 const MAX_STEPS_PER_READY: usize = 1024;
 
 /// What a proposal's proposer hears: the outcome and the index it was applied at.
-type Reply = oneshot::Sender<Result<(Outcome, u64), Error>>;
+use pending::{fail_all, MemberOutcome, Pending, Reply};
 
 /// What can be proposed: a command for the machine, or a membership change
 /// for raft itself.
@@ -69,11 +70,33 @@ pub struct Proposal {
     pub reply: Reply,
 }
 
+/// A node's part in its raft group, as raft's `StateRole` says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Follower,
+    Candidate,
+    PreCandidate,
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(r: StateRole) -> Role {
+        match r {
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
 /// What the node knows of its raft group, published after every Ready.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
     pub node_id: u64,
-    pub role: String,
+    pub role: Role,
     pub term: u64,
     /// 0 when no leader is known.
     pub leader_id: u64,
@@ -86,7 +109,7 @@ pub struct NodeStatus {
 
 impl NodeStatus {
     pub fn is_leader(&self) -> bool {
-        self.role == "leader"
+        self.role == Role::Leader
     }
 
     /// Where member `id` is reached, if known.
@@ -271,29 +294,6 @@ impl slog::Drain for TracingDrain {
     }
 }
 
-/// The proposers waiting on one log entry.
-struct Pending {
-    term: u64,
-    /// One per command of the entry, in order; None where nobody waits (a
-    /// Tick). A membership change has exactly one.
-    replies: Vec<Option<Reply>>,
-    /// A membership change: answered by how its conf change applied.
-    member: bool,
-}
-
-impl Pending {
-    /// Answers every waiter with the same error.
-    fn fail(self, error: impl Fn() -> Error) {
-        fail_all(self.replies, error);
-    }
-}
-
-fn fail_all(replies: Vec<Option<Reply>>, error: impl Fn() -> Error) {
-    for reply in replies.into_iter().flatten() {
-        let _ = reply.send(Err(error()));
-    }
-}
-
 struct Driver {
     /// Read index requests by context; answered from Ready's read states.
     /// One that raft drops (no leader) is dropped with it, and its waiter
@@ -312,7 +312,7 @@ struct Driver {
     rx: mpsc::Receiver<Proposal>,
     control: mpsc::Receiver<Control>,
     transport: Transport,
-    pending: HashMap<u64, Pending>,
+    pending: Pending,
     status_tx: watch::Sender<NodeStatus>,
     stats_tx: watch::Sender<Arc<MachineStats>>,
     shutdown: watch::Receiver<bool>,
@@ -521,7 +521,7 @@ pub fn start(
         rx,
         control,
         transport,
-        pending: HashMap::new(),
+        pending: Pending::default(),
         status_tx,
         stats_tx,
         shutdown,
@@ -604,9 +604,7 @@ impl Driver {
             self.publish_status();
         }
         // These are in the log: another node may still commit them.
-        for (_, p) in self.pending.drain() {
-            p.fail(|| Error::OutcomeUnknown);
-        }
+        self.pending.stopping();
         Ok(())
     }
 
@@ -726,14 +724,7 @@ impl Driver {
                     index,
                     "proposed a membership change"
                 );
-                self.pending.insert(
-                    index,
-                    Pending {
-                        term,
-                        replies: vec![Some(reply)],
-                        member: true,
-                    },
-                );
+                self.pending.insert(index, term, vec![Some(reply)], true);
             }
             _ => {
                 let _ = reply.send(Err(Error::MembershipBusy));
@@ -763,14 +754,7 @@ impl Driver {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
                 let term = self.raw.raft.term;
-                self.pending.insert(
-                    index,
-                    Pending {
-                        term,
-                        replies,
-                        member: false,
-                    },
-                );
+                self.pending.insert(index, term, replies, false);
                 if ticks {
                     self.tick_in_flight = Some(index);
                 }
@@ -885,22 +869,9 @@ impl Driver {
         {
             return;
         }
-        let replaced: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(idx, p)| {
-                **idx >= first.index
-                    && entries
-                        .get((**idx - first.index) as usize)
-                        .is_none_or(|e| e.term != p.term)
-            })
-            .map(|(idx, _)| *idx)
-            .collect();
-        for idx in replaced {
-            if let Some(p) = self.pending.remove(&idx) {
-                p.fail(|| Error::Superseded);
-            }
-        }
+        self.pending.supersede(first.index, |idx| {
+            entries.get((idx - first.index) as usize).map(|e| e.term)
+        });
     }
 
     fn release_deferred_reads(&mut self) {
@@ -1033,41 +1004,11 @@ impl Driver {
         // Publish before replying, so whoever is answered sees the new state.
         self.stats_tx.send_replace(Arc::new(self.machine.stats()));
         for (index, term, outcomes, membership) in replies {
-            let Some(p) = self.pending.remove(&index) else {
-                continue;
-            };
-            if p.term != term {
-                p.fail(|| Error::Superseded);
-                continue;
-            }
-            if p.member {
-                match membership {
-                    Some(Ok(())) => {}
-                    Some(Err(reason)) => {
-                        p.fail(|| Error::MembershipRefused(reason.clone()));
-                        continue;
-                    }
-                    // raft replaced the change with an empty entry.
-                    None => {
-                        p.fail(|| Error::MembershipBusy);
-                        continue;
-                    }
-                }
-            }
-            // One outcome per command; an entry that did not decode has one
-            // for all of them.
-            let shared = if outcomes.len() == p.replies.len() {
-                None
-            } else {
-                outcomes.first().cloned()
-            };
-            let mut outcomes = outcomes.into_iter();
-            for reply in p.replies {
-                let outcome = shared.clone().or_else(|| outcomes.next());
-                if let (Some(reply), Some(outcome)) = (reply, outcome) {
-                    let _ = reply.send(Ok((outcome, index)));
-                }
-            }
+            let membership = membership.map(|m| match m {
+                Ok(()) => MemberOutcome::Applied,
+                Err(reason) => MemberOutcome::Refused(reason),
+            });
+            self.pending.applied(index, term, outcomes, membership);
         }
         self.compact_log()?;
         Ok(())
@@ -1187,17 +1128,7 @@ impl Driver {
         self.snapshots.installed(meta.index);
         // Proposals this node made as leader that the snapshot jumped over:
         // whether they committed is not known here.
-        let covered: Vec<u64> = self
-            .pending
-            .keys()
-            .filter(|i| **i <= meta.index)
-            .copied()
-            .collect();
-        for idx in covered {
-            if let Some(p) = self.pending.remove(&idx) {
-                p.fail(|| Error::OutcomeUnknown);
-            }
-        }
+        self.pending.covered_by_snapshot(meta.index);
         tracing::info!(
             event = "snapshot_installed",
             index = meta.index,
@@ -1336,7 +1267,7 @@ impl Driver {
         let raft = &self.raw.raft;
         let status = NodeStatus {
             node_id: self.node_id,
-            role: format!("{:?}", raft.state).to_lowercase(),
+            role: raft.state.into(),
             term: raft.term,
             leader_id: raft.leader_id,
             commit_index: raft.raft_log.committed,

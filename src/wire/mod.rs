@@ -1,8 +1,15 @@
 //! What the API adapters, the cluster and the clients share about the wire:
-//! the gRPC codec, and checks of values that arrive from the network
-//! (addresses, durations). A leaf: it imports nothing else of drover's.
+//! the gRPC codec, status metadata conventions and limits, and checks of
+//! values that arrive from the network (addresses, durations). A leaf: it
+//! imports nothing of drover's but the generated protocol.
 
 pub mod codec;
+mod status;
+
+pub use status::{
+    backoff, endpoint, mark_retry, request_error, retry_after_ms, retry_safe, retryable, status_of,
+    LEADER_HINT, MAX_GRPC_MESSAGE,
+};
 
 use std::time::Duration;
 

@@ -1,0 +1,108 @@
+//! The conventions a drover status and its metadata follow on the wire,
+//! shared by the servers that set them and the clients that read them.
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+
+use crate::proto::v1 as pb;
+
+/// Largest gRPC message a node sends or accepts.
+pub const MAX_GRPC_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Response metadata naming the leader's address, set by followers.
+pub const LEADER_HINT: &str = "drover-leader";
+
+/// Metadata on a status whose request certainly did not take effect, so a
+/// client may send it again as it is.
+const RETRY_SAFE: &str = "drover-retry-safe";
+/// Metadata with a hint, in milliseconds, of when to retry.
+const RETRY_AFTER: &str = "drover-retry-after-ms";
+
+/// Marks `status` as retry-safe and with a retry hint, as its error says.
+pub fn mark_retry(status: &mut tonic::Status, retry_safe: bool, retry_after_ms: u64) {
+    if retry_safe {
+        status
+            .metadata_mut()
+            .insert(RETRY_SAFE, MetadataValue::from_static("1"));
+    }
+    if retry_after_ms > 0 {
+        status
+            .metadata_mut()
+            .insert(RETRY_AFTER, MetadataValue::from(retry_after_ms));
+    }
+}
+
+/// Whether a status says its request did not take effect (see [`mark_retry`]).
+pub fn retry_safe(status: &tonic::Status) -> bool {
+    status.metadata().contains_key(RETRY_SAFE)
+}
+
+/// The retry hint a status carries, if any.
+pub fn retry_after_ms(status: &tonic::Status) -> Option<u64> {
+    status
+        .metadata()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A failed request's status as a stream reply carries it.
+pub fn request_error(status: &tonic::Status) -> pb::RequestError {
+    pb::RequestError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        retry_safe: retry_safe(status),
+        retry_after_ms: retry_after_ms(status).unwrap_or(0),
+    }
+}
+
+/// The status a stream reply's error stands for, with the metadata a unary
+/// call's status would carry, so clients treat both alike.
+pub fn status_of(e: pb::RequestError) -> tonic::Status {
+    let mut status = tonic::Status::new(tonic::Code::from(e.code), e.message);
+    mark_retry(&mut status, e.retry_safe, e.retry_after_ms);
+    status
+}
+
+/// Whether a failed call certainly did not take effect, so it may be sent
+/// again (to this node or another): the node said so, or it was never reached.
+pub fn retryable(status: &tonic::Status) -> bool {
+    retry_safe(status) || never_sent(status)
+}
+
+/// Whether the call failed before reaching the node (it is down or
+/// restarting), so nothing can have been done.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Backoff before retry `attempt` (0-based): the server's hint if it gave
+/// one, else exponential from 50 ms, at most 1 s.
+pub fn backoff(status: &tonic::Status, attempt: u32) -> std::time::Duration {
+    let ms = retry_after_ms(status)
+        .unwrap_or(50u64 << attempt.min(5))
+        .min(1000);
+    std::time::Duration::from_millis(ms)
+}
+
+/// The endpoint of a node's gRPC address (`host:port`, or a URL);
+/// `Err` says why it is not one.
+pub fn endpoint(url: &str) -> Result<Endpoint, String> {
+    let full = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    Endpoint::from_shared(full)
+        .map(|e| e.tcp_nodelay(true))
+        .map_err(|e| e.to_string())
+}
