@@ -257,7 +257,7 @@ impl JobRequest {
             std::time::Duration::from_millis(self.delay_ms),
             crate::wire::MAX_DELAY,
         )
-        .map_err(|reason| field("delay_ms", format!("{} ms: {reason}", self.delay_ms)))?;
+        .map_err(|reason| field("delay_ms", format!("{} ms is {reason}", self.delay_ms)))?;
         Ok(NewJob {
             queue: self.queue,
             job_type,

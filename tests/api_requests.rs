@@ -268,12 +268,7 @@ async fn probes_and_metrics_answer_without_a_token() {
     .await;
     let mut p = Producer::connect(&node.grpc).await.unwrap();
     p.enqueue(vec![new_job("metered", "x")]).await.unwrap();
-    let text = reqwest::get(format!("{}/metrics", node.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&node).await;
     for needle in [
         "drover_pending_jobs{queue=\"metered\",priority=\"3\"} 1",
         "drover_jobs_enqueued_total 1",

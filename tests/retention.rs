@@ -40,13 +40,9 @@ fn run_workers(
 }
 
 async fn metric(node: &TestNode, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", node.http))
+    metrics_text(node)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }

@@ -13,7 +13,6 @@
 //! index with another term means a new leader replaced ours: its proposer is
 //! told so explicitly and never handed someone else's outcome.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +31,7 @@ use crate::snapshot::{self, SnapshotError, SnapshotMeta};
 use crate::store::{Database, RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_INDEX};
 
 mod pending;
+mod reads;
 mod snapshots;
 use snapshots::Snapshots;
 
@@ -56,6 +56,7 @@ const MAX_STEPS_PER_READY: usize = 1024;
 
 /// What a proposal's proposer hears: the outcome and the index it was applied at.
 use pending::{fail_all, MemberOutcome, Pending, Reply};
+use reads::ReadWaiters;
 
 /// What can be proposed: a command for the machine, or a membership change
 /// for raft itself.
@@ -298,10 +299,7 @@ struct Driver {
     /// Read index requests by context; answered from Ready's read states.
     /// One that raft drops (no leader) is dropped with it, and its waiter
     /// times out.
-    pending_reads: HashMap<Vec<u8>, oneshot::Sender<u64>>,
-    /// Reads that arrived before this new leader committed in its term.
-    deferred_reads: Vec<Vec<u8>>,
-    read_seq: u64,
+    reads: ReadWaiters,
     db: Database,
     /// Where each member is reached: the config's peers, then every member
     /// added since (kept in the raft tree).
@@ -506,9 +504,7 @@ pub fn start(
     })?;
     let last_snapshot_index = store_snapshot_index.max(meta.applied_index);
     let driver = Driver {
-        pending_reads: HashMap::new(),
-        deferred_reads: Vec::new(),
-        read_seq: 0,
+        reads: ReadWaiters::default(),
         addrs,
         db: db.clone(),
         snapshots: Snapshots::new(snap_dir, cfg.raft.snapshot_every, last_snapshot_index),
@@ -566,7 +562,7 @@ impl Driver {
                 },
                 _ = ticker.tick() => {
                     // Reads raft dropped (no leader) whose waiters gave up.
-                    self.pending_reads.retain(|_, r| !r.is_closed());
+                    self.reads.drop_abandoned();
                     self.raw.tick();
                     self.propose_tick_if_due();
                 }
@@ -627,16 +623,11 @@ impl Driver {
                 self.raw.report_snapshot(to, status);
             }
             Control::ReadIndex(reply) => {
-                self.read_seq += 1;
-                let ctx = self.read_seq.to_be_bytes().to_vec();
-                self.pending_reads.insert(ctx.clone(), reply);
-                if self.raw.raft.state == StateRole::Leader
-                    && !self.raw.raft.commit_to_current_term()
-                {
-                    // raft drops reads until a new leader has committed in
-                    // its term; ask again once it has.
-                    self.deferred_reads.push(ctx);
-                } else {
+                // raft drops reads until a new leader has committed in its
+                // term; those are asked once it has.
+                let defer = self.raw.raft.state == StateRole::Leader
+                    && !self.raw.raft.commit_to_current_term();
+                if let Some(ctx) = self.reads.add(reply, defer) {
                     self.raw.read_index(ctx);
                 }
             }
@@ -817,9 +808,7 @@ impl Driver {
         let mut rd = self.raw.ready();
         self.send(rd.take_messages());
         for rs in rd.take_read_states() {
-            if let Some(reply) = self.pending_reads.remove(&rs.request_ctx) {
-                let _ = reply.send(rs.index);
-            }
+            self.reads.answer(&rs.request_ctx, rs.index);
         }
         if !rd.snapshot().is_empty() {
             return self.handle_snapshot_ready(rd);
@@ -875,18 +864,10 @@ impl Driver {
     }
 
     fn release_deferred_reads(&mut self) {
-        if self.deferred_reads.is_empty() {
-            return;
-        }
-        if self.raw.raft.state != StateRole::Leader {
-            // Lost leadership: their waiters time out and retry elsewhere.
-            for ctx in self.deferred_reads.drain(..) {
-                self.pending_reads.remove(&ctx);
-            }
-        } else if self.raw.raft.commit_to_current_term() {
-            for ctx in std::mem::take(&mut self.deferred_reads) {
-                self.raw.read_index(ctx);
-            }
+        let leader = self.raw.raft.state == StateRole::Leader;
+        let committed = leader && self.raw.raft.commit_to_current_term();
+        for ctx in self.reads.release(leader, committed) {
+            self.raw.read_index(ctx);
         }
     }
 

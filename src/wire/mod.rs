@@ -22,11 +22,7 @@ pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// `max` without wrapping: `Err` says what was wrong, for the field's name.
 pub fn duration_ms(d: Duration, max: Duration) -> Result<u64, String> {
     if d > max {
-        return Err(format!(
-            "{} is longer than the limit of {}",
-            humantime::format_duration(d),
-            humantime::format_duration(max)
-        ));
+        return Err(format!("longer than the limit of {}", describe(max)));
     }
     // `max` fits in u64 milliseconds for every limit we use; the check above
     // keeps the conversion exact.
@@ -38,7 +34,17 @@ pub fn duration_ms(d: Duration, max: Duration) -> Result<u64, String> {
 pub fn parse_duration_ms(text: &str, max: Duration) -> Result<u64, String> {
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("{text:?} is not a duration like \"30s\": {e}"))?;
-    duration_ms(d, max)
+    duration_ms(d, max).map_err(|reason| format!("{text:?} is {reason}"))
+}
+
+/// A limit as an operator would write it: whole days as days.
+fn describe(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 86_400 && secs % 86_400 == 0 && d.subsec_nanos() == 0 {
+        format!("{} days", secs / 86_400)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
 }
 
 /// Checks a peer address as an operator gives it (`host:port`, optionally

@@ -170,6 +170,16 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// A node's `/metrics` page.
+pub async fn metrics_text(node: &TestNode) -> String {
+    reqwest::get(format!("{}/metrics", node.http))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 /// The state of a job, read over HTTP.
 pub async fn job_state(node: &TestNode, id: u64) -> String {
     let (_, j) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
