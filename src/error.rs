@@ -108,6 +108,22 @@ impl Error {
 }
 
 impl Error {
+    /// The request failed for a passing reason (no leader yet, the node or
+    /// the leader going away): it did not take effect, or its outcome is
+    /// not known, and sending it again later can succeed. What a worker
+    /// resends a result on (`Ack.transient`).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::NoLeader { .. }
+            | Error::Superseded
+            | Error::ShuttingDown
+            | Error::OutcomeUnknown
+            | Error::ForwardLost { .. } => true,
+            Error::Forward { status, .. } => crate::wire::retry_safe(status),
+            _ => false,
+        }
+    }
+
     /// The request was refused before it could take effect.
     pub fn retry_safe(&self) -> bool {
         match self {

@@ -46,6 +46,9 @@ pub const INLINE_PAYLOAD_MAX: usize = 4096;
 const RESULT: u8 = b'r';
 const IDEMPOTENCY: u8 = b'i';
 
+/// Payload bytes one [`Command::Held`] answer carries at most.
+const HELD_ANSWER_BYTES: usize = 16 << 20;
+
 /// Staged writes after which [`Machine::wants_commit`] asks for a commit.
 const COMMIT_WRITES: usize = 1000;
 
@@ -636,9 +639,16 @@ impl Machine {
             return Ok(Vec::new());
         };
         let mut out = Vec::with_capacity(ids.len());
+        let mut bytes = 0;
         for &id in ids {
+            // One answer stays well inside a gRPC message; leases past it
+            // are not re-sent and run again after they expire.
+            if bytes >= HELD_ANSWER_BYTES {
+                break;
+            }
             let (job, payload) = self.must_load(id)?;
             let payload = self.payload_bytes(job.id, payload)?;
+            bytes += payload.len();
             out.push(LeasedJob { job, payload });
         }
         Ok(out)

@@ -91,12 +91,26 @@ pub fn write<E: Into<SnapshotError>>(
     meta: &SnapshotMeta,
     records: impl Iterator<Item = Result<(sled::IVec, sled::IVec), E>>,
 ) -> Result<u64, SnapshotError> {
+    let tmp = path.with_extension("tmp");
+    let written = write_via(&tmp, path, meta, records);
+    if written.is_err() {
+        // A half-written file is of no use, and a full disk needs the room.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn write_via<E: Into<SnapshotError>>(
+    tmp: &Path,
+    path: &Path,
+    meta: &SnapshotMeta,
+    records: impl Iterator<Item = Result<(sled::IVec, sled::IVec), E>>,
+) -> Result<u64, SnapshotError> {
     let io = |source| SnapshotError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let file = File::create(&tmp).map_err(io)?;
+    let file = File::create(tmp).map_err(io)?;
     let mut w = Crc {
         inner: BufWriter::with_capacity(1 << 20, Paced::new(file)),
         crc: crc32fast::Hasher::new(),
@@ -133,7 +147,7 @@ pub fn write<E: Into<SnapshotError>>(
     let file = inner.into_inner().map_err(|e| io(e.into_error()))?.file;
     file.sync_all().map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
-    std::fs::rename(&tmp, path).map_err(io)?;
+    std::fs::rename(tmp, path).map_err(io)?;
     if let Some(dir) = path.parent() {
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }

@@ -33,6 +33,9 @@ use crate::workers::{Registration, WorkerEntry};
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most inbound messages folded into one round of commands.
 const MAX_MESSAGES_PER_ROUND: usize = 512;
+/// Most bytes of messages folded into one round: its commands must fit in
+/// a log entry and in a forward to the leader.
+const MAX_BYTES_PER_ROUND: usize = 8 << 20;
 /// Pause before asking again after a lease proposal failed (no leader).
 const LEASE_RETRY: Duration = Duration::from_millis(200);
 const MAX_ERROR_MESSAGE: usize = 4096;
@@ -237,10 +240,14 @@ impl Session {
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(first)) => {
+                        let mut bytes = prost::Message::encoded_len(&first);
                         let mut batch = vec![first];
-                        while batch.len() < MAX_MESSAGES_PER_ROUND {
+                        while batch.len() < MAX_MESSAGES_PER_ROUND && bytes < MAX_BYTES_PER_ROUND {
                             match inbound.message().now_or_never() {
-                                Some(Ok(Some(m))) => batch.push(m),
+                                Some(Ok(Some(m))) => {
+                                    bytes += prost::Message::encoded_len(&m);
+                                    batch.push(m);
+                                }
                                 _ => break,
                             }
                         }
@@ -524,7 +531,7 @@ impl Session {
                 .map(|r| r.map_err(|e: Refusal| (e.to_string(), false)))
                 .collect(),
             Ok(other) => vec![Err((format!("unexpected outcome {other:?}"), false)); refs.len()],
-            Err(e) => vec![Err((e.to_string(), true)); refs.len()],
+            Err(e) => vec![Err((e.to_string(), e.is_transient())); refs.len()],
         };
         let mut acks = Vec::new();
         for ((job_id, attempt), r) in refs.into_iter().zip(results) {

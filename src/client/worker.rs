@@ -94,6 +94,13 @@ pub struct WorkerReport {
     pub refused: u64,
 }
 
+/// Result bytes per Complete or Fail message.
+const MAX_RESULT_BYTES_PER_MESSAGE: usize = 8 << 20;
+/// Transient refusals in a row after which a result is given up (counted
+/// as refused; its job runs again after its lease): about two minutes of
+/// backoff, for a cluster that cannot take it.
+const MAX_RESENDS: u32 = 40;
+
 /// Leases remembered in `Runtime::recent`.
 const RECENT_REMEMBERED: usize = 4096;
 
@@ -228,7 +235,7 @@ impl<H: Handler> Runtime<H> {
     /// the next session sends them.
     fn collect_finished(&mut self) {
         while let Ok(d) = self.done_rx.try_recv() {
-            self.held.remove(&d.job_id);
+            self.forget_held(d.job_id, d.attempt);
             self.unsent.push(d);
         }
     }
@@ -350,6 +357,14 @@ impl<H: Handler> Runtime<H> {
         send(out, Msg::Drain(pb::Drain {})).await
     }
 
+    /// Stops heartbeating (job, attempt), if that is the attempt held: a
+    /// newer attempt of the same job, leased to this worker again, stays.
+    fn forget_held(&mut self, job_id: u64, attempt: u32) {
+        if self.held.get(&job_id) == Some(&attempt) {
+            self.held.remove(&job_id);
+        }
+    }
+
     /// Whether this lease is one the worker runs or ran: a node re-sends
     /// the leases the log holds for this worker (see `recent`).
     fn knows(&self, job_id: u64, attempt: u32) -> bool {
@@ -405,14 +420,17 @@ impl<H: Handler> Runtime<H> {
                     if kind == pb::AckKind::Heartbeat {
                         // Our lease is gone: stop heartbeating; the job's
                         // result will be refused when it comes.
-                        self.held.remove(&ack.job_id);
+                        self.forget_held(ack.job_id, ack.attempt);
                         tracing::warn!(event = "lease_lost", job_id = ack.job_id, error = %ack.error, "lease lost");
+                        continue;
+                    }
+                    if self.unacked.get(&ack.job_id).map(|d| d.attempt) != Some(ack.attempt) {
                         continue;
                     }
                     let Some(done) = self.unacked.remove(&ack.job_id) else {
                         continue;
                     };
-                    if !ack.ok && ack.transient {
+                    if !ack.ok && ack.transient && self.transient_refusals < MAX_RESENDS {
                         // It did not reach the log (election, node
                         // stopping): keep it and send it again shortly.
                         tracing::info!(event = "result_resend", job_id = ack.job_id, attempt = ack.attempt, error = %ack.error, "result not taken for now; sending it again");
@@ -460,30 +478,40 @@ impl<H: Handler> Runtime<H> {
         if self.recent.len() >= RECENT_REMEMBERED {
             self.recent.clear();
         }
+        let mut r = Ok(());
+        let mut bytes = 0;
         for d in &batch {
-            self.held.remove(&d.job_id);
+            self.forget_held(d.job_id, d.attempt);
             self.recent.insert((d.job_id, d.attempt));
             sent.insert(d.job_id);
             match &d.result {
-                Ok(result) => completions.push(pb::Completion {
-                    job_id: d.job_id,
-                    attempt: d.attempt,
-                    result: result.clone(),
-                }),
-                Err(f) => failures.push(pb::Failure {
-                    job_id: d.job_id,
-                    attempt: d.attempt,
-                    error_class: f.class.clone(),
-                    message: f.message.clone(),
-                }),
+                Ok(result) => {
+                    bytes += result.len();
+                    completions.push(pb::Completion {
+                        job_id: d.job_id,
+                        attempt: d.attempt,
+                        result: result.clone(),
+                    })
+                }
+                Err(f) => {
+                    bytes += f.message.len();
+                    failures.push(pb::Failure {
+                        job_id: d.job_id,
+                        attempt: d.attempt,
+                        error_class: f.class.clone(),
+                        message: f.message.clone(),
+                    })
+                }
+            }
+            // Messages stay well under the gRPC limit however many large
+            // results are waiting.
+            if bytes >= MAX_RESULT_BYTES_PER_MESSAGE && r.is_ok() {
+                r = send_batch(out, &mut completions, &mut failures).await;
+                bytes = 0;
             }
         }
-        let mut r = Ok(());
-        if !completions.is_empty() {
-            r = send(out, Msg::Complete(pb::Complete { completions })).await;
-        }
-        if r.is_ok() && !failures.is_empty() {
-            r = send(out, Msg::Fail(pb::Fail { failures })).await;
+        if r.is_ok() {
+            r = send_batch(out, &mut completions, &mut failures).await;
         }
         match r {
             Ok(()) => {
@@ -498,6 +526,24 @@ impl<H: Handler> Runtime<H> {
             }
         }
     }
+}
+
+/// Sends what `completions` and `failures` hold (one message each, if any)
+/// and empties them.
+async fn send_batch(
+    out: &mpsc::Sender<pb::WorkerMessage>,
+    completions: &mut Vec<pb::Completion>,
+    failures: &mut Vec<pb::Failure>,
+) -> Result<(), ClientError> {
+    if !completions.is_empty() {
+        let completions = std::mem::take(completions);
+        send(out, Msg::Complete(pb::Complete { completions })).await?;
+    }
+    if !failures.is_empty() {
+        let failures = std::mem::take(failures);
+        send(out, Msg::Fail(pb::Fail { failures })).await?;
+    }
+    Ok(())
 }
 
 /// The pause before sending results again after the `n`th transient

@@ -414,9 +414,11 @@ pub fn start(
         path: snap_dir.clone(),
         source,
     })?;
-    // Snapshots received but never installed (the node stopped first).
+    // Snapshots received but never installed, or not finished writing
+    // (the node stopped first).
     for e in std::fs::read_dir(&snap_dir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with("recv-") {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("recv-") || name.ends_with(".tmp") {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -858,6 +860,13 @@ impl Driver {
         {
             return;
         }
+        // A Tick or Purge among the replaced entries will never apply.
+        if self.tick_in_flight.is_some_and(|i| i >= first.index) {
+            self.tick_in_flight = None;
+        }
+        if self.purge_in_flight.is_some_and(|i| i >= first.index) {
+            self.purge_in_flight = None;
+        }
         self.pending.supersede(first.index, |idx| {
             entries.get((idx - first.index) as usize).map(|e| e.term)
         });
@@ -1209,7 +1218,13 @@ impl Driver {
                 .store()
                 .latest_snapshot()
                 .map_or(0, |(m, _)| m.index);
-            upto = upto.min(slowest.max(on_disk));
+            let needed = slowest.max(on_disk);
+            if by_bytes > needed && applied > on_disk && self.snapshots.may_start() {
+                // A follower lags past the byte bound: a snapshot lets the
+                // log go, and is what that follower will need anyway.
+                self.take_snapshot(None);
+            }
+            upto = upto.min(needed);
         }
         let store = self.raw.mut_store();
         if upto > batch_from {

@@ -19,6 +19,9 @@ use crate::snapshot::{self, SnapshotError, SnapshotMeta};
 /// Who waits for a snapshot file: an operator's backup.
 pub type Waiter = oneshot::Sender<Result<PathBuf, Error>>;
 
+/// How long after a failed snapshot the next is tried (a full disk, say).
+const RETRY_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A snapshot being written.
 struct Running {
     meta: SnapshotMeta,
@@ -43,6 +46,8 @@ pub struct Snapshots {
     /// entries later.
     last_index: u64,
     running: Option<Running>,
+    /// When the last snapshot failed, if it did.
+    failed_at: Option<Instant>,
     done_tx: mpsc::UnboundedSender<Written>,
     done_rx: mpsc::UnboundedReceiver<Written>,
 }
@@ -113,6 +118,7 @@ impl Snapshots {
             every,
             last_index,
             running: None,
+            failed_at: None,
             done_tx,
             done_rx,
         }
@@ -123,10 +129,20 @@ impl Snapshots {
     }
 
     /// Whether a snapshot should be started now, at `applied`: `every`
-    /// entries since the last, or raft wants one newer than `latest` to send.
+    /// entries since the last, or raft wants one newer than `latest` to send
+    /// (not again within [`RETRY_AFTER_FAILURE`] of a failure).
     pub fn due(&self, applied: u64, raft_wants: bool, latest: u64) -> bool {
-        self.running.is_none()
+        self.may_start()
             && (applied >= self.last_index + self.every || (raft_wants && applied > latest))
+    }
+
+    /// Whether a snapshot may start now: none is being written, and none
+    /// failed within [`RETRY_AFTER_FAILURE`].
+    pub fn may_start(&self) -> bool {
+        self.running.is_none()
+            && self
+                .failed_at
+                .is_none_or(|t| t.elapsed() >= RETRY_AFTER_FAILURE)
     }
 
     /// Starts writing a snapshot of `machine` (committed, nothing staged)
@@ -150,7 +166,16 @@ impl Snapshots {
             .name("snapshot-writer".into())
             .spawn(move || {
                 lower_priority();
-                let result = snapshot::write(&thread_path, &thread_meta, DutyCycle::new(reader));
+                // The loop waits for this answer: it must come even if the
+                // writer panics.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    snapshot::write(&thread_path, &thread_meta, DutyCycle::new(reader))
+                }))
+                .unwrap_or_else(|_| {
+                    Err(SnapshotError::Capture(
+                        "the snapshot writer panicked".into(),
+                    ))
+                });
                 let _ = done.send(Written { index, result });
             })
             .map_err(|source| SnapshotError::Io {
@@ -206,6 +231,7 @@ impl Snapshots {
         self.last_index = self.last_index.max(meta.index);
         match written.result {
             Ok(bytes) => {
+                self.failed_at = None;
                 tracing::info!(
                     event = "snapshot_taken",
                     index = meta.index,
@@ -220,6 +246,7 @@ impl Snapshots {
                 Some(Taken { meta, path })
             }
             Err(e) => {
+                self.failed_at = Some(Instant::now());
                 tracing::error!(event = "snapshot_failed", index = meta.index, error = %e, "could not write a snapshot; trying again later");
                 let message = e.to_string();
                 for w in waiters {
