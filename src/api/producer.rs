@@ -17,6 +17,10 @@ pub struct Producer {
 /// this many requests of at most the gRPC message limit each.
 const STREAM_PIPELINE: usize = 16;
 
+/// How long a stopping node goes on reading (and refusing) an enqueue
+/// stream's requests before it ends the stream.
+const STOP_DRAIN: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Enqueues the jobs of one request, unary or on a stream.
 async fn enqueue_jobs(app: &App, jobs: Vec<pb::NewJob>) -> Result<pb::EnqueueResponse, Status> {
     let ids = app
@@ -52,12 +56,17 @@ impl ProducerService for Producer {
         let app = self.app.clone();
         let mut shutdown = self.app.shutdown.clone();
         let stopped = self.app.shutdown.clone();
-        // A stopping node reads no more requests, answers those it took, and
-        // then ends the stream with a retry-safe status: a request still
-        // waiting for its reply was never read, so it may go to another node.
+        // A stopping node answers the requests it took, refuses (retry-safe)
+        // what comes in for a short while, then ends the stream with a
+        // retry-safe status: a request still waiting for its reply was never
+        // read, so it may go to another node. Reading on for that while
+        // leaves no request unread in the socket when the connection closes,
+        // which would reset it and lose the answers on their way.
         let stopping = async move {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(STOP_DRAIN).await;
         };
+        let refusing = self.app.shutdown.clone();
         let farewell = futures::stream::once(async move {
             (*stopped.borrow()).then(|| Err(Status::from(crate::error::Error::ShuttingDown)))
         })
@@ -79,9 +88,14 @@ impl ProducerService for Producer {
         let replies = requests
             .map(move |request| {
                 let app = app.clone();
+                let refusing = *refusing.borrow();
                 async move {
                     let request = request?;
-                    let result = enqueue_jobs(&app, request.jobs).await;
+                    let result = if refusing {
+                        Err(Status::from(crate::error::Error::ShuttingDown))
+                    } else {
+                        enqueue_jobs(&app, request.jobs).await
+                    };
                     Ok(pb::EnqueueReply {
                         result: Some(match result {
                             Ok(ok) => pb::enqueue_reply::Result::Ok(ok),
