@@ -31,6 +31,7 @@ use crate::snapshot::{self, SnapshotError, SnapshotMeta};
 use crate::store::{Database, RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_INDEX};
 
 mod pending;
+mod persist;
 mod reads;
 mod snapshots;
 use snapshots::Snapshots;
@@ -56,6 +57,7 @@ const MAX_STEPS_PER_READY: usize = 1024;
 
 /// What a proposal's proposer hears: the outcome and the index it was applied at.
 use pending::{fail_all, MemberOutcome, Pending, Reply};
+use persist::Persistence;
 use reads::ReadWaiters;
 
 /// What can be proposed: a command for the machine, or a membership change
@@ -327,15 +329,8 @@ struct Driver {
     /// When to look again whether a purge is due, after one was not.
     purge_check_at: std::time::Instant,
     node_id: u64,
-    /// Ready numbers written to sled, for the flusher to make durable.
-    flusher: FlushRequests,
-    /// Ready numbers now durable.
-    persisted: FlushResults,
-    /// Messages raft may send only once their ready is durable (votes,
-    /// append responses), by ready number.
-    after_persist: std::collections::VecDeque<(u64, Vec<raft::eraftpb::Message>)>,
-    /// The newest ready number handed to the flusher and not yet durable.
-    awaiting_flush: Option<u64>,
+    /// Readies written to sled, on their way to the flusher thread.
+    persist: Persistence,
 }
 
 /// Drops machine trees left by a snapshot install that a crash interrupted.
@@ -347,39 +342,6 @@ fn drop_stale_machine_trees(db: &sled::Db, active: &str) {
             let _ = db.drop_tree(name.as_bytes());
         }
     }
-}
-
-/// Sends (ready number, needs a sync) to the flusher thread.
-type FlushRequests = std::sync::mpsc::Sender<(u64, bool)>;
-/// Ready numbers the flusher has made durable, or the error that stopped it.
-type FlushResults = mpsc::UnboundedReceiver<Result<u64, sled::Error>>;
-
-/// The flusher thread: makes sled durable for the newest ready number it was
-/// given, folding every number that queued up meanwhile into one flush. It
-/// keeps the fsync off the driver, which goes on taking proposals.
-fn spawn_flusher(db: Database) -> std::io::Result<(FlushRequests, FlushResults)> {
-    let (tx, rx) = std::sync::mpsc::channel::<(u64, bool)>();
-    let (done_tx, done_rx) = mpsc::unbounded_channel();
-    std::thread::Builder::new()
-        .name("raft-flusher".into())
-        .spawn(move || {
-            while let Ok((mut number, mut sync)) = rx.recv() {
-                while let Ok((n, s)) = rx.try_recv() {
-                    number = n;
-                    sync |= s;
-                }
-                let result = if sync {
-                    db.flush().map(|_| number)
-                } else {
-                    Ok(number)
-                };
-                let failed = result.is_err();
-                if done_tx.send(result).is_err() || failed {
-                    break;
-                }
-            }
-        })?;
-    Ok((tx, done_rx))
 }
 
 /// Opens raft and the machine on `db`, bootstraps a new cluster if the store
@@ -498,7 +460,7 @@ pub fn start(
         retry_after_ms: (cfg.raft.tick_interval * cfg.raft.election_ticks as u32).as_millis()
             as u64,
     };
-    let (flusher, persisted) = spawn_flusher(db.clone()).map_err(|e| {
+    let persist = Persistence::start(db.clone()).map_err(|e| {
         Error::Store(StoreError::Corrupt {
             key: "thread".into(),
             reason: e.to_string(),
@@ -510,10 +472,7 @@ pub fn start(
         addrs,
         db: db.clone(),
         snapshots: Snapshots::new(snap_dir, cfg.raft.snapshot_every, last_snapshot_index),
-        flusher,
-        persisted,
-        after_persist: Default::default(),
-        awaiting_flush: None,
+        persist,
         raw,
         machine,
         rx,
@@ -557,7 +516,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
-                persisted = self.persisted.recv() => match persisted {
+                persisted = self.persist.next() => match persisted {
                     Some(Ok(number)) => self.on_persisted(number),
                     Some(Err(e)) => return Err(DriverError::Store(e.into())),
                     None => return Err(DriverError::Flusher("the flusher thread stopped".into())),
@@ -834,18 +793,12 @@ impl Driver {
         self.raw.advance_apply();
         // raft takes new reads only between Readies.
         self.release_deferred_reads();
-        if !persisted_messages.is_empty() {
-            self.after_persist.push_back((number, persisted_messages));
-        }
-        if must_sync || self.awaiting_flush.is_some() {
-            // Readies count as persisted in order, so one that needs no sync
-            // still waits behind a flush in flight.
-            self.flusher
-                .send((number, must_sync))
-                .map_err(|_| DriverError::Flusher("the flusher thread is gone".into()))?;
-            self.awaiting_flush = Some(number);
-        } else {
-            // Nothing new must be durable (a commit index, entries to apply).
+        let now = self
+            .persist
+            .written(number, must_sync, persisted_messages)
+            .map_err(|_| DriverError::Flusher("the flusher thread is gone".into()))?;
+        // Nothing new must be durable (a commit index, entries to apply).
+        if let Some(number) = now {
             self.on_persisted(number);
         }
         Ok(())
@@ -884,7 +837,7 @@ impl Driver {
     /// count the snapshot as applied only once it is persisted. Whatever an
     /// earlier Ready left to the flusher is made durable first.
     fn handle_snapshot_ready(&mut self, mut rd: raft::Ready) -> Result<(), DriverError> {
-        if let Some(n) = self.awaiting_flush {
+        if let Some(n) = self.persist.awaiting() {
             self.raw.store().flush()?;
             self.on_persisted(n);
         }
@@ -907,19 +860,9 @@ impl Driver {
 
     /// Called when everything written up to ready `number` is on disk.
     fn on_persisted(&mut self, number: u64) {
-        if self.awaiting_flush.is_some_and(|n| n <= number) {
-            self.awaiting_flush = None;
-        }
+        let messages = self.persist.persisted(number);
         self.raw.on_persist_ready(number);
-        while self
-            .after_persist
-            .front()
-            .is_some_and(|(n, _)| *n <= number)
-        {
-            if let Some((_, msgs)) = self.after_persist.pop_front() {
-                self.send(msgs);
-            }
-        }
+        self.send(messages);
     }
 
     fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
