@@ -34,7 +34,9 @@ mod pending;
 mod persist;
 mod reads;
 mod snapshots;
+mod status;
 use snapshots::Snapshots;
+pub use status::{Member, NodeStatus, Role};
 
 /// Finished jobs one purge entry removes at most (about six writes each).
 /// 200 fell behind 26,000 finished jobs/s on one node; 400 keeps up.
@@ -71,70 +73,6 @@ pub enum Proposed {
 pub struct Proposal {
     pub what: Proposed,
     pub reply: Reply,
-}
-
-/// A node's part in its raft group, as raft's `StateRole` says.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    #[default]
-    Follower,
-    Candidate,
-    PreCandidate,
-    Leader,
-}
-
-impl From<StateRole> for Role {
-    fn from(r: StateRole) -> Role {
-        match r {
-            StateRole::Follower => Role::Follower,
-            StateRole::Candidate => Role::Candidate,
-            StateRole::PreCandidate => Role::PreCandidate,
-            StateRole::Leader => Role::Leader,
-        }
-    }
-}
-
-/// What the node knows of its raft group, published after every Ready.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct NodeStatus {
-    pub node_id: u64,
-    pub role: Role,
-    pub term: u64,
-    /// 0 when no leader is known.
-    pub leader_id: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub last_index: u64,
-    /// Every voter and learner; progress is known only on the leader.
-    pub members: Vec<Member>,
-}
-
-impl NodeStatus {
-    pub fn is_leader(&self) -> bool {
-        self.role == Role::Leader
-    }
-
-    /// Where member `id` is reached, if known.
-    pub fn addr_of(&self, id: u64) -> Option<&str> {
-        self.members
-            .iter()
-            .find(|m| m.id == id && !m.addr.is_empty())
-            .map(|m| m.addr.as_str())
-    }
-}
-
-/// A member as the leader sees it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Member {
-    pub id: u64,
-    /// Its gRPC address, as peers reach it.
-    pub addr: String,
-    pub voter: bool,
-    /// Highest log index known to be on that node (leader only).
-    pub match_index: Option<u64>,
-    /// Heard from within an election timeout (leader only).
-    pub reachable: Option<bool>,
 }
 
 /// A failure the driver cannot recover from: raft's or the machine's storage
@@ -1177,43 +1115,13 @@ impl Driver {
         Ok(())
     }
 
-    fn members(&self) -> Vec<Member> {
-        let raft = &self.raw.raft;
-        let leader = raft.state == StateRole::Leader;
-        let conf = raft.prs().conf();
-        let mut out: Vec<Member> = conf
-            .voters()
-            .ids()
-            .iter()
-            .map(|id| (id, true))
-            .chain(conf.learners().iter().map(|id| (*id, false)))
-            .map(|(id, voter)| {
-                let progress = raft.prs().get(id).filter(|_| leader);
-                Member {
-                    id,
-                    addr: self.addrs.get(&id).cloned().unwrap_or_default(),
-                    voter,
-                    match_index: progress.map(|p| p.matched),
-                    reachable: progress.map(|p| id == self.node_id || p.recent_active),
-                }
-            })
-            .collect();
-        out.sort_by_key(|m| m.id);
-        out
-    }
-
     fn publish_status(&mut self) {
-        let raft = &self.raw.raft;
-        let status = NodeStatus {
-            node_id: self.node_id,
-            role: raft.state.into(),
-            term: raft.term,
-            leader_id: raft.leader_id,
-            commit_index: raft.raft_log.committed,
-            applied_index: self.machine.meta().applied_index,
-            last_index: raft.raft_log.last_index(),
-            members: self.members(),
-        };
+        let status = NodeStatus::of(
+            &self.raw.raft,
+            self.node_id,
+            &self.addrs,
+            self.machine.meta().applied_index,
+        );
         self.status_tx.send_if_modified(|s| {
             if *s != status {
                 *s = status;

@@ -1,0 +1,150 @@
+//! What the node knows of its raft group, as the rest of the node reads it:
+//! published by the loop after every Ready (a `watch`), so no reader ever
+//! waits on the loop.
+
+use raft::StateRole;
+
+use crate::store::RaftStore;
+
+/// A node's part in its raft group, as raft's `StateRole` says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Follower,
+    Candidate,
+    PreCandidate,
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(r: StateRole) -> Role {
+        match r {
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// What the node knows of its raft group, published after every Ready.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub role: Role,
+    pub term: u64,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    /// Every voter and learner; progress is known only on the leader.
+    pub members: Vec<Member>,
+}
+
+impl NodeStatus {
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    /// Where member `id` is reached, if known.
+    pub fn addr_of(&self, id: u64) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| m.id == id && !m.addr.is_empty())
+            .map(|m| m.addr.as_str())
+    }
+}
+
+/// A member as the leader sees it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    pub id: u64,
+    /// Its gRPC address, as peers reach it.
+    pub addr: String,
+    pub voter: bool,
+    /// Highest log index known to be on that node (leader only).
+    pub match_index: Option<u64>,
+    /// Heard from within an election timeout (leader only).
+    pub reachable: Option<bool>,
+}
+
+impl NodeStatus {
+    /// The status of `raft` on node `node_id`, whose machine has applied
+    /// `applied`; members' addresses from `addrs`.
+    pub fn of(
+        raft: &raft::Raft<RaftStore>,
+        node_id: u64,
+        addrs: &std::collections::BTreeMap<u64, String>,
+        applied: u64,
+    ) -> NodeStatus {
+        let leader = raft.state == StateRole::Leader;
+        let conf = raft.prs().conf();
+        let mut members: Vec<Member> = conf
+            .voters()
+            .ids()
+            .iter()
+            .map(|id| (id, true))
+            .chain(conf.learners().iter().map(|id| (*id, false)))
+            .map(|(id, voter)| {
+                let progress = raft.prs().get(id).filter(|_| leader);
+                Member {
+                    id,
+                    addr: addrs.get(&id).cloned().unwrap_or_default(),
+                    voter,
+                    match_index: progress.map(|p| p.matched),
+                    reachable: progress.map(|p| id == node_id || p.recent_active),
+                }
+            })
+            .collect();
+        members.sort_by_key(|m| m.id);
+        NodeStatus {
+            node_id,
+            role: raft.state.into(),
+            term: raft.term,
+            leader_id: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: applied,
+            last_index: raft.raft_log.last_index(),
+            members,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_read_as_raft_names_them() {
+        let json = |r: Role| serde_json::to_string(&r).unwrap();
+        assert_eq!(json(Role::Leader), "\"leader\"");
+        assert_eq!(json(Role::PreCandidate), "\"precandidate\"");
+        assert_eq!(Role::from(StateRole::Candidate), Role::Candidate);
+    }
+
+    #[test]
+    fn a_status_names_its_leader_and_member_addresses() {
+        let status = NodeStatus {
+            node_id: 1,
+            role: Role::Leader,
+            members: vec![
+                Member {
+                    id: 2,
+                    addr: "10.0.0.2:7070".into(),
+                    ..Default::default()
+                },
+                Member {
+                    id: 3,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert!(status.is_leader());
+        assert_eq!(status.addr_of(2), Some("10.0.0.2:7070"));
+        assert_eq!(status.addr_of(3), None, "no address known");
+        assert_eq!(status.addr_of(4), None);
+    }
+}
