@@ -49,6 +49,18 @@ enum Cmd {
     },
     /// Measure throughput and latency (see BENCH.md).
     Bench(drover::bench::BenchArgs),
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check FILE as `drover serve --config FILE` would, without starting a
+    /// node: exits non-zero naming the key that is wrong.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -277,6 +289,23 @@ fn main() -> Result<()> {
             Cmd::Bench(a) => {
                 init_tracing("text", "warn");
                 drover::bench::run(a).await.map_err(Into::into)
+            }
+            Cmd::Config {
+                command: ConfigCmd::Check { file },
+            } => {
+                let c = Config::from_file(&file)?;
+                c.validate()?;
+                println!(
+                    "{} is valid: node {} of cluster {:?}, grpc {}, http {}, data in {}, {} peers listed",
+                    file.display(),
+                    c.node_id,
+                    c.cluster_id,
+                    c.grpc_addr,
+                    c.http_addr,
+                    c.data_dir.display(),
+                    c.peers.len()
+                );
+                Ok(())
             }
         }
     })
