@@ -829,7 +829,8 @@ impl Machine {
         job.record(now, format!("cancelled while {was}"));
         self.place(&job);
         let record = self.put_job(&job, &payload);
-        let bytes = self.stored_bytes(record, job.id, &payload, self.result_len(id)?)?;
+        // Only an unfinished job can be cancelled: it has no result.
+        let bytes = self.stored_bytes(record, job.id, &payload, 0)?;
         self.finished(&job, bytes);
         self.totals.cancelled += 1;
         Ok(Ok(was))
@@ -944,11 +945,6 @@ impl Machine {
         let len = record.len();
         self.put(key(JOB, job.id).to_vec(), record);
         len
-    }
-
-    /// The length of a job's stored result (0 if none).
-    fn result_len(&self, id: JobId) -> Result<usize, MachineError> {
-        Ok(self.get(&key(RESULT, id))?.map_or(0, |r| r.len()))
     }
 
     fn delete(&mut self, k: Vec<u8>) {

@@ -474,7 +474,6 @@ impl<H: Handler> Runtime<H> {
         }
         let mut completions = Vec::new();
         let mut failures = Vec::new();
-        let mut sent = HashSet::new();
         if self.recent.len() >= RECENT_REMEMBERED {
             self.recent.clear();
         }
@@ -483,7 +482,6 @@ impl<H: Handler> Runtime<H> {
         for d in &batch {
             self.forget_held(d.job_id, d.attempt);
             self.recent.insert((d.job_id, d.attempt));
-            sent.insert(d.job_id);
             match &d.result {
                 Ok(result) => {
                     bytes += result.len();

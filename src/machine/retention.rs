@@ -85,7 +85,6 @@ impl Machine {
     pub(super) fn finished(&mut self, job: &Job, bytes: u64) {
         let dead = job.state == JobState::Dead;
         self.finishing.push((dead, job.id, bytes));
-        self.set_finished_bytes(self.finished_bytes.saturating_add(bytes));
     }
 
     /// Writes the time-index records of the jobs the command just applied
@@ -95,6 +94,8 @@ impl Machine {
             return;
         }
         let finishing = std::mem::take(&mut self.finishing);
+        let added: u64 = finishing.iter().map(|(_, _, bytes)| bytes).sum();
+        self.set_finished_bytes(self.finished_bytes.saturating_add(added));
         for (dead, prefix) in [(false, FINISHED_AT), (true, DEAD_AT)] {
             let jobs: Vec<(JobId, u64)> = finishing
                 .iter()
