@@ -60,6 +60,17 @@ pub struct Config {
     pub raft: Raft,
     pub storage: Storage,
     pub log: Log,
+    /// Bearer tokens, each with a name and a role. None: the node answers
+    /// anyone who can reach it, so it may bind loopback addresses only.
+    pub tokens: Vec<TokenConfig>,
+    /// The token this node presents to its peers; their config lists its
+    /// hash with role `peer`. Needed in a cluster that has tokens.
+    pub peer_token: String,
+    /// `/metrics` needs a token (any role but `worker` and `peer`) when
+    /// true; open otherwise, for scrapers.
+    pub protect_metrics: bool,
+    /// TLS for every port, and mutual TLS between peers. None: plain TCP.
+    pub tls: Option<Tls>,
 }
 
 impl Default for Config {
@@ -78,6 +89,10 @@ impl Default for Config {
             raft: Raft::default(),
             storage: Storage::default(),
             log: Log::default(),
+            tokens: Vec::new(),
+            peer_token: String::new(),
+            protect_metrics: false,
+            tls: None,
         }
     }
 }
@@ -88,6 +103,97 @@ impl Default for Config {
 pub struct Peer {
     pub id: u64,
     pub addr: String,
+}
+
+/// What a token may do. `read` < `operate` < `admin` for the admin API;
+/// `producer`, `worker` and `peer` are for the gRPC services of their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads: stats, jobs, members, workers, audit, policies.
+    Read,
+    /// Read, and day-to-day changes: cancel, drain, replay, reset, shut
+    /// workers down.
+    Operate,
+    /// Operate, and what reshapes the cluster: membership, snapshots,
+    /// budgets, policies; may also produce.
+    Admin,
+    /// Enqueue, read jobs, cancel the jobs it enqueued.
+    Producer,
+    /// The worker stream.
+    Worker,
+    /// Raft traffic and forwarding between the nodes of a cluster.
+    Peer,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Read,
+        Role::Operate,
+        Role::Admin,
+        Role::Producer,
+        Role::Worker,
+        Role::Peer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Operate => "operate",
+            Role::Admin => "admin",
+            Role::Producer => "producer",
+            Role::Worker => "worker",
+            Role::Peer => "peer",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                format!("{s:?} is not a role: read, operate, admin, producer, worker or peer")
+            })
+    }
+}
+
+/// A `[[tokens]]` entry: who holds it, what it may do, and the hash of the
+/// secret (`drover token new` prints both).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub role: Role,
+    /// `sha256:` and the hex SHA-256 of the token.
+    pub hash: String,
+    /// Requests per second this token may make, on average; 0 or absent
+    /// means no limit.
+    #[serde(default)]
+    pub rate_limit: u32,
+    /// Requests it may make at once above the rate (default: one second's
+    /// worth).
+    #[serde(default)]
+    pub burst: u32,
+}
+
+/// `[tls]`: PEM files. The certificate serves gRPC, HTTP and peer traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// This node's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The cluster CA: peers' (and clients') certificates are checked
+    /// against it, and this node trusts it when it calls its peers.
+    pub ca: PathBuf,
+    /// Peers must present a certificate signed by `ca`, and this node
+    /// presents its own when it calls them.
+    #[serde(default)]
+    pub peer_mtls: bool,
 }
 
 /// Most jobs in one enqueue request by default; clients split larger sets.
@@ -357,6 +463,7 @@ impl Config {
         if self.raft.snapshot_every == 0 {
             return Err(invalid("raft.snapshot_every", "must be 1 or more"));
         }
+        self.validate_tokens()?;
         if !matches!(self.log.format.as_str(), "json" | "text") {
             return Err(invalid(
                 "log.format",
@@ -364,6 +471,69 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::BTreeSet::new();
+        for t in &self.tokens {
+            if t.name.is_empty() || !names.insert(t.name.as_str()) {
+                return Err(invalid(
+                    "tokens",
+                    format!(
+                        "token name {:?} is empty or listed twice; names must be unique",
+                        t.name
+                    ),
+                ));
+            }
+            crate::token::parse_hash(&t.hash).map_err(|reason| {
+                invalid("tokens", format!("token {:?}: `hash` {reason}", t.name))
+            })?;
+        }
+        if self.tokens.is_empty() {
+            for (key, addr) in [("grpc_addr", self.grpc_addr), ("http_addr", self.http_addr)] {
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        key,
+                        format!("{addr} is not a loopback address and no [[tokens]] are configured, so anyone who can reach it could change the cluster; add tokens (`drover token new --name NAME --role admin` prints one) or bind 127.0.0.1"),
+                    ));
+                }
+            }
+        } else if self.peers.len() > 1 || self.join {
+            let peer = crate::token::hash(&self.peer_token);
+            let listed = self.tokens.iter().any(|t| {
+                t.role == Role::Peer && crate::token::parse_hash(&t.hash).ok() == Some(peer)
+            });
+            if self.peer_token.is_empty() || !listed {
+                return Err(invalid(
+                    "peer_token",
+                    "a cluster with [[tokens]] needs `peer_token`, whose hash is listed in [[tokens]] with role \"peer\" (`drover token new --name cluster --role peer` prints both); every node uses the same",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What this node shows its peers: the peer token when the cluster has
+    /// tokens, and with TLS the cluster CA (and its own certificate, for
+    /// mutual TLS). Errors name the key whose file cannot be read.
+    pub fn peer_credentials(&self) -> Result<crate::wire::Credentials, ConfigError> {
+        let read = |key: &'static str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+        };
+        let tls = match &self.tls {
+            None => None,
+            Some(t) => Some(crate::wire::ClientTls {
+                ca: read("tls.ca", &t.ca)?,
+                identity: if t.peer_mtls {
+                    Some((read("tls.cert", &t.cert)?, read("tls.key", &t.key)?))
+                } else {
+                    None
+                },
+            }),
+        };
+        let token = (!self.tokens.is_empty()).then_some(self.peer_token.as_str());
+        crate::wire::Credentials::new(token, tls).map_err(|reason| invalid("peer_token", reason))
     }
 
     /// The ids of the initial voters: the peers, or this node alone.

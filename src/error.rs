@@ -16,7 +16,10 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidJob(#[from] InvalidJob),
     #[error("invalid argument `{field}`: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    InvalidArgument {
+        field: std::borrow::Cow<'static, str>,
+        reason: String,
+    },
     #[error("job {0} not found")]
     JobNotFound(JobId),
     #[error("{0}")]
@@ -60,12 +63,21 @@ pub enum Error {
     Machine(#[from] MachineError),
     #[error("{0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("token {token:?} is over its rate limit; retry in {retry_after_ms} ms")]
+    RateLimited { token: String, retry_after_ms: u64 },
 }
 
 impl Error {
-    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+    pub fn invalid(
+        field: impl Into<std::borrow::Cow<'static, str>>,
+        reason: impl Into<String>,
+    ) -> Error {
         Error::InvalidArgument {
-            field,
+            field: field.into(),
             reason: reason.into(),
         }
     }
@@ -85,6 +97,9 @@ impl Error {
             | Error::OutcomeUnknown => Code::Unavailable,
             Error::Forward { status, .. } => status.code(),
             Error::ForwardLost { .. } => Code::Unavailable,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::Config(_)
             | Error::Bind { .. }
             | Error::DataDir { .. }
@@ -102,7 +117,49 @@ impl Error {
             tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
             tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, snake_case name of what went wrong, for scripts: the
+    /// `code` of the admin API's error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidJob(_) | Error::InvalidArgument { .. } => "invalid_argument",
+            Error::JobNotFound(_) | Error::Refused(Refusal::UnknownJob(_)) => "not_found",
+            Error::Refused(Refusal::StaleLease { .. }) => "stale_lease",
+            Error::Refused(Refusal::Finished { .. }) => "already_finished",
+            Error::MembershipBusy => "membership_busy",
+            Error::MembershipRefused(_) => "membership_refused",
+            Error::NoLeader { .. } => "no_leader",
+            Error::Superseded => "superseded",
+            Error::ShuttingDown => "shutting_down",
+            Error::OutcomeUnknown | Error::ForwardLost { .. } => "outcome_unknown",
+            Error::Forward { status, .. } => crate::wire::code_name(status.code()),
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Refused(Refusal::Undecodable { .. })
+            | Error::Config(_)
+            | Error::Bind { .. }
+            | Error::DataDir { .. }
+            | Error::Driver(_)
+            | Error::Store(_)
+            | Error::Machine(_)
+            | Error::Snapshot(_) => "internal",
+        }
+    }
+
+    /// How long to wait before sending the request again, when known.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Error::NoLeader { retry_after_ms } | Error::RateLimited { retry_after_ms, .. } => {
+                Some(*retry_after_ms)
+            }
+            Error::Forward { status, .. } => crate::wire::retry_after_ms(status),
+            _ => None,
         }
     }
 }
@@ -137,22 +194,60 @@ impl Error {
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> tonic::Status {
         let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
-        let retry_after_ms = match e {
-            Error::NoLeader { retry_after_ms } => retry_after_ms,
-            _ => 0,
-        };
+        let retry_after_ms = e.retry_after_ms().unwrap_or(0);
         crate::wire::mark_retry(&mut status, e.retry_safe(), retry_after_ms);
         status
     }
 }
 
+/// The admin API's one error shape (`{"error": {"code", "message",
+/// "details"}}`). A 5xx says only that something failed inside: what failed
+/// goes to the node's log, not to whoever sent the request.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.http_status();
-        let body = serde_json::json!({
-            "error": self.to_string(),
-            "code": format!("{:?}", self.grpc_code()),
-        });
-        (status, axum::Json(body)).into_response()
+        let mut details = std::collections::BTreeMap::new();
+        if let Error::InvalidArgument { field, .. } = &self {
+            details.insert("field".to_string(), serde_json::json!(field));
+        }
+        if let Error::InvalidJob(e) = &self {
+            details.insert("field".to_string(), serde_json::json!(e.field()));
+        }
+        let retry_after = self.retry_after_ms();
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+            details.insert(
+                "retry_safe".to_string(),
+                serde_json::json!(self.retry_safe()),
+            );
+            details.insert(
+                "retry_after_ms".to_string(),
+                serde_json::json!(retry_after.unwrap_or(1000)),
+            );
+        }
+        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(event = "request_failed", code = self.code(), error = %self, "request failed inside the node");
+            "the request failed inside the node; its log has the details (event request_failed)"
+                .to_string()
+        } else {
+            self.to_string()
+        };
+        let body = crate::api::types::ErrorBody {
+            error: crate::api::types::ErrorInfo {
+                code: self.code().to_string(),
+                message,
+                details,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+            // Whole seconds, rounded up: at least 1.
+            let secs = retry_after.unwrap_or(1000).div_ceil(1000).max(1);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        response
     }
 }

@@ -151,6 +151,16 @@ pub enum InvalidJob {
     PayloadTooLarge { size: usize, limit: usize },
 }
 
+impl InvalidJob {
+    /// The request field that was wrong.
+    pub fn field(&self) -> &'static str {
+        match self {
+            InvalidJob::Field { field, .. } => field,
+            InvalidJob::PayloadTooLarge { .. } => "payload",
+        }
+    }
+}
+
 fn field(field: &'static str, reason: impl Into<String>) -> InvalidJob {
     InvalidJob::Field {
         field,

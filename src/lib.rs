@@ -21,6 +21,7 @@ pub mod proto;
 pub mod restore;
 pub mod snapshot;
 pub mod store;
+pub mod token;
 pub mod wire;
 pub mod worker_exec;
 pub mod workers;

@@ -30,8 +30,8 @@ pub struct Node {
     pub http_addr: SocketAddr,
     pub app: App,
     shutdown_tx: watch::Sender<bool>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
-    http: JoinHandle<std::io::Result<()>>,
+    grpc: JoinHandle<()>,
+    http: JoinHandle<()>,
     driver_done: oneshot::Receiver<Result<(), DriverError>>,
     driver_stop: watch::Sender<bool>,
     grace: Duration,
@@ -47,6 +47,7 @@ impl Node {
     /// Starts a node; returns once it listens on both addresses.
     pub async fn start(config: Config) -> Result<Node, Error> {
         config.validate()?;
+        config.peer_credentials()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -88,37 +89,37 @@ impl Node {
         let peer = PeerServiceServer::new(api::peer::Peer { app: app.clone() })
             .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE)
             .max_encoding_message_size(crate::wire::MAX_GRPC_MESSAGE);
-        let mut grpc_shutdown = shutdown.clone();
-        // The builder's tcp_nodelay covers only listeners it binds itself;
-        // without it, Nagle held the second write of an answer until the
-        // peer's delayed ACK (40 ms) came.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        let grpc = tokio::spawn(
-            tonic::transport::Server::builder()
-                // Finds connections of peers and clients that died without
-                // closing them, which long-lived streams would keep.
-                .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-                .layer(tower::util::MapResponseLayer::new(
-                    crate::wire::framing_errors_as_invalid_argument::<tonic::body::Body>,
-                ))
-                .add_service(producer)
-                .add_service(worker)
-                .add_service(peer)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = grpc_shutdown.wait_for(|s| *s).await;
-                }),
-        );
-        let router = api::http::router(app.clone(), metrics);
-        let mut http_shutdown = shutdown.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(http_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = http_shutdown.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        // Both ports serve the same: gRPC and the admin API, behind one auth
+        // middleware. One address per node is enough for every client;
+        // `http_addr` stays for the scrapers and load balancers set up on it.
+        let http_routes = api::http::router(app.clone(), metrics);
+        let auth = api::auth::Auth::new(&app.config, &api::http::rules());
+        let router = tonic::service::Routes::from(http_routes)
+            .add_service(producer)
+            .add_service(worker)
+            .add_service(peer)
+            .prepare()
+            .into_axum_router()
+            .layer(tower::util::MapResponseLayer::new(
+                crate::wire::framing_errors_as_invalid_argument::<axum::body::Body>,
+            ));
+        let router = api::http::with_auth(router, auth);
+        let tls = match &app.config.tls {
+            Some(t) => Some(api::listen::server_config(t)?),
+            None => None,
+        };
+        let grpc = tokio::spawn(api::listen::serve(
+            grpc_listener,
+            router.clone(),
+            tls.clone(),
+            shutdown.clone(),
+        ));
+        let http = tokio::spawn(api::listen::serve(
+            http_listener,
+            router,
+            tls,
+            shutdown.clone(),
+        ));
         tracing::info!(event = "node_started", node_id = app.config.node_id, %grpc_addr, %http_addr, "node started");
         Ok(Node {
             grpc_addr,
@@ -170,7 +171,11 @@ impl Node {
         })
         .await;
         self.grpc.abort();
-        let _ = (&mut self.http).await;
+        let _ = tokio::time::timeout(self.grace, async {
+            let _ = (&mut self.http).await;
+        })
+        .await;
+        self.http.abort();
         self.driver_stop.send_replace(true);
         if let Ok(Err(e)) = self.driver_done.await {
             return Err(Error::Driver(e.to_string()));

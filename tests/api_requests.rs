@@ -224,7 +224,8 @@ async fn bad_requests_are_refused_naming_the_problem() {
         let resp = post(path, body).await.unwrap();
         assert_eq!(resp.status(), 400, "{path} {body}");
         let j: serde_json::Value = resp.json().await.unwrap();
-        let err = j["error"].as_str().unwrap_or_default();
+        assert_eq!(j["error"]["code"], "invalid_argument", "{j}");
+        let err = j["error"]["message"].as_str().unwrap_or_default();
         assert!(err.contains(needle), "error {err:?} should name {needle}");
     }
     let big = format!(r#"{{"payload": "{}"}}"#, "x".repeat(2000));

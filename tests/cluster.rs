@@ -484,7 +484,10 @@ async fn current_reads_need_a_leader_and_stale_ones_do_not() {
     let (code, body) = get_json(&format!("{}/api/v1/stats", c.nodes[f].http)).await;
     assert_eq!(code, 503, "{body}");
     assert!(
-        body["error"].as_str().unwrap_or("").contains("no leader"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no leader"),
         "{body}"
     );
     let (code, body) = get_json(&format!("{}/api/v1/stats?stale=ok", c.nodes[f].http)).await;

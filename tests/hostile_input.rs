@@ -302,7 +302,7 @@ async fn delays_that_overflow_or_are_too_long_are_refused() {
         assert_eq!(resp.status(), 400, "{delay}");
         let body: serde_json::Value = resp.json().await.unwrap();
         assert!(
-            body["error"].as_str().unwrap().contains("delay"),
+            body["error"]["message"].as_str().unwrap().contains("delay"),
             "the error names the field: {body}"
         );
     }
@@ -346,7 +346,10 @@ async fn adding_a_member_that_does_not_exist_is_refused_and_the_cluster_stays_up
             .unwrap();
         assert_eq!(resp.status(), 400, "{addr}");
         let body: serde_json::Value = resp.json().await.unwrap();
-        assert!(body["error"].as_str().unwrap().contains("addr"), "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("addr"),
+            "{body}"
+        );
     }
     // A well-formed address where nothing listens.
     let nobody = format!("127.0.0.1:{}", free_port());
@@ -359,7 +362,10 @@ async fn adding_a_member_that_does_not_exist_is_refused_and_the_cluster_stays_up
     assert_eq!(resp.status(), 409);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert!(
-        body["error"].as_str().unwrap().contains("cannot connect"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
         "{body}"
     );
     let (_, members) = get_json(&url).await;

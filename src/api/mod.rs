@@ -2,16 +2,21 @@
 //! and the HTTP admin API. They validate and translate; the rules live in the
 //! machine.
 
+pub mod auth;
 pub mod convert;
 pub mod http;
+pub mod listen;
 pub mod peer;
 pub mod producer;
+pub mod types;
 pub mod worker;
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::api::auth::Caller;
+use crate::api::types::ErrorBody;
 use crate::cluster::router::Router;
 use crate::command::{Command, Enqueued, Outcome};
 use crate::config::Config;
@@ -42,7 +47,13 @@ pub struct JobView {
 impl App {
     /// Validates a batch of job requests and enqueues them as one command.
     /// Errors name the job's position in the batch and the field.
-    pub async fn enqueue(&self, requests: Vec<JobRequest>) -> Result<Vec<Enqueued>, Error> {
+    /// A producer's jobs are labelled with its token's name, so it may
+    /// cancel them later; nobody else may set that label.
+    pub async fn enqueue(
+        &self,
+        caller: &Caller,
+        requests: Vec<JobRequest>,
+    ) -> Result<Vec<Enqueued>, Error> {
         if requests.is_empty() {
             return Err(Error::invalid("jobs", "the request holds no jobs"));
         }
@@ -61,7 +72,13 @@ impl App {
         let jobs = requests
             .into_iter()
             .enumerate()
-            .map(|(i, r)| {
+            .map(|(i, mut r)| {
+                if caller.is_producer() {
+                    r.labels
+                        .insert(Caller::OWNER_LABEL.into(), caller.name.clone());
+                } else {
+                    r.labels.remove(Caller::OWNER_LABEL);
+                }
                 r.validate(limits).map_err(|e| {
                     if batch {
                         Error::invalid("jobs", format!("job {i}: {e}"))
@@ -101,13 +118,55 @@ impl App {
         response
     }
 
-    /// Cancels a job; returns the state it was in.
-    pub async fn cancel(&self, id: JobId) -> Result<JobState, Error> {
+    /// Cancels a job; returns the state it was in. A producer may cancel
+    /// only the jobs it enqueued.
+    pub async fn cancel(&self, caller: &Caller, id: JobId) -> Result<JobState, Error> {
+        if caller.is_producer() {
+            let job = self.get_job(id).await?.job;
+            if job.labels.get(Caller::OWNER_LABEL) != Some(&caller.name) {
+                return Err(Error::PermissionDenied(format!(
+                    "job {id} was not enqueued with token {:?}; a producer may cancel only its own jobs",
+                    caller.name
+                )));
+            }
+        }
         match self.router.propose(Command::Cancel { id }).await? {
             Outcome::Cancelled(r) => Ok(r?),
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// The errors any admin endpoint may answer, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ErrorResponses {
+    /// Bad input; `details.field` names what was wrong.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No token, or one the node does not know.
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// The token's role may not do this.
+    #[response(status = 403)]
+    PermissionDenied(ErrorBody),
+    /// No such job, node or endpoint.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// Refused in the state things are in (a finished job, a membership
+    /// change under way).
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// Over the token's rate limit; see `Retry-After`.
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// No leader, or the node is stopping; see `Retry-After` and
+    /// `details.retry_safe`.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+    /// Failed inside the node; its log has the details.
+    #[response(status = 500)]
+    Internal(ErrorBody),
 }
 
 /// An outcome that does not belong to the command proposed: a bug, reported

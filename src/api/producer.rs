@@ -3,6 +3,7 @@
 use futures::stream::{BoxStream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::auth::{caller_of, Caller};
 use crate::api::App;
 use crate::proto::v1 as pb;
 use crate::proto::v1::producer_service_server::ProducerService;
@@ -22,9 +23,13 @@ const STREAM_PIPELINE: usize = 16;
 const STOP_DRAIN: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Enqueues the jobs of one request, unary or on a stream.
-async fn enqueue_jobs(app: &App, jobs: Vec<pb::NewJob>) -> Result<pb::EnqueueResponse, Status> {
+async fn enqueue_jobs(
+    app: &App,
+    caller: &Caller,
+    jobs: Vec<pb::NewJob>,
+) -> Result<pb::EnqueueResponse, Status> {
     let ids = app
-        .enqueue(jobs.into_iter().map(Into::into).collect())
+        .enqueue(caller, jobs.into_iter().map(Into::into).collect())
         .await?;
     Ok(pb::EnqueueResponse {
         jobs: ids
@@ -43,7 +48,8 @@ impl ProducerService for Producer {
         &self,
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
-        let reply = enqueue_jobs(&self.app, req.into_inner().jobs).await?;
+        let caller = caller_of(&req)?;
+        let reply = enqueue_jobs(&self.app, &caller, req.into_inner().jobs).await?;
         Ok(self.app.hint_leader(Response::new(reply)))
     }
 
@@ -54,6 +60,7 @@ impl ProducerService for Producer {
         req: Request<Streaming<pb::EnqueueRequest>>,
     ) -> Result<Response<Self::EnqueueStreamStream>, Status> {
         let app = self.app.clone();
+        let caller = caller_of(&req)?;
         let mut shutdown = self.app.shutdown.clone();
         let stopped = self.app.shutdown.clone();
         // A stopping node answers the requests it took, refuses (retry-safe)
@@ -88,13 +95,14 @@ impl ProducerService for Producer {
         let replies = requests
             .map(move |request| {
                 let app = app.clone();
+                let caller = caller.clone();
                 let refusing = *refusing.borrow();
                 async move {
                     let request = request?;
                     let result = if refusing {
                         Err(Status::from(crate::error::Error::ShuttingDown))
                     } else {
-                        enqueue_jobs(&app, request.jobs).await
+                        enqueue_jobs(&app, &caller, request.jobs).await
                     };
                     Ok(pb::EnqueueReply {
                         result: Some(match result {
@@ -121,7 +129,8 @@ impl ProducerService for Producer {
         &self,
         req: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
-        let was = self.app.cancel(req.into_inner().id).await?;
+        let caller = caller_of(&req)?;
+        let was = self.app.cancel(&caller, req.into_inner().id).await?;
         Ok(self.app.hint_leader(Response::new(pb::CancelResponse {
             state: was.as_str().to_string(),
         })))

@@ -6,6 +6,8 @@ pub mod worker;
 
 use tonic::transport::{Channel, Endpoint};
 
+pub use crate::wire::{ClientTls, Conn, Credentials};
+
 use crate::proto::v1 as pb;
 use crate::proto::v1::producer_service_client::ProducerServiceClient;
 
@@ -31,23 +33,26 @@ pub enum ClientError {
     },
 }
 
-/// Builds a lazily connecting channel to `url` (`http://host:port`; a bare
-/// `host:port` is taken as http).
-pub fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
-    crate::wire::endpoint(url).map_err(|reason| ClientError::BadUrl {
-        url: url.to_string(),
-        reason,
-    })
+/// The endpoint of `url` (`http://host:port`, `https://host:port`; a bare
+/// `host:port` is https with TLS credentials and http without).
+pub fn endpoint(url: &str, credentials: &Credentials) -> Result<Endpoint, ClientError> {
+    credentials
+        .endpoint(url)
+        .map_err(|reason| ClientError::BadUrl {
+            url: url.to_string(),
+            reason,
+        })
 }
 
-pub async fn connect(url: &str) -> Result<Channel, ClientError> {
-    endpoint(url)?
+pub async fn connect(url: &str, credentials: &Credentials) -> Result<Conn, ClientError> {
+    let channel = endpoint(url, credentials)?
         .connect()
         .await
         .map_err(|source| ClientError::Connect {
             url: url.to_string(),
             source,
-        })
+        })?;
+    Ok(credentials.wrap(channel))
 }
 
 /// The addresses in a `--server` value: one node, or several separated by
@@ -76,7 +81,7 @@ pub fn hinted_leader<T>(response: &tonic::Response<T>, urls: &[String]) -> Optio
 
 /// Asks the node behind `channel` who leads; the position in `urls` of the
 /// leader if it is another node the caller knows (never, given one node).
-pub async fn find_leader(channel: Channel, urls: &[String]) -> Option<usize> {
+pub async fn find_leader(channel: Conn, urls: &[String]) -> Option<usize> {
     if urls.len() < 2 {
         return None;
     }
@@ -95,25 +100,34 @@ pub use crate::wire::{backoff, retryable};
 /// when a follower names it, which saves the follower's hop.
 #[derive(Clone)]
 pub struct Producer {
-    nodes: Vec<ProducerServiceClient<Channel>>,
+    nodes: Vec<ProducerServiceClient<Conn>>,
     urls: Vec<String>,
     current: usize,
 }
 
 impl Producer {
-    /// Connects to the first reachable of `servers` (comma separated).
+    /// Connects to the first reachable of `servers` (comma separated), with
+    /// no token and no TLS.
     pub async fn connect(servers: &str) -> Result<Producer, ClientError> {
+        Self::connect_with(servers, &Credentials::default()).await
+    }
+
+    /// Connects to the first reachable of `servers` (comma separated).
+    pub async fn connect_with(
+        servers: &str,
+        credentials: &Credentials,
+    ) -> Result<Producer, ClientError> {
         let urls = server_list(servers);
         let mut nodes = Vec::with_capacity(urls.len());
         let mut first_error = None;
         let mut current = None;
         for url in &urls {
-            let endpoint = endpoint(url)?;
+            let endpoint = endpoint(url, credentials)?;
             if current.is_none() {
                 match endpoint.connect().await {
                     Ok(ch) => {
                         current = Some(nodes.len());
-                        nodes.push(ch);
+                        nodes.push(credentials.wrap(ch));
                         continue;
                     }
                     Err(source) => {
@@ -124,7 +138,7 @@ impl Producer {
                     }
                 }
             }
-            nodes.push(endpoint.connect_lazy());
+            nodes.push(credentials.wrap(endpoint.connect_lazy()));
         }
         // Start at the leader if the node reached names it.
         if let Some(i) = current {
@@ -147,7 +161,7 @@ impl Producer {
 
     pub fn new(channel: Channel) -> Producer {
         Producer {
-            nodes: vec![client(channel)],
+            nodes: vec![client(Credentials::default().wrap(channel))],
             urls: Vec::new(),
             current: 0,
         }
@@ -157,7 +171,7 @@ impl Producer {
     /// retryable failure.
     async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(ProducerServiceClient<Channel>) -> Fut,
+        F: FnMut(ProducerServiceClient<Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut attempt = 0;
@@ -287,6 +301,6 @@ impl EnqueueStream {
     }
 }
 
-fn client(channel: Channel) -> ProducerServiceClient<Channel> {
+fn client(channel: Conn) -> ProducerServiceClient<Conn> {
     ProducerServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024)
 }

@@ -63,6 +63,8 @@ pub struct WorkerOptions {
     /// unreported jobs run again once their leases expire. A stopping worker
     /// that is connected waits for its jobs however long they take.
     pub stop_timeout: Duration,
+    /// The worker token and TLS settings.
+    pub credentials: crate::wire::Credentials,
 }
 
 impl WorkerOptions {
@@ -80,6 +82,7 @@ impl WorkerOptions {
             reconnect_delay: Duration::from_millis(500),
             max_reconnects: 0,
             stop_timeout: Duration::from_secs(60),
+            credentials: Default::default(),
         }
     }
 }
@@ -248,11 +251,11 @@ impl<H: Handler> Runtime<H> {
             .cloned()
             .unwrap_or_default();
         self.sessions += 1;
-        let mut channel = connect(&url).await?;
+        let mut channel = connect(&url, &self.opts.credentials).await?;
         // Lease and results go to the leader anyway: connecting there saves
         // the hop through a follower.
         if let Some(i) = super::find_leader(channel.clone(), &self.urls).await {
-            if let Ok(leader) = connect(&self.urls[i]).await {
+            if let Ok(leader) = connect(&self.urls[i], &self.opts.credentials).await {
                 channel = leader;
                 self.sessions = i + 1;
             }

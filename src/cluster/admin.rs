@@ -41,7 +41,7 @@ pub async fn add(router: &Router, id: u64, addr: &str) -> Result<NodeStatus, Err
         Some(m) if m.voter => return Err(refused(format!("node {id} is already a voter"))),
         Some(_) => view.commit_index, // a learner from an earlier attempt: go on to promote it
         None => {
-            dial(addr).await?;
+            dial(router, addr).await?;
             router
                 .change_members(MemberChange::AddLearner {
                     id,
@@ -86,8 +86,10 @@ pub async fn add(router: &Router, id: u64, addr: &str) -> Result<NodeStatus, Err
 
 /// Opens a connection to `addr`, so a typo or a node not started yet is
 /// reported before anything enters the log.
-async fn dial(addr: &str) -> Result<(), Error> {
-    let endpoint = crate::wire::endpoint(addr)
+async fn dial(router: &Router, addr: &str) -> Result<(), Error> {
+    let endpoint = router
+        .credentials()
+        .endpoint(addr)
         .map_err(|e| Error::invalid("addr", e.to_string()))?
         .connect_timeout(DIAL_TIMEOUT);
     match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect()).await {

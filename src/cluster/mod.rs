@@ -61,3 +61,12 @@ pub fn header(cfg: &Config) -> pb::PeerHeader {
         from: cfg.node_id,
     }
 }
+
+/// What this node shows its peers. The node checked the files at start; if
+/// one went missing since, peers refuse this node and the log says why.
+pub fn peer_credentials(cfg: &Config) -> crate::wire::Credentials {
+    cfg.peer_credentials().unwrap_or_else(|e| {
+        tracing::error!(event = "peer_credentials_unreadable", error = %e, "cannot read what this node shows its peers");
+        crate::wire::Credentials::default()
+    })
+}

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use super::{Control, Forwardable, MemberChange};
 use crate::command::{Command, Outcome};
@@ -16,6 +15,7 @@ use crate::driver::{DriverHandle, NodeStatus};
 use crate::error::Error;
 use crate::proto::v1 as pb;
 use crate::proto::v1::peer_service_client::PeerServiceClient;
+use crate::wire::{Conn, Credentials};
 
 /// How long a follower waits to apply what the leader applied for it, so its
 /// client reads its own write here. Past it the answer goes out anyway: the
@@ -24,7 +24,7 @@ const APPLY_WAIT: Duration = Duration::from_secs(5);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Peer clients by member id, with the address each was made for.
-type Clients = HashMap<u64, (String, PeerServiceClient<Channel>)>;
+type Clients = HashMap<u64, (String, PeerServiceClient<Conn>)>;
 
 #[derive(Clone)]
 pub struct Router {
@@ -32,6 +32,7 @@ pub struct Router {
     node_id: u64,
     header: pb::PeerHeader,
     clients: Arc<Mutex<Clients>>,
+    credentials: Credentials,
 }
 
 impl Router {
@@ -41,7 +42,13 @@ impl Router {
             node_id: cfg.node_id,
             header: super::header(cfg),
             clients: Arc::default(),
+            credentials: super::peer_credentials(cfg),
         }
+    }
+
+    /// What this node shows its peers.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     pub fn driver(&self) -> &DriverHandle {
@@ -200,7 +207,7 @@ impl Router {
     }
 
     /// A client for member `id`, at the address the membership gives.
-    fn client(&self, status: &NodeStatus, id: u64) -> Result<PeerServiceClient<Channel>, Error> {
+    fn client(&self, status: &NodeStatus, id: u64) -> Result<PeerServiceClient<Conn>, Error> {
         let addr = status
             .addr_of(id)
             .map(String::from)
@@ -213,11 +220,13 @@ impl Router {
                 return Ok(c.clone());
             }
         }
-        let endpoint = crate::wire::endpoint(&addr)
+        let endpoint = self
+            .credentials
+            .endpoint(&addr)
             .map_err(|e| Error::invalid("peers", e.to_string()))?
             .connect_timeout(Duration::from_millis(500))
             .timeout(FORWARD_TIMEOUT);
-        let client = PeerServiceClient::new(endpoint.connect_lazy())
+        let client = PeerServiceClient::new(self.credentials.wrap(endpoint.connect_lazy()))
             .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE)
             .max_encoding_message_size(crate::wire::MAX_GRPC_MESSAGE);
         clients.insert(id, (addr, client.clone()));

@@ -16,11 +16,11 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use crate::config::Config;
 use crate::proto::v1 as pb;
 use crate::proto::v1::peer_service_client::PeerServiceClient;
+use crate::wire::{Conn, Credentials};
 
 use super::Control;
 
@@ -50,13 +50,14 @@ struct Link {
     tx: mpsc::Sender<Message>,
     /// Snapshots go on their own connection, so a long transfer does not
     /// hold up heartbeats and appends.
-    snapshots: PeerServiceClient<Channel>,
+    snapshots: PeerServiceClient<Conn>,
 }
 
 pub struct Transport {
     peers: HashMap<u64, Link>,
     header: pb::PeerHeader,
     control: mpsc::Sender<Control>,
+    credentials: Credentials,
 }
 
 impl Transport {
@@ -70,6 +71,7 @@ impl Transport {
             peers: HashMap::new(),
             header: super::header(cfg),
             control,
+            credentials: super::peer_credentials(cfg),
         };
         for (id, addr) in addrs.iter().filter(|(id, _)| **id != cfg.node_id) {
             t.add_peer(*id, addr);
@@ -79,15 +81,16 @@ impl Transport {
 
     /// Starts sending to a member (replacing any earlier address of it).
     pub fn add_peer(&mut self, id: u64, addr: &str) {
-        let endpoint = match crate::wire::endpoint(addr) {
+        let endpoint = match self.credentials.endpoint(addr) {
             Ok(e) => e.connect_timeout(Duration::from_millis(500)),
             Err(e) => {
                 tracing::error!(event = "peer_address_invalid", peer = id, error = %e, "cannot reach this peer");
                 return;
             }
         };
+        let credentials = self.credentials.clone();
         let client = |endpoint: tonic::transport::Endpoint| {
-            PeerServiceClient::new(endpoint.connect_lazy())
+            PeerServiceClient::new(credentials.wrap(endpoint.connect_lazy()))
                 .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(crate::wire::MAX_GRPC_MESSAGE)
         };
@@ -147,7 +150,7 @@ impl Transport {
 /// Streams the snapshot file named in `msg` to its follower and tells raft
 /// how it went.
 async fn send_snapshot(
-    mut client: PeerServiceClient<Channel>,
+    mut client: PeerServiceClient<Conn>,
     header: pb::PeerHeader,
     mut msg: Message,
     control: mpsc::Sender<Control>,
@@ -208,7 +211,7 @@ async fn send_snapshot(
 async fn send_loop(
     peer: u64,
     addr: String,
-    client: PeerServiceClient<Channel>,
+    client: PeerServiceClient<Conn>,
     header: pb::PeerHeader,
     mut rx: mpsc::Receiver<Message>,
     control: mpsc::Sender<Control>,

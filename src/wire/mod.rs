@@ -4,11 +4,13 @@
 //! imports nothing of drover's but the generated protocol.
 
 pub mod codec;
+mod credentials;
 mod status;
 
+pub use credentials::{Bearer, ClientTls, Conn, Credentials};
 pub use status::{
-    backoff, endpoint, mark_retry, request_error, retry_after_ms, retry_safe, retryable, status_of,
-    LEADER_HINT, MAX_GRPC_MESSAGE,
+    backoff, code_name, mark_retry, request_error, retry_after_ms, retry_safe, retryable,
+    status_of, LEADER_HINT, MAX_GRPC_MESSAGE,
 };
 
 use std::time::Duration;

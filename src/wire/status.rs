@@ -2,7 +2,6 @@
 //! shared by the servers that set them and the clients that read them.
 
 use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
 
 use crate::proto::v1 as pb;
 
@@ -29,6 +28,31 @@ pub fn mark_retry(status: &mut tonic::Status, retry_safe: bool, retry_after_ms: 
         status
             .metadata_mut()
             .insert(RETRY_AFTER, MetadataValue::from(retry_after_ms));
+    }
+}
+
+/// A gRPC code as the admin API's error codes are written: snake_case,
+/// stable (tonic's Debug names are neither).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "ok",
+        C::Cancelled => "cancelled",
+        C::Unknown => "unknown",
+        C::InvalidArgument => "invalid_argument",
+        C::DeadlineExceeded => "deadline_exceeded",
+        C::NotFound => "not_found",
+        C::AlreadyExists => "already_exists",
+        C::PermissionDenied => "permission_denied",
+        C::ResourceExhausted => "resource_exhausted",
+        C::FailedPrecondition => "failed_precondition",
+        C::Aborted => "aborted",
+        C::OutOfRange => "out_of_range",
+        C::Unimplemented => "unimplemented",
+        C::Internal => "internal",
+        C::Unavailable => "unavailable",
+        C::DataLoss => "data_loss",
+        C::Unauthenticated => "unauthenticated",
     }
 }
 
@@ -92,17 +116,4 @@ pub fn backoff(status: &tonic::Status, attempt: u32) -> std::time::Duration {
         .unwrap_or(50u64 << attempt.min(5))
         .min(1000);
     std::time::Duration::from_millis(ms)
-}
-
-/// The endpoint of a node's gRPC address (`host:port`, or a URL);
-/// `Err` says why it is not one.
-pub fn endpoint(url: &str) -> Result<Endpoint, String> {
-    let full = if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    };
-    Endpoint::from_shared(full)
-        .map(|e| e.tcp_nodelay(true))
-        .map_err(|e| e.to_string())
 }

@@ -1,0 +1,341 @@
+//! Who may call what: bearer tokens with roles, checked in one place for
+//! HTTP and gRPC alike (a middleware in front of both), and a rate limit per
+//! token. Every route names its [`Access`] where it is declared; a path no
+//! rule names needs an admin token, so a route added without thought is
+//! closed, not open.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultDirectRateLimiter, Quota};
+
+use crate::config::{Config, Role};
+use crate::error::Error;
+use crate::token::TokenHash;
+
+/// What a route needs of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token: the probes.
+    Open,
+    /// `/metrics`: open unless `protect_metrics`, then a read token.
+    Metrics,
+    /// Any valid token (`Ping`).
+    Any,
+    Read,
+    Operate,
+    Admin,
+    /// Enqueue: producers (and admins).
+    Produce,
+    /// Read one job: the read roles and producers.
+    ReadJob,
+    /// Cancel a job: operate and admin, and a producer for the jobs it
+    /// enqueued (the handler checks whose job it is).
+    Cancel,
+    /// The worker stream.
+    Work,
+    /// Raft traffic and forwarding between nodes.
+    Peer,
+}
+
+impl Access {
+    /// Whether a caller with `role` passes. [`Access::Open`] needs no
+    /// caller at all; see [`Auth::check`].
+    pub fn allows(self, role: Role) -> bool {
+        use Role as R;
+        match self {
+            Access::Open | Access::Any => true,
+            Access::Metrics | Access::Read => matches!(role, R::Read | R::Operate | R::Admin),
+            Access::Operate => matches!(role, R::Operate | R::Admin),
+            Access::Admin => role == R::Admin,
+            Access::Produce => matches!(role, R::Producer | R::Admin),
+            Access::ReadJob | Access::Cancel => {
+                matches!(role, R::Read | R::Operate | R::Admin | R::Producer)
+                    && (self == Access::ReadJob || role != R::Read)
+            }
+            Access::Work => role == R::Worker,
+            Access::Peer => role == R::Peer,
+        }
+    }
+}
+
+/// The gRPC methods and what they need. `tests/auth.rs` checks that every
+/// `rpc` of the proto is here.
+pub const GRPC_ROUTES: &[(&str, Access)] = &[
+    ("/drover.v1.ProducerService/Enqueue", Access::Produce),
+    ("/drover.v1.ProducerService/EnqueueStream", Access::Produce),
+    ("/drover.v1.ProducerService/GetJob", Access::ReadJob),
+    ("/drover.v1.ProducerService/Cancel", Access::Cancel),
+    ("/drover.v1.ProducerService/Ping", Access::Any),
+    ("/drover.v1.WorkerService/Work", Access::Work),
+    ("/drover.v1.PeerService/Raft", Access::Peer),
+    ("/drover.v1.PeerService/Forward", Access::Peer),
+    ("/drover.v1.PeerService/Members", Access::Peer),
+    ("/drover.v1.PeerService/InstallSnapshot", Access::Peer),
+];
+
+/// An HTTP route and what it needs.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub method: Method,
+    /// axum's syntax: `/api/v1/jobs/{id}`.
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// Who made a request, put in its extensions for handlers (whose job,
+/// who to write in the audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's name; `anonymous` when the node has no tokens.
+    pub name: String,
+    /// None when the node has no tokens (loopback only: all may do all).
+    pub role: Option<Role>,
+}
+
+impl Caller {
+    /// The label a producer's jobs carry, so it may cancel them later.
+    pub const OWNER_LABEL: &'static str = "drover.token";
+
+    /// Whether this caller may act on any job, not only its own.
+    pub fn is_producer(&self) -> bool {
+        self.role == Some(Role::Producer)
+    }
+}
+
+/// The caller the middleware put in a gRPC request. Its absence means the
+/// service runs without the middleware: refuse rather than guess.
+pub fn caller_of<T>(req: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+    req.extensions().get::<Caller>().cloned().ok_or_else(|| {
+        tonic::Status::unauthenticated(
+            "the request passed no authentication (a bug: the auth layer is missing)",
+        )
+    })
+}
+
+struct Token {
+    caller: Caller,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+/// The node's tokens and rules, shared by every request.
+#[derive(Clone)]
+pub struct Auth {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tokens: HashMap<TokenHash, Token>,
+    http: matchit::Router<Vec<(Method, Access)>>,
+    grpc: HashMap<&'static str, Access>,
+    protect_metrics: bool,
+    /// Peer traffic needs a client certificate the cluster CA signed.
+    peer_mtls: bool,
+}
+
+impl Auth {
+    pub fn new(config: &Config, http_rules: &[Rule]) -> Auth {
+        let tokens = config
+            .tokens
+            .iter()
+            .filter_map(|t| {
+                // Validated at start; a bad hash cannot match anything anyway.
+                let hash = crate::token::parse_hash(&t.hash).ok()?;
+                let limiter = NonZeroU32::new(t.rate_limit).map(|rate| {
+                    let burst = NonZeroU32::new(t.burst).unwrap_or(rate);
+                    governor::RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+                });
+                let caller = Caller {
+                    name: t.name.clone(),
+                    role: Some(t.role),
+                };
+                Some((hash, Token { caller, limiter }))
+            })
+            .collect();
+        let mut by_path: HashMap<&'static str, Vec<(Method, Access)>> = HashMap::new();
+        for r in http_rules {
+            by_path
+                .entry(r.path)
+                .or_default()
+                .push((r.method.clone(), r.access));
+        }
+        let mut http = matchit::Router::new();
+        for (path, methods) in by_path {
+            // The router took the same paths, so they are valid here too.
+            let _ = http.insert(path, methods);
+        }
+        Auth {
+            inner: Arc::new(Inner {
+                tokens,
+                http,
+                grpc: GRPC_ROUTES.iter().copied().collect(),
+                protect_metrics: config.protect_metrics,
+                peer_mtls: config.tls.as_ref().is_some_and(|t| t.peer_mtls),
+            }),
+        }
+    }
+
+    /// What a request needs: its rule, or admin when no rule names it.
+    pub fn access(&self, method: &Method, path: &str) -> Access {
+        if let Some(a) = self.inner.grpc.get(path) {
+            return *a;
+        }
+        let rule = self.inner.http.at(path).ok().and_then(|m| {
+            m.value
+                .iter()
+                .find(|(rm, _)| rm == method || (method == Method::HEAD && rm == Method::GET))
+                .map(|(_, a)| *a)
+        });
+        match rule {
+            Some(Access::Metrics) if !self.inner.protect_metrics => Access::Open,
+            Some(a) => a,
+            None => Access::Admin,
+        }
+    }
+
+    /// Checks a request's `authorization` value against what it needs.
+    pub fn check(&self, access: Access, authorization: Option<&str>) -> Result<Caller, Error> {
+        if self.inner.tokens.is_empty() || access == Access::Open {
+            return Ok(Caller {
+                name: "anonymous".into(),
+                role: None,
+            });
+        }
+        let presented = authorization
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| {
+                Error::Unauthenticated(
+                    "this needs a token: send `Authorization: Bearer TOKEN` (the CLI: --token or DROVER_TOKEN)".into(),
+                )
+            })?;
+        let token = self
+            .inner
+            .tokens
+            .get(&crate::token::hash(presented))
+            .ok_or_else(|| {
+                Error::Unauthenticated(
+                    "the token is not one this node knows; check it against the [[tokens]] in its config".into(),
+                )
+            })?;
+        let role = token.caller.role.unwrap_or(Role::Admin);
+        if !access.allows(role) {
+            return Err(Error::PermissionDenied(format!(
+                "token {:?} has role {}, which may not do this (it needs {})",
+                token.caller.name,
+                role.as_str(),
+                access.needs()
+            )));
+        }
+        if let Some(limiter) = &token.limiter {
+            if let Err(not_until) = limiter.check() {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                return Err(Error::RateLimited {
+                    token: token.caller.name.clone(),
+                    retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+                });
+            }
+        }
+        Ok(token.caller.clone())
+    }
+}
+
+impl Access {
+    /// The roles that pass, for an error message.
+    fn needs(self) -> &'static str {
+        match self {
+            Access::Open | Access::Any => "any token",
+            Access::Metrics | Access::Read => "read, operate or admin",
+            Access::Operate => "operate or admin",
+            Access::Admin => "admin",
+            Access::Produce => "producer or admin",
+            Access::ReadJob => "read, operate, admin or producer",
+            Access::Cancel => "operate, admin, or the producer that enqueued the job",
+            Access::Work => "worker",
+            Access::Peer => "peer",
+        }
+    }
+}
+
+/// Whether a request is a gRPC call (its errors are statuses, not JSON).
+pub fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// The middleware: refuses a request its caller may not make (HTTP 401,
+/// 403, 429 in the admin API's error shape; gRPC UNAUTHENTICATED,
+/// PERMISSION_DENIED, RESOURCE_EXHAUSTED), and hands the [`Caller`] on.
+pub async fn middleware(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
+    let access = auth.access(req.method(), req.uri().path());
+    let header = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let certified = req
+        .extensions()
+        .get::<crate::api::listen::ConnInfo>()
+        .is_some_and(|c| c.verified_client_cert);
+    let checked = if access == Access::Peer && auth.inner.peer_mtls && !certified {
+        Err(Error::Unauthenticated(
+            "peer traffic needs a client certificate signed by the cluster CA (tls.peer_mtls is on)".into(),
+        ))
+    } else {
+        auth.check(access, header)
+    };
+    match checked {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => {
+            tracing::warn!(event = "request_refused", path = %req.uri().path(), code = e.code(), reason = %e, "request refused");
+            if is_grpc(req.headers()) {
+                tonic::Status::from(e).into_http()
+            } else {
+                e.into_response()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_reach_what_their_access_names_and_nothing_else() {
+        use Role as R;
+        let table = [
+            (Access::Read, vec![R::Read, R::Operate, R::Admin]),
+            (Access::Operate, vec![R::Operate, R::Admin]),
+            (Access::Admin, vec![R::Admin]),
+            (Access::Produce, vec![R::Producer, R::Admin]),
+            (
+                Access::ReadJob,
+                vec![R::Read, R::Operate, R::Admin, R::Producer],
+            ),
+            (Access::Cancel, vec![R::Operate, R::Admin, R::Producer]),
+            (Access::Work, vec![R::Worker]),
+            (Access::Peer, vec![R::Peer]),
+        ];
+        for (access, allowed) in table {
+            for role in Role::ALL {
+                assert_eq!(
+                    access.allows(role),
+                    allowed.contains(&role),
+                    "{access:?} {role:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The node and its cluster: stats, members and their changes, the digest,
+//! and backups.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::{body, id_param, query, HttpState};
+use crate::api::types::{AddMemberBody, DigestBody, MembersBody, NodeRefBody, StatsBody};
+use crate::api::ErrorResponses;
+use crate::error::Error;
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct StatsQuery {
+    /// `ok`: answer from this node's state without asking the leader.
+    #[serde(default)]
+    stale: Option<String>,
+}
+
+/// Queue depths, totals and connected workers; current as of the request
+/// (read index) unless `?stale=ok`, which any node answers from what it has
+/// applied, even with no leader.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "cluster", params(StatsQuery),
+    responses((status = 200, body = StatsBody), ErrorResponses))]
+pub(super) async fn stats(
+    State(s): State<HttpState>,
+    q: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Json<StatsBody>, Error> {
+    match query(q)?.stale.as_deref() {
+        Some("ok") => {}
+        None => s.app.router.read_barrier().await?,
+        Some(other) => {
+            return Err(Error::invalid(
+                "stale",
+                format!("{other:?} is not `ok`; leave it out for a current answer"),
+            ))
+        }
+    }
+    let stats = s.app.driver.stats();
+    Ok(Json(StatsBody {
+        node: (&s.app.driver.status()).into(),
+        queues: stats
+            .queues
+            .iter()
+            .map(|(q, c)| (q.clone(), c.into()))
+            .collect(),
+        totals: (&stats.totals).into(),
+        workers: s.app.workers.list().into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct RemoveQuery {
+    /// Remove it even if the voters left would have no reachable majority.
+    #[serde(default)]
+    force: bool,
+}
+
+/// The cluster as its leader sees it: members, match indexes, reachability.
+#[utoipa::path(get, path = "/api/v1/cluster/members", tag = "cluster",
+    responses((status = 200, body = MembersBody), ErrorResponses))]
+pub(super) async fn members(State(s): State<HttpState>) -> Result<Json<MembersBody>, Error> {
+    Ok(Json((&s.app.router.members().await?).into()))
+}
+
+/// Add a node (started first with `join = true`); it votes once caught up.
+#[utoipa::path(post, path = "/api/v1/cluster/members", tag = "cluster",
+    request_body = AddMemberBody,
+    responses((status = 200, body = MembersBody), ErrorResponses))]
+pub(super) async fn add_member(
+    State(s): State<HttpState>,
+    b: Result<Json<AddMemberBody>, JsonRejection>,
+) -> Result<Json<MembersBody>, Error> {
+    let b = body(b)?;
+    let status = crate::cluster::admin::add(&s.app.router, b.id, &b.addr).await?;
+    Ok(Json((&status).into()))
+}
+
+/// Remove a node. Refused if the voters left would have no reachable
+/// majority, unless `force`.
+#[utoipa::path(delete, path = "/api/v1/cluster/members/{id}", tag = "cluster",
+    params(("id" = u64, Path, minimum = 1), RemoveQuery),
+    responses((status = 200, body = MembersBody), ErrorResponses))]
+pub(super) async fn remove_member(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    q: Result<Query<RemoveQuery>, QueryRejection>,
+) -> Result<Json<MembersBody>, Error> {
+    let q = query(q)?;
+    let id = id_param("id", &id, "a node id")?;
+    let status = crate::cluster::admin::remove(&s.app.router, id, q.force).await?;
+    Ok(Json((&status).into()))
+}
+
+/// Make another node the leader.
+#[utoipa::path(post, path = "/api/v1/cluster/transfer-leader", tag = "cluster",
+    request_body = NodeRefBody,
+    responses((status = 200, body = MembersBody), ErrorResponses))]
+pub(super) async fn transfer_leader(
+    State(s): State<HttpState>,
+    b: Result<Json<NodeRefBody>, JsonRejection>,
+) -> Result<Json<MembersBody>, Error> {
+    let b = body(b)?;
+    let status = crate::cluster::admin::transfer_leader(&s.app.router, b.id).await?;
+    Ok(Json((&status).into()))
+}
+
+/// A consistent backup: takes a snapshot now and streams its file.
+#[utoipa::path(get, path = "/api/v1/snapshot", tag = "cluster",
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), ErrorResponses))]
+pub(super) async fn snapshot(State(s): State<HttpState>) -> Result<Response, Error> {
+    let path = s.app.driver.snapshot_now().await?;
+    let io = |source| Error::DataDir {
+        path: path.clone(),
+        source,
+    };
+    let file = tokio::fs::File::open(&path).await.map_err(io)?;
+    let len = file.metadata().await.map_err(io)?.len();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A digest of this node's machine state: nodes that applied the same log
+/// have the same digest (compare them on a quiet cluster).
+#[utoipa::path(get, path = "/api/v1/debug/digest", tag = "cluster",
+    responses((status = 200, body = DigestBody), ErrorResponses))]
+pub(super) async fn digest(State(s): State<HttpState>) -> Result<Json<DigestBody>, Error> {
+    let (applied_index, digest) = s.app.driver.reader().digest()?;
+    Ok(Json(DigestBody {
+        node_id: s.app.config.node_id,
+        applied_index,
+        digest: format!("{digest:016x}"),
+    }))
+}

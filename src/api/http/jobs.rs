@@ -1,0 +1,106 @@
+//! Jobs: enqueue one, read one, cancel one.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use base64::Engine as _;
+
+use super::{body, id_param, HttpState};
+use crate::api::auth::Caller;
+use crate::api::types::{CancelledBody, EnqueueBody, EnqueuedBody, JobBody, JobStateBody};
+use crate::api::ErrorResponses;
+use crate::error::Error;
+use crate::job::JobRequest;
+
+fn into_request(b: EnqueueBody, queue: String) -> Result<JobRequest, Error> {
+    let payload = match (b.payload, b.payload_base64) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                "payload",
+                "give payload or payload_base64, not both",
+            ))
+        }
+        (Some(text), None) => bytes::Bytes::from(text),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| Error::invalid("payload_base64", format!("not valid base64: {e}")))?
+            .into(),
+        (None, None) => bytes::Bytes::new(),
+    };
+    let delay_ms = match (b.delay_ms, b.delay) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid("delay", "give delay or delay_ms, not both"))
+        }
+        (Some(ms), None) => ms,
+        (None, Some(d)) => crate::wire::parse_duration_ms(&d, crate::wire::MAX_DELAY)
+            .map_err(|reason| Error::invalid("delay", reason))?,
+        (None, None) => 0,
+    };
+    Ok(JobRequest {
+        queue,
+        job_type: b.job_type,
+        tenant: b.tenant,
+        run_id: b.run_id,
+        priority: b.priority,
+        payload,
+        idempotency_key: b.idempotency_key,
+        delay_ms,
+        labels: b.labels,
+    })
+}
+
+/// Enqueue one job; answers once it is durable.
+#[utoipa::path(post, path = "/api/v1/queues/{queue}/jobs", tag = "jobs",
+    params(("queue" = String, Path, description = "A-Z a-z 0-9 _ . -, at most 128")),
+    request_body = EnqueueBody,
+    responses((status = 201, body = EnqueuedBody), ErrorResponses))]
+pub(super) async fn enqueue(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(queue): Path<String>,
+    b: Result<Json<EnqueueBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<EnqueuedBody>), Error> {
+    let req = into_request(body(b)?, queue)?;
+    let ids = s.app.enqueue(&caller, vec![req]).await?;
+    let e = ids
+        .first()
+        .ok_or_else(|| Error::Driver("an enqueue of one job answered no id".into()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnqueuedBody {
+            id: e.id,
+            duplicate: e.duplicate,
+        }),
+    ))
+}
+
+/// One job: its record, payload, result and timeline.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = u64, Path, minimum = 1)),
+    responses((status = 200, body = JobBody), ErrorResponses))]
+pub(super) async fn get_job(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobBody>, Error> {
+    let id = id_param("id", &id, "a job id")?;
+    Ok(Json(s.app.get_job(id).await?.into()))
+}
+
+/// Cancel a job that has not finished.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = u64, Path, minimum = 1)),
+    responses((status = 200, body = CancelledBody), ErrorResponses))]
+pub(super) async fn cancel(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<CancelledBody>, Error> {
+    let id = id_param("id", &id, "a job id")?;
+    let was = s.app.cancel(&caller, id).await?;
+    Ok(Json(CancelledBody {
+        id,
+        state: JobStateBody::Cancelled,
+        was: was.into(),
+    }))
+}

@@ -1,0 +1,178 @@
+//! The HTTP admin API (JSON under `/api/v1`) and the probes `/health`,
+//! `/ready` and `/metrics`. Every route is declared once, in [`routes`], with
+//! the [`Access`] it needs: the router, the auth middleware, the OpenAPI
+//! document's test and the auth test all read that one list. Handlers take
+//! and answer the typed bodies of [`crate::api::types`]; errors take their
+//! shape from [`Error`]'s `IntoResponse`.
+
+mod cluster;
+mod jobs;
+pub mod openapi;
+mod probes;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query};
+use axum::http::Method;
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::{Json, Router};
+
+use crate::api::auth::{Access, Auth, Rule};
+use crate::api::App;
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub(crate) struct HttpState {
+    app: App,
+    metrics: Metrics,
+}
+
+fn route(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: MethodRouter<HttpState>,
+) -> (Rule, MethodRouter<HttpState>) {
+    (
+        Rule {
+            method,
+            path,
+            access,
+        },
+        handler,
+    )
+}
+
+/// Every HTTP route: method, path, who may call it, and its handler.
+fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
+    use Access::*;
+    vec![
+        route(Method::GET, "/health", Open, get(probes::health)),
+        route(Method::GET, "/ready", Open, get(probes::ready)),
+        route(Method::GET, "/metrics", Metrics, get(probes::metrics_text)),
+        route(
+            Method::GET,
+            "/api/v1/openapi.json",
+            Open,
+            get(openapi::document),
+        ),
+        route(Method::GET, "/api/v1/stats", Read, get(cluster::stats)),
+        route(
+            Method::POST,
+            "/api/v1/queues/{queue}/jobs",
+            Produce,
+            post(jobs::enqueue),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/jobs/{id}",
+            ReadJob,
+            get(jobs::get_job),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/jobs/{id}/cancel",
+            Cancel,
+            post(jobs::cancel),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/cluster/members",
+            Read,
+            get(cluster::members),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/cluster/members",
+            Admin,
+            post(cluster::add_member),
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/cluster/members/{id}",
+            Admin,
+            delete(cluster::remove_member),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/cluster/transfer-leader",
+            Admin,
+            post(cluster::transfer_leader),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/debug/digest",
+            Read,
+            get(cluster::digest),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/snapshot",
+            Admin,
+            get(cluster::snapshot),
+        ),
+    ]
+}
+
+/// The rules of every HTTP route, for the auth middleware and the tests.
+pub fn rules() -> Vec<Rule> {
+    routes().into_iter().map(|(rule, _)| rule).collect()
+}
+
+/// The admin API's router, without auth (the node puts the auth middleware
+/// in front of it and the gRPC services together).
+pub fn router(app: App, metrics: Metrics) -> Router {
+    // Room for the largest payload base64-encoded plus the other fields.
+    let body_limit = app.config.limits.max_payload_bytes * 4 / 3 + 64 * 1024;
+    let mut router = Router::new();
+    for (rule, handler) in routes() {
+        router = router.route(rule.path, handler);
+    }
+    router
+        .fallback(probes::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(HttpState { app, metrics })
+}
+
+/// The auth middleware over a router.
+pub fn with_auth(router: Router, auth: Auth) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        auth,
+        crate::api::auth::middleware,
+    ))
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
+    body.map(|Json(b)| b).map_err(|e| {
+        let text = e.body_text();
+        Error::invalid(json_field(&text).unwrap_or_else(|| "body".into()), text)
+    })
+}
+
+/// The field a JSON rejection is about, from axum's text: it puts the
+/// path in front of serde's message ("...target type: priority: invalid
+/// type"), and serde names an unknown field in backquotes.
+fn json_field(text: &str) -> Option<String> {
+    if let Some(rest) = text.split("unknown field `").nth(1) {
+        return rest.split('`').next().map(str::to_string);
+    }
+    let rest = text.split("target type: ").nth(1)?;
+    let (path, _) = rest.split_once(": ")?;
+    let plain = !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
+    plain.then(|| path.to_string())
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Error> {
+    q.map(|Query(q)| q)
+        .map_err(|e| Error::invalid("query", e.body_text()))
+}
+
+fn id_param(name: &'static str, raw: &str, what: &str) -> Result<u64, Error> {
+    raw.parse()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| Error::invalid(name, format!("{raw:?} is not {what} (a positive integer)")))
+}

@@ -1,0 +1,49 @@
+//! The OpenAPI document of the admin API, generated from the handlers'
+//! annotations and the typed bodies, served at `/api/v1/openapi.json`.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "drover admin API", description = "Jobs, queues and the cluster. Send `Authorization: Bearer TOKEN` when the node has tokens."),
+    paths(
+        super::probes::health,
+        super::probes::ready,
+        super::probes::metrics_text,
+        document,
+        super::cluster::stats,
+        super::jobs::enqueue,
+        super::jobs::get_job,
+        super::jobs::cancel,
+        super::cluster::members,
+        super::cluster::add_member,
+        super::cluster::remove_member,
+        super::cluster::transfer_leader,
+        super::cluster::digest,
+        super::cluster::snapshot,
+    ),
+    modifiers(&Bearer),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "probes", security(()),
+    responses((status = 200, body = Object)))]
+pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,468 @@
+//! The admin API's bodies: what `/api/v1` takes and answers, as typed
+//! structs. They are the contract (the OpenAPI document is generated from
+//! them, the CLI decodes them), so they are separate from the machine's own
+//! records, which may change shape without the API changing.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::JobView;
+use crate::job::{Job, JobEvent};
+
+/// Every error the admin API answers: `{"error": {...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorInfo {
+    /// Stable and snake_case, for scripts: `invalid_argument`, `not_found`,
+    /// `unauthenticated`, `permission_denied`, `rate_limited`, `no_leader`...
+    pub code: String,
+    /// For people: what was wrong and what to do.
+    pub message: String,
+    /// What the code needs to say more: `field` for invalid arguments,
+    /// `retry_after_ms` and `retry_safe` for passing failures.
+    #[serde(default)]
+    pub details: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`: the process answers.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Ready {
+    pub ready: bool,
+    /// The leader this node knows (0: none).
+    pub leader_id: u64,
+    /// Why the node is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /api/v1/queues/{queue}/jobs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueBody {
+    /// The job type, which retry policies key on.
+    #[serde(rename = "type", default)]
+    pub job_type: String,
+    #[serde(default)]
+    pub tenant: String,
+    /// Groups jobs into a run, for budgets.
+    #[serde(default)]
+    pub run_id: String,
+    /// 1 (highest) to 5 (lowest); 0 or absent means 3.
+    #[serde(default)]
+    pub priority: u32,
+    /// Payload as text.
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// Payload as base64, for binary payloads.
+    #[serde(default)]
+    pub payload_base64: Option<String>,
+    /// Names the job: an enqueue with a key already used answers the first
+    /// job's id, marked duplicate.
+    #[serde(default)]
+    pub idempotency_key: String,
+    /// Wait this many milliseconds before the job is ready.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// Wait this long before the job is ready: "30s", "5m".
+    #[serde(default)]
+    pub delay: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnqueuedBody {
+    pub id: u64,
+    /// The idempotency key named an existing job, whose id this is.
+    pub duplicate: bool,
+}
+
+/// A job's state, as the API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStateBody {
+    Scheduled,
+    Ready,
+    Leased,
+    Succeeded,
+    Dead,
+    Cancelled,
+}
+
+impl From<crate::job::JobState> for JobStateBody {
+    fn from(s: crate::job::JobState) -> JobStateBody {
+        use crate::job::JobState as S;
+        match s {
+            S::Scheduled => JobStateBody::Scheduled,
+            S::Ready => JobStateBody::Ready,
+            S::Leased => JobStateBody::Leased,
+            S::Succeeded => JobStateBody::Succeeded,
+            S::Dead => JobStateBody::Dead,
+            S::Cancelled => JobStateBody::Cancelled,
+        }
+    }
+}
+
+impl JobStateBody {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStateBody::Scheduled => "scheduled",
+            JobStateBody::Ready => "ready",
+            JobStateBody::Leased => "leased",
+            JobStateBody::Succeeded => "succeeded",
+            JobStateBody::Dead => "dead",
+            JobStateBody::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaseBody {
+    pub worker: String,
+    pub attempt: u32,
+    /// When the lease expires unless heartbeated (ms since the epoch).
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProgressBody {
+    pub fraction: f32,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventBody {
+    pub at_ms: u64,
+    pub what: String,
+}
+
+/// A job as read back: its record, and its payload and result as text when
+/// they are UTF-8, as base64 otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobBody {
+    pub id: u64,
+    pub queue: String,
+    pub job_type: String,
+    pub tenant: String,
+    pub run_id: String,
+    pub priority: u8,
+    pub state: JobStateBody,
+    pub attempts: u32,
+    pub idempotency_key: String,
+    pub labels: BTreeMap<String, String>,
+    pub enqueued_at_ms: u64,
+    pub run_at_ms: u64,
+    pub lease: Option<LeaseBody>,
+    pub progress: Option<ProgressBody>,
+    pub last_error_class: String,
+    pub last_error: String,
+    pub finished_at_ms: u64,
+    /// The job's timeline, oldest first.
+    pub events: Vec<EventBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_base64: Option<String>,
+}
+
+fn text_or_base64(b: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(b) {
+        Ok(s) => (Some(s.to_string()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(b)),
+        ),
+    }
+}
+
+impl From<JobView> for JobBody {
+    fn from(v: JobView) -> JobBody {
+        let (payload, payload_base64) = text_or_base64(&v.payload);
+        let (result, result_base64) = text_or_base64(&v.result);
+        let Job {
+            id,
+            queue,
+            job_type,
+            tenant,
+            run_id,
+            priority,
+            state,
+            attempts,
+            idempotency_key,
+            labels,
+            enqueued_at_ms,
+            run_at_ms,
+            lease,
+            progress,
+            last_error_class,
+            last_error,
+            finished_at_ms,
+            events,
+        } = v.job;
+        JobBody {
+            id,
+            queue,
+            job_type,
+            tenant,
+            run_id,
+            priority,
+            state: state.into(),
+            attempts,
+            idempotency_key,
+            labels,
+            enqueued_at_ms,
+            run_at_ms,
+            lease: lease.map(|l| LeaseBody {
+                worker: l.worker,
+                attempt: l.attempt,
+                deadline_ms: l.deadline_ms,
+            }),
+            progress: progress.map(|p| ProgressBody {
+                fraction: p.fraction,
+                message: p.message,
+            }),
+            last_error_class,
+            last_error,
+            finished_at_ms,
+            events: events
+                .into_iter()
+                .map(|JobEvent { at_ms, what }| EventBody { at_ms, what })
+                .collect(),
+            payload,
+            payload_base64,
+            result,
+            result_base64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CancelledBody {
+    pub id: u64,
+    /// Always `cancelled`.
+    pub state: JobStateBody,
+    /// The state the job was in.
+    pub was: JobStateBody,
+}
+
+/// A node's part in its raft group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleBody {
+    Follower,
+    Candidate,
+    Precandidate,
+    Leader,
+}
+
+impl From<crate::driver::Role> for RoleBody {
+    fn from(r: crate::driver::Role) -> RoleBody {
+        use crate::driver::Role as R;
+        match r {
+            R::Follower => RoleBody::Follower,
+            R::Candidate => RoleBody::Candidate,
+            R::PreCandidate => RoleBody::Precandidate,
+            R::Leader => RoleBody::Leader,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeBody {
+    pub node_id: u64,
+    pub role: RoleBody,
+    pub term: u64,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+}
+
+impl From<&crate::driver::NodeStatus> for NodeBody {
+    fn from(s: &crate::driver::NodeStatus) -> NodeBody {
+        NodeBody {
+            node_id: s.node_id,
+            role: s.role.into(),
+            term: s.term,
+            leader_id: s.leader_id,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            last_index: s.last_index,
+        }
+    }
+}
+
+/// Jobs of one queue by state.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueBody {
+    /// Ready jobs by priority, 1 to 5.
+    pub ready: [u64; 5],
+    pub scheduled: u64,
+    pub leased: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+impl From<&crate::machine::QueueCounts> for QueueBody {
+    fn from(c: &crate::machine::QueueCounts) -> QueueBody {
+        QueueBody {
+            ready: c.ready,
+            scheduled: c.scheduled,
+            leased: c.leased,
+            succeeded: c.succeeded,
+            dead: c.dead,
+            cancelled: c.cancelled,
+        }
+    }
+}
+
+/// Counters since this node opened its state (a restart resets them).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TotalsBody {
+    pub enqueued: u64,
+    pub dispatched: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub requeued: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+impl From<&crate::machine::Totals> for TotalsBody {
+    fn from(t: &crate::machine::Totals) -> TotalsBody {
+        TotalsBody {
+            enqueued: t.enqueued,
+            dispatched: t.dispatched,
+            completed: t.completed,
+            failed: t.failed,
+            retried: t.retried,
+            requeued: t.requeued,
+            dead: t.dead,
+            cancelled: t.cancelled,
+        }
+    }
+}
+
+/// A worker connected to the node that answered.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkerBody {
+    pub worker_id: String,
+    pub queues: Vec<String>,
+    /// Most jobs it holds at once.
+    pub capacity: u32,
+    /// Jobs it holds now.
+    pub in_flight: u32,
+    pub connected_at_ms: u64,
+    /// Asked to stop: finishes what it holds, takes nothing new.
+    pub draining: bool,
+}
+
+impl From<crate::workers::WorkerInfo> for WorkerBody {
+    fn from(w: crate::workers::WorkerInfo) -> WorkerBody {
+        WorkerBody {
+            worker_id: w.worker_id,
+            queues: w.queues,
+            capacity: w.capacity,
+            in_flight: w.in_flight,
+            connected_at_ms: w.connected_at_ms,
+            draining: w.draining,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatsBody {
+    pub node: NodeBody,
+    pub queues: BTreeMap<String, QueueBody>,
+    pub totals: TotalsBody,
+    /// Workers connected to this node.
+    pub workers: Vec<WorkerBody>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemberBody {
+    pub id: u64,
+    /// The address its peers reach it on.
+    pub addr: String,
+    /// A voter; otherwise a learner catching up.
+    pub voter: bool,
+    /// How far its log matches the leader's (known on the leader only).
+    pub match_index: Option<u64>,
+    /// Whether the leader hears from it (known on the leader only).
+    pub reachable: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MembersBody {
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    /// The node that answered.
+    pub seen_from: u64,
+    pub members: Vec<MemberBody>,
+}
+
+impl From<&crate::driver::NodeStatus> for MembersBody {
+    fn from(s: &crate::driver::NodeStatus) -> MembersBody {
+        MembersBody {
+            leader_id: s.leader_id,
+            term: s.term,
+            commit_index: s.commit_index,
+            seen_from: s.node_id,
+            members: s
+                .members
+                .iter()
+                .map(|m| MemberBody {
+                    id: m.id,
+                    addr: m.addr.clone(),
+                    voter: m.voter,
+                    match_index: m.match_index,
+                    reachable: m.reachable,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `POST /api/v1/cluster/members`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberBody {
+    pub id: u64,
+    /// The gRPC address the new node's peers reach it on, `host:port`.
+    pub addr: String,
+}
+
+/// `POST /api/v1/cluster/transfer-leader`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRefBody {
+    pub id: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DigestBody {
+    pub node_id: u64,
+    pub applied_index: u64,
+    /// Hex; nodes that applied the same log have the same digest.
+    pub digest: String,
+}
