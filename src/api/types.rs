@@ -271,6 +271,17 @@ pub enum RoleBody {
     Leader,
 }
 
+impl RoleBody {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleBody::Follower => "follower",
+            RoleBody::Candidate => "candidate",
+            RoleBody::Precandidate => "precandidate",
+            RoleBody::Leader => "leader",
+        }
+    }
+}
+
 impl From<crate::driver::Role> for RoleBody {
     fn from(r: crate::driver::Role) -> RoleBody {
         use crate::driver::Role as R;

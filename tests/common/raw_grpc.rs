@@ -41,6 +41,18 @@ pub async fn call(
     limit: Duration,
     max_messages: usize,
 ) -> RawReply {
+    call_with_headers(addr, path, &[], chunks, limit, max_messages).await
+}
+
+/// [`call`] with extra request headers (metadata), such as `authorization`.
+pub async fn call_with_headers(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    chunks: Vec<Bytes>,
+    limit: Duration,
+    max_messages: usize,
+) -> RawReply {
     let addr = addr.trim_start_matches("http://").to_string();
     let work = async {
         let tcp = tokio::net::TcpStream::connect(&addr)
@@ -55,7 +67,11 @@ pub async fn call(
             let _ = conn.await;
         });
         let mut client = client.ready().await.expect("h2 ready");
-        let request = http::Request::builder()
+        let mut request = http::Request::builder();
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
             .method("POST")
             .uri(format!("http://{addr}{path}"))
             .header("content-type", "application/grpc")

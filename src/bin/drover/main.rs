@@ -1,0 +1,106 @@
+//! The `drover` binary: the command line, one module per command family,
+//! each calling into the library (a node, the Rust clients, the typed
+//! admin client).
+
+mod admin;
+mod cluster;
+mod jobs;
+mod local;
+mod serve;
+mod snapshot;
+mod status;
+mod target;
+mod worker;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "drover",
+    version,
+    about = "A job queue in one binary: Raft-replicated, sled-backed, gRPC workers."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node. With no config file it uses the defaults of config/drover.toml.
+    Serve(serve::ServeArgs),
+    /// Enqueue jobs and print their ids.
+    Enqueue(jobs::EnqueueArgs),
+    /// Run a worker that executes a shell command once per job.
+    Worker(worker::WorkerArgs),
+    /// Show the node, its queues and connected workers.
+    Status(target::Target),
+    /// Read and cancel jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCmd,
+    },
+    /// Inspect and change the cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCmd,
+    },
+    /// Back up and restore the state.
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot::SnapshotCmd,
+    },
+    /// Measure throughput and latency (see BENCH.md).
+    Bench(drover::bench::BenchArgs),
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: local::ConfigCmd,
+    },
+    /// Make bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: local::TokenCmd,
+    },
+}
+
+/// mimalloc: about 8% more enqueues/s than glibc's malloc in `drover bench`
+/// (10.6k vs 9.8k, same session), same RSS; the hot path allocates per request.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Serve(_) | Cmd::Worker(_)) {
+        // A command piped into `head` ends quietly when the pipe closes,
+        // as other command-line tools do, instead of failing on the write.
+        // SAFETY: called before any thread starts; SIG_DFL is always valid.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    // One crypto provider for every TLS user (server, tonic, reqwest).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Serve(a) => serve::run(a).await,
+            Cmd::Enqueue(a) => jobs::enqueue(a).await,
+            Cmd::Worker(a) => worker::run(a).await,
+            Cmd::Status(t) => status::run(t).await,
+            Cmd::Jobs { command } => jobs::run(command).await,
+            Cmd::Cluster { command } => cluster::run(command).await,
+            Cmd::Snapshot { command } => snapshot::run(command).await,
+            Cmd::Bench(a) => {
+                serve::init_tracing("text", "warn");
+                drover::bench::run(a).await.map_err(Into::into)
+            }
+            Cmd::Config { command } => local::config(command),
+            Cmd::Token { command } => local::token(command),
+        }
+    })
+}

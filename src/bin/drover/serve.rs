@@ -1,0 +1,90 @@
+//! `drover serve`: runs a node until SIGTERM or ctrl-c.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use drover::Config;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// TOML config file; every key is optional.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    grpc_addr: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    http_addr: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    node_id: Option<u64>,
+}
+
+pub fn init_tracing(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+pub async fn run(a: ServeArgs) -> Result<()> {
+    let mut config = match &a.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = a.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = a.grpc_addr {
+        config.grpc_addr = v;
+    }
+    if let Some(v) = a.http_addr {
+        config.http_addr = v;
+    }
+    if let Some(v) = a.node_id {
+        config.node_id = v;
+    }
+    config.validate()?;
+    init_tracing(&config.log.format, &config.log.level);
+    if config.tokens.is_empty() {
+        tracing::warn!(
+            event = "no_tokens",
+            "no [[tokens]] configured: anyone who can reach this node's loopback ports may do anything; add tokens before exposing it"
+        );
+    }
+    let node = drover::node::Node::start(config).await?;
+    // One line on stdout that scripts and tests can wait for.
+    println!(
+        "drover node {} ready grpc={} http={}",
+        node.app.config.node_id, node.grpc_addr, node.http_addr
+    );
+    let stop = node.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.send_replace(true);
+    });
+    node.wait().await?;
+    Ok(())
+}
+
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

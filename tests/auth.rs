@@ -1,0 +1,335 @@
+//! Who may call what, over real sockets: every HTTP route (as the router
+//! is built from them) and every gRPC method (as the proto declares them)
+//! is called with no token, a wrong token and each role's token, and
+//! answers only the roles its rule names. A new route or rpc without a rule
+//! fails here.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::raw_grpc;
+use common::*;
+use drover::api::auth::{Access, GRPC_ROUTES};
+use drover::config::Role;
+
+/// A node with one token per role; returns it and the tokens by role.
+fn node_with_tokens() -> (TestNode, Vec<(Role, String)>) {
+    let mut config = String::new();
+    let mut tokens = Vec::new();
+    for role in Role::ALL {
+        let (token, hash) = drover::token::generate().unwrap();
+        config.push_str(&format!(
+            "[[tokens]]\nname = \"{}-token\"\nrole = \"{}\"\nhash = \"{hash}\"\n",
+            role.as_str(),
+            role.as_str()
+        ));
+        tokens.push((role, token));
+    }
+    (TestNode::start(&config), tokens)
+}
+
+/// Whose credentials a call carries.
+#[derive(Debug, Clone)]
+enum Who {
+    Nobody,
+    Stranger,
+    Role(Role, String),
+}
+
+impl Who {
+    fn header(&self) -> Option<String> {
+        match self {
+            Who::Nobody => None,
+            Who::Stranger => Some(
+                "Bearer drv_0000000000000000000000000000000000000000000000000000000000000000"
+                    .into(),
+            ),
+            Who::Role(_, t) => Some(format!("Bearer {t}")),
+        }
+    }
+
+    /// What the rule says this caller gets: Ok (passes auth), or the HTTP
+    /// status of the refusal.
+    fn expect(&self, access: Access) -> Result<(), u16> {
+        // These nodes leave /metrics open (protect_metrics = false).
+        if access == Access::Open || access == Access::Metrics {
+            return Ok(());
+        }
+        match self {
+            Who::Nobody | Who::Stranger => Err(401),
+            Who::Role(role, _) if access.allows(*role) => Ok(()),
+            Who::Role(..) => Err(403),
+        }
+    }
+}
+
+fn everyone(tokens: &[(Role, String)]) -> Vec<Who> {
+    let mut all = vec![Who::Nobody, Who::Stranger];
+    all.extend(tokens.iter().map(|(r, t)| Who::Role(*r, t.clone())));
+    all
+}
+
+/// A concrete path and body for a route.
+fn concrete(path: &str) -> (String, Option<serde_json::Value>) {
+    let p = path.replace("{queue}", "q").replace("{id}", "1");
+    let body = match path {
+        "/api/v1/queues/{queue}/jobs" => Some(serde_json::json!({"payload": "x"})),
+        "/api/v1/cluster/members" => Some(serde_json::json!({"id": 9, "addr": "127.0.0.1:1"})),
+        "/api/v1/cluster/transfer-leader" => Some(serde_json::json!({"id": 1})),
+        _ => None,
+    };
+    (p, body)
+}
+
+#[tokio::test]
+async fn every_http_route_answers_only_the_roles_its_rule_names() {
+    let (node, tokens) = node_with_tokens();
+    let http = reqwest::Client::new();
+    let producer = &tokens.iter().find(|(r, _)| *r == Role::Producer).unwrap().1;
+    // Job 1 belongs to the producer, so its cancel passes the handler too.
+    let resp = http
+        .post(format!("{}/api/v1/queues/q/jobs", node.http))
+        .bearer_auth(producer)
+        .json(&serde_json::json!({"payload": "mine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
+    let rules = drover::api::http::rules();
+    assert!(rules.len() >= 14, "the route list is the router's");
+    let mut checked = 0;
+    for rule in &rules {
+        let (path, body) = concrete(rule.path);
+        for who in everyone(&tokens) {
+            let mut req = http.request(rule.method.clone(), format!("{}{path}", node.http));
+            if let Some(h) = who.header() {
+                req = req.header("authorization", h);
+            }
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            match who.expect(rule.access) {
+                Ok(()) => assert!(
+                    status != 401 && status != 403,
+                    "{} {path} as {who:?}: {status}, the rule ({:?}) lets it in",
+                    rule.method,
+                    rule.access
+                ),
+                Err(want) => {
+                    assert_eq!(
+                        status, want,
+                        "{} {path} as {who:?} ({:?})",
+                        rule.method, rule.access
+                    );
+                    let body: serde_json::Value = resp.json().await.unwrap();
+                    let code = if want == 401 {
+                        "unauthenticated"
+                    } else {
+                        "permission_denied"
+                    };
+                    assert_eq!(body["error"]["code"], code, "{body}");
+                }
+            }
+            checked += 1;
+        }
+    }
+    println!("{checked} HTTP calls checked");
+}
+
+#[tokio::test]
+async fn a_producer_cancels_its_own_jobs_only() {
+    let (node, tokens) = node_with_tokens();
+    let token = |role: Role| tokens.iter().find(|(r, _)| *r == role).unwrap().1.clone();
+    let http = reqwest::Client::new();
+    let enqueue = |t: String| {
+        http.post(format!("{}/api/v1/queues/q/jobs", node.http))
+            .bearer_auth(t)
+            .json(
+                &serde_json::json!({"payload": "x", "labels": {"drover.token": "producer-token"}}),
+            )
+            .send()
+    };
+    let by_admin: serde_json::Value = enqueue(token(Role::Admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by_producer: serde_json::Value = enqueue(token(Role::Producer))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cancel = |id: &serde_json::Value| {
+        http.post(format!("{}/api/v1/jobs/{id}/cancel", node.http))
+            .bearer_auth(token(Role::Producer))
+            .send()
+    };
+    // The admin's job claimed the producer's label; the node dropped it.
+    let resp = cancel(&by_admin["id"]).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = cancel(&by_producer["id"]).await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// The rpcs the proto declares, as gRPC paths.
+fn proto_rpcs() -> BTreeSet<String> {
+    let proto = include_str!("../proto/drover/v1/drover.proto");
+    let mut service = "";
+    let mut out = BTreeSet::new();
+    for line in proto.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("service ") {
+            service = rest.split_whitespace().next().unwrap_or("");
+        } else if let Some(rest) = line.strip_prefix("rpc ") {
+            let method = rest.split('(').next().unwrap_or("").trim();
+            out.insert(format!("/drover.v1.{service}/{method}"));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_rpc_of_the_proto_has_a_rule() {
+    let ruled: BTreeSet<String> = GRPC_ROUTES.iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(
+        proto_rpcs(),
+        ruled,
+        "each rpc needs a line in api::auth::GRPC_ROUTES"
+    );
+}
+
+#[tokio::test]
+async fn every_grpc_method_answers_only_the_roles_its_rule_names() {
+    let (node, tokens) = node_with_tokens();
+    let mut checked = 0;
+    for (path, access) in GRPC_ROUTES {
+        for who in everyone(&tokens) {
+            let auth = who.header();
+            let headers: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|h| vec![("authorization", h)])
+                .unwrap_or_default();
+            // One empty message: decodes as a default request of any type.
+            let reply = raw_grpc::call_with_headers(
+                &node.grpc,
+                path,
+                &headers,
+                vec![raw_grpc::frame(&[])],
+                Duration::from_secs(5),
+                1,
+            )
+            .await;
+            let status = reply.grpc_status;
+            match who.expect(*access) {
+                Ok(()) => assert!(
+                    status != Some(16) && status != Some(7),
+                    "{path} as {who:?}: grpc-status {status:?} {}, the rule ({access:?}) lets it in",
+                    reply.grpc_message
+                ),
+                Err(401) => assert_eq!(status, Some(16), "{path} as {who:?}: {}", reply.grpc_message),
+                Err(_) => assert_eq!(status, Some(7), "{path} as {who:?}: {}", reply.grpc_message),
+            }
+            checked += 1;
+        }
+    }
+    println!("{checked} gRPC calls checked");
+}
+
+#[test]
+fn openapi_documents_every_route_and_no_other() {
+    use utoipa::OpenApi;
+    let doc = drover::api::http::openapi::ApiDoc::openapi();
+    let mut documented = BTreeSet::new();
+    for (path, item) in &doc.paths.paths {
+        for (m, op) in [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("DELETE", &item.delete),
+            ("PATCH", &item.patch),
+        ] {
+            if op.is_some() {
+                documented.insert(format!("{m} {path}"));
+            }
+        }
+    }
+    let routed: BTreeSet<String> = drover::api::http::rules()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(documented, routed);
+}
+
+#[tokio::test]
+async fn without_tokens_a_node_refuses_a_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("open.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\ngrpc_addr = \"0.0.0.0:0\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("grpc_addr") && err.contains("tokens"), "{err}");
+}
+
+#[tokio::test]
+async fn a_token_over_its_rate_limit_gets_429_with_retry_after() {
+    let (token, hash) = drover::token::generate().unwrap();
+    let node = TestNode::start(&format!(
+        "[[tokens]]\nname = \"slow\"\nrole = \"read\"\nhash = \"{hash}\"\nrate_limit = 1\nburst = 2\n"
+    ));
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let resp = http
+            .get(format!("{}/api/v1/stats?stale=ok", node.http))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            assert!(resp.headers().contains_key("retry-after"));
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited");
+        }
+    }
+    assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn protected_metrics_need_a_read_token() {
+    let (token, hash) = drover::token::generate().unwrap();
+    let node = TestNode::start(&format!(
+        "protect_metrics = true\n[[tokens]]\nname = \"prom\"\nrole = \"read\"\nhash = \"{hash}\"\n"
+    ));
+    let http = reqwest::Client::new();
+    let url = format!("{}/metrics", node.http);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    let resp = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The probes stay open.
+    let health = http
+        .get(format!("{}/health", node.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
