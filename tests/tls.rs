@@ -1,0 +1,264 @@
+//! TLS on real sockets: a client that trusts the cluster CA gets in, one
+//! that does not (or speaks plain TCP) is refused; with `peer_mtls`, peer
+//! traffic without a certificate the CA signed is refused; and a 3-node
+//! cluster with TLS, mutual TLS and tokens elects a leader and replicates.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use drover::client::{ClientTls, Credentials, Producer};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A CA, a node certificate it signed (for 127.0.0.1 and localhost),
+    /// and a client certificate from another CA.
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate().unwrap();
+            let cert = p.self_signed(&key).unwrap();
+            (cert, key)
+        };
+        let leaf = |issuer: &(rcgen::Certificate, KeyPair), file: &str| {
+            let p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .unwrap();
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &issuer.0, &issuer.1).unwrap();
+            std::fs::write(dir.path().join(format!("{file}.pem")), cert.pem()).unwrap();
+            std::fs::write(
+                dir.path().join(format!("{file}-key.pem")),
+                key.serialize_pem(),
+            )
+            .unwrap();
+        };
+        let cluster_ca = ca("drover test CA");
+        std::fs::write(dir.path().join("ca.pem"), cluster_ca.0.pem()).unwrap();
+        leaf(&cluster_ca, "node");
+        let rogue_ca = ca("someone else");
+        leaf(&rogue_ca, "rogue");
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap()
+    }
+
+    fn tls_config(&self, peer_mtls: bool) -> String {
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\npeer_mtls = {peer_mtls}\n",
+            self.path("node.pem"),
+            self.path("node-key.pem"),
+            self.path("ca.pem")
+        )
+    }
+
+    fn client(&self, identity: Option<&str>) -> ClientTls {
+        ClientTls {
+            ca: self.read("ca.pem"),
+            identity: identity.map(|n| {
+                (
+                    self.read(&format!("{n}.pem")),
+                    self.read(&format!("{n}-key.pem")),
+                )
+            }),
+        }
+    }
+
+    fn reqwest(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.read("ca.pem")).unwrap())
+            .build()
+            .unwrap()
+    }
+}
+
+fn https(url: &str) -> String {
+    url.replace("http://", "https://")
+}
+
+fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[tokio::test]
+async fn a_client_that_trusts_the_ca_gets_in_and_others_do_not() {
+    install_provider();
+    let pki = Pki::new();
+    let node = TestNode::start(&pki.tls_config(false));
+    let url = https(&node.grpc);
+
+    let creds = Credentials::new(None, Some(pki.client(None))).unwrap();
+    let mut p = Producer::connect_with(&url, &creds).await.unwrap();
+    let ids = p.enqueue(vec![new_job("tls", "over tls")]).await.unwrap();
+    assert_eq!(ids.len(), 1);
+
+    // The admin API on the same port and on the HTTP port.
+    for base in [https(&node.grpc), https(&node.http)] {
+        let resp = pki
+            .reqwest()
+            .get(format!("{base}/api/v1/jobs/{}", ids[0].id))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{base}");
+    }
+
+    // No CA to check the node with: refused before anything is sent.
+    assert!(Producer::connect(&url).await.is_err());
+    let no_roots = reqwest::Client::builder().use_rustls_tls().build().unwrap();
+    assert!(no_roots.get(format!("{url}/health")).send().await.is_err());
+    // Plain TCP to a TLS port.
+    let plain = async {
+        Producer::connect(&node.grpc)
+            .await?
+            .enqueue(vec![new_job("tls", "x")])
+            .await
+    };
+    assert!(plain.await.is_err());
+    assert!(reqwest::get(format!("{}/health", node.grpc)).await.is_err());
+}
+
+async fn peer_members_call(url: &str, creds: &Credentials) -> Result<(), tonic::Status> {
+    let channel = creds
+        .endpoint(url)
+        .map_err(tonic::Status::internal)?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client =
+        drover::proto::v1::peer_service_client::PeerServiceClient::new(creds.wrap(channel));
+    client
+        .members(drover::proto::v1::MembersRequest {
+            header: Some(drover::proto::v1::PeerHeader {
+                cluster_id: "drover".into(),
+                from: 2,
+            }),
+        })
+        .await
+        .map(drop)
+}
+
+#[tokio::test]
+async fn with_peer_mtls_peer_traffic_needs_a_certificate_the_ca_signed() {
+    install_provider();
+    let pki = Pki::new();
+    let node = TestNode::start(&pki.tls_config(true));
+    let url = https(&node.grpc);
+
+    let anonymous = Credentials::new(None, Some(pki.client(None))).unwrap();
+    let err = peer_members_call(&url, &anonymous).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("certificate"), "{err}");
+
+    let peer = Credentials::new(None, Some(pki.client(Some("node")))).unwrap();
+    if let Err(e) = peer_members_call(&url, &peer).await {
+        assert_ne!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    }
+
+    // A certificate from another CA fails the handshake itself.
+    let rogue = Credentials::new(None, Some(pki.client(Some("rogue")))).unwrap();
+    assert!(peer_members_call(&url, &rogue).await.is_err());
+
+    // Clients need no certificate: producers and the admin API still work.
+    let mut p = Producer::connect_with(&url, &anonymous).await.unwrap();
+    p.enqueue(vec![new_job("tls", "x")]).await.unwrap();
+}
+
+fn stats_leader(v: &serde_json::Value) -> u64 {
+    v["node"]["leader_id"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_three_node_cluster_over_mutual_tls_with_tokens_elects_and_replicates() {
+    install_provider();
+    let pki = Pki::new();
+    let (peer_token, peer_hash) = drover::token::generate().unwrap();
+    let (admin_token, admin_hash) = drover::token::generate().unwrap();
+    let extra = format!(
+        "peer_token = \"{peer_token}\"\n{}[[tokens]]\nname = \"cluster\"\nrole = \"peer\"\nhash = \"{peer_hash}\"\n[[tokens]]\nname = \"admin\"\nrole = \"admin\"\nhash = \"{admin_hash}\"\n",
+        pki.tls_config(true)
+    );
+    let cluster = TestCluster::start(3, &extra);
+    let http = pki.reqwest();
+    let stats = |n: &TestNode| {
+        let req = http
+            .get(format!("{}/api/v1/stats?stale=ok", https(&n.http)))
+            .bearer_auth(&admin_token);
+        async move {
+            req.send()
+                .await
+                .ok()?
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+        }
+    };
+    let leader = wait_for("a leader over TLS", Duration::from_secs(30), || async {
+        let mut seen = Vec::new();
+        for n in &cluster.nodes {
+            seen.push(stats(n).await.map(|s| stats_leader(&s)).unwrap_or(0));
+        }
+        match seen[0] {
+            l if l != 0 && seen.iter().all(|x| *x == l) => Ok(l),
+            _ => Err(format!("leaders seen {seen:?}")),
+        }
+    })
+    .await;
+    // Through a follower, so forwarding runs over mutual TLS too.
+    let follower = if leader == 1 { 1 } else { 0 };
+    let creds = Credentials::new(Some(&admin_token), Some(pki.client(None))).unwrap();
+    let mut p = Producer::connect_with(&https(&cluster.nodes[follower].grpc), &creds)
+        .await
+        .unwrap();
+    let ids = p
+        .enqueue(
+            (0..20)
+                .map(|i| new_job("tls", &format!("job {i}")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 20);
+    let last = ids.last().unwrap().id;
+    for n in &cluster.nodes {
+        wait_for("the job on every node", Duration::from_secs(20), || async {
+            let resp = http
+                .get(format!("{}/api/v1/jobs/{last}", https(&n.http)))
+                .bearer_auth(&admin_token)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if resp.status() == 200 {
+                Ok(())
+            } else {
+                Err(format!("{}", resp.status()))
+            }
+        })
+        .await;
+    }
+    // Without the admin token the same request is refused.
+    let resp = http
+        .get(format!(
+            "{}/api/v1/jobs/{last}",
+            https(&cluster.nodes[0].http)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
