@@ -67,6 +67,38 @@ pub enum Command {
         retention: Retention,
         limit: u32,
     },
+    /// A change made through the admin API, and who made it: `command` is
+    /// applied (when there is one; membership changes and snapshots are not
+    /// machine commands and are recorded after they happened) and the
+    /// record is written with its outcome, in the same batch.
+    Audit {
+        record: AuditRecord,
+        command: Option<Box<Command>>,
+    },
+    /// Proposed by the leader: removes up to `limit` audit records older
+    /// than `keep_ms` (`jobs.audit_retention`).
+    PurgeAudit {
+        keep_ms: u64,
+        limit: u32,
+    },
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// The token's name (`anonymous` on a node without tokens).
+    pub who: String,
+    /// The token's role, empty without tokens.
+    pub role: String,
+    /// What was done: `job.cancel`, `cluster.add`, `snapshot`...
+    pub action: String,
+    /// What it was done to: `job 42`, `node 4 at 10.0.0.4:7070`.
+    pub target: String,
+    /// Why, as the operator said (`--reason`, `X-Drover-Reason`).
+    pub reason: String,
+    /// `ok`, or why it was refused; the machine fills it in for the
+    /// commands it applies.
+    pub outcome: String,
 }
 
 /// How long finished jobs and idempotency records are kept, as the leader's
@@ -97,6 +129,8 @@ impl Command {
             Command::Tick => "tick",
             Command::Held { .. } => "held",
             Command::Purge { .. } => "purge",
+            Command::Audit { .. } => "audit",
+            Command::PurgeAudit { .. } => "purge_audit",
         }
     }
 
@@ -112,11 +146,18 @@ impl Command {
                 .map(|f| RECORD + f.message.len() + f.error_class.len())
                 .sum(),
             Command::Heartbeat { leases, .. } => RECORD * leases.len(),
+            Command::Audit { record, command } => {
+                RECORD
+                    + record.reason.len()
+                    + record.target.len()
+                    + command.as_ref().map_or(0, |c| c.approx_bytes())
+            }
             Command::Lease { .. }
             | Command::Cancel { .. }
             | Command::Tick
             | Command::Held { .. }
-            | Command::Purge { .. } => RECORD,
+            | Command::Purge { .. }
+            | Command::PurgeAudit { .. } => RECORD,
         }
     }
 }

@@ -254,6 +254,10 @@ pub struct Jobs {
     /// again for a new job.
     #[serde(with = "humantime_serde")]
     pub idempotency_ttl: Duration,
+    /// Audit records (who changed what through the admin API) are kept
+    /// this long.
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Duration,
 }
 
 impl Default for Jobs {
@@ -267,6 +271,7 @@ impl Default for Jobs {
             retention_max_bytes: bytesize::ByteSize::gib(10),
             dead_retention: Duration::from_secs(30 * 24 * 3600),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -425,6 +430,7 @@ impl Config {
             ("jobs.retention", self.jobs.retention),
             ("jobs.dead_retention", self.jobs.dead_retention),
             ("jobs.idempotency_ttl", self.jobs.idempotency_ttl),
+            ("jobs.audit_retention", self.jobs.audit_retention),
         ] {
             if d < Duration::from_secs(1) {
                 return Err(invalid(key, "must be at least 1s"));

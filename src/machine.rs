@@ -216,6 +216,9 @@ pub struct Machine {
     /// Jobs the command being applied finished (dead?, id, bytes), indexed
     /// together when it is done.
     finishing: Vec<(bool, JobId, u64)>,
+    /// Audit records written by the entry being applied (their keys'
+    /// position within it).
+    audit_seq: u32,
 }
 
 fn key(prefix: u8, id: JobId) -> [u8; 9] {
@@ -357,6 +360,7 @@ impl Machine {
             capture: None,
             finished_bytes,
             finishing: Vec::new(),
+            audit_seq: 0,
         };
         for item in machine.tree.scan_prefix([JOB]) {
             let (k, v) = item?;
@@ -455,6 +459,7 @@ impl Machine {
         self.meta.last_at_ms = now;
         self.meta.applied_index = index;
         self.meta.applied_term = term;
+        self.audit_seq = 0;
         entry
             .commands
             .iter()
@@ -496,6 +501,8 @@ impl Machine {
             Command::Tick => self.tick(now)?,
             Command::Held { worker } => Outcome::Leased(self.held(worker)?),
             Command::Purge { retention, limit } => self.purge(now, retention, *limit)?,
+            Command::Audit { record, command } => self.audit(now, record, command.as_deref())?,
+            Command::PurgeAudit { keep_ms, limit } => self.purge_audit(now, *keep_ms, *limit)?,
         })
     }
 
@@ -990,6 +997,15 @@ impl JobReader {
         self.tree.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// A page of the audit log, newest first (see [`audit::page`]).
+    pub fn audit(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<audit::AuditPage, MachineError> {
+        audit::page(&self.tree(), before, limit)
+    }
+
     pub fn job(&self, id: JobId) -> Result<Option<Job>, MachineError> {
         let k = key(JOB, id);
         match self.tree().get(k)? {
@@ -1041,6 +1057,7 @@ impl JobReader {
     }
 }
 
+pub mod audit;
 pub mod capture;
 mod retention;
 

@@ -18,6 +18,11 @@ use crate::config::{Config, Role};
 use crate::error::Error;
 use crate::token::TokenHash;
 
+/// The header (gRPC metadata alike) that says why a change is made.
+pub const REASON_HEADER: &str = "x-drover-reason";
+/// Characters of a reason kept.
+const MAX_REASON: usize = 1024;
+
 /// What a route needs of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -96,9 +101,27 @@ pub struct Caller {
     pub name: String,
     /// None when the node has no tokens (loopback only: all may do all).
     pub role: Option<Role>,
+    /// Why, as the request's `x-drover-reason` header said (for the audit
+    /// log); empty if it said nothing.
+    pub reason: String,
 }
 
 impl Caller {
+    /// The audit record of an action this caller takes.
+    pub fn audit(&self, action: &str, target: String) -> crate::command::AuditRecord {
+        crate::command::AuditRecord {
+            who: self.name.clone(),
+            role: self
+                .role
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_default(),
+            action: action.to_string(),
+            target,
+            reason: self.reason.clone(),
+            outcome: String::new(),
+        }
+    }
+
     /// The label a producer's jobs carry, so it may cancel them later.
     pub const OWNER_LABEL: &'static str = "drover.token";
 
@@ -153,6 +176,7 @@ impl Auth {
                 let caller = Caller {
                     name: t.name.clone(),
                     role: Some(t.role),
+                    reason: String::new(),
                 };
                 Some((hash, Token { caller, limiter }))
             })
@@ -204,6 +228,7 @@ impl Auth {
             return Ok(Caller {
                 name: "anonymous".into(),
                 role: None,
+                reason: String::new(),
             });
         }
         let presented = authorization
@@ -293,7 +318,14 @@ pub async fn middleware(State(auth): State<Auth>, mut req: Request, next: Next) 
         auth.check(access, header)
     };
     match checked {
-        Ok(caller) => {
+        Ok(mut caller) => {
+            if let Some(r) = req
+                .headers()
+                .get(REASON_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                caller.reason = r.chars().take(MAX_REASON).collect();
+            }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }

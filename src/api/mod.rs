@@ -130,10 +130,41 @@ impl App {
                 )));
             }
         }
-        match self.router.propose(Command::Cancel { id }).await? {
+        let command = Command::Audit {
+            record: caller.audit("job.cancel", format!("job {id}")),
+            command: Some(Box::new(Command::Cancel { id })),
+        };
+        match self.router.propose(command).await? {
             Outcome::Cancelled(r) => Ok(r?),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Writes an audit record of a change that is not a machine command
+    /// (membership, leadership, snapshots), after it was made or refused.
+    /// Its result is returned as it was; a record that cannot be written
+    /// is logged, since the change itself stands.
+    pub async fn record<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: String,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut record = caller.audit(action, target);
+        record.outcome = match &result {
+            Ok(_) => "ok".into(),
+            Err(e) => format!("refused: {e}"),
+        };
+        let patience = std::time::Duration::from_secs(5);
+        let command = Command::Audit {
+            record: record.clone(),
+            command: None,
+        };
+        if let Err(e) = self.router.propose_retrying(command, patience).await {
+            tracing::error!(event = "audit_record_lost", ?record, error = %e, "could not write the audit record of a change");
+        }
+        result
     }
 }
 

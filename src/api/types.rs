@@ -477,3 +477,31 @@ pub struct DigestBody {
     /// Hex; nodes that applied the same log have the same digest.
     pub digest: String,
 }
+
+/// One change made through the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditBody {
+    /// Where this record is in the log (pass as `before` for older ones).
+    pub cursor: String,
+    pub at_ms: u64,
+    /// The token's name (`anonymous` on a node without tokens).
+    pub who: String,
+    pub role: String,
+    /// `job.cancel`, `cluster.add`, `cluster.remove`,
+    /// `cluster.transfer_leader`, `snapshot`...
+    pub action: String,
+    pub target: String,
+    /// As given with `X-Drover-Reason` (the CLI's `--reason`).
+    pub reason: String,
+    /// `ok`, or why it was refused.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPageBody {
+    /// Newest first.
+    pub records: Vec<AuditBody>,
+    /// The cursor of the next (older) page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}

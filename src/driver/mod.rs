@@ -264,6 +264,8 @@ struct Driver {
     purge_in_flight: Option<u64>,
     /// The bounds the leader puts in purges (`jobs.retention` and kin).
     retention: crate::command::Retention,
+    /// How long audit records are kept (`jobs.audit_retention`), in ms.
+    audit_keep_ms: u64,
     /// When to look again whether a purge is due, after one was not.
     purge_check_at: std::time::Instant,
     node_id: u64,
@@ -427,6 +429,7 @@ pub fn start(
         tick_in_flight: None,
         purge_in_flight: None,
         retention: cfg.jobs.retention(),
+        audit_keep_ms: u64::try_from(cfg.jobs.audit_retention.as_millis()).unwrap_or(u64::MAX),
         purge_check_at: std::time::Instant::now(),
         node_id: cfg.node_id,
     };
@@ -633,7 +636,9 @@ impl Driver {
             return refuse(replies);
         }
         let ticks = commands.iter().any(|c| matches!(c, Command::Tick));
-        let purges = commands.iter().any(|c| matches!(c, Command::Purge { .. }));
+        let purges = commands
+            .iter()
+            .any(|c| matches!(c, Command::Purge { .. } | Command::PurgeAudit { .. }));
         let entry = LogEntry {
             at_ms: now_ms(),
             commands,
@@ -682,16 +687,31 @@ impl Driver {
         {
             return;
         }
-        match self.machine.purge_due(now_ms(), &self.retention) {
-            Ok(true) => self.propose(
-                vec![Command::Purge {
-                    retention: self.retention,
-                    limit: PURGE_SLICE,
-                }],
-                vec![None],
-            ),
-            Ok(false) => {
+        let now = now_ms();
+        let due = self
+            .machine
+            .purge_due(now, &self.retention)
+            .and_then(|jobs| Ok((jobs, self.machine.audit_purge_due(now, self.audit_keep_ms)?)));
+        match due {
+            Ok((false, false)) => {
                 self.purge_check_at = std::time::Instant::now() + PURGE_CHECK_EVERY;
+            }
+            Ok((jobs, audit)) => {
+                let mut commands = Vec::new();
+                if jobs {
+                    commands.push(Command::Purge {
+                        retention: self.retention,
+                        limit: PURGE_SLICE,
+                    });
+                }
+                if audit {
+                    commands.push(Command::PurgeAudit {
+                        keep_ms: self.audit_keep_ms,
+                        limit: PURGE_SLICE,
+                    });
+                }
+                let replies = commands.iter().map(|_| None).collect();
+                self.propose(commands, replies);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot tell whether a purge is due");

@@ -23,7 +23,7 @@ const IDEMPOTENT_AT: u8 = b'T';
 pub(super) const FINISHED_BYTES_KEY: &[u8] = b"b";
 
 /// A time-index key: prefix, time, id (big-endian, so keys sort by time).
-fn time_key(prefix: u8, at_ms: u64, id: JobId) -> Vec<u8> {
+pub(super) fn time_key(prefix: u8, at_ms: u64, id: JobId) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
     k.push(prefix);
     k.extend_from_slice(&at_ms.to_be_bytes());
@@ -32,7 +32,7 @@ fn time_key(prefix: u8, at_ms: u64, id: JobId) -> Vec<u8> {
 }
 
 /// The (time, id) a time-index key names.
-fn parse_time_key(k: &[u8]) -> Result<(u64, JobId), MachineError> {
+pub(super) fn parse_time_key(k: &[u8]) -> Result<(u64, JobId), MachineError> {
     let at = k
         .get(1..9)
         .and_then(|b| b.try_into().ok())
@@ -271,7 +271,11 @@ impl Machine {
 
     /// The first `limit` records under `prefix`, in key order, as the tree
     /// will hold them once the staged writes are committed.
-    fn scan_merged(&self, prefix: u8, limit: usize) -> Result<Vec<Record>, MachineError> {
+    pub(super) fn scan_merged(
+        &self,
+        prefix: u8,
+        limit: usize,
+    ) -> Result<Vec<Record>, MachineError> {
         let mut tree = self.tree.scan_prefix([prefix]);
         let mut staged = self.staged.range(vec![prefix]..vec![prefix + 1]).peekable();
         let mut out = Vec::new();

@@ -864,3 +864,82 @@ fn a_purge_stops_at_its_limit_and_says_there_is_more() {
     assert_eq!(purge(&mut h, 5_000, KEEP), (50, 0, false));
     assert_eq!(h.m.finished_bytes, 0);
 }
+
+fn record(action: &str) -> crate::command::AuditRecord {
+    crate::command::AuditRecord {
+        who: "alice".into(),
+        role: "operate".into(),
+        action: action.into(),
+        target: "job 1".into(),
+        reason: "why not".into(),
+        outcome: String::new(),
+    }
+}
+
+#[test]
+fn an_audited_command_applies_and_its_record_says_how_it_ended() {
+    let mut h = Harness::new();
+    let id = h.enqueue(10, "q", 3);
+    let cancel = |id| Command::Audit {
+        record: record("job.cancel"),
+        command: Some(Box::new(Command::Cancel { id })),
+    };
+    assert_eq!(
+        h.run(20, cancel(id)),
+        Outcome::Cancelled(Ok(JobState::Ready))
+    );
+    assert!(matches!(h.run(30, cancel(id)), Outcome::Cancelled(Err(_))));
+    // An audit inside an audit is recorded as refused and not applied.
+    let nested = Command::Audit {
+        record: record("outer"),
+        command: Some(Box::new(Command::Audit {
+            record: record("inner"),
+            command: None,
+        })),
+    };
+    assert_eq!(h.run(40, nested), Outcome::Noop);
+    let page = audit::page(&h.m.tree, None, 10).unwrap();
+    assert!(page.next.is_none());
+    let seen: Vec<(u64, &str, &str)> = page
+        .records
+        .iter()
+        .map(|(_, e)| {
+            (
+                e.at_ms,
+                e.record.action.as_str(),
+                e.record.outcome.split(':').next().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (40, "outer", "refused"),
+            (30, "job.cancel", "refused"),
+            (20, "job.cancel", "ok")
+        ]
+    );
+    // Purged by age, oldest first, a bounded slice at a time.
+    assert!(h.m.audit_purge_due(100, 50).unwrap());
+    h.run(
+        100,
+        Command::PurgeAudit {
+            keep_ms: 65,
+            limit: 1,
+        },
+    );
+    h.run(
+        100,
+        Command::PurgeAudit {
+            keep_ms: 65,
+            limit: 10,
+        },
+    );
+    let page = audit::page(&h.m.tree, None, 10).unwrap();
+    assert_eq!(
+        page.records.len(),
+        1,
+        "only the record within 65 ms of 100 stays"
+    );
+    assert!(!h.m.audit_purge_due(100, 65).unwrap());
+}

@@ -4,11 +4,15 @@
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 
+use crate::api::auth::Caller;
+
 use super::{body, id_param, query, HttpState};
-use crate::api::types::{AddMemberBody, DigestBody, MembersBody, NodeRefBody, StatsBody};
+use crate::api::types::{
+    AddMemberBody, AuditBody, AuditPageBody, DigestBody, MembersBody, NodeRefBody, StatsBody,
+};
 use crate::api::ErrorResponses;
 use crate::error::Error;
 
@@ -75,10 +79,13 @@ pub(super) async fn members(State(s): State<HttpState>) -> Result<Json<MembersBo
     responses((status = 200, body = MembersBody), ErrorResponses))]
 pub(super) async fn add_member(
     State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
     b: Result<Json<AddMemberBody>, JsonRejection>,
 ) -> Result<Json<MembersBody>, Error> {
     let b = body(b)?;
-    let status = crate::cluster::admin::add(&s.app.router, b.id, &b.addr).await?;
+    let result = crate::cluster::admin::add(&s.app.router, b.id, &b.addr).await;
+    let target = format!("node {} at {}", b.id, b.addr);
+    let status = s.app.record(&caller, "cluster.add", target, result).await?;
     Ok(Json((&status).into()))
 }
 
@@ -89,12 +96,18 @@ pub(super) async fn add_member(
     responses((status = 200, body = MembersBody), ErrorResponses))]
 pub(super) async fn remove_member(
     State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     q: Result<Query<RemoveQuery>, QueryRejection>,
 ) -> Result<Json<MembersBody>, Error> {
     let q = query(q)?;
     let id = id_param("id", &id, "a node id")?;
-    let status = crate::cluster::admin::remove(&s.app.router, id, q.force).await?;
+    let result = crate::cluster::admin::remove(&s.app.router, id, q.force).await;
+    let target = format!("node {id}{}", if q.force { " (forced)" } else { "" });
+    let status = s
+        .app
+        .record(&caller, "cluster.remove", target, result)
+        .await?;
     Ok(Json((&status).into()))
 }
 
@@ -104,18 +117,29 @@ pub(super) async fn remove_member(
     responses((status = 200, body = MembersBody), ErrorResponses))]
 pub(super) async fn transfer_leader(
     State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
     b: Result<Json<NodeRefBody>, JsonRejection>,
 ) -> Result<Json<MembersBody>, Error> {
     let b = body(b)?;
-    let status = crate::cluster::admin::transfer_leader(&s.app.router, b.id).await?;
+    let result = crate::cluster::admin::transfer_leader(&s.app.router, b.id).await;
+    let target = format!("node {}", b.id);
+    let status = s
+        .app
+        .record(&caller, "cluster.transfer_leader", target, result)
+        .await?;
     Ok(Json((&status).into()))
 }
 
 /// A consistent backup: takes a snapshot now and streams its file.
 #[utoipa::path(get, path = "/api/v1/snapshot", tag = "cluster",
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), ErrorResponses))]
-pub(super) async fn snapshot(State(s): State<HttpState>) -> Result<Response, Error> {
-    let path = s.app.driver.snapshot_now().await?;
+pub(super) async fn snapshot(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, Error> {
+    let result = s.app.driver.snapshot_now().await;
+    let target = format!("node {}", s.app.config.node_id);
+    let path = s.app.record(&caller, "snapshot", target, result).await?;
     let io = |source| Error::DataDir {
         path: path.clone(),
         source,
@@ -146,5 +170,60 @@ pub(super) async fn digest(State(s): State<HttpState>) -> Result<Json<DigestBody
         node_id: s.app.config.node_id,
         applied_index,
         digest: format!("{digest:016x}"),
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AuditQuery {
+    /// The `next` of the page before: records older than it.
+    #[serde(default)]
+    before: Option<String>,
+    /// Records on a page, 1 to 1000 (default 50).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The audit log, newest first: who changed what through the admin API,
+/// when, why, and how it ended.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "cluster", params(AuditQuery),
+    responses((status = 200, body = AuditPageBody), ErrorResponses))]
+pub(super) async fn audit(
+    State(s): State<HttpState>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditPageBody>, Error> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::invalid("limit", format!("{limit} is not 1 to 1000")));
+    }
+    if let Some(c) = &q.before {
+        let ok = hex::decode(c).is_ok_and(|k| k.len() == 17 && k[0] == b'A');
+        if !ok {
+            return Err(Error::invalid(
+                "before",
+                format!("{c:?} is not a cursor this API gave out (the `next` of a page)"),
+            ));
+        }
+    }
+    s.app.router.read_barrier().await?;
+    let page = s.app.driver.reader().audit(q.before.as_deref(), limit)?;
+    Ok(Json(AuditPageBody {
+        records: page
+            .records
+            .into_iter()
+            .map(|(cursor, e)| AuditBody {
+                cursor,
+                at_ms: e.at_ms,
+                who: e.record.who,
+                role: e.record.role,
+                action: e.record.action,
+                target: e.record.target,
+                reason: e.record.reason,
+                outcome: e.record.outcome,
+            })
+            .collect(),
+        next: page.next,
     }))
 }

@@ -111,6 +111,7 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             Admin,
             get(cluster::snapshot),
         ),
+        route(Method::GET, "/api/v1/audit", Read, get(cluster::audit)),
     ]
 }
 

@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         super::cluster::transfer_leader,
         super::cluster::digest,
         super::cluster::snapshot,
+        super::cluster::audit,
     ),
     modifiers(&Bearer),
     security(("bearer" = []))

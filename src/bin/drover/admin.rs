@@ -13,10 +13,11 @@ pub struct AdminClient {
     /// Base URLs, tried in order while a node cannot be reached.
     urls: Vec<String>,
     authorization: Option<String>,
+    reason: String,
 }
 
 impl AdminClient {
-    pub fn new(servers: &str, credentials: &Credentials) -> Result<AdminClient> {
+    pub fn new(servers: &str, credentials: &Credentials, reason: &str) -> Result<AdminClient> {
         let mut builder = reqwest::Client::builder().use_rustls_tls();
         if let Some(tls) = credentials.tls() {
             builder = builder.add_root_certificate(
@@ -34,6 +35,7 @@ impl AdminClient {
             http: builder.build().context("cannot set up the HTTP client")?,
             urls,
             authorization: credentials.authorization().map(String::from),
+            reason: reason.to_string(),
         })
     }
 
@@ -49,6 +51,9 @@ impl AdminClient {
             let mut req = self.http.request(method.clone(), &url);
             if let Some(a) = &self.authorization {
                 req = req.header(reqwest::header::AUTHORIZATION, a);
+            }
+            if !self.reason.is_empty() {
+                req = req.header(drover::api::auth::REASON_HEADER, &self.reason);
             }
             if let Some(b) = body {
                 req = req.json(b);

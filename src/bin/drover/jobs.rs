@@ -119,7 +119,7 @@ pub async fn run(cmd: JobsCmd) -> Result<()> {
     }
 }
 
-fn at(ms: u64) -> String {
+pub fn at(ms: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 

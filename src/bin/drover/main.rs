@@ -3,6 +3,7 @@
 //! admin client).
 
 mod admin;
+mod audit;
 mod cluster;
 mod jobs;
 mod local;
@@ -51,6 +52,8 @@ enum Cmd {
         #[command(subcommand)]
         command: snapshot::SnapshotCmd,
     },
+    /// Who changed what through the admin API, when and why.
+    Audit(audit::AuditArgs),
     /// Measure throughput and latency (see BENCH.md).
     Bench(drover::bench::BenchArgs),
     /// Work with config files.
@@ -95,6 +98,7 @@ fn main() -> Result<()> {
             Cmd::Jobs { command } => jobs::run(command).await,
             Cmd::Cluster { command } => cluster::run(command).await,
             Cmd::Snapshot { command } => snapshot::run(command).await,
+            Cmd::Audit(a) => audit::run(a).await,
             Cmd::Bench(a) => {
                 serve::init_tracing("text", "warn");
                 drover::bench::run(a).await.map_err(Into::into)

@@ -30,6 +30,9 @@ pub struct Target {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Why: written to the audit log with the change a command makes.
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 impl Target {
@@ -46,7 +49,7 @@ impl Target {
     }
 
     pub fn admin(&self) -> Result<AdminClient> {
-        AdminClient::new(&self.server, &self.credentials()?)
+        AdminClient::new(&self.server, &self.credentials()?, &self.reason)
     }
 
     pub async fn producer(&self) -> Result<Producer> {

@@ -1,0 +1,135 @@
+//! The audit log: one record per change made through the admin API, under
+//! `A` + time + (index, position), so records sort by time and every node
+//! writes the same keys. Purged by age with [`Command::PurgeAudit`].
+
+use super::{decode, encode, retention, Machine, MachineError};
+use crate::command::{AuditRecord, Command, Outcome};
+
+pub(super) const AUDIT: u8 = b'A';
+
+/// A record as stored and read back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    pub at_ms: u64,
+    pub record: AuditRecord,
+}
+
+/// What an applied command's outcome says, for the record.
+fn outcome_text(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Cancelled(Err(r)) | Outcome::Rejected(r) => format!("refused: {r}"),
+        Outcome::Acks(acks) => match acks.iter().find_map(|a| a.as_ref().err()) {
+            Some(r) => format!("refused: {r}"),
+            None => "ok".into(),
+        },
+        _ => "ok".into(),
+    }
+}
+
+impl Machine {
+    /// Applies a [`Command::Audit`]: its command (an audit wrapped in an
+    /// audit is not applied: the API never sends one), then the record.
+    pub(super) fn audit(
+        &mut self,
+        now: u64,
+        record: &AuditRecord,
+        command: Option<&Command>,
+    ) -> Result<Outcome, MachineError> {
+        let mut record = record.clone();
+        let outcome = match command {
+            Some(Command::Audit { .. }) => {
+                record.outcome = "refused: an audit record cannot wrap another".into();
+                Outcome::Noop
+            }
+            Some(c) => {
+                let o = self.apply_command(now, c)?;
+                record.outcome = outcome_text(&o);
+                o
+            }
+            None => Outcome::Noop,
+        };
+        // Unique within the entry; the applied index makes it unique in the log.
+        let seq = u64::from(self.audit_seq.min(u16::MAX as u32));
+        self.audit_seq += 1;
+        let id = (self.meta.applied_index << 16) | seq;
+        let entry = AuditEntry { at_ms: now, record };
+        self.put(retention::time_key(AUDIT, now, id), encode(&entry));
+        Ok(outcome)
+    }
+
+    /// Whether the oldest audit record is older than `keep_ms`.
+    pub fn audit_purge_due(&self, now: u64, keep_ms: u64) -> Result<bool, MachineError> {
+        match self.tree.scan_prefix([AUDIT]).next() {
+            Some(item) => {
+                let (at, _) = retention::parse_time_key(&item?.0)?;
+                Ok(at.saturating_add(keep_ms) <= now)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Applies a [`Command::PurgeAudit`].
+    pub(super) fn purge_audit(
+        &mut self,
+        now: u64,
+        keep_ms: u64,
+        limit: u32,
+    ) -> Result<Outcome, MachineError> {
+        let mut expired = Vec::new();
+        for (k, _) in self.scan_merged(AUDIT, limit as usize + 1)? {
+            let (at, _) = retention::parse_time_key(&k)?;
+            if at.saturating_add(keep_ms) > now {
+                break;
+            }
+            expired.push(k);
+        }
+        let more = expired.len() > limit as usize;
+        for k in expired.into_iter().take(limit as usize) {
+            self.delete(k);
+        }
+        Ok(Outcome::Purged {
+            jobs: 0,
+            idempotency_records: 0,
+            more,
+        })
+    }
+}
+
+/// A page of the audit log, newest first.
+#[derive(Debug, Default)]
+pub struct AuditPage {
+    /// Each record with its cursor.
+    pub records: Vec<(String, AuditEntry)>,
+    /// The cursor to pass as `before` for the next page, if there is one.
+    pub next: Option<String>,
+}
+
+/// The records before `before` (a cursor from an earlier page), at most
+/// `limit`, newest first.
+pub fn page(
+    tree: &sled::Tree,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<AuditPage, MachineError> {
+    let end = match before {
+        Some(c) => hex::decode(c)
+            .ok()
+            .filter(|k| k.first() == Some(&AUDIT))
+            .ok_or_else(|| MachineError::Corrupt {
+                key: c.to_string(),
+                reason: "not a cursor this node gave out".into(),
+            })?,
+        None => vec![AUDIT + 1],
+    };
+    let mut out = Vec::new();
+    let mut next = None;
+    for item in tree.range(vec![AUDIT]..end).rev() {
+        let (k, v) = item?;
+        if out.len() == limit {
+            next = out.last().map(|(c, _): &(String, AuditEntry)| c.clone());
+            break;
+        }
+        out.push((hex::encode(&k), decode(&k, &v)?));
+    }
+    Ok(AuditPage { records: out, next })
+}

@@ -1,0 +1,176 @@
+//! The audit log over real sockets: changes made through the admin API are
+//! recorded with who, what, why and how they ended, paged newest first, and
+//! removed after `jobs.audit_retention`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn drover(args: &[&str], token: &str, server: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(args)
+        .env("DROVER_TOKEN", token)
+        .env("DROVER_SERVER", server)
+        .output()
+        .expect("run drover")
+}
+
+fn tokens(extra: &str) -> (TestNode, String, String) {
+    let (admin, admin_hash) = drover::token::generate().unwrap();
+    let (ops, ops_hash) = drover::token::generate().unwrap();
+    let node = TestNode::start(&format!(
+        "{extra}[[tokens]]\nname = \"root\"\nrole = \"admin\"\nhash = \"{admin_hash}\"\n[[tokens]]\nname = \"alice\"\nrole = \"operate\"\nhash = \"{ops_hash}\"\n"
+    ));
+    (node, admin, ops)
+}
+
+#[tokio::test]
+async fn changes_are_recorded_with_who_what_why_and_outcome() {
+    let (node, admin, ops) = tokens("");
+    let out = drover(
+        &["enqueue", "--queue", "q", "--payload", "x"],
+        &admin,
+        &node.grpc,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+    let out = drover(
+        &["jobs", "cancel", &id, "--reason", "stuck since noon"],
+        &ops,
+        &node.grpc,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second cancel is refused, and recorded as refused.
+    let out = drover(&["jobs", "cancel", &id], &ops, &node.grpc);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already_finished"));
+    // A membership change that is refused is recorded too.
+    let out = drover(
+        &["cluster", "add", "9", "127.0.0.1:1", "--reason", "grow"],
+        &admin,
+        &node.grpc,
+    );
+    assert!(!out.status.success());
+
+    let out = drover(&["audit", "--json"], &ops, &node.grpc);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = page["records"].as_array().unwrap();
+    let summary: Vec<(String, String, String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["who"].as_str().unwrap().to_string(),
+                r["action"].as_str().unwrap().to_string(),
+                r["reason"].as_str().unwrap().to_string(),
+                r["outcome"]
+                    .as_str()
+                    .unwrap()
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let s = |a: &str, b: &str, c: &str, d: &str| (a.into(), b.into(), c.into(), d.into());
+    assert_eq!(
+        summary,
+        vec![
+            s("root", "cluster.add", "grow", "refused"),
+            s("alice", "job.cancel", "", "refused"),
+            s("alice", "job.cancel", "stuck since noon", "ok"),
+        ],
+        "newest first"
+    );
+    assert_eq!(records[2]["target"], format!("job {id}"));
+
+    // Paging: one at a time, following `next`.
+    let http = reqwest::Client::new();
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    for _ in 0..5 {
+        let mut url = format!("{}/api/v1/audit?limit=1", node.http);
+        if let Some(b) = &before {
+            url.push_str(&format!("&before={b}"));
+        }
+        let page: serde_json::Value = http
+            .get(url)
+            .bearer_auth(&ops)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.push(page["records"][0]["action"].as_str().unwrap().to_string());
+        match page["next"].as_str() {
+            Some(n) => before = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["cluster.add", "job.cancel", "job.cancel"]);
+
+    // A bad cursor is the caller's mistake, named.
+    let resp = http
+        .get(format!("{}/api/v1/audit?before=zz", node.http))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["details"]["field"], "before", "{body}");
+}
+
+#[tokio::test]
+async fn audit_records_are_removed_after_their_retention() {
+    let (node, admin, _) = tokens("[jobs]\naudit_retention = \"2s\"\n");
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!("{}/api/v1/snapshot", node.http))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let count = || async {
+        let page: serde_json::Value = http
+            .get(format!("{}/api/v1/audit", node.http))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["records"].as_array().map_or(0, |r| r.len())
+    };
+    assert_eq!(count().await, 1);
+    wait_for(
+        "the audit record to expire",
+        Duration::from_secs(20),
+        || async {
+            match count().await {
+                0 => Ok(()),
+                n => Err(format!("{n} records left")),
+            }
+        },
+    )
+    .await;
+}
