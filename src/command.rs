@@ -96,8 +96,8 @@ pub struct AuditRecord {
     pub target: String,
     /// Why, as the operator said (`--reason`, `X-Drover-Reason`).
     pub reason: String,
-    /// `ok`, or why it was refused; the machine fills it in for the
-    /// commands it applies.
+    /// `ok`; the machine writes a record only for a command that took
+    /// effect.
     pub outcome: String,
 }
 

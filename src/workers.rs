@@ -8,14 +8,22 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct WorkerInfo {
     pub worker_id: String,
     pub queues: Vec<String>,
+    pub version: String,
     pub capacity: u32,
     pub in_flight: u32,
+    /// Completions and failures it reported in this session.
+    pub completed: u64,
+    pub failed: u64,
     pub connected_at_ms: u64,
+    /// When it last sent anything (heartbeats included).
+    pub last_seen_ms: u64,
     pub draining: bool,
+    /// The node it is connected to.
+    pub node_id: u64,
 }
 
 /// One connected worker's live counters, shared with its session.
@@ -25,8 +33,14 @@ pub struct WorkerEntry {
     pub queues: Vec<String>,
     pub capacity: u32,
     pub connected_at_ms: u64,
+    pub version: String,
     pub in_flight: AtomicU32,
     pub draining: std::sync::atomic::AtomicBool,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub last_seen_ms: AtomicU64,
+    /// Set when an operator asks it to stop (`drover workers shutdown`).
+    pub stop: tokio::sync::Notify,
 }
 
 #[derive(Clone, Default)]
@@ -64,24 +78,48 @@ impl WorkerRegistry {
         }
     }
 
-    pub fn list(&self) -> Vec<WorkerInfo> {
+    fn entries(&self) -> Vec<Arc<WorkerEntry>> {
         let map = match self.inner.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        let mut out: Vec<WorkerInfo> = map
-            .values()
+        map.values().cloned().collect()
+    }
+
+    /// The workers connected to this node (`node_id`).
+    pub fn list(&self, node_id: u64) -> Vec<WorkerInfo> {
+        let mut out: Vec<WorkerInfo> = self
+            .entries()
+            .iter()
             .map(|e| WorkerInfo {
                 worker_id: e.worker_id.clone(),
                 queues: e.queues.clone(),
+                version: e.version.clone(),
                 capacity: e.capacity,
                 in_flight: e.in_flight.load(Ordering::Relaxed),
+                completed: e.completed.load(Ordering::Relaxed),
+                failed: e.failed.load(Ordering::Relaxed),
                 connected_at_ms: e.connected_at_ms,
+                last_seen_ms: e.last_seen_ms.load(Ordering::Relaxed),
                 draining: e.draining.load(Ordering::Relaxed),
+                node_id,
             })
             .collect();
         out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         out
+    }
+
+    /// Asks workers to finish what they hold and disconnect: the one named
+    /// `worker_id`, or all when `all`. Returns how many were asked.
+    pub fn stop(&self, worker_id: &str, all: bool) -> usize {
+        let mut asked = 0;
+        for e in self.entries() {
+            if all || e.worker_id == worker_id {
+                e.stop.notify_one();
+                asked += 1;
+            }
+        }
+        asked
     }
 
     pub fn count(&self) -> usize {

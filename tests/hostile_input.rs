@@ -141,6 +141,7 @@ async fn malformed_protobuf_is_invalid_argument_on_calls_and_the_work_stream() {
             worker_id: "w".into(),
             queues: vec!["q".into()],
             capacity: 1,
+            ..Default::default()
         })),
     }
     .encode_to_vec();
@@ -178,6 +179,7 @@ impl RawWorker {
             worker_id: "raw".into(),
             queues,
             capacity,
+            ..Default::default()
         })))
         .await
         .unwrap();

@@ -82,6 +82,7 @@ pub const GRPC_ROUTES: &[(&str, Access)] = &[
     ("/drover.v1.PeerService/Forward", Access::Peer),
     ("/drover.v1.PeerService/Members", Access::Peer),
     ("/drover.v1.PeerService/InstallSnapshot", Access::Peer),
+    ("/drover.v1.PeerService/Workers", Access::Peer),
 ];
 
 /// An HTTP route and what it needs.

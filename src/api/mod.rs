@@ -141,9 +141,10 @@ impl App {
     }
 
     /// Writes an audit record of a change that is not a machine command
-    /// (membership, leadership, snapshots), after it was made or refused.
-    /// Its result is returned as it was; a record that cannot be written
-    /// is logged, since the change itself stands.
+    /// (membership, leadership, snapshots, workers), once it was made; a
+    /// refused one changes nothing, the audit log included. The result is
+    /// returned as it was; a record that cannot be written is logged, since
+    /// the change itself stands.
     pub async fn record<T>(
         &self,
         caller: &Caller,
@@ -151,11 +152,9 @@ impl App {
         target: String,
         result: Result<T, Error>,
     ) -> Result<T, Error> {
+        let value = result?;
         let mut record = caller.audit(action, target);
-        record.outcome = match &result {
-            Ok(_) => "ok".into(),
-            Err(e) => format!("refused: {e}"),
-        };
+        record.outcome = "ok".into();
         let patience = std::time::Duration::from_secs(5);
         let command = Command::Audit {
             record: record.clone(),
@@ -164,7 +163,7 @@ impl App {
         if let Err(e) = self.router.propose_retrying(command, patience).await {
             tracing::error!(event = "audit_record_lost", ?record, error = %e, "could not write the audit record of a change");
         }
-        result
+        Ok(value)
     }
 }
 

@@ -244,6 +244,20 @@ impl PeerService for Peer {
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::MembersResponse { json }))
     }
+
+    async fn workers(
+        &self,
+        req: Request<pb::WorkersRequest>,
+    ) -> Result<Response<pb::WorkersResponse>, Status> {
+        let req = req.into_inner();
+        self.admit(req.header.as_ref())?;
+        if req.all || !req.stop.is_empty() {
+            self.app.workers.stop(&req.stop, req.all);
+        }
+        let list = self.app.workers.list(self.app.config.node_id);
+        let json = serde_json::to_string(&list).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::WorkersResponse { json }))
+    }
 }
 
 /// Writes the rest of a snapshot stream to `path`, synced.

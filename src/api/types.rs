@@ -373,18 +373,27 @@ impl From<&crate::machine::Totals> for TotalsBody {
     }
 }
 
-/// A worker connected to the node that answered.
+/// A connected worker.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WorkerBody {
     pub worker_id: String,
     pub queues: Vec<String>,
+    /// Its version label (empty if it gave none).
+    pub version: String,
     /// Most jobs it holds at once.
     pub capacity: u32,
     /// Jobs it holds now.
     pub in_flight: u32,
+    /// Completions and failures it reported since it connected.
+    pub completed: u64,
+    pub failed: u64,
     pub connected_at_ms: u64,
+    /// When it last sent anything, heartbeats included.
+    pub last_seen_ms: u64,
     /// Asked to stop: finishes what it holds, takes nothing new.
     pub draining: bool,
+    /// The node it is connected to.
+    pub node_id: u64,
 }
 
 impl From<crate::workers::WorkerInfo> for WorkerBody {
@@ -392,12 +401,29 @@ impl From<crate::workers::WorkerInfo> for WorkerBody {
         WorkerBody {
             worker_id: w.worker_id,
             queues: w.queues,
+            version: w.version,
             capacity: w.capacity,
             in_flight: w.in_flight,
+            completed: w.completed,
+            failed: w.failed,
             connected_at_ms: w.connected_at_ms,
+            last_seen_ms: w.last_seen_ms,
             draining: w.draining,
+            node_id: w.node_id,
         }
     }
+}
+
+/// The workers of the whole cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkersBody {
+    pub workers: Vec<WorkerBody>,
+    /// Members that did not answer, with why: their workers are missing
+    /// from the list.
+    pub unreachable: BTreeMap<String, String>,
+    /// Workers asked to stop by this request (shutdown only).
+    #[serde(default)]
+    pub asked_to_stop: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -493,7 +519,7 @@ pub struct AuditBody {
     pub target: String,
     /// As given with `X-Drover-Reason` (the CLI's `--reason`).
     pub reason: String,
-    /// `ok`, or why it was refused.
+    /// `ok`: only changes that took effect are recorded.
     pub outcome: String,
 }
 

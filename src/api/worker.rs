@@ -134,9 +134,14 @@ impl Worker {
             worker_id: reg.worker_id,
             queues,
             capacity: reg.capacity,
+            version: truncate(reg.version, 128),
             connected_at_ms: now_ms(),
             in_flight: Default::default(),
             draining: Default::default(),
+            completed: Default::default(),
+            failed: Default::default(),
+            last_seen_ms: now_ms().into(),
+            stop: Default::default(),
         }))
     }
 }
@@ -201,6 +206,9 @@ impl Session {
         let mut server_stopping = *shutdown.borrow();
         let mut retry_at: Option<Instant> = None;
         let worker_id = self.registration.entry.worker_id.clone();
+        let entry = self.registration.entry.clone();
+        let stop = entry.stop.notified();
+        tokio::pin!(stop);
         loop {
             let free =
                 (self.registration.entry.capacity as usize).saturating_sub(self.in_flight.len());
@@ -282,11 +290,12 @@ impl Session {
                 _ = shutdown.changed(), if !server_stopping => {
                     server_stopping = true;
                     self.draining = true;
-                    let _ = self.tx.send(Ok(pb::ServerMessage {
-                        msg: Some(pb::server_message::Msg::Shutdown(pb::Shutdown {
-                            reason: "the node is shutting down: finish held jobs and reconnect to another node".into(),
-                        })),
-                    })).await;
+                    self.send_shutdown("the node is shutting down: finish held jobs and reconnect to another node").await;
+                }
+                _ = &mut stop, if !self.draining => {
+                    self.draining = true;
+                    tracing::info!(event = "worker_stop_asked", worker_id = %worker_id, "an operator asked this worker to stop");
+                    self.send_shutdown("an operator asked this worker to stop (drover workers shutdown): finish held jobs and exit").await;
                 }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
@@ -297,6 +306,17 @@ impl Session {
         // Jobs still held stay leased until their deadline: the worker may
         // reconnect (to this or another node) and keep them by heartbeating.
         tracing::info!(event = "worker_disconnected", worker_id = %worker_id, held = self.in_flight.len(), "worker session ended");
+    }
+
+    async fn send_shutdown(&self, reason: &str) {
+        let _ = self
+            .tx
+            .send(Ok(pb::ServerMessage {
+                msg: Some(pb::server_message::Msg::Shutdown(pb::Shutdown {
+                    reason: reason.into(),
+                })),
+            }))
+            .await;
     }
 
     fn sync_entry(&self) {
@@ -320,6 +340,8 @@ impl Session {
         let mut beats = Vec::new();
         let mut completions = Vec::new();
         let mut failures = Vec::new();
+        let entry = self.registration.entry.clone();
+        entry.last_seen_ms.store(now_ms(), Ordering::Relaxed);
         for m in batch {
             match m.msg {
                 Some(Msg::Register(_)) => {
@@ -342,6 +364,9 @@ impl Session {
                     }),
                 })),
                 Some(Msg::Complete(c)) => {
+                    entry
+                        .completed
+                        .fetch_add(c.completions.len() as u64, Ordering::Relaxed);
                     for c in c.completions {
                         self.in_flight.remove(&(c.job_id, c.attempt));
                         self.mark_finished(c.job_id, c.attempt);
@@ -367,6 +392,9 @@ impl Session {
                     }
                 }
                 Some(Msg::Fail(f)) => {
+                    entry
+                        .failed
+                        .fetch_add(f.failures.len() as u64, Ordering::Relaxed);
                     for f in f.failures {
                         self.in_flight.remove(&(f.job_id, f.attempt));
                         self.mark_finished(f.job_id, f.attempt);

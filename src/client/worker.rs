@@ -65,6 +65,8 @@ pub struct WorkerOptions {
     pub stop_timeout: Duration,
     /// The worker token and TLS settings.
     pub credentials: crate::wire::Credentials,
+    /// A version label for `drover workers list` (a build, an image tag).
+    pub version: String,
 }
 
 impl WorkerOptions {
@@ -83,6 +85,7 @@ impl WorkerOptions {
             max_reconnects: 0,
             stop_timeout: Duration::from_secs(60),
             credentials: Default::default(),
+            version: String::new(),
         }
     }
 }
@@ -267,6 +270,7 @@ impl<H: Handler> Runtime<H> {
             worker_id: self.opts.worker_id.clone(),
             queues: self.opts.queues.clone(),
             capacity: self.opts.concurrency,
+            version: self.opts.version.clone(),
         })))
         .await
         .map_err(|_| ClientError::Protocol("stream closed before Register".into()))?;

@@ -256,6 +256,43 @@ impl Router {
         }
     }
 
+    /// The workers connected to every other member, asking them first to
+    /// stop `stop` (a worker id) or all when `all`. Members that do not
+    /// answer are listed as errors, so the caller can say the list is
+    /// partial.
+    pub async fn peer_workers(
+        &self,
+        stop: &str,
+        all: bool,
+    ) -> Vec<(u64, Result<Vec<crate::workers::WorkerInfo>, String>)> {
+        let status = self.driver.status();
+        let others: Vec<u64> = status
+            .members
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| *id != self.node_id)
+            .collect();
+        let calls = others.into_iter().map(|id| {
+            let status = &status;
+            async move {
+                let answer = async {
+                    let mut client = self.client(status, id).map_err(|e| e.to_string())?;
+                    let reply = client
+                        .workers(pb::WorkersRequest {
+                            header: Some(self.header.clone()),
+                            stop: stop.to_string(),
+                            all,
+                        })
+                        .await
+                        .map_err(|e| e.message().to_string())?;
+                    serde_json::from_str(&reply.into_inner().json).map_err(|e| e.to_string())
+                };
+                (id, answer.await)
+            }
+        });
+        futures::future::join_all(calls).await
+    }
+
     /// Waits until this node has applied everything committed before now,
     /// as confirmed by a quorum: reads after it are current (linearizable).
     pub async fn read_barrier(&self) -> Result<(), Error> {

@@ -14,21 +14,20 @@ pub struct AuditEntry {
     pub record: AuditRecord,
 }
 
-/// What an applied command's outcome says, for the record.
-fn outcome_text(outcome: &Outcome) -> String {
+/// Why an applied command changed nothing, if it did not.
+fn refusal(outcome: &Outcome) -> Option<&crate::command::Refusal> {
     match outcome {
-        Outcome::Cancelled(Err(r)) | Outcome::Rejected(r) => format!("refused: {r}"),
-        Outcome::Acks(acks) => match acks.iter().find_map(|a| a.as_ref().err()) {
-            Some(r) => format!("refused: {r}"),
-            None => "ok".into(),
-        },
-        _ => "ok".into(),
+        Outcome::Cancelled(Err(r)) | Outcome::Rejected(r) => Some(r),
+        Outcome::Acks(acks) => acks.iter().find_map(|a| a.as_ref().err()),
+        _ => None,
     }
 }
 
 impl Machine {
     /// Applies a [`Command::Audit`]: its command (an audit wrapped in an
-    /// audit is not applied: the API never sends one), then the record.
+    /// audit is not applied: the API never sends one), then the record, if
+    /// the command took effect. A refused request changes nothing, the
+    /// audit log included; the node that refused it logs it.
     pub(super) fn audit(
         &mut self,
         now: u64,
@@ -37,13 +36,13 @@ impl Machine {
     ) -> Result<Outcome, MachineError> {
         let mut record = record.clone();
         let outcome = match command {
-            Some(Command::Audit { .. }) => {
-                record.outcome = "refused: an audit record cannot wrap another".into();
-                Outcome::Noop
-            }
+            Some(Command::Audit { .. }) => return Ok(Outcome::Noop),
             Some(c) => {
                 let o = self.apply_command(now, c)?;
-                record.outcome = outcome_text(&o);
+                match refusal(&o) {
+                    Some(_) => return Ok(o),
+                    None => record.outcome = "ok".into(),
+                }
                 o
             }
             None => Outcome::Noop,

@@ -9,6 +9,7 @@ mod cluster;
 mod jobs;
 pub mod openapi;
 mod probes;
+mod workers;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query};
@@ -112,6 +113,19 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             get(cluster::snapshot),
         ),
         route(Method::GET, "/api/v1/audit", Read, get(cluster::audit)),
+        route(Method::GET, "/api/v1/workers", Read, get(workers::list)),
+        route(
+            Method::POST,
+            "/api/v1/workers/shutdown",
+            Operate,
+            post(workers::shutdown_all),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/workers/{id}/shutdown",
+            Operate,
+            post(workers::shutdown_one),
+        ),
     ]
 }
 

@@ -24,6 +24,9 @@ use utoipa::{Modify, OpenApi};
         super::cluster::digest,
         super::cluster::snapshot,
         super::cluster::audit,
+        super::workers::list,
+        super::workers::shutdown_all,
+        super::workers::shutdown_one,
     ),
     modifiers(&Bearer),
     security(("bearer" = []))

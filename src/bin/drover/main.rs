@@ -12,6 +12,7 @@ mod snapshot;
 mod status;
 mod target;
 mod worker;
+mod workers;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -51,6 +52,11 @@ enum Cmd {
     Snapshot {
         #[command(subcommand)]
         command: snapshot::SnapshotCmd,
+    },
+    /// List the cluster's workers, or ask them to stop.
+    Workers {
+        #[command(subcommand)]
+        command: workers::WorkersCmd,
     },
     /// Who changed what through the admin API, when and why.
     Audit(audit::AuditArgs),
@@ -99,6 +105,7 @@ fn main() -> Result<()> {
             Cmd::Cluster { command } => cluster::run(command).await,
             Cmd::Snapshot { command } => snapshot::run(command).await,
             Cmd::Audit(a) => audit::run(a).await,
+            Cmd::Workers { command } => workers::run(command).await,
             Cmd::Bench(a) => {
                 serve::init_tracing("text", "warn");
                 drover::bench::run(a).await.map_err(Into::into)

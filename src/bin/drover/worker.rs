@@ -23,6 +23,9 @@ pub struct WorkerArgs {
     /// Worker id; defaults to host name and process id.
     #[arg(long)]
     id: Option<String>,
+    /// A version label shown by `drover workers list` (a build, an image tag).
+    #[arg(long, default_value = "")]
+    worker_version: String,
     /// How long a stopping worker keeps trying to reach a node to report
     /// its results before it exits without them (e.g. 30s, 2m).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -49,6 +52,7 @@ pub async fn run(a: WorkerArgs) -> Result<()> {
     let mut opts = WorkerOptions::new(a.target.server.clone(), id, a.queue, a.concurrency);
     opts.stop_timeout = a.stop_timeout;
     opts.credentials = a.target.credentials()?;
+    opts.version = a.worker_version;
     let report = worker::run(opts, handler, stop).await?;
     eprintln!(
         "worker stopped: {} completed, {} failed, {} refused",

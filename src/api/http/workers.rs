@@ -1,0 +1,103 @@
+//! Workers across the cluster: list them, ask them to stop. Each node
+//! knows the workers connected to it; the node asked gathers the others'
+//! over the peer service.
+
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+
+use super::HttpState;
+use crate::api::auth::Caller;
+use crate::api::types::{WorkerBody, WorkersBody};
+use crate::api::ErrorResponses;
+use crate::error::Error;
+
+async fn gather(s: &HttpState, stop: &str, all: bool) -> WorkersBody {
+    let mut asked = 0;
+    if all || !stop.is_empty() {
+        asked += s.app.workers.stop(stop, all);
+    }
+    let mut workers: Vec<WorkerBody> = s
+        .app
+        .workers
+        .list(s.app.config.node_id)
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let mut unreachable = std::collections::BTreeMap::new();
+    for (id, answer) in s.app.router.peer_workers(stop, all).await {
+        match answer {
+            Ok(list) => {
+                if all || !stop.is_empty() {
+                    asked += list
+                        .iter()
+                        .filter(|w| w.draining && (all || w.worker_id == stop))
+                        .count();
+                }
+                workers.extend(list.into_iter().map(Into::into));
+            }
+            Err(e) => {
+                unreachable.insert(id.to_string(), e);
+            }
+        }
+    }
+    workers.sort_by(|a, b| (&a.worker_id, a.node_id).cmp(&(&b.worker_id, b.node_id)));
+    WorkersBody {
+        workers,
+        unreachable,
+        asked_to_stop: asked,
+    }
+}
+
+/// Every worker connected to the cluster, with what it serves, holds and
+/// has done.
+#[utoipa::path(get, path = "/api/v1/workers", tag = "workers",
+    responses((status = 200, body = WorkersBody), ErrorResponses))]
+pub(super) async fn list(State(s): State<HttpState>) -> Json<WorkersBody> {
+    Json(gather(&s, "", false).await)
+}
+
+/// Ask one worker (by id, on whichever node it is connected to) to finish
+/// what it holds and exit.
+#[utoipa::path(post, path = "/api/v1/workers/{id}/shutdown", tag = "workers",
+    params(("id" = String, Path)),
+    responses((status = 200, body = WorkersBody), ErrorResponses))]
+pub(super) async fn shutdown_one(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkersBody>, Error> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(Error::invalid("id", "a worker id is 1 to 128 bytes"));
+    }
+    let body = gather(&s, &id, false).await;
+    let result = if body.asked_to_stop == 0 && !body.workers.iter().any(|w| w.worker_id == id) {
+        Err(Error::invalid(
+            "id",
+            format!("no worker {id:?} is connected (see drover workers list)"),
+        ))
+    } else {
+        Ok(body)
+    };
+    let target = format!("worker {id}");
+    Ok(Json(
+        s.app
+            .record(&caller, "workers.shutdown", target, result)
+            .await?,
+    ))
+}
+
+/// Ask every connected worker to finish what it holds and exit.
+#[utoipa::path(post, path = "/api/v1/workers/shutdown", tag = "workers",
+    responses((status = 200, body = WorkersBody), ErrorResponses))]
+pub(super) async fn shutdown_all(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<WorkersBody>, Error> {
+    let body = gather(&s, "", true).await;
+    let target = format!("all workers ({})", body.asked_to_stop);
+    Ok(Json(
+        s.app
+            .record(&caller, "workers.shutdown", target, Ok(body))
+            .await?,
+    ))
+}

@@ -1,0 +1,91 @@
+//! `drover workers list|shutdown`: the workers of the whole cluster.
+
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use drover::api::types::WorkersBody;
+
+use crate::target::{table, Target};
+
+#[derive(Subcommand)]
+pub enum WorkersCmd {
+    /// Every connected worker: queues, version, jobs held, what it has done,
+    /// when it was last heard from, and the node it is connected to.
+    List(Target),
+    /// Ask a worker (or --all) to finish what it holds and exit.
+    Shutdown {
+        /// The worker id (see `drover workers list`).
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+pub async fn run(cmd: WorkersCmd) -> Result<()> {
+    match cmd {
+        WorkersCmd::List(target) => {
+            let w: WorkersBody = target.admin()?.get("/api/v1/workers").await?;
+            target.print(&w, print)
+        }
+        WorkersCmd::Shutdown { id, all, target } => {
+            let path = match (&id, all) {
+                (Some(id), false) => format!("/api/v1/workers/{id}/shutdown"),
+                (None, true) => "/api/v1/workers/shutdown".to_string(),
+                _ => bail!("name a worker id, or --all"),
+            };
+            let w: WorkersBody = target.admin()?.post(&path, &serde_json::json!({})).await?;
+            target.print(&w, |w| {
+                println!(
+                    "asked {} worker(s) to finish what they hold and exit",
+                    w.asked_to_stop
+                );
+                print(w);
+            })
+        }
+    }
+}
+
+fn print(w: &WorkersBody) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut t = table(&[
+        "ID",
+        "QUEUES",
+        "VERSION",
+        "HELD",
+        "DONE",
+        "FAILED",
+        "LAST SEEN",
+        "NODE",
+        "",
+    ]);
+    for x in &w.workers {
+        let ago = std::time::Duration::from_secs(now.saturating_sub(x.last_seen_ms) / 1000);
+        t.add_row(vec![
+            x.worker_id.clone(),
+            x.queues.join(","),
+            if x.version.is_empty() {
+                "-".into()
+            } else {
+                x.version.clone()
+            },
+            format!("{}/{}", x.in_flight, x.capacity),
+            x.completed.to_string(),
+            x.failed.to_string(),
+            format!("{} ago", humantime::format_duration(ago)),
+            x.node_id.to_string(),
+            if x.draining {
+                "draining".into()
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    println!("{t}");
+    for (node, why) in &w.unreachable {
+        println!("node {node} did not answer ({why}): its workers are not listed");
+    }
+}

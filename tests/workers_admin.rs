@@ -1,0 +1,137 @@
+//! `drover workers list|shutdown` on a real three-node cluster with real
+//! `drover worker` processes connected to different nodes: the list shows
+//! every worker wherever it is connected, and shutdown stops one, then all.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn drover(args: &[&str], server: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(args)
+        .env("DROVER_SERVER", server)
+        .output()
+        .expect("run drover")
+}
+
+fn worker(server: &str, id: &str, version: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["worker", "--queue", "q", "--exec", "cat", "--id", id])
+        .args(["--worker-version", version, "--server", server])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn drover worker")
+}
+
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn listed(server: &str) -> serde_json::Value {
+    let out = drover(&["workers", "list", "--json"], server);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn workers_are_listed_cluster_wide_and_stopped_on_request() {
+    let cluster = TestCluster::start(3, "");
+    cluster.leader().await;
+    // Each worker is given one node only, so they stay where they are put.
+    let mut workers = Workers(vec![
+        worker(&cluster.nodes[0].grpc, "w-a", "v1"),
+        worker(&cluster.nodes[1].grpc, "w-b", "v2"),
+        worker(&cluster.nodes[2].grpc, "w-c", "v2"),
+    ]);
+    let asked = &cluster.nodes[0].grpc;
+    let list = wait_for("three workers listed", Duration::from_secs(20), || async {
+        let l = listed(asked).await;
+        match l["workers"].as_array().map(Vec::len) {
+            Some(3) => Ok(l),
+            n => Err(format!("{n:?} workers: {l}")),
+        }
+    })
+    .await;
+    let seen: Vec<(String, String, u64)> = list["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["worker_id"].as_str().unwrap().into(),
+                w["version"].as_str().unwrap().into(),
+                w["node_id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("w-a".into(), "v1".into(), 1),
+            ("w-b".into(), "v2".into(), 2),
+            ("w-c".into(), "v2".into(), 3)
+        ]
+    );
+    // The table names them too.
+    let out = drover(&["workers", "list"], asked);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("w-b") && table.contains("v2"), "{table}");
+
+    // Stop the one on node 2, asking node 1.
+    let out = drover(
+        &["workers", "shutdown", "w-b", "--reason", "rolling"],
+        asked,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = wait_child(&mut workers.0[1], Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "a worker asked to stop exits cleanly: {status}"
+    );
+
+    // An unknown id is an error that says so.
+    let out = drover(&["workers", "shutdown", "nobody"], asked);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
+
+    let out = drover(&["workers", "shutdown", "--all"], asked);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in [0, 2] {
+        let status = wait_child(&mut workers.0[i], Duration::from_secs(20));
+        assert!(status.success(), "{status}");
+    }
+    // Recorded in the audit log.
+    let out = drover(&["audit", "--json"], asked);
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let actions: Vec<&str> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    // The shutdown of an unknown worker was refused and is not recorded.
+    assert_eq!(actions, ["workers.shutdown"; 2]);
+}
