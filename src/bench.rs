@@ -97,7 +97,7 @@ impl LocalNode {
                     Some((id, _, peers)) => format!(
                         "node_id = {id}\ncluster_id = \"bench\"\n[log]\nlevel = \"error\"\n{peers}"
                     ),
-                    None => "[log]\nlevel = \"warn\"\n".to_string(),
+                    None => "[log]\nlevel = \"error\"\n".to_string(),
                 };
                 std::fs::write(&path, text).map_err(|e| BenchError::Spawn(e.to_string()))?;
                 path

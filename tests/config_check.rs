@@ -52,3 +52,58 @@ fn a_bad_config_names_what_is_wrong() {
     assert!(!ok);
     assert!(text.contains("missing.toml"), "{text}");
 }
+
+/// The TLS cluster configs are valid once their certificates exist (as
+/// `config/cluster-tls/make-certs.sh` makes them), and say which file is
+/// missing before.
+#[test]
+fn the_tls_cluster_configs_are_valid_with_their_certificates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("config/cluster-tls");
+    std::fs::create_dir_all(conf.join("certs")).unwrap();
+    let run = |file: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["config", "check"])
+            .arg(file)
+            .current_dir(dir.path())
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    for n in 1..=3 {
+        std::fs::copy(
+            root.join(format!("config/cluster-tls/node{n}.toml")),
+            conf.join(format!("node{n}.toml")),
+        )
+        .unwrap();
+    }
+    let (ok, text) = run(&conf.join("node1.toml"));
+    assert!(!ok && text.contains("tls."), "{text}");
+
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(conf.join("certs/ca.pem"), ca_cert.pem()).unwrap();
+    for n in 1..=3 {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca_cert, &ca_key)
+            .unwrap();
+        std::fs::write(conf.join(format!("certs/node{n}.pem")), cert.pem()).unwrap();
+        std::fs::write(
+            conf.join(format!("certs/node{n}-key.pem")),
+            key.serialize_pem(),
+        )
+        .unwrap();
+    }
+    for n in 1..=3 {
+        let (ok, text) = run(&conf.join(format!("node{n}.toml")));
+        assert!(ok && text.contains("TLS"), "node{n}: {text}");
+    }
+}

@@ -531,3 +531,48 @@ pub struct AuditPageBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
 }
+
+/// The job policies this node applies, as `[jobs]` keys of the config
+/// (durations as "30s", sizes as "10 GiB").
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobPoliciesBody {
+    pub heartbeat_timeout: String,
+    pub max_retries: u32,
+    pub retry_base_delay: String,
+    pub retry_max_delay: String,
+    pub retention: String,
+    pub retention_max_bytes: String,
+    pub dead_retention: String,
+    pub idempotency_ttl: String,
+    pub audit_retention: String,
+}
+
+/// The policies in effect.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoliciesBody {
+    /// Where they come from: `config of node N` until policies are
+    /// replicated state.
+    pub source: String,
+    pub jobs: JobPoliciesBody,
+}
+
+impl From<&crate::config::Config> for PoliciesBody {
+    fn from(c: &crate::config::Config) -> PoliciesBody {
+        let d = crate::wire::describe;
+        let j = &c.jobs;
+        PoliciesBody {
+            source: format!("config of node {}", c.node_id),
+            jobs: JobPoliciesBody {
+                heartbeat_timeout: d(j.heartbeat_timeout),
+                max_retries: j.max_retries,
+                retry_base_delay: d(j.retry_base_delay),
+                retry_max_delay: d(j.retry_max_delay),
+                retention: d(j.retention),
+                retention_max_bytes: j.retention_max_bytes.display().iec().to_string(),
+                dead_retention: d(j.dead_retention),
+                idempotency_ttl: d(j.idempotency_ttl),
+                audit_retention: d(j.audit_retention),
+            },
+        }
+    }
+}

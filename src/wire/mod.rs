@@ -40,10 +40,10 @@ pub fn parse_duration_ms(text: &str, max: Duration) -> Result<u64, String> {
 }
 
 /// A limit as an operator would write it: whole days as days.
-fn describe(d: Duration) -> String {
+pub fn describe(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 86_400 && secs % 86_400 == 0 && d.subsec_nanos() == 0 {
-        format!("{} days", secs / 86_400)
+        format!("{}days", secs / 86_400)
     } else {
         humantime::format_duration(d).to_string()
     }

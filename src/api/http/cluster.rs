@@ -11,7 +11,8 @@ use crate::api::auth::Caller;
 
 use super::{body, id_param, query, HttpState};
 use crate::api::types::{
-    AddMemberBody, AuditBody, AuditPageBody, DigestBody, MembersBody, NodeRefBody, StatsBody,
+    AddMemberBody, AuditBody, AuditPageBody, DigestBody, MembersBody, NodeRefBody, PoliciesBody,
+    StatsBody,
 };
 use crate::api::ErrorResponses;
 use crate::error::Error;
@@ -232,4 +233,12 @@ pub(super) async fn audit(
             .collect(),
         next: page.next,
     }))
+}
+
+/// The policies this node applies (retries, leases, retention), as its
+/// config has them.
+#[utoipa::path(get, path = "/api/v1/policies", tag = "cluster",
+    responses((status = 200, body = PoliciesBody), ErrorResponses))]
+pub(super) async fn policies(State(s): State<HttpState>) -> Json<PoliciesBody> {
+    Json(s.app.config.as_ref().into())
 }

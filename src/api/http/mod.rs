@@ -115,6 +115,12 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
         route(Method::GET, "/api/v1/audit", Read, get(cluster::audit)),
         route(Method::GET, "/api/v1/workers", Read, get(workers::list)),
         route(
+            Method::GET,
+            "/api/v1/policies",
+            Read,
+            get(cluster::policies),
+        ),
+        route(
             Method::POST,
             "/api/v1/workers/shutdown",
             Operate,

@@ -25,6 +25,7 @@ use utoipa::{Modify, OpenApi};
         super::cluster::snapshot,
         super::cluster::audit,
         super::workers::list,
+        super::cluster::policies,
         super::workers::shutdown_all,
         super::workers::shutdown_one,
     ),

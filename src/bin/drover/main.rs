@@ -7,6 +7,7 @@ mod audit;
 mod cluster;
 mod jobs;
 mod local;
+mod policies;
 mod serve;
 mod snapshot;
 mod status;
@@ -58,6 +59,11 @@ enum Cmd {
         #[command(subcommand)]
         command: workers::WorkersCmd,
     },
+    /// The policies in effect (retries, leases, retention).
+    Policies {
+        #[command(subcommand)]
+        command: policies::PoliciesCmd,
+    },
     /// Who changed what through the admin API, when and why.
     Audit(audit::AuditArgs),
     /// Measure throughput and latency (see BENCH.md).
@@ -106,6 +112,7 @@ fn main() -> Result<()> {
             Cmd::Snapshot { command } => snapshot::run(command).await,
             Cmd::Audit(a) => audit::run(a).await,
             Cmd::Workers { command } => workers::run(command).await,
+            Cmd::Policies { command } => policies::run(command).await,
             Cmd::Bench(a) => {
                 serve::init_tracing("text", "warn");
                 drover::bench::run(a).await.map_err(Into::into)
