@@ -23,6 +23,8 @@ pub enum Error {
     #[error("job {0} not found")]
     JobNotFound(JobId),
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
     Refused(#[from] Refusal),
     #[error(
         "no leader is known right now (election in progress?); retry in about {retry_after_ms} ms"
@@ -86,7 +88,7 @@ impl Error {
         use tonic::Code;
         match self {
             Error::InvalidJob(_) | Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::JobNotFound(_) => Code::NotFound,
+            Error::JobNotFound(_) | Error::NotFound(_) => Code::NotFound,
             Error::Refused(Refusal::UnknownJob(_)) => Code::NotFound,
             Error::Refused(_) | Error::MembershipBusy | Error::MembershipRefused(_) => {
                 Code::FailedPrecondition
@@ -128,7 +130,9 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::InvalidJob(_) | Error::InvalidArgument { .. } => "invalid_argument",
-            Error::JobNotFound(_) | Error::Refused(Refusal::UnknownJob(_)) => "not_found",
+            Error::JobNotFound(_) | Error::NotFound(_) | Error::Refused(Refusal::UnknownJob(_)) => {
+                "not_found"
+            }
             Error::Refused(Refusal::StaleLease { .. }) => "stale_lease",
             Error::Refused(Refusal::Finished { .. }) => "already_finished",
             Error::MembershipBusy => "membership_busy",

@@ -23,7 +23,14 @@ use crate::error::Error;
 pub(super) struct StatsQuery {
     /// `ok`: answer from this node's state without asking the leader.
     #[serde(default)]
-    stale: Option<String>,
+    #[param(inline)]
+    stale: Option<Stale>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+pub(super) enum Stale {
+    #[serde(rename = "ok")]
+    Ok,
 }
 
 /// Queue depths, totals and connected workers; current as of the request
@@ -35,15 +42,8 @@ pub(super) async fn stats(
     State(s): State<HttpState>,
     q: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<Json<StatsBody>, Error> {
-    match query(q)?.stale.as_deref() {
-        Some("ok") => {}
-        None => s.app.router.read_barrier().await?,
-        Some(other) => {
-            return Err(Error::invalid(
-                "stale",
-                format!("{other:?} is not `ok`; leave it out for a current answer"),
-            ))
-        }
+    if query(q)?.stale.is_none() {
+        s.app.router.read_barrier().await?;
     }
     let stats = s.app.driver.stats();
     Ok(Json(StatsBody {
@@ -186,9 +186,11 @@ pub(super) async fn digest(State(s): State<HttpState>) -> Result<Json<DigestBody
 pub(super) struct AuditQuery {
     /// The `next` of the page before: records older than it.
     #[serde(default)]
+    #[param(pattern = "^41[0-9a-f]{32}$")]
     before: Option<String>,
     /// Records on a page, 1 to 1000 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 

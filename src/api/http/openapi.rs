@@ -29,6 +29,7 @@ use utoipa::{Modify, OpenApi};
         super::workers::shutdown_all,
         super::workers::shutdown_one,
     ),
+    components(schemas(crate::api::types::ErrorBody, crate::api::types::ErrorInfo)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]

@@ -59,7 +59,7 @@ pub(super) async fn list(State(s): State<HttpState>) -> Json<WorkersBody> {
 /// Ask one worker (by id, on whichever node it is connected to) to finish
 /// what it holds and exit.
 #[utoipa::path(post, path = "/api/v1/workers/{id}/shutdown", tag = "workers",
-    params(("id" = String, Path)),
+    params(("id" = String, Path, min_length = 1, max_length = 128)),
     responses((status = 200, body = WorkersBody), ErrorResponses))]
 pub(super) async fn shutdown_one(
     State(s): State<HttpState>,
@@ -71,10 +71,9 @@ pub(super) async fn shutdown_one(
     }
     let body = gather(&s, &id, false).await;
     let result = if body.asked_to_stop == 0 && !body.workers.iter().any(|w| w.worker_id == id) {
-        Err(Error::invalid(
-            "id",
-            format!("no worker {id:?} is connected (see drover workers list)"),
-        ))
+        Err(Error::NotFound(format!(
+            "no worker {id:?} is connected to the cluster (see drover workers list)"
+        )))
     } else {
         Ok(body)
     };
