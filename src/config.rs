@@ -177,6 +177,14 @@ pub struct TokenConfig {
     /// worth).
     #[serde(default)]
     pub burst: u32,
+    /// For a producer: enqueue requests per second for any one tenant, so
+    /// one tenant's flood does not use up the token's whole rate; 0 or
+    /// absent means no limit.
+    #[serde(default)]
+    pub tenant_rate_limit: u32,
+    /// Above `tenant_rate_limit`, at once (default: one second's worth).
+    #[serde(default)]
+    pub tenant_burst: u32,
 }
 
 /// `[tls]`: PEM files. The certificate serves gRPC, HTTP and peer traffic.

@@ -333,3 +333,26 @@ async fn protected_metrics_need_a_read_token() {
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn a_producer_token_may_be_limited_per_tenant() {
+    let (token, hash) = drover::token::generate().unwrap();
+    let node = TestNode::start(&format!(
+        "[[tokens]]\nname = \"app\"\nrole = \"producer\"\nhash = \"{hash}\"\ntenant_rate_limit = 1\ntenant_burst = 2\n"
+    ));
+    let http = reqwest::Client::new();
+    let enqueue = |tenant: &'static str| {
+        http.post(format!("{}/api/v1/queues/q/jobs", node.http))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"payload": "x", "tenant": tenant}))
+            .send()
+    };
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        flood.push(enqueue("noisy").await.unwrap().status().as_u16());
+    }
+    assert_eq!(&flood[..2], &[201, 201], "{flood:?}");
+    assert!(flood.contains(&429), "{flood:?}");
+    // Another tenant of the same token is not held back by the first.
+    assert_eq!(enqueue("quiet").await.unwrap().status(), 201);
+}

@@ -96,7 +96,7 @@ pub struct Rule {
 
 /// Who made a request, put in its extensions for handlers (whose job,
 /// who to write in the audit log).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Caller {
     /// The token's name; `anonymous` when the node has no tokens.
     pub name: String,
@@ -105,9 +105,59 @@ pub struct Caller {
     /// Why, as the request's `x-drover-reason` header said (for the audit
     /// log); empty if it said nothing.
     pub reason: String,
+    /// The token's limit per tenant it enqueues for, if it has one.
+    tenants: Option<Arc<TenantLimiter>>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+type TenantLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+fn quota(rate: u32, burst: u32) -> Option<Quota> {
+    let rate = NonZeroU32::new(rate)?;
+    Some(Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(rate)))
+}
+
+/// The wait a limiter's refusal asks for, in whole milliseconds (at least 1).
+fn wait_ms(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -> u64 {
+    let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
+    u64::try_from(not_until.wait_time_from(now).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl Caller {
+    /// Anyone, on a node without tokens.
+    pub fn anonymous() -> Caller {
+        Caller {
+            name: "anonymous".into(),
+            role: None,
+            reason: String::new(),
+            tenants: None,
+        }
+    }
+
+    /// Counts one request for `tenant` against the token's per-tenant
+    /// limit (`tenant_rate_limit`), if it has one.
+    pub fn check_tenant(&self, tenant: &str) -> Result<(), Error> {
+        let Some(limiter) = &self.tenants else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&tenant.to_string())
+            .map_err(|not_until| Error::RateLimited {
+                token: format!("{} (tenant {tenant:?})", self.name),
+                retry_after_ms: wait_ms(&not_until),
+            })
+    }
+
     /// The audit record of an action this caller takes.
     pub fn audit(&self, action: &str, target: String) -> crate::command::AuditRecord {
         crate::command::AuditRecord {
@@ -170,14 +220,13 @@ impl Auth {
             .filter_map(|t| {
                 // Validated at start; a bad hash cannot match anything anyway.
                 let hash = crate::token::parse_hash(&t.hash).ok()?;
-                let limiter = NonZeroU32::new(t.rate_limit).map(|rate| {
-                    let burst = NonZeroU32::new(t.burst).unwrap_or(rate);
-                    governor::RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
-                });
+                let limiter = quota(t.rate_limit, t.burst).map(governor::RateLimiter::direct);
                 let caller = Caller {
                     name: t.name.clone(),
                     role: Some(t.role),
                     reason: String::new(),
+                    tenants: quota(t.tenant_rate_limit, t.tenant_burst)
+                        .map(|q| Arc::new(governor::RateLimiter::keyed(q))),
                 };
                 Some((hash, Token { caller, limiter }))
             })
@@ -226,11 +275,7 @@ impl Auth {
     /// Checks a request's `authorization` value against what it needs.
     pub fn check(&self, access: Access, authorization: Option<&str>) -> Result<Caller, Error> {
         if self.inner.tokens.is_empty() || access == Access::Open {
-            return Ok(Caller {
-                name: "anonymous".into(),
-                role: None,
-                reason: String::new(),
-            });
+            return Ok(Caller::anonymous());
         }
         let presented = authorization
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
@@ -259,15 +304,10 @@ impl Auth {
             )));
         }
         if let Some(limiter) = &token.limiter {
-            if let Err(not_until) = limiter.check() {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ));
-                return Err(Error::RateLimited {
-                    token: token.caller.name.clone(),
-                    retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
-                });
-            }
+            limiter.check().map_err(|not_until| Error::RateLimited {
+                token: token.caller.name.clone(),
+                retry_after_ms: wait_ms(&not_until),
+            })?;
         }
         Ok(token.caller.clone())
     }

@@ -67,6 +67,13 @@ impl App {
                 ),
             ));
         }
+        let tenants: std::collections::BTreeSet<&str> = requests
+            .iter()
+            .map(|r| crate::job::tenant_or_default(&r.tenant))
+            .collect();
+        for tenant in tenants {
+            caller.check_tenant(tenant)?;
+        }
         let limits = self.config.job_limits();
         let batch = requests.len() > 1;
         let jobs = requests
