@@ -73,7 +73,7 @@ pub enum Command {
     /// record is written with its outcome, in the same batch.
     Audit {
         record: AuditRecord,
-        command: Option<Box<Command>>,
+        command: Option<Audited>,
     },
     /// Proposed by the leader: removes up to `limit` audit records older
     /// than `keep_ms` (`jobs.audit_retention`).
@@ -81,6 +81,22 @@ pub enum Command {
         keep_ms: u64,
         limit: u32,
     },
+}
+
+/// The machine commands an audit record can carry: a closed list, so an
+/// entry cannot nest audits (and its decoding cannot recurse).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Audited {
+    Cancel { id: JobId },
+}
+
+impl Audited {
+    /// The command it stands for.
+    pub fn command(&self) -> Command {
+        match self {
+            Audited::Cancel { id } => Command::Cancel { id: *id },
+        }
+    }
 }
 
 /// One line of the audit log.
@@ -146,12 +162,7 @@ impl Command {
                 .map(|f| RECORD + f.message.len() + f.error_class.len())
                 .sum(),
             Command::Heartbeat { leases, .. } => RECORD * leases.len(),
-            Command::Audit { record, command } => {
-                RECORD
-                    + record.reason.len()
-                    + record.target.len()
-                    + command.as_ref().map_or(0, |c| c.approx_bytes())
-            }
+            Command::Audit { record, .. } => RECORD + record.reason.len() + record.target.len(),
             Command::Lease { .. }
             | Command::Cancel { .. }
             | Command::Tick

@@ -66,8 +66,8 @@ pub struct Config {
     /// The token this node presents to its peers; their config lists its
     /// hash with role `peer`. Needed in a cluster that has tokens.
     pub peer_token: String,
-    /// `/metrics` needs a token (any role but `worker` and `peer`) when
-    /// true; open otherwise, for scrapers.
+    /// `/metrics` needs a token of role read, operate or admin when true;
+    /// open otherwise, for scrapers.
     pub protect_metrics: bool,
     /// TLS for every port, and mutual TLS between peers. None: plain TCP.
     pub tls: Option<Tls>,
@@ -118,7 +118,7 @@ pub enum Role {
     /// Operate, and what reshapes the cluster: membership, snapshots,
     /// budgets, policies; may also produce.
     Admin,
-    /// Enqueue, read jobs, cancel the jobs it enqueued.
+    /// Enqueue; read and cancel the jobs it enqueued.
     Producer,
     /// The worker stream.
     Worker,

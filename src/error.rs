@@ -188,7 +188,10 @@ impl Error {
     /// The request was refused before it could take effect.
     pub fn retry_safe(&self) -> bool {
         match self {
-            Error::NoLeader { .. } | Error::Superseded | Error::ShuttingDown => true,
+            Error::NoLeader { .. }
+            | Error::Superseded
+            | Error::ShuttingDown
+            | Error::RateLimited { .. } => true,
             Error::Forward { status, .. } => crate::wire::retry_safe(status),
             _ => false,
         }

@@ -290,15 +290,6 @@ fn or_default(s: String) -> String {
     }
 }
 
-/// The tenant a job is counted under: as given, or `default` if none.
-pub fn tenant_or_default(tenant: &str) -> &str {
-    if tenant.is_empty() {
-        DEFAULT_NAME
-    } else {
-        tenant
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -501,7 +501,7 @@ impl Machine {
             Command::Tick => self.tick(now)?,
             Command::Held { worker } => Outcome::Leased(self.held(worker)?),
             Command::Purge { retention, limit } => self.purge(now, retention, *limit)?,
-            Command::Audit { record, command } => self.audit(now, record, command.as_deref())?,
+            Command::Audit { record, command } => self.audit(now, record, command.as_ref())?,
             Command::PurgeAudit { keep_ms, limit } => self.purge_audit(now, *keep_ms, *limit)?,
         })
     }

@@ -113,12 +113,14 @@ impl Node {
             router.clone(),
             tls.clone(),
             shutdown.clone(),
+            grace,
         ));
         let http = tokio::spawn(api::listen::serve(
             http_listener,
             router,
             tls,
             shutdown.clone(),
+            grace,
         ));
         tracing::info!(event = "node_started", node_id = app.config.node_id, %grpc_addr, %http_addr, "node started");
         Ok(Node {
@@ -165,17 +167,9 @@ impl Node {
             grace_ms = self.grace.as_millis() as u64,
             "stopping: workers finish held jobs"
         );
-        // Streams end when their workers finish; bound the wait.
-        let _ = tokio::time::timeout(self.grace, async {
-            let _ = (&mut self.grpc).await;
-        })
-        .await;
-        self.grpc.abort();
-        let _ = tokio::time::timeout(self.grace, async {
-            let _ = (&mut self.http).await;
-        })
-        .await;
-        self.http.abort();
+        // Both listeners stop within the grace (streams end when their
+        // workers finish; what is left is closed), and at the same time.
+        let _ = tokio::join!(&mut self.grpc, &mut self.http);
         self.driver_stop.send_replace(true);
         if let Ok(Err(e)) = self.driver_done.await {
             return Err(Error::Driver(e.to_string()));

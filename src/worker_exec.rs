@@ -18,6 +18,11 @@ const MAX_MESSAGE: usize = 2048;
 
 pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<Bytes, JobFailure> {
     let mut child = Command::new("sh")
+        // The worker's credentials are not the job's: a job's code must not
+        // be able to act as the worker (lease, complete) or as its operator.
+        .env_remove("DROVER_TOKEN")
+        .env_remove("DROVER_CA")
+        .env_remove("DROVER_SERVER")
         .arg("-c")
         .arg(cmd)
         .env("DROVER_JOB_ID", job.job_id.to_string())

@@ -172,6 +172,22 @@ async fn a_producer_cancels_its_own_jobs_only() {
             .send()
     };
     // The admin's job claimed the producer's label; the node dropped it.
+    // So the producer may neither read nor cancel it.
+    let read = |id: &serde_json::Value| {
+        http.get(format!("{}/api/v1/jobs/{id}", node.http))
+            .bearer_auth(token(Role::Producer))
+            .send()
+    };
+    assert_eq!(read(&by_admin["id"]).await.unwrap().status(), 403);
+    assert_eq!(read(&by_producer["id"]).await.unwrap().status(), 200);
+    let mut p = drover::client::Producer::connect_with(
+        &node.grpc,
+        &drover::client::Credentials::new(Some(&token(Role::Producer)), None).unwrap(),
+    )
+    .await
+    .unwrap();
+    let err = p.get(by_admin["id"].as_u64().unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("only its own"), "{err}");
     let resp = cancel(&by_admin["id"]).await.unwrap();
     assert_eq!(resp.status(), 403);
     let resp = cancel(&by_producer["id"]).await.unwrap();
@@ -355,4 +371,62 @@ async fn a_producer_token_may_be_limited_per_tenant() {
     assert!(flood.contains(&429), "{flood:?}");
     // Another tenant of the same token is not held back by the first.
     assert_eq!(enqueue("quiet").await.unwrap().status(), 201);
+}
+
+/// Spellings of a path that a router might take for another: none of them
+/// reaches a route without a token.
+#[tokio::test]
+async fn odd_spellings_of_paths_reach_nothing_without_a_token() {
+    let (node, _tokens) = node_with_tokens();
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        ("GET", "/api/v1/stats/"),
+        ("GET", "//api/v1/stats"),
+        ("GET", "/api/v1//stats"),
+        ("GET", "/api/v1/%73tats"),
+        ("GET", "/API/V1/STATS"),
+        ("GET", "/api/v1/./stats"),
+        ("GET", "/api/v1/jobs/../stats"),
+        ("HEAD", "/api/v1/stats"),
+        ("OPTIONS", "/api/v1/stats"),
+        ("GET", "/api/v1/snapshot?x=/health"),
+        ("POST", "/drover.v1.PeerService/Members"),
+        ("POST", "/drover.v1.PeerService/Members/"),
+        (
+            "POST",
+            "/drover.v1.ProducerService/Enqueue/../../drover.v1.PeerService/Members",
+        ),
+    ] {
+        let resp = http
+            .request(method.parse().unwrap(), format!("{}{path}", node.http))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert!(
+            status == 401 || status == 404 || status == 405,
+            "{method} {path}: {status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_rate_limit_counts_each_message_of_an_enqueue_stream() {
+    let (token, hash) = drover::token::generate().unwrap();
+    let node = TestNode::start(&format!(
+        "[[tokens]]\nname = \"app\"\nrole = \"producer\"\nhash = \"{hash}\"\nrate_limit = 1\nburst = 3\n"
+    ));
+    let creds = drover::client::Credentials::new(Some(&token), None).unwrap();
+    let p = drover::client::Producer::connect_with(&node.grpc, &creds)
+        .await
+        .unwrap();
+    let mut stream = p.enqueue_stream().await.unwrap();
+    let mut refused = 0;
+    for _ in 0..6 {
+        if let Err(e) = stream.enqueue(vec![new_job("q", "x")]).await {
+            assert!(e.to_string().contains("rate limit"), "{e}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2, "{refused} of 6 refused");
 }

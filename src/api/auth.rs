@@ -59,10 +59,8 @@ impl Access {
             Access::Operate => matches!(role, R::Operate | R::Admin),
             Access::Admin => role == R::Admin,
             Access::Produce => matches!(role, R::Producer | R::Admin),
-            Access::ReadJob | Access::Cancel => {
-                matches!(role, R::Read | R::Operate | R::Admin | R::Producer)
-                    && (self == Access::ReadJob || role != R::Read)
-            }
+            Access::ReadJob => matches!(role, R::Read | R::Operate | R::Admin | R::Producer),
+            Access::Cancel => matches!(role, R::Operate | R::Admin | R::Producer),
             Access::Work => role == R::Worker,
             Access::Peer => role == R::Peer,
         }
@@ -107,6 +105,9 @@ pub struct Caller {
     pub reason: String,
     /// The token's limit per tenant it enqueues for, if it has one.
     tenants: Option<Arc<TenantLimiter>>,
+    /// The token's own rate limit, if it has one: the middleware counts
+    /// each request, and an enqueue stream each message on it.
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
 }
 
 impl std::fmt::Debug for Caller {
@@ -119,6 +120,8 @@ impl std::fmt::Debug for Caller {
 }
 
 type TenantLimiter = governor::DefaultKeyedRateLimiter<String>;
+/// Tenants tracked per token before idle ones are dropped.
+const MAX_TENANT_KEYS: usize = 10_000;
 
 fn quota(rate: u32, burst: u32) -> Option<Quota> {
     let rate = NonZeroU32::new(rate)?;
@@ -141,6 +144,18 @@ impl Caller {
             role: None,
             reason: String::new(),
             tenants: None,
+            limiter: None,
+        }
+    }
+
+    /// Counts one request against the token's rate limit, if it has one.
+    pub fn check_rate(&self) -> Result<(), Error> {
+        match &self.limiter {
+            Some(limiter) => limiter.check().map_err(|not_until| Error::RateLimited {
+                token: self.name.clone(),
+                retry_after_ms: wait_ms(&not_until),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -150,6 +165,12 @@ impl Caller {
         let Some(limiter) = &self.tenants else {
             return Ok(());
         };
+        // Keys of tenants not seen for a while are dropped, so the map
+        // stays as small as the set of active tenants.
+        if limiter.len() > MAX_TENANT_KEYS {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
         limiter
             .check_key(&tenant.to_string())
             .map_err(|not_until| Error::RateLimited {
@@ -176,7 +197,8 @@ impl Caller {
     /// The label a producer's jobs carry, so it may cancel them later.
     pub const OWNER_LABEL: &'static str = "drover.token";
 
-    /// Whether this caller may act on any job, not only its own.
+    /// Whether this caller is a producer, which acts only on the jobs it
+    /// enqueued.
     pub fn is_producer(&self) -> bool {
         self.role == Some(Role::Producer)
     }
@@ -194,7 +216,7 @@ pub fn caller_of<T>(req: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
 
 struct Token {
     caller: Caller,
-    limiter: Option<DefaultDirectRateLimiter>,
+    role: Role,
 }
 
 /// The node's tokens and rules, shared by every request.
@@ -220,15 +242,22 @@ impl Auth {
             .filter_map(|t| {
                 // Validated at start; a bad hash cannot match anything anyway.
                 let hash = crate::token::parse_hash(&t.hash).ok()?;
-                let limiter = quota(t.rate_limit, t.burst).map(governor::RateLimiter::direct);
                 let caller = Caller {
                     name: t.name.clone(),
                     role: Some(t.role),
                     reason: String::new(),
                     tenants: quota(t.tenant_rate_limit, t.tenant_burst)
                         .map(|q| Arc::new(governor::RateLimiter::keyed(q))),
+                    limiter: quota(t.rate_limit, t.burst)
+                        .map(|q| Arc::new(governor::RateLimiter::direct(q))),
                 };
-                Some((hash, Token { caller, limiter }))
+                Some((
+                    hash,
+                    Token {
+                        caller,
+                        role: t.role,
+                    },
+                ))
             })
             .collect();
         let mut by_path: HashMap<&'static str, Vec<(Method, Access)>> = HashMap::new();
@@ -294,7 +323,7 @@ impl Auth {
                     "the token is not one this node knows; check it against the [[tokens]] in its config".into(),
                 )
             })?;
-        let role = token.caller.role.unwrap_or(Role::Admin);
+        let role = token.role;
         if !access.allows(role) {
             return Err(Error::PermissionDenied(format!(
                 "token {:?} has role {}, which may not do this (it needs {})",
@@ -303,12 +332,7 @@ impl Auth {
                 access.needs()
             )));
         }
-        if let Some(limiter) = &token.limiter {
-            limiter.check().map_err(|not_until| Error::RateLimited {
-                token: token.caller.name.clone(),
-                retry_after_ms: wait_ms(&not_until),
-            })?;
-        }
+        token.caller.check_rate()?;
         Ok(token.caller.clone())
     }
 }
@@ -371,7 +395,10 @@ pub async fn middleware(State(auth): State<Auth>, mut req: Request, next: Next) 
             next.run(req).await
         }
         Err(e) => {
-            tracing::warn!(event = "request_refused", path = %req.uri().path(), code = e.code(), reason = %e, "request refused");
+            // Counted, and logged at debug: unauthenticated traffic must not
+            // be able to flood the log.
+            metrics::counter!("drover_requests_refused_total", "code" => e.code()).increment(1);
+            tracing::debug!(event = "request_refused", path = %req.uri().path(), code = e.code(), reason = %e, "request refused");
             if is_grpc(req.headers()) {
                 tonic::Status::from(e).into_http()
             } else {

@@ -99,13 +99,15 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, ConfigError> {
     Ok(Arc::new(config))
 }
 
-/// Serves `router` on `listener` until `shutdown`; then stops accepting and
-/// lets open connections finish (the node bounds how long it waits).
+/// Serves `router` on `listener` until `shutdown`; then stops accepting,
+/// lets open connections finish for up to `grace` (worker streams end once
+/// their workers have reported what they hold), and closes the rest.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
@@ -119,7 +121,9 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.wait_for(|s| *s) => break,
@@ -142,7 +146,7 @@ pub async fn serve(
             acceptor.clone(),
             graceful.watcher(),
         );
-        tokio::spawn(async move {
+        conns.spawn(async move {
             match acceptor {
                 None => {
                     let info = ConnInfo {
@@ -179,7 +183,17 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            event = "connections_closed",
+            open = conns.len(),
+            "closing connections still open after the shutdown grace"
+        );
+    }
+    conns.abort_all();
 }
 
 /// The router with the connection's facts in every request's extensions

@@ -67,13 +67,6 @@ impl App {
                 ),
             ));
         }
-        let tenants: std::collections::BTreeSet<&str> = requests
-            .iter()
-            .map(|r| crate::job::tenant_or_default(&r.tenant))
-            .collect();
-        for tenant in tenants {
-            caller.check_tenant(tenant)?;
-        }
         let limits = self.config.job_limits();
         let batch = requests.len() > 1;
         let jobs = requests
@@ -95,17 +88,26 @@ impl App {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Checked on validated names only, so a flood of made-up tenants
+        // is refused before it can grow the limiter.
+        let tenants: std::collections::BTreeSet<&str> =
+            jobs.iter().map(|j| j.tenant.as_str()).collect();
+        for tenant in tenants {
+            caller.check_tenant(tenant)?;
+        }
         match self.router.propose(Command::Enqueue { jobs }).await? {
             Outcome::Enqueued(ids) => Ok(ids),
             other => Err(unexpected(other)),
         }
     }
 
-    /// Reads a job as it is now in the cluster (after a read index).
-    pub async fn get_job(&self, id: JobId) -> Result<JobView, Error> {
+    /// Reads a job as it is now in the cluster (after a read index). A
+    /// producer reads only the jobs it enqueued.
+    pub async fn get_job(&self, caller: &Caller, id: JobId) -> Result<JobView, Error> {
         self.router.read_barrier().await?;
         let reader = self.driver.reader();
         let (job, payload) = reader.job_and_payload(id)?.ok_or(Error::JobNotFound(id))?;
+        check_owner(caller, &job)?;
         Ok(JobView {
             payload,
             result: reader.result(id)?,
@@ -129,17 +131,17 @@ impl App {
     /// only the jobs it enqueued.
     pub async fn cancel(&self, caller: &Caller, id: JobId) -> Result<JobState, Error> {
         if caller.is_producer() {
-            let job = self.get_job(id).await?.job;
-            if job.labels.get(Caller::OWNER_LABEL) != Some(&caller.name) {
-                return Err(Error::PermissionDenied(format!(
-                    "job {id} was not enqueued with token {:?}; a producer may cancel only its own jobs",
-                    caller.name
-                )));
-            }
+            self.router.read_barrier().await?;
+            let job = self
+                .driver
+                .reader()
+                .job(id)?
+                .ok_or(Error::JobNotFound(id))?;
+            check_owner(caller, &job)?;
         }
         let command = Command::Audit {
             record: caller.audit("job.cancel", format!("job {id}")),
-            command: Some(Box::new(Command::Cancel { id })),
+            command: Some(crate::command::Audited::Cancel { id }),
         };
         match self.router.propose(command).await? {
             Outcome::Cancelled(r) => Ok(r?),
@@ -172,6 +174,18 @@ impl App {
         }
         Ok(value)
     }
+}
+
+/// A producer acts only on the jobs it enqueued (their owner label names
+/// its token); other callers on any job their role reaches.
+fn check_owner(caller: &Caller, job: &Job) -> Result<(), Error> {
+    if caller.is_producer() && job.labels.get(Caller::OWNER_LABEL) != Some(&caller.name) {
+        return Err(Error::PermissionDenied(format!(
+            "job {} was not enqueued with token {:?}; a producer reads and cancels only its own jobs",
+            job.id, caller.name
+        )));
+    }
+    Ok(())
 }
 
 /// The errors any admin endpoint may answer, for the OpenAPI document.

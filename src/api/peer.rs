@@ -251,12 +251,17 @@ impl PeerService for Peer {
     ) -> Result<Response<pb::WorkersResponse>, Status> {
         let req = req.into_inner();
         self.admit(req.header.as_ref())?;
-        if req.all || !req.stop.is_empty() {
-            self.app.workers.stop(&req.stop, req.all);
-        }
+        let asked = if req.all || !req.stop.is_empty() {
+            self.app.workers.stop(&req.stop, req.all)
+        } else {
+            0
+        };
         let list = self.app.workers.list(self.app.config.node_id);
         let json = serde_json::to_string(&list).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::WorkersResponse { json }))
+        Ok(Response::new(pb::WorkersResponse {
+            json,
+            asked: u32::try_from(asked).unwrap_or(u32::MAX),
+        }))
     }
 }
 

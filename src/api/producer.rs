@@ -101,6 +101,8 @@ impl ProducerService for Producer {
                     let request = request?;
                     let result = if refusing {
                         Err(Status::from(crate::error::Error::ShuttingDown))
+                    } else if let Err(e) = caller.check_rate() {
+                        Err(Status::from(e))
                     } else {
                         enqueue_jobs(&app, &caller, request.jobs).await
                     };
@@ -120,8 +122,9 @@ impl ProducerService for Producer {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let caller = caller_of(&req)?;
         Ok(self.app.hint_leader(Response::new(
-            self.app.get_job(req.into_inner().id).await?.into(),
+            self.app.get_job(&caller, req.into_inner().id).await?.into(),
         )))
     }
 

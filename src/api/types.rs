@@ -558,7 +558,7 @@ pub struct PoliciesBody {
 
 impl From<&crate::config::Config> for PoliciesBody {
     fn from(c: &crate::config::Config) -> PoliciesBody {
-        let d = crate::wire::describe;
+        let d = crate::wire::config_duration;
         let j = &c.jobs;
         PoliciesBody {
             source: format!("config of node {}", c.node_id),

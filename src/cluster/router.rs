@@ -23,6 +23,12 @@ use crate::wire::{Conn, Credentials};
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The workers connected to a peer, and how many of them it asked to stop.
+pub struct PeerWorkers {
+    pub workers: Vec<crate::workers::WorkerInfo>,
+    pub asked: usize,
+}
+
 /// Peer clients by member id, with the address each was made for.
 type Clients = HashMap<u64, (String, PeerServiceClient<Conn>)>;
 
@@ -264,7 +270,7 @@ impl Router {
         &self,
         stop: &str,
         all: bool,
-    ) -> Vec<(u64, Result<Vec<crate::workers::WorkerInfo>, String>)> {
+    ) -> Vec<(u64, Result<PeerWorkers, String>)> {
         let status = self.driver.status();
         let others: Vec<u64> = status
             .members
@@ -285,7 +291,11 @@ impl Router {
                         })
                         .await
                         .map_err(|e| e.message().to_string())?;
-                    serde_json::from_str(&reply.into_inner().json).map_err(|e| e.to_string())
+                    let reply = reply.into_inner();
+                    Ok(PeerWorkers {
+                        workers: serde_json::from_str(&reply.json).map_err(|e| e.to_string())?,
+                        asked: reply.asked as usize,
+                    })
                 };
                 (id, answer.await)
             }

@@ -3,7 +3,7 @@
 //! writes the same keys. Purged by age with [`Command::PurgeAudit`].
 
 use super::{decode, encode, retention, Machine, MachineError};
-use crate::command::{AuditRecord, Command, Outcome};
+use crate::command::{AuditRecord, Audited, Outcome};
 
 pub(super) const AUDIT: u8 = b'A';
 
@@ -24,21 +24,19 @@ fn refusal(outcome: &Outcome) -> Option<&crate::command::Refusal> {
 }
 
 impl Machine {
-    /// Applies a [`Command::Audit`]: its command (an audit wrapped in an
-    /// audit is not applied: the API never sends one), then the record, if
+    /// Applies a [`Command::Audit`]: its command, then the record, if
     /// the command took effect. A refused request changes nothing, the
     /// audit log included; the node that refused it logs it.
     pub(super) fn audit(
         &mut self,
         now: u64,
         record: &AuditRecord,
-        command: Option<&Command>,
+        command: Option<&Audited>,
     ) -> Result<Outcome, MachineError> {
         let mut record = record.clone();
         let outcome = match command {
-            Some(Command::Audit { .. }) => return Ok(Outcome::Noop),
             Some(c) => {
-                let o = self.apply_command(now, c)?;
+                let o = self.apply_command(now, &c.command())?;
                 match refusal(&o) {
                     Some(_) => return Ok(o),
                     None => record.outcome = "ok".into(),
@@ -47,7 +45,9 @@ impl Machine {
             }
             None => Outcome::Noop,
         };
-        // Unique within the entry; the applied index makes it unique in the log.
+        // Unique within the entry (an entry of at most 256 KiB holds far
+        // fewer than 65,536 commands); the applied index makes it unique in
+        // the log.
         let seq = u64::from(self.audit_seq.min(u16::MAX as u32));
         self.audit_seq += 1;
         let id = (self.meta.applied_index << 16) | seq;

@@ -40,7 +40,13 @@ pub fn parse_duration_ms(text: &str, max: Duration) -> Result<u64, String> {
 }
 
 /// A limit as an operator would write it: whole days as days.
-pub fn describe(d: Duration) -> String {
+fn describe(d: Duration) -> String {
+    config_duration(d).replace("days", " days")
+}
+
+/// A duration as a config file writes it: whole days as `30days`, the rest
+/// as humantime does ("90s", "5m"); what `humantime::parse_duration` reads.
+pub fn config_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 86_400 && secs % 86_400 == 0 && d.subsec_nanos() == 0 {
         format!("{}days", secs / 86_400)

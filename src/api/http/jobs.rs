@@ -81,10 +81,11 @@ pub(super) async fn enqueue(
     responses((status = 200, body = JobBody), ErrorResponses))]
 pub(super) async fn get_job(
     State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobBody>, Error> {
     let id = id_param("id", &id, "a job id")?;
-    Ok(Json(s.app.get_job(id).await?.into()))
+    Ok(Json(s.app.get_job(&caller, id).await?.into()))
 }
 
 /// Cancel a job that has not finished.

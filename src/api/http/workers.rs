@@ -26,14 +26,9 @@ async fn gather(s: &HttpState, stop: &str, all: bool) -> WorkersBody {
     let mut unreachable = std::collections::BTreeMap::new();
     for (id, answer) in s.app.router.peer_workers(stop, all).await {
         match answer {
-            Ok(list) => {
-                if all || !stop.is_empty() {
-                    asked += list
-                        .iter()
-                        .filter(|w| w.draining && (all || w.worker_id == stop))
-                        .count();
-                }
-                workers.extend(list.into_iter().map(Into::into));
+            Ok(peer) => {
+                asked += peer.asked;
+                workers.extend(peer.workers.into_iter().map(Into::into));
             }
             Err(e) => {
                 unreachable.insert(id.to_string(), e);
@@ -70,7 +65,7 @@ pub(super) async fn shutdown_one(
         return Err(Error::invalid("id", "a worker id is 1 to 128 bytes"));
     }
     let body = gather(&s, &id, false).await;
-    let result = if body.asked_to_stop == 0 && !body.workers.iter().any(|w| w.worker_id == id) {
+    let result = if body.asked_to_stop == 0 {
         Err(Error::NotFound(format!(
             "no worker {id:?} is connected to the cluster (see drover workers list)"
         )))
@@ -93,7 +88,11 @@ pub(super) async fn shutdown_all(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<WorkersBody>, Error> {
     let body = gather(&s, "", true).await;
-    let target = format!("all workers ({})", body.asked_to_stop);
+    let mut target = format!("all workers ({})", body.asked_to_stop);
+    if !body.unreachable.is_empty() {
+        let nodes: Vec<&str> = body.unreachable.keys().map(String::as_str).collect();
+        target.push_str(&format!("; nodes {} did not answer", nodes.join(", ")));
+    }
     Ok(Json(
         s.app
             .record(&caller, "workers.shutdown", target, Ok(body))

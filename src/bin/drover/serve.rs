@@ -59,6 +59,13 @@ pub async fn run(a: ServeArgs) -> Result<()> {
             "no [[tokens]] configured: anyone who can reach this node's loopback ports may do anything; add tokens before exposing it"
         );
     }
+    let public = !config.grpc_addr.ip().is_loopback() || !config.http_addr.ip().is_loopback();
+    if public && config.tls.is_none() {
+        tracing::warn!(
+            event = "tokens_in_clear",
+            "listening beyond loopback without [tls]: tokens and jobs cross the network in clear text"
+        );
+    }
     let node = drover::node::Node::start(config).await?;
     // One line on stdout that scripts and tests can wait for.
     println!(
