@@ -1,0 +1,121 @@
+//! The in-memory indexes scheduling reads (ready jobs by queue and
+//! priority, delayed jobs and leases by due time, leases by worker) and the
+//! counts by queue and state; rebuilt from the tree on open.
+
+use super::*;
+
+/// Jobs of one queue by state. `ready` is split by priority (index 0 is priority 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounts {
+    pub ready: [u64; 5],
+    pub scheduled: u64,
+    pub leased: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+impl QueueCounts {
+    pub fn ready_total(&self) -> u64 {
+        self.ready.iter().sum()
+    }
+
+    /// Jobs not yet finished.
+    pub fn pending(&self) -> u64 {
+        self.ready_total() + self.scheduled + self.leased
+    }
+
+    pub(super) fn slot(&mut self, state: JobState, priority: u8) -> &mut u64 {
+        match state {
+            JobState::Ready => &mut self.ready[usize::from(priority.clamp(1, PRIORITY_LOWEST) - 1)],
+            JobState::Scheduled => &mut self.scheduled,
+            JobState::Leased => &mut self.leased,
+            JobState::Succeeded => &mut self.succeeded,
+            JobState::Dead => &mut self.dead,
+            JobState::Cancelled => &mut self.cancelled,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct QueueIndex {
+    /// (priority, id): lowest priority number first, then oldest first.
+    pub(super) ready: BTreeSet<(u8, JobId)>,
+    pub(super) counts: QueueCounts,
+}
+
+impl Machine {
+    /// The earliest time at which a [`Command::Tick`] would change something.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        let s = self.scheduled.first().map(|(at, _)| *at);
+        let l = self.leases.first().map(|(at, _)| *at);
+        match (s, l) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether any of `queues` has a job a worker could lease now.
+    pub fn has_ready(&self, queues: &[String]) -> bool {
+        queues
+            .iter()
+            .any(|q| self.queues.get(q).is_some_and(|qi| !qi.ready.is_empty()))
+    }
+
+    /// Adds a job to the indexes and counts of its state.
+    pub(super) fn place(&mut self, job: &Job) {
+        let qi = self.queues.entry(job.queue.clone()).or_default();
+        *qi.counts.slot(job.state, job.priority) += 1;
+        match job.state {
+            JobState::Ready => {
+                qi.ready.insert((job.priority, job.id));
+            }
+            JobState::Scheduled => {
+                self.scheduled.insert((job.run_at_ms, job.id));
+            }
+            JobState::Leased => {
+                if let Some(l) = &job.lease {
+                    self.leases.insert((l.deadline_ms, job.id));
+                    match self.held_by.get_mut(&l.worker) {
+                        Some(held) => {
+                            held.insert(job.id);
+                        }
+                        None => {
+                            self.held_by
+                                .insert(l.worker.clone(), BTreeSet::from([job.id]));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes a job from the indexes of its state; the inverse of `place`.
+    pub(super) fn unplace(&mut self, job: &Job) {
+        if let Some(qi) = self.queues.get_mut(&job.queue) {
+            let slot = qi.counts.slot(job.state, job.priority);
+            *slot = slot.saturating_sub(1);
+            if job.state == JobState::Ready {
+                qi.ready.remove(&(job.priority, job.id));
+            }
+        }
+        match job.state {
+            JobState::Scheduled => {
+                self.scheduled.remove(&(job.run_at_ms, job.id));
+            }
+            JobState::Leased => {
+                if let Some(l) = &job.lease {
+                    self.leases.remove(&(l.deadline_ms, job.id));
+                    if let Some(held) = self.held_by.get_mut(&l.worker) {
+                        held.remove(&job.id);
+                        if held.is_empty() {
+                            self.held_by.remove(&l.worker);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

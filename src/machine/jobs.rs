@@ -1,0 +1,110 @@
+//! Commands on jobs as producers and operators send them: enqueue and
+//! cancel.
+
+use super::*;
+
+impl Machine {
+    pub(super) fn enqueue(
+        &mut self,
+        now: u64,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Enqueued>, MachineError> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for new in jobs {
+            let idem = (!new.idempotency_key.is_empty())
+                .then(|| idempotency_key(&new.tenant, &new.queue, &new.idempotency_key));
+            if let Some(k) = &idem {
+                if let Some(v) = self.get(k)? {
+                    let id = v
+                        .as_slice()
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| MachineError::Corrupt {
+                            key: describe_key(k),
+                            reason: "idempotency record is not a job id".into(),
+                        })?;
+                    out.push(Enqueued {
+                        id,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+            }
+            let id = self.meta.next_id;
+            self.meta.next_id += 1;
+            let run_at_ms = now.saturating_add(new.delay_ms);
+            let mut job = Job {
+                id,
+                queue: new.queue.clone(),
+                job_type: new.job_type.clone(),
+                tenant: new.tenant.clone(),
+                run_id: new.run_id.clone(),
+                priority: new.priority,
+                state: if new.delay_ms > 0 {
+                    JobState::Scheduled
+                } else {
+                    JobState::Ready
+                },
+                attempts: 0,
+                idempotency_key: new.idempotency_key.clone(),
+                labels: new.labels.clone(),
+                enqueued_at_ms: now,
+                run_at_ms,
+                lease: None,
+                progress: None,
+                last_error_class: String::new(),
+                last_error: String::new(),
+                finished_at_ms: 0,
+                events: Vec::new(),
+            };
+            job.record(now, "enqueued");
+            if let Some(k) = idem {
+                self.index_idempotency(now, id, &k);
+                self.put(k, id.to_be_bytes().to_vec());
+            }
+            let payload = if new.payload.len() <= INLINE_PAYLOAD_MAX {
+                Payload::Inline(new.payload.clone())
+            } else {
+                self.put(key(PAYLOAD, id).to_vec(), new.payload.to_vec());
+                Payload::Apart
+            };
+            self.place(&job);
+            self.put_job(&job, &payload);
+            self.totals.enqueued += 1;
+            out.push(Enqueued {
+                id,
+                duplicate: false,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn cancel(
+        &mut self,
+        now: u64,
+        id: JobId,
+    ) -> Result<Result<JobState, Refusal>, MachineError> {
+        let Some((mut job, payload)) = self.load(id)? else {
+            return Ok(Err(Refusal::UnknownJob(id)));
+        };
+        if job.state.is_finished() {
+            return Ok(Err(Refusal::Finished {
+                job_id: id,
+                state: job.state,
+            }));
+        }
+        let was = job.state;
+        self.unplace(&job);
+        job.state = JobState::Cancelled;
+        job.lease = None;
+        job.finished_at_ms = now;
+        job.record(now, format!("cancelled while {was}"));
+        self.place(&job);
+        let record = self.put_job(&job, &payload);
+        // Only an unfinished job can be cancelled: it has no result.
+        let bytes = self.stored_bytes(record, job.id, &payload, 0)?;
+        self.finished(&job, bytes);
+        self.totals.cancelled += 1;
+        Ok(Ok(was))
+    }
+}

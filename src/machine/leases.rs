@@ -1,0 +1,225 @@
+//! Commands on leases, as workers and the leader's clock send them: lease,
+//! held, heartbeat, complete, fail, and the tick that expires leases and
+//! promotes delayed jobs.
+
+use super::*;
+
+impl Machine {
+    /// The jobs leased to `worker` now, as a lease hands them out. Changes
+    /// nothing.
+    pub(super) fn held(&self, worker: &str) -> Result<Vec<LeasedJob>, MachineError> {
+        let Some(ids) = self.held_by.get(worker) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        let mut bytes = 0;
+        for &id in ids {
+            // One answer stays well inside a gRPC message; leases past it
+            // are not re-sent and run again after they expire.
+            if bytes >= HELD_ANSWER_BYTES {
+                break;
+            }
+            let (job, payload) = self.must_load(id)?;
+            let payload = self.payload_bytes(job.id, payload)?;
+            bytes += payload.len();
+            out.push(LeasedJob { job, payload });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn lease(
+        &mut self,
+        now: u64,
+        worker: &str,
+        queues: &[String],
+        max: u32,
+    ) -> Result<Vec<LeasedJob>, MachineError> {
+        let mut out = Vec::new();
+        while out.len() < max as usize {
+            let best = queues
+                .iter()
+                .filter_map(|q| self.queues.get(q).and_then(|qi| qi.ready.first()))
+                .min()
+                .copied();
+            let Some((_, id)) = best else { break };
+            let (mut job, payload) = self.must_load(id)?;
+            self.unplace(&job);
+            job.attempts += 1;
+            job.state = JobState::Leased;
+            job.lease = Some(Lease {
+                worker: worker.to_string(),
+                attempt: job.attempts,
+                deadline_ms: now.saturating_add(self.cfg.heartbeat_timeout_ms),
+            });
+            job.progress = None;
+            job.record(
+                now,
+                format!("leased by {worker} (attempt {})", job.attempts),
+            );
+            self.place(&job);
+            self.put_job(&job, &payload);
+            self.totals.dispatched += 1;
+            let payload = self.payload_bytes(job.id, payload)?;
+            out.push(LeasedJob { job, payload });
+        }
+        Ok(out)
+    }
+
+    /// Loads a job and checks that `attempt` is its current lease.
+    pub(super) fn fenced(
+        &self,
+        job_id: JobId,
+        attempt: u32,
+    ) -> Result<Result<(Job, Payload), Refusal>, MachineError> {
+        let Some((job, payload)) = self.load(job_id)? else {
+            return Ok(Err(Refusal::UnknownJob(job_id)));
+        };
+        let current = job.lease.as_ref().map_or(0, |l| l.attempt);
+        if job.state != JobState::Leased || current != attempt {
+            return Ok(Err(Refusal::StaleLease {
+                job_id,
+                attempt,
+                current: job.attempts,
+                state: job.state,
+            }));
+        }
+        Ok(Ok((job, payload)))
+    }
+
+    pub(super) fn heartbeat(
+        &mut self,
+        now: u64,
+        beat: &LeaseBeat,
+    ) -> Result<Result<(), Refusal>, MachineError> {
+        let (mut job, payload) = match self.fenced(beat.job_id, beat.attempt)? {
+            Ok(loaded) => loaded,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        self.unplace(&job);
+        if let Some(lease) = job.lease.as_mut() {
+            lease.deadline_ms = now.saturating_add(self.cfg.heartbeat_timeout_ms);
+        }
+        if beat.progress.is_some() {
+            job.progress = beat.progress.clone();
+        }
+        self.place(&job);
+        self.put_job(&job, &payload);
+        Ok(Ok(()))
+    }
+
+    pub(super) fn complete(
+        &mut self,
+        now: u64,
+        c: &Completion,
+    ) -> Result<Result<(), Refusal>, MachineError> {
+        let (mut job, payload) = match self.fenced(c.job_id, c.attempt)? {
+            Ok(loaded) => loaded,
+            // A worker sends a result again when it could not learn whether
+            // the first reached the log; the repeat changes nothing.
+            Err(Refusal::StaleLease {
+                state: JobState::Succeeded,
+                current,
+                ..
+            }) if current == c.attempt => return Ok(Ok(())),
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        self.unplace(&job);
+        job.state = JobState::Succeeded;
+        job.lease = None;
+        job.finished_at_ms = now;
+        job.record(now, format!("completed (attempt {})", c.attempt));
+        self.place(&job);
+        let record = self.put_job(&job, &payload);
+        if !c.result.is_empty() {
+            self.put(key(RESULT, job.id).to_vec(), c.result.to_vec());
+        }
+        let bytes = self.stored_bytes(record, job.id, &payload, c.result.len())?;
+        self.finished(&job, bytes);
+        self.totals.completed += 1;
+        Ok(Ok(()))
+    }
+
+    pub(super) fn fail(
+        &mut self,
+        now: u64,
+        f: &Failure,
+    ) -> Result<Result<(), Refusal>, MachineError> {
+        let (mut job, payload) = match self.fenced(f.job_id, f.attempt)? {
+            Ok(loaded) => loaded,
+            // A repeated failure report (see `complete`): the job failed at
+            // this attempt and waits for its retry, or is dead.
+            Err(Refusal::StaleLease {
+                state: JobState::Scheduled | JobState::Dead,
+                current,
+                ..
+            }) if current == f.attempt => return Ok(Ok(())),
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        self.unplace(&job);
+        job.lease = None;
+        job.last_error_class = f.error_class.clone();
+        job.last_error = f.message.clone();
+        self.totals.failed += 1;
+        if job.attempts > self.cfg.max_retries {
+            job.state = JobState::Dead;
+            job.finished_at_ms = now;
+            job.record(
+                now,
+                format!(
+                    "failed with {} (attempt {}); dead-lettered after {} retries",
+                    f.error_class, f.attempt, self.cfg.max_retries
+                ),
+            );
+            self.totals.dead += 1;
+        } else {
+            job.state = JobState::Scheduled;
+            job.run_at_ms = now.saturating_add(self.cfg.backoff_ms(job.id, job.attempts));
+            job.record(
+                now,
+                format!(
+                    "failed with {} (attempt {}); retry scheduled at {}",
+                    f.error_class, f.attempt, job.run_at_ms
+                ),
+            );
+            self.totals.retried += 1;
+        }
+        self.place(&job);
+        let record = self.put_job(&job, &payload);
+        if job.state == JobState::Dead {
+            let bytes = self.stored_bytes(record, job.id, &payload, 0)?;
+            self.finished(&job, bytes);
+        }
+        Ok(Ok(()))
+    }
+
+    pub(super) fn tick(&mut self, now: u64) -> Result<Outcome, MachineError> {
+        let mut expired = 0;
+        while let Some(&(deadline, id)) = self.leases.first() {
+            if deadline > now {
+                break;
+            }
+            let (mut job, payload) = self.must_load(id)?;
+            self.unplace(&job);
+            let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
+            job.state = JobState::Ready;
+            job.record(now, format!("lease expired (worker {worker}); requeued"));
+            self.place(&job);
+            self.put_job(&job, &payload);
+            self.totals.requeued += 1;
+            expired += 1;
+        }
+        let mut promoted = 0;
+        while let Some(&(run_at, id)) = self.scheduled.first() {
+            if run_at > now {
+                break;
+            }
+            let (mut job, payload) = self.must_load(id)?;
+            self.unplace(&job);
+            job.state = JobState::Ready;
+            self.place(&job);
+            self.put_job(&job, &payload);
+            promoted += 1;
+        }
+        Ok(Outcome::Ticked { expired, promoted })
+    }
+}

@@ -1,0 +1,380 @@
+//! The state machine: applies committed commands in log order and is the only
+//! writer of the job state.
+//!
+//! It is pure: no clock (time comes in each entry), no randomness (backoff
+//! jitter is derived from the job id), no network, no async. Its one side
+//! effect is its own sled tree. Changes of a range of entries are staged in
+//! memory and written by [`Machine::commit`] in one atomic `Batch` together
+//! with the applied index, so a crash never applies an entry twice or skips
+//! one.
+//!
+//! Job records live only in sled; memory holds the indexes that scheduling
+//! needs (ready jobs by priority, delayed jobs and leases by due time) and
+//! counters, rebuilt from the tree on open. That keeps a node with a million
+//! pending jobs small.
+//!
+//! The parts: `keys` the tree's layout and codec, `staged` the write set,
+//! `indexes` what scheduling reads in memory, `jobs` and `leases` the
+//! command families, `retry` the backoff policy, `retention` and `audit`
+//! their records and purges, `capture` consistent reads for snapshots,
+//! `reader` reads for the APIs.
+//!
+//! A payload of up to [`INLINE_PAYLOAD_MAX`] bytes shares the job's record:
+//! an enqueue is one tree write per job instead of two (a sled insert costs
+//! ~5-8 µs, on every node), and a lease reads the payload with the job. State
+//! changes rewrite such a payload with the record, which costs less than the
+//! second insert did. A larger payload keeps its own record, so heartbeats
+//! and other state changes never rewrite it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{
+    Command, Completion, Enqueued, Failure, LeaseBeat, LeasedJob, LogEntry, Outcome, Refusal,
+};
+use crate::job::{Job, JobId, JobState, Lease, NewJob, PRIORITY_LOWEST};
+
+/// Payload bytes one [`Command::Held`] answer carries at most.
+const HELD_ANSWER_BYTES: usize = 16 << 20;
+
+/// Staged writes after which [`Machine::wants_commit`] asks for a commit.
+const COMMIT_WRITES: usize = 1000;
+
+/// The settings apply depends on. They must be equal on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineConfig {
+    pub heartbeat_timeout_ms: u64,
+    pub max_retries: u32,
+    pub retry_base_delay_ms: u64,
+    pub retry_max_delay_ms: u64,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            heartbeat_timeout_ms: 30_000,
+            max_retries: 3,
+            retry_base_delay_ms: 1_000,
+            retry_max_delay_ms: 300_000,
+        }
+    }
+}
+
+/// A failure of the machine's own storage. Unlike a [`Refusal`] it is not an
+/// answer to a request: the node cannot go on applying and must stop.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("machine storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("machine record {key} is corrupt ({reason}); the data dir is damaged: restore it from a backup or let the node re-sync from its peers")]
+    Corrupt { key: String, reason: String },
+    #[error("the job store has layout {found}, this drover reads layout {FORMAT}: it was written by another version of drover; run that version, or start this node with an empty data dir so it re-syncs from its peers")]
+    Format { found: String },
+    /// A bug in the caller, reported rather than panicked on.
+    #[error("a consistent read of the machine could not start: {0}")]
+    Capture(&'static str),
+}
+
+/// Persisted with every commit; the applied index and the state it describes
+/// are always written together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub applied_index: u64,
+    pub applied_term: u64,
+    /// The latest time seen in the log; apply never lets time go backwards.
+    pub last_at_ms: u64,
+    pub next_id: JobId,
+}
+
+/// Counters of events since this node opened its machine. They feed the
+/// `_total` metrics; a restart resets them, as Prometheus counters expect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub enqueued: u64,
+    pub dispatched: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub requeued: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+/// What the machine publishes after each applied range, for stats, metrics
+/// and for workers waiting for ready jobs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineStats {
+    pub applied_index: u64,
+    pub last_at_ms: u64,
+    pub queues: BTreeMap<String, QueueCounts>,
+    pub totals: Totals,
+}
+
+pub struct Machine {
+    tree: sled::Tree,
+    /// The same tree, for readers; swapped when a snapshot is installed.
+    shared: Arc<RwLock<sled::Tree>>,
+    cfg: MachineConfig,
+    meta: Meta,
+    queues: BTreeMap<String, QueueIndex>,
+    /// (run_at, id) of scheduled jobs.
+    scheduled: BTreeSet<(u64, JobId)>,
+    /// (lease deadline, id) of leased jobs.
+    leases: BTreeSet<(u64, JobId)>,
+    /// Leased jobs by the worker holding them, for [`Command::Held`].
+    held_by: HashMap<String, BTreeSet<JobId>>,
+    totals: Totals,
+    /// Writes of the entries applied since the last commit; reads look here
+    /// first so later entries of a range see earlier ones.
+    staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// A consistent read of the tree in progress (a snapshot being
+    /// written): each commit tells it what it is about to overwrite.
+    capture: Option<Arc<capture::Capture>>,
+    /// Bytes kept by finished jobs (see [`retention`]); stored under `b`.
+    finished_bytes: u64,
+    /// Jobs the command being applied finished (dead?, id, bytes), indexed
+    /// together when it is done.
+    finishing: Vec<(bool, JobId, u64)>,
+    /// Audit records written by the entry being applied (their keys'
+    /// position within it).
+    audit_seq: u32,
+}
+
+impl Machine {
+    /// Opens the machine on its tree and rebuilds the in-memory indexes from
+    /// the job records.
+    pub fn open(tree: sled::Tree, cfg: MachineConfig) -> Result<Machine, MachineError> {
+        check_format(&tree)?;
+        let meta = match tree.get(META_KEY)? {
+            Some(bytes) => decode(META_KEY, &bytes)?,
+            None => Meta {
+                next_id: 1,
+                ..Meta::default()
+            },
+        };
+        let finished_bytes = Machine::load_finished_bytes(&tree)?;
+        let mut machine = Machine {
+            shared: Arc::new(RwLock::new(tree.clone())),
+            tree,
+            cfg,
+            meta,
+            queues: BTreeMap::new(),
+            scheduled: BTreeSet::new(),
+            leases: BTreeSet::new(),
+            held_by: HashMap::new(),
+            totals: Totals::default(),
+            staged: BTreeMap::new(),
+            capture: None,
+            finished_bytes,
+            finishing: Vec::new(),
+            audit_seq: 0,
+        };
+        for item in machine.tree.scan_prefix([JOB]) {
+            let (k, v) = item?;
+            machine.place(&decode_job(&k, &v)?);
+        }
+        Ok(machine)
+    }
+
+    pub fn meta(&self) -> Meta {
+        self.meta
+    }
+
+    /// A reader of committed job records that needs no access to the machine.
+    pub fn reader(&self) -> JobReader {
+        JobReader {
+            tree: self.shared.clone(),
+        }
+    }
+
+    /// The tree holding the committed state, for taking a snapshot. Only
+    /// meaningful right after [`Machine::commit`].
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Starts a consistent read of the committed state as it is now, for a
+    /// snapshot written off the raft loop: the reader may run on any thread
+    /// while the machine applies on. Call right after [`Machine::commit`]
+    /// (nothing staged), and one at a time.
+    pub fn start_capture(&mut self) -> Result<capture::CaptureReader, MachineError> {
+        if !self.staged.is_empty() {
+            return Err(MachineError::Capture("writes are staged; commit first"));
+        }
+        if self.capture.as_ref().is_some_and(|c| !c.finished()) {
+            return Err(MachineError::Capture("another one is running"));
+        }
+        let (shared, reader) = capture::CaptureReader::start(self.tree.clone());
+        self.capture = Some(shared);
+        Ok(reader)
+    }
+
+    /// Moves the machine onto `tree` (a snapshot just loaded into it) and
+    /// rebuilds the indexes from it. Readers follow; event totals carry on.
+    pub fn replace_tree(&mut self, tree: sled::Tree) -> Result<(), MachineError> {
+        if let Some(c) = self.capture.take() {
+            c.cancel();
+        }
+        let mut fresh = Machine::open(tree.clone(), self.cfg)?;
+        fresh.totals = self.totals;
+        fresh.shared = self.shared.clone();
+        *fresh.shared.write().unwrap_or_else(|e| e.into_inner()) = tree;
+        *self = fresh;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> MachineStats {
+        MachineStats {
+            applied_index: self.meta.applied_index,
+            last_at_ms: self.meta.last_at_ms,
+            queues: self
+                .queues
+                .iter()
+                .map(|(name, qi)| (name.clone(), qi.counts.clone()))
+                .collect(),
+            totals: self.totals,
+        }
+    }
+
+    /// Applies one committed entry: each of its commands in order, with one
+    /// outcome each. Must be followed, after the last entry of the range, by
+    /// [`Machine::commit`].
+    pub fn apply(
+        &mut self,
+        index: u64,
+        term: u64,
+        entry: &LogEntry,
+    ) -> Result<Vec<Outcome>, MachineError> {
+        let now = entry.at_ms.max(self.meta.last_at_ms);
+        self.meta.last_at_ms = now;
+        self.meta.applied_index = index;
+        self.meta.applied_term = term;
+        self.audit_seq = 0;
+        entry
+            .commands
+            .iter()
+            .map(|c| {
+                let outcome = self.apply_command(now, c);
+                self.index_finished(now);
+                outcome
+            })
+            .collect()
+    }
+
+    fn apply_command(&mut self, now: u64, command: &Command) -> Result<Outcome, MachineError> {
+        Ok(match command {
+            Command::Enqueue { jobs } => Outcome::Enqueued(self.enqueue(now, jobs)?),
+            Command::Lease {
+                worker,
+                queues,
+                max,
+            } => Outcome::Leased(self.lease(now, worker, queues, *max)?),
+            Command::Heartbeat { leases, .. } => Outcome::Acks(
+                leases
+                    .iter()
+                    .map(|b| self.heartbeat(now, b))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Command::Complete { items, .. } => Outcome::Acks(
+                items
+                    .iter()
+                    .map(|c| self.complete(now, c))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Command::Fail { items, .. } => Outcome::Acks(
+                items
+                    .iter()
+                    .map(|f| self.fail(now, f))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Command::Cancel { id } => Outcome::Cancelled(self.cancel(now, *id)?),
+            Command::Tick => self.tick(now)?,
+            Command::Held { worker } => Outcome::Leased(self.held(worker)?),
+            Command::Purge { retention, limit } => self.purge(now, retention, *limit)?,
+            Command::Audit { record, command } => self.audit(now, record, command.as_ref())?,
+            Command::PurgeAudit { keep_ms, limit } => self.purge_audit(now, *keep_ms, *limit)?,
+        })
+    }
+
+    /// Records an entry that carries no command (a new leader's empty entry,
+    /// a conf change, an entry that could not be decoded) as applied.
+    pub fn apply_noop(&mut self, index: u64, term: u64) {
+        self.meta.applied_index = index;
+        self.meta.applied_term = term;
+    }
+
+    /// Whether enough is staged that the caller should commit before applying
+    /// more. sled keeps every node copy an `apply_batch` makes until the batch
+    /// ends, so batches of thousands of writes leave hundreds of MB behind in
+    /// the allocator; batches of up to about a thousand writes do not.
+    pub fn wants_commit(&self) -> bool {
+        self.staged.len() >= COMMIT_WRITES
+    }
+
+    /// Writes everything applied since the last commit, with the applied
+    /// index, in one atomic batch. Does not flush: the raft log already holds
+    /// the entries durably and replays them after a crash.
+    pub fn commit(&mut self) -> Result<(), MachineError> {
+        if let Some(c) = &self.capture {
+            if c.finished() {
+                self.capture = None;
+            } else {
+                let keys = self.staged.keys().map(|k| &k[..]);
+                c.before_write(&self.tree, keys.chain(std::iter::once(META_KEY)))?;
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in std::mem::take(&mut self.staged) {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch.insert(META_KEY, encode(&self.meta));
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// A digest of everything the machine stores, committed and staged; equal
+    /// on every node that applied the same log. The meta record (applied
+    /// index, the log's time, next id) is left out: a command the machine
+    /// refuses still moves the applied index and the time, and changes
+    /// nothing a client can see, so the digest stays as it was.
+    pub fn digest(&self) -> Result<u64, MachineError> {
+        let mut all: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            all.insert(k.to_vec(), v.to_vec());
+        }
+        for (k, v) in &self.staged {
+            match v {
+                Some(v) => all.insert(k.clone(), v.clone()),
+                None => all.remove(k),
+            };
+        }
+        all.remove(META_KEY);
+        Ok(hash_records(all.iter().map(|(k, v)| (&k[..], &v[..]))))
+    }
+}
+
+pub mod audit;
+pub mod capture;
+mod indexes;
+mod jobs;
+mod keys;
+mod leases;
+mod reader;
+mod retention;
+mod retry;
+mod staged;
+
+pub use indexes::QueueCounts;
+use indexes::QueueIndex;
+use keys::*;
+pub use keys::{check_layout, INLINE_PAYLOAD_MAX};
+pub use reader::JobReader;
+
+#[cfg(test)]
+mod tests;

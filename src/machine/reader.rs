@@ -1,0 +1,75 @@
+//! Reads of the committed tree for the APIs, beside apply.
+
+use super::*;
+
+/// Reads committed job records straight from sled, with no lock shared with
+/// apply, so reads never wait behind writes.
+#[derive(Clone)]
+pub struct JobReader {
+    pub(super) tree: Arc<RwLock<sled::Tree>>,
+}
+
+impl JobReader {
+    fn tree(&self) -> sled::Tree {
+        self.tree.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A page of the audit log, newest first (see [`audit::page`]).
+    pub fn audit(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<audit::AuditPage, MachineError> {
+        audit::page(&self.tree(), before, limit)
+    }
+
+    pub fn job(&self, id: JobId) -> Result<Option<Job>, MachineError> {
+        let k = key(JOB, id);
+        match self.tree().get(k)? {
+            Some(v) => decode_job(&k, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn job_and_payload(&self, id: JobId) -> Result<Option<(Job, bytes::Bytes)>, MachineError> {
+        let tree = self.tree();
+        let k = key(JOB, id);
+        let Some(v) = tree.get(k)? else {
+            return Ok(None);
+        };
+        let (job, payload): (Job, Payload) = decode(&k, &v)?;
+        let payload = payload.bytes(id, |k| {
+            Ok(tree.get(k)?.map(|v| bytes::Bytes::copy_from_slice(&v)))
+        })?;
+        Ok(Some((job, payload)))
+    }
+
+    pub fn result(&self, id: JobId) -> Result<bytes::Bytes, MachineError> {
+        Ok(self
+            .tree()
+            .get(key(RESULT, id))?
+            .map(|v| bytes::Bytes::copy_from_slice(&v))
+            .unwrap_or_default())
+    }
+
+    /// The digest of the committed tree and the applied index it covers, as
+    /// [`Machine::digest`] computes it. Consistent only while nothing is
+    /// applied meanwhile: for comparing nodes of a quiet cluster.
+    pub fn digest(&self) -> Result<(u64, u64), MachineError> {
+        let mut records = Vec::new();
+        for item in self.tree().iter() {
+            let (k, v) = item?;
+            if &k[..] != META_KEY {
+                records.push((k, v));
+            }
+        }
+        let applied = match self.tree().get(META_KEY)? {
+            Some(bytes) => decode::<Meta>(META_KEY, &bytes)?.applied_index,
+            None => 0,
+        };
+        Ok((
+            applied,
+            hash_records(records.iter().map(|(k, v)| (&k[..], &v[..]))),
+        ))
+    }
+}
