@@ -16,7 +16,7 @@ use bytes::Bytes;
 use drover::bench::process_cpu_seconds;
 use drover::command::{Command, Completion, LogEntry, Outcome};
 use drover::job::{NewJob, PRIORITY_DEFAULT};
-use drover::machine::{Machine, MachineConfig};
+use drover::machine::Machine;
 
 const JOBS: u64 = 100_000;
 const PER_ENTRY: u64 = 8;
@@ -68,11 +68,8 @@ fn main() {
         .flush_every_ms(None)
         .open()
         .expect("open sled");
-    let machine = Machine::open(
-        db.open_tree("machine").expect("tree"),
-        MachineConfig::default(),
-    )
-    .expect("open machine");
+    // The default policies, as a machine has before the log sets any.
+    let machine = Machine::open(db.open_tree("machine").expect("tree")).expect("open machine");
     let mut b = Bench {
         db,
         machine,

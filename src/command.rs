@@ -81,13 +81,59 @@ pub enum Command {
         keep_ms: u64,
         limit: u32,
     },
+    /// The policies every node applies from now on (the leader's config,
+    /// or an admin's change).
+    SetPolicies {
+        policies: crate::policies::Policies,
+    },
+    /// Pause, drain or resume queues (sent wrapped in an audit record).
+    Control {
+        scope: QueueScope,
+        action: QueueAction,
+    },
 }
 
 /// The machine commands an audit record can carry: a closed list, so an
 /// entry cannot nest audits (and its decoding cannot recurse).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Audited {
-    Cancel { id: JobId },
+    Cancel {
+        id: JobId,
+    },
+    /// Pause, drain or resume queues.
+    Control {
+        scope: QueueScope,
+        action: QueueAction,
+    },
+}
+
+/// Which queues a control applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueScope {
+    Queue(String),
+    /// Every queue that exists now.
+    All,
+}
+
+/// What an operator does to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueAction {
+    /// No leases: its jobs wait, enqueues go on.
+    Pause,
+    /// No enqueues: leases go on until it is empty.
+    Drain,
+    /// Back to normal.
+    Resume,
+}
+
+impl QueueAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueAction::Pause => "pause",
+            QueueAction::Drain => "drain",
+            QueueAction::Resume => "resume",
+        }
+    }
 }
 
 impl Audited {
@@ -95,6 +141,10 @@ impl Audited {
     pub fn command(&self) -> Command {
         match self {
             Audited::Cancel { id } => Command::Cancel { id: *id },
+            Audited::Control { scope, action } => Command::Control {
+                scope: scope.clone(),
+                action: *action,
+            },
         }
     }
 }
@@ -147,6 +197,8 @@ impl Command {
             Command::Purge { .. } => "purge",
             Command::Audit { .. } => "audit",
             Command::PurgeAudit { .. } => "purge_audit",
+            Command::SetPolicies { .. } => "set_policies",
+            Command::Control { .. } => "control",
         }
     }
 
@@ -168,7 +220,9 @@ impl Command {
             | Command::Tick
             | Command::Held { .. }
             | Command::Purge { .. }
-            | Command::PurgeAudit { .. } => RECORD,
+            | Command::PurgeAudit { .. }
+            | Command::SetPolicies { .. }
+            | Command::Control { .. } => RECORD,
         }
     }
 }
@@ -218,6 +272,16 @@ pub enum Refusal {
     Finished { job_id: JobId, state: JobState },
     #[error("log entry at index {index} could not be decoded: {reason}")]
     Undecodable { index: u64, reason: String },
+    #[error("queue {queue:?} is full for priority {priority}: {depth} jobs waiting, over its {what} limit of {limit}; retry later, or raise the limit")]
+    Shed {
+        queue: String,
+        priority: u8,
+        depth: u64,
+        limit: u64,
+        what: String,
+    },
+    #[error("queue {queue:?} is draining and takes no new jobs; `drover queues resume {queue}` takes them again")]
+    Draining { queue: String },
 }
 
 /// A job handed to a worker, with the payload it runs on.
@@ -252,4 +316,6 @@ pub enum Outcome {
         idempotency_records: u32,
         more: bool,
     },
+    /// The queues a control changed.
+    Controlled(Vec<String>),
 }

@@ -2,6 +2,7 @@
 //! its default next to it, validated once at start. `config/drover.toml`
 //! documents every key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::job::JobLimits;
-use crate::machine::MachineConfig;
+use crate::policies::{JobPolicies, Policies, QueuePolicy, TenantPolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -71,6 +72,42 @@ pub struct Config {
     pub protect_metrics: bool,
     /// TLS for every port, and mutual TLS between peers. None: plain TCP.
     pub tls: Option<Tls>,
+    /// Per-queue policies; `"*"` holds the defaults of queues not named.
+    pub queues: BTreeMap<String, QueueConfig>,
+    /// Per-tenant policies.
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// `[queues.NAME]`: a queue's limits (see config/drover.toml).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Most jobs waiting (ready and scheduled); enqueues past it are
+    /// refused (429 / RESOURCE_EXHAUSTED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u64>,
+    /// Most jobs of the queue leased at once, cluster-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u64>,
+    /// This queue's lease timeout, instead of `jobs.heartbeat_timeout`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat_timeout: Option<Duration>,
+    /// Priority -> fraction of `max_depth` above which that priority is
+    /// refused: `{ 5 = 0.6, 4 = 0.8 }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shed: BTreeMap<String, f64>,
+}
+
+/// `[tenants.NAME]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Share of dispatches against other tenants of the same priority.
+    pub weight: u32,
 }
 
 impl Default for Config {
@@ -93,6 +130,8 @@ impl Default for Config {
             peer_token: String::new(),
             protect_metrics: false,
             tls: None,
+            queues: BTreeMap::new(),
+            tenants: BTreeMap::new(),
         }
     }
 }
@@ -219,6 +258,10 @@ pub struct Limits {
     pub max_jobs_per_request: usize,
     /// Most jobs a worker may hold at once (its registered capacity).
     pub max_worker_capacity: u32,
+    /// Most unfinished jobs (ready, scheduled, leased) in the cluster;
+    /// enqueues past it are refused, which protects memory and disk. 0: no
+    /// limit.
+    pub max_pending: u64,
 }
 
 impl Default for Limits {
@@ -227,6 +270,7 @@ impl Default for Limits {
             max_payload_bytes: 1024 * 1024,
             max_jobs_per_request: DEFAULT_MAX_JOBS_PER_REQUEST,
             max_worker_capacity: 1024,
+            max_pending: 0,
         }
     }
 }
@@ -478,6 +522,7 @@ impl Config {
             return Err(invalid("raft.snapshot_every", "must be 1 or more"));
         }
         self.validate_tokens()?;
+        self.validate_policies()?;
         if !matches!(self.log.format.as_str(), "json" | "text") {
             return Err(invalid(
                 "log.format",
@@ -565,15 +610,96 @@ impl Config {
         }
     }
 
-    /// The part of the config the state machine reads. It must be the same on
-    /// every node of a cluster, since apply must be deterministic.
-    pub fn machine(&self) -> MachineConfig {
-        MachineConfig {
-            heartbeat_timeout_ms: self.jobs.heartbeat_timeout.as_millis() as u64,
-            max_retries: self.jobs.max_retries,
-            retry_base_delay_ms: self.jobs.retry_base_delay.as_millis() as u64,
-            retry_max_delay_ms: self.jobs.retry_max_delay.as_millis() as u64,
+    /// The policies this config asks for. The leader proposes them when the
+    /// machine's differ; apply never reads them from here.
+    pub fn policies(&self) -> Policies {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Policies {
+            jobs: JobPolicies {
+                heartbeat_timeout_ms: ms(self.jobs.heartbeat_timeout),
+                max_retries: self.jobs.max_retries,
+                retry_base_delay_ms: ms(self.jobs.retry_base_delay),
+                retry_max_delay_ms: ms(self.jobs.retry_max_delay),
+            },
+            queues: self
+                .queues
+                .iter()
+                .map(|(name, q)| {
+                    let policy = QueuePolicy {
+                        max_depth: q.max_depth,
+                        concurrency_limit: q.concurrency_limit,
+                        heartbeat_timeout_ms: q.heartbeat_timeout.map(ms),
+                        // Validated: keys are priorities 1 to 5.
+                        shed: q
+                            .shed
+                            .iter()
+                            .filter_map(|(p, f)| Some((p.parse().ok()?, *f)))
+                            .collect(),
+                    };
+                    (name.clone(), policy)
+                })
+                .collect(),
+            tenants: self
+                .tenants
+                .iter()
+                .map(|(name, t)| (name.clone(), TenantPolicy { weight: t.weight }))
+                .collect(),
+            max_pending: self.limits.max_pending,
         }
+    }
+
+    fn validate_policies(&self) -> Result<(), ConfigError> {
+        for (name, q) in &self.queues {
+            if name != crate::policies::DEFAULTS {
+                crate::job::validate_queue(name)
+                    .map_err(|e| invalid("queues", format!("[queues.{name:?}]: {e}")))?;
+            }
+            if q.max_depth == Some(0) || q.concurrency_limit == Some(0) {
+                return Err(invalid(
+                    "queues",
+                    format!("[queues.{name:?}]: max_depth and concurrency_limit must be 1 or more (leave them out for no limit)"),
+                ));
+            }
+            if q.heartbeat_timeout
+                .is_some_and(|d| d < Duration::from_millis(100))
+            {
+                return Err(invalid(
+                    "queues",
+                    format!("[queues.{name:?}] heartbeat_timeout must be at least 100ms"),
+                ));
+            }
+            for (p, f) in &q.shed {
+                let priority_ok = matches!(p.parse::<u8>(), Ok(1..=5));
+                if !(priority_ok && *f > 0.0 && *f <= 1.0) {
+                    return Err(invalid(
+                        "queues",
+                        format!("[queues.{name:?}] shed: {p} = {f} must be a priority 1 to 5 and a fraction of max_depth in (0, 1]"),
+                    ));
+                }
+            }
+            if !q.shed.is_empty()
+                && q.max_depth.is_none()
+                && self
+                    .queues
+                    .get(crate::policies::DEFAULTS)
+                    .and_then(|d| d.max_depth)
+                    .is_none()
+            {
+                return Err(invalid(
+                    "queues",
+                    format!("[queues.{name:?}] shed needs a max_depth (here or in [queues.\"*\"])"),
+                ));
+            }
+        }
+        for (name, t) in &self.tenants {
+            if t.weight == 0 || t.weight > 1000 {
+                return Err(invalid(
+                    "tenants",
+                    format!("[tenants.{name:?}] weight must be 1 to 1000"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -90,6 +90,7 @@ impl Error {
             Error::InvalidJob(_) | Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::JobNotFound(_) | Error::NotFound(_) => Code::NotFound,
             Error::Refused(Refusal::UnknownJob(_)) => Code::NotFound,
+            Error::Refused(Refusal::Shed { .. }) => Code::ResourceExhausted,
             Error::Refused(_) | Error::MembershipBusy | Error::MembershipRefused(_) => {
                 Code::FailedPrecondition
             }
@@ -135,6 +136,8 @@ impl Error {
             }
             Error::Refused(Refusal::StaleLease { .. }) => "stale_lease",
             Error::Refused(Refusal::Finished { .. }) => "already_finished",
+            Error::Refused(Refusal::Shed { .. }) => "shed",
+            Error::Refused(Refusal::Draining { .. }) => "draining",
             Error::MembershipBusy => "membership_busy",
             Error::MembershipRefused(_) => "membership_refused",
             Error::NoLeader { .. } => "no_leader",
@@ -191,7 +194,8 @@ impl Error {
             Error::NoLeader { .. }
             | Error::Superseded
             | Error::ShuttingDown
-            | Error::RateLimited { .. } => true,
+            | Error::RateLimited { .. }
+            | Error::Refused(Refusal::Shed { .. }) => true,
             Error::Forward { status, .. } => crate::wire::retry_safe(status),
             _ => false,
         }

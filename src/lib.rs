@@ -17,6 +17,7 @@ pub mod job;
 pub mod machine;
 pub mod metrics;
 pub mod node;
+pub mod policies;
 pub mod proto;
 pub mod restore;
 pub mod snapshot;

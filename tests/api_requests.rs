@@ -392,32 +392,40 @@ async fn bad_bodies_on_every_write_endpoint_are_refused_naming_the_field() {
     assert_eq!(digest().await, before, "refused requests changed the state");
 }
 
-/// `drover policies show` prints TOML a config file can hold as it is.
+/// `drover policies show` prints the replicated policies as TOML a config
+/// file can hold as it is.
 #[tokio::test]
 async fn policies_show_prints_the_policies_as_loadable_toml() {
-    let node = TestNode::start(
-        "[jobs]\nmax_retries = 7\naudit_retention = \"30days\"\nretention_max_bytes = \"2 GiB\"\n",
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(["policies", "show", "--server", &node.grpc])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let config = drover::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    config.validate().unwrap();
-    assert_eq!(config.jobs.max_retries, 7);
-    assert_eq!(
-        config.jobs.audit_retention,
-        std::time::Duration::from_secs(30 * 86_400)
-    );
-    assert_eq!(config.jobs.retention_max_bytes, bytesize::ByteSize::gib(2));
-    assert_eq!(
-        config.jobs.heartbeat_timeout,
-        std::time::Duration::from_secs(30)
-    );
+    let config = "[limits]\nmax_pending = 1000\n[jobs]\nmax_retries = 7\n[queues.\"*\"]\nmax_depth = 50\nshed = { 5 = 0.5 }\n[queues.emails]\nconcurrency_limit = 4\nheartbeat_timeout = \"2m\"\n[tenants.acme]\nweight = 4\n";
+    let node = TestNode::start(config);
+    let show = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["policies", "show", "--server", &node.grpc])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The leader proposes its config's policies once it leads.
+    let text = wait_for(
+        "the config's policies in the log",
+        std::time::Duration::from_secs(10),
+        || async {
+            let text = show();
+            if text.contains("max_retries = 7") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
+    let shown = drover::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    shown.validate().unwrap();
+    let ours = drover::Config::from_toml(config).unwrap();
+    assert_eq!(shown.policies(), ours.policies(), "{text}");
 }

@@ -97,6 +97,16 @@ impl App {
         }
         match self.router.propose(Command::Enqueue { jobs }).await? {
             Outcome::Enqueued(ids) => Ok(ids),
+            Outcome::Rejected(refusal) => {
+                if let crate::command::Refusal::Shed {
+                    queue, priority, ..
+                } = &refusal
+                {
+                    metrics::counter!("drover_jobs_shed_total", "queue" => queue.clone(), "priority" => priority.to_string())
+                        .increment(1);
+                }
+                Err(Error::Refused(refusal))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -139,14 +149,30 @@ impl App {
                 .ok_or(Error::JobNotFound(id))?;
             check_owner(caller, &job)?;
         }
-        let command = Command::Audit {
-            record: caller.audit("job.cancel", format!("job {id}")),
-            command: Some(crate::command::Audited::Cancel { id }),
-        };
-        match self.router.propose(command).await? {
+        let change = crate::command::Audited::Cancel { id };
+        match self
+            .audited(caller, "job.cancel", format!("job {id}"), change)
+            .await?
+        {
             Outcome::Cancelled(r) => Ok(r?),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Proposes a change with its audit record (written if it takes effect)
+    /// and answers the change's outcome.
+    pub async fn audited(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: String,
+        change: crate::command::Audited,
+    ) -> Result<Outcome, Error> {
+        let command = Command::Audit {
+            record: caller.audit(action, target),
+            command: Some(change),
+        };
+        self.router.propose(command).await
     }
 
     /// Writes an audit record of a change that is not a machine command
@@ -222,7 +248,7 @@ pub enum ErrorResponses {
 
 /// An outcome that does not belong to the command proposed: a bug, reported
 /// rather than panicked on.
-fn unexpected(outcome: Outcome) -> Error {
+pub(crate) fn unexpected(outcome: Outcome) -> Error {
     Error::Machine(crate::machine::MachineError::Corrupt {
         key: "outcome".into(),
         reason: format!("unexpected outcome {outcome:?}"),

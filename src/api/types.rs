@@ -532,47 +532,111 @@ pub struct AuditPageBody {
     pub next: Option<String>,
 }
 
-/// The job policies this node applies, as `[jobs]` keys of the config
-/// (durations as "30s", sizes as "10 GiB").
+/// How jobs are leased and retried, as `[jobs]` keys of the config
+/// (durations as "30s").
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobPoliciesBody {
     pub heartbeat_timeout: String,
     pub max_retries: u32,
     pub retry_base_delay: String,
     pub retry_max_delay: String,
-    pub retention: String,
-    pub retention_max_bytes: String,
-    pub dead_retention: String,
-    pub idempotency_ttl: String,
-    pub audit_retention: String,
 }
 
-/// The policies in effect.
+/// `[limits]` keys that are policies.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LimitPoliciesBody {
+    /// 0: no limit.
+    pub max_pending: u64,
+}
+
+/// A queue's policy as `[queues.NAME]` writes it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct QueuePolicyBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<String>,
+    /// Priority -> fraction of max_depth.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shed: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantPolicyBody {
+    pub weight: u32,
+}
+
+/// The policies the cluster applies, as the log last set them (from the
+/// leader's config), in the config file's shape.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PoliciesBody {
-    /// Where they come from: `config of node N` until policies are
-    /// replicated state.
-    pub source: String,
     pub jobs: JobPoliciesBody,
+    pub limits: LimitPoliciesBody,
+    pub queues: BTreeMap<String, QueuePolicyBody>,
+    pub tenants: BTreeMap<String, TenantPolicyBody>,
 }
 
-impl From<&crate::config::Config> for PoliciesBody {
-    fn from(c: &crate::config::Config) -> PoliciesBody {
-        let d = crate::wire::config_duration;
-        let j = &c.jobs;
+impl From<&crate::policies::Policies> for PoliciesBody {
+    fn from(p: &crate::policies::Policies) -> PoliciesBody {
+        let d = |ms: u64| crate::wire::config_duration(std::time::Duration::from_millis(ms));
         PoliciesBody {
-            source: format!("config of node {}", c.node_id),
             jobs: JobPoliciesBody {
-                heartbeat_timeout: d(j.heartbeat_timeout),
-                max_retries: j.max_retries,
-                retry_base_delay: d(j.retry_base_delay),
-                retry_max_delay: d(j.retry_max_delay),
-                retention: d(j.retention),
-                retention_max_bytes: j.retention_max_bytes.display().iec().to_string(),
-                dead_retention: d(j.dead_retention),
-                idempotency_ttl: d(j.idempotency_ttl),
-                audit_retention: d(j.audit_retention),
+                heartbeat_timeout: d(p.jobs.heartbeat_timeout_ms),
+                max_retries: p.jobs.max_retries,
+                retry_base_delay: d(p.jobs.retry_base_delay_ms),
+                retry_max_delay: d(p.jobs.retry_max_delay_ms),
             },
+            limits: LimitPoliciesBody {
+                max_pending: p.max_pending,
+            },
+            queues: p
+                .queues
+                .iter()
+                .map(|(name, q)| {
+                    let body = QueuePolicyBody {
+                        max_depth: q.max_depth,
+                        concurrency_limit: q.concurrency_limit,
+                        heartbeat_timeout: q.heartbeat_timeout_ms.map(d),
+                        shed: q.shed.iter().map(|(p, f)| (p.to_string(), *f)).collect(),
+                    };
+                    (name.clone(), body)
+                })
+                .collect(),
+            tenants: p
+                .tenants
+                .iter()
+                .map(|(name, t)| (name.clone(), TenantPolicyBody { weight: t.weight }))
+                .collect(),
         }
     }
+}
+
+/// A queue as operators see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueStatusBody {
+    pub name: String,
+    #[serde(flatten)]
+    pub counts: QueueBody,
+    /// Leases nothing.
+    pub paused: bool,
+    /// Takes no new jobs.
+    pub draining: bool,
+    /// Its policy, with the defaults of `[queues."*"]` filled in.
+    pub policy: QueuePolicyBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueuesBody {
+    pub queues: Vec<QueueStatusBody>,
+}
+
+/// What a pause, drain or resume changed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ControlledBody {
+    /// `pause`, `drain` or `resume`.
+    pub action: String,
+    /// The queues whose state changed (a queue already so is not listed).
+    pub changed: Vec<String>,
 }

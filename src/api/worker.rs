@@ -192,9 +192,9 @@ struct Session {
 }
 
 fn has_ready(stats: &MachineStats, queues: &[String]) -> bool {
-    queues
-        .iter()
-        .any(|q| stats.queues.get(q).is_some_and(|c| c.ready_total() > 0))
+    queues.iter().any(|q| {
+        !stats.blocked.contains(q) && stats.queues.get(q).is_some_and(|c| c.ready_total() > 0)
+    })
 }
 
 impl Session {

@@ -50,6 +50,8 @@ pub enum Control {
     /// Confirm leadership with a quorum and answer with the commit index
     /// every read after it must see (raft's read index).
     ReadIndex(tokio::sync::oneshot::Sender<u64>),
+    /// This node's config asks for these policies now.
+    Policies(Box<crate::policies::Policies>),
     /// Take a snapshot now and answer with its file.
     TakeSnapshot(tokio::sync::oneshot::Sender<Result<std::path::PathBuf, crate::error::Error>>),
 }

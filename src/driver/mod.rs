@@ -136,6 +136,11 @@ impl DriverHandle {
         rx.await.map_err(|_| Error::OutcomeUnknown)?
     }
 
+    /// The policies this node's config now asks for (after a reload).
+    pub fn set_policies(&self, policies: crate::policies::Policies) {
+        self.control(Control::Policies(Box::new(policies)));
+    }
+
     /// Takes a snapshot now (or finds the newest if nothing was applied
     /// since) and returns its file.
     pub async fn snapshot_now(&self) -> Result<PathBuf, Error> {
@@ -260,8 +265,14 @@ struct Driver {
     max_inflight: u64,
     /// Index of a Tick proposed and not yet applied; one at a time.
     tick_in_flight: Option<u64>,
-    /// Index of a Purge proposed and not yet applied; one at a time.
-    purge_in_flight: Option<u64>,
+    /// Index of an upkeep entry (a purge, an audit purge, new policies)
+    /// proposed and not yet applied; one at a time.
+    upkeep_in_flight: Option<u64>,
+    /// The policies this node's config asks for: the leader proposes them
+    /// when the machine's differ; a follower says which keys differ.
+    policies: crate::policies::Policies,
+    /// The machine's policies a follower last warned about.
+    policies_warned: Option<crate::policies::Policies>,
     /// The bounds the leader puts in purges (`jobs.retention` and kin).
     retention: crate::command::Retention,
     /// How long audit records are kept (`jobs.audit_retention`), in ms.
@@ -337,10 +348,7 @@ pub fn start(
             }
         }
     }
-    let mut machine = Machine::open(
-        db.open_tree(&tree_name).map_err(StoreError::from)?,
-        cfg.machine(),
-    )?;
+    let mut machine = Machine::open(db.open_tree(&tree_name).map_err(StoreError::from)?)?;
     if bootstrapping {
         // The machine starts where the bootstrapped log does.
         machine.apply_noop(INIT_INDEX, INIT_INDEX);
@@ -427,7 +435,9 @@ pub fn start(
         log_keep_bytes: cfg.raft.log_keep_bytes.as_u64(),
         max_inflight: cfg.raft.max_inflight_entries,
         tick_in_flight: None,
-        purge_in_flight: None,
+        upkeep_in_flight: None,
+        policies: cfg.policies(),
+        policies_warned: None,
         retention: cfg.jobs.retention(),
         audit_keep_ms: u64::try_from(cfg.jobs.audit_retention.as_millis()).unwrap_or(u64::MAX),
         purge_check_at: std::time::Instant::now(),
@@ -498,6 +508,7 @@ impl Driver {
             // Waiting for the flush instead measured 10-20% more CPU per job
             // on 3 nodes.
             self.propose_purge_if_due();
+            self.reconcile_policies();
             self.handle_ready()?;
             self.publish_status();
         }
@@ -534,6 +545,34 @@ impl Driver {
                 }
             }
             Control::TakeSnapshot(reply) => self.take_snapshot(Some(reply)),
+            Control::Policies(p) => {
+                self.policies = *p;
+                self.policies_warned = None;
+            }
+        }
+    }
+
+    /// Brings the machine's policies to what this node's config says: the
+    /// leader proposes them; a follower never applies its own, and says once
+    /// which keys its file has otherwise.
+    fn reconcile_policies(&mut self) {
+        let current = self.machine.policies();
+        if *current == self.policies {
+            return;
+        }
+        if self.raw.raft.state == StateRole::Leader {
+            if self.upkeep_in_flight.is_none() && self.raw.raft.commit_to_current_term() {
+                tracing::info!(event = "policies_proposed", keys = ?current.differences(&self.policies), "proposing this node's config policies to the cluster");
+                self.propose(
+                    vec![Command::SetPolicies {
+                        policies: self.policies.clone(),
+                    }],
+                    vec![None],
+                );
+            }
+        } else if self.machine.policies_set() && self.policies_warned.as_ref() != Some(current) {
+            tracing::warn!(event = "policies_differ", keys = ?current.differences(&self.policies), "this node's config file has other policies than the cluster applies; the cluster's stand (they come from the leader's config)");
+            self.policies_warned = Some(current.clone());
         }
     }
 
@@ -543,6 +582,12 @@ impl Driver {
     /// batches by how long replication takes, not by how fast requests come.
     /// Other nodes refuse them at once, so they need no limit.
     fn takes_proposals(&self) -> bool {
+        // A leader whose config asks for other policies holds requests
+        // until the cluster applies them, so nothing is admitted or leased
+        // under the old ones after a start or a reload.
+        if self.raw.raft.state == StateRole::Leader && *self.machine.policies() != self.policies {
+            return false;
+        }
         if self.max_inflight == 0 || self.raw.raft.state != StateRole::Leader {
             return true;
         }
@@ -636,9 +681,12 @@ impl Driver {
             return refuse(replies);
         }
         let ticks = commands.iter().any(|c| matches!(c, Command::Tick));
-        let purges = commands
-            .iter()
-            .any(|c| matches!(c, Command::Purge { .. } | Command::PurgeAudit { .. }));
+        let purges = commands.iter().any(|c| {
+            matches!(
+                c,
+                Command::Purge { .. } | Command::PurgeAudit { .. } | Command::SetPolicies { .. }
+            )
+        });
         let entry = LogEntry {
             at_ms: now_ms(),
             commands,
@@ -654,7 +702,7 @@ impl Driver {
                     self.tick_in_flight = Some(index);
                 }
                 if purges {
-                    self.purge_in_flight = Some(index);
+                    self.upkeep_in_flight = Some(index);
                 }
             }
             Err(_) => refuse(replies),
@@ -682,7 +730,7 @@ impl Driver {
     /// soon as the last applied, and a look once a second when none was due.
     fn propose_purge_if_due(&mut self) {
         if self.raw.raft.state != StateRole::Leader
-            || self.purge_in_flight.is_some()
+            || self.upkeep_in_flight.is_some()
             || std::time::Instant::now() < self.purge_check_at
         {
             return;
@@ -775,8 +823,8 @@ impl Driver {
         if self.tick_in_flight.is_some_and(|i| i >= first.index) {
             self.tick_in_flight = None;
         }
-        if self.purge_in_flight.is_some_and(|i| i >= first.index) {
-            self.purge_in_flight = None;
+        if self.upkeep_in_flight.is_some_and(|i| i >= first.index) {
+            self.upkeep_in_flight = None;
         }
         self.pending.supersede(first.index, |idx| {
             entries.get((idx - first.index) as usize).map(|e| e.term)
@@ -881,8 +929,8 @@ impl Driver {
             if self.tick_in_flight.is_some_and(|i| i <= index) {
                 self.tick_in_flight = None;
             }
-            if self.purge_in_flight.is_some_and(|i| i <= index) {
-                self.purge_in_flight = None;
+            if self.upkeep_in_flight.is_some_and(|i| i <= index) {
+                self.upkeep_in_flight = None;
             }
             replies.push((index, term, outcomes, membership));
             // Commits at entry boundaries, so each batch is still atomic with

@@ -55,13 +55,6 @@ impl Machine {
         }
     }
 
-    /// Whether any of `queues` has a job a worker could lease now.
-    pub fn has_ready(&self, queues: &[String]) -> bool {
-        queues
-            .iter()
-            .any(|q| self.queues.get(q).is_some_and(|qi| !qi.ready.is_empty()))
-    }
-
     /// Adds a job to the indexes and counts of its state.
     pub(super) fn place(&mut self, job: &Job) {
         let qi = self.queues.entry(job.queue.clone()).or_default();

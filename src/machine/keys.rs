@@ -6,6 +6,8 @@
 use super::*;
 
 pub(super) const META_KEY: &[u8] = b"m";
+/// The replicated policies.
+pub(super) const POLICIES_KEY: &[u8] = b"P";
 pub(super) const FORMAT_KEY: &[u8] = b"f";
 /// Layout of the tree; a tree of another layout is refused, not misread.
 /// 1 kept payloads under their own `p` keys.

@@ -35,10 +35,17 @@ impl Machine {
         max: u32,
     ) -> Result<Vec<LeasedJob>, MachineError> {
         let mut out = Vec::new();
+        // A paused queue leases nothing; one at its concurrency limit
+        // nothing more.
+        let open: Vec<&String> = queues
+            .iter()
+            .filter(|q| !self.controls.paused.contains(*q))
+            .collect();
         while out.len() < max as usize {
-            let best = queues
+            let best = open
                 .iter()
-                .filter_map(|q| self.queues.get(q).and_then(|qi| qi.ready.first()))
+                .filter(|q| self.below_concurrency_limit(q))
+                .filter_map(|q| self.queues.get(*q).and_then(|qi| qi.ready.first()))
                 .min()
                 .copied();
             let Some((_, id)) = best else { break };
@@ -49,7 +56,7 @@ impl Machine {
             job.lease = Some(Lease {
                 worker: worker.to_string(),
                 attempt: job.attempts,
-                deadline_ms: now.saturating_add(self.cfg.heartbeat_timeout_ms),
+                deadline_ms: now.saturating_add(self.policies.heartbeat_timeout_ms(&job.queue)),
             });
             job.progress = None;
             job.record(
@@ -63,6 +70,14 @@ impl Machine {
             out.push(LeasedJob { job, payload });
         }
         Ok(out)
+    }
+
+    fn below_concurrency_limit(&self, queue: &str) -> bool {
+        let leased = self.queues.get(queue).map_or(0, |qi| qi.counts.leased);
+        self.policies
+            .queue(queue)
+            .concurrency_limit
+            .is_none_or(|limit| leased < limit)
     }
 
     /// Loads a job and checks that `attempt` is its current lease.
@@ -97,7 +112,7 @@ impl Machine {
         };
         self.unplace(&job);
         if let Some(lease) = job.lease.as_mut() {
-            lease.deadline_ms = now.saturating_add(self.cfg.heartbeat_timeout_ms);
+            lease.deadline_ms = now.saturating_add(self.policies.heartbeat_timeout_ms(&job.queue));
         }
         if beat.progress.is_some() {
             job.progress = beat.progress.clone();
@@ -160,20 +175,20 @@ impl Machine {
         job.last_error_class = f.error_class.clone();
         job.last_error = f.message.clone();
         self.totals.failed += 1;
-        if job.attempts > self.cfg.max_retries {
+        if job.attempts > self.policies.jobs.max_retries {
             job.state = JobState::Dead;
             job.finished_at_ms = now;
             job.record(
                 now,
                 format!(
                     "failed with {} (attempt {}); dead-lettered after {} retries",
-                    f.error_class, f.attempt, self.cfg.max_retries
+                    f.error_class, f.attempt, self.policies.jobs.max_retries
                 ),
             );
             self.totals.dead += 1;
         } else {
             job.state = JobState::Scheduled;
-            job.run_at_ms = now.saturating_add(self.cfg.backoff_ms(job.id, job.attempts));
+            job.run_at_ms = now.saturating_add(self.policies.jobs.backoff_ms(job.id, job.attempts));
             job.record(
                 now,
                 format!(

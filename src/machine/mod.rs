@@ -35,32 +35,13 @@ use crate::command::{
     Command, Completion, Enqueued, Failure, LeaseBeat, LeasedJob, LogEntry, Outcome, Refusal,
 };
 use crate::job::{Job, JobId, JobState, Lease, NewJob, PRIORITY_LOWEST};
+use crate::policies::Policies;
 
 /// Payload bytes one [`Command::Held`] answer carries at most.
 const HELD_ANSWER_BYTES: usize = 16 << 20;
 
 /// Staged writes after which [`Machine::wants_commit`] asks for a commit.
 const COMMIT_WRITES: usize = 1000;
-
-/// The settings apply depends on. They must be equal on every node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MachineConfig {
-    pub heartbeat_timeout_ms: u64,
-    pub max_retries: u32,
-    pub retry_base_delay_ms: u64,
-    pub retry_max_delay_ms: u64,
-}
-
-impl Default for MachineConfig {
-    fn default() -> Self {
-        MachineConfig {
-            heartbeat_timeout_ms: 30_000,
-            max_retries: 3,
-            retry_base_delay_ms: 1_000,
-            retry_max_delay_ms: 300_000,
-        }
-    }
-}
 
 /// A failure of the machine's own storage. Unlike a [`Refusal`] it is not an
 /// answer to a request: the node cannot go on applying and must stop.
@@ -106,6 +87,12 @@ pub struct Totals {
 /// and for workers waiting for ready jobs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MachineStats {
+    /// Queues that lease nothing now: paused, or at their concurrency limit.
+    pub blocked: BTreeSet<String>,
+    /// Queues that lease nothing.
+    pub paused: BTreeSet<String>,
+    /// Queues that take no new jobs.
+    pub draining: BTreeSet<String>,
     pub applied_index: u64,
     pub last_at_ms: u64,
     pub queues: BTreeMap<String, QueueCounts>,
@@ -116,7 +103,13 @@ pub struct Machine {
     tree: sled::Tree,
     /// The same tree, for readers; swapped when a snapshot is installed.
     shared: Arc<RwLock<sled::Tree>>,
-    cfg: MachineConfig,
+    /// What the log last set (`P`); defaults until then. Apply reads these,
+    /// never a node's own config.
+    policies: Policies,
+    /// The log has set them (a `P` record exists).
+    policies_set: bool,
+    /// Paused and draining queues (`C`).
+    controls: controls::Controls,
     meta: Meta,
     queues: BTreeMap<String, QueueIndex>,
     /// (run_at, id) of scheduled jobs.
@@ -145,8 +138,16 @@ pub struct Machine {
 impl Machine {
     /// Opens the machine on its tree and rebuilds the in-memory indexes from
     /// the job records.
-    pub fn open(tree: sled::Tree, cfg: MachineConfig) -> Result<Machine, MachineError> {
+    pub fn open(tree: sled::Tree) -> Result<Machine, MachineError> {
         check_format(&tree)?;
+        let (policies, policies_set) = match tree.get(POLICIES_KEY)? {
+            Some(bytes) => (decode(POLICIES_KEY, &bytes)?, true),
+            None => (Policies::default(), false),
+        };
+        let controls = match tree.get(controls::CONTROLS_KEY)? {
+            Some(bytes) => decode(controls::CONTROLS_KEY, &bytes)?,
+            None => controls::Controls::default(),
+        };
         let meta = match tree.get(META_KEY)? {
             Some(bytes) => decode(META_KEY, &bytes)?,
             None => Meta {
@@ -158,7 +159,9 @@ impl Machine {
         let mut machine = Machine {
             shared: Arc::new(RwLock::new(tree.clone())),
             tree,
-            cfg,
+            policies,
+            policies_set,
+            controls,
             meta,
             queues: BTreeMap::new(),
             scheduled: BTreeSet::new(),
@@ -217,7 +220,7 @@ impl Machine {
         if let Some(c) = self.capture.take() {
             c.cancel();
         }
-        let mut fresh = Machine::open(tree.clone(), self.cfg)?;
+        let mut fresh = Machine::open(tree.clone())?;
         fresh.totals = self.totals;
         fresh.shared = self.shared.clone();
         *fresh.shared.write().unwrap_or_else(|e| e.into_inner()) = tree;
@@ -225,8 +228,33 @@ impl Machine {
         Ok(())
     }
 
+    /// The policies in effect, as the log set them.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// Whether the log has set policies yet (until then the defaults).
+    pub fn policies_set(&self) -> bool {
+        self.policies_set
+    }
+
     pub fn stats(&self) -> MachineStats {
+        // Queues a lease would find nothing in however many are ready, so
+        // workers do not propose leases in a loop while they stay so.
+        let at_limit = self.queues.iter().filter_map(|(name, qi)| {
+            let limit = self.policies.queue(name).concurrency_limit?;
+            (qi.counts.leased >= limit).then(|| name.clone())
+        });
         MachineStats {
+            blocked: self
+                .controls
+                .paused
+                .iter()
+                .cloned()
+                .chain(at_limit)
+                .collect(),
+            paused: self.controls.paused.clone(),
+            draining: self.controls.draining.clone(),
             applied_index: self.meta.applied_index,
             last_at_ms: self.meta.last_at_ms,
             queues: self
@@ -265,7 +293,10 @@ impl Machine {
 
     fn apply_command(&mut self, now: u64, command: &Command) -> Result<Outcome, MachineError> {
         Ok(match command {
-            Command::Enqueue { jobs } => Outcome::Enqueued(self.enqueue(now, jobs)?),
+            Command::Enqueue { jobs } => match self.admit(jobs) {
+                Ok(()) => Outcome::Enqueued(self.enqueue(now, jobs)?),
+                Err(refusal) => Outcome::Rejected(refusal),
+            },
             Command::Lease {
                 worker,
                 queues,
@@ -295,6 +326,13 @@ impl Machine {
             Command::Purge { retention, limit } => self.purge(now, retention, *limit)?,
             Command::Audit { record, command } => self.audit(now, record, command.as_ref())?,
             Command::PurgeAudit { keep_ms, limit } => self.purge_audit(now, *keep_ms, *limit)?,
+            Command::SetPolicies { policies } => {
+                self.policies = policies.clone();
+                self.policies_set = true;
+                self.put(POLICIES_KEY.to_vec(), encode(&self.policies));
+                Outcome::Noop
+            }
+            Command::Control { scope, action } => self.control(scope, *action),
         })
     }
 
@@ -361,6 +399,7 @@ impl Machine {
 
 pub mod audit;
 pub mod capture;
+mod controls;
 mod indexes;
 mod jobs;
 mod keys;

@@ -23,6 +23,14 @@ impl JobReader {
         audit::page(&self.tree(), before, limit)
     }
 
+    /// The policies the log last set (defaults before any).
+    pub fn policies(&self) -> Result<Policies, MachineError> {
+        match self.tree().get(POLICIES_KEY)? {
+            Some(v) => decode(POLICIES_KEY, &v),
+            None => Ok(Policies::default()),
+        }
+    }
+
     pub fn job(&self, id: JobId) -> Result<Option<Job>, MachineError> {
         let k = key(JOB, id);
         match self.tree().get(k)? {

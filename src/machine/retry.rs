@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl MachineConfig {
+impl crate::policies::JobPolicies {
     /// Delay before retry number `attempt` (1-based): exponential from the base,
     /// capped, plus up to a quarter of jitter derived from the job id so jobs
     /// that failed together do not all come back in the same millisecond.

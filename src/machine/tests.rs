@@ -5,7 +5,7 @@ use crate::command::Retention;
 use crate::job::PRIORITY_DEFAULT;
 use bytes::Bytes;
 
-const CFG: MachineConfig = MachineConfig {
+const CFG: crate::policies::JobPolicies = crate::policies::JobPolicies {
     heartbeat_timeout_ms: 1_000,
     max_retries: 2,
     retry_base_delay_ms: 100,
@@ -24,14 +24,25 @@ impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let m = Machine::open(db.open_tree("machine").unwrap(), CFG).unwrap();
-        Harness {
+        let m = Machine::open(db.open_tree("machine").unwrap()).unwrap();
+        let mut h = Harness {
             _dir: dir,
             db,
             m,
             index: 0,
             log: Vec::new(),
-        }
+        };
+        // Policies come from the log, as on a node.
+        h.run(
+            0,
+            Command::SetPolicies {
+                policies: crate::policies::Policies {
+                    jobs: CFG,
+                    ..Default::default()
+                },
+            },
+        );
+        h
     }
 
     fn run(&mut self, at_ms: u64, command: Command) -> Outcome {
@@ -150,7 +161,11 @@ fn enqueue_stores_job_and_payload() {
     assert_eq!(stored, job);
     assert_eq!(payload, Bytes::from_static(b"payload"));
     assert_eq!(h.m.stats().queues["q"].ready[2], 1);
-    assert_eq!(h.m.meta().applied_index, 1);
+    assert_eq!(
+        h.m.meta().applied_index,
+        2,
+        "the policies, then the enqueue"
+    );
 }
 
 #[test]
@@ -438,7 +453,7 @@ fn replay_is_deterministic_and_reopen_rebuilds() {
     // Reopen from disk.
     let tree = h.db.open_tree("machine").unwrap();
     let stats = h.m.stats();
-    let reopened = Machine::open(tree, CFG).unwrap();
+    let reopened = Machine::open(tree).unwrap();
     assert_eq!(reopened.stats().queues, stats.queues);
     assert_eq!(reopened.next_due_ms(), h.m.next_due_ms());
     assert_eq!(reopened.meta(), h.m.meta());
@@ -489,7 +504,7 @@ fn corrupt_records_are_reported_not_panicked() {
     let h = Harness::new();
     let tree = h.db.open_tree("machine").unwrap();
     tree.insert(key(JOB, 7), b"garbage".to_vec()).unwrap();
-    let err = Machine::open(tree, CFG).err().expect("must refuse");
+    let err = Machine::open(tree).err().expect("must refuse");
     assert!(err.to_string().contains("j/7"), "{err}");
 }
 
@@ -553,14 +568,14 @@ fn a_tree_of_another_layout_is_refused_with_what_to_do() {
     // Layout 1: job records without their payload, and no layout mark.
     let old = h.db.open_tree("old").unwrap();
     old.insert(key(JOB, 1), b"job".to_vec()).unwrap();
-    let err = Machine::open(old, CFG).err().expect("must refuse");
+    let err = Machine::open(old).err().expect("must refuse");
     assert!(matches!(err, MachineError::Format { .. }), "{err}");
     assert!(err.to_string().contains("empty data dir"), "{err}");
 
     let newer = h.db.open_tree("newer").unwrap();
     newer.insert(FORMAT_KEY, &[FORMAT + 1]).unwrap();
     assert!(matches!(
-        Machine::open(newer, CFG),
+        Machine::open(newer),
         Err(MachineError::Format { .. })
     ));
 
@@ -570,7 +585,7 @@ fn a_tree_of_another_layout_is_refused_with_what_to_do() {
         tree.get(FORMAT_KEY).unwrap().as_deref(),
         Some(&[FORMAT][..])
     );
-    Machine::open(tree, CFG).expect("same layout opens");
+    Machine::open(tree).expect("same layout opens");
 }
 
 mod props {
@@ -721,7 +736,7 @@ fn held_names_the_jobs_leased_to_a_worker_and_changes_nothing() {
     assert_eq!(held(&mut h, "w1"), vec![]);
     h.lease(60_001, "w3", &["q"], 1);
     h.m.commit().unwrap();
-    let mut reopened = Machine::open(h.m.tree().clone(), CFG).unwrap();
+    let mut reopened = Machine::open(h.m.tree().clone()).unwrap();
     match reopened
         .apply(
             99,
@@ -933,4 +948,129 @@ fn an_audited_command_applies_and_its_record_says_how_it_ended() {
         "only the record within 45 ms of 100 stays"
     );
     assert!(!h.m.audit_purge_due(100, 45).unwrap());
+}
+
+fn queue_policy(q: &str, policy: crate::policies::QueuePolicy) -> Command {
+    let mut policies = crate::policies::Policies {
+        jobs: CFG,
+        ..Default::default()
+    };
+    policies.queues.insert(q.into(), policy);
+    Command::SetPolicies { policies }
+}
+
+#[test]
+fn a_queue_over_its_depth_sheds_low_priorities_first_and_changes_nothing() {
+    let mut h = Harness::new();
+    h.run(
+        1,
+        queue_policy(
+            "q",
+            crate::policies::QueuePolicy {
+                max_depth: Some(4),
+                shed: [(5, 0.5)].into_iter().collect(),
+                ..Default::default()
+            },
+        ),
+    );
+    h.enqueue(2, "q", 5);
+    h.enqueue(3, "q", 5);
+    let before = h.m.digest().unwrap();
+    let shed = h.run(
+        4,
+        Command::Enqueue {
+            jobs: vec![new_job("q", 5)],
+        },
+    );
+    assert!(
+        matches!(
+            &shed,
+            Outcome::Rejected(Refusal::Shed {
+                depth: 2,
+                limit: 2,
+                ..
+            })
+        ),
+        "{shed:?}"
+    );
+    assert_eq!(
+        h.m.digest().unwrap(),
+        before,
+        "a shed enqueue changes nothing"
+    );
+    h.enqueue(5, "q", 1);
+    h.enqueue(6, "q", 1);
+    // A batch that would pass the depth is refused whole.
+    let batch = h.run(
+        7,
+        Command::Enqueue {
+            jobs: vec![new_job("q", 1), new_job("other", 1)],
+        },
+    );
+    assert!(
+        matches!(batch, Outcome::Rejected(Refusal::Shed { limit: 4, .. })),
+        "{batch:?}"
+    );
+    assert_eq!(h.m.stats().queues.get("other"), None);
+}
+
+#[test]
+fn paused_queues_lease_nothing_draining_ones_take_nothing_and_limits_hold() {
+    use crate::command::{QueueAction, QueueScope};
+    let mut h = Harness::new();
+    h.run(
+        1,
+        queue_policy(
+            "q",
+            crate::policies::QueuePolicy {
+                concurrency_limit: Some(2),
+                ..Default::default()
+            },
+        ),
+    );
+    for t in 0..4 {
+        h.enqueue(2 + t, "q", 3);
+    }
+    let control = |action| Command::Control {
+        scope: QueueScope::Queue("q".into()),
+        action,
+    };
+    assert_eq!(
+        h.run(10, control(QueueAction::Pause)),
+        Outcome::Controlled(vec!["q".into()])
+    );
+    assert!(h.lease(11, "w", &["q"], 10).is_empty(), "paused");
+    h.run(12, control(QueueAction::Resume));
+    assert_eq!(
+        h.lease(13, "w", &["q"], 10).len(),
+        2,
+        "the concurrency limit"
+    );
+    assert!(h.lease(14, "w", &["q"], 10).is_empty());
+    h.run(15, control(QueueAction::Drain));
+    let refused = h.run(
+        16,
+        Command::Enqueue {
+            jobs: vec![new_job("q", 3)],
+        },
+    );
+    assert!(
+        matches!(refused, Outcome::Rejected(Refusal::Draining { .. })),
+        "{refused:?}"
+    );
+    // Draining leases on.
+    let done = h.m.reader().job(1).unwrap().unwrap();
+    h.complete(17, done.id, 1).unwrap();
+    assert_eq!(h.lease(18, "w", &["q"], 10).len(), 1);
+    // Controls survive a restart.
+    let reopened = Machine::open(h.m.tree().clone()).unwrap();
+    assert!(reopened.stats().draining.contains("q"));
+    h.run(
+        19,
+        Command::Control {
+            scope: QueueScope::All,
+            action: QueueAction::Resume,
+        },
+    );
+    assert!(h.m.stats().draining.is_empty());
 }

@@ -237,10 +237,11 @@ pub(super) async fn audit(
     }))
 }
 
-/// The policies this node applies (retries, leases, retention), as its
-/// config has them.
+/// The policies the cluster applies (leases, retries, queue limits,
+/// shedding, tenant weights), as the log last set them.
 #[utoipa::path(get, path = "/api/v1/policies", tag = "cluster",
     responses((status = 200, body = PoliciesBody), ErrorResponses))]
-pub(super) async fn policies(State(s): State<HttpState>) -> Json<PoliciesBody> {
-    Json(s.app.config.as_ref().into())
+pub(super) async fn policies(State(s): State<HttpState>) -> Result<Json<PoliciesBody>, Error> {
+    s.app.router.read_barrier().await?;
+    Ok(Json((&s.app.driver.reader().policies()?).into()))
 }

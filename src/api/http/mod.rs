@@ -9,6 +9,7 @@ mod cluster;
 mod jobs;
 pub mod openapi;
 mod probes;
+mod queues;
 mod workers;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -119,6 +120,43 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             "/api/v1/policies",
             Read,
             get(cluster::policies),
+        ),
+        route(Method::GET, "/api/v1/queues", Read, get(queues::list)),
+        route(
+            Method::POST,
+            "/api/v1/queues/pause",
+            Operate,
+            post(queues::pause_all),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/queues/drain",
+            Operate,
+            post(queues::drain_all),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/queues/resume",
+            Operate,
+            post(queues::resume_all),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/queues/{queue}/pause",
+            Operate,
+            post(queues::pause),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/queues/{queue}/drain",
+            Operate,
+            post(queues::drain),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/queues/{queue}/resume",
+            Operate,
+            post(queues::resume),
         ),
         route(
             Method::POST,

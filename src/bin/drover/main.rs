@@ -8,6 +8,7 @@ mod cluster;
 mod jobs;
 mod local;
 mod policies;
+mod queues;
 mod serve;
 mod snapshot;
 mod status;
@@ -39,6 +40,11 @@ enum Cmd {
     Worker(worker::WorkerArgs),
     /// Show the node, its queues and connected workers.
     Status(target::Target),
+    /// List queues; pause, drain and resume them.
+    Queues {
+        #[command(subcommand)]
+        command: queues::QueuesCmd,
+    },
     /// Read and cancel jobs.
     Jobs {
         #[command(subcommand)]
@@ -108,6 +114,7 @@ fn main() -> Result<()> {
             Cmd::Worker(a) => worker::run(a).await,
             Cmd::Status(t) => status::run(t).await,
             Cmd::Jobs { command } => jobs::run(command).await,
+            Cmd::Queues { command } => queues::run(command).await,
             Cmd::Cluster { command } => cluster::run(command).await,
             Cmd::Snapshot { command } => snapshot::run(command).await,
             Cmd::Audit(a) => audit::run(a).await,

@@ -1,5 +1,5 @@
-//! `drover policies show`: the policies in effect, as config TOML, for
-//! review and backup.
+//! `drover policies show`: the policies the cluster applies, as config TOML,
+//! for review and backup.
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -16,12 +16,8 @@ pub enum PoliciesCmd {
 pub async fn run(cmd: PoliciesCmd) -> Result<()> {
     let PoliciesCmd::Show(target) = cmd;
     let p: PoliciesBody = target.admin()?.get("/api/v1/policies").await?;
-    #[derive(serde::Serialize)]
-    struct File<'a> {
-        jobs: &'a drover::api::types::JobPoliciesBody,
-    }
-    let text = toml::to_string(&File { jobs: &p.jobs })?;
-    target.print(&p, |p| {
-        println!("# policies in effect ({})\n{text}", p.source);
+    let text = toml::to_string(&p)?;
+    target.print(&p, |_| {
+        println!("# the policies the cluster applies (set from the leader's config)\n{text}");
     })
 }

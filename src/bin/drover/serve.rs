@@ -77,8 +77,32 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         wait_for_signal().await;
         stop.send_replace(true);
     });
+    if let Some(path) = a.config.clone() {
+        tokio::spawn(reload_on_sighup(path, node.app.driver.clone()));
+    }
     node.wait().await?;
     Ok(())
+}
+
+/// SIGHUP re-reads the config file's policies: the leader proposes them to
+/// the cluster; a follower checks them against the cluster's. Other keys
+/// take a restart.
+async fn reload_on_sighup(path: PathBuf, driver: drover::driver::DriverHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Config::from_file(&path).and_then(|c| c.validate().map(|()| c)) {
+            Ok(c) => {
+                tracing::info!(event = "config_reloaded", path = %path.display(), "read the policies of the config file again");
+                driver.set_policies(c.policies());
+            }
+            Err(e) => {
+                tracing::error!(event = "config_reload_failed", path = %path.display(), error = %e, "kept the policies in effect: the config file is not valid")
+            }
+        }
+    }
 }
 
 pub async fn wait_for_signal() {

@@ -1,0 +1,129 @@
+//! Queues: their depths, state and policy; pause, drain and resume, one
+//! queue or all of them.
+
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+
+use super::HttpState;
+use crate::api::auth::Caller;
+use crate::api::types::{ControlledBody, QueuePolicyBody, QueueStatusBody, QueuesBody};
+use crate::api::ErrorResponses;
+use crate::command::{QueueAction, QueueScope};
+use crate::error::Error;
+
+/// Every queue that holds jobs or has a state, with its depths by state and
+/// priority, paused and draining, and its policy.
+#[utoipa::path(get, path = "/api/v1/queues", tag = "queues",
+    responses((status = 200, body = QueuesBody), ErrorResponses))]
+pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<QueuesBody>, Error> {
+    s.app.router.read_barrier().await?;
+    let stats = s.app.driver.stats();
+    let policies = s.app.driver.reader().policies()?;
+    let mut names: std::collections::BTreeSet<&String> = stats.queues.keys().collect();
+    names.extend(stats.paused.iter().chain(stats.draining.iter()));
+    let queues = names
+        .into_iter()
+        .map(|name| {
+            let counts = stats.queues.get(name).cloned().unwrap_or_default();
+            let p = policies.queue(name);
+            QueueStatusBody {
+                name: name.clone(),
+                counts: (&counts).into(),
+                paused: stats.paused.contains(name),
+                draining: stats.draining.contains(name),
+                policy: QueuePolicyBody {
+                    max_depth: p.max_depth,
+                    concurrency_limit: p.concurrency_limit,
+                    heartbeat_timeout: Some(crate::wire::config_duration(
+                        std::time::Duration::from_millis(policies.heartbeat_timeout_ms(name)),
+                    )),
+                    shed: p.shed.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                },
+            }
+        })
+        .collect();
+    Ok(Json(QueuesBody { queues }))
+}
+
+async fn control(
+    s: &HttpState,
+    caller: &Caller,
+    scope: QueueScope,
+    action: QueueAction,
+) -> Result<Json<ControlledBody>, Error> {
+    if let QueueScope::Queue(q) = &scope {
+        crate::job::validate_queue(q)?;
+    }
+    let target = match &scope {
+        QueueScope::Queue(q) => format!("queue {q}"),
+        QueueScope::All => "all queues".to_string(),
+    };
+    let changed = s
+        .app
+        .audited(
+            caller,
+            &format!("queues.{}", action.as_str()),
+            target,
+            crate::command::Audited::Control { scope, action },
+        )
+        .await?;
+    match changed {
+        crate::command::Outcome::Controlled(changed) => Ok(Json(ControlledBody {
+            action: action.as_str().to_string(),
+            changed,
+        })),
+        other => Err(crate::api::unexpected(other)),
+    }
+}
+
+macro_rules! queue_action {
+    ($one:ident, $all:ident, $action:expr, $path_one:literal, $path_all:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path_one, tag = "queues",
+                            params(("queue" = String, Path)),
+                            responses((status = 200, body = ControlledBody), ErrorResponses))]
+        pub(super) async fn $one(
+            State(s): State<HttpState>,
+            Extension(caller): Extension<Caller>,
+            Path(queue): Path<String>,
+        ) -> Result<Json<ControlledBody>, Error> {
+            control(&s, &caller, QueueScope::Queue(queue), $action).await
+        }
+
+        #[doc = $doc]
+        /// Every queue at once.
+        #[utoipa::path(post, path = $path_all, tag = "queues",
+                            responses((status = 200, body = ControlledBody), ErrorResponses))]
+        pub(super) async fn $all(
+            State(s): State<HttpState>,
+            Extension(caller): Extension<Caller>,
+        ) -> Result<Json<ControlledBody>, Error> {
+            control(&s, &caller, QueueScope::All, $action).await
+        }
+    };
+}
+
+queue_action!(
+    pause,
+    pause_all,
+    QueueAction::Pause,
+    "/api/v1/queues/{queue}/pause",
+    "/api/v1/queues/pause",
+    "Pause: lease nothing from the queue; its jobs wait, enqueues go on."
+);
+queue_action!(
+    drain,
+    drain_all,
+    QueueAction::Drain,
+    "/api/v1/queues/{queue}/drain",
+    "/api/v1/queues/drain",
+    "Drain: take no new jobs; leases go on until the queue is empty."
+);
+queue_action!(
+    resume,
+    resume_all,
+    QueueAction::Resume,
+    "/api/v1/queues/{queue}/resume",
+    "/api/v1/queues/resume",
+    "Resume: end a pause or a drain."
+);

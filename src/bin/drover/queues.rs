@@ -1,0 +1,126 @@
+//! `drover queues list|pause|drain|resume`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use drover::api::types::{ControlledBody, QueuesBody};
+
+use crate::target::{table, Target};
+
+#[derive(Subcommand)]
+pub enum QueuesCmd {
+    /// Every queue: depth by state and priority, paused or draining, limits.
+    List(Target),
+    /// Lease nothing from QUEUE (or --all); its jobs wait, enqueues go on.
+    Pause(ControlArgs),
+    /// Take no new jobs into QUEUE (or --all); leases go on.
+    Drain(ControlArgs),
+    /// End a pause or drain.
+    Resume(ControlArgs),
+}
+
+#[derive(Args)]
+pub struct ControlArgs {
+    queue: Option<String>,
+    /// Every queue.
+    #[arg(long, conflicts_with = "queue")]
+    all: bool,
+    /// Return once nothing is leased in the queues any more (the runbook's
+    /// "stop taking work, wait for what is in flight, then maintain").
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits at most.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    target: Target,
+}
+
+pub async fn run(cmd: QueuesCmd) -> Result<()> {
+    let (action, a) = match cmd {
+        QueuesCmd::List(target) => {
+            let q: QueuesBody = target.admin()?.get("/api/v1/queues").await?;
+            return target.print(&q, print);
+        }
+        QueuesCmd::Pause(a) => ("pause", a),
+        QueuesCmd::Drain(a) => ("drain", a),
+        QueuesCmd::Resume(a) => ("resume", a),
+    };
+    let path = match (&a.queue, a.all) {
+        (Some(q), false) => format!("/api/v1/queues/{q}/{action}"),
+        (None, true) => format!("/api/v1/queues/{action}"),
+        _ => bail!("name a queue, or --all"),
+    };
+    let admin = a.target.admin()?;
+    let done: ControlledBody = admin.post(&path, &serde_json::json!({})).await?;
+    a.target.print(&done, |d| {
+        if d.changed.is_empty() {
+            println!("{action}: no queue changed (already so)");
+        } else {
+            println!("{action}: {}", d.changed.join(", "));
+        }
+    })?;
+    if a.wait {
+        let deadline = Instant::now() + a.timeout;
+        loop {
+            let q: QueuesBody = admin.get("/api/v1/queues").await?;
+            let leased: u64 = q
+                .queues
+                .iter()
+                .filter(|s| a.all || a.queue.as_deref() == Some(s.name.as_str()))
+                .map(|s| s.counts.leased)
+                .sum();
+            if leased == 0 {
+                eprintln!("nothing is leased any more");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{leased} jobs still leased after {}",
+                    humantime::format_duration(a.timeout)
+                );
+            }
+            eprintln!("waiting: {leased} jobs leased");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    Ok(())
+}
+
+fn print(q: &QueuesBody) {
+    let mut t = table(&[
+        "QUEUE",
+        "READY p1/p2/p3/p4/p5",
+        "SCHEDULED",
+        "LEASED",
+        "SUCCEEDED",
+        "DEAD",
+        "STATE",
+        "MAX DEPTH",
+        "CONCURRENCY",
+    ]);
+    for s in &q.queues {
+        let c = &s.counts;
+        let ready: Vec<String> = c.ready.iter().map(u64::to_string).collect();
+        let state = match (s.paused, s.draining) {
+            (true, true) => "paused, draining",
+            (true, false) => "paused",
+            (false, true) => "draining",
+            (false, false) => "",
+        };
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        t.add_row(vec![
+            s.name.clone(),
+            ready.join("/"),
+            c.scheduled.to_string(),
+            c.leased.to_string(),
+            c.succeeded.to_string(),
+            c.dead.to_string(),
+            state.to_string(),
+            opt(s.policy.max_depth),
+            opt(s.policy.concurrency_limit),
+        ]);
+    }
+    println!("{t}");
+}

@@ -1,0 +1,79 @@
+//! What operators switch on queues: pause (no leases) and drain (no new
+//! jobs), kept in one small record (`C`), and the admission of new jobs
+//! against draining queues and the policies' depth limits.
+
+use super::*;
+use crate::command::{QueueAction, QueueScope};
+
+pub(super) const CONTROLS_KEY: &[u8] = b"C";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Controls {
+    pub(super) paused: BTreeSet<String>,
+    pub(super) draining: BTreeSet<String>,
+}
+
+impl Machine {
+    /// Applies a [`Command::Control`]; answers the queues it changed.
+    pub(super) fn control(&mut self, scope: &QueueScope, action: QueueAction) -> Outcome {
+        let names: Vec<String> = match scope {
+            QueueScope::Queue(q) => vec![q.clone()],
+            QueueScope::All => self
+                .queues
+                .keys()
+                .chain(self.controls.paused.iter())
+                .chain(self.controls.draining.iter())
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        };
+        let c = &mut self.controls;
+        let mut changed = Vec::new();
+        for q in names {
+            let did = match action {
+                QueueAction::Pause => c.paused.insert(q.clone()),
+                QueueAction::Drain => c.draining.insert(q.clone()),
+                QueueAction::Resume => c.paused.remove(&q) | c.draining.remove(&q),
+            };
+            if did {
+                changed.push(q);
+            }
+        }
+        if !changed.is_empty() {
+            self.put(CONTROLS_KEY.to_vec(), encode(&self.controls));
+        }
+        Outcome::Controlled(changed)
+    }
+
+    /// Whether a batch of new jobs may join their queues: none draining,
+    /// none past a depth limit or its priority's shed fraction, the cluster
+    /// under `limits.max_pending`. All or nothing, like the batch.
+    pub(super) fn admit(&self, jobs: &[NewJob]) -> Result<(), Refusal> {
+        let pending: u64 = self.queues.values().map(|qi| qi.counts.pending()).sum();
+        let mut added: HashMap<&str, u64> = HashMap::new();
+        for (pending, job) in (pending..).zip(jobs) {
+            if self.controls.draining.contains(&job.queue) {
+                return Err(Refusal::Draining {
+                    queue: job.queue.clone(),
+                });
+            }
+            let waiting = self
+                .queues
+                .get(&job.queue)
+                .map_or(0, |qi| qi.counts.ready_total() + qi.counts.scheduled);
+            let extra = added.entry(&job.queue).or_default();
+            self.policies
+                .admit(&job.queue, job.priority, waiting + *extra, pending)
+                .map_err(|s| Refusal::Shed {
+                    queue: s.queue,
+                    priority: s.priority,
+                    depth: s.depth,
+                    limit: s.limit,
+                    what: s.what.to_string(),
+                })?;
+            *extra += 1;
+        }
+        Ok(())
+    }
+}

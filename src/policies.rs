@@ -1,0 +1,248 @@
+//! Policies: the settings apply depends on (leases, retries, queue limits,
+//! shedding, tenant weights). They are replicated state: the leader proposes
+//! a [`crate::command::Command::SetPolicies`] when its config file says
+//! otherwise, and the machine reads only what the log gave it, so every node
+//! applies the same rules whatever its own file says.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the queue and tenant entries that hold defaults.
+pub const DEFAULTS: &str = "*";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Policies {
+    pub jobs: JobPolicies,
+    /// By queue name; `*` holds the defaults of queues not named.
+    pub queues: BTreeMap<String, QueuePolicy>,
+    /// By tenant name.
+    pub tenants: BTreeMap<String, TenantPolicy>,
+    /// Most jobs not finished (ready, scheduled, leased) in the whole
+    /// cluster; enqueues past it are refused. 0: no limit.
+    pub max_pending: u64,
+}
+
+/// How jobs of every queue are leased and retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPolicies {
+    pub heartbeat_timeout_ms: u64,
+    pub max_retries: u32,
+    pub retry_base_delay_ms: u64,
+    pub retry_max_delay_ms: u64,
+}
+
+impl Default for JobPolicies {
+    fn default() -> Self {
+        JobPolicies {
+            heartbeat_timeout_ms: 30_000,
+            max_retries: 3,
+            retry_base_delay_ms: 1_000,
+            retry_max_delay_ms: 300_000,
+        }
+    }
+}
+
+/// A queue's limits. Unset fields take the `*` entry's, then no limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueuePolicy {
+    /// Most jobs waiting (ready and scheduled) in the queue; enqueues past
+    /// it are refused.
+    pub max_depth: Option<u64>,
+    /// Most jobs of the queue leased at once, cluster-wide.
+    pub concurrency_limit: Option<u64>,
+    /// This queue's lease timeout, instead of `jobs.heartbeat_timeout`.
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// Priority -> fraction of `max_depth` above which enqueues of that
+    /// priority are refused, so lower priorities are shed first.
+    pub shed: BTreeMap<u8, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantPolicy {
+    /// Share of dispatches against other tenants of the same priority.
+    pub weight: u32,
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        TenantPolicy { weight: 1 }
+    }
+}
+
+/// Why an enqueue was refused by a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shed {
+    pub queue: String,
+    pub priority: u8,
+    /// What the depth was measured against, for the message.
+    pub depth: u64,
+    pub limit: u64,
+    pub what: &'static str,
+}
+
+impl Policies {
+    /// The queue's policy with the defaults' fields filled in.
+    pub fn queue(&self, queue: &str) -> QueuePolicy {
+        let named = self.queues.get(queue);
+        let defaults = self.queues.get(DEFAULTS);
+        let pick =
+            |f: fn(&QueuePolicy) -> Option<u64>| named.and_then(f).or_else(|| defaults.and_then(f));
+        QueuePolicy {
+            max_depth: pick(|q| q.max_depth),
+            concurrency_limit: pick(|q| q.concurrency_limit),
+            heartbeat_timeout_ms: pick(|q| q.heartbeat_timeout_ms),
+            shed: named
+                .filter(|q| !q.shed.is_empty())
+                .or(defaults)
+                .map(|q| q.shed.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The lease timeout of jobs of `queue`.
+    pub fn heartbeat_timeout_ms(&self, queue: &str) -> u64 {
+        self.queue(queue)
+            .heartbeat_timeout_ms
+            .unwrap_or(self.jobs.heartbeat_timeout_ms)
+    }
+
+    /// A tenant's weight (1 unless set).
+    pub fn weight(&self, tenant: &str) -> u32 {
+        self.tenants
+            .get(tenant)
+            .or_else(|| self.tenants.get(DEFAULTS))
+            .map_or(1, |t| t.weight.max(1))
+    }
+
+    /// Whether a job of `priority` may join `queue` holding `depth` waiting
+    /// jobs, with `pending` unfinished jobs in the cluster: `Err` names the
+    /// limit it would pass.
+    pub fn admit(&self, queue: &str, priority: u8, depth: u64, pending: u64) -> Result<(), Shed> {
+        let shed = |depth, limit, what| Shed {
+            queue: queue.to_string(),
+            priority,
+            depth,
+            limit,
+            what,
+        };
+        if self.max_pending > 0 && pending >= self.max_pending {
+            return Err(shed(pending, self.max_pending, "limits.max_pending"));
+        }
+        let q = self.queue(queue);
+        let Some(max) = q.max_depth else {
+            return Ok(());
+        };
+        if depth >= max {
+            return Err(shed(depth, max, "max_depth"));
+        }
+        if let Some(fraction) = q.shed.get(&priority) {
+            let limit = (max as f64 * fraction).floor() as u64;
+            if depth >= limit {
+                return Err(shed(depth, limit, "shed"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys whose values differ between two sets of policies, for a
+    /// warning that names them.
+    pub fn differences(&self, other: &Policies) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.jobs != other.jobs {
+            out.push("jobs".to_string());
+        }
+        if self.max_pending != other.max_pending {
+            out.push("limits.max_pending".to_string());
+        }
+        out.extend(
+            changed(&self.queues)
+                .against(&other.queues)
+                .map(|q| format!("queues.{q:?}")),
+        );
+        out.extend(
+            changed(&self.tenants)
+                .against(&other.tenants)
+                .map(|t| format!("tenants.{t:?}")),
+        );
+        out
+    }
+}
+
+/// The names whose entries differ between two maps.
+struct Changed<'a, V>(&'a BTreeMap<String, V>);
+
+fn changed<V>(map: &BTreeMap<String, V>) -> Changed<'_, V> {
+    Changed(map)
+}
+
+impl<'a, V: PartialEq> Changed<'a, V> {
+    fn against(self, other: &'a BTreeMap<String, V>) -> impl Iterator<Item = &'a String> + 'a {
+        let mine = self.0;
+        let names: std::collections::BTreeSet<&String> = mine.keys().chain(other.keys()).collect();
+        names
+            .into_iter()
+            .filter(move |n| mine.get(*n) != other.get(*n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policies() -> Policies {
+        let mut p = Policies::default();
+        p.queues.insert(
+            DEFAULTS.into(),
+            QueuePolicy {
+                max_depth: Some(100),
+                shed: [(5, 0.6), (4, 0.8)].into_iter().collect(),
+                ..Default::default()
+            },
+        );
+        p.queues.insert(
+            "emails".into(),
+            QueuePolicy {
+                concurrency_limit: Some(5),
+                ..Default::default()
+            },
+        );
+        p
+    }
+
+    #[test]
+    fn a_named_queue_takes_the_defaults_it_does_not_set() {
+        let q = policies().queue("emails");
+        assert_eq!(q.max_depth, Some(100));
+        assert_eq!(q.concurrency_limit, Some(5));
+        assert_eq!(q.shed.get(&5), Some(&0.6));
+        assert_eq!(policies().queue("other").concurrency_limit, None);
+    }
+
+    #[test]
+    fn lower_priorities_are_shed_first() {
+        let p = policies();
+        assert!(p.admit("q", 5, 59, 0).is_ok());
+        assert_eq!(p.admit("q", 5, 60, 0).unwrap_err().what, "shed");
+        assert!(p.admit("q", 4, 60, 0).is_ok());
+        assert_eq!(p.admit("q", 4, 80, 0).unwrap_err().what, "shed");
+        assert!(p.admit("q", 1, 99, 0).is_ok());
+        assert_eq!(p.admit("q", 1, 100, 0).unwrap_err().what, "max_depth");
+        let mut p = p;
+        p.max_pending = 10;
+        assert_eq!(
+            p.admit("q", 1, 0, 10).unwrap_err().what,
+            "limits.max_pending"
+        );
+    }
+
+    #[test]
+    fn differences_name_the_keys() {
+        let a = policies();
+        let mut b = policies();
+        b.jobs.max_retries = 9;
+        b.tenants.insert("acme".into(), TenantPolicy { weight: 4 });
+        assert_eq!(a.differences(&b), ["jobs", "tenants.\"acme\""]);
+        assert!(a.differences(&a).is_empty());
+    }
+}

@@ -1,0 +1,244 @@
+//! Queue policies and controls on real nodes: policies replicated from the
+//! leader's config (and reloaded on SIGHUP), shedding past a queue's depth,
+//! pause, drain and resume through the CLI, a paused queue leasing nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use drover::client::Producer;
+
+fn drover(args: &[&str], server: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(args)
+        .env("DROVER_SERVER", server)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run drover")
+}
+
+async fn max_retries_seen(node: &TestNode) -> Option<u64> {
+    let (status, p) = get_json(&format!("{}/api/v1/policies", node.http)).await;
+    (status == 200)
+        .then(|| p["jobs"]["max_retries"].as_u64())
+        .flatten()
+}
+
+#[tokio::test]
+async fn policies_come_from_the_leader_and_reload_on_sighup() {
+    let cluster = TestCluster::start(3, "[jobs]\nmax_retries = 6\n");
+    let leader = cluster.leader().await;
+    for n in &cluster.nodes {
+        wait_for(
+            "max_retries 6 on every node",
+            Duration::from_secs(20),
+            || async {
+                match max_retries_seen(n).await {
+                    Some(6) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    // The leader's file changes; SIGHUP makes it propose the change, and
+    // every node applies it (the followers' files still say 6).
+    let file = cluster.nodes[leader].dir.path().join("node.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("max_retries = 6", "max_retries = 8")).unwrap();
+    signal(cluster.nodes[leader].pid(), libc::SIGHUP);
+    for n in &cluster.nodes {
+        wait_for(
+            "max_retries 8 on every node",
+            Duration::from_secs(20),
+            || async {
+                match max_retries_seen(n).await {
+                    Some(8) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    // A bad file on SIGHUP keeps what is in effect.
+    std::fs::write(&file, "max_retries = \"lots\"").unwrap();
+    signal(cluster.nodes[leader].pid(), libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(cluster.nodes[leader].is_running());
+    assert_eq!(max_retries_seen(&cluster.nodes[leader]).await, Some(8));
+}
+
+#[tokio::test]
+async fn a_full_queue_sheds_low_priorities_first_with_a_retry_hint() {
+    let node = TestNode::start("[queues.\"*\"]\nmax_depth = 4\nshed = { 5 = 0.5 }\n");
+    wait_for(
+        "the policies in the log",
+        Duration::from_secs(10),
+        || async {
+            let (_, p) = get_json(&format!("{}/api/v1/policies", node.http)).await;
+            if p["queues"]["*"]["max_depth"] == 4 {
+                Ok(())
+            } else {
+                Err(p.to_string())
+            }
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let enqueue = |priority: u32| {
+        http.post(format!("{}/api/v1/queues/q/jobs", node.http))
+            .json(&serde_json::json!({"payload": "x", "priority": priority}))
+            .send()
+    };
+    assert_eq!(enqueue(5).await.unwrap().status(), 201);
+    assert_eq!(enqueue(5).await.unwrap().status(), 201);
+    let resp = enqueue(5).await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "shed", "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("\"q\"") && msg.contains("2 jobs waiting") && msg.contains("limit of 2"),
+        "{msg}"
+    );
+    // Higher priorities still get in, up to max_depth.
+    assert_eq!(enqueue(1).await.unwrap().status(), 201);
+    assert_eq!(enqueue(1).await.unwrap().status(), 201);
+    // gRPC says RESOURCE_EXHAUSTED, retry-safe; the client's retries give up.
+    let mut p = Producer::connect(&node.grpc).await.unwrap();
+    let err = p.enqueue(vec![new_job("q", "x")]).await.unwrap_err();
+    match err {
+        drover::client::ClientError::Status(s) => {
+            assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+            assert!(drover::wire::retry_safe(&s));
+        }
+        other => panic!("{other}"),
+    }
+    let text = metrics_text(&node).await;
+    assert!(
+        text.contains("drover_jobs_shed_total{queue=\"q\",priority=\"5\"}"),
+        "{text}"
+    );
+}
+
+// Multi-threaded: the CLI runs blocking while the worker task works on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_drain_and_resume_through_the_cli() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let mut p = Producer::connect(server).await.unwrap();
+    p.enqueue(vec![new_job("mail", "a"), new_job("mail", "b")])
+        .await
+        .unwrap();
+    p.enqueue(vec![new_job("other", "c")]).await.unwrap();
+
+    let out = drover(
+        &["queues", "pause", "mail", "--reason", "smtp down"],
+        server,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A worker serving both queues gets only the other queue's job.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    let opts = drover::client::worker::WorkerOptions::new(
+        server,
+        "w",
+        vec!["mail".into(), "other".into()],
+        4,
+    );
+    let worker = tokio::spawn(drover::client::worker::run(
+        opts,
+        move |job: drover::proto::v1::LeasedJob| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(job.queue.clone());
+                Ok(bytes::Bytes::new())
+            }
+        },
+        stop,
+    ));
+    wait_for(
+        "the other queue's job done",
+        Duration::from_secs(10),
+        || async {
+            let n = got.lock().unwrap().len();
+            if n >= 1 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        *got.lock().unwrap(),
+        ["other"],
+        "a paused queue leases nothing"
+    );
+
+    let out = drover(&["queues", "list", "--json"], server);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mail = list["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "mail")
+        .unwrap()
+        .clone();
+    assert_eq!(mail["paused"], true, "{mail}");
+    assert_eq!(mail["ready"], serde_json::json!([0, 0, 2, 0, 0]));
+
+    // Drain: no new jobs, a clear refusal.
+    let out = drover(&["queues", "drain", "mail"], server);
+    assert!(out.status.success());
+    let err = p.enqueue(vec![new_job("mail", "d")]).await.unwrap_err();
+    assert!(err.to_string().contains("draining"), "{err}");
+
+    // Resume everything, and wait until nothing is leased.
+    let out = drover(
+        &["queues", "resume", "--all", "--wait", "--timeout", "20s"],
+        server,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the mail jobs done", Duration::from_secs(10), || async {
+        let n = got.lock().unwrap().len();
+        if n == 3 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    })
+    .await;
+    stop_tx.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+
+    // Bad input: an unknown action or a bad name changes nothing.
+    let out = drover(&["queues", "pause", "bad name"], server);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queue"));
+    let out = drover(&["queues", "pause"], server);
+    assert!(!out.status.success());
+
+    let out = drover(&["audit", "--json"], server);
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let actions: Vec<&str> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["queues.resume", "queues.drain", "queues.pause"]);
+    assert_eq!(page["records"][2]["reason"], "smtp down");
+}
