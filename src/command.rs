@@ -107,12 +107,14 @@ pub enum Audited {
     },
 }
 
-/// Which queues a control applies to.
+/// What a control applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueScope {
     Queue(String),
     /// Every queue that exists now.
     All,
+    /// One tenant's jobs, in every queue.
+    Tenant(String),
 }
 
 /// What an operator does to a queue.
@@ -282,6 +284,8 @@ pub enum Refusal {
     },
     #[error("queue {queue:?} is draining and takes no new jobs; `drover queues resume {queue}` takes them again")]
     Draining { queue: String },
+    #[error("tenant {tenant:?} is draining and its jobs are not taken; `drover tenants resume {tenant}` takes them again")]
+    TenantDraining { tenant: String },
 }
 
 /// A job handed to a worker, with the payload it runs on.

@@ -137,7 +137,7 @@ impl Error {
             Error::Refused(Refusal::StaleLease { .. }) => "stale_lease",
             Error::Refused(Refusal::Finished { .. }) => "already_finished",
             Error::Refused(Refusal::Shed { .. }) => "shed",
-            Error::Refused(Refusal::Draining { .. }) => "draining",
+            Error::Refused(Refusal::Draining { .. } | Refusal::TenantDraining { .. }) => "draining",
             Error::MembershipBusy => "membership_busy",
             Error::MembershipRefused(_) => "membership_refused",
             Error::NoLeader { .. } => "no_leader",

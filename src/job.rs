@@ -175,7 +175,7 @@ pub fn validate_queue(queue: &str) -> Result<(), InvalidJob> {
 
 /// Names of queues, job types and tenants share one alphabet so they are safe
 /// in metrics labels, URLs and file names.
-fn validate_name(name: &'static str, value: &str) -> Result<(), InvalidJob> {
+pub fn validate_name(name: &'static str, value: &str) -> Result<(), InvalidJob> {
     if value.is_empty() {
         return Err(field(name, "must not be empty"));
     }

@@ -242,3 +242,76 @@ async fn pause_drain_and_resume_through_the_cli() {
     assert_eq!(actions, ["queues.resume", "queues.drain", "queues.pause"]);
     assert_eq!(page["records"][2]["reason"], "smtp down");
 }
+
+/// One tenant floods a queue, another enqueues a little after it: the
+/// second tenant's jobs are not stuck behind the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flood_does_not_starve_another_tenant() {
+    let node = TestNode::start("[tenants.small]\nweight = 1\n");
+    let mut p = Producer::connect(&node.grpc).await.unwrap();
+    let job = |tenant: &str| {
+        let mut j = new_job("shared", tenant);
+        j.tenant = tenant.into();
+        j
+    };
+    for _ in 0..20 {
+        p.enqueue(vec![job("big"); 500]).await.unwrap();
+    }
+    p.enqueue(vec![job("small"); 100]).await.unwrap();
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = order.clone();
+    let opts = drover::client::worker::WorkerOptions::new(
+        node.grpc.clone(),
+        "one",
+        vec!["shared".into()],
+        1,
+    );
+    let worker = tokio::spawn(drover::client::worker::run(
+        opts,
+        move |job: drover::proto::v1::LeasedJob| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(job.tenant.clone());
+                Ok(bytes::Bytes::new())
+            }
+        },
+        stop,
+    ));
+    wait_for("200 dispatches", Duration::from_secs(60), || async {
+        let n = order.lock().unwrap().len();
+        if n >= 200 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    })
+    .await;
+    stop_tx.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+    let order = order.lock().unwrap();
+    let small = order[..200].iter().filter(|t| *t == "small").count();
+    assert_eq!(
+        small, 100,
+        "all of small's jobs within the first 200 dispatches"
+    );
+
+    // Pausing a tenant is listed, and audited.
+    let out = drover(&["tenants", "pause", "big"], &node.grpc);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = drover(&["tenants", "list", "--json"], &node.grpc);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let big = list["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "big")
+        .unwrap()
+        .clone();
+    assert_eq!(big["paused"], true, "{big}");
+}

@@ -640,3 +640,22 @@ pub struct ControlledBody {
     /// The queues whose state changed (a queue already so is not listed).
     pub changed: Vec<String>,
 }
+
+/// A tenant as operators see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantStatusBody {
+    pub name: String,
+    /// Ready jobs, all queues.
+    pub ready: u64,
+    /// Its share of dispatches against other tenants of the same priority.
+    pub weight: u32,
+    /// Its jobs are not leased.
+    pub paused: bool,
+    /// Its new jobs are refused.
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantsBody {
+    pub tenants: Vec<TenantStatusBody>,
+}

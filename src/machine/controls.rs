@@ -11,12 +11,28 @@ pub(super) const CONTROLS_KEY: &[u8] = b"C";
 pub(super) struct Controls {
     pub(super) paused: BTreeSet<String>,
     pub(super) draining: BTreeSet<String>,
+    pub(super) paused_tenants: BTreeSet<String>,
+    pub(super) draining_tenants: BTreeSet<String>,
 }
 
 impl Machine {
     /// Applies a [`Command::Control`]; answers the queues it changed.
     pub(super) fn control(&mut self, scope: &QueueScope, action: QueueAction) -> Outcome {
         let names: Vec<String> = match scope {
+            QueueScope::Tenant(t) => {
+                let c = &mut self.controls;
+                let did = match action {
+                    QueueAction::Pause => c.paused_tenants.insert(t.clone()),
+                    QueueAction::Drain => c.draining_tenants.insert(t.clone()),
+                    QueueAction::Resume => {
+                        c.paused_tenants.remove(t) | c.draining_tenants.remove(t)
+                    }
+                };
+                if did {
+                    self.put(CONTROLS_KEY.to_vec(), encode(&self.controls));
+                }
+                return Outcome::Controlled(if did { vec![t.clone()] } else { Vec::new() });
+            }
             QueueScope::Queue(q) => vec![q.clone()],
             QueueScope::All => self
                 .queues
@@ -56,6 +72,11 @@ impl Machine {
             if self.controls.draining.contains(&job.queue) {
                 return Err(Refusal::Draining {
                     queue: job.queue.clone(),
+                });
+            }
+            if self.controls.draining_tenants.contains(&job.tenant) {
+                return Err(Refusal::TenantDraining {
+                    tenant: job.tenant.clone(),
                 });
             }
             let waiting = self

@@ -39,8 +39,10 @@ impl QueueCounts {
 
 #[derive(Debug, Default)]
 pub(super) struct QueueIndex {
-    /// (priority, id): lowest priority number first, then oldest first.
-    pub(super) ready: BTreeSet<(u8, JobId)>,
+    /// Ready jobs by priority, tenant, age.
+    pub(super) ready: scheduler::ReadySet,
+    /// The tenants' fair-share clocks (`S`+queue).
+    pub(super) clocks: scheduler::Clocks,
     pub(super) counts: QueueCounts,
 }
 
@@ -55,13 +57,24 @@ impl Machine {
         }
     }
 
+    /// Ready jobs by tenant, over all queues.
+    pub(super) fn ready_by_tenant(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for qi in self.queues.values() {
+            for (t, n) in qi.ready.by_tenant() {
+                *out.entry(t.to_string()).or_default() += n;
+            }
+        }
+        out
+    }
+
     /// Adds a job to the indexes and counts of its state.
     pub(super) fn place(&mut self, job: &Job) {
         let qi = self.queues.entry(job.queue.clone()).or_default();
         *qi.counts.slot(job.state, job.priority) += 1;
         match job.state {
             JobState::Ready => {
-                qi.ready.insert((job.priority, job.id));
+                qi.ready.insert(job.priority, &job.tenant, job.id);
             }
             JobState::Scheduled => {
                 self.scheduled.insert((job.run_at_ms, job.id));
@@ -90,7 +103,7 @@ impl Machine {
             let slot = qi.counts.slot(job.state, job.priority);
             *slot = slot.saturating_sub(1);
             if job.state == JobState::Ready {
-                qi.ready.remove(&(job.priority, job.id));
+                qi.ready.remove(job.priority, &job.tenant, job.id);
             }
         }
         match job.state {

@@ -8,6 +8,15 @@ use super::*;
 pub(super) const META_KEY: &[u8] = b"m";
 /// The replicated policies.
 pub(super) const POLICIES_KEY: &[u8] = b"P";
+/// `S`+queue: the tenants' fair-share clocks of a queue.
+pub(super) const CLOCKS: u8 = b'S';
+
+pub(super) fn clocks_key(queue: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + queue.len());
+    k.push(CLOCKS);
+    k.extend_from_slice(queue.as_bytes());
+    k
+}
 pub(super) const FORMAT_KEY: &[u8] = b"f";
 /// Layout of the tree; a tree of another layout is refused, not misread.
 /// 1 kept payloads under their own `p` keys.

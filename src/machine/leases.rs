@@ -41,14 +41,27 @@ impl Machine {
             .iter()
             .filter(|q| !self.controls.paused.contains(*q))
             .collect();
+        let mut touched = BTreeSet::new();
         while out.len() < max as usize {
+            let paused = &self.controls.paused_tenants;
+            // The best of each queue's picks: highest priority, then oldest.
             let best = open
                 .iter()
                 .filter(|q| self.below_concurrency_limit(q))
-                .filter_map(|q| self.queues.get(*q).and_then(|qi| qi.ready.first()))
-                .min()
-                .copied();
-            let Some((_, id)) = best else { break };
+                .filter_map(|q| {
+                    let qi = self.queues.get(*q)?;
+                    let pick = qi.ready.pick(&qi.clocks, |t| paused.contains(t))?;
+                    Some(((pick.priority, pick.id), *q, pick.tenant))
+                })
+                .min();
+            let Some(((_, id), queue, tenant)) = best else {
+                break;
+            };
+            let weight = self.policies.weight(&tenant);
+            if let Some(qi) = self.queues.get_mut(queue) {
+                qi.clocks.dispatched(&tenant, weight);
+            }
+            touched.insert(queue.clone());
             let (mut job, payload) = self.must_load(id)?;
             self.unplace(&job);
             job.attempts += 1;
@@ -68,6 +81,18 @@ impl Machine {
             self.totals.dispatched += 1;
             let payload = self.payload_bytes(job.id, payload)?;
             out.push(LeasedJob { job, payload });
+        }
+        // The clocks are state every node must agree on: written with the
+        // leases, once per queue per command.
+        for queue in touched {
+            if let Some(qi) = self.queues.get_mut(&queue) {
+                let active = qi.ready.tenants();
+                let mut clocks = std::mem::take(&mut qi.clocks);
+                clocks.trim(&active);
+                qi.clocks = clocks;
+                let bytes = encode(&qi.clocks);
+                self.put(clocks_key(&queue), bytes);
+            }
         }
         Ok(out)
     }

@@ -93,6 +93,12 @@ pub struct MachineStats {
     pub paused: BTreeSet<String>,
     /// Queues that take no new jobs.
     pub draining: BTreeSet<String>,
+    /// Tenants whose jobs are not leased.
+    pub paused_tenants: BTreeSet<String>,
+    /// Tenants whose new jobs are refused.
+    pub draining_tenants: BTreeSet<String>,
+    /// Ready jobs by tenant, all queues.
+    pub ready_by_tenant: BTreeMap<String, u64>,
     pub applied_index: u64,
     pub last_at_ms: u64,
     pub queues: BTreeMap<String, QueueCounts>,
@@ -178,6 +184,11 @@ impl Machine {
             let (k, v) = item?;
             machine.place(&decode_job(&k, &v)?);
         }
+        for item in machine.tree.scan_prefix([CLOCKS]) {
+            let (k, v) = item?;
+            let queue = String::from_utf8_lossy(&k[1..]).into_owned();
+            machine.queues.entry(queue).or_default().clocks = decode(&k, &v)?;
+        }
         Ok(machine)
     }
 
@@ -245,6 +256,15 @@ impl Machine {
             let limit = self.policies.queue(name).concurrency_limit?;
             (qi.counts.leased >= limit).then(|| name.clone())
         });
+        let tenants_paused = self.queues.iter().filter_map(|(name, qi)| {
+            let tenants = qi.ready.tenants();
+            let all_paused = !tenants.is_empty()
+                && tenants
+                    .iter()
+                    .all(|t| self.controls.paused_tenants.contains(*t));
+            all_paused.then(|| name.clone())
+        });
+        let at_limit = at_limit.chain(tenants_paused);
         MachineStats {
             blocked: self
                 .controls
@@ -255,6 +275,9 @@ impl Machine {
                 .collect(),
             paused: self.controls.paused.clone(),
             draining: self.controls.draining.clone(),
+            paused_tenants: self.controls.paused_tenants.clone(),
+            draining_tenants: self.controls.draining_tenants.clone(),
+            ready_by_tenant: self.ready_by_tenant(),
             applied_index: self.meta.applied_index,
             last_at_ms: self.meta.last_at_ms,
             queues: self
@@ -407,6 +430,7 @@ mod leases;
 mod reader;
 mod retention;
 mod retry;
+mod scheduler;
 mod staged;
 
 pub use indexes::QueueCounts;

@@ -10,6 +10,7 @@ mod jobs;
 pub mod openapi;
 mod probes;
 mod queues;
+mod tenants;
 mod workers;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -122,6 +123,25 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             get(cluster::policies),
         ),
         route(Method::GET, "/api/v1/queues", Read, get(queues::list)),
+        route(Method::GET, "/api/v1/tenants", Read, get(tenants::list)),
+        route(
+            Method::POST,
+            "/api/v1/tenants/{tenant}/pause",
+            Operate,
+            post(tenants::pause),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/tenants/{tenant}/drain",
+            Operate,
+            post(tenants::drain),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/tenants/{tenant}/resume",
+            Operate,
+            post(tenants::resume),
+        ),
         route(
             Method::POST,
             "/api/v1/queues/pause",

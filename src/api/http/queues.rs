@@ -45,24 +45,28 @@ pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<QueuesBody>,
     Ok(Json(QueuesBody { queues }))
 }
 
-async fn control(
+pub(super) async fn control(
     s: &HttpState,
     caller: &Caller,
     scope: QueueScope,
     action: QueueAction,
 ) -> Result<Json<ControlledBody>, Error> {
-    if let QueueScope::Queue(q) = &scope {
-        crate::job::validate_queue(q)?;
-    }
-    let target = match &scope {
-        QueueScope::Queue(q) => format!("queue {q}"),
-        QueueScope::All => "all queues".to_string(),
+    let (family, target) = match &scope {
+        QueueScope::Queue(q) => {
+            crate::job::validate_queue(q)?;
+            ("queues", format!("queue {q}"))
+        }
+        QueueScope::All => ("queues", "all queues".to_string()),
+        QueueScope::Tenant(t) => {
+            crate::job::validate_name("tenant", t)?;
+            ("tenants", format!("tenant {t}"))
+        }
     };
     let changed = s
         .app
         .audited(
             caller,
-            &format!("queues.{}", action.as_str()),
+            &format!("{family}.{}", action.as_str()),
             target,
             crate::command::Audited::Control { scope, action },
         )

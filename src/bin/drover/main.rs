@@ -13,6 +13,7 @@ mod serve;
 mod snapshot;
 mod status;
 mod target;
+mod tenants;
 mod worker;
 mod workers;
 
@@ -44,6 +45,11 @@ enum Cmd {
     Queues {
         #[command(subcommand)]
         command: queues::QueuesCmd,
+    },
+    /// List tenants; pause, drain and resume them.
+    Tenants {
+        #[command(subcommand)]
+        command: tenants::TenantsCmd,
     },
     /// Read and cancel jobs.
     Jobs {
@@ -115,6 +121,7 @@ fn main() -> Result<()> {
             Cmd::Status(t) => status::run(t).await,
             Cmd::Jobs { command } => jobs::run(command).await,
             Cmd::Queues { command } => queues::run(command).await,
+            Cmd::Tenants { command } => tenants::run(command).await,
             Cmd::Cluster { command } => cluster::run(command).await,
             Cmd::Snapshot { command } => snapshot::run(command).await,
             Cmd::Audit(a) => audit::run(a).await,

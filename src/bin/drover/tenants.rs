@@ -1,0 +1,76 @@
+//! `drover tenants list|pause|drain|resume`.
+
+use anyhow::Result;
+use clap::Subcommand;
+use drover::api::types::{ControlledBody, TenantsBody};
+
+use crate::target::{table, Target};
+
+#[derive(Subcommand)]
+pub enum TenantsCmd {
+    /// Every tenant: ready jobs, weight, paused or draining.
+    List(Target),
+    /// Lease none of TENANT's jobs, in any queue; enqueues go on.
+    Pause {
+        tenant: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Refuse TENANT's new jobs; leases go on.
+    Drain {
+        tenant: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// End a pause or drain.
+    Resume {
+        tenant: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+pub async fn run(cmd: TenantsCmd) -> Result<()> {
+    let (action, tenant, target) = match cmd {
+        TenantsCmd::List(target) => {
+            let t: TenantsBody = target.admin()?.get("/api/v1/tenants").await?;
+            return target.print(&t, print);
+        }
+        TenantsCmd::Pause { tenant, target } => ("pause", tenant, target),
+        TenantsCmd::Drain { tenant, target } => ("drain", tenant, target),
+        TenantsCmd::Resume { tenant, target } => ("resume", tenant, target),
+    };
+    let done: ControlledBody = target
+        .admin()?
+        .post(
+            &format!("/api/v1/tenants/{tenant}/{action}"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    target.print(&done, |d| {
+        if d.changed.is_empty() {
+            println!("{action}: tenant {tenant} was already so");
+        } else {
+            println!("{action}: tenant {tenant}");
+        }
+    })
+}
+
+fn print(t: &TenantsBody) {
+    let mut table = table(&["TENANT", "READY", "WEIGHT", "STATE"]);
+    for x in &t.tenants {
+        let state = match (x.paused, x.draining) {
+            (true, true) => "paused, draining",
+            (true, false) => "paused",
+            (false, true) => "draining",
+            (false, false) => "",
+        };
+        table.add_row(vec![
+            x.name.clone(),
+            x.ready.to_string(),
+            x.weight.to_string(),
+            state.to_string(),
+        ]);
+    }
+    println!("{table}");
+}
