@@ -100,6 +100,22 @@ pub struct QueueConfig {
     /// refused: `{ 5 = 0.6, 4 = 0.8 }`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shed: BTreeMap<String, f64>,
+    /// A wait beyond it counts in `drover_sla_missed_total{queue,priority}`
+    /// and is noted in the job's timeline.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sla: Option<Duration>,
+    /// A ready job counts one priority level higher per this much waiting,
+    /// so priority 5 is never starved forever.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub aging_after: Option<Duration>,
 }
 
 /// `[tenants.NAME]`.
@@ -629,6 +645,8 @@ impl Config {
                         max_depth: q.max_depth,
                         concurrency_limit: q.concurrency_limit,
                         heartbeat_timeout_ms: q.heartbeat_timeout.map(ms),
+                        sla_ms: q.sla.map(ms),
+                        aging_after_ms: q.aging_after.map(ms),
                         // Validated: keys are priorities 1 to 5.
                         shed: q
                             .shed

@@ -66,6 +66,14 @@ impl Metrics {
                     .set(n as f64);
             }
         }
+        for (queue, missed) in &stats.sla_missed {
+            for (i, n) in missed.iter().enumerate() {
+                if *n > 0 {
+                    metrics::counter!("drover_sla_missed_total", "queue" => queue.clone(), "priority" => (i + 1).to_string())
+                        .absolute(*n);
+                }
+            }
+        }
         let t = stats.totals;
         for (name, v) in [
             ("drover_jobs_enqueued_total", t.enqueued),

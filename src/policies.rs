@@ -56,6 +56,11 @@ pub struct QueuePolicy {
     /// Priority -> fraction of `max_depth` above which enqueues of that
     /// priority are refused, so lower priorities are shed first.
     pub shed: BTreeMap<u8, f64>,
+    /// A job that waited longer than this before its lease counts in
+    /// `drover_sla_missed_total` and says so in its timeline.
+    pub sla_ms: Option<u64>,
+    /// A ready job counts one priority level higher per this much waiting.
+    pub aging_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +97,8 @@ impl Policies {
             max_depth: pick(|q| q.max_depth),
             concurrency_limit: pick(|q| q.concurrency_limit),
             heartbeat_timeout_ms: pick(|q| q.heartbeat_timeout_ms),
+            sla_ms: pick(|q| q.sla_ms),
+            aging_after_ms: pick(|q| q.aging_after_ms),
             shed: named
                 .filter(|q| !q.shed.is_empty())
                 .or(defaults)

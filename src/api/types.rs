@@ -561,6 +561,10 @@ pub struct QueuePolicyBody {
     /// Priority -> fraction of max_depth.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shed: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aging_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -600,6 +604,8 @@ impl From<&crate::policies::Policies> for PoliciesBody {
                         concurrency_limit: q.concurrency_limit,
                         heartbeat_timeout: q.heartbeat_timeout_ms.map(d),
                         shed: q.shed.iter().map(|(p, f)| (p.to_string(), *f)).collect(),
+                        sla: q.sla_ms.map(d),
+                        aging_after: q.aging_after_ms.map(d),
                     };
                     (name.clone(), body)
                 })

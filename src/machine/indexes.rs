@@ -74,7 +74,8 @@ impl Machine {
         *qi.counts.slot(job.state, job.priority) += 1;
         match job.state {
             JobState::Ready => {
-                qi.ready.insert(job.priority, &job.tenant, job.id);
+                qi.ready
+                    .insert(job.priority, &job.tenant, job.id, job.run_at_ms);
             }
             JobState::Scheduled => {
                 self.scheduled.insert((job.run_at_ms, job.id));

@@ -42,19 +42,27 @@ impl Machine {
             .filter(|q| !self.controls.paused.contains(*q))
             .collect();
         let mut touched = BTreeSet::new();
+        let policies: Vec<(&String, crate::policies::QueuePolicy)> =
+            open.iter().map(|q| (*q, self.policies.queue(q))).collect();
         while out.len() < max as usize {
             let paused = &self.controls.paused_tenants;
-            // The best of each queue's picks: highest priority, then oldest.
-            let best = open
+            // The best of each queue's picks: highest priority after aging,
+            // then oldest.
+            let best = policies
                 .iter()
-                .filter(|q| self.below_concurrency_limit(q))
-                .filter_map(|q| {
+                .filter(|(q, _)| self.below_concurrency_limit(q))
+                .filter_map(|(q, policy)| {
                     let qi = self.queues.get(*q)?;
-                    let pick = qi.ready.pick(&qi.clocks, |t| paused.contains(t))?;
-                    Some(((pick.priority, pick.id), *q, pick.tenant))
+                    let pick = qi.ready.pick(
+                        &qi.clocks,
+                        |t| paused.contains(t),
+                        policy.aging_after_ms,
+                        now,
+                    )?;
+                    Some(((pick.effective, pick.id), *q, pick.tenant, policy.sla_ms))
                 })
                 .min();
-            let Some(((_, id), queue, tenant)) = best else {
+            let Some(((_, id), queue, tenant, sla_ms)) = best else {
                 break;
             };
             let weight = self.policies.weight(&tenant);
@@ -76,6 +84,12 @@ impl Machine {
                 now,
                 format!("leased by {worker} (attempt {})", job.attempts),
             );
+            let waited = now.saturating_sub(job.run_at_ms);
+            if sla_ms.is_some_and(|sla| waited > sla) {
+                job.record(now, format!("waited {waited} ms, past the queue's sla"));
+                let missed = self.sla_missed.entry(job.queue.clone()).or_default();
+                missed[usize::from(job.priority.clamp(1, PRIORITY_LOWEST) - 1)] += 1;
+            }
             self.place(&job);
             self.put_job(&job, &payload);
             self.totals.dispatched += 1;

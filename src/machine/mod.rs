@@ -99,6 +99,8 @@ pub struct MachineStats {
     pub draining_tenants: BTreeSet<String>,
     /// Ready jobs by tenant, all queues.
     pub ready_by_tenant: BTreeMap<String, u64>,
+    /// Leases past their queue's sla, by queue and priority (1 to 5).
+    pub sla_missed: BTreeMap<String, [u64; 5]>,
     pub applied_index: u64,
     pub last_at_ms: u64,
     pub queues: BTreeMap<String, QueueCounts>,
@@ -125,6 +127,9 @@ pub struct Machine {
     /// Leased jobs by the worker holding them, for [`Command::Held`].
     held_by: HashMap<String, BTreeSet<JobId>>,
     totals: Totals,
+    /// Leases past their queue's sla, by queue and priority, since this
+    /// node opened its machine (counters, like `totals`).
+    sla_missed: BTreeMap<String, [u64; 5]>,
     /// Writes of the entries applied since the last commit; reads look here
     /// first so later entries of a range see earlier ones.
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -174,6 +179,7 @@ impl Machine {
             leases: BTreeSet::new(),
             held_by: HashMap::new(),
             totals: Totals::default(),
+            sla_missed: BTreeMap::new(),
             staged: BTreeMap::new(),
             capture: None,
             finished_bytes,
@@ -233,6 +239,7 @@ impl Machine {
         }
         let mut fresh = Machine::open(tree.clone())?;
         fresh.totals = self.totals;
+        fresh.sla_missed = std::mem::take(&mut self.sla_missed);
         fresh.shared = self.shared.clone();
         *fresh.shared.write().unwrap_or_else(|e| e.into_inner()) = tree;
         *self = fresh;
@@ -278,6 +285,7 @@ impl Machine {
             paused_tenants: self.controls.paused_tenants.clone(),
             draining_tenants: self.controls.draining_tenants.clone(),
             ready_by_tenant: self.ready_by_tenant(),
+            sla_missed: self.sla_missed.clone(),
             applied_index: self.meta.applied_index,
             last_at_ms: self.meta.last_at_ms,
             queues: self

@@ -1,7 +1,9 @@
 //! The pick: which ready job a lease takes. Priorities are strict (1
-//! first); within a priority, tenants share by weight (start-time fair
-//! queueing: each tenant's clock advances by 1/weight per dispatch and the
-//! tenant furthest behind goes next); within a tenant, oldest first.
+//! first), but with `aging_after` a waiting job counts one level higher per
+//! that much waiting, so priority 5 is never starved forever; within a
+//! priority, tenants share by weight (start-time fair queueing: each
+//! tenant's clock advances by 1/weight per dispatch and the tenant furthest
+//! behind goes next); within a tenant, oldest first.
 //!
 //! The clocks are part of the replicated state (`S`+queue): a pick must be
 //! the same on every node and after every restart, so nothing here depends
@@ -17,10 +19,11 @@ use crate::job::JobId;
 /// advances SCALE / w.
 const SCALE: u64 = 1_000_000;
 
-/// Ready jobs of one queue: priority -> tenant -> ids, oldest first.
+/// Ready jobs of one queue: priority -> tenant -> id -> ready since (ms),
+/// oldest first.
 #[derive(Debug, Default)]
 pub(super) struct ReadySet {
-    levels: BTreeMap<u8, BTreeMap<String, BTreeSet<JobId>>>,
+    levels: BTreeMap<u8, BTreeMap<String, BTreeMap<JobId, u64>>>,
 }
 
 /// The fair-share clocks of one queue: each tenant's, and the queue's own
@@ -36,19 +39,35 @@ pub(super) struct Clocks {
 /// What a pick chose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Pick {
+    /// The job's own priority (where it is in the set).
     pub(super) priority: u8,
+    /// Its priority after aging, which it was chosen by.
+    pub(super) effective: u8,
     pub(super) tenant: String,
     pub(super) id: JobId,
 }
 
+/// `priority` after waiting since `since` until `now`: one level higher
+/// per `aging_after_ms`, never above 1.
+pub(super) fn aged(priority: u8, since: u64, now: u64, aging_after_ms: Option<u64>) -> u8 {
+    match aging_after_ms {
+        Some(step) if step > 0 => {
+            let levels = now.saturating_sub(since) / step;
+            let levels = u8::try_from(levels).unwrap_or(u8::MAX);
+            priority.saturating_sub(levels).max(1)
+        }
+        _ => priority,
+    }
+}
+
 impl ReadySet {
-    pub(super) fn insert(&mut self, priority: u8, tenant: &str, id: JobId) {
+    pub(super) fn insert(&mut self, priority: u8, tenant: &str, id: JobId, since: u64) {
         self.levels
             .entry(priority)
             .or_default()
             .entry(tenant.to_string())
             .or_default()
-            .insert(id);
+            .insert(id, since);
     }
 
     pub(super) fn remove(&mut self, priority: u8, tenant: &str, id: JobId) {
@@ -85,24 +104,44 @@ impl ReadySet {
         out
     }
 
-    /// The next job to lease: the highest priority that has a tenant not
-    /// `held`, the tenant furthest behind its share there, its oldest job.
-    pub(super) fn pick(&self, clocks: &Clocks, held: impl Fn(&str) -> bool) -> Option<Pick> {
+    /// The next job to lease: the best priority after aging (at `now`)
+    /// that has a tenant not `held`; the tenant furthest behind its share
+    /// there; its oldest job. Each tenant's oldest job at a level has
+    /// waited longest there, so it stands for the level's aging.
+    pub(super) fn pick(
+        &self,
+        clocks: &Clocks,
+        held: impl Fn(&str) -> bool,
+        aging_after_ms: Option<u64>,
+        now: u64,
+    ) -> Option<Pick> {
+        let mut best: Option<((u8, u64, JobId), Pick)> = None;
         for (&priority, level) in &self.levels {
-            let best = level
-                .iter()
-                .filter(|(t, ids)| !held(t) && !ids.is_empty())
-                .min_by_key(|(t, ids)| (clocks.at(t), ids.first().copied()));
-            if let Some((tenant, ids)) = best {
-                let id = *ids.first()?;
-                return Some(Pick {
-                    priority,
-                    tenant: tenant.clone(),
-                    id,
-                });
+            // Without aging a better level always wins: stop at the first.
+            if aging_after_ms.is_none() && best.is_some() {
+                break;
+            }
+            for (tenant, ids) in level {
+                if held(tenant) {
+                    continue;
+                }
+                let Some((&id, &since)) = ids.iter().next() else {
+                    continue;
+                };
+                let effective = aged(priority, since, now, aging_after_ms);
+                let rank = (effective, clocks.at(tenant), id);
+                if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+                    let pick = Pick {
+                        priority,
+                        effective,
+                        tenant: tenant.clone(),
+                        id,
+                    };
+                    best = Some((rank, pick));
+                }
             }
         }
-        None
+        best.map(|(_, p)| p)
     }
 }
 
@@ -142,7 +181,7 @@ mod tests {
         let weight = |t: &str| weights.iter().find(|(w, _)| *w == t).map_or(1, |(_, w)| *w);
         let mut out = Vec::new();
         for _ in 0..n {
-            let Some(p) = set.pick(clocks, |_| false) else {
+            let Some(p) = set.pick(clocks, |_| false, None, 0) else {
                 break;
             };
             clocks.dispatched(&p.tenant, weight(&p.tenant));
@@ -158,11 +197,11 @@ mod tests {
         let mut id = 0;
         for _ in 0..10_000 {
             id += 1;
-            set.insert(3, "a", id);
+            set.insert(3, "a", id, 0);
         }
         for _ in 0..100 {
             id += 1;
-            set.insert(3, "b", id);
+            set.insert(3, "b", id, 0);
         }
         let order = run(&mut set, &mut Clocks::default(), &[], 200);
         assert_eq!(order.iter().filter(|t| *t == "b").count(), 100);
@@ -172,9 +211,9 @@ mod tests {
     fn weights_set_the_shares_and_priority_stays_strict() {
         let mut set = ReadySet::default();
         for id in 1..=300 {
-            set.insert(3, ["a", "b", "c"][id as usize % 3], id);
+            set.insert(3, ["a", "b", "c"][id as usize % 3], id, 0);
         }
-        set.insert(1, "c", 1000);
+        set.insert(1, "c", 1000, 0);
         let order = run(
             &mut set,
             &mut Clocks::default(),
@@ -197,11 +236,11 @@ mod tests {
         let mut set = ReadySet::default();
         let mut clocks = Clocks::default();
         for id in 1..=100 {
-            set.insert(3, "a", id);
+            set.insert(3, "a", id, 0);
         }
         run(&mut set, &mut clocks, &[], 50);
         for id in 101..=110 {
-            set.insert(3, "b", id);
+            set.insert(3, "b", id, 0);
         }
         let order = run(&mut set, &mut clocks, &[], 10);
         let b = order.iter().filter(|t| *t == "b").count();
@@ -211,9 +250,30 @@ mod tests {
     #[test]
     fn held_tenants_are_skipped() {
         let mut set = ReadySet::default();
-        set.insert(1, "a", 1);
-        set.insert(2, "b", 2);
-        let p = set.pick(&Clocks::default(), |t| t == "a").unwrap();
+        set.insert(1, "a", 1, 0);
+        set.insert(2, "b", 2, 0);
+        let p = set.pick(&Clocks::default(), |t| t == "a", None, 0).unwrap();
         assert_eq!((p.priority, p.id), (2, 2));
+    }
+
+    #[test]
+    fn a_waiting_job_ages_one_level_per_step_and_is_not_starved() {
+        assert_eq!(aged(5, 0, 9_999, Some(10_000)), 5);
+        assert_eq!(aged(5, 0, 10_000, Some(10_000)), 4);
+        assert_eq!(aged(5, 0, 1_000_000, Some(10_000)), 1);
+        assert_eq!(aged(5, 0, 1_000_000, None), 5);
+        let mut set = ReadySet::default();
+        set.insert(5, "a", 1, 0);
+        set.insert(2, "a", 2, 35_000);
+        // At 40 s the priority-5 job has aged 4 levels (to 1): it goes first.
+        let p = set
+            .pick(&Clocks::default(), |_| false, Some(10_000), 40_000)
+            .unwrap();
+        assert_eq!((p.id, p.priority, p.effective), (1, 5, 1));
+        // Without aging, strict priority.
+        let p = set
+            .pick(&Clocks::default(), |_| false, None, 40_000)
+            .unwrap();
+        assert_eq!(p.id, 2);
     }
 }

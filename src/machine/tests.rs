@@ -594,7 +594,8 @@ mod props {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Enqueue(u8, u64, Option<u8>),
+        Enqueue(u8, u64, Option<u8>, bool),
+        Control(u8),
         Lease(u32),
         Complete(usize),
         Fail(usize),
@@ -604,11 +605,14 @@ mod props {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (1u8..=5, 0u64..3, proptest::option::of(0u8..4)).prop_map(|(p, d, k)| Op::Enqueue(
-                p,
-                d * 100,
-                k
-            )),
+            (
+                1u8..=5,
+                0u64..3,
+                proptest::option::of(0u8..4),
+                any::<bool>()
+            )
+                .prop_map(|(p, d, k, x)| Op::Enqueue(p, d * 100, k, x)),
+            (0u8..4).prop_map(Op::Control),
             (1u32..4).prop_map(Op::Lease),
             (0usize..8).prop_map(Op::Complete),
             (0usize..8).prop_map(Op::Fail),
@@ -620,17 +624,46 @@ mod props {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         /// Counts always match the records, no job is leased twice at once,
-        /// and a replay gives the same digest.
+        /// nothing paused or over the concurrency limit is leased, and a
+        /// replay gives the same digest.
         #[test]
         fn invariants_hold(ops in proptest::collection::vec(op(), 1..60)) {
+            use crate::command::{QueueAction, QueueScope};
             let mut h = Harness::new();
+            let mut policies = crate::policies::Policies { jobs: CFG, ..Default::default() };
+            policies.queues.insert("q".into(), crate::policies::QueuePolicy {
+                concurrency_limit: Some(3),
+                aging_after_ms: Some(50),
+                ..Default::default()
+            });
+            policies.tenants.insert("x".into(), crate::policies::TenantPolicy { weight: 2 });
+            h.run(0, Command::SetPolicies { policies });
+            let (mut queue_paused, mut x_paused) = (false, false);
             let mut now = 0u64;
             let mut held: Vec<(JobId, u32)> = Vec::new();
             for op in ops {
                 now += 10;
                 match op {
-                    Op::Enqueue(p, d, k) => {
+                    Op::Control(kind) => {
+                        let (scope, action) = match kind {
+                            0 => (QueueScope::Queue("q".into()), QueueAction::Pause),
+                            1 => (QueueScope::Queue("q".into()), QueueAction::Resume),
+                            2 => (QueueScope::Tenant("x".into()), QueueAction::Pause),
+                            _ => (QueueScope::Tenant("x".into()), QueueAction::Resume),
+                        };
+                        match kind {
+                            0 => queue_paused = true,
+                            1 => queue_paused = false,
+                            2 => x_paused = true,
+                            _ => x_paused = false,
+                        }
+                        h.run(now, Command::Control { scope, action });
+                    }
+                    Op::Enqueue(p, d, k, x) => {
                         let mut j = new_job("q", p);
+                        if x {
+                            j.tenant = "x".into();
+                        }
                         j.delay_ms = d;
                         if let Some(k) = k {
                             j.idempotency_key = format!("k{k}");
@@ -639,6 +672,8 @@ mod props {
                     }
                     Op::Lease(n) => {
                         for j in h.lease(now, "w", &["q"], n) {
+                            prop_assert!(!queue_paused, "leased from a paused queue");
+                            prop_assert!(!(x_paused && j.tenant == "x"), "leased a paused tenant's job");
                             // Whoever held this job before holds a stale attempt now.
                             prop_assert!(held.iter().all(|(id, a)| *id != j.id || *a < j.attempts));
                             held.push((j.id, j.attempts));
@@ -667,6 +702,7 @@ mod props {
                 }
                 let stats = h.m.stats();
                 prop_assert_eq!(stats.queues.get("q").cloned().unwrap_or_default(), counts.clone());
+                prop_assert!(counts.leased <= 3, "over the concurrency limit: {}", counts.leased);
                 // Every finished job is indexed once, and the byte total adds up.
                 let mut indexed = 0u64;
                 let mut bytes = 0u64;
@@ -1073,4 +1109,37 @@ fn paused_queues_lease_nothing_draining_ones_take_nothing_and_limits_hold() {
         },
     );
     assert!(h.m.stats().draining.is_empty());
+}
+
+#[test]
+fn aging_lets_a_waiting_low_priority_job_go_first_and_sla_misses_are_counted() {
+    let mut h = Harness::new();
+    h.run(
+        1,
+        queue_policy(
+            "q",
+            crate::policies::QueuePolicy {
+                aging_after_ms: Some(10_000),
+                sla_ms: Some(20_000),
+                ..Default::default()
+            },
+        ),
+    );
+    let old = h.enqueue(2, "q", 5);
+    let fresh = h.enqueue(35_000, "q", 1);
+    let leased = h.lease(40_002, "w", &["q"], 1);
+    assert_eq!(leased[0].id, old, "aged from 5 to 1, and older");
+    let leased = h.lease(40_003, "w", &["q"], 1);
+    assert_eq!(leased[0].id, fresh);
+    let stats = h.m.stats();
+    assert_eq!(
+        stats.sla_missed["q"],
+        [0, 0, 0, 0, 1],
+        "only the old one waited past 20 s"
+    );
+    assert!(h
+        .job(old)
+        .events
+        .iter()
+        .any(|e| e.what.contains("past the queue's sla")));
 }

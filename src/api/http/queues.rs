@@ -34,15 +34,19 @@ pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<QueuesBody>,
                 policy: QueuePolicyBody {
                     max_depth: p.max_depth,
                     concurrency_limit: p.concurrency_limit,
-                    heartbeat_timeout: Some(crate::wire::config_duration(
-                        std::time::Duration::from_millis(policies.heartbeat_timeout_ms(name)),
-                    )),
+                    heartbeat_timeout: Some(duration(policies.heartbeat_timeout_ms(name))),
                     shed: p.shed.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                    sla: p.sla_ms.map(duration),
+                    aging_after: p.aging_after_ms.map(duration),
                 },
             }
         })
         .collect();
     Ok(Json(QueuesBody { queues }))
+}
+
+fn duration(ms: u64) -> String {
+    crate::wire::config_duration(std::time::Duration::from_millis(ms))
 }
 
 pub(super) async fn control(
