@@ -91,6 +91,40 @@ pub enum Command {
         scope: QueueScope,
         action: QueueAction,
     },
+    /// Proposed by the leader when a schedule's slot is due: marks the slot
+    /// fired and, with `enqueue`, enqueues the schedule's job. A slot at or
+    /// before the last one fired changes nothing, so a slot proposed twice
+    /// (a failover) fires once.
+    Fire {
+        schedule: String,
+        slot_ms: u64,
+        enqueue: bool,
+    },
+    /// Pause or resume a schedule, or run it now (sent wrapped in an audit
+    /// record).
+    Schedule {
+        schedule: String,
+        action: ScheduleAction,
+    },
+}
+
+/// What an operator does to a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScheduleAction {
+    Pause,
+    Resume,
+    /// Enqueue its job now, outside its slots.
+    Trigger,
+}
+
+impl ScheduleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleAction::Pause => "pause",
+            ScheduleAction::Resume => "resume",
+            ScheduleAction::Trigger => "trigger",
+        }
+    }
 }
 
 /// The machine commands an audit record can carry: a closed list, so an
@@ -104,6 +138,11 @@ pub enum Audited {
     Control {
         scope: QueueScope,
         action: QueueAction,
+    },
+    /// Pause, resume or trigger a schedule.
+    Schedule {
+        schedule: String,
+        action: ScheduleAction,
     },
 }
 
@@ -145,6 +184,10 @@ impl Audited {
             Audited::Cancel { id } => Command::Cancel { id: *id },
             Audited::Control { scope, action } => Command::Control {
                 scope: scope.clone(),
+                action: *action,
+            },
+            Audited::Schedule { schedule, action } => Command::Schedule {
+                schedule: schedule.clone(),
                 action: *action,
             },
         }
@@ -201,6 +244,8 @@ impl Command {
             Command::PurgeAudit { .. } => "purge_audit",
             Command::SetPolicies { .. } => "set_policies",
             Command::Control { .. } => "control",
+            Command::Fire { .. } => "fire",
+            Command::Schedule { .. } => "schedule",
         }
     }
 
@@ -224,7 +269,9 @@ impl Command {
             | Command::Purge { .. }
             | Command::PurgeAudit { .. }
             | Command::SetPolicies { .. }
-            | Command::Control { .. } => RECORD,
+            | Command::Control { .. }
+            | Command::Fire { .. }
+            | Command::Schedule { .. } => RECORD,
         }
     }
 }
@@ -284,6 +331,8 @@ pub enum Refusal {
     },
     #[error("queue {queue:?} is draining and takes no new jobs; `drover queues resume {queue}` takes them again")]
     Draining { queue: String },
+    #[error("no schedule {schedule:?} in the policies in effect (see drover schedules list)")]
+    UnknownSchedule { schedule: String },
     #[error("tenant {tenant:?} is draining and its jobs are not taken; `drover tenants resume {tenant}` takes them again")]
     TenantDraining { tenant: String },
 }

@@ -76,6 +76,48 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     /// Per-tenant policies.
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// Recurring jobs.
+    pub schedules: BTreeMap<String, ScheduleConfig>,
+}
+
+/// `[schedules.NAME]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// `sec min hour day month weekday` (seconds optional).
+    pub cron: String,
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// `skip` (default) or `run_once`: what a slot missed by more than a
+    /// minute (the cluster was down) does when the cluster is back.
+    #[serde(default = "skip")]
+    pub misfire: String,
+    pub job: JobTemplateConfig,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+fn skip() -> String {
+    "skip".into()
+}
+
+/// The job a schedule enqueues: `job = { queue = "reports", ... }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobTemplateConfig {
+    pub queue: String,
+    #[serde(default)]
+    pub job_type: String,
+    #[serde(default)]
+    pub tenant: String,
+    #[serde(default)]
+    pub priority: u32,
+    #[serde(default)]
+    pub payload: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `[queues.NAME]`: a queue's limits (see config/drover.toml).
@@ -148,6 +190,7 @@ impl Default for Config {
             tls: None,
             queues: BTreeMap::new(),
             tenants: BTreeMap::new(),
+            schedules: BTreeMap::new(),
         }
     }
 }
@@ -431,6 +474,47 @@ impl Default for Log {
     }
 }
 
+impl ScheduleConfig {
+    /// The replicated form, with the job checked as an enqueue would be.
+    pub fn policy(&self) -> Result<crate::policies::SchedulePolicy, String> {
+        let run_once = match self.misfire.as_str() {
+            "skip" => false,
+            "run_once" => true,
+            other => return Err(format!("misfire {other:?} is not `skip` or `run_once`")),
+        };
+        let j = &self.job;
+        let request = crate::job::JobRequest {
+            queue: j.queue.clone(),
+            job_type: j.job_type.clone(),
+            tenant: j.tenant.clone(),
+            run_id: String::new(),
+            priority: j.priority,
+            payload: j.payload.clone().into(),
+            idempotency_key: String::new(),
+            delay_ms: 0,
+            labels: j.labels.clone(),
+        };
+        let job = request
+            .validate(crate::job::JobLimits {
+                max_payload_bytes: 64 * 1024,
+            })
+            .map_err(|e| format!("job: {e}"))?;
+        Ok(crate::policies::SchedulePolicy {
+            cron: self.cron.clone(),
+            timezone: self.timezone.clone(),
+            run_once,
+            job: crate::policies::JobTemplate {
+                queue: job.queue,
+                job_type: job.job_type,
+                tenant: job.tenant,
+                priority: job.priority,
+                payload: job.payload,
+                labels: job.labels,
+            },
+        })
+    }
+}
+
 impl Config {
     /// Reads and validates a TOML file. Unknown keys are errors so a typo is
     /// not silently ignored.
@@ -663,6 +747,11 @@ impl Config {
                 .map(|(name, t)| (name.clone(), TenantPolicy { weight: t.weight }))
                 .collect(),
             max_pending: self.limits.max_pending,
+            schedules: self
+                .schedules
+                .iter()
+                .filter_map(|(name, sc)| Some((name.clone(), sc.policy().ok()?)))
+                .collect(),
         }
     }
 
@@ -708,6 +797,14 @@ impl Config {
                     format!("[queues.{name:?}] shed needs a max_depth (here or in [queues.\"*\"])"),
                 ));
             }
+        }
+        for (name, sc) in &self.schedules {
+            crate::job::validate_name("schedule", name)
+                .map_err(|e| invalid("schedules", format!("[schedules.{name:?}]: {e}")))?;
+            crate::schedules::parse(&sc.cron, &sc.timezone)
+                .map_err(|e| invalid("schedules", format!("[schedules.{name:?}] {e}")))?;
+            sc.policy()
+                .map_err(|e| invalid("schedules", format!("[schedules.{name:?}] {e}")))?;
         }
         for (name, t) in &self.tenants {
             if t.weight == 0 || t.weight > 1000 {

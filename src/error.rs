@@ -89,7 +89,9 @@ impl Error {
         match self {
             Error::InvalidJob(_) | Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::JobNotFound(_) | Error::NotFound(_) => Code::NotFound,
-            Error::Refused(Refusal::UnknownJob(_)) => Code::NotFound,
+            Error::Refused(Refusal::UnknownJob(_) | Refusal::UnknownSchedule { .. }) => {
+                Code::NotFound
+            }
             Error::Refused(Refusal::Shed { .. }) => Code::ResourceExhausted,
             Error::Refused(_) | Error::MembershipBusy | Error::MembershipRefused(_) => {
                 Code::FailedPrecondition
@@ -131,7 +133,9 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::InvalidJob(_) | Error::InvalidArgument { .. } => "invalid_argument",
-            Error::JobNotFound(_) | Error::NotFound(_) | Error::Refused(Refusal::UnknownJob(_)) => {
+            Error::JobNotFound(_)
+            | Error::NotFound(_)
+            | Error::Refused(Refusal::UnknownJob(_) | Refusal::UnknownSchedule { .. }) => {
                 "not_found"
             }
             Error::Refused(Refusal::StaleLease { .. }) => "stale_lease",

@@ -20,6 +20,7 @@ pub mod node;
 pub mod policies;
 pub mod proto;
 pub mod restore;
+pub mod schedules;
 pub mod snapshot;
 pub mod store;
 pub mod token;

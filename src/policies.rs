@@ -21,6 +21,30 @@ pub struct Policies {
     /// Most jobs not finished (ready, scheduled, leased) in the whole
     /// cluster; enqueues past it are refused. 0: no limit.
     pub max_pending: u64,
+    /// Recurring jobs by name.
+    pub schedules: BTreeMap<String, SchedulePolicy>,
+}
+
+/// `[schedules.NAME]`: a cron expression and the job each slot enqueues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchedulePolicy {
+    pub cron: String,
+    pub timezone: String,
+    /// A slot missed by more than the grace (the cluster was down) runs
+    /// once when the cluster is back; otherwise it is skipped.
+    pub run_once: bool,
+    pub job: JobTemplate,
+}
+
+/// The job a schedule enqueues (validated when the config was read).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobTemplate {
+    pub queue: String,
+    pub job_type: String,
+    pub tenant: String,
+    pub priority: u8,
+    pub payload: bytes::Bytes,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// How jobs of every queue are leased and retried.

@@ -665,3 +665,40 @@ pub struct TenantStatusBody {
 pub struct TenantsBody {
     pub tenants: Vec<TenantStatusBody>,
 }
+
+/// A recurring job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleBody {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    /// `skip` or `run_once`.
+    pub misfire: String,
+    /// The queue its jobs go to.
+    pub queue: String,
+    pub paused: bool,
+    /// The last slot fired (ms since the epoch; 0: none yet).
+    pub last_slot_ms: u64,
+    /// The next slot (ms since the epoch), if there is one.
+    pub next_slot_ms: Option<u64>,
+    /// Jobs it enqueued.
+    pub fired: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SchedulesBody {
+    pub schedules: Vec<ScheduleBody>,
+}
+
+/// What a schedule action did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleActionBody {
+    pub schedule: String,
+    /// `pause`, `resume` or `trigger`.
+    pub action: String,
+    /// The job a trigger enqueued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<u64>,
+    /// Whether a pause or resume changed anything.
+    pub changed: bool,
+}

@@ -265,6 +265,10 @@ struct Driver {
     max_inflight: u64,
     /// Index of a Tick proposed and not yet applied; one at a time.
     tick_in_flight: Option<u64>,
+    /// Index of an entry of schedule slots proposed and not yet applied.
+    fire_in_flight: Option<u64>,
+    /// Cron expressions parsed, by (expression, time zone).
+    crons: std::collections::HashMap<(String, String), crate::schedules::Parsed>,
     /// Index of an upkeep entry (a purge, an audit purge, new policies)
     /// proposed and not yet applied; one at a time.
     upkeep_in_flight: Option<u64>,
@@ -435,6 +439,8 @@ pub fn start(
         log_keep_bytes: cfg.raft.log_keep_bytes.as_u64(),
         max_inflight: cfg.raft.max_inflight_entries,
         tick_in_flight: None,
+        fire_in_flight: None,
+        crons: std::collections::HashMap::new(),
         upkeep_in_flight: None,
         policies: cfg.policies(),
         policies_warned: None,
@@ -509,6 +515,7 @@ impl Driver {
             // on 3 nodes.
             self.propose_purge_if_due();
             self.reconcile_policies();
+            self.propose_due_slots();
             self.handle_ready()?;
             self.publish_status();
         }
@@ -549,6 +556,55 @@ impl Driver {
                 self.policies = *p;
                 self.policies_warned = None;
             }
+        }
+    }
+
+    /// The leader proposes the slots of schedules that are due (by its
+    /// clock), one entry at a time; the machine fires each slot once.
+    fn propose_due_slots(&mut self) {
+        if self.raw.raft.state != StateRole::Leader
+            || self.fire_in_flight.is_some()
+            || !self.raw.raft.commit_to_current_term()
+            || self.machine.policies().schedules.is_empty()
+        {
+            return;
+        }
+        let now = now_ms();
+        let mut commands = Vec::new();
+        for (name, policy) in &self.machine.policies().schedules {
+            let key = (policy.cron.clone(), policy.timezone.clone());
+            if !self.crons.contains_key(&key) {
+                match crate::schedules::parse(&policy.cron, &policy.timezone) {
+                    Ok(p) => {
+                        self.crons.insert(key.clone(), p);
+                    }
+                    Err(e) => {
+                        tracing::error!(event = "schedule_invalid", schedule = %name, error = %e, "cannot work out this schedule's slots");
+                        continue;
+                    }
+                }
+            }
+            let Some(parsed) = self.crons.get(&key) else {
+                continue;
+            };
+            let last = self
+                .machine
+                .schedules()
+                .get(name)
+                .map_or(0, |s| s.last_slot_ms);
+            if let Some((slot_ms, enqueue)) =
+                crate::schedules::due(parsed, last, policy.run_once, now)
+            {
+                commands.push(Command::Fire {
+                    schedule: name.clone(),
+                    slot_ms,
+                    enqueue,
+                });
+            }
+        }
+        if !commands.is_empty() {
+            let replies = commands.iter().map(|_| None).collect();
+            self.propose(commands, replies);
         }
     }
 
@@ -681,6 +737,7 @@ impl Driver {
             return refuse(replies);
         }
         let ticks = commands.iter().any(|c| matches!(c, Command::Tick));
+        let fires = commands.iter().any(|c| matches!(c, Command::Fire { .. }));
         let purges = commands.iter().any(|c| {
             matches!(
                 c,
@@ -700,6 +757,9 @@ impl Driver {
                 self.pending.insert(index, term, replies, false);
                 if ticks {
                     self.tick_in_flight = Some(index);
+                }
+                if fires {
+                    self.fire_in_flight = Some(index);
                 }
                 if purges {
                     self.upkeep_in_flight = Some(index);
@@ -823,6 +883,9 @@ impl Driver {
         if self.tick_in_flight.is_some_and(|i| i >= first.index) {
             self.tick_in_flight = None;
         }
+        if self.fire_in_flight.is_some_and(|i| i >= first.index) {
+            self.fire_in_flight = None;
+        }
         if self.upkeep_in_flight.is_some_and(|i| i >= first.index) {
             self.upkeep_in_flight = None;
         }
@@ -928,6 +991,9 @@ impl Driver {
             };
             if self.tick_in_flight.is_some_and(|i| i <= index) {
                 self.tick_in_flight = None;
+            }
+            if self.fire_in_flight.is_some_and(|i| i <= index) {
+                self.fire_in_flight = None;
             }
             if self.upkeep_in_flight.is_some_and(|i| i <= index) {
                 self.upkeep_in_flight = None;

@@ -116,6 +116,8 @@ pub struct Machine {
     policies: Policies,
     /// The log has set them (a `P` record exists).
     policies_set: bool,
+    /// Recurring jobs' last slots and pauses (`Z`).
+    schedules: schedules::Schedules,
     /// Paused and draining queues (`C`).
     controls: controls::Controls,
     meta: Meta,
@@ -155,6 +157,10 @@ impl Machine {
             Some(bytes) => (decode(POLICIES_KEY, &bytes)?, true),
             None => (Policies::default(), false),
         };
+        let schedules = match tree.get(schedules::SCHEDULES_KEY)? {
+            Some(bytes) => decode(schedules::SCHEDULES_KEY, &bytes)?,
+            None => schedules::Schedules::default(),
+        };
         let controls = match tree.get(controls::CONTROLS_KEY)? {
             Some(bytes) => decode(controls::CONTROLS_KEY, &bytes)?,
             None => controls::Controls::default(),
@@ -172,6 +178,7 @@ impl Machine {
             tree,
             policies,
             policies_set,
+            schedules,
             controls,
             meta,
             queues: BTreeMap::new(),
@@ -364,6 +371,14 @@ impl Machine {
                 Outcome::Noop
             }
             Command::Control { scope, action } => self.control(scope, *action),
+            Command::Fire {
+                schedule,
+                slot_ms,
+                enqueue,
+            } => self.fire(now, schedule, *slot_ms, *enqueue)?,
+            Command::Schedule { schedule, action } => {
+                self.schedule_action(now, schedule, *action)?
+            }
         })
     }
 
@@ -439,6 +454,7 @@ mod reader;
 mod retention;
 mod retry;
 mod scheduler;
+pub mod schedules;
 mod staged;
 
 pub use indexes::QueueCounts;

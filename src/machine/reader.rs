@@ -23,6 +23,14 @@ impl JobReader {
         audit::page(&self.tree(), before, limit)
     }
 
+    /// The schedules' states (last slot, paused, jobs fired).
+    pub fn schedules(&self) -> Result<BTreeMap<String, schedules::ScheduleState>, MachineError> {
+        match self.tree().get(schedules::SCHEDULES_KEY)? {
+            Some(v) => decode(schedules::SCHEDULES_KEY, &v),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
     /// The policies the log last set (defaults before any).
     pub fn policies(&self) -> Result<Policies, MachineError> {
         match self.tree().get(POLICIES_KEY)? {

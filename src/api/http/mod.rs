@@ -10,6 +10,7 @@ mod jobs;
 pub mod openapi;
 mod probes;
 mod queues;
+mod schedules;
 mod tenants;
 mod workers;
 
@@ -124,6 +125,25 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
         ),
         route(Method::GET, "/api/v1/queues", Read, get(queues::list)),
         route(Method::GET, "/api/v1/tenants", Read, get(tenants::list)),
+        route(Method::GET, "/api/v1/schedules", Read, get(schedules::list)),
+        route(
+            Method::POST,
+            "/api/v1/schedules/{name}/pause",
+            Operate,
+            post(schedules::pause),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/schedules/{name}/resume",
+            Operate,
+            post(schedules::resume),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/schedules/{name}/trigger",
+            Operate,
+            post(schedules::trigger),
+        ),
         route(
             Method::POST,
             "/api/v1/tenants/{tenant}/pause",

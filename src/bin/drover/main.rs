@@ -9,6 +9,7 @@ mod jobs;
 mod local;
 mod policies;
 mod queues;
+mod schedules;
 mod serve;
 mod snapshot;
 mod status;
@@ -45,6 +46,11 @@ enum Cmd {
     Queues {
         #[command(subcommand)]
         command: queues::QueuesCmd,
+    },
+    /// Recurring jobs: list, pause, resume, trigger.
+    Schedules {
+        #[command(subcommand)]
+        command: schedules::SchedulesCmd,
     },
     /// List tenants; pause, drain and resume them.
     Tenants {
@@ -122,6 +128,7 @@ fn main() -> Result<()> {
             Cmd::Jobs { command } => jobs::run(command).await,
             Cmd::Queues { command } => queues::run(command).await,
             Cmd::Tenants { command } => tenants::run(command).await,
+            Cmd::Schedules { command } => schedules::run(command).await,
             Cmd::Cluster { command } => cluster::run(command).await,
             Cmd::Snapshot { command } => snapshot::run(command).await,
             Cmd::Audit(a) => audit::run(a).await,
