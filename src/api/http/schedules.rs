@@ -76,8 +76,8 @@ macro_rules! schedule_action {
     ($name:ident, $action:expr, $path:literal, $doc:literal) => {
         #[doc = $doc]
         #[utoipa::path(post, path = $path, tag = "schedules",
-                    params(("name" = String, Path)),
-                    responses((status = 200, body = ScheduleActionBody), ErrorResponses))]
+                            params(("name" = String, Path)),
+                            responses((status = 200, body = ScheduleActionBody), ErrorResponses))]
         pub(super) async fn $name(
             State(s): State<HttpState>,
             Extension(caller): Extension<Caller>,
