@@ -196,6 +196,11 @@ impl Policies {
                 .against(&other.tenants)
                 .map(|t| format!("tenants.{t:?}")),
         );
+        out.extend(
+            changed(&self.schedules)
+                .against(&other.schedules)
+                .map(|t| format!("schedules.{t:?}")),
+        );
         out
     }
 }

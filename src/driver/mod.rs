@@ -268,7 +268,7 @@ struct Driver {
     /// Index of an entry of schedule slots proposed and not yet applied.
     fire_in_flight: Option<u64>,
     /// Cron expressions parsed, by (expression, time zone).
-    crons: std::collections::HashMap<(String, String), crate::schedules::Parsed>,
+    crons: std::collections::HashMap<(String, String), Option<crate::schedules::Parsed>>,
     /// Index of an upkeep entry (a purge, an audit purge, new policies)
     /// proposed and not yet applied; one at a time.
     upkeep_in_flight: Option<u64>,
@@ -277,6 +277,10 @@ struct Driver {
     policies: crate::policies::Policies,
     /// The machine's policies a follower last warned about.
     policies_warned: Option<crate::policies::Policies>,
+    /// This node's config policies still wait to be proposed (asked at
+    /// start and on SIGHUP; the log's last index then), unless the cluster's
+    /// are set by an entry after that one.
+    policies_asked: Option<u64>,
     /// The bounds the leader puts in purges (`jobs.retention` and kin).
     retention: crate::command::Retention,
     /// How long audit records are kept (`jobs.audit_retention`), in ms.
@@ -419,6 +423,9 @@ pub fn start(
         })
     })?;
     let last_snapshot_index = store_snapshot_index.max(meta.applied_index);
+    // Entries already in the log (replayed after a restart) were set before
+    // this node was asked for its config's policies.
+    let asked_at = raw.raft.raft_log.last_index();
     let driver = Driver {
         reads: ReadWaiters::default(),
         addrs,
@@ -444,6 +451,7 @@ pub fn start(
         upkeep_in_flight: None,
         policies: cfg.policies(),
         policies_warned: None,
+        policies_asked: Some(asked_at),
         retention: cfg.jobs.retention(),
         audit_keep_ms: u64::try_from(cfg.jobs.audit_retention.as_millis()).unwrap_or(u64::MAX),
         purge_check_at: std::time::Instant::now(),
@@ -513,8 +521,8 @@ impl Driver {
             // (raft-rs still applies only entries this node has persisted.)
             // Waiting for the flush instead measured 10-20% more CPU per job
             // on 3 nodes.
-            self.propose_purge_if_due();
             self.reconcile_policies();
+            self.propose_purge_if_due();
             self.propose_due_slots();
             self.handle_ready()?;
             self.publish_status();
@@ -555,6 +563,7 @@ impl Driver {
             Control::Policies(p) => {
                 self.policies = *p;
                 self.policies_warned = None;
+                self.policies_asked = Some(self.raw.raft.raft_log.last_index());
             }
         }
     }
@@ -573,18 +582,15 @@ impl Driver {
         let mut commands = Vec::new();
         for (name, policy) in &self.machine.policies().schedules {
             let key = (policy.cron.clone(), policy.timezone.clone());
-            if !self.crons.contains_key(&key) {
-                match crate::schedules::parse(&policy.cron, &policy.timezone) {
-                    Ok(p) => {
-                        self.crons.insert(key.clone(), p);
-                    }
-                    Err(e) => {
+            let parsed = self.crons.entry(key).or_insert_with(|| {
+                crate::schedules::parse(&policy.cron, &policy.timezone)
+                    .map_err(|e| {
+                        // Once per expression, not per turn.
                         tracing::error!(event = "schedule_invalid", schedule = %name, error = %e, "cannot work out this schedule's slots");
-                        continue;
-                    }
-                }
-            }
-            let Some(parsed) = self.crons.get(&key) else {
+                    })
+                    .ok()
+            });
+            let Some(parsed) = parsed.as_ref() else {
                 continue;
             };
             let last = self
@@ -614,9 +620,19 @@ impl Driver {
     fn reconcile_policies(&mut self) {
         let current = self.machine.policies();
         if *current == self.policies {
+            self.policies_asked = None;
             return;
         }
-        if self.raw.raft.state == StateRole::Leader {
+        // Another leader set the cluster's policies after this node was
+        // asked for its own: theirs stand (a node that merely differs does
+        // not override the cluster at each election).
+        if self
+            .policies_asked
+            .is_some_and(|asked| self.machine.policies_index() > asked)
+        {
+            self.policies_asked = None;
+        }
+        if self.wants_own_policies() {
             if self.upkeep_in_flight.is_none() && self.raw.raft.commit_to_current_term() {
                 tracing::info!(event = "policies_proposed", keys = ?current.differences(&self.policies), "proposing this node's config policies to the cluster");
                 self.propose(
@@ -627,9 +643,17 @@ impl Driver {
                 );
             }
         } else if self.machine.policies_set() && self.policies_warned.as_ref() != Some(current) {
-            tracing::warn!(event = "policies_differ", keys = ?current.differences(&self.policies), "this node's config file has other policies than the cluster applies; the cluster's stand (they come from the leader's config)");
+            tracing::warn!(event = "policies_differ", keys = ?current.differences(&self.policies), "this node's config file has other policies than the cluster applies; the cluster's stand (send SIGHUP to the leader after changing its file)");
             self.policies_warned = Some(current.clone());
         }
+    }
+
+    /// A leader asked (at start or by SIGHUP) to bring its config's
+    /// policies to the cluster, and they are not applied yet.
+    fn wants_own_policies(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+            && self.policies_asked.is_some()
+            && *self.machine.policies() != self.policies
     }
 
     /// Whether to take new proposals now: a leader with
@@ -641,7 +665,7 @@ impl Driver {
         // A leader whose config asks for other policies holds requests
         // until the cluster applies them, so nothing is admitted or leased
         // under the old ones after a start or a reload.
-        if self.raw.raft.state == StateRole::Leader && *self.machine.policies() != self.policies {
+        if self.wants_own_policies() {
             return false;
         }
         if self.max_inflight == 0 || self.raw.raft.state != StateRole::Leader {
@@ -789,7 +813,9 @@ impl Driver {
     /// are past their retention: one bounded slice at a time, the next as
     /// soon as the last applied, and a look once a second when none was due.
     fn propose_purge_if_due(&mut self) {
-        if self.raw.raft.state != StateRole::Leader
+        // New policies go first: requests wait for them, purges can wait.
+        if self.wants_own_policies()
+            || self.raw.raft.state != StateRole::Leader
             || self.upkeep_in_flight.is_some()
             || std::time::Instant::now() < self.purge_check_at
         {

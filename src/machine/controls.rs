@@ -34,9 +34,14 @@ impl Machine {
                 return Outcome::Controlled(if did { vec![t.clone()] } else { Vec::new() });
             }
             QueueScope::Queue(q) => vec![q.clone()],
+            // Only queues every node knows the same way: ones holding job
+            // records, or a state. An empty index entry may survive a purge
+            // on one node and not a restart on another.
             QueueScope::All => self
                 .queues
-                .keys()
+                .iter()
+                .filter(|(_, qi)| qi.counts != QueueCounts::default())
+                .map(|(name, _)| name)
                 .chain(self.controls.paused.iter())
                 .chain(self.controls.draining.iter())
                 .cloned()
@@ -69,6 +74,21 @@ impl Machine {
         let pending: u64 = self.queues.values().map(|qi| qi.counts.pending()).sum();
         let mut added: HashMap<&str, u64> = HashMap::new();
         for (pending, job) in (pending..).zip(jobs) {
+            // An idempotent retry of a job that exists is answered with its
+            // id by the enqueue, whatever the queue's state now.
+            if !job.idempotency_key.is_empty()
+                && self
+                    .get(&idempotency_key(
+                        &job.tenant,
+                        &job.queue,
+                        &job.idempotency_key,
+                    ))
+                    .ok()
+                    .flatten()
+                    .is_some()
+            {
+                continue;
+            }
             if self.controls.draining.contains(&job.queue) {
                 return Err(Refusal::Draining {
                     queue: job.queue.clone(),

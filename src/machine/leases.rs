@@ -256,6 +256,9 @@ impl Machine {
             self.unplace(&job);
             let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
             job.state = JobState::Ready;
+            // It waits (for aging and the sla) from now, not from when it
+            // first became ready.
+            job.run_at_ms = now;
             job.record(now, format!("lease expired (worker {worker}); requeued"));
             self.place(&job);
             self.put_job(&job, &payload);

@@ -116,6 +116,10 @@ pub struct Machine {
     policies: Policies,
     /// The log has set them (a `P` record exists).
     policies_set: bool,
+    /// The index of the last SetPolicies applied since open (0: none), so
+    /// the driver can tell that the cluster's policies were set after it
+    /// asked for its own.
+    policies_index: u64,
     /// Recurring jobs' last slots and pauses (`Z`).
     schedules: schedules::Schedules,
     /// Paused and draining queues (`C`).
@@ -178,6 +182,7 @@ impl Machine {
             tree,
             policies,
             policies_set,
+            policies_index: 0,
             schedules,
             controls,
             meta,
@@ -247,6 +252,8 @@ impl Machine {
         let mut fresh = Machine::open(tree.clone())?;
         fresh.totals = self.totals;
         fresh.sla_missed = std::mem::take(&mut self.sla_missed);
+        // A snapshot may carry other policies, set at its index.
+        fresh.policies_index = fresh.meta.applied_index;
         fresh.shared = self.shared.clone();
         *fresh.shared.write().unwrap_or_else(|e| e.into_inner()) = tree;
         *self = fresh;
@@ -256,6 +263,11 @@ impl Machine {
     /// The policies in effect, as the log set them.
     pub fn policies(&self) -> &Policies {
         &self.policies
+    }
+
+    /// The index of the last SetPolicies applied since open (0: none).
+    pub fn policies_index(&self) -> u64 {
+        self.policies_index
     }
 
     /// Whether the log has set policies yet (until then the defaults).
@@ -367,6 +379,7 @@ impl Machine {
             Command::SetPolicies { policies } => {
                 self.policies = policies.clone();
                 self.policies_set = true;
+                self.policies_index = self.meta.applied_index;
                 self.put(POLICIES_KEY.to_vec(), encode(&self.policies));
                 Outcome::Noop
             }

@@ -82,6 +82,11 @@ impl Machine {
         if !self.policies.schedules.contains_key(name) {
             return Ok(Outcome::Noop);
         }
+        // A slot ahead of the log's time (a leader whose clock jumped
+        // forward) would silence the schedule until then: ignored.
+        if slot_ms > now.saturating_add(crate::schedules::GRACE_MS) {
+            return Ok(Outcome::Noop);
+        }
         let state = self.schedules.entry(name.to_string()).or_default();
         if slot_ms <= state.last_slot_ms {
             return Ok(Outcome::Noop);
