@@ -9,12 +9,7 @@ use std::time::Duration;
 use common::*;
 
 fn drover(args: &[&str], token: &str, server: &str) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(args)
-        .env("DROVER_TOKEN", token)
-        .env("DROVER_SERVER", server)
-        .output()
-        .expect("run drover")
+    drover_cli(args, server, token)
 }
 
 fn tokens(extra: &str) -> (TestNode, String, String) {

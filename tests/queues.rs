@@ -10,12 +10,7 @@ use common::*;
 use drover::client::Producer;
 
 fn drover(args: &[&str], server: &str) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(args)
-        .env("DROVER_SERVER", server)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run drover")
+    drover_cli(args, server, "")
 }
 
 async fn max_retries_seen(node: &TestNode) -> Option<u64> {

@@ -12,12 +12,7 @@ use common::*;
 const EVERY_SECOND: &str = "[schedules.tick]\ncron = \"* * * * * *\"\njob = { queue = \"cron\", job_type = \"tick\", payload = \"hi\" }\n";
 
 fn drover(args: &[&str], server: &str) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(args)
-        .env("DROVER_SERVER", server)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run drover")
+    drover_cli(args, server, "")
 }
 
 /// The slots of the jobs the schedule enqueued, read from one node.

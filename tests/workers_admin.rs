@@ -10,11 +10,7 @@ use std::time::Duration;
 use common::*;
 
 fn drover(args: &[&str], server: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(args)
-        .env("DROVER_SERVER", server)
-        .output()
-        .expect("run drover")
+    drover_cli(args, server, "")
 }
 
 fn worker(server: &str, id: &str, version: &str) -> Child {

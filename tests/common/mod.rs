@@ -437,3 +437,16 @@ impl TestCluster {
         )
     }
 }
+
+/// Runs the `drover` CLI against `server` (as DROVER_SERVER) with `token`
+/// (as DROVER_TOKEN, if not empty), as an operator would.
+pub fn drover_cli(args: &[&str], server: &str, token: &str) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drover"));
+    cmd.args(args)
+        .env("DROVER_SERVER", server)
+        .env("RUST_BACKTRACE", "0");
+    if !token.is_empty() {
+        cmd.env("DROVER_TOKEN", token);
+    }
+    cmd.output().expect("run drover")
+}
