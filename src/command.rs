@@ -106,6 +106,23 @@ pub enum Command {
         schedule: String,
         action: ScheduleAction,
     },
+    /// Cancels up to `limit` of a queue's waiting jobs that match (one
+    /// slice of `drover queues purge`; the API sends slices until done).
+    PurgeQueue {
+        queue: String,
+        filter: PurgeFilter,
+        limit: u32,
+    },
+}
+
+/// Which waiting jobs of a queue a purge cancels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeFilter {
+    /// Ready or scheduled; None: both.
+    pub state: Option<JobState>,
+    pub tenant: Option<String>,
+    /// Only jobs enqueued at least this long ago.
+    pub older_than_ms: Option<u64>,
 }
 
 /// What an operator does to a schedule.
@@ -246,6 +263,7 @@ impl Command {
             Command::Control { .. } => "control",
             Command::Fire { .. } => "fire",
             Command::Schedule { .. } => "schedule",
+            Command::PurgeQueue { .. } => "purge_queue",
         }
     }
 
@@ -271,7 +289,8 @@ impl Command {
             | Command::SetPolicies { .. }
             | Command::Control { .. }
             | Command::Fire { .. }
-            | Command::Schedule { .. } => RECORD,
+            | Command::Schedule { .. }
+            | Command::PurgeQueue { .. } => RECORD,
         }
     }
 }

@@ -310,3 +310,66 @@ async fn a_tenant_flood_does_not_starve_another_tenant() {
         .clone();
     assert_eq!(big["paused"], true, "{big}");
 }
+
+#[tokio::test]
+async fn a_queue_purge_cancels_what_matches_and_counts_it() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let mut p = Producer::connect(server).await.unwrap();
+    let job = |tenant: &str, delay_ms: u64| {
+        let mut j = new_job("bulk", "x");
+        j.tenant = tenant.into();
+        j.delay_ms = delay_ms;
+        j
+    };
+    for _ in 0..3 {
+        p.enqueue(vec![job("a", 0); 400]).await.unwrap();
+    }
+    p.enqueue(vec![job("b", 0); 10]).await.unwrap();
+    p.enqueue(vec![job("a", 3_600_000); 5]).await.unwrap();
+    p.enqueue(vec![new_job("other", "y")]).await.unwrap();
+
+    // Bad input changes nothing.
+    let out = drover(&["queues", "purge", "bulk", "--state", "leased"], server);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("state"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = drover(&["queues", "purge", "bulk", "--older-than", "soon"], server);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("older_than"));
+
+    // Only tenant a's ready jobs: 1,200, over three slices.
+    let out = drover(
+        &[
+            "queues", "purge", "bulk", "--tenant", "a", "--state", "ready", "--json",
+        ],
+        server,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["cancelled"], 1200);
+    let (_, stats) = get_json(&format!("{}/api/v1/stats", node.http)).await;
+    assert_eq!(
+        stats["queues"]["bulk"]["ready"],
+        serde_json::json!([0, 0, 10, 0, 0])
+    );
+    assert_eq!(stats["queues"]["bulk"]["scheduled"], 5);
+    assert_eq!(
+        stats["queues"]["other"]["ready"],
+        serde_json::json!([0, 0, 1, 0, 0])
+    );
+    // Then everything left that waits.
+    let out = drover(&["queues", "purge", "bulk", "--json"], server);
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["cancelled"], 15);
+    let out = drover(&["audit", "--json"], server);
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page["records"][0]["action"], "queues.purge");
+    assert_eq!(page["records"][0]["target"], "queue bulk (15 jobs)");
+}

@@ -702,3 +702,31 @@ pub struct ScheduleActionBody {
     /// Whether a pause or resume changed anything.
     pub changed: bool,
 }
+
+/// `POST /api/v1/queues/{queue}/purge`: which waiting jobs to cancel.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeBody {
+    /// `ready` or `scheduled`; absent: both.
+    #[serde(default)]
+    pub state: Option<PurgeState>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Only jobs waiting at least this long: "1h".
+    #[serde(default)]
+    pub older_than: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PurgeState {
+    Ready,
+    Scheduled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PurgedBody {
+    pub queue: String,
+    /// Jobs cancelled.
+    pub cancelled: u64,
+}

@@ -107,4 +107,78 @@ impl Machine {
         self.totals.cancelled += 1;
         Ok(Ok(was))
     }
+
+    /// Applies a [`Command::PurgeQueue`]: cancels up to `limit` matching
+    /// waiting jobs, ready ones first (their age counted from when they
+    /// became ready; scheduled ones from their enqueue). Scheduled jobs are
+    /// looked for among the first few hundred delayed jobs of all queues
+    /// only, so a slice stays cheap; `more` says a further slice may find
+    /// more. Scheduled jobs are found through the
+    /// delayed-job index, which spans queues, so at most a bounded number of
+    /// them is looked at per slice.
+    pub(super) fn purge_queue(
+        &mut self,
+        now: u64,
+        queue: &str,
+        filter: &crate::command::PurgeFilter,
+        limit: u32,
+    ) -> Result<Outcome, MachineError> {
+        let limit = limit as usize;
+        let old_enough = |enqueued_at: u64| {
+            filter
+                .older_than_ms
+                .is_none_or(|age| now.saturating_sub(enqueued_at) >= age)
+        };
+        let tenant_ok = |t: &str| filter.tenant.as_deref().is_none_or(|want| want == t);
+        let mut ids: Vec<JobId> = Vec::new();
+        if filter.state.is_none_or(|s| s == JobState::Ready) {
+            if let Some(qi) = self.queues.get(queue) {
+                for (_, tenant, id, since) in qi.ready.iter() {
+                    if ids.len() > limit {
+                        break;
+                    }
+                    if tenant_ok(tenant) && old_enough(since) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        let has_scheduled = self
+            .queues
+            .get(queue)
+            .is_some_and(|qi| qi.counts.scheduled > 0);
+        if filter.state.is_none_or(|s| s == JobState::Scheduled)
+            && has_scheduled
+            && ids.len() <= limit
+        {
+            let budget = limit.saturating_mul(4).max(64);
+            let candidates: Vec<JobId> = self
+                .scheduled
+                .iter()
+                .map(|(_, id)| *id)
+                .take(budget)
+                .collect();
+            for id in candidates {
+                if ids.len() > limit {
+                    break;
+                }
+                let job = self.must_load(id)?.0;
+                if job.queue == queue && tenant_ok(&job.tenant) && old_enough(job.enqueued_at_ms) {
+                    ids.push(id);
+                }
+            }
+        }
+        let more = ids.len() > limit;
+        let mut cancelled = 0;
+        for id in ids.into_iter().take(limit) {
+            if self.cancel(now, id)?.is_ok() {
+                cancelled += 1;
+            }
+        }
+        Ok(Outcome::Purged {
+            jobs: cancelled,
+            idempotency_records: 0,
+            more,
+        })
+    }
 }

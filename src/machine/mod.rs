@@ -392,6 +392,11 @@ impl Machine {
             Command::Schedule { schedule, action } => {
                 self.schedule_action(now, schedule, *action)?
             }
+            Command::PurgeQueue {
+                queue,
+                filter,
+                limit,
+            } => self.purge_queue(now, queue, filter, *limit)?,
         })
     }
 

@@ -93,6 +93,17 @@ impl ReadySet {
             .collect()
     }
 
+    /// Every ready job: (priority, tenant, id, ready since), by priority
+    /// and tenant, oldest first.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u8, &str, JobId, u64)> + '_ {
+        self.levels.iter().flat_map(|(p, level)| {
+            level.iter().flat_map(move |(t, ids)| {
+                ids.iter()
+                    .map(move |(id, since)| (*p, t.as_str(), *id, *since))
+            })
+        })
+    }
+
     /// Ready jobs by tenant.
     pub(super) fn by_tenant(&self) -> BTreeMap<&str, u64> {
         let mut out = BTreeMap::new();

@@ -124,6 +124,12 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             get(cluster::policies),
         ),
         route(Method::GET, "/api/v1/queues", Read, get(queues::list)),
+        route(
+            Method::POST,
+            "/api/v1/queues/{queue}/purge",
+            Operate,
+            post(queues::purge),
+        ),
         route(Method::GET, "/api/v1/tenants", Read, get(tenants::list)),
         route(Method::GET, "/api/v1/schedules", Read, get(schedules::list)),
         route(

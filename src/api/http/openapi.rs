@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi};
         super::workers::list,
         super::cluster::policies,
         super::queues::list,
+        super::queues::purge,
         super::tenants::list,
         super::schedules::list,
         super::schedules::pause,

@@ -6,7 +6,9 @@ use axum::{Extension, Json};
 
 use super::HttpState;
 use crate::api::auth::Caller;
-use crate::api::types::{ControlledBody, QueuePolicyBody, QueueStatusBody, QueuesBody};
+use crate::api::types::{
+    ControlledBody, PurgeBody, PurgeState, PurgedBody, QueuePolicyBody, QueueStatusBody, QueuesBody,
+};
 use crate::api::ErrorResponses;
 use crate::command::{QueueAction, QueueScope};
 use crate::error::Error;
@@ -135,3 +137,67 @@ queue_action!(
     "/api/v1/queues/resume",
     "Resume: end a pause or a drain."
 );
+
+/// Jobs one purge slice cancels (one log entry).
+const PURGE_SLICE: u32 = 500;
+
+/// Cancel a queue's waiting jobs that match, in slices of 500 (each one log
+/// entry), and say how many.
+#[utoipa::path(post, path = "/api/v1/queues/{queue}/purge", tag = "queues",
+    params(("queue" = String, Path)),
+    request_body = PurgeBody,
+    responses((status = 200, body = PurgedBody), ErrorResponses))]
+pub(super) async fn purge(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(queue): Path<String>,
+    b: Result<Json<PurgeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<PurgedBody>, Error> {
+    crate::job::validate_queue(&queue)?;
+    let b = super::body(b)?;
+    let older_than_ms = match &b.older_than {
+        None => None,
+        Some(d) => Some(
+            crate::wire::parse_duration_ms(d, crate::wire::MAX_DELAY)
+                .map_err(|reason| Error::invalid("older_than", reason))?,
+        ),
+    };
+    if let Some(t) = &b.tenant {
+        crate::job::validate_name("tenant", t)?;
+    }
+    let filter = crate::command::PurgeFilter {
+        state: b.state.map(|s| match s {
+            PurgeState::Ready => crate::job::JobState::Ready,
+            PurgeState::Scheduled => crate::job::JobState::Scheduled,
+        }),
+        tenant: b.tenant.clone(),
+        older_than_ms,
+    };
+    let mut cancelled = 0u64;
+    let result = loop {
+        let slice = crate::command::Command::PurgeQueue {
+            queue: queue.clone(),
+            filter: filter.clone(),
+            limit: PURGE_SLICE,
+        };
+        match s.app.router.propose(slice).await {
+            Ok(crate::command::Outcome::Purged { jobs, more, .. }) => {
+                cancelled += u64::from(jobs);
+                if !more || jobs == 0 {
+                    break Ok(());
+                }
+            }
+            Ok(other) => break Err(crate::api::unexpected(other)),
+            Err(e) => break Err(e),
+        }
+    };
+    // What was cancelled stays cancelled even if a later slice failed.
+    let target = format!("queue {queue} ({cancelled} jobs)");
+    if cancelled > 0 {
+        s.app
+            .record(&caller, "queues.purge", target, Ok(()))
+            .await?;
+    }
+    result?;
+    Ok(Json(PurgedBody { queue, cancelled }))
+}

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use drover::api::types::{ControlledBody, QueuesBody};
+use drover::api::types::{ControlledBody, PurgedBody, QueuesBody};
 
 use crate::target::{table, Target};
 
@@ -18,6 +18,20 @@ pub enum QueuesCmd {
     Drain(ControlArgs),
     /// End a pause or drain.
     Resume(ControlArgs),
+    /// Cancel QUEUE's waiting jobs that match, and say how many.
+    Purge {
+        queue: String,
+        /// `ready` or `scheduled` (default: both).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only jobs waiting at least this long: "1h".
+        #[arg(long)]
+        older_than: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Args)]
@@ -42,6 +56,26 @@ pub async fn run(cmd: QueuesCmd) -> Result<()> {
         QueuesCmd::List(target) => {
             let q: QueuesBody = target.admin()?.get("/api/v1/queues").await?;
             return target.print(&q, print);
+        }
+        QueuesCmd::Purge {
+            queue,
+            state,
+            tenant,
+            older_than,
+            target,
+        } => {
+            let body =
+                serde_json::json!({"state": state, "tenant": tenant, "older_than": older_than});
+            let done: PurgedBody = target
+                .admin()?
+                .post(&format!("/api/v1/queues/{queue}/purge"), &body)
+                .await?;
+            return target.print(&done, |d| {
+                println!(
+                    "cancelled {} waiting jobs of queue {}",
+                    d.cancelled, d.queue
+                )
+            });
         }
         QueuesCmd::Pause(a) => ("pause", a),
         QueuesCmd::Drain(a) => ("drain", a),
