@@ -8,12 +8,16 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+/// A connected worker, as `drover workers list` and the admin API show it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
     pub worker_id: String,
     pub queues: Vec<String>,
+    /// Its version label (empty if it gave none).
     pub version: String,
+    /// Most jobs it holds at once.
     pub capacity: u32,
+    /// Jobs it holds now.
     pub in_flight: u32,
     /// Completions and failures it reported in this session.
     pub completed: u64,

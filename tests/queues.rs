@@ -20,42 +20,34 @@ async fn max_retries_seen(node: &TestNode) -> Option<u64> {
         .flatten()
 }
 
-#[tokio::test]
-async fn policies_come_from_the_leader_and_reload_on_sighup() {
-    let cluster = TestCluster::start(3, "[jobs]\nmax_retries = 6\n");
-    let leader = cluster.leader().await;
+async fn every_node_sees_max_retries(cluster: &TestCluster, want: u64) {
     for n in &cluster.nodes {
         wait_for(
-            "max_retries 6 on every node",
+            "the policy on every node",
             Duration::from_secs(20),
             || async {
                 match max_retries_seen(n).await {
-                    Some(6) => Ok(()),
-                    other => Err(format!("{other:?}")),
+                    Some(got) if got == want => Ok(()),
+                    other => Err(format!("{other:?}, want {want}")),
                 }
             },
         )
         .await;
     }
+}
+
+#[tokio::test]
+async fn policies_come_from_the_leader_and_reload_on_sighup() {
+    let cluster = TestCluster::start(3, "[jobs]\nmax_retries = 6\n");
+    let leader = cluster.leader().await;
+    every_node_sees_max_retries(&cluster, 6).await;
     // The leader's file changes; SIGHUP makes it propose the change, and
     // every node applies it (the followers' files still say 6).
     let file = cluster.nodes[leader].dir.path().join("node.toml");
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replace("max_retries = 6", "max_retries = 8")).unwrap();
     signal(cluster.nodes[leader].pid(), libc::SIGHUP);
-    for n in &cluster.nodes {
-        wait_for(
-            "max_retries 8 on every node",
-            Duration::from_secs(20),
-            || async {
-                match max_retries_seen(n).await {
-                    Some(8) => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            },
-        )
-        .await;
-    }
+    every_node_sees_max_retries(&cluster, 8).await;
     // A bad file on SIGHUP keeps what is in effect.
     std::fs::write(&file, "max_retries = \"lots\"").unwrap();
     signal(cluster.nodes[leader].pid(), libc::SIGHUP);

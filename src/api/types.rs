@@ -373,46 +373,9 @@ impl From<&crate::machine::Totals> for TotalsBody {
     }
 }
 
-/// A connected worker.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct WorkerBody {
-    pub worker_id: String,
-    pub queues: Vec<String>,
-    /// Its version label (empty if it gave none).
-    pub version: String,
-    /// Most jobs it holds at once.
-    pub capacity: u32,
-    /// Jobs it holds now.
-    pub in_flight: u32,
-    /// Completions and failures it reported since it connected.
-    pub completed: u64,
-    pub failed: u64,
-    pub connected_at_ms: u64,
-    /// When it last sent anything, heartbeats included.
-    pub last_seen_ms: u64,
-    /// Asked to stop: finishes what it holds, takes nothing new.
-    pub draining: bool,
-    /// The node it is connected to.
-    pub node_id: u64,
-}
-
-impl From<crate::workers::WorkerInfo> for WorkerBody {
-    fn from(w: crate::workers::WorkerInfo) -> WorkerBody {
-        WorkerBody {
-            worker_id: w.worker_id,
-            queues: w.queues,
-            version: w.version,
-            capacity: w.capacity,
-            in_flight: w.in_flight,
-            completed: w.completed,
-            failed: w.failed,
-            connected_at_ms: w.connected_at_ms,
-            last_seen_ms: w.last_seen_ms,
-            draining: w.draining,
-            node_id: w.node_id,
-        }
-    }
-}
+/// A connected worker: the registry's own record, which peers already
+/// exchange as JSON.
+pub use crate::workers::WorkerInfo as WorkerBody;
 
 /// The workers of the whole cluster.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -281,6 +281,8 @@ struct Driver {
     /// start and on SIGHUP; the log's last index then), unless the cluster's
     /// are set by an entry after that one.
     policies_asked: Option<u64>,
+    /// The machine's `policies_index` at the last comparison.
+    policies_checked: Option<u64>,
     /// The bounds the leader puts in purges (`jobs.retention` and kin).
     retention: crate::command::Retention,
     /// How long audit records are kept (`jobs.audit_retention`), in ms.
@@ -452,6 +454,7 @@ pub fn start(
         policies: cfg.policies(),
         policies_warned: None,
         policies_asked: Some(asked_at),
+        policies_checked: None,
         retention: cfg.jobs.retention(),
         audit_keep_ms: u64::try_from(cfg.jobs.audit_retention.as_millis()).unwrap_or(u64::MAX),
         purge_check_at: std::time::Instant::now(),
@@ -618,6 +621,14 @@ impl Driver {
     /// leader proposes them; a follower never applies its own, and says once
     /// which keys its file has otherwise.
     fn reconcile_policies(&mut self) {
+        // Runs every turn: compare the (possibly large) policies only when
+        // this node was asked for its own or the cluster's changed since the
+        // last look.
+        let index = self.machine.policies_index();
+        if self.policies_asked.is_none() && self.policies_checked == Some(index) {
+            return;
+        }
+        self.policies_checked = Some(index);
         let current = self.machine.policies();
         if *current == self.policies {
             self.policies_asked = None;

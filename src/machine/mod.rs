@@ -282,14 +282,20 @@ impl Machine {
             let limit = self.policies.queue(name).concurrency_limit?;
             (qi.counts.leased >= limit).then(|| name.clone())
         });
-        let tenants_paused = self.queues.iter().filter_map(|(name, qi)| {
-            let tenants = qi.ready.tenants();
-            let all_paused = !tenants.is_empty()
-                && tenants
-                    .iter()
-                    .all(|t| self.controls.paused_tenants.contains(*t));
-            all_paused.then(|| name.clone())
-        });
+        // Only when some tenant is paused: this runs after every applied range.
+        let some_paused = !self.controls.paused_tenants.is_empty();
+        let tenants_paused = self
+            .queues
+            .iter()
+            .filter(|_| some_paused)
+            .filter_map(|(name, qi)| {
+                let tenants = qi.ready.tenants();
+                let all_paused = !tenants.is_empty()
+                    && tenants
+                        .iter()
+                        .all(|t| self.controls.paused_tenants.contains(*t));
+                all_paused.then(|| name.clone())
+            });
         let at_limit = at_limit.chain(tenants_paused);
         MachineStats {
             blocked: self

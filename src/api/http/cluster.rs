@@ -54,13 +54,7 @@ pub(super) async fn stats(
             .map(|(q, c)| (q.clone(), c.into()))
             .collect(),
         totals: (&stats.totals).into(),
-        workers: s
-            .app
-            .workers
-            .list(s.app.config.node_id)
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        workers: s.app.workers.list(s.app.config.node_id),
     }))
 }
 

@@ -16,19 +16,13 @@ async fn gather(s: &HttpState, stop: &str, all: bool) -> WorkersBody {
     if all || !stop.is_empty() {
         asked += s.app.workers.stop(stop, all);
     }
-    let mut workers: Vec<WorkerBody> = s
-        .app
-        .workers
-        .list(s.app.config.node_id)
-        .into_iter()
-        .map(Into::into)
-        .collect();
+    let mut workers: Vec<WorkerBody> = s.app.workers.list(s.app.config.node_id);
     let mut unreachable = std::collections::BTreeMap::new();
     for (id, answer) in s.app.router.peer_workers(stop, all).await {
         match answer {
             Ok(peer) => {
                 asked += peer.asked;
-                workers.extend(peer.workers.into_iter().map(Into::into));
+                workers.extend(peer.workers);
             }
             Err(e) => {
                 unreachable.insert(id.to_string(), e);
