@@ -84,6 +84,7 @@ pub enum Command {
     /// The policies every node applies from now on (the leader's config,
     /// or an admin's change).
     SetPolicies {
+        #[serde(with = "crate::policies::as_json")]
         policies: crate::policies::Policies,
     },
     /// Pause, drain or resume queues (sent wrapped in an audit record).

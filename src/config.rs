@@ -118,6 +118,10 @@ pub struct JobTemplateConfig {
     pub payload: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub concurrency_key: String,
+    #[serde(default)]
+    pub rate_key: String,
 }
 
 /// `[queues.NAME]`: a queue's limits (see config/drover.toml).
@@ -158,6 +162,13 @@ pub struct QueueConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub aging_after: Option<Duration>,
+    /// Leases a worker of this queue is sent at once at first; the node
+    /// grows it toward `max_batch_size` while the worker's jobs finish well
+    /// inside their leases and halves it when one expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_batch_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<u32>,
 }
 
 /// `[tenants.NAME]`.
@@ -308,8 +319,11 @@ pub struct Tls {
 /// job), so this also bounds the node's memory.
 pub const DEFAULT_MAX_JOBS_PER_REQUEST: usize = 500;
 
+/// `[limits]`: the node's limits, and `[limits."PREFIX"]` tables of per-key
+/// limits (which is why unknown keys are caught by [`KeyLimitConfig`]'s
+/// type rather than `deny_unknown_fields`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Limits {
     /// Largest payload accepted, in bytes.
     pub max_payload_bytes: usize,
@@ -321,6 +335,25 @@ pub struct Limits {
     /// enqueues past it are refused, which protects memory and disk. 0: no
     /// limit.
     pub max_pending: u64,
+    /// `[limits."PREFIX"]`: limits of jobs whose concurrency_key or
+    /// rate_key starts with PREFIX (the longest prefix wins).
+    #[serde(flatten)]
+    pub keys: BTreeMap<String, KeyLimitConfig>,
+}
+
+/// `[limits."PREFIX"]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "one of max_payload_bytes, max_jobs_per_request, max_worker_capacity, max_pending, or a [limits.\"PREFIX\"] table of per-key limits (concurrency = N, rate = \"N/s\")"
+)]
+pub struct KeyLimitConfig {
+    /// Jobs of one concurrency key leased at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Leases of one rate key per period: "10/s", "100/m", "5/30s".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
 }
 
 impl Default for Limits {
@@ -330,6 +363,7 @@ impl Default for Limits {
             max_jobs_per_request: DEFAULT_MAX_JOBS_PER_REQUEST,
             max_worker_capacity: 1024,
             max_pending: 0,
+            keys: BTreeMap::new(),
         }
     }
 }
@@ -493,6 +527,10 @@ impl ScheduleConfig {
             idempotency_key: String::new(),
             delay_ms: 0,
             labels: j.labels.clone(),
+            concurrency_key: j.concurrency_key.clone(),
+            concurrency_limit: 0,
+            rate_key: j.rate_key.clone(),
+            rate_limit: String::new(),
         };
         let job = request
             .validate(crate::job::JobLimits {
@@ -752,10 +790,44 @@ impl Config {
                 .iter()
                 .filter_map(|(name, sc)| Some((name.clone(), sc.policy().ok()?)))
                 .collect(),
+            keys: self
+                .limits
+                .keys
+                .iter()
+                .map(|(prefix, l)| {
+                    let limit = crate::policies::KeyLimit {
+                        concurrency: l.concurrency,
+                        // Validated.
+                        rate: l
+                            .rate
+                            .as_deref()
+                            .and_then(|r| crate::policies::Rate::parse(r).ok()),
+                    };
+                    (prefix.clone(), limit)
+                })
+                .collect(),
         }
     }
 
     fn validate_policies(&self) -> Result<(), ConfigError> {
+        for (prefix, l) in &self.limits.keys {
+            if l.concurrency == Some(0) {
+                return Err(invalid(
+                    "limits",
+                    format!("[limits.{prefix:?}] concurrency must be 1 or more (leave it out for no limit)"),
+                ));
+            }
+            if let Some(rate) = &l.rate {
+                crate::policies::Rate::parse(rate)
+                    .map_err(|e| invalid("limits", format!("[limits.{prefix:?}] rate: {e}")))?;
+            }
+            if l.concurrency.is_none() && l.rate.is_none() {
+                return Err(invalid(
+                    "limits",
+                    format!("[limits.{prefix:?}] sets neither concurrency nor rate"),
+                ));
+            }
+        }
         for (name, q) in &self.queues {
             if name != crate::policies::DEFAULTS {
                 crate::job::validate_queue(name)
@@ -773,6 +845,17 @@ impl Config {
                 return Err(invalid(
                     "queues",
                     format!("[queues.{name:?}] heartbeat_timeout must be at least 100ms"),
+                ));
+            }
+            if q.initial_batch_size == Some(0)
+                || q.max_batch_size == Some(0)
+                || q.initial_batch_size
+                    .zip(q.max_batch_size)
+                    .is_some_and(|(i, m)| i > m)
+            {
+                return Err(invalid(
+                    "queues",
+                    format!("[queues.{name:?}] initial_batch_size and max_batch_size must be 1 or more, initial at most max"),
                 ));
             }
             for (p, f) in &q.shed {

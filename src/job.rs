@@ -23,6 +23,49 @@ pub const TIMELINE_MAX: usize = 32;
 /// The name used for job type and tenant when the producer gives none.
 pub const DEFAULT_NAME: &str = "default";
 
+/// Labels drover keeps itself, all under `drover.`; producers set the limit
+/// ones through the job's `concurrency_key`, `rate_key` and limit fields.
+pub const RESERVED_LABEL_PREFIX: &str = "drover.";
+/// The job's concurrency key: at most N jobs of one key are leased at once.
+pub const CONCURRENCY_KEY_LABEL: &str = "drover.concurrency_key";
+/// The job's own limit for its concurrency key (else `[limits."PREFIX"]`).
+pub const CONCURRENCY_LIMIT_LABEL: &str = "drover.concurrency_limit";
+/// The job's rate key: at most N leases of one key per period.
+pub const RATE_KEY_LABEL: &str = "drover.rate_key";
+/// The job's own rate for its rate key, as `N/PERIOD`.
+pub const RATE_LIMIT_LABEL: &str = "drover.rate";
+/// The name of the token whose producer enqueued the job.
+pub const OWNER_LABEL: &str = "drover.token";
+
+/// The per-key limits a job is under, as its labels say.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct JobKeys<'a> {
+    /// The key and the job's own limit, if it set one.
+    pub concurrency: Option<(&'a str, Option<u32>)>,
+    pub rate: Option<(&'a str, Option<crate::policies::Rate>)>,
+}
+
+impl<'a> JobKeys<'a> {
+    /// Reads the limit labels (validated on enqueue; a value that does not
+    /// parse counts as not set).
+    pub fn of(labels: &'a BTreeMap<String, String>) -> JobKeys<'a> {
+        if labels.is_empty() {
+            return JobKeys::default();
+        }
+        let get = |k: &str| labels.get(k).map(String::as_str);
+        JobKeys {
+            concurrency: get(CONCURRENCY_KEY_LABEL)
+                .map(|k| (k, get(CONCURRENCY_LIMIT_LABEL).and_then(|l| l.parse().ok()))),
+            rate: get(RATE_KEY_LABEL).map(|k| {
+                (
+                    k,
+                    get(RATE_LIMIT_LABEL).and_then(|r| crate::policies::Rate::parse(r).ok()),
+                )
+            }),
+        }
+    }
+}
+
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -210,6 +253,15 @@ pub struct JobRequest {
     pub idempotency_key: String,
     pub delay_ms: u64,
     pub labels: BTreeMap<String, String>,
+    /// At most N jobs of this key are leased at once (N: the job's
+    /// `concurrency_limit`, else the `[limits."PREFIX"]` of the key).
+    pub concurrency_key: String,
+    /// 0: the config's limit for the key.
+    pub concurrency_limit: u32,
+    /// At most N leases of this key per period.
+    pub rate_key: String,
+    /// `N/PERIOD` (`10/s`); empty: the config's rate for the key.
+    pub rate_limit: String,
 }
 
 /// Limits a node enforces on new jobs.
@@ -262,6 +314,56 @@ impl JobRequest {
                     format!("label {k:?}: keys must be 1-128 bytes, values at most 1024"),
                 ));
             }
+            if k.starts_with(RESERVED_LABEL_PREFIX) && k != OWNER_LABEL {
+                return Err(field(
+                    "labels",
+                    format!("label {k:?}: labels beginning with `drover.` are drover's own; set limits with the concurrency_key, concurrency_limit, rate_key and rate_limit fields"),
+                ));
+            }
+        }
+        let mut labels = self.labels;
+        let limit_fields = [
+            (
+                "concurrency_key",
+                CONCURRENCY_KEY_LABEL,
+                self.concurrency_key,
+            ),
+            ("rate_key", RATE_KEY_LABEL, self.rate_key),
+        ];
+        for (name, label, key) in limit_fields {
+            if key.is_empty() {
+                continue;
+            }
+            if key.len() > 256 || key.chars().any(char::is_control) {
+                return Err(field(
+                    name,
+                    "must be at most 256 bytes with no control characters",
+                ));
+            }
+            labels.insert(label.into(), key);
+        }
+        if self.concurrency_limit > 0 {
+            if !labels.contains_key(CONCURRENCY_KEY_LABEL) {
+                return Err(field(
+                    "concurrency_limit",
+                    "needs a concurrency_key: the limit counts jobs of one key",
+                ));
+            }
+            labels.insert(
+                CONCURRENCY_LIMIT_LABEL.into(),
+                self.concurrency_limit.to_string(),
+            );
+        }
+        if !self.rate_limit.is_empty() {
+            if !labels.contains_key(RATE_KEY_LABEL) {
+                return Err(field(
+                    "rate_limit",
+                    "needs a rate_key: the rate counts leases of one key",
+                ));
+            }
+            let rate = crate::policies::Rate::parse(&self.rate_limit)
+                .map_err(|e| field("rate_limit", e))?;
+            labels.insert(RATE_LIMIT_LABEL.into(), rate.to_string());
         }
         crate::wire::duration_ms(
             std::time::Duration::from_millis(self.delay_ms),
@@ -277,7 +379,7 @@ impl JobRequest {
             payload: self.payload,
             idempotency_key: self.idempotency_key,
             delay_ms: self.delay_ms,
-            labels: self.labels,
+            labels,
         })
     }
 }

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 /// Name of the queue and tenant entries that hold defaults.
 pub const DEFAULTS: &str = "*";
 
+/// Serialized as JSON inside the log and the `P` record, so a later
+/// drover can add policies (with defaults) and still read the earlier ones.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Policies {
     pub jobs: JobPolicies,
     /// By queue name; `*` holds the defaults of queues not named.
@@ -23,6 +26,64 @@ pub struct Policies {
     pub max_pending: u64,
     /// Recurring jobs by name.
     pub schedules: BTreeMap<String, SchedulePolicy>,
+    /// `[limits."PREFIX"]`: limits of jobs whose concurrency or rate key
+    /// starts with the prefix (the longest prefix wins).
+    pub keys: BTreeMap<String, KeyLimit>,
+}
+
+/// The limits of one key prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KeyLimit {
+    /// Jobs of one concurrency key leased at once.
+    pub concurrency: Option<u32>,
+    /// Leases of one rate key per period.
+    pub rate: Option<Rate>,
+}
+
+/// At most `count` per `period_ms`: `"10/s"`, `"100/m"`, `"5/30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub count: u32,
+    pub period_ms: u64,
+}
+
+impl Rate {
+    /// Parses `N/UNIT` or `N/DURATION` (`10/s`, `100/m`, `3/h`, `5/30s`).
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let bad = || {
+            format!("{s:?} is not a rate; write N/PERIOD such as \"10/s\", \"100/m\" or \"5/30s\"")
+        };
+        let (count, period) = s.split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let period = period.trim();
+        let period_ms = match period {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            other => {
+                let d = humantime::parse_duration(other).map_err(|_| bad())?;
+                u64::try_from(d.as_millis()).map_err(|_| bad())?
+            }
+        };
+        if count == 0 || period_ms == 0 {
+            return Err(format!(
+                "{s:?}: the count and the period must be more than 0"
+            ));
+        }
+        if period_ms > 366 * 86_400_000 {
+            return Err(format!("{s:?}: the period is over a year"));
+        }
+        Ok(Rate { count, period_ms })
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let period = crate::wire::config_duration(std::time::Duration::from_millis(self.period_ms));
+        write!(f, "{}/{period}", self.count)
+    }
 }
 
 /// `[schedules.NAME]`: a cron expression and the job each slot enqueues.
@@ -49,6 +110,7 @@ pub struct JobTemplate {
 
 /// How jobs of every queue are leased and retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct JobPolicies {
     pub heartbeat_timeout_ms: u64,
     pub max_retries: u32,
@@ -69,6 +131,7 @@ impl Default for JobPolicies {
 
 /// A queue's limits. Unset fields take the `*` entry's, then no limit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct QueuePolicy {
     /// Most jobs waiting (ready and scheduled) in the queue; enqueues past
     /// it are refused.
@@ -88,6 +151,7 @@ pub struct QueuePolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TenantPolicy {
     /// Share of dispatches against other tenants of the same priority.
     pub weight: u32,
@@ -110,7 +174,46 @@ pub struct Shed {
     pub what: &'static str,
 }
 
+/// How policies are written into a log entry or the `P` record.
+pub mod as_json {
+    use super::Policies;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &Policies, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::Policies::to_record_string(p))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Policies, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Policies {
+    fn to_record_string(&self) -> String {
+        serde_json::to_string(self).expect("policies serialize to JSON")
+    }
+
+    /// The `P` record.
+    pub fn to_record(&self) -> Vec<u8> {
+        self.to_record_string().into_bytes()
+    }
+
+    /// Reads a `P` record.
+    pub fn from_record(bytes: &[u8]) -> Result<Policies, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+
+    /// The limits of a concurrency or rate key: the entry of the longest
+    /// prefix of `key` in `[limits."PREFIX"]`.
+    pub fn key_limit(&self, key: &str) -> Option<&KeyLimit> {
+        self.keys
+            .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(key)))
+            .rev()
+            .find(|(prefix, _)| key.starts_with(prefix.as_str()))
+            .map(|(_, l)| l)
+    }
+
     /// The queue's policy with the defaults' fields filled in.
     pub fn queue(&self, queue: &str) -> QueuePolicy {
         let named = self.queues.get(queue);
@@ -195,6 +298,11 @@ impl Policies {
             changed(&self.tenants)
                 .against(&other.tenants)
                 .map(|t| format!("tenants.{t:?}")),
+        );
+        out.extend(
+            changed(&self.keys)
+                .against(&other.keys)
+                .map(|k| format!("limits.{k:?}")),
         );
         out.extend(
             changed(&self.schedules)

@@ -195,7 +195,7 @@ impl Caller {
     }
 
     /// The label a producer's jobs carry, so it may cancel them later.
-    pub const OWNER_LABEL: &'static str = "drover.token";
+    pub const OWNER_LABEL: &'static str = crate::job::OWNER_LABEL;
 
     /// Whether this caller is a producer, which acts only on the jobs it
     /// enqueued.

@@ -17,6 +17,10 @@ impl From<pb::NewJob> for JobRequest {
             idempotency_key: j.idempotency_key,
             delay_ms: j.delay_ms,
             labels: j.labels.into_iter().collect(),
+            concurrency_key: j.concurrency_key,
+            concurrency_limit: j.concurrency_limit,
+            rate_key: j.rate_key,
+            rate_limit: j.rate_limit,
         }
     }
 }
@@ -27,8 +31,10 @@ impl From<JobView> for pb::Job {
             job,
             payload,
             result,
+            waiting,
         } = v;
         pb::Job {
+            waiting: waiting.unwrap_or_default(),
             id: job.id,
             state: job.state.as_str().to_string(),
             attempts: job.attempts,

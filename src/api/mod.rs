@@ -42,6 +42,8 @@ pub struct JobView {
     pub job: Job,
     pub payload: bytes::Bytes,
     pub result: bytes::Bytes,
+    /// Why a ready job is not leased yet (see [`crate::machine::JobReader::waiting`]).
+    pub waiting: Option<String>,
 }
 
 impl App {
@@ -121,6 +123,7 @@ impl App {
         Ok(JobView {
             payload,
             result: reader.result(id)?,
+            waiting: reader.waiting(&job)?,
             job,
         })
     }

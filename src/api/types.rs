@@ -80,6 +80,19 @@ pub struct EnqueueBody {
     pub delay: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// At most N jobs of this key are leased at once (N: concurrency_limit,
+    /// else the config's `[limits."PREFIX"]` for the key).
+    #[serde(default)]
+    pub concurrency_key: String,
+    /// 0 or absent: the config's limit for the key.
+    #[serde(default)]
+    pub concurrency_limit: u32,
+    /// At most N leases of this key per period.
+    #[serde(default)]
+    pub rate_key: String,
+    /// `N/PERIOD`: "10/s", "100/m", "5/30s"; absent: the config's.
+    #[serde(default)]
+    pub rate_limit: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -171,6 +184,11 @@ pub struct JobBody {
     pub finished_at_ms: u64,
     /// The job's timeline, oldest first.
     pub events: Vec<EventBody>,
+    /// Why a ready job is not leased yet: "queue paused", "tenant paused",
+    /// "limit KEY" (its concurrency key is at its limit) or "limit KEY
+    /// (rate)"; absent when nothing holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,6 +262,7 @@ impl From<JobView> for JobBody {
                 .into_iter()
                 .map(|JobEvent { at_ms, what }| EventBody { at_ms, what })
                 .collect(),
+            waiting: v.waiting,
             payload,
             payload_base64,
             result,

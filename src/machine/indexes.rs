@@ -51,10 +51,7 @@ impl Machine {
     pub fn next_due_ms(&self) -> Option<u64> {
         let s = self.scheduled.first().map(|(at, _)| *at);
         let l = self.leases.first().map(|(at, _)| *at);
-        match (s, l) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [s, l, self.next_release_ms()].into_iter().flatten().min()
     }
 
     /// Ready jobs by tenant, over all queues.
@@ -73,14 +70,12 @@ impl Machine {
         let qi = self.queues.entry(job.queue.clone()).or_default();
         *qi.counts.slot(job.state, job.priority) += 1;
         match job.state {
-            JobState::Ready => {
-                qi.ready
-                    .insert(job.priority, &job.tenant, job.id, job.run_at_ms);
-            }
+            JobState::Ready => self.place_ready(job),
             JobState::Scheduled => {
                 self.scheduled.insert((job.run_at_ms, job.id));
             }
             JobState::Leased => {
+                self.count_lease(job);
                 if let Some(l) = &job.lease {
                     self.leases.insert((l.deadline_ms, job.id));
                     match self.held_by.get_mut(&l.worker) {
@@ -103,15 +98,14 @@ impl Machine {
         if let Some(qi) = self.queues.get_mut(&job.queue) {
             let slot = qi.counts.slot(job.state, job.priority);
             *slot = slot.saturating_sub(1);
-            if job.state == JobState::Ready {
-                qi.ready.remove(job.priority, &job.tenant, job.id);
-            }
         }
         match job.state {
+            JobState::Ready => self.unplace_ready(job),
             JobState::Scheduled => {
                 self.scheduled.remove(&(job.run_at_ms, job.id));
             }
             JobState::Leased => {
+                self.uncount_lease(job);
                 if let Some(l) = &job.lease {
                     self.leases.remove(&(l.deadline_ms, job.id));
                     if let Some(held) = self.held_by.get_mut(&l.worker) {

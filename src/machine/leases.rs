@@ -44,7 +44,9 @@ impl Machine {
         let mut touched = BTreeSet::new();
         let policies: Vec<(&String, crate::policies::QueuePolicy)> =
             open.iter().map(|q| (*q, self.policies.queue(q))).collect();
-        while out.len() < max as usize {
+        self.release_rates(now);
+        let mut parks = 0;
+        while out.len() < max as usize && parks < Machine::max_parks() {
             let paused = &self.controls.paused_tenants;
             // The best of each queue's picks: highest priority after aging,
             // then oldest.
@@ -65,12 +67,17 @@ impl Machine {
             let Some(((_, id), queue, tenant, sla_ms)) = best else {
                 break;
             };
+            let (mut job, payload) = self.must_load(id)?;
+            if let Some(hold) = self.limit_hold(&job, now) {
+                self.park(&job, hold);
+                parks += 1;
+                continue;
+            }
             let weight = self.policies.weight(&tenant);
             if let Some(qi) = self.queues.get_mut(queue) {
                 qi.clocks.dispatched(&tenant, weight);
             }
             touched.insert(queue.clone());
-            let (mut job, payload) = self.must_load(id)?;
             self.unplace(&job);
             job.attempts += 1;
             job.state = JobState::Leased;
@@ -91,6 +98,7 @@ impl Machine {
                 missed[usize::from(job.priority.clamp(1, PRIORITY_LOWEST) - 1)] += 1;
             }
             self.place(&job);
+            self.took_lease(&job, now);
             self.put_job(&job, &payload);
             self.totals.dispatched += 1;
             let payload = self.payload_bytes(job.id, payload)?;
@@ -277,6 +285,7 @@ impl Machine {
             self.put_job(&job, &payload);
             promoted += 1;
         }
+        self.release_rates(now);
         Ok(Outcome::Ticked { expired, promoted })
     }
 }

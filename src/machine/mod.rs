@@ -124,6 +124,8 @@ pub struct Machine {
     schedules: schedules::Schedules,
     /// Paused and draining queues (`C`).
     controls: controls::Controls,
+    /// Per-key limits: leases by key, rate states, parked jobs.
+    limits: limits::KeyLimits,
     meta: Meta,
     queues: BTreeMap<String, QueueIndex>,
     /// (run_at, id) of scheduled jobs.
@@ -152,13 +154,23 @@ pub struct Machine {
     audit_seq: u32,
 }
 
+/// Reads the `P` record. One an earlier drover wrote (before policies were
+/// JSON) reads as none set: the leader then proposes its config's again,
+/// and every node reads the same bytes alike, so they stay equal.
+fn read_policies(bytes: &[u8]) -> Option<Policies> {
+    Policies::from_record(bytes).ok()
+}
+
 impl Machine {
     /// Opens the machine on its tree and rebuilds the in-memory indexes from
     /// the job records.
     pub fn open(tree: sled::Tree) -> Result<Machine, MachineError> {
         check_format(&tree)?;
         let (policies, policies_set) = match tree.get(POLICIES_KEY)? {
-            Some(bytes) => (decode(POLICIES_KEY, &bytes)?, true),
+            Some(bytes) => match read_policies(&bytes) {
+                Some(p) => (p, true),
+                None => (Policies::default(), false),
+            },
             None => (Policies::default(), false),
         };
         let schedules = match tree.get(schedules::SCHEDULES_KEY)? {
@@ -185,6 +197,7 @@ impl Machine {
             policies_index: 0,
             schedules,
             controls,
+            limits: limits::KeyLimits::default(),
             meta,
             queues: BTreeMap::new(),
             scheduled: BTreeSet::new(),
@@ -198,6 +211,7 @@ impl Machine {
             finishing: Vec::new(),
             audit_seq: 0,
         };
+        machine.load_limits()?;
         for item in machine.tree.scan_prefix([JOB]) {
             let (k, v) = item?;
             machine.place(&decode_job(&k, &v)?);
@@ -296,7 +310,13 @@ impl Machine {
                         .all(|t| self.controls.paused_tenants.contains(*t));
                 all_paused.then(|| name.clone())
             });
-        let at_limit = at_limit.chain(tenants_paused);
+        // Every ready job parked behind a key limit.
+        let all_parked = self
+            .queues
+            .iter()
+            .filter(|(_, qi)| qi.ready.is_empty() && qi.counts.ready_total() > 0)
+            .map(|(name, _)| name.clone());
+        let at_limit = at_limit.chain(tenants_paused).chain(all_parked);
         MachineStats {
             blocked: self
                 .controls
@@ -342,6 +362,7 @@ impl Machine {
             .map(|c| {
                 let outcome = self.apply_command(now, c);
                 self.index_finished(now);
+                self.release_freed();
                 outcome
             })
             .collect()
@@ -386,7 +407,8 @@ impl Machine {
                 self.policies = policies.clone();
                 self.policies_set = true;
                 self.policies_index = self.meta.applied_index;
-                self.put(POLICIES_KEY.to_vec(), encode(&self.policies));
+                self.put(POLICIES_KEY.to_vec(), self.policies.to_record());
+                self.release_all(now);
                 Outcome::Noop
             }
             Command::Control { scope, action } => self.control(scope, *action),
@@ -474,6 +496,7 @@ mod indexes;
 mod jobs;
 mod keys;
 mod leases;
+pub mod limits;
 mod reader;
 mod retention;
 mod retry;

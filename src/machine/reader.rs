@@ -33,10 +33,35 @@ impl JobReader {
 
     /// The policies the log last set (defaults before any).
     pub fn policies(&self) -> Result<Policies, MachineError> {
-        match self.tree().get(POLICIES_KEY)? {
-            Some(v) => decode(POLICIES_KEY, &v),
-            None => Ok(Policies::default()),
+        Ok(match self.tree().get(POLICIES_KEY)? {
+            Some(v) => read_policies(&v).unwrap_or_default(),
+            None => Policies::default(),
+        })
+    }
+
+    /// Why a ready job is not leased yet: its queue or tenant is paused, or
+    /// the scheduler parked it behind a key limit. None when nothing holds
+    /// it (or it is not ready).
+    pub fn waiting(&self, job: &Job) -> Result<Option<String>, MachineError> {
+        if job.state != JobState::Ready {
+            return Ok(None);
         }
+        let tree = self.tree();
+        let controls: controls::Controls = match tree.get(controls::CONTROLS_KEY)? {
+            Some(v) => decode(controls::CONTROLS_KEY, &v)?,
+            None => controls::Controls::default(),
+        };
+        if controls.paused.contains(&job.queue) {
+            return Ok(Some("queue paused".into()));
+        }
+        if controls.paused_tenants.contains(&job.tenant) {
+            return Ok(Some("tenant paused".into()));
+        }
+        let k = key(limits::PARKED, job.id);
+        Ok(match tree.get(k)? {
+            Some(v) => Some(decode::<limits::Hold>(&k, &v)?.describe()),
+            None => None,
+        })
     }
 
     pub fn job(&self, id: JobId) -> Result<Option<Job>, MachineError> {

@@ -85,6 +85,10 @@ impl ReadySet {
         }
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.levels.is_empty()
+    }
+
     /// Tenants with ready jobs.
     pub(super) fn tenants(&self) -> BTreeSet<&str> {
         self.levels

@@ -1143,3 +1143,200 @@ fn aging_lets_a_waiting_low_priority_job_go_first_and_sla_misses_are_counted() {
         .iter()
         .any(|e| e.what.contains("past the queue's sla")));
 }
+
+fn keyed(queue: &str, priority: u8, label: &str, key: &str) -> NewJob {
+    let mut j = new_job(queue, priority);
+    j.labels.insert(label.into(), key.into());
+    j
+}
+
+fn key_policies(prefix: &str, limit: crate::policies::KeyLimit) -> Command {
+    let mut policies = crate::policies::Policies {
+        jobs: CFG,
+        ..Default::default()
+    };
+    policies.keys.insert(prefix.into(), limit);
+    Command::SetPolicies { policies }
+}
+
+fn enqueue_all(h: &mut Harness, at: u64, jobs: Vec<NewJob>) -> Vec<JobId> {
+    match h.run(at, Command::Enqueue { jobs }) {
+        Outcome::Enqueued(v) => v.into_iter().map(|e| e.id).collect(),
+        o => panic!("unexpected {o:?}"),
+    }
+}
+
+#[test]
+fn a_concurrency_key_leases_at_most_its_limit_and_parked_jobs_come_back_in_order() {
+    use crate::job::CONCURRENCY_KEY_LABEL as CK;
+    let mut h = Harness::new();
+    h.run(
+        1,
+        key_policies(
+            "api:",
+            crate::policies::KeyLimit {
+                concurrency: Some(2),
+                rate: None,
+            },
+        ),
+    );
+    let a = enqueue_all(
+        &mut h,
+        2,
+        (0..5).map(|_| keyed("q", 3, CK, "api:a")).collect(),
+    );
+    let other = h.enqueue(3, "q", 5);
+    // A key no prefix names is not limited.
+    let free = enqueue_all(&mut h, 3, vec![keyed("q", 4, CK, "web:x"); 3]);
+    let leased: Vec<JobId> = h.lease(4, "w", &["q"], 10).iter().map(|j| j.id).collect();
+    let mut expected = vec![a[0], a[1]];
+    expected.extend(&free);
+    expected.push(other);
+    assert_eq!(leased, expected, "two of api:a, then the rest by priority");
+    let view = h.m.reader();
+    assert_eq!(
+        view.waiting(&h.job(a[2])).unwrap().as_deref(),
+        Some("limit api:a")
+    );
+    assert_eq!(view.waiting(&h.job(other)).unwrap(), None);
+    assert!(h.lease(5, "w", &["q"], 10).is_empty());
+    assert!(
+        h.m.stats().blocked.contains("q"),
+        "every ready job is parked: workers need not ask"
+    );
+    // A heartbeat of a held job frees nothing.
+    h.run(
+        6,
+        Command::Heartbeat {
+            worker: "w".into(),
+            leases: vec![LeaseBeat {
+                job_id: a[0],
+                attempt: 1,
+                progress: None,
+            }],
+        },
+    );
+    assert!(h.lease(6, "w", &["q"], 10).is_empty());
+    h.complete(7, a[0], 1).unwrap();
+    assert!(!h.m.stats().blocked.contains("q"));
+    assert_eq!(view.waiting(&h.job(a[2])).unwrap(), None, "back in line");
+    // A reopened machine parks the same jobs and picks alike.
+    h.m.commit().unwrap();
+    let digest = h.m.digest().unwrap();
+    let mut reopened = Machine::open(h.m.tree().clone()).unwrap();
+    assert_eq!(reopened.digest().unwrap(), digest);
+    let lease = |m: &mut Machine, index| {
+        let entry = LogEntry {
+            at_ms: 8,
+            commands: vec![Command::Lease {
+                worker: "w".into(),
+                queues: vec!["q".into()],
+                max: 10,
+            }],
+        };
+        match m.apply(index, 1, &entry).unwrap().remove(0) {
+            Outcome::Leased(v) => v.iter().map(|l| l.job.id).collect::<Vec<_>>(),
+            o => panic!("{o:?}"),
+        }
+    };
+    let index = h.index + 1;
+    assert_eq!(lease(&mut reopened, index), vec![a[2]]);
+    assert_eq!(lease(&mut h.m, index), vec![a[2]]);
+    assert_eq!(reopened.digest().unwrap(), h.m.digest().unwrap());
+    // A job's own limit is used over the config's.
+    let mut own = keyed("q", 3, CK, "api:b");
+    own.labels
+        .insert(crate::job::CONCURRENCY_LIMIT_LABEL.into(), "1".into());
+    enqueue_all(&mut h, 9, vec![own.clone(), own]);
+    h.index = index;
+    assert_eq!(h.lease(10, "w", &["q"], 10).len(), 1);
+}
+
+#[test]
+fn a_rate_key_leases_its_count_then_one_per_interval() {
+    use crate::job::RATE_KEY_LABEL as RK;
+    let mut h = Harness::new();
+    h.run(
+        1,
+        key_policies(
+            "host:",
+            crate::policies::KeyLimit {
+                concurrency: None,
+                rate: Some(crate::policies::Rate {
+                    count: 2,
+                    period_ms: 1_000,
+                }),
+            },
+        ),
+    );
+    let ids = enqueue_all(
+        &mut h,
+        2,
+        (0..6).map(|_| keyed("q", 3, RK, "host:x")).collect(),
+    );
+    assert_eq!(h.lease(1_000, "w", &["q"], 10).len(), 2, "the burst");
+    assert_eq!(
+        h.m.reader().waiting(&h.job(ids[2])).unwrap().as_deref(),
+        Some("limit host:x (rate)")
+    );
+    assert_eq!(
+        h.m.next_due_ms(),
+        Some(1_500),
+        "a tick is due at the release"
+    );
+    assert!(h.lease(1_200, "w", &["q"], 10).is_empty());
+    h.run(1_500, Command::Tick);
+    let next = h.lease(1_500, "w", &["q"], 10);
+    assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[2]]);
+    assert!(h.lease(1_700, "w", &["q"], 10).is_empty());
+    // A lease finds released jobs without waiting for a tick.
+    assert_eq!(h.lease(2_000, "w", &["q"], 10).len(), 1);
+    // Dropping the limit releases the rest at once.
+    h.run(
+        2_001,
+        Command::SetPolicies {
+            policies: crate::policies::Policies {
+                jobs: CFG,
+                ..Default::default()
+            },
+        },
+    );
+    assert_eq!(h.lease(2_002, "w", &["q"], 10).len(), 2);
+    let mut fresh = Harness::new();
+    for (i, e) in h.log.iter().enumerate() {
+        fresh.m.apply(i as u64 + 1, 1, e).unwrap();
+    }
+    fresh.m.commit().unwrap();
+    assert_eq!(fresh.m.digest().unwrap(), h.m.digest().unwrap());
+}
+
+#[test]
+fn a_cancelled_parked_job_leaves_no_hold() {
+    use crate::job::CONCURRENCY_KEY_LABEL as CK;
+    let mut h = Harness::new();
+    h.run(
+        1,
+        key_policies(
+            "k",
+            crate::policies::KeyLimit {
+                concurrency: Some(1),
+                rate: None,
+            },
+        ),
+    );
+    let ids = enqueue_all(&mut h, 2, vec![keyed("q", 3, CK, "k1"); 3]);
+    assert_eq!(h.lease(3, "w", &["q"], 5).len(), 1);
+    assert!(matches!(
+        h.run(4, Command::Cancel { id: ids[1] }),
+        Outcome::Cancelled(_)
+    ));
+    assert!(h
+        .m
+        .tree()
+        .get(key(limits::PARKED, ids[1]))
+        .unwrap()
+        .is_none());
+    h.complete(5, ids[0], 1).unwrap();
+    let next = h.lease(6, "w", &["q"], 5);
+    assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[2]]);
+}

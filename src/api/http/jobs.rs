@@ -47,6 +47,10 @@ fn into_request(b: EnqueueBody, queue: String) -> Result<JobRequest, Error> {
         idempotency_key: b.idempotency_key,
         delay_ms,
         labels: b.labels,
+        concurrency_key: b.concurrency_key,
+        concurrency_limit: b.concurrency_limit,
+        rate_key: b.rate_key,
+        rate_limit: b.rate_limit,
     })
 }
 

@@ -38,6 +38,27 @@ pub struct EnqueueArgs {
     /// Enqueue this many copies.
     #[arg(long, default_value_t = 1)]
     count: u32,
+    /// A label, `KEY=VALUE`; repeat for more.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// At most N jobs of this key are leased at once (N: --concurrency-limit,
+    /// else the config's `[limits."PREFIX"]` for the key).
+    #[arg(long, default_value = "")]
+    concurrency_key: String,
+    #[arg(long, default_value_t = 0)]
+    concurrency_limit: u32,
+    /// At most N leases of this key per period (--rate-limit, else the config's).
+    #[arg(long, default_value = "")]
+    rate_key: String,
+    /// `N/PERIOD`: "10/s", "100/m", "5/30s".
+    #[arg(long, default_value = "")]
+    rate_limit: String,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 #[derive(Subcommand)]
@@ -76,7 +97,11 @@ pub async fn enqueue(a: EnqueueArgs) -> Result<()> {
         payload,
         idempotency_key: a.idempotency_key,
         delay_ms: a.delay.map_or(0, |d| d.as_millis() as u64),
-        labels: Default::default(),
+        labels: a.labels.into_iter().collect(),
+        concurrency_key: a.concurrency_key,
+        concurrency_limit: a.concurrency_limit,
+        rate_key: a.rate_key,
+        rate_limit: a.rate_limit,
     };
     let mut producer = a.target.producer().await?;
     let mut left = a.count;
@@ -128,7 +153,14 @@ fn print_job(j: &JobBody) {
         "job {}  queue {}  type {}  tenant {}  priority {}",
         j.id, j.queue, j.job_type, j.tenant, j.priority
     );
-    println!("state {}  attempts {}", j.state.as_str(), j.attempts);
+    match &j.waiting {
+        Some(w) => println!(
+            "state {} (waiting: {w})  attempts {}",
+            j.state.as_str(),
+            j.attempts
+        ),
+        None => println!("state {}  attempts {}", j.state.as_str(), j.attempts),
+    }
     match (&j.result, &j.result_base64) {
         (Some(r), _) if !r.is_empty() => println!("result: {r}"),
         (_, Some(b)) => println!("result (base64): {b}"),

@@ -1,0 +1,443 @@
+//! Per-key limits. A concurrency key lets at most N of its jobs be leased
+//! at once; a rate key at most N leases per period (GCRA, timed by the log's
+//! time, one value per key under `R`+key).
+//!
+//! A ready job the pick meets while its key is at its limit is parked: it
+//! stays ready but leaves the ready set, so later picks do not meet it
+//! again, and `W`+id records why. Parking is replicated state like the
+//! rest: which jobs are parked, and when they come back, follow only from
+//! the log and what is stored, so every node (and a reopened one) picks
+//! alike. A concurrency key's jobs come back one per freed slot when its
+//! leases end; a rate key's one per emission interval (the next release
+//! time is stored with the key's arrival time).
+
+use super::*;
+use crate::job::JobKeys;
+use crate::policies::Rate;
+
+/// `W`+id: a parked job's hold.
+pub(super) const PARKED: u8 = b'W';
+/// `R`+key: a rate key's state.
+pub(super) const RATE: u8 = b'R';
+
+/// Most jobs one lease command parks; the rest are met by later leases.
+const MAX_PARKS_PER_LEASE: usize = 1000;
+
+/// What holds a parked job.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Hold {
+    Concurrency(String),
+    Rate(String),
+}
+
+impl Hold {
+    /// How a job's view says it waits.
+    pub fn describe(&self) -> String {
+        match self {
+            Hold::Concurrency(k) => format!("limit {k}"),
+            Hold::Rate(k) => format!("limit {k} (rate)"),
+        }
+    }
+}
+
+/// A rate key's state, in µs of log time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct RateState {
+    /// GCRA's theoretical arrival time: a lease is allowed while
+    /// `now + tolerance >= tat`.
+    tat: u64,
+    /// No parked job of the key comes back before this.
+    release: u64,
+}
+
+/// A parked job, with what putting it back into the ready set needs.
+#[derive(Debug, Clone)]
+struct Parked {
+    hold: Hold,
+    queue: String,
+    tenant: String,
+    priority: u8,
+    since: u64,
+    /// The job's own limits, if it set them.
+    own_limit: Option<u32>,
+    own_rate: Option<Rate>,
+}
+
+/// The state of per-key limits; the machine stores and orchestrates it.
+#[derive(Debug, Default)]
+pub(super) struct KeyLimits {
+    /// Leased jobs by concurrency key (rebuilt from the job records).
+    leased: HashMap<String, u32>,
+    rates: HashMap<String, RateState>,
+    /// Parked jobs by hold, in (priority, id) order.
+    parked: BTreeMap<Hold, BTreeSet<(u8, JobId)>>,
+    parked_ids: HashMap<JobId, Parked>,
+    /// Holds read from `W` on open, before their jobs are placed.
+    loaded: HashMap<JobId, Hold>,
+    /// Concurrency keys whose leases ended in the command being applied.
+    freed: BTreeSet<String>,
+}
+
+fn to_us(ms: u64) -> u64 {
+    ms.saturating_mul(1000)
+}
+
+/// A rate's emission interval and tolerance, in µs: N per period allows N
+/// at once, then one per period/N.
+fn gcra(rate: Rate) -> (u64, u64) {
+    let period = to_us(rate.period_ms);
+    let interval = (period / u64::from(rate.count.max(1))).max(1);
+    (interval, period.saturating_sub(interval))
+}
+
+impl KeyLimits {
+    /// Whether a lease of `key` at `now` (ms) keeps within `rate`.
+    fn rate_allows(&self, key: &str, rate: Rate, now: u64) -> bool {
+        let (_, tolerance) = gcra(rate);
+        self.rates
+            .get(key)
+            .is_none_or(|s| to_us(now).saturating_add(tolerance) >= s.tat)
+    }
+
+    /// When (ms) the key's next parked job comes back.
+    fn release_at(&self, key: &str, rate: Option<Rate>) -> u64 {
+        let state = self.rates.get(key).copied().unwrap_or_default();
+        let allowed = match rate {
+            Some(rate) => state.tat.saturating_sub(gcra(rate).1),
+            None => 0,
+        };
+        allowed.max(state.release).div_ceil(1000)
+    }
+}
+
+impl Machine {
+    /// Reads the parked holds and rate states on open, before the jobs are
+    /// placed.
+    pub(super) fn load_limits(&mut self) -> Result<(), MachineError> {
+        for item in self.tree.scan_prefix([PARKED]) {
+            let (k, v) = item?;
+            let id = u64::from_be_bytes(k[1..].try_into().map_err(|_| MachineError::Corrupt {
+                key: describe_key(&k),
+                reason: "a parked job's key is not W and an id".into(),
+            })?);
+            self.limits.loaded.insert(id, decode(&k, &v)?);
+        }
+        for item in self.tree.scan_prefix([RATE]) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k[1..]).into_owned();
+            self.limits.rates.insert(key, decode(&k, &v)?);
+        }
+        Ok(())
+    }
+
+    /// The limit of the job's concurrency key, if it is under one.
+    fn concurrency_limit_of(&self, key: &str, own: Option<u32>) -> Option<u32> {
+        own.or_else(|| self.policies.key_limit(key)?.concurrency)
+    }
+
+    fn rate_of(&self, key: &str, own: Option<Rate>) -> Option<Rate> {
+        own.or_else(|| self.policies.key_limit(key)?.rate)
+    }
+
+    /// What holds `job` back from a lease at `now`, if anything.
+    pub(super) fn limit_hold(&self, job: &Job, now: u64) -> Option<Hold> {
+        let keys = JobKeys::of(&job.labels);
+        if let Some((key, own)) = keys.concurrency {
+            let leased = self.limits.leased.get(key).copied().unwrap_or(0);
+            if self
+                .concurrency_limit_of(key, own)
+                .is_some_and(|limit| leased >= limit)
+            {
+                return Some(Hold::Concurrency(key.to_string()));
+            }
+        }
+        if let Some((key, own)) = keys.rate {
+            if let Some(rate) = self.rate_of(key, own) {
+                if !self.limits.rate_allows(key, rate, now) {
+                    return Some(Hold::Rate(key.to_string()));
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes a ready job the pick met out of the ready set until its key
+    /// frees.
+    pub(super) fn park(&mut self, job: &Job, hold: Hold) {
+        if let Some(qi) = self.queues.get_mut(&job.queue) {
+            qi.ready.remove(job.priority, &job.tenant, job.id);
+        }
+        self.put(key(PARKED, job.id).to_vec(), encode(&hold));
+        self.track_parked(job, hold);
+    }
+
+    fn track_parked(&mut self, job: &Job, hold: Hold) {
+        let l = &mut self.limits;
+        l.parked
+            .entry(hold.clone())
+            .or_default()
+            .insert((job.priority, job.id));
+        let keys = JobKeys::of(&job.labels);
+        let own_limit = keys.concurrency.and_then(|(_, own)| own);
+        let own_rate = keys.rate.and_then(|(_, own)| own);
+        l.parked_ids.insert(
+            job.id,
+            Parked {
+                hold,
+                queue: job.queue.clone(),
+                tenant: job.tenant.clone(),
+                priority: job.priority,
+                since: job.run_at_ms,
+                own_limit,
+                own_rate,
+            },
+        );
+    }
+
+    /// `place` of a ready job: into the ready set, or back among the parked
+    /// if `W` says so (on open).
+    pub(super) fn place_ready(&mut self, job: &Job) {
+        if let Some(hold) = self.limits.loaded.remove(&job.id) {
+            self.track_parked(job, hold);
+            return;
+        }
+        let qi = self.queues.entry(job.queue.clone()).or_default();
+        qi.ready
+            .insert(job.priority, &job.tenant, job.id, job.run_at_ms);
+    }
+
+    /// `unplace` of a ready job: out of the ready set or the parked.
+    pub(super) fn unplace_ready(&mut self, job: &Job) {
+        if self.forget_parked(job.id) {
+            self.delete(key(PARKED, job.id).to_vec());
+        } else if let Some(qi) = self.queues.get_mut(&job.queue) {
+            qi.ready.remove(job.priority, &job.tenant, job.id);
+        }
+    }
+
+    fn forget_parked(&mut self, id: JobId) -> bool {
+        let l = &mut self.limits;
+        let Some(p) = l.parked_ids.remove(&id) else {
+            return false;
+        };
+        if let Some(set) = l.parked.get_mut(&p.hold) {
+            set.remove(&(p.priority, id));
+            if set.is_empty() {
+                l.parked.remove(&p.hold);
+            }
+        }
+        true
+    }
+
+    /// Puts a parked job back into the ready set.
+    fn unpark(&mut self, id: JobId) {
+        let Some(p) = self.limits.parked_ids.get(&id).cloned() else {
+            return;
+        };
+        self.forget_parked(id);
+        self.delete(key(PARKED, id).to_vec());
+        self.queues
+            .entry(p.queue)
+            .or_default()
+            .ready
+            .insert(p.priority, &p.tenant, id, p.since);
+    }
+
+    /// Counts a job's lease against its concurrency key (`place`).
+    pub(super) fn count_lease(&mut self, job: &Job) {
+        if let Some((key, _)) = JobKeys::of(&job.labels).concurrency {
+            *self.limits.leased.entry(key.to_string()).or_default() += 1;
+        }
+    }
+
+    /// The inverse of `count_lease` (`unplace`); the key's parked jobs may
+    /// come back once the command is applied.
+    pub(super) fn uncount_lease(&mut self, job: &Job) {
+        if let Some((key, _)) = JobKeys::of(&job.labels).concurrency {
+            if let Some(n) = self.limits.leased.get_mut(key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.limits.leased.remove(key);
+                }
+            }
+            if self
+                .limits
+                .parked
+                .contains_key(&Hold::Concurrency(key.to_string()))
+            {
+                self.limits.freed.insert(key.to_string());
+            }
+        }
+    }
+
+    /// After a lease of `job`: the rate key's arrival time moves on.
+    pub(super) fn took_lease(&mut self, job: &Job, now: u64) {
+        let Some((key, own)) = JobKeys::of(&job.labels).rate else {
+            return;
+        };
+        let Some(rate) = self.rate_of(key, own) else {
+            return;
+        };
+        let (interval, _) = gcra(rate);
+        let state = self.limits.rates.entry(key.to_string()).or_default();
+        state.tat = state.tat.max(to_us(now)).saturating_add(interval);
+        let bytes = encode(&*state);
+        let mut k = vec![RATE];
+        k.extend_from_slice(key.as_bytes());
+        self.put(k, bytes);
+    }
+
+    /// After each command: parked jobs of concurrency keys with free slots
+    /// come back, best (priority, id) first, as many as there are slots.
+    pub(super) fn release_freed(&mut self) {
+        if self.limits.freed.is_empty() {
+            return;
+        }
+        for key in std::mem::take(&mut self.limits.freed) {
+            self.release_concurrency(&key);
+        }
+    }
+
+    fn release_concurrency(&mut self, key: &str) {
+        let hold = Hold::Concurrency(key.to_string());
+        let mut back = 0u32;
+        loop {
+            let Some(&(_, id)) = self.limits.parked.get(&hold).and_then(|s| s.first()) else {
+                return;
+            };
+            let own = self.first_parked(&hold).and_then(|p| p.own_limit);
+            let leased = self.limits.leased.get(key).copied().unwrap_or(0);
+            if self
+                .concurrency_limit_of(key, own)
+                .is_some_and(|limit| leased.saturating_add(back) >= limit)
+            {
+                return;
+            }
+            self.unpark(id);
+            back += 1;
+        }
+    }
+
+    /// Parked jobs of rate keys whose time has come: one per key per
+    /// emission interval (all of a key no longer limited).
+    pub(super) fn release_rates(&mut self, now: u64) {
+        let keys: Vec<String> = self
+            .limits
+            .parked
+            .keys()
+            .filter_map(|h| match h {
+                Hold::Rate(k) => Some(k.clone()),
+                Hold::Concurrency(_) => None,
+            })
+            .collect();
+        for key in keys {
+            self.release_rate(&key, now);
+        }
+    }
+
+    fn release_rate(&mut self, key: &str, now: u64) {
+        let hold = Hold::Rate(key.to_string());
+        let Some(rate) = self.first_parked(&hold).map(|p| p.own_rate) else {
+            return;
+        };
+        let rate = self.rate_of(key, rate);
+        let Some(rate) = rate else {
+            let ids: Vec<JobId> = self
+                .limits
+                .parked
+                .get(&hold)
+                .map(|s| s.iter().map(|(_, id)| *id).collect())
+                .unwrap_or_default();
+            for id in ids {
+                self.unpark(id);
+            }
+            return;
+        };
+        if self.limits.release_at(key, Some(rate)) > now {
+            return;
+        }
+        let Some(&(_, id)) = self.limits.parked.get(&hold).and_then(|s| s.first()) else {
+            return;
+        };
+        self.unpark(id);
+        let (interval, _) = gcra(rate);
+        let state = self.limits.rates.entry(key.to_string()).or_default();
+        state.release = to_us(now).saturating_add(interval);
+        let bytes = encode(&*state);
+        let mut k = vec![RATE];
+        k.extend_from_slice(key.as_bytes());
+        self.put(k, bytes);
+    }
+
+    /// After new policies: every key's parked jobs are weighed again.
+    pub(super) fn release_all(&mut self, now: u64) {
+        let keys: Vec<String> = self
+            .limits
+            .parked
+            .keys()
+            .filter_map(|h| match h {
+                Hold::Concurrency(k) => Some(k.clone()),
+                Hold::Rate(_) => None,
+            })
+            .collect();
+        for key in keys {
+            self.release_concurrency(&key);
+        }
+        self.release_rates(now);
+    }
+
+    /// The key's best parked job: the one that comes back first.
+    fn first_parked(&self, hold: &Hold) -> Option<&Parked> {
+        let (_, id) = self.limits.parked.get(hold)?.first()?;
+        self.limits.parked_ids.get(id)
+    }
+
+    /// The earliest time a parked rate-limited job comes back.
+    pub(super) fn next_release_ms(&self) -> Option<u64> {
+        self.limits
+            .parked
+            .keys()
+            .filter_map(|h| match h {
+                Hold::Rate(k) => {
+                    let own = self.first_parked(h).and_then(|p| p.own_rate);
+                    Some(self.limits.release_at(k, self.rate_of(k, own)))
+                }
+                Hold::Concurrency(_) => None,
+            })
+            .min()
+    }
+
+    /// Parks jobs the pick meets in a lease at most this often.
+    pub(super) const fn max_parks() -> usize {
+        MAX_PARKS_PER_LEASE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_allows_the_count_at_once_then_one_per_interval() {
+        let rate = Rate {
+            count: 2,
+            period_ms: 1000,
+        };
+        let mut l = KeyLimits::default();
+        let take = |l: &mut KeyLimits, now: u64| {
+            let ok = l.rate_allows("k", rate, now);
+            if ok {
+                let s = l.rates.entry("k".into()).or_default();
+                s.tat = s.tat.max(to_us(now)) + gcra(rate).0;
+            }
+            ok
+        };
+        assert!(take(&mut l, 0));
+        assert!(take(&mut l, 0));
+        assert!(!take(&mut l, 0), "a third at once is over 2/s");
+        assert!(!take(&mut l, 499));
+        assert!(take(&mut l, 500), "one more after period/count");
+        assert!(!take(&mut l, 500));
+        assert_eq!(l.release_at("k", Some(rate)), 1000);
+    }
+}
