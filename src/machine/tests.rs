@@ -594,7 +594,7 @@ mod props {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Enqueue(u8, u64, Option<u8>, bool),
+        Enqueue(u8, u64, Option<u8>, bool, Option<u8>),
         Control(u8),
         Lease(u32),
         Complete(usize),
@@ -609,9 +609,10 @@ mod props {
                 1u8..=5,
                 0u64..3,
                 proptest::option::of(0u8..4),
-                any::<bool>()
+                any::<bool>(),
+                proptest::option::of(0u8..2),
             )
-                .prop_map(|(p, d, k, x)| Op::Enqueue(p, d * 100, k, x)),
+                .prop_map(|(p, d, k, x, c)| Op::Enqueue(p, d * 100, k, x, c)),
             (0u8..4).prop_map(Op::Control),
             (1u32..4).prop_map(Op::Lease),
             (0usize..8).prop_map(Op::Complete),
@@ -621,11 +622,73 @@ mod props {
         ]
     }
 
+    fn leased_by_key(h: &Harness) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for item in h.m.tree.scan_prefix([JOB]) {
+            let (k, v) = item.unwrap();
+            let job = decode_job(&k, &v).unwrap();
+            if job.state == JobState::Leased {
+                if let Some((key, _)) = crate::job::JobKeys::of(&job.labels).concurrency {
+                    *out.entry(key.to_string()).or_default() += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// After a lease of up to `asked` jobs from "q" (not paused): no ready
+    /// job it could have taken is better than one it took, and if it took
+    /// fewer than asked with room under the queue's limit, none is left.
+    fn check_lease_order(
+        h: &Harness,
+        leased: &[Job],
+        asked: u32,
+        now: u64,
+        x_paused: bool,
+    ) -> Result<(), TestCaseError> {
+        let effective = |j: &Job| scheduler::aged(j.priority, j.run_at_ms, now, Some(50));
+        let by_key = leased_by_key(h);
+        let mut total_leased = 0;
+        let mut waiting = Vec::new();
+        for item in h.m.tree.scan_prefix([JOB]) {
+            let (k, v) = item.unwrap();
+            let job = decode_job(&k, &v).unwrap();
+            match job.state {
+                JobState::Leased => total_leased += 1,
+                JobState::Ready => {
+                    let key_full = crate::job::JobKeys::of(&job.labels)
+                        .concurrency
+                        .is_some_and(|(key, _)| by_key.get(key).copied().unwrap_or(0) >= 2);
+                    if !key_full && !(x_paused && job.tenant == "x") {
+                        waiting.push(job);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if total_leased >= 3 {
+            return Ok(());
+        }
+        if (leased.len() as u32) < asked {
+            prop_assert!(waiting.is_empty(), "left {:?} behind", waiting.iter().map(|j| j.id).collect::<Vec<_>>());
+        }
+        // The job a lease took ran at its own (earlier) run_at; its
+        // effective priority then was at least what it is now.
+        if let Some(worst) = leased.iter().map(|j| effective(j)).max() {
+            for j in &waiting {
+                prop_assert!(effective(j) >= worst, "job {} (priority {} now) was left for worse", j.id, effective(j));
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         /// Counts always match the records, no job is leased twice at once,
-        /// nothing paused or over the concurrency limit is leased, and a
-        /// replay gives the same digest.
+        /// nothing paused or over a queue's or a key's concurrency limit is
+        /// leased, a lease takes the best jobs (priority after aging) and
+        /// leaves none it could have taken, and a replay gives the same
+        /// digest.
         #[test]
         fn invariants_hold(ops in proptest::collection::vec(op(), 1..60)) {
             use crate::command::{QueueAction, QueueScope};
@@ -637,6 +700,7 @@ mod props {
                 ..Default::default()
             });
             policies.tenants.insert("x".into(), crate::policies::TenantPolicy { weight: 2 });
+            policies.keys.insert("k".into(), crate::policies::KeyLimit { concurrency: Some(2), rate: None });
             h.run(0, Command::SetPolicies { policies });
             let (mut queue_paused, mut x_paused) = (false, false);
             let mut now = 0u64;
@@ -659,8 +723,11 @@ mod props {
                         }
                         h.run(now, Command::Control { scope, action });
                     }
-                    Op::Enqueue(p, d, k, x) => {
+                    Op::Enqueue(p, d, k, x, c) => {
                         let mut j = new_job("q", p);
+                        if let Some(c) = c {
+                            j.labels.insert(crate::job::CONCURRENCY_KEY_LABEL.into(), format!("k{c}"));
+                        }
                         if x {
                             j.tenant = "x".into();
                         }
@@ -671,7 +738,11 @@ mod props {
                         h.run(now, Command::Enqueue { jobs: vec![j] });
                     }
                     Op::Lease(n) => {
-                        for j in h.lease(now, "w", &["q"], n) {
+                        let leased = h.lease(now, "w", &["q"], n);
+                        if !queue_paused {
+                            check_lease_order(&h, &leased, n, now, x_paused)?;
+                        }
+                        for j in leased {
                             prop_assert!(!queue_paused, "leased from a paused queue");
                             prop_assert!(!(x_paused && j.tenant == "x"), "leased a paused tenant's job");
                             // Whoever held this job before holds a stale attempt now.
@@ -703,6 +774,9 @@ mod props {
                 let stats = h.m.stats();
                 prop_assert_eq!(stats.queues.get("q").cloned().unwrap_or_default(), counts.clone());
                 prop_assert!(counts.leased <= 3, "over the concurrency limit: {}", counts.leased);
+                for (key, n) in leased_by_key(&h) {
+                    prop_assert!(n <= 2, "{n} leased of key {key}, over its limit of 2");
+                }
                 // Every finished job is indexed once, and the byte total adds up.
                 let mut indexed = 0u64;
                 let mut bytes = 0u64;
