@@ -928,4 +928,42 @@ mod tests {
         let c = Config::from_toml("node_id = 0").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("node_id"));
     }
+
+    #[test]
+    fn key_limits_are_read_by_prefix_and_bad_ones_named() {
+        let c = Config::from_toml(
+            "[limits]\nmax_pending = 10\n[limits.\"api:\"]\nconcurrency = 2\nrate = \"10/s\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let p = c.policies();
+        assert_eq!(p.max_pending, 10);
+        let l = p.key_limit("api:acme").unwrap();
+        assert_eq!(l.concurrency, Some(2));
+        assert_eq!(
+            l.rate,
+            Some(crate::policies::Rate {
+                count: 10,
+                period_ms: 1000
+            })
+        );
+        assert!(p.key_limit("web:x").is_none());
+        // A misspelt setting is not taken for a prefix.
+        let err = Config::from_toml("[limits]\nmax_pendin = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_pending") && err.contains("PREFIX"),
+            "{err}"
+        );
+        let err = Config::from_toml("[limits.\"a\"]\nconcurency = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("concurency"), "{err}");
+        for bad in ["concurrency = 0", "rate = \"ten/s\"", "rate = \"0/s\""] {
+            let c = Config::from_toml(&format!("[limits.\"a\"]\n{bad}\n")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("[limits.\"a\"]"), "{bad}: {err}");
+        }
+    }
 }

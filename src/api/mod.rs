@@ -6,6 +6,7 @@ pub mod auth;
 pub mod convert;
 pub mod http;
 pub mod listen;
+pub mod listing;
 pub mod peer;
 pub mod producer;
 pub mod types;
@@ -207,8 +208,13 @@ impl App {
 
 /// A producer acts only on the jobs it enqueued (their owner label names
 /// its token); other callers on any job their role reaches.
+/// A producer's own jobs carry its token's name; other callers see all.
+pub(crate) fn owns(caller: &Caller, job: &Job) -> bool {
+    !caller.is_producer() || job.labels.get(Caller::OWNER_LABEL) == Some(&caller.name)
+}
+
 fn check_owner(caller: &Caller, job: &Job) -> Result<(), Error> {
-    if caller.is_producer() && job.labels.get(Caller::OWNER_LABEL) != Some(&caller.name) {
+    if !owns(caller, job) {
         return Err(Error::PermissionDenied(format!(
             "job {} was not enqueued with token {:?}; a producer reads and cancels only its own jobs",
             job.id, caller.name

@@ -128,6 +128,74 @@ impl From<crate::job::JobState> for JobStateBody {
     }
 }
 
+impl From<JobStateBody> for crate::job::JobState {
+    fn from(s: JobStateBody) -> crate::job::JobState {
+        use crate::job::JobState as S;
+        match s {
+            JobStateBody::Scheduled => S::Scheduled,
+            JobStateBody::Ready => S::Ready,
+            JobStateBody::Leased => S::Leased,
+            JobStateBody::Succeeded => S::Succeeded,
+            JobStateBody::Dead => S::Dead,
+            JobStateBody::Cancelled => S::Cancelled,
+        }
+    }
+}
+
+/// One line of a job list: what the job is and where it stands, without
+/// payload, result or timeline (`GET /api/v1/jobs/{id}` has those).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobSummaryBody {
+    pub id: u64,
+    pub queue: String,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub tenant: String,
+    pub run_id: String,
+    pub priority: u8,
+    pub state: JobStateBody,
+    pub attempts: u32,
+    pub enqueued_at_ms: u64,
+    /// When it entered its state (leased, became ready, finished).
+    pub state_since_ms: u64,
+    /// The worker holding a leased job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    pub last_error_class: String,
+    pub last_error: String,
+}
+
+impl From<&crate::job::Job> for JobSummaryBody {
+    fn from(j: &crate::job::Job) -> JobSummaryBody {
+        JobSummaryBody {
+            id: j.id,
+            queue: j.queue.clone(),
+            job_type: j.job_type.clone(),
+            tenant: j.tenant.clone(),
+            run_id: j.run_id.clone(),
+            priority: j.priority,
+            state: j.state.into(),
+            attempts: j.attempts,
+            enqueued_at_ms: j.enqueued_at_ms,
+            state_since_ms: crate::machine::find::state_since(j),
+            worker: j.lease.as_ref().map(|l| l.worker.clone()),
+            last_error_class: j.last_error_class.clone(),
+            last_error: j.last_error.clone(),
+        }
+    }
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobsPageBody {
+    pub jobs: Vec<JobSummaryBody>,
+    /// Pass as `after` for the next page; absent on the last. A page may
+    /// hold fewer than `limit` jobs and still have a next one (each page
+    /// examines a bounded number of candidates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 impl JobStateBody {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -524,11 +592,25 @@ pub struct JobPoliciesBody {
     pub retry_max_delay: String,
 }
 
-/// `[limits]` keys that are policies.
+/// `[limits]` keys that are policies, and the `[limits."PREFIX"]` tables.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LimitPoliciesBody {
     /// 0: no limit.
     pub max_pending: u64,
+    /// By key prefix: the limits of jobs whose concurrency or rate key
+    /// starts with it.
+    #[serde(flatten)]
+    pub keys: BTreeMap<String, KeyLimitBody>,
+}
+
+/// `[limits."PREFIX"]`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeyLimitBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// `N/PERIOD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
 }
 
 /// A queue's policy as `[queues.NAME]` writes it.
@@ -576,6 +658,17 @@ impl From<&crate::policies::Policies> for PoliciesBody {
             },
             limits: LimitPoliciesBody {
                 max_pending: p.max_pending,
+                keys: p
+                    .keys
+                    .iter()
+                    .map(|(prefix, l)| {
+                        let body = KeyLimitBody {
+                            concurrency: l.concurrency,
+                            rate: l.rate.map(|r| r.to_string()),
+                        };
+                        (prefix.clone(), body)
+                    })
+                    .collect(),
             },
             queues: p
                 .queues

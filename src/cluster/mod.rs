@@ -52,6 +52,12 @@ pub enum Control {
     ReadIndex(tokio::sync::oneshot::Sender<u64>),
     /// This node's config asks for these policies now.
     Policies(Box<crate::policies::Policies>),
+    /// Ids of live jobs a query may match, from the machine's indexes.
+    FindJobs(
+        Box<crate::machine::find::JobQuery>,
+        crate::job::JobId,
+        tokio::sync::oneshot::Sender<Vec<crate::job::JobId>>,
+    ),
     /// Take a snapshot now and answer with its file.
     TakeSnapshot(tokio::sync::oneshot::Sender<Result<std::path::PathBuf, crate::error::Error>>),
 }

@@ -204,6 +204,20 @@ impl DriverHandle {
         self.stats.clone()
     }
 
+    /// Ids of live jobs (ready, scheduled, leased) above `after` that
+    /// `query` may match, from this node's indexes (see
+    /// [`crate::machine::Machine::live_job_ids`]).
+    pub async fn live_job_ids(
+        &self,
+        query: crate::machine::find::JobQuery,
+        after: crate::job::JobId,
+    ) -> Result<Vec<crate::job::JobId>, Error> {
+        let rx = self
+            .ask(|reply| Control::FindJobs(Box::new(query), after, reply))
+            .await?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
     pub fn reader(&self) -> &JobReader {
         &self.reader
     }
@@ -563,6 +577,9 @@ impl Driver {
                 }
             }
             Control::TakeSnapshot(reply) => self.take_snapshot(Some(reply)),
+            Control::FindJobs(query, after, reply) => {
+                let _ = reply.send(self.machine.live_job_ids(&query, after));
+            }
             Control::Policies(p) => {
                 self.policies = *p;
                 self.policies_warned = None;

@@ -91,6 +91,17 @@ fn gcra(rate: Rate) -> (u64, u64) {
 }
 
 impl KeyLimits {
+    /// Parked jobs whose (queue, tenant) pass `keep`.
+    pub(super) fn parked_ids<'a>(
+        &'a self,
+        keep: impl Fn(&str, &str) -> bool + 'a,
+    ) -> impl Iterator<Item = JobId> + 'a {
+        self.parked_ids
+            .iter()
+            .filter(move |(_, p)| keep(&p.queue, &p.tenant))
+            .map(|(id, _)| *id)
+    }
+
     /// Whether a lease of `key` at `now` (ms) keeps within `rate`.
     fn rate_allows(&self, key: &str, rate: Rate, now: u64) -> bool {
         let (_, tolerance) = gcra(rate);

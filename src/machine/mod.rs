@@ -492,6 +492,7 @@ impl Machine {
 pub mod audit;
 pub mod capture;
 mod controls;
+pub mod find;
 mod indexes;
 mod jobs;
 mod keys;

@@ -16,8 +16,8 @@ use super::{decode, encode, key, Machine, MachineError, Payload, JOB, PAYLOAD, R
 use crate::command::{Outcome, Retention};
 use crate::job::{Job, JobId, JobState};
 
-const FINISHED_AT: u8 = b'F';
-const DEAD_AT: u8 = b'D';
+pub(super) const FINISHED_AT: u8 = b'F';
+pub(super) const DEAD_AT: u8 = b'D';
 const IDEMPOTENT_AT: u8 = b'T';
 /// The total bytes of finished jobs, a u64.
 pub(super) const FINISHED_BYTES_KEY: &[u8] = b"b";

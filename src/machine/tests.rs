@@ -659,7 +659,8 @@ mod props {
                     let key_full = crate::job::JobKeys::of(&job.labels)
                         .concurrency
                         .is_some_and(|(key, _)| by_key.get(key).copied().unwrap_or(0) >= 2);
-                    if !key_full && !(x_paused && job.tenant == "x") {
+                    let tenant_held = x_paused && job.tenant == "x";
+                    if !(key_full || tenant_held) {
                         waiting.push(job);
                     }
                 }
@@ -670,13 +671,22 @@ mod props {
             return Ok(());
         }
         if (leased.len() as u32) < asked {
-            prop_assert!(waiting.is_empty(), "left {:?} behind", waiting.iter().map(|j| j.id).collect::<Vec<_>>());
+            prop_assert!(
+                waiting.is_empty(),
+                "left {:?} behind",
+                waiting.iter().map(|j| j.id).collect::<Vec<_>>()
+            );
         }
         // The job a lease took ran at its own (earlier) run_at; its
         // effective priority then was at least what it is now.
-        if let Some(worst) = leased.iter().map(|j| effective(j)).max() {
+        if let Some(worst) = leased.iter().map(&effective).max() {
             for j in &waiting {
-                prop_assert!(effective(j) >= worst, "job {} (priority {} now) was left for worse", j.id, effective(j));
+                prop_assert!(
+                    effective(j) >= worst,
+                    "job {} (priority {} now) was left for worse",
+                    j.id,
+                    effective(j)
+                );
             }
         }
         Ok(())

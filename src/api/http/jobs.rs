@@ -1,14 +1,16 @@
 //! Jobs: enqueue one, read one, cancel one.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use base64::Engine as _;
 
-use super::{body, id_param, HttpState};
+use super::{body, id_param, query, HttpState};
 use crate::api::auth::Caller;
-use crate::api::types::{CancelledBody, EnqueueBody, EnqueuedBody, JobBody, JobStateBody};
+use crate::api::types::{
+    CancelledBody, EnqueueBody, EnqueuedBody, JobBody, JobStateBody, JobsPageBody,
+};
 use crate::api::ErrorResponses;
 use crate::error::Error;
 use crate::job::JobRequest;
@@ -107,5 +109,77 @@ pub(super) async fn cancel(
         id,
         state: JobStateBody::Cancelled,
         was: was.into(),
+    }))
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct JobsQuery {
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    #[param(inline)]
+    state: Option<JobStateBody>,
+    #[serde(default)]
+    tenant: Option<String>,
+    /// The run id.
+    #[serde(default)]
+    run: Option<String>,
+    /// The last error's class.
+    #[serde(default)]
+    class: Option<String>,
+    /// In its state for longer than this: "1h", "30m".
+    #[serde(default)]
+    older_than: Option<String>,
+    /// The `next` of the page before.
+    #[serde(default)]
+    after: Option<String>,
+    /// Jobs on a page, 1 to 1000 (default 100).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// Jobs by queue, state, tenant, run, error class and age: live states
+/// (ready, scheduled, leased) in id order, finished ones newest first;
+/// served from the state's index, never a scan of every job.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobsQuery),
+    responses((status = 200, body = JobsPageBody), ErrorResponses))]
+pub(super) async fn list(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    q: Result<Query<JobsQuery>, QueryRejection>,
+) -> Result<Json<JobsPageBody>, Error> {
+    let q = query(q)?;
+    let names = [("queue", &q.queue), ("tenant", &q.tenant), ("run", &q.run)];
+    for (field, value) in names {
+        if let Some(v) = value {
+            crate::job::validate_name(field, v)?;
+        }
+    }
+    let older_than_ms = match &q.older_than {
+        None => None,
+        Some(d) => Some(
+            crate::wire::parse_duration_ms(d, crate::wire::MAX_DELAY)
+                .map_err(|reason| Error::invalid("older_than", reason))?,
+        ),
+    };
+    let filter = crate::machine::find::JobQuery {
+        queue: q.queue,
+        state: q.state.map(Into::into),
+        tenant: q.tenant,
+        run: q.run,
+        class: q.class,
+        older_than_ms,
+        now_ms: 0,
+    };
+    let page = s
+        .app
+        .list_jobs(&caller, filter, q.after.as_deref(), q.limit.unwrap_or(100))
+        .await?;
+    Ok(Json(JobsPageBody {
+        jobs: page.jobs.iter().map(Into::into).collect(),
+        next: page.next,
     }))
 }

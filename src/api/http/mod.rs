@@ -67,6 +67,7 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             Produce,
             post(jobs::enqueue),
         ),
+        route(Method::GET, "/api/v1/jobs", ReadJob, get(jobs::list)),
         route(
             Method::GET,
             "/api/v1/jobs/{id}",

@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
         super::cluster::stats,
         super::jobs::enqueue,
         super::jobs::get_job,
+        super::jobs::list,
         super::jobs::cancel,
         super::cluster::members,
         super::cluster::add_member,

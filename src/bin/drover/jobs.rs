@@ -1,11 +1,11 @@
-//! Producing and reading jobs: `drover enqueue`, `drover jobs get|cancel`.
+//! Producing and reading jobs: `drover enqueue`, `drover jobs get|cancel|list`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use drover::api::types::{CancelledBody, JobBody};
+use drover::api::types::{CancelledBody, JobBody, JobsPageBody};
 use drover::proto::v1 as pb;
 
 use crate::target::Target;
@@ -75,6 +75,37 @@ pub enum JobsCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// List jobs by queue, state, tenant, run, error class and age (the
+    /// stuck-job check: `--state leased --older-than 1h`; recent failures:
+    /// `--state dead`).
+    List(ListArgs),
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    queue: Option<String>,
+    /// scheduled, ready, leased, succeeded, dead or cancelled.
+    #[arg(long)]
+    state: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    run: Option<String>,
+    /// The last error's class.
+    #[arg(long)]
+    class: Option<String>,
+    /// In its state for longer than this: "1h", "30m".
+    #[arg(long)]
+    older_than: Option<String>,
+    /// Jobs to show.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Go on from this cursor (the `next` a page printed).
+    #[arg(long)]
+    after: Option<String>,
 }
 
 pub async fn enqueue(a: EnqueueArgs) -> Result<()> {
@@ -128,6 +159,7 @@ pub async fn enqueue(a: EnqueueArgs) -> Result<()> {
 
 pub async fn run(cmd: JobsCmd) -> Result<()> {
     match cmd {
+        JobsCmd::List(a) => list(a).await,
         JobsCmd::Get { id, target } => {
             let j: JobBody = target.admin()?.get(&format!("/api/v1/jobs/{id}")).await?;
             target.print(&j, print_job)
@@ -142,6 +174,67 @@ pub async fn run(cmd: JobsCmd) -> Result<()> {
             })
         }
     }
+}
+
+async fn list(a: ListArgs) -> Result<()> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    let filters = [
+        ("queue", &a.queue),
+        ("state", &a.state),
+        ("tenant", &a.tenant),
+        ("run", &a.run),
+        ("class", &a.class),
+        ("older_than", &a.older_than),
+        ("after", &a.after),
+    ];
+    for (k, v) in filters {
+        if let Some(v) = v {
+            q.append_pair(k, v);
+        }
+    }
+    q.append_pair("limit", &a.limit.to_string());
+    let page: JobsPageBody = a
+        .target
+        .admin()?
+        .get(&format!("/api/v1/jobs?{}", q.finish()))
+        .await?;
+    a.target.print(&page, |page| {
+        let mut t = crate::target::table(&[
+            "ID",
+            "QUEUE",
+            "TYPE",
+            "TENANT",
+            "PRI",
+            "STATE",
+            "SINCE",
+            "TRIES",
+            "WORKER",
+            "LAST ERROR",
+        ]);
+        for j in &page.jobs {
+            let error = if j.last_error_class.is_empty() {
+                String::new()
+            } else {
+                format!("{}: {}", j.last_error_class, j.last_error)
+            };
+            t.add_row(vec![
+                j.id.to_string(),
+                j.queue.clone(),
+                j.job_type.clone(),
+                j.tenant.clone(),
+                j.priority.to_string(),
+                j.state.as_str().to_string(),
+                at(j.state_since_ms),
+                j.attempts.to_string(),
+                j.worker.clone().unwrap_or_default(),
+                error,
+            ]);
+        }
+        println!("{t}");
+        if let Some(next) = &page.next {
+            println!("\nmore: add --after {next}");
+        }
+    })
 }
 
 pub fn at(ms: u64) -> String {

@@ -1,0 +1,219 @@
+//! Per-key limits and finding jobs on a real node, through the CLI as an
+//! operator would: a concurrency key leases at most its limit while a
+//! worker has room for more, the held jobs say why they wait, and
+//! `drover jobs list` finds jobs by state, key and age; bad input is named.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn drover(args: &[&str], server: &str) -> serde_json::Value {
+    let out = drover_cli(args, server, "");
+    assert!(
+        out.status.success(),
+        "drover {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn ids(page: &serde_json::Value) -> Vec<u64> {
+    page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect()
+}
+
+// Multi-threaded: the CLI runs blocking while the worker task works on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_key_holds_jobs_back_and_jobs_list_finds_them() {
+    let node = TestNode::start("[limits.\"api:\"]\nconcurrency = 1\n");
+    let server = node.grpc.as_str();
+    wait_for("the limits in the log", Duration::from_secs(10), || async {
+        let (_, p) = get_json(&format!("{}/api/v1/policies", node.http)).await;
+        if p["limits"]["api:"]["concurrency"] == 1 {
+            Ok(())
+        } else {
+            Err(p.to_string())
+        }
+    })
+    .await;
+    let keyed = drover(
+        &[
+            "enqueue",
+            "--queue",
+            "q",
+            "--concurrency-key",
+            "api:acme",
+            "--count",
+            "3",
+            "--json",
+        ],
+        server,
+    );
+    let keyed: Vec<u64> = keyed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect();
+    let free = drover(&["enqueue", "--queue", "q", "--json"], server)[0]["id"]
+        .as_u64()
+        .unwrap();
+
+    // A worker with room for four holds what it is given until released.
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let opts = drover::client::worker::WorkerOptions::new(server, "w", vec!["q".into()], 4);
+    let worker = tokio::spawn(drover::client::worker::run(
+        opts,
+        move |_job: drover::proto::v1::LeasedJob| {
+            let mut release = release.clone();
+            async move {
+                let _ = release.wait_for(|r| *r).await;
+                Ok(bytes::Bytes::new())
+            }
+        },
+        stop,
+    ));
+    let leased = wait_for("two leases", Duration::from_secs(10), || async {
+        let page = drover(&["jobs", "list", "--state", "leased", "--json"], server);
+        let got = ids(&page);
+        if got.len() >= 2 {
+            Ok(got)
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let page = drover(&["jobs", "list", "--state", "leased", "--json"], server);
+    assert_eq!(ids(&page), leased, "no more leases while the key is full");
+    assert_eq!(
+        leased,
+        vec![keyed[0], free],
+        "one of api:acme, and the free job"
+    );
+    assert_eq!(page["jobs"][0]["worker"], "w");
+
+    let held = drover(&["jobs", "get", &keyed[1].to_string(), "--json"], server);
+    assert_eq!(held["waiting"], "limit api:acme", "{held}");
+    let text = drover_cli(&["jobs", "get", &keyed[1].to_string()], server, "");
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("waiting: limit api:acme"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    let ready = drover(
+        &["jobs", "list", "--state", "ready", "--queue", "q", "--json"],
+        server,
+    );
+    assert_eq!(ids(&ready), vec![keyed[1], keyed[2]]);
+    // Paged by id: one per page, the cursor goes on.
+    let first = drover(
+        &["jobs", "list", "--state", "ready", "--limit", "1", "--json"],
+        server,
+    );
+    assert_eq!(ids(&first), vec![keyed[1]]);
+    let next = first["next"].as_str().unwrap().to_string();
+    let second = drover(
+        &[
+            "jobs", "list", "--state", "ready", "--limit", "1", "--after", &next, "--json",
+        ],
+        server,
+    );
+    assert_eq!(ids(&second), vec![keyed[2]]);
+    // Nothing has been leased for an hour.
+    let stuck = drover(
+        &[
+            "jobs",
+            "list",
+            "--state",
+            "leased",
+            "--older-than",
+            "1h",
+            "--json",
+        ],
+        server,
+    );
+    assert!(ids(&stuck).is_empty(), "{stuck}");
+
+    release_tx.send(true).unwrap();
+    let done = wait_for("all succeeded", Duration::from_secs(20), || async {
+        let page = drover(&["jobs", "list", "--state", "succeeded", "--json"], server);
+        let got = ids(&page);
+        if got.len() == 4 {
+            Ok(got)
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    let mut sorted = done.clone();
+    sorted.sort();
+    let mut all = keyed.clone();
+    all.push(free);
+    assert_eq!(sorted, all);
+    assert_eq!(
+        done[0], keyed[2],
+        "finished jobs come newest first: the key's last ran last"
+    );
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+}
+
+#[tokio::test]
+async fn bad_limits_and_list_queries_are_named_and_change_nothing() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let bad = [
+        (vec!["--concurrency-limit", "2"], "concurrency_limit"),
+        (
+            vec!["--rate-key", "k", "--rate-limit", "lots"],
+            "rate_limit",
+        ),
+        (vec!["--label", "drover.concurrency_key=x"], "drover."),
+    ];
+    for (args, want) in bad {
+        let mut all = vec!["enqueue", "--queue", "q"];
+        all.extend(args);
+        let out = drover_cli(&all, server, "");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{all:?}: {err}"
+        );
+    }
+    let http = reqwest::Client::new();
+    for (q, field) in [
+        ("state=stuck", "state"),
+        ("limit=0", "limit"),
+        ("state=ready&after=yesterday", "after"),
+        ("state=dead&after=12", "after"),
+        ("older_than=soon", "older_than"),
+        ("queue=no%20spaces", "queue"),
+        ("colour=red", "colour"),
+    ] {
+        let resp = http
+            .get(format!("{}/api/v1/jobs?{q}", node.http))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(status, 400, "{q}: {body}");
+        assert!(
+            body["error"]["message"].to_string().contains(field),
+            "{q}: {body}"
+        );
+    }
+    let (_, stats) = get_json(&format!("{}/api/v1/stats", node.http)).await;
+    assert!(
+        stats["queues"].get("q").is_none(),
+        "nothing was enqueued: {stats}"
+    );
+}
