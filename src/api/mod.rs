@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod convert;
 pub mod http;
+pub mod lease_batch;
 pub mod listen;
 pub mod listing;
 pub mod peer;

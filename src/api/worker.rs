@@ -90,9 +90,16 @@ impl WorkerService for Worker {
             .await;
         tracing::info!(event = "worker_registered", worker_id = %registration.entry.worker_id,
             queues = ?registration.entry.queues, capacity = registration.entry.capacity, "worker connected");
+        let batch = super::lease_batch::LeaseBatch::new(
+            &self.app.config,
+            &registration.entry.queues,
+            std::time::Duration::from_millis(timeout_ms),
+        );
         let session = Session {
             app: self.app.clone(),
             registration,
+            batch,
+            sent_at: Default::default(),
             in_flight: HashSet::new(),
             draining: false,
             finished: Default::default(),
@@ -175,6 +182,10 @@ struct Session {
     /// Leases this worker holds, as (job, attempt): a report about another
     /// attempt of a held job (stale or forged) frees no slot.
     in_flight: HashSet<(JobId, u32)>,
+    /// How many leases to ask for at once.
+    batch: super::lease_batch::LeaseBatch,
+    /// When each lease in flight was sent, to tell quick jobs from slow.
+    sent_at: std::collections::HashMap<(JobId, u32), Instant>,
     draining: bool,
     /// Leases whose result this session has received, so a late heartbeat
     /// answer does not count them as held again.
@@ -230,7 +241,7 @@ impl Session {
                 let cmd = Command::Lease {
                     worker: worker_id.clone(),
                     queues: self.registration.entry.queues.clone(),
-                    max: free as u32,
+                    max: (free as u32).min(self.batch.size()),
                 };
                 proposals
                     .push(async move { Event::Leased(false, router.propose(cmd).await) }.boxed());
@@ -369,6 +380,7 @@ impl Session {
                         .fetch_add(c.completions.len() as u64, Ordering::Relaxed);
                     for c in c.completions {
                         self.in_flight.remove(&(c.job_id, c.attempt));
+                        self.came_back(c.job_id, c.attempt);
                         self.mark_finished(c.job_id, c.attempt);
                         if c.result.len() > max_result {
                             // Refusing the completion would leave the job
@@ -397,6 +409,7 @@ impl Session {
                         .fetch_add(f.failures.len() as u64, Ordering::Relaxed);
                     for f in f.failures {
                         self.in_flight.remove(&(f.job_id, f.attempt));
+                        self.came_back(f.job_id, f.attempt);
                         self.mark_finished(f.job_id, f.attempt);
                         failures.push(Failure {
                             job_id: f.job_id,
@@ -497,6 +510,7 @@ impl Session {
                     if self.finished.contains(&lease) || !self.in_flight.insert(lease) {
                         continue;
                     }
+                    self.sent_at.insert(lease, Instant::now());
                     leased.push(job);
                 }
                 if leased.is_empty() {
@@ -527,6 +541,13 @@ impl Session {
             .send(Ok(pb::ServerMessage { msg: Some(msg) }))
             .await
             .is_ok()
+    }
+
+    /// A lease came back with a result: a quick one grows the batch.
+    fn came_back(&mut self, job_id: JobId, attempt: u32) {
+        if let Some(sent) = self.sent_at.remove(&(job_id, attempt)) {
+            self.batch.finished(sent.elapsed());
+        }
     }
 
     fn mark_finished(&mut self, job_id: JobId, attempt: u32) {
@@ -575,7 +596,11 @@ impl Session {
                         continue;
                     }
                     Err(_) => {
-                        self.in_flight.remove(&(job_id, attempt));
+                        // The lease is gone: it expired, or another took it.
+                        if self.in_flight.remove(&(job_id, attempt)) {
+                            self.batch.expired();
+                        }
+                        self.sent_at.remove(&(job_id, attempt));
                     }
                 }
             }
