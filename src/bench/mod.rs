@@ -57,7 +57,17 @@ pub struct BenchArgs {
     /// replaced by a temp dir and free loopback ports).
     #[arg(long)]
     pub node_config: Option<std::path::PathBuf>,
+    /// A scenario instead of the workloads: `mixed` (priorities, weighted
+    /// tenants, failures, a concurrency key) or `deep` (dispatch rate with
+    /// 10,000 and with 1,000,000 ready jobs).
+    #[arg(long, value_parser = ["mixed", "deep"])]
+    pub scenario: Option<String>,
+    /// Config a scenario adds to the nodes it starts.
+    #[arg(skip)]
+    pub extra_config: String,
 }
+
+mod scenarios;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -87,6 +97,7 @@ impl LocalNode {
     fn start(
         base_config: Option<&Path>,
         member: Option<(u64, String, String)>,
+        extra: &str,
     ) -> Result<LocalNode, BenchError> {
         let dir = tempfile::tempdir().map_err(|e| BenchError::Spawn(e.to_string()))?;
         let config = match (base_config, &member) {
@@ -95,9 +106,9 @@ impl LocalNode {
                 let path = dir.path().join("bench.toml");
                 let text = match &member {
                     Some((id, _, peers)) => format!(
-                        "node_id = {id}\ncluster_id = \"bench\"\n[log]\nlevel = \"error\"\n{peers}"
+                        "node_id = {id}\ncluster_id = \"bench\"\n[log]\nlevel = \"error\"\n{peers}{extra}"
                     ),
-                    None => "[log]\nlevel = \"error\"\n".to_string(),
+                    None => format!("[log]\nlevel = \"error\"\n{extra}"),
                 };
                 std::fs::write(&path, text).map_err(|e| BenchError::Spawn(e.to_string()))?;
                 path
@@ -273,10 +284,13 @@ async fn start_nodes(args: &BenchArgs) -> Result<Vec<LocalNode>, BenchError> {
     let mut nodes = Vec::new();
     for member in members {
         let config = config.clone();
+        let extra = args.extra_config.clone();
         nodes.push(
-            tokio::task::spawn_blocking(move || LocalNode::start(config.as_deref(), member))
-                .await
-                .map_err(|e| BenchError::Spawn(e.to_string()))??,
+            tokio::task::spawn_blocking(move || {
+                LocalNode::start(config.as_deref(), member, &extra)
+            })
+            .await
+            .map_err(|e| BenchError::Spawn(e.to_string()))??,
         );
     }
     Ok(nodes)
@@ -457,13 +471,17 @@ impl Enqueuer {
 /// Producers and workers at once; a job counts when its completion is
 /// acknowledged.
 async fn end_to_end(args: &BenchArgs, via: Via) -> Result<Run, BenchError> {
-    let target = target(args).await?;
+    end_to_end_on(&target(args).await?, args, via).await
+}
+
+/// The end-to-end workload on `target`'s queue `bench-e2e`.
+async fn end_to_end_on(target: &Target, args: &BenchArgs, via: Via) -> Result<Run, BenchError> {
     let total = args.jobs;
     let run_count = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let start = Instant::now();
-    let cpu_start = CpuMark::now(&target);
+    let cpu_start = CpuMark::now(target);
     let mut workers = Vec::new();
     for i in 0..args.workers {
         let opts = WorkerOptions::new(
@@ -482,7 +500,7 @@ async fn end_to_end(args: &BenchArgs, via: Via) -> Result<Run, BenchError> {
         };
         workers.push(tokio::spawn(worker::run(opts, handler, stop.clone())));
     }
-    produce(&target, args, "bench-e2e", 1, total, via).await?;
+    produce(target, args, "bench-e2e", 1, total, via).await?;
     let mut completed = 0;
     for w in workers {
         completed += w
@@ -492,7 +510,7 @@ async fn end_to_end(args: &BenchArgs, via: Via) -> Result<Run, BenchError> {
     }
     Ok(Run {
         rate: completed as f64 / start.elapsed().as_secs_f64(),
-        cpu: CpuMark::now(&target).per_op_since(cpu_start, completed),
+        cpu: CpuMark::now(target).per_op_since(cpu_start, completed),
     })
 }
 
@@ -591,6 +609,11 @@ fn print_rate(name: &str, f: &Figures, unit: &str, ceiling: Option<f64>) {
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
+    match args.scenario.as_deref() {
+        Some("mixed") => return scenarios::mixed(args).await,
+        Some("deep") => return scenarios::deep(args).await,
+        _ => {}
+    }
     let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     println!(
         "drover bench: {} jobs of {} bytes per run, {} runs, {} producers, {}",
