@@ -46,7 +46,11 @@ use utoipa::{Modify, OpenApi};
         super::workers::shutdown_all,
         super::workers::shutdown_one,
     ),
-    components(schemas(crate::api::types::ErrorBody, crate::api::types::ErrorInfo)),
+    components(schemas(
+        crate::api::types::ErrorBody,
+        crate::api::types::ErrorInfo,
+        crate::api::types::KeyLimitBody
+    )),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
