@@ -78,6 +78,81 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantConfig>,
     /// Recurring jobs.
     pub schedules: BTreeMap<String, ScheduleConfig>,
+    /// Retry policies by job type; `[retry."*"]` holds the defaults.
+    pub retry: BTreeMap<String, RetryConfig>,
+}
+
+/// `[retry.JOB_TYPE]`: how failed jobs of a type run again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// exponential | linear | fixed | immediate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub base_delay: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_delay: Option<Duration>,
+    /// If set, only these error classes are retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<String>,
+    /// These error classes end the job at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_retry: Vec<String>,
+    /// `dead` (the default) or `queue:NAME`: where an exhausted job goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exhausted: Option<String>,
+}
+
+impl RetryConfig {
+    /// The replicated form; `Err` names what is wrong.
+    pub fn policy(&self) -> Result<crate::policies::RetryPolicy, String> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let escalate_to = match self.on_exhausted.as_deref() {
+            None | Some("dead") => None,
+            Some(other) => match other.strip_prefix("queue:") {
+                Some(q) => {
+                    crate::job::validate_queue(q).map_err(|e| format!("on_exhausted: {e}"))?;
+                    Some(q.to_string())
+                }
+                None => {
+                    return Err(format!(
+                        "on_exhausted = {other:?} is not \"dead\" or \"queue:NAME\""
+                    ))
+                }
+            },
+        };
+        let backoff = self
+            .backoff
+            .as_deref()
+            .map(crate::policies::Backoff::parse)
+            .transpose()
+            .map_err(|e| format!("backoff: {e}"))?;
+        if let (Some(b), Some(m)) = (self.base_delay, self.max_delay) {
+            if b > m {
+                return Err("base_delay is longer than max_delay".into());
+            }
+        }
+        Ok(crate::policies::RetryPolicy {
+            max_retries: self.max_retries,
+            backoff,
+            base_delay_ms: self.base_delay.map(ms),
+            max_delay_ms: self.max_delay.map(ms),
+            retry_on: self.retry_on.clone(),
+            no_retry: self.no_retry.clone(),
+            escalate_to,
+        })
+    }
 }
 
 /// `[schedules.NAME]`.
@@ -202,6 +277,7 @@ impl Default for Config {
             queues: BTreeMap::new(),
             tenants: BTreeMap::new(),
             schedules: BTreeMap::new(),
+            retry: BTreeMap::new(),
         }
     }
 }
@@ -790,6 +866,11 @@ impl Config {
                 .iter()
                 .filter_map(|(name, sc)| Some((name.clone(), sc.policy().ok()?)))
                 .collect(),
+            retry: self
+                .retry
+                .iter()
+                .filter_map(|(t, r)| Some((t.clone(), r.policy().ok()?)))
+                .collect(),
             keys: self
                 .limits
                 .keys
@@ -810,6 +891,14 @@ impl Config {
     }
 
     fn validate_policies(&self) -> Result<(), ConfigError> {
+        for (job_type, r) in &self.retry {
+            if job_type != crate::policies::DEFAULTS {
+                crate::job::validate_name("job_type", job_type)
+                    .map_err(|e| invalid("retry", format!("[retry.{job_type:?}]: {e}")))?;
+            }
+            r.policy()
+                .map_err(|e| invalid("retry", format!("[retry.{job_type:?}] {e}")))?;
+        }
         for (prefix, l) in &self.limits.keys {
             if l.concurrency == Some(0) {
                 return Err(invalid(

@@ -34,6 +34,11 @@ pub const CONCURRENCY_LIMIT_LABEL: &str = "drover.concurrency_limit";
 pub const RATE_KEY_LABEL: &str = "drover.rate_key";
 /// The job's own rate for its rate key, as `N/PERIOD`.
 pub const RATE_LIMIT_LABEL: &str = "drover.rate";
+/// The queue an exhausted job was escalated from (`on_exhausted = "queue:NAME"`).
+pub const ESCALATED_FROM_LABEL: &str = "drover.escalated_from";
+/// The attempts a job had when it was replayed or escalated: its retries
+/// count from there (its attempt number, the lease fence, never goes back).
+pub const RETRY_BASE_LABEL: &str = "drover.retry_base";
 /// The name of the token whose producer enqueued the job.
 pub const OWNER_LABEL: &str = "drover.token";
 
@@ -172,6 +177,17 @@ pub struct Job {
 }
 
 impl Job {
+    /// Retries used since the job was enqueued, replayed or escalated,
+    /// counting the attempt that just failed as the first try.
+    pub fn retries_done(&self) -> u32 {
+        let base = self
+            .labels
+            .get(RETRY_BASE_LABEL)
+            .and_then(|b| b.parse::<u32>().ok())
+            .unwrap_or(0);
+        self.attempts.saturating_sub(base).saturating_sub(1)
+    }
+
     /// Appends to the timeline, dropping the oldest event past [`TIMELINE_MAX`].
     pub fn record(&mut self, at_ms: u64, what: impl Into<String>) {
         if self.events.len() >= TIMELINE_MAX {

@@ -29,6 +29,125 @@ pub struct Policies {
     /// `[limits."PREFIX"]`: limits of jobs whose concurrency or rate key
     /// starts with the prefix (the longest prefix wins).
     pub keys: BTreeMap<String, KeyLimit>,
+    /// `[retry.JOB_TYPE]`; `*` holds the defaults of types not named (and
+    /// `jobs` the defaults of those).
+    pub retry: BTreeMap<String, RetryPolicy>,
+}
+
+/// How failed jobs of one type run again. Unset fields take the `*`
+/// entry's, then `[jobs]`'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryPolicy {
+    pub max_retries: Option<u32>,
+    pub backoff: Option<Backoff>,
+    pub base_delay_ms: Option<u64>,
+    pub max_delay_ms: Option<u64>,
+    /// If not empty, only these error classes are retried.
+    pub retry_on: Vec<String>,
+    /// These error classes end the job at once.
+    pub no_retry: Vec<String>,
+    /// Where an exhausted job goes: a queue to escalate to, or (None) dead.
+    pub escalate_to: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    /// base, 2 base, 4 base...
+    #[default]
+    Exponential,
+    /// base, 2 base, 3 base...
+    Linear,
+    /// base every time.
+    Fixed,
+    /// At once.
+    Immediate,
+}
+
+impl Backoff {
+    pub fn parse(s: &str) -> Result<Backoff, String> {
+        match s {
+            "exponential" => Ok(Backoff::Exponential),
+            "linear" => Ok(Backoff::Linear),
+            "fixed" => Ok(Backoff::Fixed),
+            "immediate" => Ok(Backoff::Immediate),
+            other => Err(format!(
+                "{other:?} is not exponential, linear, fixed or immediate"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backoff::Exponential => "exponential",
+            Backoff::Linear => "linear",
+            Backoff::Fixed => "fixed",
+            Backoff::Immediate => "immediate",
+        }
+    }
+}
+
+/// A job type's retry policy with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub max_retries: u32,
+    pub backoff: Backoff,
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+    pub retry_on: Vec<String>,
+    pub no_retry: Vec<String>,
+    pub escalate_to: Option<String>,
+}
+
+/// What happens to a job that just failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Run again after this delay.
+    Retry { delay_ms: u64 },
+    /// No more attempts; `why` says which rule ended it.
+    Exhausted { why: String },
+}
+
+impl Retry {
+    /// Delay before retry number `retry` (1-based), capped, plus up to a
+    /// quarter of jitter derived from the job id so jobs that failed
+    /// together do not all come back in the same millisecond.
+    pub fn backoff_ms(&self, job_id: u64, retry: u32) -> u64 {
+        let n = u64::from(retry.max(1));
+        let delay = match self.backoff {
+            Backoff::Immediate => return 0,
+            Backoff::Fixed => self.base_delay_ms,
+            Backoff::Linear => self.base_delay_ms.saturating_mul(n),
+            Backoff::Exponential => self.base_delay_ms.saturating_mul(1u64 << (n - 1).min(32)),
+        }
+        .min(self.max_delay_ms);
+        let jitter_range = delay / 4 + 1;
+        delay + crate::machine::jitter(job_id, retry) % jitter_range
+    }
+
+    /// After a failure of `class` that used up `retries_done` retries
+    /// (0 on the first attempt's failure).
+    pub fn after_failure(&self, job_id: u64, class: &str, retries_done: u32) -> AfterFailure {
+        if self.no_retry.iter().any(|c| c == class) {
+            return AfterFailure::Exhausted {
+                why: format!("{class} is a no_retry class"),
+            };
+        }
+        if !self.retry_on.is_empty() && !self.retry_on.iter().any(|c| c == class) {
+            return AfterFailure::Exhausted {
+                why: format!("{class} is not in retry_on"),
+            };
+        }
+        if retries_done >= self.max_retries {
+            return AfterFailure::Exhausted {
+                why: format!("after {} retries", self.max_retries),
+            };
+        }
+        AfterFailure::Retry {
+            delay_ms: self.backoff_ms(job_id, retries_done + 1),
+        }
+    }
 }
 
 /// The limits of one key prefix.
@@ -214,6 +333,38 @@ impl Policies {
             .map(|(_, l)| l)
     }
 
+    /// The retry policy of a job type, defaults filled in.
+    pub fn retry_for(&self, job_type: &str) -> Retry {
+        let named = self.retry.get(job_type);
+        let defaults = self.retry.get(DEFAULTS);
+        fn pick<T: Clone>(
+            named: Option<&RetryPolicy>,
+            defaults: Option<&RetryPolicy>,
+            f: impl Fn(&RetryPolicy) -> Option<T>,
+        ) -> Option<T> {
+            named.and_then(&f).or_else(|| defaults.and_then(&f))
+        }
+        let list = |f: fn(&RetryPolicy) -> &Vec<String>| {
+            named
+                .map(f)
+                .filter(|l| !l.is_empty())
+                .or_else(|| defaults.map(f))
+                .cloned()
+                .unwrap_or_default()
+        };
+        Retry {
+            max_retries: pick(named, defaults, |r| r.max_retries).unwrap_or(self.jobs.max_retries),
+            backoff: pick(named, defaults, |r| r.backoff).unwrap_or_default(),
+            base_delay_ms: pick(named, defaults, |r| r.base_delay_ms)
+                .unwrap_or(self.jobs.retry_base_delay_ms),
+            max_delay_ms: pick(named, defaults, |r| r.max_delay_ms)
+                .unwrap_or(self.jobs.retry_max_delay_ms),
+            retry_on: list(|r| &r.retry_on),
+            no_retry: list(|r| &r.no_retry),
+            escalate_to: pick(named, defaults, |r| r.escalate_to.clone()),
+        }
+    }
+
     /// The queue's policy with the defaults' fields filled in.
     pub fn queue(&self, queue: &str) -> QueuePolicy {
         let named = self.queues.get(queue);
@@ -300,6 +451,11 @@ impl Policies {
                 .map(|t| format!("tenants.{t:?}")),
         );
         out.extend(
+            changed(&self.retry)
+                .against(&other.retry)
+                .map(|k| format!("retry.{k:?}")),
+        );
+        out.extend(
             changed(&self.keys)
                 .against(&other.keys)
                 .map(|k| format!("limits.{k:?}")),
@@ -378,6 +534,81 @@ mod tests {
             p.admit("q", 1, 0, 10).unwrap_err().what,
             "limits.max_pending"
         );
+    }
+
+    #[test]
+    fn retry_policies_by_type_fall_back_to_the_defaults() {
+        let mut p = Policies::default();
+        p.retry.insert(
+            DEFAULTS.into(),
+            RetryPolicy {
+                max_retries: Some(2),
+                base_delay_ms: Some(100),
+                ..Default::default()
+            },
+        );
+        p.retry.insert(
+            "render".into(),
+            RetryPolicy {
+                backoff: Some(Backoff::Linear),
+                no_retry: vec!["fatal_input".into()],
+                escalate_to: Some("manual-review".into()),
+                ..Default::default()
+            },
+        );
+        let r = p.retry_for("render");
+        assert_eq!((r.max_retries, r.base_delay_ms), (2, 100));
+        assert_eq!(r.escalate_to.as_deref(), Some("manual-review"));
+        let plain = |b| Retry {
+            backoff: b,
+            base_delay_ms: 100,
+            max_delay_ms: 250,
+            ..r.clone()
+        };
+        let delays = |b| {
+            (1..=4)
+                .map(|n| plain(b).backoff_ms(7, n))
+                .map(|d| d - d % 10)
+                .collect::<Vec<_>>()
+        };
+        // Jitter adds at most a quarter: compare the bases.
+        let within = |got: Vec<u64>, want: [u64; 4]| {
+            got.iter()
+                .zip(want)
+                .all(|(g, w)| *g >= w && *g <= w + w / 4)
+        };
+        assert!(within(delays(Backoff::Exponential), [100, 200, 250, 250]));
+        assert!(within(delays(Backoff::Linear), [100, 200, 250, 250]));
+        assert!(within(delays(Backoff::Fixed), [100, 100, 100, 100]));
+        assert_eq!(delays(Backoff::Immediate), [0, 0, 0, 0]);
+        assert_eq!(
+            plain(Backoff::Fixed).backoff_ms(7, 1),
+            plain(Backoff::Fixed).backoff_ms(7, 1),
+            "jitter is a function of the job"
+        );
+        assert!(matches!(
+            r.after_failure(1, "fatal_input", 0),
+            AfterFailure::Exhausted { .. }
+        ));
+        assert!(matches!(
+            r.after_failure(1, "timeout", 1),
+            AfterFailure::Retry { .. }
+        ));
+        assert!(matches!(
+            r.after_failure(1, "timeout", 2),
+            AfterFailure::Exhausted { .. }
+        ));
+        let only = Retry {
+            retry_on: vec!["timeout".into()],
+            ..r.clone()
+        };
+        assert!(matches!(
+            only.after_failure(1, "boom", 0),
+            AfterFailure::Exhausted { .. }
+        ));
+        // A type with no entry and no defaults uses [jobs].
+        let q = Policies::default().retry_for("x");
+        assert_eq!(q.max_retries, JobPolicies::default().max_retries);
     }
 
     #[test]

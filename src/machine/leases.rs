@@ -3,6 +3,7 @@
 //! promotes delayed jobs.
 
 use super::*;
+use crate::policies::AfterFailure;
 
 impl Machine {
     /// The jobs leased to `worker` now, as a lease hands them out. Changes
@@ -222,28 +223,44 @@ impl Machine {
         job.last_error_class = f.error_class.clone();
         job.last_error = f.message.clone();
         self.totals.failed += 1;
-        if job.attempts > self.policies.jobs.max_retries {
-            job.state = JobState::Dead;
-            job.finished_at_ms = now;
-            job.record(
-                now,
-                format!(
-                    "failed with {} (attempt {}); dead-lettered after {} retries",
-                    f.error_class, f.attempt, self.policies.jobs.max_retries
-                ),
-            );
-            self.totals.dead += 1;
-        } else {
-            job.state = JobState::Scheduled;
-            job.run_at_ms = now.saturating_add(self.policies.jobs.backoff_ms(job.id, job.attempts));
-            job.record(
-                now,
-                format!(
-                    "failed with {} (attempt {}); retry scheduled at {}",
-                    f.error_class, f.attempt, job.run_at_ms
-                ),
-            );
-            self.totals.retried += 1;
+        let retry = self.policies.retry_for(&job.job_type);
+        let failed = format!("failed with {} (attempt {})", f.error_class, f.attempt);
+        match retry.after_failure(job.id, &f.error_class, job.retries_done()) {
+            AfterFailure::Retry { delay_ms } => {
+                // An immediate retry is ready now, not at the next tick.
+                job.state = if delay_ms == 0 {
+                    JobState::Ready
+                } else {
+                    JobState::Scheduled
+                };
+                job.run_at_ms = now.saturating_add(delay_ms);
+                job.record(
+                    now,
+                    format!("{failed}; retry scheduled at {}", job.run_at_ms),
+                );
+                self.totals.retried += 1;
+            }
+            AfterFailure::Exhausted { why } => match retry.escalate_to {
+                Some(to) if to != job.queue => {
+                    job.record(now, format!("{failed}; escalated to queue {to} ({why})"));
+                    job.labels
+                        .insert(crate::job::ESCALATED_FROM_LABEL.into(), job.queue.clone());
+                    job.labels.insert(
+                        crate::job::RETRY_BASE_LABEL.into(),
+                        job.attempts.to_string(),
+                    );
+                    job.queue = to;
+                    job.state = JobState::Ready;
+                    job.run_at_ms = now;
+                    self.totals.escalated += 1;
+                }
+                _ => {
+                    job.state = JobState::Dead;
+                    job.finished_at_ms = now;
+                    job.record(now, format!("{failed}; dead-lettered ({why})"));
+                    self.totals.dead += 1;
+                }
+            },
         }
         self.place(&job);
         let record = self.put_job(&job, &payload);

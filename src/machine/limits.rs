@@ -176,7 +176,8 @@ impl Machine {
     /// frees.
     pub(super) fn park(&mut self, job: &Job, hold: Hold) {
         if let Some(qi) = self.queues.get_mut(&job.queue) {
-            qi.ready.remove(job.priority, &job.tenant, job.id);
+            qi.ready
+                .remove(job.priority, &job.tenant, job.id, job.run_at_ms);
         }
         self.put(key(PARKED, job.id).to_vec(), encode(&hold));
         self.track_parked(job, hold);
@@ -222,7 +223,8 @@ impl Machine {
         if self.forget_parked(job.id) {
             self.delete(key(PARKED, job.id).to_vec());
         } else if let Some(qi) = self.queues.get_mut(&job.queue) {
-            qi.ready.remove(job.priority, &job.tenant, job.id);
+            qi.ready
+                .remove(job.priority, &job.tenant, job.id, job.run_at_ms);
         }
     }
 

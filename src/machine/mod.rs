@@ -81,6 +81,8 @@ pub struct Totals {
     pub requeued: u64,
     pub dead: u64,
     pub cancelled: u64,
+    /// Exhausted jobs moved to their type's `on_exhausted` queue.
+    pub escalated: u64,
 }
 
 /// What the machine publishes after each applied range, for stats, metrics
@@ -510,6 +512,7 @@ use indexes::QueueIndex;
 use keys::*;
 pub use keys::{check_layout, INLINE_PAYLOAD_MAX};
 pub use reader::JobReader;
+pub use retry::jitter;
 
 #[cfg(test)]
 mod tests;

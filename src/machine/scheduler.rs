@@ -19,11 +19,12 @@ use crate::job::JobId;
 /// advances SCALE / w.
 const SCALE: u64 = 1_000_000;
 
-/// Ready jobs of one queue: priority -> tenant -> id -> ready since (ms),
-/// oldest first.
+/// Ready jobs of one queue: priority -> tenant -> (ready since (ms), id),
+/// longest waiting first. Not by id alone: a requeued job waits from its
+/// requeue, behind younger jobs that waited longer.
 #[derive(Debug, Default)]
 pub(super) struct ReadySet {
-    levels: BTreeMap<u8, BTreeMap<String, BTreeMap<JobId, u64>>>,
+    levels: BTreeMap<u8, BTreeMap<String, BTreeSet<(u64, JobId)>>>,
 }
 
 /// The fair-share clocks of one queue: each tenant's, and the queue's own
@@ -45,6 +46,8 @@ pub(super) struct Pick {
     pub(super) effective: u8,
     pub(super) tenant: String,
     pub(super) id: JobId,
+    /// Ready since (ms).
+    pub(super) since: u64,
 }
 
 /// `priority` after waiting since `since` until `now`: one level higher
@@ -67,15 +70,15 @@ impl ReadySet {
             .or_default()
             .entry(tenant.to_string())
             .or_default()
-            .insert(id, since);
+            .insert((since, id));
     }
 
-    pub(super) fn remove(&mut self, priority: u8, tenant: &str, id: JobId) {
+    pub(super) fn remove(&mut self, priority: u8, tenant: &str, id: JobId, since: u64) {
         let Some(level) = self.levels.get_mut(&priority) else {
             return;
         };
         if let Some(ids) = level.get_mut(tenant) {
-            ids.remove(&id);
+            ids.remove(&(since, id));
             if ids.is_empty() {
                 level.remove(tenant);
             }
@@ -103,7 +106,7 @@ impl ReadySet {
         self.levels.iter().flat_map(|(p, level)| {
             level.iter().flat_map(move |(t, ids)| {
                 ids.iter()
-                    .map(move |(id, since)| (*p, t.as_str(), *id, *since))
+                    .map(move |(since, id)| (*p, t.as_str(), *id, *since))
             })
         })
     }
@@ -121,8 +124,8 @@ impl ReadySet {
 
     /// The next job to lease: the best priority after aging (at `now`)
     /// that has a tenant not `held`; the tenant furthest behind its share
-    /// there; its oldest job. Each tenant's oldest job at a level has
-    /// waited longest there, so it stands for the level's aging.
+    /// there; its longest-waiting job, which also stands for the level's
+    /// aging.
     pub(super) fn pick(
         &self,
         clocks: &Clocks,
@@ -140,7 +143,7 @@ impl ReadySet {
                 if held(tenant) {
                     continue;
                 }
-                let Some((&id, &since)) = ids.iter().next() else {
+                let Some(&(since, id)) = ids.first() else {
                     continue;
                 };
                 let effective = aged(priority, since, now, aging_after_ms);
@@ -151,6 +154,7 @@ impl ReadySet {
                         effective,
                         tenant: tenant.clone(),
                         id,
+                        since,
                     };
                     best = Some((rank, pick));
                 }
@@ -200,7 +204,7 @@ mod tests {
                 break;
             };
             clocks.dispatched(&p.tenant, weight(&p.tenant));
-            set.remove(p.priority, &p.tenant, p.id);
+            set.remove(p.priority, &p.tenant, p.id, p.since);
             out.push(p.tenant);
         }
         out

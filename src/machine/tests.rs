@@ -905,8 +905,9 @@ fn finished_jobs_are_purged_after_their_retention() {
     let mut h = Harness::new();
     let done = h.enqueue(0, "q", 3);
     let dead = h.enqueue(0, "q", 3);
-    let live = h.enqueue(0, "q", 3);
-    let mut keyed = new_job("q", 3);
+    // Elsewhere, so the retries of `dead` below lease it, not these.
+    let live = h.enqueue(0, "elsewhere", 3);
+    let mut keyed = new_job("elsewhere", 3);
     keyed.idempotency_key = "once".into();
     h.run(
         0,
@@ -1423,4 +1424,118 @@ fn a_cancelled_parked_job_leaves_no_hold() {
     h.complete(5, ids[0], 1).unwrap();
     let next = h.lease(6, "w", &["q"], 5);
     assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[2]]);
+}
+
+fn retry_policies(entries: Vec<(&str, crate::policies::RetryPolicy)>) -> Command {
+    let mut policies = crate::policies::Policies {
+        jobs: CFG,
+        ..Default::default()
+    };
+    for (t, r) in entries {
+        policies.retry.insert(t.into(), r);
+    }
+    Command::SetPolicies { policies }
+}
+
+fn fail_as(h: &mut Harness, at: u64, id: JobId, attempt: u32, class: &str) {
+    let items = vec![Failure {
+        job_id: id,
+        attempt,
+        error_class: class.into(),
+        message: format!("{class} happened"),
+    }];
+    match h.run(
+        at,
+        Command::Fail {
+            worker: "w".into(),
+            items,
+        },
+    ) {
+        Outcome::Acks(v) => assert!(v[0].is_ok(), "{v:?}"),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn a_no_retry_class_dead_letters_at_once_and_exhausted_jobs_escalate_with_their_history() {
+    use crate::policies::{Backoff, RetryPolicy};
+    let mut h = Harness::new();
+    h.run(
+        1,
+        retry_policies(vec![(
+            "t",
+            RetryPolicy {
+                max_retries: Some(1),
+                backoff: Some(Backoff::Immediate),
+                no_retry: vec!["fatal_input".into()],
+                escalate_to: Some("review".into()),
+                ..Default::default()
+            },
+        )]),
+    );
+    // A no_retry class ends the job at once: escalated, since the type says so.
+    let a = h.enqueue(2, "q", 3);
+    h.lease(3, "w", &["q"], 1);
+    fail_as(&mut h, 4, a, 1, "fatal_input");
+    let job = h.job(a);
+    assert_eq!((job.state, job.queue.as_str()), (JobState::Ready, "review"));
+    assert_eq!(
+        job.labels
+            .get(crate::job::ESCALATED_FROM_LABEL)
+            .map(String::as_str),
+        Some("q")
+    );
+    assert_eq!(job.last_error_class, "fatal_input");
+    assert!(
+        job.events.iter().any(|e| e
+            .what
+            .contains("escalated to queue review (fatal_input is a no_retry class)")),
+        "{:?}",
+        job.events
+    );
+    assert_eq!(h.m.stats().queues["q"].pending(), 0);
+    // In the review queue it counts retries afresh: one retry (immediate),
+    // then the review queue is where it already is, so it is dead.
+    let leased = h.lease(5, "w", &["review"], 1);
+    assert_eq!(
+        leased[0].attempts, 2,
+        "the attempt number goes on: it fences leases"
+    );
+    fail_as(&mut h, 6, a, 2, "boom");
+    assert_eq!(h.job(a).state, JobState::Ready, "retried at once");
+    h.lease(7, "w", &["review"], 1);
+    fail_as(&mut h, 8, a, 3, "boom");
+    let job = h.job(a);
+    assert_eq!(job.state, JobState::Dead);
+    assert!(
+        job.events
+            .iter()
+            .filter(|e| e.what.starts_with("failed with"))
+            .count()
+            == 3,
+        "the history is kept: {:?}",
+        job.events
+    );
+    // Without escalation, a type's own max_retries decides.
+    h.run(
+        9,
+        retry_policies(vec![(
+            "*",
+            RetryPolicy {
+                max_retries: Some(0),
+                ..Default::default()
+            },
+        )]),
+    );
+    let b = h.enqueue(10, "q", 3);
+    h.lease(11, "w", &["q"], 1);
+    fail_as(&mut h, 12, b, 1, "boom");
+    assert_eq!(h.job(b).state, JobState::Dead);
+    assert!(h
+        .job(b)
+        .events
+        .last()
+        .unwrap()
+        .what
+        .contains("dead-lettered (after 0 retries)"));
 }
