@@ -114,6 +114,22 @@ pub enum Command {
         filter: PurgeFilter,
         limit: u32,
     },
+    /// Runs these dead jobs again (those still dead): same payload, a new
+    /// retry count, the timeline kept.
+    Replay {
+        ids: Vec<JobId>,
+    },
+    /// Removes these dead jobs (those still dead) with their payloads and
+    /// results.
+    PurgeDead {
+        ids: Vec<JobId>,
+    },
+    /// Takes back these leases (those still held at that attempt) and
+    /// makes their jobs ready again: `drover queues clear-stuck`.
+    Requeue {
+        leases: Vec<(JobId, u32)>,
+        reason: String,
+    },
 }
 
 /// Which waiting jobs of a queue a purge cancels.
@@ -162,6 +178,16 @@ pub enum Audited {
         schedule: String,
         action: ScheduleAction,
     },
+    Replay {
+        ids: Vec<JobId>,
+    },
+    PurgeDead {
+        ids: Vec<JobId>,
+    },
+    Requeue {
+        leases: Vec<(JobId, u32)>,
+        reason: String,
+    },
 }
 
 /// What a control applies to.
@@ -207,6 +233,12 @@ impl Audited {
             Audited::Schedule { schedule, action } => Command::Schedule {
                 schedule: schedule.clone(),
                 action: *action,
+            },
+            Audited::Replay { ids } => Command::Replay { ids: ids.clone() },
+            Audited::PurgeDead { ids } => Command::PurgeDead { ids: ids.clone() },
+            Audited::Requeue { leases, reason } => Command::Requeue {
+                leases: leases.clone(),
+                reason: reason.clone(),
             },
         }
     }
@@ -265,6 +297,9 @@ impl Command {
             Command::Fire { .. } => "fire",
             Command::Schedule { .. } => "schedule",
             Command::PurgeQueue { .. } => "purge_queue",
+            Command::Replay { .. } => "replay",
+            Command::PurgeDead { .. } => "purge_dead",
+            Command::Requeue { .. } => "requeue",
         }
     }
 
@@ -280,7 +315,14 @@ impl Command {
                 .map(|f| RECORD + f.message.len() + f.error_class.len())
                 .sum(),
             Command::Heartbeat { leases, .. } => RECORD * leases.len(),
-            Command::Audit { record, .. } => RECORD + record.reason.len() + record.target.len(),
+            Command::Audit { record, command } => {
+                RECORD
+                    + record.reason.len()
+                    + record.target.len()
+                    + command.as_ref().map_or(0, |c| c.command().approx_bytes())
+            }
+            Command::Replay { ids } | Command::PurgeDead { ids } => RECORD + 8 * ids.len(),
+            Command::Requeue { leases, reason } => RECORD + reason.len() + 12 * leases.len(),
             Command::Lease { .. }
             | Command::Cancel { .. }
             | Command::Tick
@@ -391,4 +433,10 @@ pub enum Outcome {
     },
     /// The queues a control changed.
     Controlled(Vec<String>),
+    /// The dead jobs replayed.
+    Replayed(Vec<JobId>),
+    /// How many records a removal took away.
+    Removed(u32),
+    /// The jobs whose leases were taken back.
+    Requeued(Vec<JobId>),
 }

@@ -22,6 +22,11 @@ pub enum Error {
     },
     #[error("job {0} not found")]
     JobNotFound(JobId),
+    #[error("job {id} is {state}, not dead: only dead jobs are replayed or purged from the dead letters")]
+    NotDead {
+        id: JobId,
+        state: crate::job::JobState,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -93,9 +98,10 @@ impl Error {
                 Code::NotFound
             }
             Error::Refused(Refusal::Shed { .. }) => Code::ResourceExhausted,
-            Error::Refused(_) | Error::MembershipBusy | Error::MembershipRefused(_) => {
-                Code::FailedPrecondition
-            }
+            Error::Refused(_)
+            | Error::NotDead { .. }
+            | Error::MembershipBusy
+            | Error::MembershipRefused(_) => Code::FailedPrecondition,
             Error::NoLeader { .. }
             | Error::Superseded
             | Error::ShuttingDown
@@ -140,6 +146,7 @@ impl Error {
             }
             Error::Refused(Refusal::StaleLease { .. }) => "stale_lease",
             Error::Refused(Refusal::Finished { .. }) => "already_finished",
+            Error::NotDead { .. } => "not_dead",
             Error::Refused(Refusal::Shed { .. }) => "shed",
             Error::Refused(Refusal::Draining { .. } | Refusal::TenantDraining { .. }) => "draining",
             Error::MembershipBusy => "membership_busy",

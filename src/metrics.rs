@@ -81,11 +81,22 @@ impl Metrics {
             ("drover_jobs_completed_total", t.completed),
             ("drover_jobs_failed_total", t.failed),
             ("drover_jobs_retried_total", t.retried),
-            ("drover_jobs_requeued_total", t.requeued),
             ("drover_jobs_dead_total", t.dead),
             ("drover_jobs_cancelled_total", t.cancelled),
+            ("drover_jobs_escalated_total", t.escalated),
         ] {
             metrics::counter!(name).absolute(v);
+        }
+        // Why leases were taken back: they expired, or an operator cleared
+        // them as stuck.
+        for (reason, v) in [("expired", t.requeued), ("stuck", t.requeued_stuck)] {
+            metrics::counter!("drover_jobs_requeued_total", "reason" => reason).absolute(v);
+        }
+        for (queue, classes) in &stats.dead_by_class {
+            for (class, n) in classes {
+                metrics::gauge!("drover_dead_jobs", "queue" => queue.clone(), "class" => class.clone())
+                    .set(*n as f64);
+            }
         }
         metrics::gauge!("drover_finished_jobs").set(finished as f64);
         metrics::gauge!("drover_data_dir_bytes").set(disk_usage(scrape.data_dir) as f64);

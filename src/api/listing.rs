@@ -49,11 +49,14 @@ impl App {
         self.router.read_barrier().await?;
         query.now_ms = crate::driver::now_ms();
         let reader = self.driver.reader();
-        let candidates: Vec<(String, u64)> = match query.state {
+        // (cursor after it, id, the time its index record says it finished)
+        let candidates: Vec<(String, u64, Option<u64>)> = match query.state {
             Some(JobState::Ready | JobState::Scheduled | JobState::Leased) => {
                 let after = id_cursor(after)?;
                 let ids = self.driver.live_job_ids(query.clone(), after).await?;
-                ids.into_iter().map(|id| (id.to_string(), id)).collect()
+                ids.into_iter()
+                    .map(|id| (id.to_string(), id, None))
+                    .collect()
             }
             Some(state) => {
                 let from = match after {
@@ -63,25 +66,27 @@ impl App {
                 reader
                     .finished_job_ids(state == JobState::Dead, from)?
                     .into_iter()
-                    .map(|(c, id)| (c.to_string(), id))
+                    .map(|(c, id)| (c.to_string(), id, Some(c.at_ms)))
                     .collect()
             }
             None => reader
                 .job_ids_after(id_cursor(after)?)?
                 .into_iter()
-                .map(|id| (id.to_string(), id))
+                .map(|id| (id.to_string(), id, None))
                 .collect(),
         };
         let exhausted = candidates.len() < SCAN_BUDGET;
         let mut jobs = Vec::new();
         let mut last = None;
-        for (cursor, id) in candidates {
+        for (cursor, id, finished_at) in candidates {
             last = Some(cursor);
             // Gone (purged) or changed state since the index named it.
             let Some(job) = reader.job(id)? else {
                 continue;
             };
-            if query.matches(&job) && owns(caller, &job) {
+            // A replayed job that finished again is in a newer record too.
+            let current = finished_at.is_none_or(|at| at == job.finished_at_ms);
+            if current && query.matches(&job) && owns(caller, &job) {
                 jobs.push(job);
                 if jobs.len() == limit {
                     return Ok(JobsPage { jobs, next: last });

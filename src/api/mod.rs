@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod dead;
 pub mod http;
 pub mod lease_batch;
 pub mod listen;

@@ -805,3 +805,80 @@ pub struct PurgedBody {
     /// Jobs cancelled.
     pub cancelled: u64,
 }
+
+/// Dead jobs of one queue and error class.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeadCountBody {
+    pub queue: String,
+    pub class: String,
+    pub count: u64,
+}
+
+/// A page of dead jobs, newest first, and the counts of all of them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeadPageBody {
+    pub jobs: Vec<JobSummaryBody>,
+    /// Pass as `after` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// Every dead job (not only this page's) by queue and error class.
+    pub counts: Vec<DeadCountBody>,
+}
+
+/// A dead job and its failures, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeadJobBody {
+    pub job: JobBody,
+    /// The failures on its timeline.
+    pub errors: Vec<EventBody>,
+}
+
+/// Which dead jobs a bulk replay or purge takes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadFilterBody {
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// The last error's class.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// Died within this long ("1h") or since this time (RFC 3339).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Died longer ago than this ("7d").
+    #[serde(default)]
+    pub older_than: Option<String>,
+    /// Most jobs to take, 1 to 1000 (default 100); repeat for more.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReplayedBody {
+    /// The jobs now ready again.
+    pub replayed: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PurgedDeadBody {
+    /// Dead jobs removed.
+    pub purged: u32,
+}
+
+/// Which leases of a queue `clear-stuck` takes back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClearStuckBody {
+    /// Leased longer than this (default "10m" when no worker is named).
+    #[serde(default)]
+    pub older_than: Option<String>,
+    /// Held by this worker, however long.
+    #[serde(default)]
+    pub worker: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RequeuedBody {
+    /// The jobs whose leases were taken back, ready again.
+    pub requeued: Vec<u64>,
+}

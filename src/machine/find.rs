@@ -21,6 +21,8 @@ pub struct JobQuery {
     pub class: Option<String>,
     /// In its state for longer than this, at `now_ms`.
     pub older_than_ms: Option<u64>,
+    /// Finished at or after this time (ms since the epoch).
+    pub finished_since_ms: Option<u64>,
     pub now_ms: u64,
 }
 
@@ -35,6 +37,9 @@ impl JobQuery {
             && self
                 .older_than_ms
                 .is_none_or(|d| self.now_ms.saturating_sub(state_since(job)) > d)
+            && self
+                .finished_since_ms
+                .is_none_or(|t| job.state.is_finished() && job.finished_at_ms >= t)
     }
 }
 

@@ -71,6 +71,10 @@ impl Machine {
         *qi.counts.slot(job.state, job.priority) += 1;
         match job.state {
             JobState::Ready => self.place_ready(job),
+            JobState::Dead => {
+                let key = (job.queue.clone(), job.last_error_class.clone());
+                *self.dead_classes.entry(key).or_default() += 1;
+            }
             JobState::Scheduled => {
                 self.scheduled.insert((job.run_at_ms, job.id));
             }
@@ -101,6 +105,15 @@ impl Machine {
         }
         match job.state {
             JobState::Ready => self.unplace_ready(job),
+            JobState::Dead => {
+                let key = (job.queue.clone(), job.last_error_class.clone());
+                if let Some(n) = self.dead_classes.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.dead_classes.remove(&key);
+                    }
+                }
+            }
             JobState::Scheduled => {
                 self.scheduled.remove(&(job.run_at_ms, job.id));
             }

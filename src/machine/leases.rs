@@ -277,16 +277,20 @@ impl Machine {
             if deadline > now {
                 break;
             }
-            let (mut job, payload) = self.must_load(id)?;
-            self.unplace(&job);
-            let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
-            job.state = JobState::Ready;
+            let (job, payload) = self.must_load(id)?;
+            let worker = job
+                .lease
+                .as_ref()
+                .map(|l| l.worker.clone())
+                .unwrap_or_default();
             // It waits (for aging and the sla) from now, not from when it
             // first became ready.
-            job.run_at_ms = now;
-            job.record(now, format!("lease expired (worker {worker}); requeued"));
-            self.place(&job);
-            self.put_job(&job, &payload);
+            self.take_back(
+                now,
+                job,
+                &payload,
+                &format!("lease expired (worker {worker}); requeued"),
+            );
             self.totals.requeued += 1;
             expired += 1;
         }

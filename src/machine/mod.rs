@@ -83,6 +83,8 @@ pub struct Totals {
     pub cancelled: u64,
     /// Exhausted jobs moved to their type's `on_exhausted` queue.
     pub escalated: u64,
+    /// Leases an operator took back (`drover queues clear-stuck`).
+    pub requeued_stuck: u64,
 }
 
 /// What the machine publishes after each applied range, for stats, metrics
@@ -103,6 +105,8 @@ pub struct MachineStats {
     pub ready_by_tenant: BTreeMap<String, u64>,
     /// Leases past their queue's sla, by queue and priority (1 to 5).
     pub sla_missed: BTreeMap<String, [u64; 5]>,
+    /// Dead jobs by queue and last error class.
+    pub dead_by_class: BTreeMap<String, BTreeMap<String, u64>>,
     pub applied_index: u64,
     pub last_at_ms: u64,
     pub queues: BTreeMap<String, QueueCounts>,
@@ -134,6 +138,8 @@ pub struct Machine {
     scheduled: BTreeSet<(u64, JobId)>,
     /// (lease deadline, id) of leased jobs.
     leases: BTreeSet<(u64, JobId)>,
+    /// Dead jobs by (queue, last error class), for the dead-letter view.
+    dead_classes: BTreeMap<(String, String), u64>,
     /// Leased jobs by the worker holding them, for [`Command::Held`].
     held_by: HashMap<String, BTreeSet<JobId>>,
     totals: Totals,
@@ -205,6 +211,7 @@ impl Machine {
             scheduled: BTreeSet::new(),
             leases: BTreeSet::new(),
             held_by: HashMap::new(),
+            dead_classes: BTreeMap::new(),
             totals: Totals::default(),
             sla_missed: BTreeMap::new(),
             staged: BTreeMap::new(),
@@ -333,6 +340,13 @@ impl Machine {
             draining_tenants: self.controls.draining_tenants.clone(),
             ready_by_tenant: self.ready_by_tenant(),
             sla_missed: self.sla_missed.clone(),
+            dead_by_class: {
+                let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+                for ((q, c), n) in &self.dead_classes {
+                    out.entry(q.clone()).or_default().insert(c.clone(), *n);
+                }
+                out
+            },
             applied_index: self.meta.applied_index,
             last_at_ms: self.meta.last_at_ms,
             queues: self
@@ -427,6 +441,9 @@ impl Machine {
                 filter,
                 limit,
             } => self.purge_queue(now, queue, filter, *limit)?,
+            Command::Replay { ids } => self.replay(now, ids)?,
+            Command::PurgeDead { ids } => self.purge_dead(ids)?,
+            Command::Requeue { leases, reason } => self.requeue(now, leases, reason)?,
         })
     }
 
@@ -494,6 +511,7 @@ impl Machine {
 pub mod audit;
 pub mod capture;
 mod controls;
+mod dead;
 pub mod find;
 mod indexes;
 mod jobs;

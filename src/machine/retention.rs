@@ -224,18 +224,26 @@ impl Machine {
             if !job.state.is_finished() || job.finished_at_ms != record.at_ms {
                 continue;
             }
-            self.unplace(&job);
-            self.delete(key(JOB, id).to_vec());
-            if let Payload::Apart = payload {
-                self.delete(key(PAYLOAD, id).to_vec());
-            }
-            self.delete(key(RESULT, id).to_vec());
-            if !job.idempotency_key.is_empty() {
-                self.drop_idempotency(time_key(IDEMPOTENT_AT, job.enqueued_at_ms, id), id)?;
-            }
+            self.remove_job(&job, &payload)?;
             purged += 1;
         }
         Ok(purged)
+    }
+
+    /// Removes a finished job: its record, payload, result and
+    /// idempotency record.
+    pub(super) fn remove_job(&mut self, job: &Job, payload: &Payload) -> Result<(), MachineError> {
+        let id = job.id;
+        self.unplace(job);
+        self.delete(key(JOB, id).to_vec());
+        if let Payload::Apart = payload {
+            self.delete(key(PAYLOAD, id).to_vec());
+        }
+        self.delete(key(RESULT, id).to_vec());
+        if !job.idempotency_key.is_empty() {
+            self.drop_idempotency(time_key(IDEMPOTENT_AT, job.enqueued_at_ms, id), id)?;
+        }
+        Ok(())
     }
 
     /// Removes an idempotency record's time index and the record itself if

@@ -1539,3 +1539,92 @@ fn a_no_retry_class_dead_letters_at_once_and_exhausted_jobs_escalate_with_their_
         .what
         .contains("dead-lettered (after 0 retries)"));
 }
+
+#[test]
+fn dead_jobs_replay_with_fresh_retries_purge_and_stuck_leases_requeue() {
+    let mut h = Harness::new();
+    h.run(
+        1,
+        retry_policies(vec![(
+            "*",
+            crate::policies::RetryPolicy {
+                max_retries: Some(0),
+                ..Default::default()
+            },
+        )]),
+    );
+    let a = h.enqueue(2, "q", 3);
+    let b = h.enqueue(2, "q", 3);
+    let live = h.enqueue(2, "other", 3);
+    h.lease(3, "w", &["q"], 2);
+    fail_as(&mut h, 4, a, 1, "boom");
+    fail_as(&mut h, 4, b, 1, "bad_input");
+    let stats = h.m.stats();
+    assert_eq!(stats.dead_by_class["q"]["boom"], 1);
+    assert_eq!(stats.dead_by_class["q"]["bad_input"], 1);
+
+    // Replay acts only on dead jobs.
+    let before = h.m.digest().unwrap();
+    match h.run(
+        5,
+        Command::Replay {
+            ids: vec![live, 999],
+        },
+    ) {
+        Outcome::Replayed(ids) => assert!(ids.is_empty()),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(
+        h.m.digest().unwrap(),
+        before,
+        "nothing dead named: nothing changed"
+    );
+    match h.run(6, Command::Replay { ids: vec![a] }) {
+        Outcome::Replayed(ids) => assert_eq!(ids, vec![a]),
+        o => panic!("{o:?}"),
+    }
+    let job = h.job(a);
+    assert_eq!((job.state, job.attempts), (JobState::Ready, 1));
+    assert!(
+        job.events
+            .iter()
+            .any(|e| e.what.starts_with("failed with boom")),
+        "the past is kept"
+    );
+    assert!(!h.m.stats().dead_by_class["q"].contains_key("boom"));
+    // Its retries count afresh: it fails once more and is dead again.
+    h.lease(7, "w", &["q"], 1);
+    fail_as(&mut h, 8, a, 2, "boom");
+    assert_eq!(h.job(a).state, JobState::Dead);
+
+    match h.run(9, Command::PurgeDead { ids: vec![b, live] }) {
+        Outcome::Removed(n) => assert_eq!(n, 1),
+        o => panic!("{o:?}"),
+    }
+    assert!(h.m.reader().job(b).unwrap().is_none());
+    assert!(h.m.reader().job(live).unwrap().is_some());
+    // Retention later meets the purged job's index entry and skips it.
+    let (jobs, _, _) = purge(&mut h, 10_000_000, KEEP);
+    assert_eq!(jobs, 1, "only a (dead again) goes");
+
+    let c = h.enqueue(20, "q", 3);
+    h.lease(21, "w", &["q"], 1);
+    let requeue = |h: &mut Harness, attempt| match h.run(
+        22,
+        Command::Requeue {
+            leases: vec![(c, attempt)],
+            reason: "stuck".into(),
+        },
+    ) {
+        Outcome::Requeued(ids) => ids,
+        o => panic!("{o:?}"),
+    };
+    assert!(
+        requeue(&mut h, 7).is_empty(),
+        "another attempt's lease is not taken"
+    );
+    assert_eq!(requeue(&mut h, 1), vec![c]);
+    assert_eq!(h.job(c).state, JobState::Ready);
+    assert_eq!(h.m.stats().totals.requeued_stuck, 1);
+    assert!(h.complete(23, c, 1).is_err(), "the old lease is stale");
+}

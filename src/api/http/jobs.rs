@@ -172,6 +172,7 @@ pub(super) async fn list(
         run: q.run,
         class: q.class,
         older_than_ms,
+        finished_since_ms: None,
         now_ms: 0,
     };
     let page = s

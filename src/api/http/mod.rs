@@ -6,6 +6,7 @@
 //! shape from [`Error`]'s `IntoResponse`.
 
 mod cluster;
+mod dead;
 mod jobs;
 pub mod openapi;
 mod probes;
@@ -68,6 +69,32 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             post(jobs::enqueue),
         ),
         route(Method::GET, "/api/v1/jobs", ReadJob, get(jobs::list)),
+        route(Method::GET, "/api/v1/dead", Read, get(dead::list)),
+        route(
+            Method::POST,
+            "/api/v1/dead/replay",
+            Operate,
+            post(dead::replay_many),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/dead/purge",
+            Operate,
+            post(dead::purge),
+        ),
+        route(Method::GET, "/api/v1/dead/{id}", Read, get(dead::show)),
+        route(
+            Method::POST,
+            "/api/v1/dead/{id}/replay",
+            Operate,
+            post(dead::replay_one),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/queues/{queue}/clear-stuck",
+            Operate,
+            post(queues::clear_stuck),
+        ),
         route(
             Method::GET,
             "/api/v1/jobs/{id}",

@@ -7,7 +7,8 @@ use axum::{Extension, Json};
 use super::HttpState;
 use crate::api::auth::Caller;
 use crate::api::types::{
-    ControlledBody, PurgeBody, PurgeState, PurgedBody, QueuePolicyBody, QueueStatusBody, QueuesBody,
+    ClearStuckBody, ControlledBody, PurgeBody, PurgeState, PurgedBody, QueuePolicyBody,
+    QueueStatusBody, QueuesBody, RequeuedBody,
 };
 use crate::api::ErrorResponses;
 use crate::command::{QueueAction, QueueScope};
@@ -200,4 +201,76 @@ pub(super) async fn purge(
     }
     result?;
     Ok(Json(PurgedBody { queue, cancelled }))
+}
+
+/// Default age past which `clear-stuck` takes a lease back.
+const STUCK_AFTER: &str = "10m";
+
+/// Take back a queue's stuck leases and make their jobs ready again:
+/// leased longer than `older_than` (default 10m), held by `worker`, or
+/// held by a worker connected to no node. Counted in
+/// `drover_jobs_requeued_total{reason="stuck"}`.
+#[utoipa::path(post, path = "/api/v1/queues/{queue}/clear-stuck", tag = "queues",
+    params(("queue" = String, Path, description = "A-Z a-z 0-9 _ . -, at most 128")),
+    request_body = ClearStuckBody,
+    responses((status = 200, body = RequeuedBody), ErrorResponses))]
+pub(super) async fn clear_stuck(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(queue): Path<String>,
+    b: Result<Json<ClearStuckBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<RequeuedBody>, Error> {
+    crate::job::validate_queue(&queue)?;
+    let b = super::body(b)?;
+    if b.worker
+        .as_ref()
+        .is_some_and(|w| w.is_empty() || w.len() > 128)
+    {
+        return Err(Error::invalid("worker", "a worker id is 1 to 128 bytes"));
+    }
+    let older_than = match (&b.older_than, &b.worker) {
+        (Some(d), _) => Some(d.as_str()),
+        (None, None) => Some(STUCK_AFTER),
+        (None, Some(_)) => None,
+    };
+    let older_than_ms = older_than
+        .map(|d| {
+            crate::wire::parse_duration_ms(d, crate::wire::MAX_DELAY)
+                .map_err(|reason| Error::invalid("older_than", reason))
+        })
+        .transpose()?;
+    let leased = crate::machine::find::JobQuery {
+        queue: Some(queue.clone()),
+        state: Some(crate::job::JobState::Leased),
+        ..Default::default()
+    };
+    let jobs = s.app.find_jobs(&caller, leased, 100_000).await?;
+    // Workers no node knows of hold nothing they will finish; only when
+    // every node answered can a worker be called gone.
+    let connected = super::workers::gather(&s, "", false).await;
+    let gone = |w: &str| {
+        connected.unreachable.is_empty() && !connected.workers.iter().any(|c| c.worker_id == w)
+    };
+    let now = crate::driver::now_ms();
+    let stuck: Vec<crate::job::Job> = jobs
+        .into_iter()
+        .filter(|j| {
+            let holder = j.lease.as_ref().map_or("", |l| l.worker.as_str());
+            let old = older_than_ms
+                .is_some_and(|d| now.saturating_sub(crate::machine::find::state_since(j)) > d);
+            let named = b.worker.as_deref().is_some_and(|w| w == holder);
+            old || named || (b.worker.is_none() && gone(holder))
+        })
+        .collect();
+    let reason = match (&b.worker, older_than) {
+        (Some(w), None) => format!("held by worker {w}"),
+        (Some(w), Some(d)) => format!("held by worker {w} or leased over {d}"),
+        (None, Some(d)) => format!("leased over {d} or its worker is gone"),
+        (None, None) => "stuck".into(),
+    };
+    let requeued = s
+        .app
+        .requeue(&caller, &stuck, reason, format!("queue {queue}"))
+        .await?;
+    Ok(Json(RequeuedBody { requeued }))
 }

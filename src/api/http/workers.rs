@@ -11,7 +11,7 @@ use crate::api::types::{WorkerBody, WorkersBody};
 use crate::api::ErrorResponses;
 use crate::error::Error;
 
-async fn gather(s: &HttpState, stop: &str, all: bool) -> WorkersBody {
+pub(super) async fn gather(s: &HttpState, stop: &str, all: bool) -> WorkersBody {
     let mut asked = 0;
     if all || !stop.is_empty() {
         asked += s.app.workers.stop(stop, all);

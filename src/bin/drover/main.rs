@@ -5,6 +5,7 @@
 mod admin;
 mod audit;
 mod cluster;
+mod dead;
 mod jobs;
 mod local;
 mod policies;
@@ -56,6 +57,11 @@ enum Cmd {
     Tenants {
         #[command(subcommand)]
         command: tenants::TenantsCmd,
+    },
+    /// The dead letters: list, show, replay, purge.
+    Dead {
+        #[command(subcommand)]
+        command: dead::DeadCmd,
     },
     /// Read and cancel jobs.
     Jobs {
@@ -126,6 +132,7 @@ fn main() -> Result<()> {
             Cmd::Worker(a) => worker::run(a).await,
             Cmd::Status(t) => status::run(t).await,
             Cmd::Jobs { command } => jobs::run(command).await,
+            Cmd::Dead { command } => dead::run(command).await,
             Cmd::Queues { command } => queues::run(command).await,
             Cmd::Tenants { command } => tenants::run(command).await,
             Cmd::Schedules { command } => schedules::run(command).await,

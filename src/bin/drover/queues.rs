@@ -1,10 +1,10 @@
-//! `drover queues list|pause|drain|resume`.
+//! `drover queues list|pause|drain|resume|purge|clear-stuck`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use drover::api::types::{ControlledBody, PurgedBody, QueuesBody};
+use drover::api::types::{ControlledBody, PurgedBody, QueuesBody, RequeuedBody};
 
 use crate::target::{table, Target};
 
@@ -32,6 +32,23 @@ pub enum QueuesCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Requeue QUEUE's jobs leased longer than --older-than (default 10m),
+    /// held by --worker, or held by a worker connected to no node.
+    ClearStuck(ClearStuckArgs),
+}
+
+/// Take back QUEUE's stuck leases and make their jobs ready again.
+#[derive(Args)]
+pub struct ClearStuckArgs {
+    queue: String,
+    /// Leased longer than this (default 10m when no --worker is named).
+    #[arg(long)]
+    older_than: Option<String>,
+    /// Held by this worker, however long.
+    #[arg(long)]
+    worker: Option<String>,
+    #[command(flatten)]
+    target: Target,
 }
 
 #[derive(Args)]
@@ -75,6 +92,18 @@ pub async fn run(cmd: QueuesCmd) -> Result<()> {
                     "cancelled {} waiting jobs of queue {}",
                     d.cancelled, d.queue
                 )
+            });
+        }
+        QueuesCmd::ClearStuck(a) => {
+            let body = serde_json::json!({"older_than": a.older_than, "worker": a.worker});
+            let done: RequeuedBody = a
+                .target
+                .admin()?
+                .post(&format!("/api/v1/queues/{}/clear-stuck", a.queue), &body)
+                .await?;
+            return a.target.print(&done, |d| {
+                let ids: Vec<String> = d.requeued.iter().map(u64::to_string).collect();
+                println!("requeued {} jobs: {}", ids.len(), ids.join(" "))
             });
         }
         QueuesCmd::Pause(a) => ("pause", a),
