@@ -636,6 +636,26 @@ pub struct TenantPolicyBody {
     pub weight: u32,
 }
 
+/// `[retry.JOB_TYPE]` as the config writes it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct RetryPolicyBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_retry: Vec<String>,
+    /// `queue:NAME`; absent: dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exhausted: Option<String>,
+}
+
 /// The policies the cluster applies, as the log last set them (from the
 /// leader's config), in the config file's shape.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -644,6 +664,7 @@ pub struct PoliciesBody {
     pub limits: LimitPoliciesBody,
     pub queues: BTreeMap<String, QueuePolicyBody>,
     pub tenants: BTreeMap<String, TenantPolicyBody>,
+    pub retry: BTreeMap<String, RetryPolicyBody>,
 }
 
 impl From<&crate::policies::Policies> for PoliciesBody {
@@ -689,6 +710,22 @@ impl From<&crate::policies::Policies> for PoliciesBody {
                 .tenants
                 .iter()
                 .map(|(name, t)| (name.clone(), TenantPolicyBody { weight: t.weight }))
+                .collect(),
+            retry: p
+                .retry
+                .iter()
+                .map(|(t, r)| {
+                    let body = RetryPolicyBody {
+                        max_retries: r.max_retries,
+                        backoff: r.backoff.map(|b| b.as_str().to_string()),
+                        base_delay: r.base_delay_ms.map(d),
+                        max_delay: r.max_delay_ms.map(d),
+                        retry_on: r.retry_on.clone(),
+                        no_retry: r.no_retry.clone(),
+                        on_exhausted: r.escalate_to.as_ref().map(|q| format!("queue:{q}")),
+                    };
+                    (t.clone(), body)
+                })
                 .collect(),
         }
     }

@@ -1,0 +1,263 @@
+//! When jobs fail, on a real node through the CLI: an exec worker failing
+//! with a `no_retry` class dead-letters the job at once, `drover dead`
+//! lists, shows and replays it, and `drover queues clear-stuck` takes back
+//! the lease of a worker that was SIGKILLed. Bad input is named and
+//! changes nothing.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn drover(args: &[&str], server: &str) -> serde_json::Value {
+    let out = drover_cli(args, server, "");
+    assert!(
+        out.status.success(),
+        "drover {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn exec_worker(server: &str, queue: &str, id: &str, script: &str) -> Reap {
+    Reap(
+        Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["worker", "--server", server, "--queue", queue, "--id", id])
+            .args(["--exec", script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn drover worker"),
+    )
+}
+
+async fn wait_state(node: &TestNode, id: u64, want: &str) {
+    wait_for(
+        &format!("job {id} {want}"),
+        Duration::from_secs(20),
+        || async {
+            let s = job_state(node, id).await;
+            if s == want {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .await;
+}
+
+fn enqueue(server: &str, queue: &str) -> u64 {
+    drover(&["enqueue", "--queue", queue, "--json"], server)[0]["id"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_retry_failure_is_dead_at_once_listed_shown_and_replayed() {
+    let node = TestNode::start("[retry.\"*\"]\nmax_retries = 5\nno_retry = [\"fatal_input\"]\n");
+    let server = node.grpc.as_str();
+    wait_for(
+        "the retry policy in the log",
+        Duration::from_secs(10),
+        || async {
+            let p = drover(&["policies", "show", "--json"], server);
+            if p["retry"]["*"]["no_retry"][0] == "fatal_input" {
+                Ok(())
+            } else {
+                Err(p.to_string())
+            }
+        },
+    )
+    .await;
+    let id = enqueue(server, "q");
+    let _worker = exec_worker(
+        server,
+        "q",
+        "failing",
+        "echo 'the input is bad' >&2; echo error_class=fatal_input >&2; exit 3",
+    );
+    wait_state(&node, id, "dead").await;
+    let job = drover(&["jobs", "get", &id.to_string(), "--json"], server);
+    assert_eq!(job["attempts"], 1, "no retry for a no_retry class: {job}");
+
+    let page = drover(
+        &["dead", "list", "--class", "fatal_input", "--json"],
+        server,
+    );
+    assert_eq!(page["jobs"][0]["id"], id, "{page}");
+    assert_eq!(page["counts"][0]["queue"], "q");
+    assert_eq!(page["counts"][0]["count"], 1);
+    let none = drover(&["dead", "list", "--class", "timeout", "--json"], server);
+    assert!(none["jobs"].as_array().unwrap().is_empty(), "{none}");
+    let shown = drover(&["dead", "show", &id.to_string(), "--json"], server);
+    assert!(
+        shown["errors"][0]["what"]
+            .as_str()
+            .unwrap()
+            .contains("fatal_input"),
+        "{shown}"
+    );
+
+    // Replayed, it runs again (and fails again: the worker still fails it).
+    let replayed = drover(&["dead", "replay", &id.to_string(), "--json"], server);
+    assert_eq!(replayed["replayed"][0], id);
+    wait_for("the replay to run", Duration::from_secs(20), || async {
+        let job = drover(&["jobs", "get", &id.to_string(), "--json"], server);
+        if job["state"] == "dead" && job["attempts"] == 2 {
+            Ok(())
+        } else {
+            Err(job.to_string())
+        }
+    })
+    .await;
+    let audit = drover(&["audit", "--json"], server);
+    assert!(audit.to_string().contains("replay"), "{audit}");
+
+    // A replay by filter, then a purge by filter.
+    let by_filter = drover(
+        &[
+            "dead",
+            "replay",
+            "--queue",
+            "q",
+            "--class",
+            "fatal_input",
+            "--json",
+        ],
+        server,
+    );
+    assert_eq!(by_filter["replayed"][0], id);
+    wait_state(&node, id, "dead").await;
+    let purged = drover(&["dead", "purge", "--queue", "q", "--json"], server);
+    assert_eq!(purged["purged"], 1);
+    let (status, _) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_stuck_requeues_the_job_of_a_killed_worker() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let id = enqueue(server, "slow");
+    let mut worker = exec_worker(server, "slow", "sleepy", "sleep 600");
+    wait_state(&node, id, "leased").await;
+    // Nothing is older than ten minutes, and the worker is connected.
+    let none = drover(&["queues", "clear-stuck", "slow", "--json"], server);
+    assert!(none["requeued"].as_array().unwrap().is_empty(), "{none}");
+    worker.0.kill().unwrap();
+    worker.0.wait().unwrap();
+    let requeued = wait_for(
+        "the node to see the worker gone",
+        Duration::from_secs(20),
+        || async {
+            let r = drover(&["queues", "clear-stuck", "slow", "--json"], server);
+            match r["requeued"].as_array() {
+                Some(ids) if !ids.is_empty() => Ok(r),
+                _ => Err(r.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(requeued["requeued"][0], id);
+    assert_eq!(job_state(&node, id).await, "ready");
+    let text = metrics_text(&node).await;
+    assert!(
+        text.contains("drover_jobs_requeued_total{reason=\"stuck\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn bad_dead_letter_requests_are_named_and_change_nothing() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let live = enqueue(server, "q");
+    let (_, before) = get_json(&format!("{}/api/v1/debug/digest", node.http)).await;
+    let http = reqwest::Client::new();
+    let post = |path: String, body: serde_json::Value| {
+        let http = http.clone();
+        async move {
+            let r = http.post(path).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let base = &node.http;
+    let cases = [
+        (
+            format!("{base}/api/v1/dead/{live}/replay"),
+            serde_json::json!({}),
+            409,
+            "not dead",
+        ),
+        (
+            format!("{base}/api/v1/dead/999/replay"),
+            serde_json::json!({}),
+            404,
+            "999",
+        ),
+        (
+            format!("{base}/api/v1/dead/replay"),
+            serde_json::json!({"limit": 0}),
+            400,
+            "limit",
+        ),
+        (
+            format!("{base}/api/v1/dead/replay"),
+            serde_json::json!({"since": "-5m"}),
+            400,
+            "since",
+        ),
+        (
+            format!("{base}/api/v1/dead/purge"),
+            serde_json::json!({"older_than": "soon"}),
+            400,
+            "older_than",
+        ),
+        (
+            format!("{base}/api/v1/dead/purge"),
+            serde_json::json!({"colour": "red"}),
+            400,
+            "colour",
+        ),
+        (
+            format!("{base}/api/v1/queues/q/clear-stuck"),
+            serde_json::json!({"older_than": "-1s"}),
+            400,
+            "older_than",
+        ),
+        (
+            format!("{base}/api/v1/queues/no%20such/clear-stuck"),
+            serde_json::json!({}),
+            400,
+            "queue",
+        ),
+    ];
+    for (path, body, want, mentions) in cases {
+        let (status, got) = post(path.clone(), body).await;
+        assert_eq!(status, want, "{path}: {got}");
+        assert!(
+            got["error"]["message"].to_string().contains(mentions),
+            "{path}: {got}"
+        );
+    }
+    let (status, got) = get_json(&format!("{base}/api/v1/dead/{live}")).await;
+    assert_eq!(status, 409, "{got}");
+    assert_eq!(got["error"]["code"], "not_dead");
+    let out = drover_cli(&["dead", "replay"], server, "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name a job id"));
+    let (_, after) = get_json(&format!("{}/api/v1/debug/digest", node.http)).await;
+    assert_eq!(before["digest"], after["digest"], "nothing changed");
+}
