@@ -130,6 +130,10 @@ pub enum Command {
         leases: Vec<(JobId, u32)>,
         reason: String,
     },
+    /// Closes one circuit breaker (queue, tenant, class), or all of them.
+    ResetBreakers {
+        scope: Option<(String, String, String)>,
+    },
 }
 
 /// Which waiting jobs of a queue a purge cancels.
@@ -188,6 +192,9 @@ pub enum Audited {
         leases: Vec<(JobId, u32)>,
         reason: String,
     },
+    ResetBreakers {
+        scope: Option<(String, String, String)>,
+    },
 }
 
 /// What a control applies to.
@@ -239,6 +246,9 @@ impl Audited {
             Audited::Requeue { leases, reason } => Command::Requeue {
                 leases: leases.clone(),
                 reason: reason.clone(),
+            },
+            Audited::ResetBreakers { scope } => Command::ResetBreakers {
+                scope: scope.clone(),
             },
         }
     }
@@ -300,6 +310,7 @@ impl Command {
             Command::Replay { .. } => "replay",
             Command::PurgeDead { .. } => "purge_dead",
             Command::Requeue { .. } => "requeue",
+            Command::ResetBreakers { .. } => "reset_breakers",
         }
     }
 
@@ -323,6 +334,7 @@ impl Command {
             }
             Command::Replay { ids } | Command::PurgeDead { ids } => RECORD + 8 * ids.len(),
             Command::Requeue { leases, reason } => RECORD + reason.len() + 12 * leases.len(),
+            Command::ResetBreakers { .. } => RECORD,
             Command::Lease { .. }
             | Command::Cancel { .. }
             | Command::Tick

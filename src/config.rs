@@ -244,6 +244,36 @@ pub struct QueueConfig {
     pub initial_batch_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_size: Option<u32>,
+    /// `[queues.NAME.breaker]`: circuit breakers per (queue, tenant, error
+    /// class); on for every queue once `[queues."*".breaker]` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerConfig>,
+}
+
+/// `[queues.NAME.breaker]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// false turns this queue's breakers off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Failures of one class within `window` that open it (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+    /// Default 60s.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub window: Option<Duration>,
+    /// How long it stays open before letting one job through (default 30s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cooldown: Option<Duration>,
 }
 
 /// `[tenants.NAME]`.
@@ -845,6 +875,12 @@ impl Config {
                         heartbeat_timeout_ms: q.heartbeat_timeout.map(ms),
                         sla_ms: q.sla.map(ms),
                         aging_after_ms: q.aging_after.map(ms),
+                        breaker: q.breaker.as_ref().map(|b| crate::policies::QueueBreaker {
+                            enabled: b.enabled,
+                            threshold: b.threshold,
+                            window_ms: b.window.map(ms),
+                            cooldown_ms: b.cooldown.map(ms),
+                        }),
                         // Validated: keys are priorities 1 to 5.
                         shed: q
                             .shed
@@ -946,6 +982,17 @@ impl Config {
                     "queues",
                     format!("[queues.{name:?}] initial_batch_size and max_batch_size must be 1 or more, initial at most max"),
                 ));
+            }
+            if let Some(b) = &q.breaker {
+                if b.threshold == Some(0)
+                    || b.window.is_some_and(|d| d.is_zero())
+                    || b.cooldown.is_some_and(|d| d.is_zero())
+                {
+                    return Err(invalid(
+                        "queues",
+                        format!("[queues.{name:?}.breaker] threshold, window and cooldown must be more than 0"),
+                    ));
+                }
             }
             for (p, f) in &q.shed {
                 let priority_ok = matches!(p.parse::<u8>(), Ok(1..=5));

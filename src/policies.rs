@@ -267,6 +267,38 @@ pub struct QueuePolicy {
     pub sla_ms: Option<u64>,
     /// A ready job counts one priority level higher per this much waiting.
     pub aging_after_ms: Option<u64>,
+    /// `[queues.NAME.breaker]`: fields not set take the `*` entry's.
+    pub breaker: Option<QueueBreaker>,
+}
+
+/// A queue's circuit-breaker settings as configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueBreaker {
+    pub enabled: Option<bool>,
+    pub threshold: Option<u32>,
+    pub window_ms: Option<u64>,
+    pub cooldown_ms: Option<u64>,
+}
+
+/// A queue's breakers, defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    /// Failures of one class within the window that open it.
+    pub threshold: u32,
+    pub window_ms: u64,
+    /// How long it stays open before letting one job through.
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            threshold: 5,
+            window_ms: 60_000,
+            cooldown_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -333,6 +365,35 @@ impl Policies {
             .map(|(_, l)| l)
     }
 
+    /// The breakers of a queue: None unless `[queues.NAME.breaker]` or
+    /// `[queues."*".breaker]` turns them on (and `enabled = false` turns them
+    /// off for one queue).
+    pub fn breaker(&self, queue: &str) -> Option<BreakerPolicy> {
+        let named = self.queues.get(queue).and_then(|q| q.breaker.as_ref());
+        let defaults = self.queues.get(DEFAULTS).and_then(|q| q.breaker.as_ref());
+        if named.is_none() && defaults.is_none() {
+            return None;
+        }
+        fn pick<T>(
+            named: Option<&QueueBreaker>,
+            defaults: Option<&QueueBreaker>,
+            f: fn(&QueueBreaker) -> Option<T>,
+        ) -> Option<T> {
+            named.and_then(f).or_else(|| defaults.and_then(f))
+        }
+        if pick(named, defaults, |b| b.enabled) == Some(false) {
+            return None;
+        }
+        let d = BreakerPolicy::default();
+        Some(BreakerPolicy {
+            threshold: pick(named, defaults, |b| b.threshold)
+                .unwrap_or(d.threshold)
+                .max(1),
+            window_ms: pick(named, defaults, |b| b.window_ms).unwrap_or(d.window_ms),
+            cooldown_ms: pick(named, defaults, |b| b.cooldown_ms).unwrap_or(d.cooldown_ms),
+        })
+    }
+
     /// The retry policy of a job type, defaults filled in.
     pub fn retry_for(&self, job_type: &str) -> Retry {
         let named = self.retry.get(job_type);
@@ -377,6 +438,9 @@ impl Policies {
             heartbeat_timeout_ms: pick(|q| q.heartbeat_timeout_ms),
             sla_ms: pick(|q| q.sla_ms),
             aging_after_ms: pick(|q| q.aging_after_ms),
+            breaker: named
+                .and_then(|q| q.breaker.clone())
+                .or_else(|| defaults.and_then(|q| q.breaker.clone())),
             shed: named
                 .filter(|q| !q.shed.is_empty())
                 .or(defaults)

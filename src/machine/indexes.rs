@@ -51,7 +51,10 @@ impl Machine {
     pub fn next_due_ms(&self) -> Option<u64> {
         let s = self.scheduled.first().map(|(at, _)| *at);
         let l = self.leases.first().map(|(at, _)| *at);
-        [s, l, self.next_release_ms()].into_iter().flatten().min()
+        [s, l, self.next_release_ms(), self.next_breaker_ms()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Ready jobs by tenant, over all queues.

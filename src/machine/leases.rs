@@ -58,7 +58,11 @@ impl Machine {
                     let qi = self.queues.get(*q)?;
                     let pick = qi.ready.pick(
                         &qi.clocks,
-                        |t| paused.contains(t),
+                        |t| {
+                            paused.contains(t)
+                                || (!self.breakers.is_empty()
+                                    && breaker::holds(&self.breakers, q.as_str(), t))
+                        },
                         policy.aging_after_ms,
                         now,
                     )?;
@@ -100,6 +104,9 @@ impl Machine {
             }
             self.place(&job);
             self.took_lease(&job, now);
+            if !self.breakers.is_empty() {
+                self.breaker_leased(&job);
+            }
             self.put_job(&job, &payload);
             self.totals.dispatched += 1;
             let payload = self.payload_bytes(job.id, payload)?;
@@ -186,6 +193,9 @@ impl Machine {
             }) if current == c.attempt => return Ok(Ok(())),
             Err(refusal) => return Ok(Err(refusal)),
         };
+        if !self.breakers.is_empty() {
+            self.breaker_succeeded(&job);
+        }
         self.unplace(&job);
         job.state = JobState::Succeeded;
         job.lease = None;
@@ -223,6 +233,7 @@ impl Machine {
         job.last_error_class = f.error_class.clone();
         job.last_error = f.message.clone();
         self.totals.failed += 1;
+        self.breaker_failed(now, &job, &f.error_class);
         let retry = self.policies.retry_for(&job.job_type);
         let failed = format!("failed with {} (attempt {})", f.error_class, f.attempt);
         match retry.after_failure(job.id, &f.error_class, job.retries_done()) {
@@ -307,6 +318,7 @@ impl Machine {
             promoted += 1;
         }
         self.release_rates(now);
+        self.breakers_tick(now)?;
         Ok(Outcome::Ticked { expired, promoted })
     }
 }

@@ -107,6 +107,9 @@ pub struct MachineStats {
     pub sla_missed: BTreeMap<String, [u64; 5]>,
     /// Dead jobs by queue and last error class.
     pub dead_by_class: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Circuit breakers that are not closed, or closed with failures in
+    /// their window.
+    pub breakers: BTreeMap<breaker::Scope, breaker::Breaker>,
     pub applied_index: u64,
     pub last_at_ms: u64,
     pub queues: BTreeMap<String, QueueCounts>,
@@ -132,6 +135,8 @@ pub struct Machine {
     controls: controls::Controls,
     /// Per-key limits: leases by key, rate states, parked jobs.
     limits: limits::KeyLimits,
+    /// Circuit breakers by (queue, tenant, class) (`K`).
+    breakers: BTreeMap<breaker::Scope, breaker::Breaker>,
     meta: Meta,
     queues: BTreeMap<String, QueueIndex>,
     /// (run_at, id) of scheduled jobs.
@@ -206,6 +211,7 @@ impl Machine {
             schedules,
             controls,
             limits: limits::KeyLimits::default(),
+            breakers: BTreeMap::new(),
             meta,
             queues: BTreeMap::new(),
             scheduled: BTreeSet::new(),
@@ -221,6 +227,7 @@ impl Machine {
             audit_seq: 0,
         };
         machine.load_limits()?;
+        machine.load_breakers()?;
         for item in machine.tree.scan_prefix([JOB]) {
             let (k, v) = item?;
             machine.place(&decode_job(&k, &v)?);
@@ -306,7 +313,11 @@ impl Machine {
             (qi.counts.leased >= limit).then(|| name.clone())
         });
         // Only when some tenant is paused: this runs after every applied range.
-        let some_paused = !self.controls.paused_tenants.is_empty();
+        let some_paused = !self.controls.paused_tenants.is_empty()
+            || self
+                .breakers
+                .values()
+                .any(|b| b.state != breaker::BreakerState::Closed);
         let tenants_paused = self
             .queues
             .iter()
@@ -314,9 +325,10 @@ impl Machine {
             .filter_map(|(name, qi)| {
                 let tenants = qi.ready.tenants();
                 let all_paused = !tenants.is_empty()
-                    && tenants
-                        .iter()
-                        .all(|t| self.controls.paused_tenants.contains(*t));
+                    && tenants.iter().all(|t| {
+                        self.controls.paused_tenants.contains(*t)
+                            || breaker::holds(&self.breakers, name, t)
+                    });
                 all_paused.then(|| name.clone())
             });
         // Every ready job parked behind a key limit.
@@ -347,6 +359,7 @@ impl Machine {
                 }
                 out
             },
+            breakers: self.breakers.clone(),
             applied_index: self.meta.applied_index,
             last_at_ms: self.meta.last_at_ms,
             queues: self
@@ -444,6 +457,7 @@ impl Machine {
             Command::Replay { ids } => self.replay(now, ids)?,
             Command::PurgeDead { ids } => self.purge_dead(ids)?,
             Command::Requeue { leases, reason } => self.requeue(now, leases, reason)?,
+            Command::ResetBreakers { scope } => self.reset_breakers(scope.as_ref()),
         })
     }
 
@@ -509,6 +523,7 @@ impl Machine {
 }
 
 pub mod audit;
+pub mod breaker;
 pub mod capture;
 mod controls;
 mod dead;

@@ -57,6 +57,9 @@ impl JobReader {
         if controls.paused_tenants.contains(&job.tenant) {
             return Ok(Some("tenant paused".into()));
         }
+        if self.breaker_holds(&job.queue, &job.tenant)? {
+            return Ok(Some("held: breaker".into()));
+        }
         let k = key(limits::PARKED, job.id);
         Ok(match tree.get(k)? {
             Some(v) => Some(decode::<limits::Hold>(&k, &v)?.describe()),

@@ -1628,3 +1628,117 @@ fn dead_jobs_replay_with_fresh_retries_purge_and_stuck_leases_requeue() {
     assert_eq!(h.m.stats().totals.requeued_stuck, 1);
     assert!(h.complete(23, c, 1).is_err(), "the old lease is stale");
 }
+
+#[test]
+fn a_breaker_opens_holds_its_scope_lets_one_probe_through_and_closes_or_reopens() {
+    let mut policies = crate::policies::Policies {
+        jobs: CFG,
+        ..Default::default()
+    };
+    policies.queues.insert(
+        "*".into(),
+        crate::policies::QueuePolicy {
+            breaker: Some(crate::policies::QueueBreaker {
+                threshold: Some(2),
+                window_ms: Some(1_000),
+                cooldown_ms: Some(500),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    policies.retry.insert(
+        "*".into(),
+        crate::policies::RetryPolicy {
+            max_retries: Some(0),
+            ..Default::default()
+        },
+    );
+    let mut h = Harness::new();
+    h.run(1, Command::SetPolicies { policies });
+    let ids: Vec<JobId> = (0..6).map(|_| h.enqueue(2, "q", 3)).collect();
+    // Two failures of one class within the window open it.
+    let leased = h.lease(10, "w", &["q"], 2);
+    assert_eq!(
+        leased.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[0], ids[1]]
+    );
+    fail_as(&mut h, 20, ids[0], 1, "smtp");
+    fail_as(&mut h, 30, ids[1], 1, "smtp");
+    let scope = ("q".to_string(), "default".to_string(), "smtp".to_string());
+    assert_eq!(
+        h.m.stats().breakers[&scope].state,
+        breaker::BreakerState::Open
+    );
+    assert_eq!(
+        h.m.reader().waiting(&h.job(ids[2])).unwrap().as_deref(),
+        Some("held: breaker")
+    );
+    // Held: the scope's jobs wait; another tenant's are leased.
+    let mut other = new_job("q", 3);
+    other.tenant = "other".into();
+    let other = enqueue_all(&mut h, 35, vec![other])[0];
+    let leased = h.lease(40, "w", &["q"], 5);
+    assert_eq!(leased.iter().map(|j| j.id).collect::<Vec<_>>(), vec![other]);
+    assert!(h.m.stats().blocked.contains("q"), "nothing else to lease");
+    h.complete(41, other, 1).unwrap();
+    assert_eq!(
+        h.m.next_due_ms(),
+        Some(530),
+        "a tick is due when the cooldown ends"
+    );
+    // After the cooldown, one job goes through.
+    h.run(530, Command::Tick);
+    assert_eq!(
+        h.m.stats().breakers[&scope].state,
+        breaker::BreakerState::HalfOpen
+    );
+    let probe = h.lease(531, "w", &["q"], 5);
+    assert_eq!(probe.len(), 1, "one probe");
+    assert!(h.lease(532, "w", &["q"], 5).is_empty());
+    // Its failure opens it again.
+    fail_as(&mut h, 540, probe[0].id, 1, "smtp");
+    assert_eq!(
+        h.m.stats().breakers[&scope].state,
+        breaker::BreakerState::Open
+    );
+    // Half-open again; this probe succeeds and closes it.
+    h.run(1_040, Command::Tick);
+    let probe = h.lease(1_041, "w", &["q"], 5);
+    assert_eq!(probe.len(), 1);
+    h.complete(1_050, probe[0].id, 1).unwrap();
+    assert!(
+        !h.m.stats().breakers.contains_key(&scope),
+        "closed and forgotten"
+    );
+    assert_eq!(
+        h.lease(1_060, "w", &["q"], 5).len(),
+        2,
+        "the rest flow again"
+    );
+    // Reset closes one that is open, and changes nothing when none is.
+    fail_as(&mut h, 1_070, ids[4], 1, "smtp");
+    fail_as(&mut h, 1_080, ids[5], 1, "smtp");
+    assert!(matches!(
+        h.run(
+            1_090,
+            Command::ResetBreakers {
+                scope: Some(scope.clone())
+            }
+        ),
+        Outcome::Removed(1)
+    ));
+    let before = h.m.digest().unwrap();
+    assert!(matches!(
+        h.run(1_100, Command::ResetBreakers { scope: None }),
+        Outcome::Removed(0)
+    ));
+    assert_eq!(h.m.digest().unwrap(), before);
+    // Replay gives the same state.
+    let mut fresh = Harness::new();
+    for (i, e) in h.log.iter().enumerate() {
+        fresh.m.apply(i as u64 + 1, 1, e).unwrap();
+    }
+    fresh.m.commit().unwrap();
+    assert_eq!(fresh.m.digest().unwrap(), h.m.digest().unwrap());
+}
