@@ -24,6 +24,11 @@ pub struct Scrape<'a> {
 #[derive(Clone)]
 pub struct Metrics {
     handle: PrometheusHandle,
+    /// Breakers shown last time, so one that closed (and was forgotten)
+    /// reads 0 instead of its last state.
+    breakers: std::sync::Arc<
+        std::sync::Mutex<std::collections::BTreeSet<crate::machine::breaker::Scope>>,
+    >,
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -40,7 +45,10 @@ impl Metrics {
                 handle
             })
             .clone();
-        Metrics { handle }
+        Metrics {
+            handle,
+            breakers: Default::default(),
+        }
     }
 
     /// Sets every gauge and counter from the node's current state and renders.
@@ -91,6 +99,21 @@ impl Metrics {
         // them as stuck.
         for (reason, v) in [("expired", t.requeued), ("stuck", t.requeued_stuck)] {
             metrics::counter!("drover_jobs_requeued_total", "reason" => reason).absolute(v);
+        }
+        {
+            let mut shown = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+            for scope in shown.iter() {
+                if !stats.breakers.contains_key(scope) {
+                    let (q, t, c) = scope.clone();
+                    metrics::gauge!("drover_breaker_state", "queue" => q, "tenant" => t, "class" => c)
+                        .set(0.0);
+                }
+            }
+            *shown = stats.breakers.keys().cloned().collect();
+            for ((q, t, c), b) in &stats.breakers {
+                metrics::gauge!("drover_breaker_state", "queue" => q.clone(), "tenant" => t.clone(), "class" => c.clone())
+                    .set(f64::from(b.state.gauge()));
+            }
         }
         for (queue, classes) in &stats.dead_by_class {
             for (class, n) in classes {

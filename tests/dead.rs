@@ -261,3 +261,67 @@ async fn bad_dead_letter_requests_are_named_and_change_nothing() {
     let (_, after) = get_json(&format!("{}/api/v1/debug/digest", node.http)).await;
     assert_eq!(before["digest"], after["digest"], "nothing changed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_failures_of_a_class_open_the_breaker_until_reset() {
+    let node = TestNode::start(
+        "[retry.\"*\"]\nmax_retries = 0\n[queues.\"*\".breaker]\nthreshold = 5\nwindow = \"60s\"\ncooldown = \"10m\"\n",
+    );
+    let server = node.grpc.as_str();
+    wait_for(
+        "the breaker policy in the log",
+        Duration::from_secs(10),
+        || async {
+            let p = drover(&["policies", "show", "--json"], server);
+            if p["retry"]["*"]["max_retries"] == 0 {
+                Ok(())
+            } else {
+                Err(p.to_string())
+            }
+        },
+    )
+    .await;
+    let ids: Vec<u64> = (0..6).map(|_| enqueue(server, "mail")).collect();
+    let _worker = exec_worker(
+        server,
+        "mail",
+        "smtp-down",
+        "echo error_class=smtp >&2; exit 1",
+    );
+    for id in &ids[..5] {
+        wait_state(&node, *id, "dead").await;
+    }
+    let list = drover(&["breakers", "list", "--json"], server);
+    assert_eq!(list["breakers"][0]["state"], "open", "{list}");
+    assert_eq!(list["breakers"][0]["class"], "smtp");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = drover(&["jobs", "get", &ids[5].to_string(), "--json"], server);
+    assert_eq!(held["state"], "ready", "{held}");
+    assert_eq!(held["waiting"], "held: breaker");
+    let text = metrics_text(&node).await;
+    assert!(
+        text.contains("drover_breaker_state{queue=\"mail\",tenant=\"default\",class=\"smtp\"} 2"),
+        "{text}"
+    );
+    // Bad scopes are named and change nothing.
+    let out = drover_cli(&["breakers", "reset", "mail/default/nope"], server, "");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no breaker"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = drover_cli(&["breakers", "reset", "mail"], server, "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("QUEUE/TENANT/CLASS"));
+    let reset = drover(
+        &["breakers", "reset", "mail/default/smtp", "--json"],
+        server,
+    );
+    assert_eq!(reset["reset"], 1);
+    wait_state(&node, ids[5], "dead").await;
+    let list = drover(&["breakers", "list", "--json"], server);
+    assert_eq!(
+        list["breakers"][0]["state"], "closed",
+        "one failure since: {list}"
+    );
+    assert_eq!(list["breakers"][0]["failures"], 1);
+}

@@ -919,3 +919,46 @@ pub struct RequeuedBody {
     /// The jobs whose leases were taken back, ready again.
     pub requeued: Vec<u64>,
 }
+
+/// A circuit breaker of (queue, tenant, error class).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BreakerBody {
+    pub queue: String,
+    pub tenant: String,
+    pub class: String,
+    /// `closed`, `half-open` or `open`.
+    pub state: String,
+    /// Failures of the class within the window (while closed).
+    pub failures: u32,
+    /// When it last opened (0: never).
+    pub opened_at_ms: u64,
+    /// The job let through while half-open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BreakersBody {
+    pub breakers: Vec<BreakerBody>,
+}
+
+/// Which breaker to reset: a scope, or `all`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetBreakersBody {
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub class: Option<String>,
+    /// Every breaker.
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ResetBreakersDoneBody {
+    /// Breakers closed.
+    pub reset: u32,
+}

@@ -1061,7 +1061,9 @@ impl Driver {
         }
         self.machine.commit()?;
         // Publish before replying, so whoever is answered sees the new state.
-        self.stats_tx.send_replace(Arc::new(self.machine.stats()));
+        let stats = Arc::new(self.machine.stats());
+        log_breaker_changes(&self.stats_tx.borrow().breakers, &stats.breakers);
+        self.stats_tx.send_replace(stats);
         for (index, term, outcomes, membership) in replies {
             let membership = membership.map(|m| match m {
                 Ok(()) => MemberOutcome::Applied,
@@ -1318,5 +1320,44 @@ impl Driver {
                 false
             }
         });
+    }
+}
+
+/// `breaker_opened` and `breaker_closed` events, from the breakers before
+/// and after an applied range (every node logs them as it applies).
+fn log_breaker_changes(
+    before: &std::collections::BTreeMap<
+        crate::machine::breaker::Scope,
+        crate::machine::breaker::Breaker,
+    >,
+    after: &std::collections::BTreeMap<
+        crate::machine::breaker::Scope,
+        crate::machine::breaker::Breaker,
+    >,
+) {
+    use crate::machine::breaker::BreakerState;
+    if before.is_empty() && after.is_empty() {
+        return;
+    }
+    let state = |m: &std::collections::BTreeMap<_, crate::machine::breaker::Breaker>, s| {
+        m.get(s).map_or(BreakerState::Closed, |b| b.state)
+    };
+    for scope in before.keys().chain(after.keys()) {
+        let (was, is) = (state(before, scope), state(after, scope));
+        if was == is {
+            continue;
+        }
+        let (queue, tenant, class) = scope;
+        match is {
+            BreakerState::Open => {
+                tracing::warn!(event = "breaker_opened", %queue, %tenant, %class, "circuit breaker opened: this tenant's jobs in this queue are held")
+            }
+            BreakerState::HalfOpen => {
+                tracing::info!(event = "breaker_half_open", %queue, %tenant, %class, "circuit breaker half-open: one job goes through")
+            }
+            BreakerState::Closed => {
+                tracing::info!(event = "breaker_closed", %queue, %tenant, %class, was = was.as_str(), "circuit breaker closed")
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! and answer the typed bodies of [`crate::api::types`]; errors take their
 //! shape from [`Error`]'s `IntoResponse`.
 
+mod breakers;
 mod cluster;
 mod dead;
 mod jobs;
@@ -70,6 +71,13 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
         ),
         route(Method::GET, "/api/v1/jobs", ReadJob, get(jobs::list)),
         route(Method::GET, "/api/v1/dead", Read, get(dead::list)),
+        route(Method::GET, "/api/v1/breakers", Read, get(breakers::list)),
+        route(
+            Method::POST,
+            "/api/v1/breakers/reset",
+            Operate,
+            post(breakers::reset),
+        ),
         route(
             Method::POST,
             "/api/v1/dead/replay",

@@ -18,6 +18,8 @@ use utoipa::{Modify, OpenApi};
         super::jobs::get_job,
         super::jobs::list,
         super::dead::list,
+        super::breakers::list,
+        super::breakers::reset,
         super::dead::show,
         super::dead::replay_one,
         super::dead::replay_many,

@@ -4,6 +4,7 @@
 
 mod admin;
 mod audit;
+mod breakers;
 mod cluster;
 mod dead;
 mod jobs;
@@ -57,6 +58,11 @@ enum Cmd {
     Tenants {
         #[command(subcommand)]
         command: tenants::TenantsCmd,
+    },
+    /// Circuit breakers: list, reset.
+    Breakers {
+        #[command(subcommand)]
+        command: breakers::BreakersCmd,
     },
     /// The dead letters: list, show, replay, purge.
     Dead {
@@ -133,6 +139,7 @@ fn main() -> Result<()> {
             Cmd::Status(t) => status::run(t).await,
             Cmd::Jobs { command } => jobs::run(command).await,
             Cmd::Dead { command } => dead::run(command).await,
+            Cmd::Breakers { command } => breakers::run(command).await,
             Cmd::Queues { command } => queues::run(command).await,
             Cmd::Tenants { command } => tenants::run(command).await,
             Cmd::Schedules { command } => schedules::run(command).await,

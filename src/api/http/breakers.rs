@@ -1,0 +1,83 @@
+//! Circuit breakers: list them, reset one or all.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::{Extension, Json};
+
+use super::{body, HttpState};
+use crate::api::auth::Caller;
+use crate::api::types::{BreakerBody, BreakersBody, ResetBreakersBody, ResetBreakersDoneBody};
+use crate::api::ErrorResponses;
+use crate::command::{Audited, Outcome};
+use crate::error::Error;
+
+/// Every breaker that is open, half-open, or closed with failures in its
+/// window.
+#[utoipa::path(get, path = "/api/v1/breakers", tag = "breakers",
+    responses((status = 200, body = BreakersBody), ErrorResponses))]
+pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<BreakersBody>, Error> {
+    s.app.router.read_barrier().await?;
+    let breakers = s
+        .app
+        .driver
+        .reader()
+        .breakers()?
+        .into_iter()
+        .map(|((queue, tenant, class), b)| BreakerBody {
+            queue,
+            tenant,
+            class,
+            state: b.state.as_str().into(),
+            failures: b.failures.len() as u32,
+            opened_at_ms: b.opened_at_ms,
+            probe: b.probe,
+        })
+        .collect();
+    Ok(Json(BreakersBody { breakers }))
+}
+
+/// Close one breaker (queue, tenant and class), or every one (`all`).
+#[utoipa::path(post, path = "/api/v1/breakers/reset", tag = "breakers",
+    request_body = ResetBreakersBody,
+    responses((status = 200, body = ResetBreakersDoneBody), ErrorResponses))]
+pub(super) async fn reset(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    b: Result<Json<ResetBreakersBody>, JsonRejection>,
+) -> Result<Json<ResetBreakersDoneBody>, Error> {
+    let b = body(b)?;
+    let scope = match (b.all, b.queue, b.tenant, b.class) {
+        (true, None, None, None) => None,
+        (false, Some(q), Some(t), Some(c)) => Some((q, t, c)),
+        _ => return Err(Error::invalid(
+            "scope",
+            "give queue, tenant and class (one breaker; see drover breakers list), or all = true",
+        )),
+    };
+    let target = match &scope {
+        Some((q, t, c)) => format!("breaker {q}/{t}/{c}"),
+        None => "every breaker".into(),
+    };
+    let reset = match s
+        .app
+        .audited(
+            &caller,
+            "breakers.reset",
+            target.clone(),
+            Audited::ResetBreakers {
+                scope: scope.clone(),
+            },
+        )
+        .await?
+    {
+        Outcome::Removed(n) => n,
+        other => return Err(Error::Driver(format!("unexpected outcome {other:?}"))),
+    };
+    if reset == 0 && scope.is_some() {
+        return Err(Error::NotFound(format!(
+            "no {target} (see drover breakers list)"
+        )));
+    }
+    tracing::info!(event = "breaker_reset", %target, reset, who = %caller.name, "circuit breakers reset");
+    Ok(Json(ResetBreakersDoneBody { reset }))
+}
