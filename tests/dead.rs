@@ -325,3 +325,66 @@ async fn five_failures_of_a_class_open_the_breaker_until_reset() {
     );
     assert_eq!(list["breakers"][0]["failures"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_is_found_by_its_idempotency_key_and_a_timeline_has_times() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let out = drover(
+        &[
+            "enqueue",
+            "--queue",
+            "q",
+            "--idempotency-key",
+            "order 42/a",
+            "--payload",
+            "hi",
+            "--json",
+        ],
+        server,
+    );
+    let id = out[0]["id"].as_u64().unwrap();
+    let _worker = exec_worker(server, "q", "echo", "cat");
+    wait_state(&node, id, "succeeded").await;
+    let job = drover(
+        &[
+            "jobs",
+            "get",
+            "--key",
+            "order 42/a",
+            "--queue",
+            "q",
+            "--json",
+        ],
+        server,
+    );
+    assert_eq!(job["id"], id, "{job}");
+    assert_eq!(job["result"], "hi");
+    let out = drover_cli(
+        &["jobs", "get", "--key", "nope", "--queue", "q"],
+        server,
+        "",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job has idempotency key"));
+    let other_tenant = drover_cli(
+        &[
+            "jobs",
+            "get",
+            "--key",
+            "order 42/a",
+            "--queue",
+            "q",
+            "--tenant",
+            "acme",
+        ],
+        server,
+        "",
+    );
+    assert!(!other_tenant.status.success(), "keys are per tenant");
+    let t = drover(&["jobs", "timeline", &id.to_string(), "--json"], server);
+    let events = t["events"].as_array().unwrap();
+    assert!(events.len() >= 3, "{t}");
+    assert!(events.iter().all(|e| e["at_ms"].as_u64().unwrap() > 0));
+    let text = drover_cli(&["jobs", "timeline", &id.to_string()], server, "");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("completed"));
+}

@@ -962,3 +962,13 @@ pub struct ResetBreakersDoneBody {
     /// Breakers closed.
     pub reset: u32,
 }
+
+/// A job's timeline, oldest first, and its latest progress.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TimelineBody {
+    pub id: u64,
+    pub state: JobStateBody,
+    pub events: Vec<EventBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressBody>,
+}

@@ -67,6 +67,26 @@ impl JobReader {
         })
     }
 
+    /// The job an idempotency key names in (tenant, queue), while the key
+    /// has not expired.
+    pub fn job_by_key(
+        &self,
+        tenant: &str,
+        queue: &str,
+        key: &str,
+    ) -> Result<Option<JobId>, MachineError> {
+        let k = idempotency_key(tenant, queue, key);
+        match self.tree().get(&k)? {
+            Some(v) => Ok(Some(u64::from_be_bytes(v.as_ref().try_into().map_err(
+                |_| MachineError::Corrupt {
+                    key: describe_key(&k),
+                    reason: "an idempotency record is not a job id".into(),
+                },
+            )?))),
+            None => Ok(None),
+        }
+    }
+
     pub fn job(&self, id: JobId) -> Result<Option<Job>, MachineError> {
         let k = key(JOB, id);
         match self.tree().get(k)? {

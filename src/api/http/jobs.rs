@@ -9,7 +9,7 @@ use base64::Engine as _;
 use super::{body, id_param, query, HttpState};
 use crate::api::auth::Caller;
 use crate::api::types::{
-    CancelledBody, EnqueueBody, EnqueuedBody, JobBody, JobStateBody, JobsPageBody,
+    CancelledBody, EnqueueBody, EnqueuedBody, JobBody, JobStateBody, JobsPageBody, TimelineBody,
 };
 use crate::api::ErrorResponses;
 use crate::error::Error;
@@ -91,6 +91,73 @@ pub(super) async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobBody>, Error> {
     let id = id_param("id", &id, "a job id")?;
+    Ok(Json(s.app.get_job(&caller, id).await?.into()))
+}
+
+/// A job's timeline, oldest first (bounded per job), and its latest
+/// progress.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/timeline", tag = "jobs",
+    params(("id" = u64, Path, minimum = 1)),
+    responses((status = 200, body = TimelineBody), ErrorResponses))]
+pub(super) async fn timeline(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<TimelineBody>, Error> {
+    let id = id_param("id", &id, "a job id")?;
+    let job: JobBody = s.app.get_job(&caller, id).await?.into();
+    Ok(Json(TimelineBody {
+        id,
+        state: job.state,
+        events: job.events,
+        progress: job.progress,
+    }))
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ByKeyQuery {
+    /// The tenant the job was enqueued for (default "default").
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+/// The job an idempotency key names in a queue (and tenant), with its
+/// result, until the key expires (`jobs.idempotency_ttl`).
+#[utoipa::path(get, path = "/api/v1/queues/{queue}/jobs/by-key/{key}", tag = "jobs",
+    params(
+        ("queue" = String, Path, description = "A-Z a-z 0-9 _ . -, at most 128"),
+        ("key" = String, Path, min_length = 1, max_length = 256),
+        ByKeyQuery),
+    responses((status = 200, body = JobBody), ErrorResponses))]
+pub(super) async fn by_key(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path((queue, key)): Path<(String, String)>,
+    q: Result<Query<ByKeyQuery>, QueryRejection>,
+) -> Result<Json<JobBody>, Error> {
+    crate::job::validate_queue(&queue)?;
+    let q = query(q)?;
+    let tenant = q.tenant.unwrap_or_else(|| crate::job::DEFAULT_NAME.into());
+    crate::job::validate_name("tenant", &tenant)?;
+    if key.is_empty() || key.len() > 256 {
+        return Err(Error::invalid(
+            "key",
+            "an idempotency key is 1 to 256 bytes",
+        ));
+    }
+    s.app.router.read_barrier().await?;
+    let id = s
+        .app
+        .driver
+        .reader()
+        .job_by_key(&tenant, &queue, &key)?
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "no job has idempotency key {key:?} in queue {queue} for tenant {tenant} (or the key expired)"
+            ))
+        })?;
     Ok(Json(s.app.get_job(&caller, id).await?.into()))
 }
 

@@ -70,6 +70,18 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             post(jobs::enqueue),
         ),
         route(Method::GET, "/api/v1/jobs", ReadJob, get(jobs::list)),
+        route(
+            Method::GET,
+            "/api/v1/jobs/{id}/timeline",
+            ReadJob,
+            get(jobs::timeline),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/queues/{queue}/jobs/by-key/{key}",
+            ReadJob,
+            get(jobs::by_key),
+        ),
         route(Method::GET, "/api/v1/dead", Read, get(dead::list)),
         route(Method::GET, "/api/v1/breakers", Read, get(breakers::list)),
         route(

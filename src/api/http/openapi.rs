@@ -17,6 +17,8 @@ use utoipa::{Modify, OpenApi};
         super::jobs::enqueue,
         super::jobs::get_job,
         super::jobs::list,
+        super::jobs::timeline,
+        super::jobs::by_key,
         super::dead::list,
         super::breakers::list,
         super::breakers::reset,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use drover::api::types::{CancelledBody, JobBody, JobsPageBody};
+use drover::api::types::{CancelledBody, JobBody, JobsPageBody, TimelineBody};
 use drover::proto::v1 as pb;
 
 use crate::target::Target;
@@ -63,8 +63,23 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 #[derive(Subcommand)]
 pub enum JobsCmd {
-    /// Print one job: state, attempts, result or last error, timeline.
+    /// Print one job: state, attempts, result or last error, timeline. By
+    /// id, or by idempotency key (--key K --queue Q [--tenant T]).
     Get {
+        id: Option<u64>,
+        /// The job's idempotency key (its result is kept until the key
+        /// expires).
+        #[arg(long, conflicts_with = "id", requires = "queue")]
+        key: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A job's timeline with each event's time, and its latest progress.
+    Timeline {
         id: u64,
         #[command(flatten)]
         target: Target,
@@ -160,9 +175,47 @@ pub async fn enqueue(a: EnqueueArgs) -> Result<()> {
 pub async fn run(cmd: JobsCmd) -> Result<()> {
     match cmd {
         JobsCmd::List(a) => list(a).await,
-        JobsCmd::Get { id, target } => {
-            let j: JobBody = target.admin()?.get(&format!("/api/v1/jobs/{id}")).await?;
+        JobsCmd::Get {
+            id,
+            key,
+            queue,
+            tenant,
+            target,
+        } => {
+            let path = match (id, key, queue) {
+                (Some(id), None, _) => format!("/api/v1/jobs/{id}"),
+                (None, Some(key), Some(queue)) => {
+                    // Percent-encoded as a path segment ('+' would stay '+').
+                    let key: String = key
+                        .bytes()
+                        .map(|b| match b {
+                            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                                (b as char).to_string()
+                            }
+                            _ => format!("%{b:02X}"),
+                        })
+                        .collect();
+                    format!("/api/v1/queues/{queue}/jobs/by-key/{key}?tenant={tenant}")
+                }
+                _ => bail!("name a job id, or --key K --queue Q"),
+            };
+            let j: JobBody = target.admin()?.get(&path).await?;
             target.print(&j, print_job)
+        }
+        JobsCmd::Timeline { id, target } => {
+            let t: TimelineBody = target
+                .admin()?
+                .get(&format!("/api/v1/jobs/{id}/timeline"))
+                .await?;
+            target.print(&t, |t| {
+                println!("job {} ({})", t.id, t.state.as_str());
+                for e in &t.events {
+                    println!("  {}  {}", at(e.at_ms), e.what);
+                }
+                if let Some(p) = &t.progress {
+                    println!("progress: {:.0}% {}", p.fraction * 100.0, p.message);
+                }
+            })
         }
         JobsCmd::Cancel { id, target } => {
             let c: CancelledBody = target
