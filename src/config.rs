@@ -112,6 +112,13 @@ pub struct RetryConfig {
     /// `dead` (the default) or `queue:NAME`: where an exhausted job goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_exhausted: Option<String>,
+    /// How long a lease of a job of this type may run.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
 }
 
 impl RetryConfig {
@@ -151,6 +158,7 @@ impl RetryConfig {
             retry_on: self.retry_on.clone(),
             no_retry: self.no_retry.clone(),
             escalate_to,
+            timeout_ms: self.timeout.map(ms),
         })
     }
 }
@@ -248,6 +256,14 @@ pub struct QueueConfig {
     /// class); on for every queue once `[queues."*".breaker]` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerConfig>,
+    /// How long a lease of a job of this queue may run, however well its
+    /// worker heartbeats.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
 }
 
 /// `[queues.NAME.breaker]`.
@@ -637,6 +653,7 @@ impl ScheduleConfig {
             concurrency_limit: 0,
             rate_key: j.rate_key.clone(),
             rate_limit: String::new(),
+            timeout_ms: 0,
         };
         let job = request
             .validate(crate::job::JobLimits {
@@ -875,6 +892,7 @@ impl Config {
                         heartbeat_timeout_ms: q.heartbeat_timeout.map(ms),
                         sla_ms: q.sla.map(ms),
                         aging_after_ms: q.aging_after.map(ms),
+                        timeout_ms: q.timeout.map(ms),
                         breaker: q.breaker.as_ref().map(|b| crate::policies::QueueBreaker {
                             enabled: b.enabled,
                             threshold: b.threshold,

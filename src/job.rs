@@ -39,6 +39,8 @@ pub const ESCALATED_FROM_LABEL: &str = "drover.escalated_from";
 /// The attempts a job had when it was replayed or escalated: its retries
 /// count from there (its attempt number, the lease fence, never goes back).
 pub const RETRY_BASE_LABEL: &str = "drover.retry_base";
+/// The job's own execution timeout in ms (else its type's, else its queue's).
+pub const TIMEOUT_LABEL: &str = "drover.timeout_ms";
 /// The name of the token whose producer enqueued the job.
 pub const OWNER_LABEL: &str = "drover.token";
 
@@ -278,6 +280,9 @@ pub struct JobRequest {
     pub rate_key: String,
     /// `N/PERIOD` (`10/s`); empty: the config's rate for the key.
     pub rate_limit: String,
+    /// Ms a lease of the job may run, however well its worker heartbeats;
+    /// 0: its type's or queue's `timeout`.
+    pub timeout_ms: u64,
 }
 
 /// Limits a node enforces on new jobs.
@@ -386,6 +391,14 @@ impl JobRequest {
             crate::wire::MAX_DELAY,
         )
         .map_err(|reason| field("delay_ms", format!("{} ms is {reason}", self.delay_ms)))?;
+        if self.timeout_ms > 0 {
+            crate::wire::duration_ms(
+                std::time::Duration::from_millis(self.timeout_ms),
+                crate::wire::MAX_DELAY,
+            )
+            .map_err(|reason| field("timeout_ms", format!("{} ms is {reason}", self.timeout_ms)))?;
+            labels.insert(TIMEOUT_LABEL.into(), self.timeout_ms.to_string());
+        }
         Ok(NewJob {
             queue: self.queue,
             job_type,

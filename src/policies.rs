@@ -49,6 +49,8 @@ pub struct RetryPolicy {
     pub no_retry: Vec<String>,
     /// Where an exhausted job goes: a queue to escalate to, or (None) dead.
     pub escalate_to: Option<String>,
+    /// How long a lease of a job of this type may run.
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +271,8 @@ pub struct QueuePolicy {
     pub aging_after_ms: Option<u64>,
     /// `[queues.NAME.breaker]`: fields not set take the `*` entry's.
     pub breaker: Option<QueueBreaker>,
+    /// How long a lease of a job of this queue may run.
+    pub timeout_ms: Option<u64>,
 }
 
 /// A queue's circuit-breaker settings as configured.
@@ -394,6 +398,22 @@ impl Policies {
         })
     }
 
+    /// How long a lease of a job may run: its own timeout, else its type's
+    /// (`[retry.TYPE]`, then `[retry."*"]`), else its queue's.
+    pub fn timeout_ms(&self, job: &crate::job::Job) -> Option<u64> {
+        if let Some(t) = job
+            .labels
+            .get(crate::job::TIMEOUT_LABEL)
+            .and_then(|t| t.parse().ok())
+        {
+            return Some(t);
+        }
+        let of_type = |t: &str| self.retry.get(t).and_then(|r| r.timeout_ms);
+        of_type(&job.job_type)
+            .or_else(|| of_type(DEFAULTS))
+            .or_else(|| self.queue(&job.queue).timeout_ms)
+    }
+
     /// The retry policy of a job type, defaults filled in.
     pub fn retry_for(&self, job_type: &str) -> Retry {
         let named = self.retry.get(job_type);
@@ -438,6 +458,7 @@ impl Policies {
             heartbeat_timeout_ms: pick(|q| q.heartbeat_timeout_ms),
             sla_ms: pick(|q| q.sla_ms),
             aging_after_ms: pick(|q| q.aging_after_ms),
+            timeout_ms: pick(|q| q.timeout_ms),
             breaker: named
                 .and_then(|q| q.breaker.clone())
                 .or_else(|| defaults.and_then(|q| q.breaker.clone())),

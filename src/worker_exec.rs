@@ -36,11 +36,15 @@ pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<Bytes, JobFailure
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // Its own process group, so stopping the job stops everything the
+        // command started.
+        .process_group(0)
         .spawn()
         .map_err(|e| JobFailure {
             class: "spawn_failed".into(),
             message: format!("cannot start `sh -c {cmd}`: {e}"),
         })?;
+    let mut group = child.id().map(KillGroup);
     if let Some(mut stdin) = child.stdin.take() {
         let payload = job.payload.clone();
         // Written beside the wait so a command that ignores stdin cannot block us.
@@ -51,7 +55,13 @@ pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<Bytes, JobFailure
     let out = child.wait_with_output().await.map_err(|e| JobFailure {
         class: "wait_failed".into(),
         message: e.to_string(),
-    })?;
+    });
+    // It ended by itself: its group is not ours to signal any more (the id
+    // may be reused).
+    if let Some(g) = group.as_mut() {
+        g.0 = 0;
+    }
+    let out = out?;
     if out.status.success() {
         return Ok(Bytes::from(out.stdout));
     }
@@ -130,5 +140,23 @@ mod tests {
         let f = exec_job("echo oops >&2; exit 7", job()).await.unwrap_err();
         assert_eq!(f.class, "exit_7");
         assert_eq!(f.message, "oops");
+    }
+}
+
+/// Kills a job's process group when the job is dropped unfinished (its
+/// lease was revoked: a timeout, an expiry, an operator).
+struct KillGroup(u32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0) {
+            if pgid > 0 {
+                // SAFETY: kill(2) with a negative pid signals that process
+                // group; no memory is touched.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+        }
     }
 }

@@ -388,3 +388,49 @@ async fn a_result_is_found_by_its_idempotency_key_and_a_timeline_has_times() {
     let text = drover_cli(&["jobs", "timeline", &id.to_string()], server, "");
     assert!(String::from_utf8_lossy(&text.stdout).contains("completed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_timeout_is_stopped_and_fails_with_class_timeout() {
+    let node = TestNode::start(
+        "[jobs]\nheartbeat_timeout = \"3s\"\n[retry.\"*\"]\nmax_retries = 0\n[queues.slow]\ntimeout = \"1s\"\n",
+    );
+    let server = node.grpc.as_str();
+    wait_for(
+        "the timeout in the log",
+        Duration::from_secs(10),
+        || async {
+            let p = drover(&["policies", "show", "--json"], server);
+            if p["retry"]["*"]["max_retries"] == 0 {
+                Ok(())
+            } else {
+                Err(p.to_string())
+            }
+        },
+    )
+    .await;
+    let slow = drover(
+        &["enqueue", "--queue", "slow", "--payload", "slow", "--json"],
+        server,
+    )[0]["id"]
+        .as_u64()
+        .unwrap();
+    let quick = drover(
+        &["enqueue", "--queue", "slow", "--payload", "quick", "--json"],
+        server,
+    )[0]["id"]
+        .as_u64()
+        .unwrap();
+    // One job at a time: the quick one runs only once the slow one stopped.
+    let _worker = exec_worker(
+        server,
+        "slow",
+        "runner",
+        "read -r p; if [ \"$p\" = slow ]; then sleep 600; fi; echo done",
+    );
+    wait_state(&node, slow, "dead").await;
+    let job = drover(&["jobs", "get", &slow.to_string(), "--json"], server);
+    assert_eq!(job["last_error_class"], "timeout", "{job}");
+    wait_state(&node, quick, "succeeded").await;
+    let dead = drover(&["dead", "list", "--class", "timeout", "--json"], server);
+    assert_eq!(dead["jobs"][0]["id"], slow);
+}

@@ -21,6 +21,7 @@ impl From<pb::NewJob> for JobRequest {
             concurrency_limit: j.concurrency_limit,
             rate_key: j.rate_key,
             rate_limit: j.rate_limit,
+            timeout_ms: j.timeout_ms,
         }
     }
 }

@@ -93,6 +93,10 @@ pub struct EnqueueBody {
     /// `N/PERIOD`: "10/s", "100/m", "5/30s"; absent: the config's.
     #[serde(default)]
     pub rate_limit: String,
+    /// How long a lease of it may run: "30m"; absent: its type's or
+    /// queue's `timeout`.
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -534,6 +534,28 @@ impl Session {
                 if acks.is_empty() {
                     return true;
                 }
+                // A heartbeat refused for good: the lease is gone (a
+                // timeout, an expiry, an operator). Tell the worker to stop
+                // the job, in so many words.
+                let gone = acks
+                    .iter()
+                    .filter(|a| a.kind == pb::AckKind::Heartbeat as i32 && !a.ok && !a.transient);
+                for a in gone {
+                    let cancel = pb::Cancel {
+                        job_id: a.job_id,
+                        attempt: a.attempt,
+                        reason: a.error.clone(),
+                    };
+                    let msg = pb::server_message::Msg::Cancel(cancel);
+                    if self
+                        .tx
+                        .send(Ok(pb::ServerMessage { msg: Some(msg) }))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
                 pb::server_message::Msg::Acks(pb::Acks { acks })
             }
         };

@@ -126,6 +126,8 @@ struct Runtime<H> {
     handler: Arc<H>,
     /// Held jobs: id -> attempt.
     held: HashMap<u64, u32>,
+    /// The tasks running held jobs, to stop one whose lease is gone.
+    running: HashMap<(u64, u32), tokio::task::AbortHandle>,
     /// Results sent and not yet acknowledged.
     unacked: HashMap<u64, Done>,
     /// Leases whose result was sent lately: a node re-sends the leases the
@@ -164,6 +166,7 @@ pub async fn run<H: Handler>(
         opts: opts.clone(),
         handler: Arc::new(handler),
         held: HashMap::new(),
+        running: HashMap::new(),
         unacked: HashMap::new(),
         recent: HashSet::new(),
         unsent: Vec::new(),
@@ -331,6 +334,9 @@ impl<H: Handler> Runtime<H> {
                     while let Ok(d) = self.done_rx.try_recv() {
                         batch.push(d);
                     }
+                    for d in &batch {
+                        self.running.remove(&(d.job_id, d.attempt));
+                    }
                     self.send_results(&out, batch).await?;
                 }
                 _ = heartbeat.tick() => {
@@ -366,6 +372,15 @@ impl<H: Handler> Runtime<H> {
 
     /// Stops heartbeating (job, attempt), if that is the attempt held: a
     /// newer attempt of the same job, leased to this worker again, stays.
+    /// Stops a held job whose lease is gone (dropping its handler: an exec
+    /// job's process group is killed) and forgets it.
+    fn cancel(&mut self, job_id: u64, attempt: u32) {
+        if let Some(task) = self.running.remove(&(job_id, attempt)) {
+            task.abort();
+        }
+        self.forget_held(job_id, attempt);
+    }
+
     fn forget_held(&mut self, job_id: u64, attempt: u32) {
         if self.held.get(&job_id) == Some(&attempt) {
             self.held.remove(&job_id);
@@ -402,7 +417,7 @@ impl<H: Handler> Runtime<H> {
                     let (job_id, attempt) = (job.job_id, job.attempt);
                     let handler = self.handler.clone();
                     let tx = self.done_tx.clone();
-                    tokio::spawn(async move {
+                    let task = tokio::spawn(async move {
                         // A panicking handler fails its job instead of killing the worker.
                         let result = std::panic::AssertUnwindSafe(handler.run(job))
                             .catch_unwind()
@@ -419,16 +434,17 @@ impl<H: Handler> Runtime<H> {
                             result,
                         });
                     });
+                    self.running.insert((job_id, attempt), task.abort_handle());
                 }
             }
             Some(ServerMsg::Acks(a)) => {
                 for ack in a.acks {
                     let kind = pb::AckKind::try_from(ack.kind).unwrap_or(pb::AckKind::Unspecified);
                     if kind == pb::AckKind::Heartbeat {
-                        // Our lease is gone: stop heartbeating; the job's
-                        // result will be refused when it comes.
-                        self.forget_held(ack.job_id, ack.attempt);
-                        tracing::warn!(event = "lease_lost", job_id = ack.job_id, error = %ack.error, "lease lost");
+                        // Our lease is gone: stop the job and stop
+                        // heartbeating it; a result would be refused.
+                        self.cancel(ack.job_id, ack.attempt);
+                        tracing::warn!(event = "lease_lost", job_id = ack.job_id, error = %ack.error, "lease lost; job stopped");
                         continue;
                     }
                     if self.unacked.get(&ack.job_id).map(|d| d.attempt) != Some(ack.attempt) {
@@ -465,6 +481,10 @@ impl<H: Handler> Runtime<H> {
                 if !self.stopping() {
                     self.begin_stop(out).await?;
                 }
+            }
+            Some(ServerMsg::Cancel(c)) => {
+                self.cancel(c.job_id, c.attempt);
+                tracing::warn!(event = "job_cancelled", job_id = c.job_id, attempt = c.attempt, reason = %c.reason, "the node took this job back; stopped it");
             }
             Some(ServerMsg::Registered(_)) | None => {}
         }

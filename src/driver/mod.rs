@@ -1061,6 +1061,9 @@ impl Driver {
         }
         self.machine.commit()?;
         // Publish before replying, so whoever is answered sees the new state.
+        for e in self.machine.take_lease_events() {
+            tracing::warn!(event = e.event, what = e.what, job_id = e.job_id, queue = %e.queue, worker = %e.worker, attempt = e.attempt, "a lease ended without a result");
+        }
         let stats = Arc::new(self.machine.stats());
         log_breaker_changes(&self.stats_tx.borrow().breakers, &stats.breakers);
         self.stats_tx.send_replace(stats);

@@ -51,10 +51,28 @@ impl Machine {
     pub fn next_due_ms(&self) -> Option<u64> {
         let s = self.scheduled.first().map(|(at, _)| *at);
         let l = self.leases.first().map(|(at, _)| *at);
-        [s, l, self.next_release_ms(), self.next_breaker_ms()]
+        let e = self.exec_deadlines.first().map(|(at, _)| *at);
+        [s, l, e, self.next_release_ms(), self.next_breaker_ms()]
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Works out every leased job's execution deadline again (new
+    /// policies may set other timeouts).
+    pub(super) fn reindex_timeouts(&mut self) -> Result<(), MachineError> {
+        self.exec_deadlines.clear();
+        self.exec_of.clear();
+        let leased: Vec<JobId> = self.leases.iter().map(|(_, id)| *id).collect();
+        for id in leased {
+            let (job, _) = self.must_load(id)?;
+            if let Some(t) = self.policies.timeout_ms(&job) {
+                let at = find::state_since(&job).saturating_add(t);
+                self.exec_deadlines.insert((at, id));
+                self.exec_of.insert(id, at);
+            }
+        }
+        Ok(())
     }
 
     /// Ready jobs by tenant, over all queues.
@@ -83,6 +101,11 @@ impl Machine {
             }
             JobState::Leased => {
                 self.count_lease(job);
+                if let Some(t) = self.policies.timeout_ms(job) {
+                    let at = find::state_since(job).saturating_add(t);
+                    self.exec_deadlines.insert((at, job.id));
+                    self.exec_of.insert(job.id, at);
+                }
                 if let Some(l) = &job.lease {
                     self.leases.insert((l.deadline_ms, job.id));
                     match self.held_by.get_mut(&l.worker) {
@@ -122,6 +145,9 @@ impl Machine {
             }
             JobState::Leased => {
                 self.uncount_lease(job);
+                if let Some(at) = self.exec_of.remove(&job.id) {
+                    self.exec_deadlines.remove(&(at, job.id));
+                }
                 if let Some(l) = &job.lease {
                     self.leases.remove(&(l.deadline_ms, job.id));
                     if let Some(held) = self.held_by.get_mut(&l.worker) {

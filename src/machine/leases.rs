@@ -284,6 +284,37 @@ impl Machine {
 
     pub(super) fn tick(&mut self, now: u64) -> Result<Outcome, MachineError> {
         let mut expired = 0;
+        // Past their execution timeout, however well they heartbeat: they
+        // fail with class `timeout` under their retry policy.
+        while let Some(&(at, id)) = self.exec_deadlines.first() {
+            if at > now {
+                break;
+            }
+            let (job, _) = self.must_load(id)?;
+            let Some(lease) = job.lease.clone() else {
+                // Indexed only while leased; a record without a lease is damage.
+                self.exec_deadlines.remove(&(at, id));
+                continue;
+            };
+            let ran = now.saturating_sub(find::state_since(&job));
+            let failure = Failure {
+                job_id: id,
+                attempt: lease.attempt,
+                error_class: "timeout".into(),
+                message: format!("ran {ran} ms, past its timeout; the lease was revoked"),
+            };
+            self.fail(now, &failure)?.ok();
+            self.totals.timed_out += 1;
+            self.lease_events.push(LeaseEvent {
+                event: "queue_timeout",
+                what: "execution timeout",
+                job_id: id,
+                queue: job.queue.clone(),
+                worker: lease.worker.clone(),
+                attempt: lease.attempt,
+            });
+            expired += 1;
+        }
         while let Some(&(deadline, id)) = self.leases.first() {
             if deadline > now {
                 break;
@@ -294,6 +325,16 @@ impl Machine {
                 .as_ref()
                 .map(|l| l.worker.clone())
                 .unwrap_or_default();
+            for event in ["queue_timeout", "queue_requeued"] {
+                self.lease_events.push(LeaseEvent {
+                    event,
+                    what: "lease expired",
+                    job_id: id,
+                    queue: job.queue.clone(),
+                    worker: worker.clone(),
+                    attempt: job.attempts,
+                });
+            }
             // It waits (for aging and the sla) from now, not from when it
             // first became ready.
             self.take_back(

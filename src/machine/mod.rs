@@ -69,6 +69,18 @@ pub struct Meta {
     pub next_id: JobId,
 }
 
+/// A lease that ended without a result, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseEvent {
+    /// `queue_timeout` (an expiry or a timeout) or `queue_requeued`.
+    pub event: &'static str,
+    pub what: &'static str,
+    pub job_id: JobId,
+    pub queue: String,
+    pub worker: String,
+    pub attempt: u32,
+}
+
 /// Counters of events since this node opened its machine. They feed the
 /// `_total` metrics; a restart resets them, as Prometheus counters expect.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +97,8 @@ pub struct Totals {
     pub escalated: u64,
     /// Leases an operator took back (`drover queues clear-stuck`).
     pub requeued_stuck: u64,
+    /// Leases revoked at their execution timeout.
+    pub timed_out: u64,
 }
 
 /// What the machine publishes after each applied range, for stats, metrics
@@ -143,6 +157,13 @@ pub struct Machine {
     scheduled: BTreeSet<(u64, JobId)>,
     /// (lease deadline, id) of leased jobs.
     leases: BTreeSet<(u64, JobId)>,
+    /// (execution deadline, id) of leased jobs under a timeout, and each
+    /// job's deadline; derived from the records and the policies.
+    exec_deadlines: BTreeSet<(u64, JobId)>,
+    exec_of: HashMap<JobId, u64>,
+    /// What the last applied entries did to leases, for the driver's log
+    /// (`queue_timeout`, `queue_requeued`); not state.
+    lease_events: Vec<LeaseEvent>,
     /// Dead jobs by (queue, last error class), for the dead-letter view.
     dead_classes: BTreeMap<(String, String), u64>,
     /// Leased jobs by the worker holding them, for [`Command::Held`].
@@ -218,6 +239,9 @@ impl Machine {
             leases: BTreeSet::new(),
             held_by: HashMap::new(),
             dead_classes: BTreeMap::new(),
+            exec_deadlines: BTreeSet::new(),
+            exec_of: HashMap::new(),
+            lease_events: Vec::new(),
             totals: Totals::default(),
             sla_missed: BTreeMap::new(),
             staged: BTreeMap::new(),
@@ -238,6 +262,11 @@ impl Machine {
             machine.queues.entry(queue).or_default().clocks = decode(&k, &v)?;
         }
         Ok(machine)
+    }
+
+    /// What the entries applied since the last call did to leases.
+    pub fn take_lease_events(&mut self) -> Vec<LeaseEvent> {
+        std::mem::take(&mut self.lease_events)
     }
 
     pub fn meta(&self) -> Meta {
@@ -438,6 +467,7 @@ impl Machine {
                 self.policies_index = self.meta.applied_index;
                 self.put(POLICIES_KEY.to_vec(), self.policies.to_record());
                 self.release_all(now);
+                self.reindex_timeouts()?;
                 Outcome::Noop
             }
             Command::Control { scope, action } => self.control(scope, *action),

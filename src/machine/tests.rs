@@ -1742,3 +1742,69 @@ fn a_breaker_opens_holds_its_scope_lets_one_probe_through_and_closes_or_reopens(
     fresh.m.commit().unwrap();
     assert_eq!(fresh.m.digest().unwrap(), h.m.digest().unwrap());
 }
+
+#[test]
+fn a_lease_past_its_timeout_fails_with_class_timeout_however_well_it_heartbeats() {
+    let mut h = Harness::new();
+    let mut policies = crate::policies::Policies {
+        jobs: CFG,
+        ..Default::default()
+    };
+    policies.queues.insert(
+        "q".into(),
+        crate::policies::QueuePolicy {
+            timeout_ms: Some(500),
+            ..Default::default()
+        },
+    );
+    h.run(1, Command::SetPolicies { policies });
+    let a = h.enqueue(2, "q", 3);
+    let mut own = new_job("q", 3);
+    own.labels
+        .insert(crate::job::TIMEOUT_LABEL.into(), "5000".into());
+    let b = enqueue_all(&mut h, 2, vec![own])[0];
+    h.lease(10, "w", &["q"], 2);
+    assert_eq!(h.m.next_due_ms(), Some(510));
+    let beat = |h: &mut Harness, at| {
+        h.run(
+            at,
+            Command::Heartbeat {
+                worker: "w".into(),
+                leases: vec![
+                    LeaseBeat {
+                        job_id: a,
+                        attempt: 1,
+                        progress: None,
+                    },
+                    LeaseBeat {
+                        job_id: b,
+                        attempt: 1,
+                        progress: None,
+                    },
+                ],
+            },
+        )
+    };
+    beat(&mut h, 300);
+    h.run(400, Command::Tick);
+    assert_eq!(h.job(a).state, JobState::Leased);
+    h.run(510, Command::Tick);
+    let job = h.job(a);
+    assert_eq!(
+        (job.state, job.last_error_class.as_str()),
+        (JobState::Scheduled, "timeout")
+    );
+    let events = h.m.take_lease_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].event, events[0].job_id), ("queue_timeout", a));
+    // The job's own timeout stands over its queue's.
+    assert_eq!(h.job(b).state, JobState::Leased);
+    match beat(&mut h, 600) {
+        Outcome::Acks(v) => assert!(v[0].is_err() && v[1].is_ok(), "{v:?}"),
+        o => panic!("{o:?}"),
+    }
+    // A reopened machine finds the same deadline.
+    h.m.commit().unwrap();
+    let reopened = Machine::open(h.m.tree().clone()).unwrap();
+    assert_eq!(reopened.next_due_ms(), h.m.next_due_ms());
+}

@@ -39,6 +39,11 @@ fn into_request(b: EnqueueBody, queue: String) -> Result<JobRequest, Error> {
             .map_err(|reason| Error::invalid("delay", reason))?,
         (None, None) => 0,
     };
+    let timeout_ms = match &b.timeout {
+        None => 0,
+        Some(d) => crate::wire::parse_duration_ms(d, crate::wire::MAX_DELAY)
+            .map_err(|reason| Error::invalid("timeout", reason))?,
+    };
     Ok(JobRequest {
         queue,
         job_type: b.job_type,
@@ -53,6 +58,7 @@ fn into_request(b: EnqueueBody, queue: String) -> Result<JobRequest, Error> {
         concurrency_limit: b.concurrency_limit,
         rate_key: b.rate_key,
         rate_limit: b.rate_limit,
+        timeout_ms,
     })
 }
 

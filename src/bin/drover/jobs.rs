@@ -53,6 +53,10 @@ pub struct EnqueueArgs {
     /// `N/PERIOD`: "10/s", "100/m", "5/30s".
     #[arg(long, default_value = "")]
     rate_limit: String,
+    /// How long a lease of the job may run: "30m" (else its type's or
+    /// queue's timeout).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -148,6 +152,7 @@ pub async fn enqueue(a: EnqueueArgs) -> Result<()> {
         concurrency_limit: a.concurrency_limit,
         rate_key: a.rate_key,
         rate_limit: a.rate_limit,
+        timeout_ms: a.timeout.map_or(0, |d| d.as_millis() as u64),
     };
     let mut producer = a.target.producer().await?;
     let mut left = a.count;
