@@ -103,6 +103,24 @@ fn tail(s: &str, max: usize) -> String {
     s[start..].to_string()
 }
 
+/// Kills a job's process group when the job is dropped unfinished (its
+/// lease was revoked: a timeout, an expiry, an operator).
+struct KillGroup(u32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0) {
+            if pgid > 0 {
+                // SAFETY: kill(2) with a negative pid signals that process
+                // group; no memory is touched.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,23 +158,5 @@ mod tests {
         let f = exec_job("echo oops >&2; exit 7", job()).await.unwrap_err();
         assert_eq!(f.class, "exit_7");
         assert_eq!(f.message, "oops");
-    }
-}
-
-/// Kills a job's process group when the job is dropped unfinished (its
-/// lease was revoked: a timeout, an expiry, an operator).
-struct KillGroup(u32);
-
-impl Drop for KillGroup {
-    fn drop(&mut self) {
-        if let Ok(pgid) = i32::try_from(self.0) {
-            if pgid > 0 {
-                // SAFETY: kill(2) with a negative pid signals that process
-                // group; no memory is touched.
-                unsafe {
-                    libc::kill(-pgid, libc::SIGKILL);
-                }
-            }
-        }
     }
 }
