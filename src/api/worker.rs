@@ -99,6 +99,7 @@ impl WorkerService for Worker {
             app: self.app.clone(),
             registration,
             batch,
+            lost: Vec::new(),
             sent_at: Default::default(),
             in_flight: HashSet::new(),
             draining: false,
@@ -184,6 +185,8 @@ struct Session {
     in_flight: HashSet<(JobId, u32)>,
     /// How many leases to ask for at once.
     batch: super::lease_batch::LeaseBatch,
+    /// Held leases a heartbeat found gone, to cancel on the worker.
+    lost: Vec<(JobId, u32, String)>,
     /// When each lease in flight was sent, to tell quick jobs from slow.
     sent_at: std::collections::HashMap<(JobId, u32), Instant>,
     draining: bool,
@@ -534,17 +537,24 @@ impl Session {
                 if acks.is_empty() {
                     return true;
                 }
-                // A heartbeat refused for good: the lease is gone (a
-                // timeout, an expiry, an operator). Tell the worker to stop
-                // the job, in so many words.
-                let gone = acks
-                    .iter()
-                    .filter(|a| a.kind == pb::AckKind::Heartbeat as i32 && !a.ok && !a.transient);
-                for a in gone {
+                // Leases this worker held that a heartbeat found gone (a
+                // timeout, an expiry, an operator): after the acks, tell
+                // the worker to stop those jobs, in so many words.
+                let lost = std::mem::take(&mut self.lost);
+                let acks = pb::server_message::Msg::Acks(pb::Acks { acks });
+                if self
+                    .tx
+                    .send(Ok(pb::ServerMessage { msg: Some(acks) }))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+                for (job_id, attempt, reason) in lost {
                     let cancel = pb::Cancel {
-                        job_id: a.job_id,
-                        attempt: a.attempt,
-                        reason: a.error.clone(),
+                        job_id,
+                        attempt,
+                        reason,
                     };
                     let msg = pb::server_message::Msg::Cancel(cancel);
                     if self
@@ -556,7 +566,7 @@ impl Session {
                         return false;
                     }
                 }
-                pb::server_message::Msg::Acks(pb::Acks { acks })
+                return true;
             }
         };
         self.tx
@@ -617,10 +627,13 @@ impl Session {
                         }
                         continue;
                     }
-                    Err(_) => {
+                    Err((reason, transient)) => {
                         // The lease is gone: it expired, or another took it.
                         if self.in_flight.remove(&(job_id, attempt)) {
                             self.batch.expired();
+                            if !transient {
+                                self.lost.push((job_id, attempt, reason.clone()));
+                            }
                         }
                         self.sent_at.remove(&(job_id, attempt));
                     }
