@@ -408,10 +408,13 @@ impl Policies {
         {
             return Some(t);
         }
+        // Read on every lease and result: no copies of whole policies.
         let of_type = |t: &str| self.retry.get(t).and_then(|r| r.timeout_ms);
+        let of_queue = |q: &str| self.queues.get(q).and_then(|p| p.timeout_ms);
         of_type(&job.job_type)
             .or_else(|| of_type(DEFAULTS))
-            .or_else(|| self.queue(&job.queue).timeout_ms)
+            .or_else(|| of_queue(&job.queue))
+            .or_else(|| of_queue(DEFAULTS))
     }
 
     /// The retry policy of a job type, defaults filled in.
