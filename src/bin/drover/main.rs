@@ -115,7 +115,20 @@ enum Cmd {
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> Result<()> {
+/// An error ends the command with its message and its causes on one line
+/// (no backtrace, whatever RUST_BACKTRACE says: an operator wants the
+/// reason, not our stack) and exit status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     if !matches!(cli.command, Cmd::Serve(_) | Cmd::Worker(_)) {
         // A command piped into `head` ends quietly when the pipe closes,
