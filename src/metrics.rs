@@ -95,10 +95,14 @@ impl Metrics {
         ] {
             metrics::counter!(name).absolute(v);
         }
-        // Why leases were taken back: they expired, or an operator cleared
-        // them as stuck.
-        for (reason, v) in [("expired", t.requeued), ("stuck", t.requeued_stuck)] {
-            metrics::counter!("drover_jobs_requeued_total", "reason" => reason).absolute(v);
+        // Why leases were taken back, per queue: every queue shows each
+        // reason, 0 until it happens, so alerts have a series to watch.
+        for queue in stats.queues.keys() {
+            let counts = stats.requeued.get(queue).copied().unwrap_or_default();
+            for (reason, n) in crate::machine::REQUEUE_REASONS.iter().zip(counts) {
+                metrics::counter!("drover_jobs_requeued_total", "queue" => queue.clone(), "reason" => *reason)
+                    .absolute(n);
+            }
         }
         {
             let mut shown = self.breakers.lock().unwrap_or_else(|e| e.into_inner());

@@ -174,7 +174,7 @@ async fn clear_stuck_requeues_the_job_of_a_killed_worker() {
     assert_eq!(job_state(&node, id).await, "ready");
     let text = metrics_text(&node).await;
     assert!(
-        text.contains("drover_jobs_requeued_total{reason=\"stuck\"} 1"),
+        text.contains("drover_jobs_requeued_total{queue=\"slow\",reason=\"stuck\"} 1"),
         "{text}"
     );
 }

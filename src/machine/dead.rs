@@ -65,6 +65,7 @@ impl Machine {
                 Ok(loaded) => loaded,
                 Err(_) => continue,
             };
+            self.count_requeue(&job.queue, 1);
             self.take_back(
                 now,
                 job,

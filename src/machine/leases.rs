@@ -305,6 +305,7 @@ impl Machine {
             };
             self.fail(now, &failure)?.ok();
             self.totals.timed_out += 1;
+            self.count_requeue(&job.queue, 2);
             self.lease_events.push(LeaseEvent {
                 event: "queue_timeout",
                 what: "execution timeout",
@@ -335,6 +336,7 @@ impl Machine {
                     attempt: job.attempts,
                 });
             }
+            self.count_requeue(&job.queue, 0);
             // It waits (for aging and the sla) from now, not from when it
             // first became ready.
             self.take_back(

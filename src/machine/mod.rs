@@ -69,6 +69,11 @@ pub struct Meta {
     pub next_id: JobId,
 }
 
+/// Why a lease was taken back, as `drover_jobs_requeued_total{reason}`
+/// names it: its lease expired, an operator cleared it as stuck, it ran past
+/// its timeout.
+pub const REQUEUE_REASONS: [&str; 3] = ["expired", "stuck", "timeout"];
+
 /// A lease that ended without a result, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseEvent {
@@ -119,6 +124,9 @@ pub struct MachineStats {
     pub ready_by_tenant: BTreeMap<String, u64>,
     /// Leases past their queue's sla, by queue and priority (1 to 5).
     pub sla_missed: BTreeMap<String, [u64; 5]>,
+    /// Leases taken back without a result, by queue and why (see
+    /// [`REQUEUE_REASONS`]).
+    pub requeued: BTreeMap<String, [u64; 3]>,
     /// Dead jobs by queue and last error class.
     pub dead_by_class: BTreeMap<String, BTreeMap<String, u64>>,
     /// Circuit breakers that are not closed, or closed with failures in
@@ -172,6 +180,9 @@ pub struct Machine {
     /// Leases past their queue's sla, by queue and priority, since this
     /// node opened its machine (counters, like `totals`).
     sla_missed: BTreeMap<String, [u64; 5]>,
+    /// Leases taken back without a result, by queue and reason, since this
+    /// node opened its machine (counters).
+    requeued: BTreeMap<String, [u64; 3]>,
     /// Writes of the entries applied since the last commit; reads look here
     /// first so later entries of a range see earlier ones.
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -244,6 +255,7 @@ impl Machine {
             lease_events: Vec::new(),
             totals: Totals::default(),
             sla_missed: BTreeMap::new(),
+            requeued: BTreeMap::new(),
             staged: BTreeMap::new(),
             capture: None,
             finished_bytes,
@@ -267,6 +279,18 @@ impl Machine {
     /// What the entries applied since the last call did to leases.
     pub fn take_lease_events(&mut self) -> Vec<LeaseEvent> {
         std::mem::take(&mut self.lease_events)
+    }
+
+    /// Counts a lease of `queue` taken back for reason `REQUEUE_REASONS[why]`.
+    pub(super) fn count_requeue(&mut self, queue: &str, why: usize) {
+        match self.requeued.get_mut(queue) {
+            Some(counts) => counts[why] += 1,
+            None => {
+                let mut counts = [0; 3];
+                counts[why] = 1;
+                self.requeued.insert(queue.to_string(), counts);
+            }
+        }
     }
 
     pub fn meta(&self) -> Meta {
@@ -311,6 +335,7 @@ impl Machine {
         let mut fresh = Machine::open(tree.clone())?;
         fresh.totals = self.totals;
         fresh.sla_missed = std::mem::take(&mut self.sla_missed);
+        fresh.requeued = std::mem::take(&mut self.requeued);
         // A snapshot may carry other policies, set at its index.
         fresh.policies_index = fresh.meta.applied_index;
         fresh.shared = self.shared.clone();
@@ -381,6 +406,7 @@ impl Machine {
             draining_tenants: self.controls.draining_tenants.clone(),
             ready_by_tenant: self.ready_by_tenant(),
             sla_missed: self.sla_missed.clone(),
+            requeued: self.requeued.clone(),
             dead_by_class: {
                 let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
                 for ((q, c), n) in &self.dead_classes {

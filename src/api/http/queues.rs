@@ -209,7 +209,7 @@ const STUCK_AFTER: &str = "10m";
 /// Take back a queue's stuck leases and make their jobs ready again:
 /// leased longer than `older_than` (default 10m), held by `worker`, or
 /// held by a worker connected to no node. Counted in
-/// `drover_jobs_requeued_total{reason="stuck"}`.
+/// `drover_jobs_requeued_total{queue,reason="stuck"}`.
 #[utoipa::path(post, path = "/api/v1/queues/{queue}/clear-stuck", tag = "queues",
     params(("queue" = String, Path, description = "A-Z a-z 0-9 _ . -, at most 128")),
     request_body = ClearStuckBody,
