@@ -68,17 +68,10 @@ fn enqueue(server: &str, queue: &str) -> u64 {
 async fn a_no_retry_failure_is_dead_at_once_listed_shown_and_replayed() {
     let node = TestNode::start("[retry.\"*\"]\nmax_retries = 5\nno_retry = [\"fatal_input\"]\n");
     let server = node.grpc.as_str();
-    wait_for(
-        "the retry policy in the log",
-        Duration::from_secs(10),
-        || async {
-            let p = drover(&["policies", "show", "--json"], server);
-            if p["retry"]["*"]["no_retry"][0] == "fatal_input" {
-                Ok(())
-            } else {
-                Err(p.to_string())
-            }
-        },
+    wait_for_policy(
+        &node,
+        "/retry/*/no_retry/0",
+        serde_json::json!("fatal_input"),
     )
     .await;
     let id = enqueue(server, "q");
@@ -268,19 +261,7 @@ async fn five_failures_of_a_class_open_the_breaker_until_reset() {
         "[retry.\"*\"]\nmax_retries = 0\n[queues.\"*\".breaker]\nthreshold = 5\nwindow = \"60s\"\ncooldown = \"10m\"\n",
     );
     let server = node.grpc.as_str();
-    wait_for(
-        "the breaker policy in the log",
-        Duration::from_secs(10),
-        || async {
-            let p = drover(&["policies", "show", "--json"], server);
-            if p["retry"]["*"]["max_retries"] == 0 {
-                Ok(())
-            } else {
-                Err(p.to_string())
-            }
-        },
-    )
-    .await;
+    wait_for_policy(&node, "/retry/*/max_retries", serde_json::json!(0)).await;
     let ids: Vec<u64> = (0..6).map(|_| enqueue(server, "mail")).collect();
     let _worker = exec_worker(
         server,
@@ -395,19 +376,7 @@ async fn a_job_past_its_timeout_is_stopped_and_fails_with_class_timeout() {
         "[jobs]\nheartbeat_timeout = \"3s\"\n[retry.\"*\"]\nmax_retries = 0\n[queues.slow]\ntimeout = \"1s\"\n",
     );
     let server = node.grpc.as_str();
-    wait_for(
-        "the timeout in the log",
-        Duration::from_secs(10),
-        || async {
-            let p = drover(&["policies", "show", "--json"], server);
-            if p["retry"]["*"]["max_retries"] == 0 {
-                Ok(())
-            } else {
-                Err(p.to_string())
-            }
-        },
-    )
-    .await;
+    wait_for_policy(&node, "/retry/*/max_retries", serde_json::json!(0)).await;
     let slow = drover(
         &["enqueue", "--queue", "slow", "--payload", "slow", "--json"],
         server,

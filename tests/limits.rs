@@ -33,15 +33,7 @@ fn ids(page: &serde_json::Value) -> Vec<u64> {
 async fn a_concurrency_key_holds_jobs_back_and_jobs_list_finds_them() {
     let node = TestNode::start("[limits.\"api:\"]\nconcurrency = 1\n");
     let server = node.grpc.as_str();
-    wait_for("the limits in the log", Duration::from_secs(10), || async {
-        let (_, p) = get_json(&format!("{}/api/v1/policies", node.http)).await;
-        if p["limits"]["api:"]["concurrency"] == 1 {
-            Ok(())
-        } else {
-            Err(p.to_string())
-        }
-    })
-    .await;
+    wait_for_policy(&node, "/limits/api:/concurrency", serde_json::json!(1)).await;
     let keyed = drover(
         &[
             "enqueue",

@@ -501,6 +501,17 @@ async fn end_to_end_on(target: &Target, args: &BenchArgs, via: Via) -> Result<Ru
         workers.push(tokio::spawn(worker::run(opts, handler, stop.clone())));
     }
     produce(target, args, "bench-e2e", 1, total, via).await?;
+    let completed = join_workers(workers).await?;
+    Ok(Run {
+        rate: completed as f64 / start.elapsed().as_secs_f64(),
+        cpu: CpuMark::now(target).per_op_since(cpu_start, completed),
+    })
+}
+
+/// Waits for workers to stop; answers the jobs they completed.
+async fn join_workers(
+    workers: Vec<tokio::task::JoinHandle<Result<worker::WorkerReport, ClientError>>>,
+) -> Result<u64, BenchError> {
     let mut completed = 0;
     for w in workers {
         completed += w
@@ -508,10 +519,7 @@ async fn end_to_end_on(target: &Target, args: &BenchArgs, via: Via) -> Result<Ru
             .map_err(|e| BenchError::Spawn(e.to_string()))??
             .completed;
     }
-    Ok(Run {
-        rate: completed as f64 / start.elapsed().as_secs_f64(),
-        cpu: CpuMark::now(target).per_op_since(cpu_start, completed),
-    })
+    Ok(completed)
 }
 
 /// One producer, one job per request: (p50, p99) in milliseconds.

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{end_to_end_on, figure, target, BenchArgs, BenchError, CpuMark, Target, Via};
+use super::{
+    end_to_end_on, figure, join_workers, target, BenchArgs, BenchError, CpuMark, Target, Via,
+};
 use crate::client::worker::{self, JobFailure, WorkerOptions};
 use crate::client::{ClientError, Producer};
 use crate::proto::v1 as pb;
@@ -87,14 +89,7 @@ where
             stop.clone(),
         )));
     }
-    let mut completed = 0;
-    for w in workers {
-        completed += w
-            .await
-            .map_err(|e| BenchError::Spawn(e.to_string()))??
-            .completed;
-    }
-    Ok(completed)
+    join_workers(workers).await
 }
 
 /// What the mixed scenario's workers saw.

@@ -450,3 +450,21 @@ pub fn drover_cli(args: &[&str], server: &str, token: &str) -> std::process::Out
     }
     cmd.output().expect("run drover")
 }
+
+/// Waits until the node applies the policies its config asked for: the
+/// policy at JSON `pointer` of `GET /api/v1/policies` is `want`.
+pub async fn wait_for_policy(node: &TestNode, pointer: &str, want: serde_json::Value) {
+    wait_for(
+        &format!("policy {pointer} = {want} in the log"),
+        Duration::from_secs(10),
+        || async {
+            let (_, p) = get_json(&format!("{}/api/v1/policies", node.http)).await;
+            if p.pointer(pointer) == Some(&want) {
+                Ok(())
+            } else {
+                Err(p.to_string())
+            }
+        },
+    )
+    .await;
+}
