@@ -146,11 +146,193 @@ pub struct Progress {
     pub message: String,
 }
 
-/// One line of a job's timeline.
+/// One line of a job's timeline: what happened, at the time of the log
+/// entry that did it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
     pub at_ms: u64,
-    pub what: String,
+    pub kind: EventKind,
+}
+
+/// What happened to a job. Typed, so the API can filter and render them
+/// and tools can read the worker, attempt and error class without parsing
+/// English.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    Enqueued,
+    Leased {
+        worker: String,
+        attempt: u32,
+    },
+    /// It waited in the ready set longer than its queue's sla.
+    WaitedPastSla {
+        waited_ms: u64,
+    },
+    /// The worker reported a new progress message (a heartbeat that only
+    /// moves the fraction updates the job's progress, not its timeline).
+    Progress {
+        attempt: u32,
+        fraction: f32,
+        message: String,
+    },
+    Completed {
+        worker: String,
+        attempt: u32,
+    },
+    Failed {
+        worker: String,
+        attempt: u32,
+        class: String,
+        then: AfterFailed,
+    },
+    /// Its lease ended without a result and it is ready again.
+    Requeued {
+        worker: String,
+        attempt: u32,
+        by: RequeuedBy,
+    },
+    Cancelled {
+        was: JobState,
+    },
+    /// Taken out of the dead letters to run again.
+    Replayed,
+    /// An event written by a drover whose timeline was text (layout 2).
+    Note(String),
+}
+
+/// What became of a job after a failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AfterFailed {
+    Retry { at_ms: u64 },
+    Escalated { to: String, why: Exhausted },
+    Dead { why: Exhausted },
+}
+
+/// Which retry rule gave a failed job no more attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Exhausted {
+    /// Its error class is in the policy's `no_retry`.
+    NoRetryClass,
+    /// The policy has a `retry_on` list without its error class.
+    NotInRetryOn,
+    OutOfRetries {
+        max_retries: u32,
+    },
+}
+
+/// Why a lease was taken back without a result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RequeuedBy {
+    /// The worker stopped heartbeating.
+    LeaseExpired,
+    /// An operator (`drover queues clear-stuck`), with their reason.
+    Operator { reason: String },
+}
+
+impl EventKind {
+    /// The event's name in the API (`leased`, `failed`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Enqueued => "enqueued",
+            EventKind::Leased { .. } => "leased",
+            EventKind::WaitedPastSla { .. } => "waited_past_sla",
+            EventKind::Progress { .. } => "progress",
+            EventKind::Completed { .. } => "completed",
+            EventKind::Failed { .. } => "failed",
+            EventKind::Requeued { .. } => "requeued",
+            EventKind::Cancelled { .. } => "cancelled",
+            EventKind::Replayed => "replayed",
+            EventKind::Note(_) => "note",
+        }
+    }
+
+    /// The worker that held the lease the event is about.
+    pub fn worker(&self) -> Option<&str> {
+        match self {
+            EventKind::Leased { worker, .. }
+            | EventKind::Completed { worker, .. }
+            | EventKind::Failed { worker, .. }
+            | EventKind::Requeued { worker, .. } => Some(worker),
+            _ => None,
+        }
+    }
+
+    /// The attempt the event is about.
+    pub fn attempt(&self) -> Option<u32> {
+        match self {
+            EventKind::Leased { attempt, .. }
+            | EventKind::Progress { attempt, .. }
+            | EventKind::Completed { attempt, .. }
+            | EventKind::Failed { attempt, .. }
+            | EventKind::Requeued { attempt, .. } => Some(*attempt),
+            _ => None,
+        }
+    }
+
+    pub fn error_class(&self) -> Option<&str> {
+        match self {
+            EventKind::Failed { class, .. } => Some(class),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exhausted::NoRetryClass => f.write_str("its class is a no_retry class"),
+            Exhausted::NotInRetryOn => f.write_str("its class is not in retry_on"),
+            Exhausted::OutOfRetries { max_retries } => write!(f, "after {max_retries} retries"),
+        }
+    }
+}
+
+/// One line of English, as the CLI prints it.
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventKind::Enqueued => f.write_str("enqueued"),
+            EventKind::Leased { worker, attempt } => {
+                write!(f, "leased by {worker} (attempt {attempt})")
+            }
+            EventKind::WaitedPastSla { waited_ms } => {
+                write!(f, "waited {waited_ms} ms, past the queue's sla")
+            }
+            EventKind::Progress {
+                fraction, message, ..
+            } => write!(f, "progress {:.0}%: {message}", fraction * 100.0),
+            EventKind::Completed { worker, attempt } => {
+                write!(f, "completed by {worker} (attempt {attempt})")
+            }
+            EventKind::Failed {
+                worker,
+                attempt,
+                class,
+                then,
+            } => {
+                write!(f, "failed with {class} on {worker} (attempt {attempt}); ")?;
+                match then {
+                    AfterFailed::Retry { at_ms } => write!(f, "retry scheduled at {at_ms}"),
+                    AfterFailed::Escalated { to, why } => {
+                        write!(f, "escalated to queue {to} ({why})")
+                    }
+                    AfterFailed::Dead { why } => write!(f, "dead-lettered ({why})"),
+                }
+            }
+            EventKind::Requeued { worker, by, .. } => match by {
+                RequeuedBy::LeaseExpired => write!(f, "lease expired (worker {worker}); requeued"),
+                RequeuedBy::Operator { reason } => {
+                    write!(
+                        f,
+                        "taken from {worker} and requeued by an operator: {reason}"
+                    )
+                }
+            },
+            EventKind::Cancelled { was } => write!(f, "cancelled while {was}"),
+            EventKind::Replayed => f.write_str("replayed from the dead letters"),
+            EventKind::Note(text) => f.write_str(text),
+        }
+    }
 }
 
 /// Everything the cluster stores about a job except its payload and result,
@@ -190,15 +372,20 @@ impl Job {
         self.attempts.saturating_sub(base).saturating_sub(1)
     }
 
-    /// Appends to the timeline, dropping the oldest event past [`TIMELINE_MAX`].
-    pub fn record(&mut self, at_ms: u64, what: impl Into<String>) {
+    /// Appends to the timeline. Past [`TIMELINE_MAX`] events the oldest
+    /// progress report goes first, then the oldest event, so a job that
+    /// reports often or is retried many times keeps a bounded record with
+    /// its failures in it.
+    pub fn record(&mut self, at_ms: u64, kind: EventKind) {
         if self.events.len() >= TIMELINE_MAX {
-            self.events.remove(0);
+            let drop = self
+                .events
+                .iter()
+                .position(|e| matches!(e.kind, EventKind::Progress { .. }))
+                .unwrap_or(0);
+            self.events.remove(drop);
         }
-        self.events.push(JobEvent {
-            at_ms,
-            what: what.into(),
-        });
+        self.events.push(JobEvent { at_ms, kind });
     }
 }
 

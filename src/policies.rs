@@ -108,7 +108,7 @@ pub enum AfterFailure {
     /// Run again after this delay.
     Retry { delay_ms: u64 },
     /// No more attempts; `why` says which rule ended it.
-    Exhausted { why: String },
+    Exhausted { why: crate::job::Exhausted },
 }
 
 impl Retry {
@@ -133,17 +133,19 @@ impl Retry {
     pub fn after_failure(&self, job_id: u64, class: &str, retries_done: u32) -> AfterFailure {
         if self.no_retry.iter().any(|c| c == class) {
             return AfterFailure::Exhausted {
-                why: format!("{class} is a no_retry class"),
+                why: crate::job::Exhausted::NoRetryClass,
             };
         }
         if !self.retry_on.is_empty() && !self.retry_on.iter().any(|c| c == class) {
             return AfterFailure::Exhausted {
-                why: format!("{class} is not in retry_on"),
+                why: crate::job::Exhausted::NotInRetryOn,
             };
         }
         if retries_done >= self.max_retries {
             return AfterFailure::Exhausted {
-                why: format!("after {} retries", self.max_retries),
+                why: crate::job::Exhausted::OutOfRetries {
+                    max_retries: self.max_retries,
+                },
             };
         }
         AfterFailure::Retry {

@@ -366,6 +366,10 @@ async fn a_result_is_found_by_its_idempotency_key_and_a_timeline_has_times() {
     let events = t["events"].as_array().unwrap();
     assert!(events.len() >= 3, "{t}");
     assert!(events.iter().all(|e| e["at_ms"].as_u64().unwrap() > 0));
+    let kinds: Vec<_> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["enqueued", "leased", "completed"], "{t}");
+    assert_eq!(events[2]["attempt"], 1, "typed fields: {t}");
+    assert!(events[2]["worker"].as_str().is_some_and(|w| !w.is_empty()), "{t}");
     let text = drover_cli(&["jobs", "timeline", &id.to_string()], server, "");
     assert!(String::from_utf8_lossy(&text.stdout).contains("completed"));
 }

@@ -53,7 +53,11 @@ impl From<JobView> for pb::Job {
                 .iter()
                 .map(|e| pb::JobEvent {
                     at_ms: e.at_ms,
-                    what: e.what.clone(),
+                    what: e.kind.to_string(),
+                    kind: e.kind.name().to_string(),
+                    worker: e.kind.worker().unwrap_or_default().to_string(),
+                    attempt: e.kind.attempt().unwrap_or_default(),
+                    error_class: e.kind.error_class().unwrap_or_default().to_string(),
                 })
                 .collect(),
             labels: job.labels.clone().into_iter().collect(),

@@ -227,10 +227,36 @@ pub struct ProgressBody {
     pub message: String,
 }
 
+/// One event of a job's timeline.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventBody {
+    /// The time of the log entry that did it.
     pub at_ms: u64,
+    /// `enqueued`, `leased`, `waited_past_sla`, `progress`, `completed`,
+    /// `failed`, `requeued`, `cancelled`, `replayed`, or `note` (a text
+    /// event from an earlier drover).
+    pub kind: String,
+    /// The event as one line of English.
     pub what: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+}
+
+impl From<&JobEvent> for EventBody {
+    fn from(e: &JobEvent) -> EventBody {
+        EventBody {
+            at_ms: e.at_ms,
+            kind: e.kind.name().to_string(),
+            what: e.kind.to_string(),
+            worker: e.kind.worker().map(str::to_string),
+            attempt: e.kind.attempt(),
+            error_class: e.kind.error_class().map(str::to_string),
+        }
+    }
 }
 
 /// A job as read back: its record, and its payload and result as text when
@@ -330,10 +356,7 @@ impl From<JobView> for JobBody {
             last_error_class,
             last_error,
             finished_at_ms,
-            events: events
-                .into_iter()
-                .map(|JobEvent { at_ms, what }| EventBody { at_ms, what })
-                .collect(),
+            events: events.iter().map(EventBody::from).collect(),
             waiting: v.waiting,
             payload,
             payload_base64,

@@ -27,7 +27,7 @@ impl Machine {
                 crate::job::RETRY_BASE_LABEL.into(),
                 job.attempts.to_string(),
             );
-            job.record(now, "replayed from the dead letters");
+            job.record(now, EventKind::Replayed);
             self.place(&job);
             self.put_job(&job, &payload);
             replayed.push(id);
@@ -70,7 +70,9 @@ impl Machine {
                 now,
                 job,
                 &payload,
-                &format!("requeued by an operator: {reason}"),
+                RequeuedBy::Operator {
+                    reason: reason.to_string(),
+                },
             );
             self.totals.requeued_stuck += 1;
             requeued.push(id);
@@ -80,12 +82,19 @@ impl Machine {
 
     /// Ends a job's lease and makes it ready again (an expiry, or an
     /// operator's requeue); it waits from now.
-    pub(super) fn take_back(&mut self, now: u64, mut job: Job, payload: &Payload, why: &str) {
+    pub(super) fn take_back(&mut self, now: u64, mut job: Job, payload: &Payload, by: RequeuedBy) {
         self.unplace(&job);
-        job.lease = None;
+        let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
         job.state = JobState::Ready;
         job.run_at_ms = now;
-        job.record(now, why);
+        job.record(
+            now,
+            EventKind::Requeued {
+                worker,
+                attempt: job.attempts,
+                by,
+            },
+        );
         self.place(&job);
         self.put_job(&job, payload);
     }

@@ -53,7 +53,7 @@ pub fn state_since(job: &Job) -> u64 {
             .events
             .iter()
             .rev()
-            .find(|e| e.what.starts_with("leased by"))
+            .find(|e| matches!(e.kind, EventKind::Leased { .. }))
             .map_or(job.run_at_ms, |e| e.at_ms),
         _ => job.finished_at_ms,
     }

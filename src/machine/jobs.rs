@@ -57,7 +57,7 @@ impl Machine {
                 finished_at_ms: 0,
                 events: Vec::new(),
             };
-            job.record(now, "enqueued");
+            job.record(now, EventKind::Enqueued);
             if let Some(k) = idem {
                 self.index_idempotency(now, id, &k);
                 self.put(k, id.to_be_bytes().to_vec());
@@ -98,7 +98,7 @@ impl Machine {
         job.state = JobState::Cancelled;
         job.lease = None;
         job.finished_at_ms = now;
-        job.record(now, format!("cancelled while {was}"));
+        job.record(now, EventKind::Cancelled { was });
         self.place(&job);
         let record = self.put_job(&job, &payload);
         // Only an unfinished job can be cancelled: it has no result.

@@ -19,8 +19,9 @@ pub(super) fn clocks_key(queue: &str) -> Vec<u8> {
 }
 pub(super) const FORMAT_KEY: &[u8] = b"f";
 /// Layout of the tree; a tree of another layout is refused, not misread.
-/// 1 kept payloads under their own `p` keys.
-pub(super) const FORMAT: u8 = 2;
+/// 1 kept payloads under their own `p` keys; 2 kept timelines as text
+/// (see `migrate`).
+pub(super) const FORMAT: u8 = 3;
 pub(super) const JOB: u8 = b'j';
 pub(super) const PAYLOAD: u8 = b'p';
 /// Largest payload kept inside its job's record.
@@ -118,16 +119,20 @@ pub(super) fn check_format(tree: &sled::Tree) -> Result<(), MachineError> {
         tree.insert(FORMAT_KEY, &[FORMAT])?;
         return Ok(());
     }
-    check_layout(tree)
+    check_layout(tree)?;
+    if tree.get(FORMAT_KEY)?.as_deref() == Some(&[super::migrate::FROM][..]) {
+        super::migrate::migrate(tree)?;
+    }
+    Ok(())
 }
 
 /// Refuses a tree, such as one just loaded from a snapshot, that is not of
-/// this layout. Call it before anything depends on the tree: a snapshot
+/// this layout or the one before (which opening migrates). Call it before anything depends on the tree: a snapshot
 /// installed or restored and only then refused would leave a node that
 /// cannot start.
 pub fn check_layout(tree: &sled::Tree) -> Result<(), MachineError> {
     match tree.get(FORMAT_KEY)? {
-        Some(v) if v.as_ref() == [FORMAT] => Ok(()),
+        Some(v) if v.as_ref() == [FORMAT] || v.as_ref() == [super::migrate::FROM] => Ok(()),
         Some(v) => Err(MachineError::Format {
             found: format!("{:?}", v.as_ref()),
         }),

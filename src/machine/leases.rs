@@ -94,11 +94,14 @@ impl Machine {
             job.progress = None;
             job.record(
                 now,
-                format!("leased by {worker} (attempt {})", job.attempts),
+                EventKind::Leased {
+                    worker: worker.to_string(),
+                    attempt: job.attempts,
+                },
             );
             let waited = now.saturating_sub(job.run_at_ms);
             if sla_ms.is_some_and(|sla| waited > sla) {
-                job.record(now, format!("waited {waited} ms, past the queue's sla"));
+                job.record(now, EventKind::WaitedPastSla { waited_ms: waited });
                 let missed = self.sla_missed.entry(job.queue.clone()).or_default();
                 missed[usize::from(job.priority.clamp(1, PRIORITY_LOWEST) - 1)] += 1;
             }
@@ -169,8 +172,23 @@ impl Machine {
         if let Some(lease) = job.lease.as_mut() {
             lease.deadline_ms = now.saturating_add(self.policies.heartbeat_timeout_ms(&job.queue));
         }
-        if beat.progress.is_some() {
-            job.progress = beat.progress.clone();
+        if let Some(progress) = &beat.progress {
+            // A new message is a step worth keeping; a moving fraction is not.
+            if job
+                .progress
+                .as_ref()
+                .is_none_or(|p| p.message != progress.message)
+            {
+                job.record(
+                    now,
+                    EventKind::Progress {
+                        attempt: beat.attempt,
+                        fraction: progress.fraction,
+                        message: progress.message.clone(),
+                    },
+                );
+            }
+            job.progress = Some(progress.clone());
         }
         self.place(&job);
         self.put_job(&job, &payload);
@@ -198,9 +216,15 @@ impl Machine {
         }
         self.unplace(&job);
         job.state = JobState::Succeeded;
-        job.lease = None;
+        let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
         job.finished_at_ms = now;
-        job.record(now, format!("completed (attempt {})", c.attempt));
+        job.record(
+            now,
+            EventKind::Completed {
+                worker,
+                attempt: c.attempt,
+            },
+        );
         self.place(&job);
         let record = self.put_job(&job, &payload);
         if !c.result.is_empty() {
@@ -229,14 +253,13 @@ impl Machine {
             Err(refusal) => return Ok(Err(refusal)),
         };
         self.unplace(&job);
-        job.lease = None;
+        let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
         job.last_error_class = f.error_class.clone();
         job.last_error = f.message.clone();
         self.totals.failed += 1;
         self.breaker_failed(now, &job, &f.error_class);
         let retry = self.policies.retry_for(&job.job_type);
-        let failed = format!("failed with {} (attempt {})", f.error_class, f.attempt);
-        match retry.after_failure(job.id, &f.error_class, job.retries_done()) {
+        let then = match retry.after_failure(job.id, &f.error_class, job.retries_done()) {
             AfterFailure::Retry { delay_ms } => {
                 // An immediate retry is ready now, not at the next tick.
                 job.state = if delay_ms == 0 {
@@ -245,34 +268,42 @@ impl Machine {
                     JobState::Scheduled
                 };
                 job.run_at_ms = now.saturating_add(delay_ms);
-                job.record(
-                    now,
-                    format!("{failed}; retry scheduled at {}", job.run_at_ms),
-                );
                 self.totals.retried += 1;
+                AfterFailed::Retry {
+                    at_ms: job.run_at_ms,
+                }
             }
             AfterFailure::Exhausted { why } => match retry.escalate_to {
                 Some(to) if to != job.queue => {
-                    job.record(now, format!("{failed}; escalated to queue {to} ({why})"));
                     job.labels
                         .insert(crate::job::ESCALATED_FROM_LABEL.into(), job.queue.clone());
                     job.labels.insert(
                         crate::job::RETRY_BASE_LABEL.into(),
                         job.attempts.to_string(),
                     );
-                    job.queue = to;
+                    job.queue = to.clone();
                     job.state = JobState::Ready;
                     job.run_at_ms = now;
                     self.totals.escalated += 1;
+                    AfterFailed::Escalated { to, why }
                 }
                 _ => {
                     job.state = JobState::Dead;
                     job.finished_at_ms = now;
-                    job.record(now, format!("{failed}; dead-lettered ({why})"));
                     self.totals.dead += 1;
+                    AfterFailed::Dead { why }
                 }
             },
-        }
+        };
+        job.record(
+            now,
+            EventKind::Failed {
+                worker,
+                attempt: f.attempt,
+                class: f.error_class.clone(),
+                then,
+            },
+        );
         self.place(&job);
         let record = self.put_job(&job, &payload);
         if job.state == JobState::Dead {
@@ -339,12 +370,7 @@ impl Machine {
             self.count_requeue(&job.queue, 0);
             // It waits (for aging and the sla) from now, not from when it
             // first became ready.
-            self.take_back(
-                now,
-                job,
-                &payload,
-                &format!("lease expired (worker {worker}); requeued"),
-            );
+            self.take_back(now, job, &payload, RequeuedBy::LeaseExpired);
             self.totals.requeued += 1;
             expired += 1;
         }

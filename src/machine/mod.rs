@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 use crate::command::{
     Command, Completion, Enqueued, Failure, LeaseBeat, LeasedJob, LogEntry, Outcome, Refusal,
 };
-use crate::job::{Job, JobId, JobState, Lease, NewJob, PRIORITY_LOWEST};
+use crate::job::{
+    AfterFailed, EventKind, Job, JobId, JobState, Lease, NewJob, RequeuedBy, PRIORITY_LOWEST,
+};
 use crate::policies::Policies;
 
 /// Payload bytes one [`Command::Held`] answer carries at most.
@@ -589,6 +591,7 @@ mod jobs;
 mod keys;
 mod leases;
 pub mod limits;
+mod migrate;
 mod reader;
 mod retention;
 mod retry;

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::command::Retention;
-use crate::job::PRIORITY_DEFAULT;
+use crate::job::{Exhausted, PRIORITY_DEFAULT};
 use bytes::Bytes;
 
 const CFG: crate::policies::JobPolicies = crate::policies::JobPolicies {
@@ -560,6 +560,66 @@ fn a_large_payload_keeps_its_own_record_and_state_changes_leave_it_alone() {
     // A small payload lives in the record: no payload key of its own.
     let small = h.enqueue(3, "q", PRIORITY_DEFAULT);
     assert!(tree.get(key(PAYLOAD, small)).unwrap().is_none());
+}
+
+#[test]
+fn the_timeline_is_typed_and_bounded_keeping_failures_over_progress() {
+    let mut h = Harness::new();
+    let id = h.enqueue(0, "q", 3);
+    h.lease(10, "w1", &["q"], 1);
+    let beat = |attempt: u32, fraction: f32, message: &str| Command::Heartbeat {
+        worker: "w1".into(),
+        leases: vec![LeaseBeat {
+            job_id: id,
+            attempt,
+            progress: Some(crate::job::Progress {
+                fraction,
+                message: message.into(),
+            }),
+        }],
+    };
+    h.run(20, beat(1, 0.1, "fetching"));
+    h.run(30, beat(1, 0.2, "fetching"));
+    h.run(40, beat(1, 0.5, "parsing"));
+    let job = h.job(id);
+    assert_eq!(job.progress.as_ref().unwrap().fraction, 0.5);
+    let kinds: Vec<_> = job.events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(
+        kinds,
+        ["enqueued", "leased", "progress", "progress"],
+        "a heartbeat that only moves the fraction adds no event"
+    );
+    assert_eq!(job.events[1].at_ms, 10, "events carry the entry's time");
+    assert_eq!(job.events[1].kind.worker(), Some("w1"));
+    assert_eq!(job.events[1].kind.attempt(), Some(1));
+    fail_as(&mut h, 50, id, 1, "boom");
+    let failed = h.job(id).events.last().unwrap().clone();
+    assert_eq!(failed.kind.error_class(), Some("boom"));
+    assert_eq!(failed.kind.worker(), Some("w1"));
+    assert!(
+        failed.kind.to_string().contains("retry scheduled"),
+        "{failed:?}"
+    );
+
+    // Many messages: the oldest progress goes first, the rest stays.
+    h.run(2_000, Command::Tick);
+    h.lease(2_000, "w2", &["q"], 1);
+    for i in 0..(crate::job::TIMELINE_MAX as u64 * 2) {
+        h.run(2_001 + i, beat(2, 0.0, &format!("step {i}")));
+    }
+    let job = h.job(id);
+    assert_eq!(job.events.len(), crate::job::TIMELINE_MAX);
+    let kinds: Vec<_> = job.events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(
+        kinds[..4],
+        ["enqueued", "leased", "failed", "leased"],
+        "only progress was coalesced: {kinds:?}"
+    );
+    let last = job.events.last().unwrap();
+    assert!(last
+        .kind
+        .to_string()
+        .ends_with(&format!("step {}", crate::job::TIMELINE_MAX * 2 - 1)));
 }
 
 #[test]
@@ -1226,7 +1286,7 @@ fn aging_lets_a_waiting_low_priority_job_go_first_and_sla_misses_are_counted() {
         .job(old)
         .events
         .iter()
-        .any(|e| e.what.contains("past the queue's sla")));
+        .any(|e| matches!(e.kind, EventKind::WaitedPastSla { .. })));
 }
 
 fn keyed(queue: &str, priority: u8, label: &str, key: &str) -> NewJob {
@@ -1487,9 +1547,15 @@ fn a_no_retry_class_dead_letters_at_once_and_exhausted_jobs_escalate_with_their_
     );
     assert_eq!(job.last_error_class, "fatal_input");
     assert!(
-        job.events.iter().any(|e| e
-            .what
-            .contains("escalated to queue review (fatal_input is a no_retry class)")),
+        job.events.iter().any(|e| matches!(
+            &e.kind,
+            EventKind::Failed {
+                then: AfterFailed::Escalated { to, why: Exhausted::NoRetryClass },
+                class,
+                attempt: 1,
+                worker,
+            } if to == "review" && class == "fatal_input" && worker == "w"
+        )),
         "{:?}",
         job.events
     );
@@ -1510,7 +1576,7 @@ fn a_no_retry_class_dead_letters_at_once_and_exhausted_jobs_escalate_with_their_
     assert!(
         job.events
             .iter()
-            .filter(|e| e.what.starts_with("failed with"))
+            .filter(|e| matches!(e.kind, EventKind::Failed { .. }))
             .count()
             == 3,
         "the history is kept: {:?}",
@@ -1531,13 +1597,15 @@ fn a_no_retry_class_dead_letters_at_once_and_exhausted_jobs_escalate_with_their_
     h.lease(11, "w", &["q"], 1);
     fail_as(&mut h, 12, b, 1, "boom");
     assert_eq!(h.job(b).state, JobState::Dead);
-    assert!(h
-        .job(b)
-        .events
-        .last()
-        .unwrap()
-        .what
-        .contains("dead-lettered (after 0 retries)"));
+    assert!(matches!(
+        h.job(b).events.last().unwrap().kind,
+        EventKind::Failed {
+            then: AfterFailed::Dead {
+                why: Exhausted::OutOfRetries { max_retries: 0 }
+            },
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -1588,7 +1656,7 @@ fn dead_jobs_replay_with_fresh_retries_purge_and_stuck_leases_requeue() {
     assert!(
         job.events
             .iter()
-            .any(|e| e.what.starts_with("failed with boom")),
+            .any(|e| e.kind.error_class() == Some("boom")),
         "the past is kept"
     );
     assert!(!h.m.stats().dead_by_class["q"].contains_key("boom"));

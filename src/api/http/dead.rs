@@ -134,7 +134,7 @@ pub(super) async fn show(
     let errors = job
         .events
         .iter()
-        .filter(|e| e.what.starts_with("failed with"))
+        .filter(|e| e.kind == "failed" || (e.kind == "note" && e.what.starts_with("failed with")))
         .cloned()
         .collect();
     Ok(Json(DeadJobBody { job, errors }))
