@@ -134,6 +134,20 @@ pub enum Command {
     ResetBreakers {
         scope: Option<(String, String, String)>,
     },
+    /// Keeps `worker` from new leases for at least `for_ms` (proposed by
+    /// the node it is connected to when its failure rate crossed its
+    /// queues' `quarantine_failure_rate`; `completed` and `failed` are the
+    /// counts that decided it).
+    Quarantine {
+        worker: String,
+        for_ms: u64,
+        completed: u64,
+        failed: u64,
+    },
+    /// Lets a quarantined worker lease again.
+    ReleaseWorker {
+        worker: String,
+    },
 }
 
 /// Which waiting jobs of a queue a purge cancels.
@@ -195,6 +209,9 @@ pub enum Audited {
     ResetBreakers {
         scope: Option<(String, String, String)>,
     },
+    ReleaseWorker {
+        worker: String,
+    },
 }
 
 /// What a control applies to.
@@ -249,6 +266,9 @@ impl Audited {
             },
             Audited::ResetBreakers { scope } => Command::ResetBreakers {
                 scope: scope.clone(),
+            },
+            Audited::ReleaseWorker { worker } => Command::ReleaseWorker {
+                worker: worker.clone(),
             },
         }
     }
@@ -311,6 +331,8 @@ impl Command {
             Command::PurgeDead { .. } => "purge_dead",
             Command::Requeue { .. } => "requeue",
             Command::ResetBreakers { .. } => "reset_breakers",
+            Command::Quarantine { .. } => "quarantine",
+            Command::ReleaseWorker { .. } => "release_worker",
         }
     }
 
@@ -334,7 +356,9 @@ impl Command {
             }
             Command::Replay { ids } | Command::PurgeDead { ids } => RECORD + 8 * ids.len(),
             Command::Requeue { leases, reason } => RECORD + reason.len() + 12 * leases.len(),
-            Command::ResetBreakers { .. } => RECORD,
+            Command::ResetBreakers { .. }
+            | Command::Quarantine { .. }
+            | Command::ReleaseWorker { .. } => RECORD,
             Command::Lease { .. }
             | Command::Cancel { .. }
             | Command::Tick
@@ -409,6 +433,37 @@ pub enum Refusal {
     UnknownSchedule { schedule: String },
     #[error("tenant {tenant:?} is draining and its jobs are not taken; `drover tenants resume {tenant}` takes them again")]
     TenantDraining { tenant: String },
+    #[error("worker {worker:?} is not quarantined (see drover workers list)")]
+    NotQuarantined { worker: String },
+    #[error("no breaker {queue}/{tenant}/{class} is open or counting failures (see drover breakers list)")]
+    UnknownBreaker {
+        queue: String,
+        tenant: String,
+        class: String,
+    },
+}
+
+impl Refusal {
+    /// The stable, snake_case name of the refusal (the admin API's error
+    /// `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::UnknownJob(_)
+            | Refusal::UnknownSchedule { .. }
+            | Refusal::NotQuarantined { .. }
+            | Refusal::UnknownBreaker { .. } => "not_found",
+            Refusal::StaleLease { .. } => "stale_lease",
+            Refusal::Finished { .. } => "already_finished",
+            Refusal::Shed { .. } => "shed",
+            Refusal::Draining { .. } | Refusal::TenantDraining { .. } => "draining",
+            Refusal::Undecodable { .. } => "internal",
+        }
+    }
+
+    /// What the request named does not exist (404 / NOT_FOUND).
+    pub fn is_not_found(&self) -> bool {
+        self.code() == "not_found"
+    }
 }
 
 /// A job handed to a worker, with the payload it runs on.

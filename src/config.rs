@@ -264,6 +264,29 @@ pub struct QueueConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// A worker whose failures reach this fraction of its results within
+    /// `quarantine_window` (and at least `quarantine_min_jobs` results) gets
+    /// no new leases until `drover workers release ID`, or until it
+    /// reconnects after `quarantine_for`. Off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_failure_rate: Option<f64>,
+    /// Default 5m.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub quarantine_window: Option<Duration>,
+    /// Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_min_jobs: Option<u64>,
+    /// Default 10m.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub quarantine_for: Option<Duration>,
 }
 
 /// `[queues.NAME.breaker]`.
@@ -893,6 +916,10 @@ impl Config {
                         sla_ms: q.sla.map(ms),
                         aging_after_ms: q.aging_after.map(ms),
                         timeout_ms: q.timeout.map(ms),
+                        quarantine_failure_rate: q.quarantine_failure_rate,
+                        quarantine_window_ms: q.quarantine_window.map(ms),
+                        quarantine_min_jobs: q.quarantine_min_jobs,
+                        quarantine_for_ms: q.quarantine_for.map(ms),
                         breaker: q.breaker.as_ref().map(|b| crate::policies::QueueBreaker {
                             enabled: b.enabled,
                             threshold: b.threshold,
@@ -1011,6 +1038,23 @@ impl Config {
                         format!("[queues.{name:?}.breaker] threshold, window and cooldown must be more than 0"),
                     ));
                 }
+            }
+            if q.quarantine_failure_rate
+                .is_some_and(|r| !(r > 0.0 && r <= 1.0))
+            {
+                return Err(invalid(
+                    "queues",
+                    format!("[queues.{name:?}] quarantine_failure_rate must be a fraction of a worker's results in (0, 1], such as 0.5"),
+                ));
+            }
+            if q.quarantine_window.is_some_and(|d| d.is_zero())
+                || q.quarantine_for.is_some_and(|d| d.is_zero())
+                || q.quarantine_min_jobs == Some(0)
+            {
+                return Err(invalid(
+                    "queues",
+                    format!("[queues.{name:?}] quarantine_window, quarantine_for and quarantine_min_jobs must be more than 0"),
+                ));
             }
             for (p, f) in &q.shed {
                 let priority_ok = matches!(p.parse::<u8>(), Ok(1..=5));

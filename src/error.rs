@@ -94,9 +94,7 @@ impl Error {
         match self {
             Error::InvalidJob(_) | Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::JobNotFound(_) | Error::NotFound(_) => Code::NotFound,
-            Error::Refused(Refusal::UnknownJob(_) | Refusal::UnknownSchedule { .. }) => {
-                Code::NotFound
-            }
+            Error::Refused(r) if r.is_not_found() => Code::NotFound,
             Error::Refused(Refusal::Shed { .. }) => Code::ResourceExhausted,
             Error::Refused(_)
             | Error::NotDead { .. }
@@ -139,16 +137,9 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::InvalidJob(_) | Error::InvalidArgument { .. } => "invalid_argument",
-            Error::JobNotFound(_)
-            | Error::NotFound(_)
-            | Error::Refused(Refusal::UnknownJob(_) | Refusal::UnknownSchedule { .. }) => {
-                "not_found"
-            }
-            Error::Refused(Refusal::StaleLease { .. }) => "stale_lease",
-            Error::Refused(Refusal::Finished { .. }) => "already_finished",
+            Error::JobNotFound(_) | Error::NotFound(_) => "not_found",
+            Error::Refused(r) => r.code(),
             Error::NotDead { .. } => "not_dead",
-            Error::Refused(Refusal::Shed { .. }) => "shed",
-            Error::Refused(Refusal::Draining { .. } | Refusal::TenantDraining { .. }) => "draining",
             Error::MembershipBusy => "membership_busy",
             Error::MembershipRefused(_) => "membership_refused",
             Error::NoLeader { .. } => "no_leader",
@@ -159,8 +150,7 @@ impl Error {
             Error::Unauthenticated(_) => "unauthenticated",
             Error::PermissionDenied(_) => "permission_denied",
             Error::RateLimited { .. } => "rate_limited",
-            Error::Refused(Refusal::Undecodable { .. })
-            | Error::Config(_)
+            Error::Config(_)
             | Error::Bind { .. }
             | Error::DataDir { .. }
             | Error::Driver(_)

@@ -128,6 +128,7 @@ impl Metrics {
         metrics::gauge!("drover_finished_jobs").set(finished as f64);
         metrics::gauge!("drover_data_dir_bytes").set(disk_usage(scrape.data_dir) as f64);
         metrics::gauge!("drover_active_workers").set(scrape.active_workers as f64);
+        metrics::gauge!("drover_workers_quarantined").set(stats.quarantined.len() as f64);
         let st = scrape.status;
         metrics::gauge!("drover_raft_term").set(st.term as f64);
         metrics::gauge!("drover_raft_commit_index").set(st.commit_index as f64);

@@ -275,7 +275,31 @@ pub struct QueuePolicy {
     pub breaker: Option<QueueBreaker>,
     /// How long a lease of a job of this queue may run.
     pub timeout_ms: Option<u64>,
+    /// A worker whose failures are at least this fraction of its results
+    /// in `quarantine_window_ms` gets no new leases (off unless set).
+    pub quarantine_failure_rate: Option<f64>,
+    pub quarantine_window_ms: Option<u64>,
+    /// Results in the window before the rate counts.
+    pub quarantine_min_jobs: Option<u64>,
+    /// How long a quarantined worker must stay away: reconnecting after it
+    /// lifts the quarantine.
+    pub quarantine_for_ms: Option<u64>,
 }
+
+/// When a worker is quarantined, defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuarantinePolicy {
+    pub failure_rate: f64,
+    pub window_ms: u64,
+    pub min_jobs: u64,
+    pub for_ms: u64,
+}
+
+/// The window a worker's recent results are counted over when no queue of
+/// its sets `quarantine_window`.
+pub const QUARANTINE_WINDOW_MS: u64 = 5 * 60_000;
+const QUARANTINE_MIN_JOBS: u64 = 10;
+const QUARANTINE_FOR_MS: u64 = 10 * 60_000;
 
 /// A queue's circuit-breaker settings as configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -464,6 +488,12 @@ impl Policies {
             sla_ms: pick(|q| q.sla_ms),
             aging_after_ms: pick(|q| q.aging_after_ms),
             timeout_ms: pick(|q| q.timeout_ms),
+            quarantine_failure_rate: named
+                .and_then(|q| q.quarantine_failure_rate)
+                .or_else(|| defaults.and_then(|q| q.quarantine_failure_rate)),
+            quarantine_window_ms: pick(|q| q.quarantine_window_ms),
+            quarantine_min_jobs: pick(|q| q.quarantine_min_jobs),
+            quarantine_for_ms: pick(|q| q.quarantine_for_ms),
             breaker: named
                 .and_then(|q| q.breaker.clone())
                 .or_else(|| defaults.and_then(|q| q.breaker.clone())),
@@ -473,6 +503,32 @@ impl Policies {
                 .map(|q| q.shed.clone())
                 .unwrap_or_default(),
         }
+    }
+
+    /// The quarantine of a worker serving `queues`: the strictest (lowest
+    /// failure rate) among those that set one; None when none does.
+    pub fn quarantine(&self, queues: &[String]) -> Option<QuarantinePolicy> {
+        // Asked on every round of a worker's results: off, it costs a scan
+        // of the few queue entries.
+        if self
+            .queues
+            .values()
+            .all(|q| q.quarantine_failure_rate.is_none())
+        {
+            return None;
+        }
+        queues
+            .iter()
+            .filter_map(|name| {
+                let q = self.queue(name);
+                Some(QuarantinePolicy {
+                    failure_rate: q.quarantine_failure_rate?,
+                    window_ms: q.quarantine_window_ms.unwrap_or(QUARANTINE_WINDOW_MS),
+                    min_jobs: q.quarantine_min_jobs.unwrap_or(QUARANTINE_MIN_JOBS),
+                    for_ms: q.quarantine_for_ms.unwrap_or(QUARANTINE_FOR_MS),
+                })
+            })
+            .min_by(|a, b| a.failure_rate.total_cmp(&b.failure_rate))
     }
 
     /// The lease timeout of jobs of `queue`.
@@ -607,6 +663,32 @@ mod tests {
         assert_eq!(q.concurrency_limit, Some(5));
         assert_eq!(q.shed.get(&5), Some(&0.6));
         assert_eq!(policies().queue("other").concurrency_limit, None);
+    }
+
+    #[test]
+    fn a_worker_is_quarantined_by_the_strictest_of_its_queues() {
+        let mut p = policies();
+        let names = |q: &[&str]| q.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            p.quarantine(&names(&["emails", "other"])),
+            None,
+            "off by default"
+        );
+        p.queues.get_mut("emails").unwrap().quarantine_failure_rate = Some(0.8);
+        p.queues.insert(
+            "render".into(),
+            QueuePolicy {
+                quarantine_failure_rate: Some(0.3),
+                quarantine_for_ms: Some(1_000),
+                ..Default::default()
+            },
+        );
+        let q = p.quarantine(&names(&["emails", "render"])).unwrap();
+        assert_eq!(
+            (q.failure_rate, q.for_ms, q.window_ms, q.min_jobs),
+            (0.3, 1_000, QUARANTINE_WINDOW_MS, QUARANTINE_MIN_JOBS)
+        );
+        assert_eq!(p.quarantine(&names(&["emails"])).unwrap().failure_rate, 0.8);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! serve and how much they hold. Lost on restart by design; the leases
 //! themselves are in the machine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +28,75 @@ pub struct WorkerInfo {
     pub draining: bool,
     /// The node it is connected to.
     pub node_id: u64,
+    /// Completions and failures it reported in the last `recent_window_ms`
+    /// (its queues' `quarantine_window`, else 5 minutes).
+    #[serde(default)]
+    pub recent_completed: u64,
+    #[serde(default)]
+    pub recent_failed: u64,
+    #[serde(default)]
+    pub recent_window_ms: u64,
+    /// Until when it is kept from new leases, if it is quarantined (it
+    /// finishes what it holds; reconnecting after this, or
+    /// `drover workers release`, lifts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined_until_ms: Option<u64>,
+}
+
+/// A worker's results over a sliding window, in buckets of a tenth of it.
+#[derive(Debug, Default)]
+pub struct RecentResults {
+    window_ms: u64,
+    /// (bucket start ms, completed, failed), oldest first.
+    buckets: VecDeque<(u64, u64, u64)>,
+}
+
+impl RecentResults {
+    fn width(&self) -> u64 {
+        (self.window_ms / 10).max(1)
+    }
+
+    /// Counts results at `now` in a window of `window_ms` (a new window
+    /// length starts the counts afresh).
+    pub fn add(&mut self, now: u64, window_ms: u64, completed: u64, failed: u64) {
+        if window_ms != self.window_ms {
+            self.window_ms = window_ms;
+            self.buckets.clear();
+        }
+        let width = self.width();
+        let start = now - now % width;
+        while self
+            .buckets
+            .front()
+            .is_some_and(|b| b.0 + width + self.window_ms <= now)
+        {
+            self.buckets.pop_front();
+        }
+        match self.buckets.back_mut() {
+            Some(b) if b.0 == start => {
+                b.1 += completed;
+                b.2 += failed;
+            }
+            _ => self.buckets.push_back((start, completed, failed)),
+        }
+    }
+
+    /// (completed, failed) in the window ending at `now`.
+    pub fn counts(&self, now: u64) -> (u64, u64) {
+        let width = self.width();
+        self.buckets
+            .iter()
+            .filter(|b| b.0 + width + self.window_ms > now)
+            .fold((0, 0), |(c, f), b| (c + b.1, f + b.2))
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
+    pub fn clear(&mut self) {
+        self.buckets.clear();
+    }
 }
 
 /// One connected worker's live counters, shared with its session.
@@ -43,6 +112,8 @@ pub struct WorkerEntry {
     pub completed: AtomicU64,
     pub failed: AtomicU64,
     pub last_seen_ms: AtomicU64,
+    /// Its results over the quarantine window.
+    pub recent: Mutex<RecentResults>,
     /// Set when an operator asks it to stop (`drover workers shutdown`).
     pub stop: tokio::sync::Notify,
 }
@@ -90,23 +161,37 @@ impl WorkerRegistry {
         map.values().cloned().collect()
     }
 
-    /// The workers connected to this node (`node_id`).
-    pub fn list(&self, node_id: u64) -> Vec<WorkerInfo> {
+    /// The workers connected to this node (`node_id`); `quarantined` says
+    /// which workers of the cluster are, until when.
+    pub fn list(
+        &self,
+        node_id: u64,
+        now: u64,
+        quarantined: &std::collections::BTreeMap<String, crate::machine::quarantine::Quarantined>,
+    ) -> Vec<WorkerInfo> {
         let mut out: Vec<WorkerInfo> = self
             .entries()
             .iter()
-            .map(|e| WorkerInfo {
-                worker_id: e.worker_id.clone(),
-                queues: e.queues.clone(),
-                version: e.version.clone(),
-                capacity: e.capacity,
-                in_flight: e.in_flight.load(Ordering::Relaxed),
-                completed: e.completed.load(Ordering::Relaxed),
-                failed: e.failed.load(Ordering::Relaxed),
-                connected_at_ms: e.connected_at_ms,
-                last_seen_ms: e.last_seen_ms.load(Ordering::Relaxed),
-                draining: e.draining.load(Ordering::Relaxed),
-                node_id,
+            .map(|e| {
+                let recent = e.recent.lock().unwrap_or_else(|p| p.into_inner());
+                let (recent_completed, recent_failed) = recent.counts(now);
+                WorkerInfo {
+                    worker_id: e.worker_id.clone(),
+                    queues: e.queues.clone(),
+                    version: e.version.clone(),
+                    capacity: e.capacity,
+                    in_flight: e.in_flight.load(Ordering::Relaxed),
+                    completed: e.completed.load(Ordering::Relaxed),
+                    failed: e.failed.load(Ordering::Relaxed),
+                    connected_at_ms: e.connected_at_ms,
+                    last_seen_ms: e.last_seen_ms.load(Ordering::Relaxed),
+                    draining: e.draining.load(Ordering::Relaxed),
+                    node_id,
+                    recent_completed,
+                    recent_failed,
+                    recent_window_ms: recent.window_ms(),
+                    quarantined_until_ms: quarantined.get(&e.worker_id).map(|q| q.until_ms),
+                }
             })
             .collect();
         out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
@@ -128,5 +213,27 @@ impl WorkerRegistry {
 
     pub fn count(&self) -> usize {
         self.inner.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_results_slide_out_of_the_window() {
+        let mut r = RecentResults::default();
+        r.add(1_000, 10_000, 3, 1);
+        r.add(5_000, 10_000, 0, 2);
+        assert_eq!(r.counts(5_000), (3, 3));
+        // The first bucket (1,000 to 2,000) leaves once the window has
+        // passed its end.
+        assert_eq!(r.counts(11_999), (3, 3));
+        assert_eq!(r.counts(12_000), (0, 2));
+        r.add(20_000, 10_000, 1, 0);
+        assert_eq!(r.counts(20_000), (1, 0));
+        assert!(r.buckets.len() <= 11);
+        r.add(20_000, 60_000, 0, 1);
+        assert_eq!(r.counts(20_000), (0, 1), "a new window counts afresh");
     }
 }

@@ -41,6 +41,11 @@ fn a_bad_config_names_what_is_wrong() {
         ),
         ("[jobs]\nno_such_key = 1\n", "no_such_key"),
         ("node_id = 0\n", "node_id"),
+        (
+            "[queues.q]\nquarantine_failure_rate = 1.5\n",
+            "quarantine_failure_rate",
+        ),
+        ("[queues.q]\nquarantine_for = \"0s\"\n", "quarantine_for"),
     ] {
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, body).unwrap();

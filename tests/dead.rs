@@ -237,6 +237,24 @@ async fn bad_dead_letter_requests_are_named_and_change_nothing() {
             400,
             "queue",
         ),
+        (
+            format!("{base}/api/v1/workers/nobody/release"),
+            serde_json::json!({}),
+            404,
+            "not quarantined",
+        ),
+        (
+            format!("{base}/api/v1/breakers/reset"),
+            serde_json::json!({"queue": "q", "tenant": "default", "class": "nope"}),
+            404,
+            "q/default/nope",
+        ),
+        (
+            format!("{base}/api/v1/breakers/reset"),
+            serde_json::json!({"queue": "q"}),
+            400,
+            "scope",
+        ),
     ];
     for (path, body, want, mentions) in cases {
         let (status, got) = post(path.clone(), body).await;
@@ -369,7 +387,10 @@ async fn a_result_is_found_by_its_idempotency_key_and_a_timeline_has_times() {
     let kinds: Vec<_> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["enqueued", "leased", "completed"], "{t}");
     assert_eq!(events[2]["attempt"], 1, "typed fields: {t}");
-    assert!(events[2]["worker"].as_str().is_some_and(|w| !w.is_empty()), "{t}");
+    assert!(
+        events[2]["worker"].as_str().is_some_and(|w| !w.is_empty()),
+        "{t}"
+    );
     let text = drover_cli(&["jobs", "timeline", &id.to_string()], server, "");
     assert!(String::from_utf8_lossy(&text.stdout).contains("completed"));
 }
@@ -406,4 +427,115 @@ async fn a_job_past_its_timeout_is_stopped_and_fails_with_class_timeout() {
     wait_state(&node, quick, "succeeded").await;
     let dead = drover(&["dead", "list", "--class", "timeout", "--json"], server);
     assert_eq!(dead["jobs"][0]["id"], slow);
+}
+
+fn listed(server: &str) -> serde_json::Value {
+    drover(&["workers", "list", "--json"], server)
+}
+
+/// Waits until the cluster lists `worker` as quarantined (or, with
+/// `want` false, as not).
+async fn wait_quarantined(server: &str, worker: &str, want: bool) -> serde_json::Value {
+    wait_for(
+        &format!("{worker} quarantined: {want}"),
+        Duration::from_secs(20),
+        || async {
+            let l = listed(server);
+            if l["quarantined"][worker].is_object() == want {
+                Ok(l)
+            } else {
+                Err(l.to_string())
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_failing_too_often_is_quarantined_until_released_or_back_after_quarantine_for() {
+    let node = TestNode::start(
+        "[retry.\"*\"]\nmax_retries = 0\n[queues.\"*\"]\nquarantine_failure_rate = 0.5\nquarantine_min_jobs = 3\nquarantine_for = \"1h\"\n[queues.brief]\nquarantine_for = \"2s\"\n",
+    );
+    let server = node.grpc.as_str();
+    wait_for_policy(
+        &node,
+        "/queues/brief/quarantine_for",
+        serde_json::json!("2s"),
+    )
+    .await;
+    let failing: Vec<u64> = (0..3).map(|_| enqueue(server, "q")).collect();
+    let bad = exec_worker(server, "q", "bad", "exit 1");
+    for &id in &failing {
+        wait_state(&node, id, "dead").await;
+    }
+    let list = wait_quarantined(server, "bad", true).await;
+    let entry = list["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["worker_id"] == "bad")
+        .cloned()
+        .unwrap_or_default();
+    assert!(entry["quarantined_until_ms"].as_u64().is_some(), "{list}");
+    assert_eq!(entry["recent_failed"], 3, "{list}");
+    assert_eq!(list["quarantined"]["bad"]["failed"], 3, "{list}");
+    let table = drover_cli(&["workers", "list"], server, "");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("quarantined") && table.contains("drover workers release bad"),
+        "{table}"
+    );
+
+    // Reconnecting before quarantine_for does not lift it: a job waits.
+    drop(bad);
+    let waiting = enqueue(server, "q");
+    let _bad = exec_worker(server, "q", "bad", "exit 0");
+    wait_for("bad reconnected", Duration::from_secs(20), || async {
+        let l = listed(server);
+        let back = l["workers"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w["worker_id"] == "bad"));
+        if back {
+            Ok(())
+        } else {
+            Err(l.to_string())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(job_state(&node, waiting).await, "ready");
+
+    // Bad input is named and changes nothing.
+    let out = drover_cli(&["workers", "release", "nobody"], server, "");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not quarantined"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = drover_cli(&["workers", "release", &"x".repeat(200)], server, "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 to 128"));
+    assert!(listed(server)["quarantined"]["bad"].is_object());
+
+    let released = drover(&["workers", "release", "bad", "--json"], server);
+    assert_eq!(released["worker_id"], "bad");
+    assert_eq!(released["was"]["failed"], 3);
+    wait_state(&node, waiting, "succeeded").await;
+
+    // A worker that comes back after its quarantine_for leases again.
+    let failing: Vec<u64> = (0..3).map(|_| enqueue(server, "brief")).collect();
+    let flaky = exec_worker(server, "brief", "flaky", "exit 1");
+    for &id in &failing {
+        wait_state(&node, id, "dead").await;
+    }
+    wait_quarantined(server, "flaky", true).await;
+    drop(flaky);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = enqueue(server, "brief");
+    let _flaky = exec_worker(server, "brief", "flaky", "exit 0");
+    wait_state(&node, later, "succeeded").await;
+    wait_quarantined(server, "flaky", false).await;
+    assert!(metrics_text(&node)
+        .await
+        .contains("drover_workers_quarantined 0"));
 }

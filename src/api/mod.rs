@@ -50,6 +50,16 @@ pub struct JobView {
 }
 
 impl App {
+    /// The workers connected to this node, with their quarantine.
+    pub fn local_workers(&self) -> Vec<crate::workers::WorkerInfo> {
+        let stats = self.driver.stats();
+        self.workers.list(
+            self.config.node_id,
+            crate::driver::now_ms(),
+            &stats.quarantined,
+        )
+    }
+
     /// Validates a batch of job requests and enqueues them as one command.
     /// Errors name the job's position in the batch and the field.
     /// A producer's jobs are labelled with its token's name, so it may

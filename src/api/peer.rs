@@ -256,7 +256,7 @@ impl PeerService for Peer {
         } else {
             0
         };
-        let list = self.app.workers.list(self.app.config.node_id);
+        let list = self.app.local_workers();
         let json = serde_json::to_string(&list).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::WorkersResponse {
             json,

@@ -501,6 +501,17 @@ pub struct WorkersBody {
     /// Workers asked to stop by this request (shutdown only).
     #[serde(default)]
     pub asked_to_stop: usize,
+    /// Every quarantined worker of the cluster, connected or not.
+    #[serde(default)]
+    pub quarantined: BTreeMap<String, crate::machine::quarantine::Quarantined>,
+}
+
+/// A quarantined worker let go.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReleasedWorkerBody {
+    pub worker_id: String,
+    /// Its quarantine as it was.
+    pub was: Option<crate::machine::quarantine::Quarantined>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -656,6 +667,60 @@ pub struct QueuePolicyBody {
     pub sla: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aging_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerPolicyBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_failure_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_min_jobs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_for: Option<String>,
+}
+
+/// `[queues.NAME.breaker]` as the config writes it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct BreakerPolicyBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<String>,
+}
+
+fn config_ms(ms: u64) -> String {
+    crate::wire::config_duration(std::time::Duration::from_millis(ms))
+}
+
+impl From<&crate::policies::QueuePolicy> for QueuePolicyBody {
+    fn from(q: &crate::policies::QueuePolicy) -> QueuePolicyBody {
+        let d = config_ms;
+        QueuePolicyBody {
+            max_depth: q.max_depth,
+            concurrency_limit: q.concurrency_limit,
+            heartbeat_timeout: q.heartbeat_timeout_ms.map(d),
+            shed: q.shed.iter().map(|(p, f)| (p.to_string(), *f)).collect(),
+            sla: q.sla_ms.map(d),
+            aging_after: q.aging_after_ms.map(d),
+            timeout: q.timeout_ms.map(d),
+            breaker: q.breaker.as_ref().map(|b| BreakerPolicyBody {
+                enabled: b.enabled,
+                threshold: b.threshold,
+                window: b.window_ms.map(d),
+                cooldown: b.cooldown_ms.map(d),
+            }),
+            quarantine_failure_rate: q.quarantine_failure_rate,
+            quarantine_window: q.quarantine_window_ms.map(d),
+            quarantine_min_jobs: q.quarantine_min_jobs,
+            quarantine_for: q.quarantine_for_ms.map(d),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -681,6 +746,8 @@ pub struct RetryPolicyBody {
     /// `queue:NAME`; absent: dead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_exhausted: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// The policies the cluster applies, as the log last set them (from the
@@ -696,7 +763,7 @@ pub struct PoliciesBody {
 
 impl From<&crate::policies::Policies> for PoliciesBody {
     fn from(p: &crate::policies::Policies) -> PoliciesBody {
-        let d = |ms: u64| crate::wire::config_duration(std::time::Duration::from_millis(ms));
+        let d = config_ms;
         PoliciesBody {
             jobs: JobPoliciesBody {
                 heartbeat_timeout: d(p.jobs.heartbeat_timeout_ms),
@@ -721,17 +788,7 @@ impl From<&crate::policies::Policies> for PoliciesBody {
             queues: p
                 .queues
                 .iter()
-                .map(|(name, q)| {
-                    let body = QueuePolicyBody {
-                        max_depth: q.max_depth,
-                        concurrency_limit: q.concurrency_limit,
-                        heartbeat_timeout: q.heartbeat_timeout_ms.map(d),
-                        shed: q.shed.iter().map(|(p, f)| (p.to_string(), *f)).collect(),
-                        sla: q.sla_ms.map(d),
-                        aging_after: q.aging_after_ms.map(d),
-                    };
-                    (name.clone(), body)
-                })
+                .map(|(name, q)| (name.clone(), q.into()))
                 .collect(),
             tenants: p
                 .tenants
@@ -750,6 +807,7 @@ impl From<&crate::policies::Policies> for PoliciesBody {
                         retry_on: r.retry_on.clone(),
                         no_retry: r.no_retry.clone(),
                         on_exhausted: r.escalate_to.as_ref().map(|q| format!("queue:{q}")),
+                        timeout: r.timeout_ms.map(d),
                     };
                     (t.clone(), body)
                 })

@@ -105,6 +105,8 @@ impl WorkerService for Worker {
             draining: false,
             finished: Default::default(),
             worker_drained: false,
+            quarantine_asked: false,
+            quarantine_seen: false,
             reclaim: true,
             tx,
         };
@@ -149,6 +151,7 @@ impl Worker {
             completed: Default::default(),
             failed: Default::default(),
             last_seen_ms: now_ms().into(),
+            recent: Default::default(),
             stop: Default::default(),
         }))
     }
@@ -174,6 +177,8 @@ impl Kind {
 enum Event {
     /// A lease or (true) a reclaim answered.
     Leased(bool, Result<Outcome, Error>),
+    /// A quarantine or release this session proposed was answered.
+    Quarantine(Result<Outcome, Error>),
     Acked(Kind, Vec<(JobId, u32)>, Result<Outcome, Error>),
 }
 
@@ -195,6 +200,11 @@ struct Session {
     finished: std::collections::HashSet<(JobId, u32)>,
     /// The worker sent Drain: it knows to stop.
     worker_drained: bool,
+    /// A quarantine of this worker is proposed and not yet answered.
+    quarantine_asked: bool,
+    /// This session has seen the worker quarantined: once released, its
+    /// results are counted afresh.
+    quarantine_seen: bool,
     /// The log may hold leases for this worker that it never received: its
     /// previous session ended (or a lease proposal's answer was lost) with a
     /// lease on the way. Set at register and after such a loss; the session
@@ -223,6 +233,7 @@ impl Session {
         let entry = self.registration.entry.clone();
         let stop = entry.stop.notified();
         tokio::pin!(stop);
+        self.lift_quarantine(&stats.borrow(), &mut proposals);
         loop {
             let free =
                 (self.registration.entry.capacity as usize).saturating_sub(self.in_flight.len());
@@ -238,7 +249,7 @@ impl Session {
                 continue;
             }
             let may_lease = !self.draining && !lease_in_flight && free > 0 && retry_at.is_none();
-            if may_lease && has_ready(&stats.borrow_and_update(), &self.registration.entry.queues) {
+            if may_lease && self.may_take(&stats.borrow_and_update()) {
                 lease_in_flight = true;
                 let router = self.app.router.clone();
                 let cmd = Command::Lease {
@@ -289,8 +300,16 @@ impl Session {
                     }
                 },
                 Some(event) = proposals.next(), if !proposals.is_empty() => {
-                    if let Event::Leased(..) = event {
-                        lease_in_flight = false;
+                    match event {
+                        Event::Leased(..) => lease_in_flight = false,
+                        Event::Quarantine(result) => {
+                            self.quarantine_asked = false;
+                            if let Err(e) = result {
+                                tracing::warn!(event = "worker_quarantine_failed", worker_id = %worker_id, error = %e, "could not record this worker's quarantine; it will be asked again");
+                            }
+                            continue;
+                        }
+                        Event::Acked(..) => {}
                     }
                     if !self.on_event(event, &mut retry_at).await {
                         break;
@@ -320,6 +339,98 @@ impl Session {
         // Jobs still held stay leased until their deadline: the worker may
         // reconnect (to this or another node) and keep them by heartbeating.
         tracing::info!(event = "worker_disconnected", worker_id = %worker_id, held = self.in_flight.len(), "worker session ended");
+    }
+
+    /// Whether a lease could find anything: the worker is not quarantined
+    /// and one of its queues has ready jobs.
+    fn may_take(&self, stats: &MachineStats) -> bool {
+        let entry = &self.registration.entry;
+        (stats.quarantined.is_empty() || !stats.quarantined.contains_key(&entry.worker_id))
+            && has_ready(stats, &entry.queues)
+    }
+
+    /// A quarantined worker that connects after its `quarantine_for` has
+    /// served it: the quarantine is lifted.
+    fn lift_quarantine(
+        &mut self,
+        stats: &MachineStats,
+        proposals: &mut FuturesUnordered<BoxFuture<'static, Event>>,
+    ) {
+        let worker = &self.registration.entry.worker_id;
+        let Some(q) = stats.quarantined.get(worker) else {
+            return;
+        };
+        if now_ms() < q.until_ms {
+            tracing::info!(event = "worker_still_quarantined", worker_id = %worker, until_ms = q.until_ms, "a quarantined worker reconnected before its quarantine_for passed: it gets no leases");
+            return;
+        }
+        tracing::info!(event = "worker_quarantine_lifted", worker_id = %worker, "a quarantined worker reconnected after its quarantine_for: it leases again");
+        self.propose_quarantine(
+            proposals,
+            Command::ReleaseWorker {
+                worker: worker.clone(),
+            },
+        );
+    }
+
+    /// Counts a round of results in the worker's window and, when its
+    /// failure rate crosses its queues' `quarantine_failure_rate`, asks
+    /// the cluster to quarantine it.
+    fn count_results(
+        &mut self,
+        completed: u64,
+        failed: u64,
+        proposals: &mut FuturesUnordered<BoxFuture<'static, Event>>,
+    ) {
+        let stats = self.app.driver.stats();
+        let entry = self.registration.entry.clone();
+        let policy = stats.policies.quarantine(&entry.queues);
+        let window = policy.map_or(crate::policies::QUARANTINE_WINDOW_MS, |p| p.window_ms);
+        let now = now_ms();
+        let quarantined = stats.quarantined.contains_key(&entry.worker_id);
+        let mut recent = entry.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if self.quarantine_seen && !quarantined {
+            // Released: what led to the quarantine is behind it.
+            recent.clear();
+        }
+        self.quarantine_seen = quarantined;
+        recent.add(now, window, completed, failed);
+        let Some(policy) = policy else { return };
+        if self.quarantine_asked || quarantined {
+            return;
+        }
+        let (ok, bad) = recent.counts(now);
+        let total = ok + bad;
+        if total < policy.min_jobs || (bad as f64) < policy.failure_rate * total as f64 {
+            return;
+        }
+        drop(recent);
+        tracing::warn!(event = "worker_quarantined", worker_id = %entry.worker_id, completed = ok, failed = bad,
+            failure_rate = policy.failure_rate, for_ms = policy.for_ms,
+            "a worker failing too often gets no new leases (drover workers release ID lifts it)");
+        self.quarantine_asked = true;
+        self.quarantine_seen = true;
+        self.propose_quarantine(
+            proposals,
+            Command::Quarantine {
+                worker: entry.worker_id.clone(),
+                for_ms: policy.for_ms,
+                completed: ok,
+                failed: bad,
+            },
+        );
+    }
+
+    fn propose_quarantine(
+        &self,
+        proposals: &mut FuturesUnordered<BoxFuture<'static, Event>>,
+        cmd: Command,
+    ) {
+        let router = self.app.router.clone();
+        proposals.push(
+            async move { Event::Quarantine(router.propose_retrying(cmd, RESULT_RETRY).await) }
+                .boxed(),
+        );
     }
 
     async fn send_shutdown(&self, reason: &str) {
@@ -437,6 +548,9 @@ impl Session {
                 }
             }
         }
+        if !completions.is_empty() || !failures.is_empty() {
+            self.count_results(completions.len() as u64, failures.len() as u64, proposals);
+        }
         let worker = self.registration.entry.worker_id.clone();
         if !beats.is_empty() {
             let refs = beats.iter().map(|b| (b.job_id, b.attempt)).collect();
@@ -500,6 +614,8 @@ impl Session {
     /// Returns false when the worker is gone.
     async fn on_event(&mut self, event: Event, retry_at: &mut Option<Instant>) -> bool {
         let msg = match event {
+            // Answered in the loop.
+            Event::Quarantine(_) => return true,
             Event::Leased(_, Ok(Outcome::Leased(jobs))) => {
                 if jobs.is_empty() {
                     return true;

@@ -260,12 +260,14 @@ impl Machine {
     /// answers how many it closed.
     pub(super) fn reset_breakers(&mut self, scope: Option<&Scope>) -> Outcome {
         let scopes: Vec<Scope> = match scope {
-            Some(s) => self
-                .breakers
-                .contains_key(s)
-                .then(|| s.clone())
-                .into_iter()
-                .collect(),
+            Some(s) if self.breakers.contains_key(s) => vec![s.clone()],
+            Some((queue, tenant, class)) => {
+                return Outcome::Rejected(Refusal::UnknownBreaker {
+                    queue: queue.clone(),
+                    tenant: tenant.clone(),
+                    class: class.clone(),
+                })
+            }
             None => self.breakers.keys().cloned().collect(),
         };
         for s in &scopes {

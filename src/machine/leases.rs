@@ -36,6 +36,9 @@ impl Machine {
         max: u32,
     ) -> Result<Vec<LeasedJob>, MachineError> {
         let mut out = Vec::new();
+        if self.is_quarantined(worker) {
+            return Ok(out);
+        }
         // A paused queue leases nothing; one at its concurrency limit
         // nothing more.
         let open: Vec<&String> = queues

@@ -134,6 +134,11 @@ pub struct MachineStats {
     /// Circuit breakers that are not closed, or closed with failures in
     /// their window.
     pub breakers: BTreeMap<breaker::Scope, breaker::Breaker>,
+    /// Workers kept from new leases.
+    pub quarantined: BTreeMap<String, quarantine::Quarantined>,
+    /// The policies in force, for the sessions' own checks (quarantine).
+    #[serde(skip)]
+    pub policies: Arc<Policies>,
     pub applied_index: u64,
     pub last_at_ms: u64,
     pub queues: BTreeMap<String, QueueCounts>,
@@ -146,7 +151,7 @@ pub struct Machine {
     shared: Arc<RwLock<sled::Tree>>,
     /// What the log last set (`P`); defaults until then. Apply reads these,
     /// never a node's own config.
-    policies: Policies,
+    policies: Arc<Policies>,
     /// The log has set them (a `P` record exists).
     policies_set: bool,
     /// The index of the last SetPolicies applied since open (0: none), so
@@ -199,6 +204,8 @@ pub struct Machine {
     /// Audit records written by the entry being applied (their keys'
     /// position within it).
     audit_seq: u32,
+    /// Workers kept from new leases (`Q` records).
+    quarantined: BTreeMap<String, quarantine::Quarantined>,
 }
 
 /// Reads the `P` record. One an earlier drover wrote (before policies were
@@ -239,7 +246,7 @@ impl Machine {
         let mut machine = Machine {
             shared: Arc::new(RwLock::new(tree.clone())),
             tree,
-            policies,
+            policies: Arc::new(policies),
             policies_set,
             policies_index: 0,
             schedules,
@@ -263,9 +270,11 @@ impl Machine {
             finished_bytes,
             finishing: Vec::new(),
             audit_seq: 0,
+            quarantined: BTreeMap::new(),
         };
         machine.load_limits()?;
         machine.load_breakers()?;
+        machine.load_quarantined()?;
         for item in machine.tree.scan_prefix([JOB]) {
             let (k, v) = item?;
             machine.place(&decode_job(&k, &v)?);
@@ -417,6 +426,8 @@ impl Machine {
                 out
             },
             breakers: self.breakers.clone(),
+            quarantined: self.quarantined.clone(),
+            policies: self.policies.clone(),
             applied_index: self.meta.applied_index,
             last_at_ms: self.meta.last_at_ms,
             queues: self
@@ -490,7 +501,7 @@ impl Machine {
             Command::Audit { record, command } => self.audit(now, record, command.as_ref())?,
             Command::PurgeAudit { keep_ms, limit } => self.purge_audit(now, *keep_ms, *limit)?,
             Command::SetPolicies { policies } => {
-                self.policies = policies.clone();
+                self.policies = Arc::new(policies.clone());
                 self.policies_set = true;
                 self.policies_index = self.meta.applied_index;
                 self.put(POLICIES_KEY.to_vec(), self.policies.to_record());
@@ -516,6 +527,13 @@ impl Machine {
             Command::PurgeDead { ids } => self.purge_dead(ids)?,
             Command::Requeue { leases, reason } => self.requeue(now, leases, reason)?,
             Command::ResetBreakers { scope } => self.reset_breakers(scope.as_ref()),
+            Command::Quarantine {
+                worker,
+                for_ms,
+                completed,
+                failed,
+            } => self.quarantine(now, worker, *for_ms, *completed, *failed),
+            Command::ReleaseWorker { worker } => self.release_worker(worker),
         })
     }
 
@@ -592,6 +610,7 @@ mod keys;
 mod leases;
 pub mod limits;
 mod migrate;
+pub mod quarantine;
 mod reader;
 mod retention;
 mod retry;

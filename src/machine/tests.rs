@@ -623,6 +623,60 @@ fn the_timeline_is_typed_and_bounded_keeping_failures_over_progress() {
 }
 
 #[test]
+fn a_quarantined_worker_leases_nothing_on_any_node_until_released() {
+    let mut h = Harness::new();
+    h.enqueue(0, "q", 3);
+    let quarantine = Command::Quarantine {
+        worker: "bad".into(),
+        for_ms: 60_000,
+        completed: 1,
+        failed: 9,
+    };
+    assert_eq!(h.run(10, quarantine.clone()), Outcome::Removed(1));
+    assert_eq!(
+        h.run(20, quarantine),
+        Outcome::Removed(0),
+        "a second report keeps the first quarantine"
+    );
+    assert!(h.lease(30, "bad", &["q"], 5).is_empty());
+    let q = &h.m.stats().quarantined["bad"];
+    assert_eq!((q.since_ms, q.until_ms, q.failed), (10, 60_010, 9));
+    // Replicated state: a node replaying the log, or reopening, agrees.
+    let digest = h.m.digest().unwrap();
+    let tree = h.db.open_tree("machine").unwrap();
+    let reopened = Machine::open(tree).unwrap();
+    assert_eq!(reopened.digest().unwrap(), digest);
+    assert!(reopened.stats().quarantined.contains_key("bad"));
+    h.m = reopened;
+    assert!(h.lease(40, "bad", &["q"], 5).is_empty());
+    assert_eq!(h.lease(50, "good", &["q"], 5).len(), 1, "others lease on");
+
+    h.enqueue(60, "q", 3);
+    assert_eq!(
+        h.run(
+            70,
+            Command::ReleaseWorker {
+                worker: "nobody".into()
+            }
+        ),
+        Outcome::Rejected(Refusal::NotQuarantined {
+            worker: "nobody".into()
+        })
+    );
+    assert_eq!(
+        h.run(
+            80,
+            Command::ReleaseWorker {
+                worker: "bad".into()
+            }
+        ),
+        Outcome::Removed(1)
+    );
+    assert!(h.m.stats().quarantined.is_empty());
+    assert_eq!(h.lease(90, "bad", &["q"], 5).len(), 1);
+}
+
+#[test]
 fn a_tree_of_another_layout_is_refused_with_what_to_do() {
     let h = Harness::new();
     // Layout 1: job records without their payload, and no layout mark.

@@ -71,13 +71,9 @@ pub(super) async fn reset(
         .await?
     {
         Outcome::Removed(n) => n,
+        Outcome::Rejected(refusal) => return Err(Error::Refused(refusal)),
         other => return Err(Error::Driver(format!("unexpected outcome {other:?}"))),
     };
-    if reset == 0 && scope.is_some() {
-        return Err(Error::NotFound(format!(
-            "no {target} (see drover breakers list)"
-        )));
-    }
     tracing::info!(event = "breaker_reset", %target, reset, who = %caller.name, "circuit breakers reset");
     Ok(Json(ResetBreakersDoneBody { reset }))
 }

@@ -54,7 +54,7 @@ pub(super) async fn stats(
             .map(|(q, c)| (q.clone(), c.into()))
             .collect(),
         totals: (&stats.totals).into(),
-        workers: s.app.workers.list(s.app.config.node_id),
+        workers: s.app.local_workers(),
     }))
 }
 

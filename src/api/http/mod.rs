@@ -264,6 +264,12 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             Operate,
             post(workers::shutdown_one),
         ),
+        route(
+            Method::POST,
+            "/api/v1/workers/{id}/release",
+            Operate,
+            post(workers::release),
+        ),
     ]
 }
 

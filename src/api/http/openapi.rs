@@ -55,6 +55,7 @@ use utoipa::{Modify, OpenApi};
         super::queues::resume_all,
         super::workers::shutdown_all,
         super::workers::shutdown_one,
+        super::workers::release,
     ),
     components(schemas(
         crate::api::types::ErrorBody,

@@ -35,12 +35,8 @@ pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<QueuesBody>,
                 paused: stats.paused.contains(name),
                 draining: stats.draining.contains(name),
                 policy: QueuePolicyBody {
-                    max_depth: p.max_depth,
-                    concurrency_limit: p.concurrency_limit,
                     heartbeat_timeout: Some(duration(policies.heartbeat_timeout_ms(name))),
-                    shed: p.shed.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-                    sla: p.sla_ms.map(duration),
-                    aging_after: p.aging_after_ms.map(duration),
+                    ..QueuePolicyBody::from(&p)
                 },
             }
         })

@@ -7,8 +7,9 @@ use axum::{Extension, Json};
 
 use super::HttpState;
 use crate::api::auth::Caller;
-use crate::api::types::{WorkerBody, WorkersBody};
+use crate::api::types::{ReleasedWorkerBody, WorkerBody, WorkersBody};
 use crate::api::ErrorResponses;
+use crate::command::{Audited, Outcome};
 use crate::error::Error;
 
 pub(super) async fn gather(s: &HttpState, stop: &str, all: bool) -> WorkersBody {
@@ -16,7 +17,7 @@ pub(super) async fn gather(s: &HttpState, stop: &str, all: bool) -> WorkersBody 
     if all || !stop.is_empty() {
         asked += s.app.workers.stop(stop, all);
     }
-    let mut workers: Vec<WorkerBody> = s.app.workers.list(s.app.config.node_id);
+    let mut workers: Vec<WorkerBody> = s.app.local_workers();
     let mut unreachable = std::collections::BTreeMap::new();
     for (id, answer) in s.app.router.peer_workers(stop, all).await {
         match answer {
@@ -34,7 +35,15 @@ pub(super) async fn gather(s: &HttpState, stop: &str, all: bool) -> WorkersBody 
         workers,
         unreachable,
         asked_to_stop: asked,
+        quarantined: s.app.driver.stats().quarantined.clone(),
     }
+}
+
+fn check_worker_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(Error::invalid("id", "a worker id is 1 to 128 bytes"));
+    }
+    Ok(())
 }
 
 /// Every worker connected to the cluster, with what it serves, holds and
@@ -55,9 +64,7 @@ pub(super) async fn shutdown_one(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<WorkersBody>, Error> {
-    if id.is_empty() || id.len() > 128 {
-        return Err(Error::invalid("id", "a worker id is 1 to 128 bytes"));
-    }
+    check_worker_id(&id)?;
     let body = gather(&s, &id, false).await;
     let result = if body.asked_to_stop == 0 {
         Err(Error::NotFound(format!(
@@ -72,6 +79,36 @@ pub(super) async fn shutdown_one(
             .record(&caller, "workers.shutdown", target, result)
             .await?,
     ))
+}
+
+/// Let a quarantined worker lease again (its failure counts start afresh).
+#[utoipa::path(post, path = "/api/v1/workers/{id}/release", tag = "workers",
+    params(("id" = String, Path, min_length = 1, max_length = 128)),
+    responses((status = 200, body = ReleasedWorkerBody), ErrorResponses))]
+pub(super) async fn release(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<ReleasedWorkerBody>, Error> {
+    check_worker_id(&id)?;
+    let was = s.app.driver.stats().quarantined.get(&id).cloned();
+    let outcome = s
+        .app
+        .audited(
+            &caller,
+            "workers.release",
+            format!("worker {id}"),
+            Audited::ReleaseWorker { worker: id.clone() },
+        )
+        .await?;
+    match outcome {
+        Outcome::Removed(_) => {
+            tracing::info!(event = "worker_released", worker_id = %id, who = %caller.name, "a quarantined worker may lease again");
+            Ok(Json(ReleasedWorkerBody { worker_id: id, was }))
+        }
+        Outcome::Rejected(refusal) => Err(Error::Refused(refusal)),
+        other => Err(Error::Driver(format!("unexpected outcome {other:?}"))),
+    }
 }
 
 /// Ask every connected worker to finish what it holds and exit.

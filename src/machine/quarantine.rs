@@ -1,0 +1,78 @@
+//! Quarantined workers: a worker failing too often (the node it is
+//! connected to counts its results, `[queues.NAME] quarantine_failure_rate`)
+//! gets no new leases, on any node, until an operator releases it or it
+//! reconnects after `quarantine_for`. Kept under `Q`+worker so every node
+//! refuses it alike.
+
+use super::*;
+
+pub(super) const QUARANTINE: u8 = b'Q';
+
+/// Why and until when a worker is kept from new leases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Quarantined {
+    pub since_ms: u64,
+    /// Reconnecting after this lifts it.
+    pub until_ms: u64,
+    /// Its results in the window that decided it.
+    pub completed: u64,
+    pub failed: u64,
+}
+
+fn quarantine_key(worker: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + worker.len());
+    k.push(QUARANTINE);
+    k.extend_from_slice(worker.as_bytes());
+    k
+}
+
+impl Machine {
+    pub(super) fn load_quarantined(&mut self) -> Result<(), MachineError> {
+        for item in self.tree.scan_prefix([QUARANTINE]) {
+            let (k, v) = item?;
+            let worker = String::from_utf8_lossy(&k[1..]).into_owned();
+            self.quarantined.insert(worker, decode(&k, &v)?);
+        }
+        Ok(())
+    }
+
+    /// Applies a [`Command::Quarantine`]. A worker already quarantined
+    /// keeps its first record.
+    pub(super) fn quarantine(
+        &mut self,
+        now: u64,
+        worker: &str,
+        for_ms: u64,
+        completed: u64,
+        failed: u64,
+    ) -> Outcome {
+        if self.quarantined.contains_key(worker) {
+            return Outcome::Removed(0);
+        }
+        let q = Quarantined {
+            since_ms: now,
+            until_ms: now.saturating_add(for_ms),
+            completed,
+            failed,
+        };
+        self.put(quarantine_key(worker), encode(&q));
+        self.quarantined.insert(worker.to_string(), q);
+        Outcome::Removed(1)
+    }
+
+    /// Applies a [`Command::ReleaseWorker`]; refuses a worker that is
+    /// not quarantined, so an operator's typo changes nothing.
+    pub(super) fn release_worker(&mut self, worker: &str) -> Outcome {
+        if self.quarantined.remove(worker).is_none() {
+            return Outcome::Rejected(Refusal::NotQuarantined {
+                worker: worker.to_string(),
+            });
+        }
+        self.delete(quarantine_key(worker));
+        Outcome::Removed(1)
+    }
+
+    pub(super) fn is_quarantined(&self, worker: &str) -> bool {
+        !self.quarantined.is_empty() && self.quarantined.contains_key(worker)
+    }
+}
