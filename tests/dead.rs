@@ -398,7 +398,7 @@ async fn a_result_is_found_by_its_idempotency_key_and_a_timeline_has_times() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_past_its_timeout_is_stopped_and_fails_with_class_timeout() {
     let node = TestNode::start(
-        "[jobs]\nheartbeat_timeout = \"3s\"\n[retry.\"*\"]\nmax_retries = 0\n[queues.slow]\ntimeout = \"1s\"\n",
+        "[jobs]\nheartbeat_timeout = \"10m\"\n[retry.\"*\"]\nmax_retries = 0\n[queues.slow]\ntimeout = \"1s\"\n",
     );
     let server = node.grpc.as_str();
     wait_for_policy(&node, "/retry/*/max_retries", serde_json::json!(0)).await;
@@ -415,6 +415,8 @@ async fn a_job_past_its_timeout_is_stopped_and_fails_with_class_timeout() {
         .as_u64()
         .unwrap();
     // One job at a time: the quick one runs only once the slow one stopped.
+    // Heartbeats are minutes apart, so the stop is the Cancel sent when the
+    // log revoked the lease, not a refused heartbeat.
     let _worker = exec_worker(
         server,
         "slow",

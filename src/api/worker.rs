@@ -233,6 +233,8 @@ impl Session {
         let entry = self.registration.entry.clone();
         let stop = entry.stop.notified();
         tokio::pin!(stop);
+        let mut revoked = self.app.driver.revoked_leases();
+        let mut revoked_open = true;
         self.lift_quarantine(&stats.borrow(), &mut proposals);
         loop {
             let free =
@@ -325,6 +327,16 @@ impl Session {
                     self.draining = true;
                     self.send_shutdown("the node is shutting down: finish held jobs and reconnect to another node").await;
                 }
+                events = revoked.recv(), if revoked_open => match events {
+                    Ok(events) => {
+                        if !self.cancel_revoked(&events).await {
+                            break;
+                        }
+                    }
+                    // Missed some: the next heartbeat finds those leases gone.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => revoked_open = false,
+                },
                 _ = &mut stop, if !self.draining => {
                     self.draining = true;
                     tracing::info!(event = "worker_stop_asked", worker_id = %worker_id, "an operator asked this worker to stop");
@@ -339,6 +351,43 @@ impl Session {
         // Jobs still held stay leased until their deadline: the worker may
         // reconnect (to this or another node) and keep them by heartbeating.
         tracing::info!(event = "worker_disconnected", worker_id = %worker_id, held = self.in_flight.len(), "worker session ended");
+    }
+
+    /// Tells the worker to stop the jobs whose leases the log took back
+    /// from it (a timeout, an expiry, an operator's requeue), without
+    /// waiting for its next heartbeat to be refused. Returns false when
+    /// the worker is gone.
+    async fn cancel_revoked(&mut self, events: &[crate::machine::LeaseEvent]) -> bool {
+        let entry = self.registration.entry.clone();
+        let mut cancels = Vec::new();
+        for e in events.iter().filter(|e| e.worker == entry.worker_id) {
+            let lease = (e.job_id, e.attempt);
+            if self.in_flight.remove(&lease) {
+                self.sent_at.remove(&lease);
+                self.mark_finished(e.job_id, e.attempt);
+                cancels.push(pb::Cancel {
+                    job_id: e.job_id,
+                    attempt: e.attempt,
+                    reason: format!("{}: the lease was taken back", e.what),
+                });
+            }
+        }
+        if cancels.is_empty() {
+            return true;
+        }
+        self.sync_entry();
+        for cancel in cancels {
+            let msg = pb::server_message::Msg::Cancel(cancel);
+            if self
+                .tx
+                .send(Ok(pb::ServerMessage { msg: Some(msg) }))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        true
     }
 
     /// Whether a lease could find anything: the worker is not quarantined

@@ -26,7 +26,7 @@ use crate::cluster::{Control, MemberChange};
 use crate::command::{Command, LogEntry, Outcome, Refusal};
 use crate::config::Config;
 use crate::error::Error;
-use crate::machine::{JobReader, Machine, MachineError, MachineStats};
+use crate::machine::{JobReader, LeaseEvent, Machine, MachineError, MachineStats};
 use crate::snapshot::{self, SnapshotError, SnapshotMeta};
 use crate::store::{Database, RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_INDEX};
 
@@ -100,6 +100,7 @@ pub struct DriverHandle {
     control: mpsc::Sender<Control>,
     status: watch::Receiver<NodeStatus>,
     stats: watch::Receiver<Arc<MachineStats>>,
+    revoked: tokio::sync::broadcast::Sender<Arc<[LeaseEvent]>>,
     reader: JobReader,
     retry_after_ms: u64,
 }
@@ -204,6 +205,13 @@ impl DriverHandle {
         self.stats.clone()
     }
 
+    /// Leases the log took back without a result (expiries, timeouts, an
+    /// operator's requeue), as each applied range ends: the worker
+    /// sessions tell their workers to stop those jobs at once.
+    pub fn revoked_leases(&self) -> tokio::sync::broadcast::Receiver<Arc<[LeaseEvent]>> {
+        self.revoked.subscribe()
+    }
+
     /// Ids of live jobs (ready, scheduled, leased) above `after` that
     /// `query` may match, from this node's indexes (see
     /// [`crate::machine::Machine::live_job_ids`]).
@@ -272,6 +280,7 @@ struct Driver {
     pending: Pending,
     status_tx: watch::Sender<NodeStatus>,
     stats_tx: watch::Sender<Arc<MachineStats>>,
+    revoked_tx: tokio::sync::broadcast::Sender<Arc<[LeaseEvent]>>,
     shutdown: watch::Receiver<bool>,
     tick_interval: Duration,
     log_keep: u64,
@@ -423,11 +432,15 @@ pub fn start(
     let transport = Transport::start(cfg, &addrs, control_tx.clone());
     let (status_tx, status) = watch::channel(NodeStatus::default());
     let (stats_tx, stats) = watch::channel(Arc::new(machine.stats()));
+    // Rare (timeouts and expiries); a session that lags behind learns of
+    // its lost leases from its next heartbeat instead.
+    let (revoked_tx, _) = tokio::sync::broadcast::channel(64);
     let handle = DriverHandle {
         tx,
         control: control_tx,
         status,
         stats,
+        revoked: revoked_tx.clone(),
         reader: machine.reader(),
         retry_after_ms: (cfg.raft.tick_interval * cfg.raft.election_ticks as u32).as_millis()
             as u64,
@@ -456,6 +469,7 @@ pub fn start(
         pending: Pending::default(),
         status_tx,
         stats_tx,
+        revoked_tx,
         shutdown,
         tick_interval: cfg.raft.tick_interval,
         log_keep: cfg.raft.log_keep_entries,
@@ -1061,8 +1075,12 @@ impl Driver {
         }
         self.machine.commit()?;
         // Publish before replying, so whoever is answered sees the new state.
-        for e in self.machine.take_lease_events() {
+        let revoked = self.machine.take_lease_events();
+        for e in &revoked {
             tracing::warn!(event = e.event, what = e.what, job_id = e.job_id, queue = %e.queue, worker = %e.worker, attempt = e.attempt, "a lease ended without a result");
+        }
+        if !revoked.is_empty() && self.revoked_tx.receiver_count() > 0 {
+            let _ = self.revoked_tx.send(revoked.into());
         }
         let stats = Arc::new(self.machine.stats());
         log_breaker_changes(&self.stats_tx.borrow().breakers, &stats.breakers);

@@ -66,6 +66,18 @@ impl Machine {
                 Err(_) => continue,
             };
             self.count_requeue(&job.queue, 1);
+            self.lease_events.push(LeaseEvent {
+                event: "queue_requeued",
+                what: "requeued by an operator",
+                job_id: id,
+                queue: job.queue.clone(),
+                worker: job
+                    .lease
+                    .as_ref()
+                    .map(|l| l.worker.clone())
+                    .unwrap_or_default(),
+                attempt,
+            });
             self.take_back(
                 now,
                 job,
