@@ -5,6 +5,8 @@
 //! Variants carry batches (many completions, many heartbeats) so a busy worker
 //! costs one log entry per round, not one per job.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -148,6 +150,45 @@ pub enum Command {
     ReleaseWorker {
         worker: String,
     },
+    /// [`Command::Complete`] with what each job cost (used when any did;
+    /// a variant of its own, so entries of earlier drovers still decode).
+    CompleteWithUsage {
+        worker: String,
+        items: Vec<(Completion, Usage)>,
+    },
+    /// [`Command::Fail`] with what each job cost.
+    FailWithUsage {
+        worker: String,
+        items: Vec<(Failure, Usage)>,
+    },
+    /// Raises (or sets) one run's limits and releases its held jobs if it
+    /// is under them now (sent wrapped in an audit record, with the reason).
+    OverrideRun {
+        tenant: String,
+        run: String,
+        limits: crate::policies::Budgets,
+    },
+    /// A tenant's run limits and daily cap as an operator set them, in
+    /// place of its config's (sent wrapped in an audit record).
+    SetTenantBudgets {
+        tenant: String,
+        budgets: crate::policies::Budgets,
+    },
+}
+
+/// What a worker reported one attempt of a job used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Millionths of a USD.
+    pub cost_micros: u64,
+    /// Named amounts (`tokens_in` = 1200).
+    pub named: BTreeMap<String, u64>,
+}
+
+impl Usage {
+    pub fn is_empty(&self) -> bool {
+        self.cost_micros == 0 && self.named.is_empty()
+    }
 }
 
 /// Which waiting jobs of a queue a purge cancels.
@@ -212,6 +253,15 @@ pub enum Audited {
     ReleaseWorker {
         worker: String,
     },
+    OverrideRun {
+        tenant: String,
+        run: String,
+        limits: crate::policies::Budgets,
+    },
+    SetTenantBudgets {
+        tenant: String,
+        budgets: crate::policies::Budgets,
+    },
 }
 
 /// What a control applies to.
@@ -269,6 +319,19 @@ impl Audited {
             },
             Audited::ReleaseWorker { worker } => Command::ReleaseWorker {
                 worker: worker.clone(),
+            },
+            Audited::OverrideRun {
+                tenant,
+                run,
+                limits,
+            } => Command::OverrideRun {
+                tenant: tenant.clone(),
+                run: run.clone(),
+                limits: *limits,
+            },
+            Audited::SetTenantBudgets { tenant, budgets } => Command::SetTenantBudgets {
+                tenant: tenant.clone(),
+                budgets: *budgets,
             },
         }
     }
@@ -333,6 +396,10 @@ impl Command {
             Command::ResetBreakers { .. } => "reset_breakers",
             Command::Quarantine { .. } => "quarantine",
             Command::ReleaseWorker { .. } => "release_worker",
+            Command::CompleteWithUsage { .. } => "complete",
+            Command::FailWithUsage { .. } => "fail",
+            Command::OverrideRun { .. } => "override_run",
+            Command::SetTenantBudgets { .. } => "set_tenant_budgets",
         }
     }
 
@@ -348,6 +415,14 @@ impl Command {
                 .map(|f| RECORD + f.message.len() + f.error_class.len())
                 .sum(),
             Command::Heartbeat { leases, .. } => RECORD * leases.len(),
+            Command::CompleteWithUsage { items, .. } => items
+                .iter()
+                .map(|(c, u)| RECORD + c.result.len() + usage_bytes(u))
+                .sum(),
+            Command::FailWithUsage { items, .. } => items
+                .iter()
+                .map(|(f, u)| RECORD + f.message.len() + f.error_class.len() + usage_bytes(u))
+                .sum(),
             Command::Audit { record, command } => {
                 RECORD
                     + record.reason.len()
@@ -358,7 +433,9 @@ impl Command {
             Command::Requeue { leases, reason } => RECORD + reason.len() + 12 * leases.len(),
             Command::ResetBreakers { .. }
             | Command::Quarantine { .. }
-            | Command::ReleaseWorker { .. } => RECORD,
+            | Command::ReleaseWorker { .. }
+            | Command::OverrideRun { .. }
+            | Command::SetTenantBudgets { .. } => RECORD,
             Command::Lease { .. }
             | Command::Cancel { .. }
             | Command::Tick
@@ -372,6 +449,10 @@ impl Command {
             | Command::PurgeQueue { .. } => RECORD,
         }
     }
+}
+
+fn usage_bytes(u: &Usage) -> usize {
+    8 + u.named.keys().map(|k| k.len() + 8).sum::<usize>()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -435,12 +516,29 @@ pub enum Refusal {
     TenantDraining { tenant: String },
     #[error("worker {worker:?} is not quarantined (see drover workers list)")]
     NotQuarantined { worker: String },
+    #[error("{} is over its {budget} budget ({usage}); `drover runs override RUN --reason TEXT` (or `drover budgets set TENANT`) raises it", budget_scope(tenant, run))]
+    BudgetExceeded {
+        tenant: String,
+        run: String,
+        budget: String,
+        usage: String,
+    },
+    #[error("tenant {tenant:?} has no run {run:?} (see drover runs list)")]
+    UnknownRun { tenant: String, run: String },
     #[error("no breaker {queue}/{tenant}/{class} is open or counting failures (see drover breakers list)")]
     UnknownBreaker {
         queue: String,
         tenant: String,
         class: String,
     },
+}
+
+fn budget_scope(tenant: &str, run: &str) -> String {
+    if run.is_empty() {
+        format!("tenant {tenant:?}")
+    } else {
+        format!("run {run:?} of tenant {tenant:?}")
+    }
 }
 
 impl Refusal {
@@ -451,7 +549,9 @@ impl Refusal {
             Refusal::UnknownJob(_)
             | Refusal::UnknownSchedule { .. }
             | Refusal::NotQuarantined { .. }
-            | Refusal::UnknownBreaker { .. } => "not_found",
+            | Refusal::UnknownBreaker { .. }
+            | Refusal::UnknownRun { .. } => "not_found",
+            Refusal::BudgetExceeded { .. } => "budget_exceeded",
             Refusal::StaleLease { .. } => "stale_lease",
             Refusal::Finished { .. } => "already_finished",
             Refusal::Shed { .. } => "shed",
@@ -506,4 +606,6 @@ pub enum Outcome {
     Removed(u32),
     /// The jobs whose leases were taken back.
     Requeued(Vec<JobId>),
+    /// A run's budgets were changed: the budget it is still over, if any.
+    RunBudget { over: Option<String> },
 }

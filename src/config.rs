@@ -80,6 +80,58 @@ pub struct Config {
     pub schedules: BTreeMap<String, ScheduleConfig>,
     /// Retry policies by job type; `[retry."*"]` holds the defaults.
     pub retry: BTreeMap<String, RetryConfig>,
+    /// `[budgets]`: what every run may use unless its tenant says otherwise.
+    pub budgets: BudgetsConfig,
+}
+
+/// `[budgets]` and `[tenants.NAME.budgets]`: a run's limits; each optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsConfig {
+    /// USD the run's jobs may report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// Lease time the run's jobs may hold, summed.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub time: Option<Duration>,
+    /// Leases the run's jobs may be granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u64>,
+    /// USD the tenant may spend per UTC day (tenants only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_cost_cap_usd: Option<f64>,
+}
+
+impl BudgetsConfig {
+    pub fn policy(&self) -> crate::policies::Budgets {
+        crate::policies::Budgets {
+            cost_micros: self.cost_usd.map(crate::policies::usd_to_micros),
+            time_ms: self
+                .time
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            attempts: self.attempts,
+            daily_cost_cap_micros: self
+                .daily_cost_cap_usd
+                .map(crate::policies::usd_to_micros),
+        }
+    }
+
+    fn validate(&self, at: &str) -> Result<(), String> {
+        for (name, usd) in [
+            ("cost_usd", self.cost_usd),
+            ("daily_cost_cap_usd", self.daily_cost_cap_usd),
+        ] {
+            if let Some(usd) = usd {
+                crate::policies::check_usd(usd)
+                    .map_err(|e| format!("[{at}] {name} = {usd}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[retry.JOB_TYPE]`: how failed jobs of a type run again.
@@ -320,7 +372,16 @@ pub struct BreakerConfig {
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Share of dispatches against other tenants of the same priority.
+    #[serde(default = "one")]
     pub weight: u32,
+    /// `[tenants.NAME.budgets]`: its runs' limits (instead of `[budgets]`)
+    /// and its daily cost cap.
+    #[serde(default)]
+    pub budgets: BudgetsConfig,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Default for Config {
@@ -347,6 +408,7 @@ impl Default for Config {
             tenants: BTreeMap::new(),
             schedules: BTreeMap::new(),
             retry: BTreeMap::new(),
+            budgets: BudgetsConfig::default(),
         }
     }
 }
@@ -939,8 +1001,15 @@ impl Config {
             tenants: self
                 .tenants
                 .iter()
-                .map(|(name, t)| (name.clone(), TenantPolicy { weight: t.weight }))
+                .map(|(name, t)| {
+                    let policy = TenantPolicy {
+                        weight: t.weight,
+                        budgets: t.budgets.policy(),
+                    };
+                    (name.clone(), policy)
+                })
                 .collect(),
+            budgets: self.budgets.policy(),
             max_pending: self.limits.max_pending,
             schedules: self
                 .schedules
@@ -1087,7 +1156,19 @@ impl Config {
             sc.policy()
                 .map_err(|e| invalid("schedules", format!("[schedules.{name:?}] {e}")))?;
         }
+        self.budgets
+            .validate("budgets")
+            .map_err(|e| invalid("budgets", e))?;
+        if self.budgets.daily_cost_cap_usd.is_some() {
+            return Err(invalid(
+                "budgets",
+                "[budgets] daily_cost_cap_usd is per tenant: set it in [tenants.NAME.budgets]",
+            ));
+        }
         for (name, t) in &self.tenants {
+            t.budgets
+                .validate(&format!("tenants.{name:?}.budgets"))
+                .map_err(|e| invalid("tenants", e))?;
             if t.weight == 0 || t.weight > 1000 {
                 return Err(invalid(
                     "tenants",

@@ -358,6 +358,17 @@ pub struct Job {
     pub last_error: String,
     pub finished_at_ms: u64,
     pub events: Vec<JobEvent>,
+    /// What its workers reported it cost, over all its attempts, in
+    /// millionths of a USD.
+    pub cost_micros: u64,
+    /// Named usage its workers reported (`tokens_in`...), summed.
+    pub usage: BTreeMap<String, u64>,
+    /// Time its leases were held, summed.
+    pub lease_ms: u64,
+    /// Jobs it waits for: it becomes ready when all of them succeed.
+    pub after: Vec<JobId>,
+    /// How many of `after` have not finished yet.
+    pub waiting_for: u32,
 }
 
 impl Job {

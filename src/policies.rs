@@ -32,6 +32,59 @@ pub struct Policies {
     /// `[retry.JOB_TYPE]`; `*` holds the defaults of types not named (and
     /// `jobs` the defaults of those).
     pub retry: BTreeMap<String, RetryPolicy>,
+    /// `[budgets]`: every run's limits unless its tenant sets its own.
+    pub budgets: Budgets,
+}
+
+/// A run's limits (and a tenant's daily cap). Money is kept in millionths
+/// of a USD so sums are exact and equal on every node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Budgets {
+    pub cost_micros: Option<u64>,
+    /// Lease time, summed over the run's jobs.
+    pub time_ms: Option<u64>,
+    /// Leases granted.
+    pub attempts: Option<u64>,
+    /// A tenant's cost per UTC day.
+    pub daily_cost_cap_micros: Option<u64>,
+}
+
+impl Budgets {
+    /// `self`'s limits where set, else `fallback`'s.
+    pub fn or(self, fallback: Budgets) -> Budgets {
+        Budgets {
+            cost_micros: self.cost_micros.or(fallback.cost_micros),
+            time_ms: self.time_ms.or(fallback.time_ms),
+            attempts: self.attempts.or(fallback.attempts),
+            daily_cost_cap_micros: self
+                .daily_cost_cap_micros
+                .or(fallback.daily_cost_cap_micros),
+        }
+    }
+}
+
+/// Most USD one report or budget may name: far above any real bill, far
+/// below what millionths in a u64 hold.
+pub const MAX_USD: f64 = 1e9;
+
+/// Whether `usd` is a sum of money drover keeps.
+pub fn check_usd(usd: f64) -> Result<(), String> {
+    if usd.is_finite() && (0.0..=MAX_USD).contains(&usd) {
+        Ok(())
+    } else {
+        Err(format!("must be a number of USD from 0 to {MAX_USD}"))
+    }
+}
+
+/// USD to millionths, rounded; call with a value [`check_usd`] accepted.
+pub fn usd_to_micros(usd: f64) -> u64 {
+    (usd.clamp(0.0, MAX_USD) * 1e6).round() as u64
+}
+
+/// Millionths to USD, for people.
+pub fn micros_to_usd(micros: u64) -> f64 {
+    micros as f64 / 1e6
 }
 
 /// How failed jobs of one type run again. Unset fields take the `*`
@@ -336,11 +389,16 @@ impl Default for BreakerPolicy {
 pub struct TenantPolicy {
     /// Share of dispatches against other tenants of the same priority.
     pub weight: u32,
+    /// Its runs' limits, and its daily cost cap.
+    pub budgets: Budgets,
 }
 
 impl Default for TenantPolicy {
     fn default() -> Self {
-        TenantPolicy { weight: 1 }
+        TenantPolicy {
+            weight: 1,
+            budgets: Budgets::default(),
+        }
     }
 }
 

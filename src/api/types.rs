@@ -282,6 +282,18 @@ pub struct JobBody {
     pub finished_at_ms: u64,
     /// The job's timeline, oldest first.
     pub events: Vec<EventBody>,
+    /// What its workers reported it cost, over all its attempts.
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// Named usage its workers reported (`tokens_in`...), summed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage: BTreeMap<String, u64>,
+    /// Time its leases were held, summed.
+    #[serde(default)]
+    pub lease_ms: u64,
+    /// Jobs it waits for (it runs once all of them succeeded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<u64>,
     /// Why a ready job is not leased yet: "queue paused", "tenant paused",
     /// "limit KEY" (its concurrency key is at its limit) or "limit KEY
     /// (rate)"; absent when nothing holds it.
@@ -330,6 +342,11 @@ impl From<JobView> for JobBody {
             last_error,
             finished_at_ms,
             events,
+            cost_micros,
+            usage,
+            lease_ms,
+            after,
+            waiting_for: _,
         } = v.job;
         JobBody {
             id,
@@ -357,6 +374,10 @@ impl From<JobView> for JobBody {
             last_error,
             finished_at_ms,
             events: events.iter().map(EventBody::from).collect(),
+            cost_usd: crate::policies::micros_to_usd(cost_micros),
+            usage,
+            lease_ms,
+            after,
             waiting: v.waiting,
             payload,
             payload_base64,

@@ -99,6 +99,7 @@ impl Machine {
                     tenant: job.tenant.clone(),
                 });
             }
+            self.admit_budget(job)?;
             let waiting = self
                 .queues
                 .get(&job.queue)

@@ -28,6 +28,7 @@ impl Machine {
                 job.attempts.to_string(),
             );
             job.record(now, EventKind::Replayed);
+            self.run_finished(now, &job, None)?;
             self.place(&job);
             self.put_job(&job, &payload);
             replayed.push(id);
@@ -85,7 +86,7 @@ impl Machine {
                 RequeuedBy::Operator {
                     reason: reason.to_string(),
                 },
-            );
+            )?;
             self.totals.requeued_stuck += 1;
             requeued.push(id);
         }
@@ -94,8 +95,15 @@ impl Machine {
 
     /// Ends a job's lease and makes it ready again (an expiry, or an
     /// operator's requeue); it waits from now.
-    pub(super) fn take_back(&mut self, now: u64, mut job: Job, payload: &Payload, by: RequeuedBy) {
+    pub(super) fn take_back(
+        &mut self,
+        now: u64,
+        mut job: Job,
+        payload: &Payload,
+        by: RequeuedBy,
+    ) -> Result<(), MachineError> {
         self.unplace(&job);
+        self.lease_ended(now, &mut job, None)?;
         let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
         job.state = JobState::Ready;
         job.run_at_ms = now;
@@ -109,5 +117,6 @@ impl Machine {
         );
         self.place(&job);
         self.put_job(&job, payload);
+        Ok(())
     }
 }

@@ -56,6 +56,11 @@ impl Machine {
                 last_error: String::new(),
                 finished_at_ms: 0,
                 events: Vec::new(),
+                cost_micros: 0,
+                usage: BTreeMap::new(),
+                lease_ms: 0,
+                after: Vec::new(),
+                waiting_for: 0,
             };
             job.record(now, EventKind::Enqueued);
             if let Some(k) = idem {
@@ -70,6 +75,7 @@ impl Machine {
             };
             self.place(&job);
             self.put_job(&job, &payload);
+            self.run_enqueued(now, &job)?;
             self.totals.enqueued += 1;
             out.push(Enqueued {
                 id,
@@ -103,7 +109,7 @@ impl Machine {
         let record = self.put_job(&job, &payload);
         // Only an unfinished job can be cancelled: it has no result.
         let bytes = self.stored_bytes(record, job.id, &payload, 0)?;
-        self.finished(&job, bytes);
+        self.finished(now, &job, bytes)?;
         self.totals.cancelled += 1;
         Ok(Ok(was))
     }

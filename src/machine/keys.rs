@@ -19,8 +19,8 @@ pub(super) fn clocks_key(queue: &str) -> Vec<u8> {
 }
 pub(super) const FORMAT_KEY: &[u8] = b"f";
 /// Layout of the tree; a tree of another layout is refused, not misread.
-/// 1 kept payloads under their own `p` keys; 2 kept timelines as text
-/// (see `migrate`).
+/// 1 kept payloads under their own `p` keys; 2 kept timelines as text and
+/// no cost, usage or dependencies (see `migrate`).
 pub(super) const FORMAT: u8 = 3;
 pub(super) const JOB: u8 = b'j';
 pub(super) const PAYLOAD: u8 = b'p';

@@ -63,6 +63,7 @@ impl Machine {
                         &qi.clocks,
                         |t| {
                             paused.contains(t)
+                                || self.tenant_capped(t)
                                 || (!self.breakers.is_empty()
                                     && breaker::holds(&self.breakers, q.as_str(), t))
                         },
@@ -110,6 +111,7 @@ impl Machine {
             }
             self.place(&job);
             self.took_lease(&job, now);
+            self.run_leased(now, &job)?;
             if !self.breakers.is_empty() {
                 self.breaker_leased(&job);
             }
@@ -202,6 +204,7 @@ impl Machine {
         &mut self,
         now: u64,
         c: &Completion,
+        usage: Option<&crate::command::Usage>,
     ) -> Result<Result<(), Refusal>, MachineError> {
         let (mut job, payload) = match self.fenced(c.job_id, c.attempt)? {
             Ok(loaded) => loaded,
@@ -218,6 +221,7 @@ impl Machine {
             self.breaker_succeeded(&job);
         }
         self.unplace(&job);
+        self.lease_ended(now, &mut job, usage)?;
         job.state = JobState::Succeeded;
         let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
         job.finished_at_ms = now;
@@ -234,7 +238,7 @@ impl Machine {
             self.put(key(RESULT, job.id).to_vec(), c.result.to_vec());
         }
         let bytes = self.stored_bytes(record, job.id, &payload, c.result.len())?;
-        self.finished(&job, bytes);
+        self.finished(now, &job, bytes)?;
         self.totals.completed += 1;
         Ok(Ok(()))
     }
@@ -243,6 +247,7 @@ impl Machine {
         &mut self,
         now: u64,
         f: &Failure,
+        usage: Option<&crate::command::Usage>,
     ) -> Result<Result<(), Refusal>, MachineError> {
         let (mut job, payload) = match self.fenced(f.job_id, f.attempt)? {
             Ok(loaded) => loaded,
@@ -256,6 +261,7 @@ impl Machine {
             Err(refusal) => return Ok(Err(refusal)),
         };
         self.unplace(&job);
+        self.lease_ended(now, &mut job, usage)?;
         let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
         job.last_error_class = f.error_class.clone();
         job.last_error = f.message.clone();
@@ -311,7 +317,7 @@ impl Machine {
         let record = self.put_job(&job, &payload);
         if job.state == JobState::Dead {
             let bytes = self.stored_bytes(record, job.id, &payload, 0)?;
-            self.finished(&job, bytes);
+            self.finished(now, &job, bytes)?;
         }
         Ok(Ok(()))
     }
@@ -337,7 +343,7 @@ impl Machine {
                 error_class: "timeout".into(),
                 message: format!("ran {ran} ms, past its timeout; the lease was revoked"),
             };
-            self.fail(now, &failure)?.ok();
+            self.fail(now, &failure, None)?.ok();
             self.totals.timed_out += 1;
             self.count_requeue(&job.queue, 2);
             self.lease_events.push(LeaseEvent {
@@ -373,7 +379,7 @@ impl Machine {
             self.count_requeue(&job.queue, 0);
             // It waits (for aging and the sla) from now, not from when it
             // first became ready.
-            self.take_back(now, job, &payload, RequeuedBy::LeaseExpired);
+            self.take_back(now, job, &payload, RequeuedBy::LeaseExpired)?;
             self.totals.requeued += 1;
             expired += 1;
         }
@@ -391,6 +397,7 @@ impl Machine {
         }
         self.release_rates(now);
         self.breakers_tick(now)?;
+        self.uncap_tenants(now)?;
         Ok(Outcome::Ticked { expired, promoted })
     }
 }

@@ -28,6 +28,8 @@ const MAX_PARKS_PER_LEASE: usize = 1000;
 pub enum Hold {
     Concurrency(String),
     Rate(String),
+    /// The job's run (tenant\0run) is over a budget.
+    Budget(String),
 }
 
 impl Hold {
@@ -36,6 +38,7 @@ impl Hold {
         match self {
             Hold::Concurrency(k) => format!("limit {k}"),
             Hold::Rate(k) => format!("limit {k} (rate)"),
+            Hold::Budget(_) => "held: budget".into(),
         }
     }
 }
@@ -152,6 +155,9 @@ impl Machine {
 
     /// What holds `job` back from a lease at `now`, if anything.
     pub(super) fn limit_hold(&self, job: &Job, now: u64) -> Option<Hold> {
+        if let Some(hold) = self.budget_hold(job) {
+            return Some(hold);
+        }
         let keys = JobKeys::of(&job.labels);
         if let Some((key, own)) = keys.concurrency {
             let leased = self.limits.leased.get(key).copied().unwrap_or(0);
@@ -340,7 +346,7 @@ impl Machine {
             .keys()
             .filter_map(|h| match h {
                 Hold::Rate(k) => Some(k.clone()),
-                Hold::Concurrency(_) => None,
+                Hold::Concurrency(_) | Hold::Budget(_) => None,
             })
             .collect();
         for key in keys {
@@ -355,15 +361,7 @@ impl Machine {
         };
         let rate = self.rate_of(key, rate);
         let Some(rate) = rate else {
-            let ids: Vec<JobId> = self
-                .limits
-                .parked
-                .get(&hold)
-                .map(|s| s.iter().map(|(_, id)| *id).collect())
-                .unwrap_or_default();
-            for id in ids {
-                self.unpark(id);
-            }
+            self.unpark_hold(&hold);
             return;
         };
         if self.limits.release_at(key, Some(rate)) > now {
@@ -390,13 +388,26 @@ impl Machine {
             .keys()
             .filter_map(|h| match h {
                 Hold::Concurrency(k) => Some(k.clone()),
-                Hold::Rate(_) => None,
+                Hold::Rate(_) | Hold::Budget(_) => None,
             })
             .collect();
         for key in keys {
             self.release_concurrency(&key);
         }
         self.release_rates(now);
+    }
+
+    /// Puts every job parked by `hold` back into the ready set.
+    pub(super) fn unpark_hold(&mut self, hold: &Hold) {
+        let ids: Vec<JobId> = self
+            .limits
+            .parked
+            .get(hold)
+            .map(|s| s.iter().map(|(_, id)| *id).collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.unpark(id);
+        }
     }
 
     /// The key's best parked job: the one that comes back first.
@@ -415,7 +426,7 @@ impl Machine {
                     let own = self.first_parked(h).and_then(|p| p.own_rate);
                     Some(self.limits.release_at(k, self.rate_of(k, own)))
                 }
-                Hold::Concurrency(_) => None,
+                Hold::Concurrency(_) | Hold::Budget(_) => None,
             })
             .min()
     }

@@ -71,6 +71,11 @@ impl From<OldJob> for Job {
                     kind: EventKind::Note(e.what),
                 })
                 .collect(),
+            cost_micros: 0,
+            usage: BTreeMap::new(),
+            lease_ms: 0,
+            after: Vec::new(),
+            waiting_for: 0,
         }
     }
 }

@@ -139,6 +139,8 @@ pub struct MachineStats {
     /// The policies in force, for the sessions' own checks (quarantine).
     #[serde(skip)]
     pub policies: Arc<Policies>,
+    /// Budget counters, runs over budget, tenants over their daily cap.
+    pub budgets: runs::BudgetStats,
     pub applied_index: u64,
     pub last_at_ms: u64,
     pub queues: BTreeMap<String, QueueCounts>,
@@ -206,6 +208,8 @@ pub struct Machine {
     audit_seq: u32,
     /// Workers kept from new leases (`Q` records).
     quarantined: BTreeMap<String, quarantine::Quarantined>,
+    /// Held runs, capped tenants, budget counters.
+    runs: runs::Runs,
 }
 
 /// Reads the `P` record. One an earlier drover wrote (before policies were
@@ -271,10 +275,12 @@ impl Machine {
             finishing: Vec::new(),
             audit_seq: 0,
             quarantined: BTreeMap::new(),
+            runs: runs::Runs::default(),
         };
         machine.load_limits()?;
         machine.load_breakers()?;
         machine.load_quarantined()?;
+        machine.load_runs()?;
         for item in machine.tree.scan_prefix([JOB]) {
             let (k, v) = item?;
             machine.place(&decode_job(&k, &v)?);
@@ -379,6 +385,7 @@ impl Machine {
         });
         // Only when some tenant is paused: this runs after every applied range.
         let some_paused = !self.controls.paused_tenants.is_empty()
+            || !self.runs.capped.is_empty()
             || self
                 .breakers
                 .values()
@@ -392,6 +399,7 @@ impl Machine {
                 let all_paused = !tenants.is_empty()
                     && tenants.iter().all(|t| {
                         self.controls.paused_tenants.contains(*t)
+                            || self.tenant_capped(t)
                             || breaker::holds(&self.breakers, name, t)
                     });
                 all_paused.then(|| name.clone())
@@ -428,6 +436,7 @@ impl Machine {
             breakers: self.breakers.clone(),
             quarantined: self.quarantined.clone(),
             policies: self.policies.clone(),
+            budgets: self.run_stats(),
             applied_index: self.meta.applied_index,
             last_at_ms: self.meta.last_at_ms,
             queues: self
@@ -485,13 +494,25 @@ impl Machine {
             Command::Complete { items, .. } => Outcome::Acks(
                 items
                     .iter()
-                    .map(|c| self.complete(now, c))
+                    .map(|c| self.complete(now, c, None))
                     .collect::<Result<_, _>>()?,
             ),
             Command::Fail { items, .. } => Outcome::Acks(
                 items
                     .iter()
-                    .map(|f| self.fail(now, f))
+                    .map(|f| self.fail(now, f, None))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Command::CompleteWithUsage { items, .. } => Outcome::Acks(
+                items
+                    .iter()
+                    .map(|(c, u)| self.complete(now, c, Some(u)))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Command::FailWithUsage { items, .. } => Outcome::Acks(
+                items
+                    .iter()
+                    .map(|(f, u)| self.fail(now, f, Some(u)))
                     .collect::<Result<_, _>>()?,
             ),
             Command::Cancel { id } => Outcome::Cancelled(self.cancel(now, *id)?),
@@ -534,6 +555,14 @@ impl Machine {
                 failed,
             } => self.quarantine(now, worker, *for_ms, *completed, *failed),
             Command::ReleaseWorker { worker } => self.release_worker(worker),
+            Command::OverrideRun {
+                tenant,
+                run,
+                limits,
+            } => self.override_run(now, tenant, run, *limits)?,
+            Command::SetTenantBudgets { tenant, budgets } => {
+                self.set_tenant_budgets(now, tenant, *budgets)?
+            }
         })
     }
 
@@ -611,6 +640,7 @@ mod leases;
 pub mod limits;
 mod migrate;
 pub mod quarantine;
+pub mod runs;
 mod reader;
 mod retention;
 mod retry;

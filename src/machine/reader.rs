@@ -10,7 +10,7 @@ pub struct JobReader {
 }
 
 impl JobReader {
-    fn tree(&self) -> sled::Tree {
+    pub(super) fn tree(&self) -> sled::Tree {
         self.tree.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 

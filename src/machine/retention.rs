@@ -82,9 +82,10 @@ impl Machine {
 
     /// Notes a job that just finished, keeping `bytes` on disk; the
     /// command's finished jobs are indexed together by [`Self::index_finished`].
-    pub(super) fn finished(&mut self, job: &Job, bytes: u64) {
+    pub(super) fn finished(&mut self, now: u64, job: &Job, bytes: u64) -> Result<(), MachineError> {
         let dead = job.state == JobState::Dead;
         self.finishing.push((dead, job.id, bytes));
+        self.run_finished(now, job, Some(job.state))
     }
 
     /// Writes the time-index records of the jobs the command just applied

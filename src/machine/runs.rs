@@ -1,0 +1,637 @@
+//! Runs and their budgets. A run is the jobs of one tenant sharing a run
+//! id. Its usage (cost its workers reported, time its leases were held,
+//! leases granted) is kept under `U`+tenant\0run with its job counts. A run
+//! at or over a limit is held (`G`+key): the pick parks its ready jobs
+//! (`Hold::Budget`) and enqueues for it are refused, until an operator's
+//! override raises the limit. A tenant's cost per UTC day (`V`+tenant)
+//! past its `daily_cost_cap_usd` holds all its jobs until the next day of
+//! the log's time, or a higher cap. Limits: the run's override, else the
+//! tenant's as an operator set them (`B`+tenant), else its config's, else
+//! `[budgets]`.
+
+use super::*;
+use crate::command::Usage;
+use crate::policies::{micros_to_usd, Budgets};
+
+const RUN: u8 = b'U';
+const HELD_RUN: u8 = b'G';
+const TENANT_DAY: u8 = b'V';
+const TENANT_BUDGETS: u8 = b'B';
+const DAY_MS: u64 = 86_400_000;
+
+/// What a run used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunUsage {
+    pub cost_micros: u64,
+    pub lease_ms: u64,
+    pub attempts: u64,
+    pub named: BTreeMap<String, u64>,
+}
+
+/// A run as the machine keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub tenant: String,
+    pub run: String,
+    pub first_at_ms: u64,
+    pub last_at_ms: u64,
+    pub enqueued: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+    pub usage: RunUsage,
+    /// Limits an operator set for this run (`drover runs override`).
+    pub limits: Budgets,
+    /// The budget it is over, while its jobs are held.
+    pub over: Option<String>,
+}
+
+impl RunRecord {
+    /// Jobs not finished yet.
+    pub fn unfinished(&self) -> u64 {
+        self.enqueued
+            .saturating_sub(self.succeeded + self.dead + self.cancelled)
+    }
+}
+
+/// A budget's limit and what was used of it, in its unit (millionths of
+/// a USD, ms, leases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetUse {
+    pub budget: &'static str,
+    pub limit: u64,
+    pub used: u64,
+}
+
+impl BudgetUse {
+    /// `0.06 of 0.05 USD`, `1800 s of 1800 s`, `3 of 3`.
+    pub fn describe(&self) -> String {
+        match self.budget {
+            "cost_usd" | "daily_cost_cap_usd" => format!(
+                "{} of {} USD",
+                micros_to_usd(self.used),
+                micros_to_usd(self.limit)
+            ),
+            "time" => format!("{} s of {} s", self.used / 1000, self.limit / 1000),
+            _ => format!("{} of {}", self.used, self.limit),
+        }
+    }
+
+    /// Used over limit (1.0 = all of it).
+    pub fn ratio(&self) -> f64 {
+        if self.limit == 0 {
+            return 1.0;
+        }
+        self.used as f64 / self.limit as f64
+    }
+}
+
+/// Each budget of `limits` that is set, with what `usage` used of it.
+pub fn budget_uses(limits: &Budgets, usage: &RunUsage) -> Vec<BudgetUse> {
+    [
+        ("cost_usd", limits.cost_micros, usage.cost_micros),
+        ("time", limits.time_ms, usage.lease_ms),
+        ("attempts", limits.attempts, usage.attempts),
+    ]
+    .into_iter()
+    .filter_map(|(budget, limit, used)| {
+        Some(BudgetUse {
+            budget,
+            limit: limit?,
+            used,
+        })
+    })
+    .collect()
+}
+
+/// The first budget used up (at or past its limit: a run is held at its
+/// limit, not one job later).
+fn over(limits: &Budgets, usage: &RunUsage) -> Option<BudgetUse> {
+    budget_uses(limits, usage)
+        .into_iter()
+        .find(|u| u.used >= u.limit)
+}
+
+/// A tenant's cost on one UTC day of the log's time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantDay {
+    pub day: u64,
+    pub cost_micros: u64,
+    /// At or past its daily cap: its jobs are held until the next day.
+    pub capped: bool,
+}
+
+/// What the driver logs and counts after an applied range.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    /// A run went over a budget (or a tenant over its daily cap, with an
+    /// empty run).
+    BudgetExceeded {
+        tenant: String,
+        run: String,
+        over: BudgetUse,
+    },
+    /// A run's last job finished: what it used of each budget.
+    Finished {
+        tenant: String,
+        run: String,
+        uses: Vec<BudgetUse>,
+    },
+}
+
+pub(super) fn run_key(tenant: &str, run: &str) -> String {
+    format!("{tenant}\0{run}")
+}
+
+fn prefixed(prefix: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(prefix);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Counters since this node opened its machine, for the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunTotals {
+    /// Times a budget was exceeded, by budget and tenant.
+    pub exceeded: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Cost reported, by tenant, in millionths of a USD.
+    pub cost_micros: BTreeMap<String, u64>,
+    /// Lease time held, by tenant.
+    pub lease_ms: BTreeMap<String, u64>,
+}
+
+/// Budgets as the stats show them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetStats {
+    pub totals: RunTotals,
+    pub runs_over_budget: u64,
+    pub capped_tenants: BTreeSet<String>,
+}
+
+/// The in-memory side of runs: which are held, which tenants are capped.
+#[derive(Debug, Default)]
+pub(super) struct Runs {
+    /// Held runs by key, with the budget they are over.
+    pub(super) held: BTreeMap<String, String>,
+    /// Tenants over their daily cap, with the day (since the epoch).
+    pub(super) capped: BTreeMap<String, u64>,
+    /// Tenant limits an operator set.
+    pub(super) tenant_budgets: BTreeMap<String, Budgets>,
+    pub(super) totals: RunTotals,
+    pub(super) events: Vec<RunEvent>,
+}
+
+impl Machine {
+    pub(super) fn load_runs(&mut self) -> Result<(), MachineError> {
+        for item in self.tree.scan_prefix([HELD_RUN]) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k[1..]).into_owned();
+            self.runs.held.insert(key, decode(&k, &v)?);
+        }
+        for item in self.tree.scan_prefix([TENANT_DAY]) {
+            let (k, v) = item?;
+            let day: TenantDay = decode(&k, &v)?;
+            if day.capped {
+                let tenant = String::from_utf8_lossy(&k[1..]).into_owned();
+                self.runs.capped.insert(tenant, day.day);
+            }
+        }
+        for item in self.tree.scan_prefix([TENANT_BUDGETS]) {
+            let (k, v) = item?;
+            let tenant = String::from_utf8_lossy(&k[1..]).into_owned();
+            self.runs.tenant_budgets.insert(tenant, decode(&k, &v)?);
+        }
+        Ok(())
+    }
+
+    /// What events the entries applied since the last call produced.
+    pub fn take_run_events(&mut self) -> Vec<RunEvent> {
+        std::mem::take(&mut self.runs.events)
+    }
+
+    fn run_record(&self, tenant: &str, run: &str) -> Result<RunRecord, MachineError> {
+        let k = prefixed(RUN, &run_key(tenant, run));
+        Ok(match self.get(&k)? {
+            Some(v) => decode(&k, &v)?,
+            None => RunRecord {
+                tenant: tenant.to_string(),
+                run: run.to_string(),
+                ..RunRecord::default()
+            },
+        })
+    }
+
+    /// The limits a run of `tenant` is under, with the run's own `limits`
+    /// first.
+    pub(super) fn run_limits(&self, tenant: &str, limits: Budgets) -> Budgets {
+        let set = self
+            .runs
+            .tenant_budgets
+            .get(tenant)
+            .copied()
+            .unwrap_or_default();
+        let configured = self
+            .policies
+            .tenants
+            .get(tenant)
+            .map(|t| t.budgets)
+            .unwrap_or_default();
+        limits.or(set).or(configured).or(self.policies.budgets)
+    }
+
+    /// Changes a run's record with `change`, then holds or releases it by
+    /// its limits. Jobs without a run have none.
+    fn update_run(
+        &mut self,
+        now: u64,
+        tenant: &str,
+        run: &str,
+        change: impl FnOnce(&mut RunRecord),
+    ) -> Result<(), MachineError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let mut rec = self.run_record(tenant, run)?;
+        let was_unfinished = rec.unfinished();
+        change(&mut rec);
+        if rec.first_at_ms == 0 {
+            rec.first_at_ms = now;
+        }
+        rec.last_at_ms = now;
+        self.judge_run(&mut rec);
+        if was_unfinished > 0 && rec.unfinished() == 0 {
+            let uses = budget_uses(&self.run_limits(&rec.tenant, rec.limits), &rec.usage);
+            self.runs.events.push(RunEvent::Finished {
+                tenant: rec.tenant.clone(),
+                run: rec.run.clone(),
+                uses,
+            });
+        }
+        self.put(prefixed(RUN, &run_key(tenant, run)), encode(&rec));
+        Ok(())
+    }
+
+    /// Holds a run that is at or over a limit; releases one that no longer is.
+    fn judge_run(&mut self, rec: &mut RunRecord) {
+        let key = run_key(&rec.tenant, &rec.run);
+        match over(&self.run_limits(&rec.tenant, rec.limits), &rec.usage) {
+            Some(over) => {
+                if rec.over.as_deref() != Some(over.budget) {
+                    if rec.over.is_none() {
+                        self.runs.events.push(RunEvent::BudgetExceeded {
+                            tenant: rec.tenant.clone(),
+                            run: rec.run.clone(),
+                            over,
+                        });
+                        *self
+                            .runs
+                            .totals
+                            .exceeded
+                            .entry(over.budget.to_string())
+                            .or_default()
+                            .entry(rec.tenant.clone())
+                            .or_default() += 1;
+                    }
+                    rec.over = Some(over.budget.to_string());
+                    self.runs.held.insert(key.clone(), over.budget.to_string());
+                    self.put(prefixed(HELD_RUN, &key), encode(&over.budget.to_string()));
+                }
+            }
+            None => {
+                if rec.over.take().is_some() {
+                    self.runs.held.remove(&key);
+                    self.delete(prefixed(HELD_RUN, &key));
+                    self.unpark_hold(&limits::Hold::Budget(key));
+                }
+            }
+        }
+    }
+
+    /// Whether a job's run or tenant is held by a budget: its hold for
+    /// the pick.
+    pub(super) fn budget_hold(&self, job: &Job) -> Option<limits::Hold> {
+        if self.runs.held.is_empty() || job.run_id.is_empty() {
+            return None;
+        }
+        let key = run_key(&job.tenant, &job.run_id);
+        self.runs
+            .held
+            .contains_key(&key)
+            .then_some(limits::Hold::Budget(key))
+    }
+
+    /// Whether the tenant's jobs are held by its daily cap.
+    pub(super) fn tenant_capped(&self, tenant: &str) -> bool {
+        !self.runs.capped.is_empty() && self.runs.capped.contains_key(tenant)
+    }
+
+    /// Refuses a new job for a held run or a capped tenant, naming the
+    /// budget, the limit and the usage.
+    pub(super) fn admit_budget(&self, job: &NewJob) -> Result<(), Refusal> {
+        if self.tenant_capped(&job.tenant) {
+            let day = self.tenant_day(&job.tenant).unwrap_or_default();
+            return Err(Refusal::BudgetExceeded {
+                tenant: job.tenant.clone(),
+                run: String::new(),
+                budget: "daily_cost_cap_usd".into(),
+                usage: BudgetUse {
+                    budget: "daily_cost_cap_usd",
+                    limit: self.daily_cap(&job.tenant).unwrap_or(0),
+                    used: day.cost_micros,
+                }
+                .describe(),
+            });
+        }
+        if self.runs.held.is_empty() || job.run_id.is_empty() {
+            return Ok(());
+        }
+        let Some(budget) = self.runs.held.get(&run_key(&job.tenant, &job.run_id)) else {
+            return Ok(());
+        };
+        let rec = self
+            .run_record(&job.tenant, &job.run_id)
+            .unwrap_or_default();
+        let usage = budget_uses(&self.run_limits(&rec.tenant, rec.limits), &rec.usage)
+            .into_iter()
+            .find(|u| u.budget == budget)
+            .map(|u| u.describe())
+            .unwrap_or_default();
+        Err(Refusal::BudgetExceeded {
+            tenant: job.tenant.clone(),
+            run: job.run_id.clone(),
+            budget: budget.clone(),
+            usage,
+        })
+    }
+
+    /// A new job of a run.
+    pub(super) fn run_enqueued(&mut self, now: u64, job: &Job) -> Result<(), MachineError> {
+        self.update_run(now, &job.tenant, &job.run_id, |r| r.enqueued += 1)
+    }
+
+    /// A lease of a job of a run.
+    pub(super) fn run_leased(&mut self, now: u64, job: &Job) -> Result<(), MachineError> {
+        self.update_run(now, &job.tenant, &job.run_id, |r| r.usage.attempts += 1)
+    }
+
+    /// A lease ended (a result, a failure, an expiry, a requeue): its time
+    /// and what the worker reported count on the job, its run and its
+    /// tenant.
+    pub(super) fn lease_ended(
+        &mut self,
+        now: u64,
+        job: &mut Job,
+        usage: Option<&Usage>,
+    ) -> Result<(), MachineError> {
+        let held_ms = now.saturating_sub(find::state_since(job));
+        let empty = Usage::default();
+        let usage = usage.unwrap_or(&empty);
+        job.lease_ms = job.lease_ms.saturating_add(held_ms);
+        job.cost_micros = job.cost_micros.saturating_add(usage.cost_micros);
+        for (name, n) in &usage.named {
+            let sum = job.usage.entry(name.clone()).or_default();
+            *sum = sum.saturating_add(*n);
+        }
+        let totals = &mut self.runs.totals;
+        *totals.lease_ms.entry(job.tenant.clone()).or_default() += held_ms;
+        if usage.cost_micros > 0 {
+            *totals.cost_micros.entry(job.tenant.clone()).or_default() += usage.cost_micros;
+            self.tenant_spent(now, &job.tenant, usage.cost_micros)?;
+        }
+        self.update_run(now, &job.tenant, &job.run_id, |r| {
+            let u = &mut r.usage;
+            u.lease_ms = u.lease_ms.saturating_add(held_ms);
+            u.cost_micros = u.cost_micros.saturating_add(usage.cost_micros);
+            for (name, n) in &usage.named {
+                let sum = u.named.entry(name.clone()).or_default();
+                *sum = sum.saturating_add(*n);
+            }
+        })
+    }
+
+    /// A job of a run finished (`Some(state)`), or came back from the dead
+    /// letters (`None`, after a replay).
+    pub(super) fn run_finished(
+        &mut self,
+        now: u64,
+        job: &Job,
+        state: Option<JobState>,
+    ) -> Result<(), MachineError> {
+        self.update_run(now, &job.tenant, &job.run_id, |r| match state {
+            Some(JobState::Succeeded) => r.succeeded += 1,
+            Some(JobState::Dead) => r.dead += 1,
+            Some(_) => r.cancelled += 1,
+            None => r.dead = r.dead.saturating_sub(1),
+        })
+    }
+
+    fn tenant_day(&self, tenant: &str) -> Result<TenantDay, MachineError> {
+        let k = prefixed(TENANT_DAY, tenant);
+        Ok(match self.get(&k)? {
+            Some(v) => decode(&k, &v)?,
+            None => TenantDay::default(),
+        })
+    }
+
+    fn daily_cap(&self, tenant: &str) -> Option<u64> {
+        self.run_limits(tenant, Budgets::default())
+            .daily_cost_cap_micros
+    }
+
+    /// Counts a tenant's cost on the log's UTC day, capping it at its limit.
+    fn tenant_spent(&mut self, now: u64, tenant: &str, micros: u64) -> Result<(), MachineError> {
+        let mut day = self.tenant_day(tenant)?;
+        let today = now / DAY_MS;
+        if day.day != today {
+            day = TenantDay {
+                day: today,
+                ..TenantDay::default()
+            };
+        }
+        day.cost_micros = day.cost_micros.saturating_add(micros);
+        self.judge_tenant(tenant, &mut day);
+        self.put(prefixed(TENANT_DAY, tenant), encode(&day));
+        Ok(())
+    }
+
+    /// Caps a tenant at or past its daily cap; uncaps one no longer so.
+    fn judge_tenant(&mut self, tenant: &str, day: &mut TenantDay) {
+        let cap = self.daily_cap(tenant);
+        let over = cap.is_some_and(|cap| day.cost_micros >= cap);
+        if over && !day.capped {
+            day.capped = true;
+            self.runs.capped.insert(tenant.to_string(), day.day);
+            let over = BudgetUse {
+                budget: "daily_cost_cap_usd",
+                limit: cap.unwrap_or(0),
+                used: day.cost_micros,
+            };
+            self.runs.events.push(RunEvent::BudgetExceeded {
+                tenant: tenant.to_string(),
+                run: String::new(),
+                over,
+            });
+            *self
+                .runs
+                .totals
+                .exceeded
+                .entry(over.budget.to_string())
+                .or_default()
+                .entry(tenant.to_string())
+                .or_default() += 1;
+        } else if !over && day.capped {
+            day.capped = false;
+            self.runs.capped.remove(tenant);
+        }
+    }
+
+    /// At a tick: tenants capped on an earlier day are free again.
+    pub(super) fn uncap_tenants(&mut self, now: u64) -> Result<(), MachineError> {
+        let today = now / DAY_MS;
+        let due: Vec<String> = self
+            .runs
+            .capped
+            .iter()
+            .filter(|(_, day)| **day < today)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for tenant in due {
+            let mut day = self.tenant_day(&tenant)?;
+            day.capped = false;
+            self.runs.capped.remove(&tenant);
+            self.put(prefixed(TENANT_DAY, &tenant), encode(&day));
+        }
+        Ok(())
+    }
+
+    /// Applies a [`Command::OverrideRun`]: the run's limits become
+    /// `limits` where set; it is released if under them now.
+    pub(super) fn override_run(
+        &mut self,
+        now: u64,
+        tenant: &str,
+        run: &str,
+        limits: Budgets,
+    ) -> Result<Outcome, MachineError> {
+        let rec = self.run_record(tenant, run)?;
+        if rec.enqueued == 0 {
+            return Ok(Outcome::Rejected(Refusal::UnknownRun {
+                tenant: tenant.to_string(),
+                run: run.to_string(),
+            }));
+        }
+        self.update_run(now, tenant, run, |r| r.limits = limits.or(r.limits))?;
+        let rec = self.run_record(tenant, run)?;
+        Ok(Outcome::RunBudget { over: rec.over })
+    }
+
+    /// Applies a [`Command::SetTenantBudgets`]; the tenant's held runs and
+    /// its cap are weighed again.
+    pub(super) fn set_tenant_budgets(
+        &mut self,
+        now: u64,
+        tenant: &str,
+        budgets: Budgets,
+    ) -> Result<Outcome, MachineError> {
+        self.runs.tenant_budgets.insert(tenant.to_string(), budgets);
+        self.put(prefixed(TENANT_BUDGETS, tenant), encode(&budgets));
+        let prefix = run_key(tenant, "");
+        let held: Vec<String> = self
+            .runs
+            .held
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k[prefix.len()..].to_string())
+            .collect();
+        for run in held {
+            self.update_run(now, tenant, &run, |_| {})?;
+        }
+        let mut day = self.tenant_day(tenant)?;
+        if day.day == now / DAY_MS || day.capped {
+            self.judge_tenant(tenant, &mut day);
+            self.put(prefixed(TENANT_DAY, tenant), encode(&day));
+        }
+        Ok(Outcome::RunBudget { over: None })
+    }
+
+    /// Budget counters and the held runs, for the stats.
+    pub(super) fn run_stats(&self) -> BudgetStats {
+        BudgetStats {
+            totals: self.runs.totals.clone(),
+            runs_over_budget: self.runs.held.len() as u64,
+            capped_tenants: self.runs.capped.keys().cloned().collect(),
+        }
+    }
+}
+
+/// Runs for the APIs, from the committed tree.
+impl JobReader {
+    pub fn run(&self, tenant: &str, run: &str) -> Result<Option<RunRecord>, MachineError> {
+        let k = prefixed(RUN, &run_key(tenant, run));
+        match self.tree().get(&k)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs in key order (tenant, then run) after `after`, at most `limit`.
+    pub fn runs(
+        &self,
+        tenant: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, MachineError> {
+        let prefix = prefixed(RUN, &tenant.map(|t| run_key(t, "")).unwrap_or_default());
+        let start = match after {
+            Some((t, r)) => {
+                let mut k = prefixed(RUN, &run_key(t, r));
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.tree().range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// A tenant's cost today (of `now`) and whether it is capped.
+    pub fn tenant_day(&self, tenant: &str) -> Result<TenantDay, MachineError> {
+        let k = prefixed(TENANT_DAY, tenant);
+        Ok(match self.tree().get(&k)? {
+            Some(v) => decode(&k, &v)?,
+            None => TenantDay::default(),
+        })
+    }
+
+    /// The limits an operator set for a tenant, if any.
+    pub fn tenant_budgets(&self, tenant: &str) -> Result<Option<Budgets>, MachineError> {
+        let k = prefixed(TENANT_BUDGETS, tenant);
+        match self.tree().get(&k)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The budget holding `job`'s run or tenant, if one does.
+    pub fn budget_held(&self, job: &Job) -> Result<Option<String>, MachineError> {
+        if self.tenant_day(&job.tenant)?.capped {
+            return Ok(Some("daily_cost_cap_usd".into()));
+        }
+        if job.run_id.is_empty() {
+            return Ok(None);
+        }
+        let k = prefixed(HELD_RUN, &run_key(&job.tenant, &job.run_id));
+        match self.tree().get(&k)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+}
