@@ -823,7 +823,7 @@ mod props {
                 aging_after_ms: Some(50),
                 ..Default::default()
             });
-            policies.tenants.insert("x".into(), crate::policies::TenantPolicy { weight: 2 });
+            policies.tenants.insert("x".into(), crate::policies::TenantPolicy { weight: 2, ..Default::default() });
             policies.keys.insert("k".into(), crate::policies::KeyLimit { concurrency: Some(2), rate: None });
             h.run(0, Command::SetPolicies { policies });
             let (mut queue_paused, mut x_paused) = (false, false);
