@@ -607,5 +607,7 @@ pub enum Outcome {
     /// The jobs whose leases were taken back.
     Requeued(Vec<JobId>),
     /// A run's budgets were changed: the budget it is still over, if any.
-    RunBudget { over: Option<String> },
+    RunBudget {
+        over: Option<String>,
+    },
 }

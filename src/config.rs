@@ -114,9 +114,7 @@ impl BudgetsConfig {
                 .time
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             attempts: self.attempts,
-            daily_cost_cap_micros: self
-                .daily_cost_cap_usd
-                .map(crate::policies::usd_to_micros),
+            daily_cost_cap_micros: self.daily_cost_cap_usd.map(crate::policies::usd_to_micros),
         }
     }
 

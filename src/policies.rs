@@ -846,7 +846,13 @@ mod tests {
         let a = policies();
         let mut b = policies();
         b.jobs.max_retries = 9;
-        b.tenants.insert("acme".into(), TenantPolicy { weight: 4, ..Default::default() });
+        b.tenants.insert(
+            "acme".into(),
+            TenantPolicy {
+                weight: 4,
+                ..Default::default()
+            },
+        );
         assert_eq!(a.differences(&b), ["jobs", "tenants.\"acme\""]);
         assert!(a.differences(&a).is_empty());
     }

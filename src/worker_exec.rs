@@ -2,7 +2,9 @@
 //! per job, payload on stdin, job facts in `DROVER_*` variables. Exit 0
 //! completes the job with stdout as its result; any other exit fails it with
 //! the class named by the last stderr line of the form `error_class=NAME`, or
-//! `exit_<code>` when there is none.
+//! `exit_<code>` when there is none. Either way, a last line of stderr (else
+//! stdout) beginning `cost_usd=` reports what the job used:
+//! `cost_usd=0.012 tokens_in=1200 tokens_out=300`.
 
 use std::process::Stdio;
 
@@ -10,13 +12,13 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::client::worker::JobFailure;
+use crate::client::worker::{JobFailure, JobOutput, JobUsage};
 use crate::proto::v1 as pb;
 
 /// Bytes of stderr kept as the failure message.
 const MAX_MESSAGE: usize = 2048;
 
-pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<Bytes, JobFailure> {
+pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<JobOutput, JobFailure> {
     let mut child = Command::new("sh")
         // The worker's credentials are not the job's: a job's code must not
         // be able to act as the worker (lease, complete) or as its operator.
@@ -43,6 +45,7 @@ pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<Bytes, JobFailure
         .map_err(|e| JobFailure {
             class: "spawn_failed".into(),
             message: format!("cannot start `sh -c {cmd}`: {e}"),
+            usage: JobUsage::default(),
         })?;
     let mut group = child.id().map(KillGroup);
     if let Some(mut stdin) = child.stdin.take() {
@@ -55,6 +58,7 @@ pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<Bytes, JobFailure
     let out = child.wait_with_output().await.map_err(|e| JobFailure {
         class: "wait_failed".into(),
         message: e.to_string(),
+        usage: JobUsage::default(),
     });
     // It ended by itself: its group is not ours to signal any more (the id
     // may be reused).
@@ -62,14 +66,44 @@ pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<Bytes, JobFailure
         g.0 = 0;
     }
     let out = out?;
-    if out.status.success() {
-        return Ok(Bytes::from(out.stdout));
-    }
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let usage = reported_usage(&stderr, &String::from_utf8_lossy(&out.stdout));
+    if out.status.success() {
+        return Ok(JobOutput {
+            result: Bytes::from(out.stdout),
+            usage,
+        });
+    }
     Err(JobFailure {
         class: error_class(&stderr).unwrap_or_else(|| exit_class(&out.status)),
         message: tail(&stderr, MAX_MESSAGE),
+        usage,
     })
+}
+
+/// What the last line beginning `cost_usd=` of stderr, else of stdout,
+/// reports: `cost_usd=0.012 tokens_in=1200`. A value that does not parse
+/// is left out.
+pub fn reported_usage(stderr: &str, stdout: &str) -> JobUsage {
+    let line = [stderr, stdout].into_iter().find_map(|text| {
+        text.lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with("cost_usd="))
+    });
+    let mut usage = JobUsage::default();
+    for (name, value) in line
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+    {
+        if name == "cost_usd" {
+            usage.cost_usd = value.parse().unwrap_or(0.0);
+        } else if let Ok(n) = value.parse() {
+            usage.named.insert(name.to_string(), n);
+        }
+    }
+    usage
 }
 
 fn exit_class(status: &std::process::ExitStatus) -> String {
@@ -143,7 +177,26 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(out, Bytes::from_static(b"42:2:hello"));
+        assert_eq!(out.result, Bytes::from_static(b"42:2:hello"));
+    }
+
+    #[tokio::test]
+    async fn a_cost_usd_line_reports_what_the_job_used() {
+        let out = exec_job(
+            "echo result; echo cost_usd=0.25 tokens_in=1200 bad=x >&2",
+            job(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.usage.cost_usd, 0.25);
+        assert_eq!(out.usage.named.get("tokens_in"), Some(&1200));
+        assert!(!out.usage.named.contains_key("bad"));
+        let f = exec_job("echo cost_usd=0.5; exit 2", job())
+            .await
+            .unwrap_err();
+        assert_eq!(f.usage.cost_usd, 0.5, "from stdout when stderr has none");
+        let out = exec_job("echo plain", job()).await.unwrap();
+        assert_eq!(out.usage, JobUsage::default());
     }
 
     #[tokio::test]

@@ -283,23 +283,31 @@ fn worker_message() -> BoxedStrategy<Vec<u8>> {
                 progress_message: "x".repeat(300),
             }],
         })),
-        (id.clone(), any::<u32>()).prop_map(|(job_id, attempt)| Msg::Complete(pb::Complete {
-            completions: vec![pb::Completion {
-                job_id,
-                attempt,
-                result: Bytes::from_static(b"r"),
-            }],
-        })),
-        (id, any::<u32>(), "[ -~]{0,8}").prop_map(|(job_id, attempt, error_class)| {
-            Msg::Fail(pb::Fail {
-                failures: vec![pb::Failure {
+        (id.clone(), any::<u32>(), any::<f64>(), "[ -~]{0,70}").prop_map(
+            |(job_id, attempt, cost_usd, name)| Msg::Complete(pb::Complete {
+                completions: vec![pb::Completion {
                     job_id,
                     attempt,
-                    error_class,
-                    message: String::new(),
+                    result: Bytes::from_static(b"r"),
+                    cost_usd,
+                    usage: [(name, u64::MAX)].into_iter().collect(),
                 }],
             })
-        }),
+        ),
+        (id, any::<u32>(), "[ -~]{0,8}", any::<f64>()).prop_map(
+            |(job_id, attempt, error_class, cost_usd)| {
+                Msg::Fail(pb::Fail {
+                    failures: vec![pb::Failure {
+                        job_id,
+                        attempt,
+                        error_class,
+                        message: String::new(),
+                        cost_usd,
+                        ..Default::default()
+                    }],
+                })
+            }
+        ),
         Just(Msg::Drain(pb::Drain {})),
         register(),
     ];

@@ -236,6 +236,7 @@ async fn reports_for_another_attempt_do_not_free_a_workers_slot() {
                 job_id,
                 attempt: forged,
                 result: Bytes::new(),
+                ..Default::default()
             }],
         }),
         pb::worker_message::Msg::Fail(pb::Fail {
@@ -244,6 +245,7 @@ async fn reports_for_another_attempt_do_not_free_a_workers_slot() {
                 attempt: forged,
                 error_class: "x".into(),
                 message: String::new(),
+                ..Default::default()
             }],
         }),
     ];
@@ -270,6 +272,9 @@ async fn reports_for_another_attempt_do_not_free_a_workers_slot() {
                 job_id,
                 attempt,
                 result: Bytes::new(),
+                // Nonsense usage is left out; the result still counts.
+                cost_usd: f64::NAN,
+                usage: [("not a name!".to_string(), 1)].into_iter().collect(),
             }],
         })))
         .await

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use drover::client::worker::{self, JobFailure, WorkerOptions};
+use drover::client::worker::{self, JobFailure, JobUsage, WorkerOptions};
 use drover::client::Producer;
 use drover::proto::v1 as pb;
 use tokio::sync::watch;
@@ -108,6 +108,10 @@ async fn failing_jobs_retry_then_dead_letter() {
             Err::<Bytes, _>(JobFailure {
                 class: "upstream_500".into(),
                 message: "bad gateway".into(),
+                usage: JobUsage {
+                    cost_usd: 0.25,
+                    named: [("tokens_in".to_string(), 7)].into_iter().collect(),
+                },
             })
         }
     };
@@ -138,6 +142,9 @@ async fn failing_jobs_retry_then_dead_letter() {
         "one try plus max_retries = 1"
     );
     assert_eq!(report.failed, 2);
+    let job = p.get(id).await.unwrap();
+    assert_eq!(job.cost_usd, 0.5, "what both failed attempts cost");
+    assert_eq!(job.usage.get("tokens_in"), Some(&14));
     let job = p.get(id).await.unwrap();
     assert_eq!(job.last_error_class, "upstream_500");
     assert_eq!(job.last_error, "bad gateway");

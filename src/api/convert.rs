@@ -69,6 +69,10 @@ impl From<JobView> for pb::Job {
             job_type: job.job_type,
             tenant: job.tenant,
             run_id: job.run_id,
+            cost_usd: crate::policies::micros_to_usd(job.cost_micros),
+            usage: job.usage.into_iter().collect(),
+            lease_ms: job.lease_ms,
+            after: job.after,
         }
     }
 }

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{convert, App};
-use crate::command::{Command, Completion, Failure, LeaseBeat, Outcome, Refusal};
+use crate::command::{Command, Completion, Failure, LeaseBeat, Outcome, Refusal, Usage};
 use crate::driver::now_ms;
 use crate::error::Error;
 use crate::job::{validate_queue, JobId, Progress};
@@ -41,6 +41,8 @@ const LEASE_RETRY: Duration = Duration::from_millis(200);
 const MAX_ERROR_MESSAGE: usize = 4096;
 /// Finished leases a session remembers; see `Session::finished`.
 const FINISHED_REMEMBERED: usize = 4096;
+/// Most named usage amounts one result may report.
+const MAX_USAGE_NAMES: usize = 16;
 /// How long a completion or failure is retried while no leader is known.
 const RESULT_RETRY: Duration = Duration::from_secs(10);
 
@@ -545,24 +547,31 @@ impl Session {
                         self.in_flight.remove(&(c.job_id, c.attempt));
                         self.came_back(c.job_id, c.attempt);
                         self.mark_finished(c.job_id, c.attempt);
+                        let usage = self.usage(c.job_id, c.cost_usd, c.usage);
                         if c.result.len() > max_result {
                             // Refusing the completion would leave the job
                             // leased until expiry; failing it says why at once.
-                            failures.push(Failure {
-                                job_id: c.job_id,
-                                attempt: c.attempt,
-                                error_class: "result_too_large".into(),
-                                message: format!(
-                                    "result of {} bytes is over the limit of {max_result} bytes (limits.max_payload_bytes)",
-                                    c.result.len()
-                                ),
-                            });
+                            failures.push((
+                                Failure {
+                                    job_id: c.job_id,
+                                    attempt: c.attempt,
+                                    error_class: "result_too_large".into(),
+                                    message: format!(
+                                        "result of {} bytes is over the limit of {max_result} bytes (limits.max_payload_bytes)",
+                                        c.result.len()
+                                    ),
+                                },
+                                usage,
+                            ));
                         } else {
-                            completions.push(Completion {
-                                job_id: c.job_id,
-                                attempt: c.attempt,
-                                result: c.result,
-                            });
+                            completions.push((
+                                Completion {
+                                    job_id: c.job_id,
+                                    attempt: c.attempt,
+                                    result: c.result,
+                                },
+                                usage,
+                            ));
                         }
                     }
                 }
@@ -574,16 +583,20 @@ impl Session {
                         self.in_flight.remove(&(f.job_id, f.attempt));
                         self.came_back(f.job_id, f.attempt);
                         self.mark_finished(f.job_id, f.attempt);
-                        failures.push(Failure {
-                            job_id: f.job_id,
-                            attempt: f.attempt,
-                            error_class: if f.error_class.is_empty() {
-                                "unknown".into()
-                            } else {
-                                truncate(f.error_class, 128)
+                        let usage = self.usage(f.job_id, f.cost_usd, f.usage);
+                        failures.push((
+                            Failure {
+                                job_id: f.job_id,
+                                attempt: f.attempt,
+                                error_class: if f.error_class.is_empty() {
+                                    "unknown".into()
+                                } else {
+                                    truncate(f.error_class, 128)
+                                },
+                                message: truncate(f.message, MAX_ERROR_MESSAGE),
                             },
-                            message: truncate(f.message, MAX_ERROR_MESSAGE),
-                        });
+                            usage,
+                        ));
                     }
                 }
                 Some(Msg::Drain(_)) => {
@@ -614,28 +627,42 @@ impl Session {
             );
         }
         if !completions.is_empty() {
-            let refs = completions.iter().map(|c| (c.job_id, c.attempt)).collect();
-            self.push(
-                proposals,
-                Kind::Complete,
-                refs,
+            let refs = completions
+                .iter()
+                .map(|(c, _)| (c.job_id, c.attempt))
+                .collect();
+            // Most workers report no cost: their results go in the
+            // plain command, as before usage existed.
+            let cmd = if completions.iter().all(|(_, u)| u.is_empty()) {
                 Command::Complete {
                     worker: worker.clone(),
+                    items: completions.into_iter().map(|(c, _)| c).collect(),
+                }
+            } else {
+                Command::CompleteWithUsage {
+                    worker: worker.clone(),
                     items: completions,
-                },
-            );
+                }
+            };
+            self.push(proposals, Kind::Complete, refs, cmd);
         }
         if !failures.is_empty() {
-            let refs = failures.iter().map(|f| (f.job_id, f.attempt)).collect();
-            self.push(
-                proposals,
-                Kind::Fail,
-                refs,
+            let refs = failures
+                .iter()
+                .map(|(f, _)| (f.job_id, f.attempt))
+                .collect();
+            let cmd = if failures.iter().all(|(_, u)| u.is_empty()) {
                 Command::Fail {
                     worker,
+                    items: failures.into_iter().map(|(f, _)| f).collect(),
+                }
+            } else {
+                Command::FailWithUsage {
+                    worker,
                     items: failures,
-                },
-            );
+                }
+            };
+            self.push(proposals, Kind::Fail, refs, cmd);
         }
         self.sync_entry();
         Ok(())
@@ -738,6 +765,42 @@ impl Session {
             .send(Ok(pb::ServerMessage { msg: Some(msg) }))
             .await
             .is_ok()
+    }
+
+    /// What a worker reported a job used. A cost or name that is not
+    /// valid is left out and logged: the result itself still counts.
+    fn usage(
+        &self,
+        job_id: JobId,
+        cost_usd: f64,
+        named: std::collections::HashMap<String, u64>,
+    ) -> Usage {
+        let worker = &self.registration.entry.worker_id;
+        let cost_micros = match crate::policies::check_usd(cost_usd) {
+            Ok(()) => crate::policies::usd_to_micros(cost_usd),
+            Err(e) => {
+                tracing::warn!(event = "worker_usage_refused", worker_id = %worker, job_id, cost_usd, "a reported cost_usd {e}; left out");
+                0
+            }
+        };
+        let mut usage = Usage {
+            cost_micros,
+            named: Default::default(),
+        };
+        for (name, n) in named {
+            let valid = usage.named.len() < MAX_USAGE_NAMES
+                && (1..=64).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if valid {
+                usage.named.insert(name, n);
+            } else {
+                tracing::warn!(event = "worker_usage_refused", worker_id = %worker, job_id, name = %name.chars().take(80).collect::<String>(),
+                    "a usage name must be 1 to 64 characters of A-Z a-z 0-9 _ . -, at most 16 per result; left out");
+            }
+        }
+        usage
     }
 
     /// A lease came back with a result: a quick one grows the batch.

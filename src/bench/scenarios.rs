@@ -192,6 +192,7 @@ pub(super) async fn mixed(mut args: BenchArgs) -> Result<(), BenchError> {
                             Err(JobFailure {
                                 class: "flaky".into(),
                                 message: "fails once".into(),
+                                ..Default::default()
                             })
                         } else {
                             Ok(Bytes::new())

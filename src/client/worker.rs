@@ -25,24 +25,52 @@ use crate::proto::v1::worker_service_client::WorkerServiceClient;
 
 /// Why a job failed, as the worker reports it. `class` selects the retry
 /// behaviour; `message` is kept on the job for operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobFailure {
     pub class: String,
     pub message: String,
+    /// What the failed attempt used; it counts against the run's budgets.
+    pub usage: JobUsage,
 }
 
-/// Runs one job. Implemented for any `Fn(LeasedJob) -> impl Future`.
+/// What one attempt of a job used: its cost in USD and named amounts
+/// (`tokens_in`), counted against its run's budgets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobUsage {
+    pub cost_usd: f64,
+    pub named: HashMap<String, u64>,
+}
+
+/// A job's result, with what it used. A handler may return plain `Bytes`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobOutput {
+    pub result: Bytes,
+    pub usage: JobUsage,
+}
+
+impl From<Bytes> for JobOutput {
+    fn from(result: Bytes) -> JobOutput {
+        JobOutput {
+            result,
+            usage: JobUsage::default(),
+        }
+    }
+}
+
+/// Runs one job. Implemented for any `Fn(LeasedJob) -> impl Future` whose
+/// output is `Result<Bytes, JobFailure>` or `Result<JobOutput, JobFailure>`.
 pub trait Handler: Send + Sync + 'static {
-    fn run(&self, job: pb::LeasedJob) -> BoxFuture<'static, Result<Bytes, JobFailure>>;
+    fn run(&self, job: pb::LeasedJob) -> BoxFuture<'static, Result<JobOutput, JobFailure>>;
 }
 
-impl<F, Fut> Handler for F
+impl<F, Fut, T> Handler for F
 where
     F: Fn(pb::LeasedJob) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Bytes, JobFailure>> + Send + 'static,
+    Fut: Future<Output = Result<T, JobFailure>> + Send + 'static,
+    T: Into<JobOutput>,
 {
-    fn run(&self, job: pb::LeasedJob) -> BoxFuture<'static, Result<Bytes, JobFailure>> {
-        (self)(job).boxed()
+    fn run(&self, job: pb::LeasedJob) -> BoxFuture<'static, Result<JobOutput, JobFailure>> {
+        (self)(job).map(|r| r.map(Into::into)).boxed()
     }
 }
 
@@ -117,7 +145,7 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 struct Done {
     job_id: u64,
     attempt: u32,
-    result: Result<Bytes, JobFailure>,
+    result: Result<JobOutput, JobFailure>,
 }
 
 /// The state that outlives a single stream.
@@ -426,6 +454,7 @@ impl<H: Handler> Runtime<H> {
                                 Err(JobFailure {
                                     class: "handler_panicked".into(),
                                     message: "the job handler panicked".into(),
+                                    usage: JobUsage::default(),
                                 })
                             });
                         let _ = tx.send(Done {
@@ -510,12 +539,14 @@ impl<H: Handler> Runtime<H> {
             self.forget_held(d.job_id, d.attempt);
             self.recent.insert((d.job_id, d.attempt));
             match &d.result {
-                Ok(result) => {
-                    bytes += result.len();
+                Ok(out) => {
+                    bytes += out.result.len();
                     completions.push(pb::Completion {
                         job_id: d.job_id,
                         attempt: d.attempt,
-                        result: result.clone(),
+                        result: out.result.clone(),
+                        cost_usd: out.usage.cost_usd,
+                        usage: out.usage.named.clone(),
                     })
                 }
                 Err(f) => {
@@ -525,6 +556,8 @@ impl<H: Handler> Runtime<H> {
                         attempt: d.attempt,
                         error_class: f.class.clone(),
                         message: f.message.clone(),
+                        cost_usd: f.usage.cost_usd,
+                        usage: f.usage.named.clone(),
                     })
                 }
             }
