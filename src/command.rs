@@ -166,13 +166,13 @@ pub enum Command {
     OverrideRun {
         tenant: String,
         run: String,
-        limits: crate::policies::Budgets,
+        limits: Box<crate::policies::Budgets>,
     },
     /// A tenant's run limits and daily cap as an operator set them, in
     /// place of its config's (sent wrapped in an audit record).
     SetTenantBudgets {
         tenant: String,
-        budgets: crate::policies::Budgets,
+        budgets: Box<crate::policies::Budgets>,
     },
 }
 
@@ -256,11 +256,11 @@ pub enum Audited {
     OverrideRun {
         tenant: String,
         run: String,
-        limits: crate::policies::Budgets,
+        limits: Box<crate::policies::Budgets>,
     },
     SetTenantBudgets {
         tenant: String,
-        budgets: crate::policies::Budgets,
+        budgets: Box<crate::policies::Budgets>,
     },
 }
 
@@ -327,11 +327,11 @@ impl Audited {
             } => Command::OverrideRun {
                 tenant: tenant.clone(),
                 run: run.clone(),
-                limits: *limits,
+                limits: limits.clone(),
             },
             Audited::SetTenantBudgets { tenant, budgets } => Command::SetTenantBudgets {
                 tenant: tenant.clone(),
-                budgets: *budgets,
+                budgets: budgets.clone(),
             },
         }
     }

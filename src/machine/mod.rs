@@ -559,9 +559,9 @@ impl Machine {
                 tenant,
                 run,
                 limits,
-            } => self.override_run(now, tenant, run, *limits)?,
+            } => self.override_run(now, tenant, run, **limits)?,
             Command::SetTenantBudgets { tenant, budgets } => {
-                self.set_tenant_budgets(now, tenant, *budgets)?
+                self.set_tenant_budgets(now, tenant, **budgets)?
             }
         })
     }
