@@ -1930,3 +1930,240 @@ fn a_lease_past_its_timeout_fails_with_class_timeout_however_well_it_heartbeats(
     let reopened = Machine::open(h.m.tree().clone()).unwrap();
     assert_eq!(reopened.next_due_ms(), h.m.next_due_ms());
 }
+
+fn budget_policies(budgets: crate::policies::Budgets) -> Command {
+    Command::SetPolicies {
+        policies: crate::policies::Policies {
+            jobs: CFG,
+            budgets,
+            ..Default::default()
+        },
+    }
+}
+
+fn run_job(tenant: &str, run: &str) -> NewJob {
+    NewJob {
+        tenant: tenant.into(),
+        run_id: run.into(),
+        ..new_job("q", 3)
+    }
+}
+
+fn enqueue_run(h: &mut Harness, at: u64, run: &str) -> Outcome {
+    h.run(
+        at,
+        Command::Enqueue {
+            jobs: vec![run_job("acme", run)],
+        },
+    )
+}
+
+fn complete_costing(h: &mut Harness, at: u64, id: JobId, attempt: u32, micros: u64) {
+    let usage = crate::command::Usage {
+        cost_micros: micros,
+        named: [("tokens_in".to_string(), 100)].into_iter().collect(),
+    };
+    let items = vec![(
+        Completion {
+            job_id: id,
+            attempt,
+            result: Bytes::new(),
+        },
+        usage,
+    )];
+    match h.run(
+        at,
+        Command::CompleteWithUsage {
+            worker: "w".into(),
+            items,
+        },
+    ) {
+        Outcome::Acks(v) => assert!(v[0].is_ok(), "{v:?}"),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn a_run_is_held_exactly_at_its_cost_budget_and_an_override_releases_it() {
+    let mut h = Harness::new();
+    h.run(
+        0,
+        budget_policies(crate::policies::Budgets {
+            cost_micros: Some(50_000),
+            ..Default::default()
+        }),
+    );
+    for i in 0..5 {
+        enqueue_run(&mut h, 1 + i, "r1");
+    }
+    for n in 0..3u64 {
+        let leased = h.lease(10 + n * 10, "w", &["q"], 1);
+        assert_eq!(leased.len(), 1, "job {n} of the run is leased");
+        complete_costing(&mut h, 15 + n * 10, leased[0].id, 1, 20_000);
+    }
+    // 0.06 of 0.05 USD: held after the third, not one job later.
+    let run = h.m.reader().run("acme", "r1").unwrap().unwrap();
+    assert_eq!(run.over.as_deref(), Some("cost_usd"));
+    assert_eq!(run.usage.cost_micros, 60_000);
+    assert_eq!(run.usage.named["tokens_in"], 300);
+    assert_eq!((run.enqueued, run.succeeded), (5, 3));
+    let other = h.enqueue(45, "q", 3);
+    let leased = h.lease(50, "w", &["q"], 5);
+    assert_eq!(
+        leased.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![other],
+        "the held run's jobs wait; others go on"
+    );
+    match enqueue_run(&mut h, 51, "r1") {
+        Outcome::Rejected(Refusal::BudgetExceeded { budget, usage, .. }) => {
+            assert_eq!(budget, "cost_usd");
+            assert_eq!(usage, "0.06 of 0.05 USD");
+        }
+        o => panic!("{o:?}"),
+    }
+    assert!(matches!(
+        enqueue_run(&mut h, 52, "r2"),
+        Outcome::Enqueued(_)
+    ));
+    assert_eq!(h.m.stats().budgets.runs_over_budget, 1);
+    assert_eq!(h.m.stats().budgets.totals.exceeded["cost_usd"]["acme"], 1);
+    assert!(matches!(
+        h.m.take_run_events().first(),
+        Some(runs::RunEvent::BudgetExceeded { .. })
+    ));
+
+    let unknown = Command::OverrideRun {
+        tenant: "acme".into(),
+        run: "nope".into(),
+        limits: Box::default(),
+    };
+    assert!(matches!(
+        h.run(60, unknown),
+        Outcome::Rejected(Refusal::UnknownRun { .. })
+    ));
+    let raise = Command::OverrideRun {
+        tenant: "acme".into(),
+        run: "r1".into(),
+        limits: Box::new(crate::policies::Budgets {
+            cost_micros: Some(100_000),
+            ..Default::default()
+        }),
+    };
+    assert_eq!(h.run(61, raise), Outcome::RunBudget { over: None });
+    let leased = h.lease(62, "w", &["q"], 5);
+    assert_eq!(leased.len(), 3, "the run's two and r2's: {leased:?}");
+
+    // The same log gives the same usage and state on another node.
+    let digest = h.m.digest().unwrap();
+    let mut fresh = Harness::new();
+    for (i, e) in h.log.iter().enumerate() {
+        fresh.m.apply(i as u64 + 1, 1, e).unwrap();
+    }
+    fresh.m.commit().unwrap();
+    assert_eq!(fresh.m.digest().unwrap(), digest);
+    assert_eq!(
+        fresh.m.reader().run("acme", "r1").unwrap(),
+        h.m.reader().run("acme", "r1").unwrap()
+    );
+}
+
+#[test]
+fn attempts_and_time_budgets_hold_at_their_limits() {
+    let mut h = Harness::new();
+    h.run(
+        0,
+        budget_policies(crate::policies::Budgets {
+            attempts: Some(2),
+            time_ms: Some(1_000),
+            ..Default::default()
+        }),
+    );
+    for i in 0..4 {
+        enqueue_run(&mut h, 1 + i, "a");
+    }
+    assert_eq!(
+        h.lease(10, "w", &["q"], 5).len(),
+        2,
+        "two attempts, no more"
+    );
+    assert_eq!(
+        h.m.reader()
+            .run("acme", "a")
+            .unwrap()
+            .unwrap()
+            .over
+            .as_deref(),
+        Some("attempts")
+    );
+
+    let mut h = Harness::new();
+    h.run(
+        0,
+        budget_policies(crate::policies::Budgets {
+            time_ms: Some(1_000),
+            ..Default::default()
+        }),
+    );
+    for i in 0..3 {
+        enqueue_run(&mut h, 1 + i, "t");
+    }
+    let first = h.lease(10, "w", &["q"], 1)[0].id;
+    h.complete(610, first, 1).unwrap();
+    let second = h.lease(620, "w", &["q"], 1)[0].id;
+    assert!(h
+        .m
+        .reader()
+        .run("acme", "t")
+        .unwrap()
+        .unwrap()
+        .over
+        .is_none());
+    h.complete(1_020, second, 1).unwrap();
+    let run = h.m.reader().run("acme", "t").unwrap().unwrap();
+    assert_eq!(
+        (run.usage.lease_ms, run.over.as_deref()),
+        (1_000, Some("time"))
+    );
+    assert!(h.lease(1_030, "w", &["q"], 1).is_empty());
+    assert_eq!(h.job(second).lease_ms, 400);
+}
+
+#[test]
+fn a_tenant_over_its_daily_cap_waits_for_the_next_utc_day() {
+    const DAY: u64 = 86_400_000;
+    let mut h = Harness::new();
+    let mut policies = crate::policies::Policies {
+        jobs: CFG,
+        ..Default::default()
+    };
+    policies.tenants.insert(
+        "acme".into(),
+        crate::policies::TenantPolicy {
+            budgets: crate::policies::Budgets {
+                daily_cost_cap_micros: Some(1_000_000),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    h.run(0, Command::SetPolicies { policies });
+    let start = 10 * DAY + 1_000;
+    for i in 0..3 {
+        enqueue_run(&mut h, start + i, "");
+    }
+    let id = h.lease(start + 10, "w", &["q"], 1)[0].id;
+    complete_costing(&mut h, start + 20, id, 1, 1_000_000);
+    assert!(h.m.stats().budgets.capped_tenants.contains("acme"));
+    assert!(h.lease(start + 30, "w", &["q"], 5).is_empty());
+    assert!(matches!(
+        enqueue_run(&mut h, start + 40, "x"),
+        Outcome::Rejected(Refusal::BudgetExceeded { .. })
+    ));
+    // Still the same UTC day of the log's time.
+    h.run(11 * DAY - 1, Command::Tick);
+    assert!(h.lease(11 * DAY - 1, "w", &["q"], 5).is_empty());
+    // The next day frees it.
+    h.run(11 * DAY, Command::Tick);
+    assert!(h.m.stats().budgets.capped_tenants.is_empty());
+    assert_eq!(h.lease(11 * DAY + 1, "w", &["q"], 5).len(), 2);
+}
