@@ -10,6 +10,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use crate::driver::NodeStatus;
 use crate::machine::MachineStats;
 
+/// The histogram of what each finished run used of each budget.
+pub const RUN_BUDGET_RATIO: &str = "drover_run_budget_used_ratio";
+
 /// What one scrape renders.
 pub struct Scrape<'a> {
     pub stats: &'a MachineStats,
@@ -37,7 +40,18 @@ impl Metrics {
     pub fn install() -> Metrics {
         let handle = HANDLE
             .get_or_init(|| {
-                let recorder = PrometheusBuilder::new().build_recorder();
+                let builder = PrometheusBuilder::new();
+                // Used over budget per finished run: buckets around 1 (all
+                // of it), so alerts can see runs that came close.
+                let builder = builder
+                    .set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(
+                            RUN_BUDGET_RATIO.to_string(),
+                        ),
+                        &[0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 2.0],
+                    )
+                    .unwrap_or_else(|_| PrometheusBuilder::new());
+                let recorder = builder.build_recorder();
                 let handle = recorder.handle();
                 // Fails only if another recorder is installed already; ours
                 // still renders what we set through it then.
@@ -129,6 +143,24 @@ impl Metrics {
         metrics::gauge!("drover_data_dir_bytes").set(disk_usage(scrape.data_dir) as f64);
         metrics::gauge!("drover_active_workers").set(scrape.active_workers as f64);
         metrics::gauge!("drover_workers_quarantined").set(stats.quarantined.len() as f64);
+        let b = &stats.budgets;
+        metrics::gauge!("drover_runs_over_budget").set(b.runs_over_budget as f64);
+        metrics::gauge!("drover_tenants_over_daily_cap").set(b.capped_tenants.len() as f64);
+        for (budget, tenants) in &b.totals.exceeded {
+            for (tenant, n) in tenants {
+                metrics::counter!("drover_budget_exceeded_total", "budget" => budget.clone(), "tenant" => tenant.clone())
+                    .absolute(*n);
+            }
+        }
+        // Counters hold integers: cost in millionths of a USD.
+        for (tenant, micros) in &b.totals.cost_micros {
+            metrics::counter!("drover_tenant_cost_microusd_total", "tenant" => tenant.clone())
+                .absolute(*micros);
+        }
+        for (tenant, ms) in &b.totals.lease_ms {
+            metrics::counter!("drover_tenant_lease_seconds_total", "tenant" => tenant.clone())
+                .absolute(ms / 1000);
+        }
         let st = scrape.status;
         metrics::gauge!("drover_raft_term").set(st.term as f64);
         metrics::gauge!("drover_raft_commit_index").set(st.commit_index as f64);

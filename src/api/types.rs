@@ -1078,3 +1078,152 @@ pub struct TimelineBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<ProgressBody>,
 }
+
+/// One budget of a run: its limit, what was used, what is left (USD for
+/// `cost_usd`, seconds for `time`, leases for `attempts`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BudgetUseBody {
+    pub budget: String,
+    pub limit: f64,
+    pub used: f64,
+    pub remaining: f64,
+}
+
+impl From<crate::machine::runs::BudgetUse> for BudgetUseBody {
+    fn from(u: crate::machine::runs::BudgetUse) -> BudgetUseBody {
+        let unit = |v: u64| match u.budget {
+            "cost_usd" | "daily_cost_cap_usd" => crate::policies::micros_to_usd(v),
+            "time" => v as f64 / 1000.0,
+            _ => v as f64,
+        };
+        BudgetUseBody {
+            budget: u.budget.to_string(),
+            limit: unit(u.limit),
+            used: unit(u.used),
+            remaining: unit(u.limit.saturating_sub(u.used)),
+        }
+    }
+}
+
+/// A run's budgets and what it used.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunBudgetBody {
+    pub tenant: String,
+    pub run: String,
+    /// `active`, `held` (over a budget, or its tenant over its daily cap)
+    /// or `done` (every job finished).
+    pub state: String,
+    /// The budget that holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
+    /// Each budget that is set, with its limit, use and what is left.
+    pub budgets: Vec<BudgetUseBody>,
+    pub cost_usd: f64,
+    pub lease_ms: u64,
+    pub attempts: u64,
+    /// Named usage its workers reported (`tokens_in`...), summed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage: BTreeMap<String, u64>,
+}
+
+/// A run's jobs by how they ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunJobsBody {
+    pub enqueued: u64,
+    /// Ready, scheduled or leased.
+    pub unfinished: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+/// A run: its jobs, budgets and when it was active.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunBody {
+    pub tenant: String,
+    pub run: String,
+    pub first_at_ms: u64,
+    pub last_at_ms: u64,
+    pub jobs: RunJobsBody,
+    pub budget: RunBudgetBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunsBody {
+    pub runs: Vec<RunBody>,
+    /// Give it as `after` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `POST /api/v1/runs/{run}/override`: the run's new limits (those given;
+/// the others stay), and why (or the `X-Drover-Reason` header).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideBody {
+    /// The run's tenant (default `default`).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    /// A duration: `"1h"`.
+    #[serde(default)]
+    pub time: Option<String>,
+    #[serde(default)]
+    pub attempts: Option<u64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A tenant's run limits and daily cap (`PUT /api/v1/tenants/{tenant}/budgets`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantBudgetsBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// A duration: `"30m"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_cost_cap_usd: Option<f64>,
+}
+
+impl From<crate::policies::Budgets> for TenantBudgetsBody {
+    fn from(b: crate::policies::Budgets) -> TenantBudgetsBody {
+        TenantBudgetsBody {
+            cost_usd: b.cost_micros.map(crate::policies::micros_to_usd),
+            time: b.time_ms.map(config_ms),
+            attempts: b.attempts,
+            daily_cost_cap_usd: b
+                .daily_cost_cap_micros
+                .map(crate::policies::micros_to_usd),
+        }
+    }
+}
+
+/// What jobs cost, summed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CostSumBody {
+    pub jobs: u64,
+    pub cost_usd: f64,
+    pub lease_ms: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage: BTreeMap<String, u64>,
+}
+
+/// `GET /api/v1/costs`: the jobs that finished since a time, their cost and
+/// named usage summed by tenant, run, queue and job type.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CostsBody {
+    pub since_ms: u64,
+    pub total: CostSumBody,
+    pub by_tenant: BTreeMap<String, CostSumBody>,
+    /// Keyed `tenant/run`.
+    pub by_run: BTreeMap<String, CostSumBody>,
+    pub by_queue: BTreeMap<String, CostSumBody>,
+    pub by_job_type: BTreeMap<String, CostSumBody>,
+    /// More jobs finished than one request sums: narrow `since` or `tenant`.
+    pub truncated: bool,
+}

@@ -1079,6 +1079,19 @@ impl Driver {
         for e in &revoked {
             tracing::warn!(event = e.event, what = e.what, job_id = e.job_id, queue = %e.queue, worker = %e.worker, attempt = e.attempt, "a lease ended without a result");
         }
+        for e in self.machine.take_run_events() {
+            match e {
+                crate::machine::runs::RunEvent::BudgetExceeded { tenant, run, over } => {
+                    tracing::warn!(event = "budget_exceeded", %tenant, %run, budget = over.budget, usage = %over.describe(), "a budget is used up: its jobs are held until an override (drover runs override) or a higher limit");
+                }
+                crate::machine::runs::RunEvent::Finished { uses, .. } => {
+                    for u in uses {
+                        metrics::histogram!(crate::metrics::RUN_BUDGET_RATIO, "budget" => u.budget)
+                            .record(u.ratio());
+                    }
+                }
+            }
+        }
         if !revoked.is_empty() && self.revoked_tx.receiver_count() > 0 {
             let _ = self.revoked_tx.send(revoked.into());
         }

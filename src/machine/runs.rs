@@ -139,6 +139,24 @@ pub enum RunEvent {
     },
 }
 
+/// A run's limits: its own, else its tenant's as an operator set them,
+/// else its tenant's config's, else `[budgets]`.
+fn resolve_limits(
+    policies: &crate::policies::Policies,
+    tenant_set: Option<Budgets>,
+    tenant: &str,
+    own: Budgets,
+) -> Budgets {
+    let configured = policies
+        .tenants
+        .get(tenant)
+        .map(|t| t.budgets)
+        .unwrap_or_default();
+    own.or(tenant_set.unwrap_or_default())
+        .or(configured)
+        .or(policies.budgets)
+}
+
 pub(super) fn run_key(tenant: &str, run: &str) -> String {
     format!("{tenant}\0{run}")
 }
@@ -225,19 +243,12 @@ impl Machine {
     /// The limits a run of `tenant` is under, with the run's own `limits`
     /// first.
     pub(super) fn run_limits(&self, tenant: &str, limits: Budgets) -> Budgets {
-        let set = self
-            .runs
-            .tenant_budgets
-            .get(tenant)
-            .copied()
-            .unwrap_or_default();
-        let configured = self
-            .policies
-            .tenants
-            .get(tenant)
-            .map(|t| t.budgets)
-            .unwrap_or_default();
-        limits.or(set).or(configured).or(self.policies.budgets)
+        resolve_limits(
+            &self.policies,
+            self.runs.tenant_budgets.get(tenant).copied(),
+            tenant,
+            limits,
+        )
     }
 
     /// Changes a run's record with `change`, then holds or releases it by
@@ -618,6 +629,28 @@ impl JobReader {
             Some(v) => Ok(Some(decode(&k, &v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Each budget set for the run, with its use, and the budget that holds
+    /// it (its own, or its tenant's daily cap), if one does.
+    pub fn run_budget(
+        &self,
+        rec: &RunRecord,
+    ) -> Result<(Vec<BudgetUse>, Option<String>), MachineError> {
+        let limits = resolve_limits(
+            &self.policies()?,
+            self.tenant_budgets(&rec.tenant)?,
+            &rec.tenant,
+            rec.limits,
+        );
+        let held_by = match &rec.over {
+            Some(b) => Some(b.clone()),
+            None => self
+                .tenant_day(&rec.tenant)?
+                .capped
+                .then(|| "daily_cost_cap_usd".to_string()),
+        };
+        Ok((budget_uses(&limits, &rec.usage), held_by))
     }
 
     /// The budget holding `job`'s run or tenant, if one does.

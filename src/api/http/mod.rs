@@ -12,6 +12,7 @@ mod jobs;
 pub mod openapi;
 mod probes;
 mod queues;
+mod runs;
 mod schedules;
 mod tenants;
 mod workers;
@@ -19,7 +20,7 @@ mod workers;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query};
 use axum::http::Method;
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 
 use crate::api::auth::{Access, Auth, Rule};
@@ -84,6 +85,22 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
         ),
         route(Method::GET, "/api/v1/dead", Read, get(dead::list)),
         route(Method::GET, "/api/v1/breakers", Read, get(breakers::list)),
+        route(Method::GET, "/api/v1/runs", Read, get(runs::list)),
+        route(Method::GET, "/api/v1/runs/{run}", Read, get(runs::get_run)),
+        route(Method::GET, "/api/v1/runs/{run}/budget", Read, get(runs::budget)),
+        route(Method::GET, "/api/v1/costs", Read, get(runs::costs)),
+        route(
+            Method::POST,
+            "/api/v1/runs/{run}/override",
+            Operate,
+            post(runs::override_run),
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/tenants/{tenant}/budgets",
+            Admin,
+            put(runs::set_tenant_budgets),
+        ),
         route(
             Method::POST,
             "/api/v1/breakers/reset",

@@ -56,6 +56,12 @@ use utoipa::{Modify, OpenApi};
         super::workers::shutdown_all,
         super::workers::shutdown_one,
         super::workers::release,
+        super::runs::list,
+        super::runs::get_run,
+        super::runs::budget,
+        super::runs::costs,
+        super::runs::override_run,
+        super::runs::set_tenant_budgets,
     ),
     components(schemas(
         crate::api::types::ErrorBody,

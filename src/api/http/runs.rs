@@ -1,0 +1,363 @@
+//! Runs: a run's jobs and budgets, the runs of a tenant, overrides;
+//! tenants' budgets; what jobs cost.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use serde::Deserialize;
+
+use super::dead::parse_since;
+use super::{body, query, HttpState};
+use crate::api::auth::Caller;
+use crate::api::types::{
+    BudgetUseBody, CostSumBody, CostsBody, OverrideBody, RunBody, RunBudgetBody, RunJobsBody,
+    RunsBody, TenantBudgetsBody,
+};
+use crate::api::ErrorResponses;
+use crate::command::{Audited, Outcome};
+use crate::error::Error;
+use crate::job::{Job, JobState, DEFAULT_NAME};
+use crate::machine::find::JobQuery;
+use crate::machine::runs::RunRecord;
+use crate::policies::{check_usd, usd_to_micros, Budgets};
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TenantQuery {
+    /// The run's tenant (default `default`).
+    tenant: Option<String>,
+}
+
+fn tenant_of(tenant: Option<String>) -> Result<String, Error> {
+    let tenant = tenant.unwrap_or_else(|| DEFAULT_NAME.to_string());
+    crate::job::validate_name("tenant", &tenant)?;
+    Ok(tenant)
+}
+
+fn run_body(s: &HttpState, rec: RunRecord) -> Result<RunBody, Error> {
+    let (uses, held_by) = s.app.driver.reader().run_budget(&rec)?;
+    let state = if held_by.is_some() {
+        "held"
+    } else if rec.unfinished() == 0 {
+        "done"
+    } else {
+        "active"
+    };
+    Ok(RunBody {
+        jobs: RunJobsBody {
+            enqueued: rec.enqueued,
+            unfinished: rec.unfinished(),
+            succeeded: rec.succeeded,
+            dead: rec.dead,
+            cancelled: rec.cancelled,
+        },
+        budget: RunBudgetBody {
+            tenant: rec.tenant.clone(),
+            run: rec.run.clone(),
+            state: state.into(),
+            held_by,
+            budgets: uses.into_iter().map(BudgetUseBody::from).collect(),
+            cost_usd: crate::policies::micros_to_usd(rec.usage.cost_micros),
+            lease_ms: rec.usage.lease_ms,
+            attempts: rec.usage.attempts,
+            usage: rec.usage.named.clone(),
+        },
+        tenant: rec.tenant,
+        run: rec.run,
+        first_at_ms: rec.first_at_ms,
+        last_at_ms: rec.last_at_ms,
+    })
+}
+
+async fn find_run(s: &HttpState, tenant: &str, run: &str) -> Result<RunRecord, Error> {
+    crate::job::validate_name("run", run)?;
+    s.app.router.read_barrier().await?;
+    s.app.driver.reader().run(tenant, run)?.ok_or_else(|| {
+        Error::Refused(crate::command::Refusal::UnknownRun {
+            tenant: tenant.to_string(),
+            run: run.to_string(),
+        })
+    })
+}
+
+/// A run: its jobs by how they ended, its budgets and what it used.
+#[utoipa::path(get, path = "/api/v1/runs/{run}", tag = "runs",
+    params(("run" = String, Path), TenantQuery),
+    responses((status = 200, body = RunBody), ErrorResponses))]
+pub(super) async fn get_run(
+    State(s): State<HttpState>,
+    Path(run): Path<String>,
+    q: Result<Query<TenantQuery>, QueryRejection>,
+) -> Result<Json<RunBody>, Error> {
+    let tenant = tenant_of(query(q)?.tenant)?;
+    let rec = find_run(&s, &tenant, &run).await?;
+    Ok(Json(run_body(&s, rec)?))
+}
+
+/// A run's budgets: limits, use, what is left, and whether it is held.
+#[utoipa::path(get, path = "/api/v1/runs/{run}/budget", tag = "runs",
+    params(("run" = String, Path), TenantQuery),
+    responses((status = 200, body = RunBudgetBody), ErrorResponses))]
+pub(super) async fn budget(
+    State(s): State<HttpState>,
+    Path(run): Path<String>,
+    q: Result<Query<TenantQuery>, QueryRejection>,
+) -> Result<Json<RunBudgetBody>, Error> {
+    let tenant = tenant_of(query(q)?.tenant)?;
+    let rec = find_run(&s, &tenant, &run).await?;
+    Ok(Json(run_body(&s, rec)?.budget))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunsQuery {
+    tenant: Option<String>,
+    /// `active`, `held` or `done`.
+    state: Option<String>,
+    /// The `next` of the page before.
+    after: Option<String>,
+    /// 1 to 1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// Runs, by tenant then run id, a page at a time.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "runs", params(RunsQuery),
+    responses((status = 200, body = RunsBody), ErrorResponses))]
+pub(super) async fn list(
+    State(s): State<HttpState>,
+    q: Result<Query<RunsQuery>, QueryRejection>,
+) -> Result<Json<RunsBody>, Error> {
+    let q = query(q)?;
+    if let Some(t) = &q.tenant {
+        crate::job::validate_name("tenant", t)?;
+    }
+    if let Some(state) = &q.state {
+        if !["active", "held", "done"].contains(&state.as_str()) {
+            return Err(Error::invalid(
+                "state",
+                format!("{state:?} is not active, held or done"),
+            ));
+        }
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::invalid("limit", format!("{limit} is not 1 to 1000")));
+    }
+    let after = match &q.after {
+        Some(a) => Some(a.split_once('/').ok_or_else(|| {
+            Error::invalid("after", format!("{a:?} is not a cursor this API gave out (tenant/run)"))
+        })?),
+        None => None,
+    };
+    s.app.router.read_barrier().await?;
+    let reader = s.app.driver.reader();
+    // A page examines a bounded number of runs, whatever the filter.
+    let scanned = reader.runs(q.tenant.as_deref(), after, limit * 10)?;
+    let mut runs = Vec::new();
+    let mut next = None;
+    for rec in scanned.iter() {
+        let cursor = format!("{}/{}", rec.tenant, rec.run);
+        let body = run_body(&s, rec.clone())?;
+        if q.state.as_deref().is_none_or(|st| st == body.budget.state) {
+            runs.push(body);
+        }
+        if runs.len() == limit {
+            next = Some(cursor);
+            break;
+        }
+    }
+    if next.is_none() && scanned.len() == limit * 10 {
+        next = scanned.last().map(|r| format!("{}/{}", r.tenant, r.run));
+    }
+    Ok(Json(RunsBody { runs, next }))
+}
+
+fn usd(field: &'static str, v: Option<f64>) -> Result<Option<u64>, Error> {
+    v.map(|usd| {
+        check_usd(usd)
+            .map(|()| usd_to_micros(usd))
+            .map_err(|e| Error::invalid(field, format!("{usd} {e}")))
+    })
+    .transpose()
+}
+
+fn duration(field: &'static str, v: &Option<String>) -> Result<Option<u64>, Error> {
+    v.as_deref()
+        .map(|d| {
+            crate::wire::parse_duration_ms(d, crate::wire::MAX_DELAY)
+                .map_err(|reason| Error::invalid(field, reason))
+        })
+        .transpose()
+}
+
+/// Raise one run's limits (those given), with a reason for the audit log;
+/// its held jobs are released if it is under its limits now.
+#[utoipa::path(post, path = "/api/v1/runs/{run}/override", tag = "runs",
+    params(("run" = String, Path)), request_body = OverrideBody,
+    responses((status = 200, body = RunBudgetBody), ErrorResponses))]
+pub(super) async fn override_run(
+    State(s): State<HttpState>,
+    Extension(mut caller): Extension<Caller>,
+    Path(run): Path<String>,
+    b: Result<Json<OverrideBody>, JsonRejection>,
+) -> Result<Json<RunBudgetBody>, Error> {
+    let b = body(b)?;
+    crate::job::validate_name("run", &run)?;
+    let tenant = tenant_of(b.tenant)?;
+    if let Some(reason) = b.reason.filter(|r| !r.trim().is_empty()) {
+        caller.reason = reason.chars().take(1024).collect();
+    }
+    if caller.reason.trim().is_empty() {
+        return Err(Error::invalid(
+            "reason",
+            "an override needs a reason (--reason TEXT, or the X-Drover-Reason header): it goes into the audit log",
+        ));
+    }
+    let limits = Budgets {
+        cost_micros: usd("cost_usd", b.cost_usd)?,
+        time_ms: duration("time", &b.time)?,
+        attempts: b.attempts,
+        daily_cost_cap_micros: None,
+    };
+    if limits == Budgets::default() {
+        return Err(Error::invalid(
+            "limits",
+            "name a limit to raise: cost_usd, time or attempts",
+        ));
+    }
+    let outcome = s
+        .app
+        .audited(
+            &caller,
+            "runs.override",
+            format!("run {run} of tenant {tenant}"),
+            Audited::OverrideRun {
+                tenant: tenant.clone(),
+                run: run.clone(),
+                limits: Box::new(limits),
+            },
+        )
+        .await?;
+    match outcome {
+        Outcome::RunBudget { over } => {
+            tracing::info!(event = "budget_override", %tenant, %run, still_over = ?over, who = %caller.name, reason = %caller.reason, "a run's limits were raised");
+        }
+        Outcome::Rejected(refusal) => return Err(Error::Refused(refusal)),
+        other => return Err(Error::Driver(format!("unexpected outcome {other:?}"))),
+    }
+    let rec = find_run(&s, &tenant, &run).await?;
+    Ok(Json(run_body(&s, rec)?.budget))
+}
+
+/// Set a tenant's run limits and daily cost cap, in place of its config's;
+/// its held runs and its cap are weighed again.
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/budgets", tag = "runs",
+    params(("tenant" = String, Path)), request_body = TenantBudgetsBody,
+    responses((status = 200, body = TenantBudgetsBody), ErrorResponses))]
+pub(super) async fn set_tenant_budgets(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(tenant): Path<String>,
+    b: Result<Json<TenantBudgetsBody>, JsonRejection>,
+) -> Result<Json<TenantBudgetsBody>, Error> {
+    let b = body(b)?;
+    crate::job::validate_name("tenant", &tenant)?;
+    let budgets = Budgets {
+        cost_micros: usd("cost_usd", b.cost_usd)?,
+        time_ms: duration("time", &b.time)?,
+        attempts: b.attempts,
+        daily_cost_cap_micros: usd("daily_cost_cap_usd", b.daily_cost_cap_usd)?,
+    };
+    let outcome = s
+        .app
+        .audited(
+            &caller,
+            "budgets.set",
+            format!("tenant {tenant}"),
+            Audited::SetTenantBudgets {
+                tenant: tenant.clone(),
+                budgets: Box::new(budgets),
+            },
+        )
+        .await?;
+    if let Outcome::Rejected(refusal) = outcome {
+        return Err(Error::Refused(refusal));
+    }
+    Ok(Json(budgets.into()))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CostsQuery {
+    tenant: Option<String>,
+    /// A duration ago (`24h`) or a time (RFC 3339); default 24h.
+    since: Option<String>,
+}
+
+/// Most finished jobs one costs request sums.
+const COSTS_MAX_JOBS: usize = 200_000;
+
+fn add(sum: &mut CostSumBody, job: &Job) {
+    sum.jobs += 1;
+    sum.cost_usd += crate::policies::micros_to_usd(job.cost_micros);
+    sum.lease_ms += job.lease_ms;
+    for (name, n) in &job.usage {
+        *sum.usage.entry(name.clone()).or_default() += n;
+    }
+}
+
+/// What the jobs that finished since a time cost, with their named usage,
+/// by tenant, run, queue and job type.
+#[utoipa::path(get, path = "/api/v1/costs", tag = "runs", params(CostsQuery),
+    responses((status = 200, body = CostsBody), ErrorResponses))]
+pub(super) async fn costs(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    q: Result<Query<CostsQuery>, QueryRejection>,
+) -> Result<Json<CostsBody>, Error> {
+    let q = query(q)?;
+    if let Some(t) = &q.tenant {
+        crate::job::validate_name("tenant", t)?;
+    }
+    let since = parse_since("since", q.since.as_deref().unwrap_or("24h"))?;
+    let mut out = CostsBody {
+        since_ms: since,
+        ..CostsBody::default()
+    };
+    let mut seen = 0;
+    for state in [JobState::Succeeded, JobState::Dead, JobState::Cancelled] {
+        let filter = JobQuery {
+            state: Some(state),
+            tenant: q.tenant.clone(),
+            finished_since_ms: Some(since),
+            ..JobQuery::default()
+        };
+        let mut after: Option<String> = None;
+        loop {
+            let page = s
+                .app
+                .list_jobs(&caller, filter.clone(), after.as_deref(), 1000)
+                .await?;
+            for job in &page.jobs {
+                add(&mut out.total, job);
+                add(out.by_tenant.entry(job.tenant.clone()).or_default(), job);
+                if !job.run_id.is_empty() {
+                    let run = format!("{}/{}", job.tenant, job.run_id);
+                    add(out.by_run.entry(run).or_default(), job);
+                }
+                add(out.by_queue.entry(job.queue.clone()).or_default(), job);
+                add(out.by_job_type.entry(job.job_type.clone()).or_default(), job);
+            }
+            seen += page.jobs.len();
+            match page.next {
+                Some(next) if seen < COSTS_MAX_JOBS => after = Some(next),
+                Some(_) => {
+                    out.truncated = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    Ok(Json(out))
+}
