@@ -45,9 +45,7 @@ impl Metrics {
                 // of it), so alerts can see runs that came close.
                 let builder = builder
                     .set_buckets_for_metric(
-                        metrics_exporter_prometheus::Matcher::Full(
-                            RUN_BUDGET_RATIO.to_string(),
-                        ),
+                        metrics_exporter_prometheus::Matcher::Full(RUN_BUDGET_RATIO.to_string()),
                         &[0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 2.0],
                     )
                     .unwrap_or_else(|_| PrometheusBuilder::new());

@@ -747,6 +747,9 @@ impl From<&crate::policies::QueuePolicy> for QueuePolicyBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TenantPolicyBody {
     pub weight: u32,
+    /// `[tenants.NAME.budgets]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<TenantBudgetsBody>,
 }
 
 /// `[retry.JOB_TYPE]` as the config writes it.
@@ -780,6 +783,9 @@ pub struct PoliciesBody {
     pub queues: BTreeMap<String, QueuePolicyBody>,
     pub tenants: BTreeMap<String, TenantPolicyBody>,
     pub retry: BTreeMap<String, RetryPolicyBody>,
+    /// `[budgets]`: every run's limits unless its tenant sets its own.
+    #[serde(default)]
+    pub budgets: TenantBudgetsBody,
 }
 
 impl From<&crate::policies::Policies> for PoliciesBody {
@@ -814,7 +820,14 @@ impl From<&crate::policies::Policies> for PoliciesBody {
             tenants: p
                 .tenants
                 .iter()
-                .map(|(name, t)| (name.clone(), TenantPolicyBody { weight: t.weight }))
+                .map(|(name, t)| {
+                    let body = TenantPolicyBody {
+                        weight: t.weight,
+                        budgets: (t.budgets != crate::policies::Budgets::default())
+                            .then(|| t.budgets.into()),
+                    };
+                    (name.clone(), body)
+                })
                 .collect(),
             retry: p
                 .retry
@@ -833,6 +846,7 @@ impl From<&crate::policies::Policies> for PoliciesBody {
                     (t.clone(), body)
                 })
                 .collect(),
+            budgets: p.budgets.into(),
         }
     }
 }
@@ -1196,9 +1210,7 @@ impl From<crate::policies::Budgets> for TenantBudgetsBody {
             cost_usd: b.cost_micros.map(crate::policies::micros_to_usd),
             time: b.time_ms.map(config_ms),
             attempts: b.attempts,
-            daily_cost_cap_usd: b
-                .daily_cost_cap_micros
-                .map(crate::policies::micros_to_usd),
+            daily_cost_cap_usd: b.daily_cost_cap_micros.map(crate::policies::micros_to_usd),
         }
     }
 }

@@ -60,6 +60,9 @@ impl JobReader {
         if self.breaker_holds(&job.queue, &job.tenant)? {
             return Ok(Some("held: breaker".into()));
         }
+        if let Some(budget) = self.budget_held(job)? {
+            return Ok(Some(format!("held: budget {budget}")));
+        }
         let k = key(limits::PARKED, job.id);
         Ok(match tree.get(k)? {
             Some(v) => Some(decode::<limits::Hold>(&k, &v)?.describe()),

@@ -87,7 +87,12 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
         route(Method::GET, "/api/v1/breakers", Read, get(breakers::list)),
         route(Method::GET, "/api/v1/runs", Read, get(runs::list)),
         route(Method::GET, "/api/v1/runs/{run}", Read, get(runs::get_run)),
-        route(Method::GET, "/api/v1/runs/{run}/budget", Read, get(runs::budget)),
+        route(
+            Method::GET,
+            "/api/v1/runs/{run}/budget",
+            Read,
+            get(runs::budget),
+        ),
         route(Method::GET, "/api/v1/costs", Read, get(runs::costs)),
         route(
             Method::POST,

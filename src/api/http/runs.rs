@@ -145,7 +145,10 @@ pub(super) async fn list(
     }
     let after = match &q.after {
         Some(a) => Some(a.split_once('/').ok_or_else(|| {
-            Error::invalid("after", format!("{a:?} is not a cursor this API gave out (tenant/run)"))
+            Error::invalid(
+                "after",
+                format!("{a:?} is not a cursor this API gave out (tenant/run)"),
+            )
         })?),
         None => None,
     };
@@ -346,7 +349,10 @@ pub(super) async fn costs(
                     add(out.by_run.entry(run).or_default(), job);
                 }
                 add(out.by_queue.entry(job.queue.clone()).or_default(), job);
-                add(out.by_job_type.entry(job.job_type.clone()).or_default(), job);
+                add(
+                    out.by_job_type.entry(job.job_type.clone()).or_default(),
+                    job,
+                );
             }
             seen += page.jobs.len();
             match page.next {

@@ -11,6 +11,7 @@ mod jobs;
 mod local;
 mod policies;
 mod queues;
+mod runs;
 mod schedules;
 mod serve;
 mod snapshot;
@@ -64,6 +65,18 @@ enum Cmd {
         #[command(subcommand)]
         command: breakers::BreakersCmd,
     },
+    /// Runs: their jobs, budgets and overrides.
+    Runs {
+        #[command(subcommand)]
+        command: runs::RunsCmd,
+    },
+    /// Tenants' run limits and daily cost caps.
+    Budgets {
+        #[command(subcommand)]
+        command: runs::BudgetsCmd,
+    },
+    /// What jobs cost, by tenant, run, queue and job type.
+    Costs(runs::CostsArgs),
     /// The dead letters: list, show, replay, purge.
     Dead {
         #[command(subcommand)]
@@ -153,6 +166,9 @@ fn run() -> Result<()> {
             Cmd::Jobs { command } => jobs::run(command).await,
             Cmd::Dead { command } => dead::run(command).await,
             Cmd::Breakers { command } => breakers::run(command).await,
+            Cmd::Runs { command } => runs::run(command).await,
+            Cmd::Budgets { command } => runs::budgets(command).await,
+            Cmd::Costs(a) => runs::costs(a).await,
             Cmd::Queues { command } => queues::run(command).await,
             Cmd::Tenants { command } => tenants::run(command).await,
             Cmd::Schedules { command } => schedules::run(command).await,

@@ -1,0 +1,206 @@
+//! Runs and budgets on a real node, through the CLI, with a real exec
+//! worker reporting what each job cost: a run over its cost budget stops
+//! after the job that used it up, an override lets it finish, and the
+//! run's view, the costs and the metrics say so. Bad input is named and
+//! changes nothing.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn drover(args: &[&str], server: &str) -> serde_json::Value {
+    let out = drover_cli(args, server, "");
+    assert!(
+        out.status.success(),
+        "drover {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn fails(args: &[&str], server: &str) -> String {
+    let out = drover_cli(args, server, "");
+    assert!(!out.status.success(), "drover {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_view(server: &str, run: &str) -> serde_json::Value {
+    drover(&["runs", "get", run, "--json"], server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_over_its_cost_budget_stops_until_an_override() {
+    let node = TestNode::start("[tenants.default.budgets]\ncost_usd = 0.05\n");
+    let server = node.grpc.as_str();
+    wait_for_policy(
+        &node,
+        "/tenants/default/budgets/cost_usd",
+        serde_json::json!(0.05),
+    )
+    .await;
+    for _ in 0..5 {
+        drover(
+            &["enqueue", "--queue", "q", "--run", "r1", "--json"],
+            server,
+        );
+    }
+    // One job at a time, each reporting 0.02 USD.
+    let _worker = Reap(
+        Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["worker", "--server", server, "--queue", "q", "--id", "w"])
+            .args(["--exec", "echo done; echo cost_usd=0.02 tokens_in=10 >&2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn drover worker"),
+    );
+    let view = wait_for("the run held", Duration::from_secs(20), || async {
+        let v = run_view(server, "r1");
+        if v["budget"]["state"] == "held" {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    assert_eq!(view["budget"]["held_by"], "cost_usd", "{view}");
+    assert_eq!(view["jobs"]["succeeded"], 3, "held after the third: {view}");
+    assert_eq!(view["budget"]["usage"]["tokens_in"], 30, "{view}");
+    let cost = view["budget"]["budgets"][0].clone();
+    assert_eq!(cost["budget"], "cost_usd");
+    assert!(
+        (cost["used"].as_f64().unwrap() - 0.06).abs() < 1e-9,
+        "{view}"
+    );
+    // Nothing more is dispatched while it is held.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let view = run_view(server, "r1");
+    assert_eq!(view["jobs"]["succeeded"], 3, "{view}");
+    assert_eq!(view["jobs"]["unfinished"], 2, "{view}");
+    let held = drover(
+        &["jobs", "list", "--run", "r1", "--state", "ready", "--json"],
+        server,
+    );
+    let first = held["jobs"][0]["id"].as_u64().unwrap();
+    let job = drover(&["jobs", "get", &first.to_string(), "--json"], server);
+    assert_eq!(job["waiting"], "held: budget cost_usd", "{job}");
+    let text = drover_cli(&["runs", "budget", "r1"], server, "");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("held: budget cost_usd"), "{text}");
+
+    // New jobs for it are refused, naming the budget and the usage.
+    let err = fails(&["enqueue", "--queue", "q", "--run", "r1"], server);
+    assert!(
+        err.contains("cost_usd") && err.contains("0.06 of 0.05 USD"),
+        "{err}"
+    );
+    // Other runs go on.
+    drover(
+        &["enqueue", "--queue", "q", "--run", "r2", "--json"],
+        server,
+    );
+
+    let err = fails(&["runs", "override", "r1", "--cost-usd", "1"], server);
+    assert!(err.contains("--reason"), "{err}");
+    drover(
+        &[
+            "runs",
+            "override",
+            "r1",
+            "--cost-usd",
+            "1",
+            "--reason",
+            "rerun approved",
+            "--json",
+        ],
+        server,
+    );
+    let view = wait_for("the run done", Duration::from_secs(20), || async {
+        let v = run_view(server, "r1");
+        if v["budget"]["state"] == "done" {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    assert_eq!(view["jobs"]["succeeded"], 5, "{view}");
+    assert!((view["budget"]["cost_usd"].as_f64().unwrap() - 0.10).abs() < 1e-9);
+
+    let costs = drover(&["costs", "--json"], server);
+    assert!(
+        (costs["by_run"]["default/r1"]["cost_usd"].as_f64().unwrap() - 0.10).abs() < 1e-9,
+        "{costs}"
+    );
+    assert_eq!(costs["by_queue"]["q"]["usage"]["tokens_in"], 60, "{costs}");
+    let runs = drover(&["runs", "list", "--state", "done", "--json"], server);
+    let names: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"r1"), "{runs}");
+    let audit = drover(&["audit", "--json"], server);
+    assert!(audit.to_string().contains("rerun approved"), "{audit}");
+    let metrics = metrics_text(&node).await;
+    assert!(
+        metrics.contains("drover_budget_exceeded_total{budget=\"cost_usd\",tenant=\"default\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_budget_requests_are_named_and_change_nothing() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    drover(
+        &["enqueue", "--queue", "q", "--run", "r1", "--json"],
+        server,
+    );
+    let digest = || async {
+        get_json(&format!("{}/api/v1/debug/digest", node.http))
+            .await
+            .1["digest"]
+            .clone()
+    };
+    let before = digest().await;
+    let err = fails(&["budgets", "set", "default", "--cost-usd=-1"], server);
+    assert!(err.contains("cost_usd"), "{err}");
+    let err = fails(&["runs", "budget", "nope"], server);
+    assert!(err.contains("404") && err.contains("nope"), "{err}");
+    let err = fails(
+        &[
+            "runs",
+            "override",
+            "nope",
+            "--cost-usd",
+            "1",
+            "--reason",
+            "x",
+        ],
+        server,
+    );
+    assert!(err.contains("no run \"nope\""), "{err}");
+    let err = fails(&["runs", "override", "r1", "--reason", "x"], server);
+    assert!(err.contains("name a limit"), "{err}");
+    let err = fails(&["runs", "list", "--state", "bogus"], server);
+    assert!(err.contains("state"), "{err}");
+    let err = fails(&["costs", "--since=-5m"], server);
+    assert!(err.contains("since"), "{err}");
+    let err = fails(&["runs", "get", "r1", "--tenant", "bad tenant"], server);
+    assert!(err.contains("tenant"), "{err}");
+    assert_eq!(digest().await, before, "refused requests changed the state");
+}
