@@ -525,6 +525,8 @@ pub enum Refusal {
     },
     #[error("tenant {tenant:?} has no run {run:?} (see drover runs list)")]
     UnknownRun { tenant: String, run: String },
+    #[error("job {position} of the request: field `after`: {reason}")]
+    BadDependency { position: usize, reason: String },
     #[error("no breaker {queue}/{tenant}/{class} is open or counting failures (see drover breakers list)")]
     UnknownBreaker {
         queue: String,
@@ -552,6 +554,7 @@ impl Refusal {
             | Refusal::UnknownBreaker { .. }
             | Refusal::UnknownRun { .. } => "not_found",
             Refusal::BudgetExceeded { .. } => "budget_exceeded",
+            Refusal::BadDependency { .. } => "invalid_argument",
             Refusal::StaleLease { .. } => "stale_lease",
             Refusal::Finished { .. } => "already_finished",
             Refusal::Shed { .. } => "shed",

@@ -736,7 +736,7 @@ impl ScheduleConfig {
             concurrency_limit: 0,
             rate_key: j.rate_key.clone(),
             rate_limit: String::new(),
-            timeout_ms: 0,
+            ..Default::default()
         };
         let job = request
             .validate(crate::job::JobLimits {

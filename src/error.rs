@@ -95,6 +95,7 @@ impl Error {
             Error::InvalidJob(_) | Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::JobNotFound(_) | Error::NotFound(_) => Code::NotFound,
             Error::Refused(r) if r.is_not_found() => Code::NotFound,
+            Error::Refused(Refusal::BadDependency { .. }) => Code::InvalidArgument,
             Error::Refused(Refusal::Shed { .. }) => Code::ResourceExhausted,
             Error::Refused(_)
             | Error::NotDead { .. }

@@ -43,6 +43,49 @@ pub const RETRY_BASE_LABEL: &str = "drover.retry_base";
 pub const TIMEOUT_LABEL: &str = "drover.timeout_ms";
 /// The name of the token whose producer enqueued the job.
 pub const OWNER_LABEL: &str = "drover.token";
+/// The jobs a new job runs after, as its request named them: ids, or
+/// `@N` for the Nth job of the same request (resolved into `Job::after`).
+pub const AFTER_LABEL: &str = "drover.after";
+/// `run`: the job runs even if a job it waits for ends dead or cancelled
+/// (else it is cancelled).
+pub const ON_DEPENDENCY_FAILURE_LABEL: &str = "drover.on_dependency_failure";
+/// Most jobs one job may wait for.
+pub const MAX_AFTER: usize = 64;
+
+/// A job a new job waits for, as its request names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    Job(JobId),
+    /// The Nth job (from 0) of the same request.
+    Earlier(usize),
+}
+
+impl Dependency {
+    pub fn parse(s: &str) -> Result<Dependency, String> {
+        let bad = || format!("{s:?} is not a job id or @N (the Nth job, from 0, of this request)");
+        match s.strip_prefix('@') {
+            Some(n) => n.parse().map(Dependency::Earlier).map_err(|_| bad()),
+            None => s
+                .parse()
+                .ok()
+                .filter(|id| *id > 0)
+                .map(Dependency::Job)
+                .ok_or_else(bad),
+        }
+    }
+
+    /// The dependencies a new job's labels name (validated on enqueue).
+    pub fn of(labels: &BTreeMap<String, String>) -> Vec<Dependency> {
+        labels
+            .get(AFTER_LABEL)
+            .map(|a| {
+                a.split(',')
+                    .filter_map(|d| Dependency::parse(d.trim()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
 
 /// The per-key limits a job is under, as its labels say.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -87,6 +130,8 @@ pub enum JobState {
     /// Failed more often than its retry policy allows.
     Dead,
     Cancelled,
+    /// Waiting for the jobs it runs after (`after`) to succeed.
+    Waiting,
 }
 
 impl JobState {
@@ -98,6 +143,7 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Dead => "dead",
             JobState::Cancelled => "cancelled",
+            JobState::Waiting => "waiting",
         }
     }
 
@@ -196,6 +242,14 @@ pub enum EventKind {
     },
     /// Taken out of the dead letters to run again.
     Replayed,
+    /// Every job it waited for succeeded (or ended, with
+    /// `on_dependency_failure = "run"`): it is ready.
+    DependenciesMet,
+    /// A job it waited for ended dead or cancelled: it is cancelled.
+    DependencyFailed {
+        job: JobId,
+        state: JobState,
+    },
     /// An event written by a drover whose timeline was text (layout 2).
     Note(String),
 }
@@ -242,6 +296,8 @@ impl EventKind {
             EventKind::Requeued { .. } => "requeued",
             EventKind::Cancelled { .. } => "cancelled",
             EventKind::Replayed => "replayed",
+            EventKind::DependenciesMet => "dependencies_met",
+            EventKind::DependencyFailed { .. } => "dependency_failed",
             EventKind::Note(_) => "note",
         }
     }
@@ -330,6 +386,10 @@ impl fmt::Display for EventKind {
             },
             EventKind::Cancelled { was } => write!(f, "cancelled while {was}"),
             EventKind::Replayed => f.write_str("replayed from the dead letters"),
+            EventKind::DependenciesMet => f.write_str("the jobs it waited for are done: ready"),
+            EventKind::DependencyFailed { job, state } => {
+                write!(f, "dependency {job} failed ({state}): cancelled")
+            }
             EventKind::Note(text) => f.write_str(text),
         }
     }
@@ -481,6 +541,11 @@ pub struct JobRequest {
     /// Ms a lease of the job may run, however well its worker heartbeats;
     /// 0: its type's or queue's `timeout`.
     pub timeout_ms: u64,
+    /// Jobs it runs after: ids, or `@N` for the Nth job of this request.
+    pub after: Vec<String>,
+    /// `cancel` (default) or `run`: what happens to it when a job it waits
+    /// for ends dead or cancelled.
+    pub on_dependency_failure: String,
 }
 
 /// Limits a node enforces on new jobs.
@@ -596,6 +661,39 @@ impl JobRequest {
             )
             .map_err(|reason| field("timeout_ms", format!("{} ms is {reason}", self.timeout_ms)))?;
             labels.insert(TIMEOUT_LABEL.into(), self.timeout_ms.to_string());
+        }
+        if self.after.len() > MAX_AFTER {
+            return Err(field(
+                "after",
+                format!("{} jobs is over the limit of {MAX_AFTER}", self.after.len()),
+            ));
+        }
+        if !self.after.is_empty() {
+            let deps = self
+                .after
+                .iter()
+                .map(|d| Dependency::parse(d.trim()).map(|_| d.trim().to_string()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| field("after", e))?;
+            labels.insert(AFTER_LABEL.into(), deps.join(","));
+        }
+        match self.on_dependency_failure.as_str() {
+            "" | "cancel" => {}
+            "run" => {
+                if self.after.is_empty() {
+                    return Err(field(
+                        "on_dependency_failure",
+                        "needs `after`: it says what happens when a job this one waits for fails",
+                    ));
+                }
+                labels.insert(ON_DEPENDENCY_FAILURE_LABEL.into(), "run".into());
+            }
+            other => {
+                return Err(field(
+                    "on_dependency_failure",
+                    format!("{other:?} is not cancel or run"),
+                ))
+            }
         }
         Ok(NewJob {
             queue: self.queue,

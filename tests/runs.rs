@@ -204,3 +204,70 @@ async fn bad_budget_requests_are_named_and_change_nothing() {
     assert!(err.contains("tenant"), "{err}");
     assert_eq!(digest().await, before, "refused requests changed the state");
 }
+
+/// A plan and its three steps go in as one request, the steps naming the
+/// plan by position; the steps are more urgent, yet the plan runs first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_enqueued_with_its_steps_runs_first() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let mut producer = drover::client::Producer::connect(server).await.unwrap();
+    let mut plan = new_job("q", "plan");
+    plan.priority = 5;
+    let mut jobs = vec![plan];
+    for i in 0..3 {
+        let mut step = new_job("q", &format!("step {i}"));
+        step.priority = 1;
+        step.after = vec!["@0".into()];
+        jobs.push(step);
+    }
+    let ids: Vec<u64> = producer
+        .enqueue(jobs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(job_state(&node, ids[1]).await, "waiting");
+    let dir = tempfile::tempdir().unwrap();
+    let order = dir.path().join("order");
+    let _worker = Reap(
+        Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["worker", "--server", server, "--queue", "q", "--id", "w"])
+            .arg("--exec")
+            .arg(format!("echo $DROVER_JOB_ID >> {}", order.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn drover worker"),
+    );
+    for &id in &ids {
+        wait_for(
+            &format!("job {id} done"),
+            Duration::from_secs(20),
+            || async {
+                match job_state(&node, id).await.as_str() {
+                    "succeeded" => Ok(()),
+                    s => Err(s.to_string()),
+                }
+            },
+        )
+        .await;
+    }
+    let ran = std::fs::read_to_string(&order).unwrap();
+    assert_eq!(
+        ran.lines().next(),
+        Some(ids[0].to_string().as_str()),
+        "{ran}"
+    );
+    let step = drover(&["jobs", "get", &ids[1].to_string(), "--json"], server);
+    assert_eq!(step["after"], serde_json::json!([ids[0]]), "{step}");
+
+    // A step naming a later job, or an unknown one, is refused as a whole.
+    let mut bad = new_job("q", "x");
+    bad.after = vec!["@1".into()];
+    let err = producer.enqueue(vec![bad]).await.unwrap_err().to_string();
+    assert!(err.contains("@1 must name an earlier job"), "{err}");
+    let err = fails(&["enqueue", "--queue", "q", "--after", "999999"], server);
+    assert!(err.contains("999999"), "{err}");
+}

@@ -22,6 +22,8 @@ impl From<pb::NewJob> for JobRequest {
             rate_key: j.rate_key,
             rate_limit: j.rate_limit,
             timeout_ms: j.timeout_ms,
+            after: j.after,
+            on_dependency_failure: j.on_dependency_failure,
         }
     }
 }

@@ -58,7 +58,7 @@ impl App {
                     .map(|id| (id.to_string(), id, None))
                     .collect()
             }
-            Some(state) => {
+            Some(state) if state.is_finished() => {
                 let from = match after {
                     None => None,
                     Some(c) => Some(FinishedCursor::parse(c).ok_or_else(|| bad_cursor(c))?),
@@ -69,7 +69,8 @@ impl App {
                     .map(|(c, id)| (c.to_string(), id, Some(c.at_ms)))
                     .collect()
             }
-            None => reader
+            // Waiting jobs have no index of their own: the records by id.
+            _ => reader
                 .job_ids_after(id_cursor(after)?)?
                 .into_iter()
                 .map(|id| (id.to_string(), id, None))

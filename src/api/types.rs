@@ -97,6 +97,14 @@ pub struct EnqueueBody {
     /// queue's `timeout`.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Ids of jobs (of the same tenant) it runs after: it becomes ready
+    /// when all of them succeeded.
+    #[serde(default)]
+    pub after: Vec<u64>,
+    /// `cancel` (default) or `run`: what happens to it when a job it waits
+    /// for ends dead or cancelled.
+    #[serde(default)]
+    pub on_dependency_failure: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -116,6 +124,8 @@ pub enum JobStateBody {
     Succeeded,
     Dead,
     Cancelled,
+    /// Waiting for the jobs it runs after.
+    Waiting,
 }
 
 impl From<crate::job::JobState> for JobStateBody {
@@ -128,6 +138,7 @@ impl From<crate::job::JobState> for JobStateBody {
             S::Succeeded => JobStateBody::Succeeded,
             S::Dead => JobStateBody::Dead,
             S::Cancelled => JobStateBody::Cancelled,
+            S::Waiting => JobStateBody::Waiting,
         }
     }
 }
@@ -142,6 +153,7 @@ impl From<JobStateBody> for crate::job::JobState {
             JobStateBody::Succeeded => S::Succeeded,
             JobStateBody::Dead => S::Dead,
             JobStateBody::Cancelled => S::Cancelled,
+            JobStateBody::Waiting => S::Waiting,
         }
     }
 }
@@ -209,6 +221,7 @@ impl JobStateBody {
             JobStateBody::Succeeded => "succeeded",
             JobStateBody::Dead => "dead",
             JobStateBody::Cancelled => "cancelled",
+            JobStateBody::Waiting => "waiting",
         }
     }
 }

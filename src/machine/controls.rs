@@ -73,7 +73,7 @@ impl Machine {
     pub(super) fn admit(&self, jobs: &[NewJob]) -> Result<(), Refusal> {
         let pending: u64 = self.queues.values().map(|qi| qi.counts.pending()).sum();
         let mut added: HashMap<&str, u64> = HashMap::new();
-        for (pending, job) in (pending..).zip(jobs) {
+        for (index, (pending, job)) in (pending..).zip(jobs).enumerate() {
             // An idempotent retry of a job that exists is answered with its
             // id by the enqueue, whatever the queue's state now.
             if !job.idempotency_key.is_empty()
@@ -100,6 +100,7 @@ impl Machine {
                 });
             }
             self.admit_budget(job)?;
+            self.admit_dependencies(index, jobs)?;
             let waiting = self
                 .queues
                 .get(&job.queue)

@@ -48,7 +48,7 @@ impl JobQuery {
 pub fn state_since(job: &Job) -> u64 {
     match job.state {
         JobState::Ready => job.run_at_ms,
-        JobState::Scheduled => job.enqueued_at_ms,
+        JobState::Scheduled | JobState::Waiting => job.enqueued_at_ms,
         JobState::Leased => job
             .events
             .iter()

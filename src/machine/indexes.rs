@@ -13,6 +13,9 @@ pub struct QueueCounts {
     pub succeeded: u64,
     pub dead: u64,
     pub cancelled: u64,
+    /// Waiting for the jobs they run after.
+    #[serde(default)]
+    pub waiting: u64,
 }
 
 impl QueueCounts {
@@ -22,7 +25,7 @@ impl QueueCounts {
 
     /// Jobs not yet finished.
     pub fn pending(&self) -> u64 {
-        self.ready_total() + self.scheduled + self.leased
+        self.ready_total() + self.scheduled + self.leased + self.waiting
     }
 
     pub(super) fn slot(&mut self, state: JobState, priority: u8) -> &mut u64 {
@@ -33,6 +36,7 @@ impl QueueCounts {
             JobState::Succeeded => &mut self.succeeded,
             JobState::Dead => &mut self.dead,
             JobState::Cancelled => &mut self.cancelled,
+            JobState::Waiting => &mut self.waiting,
         }
     }
 }

@@ -63,6 +63,7 @@ impl Machine {
                 waiting_for: 0,
             };
             job.record(now, EventKind::Enqueued);
+            self.wire_dependencies(&mut job, &out)?;
             if let Some(k) = idem {
                 self.index_idempotency(now, id, &k);
                 self.put(k, id.to_be_bytes().to_vec());

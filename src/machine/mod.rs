@@ -210,6 +210,11 @@ pub struct Machine {
     quarantined: BTreeMap<String, quarantine::Quarantined>,
     /// Held runs, capped tenants, budget counters.
     runs: runs::Runs,
+    /// Waiting jobs by the unfinished job they wait for (`E` records).
+    dependents: BTreeMap<JobId, BTreeSet<JobId>>,
+    /// Jobs that finished in the command being applied, with how: their
+    /// waiters move on after it.
+    dependencies_due: Vec<(JobId, JobState)>,
 }
 
 /// Reads the `P` record. One an earlier drover wrote (before policies were
@@ -276,11 +281,14 @@ impl Machine {
             audit_seq: 0,
             quarantined: BTreeMap::new(),
             runs: runs::Runs::default(),
+            dependents: BTreeMap::new(),
+            dependencies_due: Vec::new(),
         };
         machine.load_limits()?;
         machine.load_breakers()?;
         machine.load_quarantined()?;
         machine.load_runs()?;
+        machine.load_dependents()?;
         for item in machine.tree.scan_prefix([JOB]) {
             let (k, v) = item?;
             machine.place(&decode_job(&k, &v)?);
@@ -466,7 +474,9 @@ impl Machine {
             .commands
             .iter()
             .map(|c| {
-                let outcome = self.apply_command(now, c);
+                let outcome = self
+                    .apply_command(now, c)
+                    .and_then(|o| self.release_dependents(now).map(|()| o));
                 self.index_finished(now);
                 self.release_freed();
                 outcome
@@ -632,6 +642,7 @@ pub mod breaker;
 pub mod capture;
 mod controls;
 mod dead;
+mod dependencies;
 pub mod find;
 mod indexes;
 mod jobs;

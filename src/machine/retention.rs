@@ -85,6 +85,9 @@ impl Machine {
     pub(super) fn finished(&mut self, now: u64, job: &Job, bytes: u64) -> Result<(), MachineError> {
         let dead = job.state == JobState::Dead;
         self.finishing.push((dead, job.id, bytes));
+        if self.dependents.contains_key(&job.id) {
+            self.dependencies_due.push((job.id, job.state));
+        }
         self.run_finished(now, job, Some(job.state))
     }
 

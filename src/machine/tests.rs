@@ -2167,3 +2167,130 @@ fn a_tenant_over_its_daily_cap_waits_for_the_next_utc_day() {
     assert!(h.m.stats().budgets.capped_tenants.is_empty());
     assert_eq!(h.lease(11 * DAY + 1, "w", &["q"], 5).len(), 2);
 }
+
+fn after(queue: &str, deps: &str, run_anyway: bool) -> NewJob {
+    let mut job = new_job(queue, 3);
+    job.labels
+        .insert(crate::job::AFTER_LABEL.into(), deps.into());
+    if run_anyway {
+        job.labels
+            .insert(crate::job::ON_DEPENDENCY_FAILURE_LABEL.into(), "run".into());
+    }
+    job
+}
+
+fn enqueue_batch(h: &mut Harness, at: u64, jobs: Vec<NewJob>) -> Vec<JobId> {
+    match h.run(at, Command::Enqueue { jobs }) {
+        Outcome::Enqueued(v) => v.into_iter().map(|e| e.id).collect(),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn a_dependency_chain_runs_in_order_and_survives_a_reopen() {
+    let mut h = Harness::new();
+    let ids = enqueue_batch(
+        &mut h,
+        1,
+        vec![
+            new_job("q", 3),
+            after("q", "@0", false),
+            after("q", "@1", false),
+        ],
+    );
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    assert_eq!(h.job(b).state, JobState::Waiting);
+    assert_eq!((h.job(c).after.clone(), h.job(c).waiting_for), (vec![b], 1));
+    assert_eq!(h.m.stats().queues["q"].waiting, 2);
+    let leased = h.lease(2, "w", &["q"], 10);
+    assert_eq!(leased.iter().map(|j| j.id).collect::<Vec<_>>(), vec![a]);
+    // A reopened machine knows who waits for whom.
+    let digest = h.m.digest().unwrap();
+    h.m = Machine::open(h.db.open_tree("machine").unwrap()).unwrap();
+    assert_eq!(h.m.digest().unwrap(), digest);
+    h.complete(3, a, 1).unwrap();
+    assert_eq!(h.job(b).state, JobState::Ready);
+    assert_eq!(h.job(c).state, JobState::Waiting);
+    assert!(h
+        .job(b)
+        .events
+        .iter()
+        .any(|e| e.kind == EventKind::DependenciesMet));
+    assert_eq!(h.lease(4, "w", &["q"], 10)[0].id, b);
+    h.complete(5, b, 1).unwrap();
+    assert_eq!(h.lease(6, "w", &["q"], 10)[0].id, c);
+}
+
+#[test]
+fn a_failed_dependency_cancels_its_waiters_unless_they_run_anyway() {
+    let mut h = Harness::new();
+    h.run(
+        0,
+        retry_policies(vec![(
+            "*",
+            crate::policies::RetryPolicy {
+                max_retries: Some(0),
+                ..Default::default()
+            },
+        )]),
+    );
+    let ids = enqueue_batch(
+        &mut h,
+        1,
+        vec![
+            new_job("q", 3),
+            after("q", "@0", false),
+            after("q", "@1", false),
+            after("q", "@0", true),
+        ],
+    );
+    let (a, b, c, d) = (ids[0], ids[1], ids[2], ids[3]);
+    h.lease(2, "w", &["q"], 1);
+    fail_as(&mut h, 3, a, 1, "boom");
+    assert_eq!(h.job(a).state, JobState::Dead);
+    assert_eq!(h.job(b).state, JobState::Cancelled);
+    assert_eq!(h.job(c).state, JobState::Cancelled, "the chain follows");
+    assert!(h.job(b).events.iter().any(|e| e.kind
+        == EventKind::DependencyFailed {
+            job: a,
+            state: JobState::Dead
+        }));
+    assert_eq!(h.job(d).state, JobState::Ready, "runs anyway");
+    assert_eq!(h.m.stats().queues["q"].waiting, 0);
+}
+
+#[test]
+fn bad_dependencies_are_refused_and_change_nothing() {
+    let mut h = Harness::new();
+    let theirs = match h.run(
+        1,
+        Command::Enqueue {
+            jobs: vec![run_job("other", "")],
+        },
+    ) {
+        Outcome::Enqueued(v) => v[0].id,
+        o => panic!("{o:?}"),
+    };
+    let before = h.m.digest().unwrap();
+    for (jobs, mentions) in [
+        (vec![after("q", "@0", false)], "@0 must name an earlier job"),
+        (
+            vec![new_job("q", 3), after("q", "@1", false)],
+            "@1 must name an earlier job",
+        ),
+        (vec![after("q", "999", false)], "job 999 does not exist"),
+        (
+            vec![after("q", &theirs.to_string(), false)],
+            "another tenant",
+        ),
+    ] {
+        match h.run(2, Command::Enqueue { jobs }) {
+            Outcome::Rejected(r @ Refusal::BadDependency { .. }) => {
+                assert!(r.to_string().contains(mentions), "{r}")
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+    h.m.commit().unwrap();
+    assert_eq!(h.m.digest().unwrap(), before);
+}

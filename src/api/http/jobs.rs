@@ -59,6 +59,8 @@ fn into_request(b: EnqueueBody, queue: String) -> Result<JobRequest, Error> {
         rate_key: b.rate_key,
         rate_limit: b.rate_limit,
         timeout_ms,
+        after: b.after.iter().map(u64::to_string).collect(),
+        on_dependency_failure: b.on_dependency_failure,
     })
 }
 

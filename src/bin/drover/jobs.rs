@@ -57,6 +57,14 @@ pub struct EnqueueArgs {
     /// queue's timeout).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// Ids of jobs it runs after, comma-separated: it is `waiting` until
+    /// all of them succeeded.
+    #[arg(long, value_delimiter = ',')]
+    after: Vec<String>,
+    /// `cancel` (default) or `run`: what happens to it when a job it waits
+    /// for ends dead or cancelled.
+    #[arg(long, default_value = "")]
+    on_dependency_failure: String,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -153,6 +161,8 @@ pub async fn enqueue(a: EnqueueArgs) -> Result<()> {
         rate_key: a.rate_key,
         rate_limit: a.rate_limit,
         timeout_ms: a.timeout.map_or(0, |d| d.as_millis() as u64),
+        after: a.after,
+        on_dependency_failure: a.on_dependency_failure,
     };
     let mut producer = a.target.producer().await?;
     let mut left = a.count;
