@@ -174,6 +174,14 @@ pub enum Command {
         tenant: String,
         budgets: Box<crate::policies::Budgets>,
     },
+    /// Cancels the unfinished jobs of a run among the `limit` after job
+    /// `after` (one slice of `drover runs cancel`).
+    CancelRun {
+        tenant: String,
+        run: String,
+        after: JobId,
+        limit: u32,
+    },
 }
 
 /// What a worker reported one attempt of a job used.
@@ -262,6 +270,12 @@ pub enum Audited {
         tenant: String,
         budgets: Box<crate::policies::Budgets>,
     },
+    CancelRun {
+        tenant: String,
+        run: String,
+        after: JobId,
+        limit: u32,
+    },
 }
 
 /// What a control applies to.
@@ -333,6 +347,17 @@ impl Audited {
                 tenant: tenant.clone(),
                 budgets: budgets.clone(),
             },
+            Audited::CancelRun {
+                tenant,
+                run,
+                after,
+                limit,
+            } => Command::CancelRun {
+                tenant: tenant.clone(),
+                run: run.clone(),
+                after: *after,
+                limit: *limit,
+            },
         }
     }
 }
@@ -400,6 +425,7 @@ impl Command {
             Command::FailWithUsage { .. } => "fail",
             Command::OverrideRun { .. } => "override_run",
             Command::SetTenantBudgets { .. } => "set_tenant_budgets",
+            Command::CancelRun { .. } => "cancel_run",
         }
     }
 
@@ -435,7 +461,8 @@ impl Command {
             | Command::Quarantine { .. }
             | Command::ReleaseWorker { .. }
             | Command::OverrideRun { .. }
-            | Command::SetTenantBudgets { .. } => RECORD,
+            | Command::SetTenantBudgets { .. }
+            | Command::CancelRun { .. } => RECORD,
             Command::Lease { .. }
             | Command::Cancel { .. }
             | Command::Tick
@@ -612,5 +639,11 @@ pub enum Outcome {
     /// A run's budgets were changed: the budget it is still over, if any.
     RunBudget {
         over: Option<String>,
+    },
+    /// A slice of a run's cancel: how many it cancelled, and the job after
+    /// which the next slice starts (none: done).
+    RunCancelled {
+        cancelled: u32,
+        next: Option<JobId>,
     },
 }

@@ -49,6 +49,8 @@ pub const AFTER_LABEL: &str = "drover.after";
 /// `run`: the job runs even if a job it waits for ends dead or cancelled
 /// (else it is cancelled).
 pub const ON_DEPENDENCY_FAILURE_LABEL: &str = "drover.on_dependency_failure";
+/// The run (`tenant/run`) a replayed run's jobs came from.
+pub const REPLAY_OF_LABEL: &str = "drover.replay_of";
 /// Most jobs one job may wait for.
 pub const MAX_AFTER: usize = 64;
 

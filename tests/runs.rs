@@ -271,3 +271,93 @@ async fn a_plan_enqueued_with_its_steps_runs_first() {
     let err = fails(&["enqueue", "--queue", "q", "--after", "999999"], server);
     assert!(err.contains("999999"), "{err}");
 }
+
+fn enqueue_id(args: &[&str], server: &str) -> u64 {
+    let mut all = vec!["enqueue", "--json"];
+    all.extend_from_slice(args);
+    drover(&all, server)[0]["id"].as_u64().unwrap()
+}
+
+/// `drover runs cancel` stops a whole run (its waiters too), `runs replay`
+/// enqueues it again as a new run linked to the old one, with its
+/// dependencies pointing at the copies, and `runs timeline` merges its
+/// jobs' events in time order, a page at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_cancelled_replayed_and_read_as_one_timeline() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let a = enqueue_id(&["--queue", "q", "--run", "r3"], server);
+    let a_str = a.to_string();
+    let b = enqueue_id(&["--queue", "q", "--run", "r3", "--after", &a_str], server);
+    enqueue_id(&["--queue", "q", "--run", "r3"], server);
+    assert_eq!(job_state(&node, b).await, "waiting");
+
+    let err = fails(&["runs", "cancel", "r3"], server);
+    assert!(err.contains("--reason"), "{err}");
+    let err = fails(&["runs", "cancel", "nope", "--reason", "x"], server);
+    assert!(err.contains("nope"), "{err}");
+    let done = drover(
+        &[
+            "runs",
+            "cancel",
+            "r3",
+            "--reason",
+            "bad input data",
+            "--json",
+        ],
+        server,
+    );
+    assert_eq!(done["cancelled"], 3, "{done}");
+    let view = drover(&["runs", "get", "r3", "--json"], server);
+    assert_eq!(view["jobs"]["cancelled"], 3, "{view}");
+    assert_eq!(view["budget"]["state"], "done", "{view}");
+
+    let t = drover(&["runs", "timeline", "r3", "--json"], server);
+    let kinds: Vec<&str> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "enqueued").count(), 3, "{t}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "cancelled").count(),
+        3,
+        "{t}"
+    );
+    let times: Vec<u64> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["at_ms"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order: {t}");
+    let page = drover(
+        &["runs", "timeline", "r3", "--limit", "2", "--json"],
+        server,
+    );
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next"], "2", "{page}");
+
+    let replayed = drover(&["runs", "replay", "r3", "--failed-only", "--json"], server);
+    assert_eq!(replayed["run"], "r3-replay-1", "{replayed}");
+    assert_eq!(replayed["replay_of"], "default/r3");
+    let new: Vec<u64> = replayed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_u64().unwrap())
+        .collect();
+    assert_eq!(new.len(), 3);
+    let copy_of_b = drover(&["jobs", "get", &new[1].to_string(), "--json"], server);
+    assert_eq!(
+        copy_of_b["after"],
+        serde_json::json!([new[0]]),
+        "{copy_of_b}"
+    );
+    assert_eq!(copy_of_b["state"], "waiting");
+    let view = drover(&["runs", "get", "r3-replay-1", "--json"], server);
+    assert_eq!(view["replay_of"], "default/r3", "{view}");
+    let err = fails(&["runs", "replay", "r3", "--into", "r3-replay-1"], server);
+    assert!(err.contains("exists already"), "{err}");
+}

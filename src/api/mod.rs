@@ -69,6 +69,17 @@ impl App {
         caller: &Caller,
         requests: Vec<JobRequest>,
     ) -> Result<Vec<Enqueued>, Error> {
+        self.enqueue_labelled(caller, requests, &[]).await
+    }
+
+    /// [`App::enqueue`], adding drover's own `labels` to every job once it
+    /// is validated (producers may not set them).
+    pub async fn enqueue_labelled(
+        &self,
+        caller: &Caller,
+        requests: Vec<JobRequest>,
+        labels: &[(&str, String)],
+    ) -> Result<Vec<Enqueued>, Error> {
         if requests.is_empty() {
             return Err(Error::invalid("jobs", "the request holds no jobs"));
         }
@@ -94,13 +105,17 @@ impl App {
                 } else {
                     r.labels.remove(Caller::OWNER_LABEL);
                 }
-                r.validate(limits).map_err(|e| {
+                let mut job = r.validate(limits).map_err(|e| {
                     if batch {
                         Error::invalid("jobs", format!("job {i}: {e}"))
                     } else {
                         Error::InvalidJob(e)
                     }
-                })
+                })?;
+                for (k, v) in labels {
+                    job.labels.insert(k.to_string(), v.clone());
+                }
+                Ok::<_, Error>(job)
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Checked on validated names only, so a flood of made-up tenants

@@ -1171,6 +1171,9 @@ pub struct RunBody {
     pub run: String,
     pub first_at_ms: u64,
     pub last_at_ms: u64,
+    /// The run (`tenant/run`) this one replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
     pub jobs: RunJobsBody,
     pub budget: RunBudgetBody,
 }
@@ -1251,4 +1254,68 @@ pub struct CostsBody {
     pub by_job_type: BTreeMap<String, CostSumBody>,
     /// More jobs finished than one request sums: narrow `since` or `tenant`.
     pub truncated: bool,
+}
+
+/// One event of a run's timeline: a job's event, with the job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunEventBody {
+    pub job_id: u64,
+    #[serde(flatten)]
+    pub event: EventBody,
+}
+
+/// A page of a run's timeline: its jobs' events merged in time order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunTimelineBody {
+    pub tenant: String,
+    pub run: String,
+    pub events: Vec<RunEventBody>,
+    /// Give it as `after` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// The run has more jobs than a timeline merges (the first ones are).
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// `POST /api/v1/runs/{run}/cancel`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRunBody {
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Why (or the `X-Drover-Reason` header); required.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunCancelledBody {
+    pub tenant: String,
+    pub run: String,
+    pub cancelled: u32,
+}
+
+/// `POST /api/v1/runs/{run}/replay`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRunBody {
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Only the jobs that ended dead or cancelled.
+    #[serde(default)]
+    pub failed_only: bool,
+    /// The new run's id (default: RUN-replay-N, the first one free).
+    #[serde(default)]
+    pub into: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunReplayedBody {
+    pub tenant: String,
+    /// The new run.
+    pub run: String,
+    pub replay_of: String,
+    /// The new jobs' ids, in the order of the old ones.
+    pub jobs: Vec<u64>,
 }

@@ -75,7 +75,7 @@ impl Machine {
         limit: u32,
     ) -> Result<Outcome, MachineError> {
         let mut expired = Vec::new();
-        for (k, _) in self.scan_merged(AUDIT, limit as usize + 1)? {
+        for (k, _) in self.scan_merged(&[AUDIT], limit as usize + 1)? {
             let (at, _) = retention::parse_time_key(&k)?;
             if at.saturating_add(keep_ms) > now {
                 break;

@@ -573,6 +573,12 @@ impl Machine {
             Command::SetTenantBudgets { tenant, budgets } => {
                 self.set_tenant_budgets(now, tenant, **budgets)?
             }
+            Command::CancelRun {
+                tenant,
+                run,
+                after,
+                limit,
+            } => self.cancel_run(now, tenant, run, *after, *limit)?,
         })
     }
 

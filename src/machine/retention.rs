@@ -240,6 +240,7 @@ impl Machine {
         let id = job.id;
         self.unplace(job);
         self.delete(key(JOB, id).to_vec());
+        self.unindex_run_job(job);
         if let Payload::Apart = payload {
             self.delete(key(PAYLOAD, id).to_vec());
         }
@@ -269,7 +270,7 @@ impl Machine {
     /// writes merged in.
     fn time_index(&self, prefix: u8, limit: usize) -> Result<Vec<Indexed>, MachineError> {
         let mut out = Vec::new();
-        for (k, v) in self.scan_merged(prefix, limit)? {
+        for (k, v) in self.scan_merged(&[prefix], limit)? {
             let (at_ms, id) = parse_time_key(&k)?;
             out.push(Indexed {
                 key: k,
@@ -285,11 +286,28 @@ impl Machine {
     /// will hold them once the staged writes are committed.
     pub(super) fn scan_merged(
         &self,
-        prefix: u8,
+        prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<Record>, MachineError> {
-        let mut tree = self.tree.scan_prefix([prefix]);
-        let mut staged = self.staged.range(vec![prefix]..vec![prefix + 1]).peekable();
+        self.scan_merged_from(prefix, prefix, limit)
+    }
+
+    /// Like [`Machine::scan_merged`], from the key `from` (under `prefix`) on.
+    pub(super) fn scan_merged_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Record>, MachineError> {
+        let mut tree = self
+            .tree
+            .range(from..)
+            .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)));
+        let mut staged = self
+            .staged
+            .range(from.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .peekable();
         let mut out = Vec::new();
         let mut next_tree = tree.next().transpose()?;
         while out.len() < limit {

@@ -18,6 +18,25 @@ const HELD_RUN: u8 = b'G';
 const TENANT_DAY: u8 = b'V';
 const TENANT_BUDGETS: u8 = b'B';
 const DAY_MS: u64 = 86_400_000;
+/// `X`+tenant\0run\0+id: the jobs of a run, for its view, cancel and replay.
+const RUN_JOB: u8 = b'X';
+
+fn run_jobs_prefix(tenant: &str, run: &str) -> Vec<u8> {
+    let mut k = prefixed(RUN_JOB, &run_key(tenant, run));
+    k.push(0);
+    k
+}
+
+fn run_job_key(job: &Job) -> Vec<u8> {
+    let mut k = run_jobs_prefix(&job.tenant, &job.run_id);
+    k.extend_from_slice(&job.id.to_be_bytes());
+    k
+}
+
+fn id_suffix(k: &[u8]) -> Option<JobId> {
+    let start = k.len().checked_sub(8)?;
+    k[start..].try_into().ok().map(u64::from_be_bytes)
+}
 
 /// What a run used.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +63,8 @@ pub struct RunRecord {
     pub limits: Budgets,
     /// The budget it is over, while its jobs are held.
     pub over: Option<String>,
+    /// The run (`tenant/run`) it replays (`drover runs replay`).
+    pub replay_of: Option<String>,
 }
 
 impl RunRecord {
@@ -378,7 +399,65 @@ impl Machine {
 
     /// A new job of a run.
     pub(super) fn run_enqueued(&mut self, now: u64, job: &Job) -> Result<(), MachineError> {
-        self.update_run(now, &job.tenant, &job.run_id, |r| r.enqueued += 1)
+        if job.run_id.is_empty() {
+            return Ok(());
+        }
+        self.put(run_job_key(job), Vec::new());
+        let replay_of = job.labels.get(crate::job::REPLAY_OF_LABEL);
+        self.update_run(now, &job.tenant, &job.run_id, |r| {
+            r.enqueued += 1;
+            if r.replay_of.is_none() {
+                r.replay_of = replay_of.cloned();
+            }
+        })
+    }
+
+    /// A job removed (retention, purge) leaves its run's index.
+    pub(super) fn unindex_run_job(&mut self, job: &Job) {
+        if !job.run_id.is_empty() {
+            self.delete(run_job_key(job));
+        }
+    }
+
+    /// Applies a [`Command::CancelRun`]: cancels the run's unfinished jobs
+    /// among the `limit` after job `after`; says where the next slice starts.
+    pub(super) fn cancel_run(
+        &mut self,
+        now: u64,
+        tenant: &str,
+        run: &str,
+        after: JobId,
+        limit: u32,
+    ) -> Result<Outcome, MachineError> {
+        let mut start = run_jobs_prefix(tenant, run);
+        let prefix = start.clone();
+        start.extend_from_slice(&after.saturating_add(1).to_be_bytes());
+        let ids: Vec<JobId> = self
+            .scan_merged_from(&prefix, &start, limit as usize)?
+            .into_iter()
+            .filter_map(|(k, _)| id_suffix(&k))
+            .collect();
+        // A job cancelled by a dependency cancelled before it counts too:
+        // this command ended it.
+        let mut unfinished = Vec::new();
+        for &id in &ids {
+            if self
+                .load(id)?
+                .is_some_and(|(job, _)| !job.state.is_finished())
+            {
+                unfinished.push(id);
+            }
+        }
+        let cancelled = unfinished.len() as u32;
+        for id in unfinished {
+            self.cancel(now, id)?.ok();
+            // Waiters of what was cancelled follow now, not after the slice.
+            self.release_dependents(now)?;
+        }
+        let next = (ids.len() == limit as usize)
+            .then(|| ids.last().copied())
+            .flatten();
+        Ok(Outcome::RunCancelled { cancelled, next })
     }
 
     /// A lease of a job of a run.
@@ -609,6 +688,30 @@ impl JobReader {
                 break;
             }
             out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Ids of the run's jobs after `after`, at most `limit`, in id order.
+    pub fn run_job_ids(
+        &self,
+        tenant: &str,
+        run: &str,
+        after: JobId,
+        limit: usize,
+    ) -> Result<Vec<JobId>, MachineError> {
+        let prefix = run_jobs_prefix(tenant, run);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&after.saturating_add(1).to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.tree().range(start..) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            if let Some(id) = id_suffix(&k) {
+                out.push(id);
+            }
         }
         Ok(out)
     }

@@ -95,6 +95,24 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
         ),
         route(Method::GET, "/api/v1/costs", Read, get(runs::costs)),
         route(
+            Method::GET,
+            "/api/v1/runs/{run}/timeline",
+            Read,
+            get(runs::timeline),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/runs/{run}/cancel",
+            Operate,
+            post(runs::cancel),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/runs/{run}/replay",
+            Operate,
+            post(runs::replay),
+        ),
+        route(
             Method::POST,
             "/api/v1/runs/{run}/override",
             Operate,

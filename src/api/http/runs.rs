@@ -10,13 +10,14 @@ use super::dead::parse_since;
 use super::{body, query, HttpState};
 use crate::api::auth::Caller;
 use crate::api::types::{
-    BudgetUseBody, CostSumBody, CostsBody, OverrideBody, RunBody, RunBudgetBody, RunJobsBody,
+    BudgetUseBody, CancelRunBody, CostSumBody, CostsBody, OverrideBody, ReplayRunBody, RunBody,
+    RunBudgetBody, RunCancelledBody, RunEventBody, RunJobsBody, RunReplayedBody, RunTimelineBody,
     RunsBody, TenantBudgetsBody,
 };
 use crate::api::ErrorResponses;
 use crate::command::{Audited, Outcome};
 use crate::error::Error;
-use crate::job::{Job, JobState, DEFAULT_NAME};
+use crate::job::{Job, JobKeys, JobRequest, JobState, DEFAULT_NAME};
 use crate::machine::find::JobQuery;
 use crate::machine::runs::RunRecord;
 use crate::policies::{check_usd, usd_to_micros, Budgets};
@@ -62,6 +63,7 @@ fn run_body(s: &HttpState, rec: RunRecord) -> Result<RunBody, Error> {
             attempts: rec.usage.attempts,
             usage: rec.usage.named.clone(),
         },
+        replay_of: rec.replay_of.clone(),
         tenant: rec.tenant,
         run: rec.run,
         first_at_ms: rec.first_at_ms,
@@ -207,15 +209,7 @@ pub(super) async fn override_run(
     let b = body(b)?;
     crate::job::validate_name("run", &run)?;
     let tenant = tenant_of(b.tenant)?;
-    if let Some(reason) = b.reason.filter(|r| !r.trim().is_empty()) {
-        caller.reason = reason.chars().take(1024).collect();
-    }
-    if caller.reason.trim().is_empty() {
-        return Err(Error::invalid(
-            "reason",
-            "an override needs a reason (--reason TEXT, or the X-Drover-Reason header): it goes into the audit log",
-        ));
-    }
+    require_reason(&mut caller, b.reason, "an override")?;
     let limits = Budgets {
         cost_micros: usd("cost_usd", b.cost_usd)?,
         time_ms: duration("time", &b.time)?,
@@ -366,4 +360,269 @@ pub(super) async fn costs(
         }
     }
     Ok(Json(out))
+}
+
+/// Most jobs of a run a timeline merges or a replay copies.
+const RUN_JOBS_MAX: usize = 10_000;
+
+/// The run's jobs (the first [`RUN_JOBS_MAX`]), with whether there are more.
+fn run_jobs(s: &HttpState, tenant: &str, run: &str) -> Result<(Vec<Job>, bool), Error> {
+    let reader = s.app.driver.reader();
+    let ids = reader.run_job_ids(tenant, run, 0, RUN_JOBS_MAX + 1)?;
+    let more = ids.len() > RUN_JOBS_MAX;
+    let mut jobs = Vec::with_capacity(ids.len().min(RUN_JOBS_MAX));
+    for id in ids.into_iter().take(RUN_JOBS_MAX) {
+        if let Some(job) = reader.job(id)? {
+            jobs.push(job);
+        }
+    }
+    Ok((jobs, more))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TimelineQuery {
+    tenant: Option<String>,
+    /// The `next` of the page before.
+    after: Option<usize>,
+    /// 1 to 1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// The run's timeline: its jobs' events merged in time order, a page at a
+/// time.
+#[utoipa::path(get, path = "/api/v1/runs/{run}/timeline", tag = "runs",
+    params(("run" = String, Path), TimelineQuery),
+    responses((status = 200, body = RunTimelineBody), ErrorResponses))]
+pub(super) async fn timeline(
+    State(s): State<HttpState>,
+    Path(run): Path<String>,
+    q: Result<Query<TimelineQuery>, QueryRejection>,
+) -> Result<Json<RunTimelineBody>, Error> {
+    let q = query(q)?;
+    let tenant = tenant_of(q.tenant)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::invalid("limit", format!("{limit} is not 1 to 1000")));
+    }
+    find_run(&s, &tenant, &run).await?;
+    let (jobs, truncated) = run_jobs(&s, &tenant, &run)?;
+    let mut events: Vec<RunEventBody> = jobs
+        .iter()
+        .flat_map(|j| {
+            j.events.iter().map(|e| RunEventBody {
+                job_id: j.id,
+                event: e.into(),
+            })
+        })
+        .collect();
+    // Stable: a job's events keep their order within one millisecond.
+    events.sort_by_key(|e| (e.event.at_ms, e.job_id));
+    let from = q.after.unwrap_or(0);
+    let page: Vec<RunEventBody> = events.iter().skip(from).take(limit).cloned().collect();
+    let next = (from + page.len() < events.len()).then(|| (from + page.len()).to_string());
+    Ok(Json(RunTimelineBody {
+        tenant,
+        run,
+        events: page,
+        next,
+        truncated,
+    }))
+}
+
+/// Takes the reason from the body or the header; an operator's change to
+/// a whole run needs one.
+fn require_reason(caller: &mut Caller, reason: Option<String>, what: &str) -> Result<(), Error> {
+    if let Some(reason) = reason.filter(|r| !r.trim().is_empty()) {
+        caller.reason = reason.chars().take(1024).collect();
+    }
+    if caller.reason.trim().is_empty() {
+        return Err(Error::invalid(
+            "reason",
+            format!("{what} needs a reason (--reason TEXT, or the X-Drover-Reason header): it goes into the audit log"),
+        ));
+    }
+    Ok(())
+}
+
+/// Cancel every unfinished job of a run (their waiters follow), with a
+/// reason for the audit log.
+#[utoipa::path(post, path = "/api/v1/runs/{run}/cancel", tag = "runs",
+    params(("run" = String, Path)), request_body = CancelRunBody,
+    responses((status = 200, body = RunCancelledBody), ErrorResponses))]
+pub(super) async fn cancel(
+    State(s): State<HttpState>,
+    Extension(mut caller): Extension<Caller>,
+    Path(run): Path<String>,
+    b: Result<Json<CancelRunBody>, JsonRejection>,
+) -> Result<Json<RunCancelledBody>, Error> {
+    let b = body(b)?;
+    let tenant = tenant_of(b.tenant)?;
+    require_reason(&mut caller, b.reason, "cancelling a run")?;
+    find_run(&s, &tenant, &run).await?;
+    let mut cancelled = 0;
+    let mut after = 0;
+    // Slices, so one command stays small however big the run.
+    loop {
+        let outcome = s
+            .app
+            .audited(
+                &caller,
+                "runs.cancel",
+                format!("run {run} of tenant {tenant}"),
+                Audited::CancelRun {
+                    tenant: tenant.clone(),
+                    run: run.clone(),
+                    after,
+                    limit: 500,
+                },
+            )
+            .await?;
+        match outcome {
+            Outcome::RunCancelled { cancelled: n, next } => {
+                cancelled += n;
+                match next {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            Outcome::Rejected(refusal) => return Err(Error::Refused(refusal)),
+            other => return Err(Error::Driver(format!("unexpected outcome {other:?}"))),
+        }
+    }
+    tracing::info!(event = "run_cancelled", %tenant, %run, cancelled, who = %caller.name, reason = %caller.reason, "a run's unfinished jobs were cancelled");
+    Ok(Json(RunCancelledBody {
+        tenant,
+        run,
+        cancelled,
+    }))
+}
+
+/// The request that enqueues `job` again: same queue, type, payload,
+/// priority, limits and labels (drover's own left out).
+fn request_again(job: &Job, payload: bytes::Bytes, run: &str) -> JobRequest {
+    let keys = JobKeys::of(&job.labels);
+    JobRequest {
+        queue: job.queue.clone(),
+        job_type: job.job_type.clone(),
+        tenant: job.tenant.clone(),
+        run_id: run.to_string(),
+        priority: u32::from(job.priority),
+        payload,
+        labels: job
+            .labels
+            .iter()
+            .filter(|(k, _)| !k.starts_with(crate::job::RESERVED_LABEL_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        concurrency_key: keys
+            .concurrency
+            .map(|(k, _)| k.to_string())
+            .unwrap_or_default(),
+        concurrency_limit: keys.concurrency.and_then(|(_, l)| l).unwrap_or(0),
+        rate_key: keys.rate.map(|(k, _)| k.to_string()).unwrap_or_default(),
+        rate_limit: keys
+            .rate
+            .and_then(|(_, r)| r)
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
+        timeout_ms: job
+            .labels
+            .get(crate::job::TIMEOUT_LABEL)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
+        on_dependency_failure: job
+            .labels
+            .get(crate::job::ON_DEPENDENCY_FAILURE_LABEL)
+            .cloned()
+            .unwrap_or_default(),
+        ..JobRequest::default()
+    }
+}
+
+/// Enqueue a run's jobs again (all, or those that ended dead or cancelled)
+/// as a new run whose view links back: same payloads, types, priorities
+/// and dependencies among the jobs copied.
+#[utoipa::path(post, path = "/api/v1/runs/{run}/replay", tag = "runs",
+    params(("run" = String, Path)), request_body = ReplayRunBody,
+    responses((status = 200, body = RunReplayedBody), ErrorResponses))]
+pub(super) async fn replay(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(run): Path<String>,
+    b: Result<Json<ReplayRunBody>, JsonRejection>,
+) -> Result<Json<RunReplayedBody>, Error> {
+    let b = body(b)?;
+    let tenant = tenant_of(b.tenant)?;
+    find_run(&s, &tenant, &run).await?;
+    let reader = s.app.driver.reader();
+    let into = match b.into {
+        Some(into) => {
+            crate::job::validate_name("into", &into)?;
+            if reader.run(&tenant, &into)?.is_some() {
+                return Err(Error::invalid(
+                    "into",
+                    format!("run {into:?} exists already; name a new one"),
+                ));
+            }
+            into
+        }
+        None => (1..1000)
+            .map(|n| format!("{run}-replay-{n}"))
+            .find(|r| reader.run(&tenant, r).ok().flatten().is_none())
+            .ok_or_else(|| Error::invalid("into", "name the new run"))?,
+    };
+    let (jobs, more) = run_jobs(&s, &tenant, &run)?;
+    if more {
+        return Err(Error::invalid(
+            "run",
+            format!("run {run:?} has more than {RUN_JOBS_MAX} jobs: too many to replay at once"),
+        ));
+    }
+    let chosen: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| !b.failed_only || matches!(j.state, JobState::Dead | JobState::Cancelled))
+        .collect();
+    if chosen.is_empty() {
+        return Err(Error::invalid(
+            "failed_only",
+            format!("run {run:?} has no jobs to replay"),
+        ));
+    }
+    let position: std::collections::HashMap<u64, usize> =
+        chosen.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
+    let mut requests = Vec::with_capacity(chosen.len());
+    for job in &chosen {
+        let (_, payload) = reader
+            .job_and_payload(job.id)?
+            .ok_or(Error::JobNotFound(job.id))?;
+        let mut r = request_again(job, payload, &into);
+        // Dependencies among the copied jobs point at the copies; one on a
+        // job not copied (it succeeded) is met already.
+        r.after = job
+            .after
+            .iter()
+            .filter_map(|d| position.get(d).map(|p| format!("@{p}")))
+            .collect();
+        if r.after.is_empty() {
+            r.on_dependency_failure.clear();
+        }
+        requests.push(r);
+    }
+    let replay_of = format!("{tenant}/{run}");
+    let ids = s
+        .app
+        .enqueue_labelled(
+            &caller,
+            requests,
+            &[(crate::job::REPLAY_OF_LABEL, replay_of.clone())],
+        )
+        .await?;
+    tracing::info!(event = "run_replayed", %tenant, %run, into = %into, jobs = ids.len(), who = %caller.name, "a run was enqueued again");
+    Ok(Json(RunReplayedBody {
+        tenant,
+        run: into,
+        replay_of,
+        jobs: ids.into_iter().map(|e| e.id).collect(),
+    }))
 }

@@ -1,10 +1,12 @@
-//! `drover runs list|get|budget|override`, `drover budgets set` and
-//! `drover costs`: runs, their budgets, and what jobs cost.
+//! `drover runs list|get|budget|timeline|override|cancel|replay`,
+//! `drover budgets set` and `drover costs`: runs, their budgets, and what
+//! jobs cost.
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use drover::api::types::{
-    CostSumBody, CostsBody, OverrideBody, RunBody, RunBudgetBody, RunsBody, TenantBudgetsBody,
+    CancelRunBody, CostSumBody, CostsBody, OverrideBody, ReplayRunBody, RunBody, RunBudgetBody,
+    RunCancelledBody, RunReplayedBody, RunTimelineBody, RunsBody, TenantBudgetsBody,
 };
 
 use crate::jobs::at;
@@ -31,6 +33,30 @@ pub enum RunsCmd {
     Get(RunArgs),
     /// A run's budgets: limits, use, what is left, whether it is held.
     Budget(RunArgs),
+    /// The run's jobs' events merged in time order, a page at a time.
+    Timeline {
+        #[command(flatten)]
+        run: RunArgs,
+        /// The `next` of the page before.
+        #[arg(long)]
+        after: Option<usize>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Cancel every unfinished job of a run; needs --reason.
+    Cancel(RunArgs),
+    /// Enqueue a run's jobs again as a new run (same payloads, types,
+    /// priorities and dependencies), linked to the old one.
+    Replay {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Only the jobs that ended dead or cancelled.
+        #[arg(long)]
+        failed_only: bool,
+        /// The new run's id (default RUN-replay-N).
+        #[arg(long)]
+        into: Option<String>,
+    },
     /// Raise one run's limits (those given) and release its held jobs;
     /// needs --reason, which goes into the audit log.
     Override {
@@ -144,6 +170,14 @@ pub async fn run(cmd: RunsCmd) -> Result<()> {
                 .admin()?
                 .get(&format!("/api/v1/runs/{}?tenant={}", a.run, a.tenant))
                 .await?;
+            let timeline: RunTimelineBody = a
+                .target
+                .admin()?
+                .get(&format!(
+                    "/api/v1/runs/{}/timeline?tenant={}&limit=50",
+                    a.run, a.tenant
+                ))
+                .await?;
             a.target.print(&r, |r| {
                 println!(
                     "run {} of tenant {}: {}",
@@ -151,6 +185,9 @@ pub async fn run(cmd: RunsCmd) -> Result<()> {
                     r.tenant,
                     state_text(&r.budget)
                 );
+                if let Some(of) = &r.replay_of {
+                    println!("replays run {of}");
+                }
                 let j = &r.jobs;
                 println!(
                     "jobs: {} enqueued, {} unfinished, {} succeeded, {} dead, {} cancelled",
@@ -158,6 +195,59 @@ pub async fn run(cmd: RunsCmd) -> Result<()> {
                 );
                 println!("first {}, last {}", at(r.first_at_ms), at(r.last_at_ms));
                 print_budget(&r.budget);
+                print_timeline(&timeline);
+            })
+        }
+        RunsCmd::Timeline { run, after, limit } => {
+            let mut path = format!(
+                "/api/v1/runs/{}/timeline?tenant={}&limit={limit}",
+                run.run, run.tenant
+            );
+            if let Some(a) = after {
+                path.push_str(&format!("&after={a}"));
+            }
+            let t: RunTimelineBody = run.target.admin()?.get(&path).await?;
+            run.target.print(&t, print_timeline)
+        }
+        RunsCmd::Cancel(a) => {
+            if a.target.reason.trim().is_empty() {
+                bail!("cancelling a run needs --reason TEXT: it goes into the audit log");
+            }
+            let body = CancelRunBody {
+                tenant: Some(a.tenant.clone()),
+                reason: None,
+            };
+            let c: RunCancelledBody = a
+                .target
+                .admin()?
+                .post(&format!("/api/v1/runs/{}/cancel", a.run), &body)
+                .await?;
+            a.target.print(&c, |c| {
+                println!("cancelled {} unfinished jobs of run {}", c.cancelled, c.run)
+            })
+        }
+        RunsCmd::Replay {
+            run,
+            failed_only,
+            into,
+        } => {
+            let body = ReplayRunBody {
+                tenant: Some(run.tenant.clone()),
+                failed_only,
+                into,
+            };
+            let r: RunReplayedBody = run
+                .target
+                .admin()?
+                .post(&format!("/api/v1/runs/{}/replay", run.run), &body)
+                .await?;
+            run.target.print(&r, |r| {
+                println!(
+                    "run {} replays {} with {} jobs",
+                    r.run,
+                    r.replay_of,
+                    r.jobs.len()
+                )
             })
         }
         RunsCmd::Budget(a) => {
@@ -278,6 +368,20 @@ fn sum_row(name: &str, s: &CostSumBody) -> Vec<String> {
             .collect::<Vec<_>>()
             .join(" "),
     ]
+}
+
+fn print_timeline(t: &RunTimelineBody) {
+    for e in &t.events {
+        println!(
+            "  {}  job {}  {}",
+            at(e.event.at_ms),
+            e.job_id,
+            e.event.what
+        );
+    }
+    if let Some(next) = &t.next {
+        println!("more: drover runs timeline {} --after {next}", t.run);
+    }
 }
 
 fn state_text(b: &RunBudgetBody) -> String {
