@@ -160,6 +160,16 @@ async fn a_run_over_its_cost_budget_stops_until_an_override() {
         metrics.contains("drover_budget_exceeded_total{budget=\"cost_usd\",tenant=\"default\"} 1"),
         "{metrics}"
     );
+    // r1 finished: what it used of its (raised) cost budget, 0.1 of 1;
+    // the tenant paid for r1 and the one job of r2.
+    assert!(
+        metrics.contains("drover_run_budget_used_ratio_bucket{budget=\"cost_usd\",le=\"0.1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("drover_tenant_cost_microusd_total{tenant=\"default\"} 120000"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

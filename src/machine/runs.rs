@@ -178,6 +178,17 @@ fn resolve_limits(
         .or(policies.budgets)
 }
 
+/// Adds to a tenant's counter without copying its name once it has one
+/// (this runs on every result).
+fn add_to(counters: &mut BTreeMap<String, u64>, tenant: &str, n: u64) {
+    match counters.get_mut(tenant) {
+        Some(c) => *c = c.saturating_add(n),
+        None => {
+            counters.insert(tenant.to_string(), n);
+        }
+    }
+}
+
 pub(super) fn run_key(tenant: &str, run: &str) -> String {
     format!("{tenant}\0{run}")
 }
@@ -484,9 +495,9 @@ impl Machine {
             *sum = sum.saturating_add(*n);
         }
         let totals = &mut self.runs.totals;
-        *totals.lease_ms.entry(job.tenant.clone()).or_default() += held_ms;
+        add_to(&mut totals.lease_ms, &job.tenant, held_ms);
         if usage.cost_micros > 0 {
-            *totals.cost_micros.entry(job.tenant.clone()).or_default() += usage.cost_micros;
+            add_to(&mut totals.cost_micros, &job.tenant, usage.cost_micros);
             self.tenant_spent(now, &job.tenant, usage.cost_micros)?;
         }
         self.update_run(now, &job.tenant, &job.run_id, |r| {
