@@ -538,6 +538,7 @@ impl Machine {
                 self.put(POLICIES_KEY.to_vec(), self.policies.to_record());
                 self.release_all(now);
                 self.reindex_timeouts()?;
+                self.rejudge_budgets(now)?;
                 Outcome::Noop
             }
             Command::Control { scope, action } => self.control(scope, *action),

@@ -627,6 +627,24 @@ impl Machine {
         Ok(Outcome::RunBudget { over: rec.over })
     }
 
+    /// After new policies: held runs and capped tenants are weighed again
+    /// against their limits now.
+    pub(super) fn rejudge_budgets(&mut self, now: u64) -> Result<(), MachineError> {
+        let held: Vec<String> = self.runs.held.keys().cloned().collect();
+        for key in held {
+            if let Some((tenant, run)) = key.split_once('\0') {
+                self.update_run(now, tenant, run, |_| {})?;
+            }
+        }
+        let capped: Vec<String> = self.runs.capped.keys().cloned().collect();
+        for tenant in capped {
+            let mut day = self.tenant_day(&tenant)?;
+            self.judge_tenant(&tenant, &mut day);
+            self.put(prefixed(TENANT_DAY, &tenant), encode(&day));
+        }
+        Ok(())
+    }
+
     /// Applies a [`Command::SetTenantBudgets`]; the tenant's held runs and
     /// its cap are weighed again.
     pub(super) fn set_tenant_budgets(

@@ -2294,3 +2294,26 @@ fn bad_dependencies_are_refused_and_change_nothing() {
     h.m.commit().unwrap();
     assert_eq!(h.m.digest().unwrap(), before);
 }
+
+#[test]
+fn raised_policies_release_held_runs() {
+    let mut h = Harness::new();
+    let attempts = |n| {
+        budget_policies(crate::policies::Budgets {
+            attempts: Some(n),
+            ..Default::default()
+        })
+    };
+    h.run(0, attempts(1));
+    enqueue_run(&mut h, 1, "r");
+    enqueue_run(&mut h, 2, "r");
+    assert_eq!(h.lease(3, "w", &["q"], 5).len(), 1);
+    assert!(h.lease(4, "w", &["q"], 5).is_empty(), "held at one attempt");
+    h.run(5, attempts(5));
+    assert_eq!(
+        h.lease(6, "w", &["q"], 5).len(),
+        1,
+        "released by the new limit"
+    );
+    assert_eq!(h.m.stats().budgets.runs_over_budget, 0);
+}
