@@ -543,6 +543,12 @@ pub enum Refusal {
     TenantDraining { tenant: String },
     #[error("worker {worker:?} is not quarantined (see drover workers list)")]
     NotQuarantined { worker: String },
+    #[error("no breaker {queue}/{tenant}/{class} is open or counting failures (see drover breakers list)")]
+    UnknownBreaker {
+        queue: String,
+        tenant: String,
+        class: String,
+    },
     #[error("{} is over its {budget} budget ({usage}); `drover runs override RUN --reason TEXT` (or `drover budgets set TENANT`) raises it", budget_scope(tenant, run))]
     BudgetExceeded {
         tenant: String,
@@ -554,12 +560,6 @@ pub enum Refusal {
     UnknownRun { tenant: String, run: String },
     #[error("job {position} of the request: field `after`: {reason}")]
     BadDependency { position: usize, reason: String },
-    #[error("no breaker {queue}/{tenant}/{class} is open or counting failures (see drover breakers list)")]
-    UnknownBreaker {
-        queue: String,
-        tenant: String,
-        class: String,
-    },
 }
 
 fn budget_scope(tenant: &str, run: &str) -> String {

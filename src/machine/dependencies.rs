@@ -124,10 +124,19 @@ impl Machine {
             }
             job.after.push(id);
             let state = self.load(id)?.map(|(j, _)| j.state);
-            if state.is_some_and(|s| !s.is_finished()) {
+            let failed = matches!(state, Some(JobState::Dead | JobState::Cancelled));
+            let unfinished = state.is_some_and(|s| !s.is_finished());
+            // An `@N` that named an idempotent duplicate may name a job
+            // that failed before: the waiter is cancelled after the
+            // command, as if it had failed now (unless it runs anyway).
+            let failed_already = failed && !runs_anyway(&job.labels);
+            if unfinished || failed_already {
                 job.waiting_for += 1;
                 self.put(dependent_key(id, job.id).to_vec(), Vec::new());
                 self.dependents.entry(id).or_default().insert(job.id);
+            }
+            if let (true, Some(state)) = (failed_already, state) {
+                self.dependencies_due.push((id, state));
             }
         }
         if job.waiting_for > 0 {

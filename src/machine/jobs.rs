@@ -102,6 +102,10 @@ impl Machine {
         }
         let was = job.state;
         self.unplace(&job);
+        if was == JobState::Leased {
+            // The time it held counts against its run, as any lease's end.
+            self.lease_ended(now, &mut job, None)?;
+        }
         job.state = JobState::Cancelled;
         job.lease = None;
         job.finished_at_ms = now;

@@ -545,10 +545,13 @@ impl Machine {
         let mut day = self.tenant_day(tenant)?;
         let today = now / DAY_MS;
         if day.day != today {
+            // A new day (before the tick that frees capped tenants): it
+            // starts uncapped, in memory as on disk.
             day = TenantDay {
                 day: today,
                 ..TenantDay::default()
             };
+            self.runs.capped.remove(tenant);
         }
         day.cost_micros = day.cost_micros.saturating_add(micros);
         self.judge_tenant(tenant, &mut day);

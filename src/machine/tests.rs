@@ -2317,3 +2317,86 @@ fn raised_policies_release_held_runs() {
     );
     assert_eq!(h.m.stats().budgets.runs_over_budget, 0);
 }
+
+#[test]
+fn a_cancelled_lease_counts_its_time_against_the_run() {
+    let mut h = Harness::new();
+    enqueue_run(&mut h, 1, "r");
+    let id = h.lease(10, "w", &["q"], 1)[0].id;
+    assert!(matches!(
+        h.run(510, Command::Cancel { id }),
+        Outcome::Cancelled(Ok(JobState::Leased))
+    ));
+    let run = h.m.reader().run("acme", "r").unwrap().unwrap();
+    assert_eq!((run.usage.lease_ms, run.cancelled), (500, 1));
+    assert_eq!(h.job(id).lease_ms, 500);
+}
+
+#[test]
+fn a_waiter_on_a_duplicate_of_a_failed_job_is_cancelled() {
+    let mut h = Harness::new();
+    h.run(
+        0,
+        retry_policies(vec![(
+            "*",
+            crate::policies::RetryPolicy {
+                max_retries: Some(0),
+                ..Default::default()
+            },
+        )]),
+    );
+    let mut keyed = new_job("q", 3);
+    keyed.idempotency_key = "k".into();
+    let dead = enqueue_batch(&mut h, 1, vec![keyed.clone()])[0];
+    h.lease(2, "w", &["q"], 1);
+    fail_as(&mut h, 3, dead, 1, "boom");
+    assert_eq!(h.job(dead).state, JobState::Dead);
+    // The batch's @0 is the duplicate of the dead job.
+    let ids = enqueue_batch(&mut h, 4, vec![keyed, after("q", "@0", false)]);
+    assert_eq!(ids[0], dead);
+    let waiter = h.job(ids[1]);
+    assert_eq!(waiter.state, JobState::Cancelled, "{waiter:?}");
+    assert!(h.lease(5, "w", &["q"], 5).is_empty());
+}
+
+#[test]
+fn a_capped_tenant_spending_on_the_next_day_before_a_tick_is_uncapped_everywhere() {
+    const DAY: u64 = 86_400_000;
+    let mut h = Harness::new();
+    let mut policies = crate::policies::Policies {
+        jobs: CFG,
+        ..Default::default()
+    };
+    policies.tenants.insert(
+        "acme".into(),
+        crate::policies::TenantPolicy {
+            budgets: crate::policies::Budgets {
+                daily_cost_cap_micros: Some(1_000),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    h.run(0, Command::SetPolicies { policies });
+    for i in 0..3 {
+        enqueue_run(&mut h, DAY + i, "");
+    }
+    let ids: Vec<JobId> = h
+        .lease(DAY + 10, "w", &["q"], 2)
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    complete_costing(&mut h, DAY + 20, ids[0], 1, 1_000);
+    assert!(h.m.stats().budgets.capped_tenants.contains("acme"));
+    // The next day, a result with a cost comes before any tick.
+    complete_costing(&mut h, 2 * DAY + 1, ids[1], 1, 10);
+    assert!(h.m.stats().budgets.capped_tenants.is_empty());
+    let digest = h.m.digest().unwrap();
+    let reopened = Machine::open(h.db.open_tree("machine").unwrap()).unwrap();
+    assert_eq!(reopened.digest().unwrap(), digest);
+    assert_eq!(
+        reopened.stats().budgets.capped_tenants,
+        h.m.stats().budgets.capped_tenants
+    );
+    assert_eq!(h.lease(2 * DAY + 2, "w", &["q"], 5).len(), 1);
+}

@@ -297,9 +297,11 @@ const COSTS_MAX_JOBS: usize = 200_000;
 fn add(sum: &mut CostSumBody, job: &Job) {
     sum.jobs += 1;
     sum.cost_usd += crate::policies::micros_to_usd(job.cost_micros);
-    sum.lease_ms += job.lease_ms;
+    sum.lease_ms = sum.lease_ms.saturating_add(job.lease_ms);
+    // Workers report what they like: sums saturate rather than wrap.
     for (name, n) in &job.usage {
-        *sum.usage.entry(name.clone()).or_default() += n;
+        let total = sum.usage.entry(name.clone()).or_default();
+        *total = total.saturating_add(*n);
     }
 }
 
@@ -583,6 +585,17 @@ pub(super) async fn replay(
         .iter()
         .filter(|j| !b.failed_only || matches!(j.state, JobState::Dead | JobState::Cancelled))
         .collect();
+    // One request, so dependencies can name the copies by position.
+    let max = s.app.config.limits.max_jobs_per_request;
+    if chosen.len() > max {
+        return Err(Error::invalid(
+            "run",
+            format!(
+                "a replay enqueues its {} jobs in one request, over limits.max_jobs_per_request ({max}); replay --failed-only, or raise the limit",
+                chosen.len()
+            ),
+        ));
+    }
     if chosen.is_empty() {
         return Err(Error::invalid(
             "failed_only",
