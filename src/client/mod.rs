@@ -20,8 +20,10 @@ pub enum ClientError {
         url: String,
         source: tonic::transport::Error,
     },
-    #[error("the server refused the request: {}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    /// Not a `source`: the message is the whole story, and an error chain
+    /// printed with its causes would say it twice.
+    #[error("the server refused the request ({}): {}", crate::wire::code_name(.0.code()), .0.message())]
+    Status(tonic::Status),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("stopped without reporting {results} results and {running} running jobs: no node answered for {waited:?} ({last_error}); those jobs run again once their leases expire")]
@@ -31,6 +33,12 @@ pub enum ClientError {
         waited: std::time::Duration,
         last_error: String,
     },
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> ClientError {
+        ClientError::Status(s)
+    }
 }
 
 /// The endpoint of `url` (`http://host:port`, `https://host:port`; a bare
