@@ -23,6 +23,7 @@ pub mod restore;
 pub mod schedules;
 pub mod snapshot;
 pub mod store;
+pub mod systemd;
 pub mod token;
 pub mod wire;
 pub mod worker_exec;

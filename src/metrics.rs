@@ -13,6 +13,219 @@ use crate::machine::MachineStats;
 /// The histogram of what each finished run used of each budget.
 pub const RUN_BUDGET_RATIO: &str = "drover_run_budget_used_ratio";
 
+/// A metric's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Whose value a metric is: `Cluster` (every node reports the cluster's
+/// value, from the replicated state: do not sum across nodes) or `Node`
+/// (this node's own: sum them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Cluster,
+    Node,
+}
+
+/// Every metric drover exports, with its HELP text; docs/metrics.md lists
+/// the same (a test checks it).
+pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
+    (
+        "drover_jobs",
+        Kind::Gauge,
+        Scope::Cluster,
+        "Jobs by queue and state (scheduled, ready, leased, succeeded, dead, cancelled, waiting).",
+    ),
+    (
+        "drover_pending_jobs",
+        Kind::Gauge,
+        Scope::Cluster,
+        "Ready jobs by queue and priority (1 highest to 5).",
+    ),
+    (
+        "drover_jobs_enqueued_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Jobs enqueued, as this node applied them since it started.",
+    ),
+    (
+        "drover_jobs_dispatched_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Leases granted, as this node applied them since it started.",
+    ),
+    (
+        "drover_jobs_completed_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Jobs completed, as this node applied them since it started.",
+    ),
+    (
+        "drover_jobs_failed_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Failed attempts, as this node applied them since it started.",
+    ),
+    (
+        "drover_jobs_retried_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Failed attempts scheduled for a retry.",
+    ),
+    (
+        "drover_jobs_dead_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Jobs dead-lettered.",
+    ),
+    (
+        "drover_jobs_cancelled_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Jobs cancelled.",
+    ),
+    (
+        "drover_jobs_escalated_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Exhausted jobs moved to their on_exhausted queue.",
+    ),
+    (
+        "drover_jobs_requeued_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Leases taken back without a result, by queue and reason (expired, stuck, timeout).",
+    ),
+    (
+        "drover_jobs_shed_total",
+        Kind::Counter,
+        Scope::Node,
+        "Enqueues this node refused by load shedding, by queue and priority.",
+    ),
+    (
+        "drover_sla_missed_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Leases of jobs that waited past their queue's sla, by queue and priority.",
+    ),
+    (
+        "drover_dead_jobs",
+        Kind::Gauge,
+        Scope::Cluster,
+        "Dead jobs kept, by queue and last error class.",
+    ),
+    (
+        "drover_finished_jobs",
+        Kind::Gauge,
+        Scope::Cluster,
+        "Finished jobs kept until retention removes them.",
+    ),
+    (
+        "drover_breaker_state",
+        Kind::Gauge,
+        Scope::Cluster,
+        "Circuit breaker by queue, tenant and error class: 0 closed, 1 half-open, 2 open.",
+    ),
+    (
+        "drover_workers_quarantined",
+        Kind::Gauge,
+        Scope::Cluster,
+        "Workers kept from new leases for failing too often.",
+    ),
+    (
+        "drover_active_workers",
+        Kind::Gauge,
+        Scope::Node,
+        "Workers connected to this node.",
+    ),
+    (
+        "drover_budget_exceeded_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Times a run went over a budget (or a tenant over its daily cap), by budget and tenant.",
+    ),
+    (
+        "drover_runs_over_budget",
+        Kind::Gauge,
+        Scope::Cluster,
+        "Runs held by a budget.",
+    ),
+    (
+        "drover_tenants_over_daily_cap",
+        Kind::Gauge,
+        Scope::Cluster,
+        "Tenants held by their daily cost cap.",
+    ),
+    (
+        "drover_tenant_cost_microusd_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Cost workers reported, by tenant, in millionths of a USD.",
+    ),
+    (
+        "drover_tenant_lease_seconds_total",
+        Kind::Counter,
+        Scope::Cluster,
+        "Lease time jobs held, by tenant.",
+    ),
+    (
+        RUN_BUDGET_RATIO,
+        Kind::Histogram,
+        Scope::Cluster,
+        "What each finished run used of each budget (1 = all of it), by budget.",
+    ),
+    (
+        "drover_requests_refused_total",
+        Kind::Counter,
+        Scope::Node,
+        "Requests this node refused before handling them (auth, rate limits), by code.",
+    ),
+    (
+        "drover_data_dir_bytes",
+        Kind::Gauge,
+        Scope::Node,
+        "Bytes this node's data dir takes on disk.",
+    ),
+    (
+        "drover_raft_term",
+        Kind::Gauge,
+        Scope::Node,
+        "This node's raft term.",
+    ),
+    (
+        "drover_raft_commit_index",
+        Kind::Gauge,
+        Scope::Node,
+        "This node's raft commit index.",
+    ),
+    (
+        "drover_raft_applied_index",
+        Kind::Gauge,
+        Scope::Node,
+        "The last log index this node applied.",
+    ),
+    (
+        "drover_raft_is_leader",
+        Kind::Gauge,
+        Scope::Node,
+        "1 if this node leads its raft group.",
+    ),
+];
+
+/// Gives every metric its HELP text and type (once, at install).
+fn describe() {
+    for &(name, kind, _, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
 /// What one scrape renders.
 pub struct Scrape<'a> {
     pub stats: &'a MachineStats,
@@ -54,6 +267,7 @@ impl Metrics {
                 // Fails only if another recorder is installed already; ours
                 // still renders what we set through it then.
                 let _ = metrics::set_global_recorder(recorder);
+                describe();
                 handle
             })
             .clone();
@@ -81,6 +295,7 @@ impl Metrics {
                 ("succeeded", c.succeeded),
                 ("dead", c.dead),
                 ("cancelled", c.cancelled),
+                ("waiting", c.waiting),
             ] {
                 metrics::gauge!("drover_jobs", "queue" => queue.clone(), "state" => state)
                     .set(n as f64);
@@ -184,4 +399,20 @@ pub fn disk_usage(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_list_every_metric() {
+        let docs = include_str!("../docs/metrics.md");
+        for (name, ..) in METRICS {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "docs/metrics.md does not list {name}"
+            );
+        }
+    }
 }

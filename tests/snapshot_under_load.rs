@@ -58,7 +58,14 @@ async fn a_snapshot_and_a_backup_of_a_million_jobs_do_not_stall_the_cluster() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     // No automatic snapshot while filling: the test takes them on purpose.
-    let c = TestCluster::start(3, "[raft]\nsnapshot_every = 100000000\n");
+    // Elections after 2-4 s, not 1-2 s: three nodes and the load share two
+    // cores, whose scheduling alone has stalled a heartbeat past 1 s (an
+    // election seen once in a fresh-clone CI run). Writing the snapshots
+    // takes about 5 s, so a loop they blocked would still lose its lead.
+    let c = TestCluster::start(
+        3,
+        "[raft]\nsnapshot_every = 100000000\nelection_ticks = 20\n",
+    );
     let leader = c.leader().await;
     let servers = c.servers();
 

@@ -101,6 +101,9 @@ pub struct DriverHandle {
     status: watch::Receiver<NodeStatus>,
     stats: watch::Receiver<Arc<MachineStats>>,
     revoked: tokio::sync::broadcast::Sender<Arc<[LeaseEvent]>>,
+    /// When the loop last took a raft tick (ms since the epoch), for the
+    /// systemd watchdog.
+    turned_at: Arc<std::sync::atomic::AtomicU64>,
     reader: JobReader,
     retry_after_ms: u64,
 }
@@ -205,6 +208,11 @@ impl DriverHandle {
         self.stats.clone()
     }
 
+    /// When the raft loop last turned (took a tick), in ms since the epoch.
+    pub fn loop_turned_at_ms(&self) -> u64 {
+        self.turned_at.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Leases the log took back without a result (expiries, timeouts, an
     /// operator's requeue), as each applied range ends: the worker
     /// sessions tell their workers to stop those jobs at once.
@@ -281,6 +289,7 @@ struct Driver {
     status_tx: watch::Sender<NodeStatus>,
     stats_tx: watch::Sender<Arc<MachineStats>>,
     revoked_tx: tokio::sync::broadcast::Sender<Arc<[LeaseEvent]>>,
+    turned_at: Arc<std::sync::atomic::AtomicU64>,
     shutdown: watch::Receiver<bool>,
     tick_interval: Duration,
     log_keep: u64,
@@ -435,12 +444,14 @@ pub fn start(
     // Rare (timeouts and expiries); a session that lags behind learns of
     // its lost leases from its next heartbeat instead.
     let (revoked_tx, _) = tokio::sync::broadcast::channel(64);
+    let turned_at = Arc::new(std::sync::atomic::AtomicU64::new(now_ms()));
     let handle = DriverHandle {
         tx,
         control: control_tx,
         status,
         stats,
         revoked: revoked_tx.clone(),
+        turned_at: turned_at.clone(),
         reader: machine.reader(),
         retry_after_ms: (cfg.raft.tick_interval * cfg.raft.election_ticks as u32).as_millis()
             as u64,
@@ -470,6 +481,7 @@ pub fn start(
         status_tx,
         stats_tx,
         revoked_tx,
+        turned_at,
         shutdown,
         tick_interval: cfg.raft.tick_interval,
         log_keep: cfg.raft.log_keep_entries,
@@ -518,6 +530,7 @@ impl Driver {
                     None => return Err(DriverError::Flusher("the flusher thread stopped".into())),
                 },
                 _ = ticker.tick() => {
+                    self.turned_at.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
                     // Reads raft dropped (no leader) whose waiters gave up.
                     self.reads.drop_abandoned();
                     self.raw.tick();

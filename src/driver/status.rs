@@ -17,6 +17,17 @@ pub enum Role {
     Leader,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "precandidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
 impl From<StateRole> for Role {
     fn from(r: StateRole) -> Role {
         match r {

@@ -16,6 +16,8 @@ pub struct TestNode {
     /// The gRPC listen address: port 0 for a lone node, a fixed port for a
     /// cluster member (its peers must know it).
     pub grpc_addr: String,
+    /// Set in the node's environment (NOTIFY_SOCKET...).
+    pub env: Vec<(String, String)>,
     pub grpc: String,
     pub http: String,
 }
@@ -41,6 +43,7 @@ impl TestNode {
             dir,
             extra_config: extra.to_string(),
             grpc_addr: grpc_addr.to_string(),
+            env: Vec::new(),
             grpc: String::new(),
             http: String::new(),
         }
@@ -71,6 +74,7 @@ impl TestNode {
             .arg("serve")
             .arg("--config")
             .arg(&config)
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

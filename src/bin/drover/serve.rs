@@ -72,6 +72,10 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         "drover node {} ready grpc={} http={}",
         node.app.config.node_id, node.grpc_addr, node.http_addr
     );
+    tokio::spawn(drover::systemd::supervise(
+        node.app.driver.clone(),
+        node.app.shutdown.clone(),
+    ));
     let stop = node.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;
