@@ -21,13 +21,23 @@ pub struct ServeArgs {
     node_id: Option<u64>,
 }
 
+/// `json`, `text`, or `auto`: JSON lines under systemd (which sets
+/// JOURNAL_STREAM for a service whose stderr is the journal), text
+/// otherwise. Text has colour only on a terminal, so a log written to a
+/// file is not full of escapes.
 pub fn init_tracing(format: &str, level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if format == "json" {
+    let json = match format {
+        "auto" => std::env::var_os("JOURNAL_STREAM").is_some(),
+        f => f == "json",
+    };
+    if json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();

@@ -33,7 +33,7 @@ pub struct WorkerArgs {
 }
 
 pub async fn run(a: WorkerArgs) -> Result<()> {
-    crate::serve::init_tracing("text", "info");
+    crate::serve::init_tracing("auto", "info");
     let id = a.id.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap_or_else(|_| "worker".into());
