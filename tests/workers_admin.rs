@@ -131,3 +131,30 @@ async fn workers_are_listed_cluster_wide_and_stopped_on_request() {
     // The shutdown of an unknown worker was refused and is not recorded.
     assert_eq!(actions, ["workers.shutdown"; 2]);
 }
+
+/// `--max-jobs` recycles a worker: it runs that many, reports them, exits 0
+/// (a supervisor starts a fresh one), and leaves the rest for others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_max_jobs_exits_cleanly_after_them() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    for _ in 0..5 {
+        let out = drover(&["enqueue", "--queue", "q"], server);
+        assert!(out.status.success());
+    }
+    let mut w = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["worker", "--queue", "q", "--exec", "cat", "--id", "short"])
+        .args(["--max-jobs", "2", "--server", server])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn drover worker");
+    let status = wait_child(&mut w, Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    let out = drover(&["jobs", "list", "--state", "succeeded", "--json"], server);
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 2, "{page}");
+    let out = drover(&["jobs", "list", "--state", "ready", "--json"], server);
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 3, "{page}");
+}

@@ -30,6 +30,14 @@ pub struct WorkerArgs {
     /// its results before it exits without them (e.g. 30s, 2m).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     stop_timeout: std::time::Duration,
+    /// Stop gracefully (finish what it holds, report, exit 0) after this
+    /// many jobs, so a supervisor starts a fresh process (for handlers
+    /// that leak). 0: never.
+    #[arg(long, default_value_t = 0)]
+    max_jobs: u64,
+    /// Stop gracefully after running this long (e.g. 6h), as --max-jobs.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_lifetime: Option<std::time::Duration>,
 }
 
 pub async fn run(a: WorkerArgs) -> Result<()> {
@@ -40,13 +48,40 @@ pub async fn run(a: WorkerArgs) -> Result<()> {
         format!("{}-{}", host.trim(), std::process::id())
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let on_signal = stop_tx.clone();
     tokio::spawn(async move {
         crate::serve::wait_for_signal().await;
-        stop_tx.send_replace(true);
+        on_signal.send_replace(true);
     });
+    if let Some(lifetime) = a.max_lifetime {
+        let on_age = stop_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(lifetime).await;
+            tracing::info!(
+                event = "worker_recycled",
+                why = "max_lifetime",
+                "stopping after --max-lifetime: held jobs finish first"
+            );
+            on_age.send_replace(true);
+        });
+    }
     let cmd = std::sync::Arc::new(a.exec);
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let max_jobs = a.max_jobs;
     let handler = move |job: pb::LeasedJob| {
         let cmd = cmd.clone();
+        // The job that reaches --max-jobs still runs; stopping makes the
+        // worker take no more and exit once its results are reported.
+        let n = started.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if max_jobs > 0 && n == max_jobs {
+            tracing::info!(
+                event = "worker_recycled",
+                why = "max_jobs",
+                jobs = n,
+                "stopping after --max-jobs: held jobs finish first"
+            );
+            stop_tx.send_replace(true);
+        }
         async move { drover::worker_exec::exec_job(&cmd, job).await }
     };
     let mut opts = WorkerOptions::new(a.target.server.clone(), id, a.queue, a.concurrency);
