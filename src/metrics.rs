@@ -190,6 +190,12 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         "Bytes this node's data dir takes on disk.",
     ),
     (
+        "drover_data_dir_free_bytes",
+        Kind::Gauge,
+        Scope::Node,
+        "Bytes free on the filesystem of this node's data dir.",
+    ),
+    (
         "drover_raft_term",
         Kind::Gauge,
         Scope::Node,
@@ -354,6 +360,9 @@ impl Metrics {
         }
         metrics::gauge!("drover_finished_jobs").set(finished as f64);
         metrics::gauge!("drover_data_dir_bytes").set(disk_usage(scrape.data_dir) as f64);
+        if let Some(free) = free_space(scrape.data_dir) {
+            metrics::gauge!("drover_data_dir_free_bytes").set(free as f64);
+        }
         metrics::gauge!("drover_active_workers").set(scrape.active_workers as f64);
         metrics::gauge!("drover_workers_quarantined").set(stats.quarantined.len() as f64);
         let b = &stats.budgets;
@@ -383,6 +392,23 @@ impl Metrics {
     }
 }
 
+/// Bytes free for an unprivileged writer on the filesystem holding `dir`;
+/// None if it cannot be read.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: statvfs writes the struct it is given and reads a
+    // NUL-terminated path; both outlive the call.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
 /// Bytes a directory tree takes on disk (allocated blocks, as `du` counts
 /// them); what cannot be read counts as nothing.
 pub fn disk_usage(dir: &Path) -> u64 {
@@ -404,6 +430,24 @@ pub fn disk_usage(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every metric an alert uses is one drover exports (or Prometheus'
+    /// own `up`).
+    #[test]
+    fn alerts_use_only_exported_metrics() {
+        let alerts = include_str!("../config/prometheus/alerts.yml");
+        let mut used = 0;
+        for word in alerts.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("drover_") {
+                used += 1;
+                assert!(
+                    METRICS.iter().any(|(name, ..)| *name == word),
+                    "alerts.yml uses {word}, which drover does not export"
+                );
+            }
+        }
+        assert!(used > 10);
+    }
 
     #[test]
     fn docs_list_every_metric() {
