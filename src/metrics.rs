@@ -406,7 +406,7 @@ pub fn free_space(dir: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled the struct.
     let stat = unsafe { stat.assume_init() };
-    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Bytes a directory tree takes on disk (allocated blocks, as `du` counts
