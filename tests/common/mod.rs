@@ -74,6 +74,9 @@ impl TestNode {
             .arg("serve")
             .arg("--config")
             .arg(&config)
+            // A test runner under systemd must not hear from test nodes.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
             .envs(self.env.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
