@@ -82,6 +82,36 @@ pub struct Config {
     pub retry: BTreeMap<String, RetryConfig>,
     /// `[budgets]`: what every run may use unless its tenant says otherwise.
     pub budgets: BudgetsConfig,
+    /// `[backup]`: scheduled backups.
+    pub backup: Backup,
+}
+
+/// `[backup]`: every `every`, the leader writes a backup into `dir` and
+/// keeps the newest `keep`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backup {
+    /// Off unless set: "6h".
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub every: Option<Duration>,
+    /// Default: `backups` in the data dir. Another disk is better.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    pub keep: usize,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Backup {
+            every: None,
+            dir: None,
+            keep: 14,
+        }
+    }
 }
 
 /// `[budgets]` and `[tenants.NAME.budgets]`: a run's limits; each optional.
@@ -407,6 +437,7 @@ impl Default for Config {
             schedules: BTreeMap::new(),
             retry: BTreeMap::new(),
             budgets: BudgetsConfig::default(),
+            backup: Backup::default(),
         }
     }
 }
@@ -1157,6 +1188,17 @@ impl Config {
         self.budgets
             .validate("budgets")
             .map_err(|e| invalid("budgets", e))?;
+        if self
+            .backup
+            .every
+            .is_some_and(|d| d < Duration::from_secs(1))
+            || self.backup.keep == 0
+        {
+            return Err(invalid(
+                "backup",
+                "[backup] every must be at least 1s, and keep at least 1",
+            ));
+        }
         if self.budgets.daily_cost_cap_usd.is_some() {
             return Err(invalid(
                 "budgets",

@@ -6,6 +6,7 @@
 //! commands and outcomes into responses; [`node`] wires them together.
 
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod cluster;

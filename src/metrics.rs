@@ -190,6 +190,18 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         "Bytes this node's data dir takes on disk.",
     ),
     (
+        "drover_backup_last_success_timestamp_seconds",
+        Kind::Gauge,
+        Scope::Node,
+        "When this node last wrote a scheduled backup (it does while it leads).",
+    ),
+    (
+        "drover_backup_failures_total",
+        Kind::Counter,
+        Scope::Node,
+        "Scheduled backups this node failed to write.",
+    ),
+    (
         "drover_data_dir_free_bytes",
         Kind::Gauge,
         Scope::Node,

@@ -46,6 +46,8 @@ fn a_bad_config_names_what_is_wrong() {
             "quarantine_failure_rate",
         ),
         ("[queues.q]\nquarantine_for = \"0s\"\n", "quarantine_for"),
+        ("[backup]\nkeep = 0\n", "keep"),
+        ("[backup]\nevery = \"soon\"\n", "every"),
     ] {
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, body).unwrap();

@@ -82,6 +82,21 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         "drover node {} ready grpc={} http={}",
         node.app.config.node_id, node.grpc_addr, node.http_addr
     );
+    if let Some(every) = node.app.config.backup.every {
+        let b = &node.app.config.backup;
+        let dir = b
+            .dir
+            .clone()
+            .unwrap_or_else(|| node.app.config.data_dir.join("backups"));
+        tracing::info!(event = "backups_scheduled", dir = %dir.display(), every = ?every, keep = b.keep, "the leader writes a backup on schedule");
+        tokio::spawn(drover::backup::schedule(
+            node.app.driver.clone(),
+            every,
+            dir,
+            b.keep,
+            node.app.shutdown.clone(),
+        ));
+    }
     tokio::spawn(drover::systemd::supervise(
         node.app.driver.clone(),
         node.app.shutdown.clone(),

@@ -1,0 +1,75 @@
+//! Scheduled backups: the leader writes one every `[backup] every` into
+//! `dir`, keeps the newest `keep`, and a new node restored from the newest
+//! has the jobs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_are_kept_pruned_and_restore_into_a_new_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let node = TestNode::start(&format!(
+        "[backup]\nevery = \"1s\"\ndir = {:?}\nkeep = 2\n",
+        backups
+    ));
+    let server = node.grpc.as_str();
+    let mut ids = Vec::new();
+    for payload in ["one", "two", "three"] {
+        let out = drover_cli(
+            &["enqueue", "--queue", "q", "--payload", payload, "--json"],
+            server,
+            "",
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push(v[0]["id"].as_u64().unwrap());
+    }
+    let written = wait_for(
+        "two backups after the jobs",
+        Duration::from_secs(20),
+        || async {
+            let files = drover::backup::list(&backups);
+            if files.len() == 2 {
+                Ok(files)
+            } else {
+                Err(format!("{files:?}"))
+            }
+        },
+    )
+    .await;
+    // More are written (one a second); two are kept.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let kept = drover::backup::list(&backups);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_ne!(kept, written, "newer backups replaced the older");
+    let metrics = metrics_text(&node).await;
+    assert!(
+        metrics.contains("drover_backup_last_success_timestamp_seconds"),
+        "{metrics}"
+    );
+
+    let mut restored = TestNode::prepare("127.0.0.1:0", "");
+    let out = drover_cli(
+        &[
+            "snapshot",
+            "restore",
+            kept[0].to_str().unwrap(),
+            "--data-dir",
+            restored.data_dir().to_str().unwrap(),
+        ],
+        "",
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    restored.spawn();
+    for &id in &ids {
+        assert_eq!(job_state(&restored, id).await, "ready");
+    }
+}
