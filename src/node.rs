@@ -29,6 +29,9 @@ pub struct Node {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub app: App,
+    /// Set to ask the node to stop; `shutdown_tx` follows once a leader
+    /// has handed its lead over (its peers must still reach it for that).
+    stop_tx: watch::Sender<bool>,
     shutdown_tx: watch::Sender<bool>,
     grpc: JoinHandle<()>,
     http: JoinHandle<()>,
@@ -36,6 +39,9 @@ pub struct Node {
     driver_stop: watch::Sender<bool>,
     grace: Duration,
 }
+
+/// How long a stopping leader waits for its lead to move.
+const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::bind(addr)
@@ -127,6 +133,7 @@ impl Node {
             grpc_addr,
             http_addr,
             app,
+            stop_tx: watch::channel(false).0,
             shutdown_tx,
             grpc,
             http,
@@ -136,22 +143,67 @@ impl Node {
         })
     }
 
+    /// A leader that stops hands its lead to its most caught-up reachable
+    /// voter first, so writes move on at once instead of after an election
+    /// timeout; results its workers send while they finish are forwarded
+    /// there.
+    async fn hand_over_leadership(&self) {
+        let status = self.app.driver.status();
+        if !status.is_leader() {
+            return;
+        }
+        let Some(to) = status
+            .members
+            .iter()
+            .filter(|m| m.id != status.node_id && m.voter && m.reachable == Some(true))
+            .max_by_key(|m| m.match_index.unwrap_or(0))
+            .map(|m| m.id)
+        else {
+            return;
+        };
+        let moved = tokio::time::timeout(
+            HANDOVER_WAIT,
+            crate::cluster::admin::transfer_leader(&self.app.router, to),
+        )
+        .await;
+        match moved {
+            Ok(Ok(_)) => {
+                tracing::info!(
+                    event = "leadership_transferred",
+                    to,
+                    "handed the lead over before stopping"
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(event = "leadership_transfer_failed", to, error = %e, "stopping as leader: the others elect one")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    event = "leadership_transfer_failed",
+                    to,
+                    "the lead did not move in time; stopping as leader: the others elect one"
+                )
+            }
+        }
+    }
+
     /// Asks the node to stop; [`Node::wait`] returns when it has.
     pub fn shutdown(&self) {
-        self.shutdown_tx.send_replace(true);
+        self.stop_tx.send_replace(true);
     }
 
     /// A handle that can ask the node to stop from elsewhere.
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
-        self.shutdown_tx.clone()
+        self.stop_tx.clone()
     }
 
     /// Runs until shutdown is asked for or the driver fails, then stops
-    /// everything in order.
+    /// everything in order: a leader hands its lead over, then the APIs
+    /// and workers stop within the grace, then the driver.
     pub async fn wait(mut self) -> Result<(), Error> {
-        let mut shutdown = self.app.shutdown.clone();
+        let mut stop = self.stop_tx.subscribe();
         let driver_failed = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => None,
+            _ = stop.wait_for(|s| *s) => None,
             r = &mut self.driver_done => Some(r),
         };
         if let Some(r) = driver_failed {
@@ -167,6 +219,8 @@ impl Node {
             grace_ms = self.grace.as_millis() as u64,
             "stopping: workers finish held jobs"
         );
+        self.hand_over_leadership().await;
+        self.shutdown_tx.send_replace(true);
         // Both listeners stop within the grace (streams end when their
         // workers finish; what is left is closed), and at the same time.
         let _ = tokio::join!(&mut self.grpc, &mut self.http);

@@ -665,3 +665,48 @@ async fn a_worker_keeps_its_job_across_a_failover_by_heartbeating_it() {
     let (_, job) = get_json(&format!("{}/api/v1/jobs/{id}", c.nodes[new].http)).await;
     assert_eq!(job["attempts"], 1, "{job}");
 }
+
+/// A leader stopped with SIGTERM hands its lead over first (so writes move
+/// on without waiting out an election timeout), exits 0, and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_over_its_lead() {
+    let mut c = TestCluster::start(3, "");
+    let first = c.leader().await;
+    // Restart one follower with its log in a file, then make it lead.
+    let node = (first + 1) % 3;
+    let log = c.nodes[node].dir.path().join("node.log");
+    c.nodes[node].kill();
+    c.nodes[node].log_file = Some(log.clone());
+    c.nodes[node].spawn();
+    c.converged().await;
+    let to = (node + 1).to_string();
+    let out = drover_cli(
+        &["cluster", "transfer-leader", &to, "--reason", "test"],
+        &c.nodes[first].grpc,
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.leader().await, node);
+    let mut p = Producer::connect(&c.servers()).await.unwrap();
+    let ids: Vec<u64> = p
+        .enqueue(vec![new_job("q", "x"); 50])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+
+    let status = c.nodes[node].terminate();
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("leadership_transferred"), "{text}");
+    let leader = c.leader().await;
+    assert_ne!(leader, node);
+    for id in ids {
+        assert_eq!(job_state(&c.nodes[leader], id).await, "ready");
+    }
+}

@@ -18,6 +18,8 @@ pub struct TestNode {
     pub grpc_addr: String,
     /// Set in the node's environment (NOTIFY_SOCKET...).
     pub env: Vec<(String, String)>,
+    /// Where the node's log goes (appended); the test's stderr if None.
+    pub log_file: Option<PathBuf>,
     pub grpc: String,
     pub http: String,
 }
@@ -44,6 +46,7 @@ impl TestNode {
             extra_config: extra.to_string(),
             grpc_addr: grpc_addr.to_string(),
             env: Vec::new(),
+            log_file: None,
             grpc: String::new(),
             http: String::new(),
         }
@@ -79,7 +82,16 @@ impl TestNode {
             .env_remove("WATCHDOG_USEC")
             .envs(self.env.iter().cloned())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log_file {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("open the node's log file"),
+                ),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("spawn drover serve");
         let stdout = child.stdout.take().expect("stdout");
