@@ -158,3 +158,69 @@ async fn a_worker_with_max_jobs_exits_cleanly_after_them() {
     let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(page["jobs"].as_array().unwrap().len(), 3, "{page}");
 }
+
+/// `--health-addr` serves the worker's health for a supervisor: 200 and
+/// its results while connected, 503 once its node is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_its_health() {
+    let mut node = TestNode::start("");
+    let server = node.grpc.clone();
+    for _ in 0..2 {
+        assert!(drover(&["enqueue", "--queue", "q"], &server)
+            .status
+            .success());
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _w = Workers(vec![Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["worker", "--queue", "q", "--exec", "cat", "--id", "healthy"])
+        .args(["--health-addr", &addr, "--server", &server])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn drover worker")]);
+    let url = format!("http://{addr}/health");
+    let seen = wait_for("two results reported", Duration::from_secs(20), || async {
+        let Ok(resp) = reqwest::get(&url).await else {
+            return Err("not listening yet".to_string());
+        };
+        let code = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        if code == 200 && body["completed"] == 2 {
+            Ok(body)
+        } else {
+            Err(format!("{code} {body}"))
+        }
+    })
+    .await;
+    assert_eq!(seen["connected"], true);
+    assert_eq!(seen["held"], 0);
+    assert!(seen["last_result_ms"].as_u64().unwrap() > 0);
+    node.kill();
+    wait_for(
+        "503 once the node is gone",
+        Duration::from_secs(20),
+        || async {
+            match reqwest::get(&url).await {
+                Ok(r) if r.status().as_u16() == 503 => Ok(()),
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+
+    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args([
+            "worker",
+            "--queue",
+            "q",
+            "--exec",
+            "cat",
+            "--health-addr",
+            "nonsense",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("health-addr"));
+}

@@ -95,6 +95,23 @@ pub struct WorkerOptions {
     pub credentials: crate::wire::Credentials,
     /// A version label for `drover workers list` (a build, an image tag).
     pub version: String,
+    /// What it is doing, kept current for a health check.
+    pub health: Arc<WorkerHealth>,
+}
+
+/// What a running worker is doing, for a supervisor's health check
+/// (`drover worker --health-addr`).
+#[derive(Debug, Default)]
+pub struct WorkerHealth {
+    /// Registered on a stream now.
+    pub connected: std::sync::atomic::AtomicBool,
+    /// Jobs it holds.
+    pub held: std::sync::atomic::AtomicU32,
+    /// Results the server accepted.
+    pub completed: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// When the server last accepted one (ms since the epoch; 0: never).
+    pub last_result_ms: std::sync::atomic::AtomicU64,
 }
 
 impl WorkerOptions {
@@ -113,6 +130,7 @@ impl WorkerOptions {
             max_reconnects: 0,
             stop_timeout: Duration::from_secs(60),
             credentials: Default::default(),
+            health: Default::default(),
             version: String::new(),
         }
     }
@@ -210,7 +228,12 @@ pub async fn run<H: Handler>(
     };
     let mut failures = 0u32;
     loop {
-        match rt.session(&mut stop).await {
+        let ended = rt.session(&mut stop).await;
+        rt.opts
+            .health
+            .connected
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        match ended {
             Ok(()) => return Ok(rt.report),
             Err(e) => {
                 rt.collect_finished();
@@ -320,6 +343,10 @@ impl<H: Handler> Runtime<H> {
             }
         };
         self.registered = true;
+        self.opts
+            .health
+            .connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -413,6 +440,14 @@ impl<H: Handler> Runtime<H> {
         if self.held.get(&job_id) == Some(&attempt) {
             self.held.remove(&job_id);
         }
+        self.sync_held();
+    }
+
+    fn sync_held(&self) {
+        self.opts
+            .health
+            .held
+            .store(self.held.len() as u32, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether this lease is one the worker runs or ran: a node re-sends
@@ -442,6 +477,7 @@ impl<H: Handler> Runtime<H> {
                         continue;
                     }
                     self.held.insert(job.job_id, job.attempt);
+                    self.sync_held();
                     let (job_id, attempt) = (job.job_id, job.attempt);
                     let handler = self.handler.clone();
                     let tx = self.done_tx.clone();
@@ -495,10 +531,22 @@ impl<H: Handler> Runtime<H> {
                     }
                     self.transient_refusals = 0;
                     if ack.ok {
-                        match kind {
-                            pb::AckKind::Complete => self.report.completed += 1,
-                            _ => self.report.failed += 1,
-                        }
+                        let health = &self.opts.health;
+                        let counter = match kind {
+                            pb::AckKind::Complete => {
+                                self.report.completed += 1;
+                                &health.completed
+                            }
+                            _ => {
+                                self.report.failed += 1;
+                                &health.failed
+                            }
+                        };
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        health.last_result_ms.store(
+                            crate::driver::now_ms(),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                     } else {
                         self.report.refused += 1;
                         tracing::warn!(event = "result_refused", job_id = ack.job_id, attempt = ack.attempt, error = %ack.error, "server refused a result");

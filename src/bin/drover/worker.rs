@@ -38,6 +38,52 @@ pub struct WorkerArgs {
     /// Stop gracefully after running this long (e.g. 6h), as --max-jobs.
     #[arg(long, value_parser = humantime::parse_duration)]
     max_lifetime: Option<std::time::Duration>,
+    /// Serve `GET /health` here for a process supervisor: 200 while the
+    /// worker is connected to a node, 503 otherwise, with what it holds
+    /// and its last result (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    health_addr: Option<std::net::SocketAddr>,
+}
+
+/// `/health` of a worker.
+async fn serve_health(
+    addr: std::net::SocketAddr,
+    health: std::sync::Arc<worker::WorkerHealth>,
+    capacity: u32,
+) -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--health-addr {addr}: cannot listen: {e}"))?;
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let h = health.clone();
+            async move {
+                let connected = h.connected.load(Relaxed);
+                let body = serde_json::json!({
+                    "connected": connected,
+                    "held": h.held.load(Relaxed),
+                    "capacity": capacity,
+                    "completed": h.completed.load(Relaxed),
+                    "failed": h.failed.load(Relaxed),
+                    "last_result_ms": h.last_result_ms.load(Relaxed),
+                });
+                let status = if connected {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, axum::Json(body))
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(event = "worker_health_failed", error = %e, "the health endpoint stopped");
+        }
+    });
+    Ok(())
 }
 
 pub async fn run(a: WorkerArgs) -> Result<()> {
@@ -85,6 +131,9 @@ pub async fn run(a: WorkerArgs) -> Result<()> {
         async move { drover::worker_exec::exec_job(&cmd, job).await }
     };
     let mut opts = WorkerOptions::new(a.target.server.clone(), id, a.queue, a.concurrency);
+    if let Some(addr) = a.health_addr {
+        serve_health(addr, opts.health.clone(), a.concurrency).await?;
+    }
     opts.stop_timeout = a.stop_timeout;
     opts.credentials = a.target.credentials()?;
     opts.version = a.worker_version;
