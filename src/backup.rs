@@ -29,20 +29,7 @@ async fn copy_in(from: &Path, dir: &Path, index: u64) -> std::io::Result<PathBuf
 
 /// Backups in `dir`, newest first (names sort by time).
 pub fn list(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("drover-backup-") && n.ends_with(".bin"))
-        })
-        .collect();
-    files.sort();
-    files.reverse();
-    files
+    crate::snapshot::list_named(dir, "drover-backup-")
 }
 
 /// Takes one backup now, if this node leads; prunes to `keep`.

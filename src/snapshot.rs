@@ -363,6 +363,12 @@ pub fn load(path: &Path, tree: &sled::Tree) -> Result<SnapshotMeta, SnapshotErro
 
 /// Snapshot files in `dir` (named `snap-INDEX-TERM.bin`), newest first.
 pub fn list(dir: &Path) -> Vec<PathBuf> {
+    list_named(dir, "snap-")
+}
+
+/// Files `PREFIX*.bin` in `dir`, newest first: their names carry a
+/// zero-padded index or time, so they sort by it.
+pub fn list_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -371,10 +377,9 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("snap-") && n.ends_with(".bin"))
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".bin"))
         })
         .collect();
-    // The index is zero-padded, so names sort by index.
     files.sort();
     files.reverse();
     files

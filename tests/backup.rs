@@ -40,11 +40,21 @@ async fn scheduled_backups_are_kept_pruned_and_restore_into_a_new_node() {
         },
     )
     .await;
-    // More are written (one a second); two are kept.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let kept = drover::backup::list(&backups);
+    // More are written (one a second); two are kept, the newest.
+    let kept = wait_for(
+        "newer backups replacing the older",
+        Duration::from_secs(20),
+        || async {
+            let files = drover::backup::list(&backups);
+            if files.len() == 2 && !files.contains(&written[0]) && !files.contains(&written[1]) {
+                Ok(files)
+            } else {
+                Err(format!("{files:?}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(kept.len(), 2, "{kept:?}");
-    assert_ne!(kept, written, "newer backups replaced the older");
     let metrics = metrics_text(&node).await;
     assert!(
         metrics.contains("drover_backup_last_success_timestamp_seconds"),

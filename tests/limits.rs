@@ -9,15 +9,7 @@ use std::time::Duration;
 
 use common::*;
 
-fn drover(args: &[&str], server: &str) -> serde_json::Value {
-    let out = drover_cli(args, server, "");
-    assert!(
-        out.status.success(),
-        "drover {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
+use common::drover_json as drover;
 
 fn ids(page: &serde_json::Value) -> Vec<u64> {
     page["jobs"]

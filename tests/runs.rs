@@ -6,34 +6,17 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
-fn drover(args: &[&str], server: &str) -> serde_json::Value {
-    let out = drover_cli(args, server, "");
-    assert!(
-        out.status.success(),
-        "drover {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
+use common::drover_json as drover;
 
 fn fails(args: &[&str], server: &str) -> String {
     let out = drover_cli(args, server, "");
     assert!(!out.status.success(), "drover {args:?} should fail");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn run_view(server: &str, run: &str) -> serde_json::Value {

@@ -378,6 +378,11 @@ impl Session {
             return true;
         }
         self.sync_entry();
+        self.send_cancels(cancels).await
+    }
+
+    /// Tells the worker to stop these jobs; false when it is gone.
+    async fn send_cancels(&self, cancels: Vec<pb::Cancel>) -> bool {
         for cancel in cancels {
             let msg = pb::server_message::Msg::Cancel(cancel);
             if self
@@ -742,23 +747,15 @@ impl Session {
                 {
                     return false;
                 }
-                for (job_id, attempt, reason) in lost {
-                    let cancel = pb::Cancel {
+                let cancels = lost
+                    .into_iter()
+                    .map(|(job_id, attempt, reason)| pb::Cancel {
                         job_id,
                         attempt,
                         reason,
-                    };
-                    let msg = pb::server_message::Msg::Cancel(cancel);
-                    if self
-                        .tx
-                        .send(Ok(pb::ServerMessage { msg: Some(msg) }))
-                        .await
-                        .is_err()
-                    {
-                        return false;
-                    }
-                }
-                return true;
+                    })
+                    .collect();
+                return self.send_cancels(cancels).await;
             }
         };
         self.tx

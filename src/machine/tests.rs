@@ -2132,21 +2132,7 @@ fn attempts_and_time_budgets_hold_at_their_limits() {
 fn a_tenant_over_its_daily_cap_waits_for_the_next_utc_day() {
     const DAY: u64 = 86_400_000;
     let mut h = Harness::new();
-    let mut policies = crate::policies::Policies {
-        jobs: CFG,
-        ..Default::default()
-    };
-    policies.tenants.insert(
-        "acme".into(),
-        crate::policies::TenantPolicy {
-            budgets: crate::policies::Budgets {
-                daily_cost_cap_micros: Some(1_000_000),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    );
-    h.run(0, Command::SetPolicies { policies });
+    h.run(0, daily_cap_policies(1_000_000));
     let start = 10 * DAY + 1_000;
     for i in 0..3 {
         enqueue_run(&mut h, start + i, "");
@@ -2363,21 +2349,7 @@ fn a_waiter_on_a_duplicate_of_a_failed_job_is_cancelled() {
 fn a_capped_tenant_spending_on_the_next_day_before_a_tick_is_uncapped_everywhere() {
     const DAY: u64 = 86_400_000;
     let mut h = Harness::new();
-    let mut policies = crate::policies::Policies {
-        jobs: CFG,
-        ..Default::default()
-    };
-    policies.tenants.insert(
-        "acme".into(),
-        crate::policies::TenantPolicy {
-            budgets: crate::policies::Budgets {
-                daily_cost_cap_micros: Some(1_000),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    );
-    h.run(0, Command::SetPolicies { policies });
+    h.run(0, daily_cap_policies(1_000));
     for i in 0..3 {
         enqueue_run(&mut h, DAY + i, "");
     }
@@ -2399,4 +2371,23 @@ fn a_capped_tenant_spending_on_the_next_day_before_a_tick_is_uncapped_everywhere
         h.m.stats().budgets.capped_tenants
     );
     assert_eq!(h.lease(2 * DAY + 2, "w", &["q"], 5).len(), 1);
+}
+
+/// Policies with tenant acme's daily cost cap, in millionths of a USD.
+fn daily_cap_policies(cap_micros: u64) -> Command {
+    let mut policies = crate::policies::Policies {
+        jobs: CFG,
+        ..Default::default()
+    };
+    policies.tenants.insert(
+        "acme".into(),
+        crate::policies::TenantPolicy {
+            budgets: crate::policies::Budgets {
+                daily_cost_cap_micros: Some(cap_micros),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    Command::SetPolicies { policies }
 }

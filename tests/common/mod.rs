@@ -487,3 +487,24 @@ pub async fn wait_for_policy(node: &TestNode, pointer: &str, want: serde_json::V
     )
     .await;
 }
+
+/// Runs the CLI, which must succeed; its `--json` output (Null if none).
+pub fn drover_json(args: &[&str], server: &str) -> serde_json::Value {
+    let out = drover_cli(args, server, "");
+    assert!(
+        out.status.success(),
+        "drover {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// A child process killed and reaped when dropped.
+pub struct Reap(pub Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
