@@ -367,6 +367,11 @@ pub struct QueueConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub quarantine_for: Option<Duration>,
+    /// `{ min = 2, max = 10, expected = 4, per_worker = 1 }`: the bounds of
+    /// `drover_queue_desired_workers`, and the count under half of which
+    /// the DroverWorkersBelowExpected alert fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<crate::pools::WorkerPool>,
 }
 
 /// `[queues.NAME.breaker]`.
@@ -1011,6 +1016,7 @@ impl Config {
                         quarantine_window_ms: q.quarantine_window.map(ms),
                         quarantine_min_jobs: q.quarantine_min_jobs,
                         quarantine_for_ms: q.quarantine_for.map(ms),
+                        workers: q.workers,
                         breaker: q.breaker.as_ref().map(|b| crate::policies::QueueBreaker {
                             enabled: b.enabled,
                             threshold: b.threshold,
@@ -1152,6 +1158,12 @@ impl Config {
                 return Err(invalid(
                     "queues",
                     format!("[queues.{name:?}] quarantine_window, quarantine_for and quarantine_min_jobs must be more than 0"),
+                ));
+            }
+            if let Some(problem) = q.workers.and_then(|w| w.problem()) {
+                return Err(invalid(
+                    "queues",
+                    format!("[queues.{name:?}] workers {problem}, such as workers = {{ min = 2, max = 10, expected = 4 }}"),
                 ));
             }
             for (p, f) in &q.shed {

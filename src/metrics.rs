@@ -12,6 +12,19 @@ use crate::machine::MachineStats;
 
 /// The histogram of what each finished run used of each budget.
 pub const RUN_BUDGET_RATIO: &str = "drover_run_budget_used_ratio";
+pub const JOB_WAIT: &str = "drover_job_wait_seconds";
+pub const JOB_RUN: &str = "drover_job_run_seconds";
+pub const ENQUEUE_LATENCY: &str = "drover_enqueue_duration_seconds";
+pub const WORKER_RPC_LATENCY: &str = "drover_worker_rpc_duration_seconds";
+pub const LEADER_CHANGES: &str = "drover_raft_leader_changes_total";
+pub const COMMANDS_PER_ENTRY: &str = "drover_raft_commands_per_entry";
+pub const SNAPSHOT_DURATION: &str = "drover_snapshot_duration_seconds";
+
+/// Histogram buckets of times in seconds: a millisecond to an hour.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
+];
 
 /// A metric's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,49 +62,49 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         "drover_jobs_enqueued_total",
         Kind::Counter,
         Scope::Cluster,
-        "Jobs enqueued, as this node applied them since it started.",
+        "Jobs enqueued, by queue and job_type, as this node applied them since it started.",
     ),
     (
         "drover_jobs_dispatched_total",
         Kind::Counter,
         Scope::Cluster,
-        "Leases granted, as this node applied them since it started.",
+        "Leases granted, by queue and job_type, as this node applied them since it started.",
     ),
     (
         "drover_jobs_completed_total",
         Kind::Counter,
         Scope::Cluster,
-        "Jobs completed, as this node applied them since it started.",
+        "Jobs completed, by queue and job_type, as this node applied them since it started.",
     ),
     (
         "drover_jobs_failed_total",
         Kind::Counter,
         Scope::Cluster,
-        "Failed attempts, as this node applied them since it started.",
+        "Failed attempts, by queue, job_type and error_class, as this node applied them since it started.",
     ),
     (
         "drover_jobs_retried_total",
         Kind::Counter,
         Scope::Cluster,
-        "Failed attempts scheduled for a retry.",
+        "Failed attempts scheduled for a retry, by queue and job_type.",
     ),
     (
         "drover_jobs_dead_total",
         Kind::Counter,
         Scope::Cluster,
-        "Jobs dead-lettered.",
+        "Jobs dead-lettered, by queue and job_type.",
     ),
     (
         "drover_jobs_cancelled_total",
         Kind::Counter,
         Scope::Cluster,
-        "Jobs cancelled.",
+        "Jobs cancelled, by queue and job_type.",
     ),
     (
         "drover_jobs_escalated_total",
         Kind::Counter,
         Scope::Cluster,
-        "Exhausted jobs moved to their on_exhausted queue.",
+        "Exhausted jobs moved to their on_exhausted queue, by the queue and job_type they failed in.",
     ),
     (
         "drover_jobs_requeued_total",
@@ -140,6 +153,72 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         Kind::Gauge,
         Scope::Node,
         "Workers connected to this node.",
+    ),
+    (
+        "drover_queue_workers",
+        Kind::Gauge,
+        Scope::Node,
+        "Workers connected to this node that serve the queue, by queue (a worker of two queues counts in both).",
+    ),
+    (
+        "drover_queue_worker_capacity",
+        Kind::Gauge,
+        Scope::Node,
+        "Jobs those workers may hold at once, by queue.",
+    ),
+    (
+        "drover_queue_worker_held",
+        Kind::Gauge,
+        Scope::Node,
+        "Leases those workers hold, by queue.",
+    ),
+    (
+        "drover_worker_heartbeat_age_seconds",
+        Kind::Gauge,
+        Scope::Node,
+        "Time since each worker connected to this node was last heard from, by worker.",
+    ),
+    (
+        "drover_queue_desired_workers",
+        Kind::Gauge,
+        Scope::Cluster,
+        "Workers the queue wants by Little's law (arrival rate x run time, plus its backlog drained in 5 minutes), clamped to [queues.NAME] workers min and max, by queue.",
+    ),
+    (
+        "drover_queue_expected_workers",
+        Kind::Gauge,
+        Scope::Cluster,
+        "[queues.NAME] workers.expected, by queue (queues that set it).",
+    ),
+    (
+        "drover_queue_oldest_ready_seconds",
+        Kind::Gauge,
+        Scope::Cluster,
+        "How long the longest-waiting ready job of each queue has waited (0 when none is ready), by queue.",
+    ),
+    (
+        JOB_WAIT,
+        Kind::Histogram,
+        Scope::Cluster,
+        "Time jobs waited from ready to their lease, by queue.",
+    ),
+    (
+        JOB_RUN,
+        Kind::Histogram,
+        Scope::Cluster,
+        "Time leases ran until their result, cancel or take-back, by queue.",
+    ),
+    (
+        ENQUEUE_LATENCY,
+        Kind::Histogram,
+        Scope::Node,
+        "Enqueue requests (gRPC and HTTP) this node answered, from receipt to answer, by outcome (ok, refused).",
+    ),
+    (
+        WORKER_RPC_LATENCY,
+        Kind::Histogram,
+        Scope::Node,
+        "Worker reports this node put through the log, from receipt to acknowledgement, by kind (complete, fail, heartbeat).",
     ),
     (
         "drover_budget_exceeded_total",
@@ -231,6 +310,24 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         Scope::Node,
         "1 if this node leads its raft group.",
     ),
+    (
+        LEADER_CHANGES,
+        Kind::Counter,
+        Scope::Node,
+        "Times this node saw the leader change (to another node or to none).",
+    ),
+    (
+        COMMANDS_PER_ENTRY,
+        Kind::Histogram,
+        Scope::Node,
+        "Commands in each log entry this node proposed as leader (how well proposals batch).",
+    ),
+    (
+        SNAPSHOT_DURATION,
+        Kind::Histogram,
+        Scope::Node,
+        "Time this node took to write each snapshot.",
+    ),
 ];
 
 /// Gives every metric its HELP text and type (once, at install).
@@ -248,7 +345,10 @@ fn describe() {
 pub struct Scrape<'a> {
     pub stats: &'a MachineStats,
     pub status: &'a NodeStatus,
-    pub active_workers: usize,
+    /// The workers connected to this node.
+    pub workers: &'a [crate::workers::WorkerInfo],
+    /// Wall-clock time of the scrape (ms), for ages.
+    pub now_ms: u64,
     /// The node's data dir, whose size on disk is reported.
     pub data_dir: &'a Path,
 }
@@ -274,11 +374,32 @@ impl Metrics {
                 let builder = PrometheusBuilder::new();
                 // Used over budget per finished run: buckets around 1 (all
                 // of it), so alerts can see runs that came close.
+                use metrics_exporter_prometheus::Matcher;
                 let builder = builder
                     .set_buckets_for_metric(
-                        metrics_exporter_prometheus::Matcher::Full(RUN_BUDGET_RATIO.to_string()),
+                        Matcher::Full(RUN_BUDGET_RATIO.to_string()),
                         &[0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 2.0],
                     )
+                    .and_then(|b| {
+                        b.set_buckets_for_metric(
+                            Matcher::Suffix("_seconds".to_string()),
+                            SECONDS_BUCKETS,
+                        )
+                    })
+                    .and_then(|b| {
+                        b.set_buckets_for_metric(
+                            Matcher::Full(COMMANDS_PER_ENTRY.to_string()),
+                            &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+                        )
+                    })
+                    // Series no scrape set for a while (a worker gone, a
+                    // queue purged) leave the page instead of freezing.
+                    .map(|b| {
+                        b.idle_timeout(
+                            metrics_util::MetricKindMask::GAUGE,
+                            Some(std::time::Duration::from_secs(120)),
+                        )
+                    })
                     .unwrap_or_else(|_| PrometheusBuilder::new());
                 let recorder = builder.build_recorder();
                 let handle = recorder.handle();
@@ -286,6 +407,13 @@ impl Metrics {
                 // still renders what we set through it then.
                 let _ = metrics::set_global_recorder(recorder);
                 describe();
+                // Counters of rare events read 0 from the start, so rate()
+                // and increase() have a series before the first one.
+                metrics::counter!(LEADER_CHANGES).absolute(0);
+                metrics::counter!("drover_backup_failures_total").absolute(0);
+                for code in ["unauthenticated", "permission_denied", "rate_limited"] {
+                    metrics::counter!("drover_requests_refused_total", "code" => code).absolute(0);
+                }
                 handle
             })
             .clone();
@@ -327,19 +455,28 @@ impl Metrics {
                 }
             }
         }
-        let t = stats.totals;
-        for (name, v) in [
-            ("drover_jobs_enqueued_total", t.enqueued),
-            ("drover_jobs_dispatched_total", t.dispatched),
-            ("drover_jobs_completed_total", t.completed),
-            ("drover_jobs_failed_total", t.failed),
-            ("drover_jobs_retried_total", t.retried),
-            ("drover_jobs_dead_total", t.dead),
-            ("drover_jobs_cancelled_total", t.cancelled),
-            ("drover_jobs_escalated_total", t.escalated),
-        ] {
-            metrics::counter!(name).absolute(v);
+        for (queue, types) in &stats.by_type {
+            for (job_type, c) in types {
+                for (name, v) in [
+                    ("drover_jobs_enqueued_total", c.enqueued),
+                    ("drover_jobs_dispatched_total", c.dispatched),
+                    ("drover_jobs_completed_total", c.completed),
+                    ("drover_jobs_retried_total", c.retried),
+                    ("drover_jobs_dead_total", c.dead),
+                    ("drover_jobs_cancelled_total", c.cancelled),
+                    ("drover_jobs_escalated_total", c.escalated),
+                ] {
+                    metrics::counter!(name, "queue" => queue.clone(), "job_type" => job_type.clone())
+                        .absolute(v);
+                }
+                for (class, n) in &c.failed {
+                    metrics::counter!("drover_jobs_failed_total", "queue" => queue.clone(), "job_type" => job_type.clone(), "error_class" => class.clone())
+                        .absolute(*n);
+                }
+            }
         }
+        self.render_queues(&scrape);
+        self.render_workers(&scrape);
         // Why leases were taken back, per queue: every queue shows each
         // reason, 0 until it happens, so alerts have a series to watch.
         for queue in stats.queues.keys() {
@@ -375,7 +512,7 @@ impl Metrics {
         if let Some(free) = free_space(scrape.data_dir) {
             metrics::gauge!("drover_data_dir_free_bytes").set(free as f64);
         }
-        metrics::gauge!("drover_active_workers").set(scrape.active_workers as f64);
+        metrics::gauge!("drover_active_workers").set(scrape.workers.len() as f64);
         metrics::gauge!("drover_workers_quarantined").set(stats.quarantined.len() as f64);
         let b = &stats.budgets;
         metrics::gauge!("drover_runs_over_budget").set(b.runs_over_budget as f64);
@@ -401,6 +538,92 @@ impl Metrics {
         metrics::gauge!("drover_raft_applied_index").set(st.applied_index as f64);
         metrics::gauge!("drover_raft_is_leader").set(if st.is_leader() { 1.0 } else { 0.0 });
         self.handle.render()
+    }
+}
+
+impl Metrics {
+    /// Per queue: the oldest ready job's age and the workers it wants.
+    fn render_queues(&self, scrape: &Scrape<'_>) {
+        let stats = scrape.stats;
+        for (queue, c) in &stats.queues {
+            let age_ms = stats
+                .oldest_ready
+                .get(queue)
+                .map_or(0, |since| scrape.now_ms.saturating_sub(*since));
+            metrics::gauge!("drover_queue_oldest_ready_seconds", "queue" => queue.clone())
+                .set(age_ms as f64 / 1000.0);
+            let policy = stats.policies.queue(queue).workers;
+            let pool = policy.unwrap_or_default();
+            let flow = stats.flow.get(queue).copied().unwrap_or_default();
+            let desired = pool.desired(&flow, c.ready_total(), c.leased);
+            metrics::gauge!("drover_queue_desired_workers", "queue" => queue.clone())
+                .set(f64::from(desired));
+            if let Some(p) = policy {
+                metrics::gauge!("drover_queue_expected_workers", "queue" => queue.clone())
+                    .set(f64::from(p.expected));
+            }
+        }
+    }
+
+    /// This node's workers: by queue, and each one's heartbeat age.
+    fn render_workers(&self, scrape: &Scrape<'_>) {
+        let mut by_queue: std::collections::BTreeMap<&str, [u64; 3]> = Default::default();
+        // Queues with jobs read 0 workers rather than nothing, so an alert
+        // on "no workers" has a series to see.
+        for queue in scrape.stats.queues.keys() {
+            by_queue.insert(queue, [0; 3]);
+        }
+        for w in scrape.workers {
+            for queue in &w.queues {
+                let sums = by_queue.entry(queue).or_default();
+                sums[0] += 1;
+                sums[1] += u64::from(w.capacity);
+                sums[2] += u64::from(w.in_flight);
+            }
+            let age_ms = scrape.now_ms.saturating_sub(w.last_seen_ms);
+            metrics::gauge!("drover_worker_heartbeat_age_seconds", "worker" => w.worker_id.clone())
+                .set(age_ms as f64 / 1000.0);
+        }
+        for (queue, [workers, capacity, held]) in by_queue {
+            for (name, v) in [
+                ("drover_queue_workers", workers),
+                ("drover_queue_worker_capacity", capacity),
+                ("drover_queue_worker_held", held),
+            ] {
+                metrics::gauge!(name, "queue" => queue.to_string()).set(v as f64);
+            }
+        }
+    }
+}
+
+/// Records how long jobs waited and ran into the per-queue histograms. It
+/// keeps each queue's handles, so the raft loop builds no metric key per
+/// job.
+#[derive(Default)]
+pub struct JobTimes {
+    handles: std::collections::HashMap<String, [metrics::Histogram; 2]>,
+}
+
+impl JobTimes {
+    pub fn record(&mut self, observations: Vec<crate::machine::tally::Observation>) {
+        use crate::machine::tally::Timing;
+        for o in observations {
+            let handles = match self.handles.get(&o.queue) {
+                Some(h) => h,
+                None => {
+                    let h = [
+                        metrics::histogram!(JOB_WAIT, "queue" => o.queue.clone()),
+                        metrics::histogram!(JOB_RUN, "queue" => o.queue.clone()),
+                    ];
+                    self.handles.entry(o.queue).or_insert(h)
+                }
+            };
+            let i = match o.timing {
+                Timing::Waited => 0,
+                Timing::Ran => 1,
+            };
+            handles[i].record(o.ms as f64 / 1000.0);
+        }
     }
 }
 
@@ -443,22 +666,34 @@ pub fn disk_usage(dir: &Path) -> u64 {
 mod tests {
     use super::*;
 
-    /// Every metric an alert uses is one drover exports (or Prometheus'
-    /// own `up`).
+    /// Every metric an alert or the Grafana board uses is one drover
+    /// exports (or Prometheus' own `up`), of the type the query assumes.
     #[test]
-    fn alerts_use_only_exported_metrics() {
-        let alerts = include_str!("../config/prometheus/alerts.yml");
-        let mut used = 0;
-        for word in alerts.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if word.starts_with("drover_") {
+    fn alerts_and_board_use_only_exported_metrics() {
+        for (file, text) in [
+            (
+                "alerts.yml",
+                include_str!("../config/prometheus/alerts.yml"),
+            ),
+            ("drover.json", include_str!("../config/grafana/drover.json")),
+        ] {
+            let mut used = 0;
+            for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("drover_") {
+                    continue;
+                }
                 used += 1;
-                assert!(
-                    METRICS.iter().any(|(name, ..)| *name == word),
-                    "alerts.yml uses {word}, which drover does not export"
-                );
+                let bucket = word.strip_suffix("_bucket");
+                let found = METRICS
+                    .iter()
+                    .find(|(name, ..)| Some(*name) == bucket.or(Some(word)));
+                let Some((_, kind, ..)) = found else {
+                    panic!("{file} uses {word}, which drover does not export");
+                };
+                assert_eq!(bucket.is_some(), *kind == Kind::Histogram, "{file}: {word}");
             }
+            assert!(used > 10, "{file}");
         }
-        assert!(used > 10);
     }
 
     #[test]

@@ -337,6 +337,9 @@ pub struct QueuePolicy {
     /// How long a quarantined worker must stay away: reconnecting after it
     /// lifts the quarantine.
     pub quarantine_for_ms: Option<u64>,
+    /// The workers the queue wants (see [`crate::pools`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<crate::pools::WorkerPool>,
 }
 
 /// When a worker is quarantined, defaults filled in.
@@ -552,6 +555,9 @@ impl Policies {
             quarantine_window_ms: pick(|q| q.quarantine_window_ms),
             quarantine_min_jobs: pick(|q| q.quarantine_min_jobs),
             quarantine_for_ms: pick(|q| q.quarantine_for_ms),
+            workers: named
+                .and_then(|q| q.workers)
+                .or_else(|| defaults.and_then(|q| q.workers)),
             breaker: named
                 .and_then(|q| q.breaker.clone())
                 .or_else(|| defaults.and_then(|q| q.breaker.clone())),

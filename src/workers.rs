@@ -2,7 +2,7 @@
 //! serve and how much they hold. Lost on restart by design; the leases
 //! themselves are in the machine.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -43,61 +43,8 @@ pub struct WorkerInfo {
     pub quarantined_until_ms: Option<u64>,
 }
 
-/// A worker's results over a sliding window, in buckets of a tenth of it.
-#[derive(Debug, Default)]
-pub struct RecentResults {
-    window_ms: u64,
-    /// (bucket start ms, completed, failed), oldest first.
-    buckets: VecDeque<(u64, u64, u64)>,
-}
-
-impl RecentResults {
-    fn width(&self) -> u64 {
-        (self.window_ms / 10).max(1)
-    }
-
-    /// Counts results at `now` in a window of `window_ms` (a new window
-    /// length starts the counts afresh).
-    pub fn add(&mut self, now: u64, window_ms: u64, completed: u64, failed: u64) {
-        if window_ms != self.window_ms {
-            self.window_ms = window_ms;
-            self.buckets.clear();
-        }
-        let width = self.width();
-        let start = now - now % width;
-        while self
-            .buckets
-            .front()
-            .is_some_and(|b| b.0 + width + self.window_ms <= now)
-        {
-            self.buckets.pop_front();
-        }
-        match self.buckets.back_mut() {
-            Some(b) if b.0 == start => {
-                b.1 += completed;
-                b.2 += failed;
-            }
-            _ => self.buckets.push_back((start, completed, failed)),
-        }
-    }
-
-    /// (completed, failed) in the window ending at `now`.
-    pub fn counts(&self, now: u64) -> (u64, u64) {
-        let width = self.width();
-        self.buckets
-            .iter()
-            .filter(|b| b.0 + width + self.window_ms > now)
-            .fold((0, 0), |(c, f), b| (c + b.1, f + b.2))
-    }
-
-    pub fn window_ms(&self) -> u64 {
-        self.window_ms
-    }
-
-    pub fn clear(&mut self) {
-        self.buckets.clear();
-    }
-}
+/// A worker's (completed, failed) over a sliding window.
+pub type RecentResults = crate::window::Sliding<2>;
 
 /// One connected worker's live counters, shared with its session.
 #[derive(Debug)]
@@ -174,7 +121,7 @@ impl WorkerRegistry {
             .iter()
             .map(|e| {
                 let recent = e.recent.lock().unwrap_or_else(|p| p.into_inner());
-                let (recent_completed, recent_failed) = recent.counts(now);
+                let [recent_completed, recent_failed] = recent.counts(now);
                 WorkerInfo {
                     worker_id: e.worker_id.clone(),
                     queues: e.queues.clone(),
@@ -213,27 +160,5 @@ impl WorkerRegistry {
 
     pub fn count(&self) -> usize {
         self.inner.lock().map(|m| m.len()).unwrap_or(0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recent_results_slide_out_of_the_window() {
-        let mut r = RecentResults::default();
-        r.add(1_000, 10_000, 3, 1);
-        r.add(5_000, 10_000, 0, 2);
-        assert_eq!(r.counts(5_000), (3, 3));
-        // The first bucket (1,000 to 2,000) leaves once the window has
-        // passed its end.
-        assert_eq!(r.counts(11_999), (3, 3));
-        assert_eq!(r.counts(12_000), (0, 2));
-        r.add(20_000, 10_000, 1, 0);
-        assert_eq!(r.counts(20_000), (1, 0));
-        assert!(r.buckets.len() <= 11);
-        r.add(20_000, 60_000, 0, 1);
-        assert_eq!(r.counts(20_000), (0, 1), "a new window counts afresh");
     }
 }

@@ -272,11 +272,11 @@ async fn probes_and_metrics_answer_without_a_token() {
     let text = metrics_text(&node).await;
     for needle in [
         "drover_pending_jobs{queue=\"metered\",priority=\"3\"} 1",
-        "drover_jobs_enqueued_total 1",
-        "drover_jobs_dispatched_total",
-        "drover_jobs_completed_total",
-        "drover_jobs_failed_total",
+        "drover_jobs_enqueued_total{queue=\"metered\",job_type=\"default\"} 1",
+        "drover_jobs_dispatched_total{queue=\"metered\",job_type=\"default\"} 0",
+        "drover_jobs_completed_total{queue=\"metered\",job_type=\"default\"} 0",
         "drover_jobs_requeued_total",
+        "drover_queue_workers{queue=\"metered\"} 0",
         "drover_active_workers 0",
         "drover_raft_term",
         "drover_raft_commit_index",

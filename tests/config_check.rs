@@ -46,6 +46,11 @@ fn a_bad_config_names_what_is_wrong() {
             "quarantine_failure_rate",
         ),
         ("[queues.q]\nquarantine_for = \"0s\"\n", "quarantine_for"),
+        (
+            "[queues.q]\nworkers = { min = 5, max = 2, expected = 3 }\n",
+            "min <= expected <= max",
+        ),
+        ("[queues.q]\nworkers = { most = 3 }\n", "most"),
         ("[backup]\nkeep = 0\n", "keep"),
         ("[backup]\nevery = \"soon\"\n", "every"),
     ] {

@@ -6,24 +6,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
 use common::drover_json as drover;
-
-fn exec_worker(server: &str, queue: &str, id: &str, script: &str) -> Reap {
-    Reap(
-        Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["worker", "--server", server, "--queue", queue, "--id", id])
-            .args(["--exec", script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn drover worker"),
-    )
-}
 
 async fn wait_state(node: &TestNode, id: u64, want: &str) {
     wait_for(

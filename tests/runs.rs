@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -40,14 +39,11 @@ async fn a_run_over_its_cost_budget_stops_until_an_override() {
         );
     }
     // One job at a time, each reporting 0.02 USD.
-    let _worker = Reap(
-        Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["worker", "--server", server, "--queue", "q", "--id", "w"])
-            .args(["--exec", "echo done; echo cost_usd=0.02 tokens_in=10 >&2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn drover worker"),
+    let _worker = exec_worker(
+        server,
+        "q",
+        "w",
+        "echo done; echo cost_usd=0.02 tokens_in=10 >&2",
     );
     let view = wait_for("the run held", Duration::from_secs(20), || async {
         let v = run_view(server, "r1");
@@ -224,16 +220,8 @@ async fn a_plan_enqueued_with_its_steps_runs_first() {
     assert_eq!(job_state(&node, ids[1]).await, "waiting");
     let dir = tempfile::tempdir().unwrap();
     let order = dir.path().join("order");
-    let _worker = Reap(
-        Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["worker", "--server", server, "--queue", "q", "--id", "w"])
-            .arg("--exec")
-            .arg(format!("echo $DROVER_JOB_ID >> {}", order.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn drover worker"),
-    );
+    let script = format!("echo $DROVER_JOB_ID >> {}", order.display());
+    let _worker = exec_worker(server, "q", "w", &script);
     for &id in &ids {
         wait_for(
             &format!("job {id} done"),

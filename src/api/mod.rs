@@ -69,7 +69,12 @@ impl App {
         caller: &Caller,
         requests: Vec<JobRequest>,
     ) -> Result<Vec<Enqueued>, Error> {
-        self.enqueue_labelled(caller, requests, &[]).await
+        let started = std::time::Instant::now();
+        let result = self.enqueue_labelled(caller, requests, &[]).await;
+        let outcome = if result.is_ok() { "ok" } else { "refused" };
+        metrics::histogram!(crate::metrics::ENQUEUE_LATENCY, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     /// [`App::enqueue`], adding drover's own `labels` to every job once it

@@ -713,6 +713,8 @@ pub struct QueuePolicyBody {
     pub quarantine_min_jobs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_for: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<crate::pools::WorkerPool>,
 }
 
 /// `[queues.NAME.breaker]` as the config writes it.
@@ -753,6 +755,7 @@ impl From<&crate::policies::QueuePolicy> for QueuePolicyBody {
             quarantine_window: q.quarantine_window_ms.map(d),
             quarantine_min_jobs: q.quarantine_min_jobs,
             quarantine_for: q.quarantine_for_ms.map(d),
+            workers: q.workers,
         }
     }
 }

@@ -167,6 +167,14 @@ enum Kind {
 }
 
 impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Heartbeat => "heartbeat",
+            Kind::Complete => "complete",
+            Kind::Fail => "fail",
+        }
+    }
+
     fn ack_kind(self) -> pb::AckKind {
         match self {
             Kind::Heartbeat => pb::AckKind::Heartbeat,
@@ -450,12 +458,12 @@ impl Session {
             recent.clear();
         }
         self.quarantine_seen = quarantined;
-        recent.add(now, window, completed, failed);
+        recent.add(now, window, [completed, failed]);
         let Some(policy) = policy else { return };
         if self.quarantine_asked || quarantined {
             return;
         }
-        let (ok, bad) = recent.counts(now);
+        let [ok, bad] = recent.counts(now);
         let total = ok + bad;
         if total < policy.min_jobs || (bad as f64) < policy.failure_rate * total as f64 {
             return;
@@ -681,6 +689,7 @@ impl Session {
         cmd: Command,
     ) {
         let router = self.app.router.clone();
+        let started = Instant::now();
         let result = async move {
             match kind {
                 // The next heartbeat goes out soon anyway.
@@ -689,7 +698,15 @@ impl Session {
                 Kind::Complete | Kind::Fail => router.propose_retrying(cmd, RESULT_RETRY).await,
             }
         };
-        proposals.push(async move { Event::Acked(kind, refs, result.await) }.boxed());
+        proposals.push(
+            async move {
+                let result = result.await;
+                metrics::histogram!(crate::metrics::WORKER_RPC_LATENCY, "kind" => kind.label())
+                    .record(started.elapsed().as_secs_f64());
+                Event::Acked(kind, refs, result)
+            }
+            .boxed(),
+        );
     }
 
     /// Returns false when the worker is gone.

@@ -289,6 +289,8 @@ struct Driver {
     status_tx: watch::Sender<NodeStatus>,
     stats_tx: watch::Sender<Arc<MachineStats>>,
     revoked_tx: tokio::sync::broadcast::Sender<Arc<[LeaseEvent]>>,
+    /// The wait and run time histograms' handles.
+    job_times: crate::metrics::JobTimes,
     turned_at: Arc<std::sync::atomic::AtomicU64>,
     shutdown: watch::Receiver<bool>,
     tick_interval: Duration,
@@ -481,6 +483,7 @@ pub fn start(
         status_tx,
         stats_tx,
         revoked_tx,
+        job_times: Default::default(),
         turned_at,
         shutdown,
         tick_interval: cfg.raft.tick_interval,
@@ -823,6 +826,7 @@ impl Driver {
                 Command::Purge { .. } | Command::PurgeAudit { .. } | Command::SetPolicies { .. }
             )
         });
+        metrics::histogram!(crate::metrics::COMMANDS_PER_ENTRY).record(commands.len() as f64);
         let entry = LogEntry {
             at_ms: now_ms(),
             commands,
@@ -1088,6 +1092,7 @@ impl Driver {
         }
         self.machine.commit()?;
         // Publish before replying, so whoever is answered sees the new state.
+        self.job_times.record(self.machine.take_observations());
         let revoked = self.machine.take_lease_events();
         for e in &revoked {
             tracing::warn!(event = e.event, what = e.what, job_id = e.job_id, queue = %e.queue, worker = %e.worker, attempt = e.attempt, "a lease ended without a result");
@@ -1360,6 +1365,9 @@ impl Driver {
             self.machine.meta().applied_index,
         );
         self.status_tx.send_if_modified(|s| {
+            if s.leader_id != status.leader_id {
+                metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
+            }
             if *s != status {
                 *s = status;
                 true

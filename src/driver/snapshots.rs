@@ -232,6 +232,8 @@ impl Snapshots {
         match written.result {
             Ok(bytes) => {
                 self.failed_at = None;
+                metrics::histogram!(crate::metrics::SNAPSHOT_DURATION)
+                    .record(started.elapsed().as_secs_f64());
                 tracing::info!(
                     event = "snapshot_taken",
                     index = meta.index,

@@ -78,6 +78,9 @@ impl Machine {
             self.put_job(&job, &payload);
             self.run_enqueued(now, &job)?;
             self.totals.enqueued += 1;
+            self.tally
+                .count(&job.queue, &job.job_type, tally::Counted::Enqueued);
+            self.tally.arrived(now, &job.queue);
             out.push(Enqueued {
                 id,
                 duplicate: false,
@@ -116,6 +119,8 @@ impl Machine {
         let bytes = self.stored_bytes(record, job.id, &payload, 0)?;
         self.finished(now, &job, bytes)?;
         self.totals.cancelled += 1;
+        self.tally
+            .count(&job.queue, &job.job_type, tally::Counted::Cancelled);
         Ok(Ok(was))
     }
 

@@ -104,6 +104,7 @@ impl Machine {
                 },
             );
             let waited = now.saturating_sub(job.run_at_ms);
+            self.tally.waited(&job.queue, waited);
             if sla_ms.is_some_and(|sla| waited > sla) {
                 job.record(now, EventKind::WaitedPastSla { waited_ms: waited });
                 let missed = self.sla_missed.entry(job.queue.clone()).or_default();
@@ -117,6 +118,8 @@ impl Machine {
             }
             self.put_job(&job, &payload);
             self.totals.dispatched += 1;
+            self.tally
+                .count(&job.queue, &job.job_type, tally::Counted::Dispatched);
             let payload = self.payload_bytes(job.id, payload)?;
             out.push(LeasedJob { job, payload });
         }
@@ -240,6 +243,8 @@ impl Machine {
         let bytes = self.stored_bytes(record, job.id, &payload, c.result.len())?;
         self.finished(now, &job, bytes)?;
         self.totals.completed += 1;
+        self.tally
+            .count(&job.queue, &job.job_type, tally::Counted::Completed);
         Ok(Ok(()))
     }
 
@@ -266,6 +271,15 @@ impl Machine {
         job.last_error_class = f.error_class.clone();
         job.last_error = f.message.clone();
         self.totals.failed += 1;
+        // Counted where it failed, before an escalation moves it.
+        let (queue, job_type) = (job.queue.clone(), job.job_type.clone());
+        self.tally.count(
+            &queue,
+            &job_type,
+            tally::Counted::Failed {
+                class: &f.error_class,
+            },
+        );
         self.breaker_failed(now, &job, &f.error_class);
         let retry = self.policies.retry_for(&job.job_type);
         let then = match retry.after_failure(job.id, &f.error_class, job.retries_done()) {
@@ -304,6 +318,12 @@ impl Machine {
                 }
             },
         };
+        let counted = match &then {
+            AfterFailed::Retry { .. } => tally::Counted::Retried,
+            AfterFailed::Escalated { .. } => tally::Counted::Escalated,
+            AfterFailed::Dead { .. } => tally::Counted::Dead,
+        };
+        self.tally.count(&queue, &job_type, counted);
         job.record(
             now,
             EventKind::Failed {

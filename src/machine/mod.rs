@@ -145,6 +145,12 @@ pub struct MachineStats {
     pub last_at_ms: u64,
     pub queues: BTreeMap<String, QueueCounts>,
     pub totals: Totals,
+    /// Queue -> job type -> event counts.
+    pub by_type: BTreeMap<String, BTreeMap<String, tally::TypeCounts>>,
+    /// Each queue's recent work.
+    pub flow: BTreeMap<String, tally::Flow>,
+    /// When each queue's longest-waiting ready job became ready (ms).
+    pub oldest_ready: BTreeMap<String, u64>,
 }
 
 pub struct Machine {
@@ -192,6 +198,8 @@ pub struct Machine {
     /// Leases taken back without a result, by queue and reason, since this
     /// node opened its machine (counters).
     requeued: BTreeMap<String, [u64; 3]>,
+    /// Counters by queue and job type, recent work, observed times.
+    tally: tally::Tally,
     /// Writes of the entries applied since the last commit; reads look here
     /// first so later entries of a range see earlier ones.
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -274,6 +282,7 @@ impl Machine {
             totals: Totals::default(),
             sla_missed: BTreeMap::new(),
             requeued: BTreeMap::new(),
+            tally: tally::Tally::default(),
             staged: BTreeMap::new(),
             capture: None,
             finished_bytes,
@@ -299,6 +308,12 @@ impl Machine {
             machine.queues.entry(queue).or_default().clocks = decode(&k, &v)?;
         }
         Ok(machine)
+    }
+
+    /// How long jobs waited and ran, as the entries applied since the last
+    /// call saw it.
+    pub fn take_observations(&mut self) -> Vec<tally::Observation> {
+        self.tally.take_observations()
     }
 
     /// What the entries applied since the last call did to leases.
@@ -361,6 +376,7 @@ impl Machine {
         fresh.totals = self.totals;
         fresh.sla_missed = std::mem::take(&mut self.sla_missed);
         fresh.requeued = std::mem::take(&mut self.requeued);
+        fresh.tally = std::mem::take(&mut self.tally);
         // A snapshot may carry other policies, set at its index.
         fresh.policies_index = fresh.meta.applied_index;
         fresh.shared = self.shared.clone();
@@ -453,6 +469,13 @@ impl Machine {
                 .map(|(name, qi)| (name.clone(), qi.counts.clone()))
                 .collect(),
             totals: self.totals,
+            by_type: self.tally.counts().clone(),
+            flow: self.tally.flows(self.meta.last_at_ms),
+            oldest_ready: self
+                .queues
+                .iter()
+                .filter_map(|(name, qi)| Some((name.clone(), qi.ready.oldest_since()?)))
+                .collect(),
         }
     }
 
@@ -665,6 +688,7 @@ pub mod runs;
 mod scheduler;
 pub mod schedules;
 mod staged;
+pub mod tally;
 
 pub use indexes::QueueCounts;
 use indexes::QueueIndex;

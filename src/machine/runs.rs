@@ -489,6 +489,7 @@ impl Machine {
         let empty = Usage::default();
         let usage = usage.unwrap_or(&empty);
         job.lease_ms = job.lease_ms.saturating_add(held_ms);
+        self.tally.lease_ended(now, &job.queue, held_ms);
         job.cost_micros = job.cost_micros.saturating_add(usage.cost_micros);
         for (name, n) in &usage.named {
             let sum = job.usage.entry(name.clone()).or_default();

@@ -92,6 +92,14 @@ impl ReadySet {
         self.levels.is_empty()
     }
 
+    /// When the longest-waiting ready job became ready (ms).
+    pub(super) fn oldest_since(&self) -> Option<u64> {
+        self.levels
+            .values()
+            .flat_map(|l| l.values().filter_map(|ids| ids.first().map(|(s, _)| *s)))
+            .min()
+    }
+
     /// Tenants with ready jobs.
     pub(super) fn tenants(&self) -> BTreeSet<&str> {
         self.levels

@@ -502,6 +502,19 @@ pub fn drover_json(args: &[&str], server: &str) -> serde_json::Value {
 /// A child process killed and reaped when dropped.
 pub struct Reap(pub Child);
 
+/// A `drover worker --exec SCRIPT` serving `queue` as worker `id`.
+pub fn exec_worker(server: &str, queue: &str, id: &str, script: &str) -> Reap {
+    Reap(
+        std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["worker", "--server", server, "--queue", queue, "--id", id])
+            .args(["--exec", script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn drover worker"),
+    )
+}
+
 impl Drop for Reap {
     fn drop(&mut self) {
         let _ = self.0.kill();

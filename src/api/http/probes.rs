@@ -76,12 +76,22 @@ pub(super) async fn metrics_text(State(s): State<HttpState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.metrics.render(crate::metrics::Scrape {
-            stats: &s.app.driver.stats(),
-            status: &s.app.driver.status(),
-            active_workers: s.app.workers.count(),
-            data_dir: &s.app.config.data_dir,
-        }),
+        {
+            let stats = s.app.driver.stats();
+            let status = s.app.driver.status();
+            let now_ms = crate::driver::now_ms();
+            let workers = s
+                .app
+                .workers
+                .list(status.node_id, now_ms, &stats.quarantined);
+            s.metrics.render(crate::metrics::Scrape {
+                stats: &stats,
+                status: &status,
+                workers: &workers,
+                now_ms,
+                data_dir: &s.app.config.data_dir,
+            })
+        },
     )
         .into_response()
 }

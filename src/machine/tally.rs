@@ -1,0 +1,203 @@
+//! What the metrics count by queue and job type, how much work each queue
+//! saw lately, and how long jobs waited and ran. Like [`super::Totals`],
+//! these count since this node opened its machine; every node applies the
+//! same entries with the same times, so every node counts the same.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::window::Sliding;
+
+/// The window arrivals and lease times are summed over for
+/// `drover_queue_desired_workers`.
+pub const FLOW_WINDOW_MS: u64 = 5 * 60_000;
+
+/// Observations kept for the driver at most, should it not take them.
+const MAX_OBSERVATIONS: usize = 100_000;
+
+/// Events of one job type in one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeCounts {
+    pub enqueued: u64,
+    pub dispatched: u64,
+    pub completed: u64,
+    pub retried: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+    pub escalated: u64,
+    /// Failures by error class.
+    pub failed: BTreeMap<String, u64>,
+}
+
+/// What happened to a job, for [`Tally::count`].
+#[derive(Debug, Clone, Copy)]
+pub enum Counted<'a> {
+    Enqueued,
+    Dispatched,
+    Completed,
+    Failed { class: &'a str },
+    Retried,
+    Dead,
+    Cancelled,
+    Escalated,
+}
+
+/// A queue's work over the last [`FLOW_WINDOW_MS`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// Jobs enqueued.
+    pub arrived: u64,
+    /// Leases that ended (a result, a cancel, a take-back).
+    pub leases_ended: u64,
+    /// The time those leases ran, summed.
+    pub lease_ms: u64,
+    pub window_ms: u64,
+}
+
+/// A time a job took, for the histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timing {
+    /// From ready (or its retry's time) to its lease.
+    Waited,
+    /// From its lease to the lease's end.
+    Ran,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub queue: String,
+    pub timing: Timing,
+    pub ms: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Queue -> job type -> counts.
+    counts: BTreeMap<String, BTreeMap<String, TypeCounts>>,
+    /// Queue -> [arrived, leases ended, lease ms] in the window.
+    flow: BTreeMap<String, Sliding<3>>,
+    observations: Vec<Observation>,
+}
+
+impl Tally {
+    pub fn count(&mut self, queue: &str, job_type: &str, what: Counted<'_>) {
+        // Looked up by reference: a String is made only for a new key.
+        if !self.counts.contains_key(queue) {
+            self.counts.insert(queue.to_string(), BTreeMap::new());
+        }
+        let types = self.counts.get_mut(queue).expect("inserted above");
+        if !types.contains_key(job_type) {
+            types.insert(job_type.to_string(), TypeCounts::default());
+        }
+        let c = types.get_mut(job_type).expect("inserted above");
+        match what {
+            Counted::Enqueued => c.enqueued += 1,
+            Counted::Dispatched => c.dispatched += 1,
+            Counted::Completed => c.completed += 1,
+            Counted::Retried => c.retried += 1,
+            Counted::Dead => c.dead += 1,
+            Counted::Cancelled => c.cancelled += 1,
+            Counted::Escalated => c.escalated += 1,
+            Counted::Failed { class } => match c.failed.get_mut(class) {
+                Some(n) => *n += 1,
+                None => {
+                    c.failed.insert(class.to_string(), 1);
+                }
+            },
+        }
+    }
+
+    /// A job of `queue` arrived at `now`.
+    pub fn arrived(&mut self, now: u64, queue: &str) {
+        self.flow_of(queue).add(now, FLOW_WINDOW_MS, [1, 0, 0]);
+    }
+
+    /// A job of `queue` waited `waited_ms` for its lease.
+    pub fn waited(&mut self, queue: &str, waited_ms: u64) {
+        self.observe(queue, Timing::Waited, waited_ms);
+    }
+
+    /// A lease of a job of `queue` ended at `now` after `ran_ms`.
+    pub fn lease_ended(&mut self, now: u64, queue: &str, ran_ms: u64) {
+        self.flow_of(queue).add(now, FLOW_WINDOW_MS, [0, 1, ran_ms]);
+        self.observe(queue, Timing::Ran, ran_ms);
+    }
+
+    fn flow_of(&mut self, queue: &str) -> &mut Sliding<3> {
+        if !self.flow.contains_key(queue) {
+            self.flow.insert(queue.to_string(), Sliding::default());
+        }
+        self.flow.get_mut(queue).expect("inserted above")
+    }
+
+    fn observe(&mut self, queue: &str, timing: Timing, ms: u64) {
+        if self.observations.len() < MAX_OBSERVATIONS {
+            self.observations.push(Observation {
+                queue: queue.to_string(),
+                timing,
+                ms,
+            });
+        }
+    }
+
+    /// The times observed since the last call.
+    pub fn take_observations(&mut self) -> Vec<Observation> {
+        std::mem::take(&mut self.observations)
+    }
+
+    pub fn counts(&self) -> &BTreeMap<String, BTreeMap<String, TypeCounts>> {
+        &self.counts
+    }
+
+    /// Each queue's work in the window ending at `now`.
+    pub fn flows(&self, now: u64) -> BTreeMap<String, Flow> {
+        self.flow
+            .iter()
+            .map(|(queue, w)| {
+                let [arrived, leases_ended, lease_ms] = w.counts(now);
+                let flow = Flow {
+                    arrived,
+                    leases_ended,
+                    lease_ms,
+                    window_ms: FLOW_WINDOW_MS,
+                };
+                (queue.clone(), flow)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_queue_type_and_class() {
+        let mut t = Tally::default();
+        t.count("q", "email", Counted::Enqueued);
+        t.count("q", "email", Counted::Failed { class: "smtp" });
+        t.count("q", "email", Counted::Failed { class: "smtp" });
+        t.count("q", "", Counted::Dispatched);
+        let q = &t.counts()["q"];
+        assert_eq!(q["email"].enqueued, 1);
+        assert_eq!(q["email"].failed["smtp"], 2);
+        assert_eq!(q[""].dispatched, 1);
+    }
+
+    #[test]
+    fn flow_and_observations() {
+        let mut t = Tally::default();
+        t.arrived(1_000, "q");
+        t.arrived(2_000, "q");
+        t.waited("q", 5);
+        t.lease_ended(3_000, "q", 400);
+        let f = t.flows(3_000)["q"];
+        assert_eq!((f.arrived, f.leases_ended, f.lease_ms), (2, 1, 400));
+        assert_eq!(t.flows(3_000 + FLOW_WINDOW_MS + 60_000)["q"].arrived, 0);
+        let obs = t.take_observations();
+        assert_eq!(obs.len(), 2);
+        assert_eq!(obs[1].timing, Timing::Ran);
+        assert!(t.take_observations().is_empty());
+    }
+}

@@ -1,0 +1,132 @@
+//! How many workers a queue wants: `drover_queue_desired_workers`, for an
+//! autoscaler (KEDA, or a systemd timer running `systemctl start
+//! drover-worker@N`) to act on.
+//!
+//! By Little's law the jobs in service on average are the arrival rate
+//! times the time each holds a worker: `busy = λ · W`. On top of that, the
+//! backlog of ready jobs should drain within [`DRAIN_TARGET_S`]: `backlog ·
+//! W / DRAIN_TARGET_S` more. Jobs already leased need their workers whatever
+//! the rate says, so the slots wanted are `max(busy, leased) + drain`, and
+//! workers `ceil(slots / per_worker)`, clamped to the queue's `min` and
+//! `max`. λ and W are measured over the last five minutes (arrivals, and
+//! the leases that ended and how long they ran); with no lease ended in
+//! that time W is not known, and a queue with work wants its `expected`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::machine::tally::Flow;
+
+/// The time a backlog should drain in.
+pub const DRAIN_TARGET_S: f64 = 300.0;
+
+/// `[queues.NAME] workers = { min, max, expected, per_worker }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerPool {
+    /// Fewest workers to keep, even idle.
+    pub min: u32,
+    /// Most workers worth starting.
+    pub max: u32,
+    /// How many usually serve the queue: the alert fires under half of it.
+    pub expected: u32,
+    /// Jobs one worker runs at once (its `--concurrency`).
+    pub per_worker: u32,
+}
+
+impl Default for WorkerPool {
+    fn default() -> Self {
+        WorkerPool {
+            min: 0,
+            max: 1_000,
+            expected: 1,
+            per_worker: 1,
+        }
+    }
+}
+
+impl WorkerPool {
+    /// What is wrong with it, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if self.max == 0 || self.per_worker == 0 {
+            return Some("max and per_worker must be 1 or more".into());
+        }
+        if !(self.min <= self.expected && self.expected <= self.max) {
+            return Some(format!(
+                "must have min <= expected <= max (got min {}, expected {}, max {})",
+                self.min, self.expected, self.max
+            ));
+        }
+        None
+    }
+
+    /// The workers the queue wants, given its recent `flow`, its ready
+    /// `backlog` and the jobs `leased` now.
+    pub fn desired(&self, flow: &Flow, backlog: u64, leased: u64) -> u32 {
+        let slots = if flow.leases_ended == 0 || flow.window_ms == 0 {
+            if backlog + leased == 0 {
+                return self.min;
+            }
+            return self.expected.clamp(self.min, self.max);
+        } else {
+            let w = flow.lease_ms as f64 / flow.leases_ended as f64 / 1000.0;
+            let lambda = flow.arrived as f64 / (flow.window_ms as f64 / 1000.0);
+            (lambda * w).max(leased as f64) + backlog as f64 * w / DRAIN_TARGET_S
+        };
+        let workers = (slots / f64::from(self.per_worker)).ceil();
+        // Float to int saturates; clamp keeps it in the pool's bounds.
+        (workers as u32).clamp(self.min, self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(arrived: u64, leases_ended: u64, lease_ms: u64) -> Flow {
+        Flow {
+            arrived,
+            leases_ended,
+            lease_ms,
+            window_ms: 300_000,
+        }
+    }
+
+    #[test]
+    fn littles_law_with_backlog_and_bounds() {
+        let pool = WorkerPool {
+            min: 2,
+            max: 10,
+            expected: 4,
+            per_worker: 1,
+        };
+        // 1 job/s, 3 s each: 3 busy; nothing waiting.
+        assert_eq!(pool.desired(&flow(300, 300, 900_000), 0, 3), 3);
+        // 600 waiting at 3 s each should drain in 300 s: 6 more.
+        assert_eq!(pool.desired(&flow(300, 300, 900_000), 600, 3), 9);
+        // Capped at max, and at least min when idle.
+        assert_eq!(pool.desired(&flow(300, 300, 900_000), 10_000, 3), 10);
+        assert_eq!(pool.desired(&flow(0, 1, 10), 0, 0), 2);
+        // Leased jobs keep their workers whatever the rate.
+        assert_eq!(pool.desired(&flow(0, 1, 1000), 0, 7), 7);
+        // Unknown run time: expected if there is work, min if not.
+        assert_eq!(pool.desired(&flow(5, 0, 0), 5, 0), 4);
+        assert_eq!(pool.desired(&flow(0, 0, 0), 0, 0), 2);
+        let wide = WorkerPool {
+            per_worker: 4,
+            ..pool
+        };
+        assert_eq!(wide.desired(&flow(300, 300, 900_000), 600, 3), 3);
+    }
+
+    #[test]
+    fn problems_are_named() {
+        let bad = WorkerPool {
+            min: 5,
+            max: 3,
+            expected: 4,
+            per_worker: 1,
+        };
+        assert!(bad.problem().unwrap().contains("min <= expected <= max"));
+        assert!(WorkerPool::default().problem().is_none());
+    }
+}
