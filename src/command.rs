@@ -12,6 +12,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobId, JobState, NewJob, Progress};
 
+/// The log entry format this build writes and applies: a normal entry's
+/// raft `context` holds its format as one byte (an empty context is format
+/// 1, written before formats were numbered). A change to [`LogEntry`] or
+/// [`Command`] that an older build could not apply gets the next number;
+/// a leader writes it only once every voter applies it (each peer names
+/// its newest format in its `PeerHeader`), so a cluster can be upgraded
+/// one node at a time.
+pub const ENTRY_VERSION: u8 = 1;
+
+/// The format of a normal entry, from its raft `context`.
+pub fn entry_version(context: &[u8]) -> u8 {
+    context.first().copied().unwrap_or(1).max(1)
+}
+
+/// The revision of the gRPC protocol (`drover.v1`) this build speaks; see
+/// `Register.protocol_version`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// One raft log entry's payload: every command the leader took in one turn
 /// of its loop, applied in order at one time. One entry per turn instead of
 /// per command is group commit reaching into the log: one record to write,

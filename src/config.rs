@@ -84,6 +84,12 @@ pub struct Config {
     pub budgets: BudgetsConfig,
     /// `[backup]`: scheduled backups.
     pub backup: Backup,
+    /// The newest log entry format this node applies and writes: this
+    /// build's [`crate::command::ENTRY_VERSION`]. Not a config key:
+    /// `drover serve --entry-version` sets it, to simulate a newer build in
+    /// upgrade tests.
+    #[serde(skip)]
+    pub entry_version: u8,
 }
 
 /// `[backup]`: every `every`, the leader writes a backup into `dir` and
@@ -443,6 +449,7 @@ impl Default for Config {
             retry: BTreeMap::new(),
             budgets: BudgetsConfig::default(),
             backup: Backup::default(),
+            entry_version: crate::command::ENTRY_VERSION,
         }
     }
 }

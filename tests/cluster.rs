@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::load::*;
 use common::*;
 use drover::client::worker::{self, JobFailure, WorkerOptions};
 use drover::client::Producer;
@@ -17,59 +16,6 @@ use tokio::sync::watch;
 
 /// Short leases so jobs whose holder vanished come back quickly.
 const CLUSTER: &str = "[jobs]\nheartbeat_timeout = \"2s\"\n";
-
-async fn stats(node: &TestNode) -> serde_json::Value {
-    get_json(&format!("{}/api/v1/stats", node.http)).await.1
-}
-
-/// Waits until `node` reports every job of `ids` succeeded.
-async fn all_succeeded(node: &TestNode, ids: &[u64]) {
-    for &id in ids {
-        wait_for(
-            &format!("job {id} to succeed"),
-            Duration::from_secs(60),
-            || async {
-                match job_state(node, id).await.as_str() {
-                    "succeeded" => Ok(()),
-                    s => Err(s.to_string()),
-                }
-            },
-        )
-        .await;
-    }
-}
-
-/// A worker that records every (job, attempt) it is handed.
-fn recording_worker(
-    servers: &str,
-    id: &str,
-    queue: &str,
-    runs: Arc<Mutex<Vec<(u64, u32, String)>>>,
-    stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Result<worker::WorkerReport, drover::client::ClientError>> {
-    let me = id.to_string();
-    let handler = move |job: pb::LeasedJob| {
-        runs.lock()
-            .unwrap()
-            .push((job.job_id, job.attempt, me.clone()));
-        async move {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            Ok::<_, JobFailure>(Bytes::from_static(b"ok"))
-        }
-    };
-    let mut opts = WorkerOptions::new(servers, id, vec![queue.into()], 8);
-    opts.reconnect_delay = Duration::from_millis(200);
-    tokio::spawn(worker::run(opts, handler, stop))
-}
-
-/// The servers list starting at node `first`, so clients spread out.
-fn rotated(c: &TestCluster, first: usize) -> String {
-    let n = c.nodes.len();
-    (0..n)
-        .map(|i| c.nodes[(first + i) % n].grpc.clone())
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 #[tokio::test]
 async fn a_job_enqueued_on_one_follower_is_done_through_another() {
@@ -121,38 +67,23 @@ async fn a_job_enqueued_on_one_follower_is_done_through_another() {
     );
 }
 
-#[tokio::test]
-async fn killing_the_leader_under_load_loses_no_acknowledged_job() {
+/// How a test takes the leader away.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    /// SIGKILL: no goodbye.
+    Kill,
+    /// SIGTERM: it hands its lead over, its workers move, it exits 0.
+    Term,
+}
+
+/// Producers and workers on every node; the leader goes away under load.
+/// Acknowledged jobs are never lost, no lease goes to two workers, and the
+/// old leader rejoins and converges.
+async fn losing_the_leader_under_load(how: Stop) {
     let mut c = TestCluster::start(3, CLUSTER);
     let old_leader = c.leader().await;
-
-    // The history: every enqueue with its outcome, every run handed out.
-    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let unknown = Arc::new(Mutex::new(0u32));
-    let runs = Arc::new(Mutex::new(Vec::new()));
-    let producing = Arc::new(AtomicBool::new(true));
-
-    let mut producers = Vec::new();
-    for i in 0..4 {
-        let servers = rotated(&c, i);
-        let (acked, unknown, producing) = (acked.clone(), unknown.clone(), producing.clone());
-        producers.push(tokio::spawn(async move {
-            let mut p = Producer::connect(&servers).await.unwrap();
-            for n in 0..5000 {
-                if !producing.load(Ordering::Relaxed) {
-                    break;
-                }
-                match p.enqueue(vec![new_job("load", &format!("p{i}-{n}"))]).await {
-                    Ok(ids) => acked.lock().unwrap().push(ids[0].id),
-                    Err(e) => {
-                        *unknown.lock().unwrap() += 1;
-                        eprintln!("enqueue p{i}-{n}: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }));
-    }
+    let runs: Runs = Arc::new(Mutex::new(Vec::new()));
+    let load = Load::start(&c, "load", 4, 5000);
     let (stop_tx, stop) = watch::channel(false);
     let workers: Vec<_> = (0..2)
         .map(|i| {
@@ -167,85 +98,79 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_job() {
         .collect();
 
     let before = Instant::now();
-    wait_for(
-        "some jobs to be acknowledged",
-        Duration::from_secs(20),
-        || async {
-            let n = acked.lock().unwrap().len();
-            if n >= 200 {
-                Ok(())
-            } else {
-                Err(format!("{n} acked"))
-            }
-        },
-    )
-    .await;
-    c.nodes[old_leader].kill();
-    let killed_at = acked.lock().unwrap().len();
+    load.wait_acked(0, 200, "some jobs to be acknowledged")
+        .await;
+    let stopped_at = load.acked_count();
+    match how {
+        Stop::Kill => c.nodes[old_leader].kill(),
+        Stop::Term => {
+            // Blocks this thread only; producers and workers run on.
+            let status = tokio::task::block_in_place(|| c.nodes[old_leader].terminate());
+            assert!(
+                status.success(),
+                "SIGTERM should end the node with 0: {status}"
+            );
+        }
+    }
     let new_leader = c.leader().await;
     assert_ne!(new_leader, old_leader);
     // Producers carry on through the new leader.
-    wait_for(
-        "enqueues to continue after the failover",
-        Duration::from_secs(30),
-        || async {
-            let n = acked.lock().unwrap().len();
-            if n >= killed_at + 200 {
-                Ok(())
-            } else {
-                Err(format!("{n} acked, {killed_at} at the kill"))
-            }
-        },
+    load.wait_acked(
+        stopped_at,
+        200,
+        "enqueues to continue after the leader left",
     )
     .await;
-    producing.store(false, Ordering::Relaxed);
-    for p in producers {
-        p.await.unwrap();
+    if how == Stop::Term {
+        // Workers of the stopped node were told to go, and did.
+        let gone = (old_leader + 1) as u64;
+        wait_for(
+            "both workers on the nodes that stayed",
+            Duration::from_secs(20),
+            || async {
+                let (_, v) =
+                    get_json(&format!("{}/api/v1/workers", c.nodes[new_leader].http)).await;
+                let on: Vec<(String, u64)> = v["workers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|w| {
+                        (
+                            w["worker_id"].as_str().unwrap_or("").to_string(),
+                            w["node_id"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect();
+                let moved = on.len() == 2 && on.iter().all(|(_, node)| *node != gone);
+                if moved {
+                    Ok(())
+                } else {
+                    Err(format!("{on:?}"))
+                }
+            },
+        )
+        .await;
     }
+    let (acked, unknown) = load.stop().await;
     eprintln!("load ran {:?}", before.elapsed());
-
-    let acked: Vec<u64> = acked.lock().unwrap().clone();
-    all_succeeded(&c.nodes[new_leader], &acked).await;
+    check_history(&c.nodes[new_leader], "load", &acked, unknown, &runs).await;
     stop_tx.send_replace(true);
     for w in workers {
         w.await.unwrap().unwrap();
     }
-
-    // Check the history. Acknowledged enqueues are never lost (above) and
-    // unique; nothing is left ready, leased or dead.
-    assert_eq!(
-        acked.iter().collect::<HashSet<_>>().len(),
-        acked.len(),
-        "duplicate ids acknowledged"
-    );
-    let s = stats(&c.nodes[new_leader]).await;
-    let q = &s["queues"]["load"];
-    assert_eq!(q["leased"], 0, "{s}");
-    assert_eq!(q["scheduled"], 0, "{s}");
-    assert_eq!(q["dead"], 0, "{s}");
-    assert!(q["ready"].as_array().unwrap().iter().all(|v| v == 0), "{s}");
-    let succeeded = q["succeeded"].as_u64().unwrap();
-    let unknown = u64::from(*unknown.lock().unwrap());
-    assert!(
-        succeeded >= acked.len() as u64 && succeeded <= acked.len() as u64 + unknown,
-        "{succeeded} succeeded for {} acknowledged and {unknown} unknown enqueues",
-        acked.len()
-    );
-    // Fencing: a job handed out more than once got a new attempt each time,
-    // so no two workers ever held the same valid lease.
-    let mut holders: HashMap<(u64, u32), Vec<String>> = HashMap::new();
-    for (job, attempt, worker) in runs.lock().unwrap().iter() {
-        holders
-            .entry((*job, *attempt))
-            .or_default()
-            .push(worker.clone());
-    }
-    let doubled: Vec<_> = holders.iter().filter(|(_, w)| w.len() > 1).collect();
-    assert!(doubled.is_empty(), "leases handed out twice: {doubled:?}");
-
     // The old leader comes back, steps down and converges.
     c.nodes[old_leader].spawn();
     c.converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_load_loses_no_acknowledged_job() {
+    losing_the_leader_under_load(Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_leader_under_load_exits_0_moves_workers_and_loses_nothing() {
+    losing_the_leader_under_load(Stop::Term).await;
 }
 
 #[tokio::test]
@@ -326,22 +251,7 @@ async fn members_are_added_and_removed_under_load() {
         "[jobs]\nheartbeat_timeout = \"2s\"\n[raft]\nsnapshot_every = 20\nlog_keep_entries = 10\n",
     );
     let leader = c.leader().await;
-    let producing = Arc::new(AtomicBool::new(true));
-    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let load = {
-        let (servers, producing, acked) = (c.servers(), producing.clone(), acked.clone());
-        tokio::spawn(async move {
-            let mut p = Producer::connect(&servers).await.unwrap();
-            for _ in 0..20_000 {
-                if !producing.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Ok(ids) = p.enqueue(vec![new_job("members", "z")]).await {
-                    acked.lock().unwrap().push(ids[0].id);
-                }
-            }
-        })
-    };
+    let load = Load::start(&c, "members", 1, 20_000);
 
     // A fourth node joins through a follower's admin API.
     let new = c.start_joining(CLUSTER);
@@ -381,11 +291,9 @@ async fn members_are_added_and_removed_under_load() {
     let m = members_of(&c.nodes[leader]).await;
     assert_eq!(m["members"].as_array().unwrap().len(), 3, "{m}");
 
-    producing.store(false, Ordering::Relaxed);
-    load.await.unwrap();
+    let (acked, _) = load.stop().await;
     let applied = c.converged().await;
     assert!(applied > 0);
-    let acked = acked.lock().unwrap().clone();
     assert!(!acked.is_empty());
     for id in acked.iter().step_by(50) {
         assert_eq!(

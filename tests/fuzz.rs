@@ -333,7 +333,7 @@ fn register() -> impl Strategy<Value = pb::worker_message::Msg> {
                     .filter(|q| q.starts_with("w-") || q.contains(' '))
                     .collect(),
                 capacity,
-                version: String::new(),
+                ..Default::default()
             })
         })
 }

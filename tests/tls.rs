@@ -147,6 +147,7 @@ async fn peer_members_call(url: &str, creds: &Credentials) -> Result<(), tonic::
             header: Some(drover::proto::v1::PeerHeader {
                 cluster_id: "drover".into(),
                 from: 2,
+                ..Default::default()
             }),
         })
         .await

@@ -109,6 +109,12 @@ impl PeerService for Peer {
                 "raft stream ended before its header",
             )
             .await?;
+        if let Some(h) = &first.header {
+            let version = u8::try_from(h.entry_version).unwrap_or(u8::MAX).max(1);
+            self.app
+                .driver
+                .control(Control::PeerEntryVersion { from, version });
+        }
         self.step(from, first.messages)?;
         let peer = Peer {
             app: self.app.clone(),

@@ -87,6 +87,7 @@ impl WorkerService for Worker {
                     heartbeat_interval_ms: (timeout_ms / 3).max(1),
                     lease_timeout_ms: timeout_ms,
                     node_id: self.app.config.node_id,
+                    protocol_version: crate::command::PROTOCOL_VERSION,
                 })),
             }))
             .await;
@@ -131,6 +132,13 @@ impl Worker {
         }
         for q in &queues {
             validate_queue(q)?;
+        }
+        if reg.protocol_version > crate::command::PROTOCOL_VERSION {
+            // Served: within drover.v1 a newer worker only adds fields this
+            // node ignores. Said, so a feature that does nothing is explained.
+            tracing::info!(event = "worker_protocol_newer", worker_id = %reg.worker_id,
+                worker = reg.protocol_version, node = crate::command::PROTOCOL_VERSION,
+                "the worker speaks a newer protocol revision than this node; what it added is ignored until the node is upgraded");
         }
         let max = self.app.config.limits.max_worker_capacity;
         if reg.capacity == 0 || reg.capacity > max {
@@ -335,7 +343,7 @@ impl Session {
                 _ = shutdown.changed(), if !server_stopping => {
                     server_stopping = true;
                     self.draining = true;
-                    self.send_shutdown("the node is shutting down: finish held jobs and reconnect to another node").await;
+                    self.send_shutdown("the node is shutting down: reconnect to another node", true).await;
                 }
                 events = revoked.recv(), if revoked_open => match events {
                     Ok(events) => {
@@ -350,7 +358,7 @@ impl Session {
                 _ = &mut stop, if !self.draining => {
                     self.draining = true;
                     tracing::info!(event = "worker_stop_asked", worker_id = %worker_id, "an operator asked this worker to stop");
-                    self.send_shutdown("an operator asked this worker to stop (drover workers shutdown): finish held jobs and exit").await;
+                    self.send_shutdown("an operator asked this worker to stop (drover workers shutdown): finish held jobs and exit", false).await;
                 }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
@@ -497,12 +505,13 @@ impl Session {
         );
     }
 
-    async fn send_shutdown(&self, reason: &str) {
+    async fn send_shutdown(&self, reason: &str, reconnect: bool) {
         let _ = self
             .tx
             .send(Ok(pb::ServerMessage {
                 msg: Some(pb::server_message::Msg::Shutdown(pb::Shutdown {
                     reason: reason.into(),
+                    reconnect,
                 })),
             }))
             .await;

@@ -26,6 +26,9 @@ pub enum ClientError {
     Status(tonic::Status),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The node is going away and asked the worker to move.
+    #[error("the node is shutting down ({0}); reconnecting to another")]
+    NodeLeaving(String),
     #[error("stopped without reporting {results} results and {running} running jobs: no node answered for {waited:?} ({last_error}); those jobs run again once their leases expire")]
     Abandoned {
         results: usize,

@@ -325,6 +325,7 @@ impl<H: Handler> Runtime<H> {
             queues: self.opts.queues.clone(),
             capacity: self.opts.concurrency,
             version: self.opts.version.clone(),
+            protocol_version: crate::command::PROTOCOL_VERSION,
         })))
         .await
         .map_err(|_| ClientError::Protocol("stream closed before Register".into()))?;
@@ -552,6 +553,14 @@ impl<H: Handler> Runtime<H> {
                         tracing::warn!(event = "result_refused", job_id = ack.job_id, attempt = ack.attempt, error = %ack.error, "server refused a result");
                     }
                 }
+            }
+            Some(ServerMsg::Shutdown(s)) if s.reconnect => {
+                // Drain so the node leases nothing more here, then go: held
+                // jobs keep running, and their heartbeats and results go to
+                // the next node.
+                tracing::info!(event = "node_leaving", reason = %s.reason, held = self.held.len(), "the node is shutting down; moving to another");
+                send(out, Msg::Drain(pb::Drain {})).await?;
+                return Err(ClientError::NodeLeaving(s.reason));
             }
             Some(ServerMsg::Shutdown(s)) => {
                 tracing::info!(event = "server_shutdown", reason = %s.reason, "server asked this worker to stop");

@@ -43,6 +43,8 @@ pub enum Control {
     Step(raft::eraftpb::Message),
     /// A send to this peer failed.
     Unreachable(u64),
+    /// The newest log entry format a peer applies, from its `PeerHeader`.
+    PeerEntryVersion { from: u64, version: u8 },
     /// Hand leadership to this node.
     TransferLeader(u64),
     /// How streaming a snapshot to a follower ended.
@@ -67,6 +69,7 @@ pub fn header(cfg: &Config) -> pb::PeerHeader {
     pb::PeerHeader {
         cluster_id: cfg.cluster_id.clone(),
         from: cfg.node_id,
+        entry_version: u32::from(cfg.entry_version),
     }
 }
 

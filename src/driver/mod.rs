@@ -91,6 +91,8 @@ pub enum DriverError {
     Flusher(String),
     #[error("{0}")]
     Snapshot(#[from] SnapshotError),
+    #[error("log entry {index} has format {found}, and this drover applies formats up to {reads}: it was written by a newer drover. Upgrade this node's binary to the version the other nodes run; its log and data are kept as they are")]
+    EntryTooNew { index: u64, found: u8, reads: u8 },
 }
 
 /// The rest of the node's way to the driver.
@@ -291,6 +293,12 @@ struct Driver {
     revoked_tx: tokio::sync::broadcast::Sender<Arc<[LeaseEvent]>>,
     /// The wait and run time histograms' handles.
     job_times: crate::metrics::JobTimes,
+    /// The newest entry format this node applies, and each peer's (as its
+    /// peer header said); a leader writes the oldest among the voters.
+    entry_version: u8,
+    peer_entry_versions: std::collections::BTreeMap<u64, u8>,
+    /// The format the last proposal was written in, to log a change.
+    writing_version: u8,
     turned_at: Arc<std::sync::atomic::AtomicU64>,
     shutdown: watch::Receiver<bool>,
     tick_interval: Duration,
@@ -484,6 +492,9 @@ pub fn start(
         stats_tx,
         revoked_tx,
         job_times: Default::default(),
+        entry_version: cfg.entry_version,
+        peer_entry_versions: Default::default(),
+        writing_version: crate::command::ENTRY_VERSION.min(cfg.entry_version),
         turned_at,
         shutdown,
         tick_interval: cfg.raft.tick_interval,
@@ -588,6 +599,9 @@ impl Driver {
                 }
             }
             Control::Unreachable(id) => self.raw.report_unreachable(id),
+            Control::PeerEntryVersion { from, version } => {
+                self.peer_entry_versions.insert(from, version);
+            }
             Control::TransferLeader(id) => self.raw.transfer_leader(id),
             Control::SnapshotSent { to, ok } => {
                 let status = if ok {
@@ -833,7 +847,8 @@ impl Driver {
         };
         let data = bincode::serde::encode_to_vec(&entry, bincode::config::standard())
             .expect("bincode encoding of in-memory values cannot fail");
-        match self.raw.propose(vec![], data) {
+        let version = self.write_version();
+        match self.raw.propose(vec![version], data) {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
                 let term = self.raw.raft.term;
@@ -1040,6 +1055,16 @@ impl Driver {
                     vec![Outcome::Noop]
                 }
                 EntryType::EntryNormal => {
+                    // An entry this build cannot read stops the node: skipping
+                    // it would leave this node's state behind the others'.
+                    let found = crate::command::entry_version(&entry.context);
+                    if found > self.entry_version {
+                        return Err(DriverError::EntryTooNew {
+                            index,
+                            found,
+                            reads: self.entry_version,
+                        });
+                    }
                     // Every byte must be read: a shorter parse is an entry
                     // of another format that only looks like one of ours.
                     let decoded = bincode::serde::decode_from_slice::<LogEntry, _>(
@@ -1355,6 +1380,37 @@ impl Driver {
             store.compact(upto.min(store.compacted_index() + COMPACT_STEP))?;
         }
         Ok(())
+    }
+
+    /// The entry format to write: the newest every voter applies. A voter
+    /// not heard from yet counts as format 1, which every build applies.
+    fn write_version(&mut self) -> u8 {
+        let me = self.raw.raft.id;
+        let version = self
+            .raw
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .map(|id| match id {
+                id if id == me => self.entry_version,
+                id => self.peer_entry_versions.get(&id).copied().unwrap_or(1),
+            })
+            .min()
+            .unwrap_or(1)
+            .clamp(1, self.entry_version);
+        if version != self.writing_version {
+            tracing::info!(
+                event = "entry_version_changed",
+                from = self.writing_version,
+                to = version,
+                "log entries are now written in another format: the oldest every voter applies"
+            );
+            self.writing_version = version;
+        }
+        version
     }
 
     fn publish_status(&mut self) {

@@ -2,6 +2,7 @@
 //! ports chosen by the OS, and polling with a deadline instead of sleeping.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod raw_grpc;
 
 use std::io::{BufRead, BufReader};
@@ -20,6 +21,8 @@ pub struct TestNode {
     pub env: Vec<(String, String)>,
     /// Where the node's log goes (appended); the test's stderr if None.
     pub log_file: Option<PathBuf>,
+    /// More `drover serve` arguments.
+    pub args: Vec<String>,
     pub grpc: String,
     pub http: String,
 }
@@ -47,6 +50,7 @@ impl TestNode {
             grpc_addr: grpc_addr.to_string(),
             env: Vec::new(),
             log_file: None,
+            args: Vec::new(),
             grpc: String::new(),
             http: String::new(),
         }
@@ -58,29 +62,8 @@ impl TestNode {
 
     /// (Re)starts the process on the same data dir, on new ports.
     pub fn spawn(&mut self) {
-        let config = self.dir.path().join("node.toml");
-        // Top-level keys must precede the tables the extra config may open.
-        let (top, tables) = match self.extra_config.find('[') {
-            Some(i) => self.extra_config.split_at(i),
-            None => (self.extra_config.as_str(), ""),
-        };
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {:?}\ngrpc_addr = {:?}\nhttp_addr = \"127.0.0.1:0\"\n{top}\n[log]\nlevel = \"info,raft=warn\"\nformat = \"text\"\n{tables}\n",
-                self.data_dir(),
-                self.grpc_addr
-            ),
-        )
-        .expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_drover"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            // A test runner under systemd must not hear from test nodes.
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .envs(self.env.iter().cloned())
+        let mut child = self
+            .serve_command()
             .stdout(Stdio::piped())
             .stderr(match &self.log_file {
                 Some(path) => Stdio::from(
@@ -108,6 +91,37 @@ impl TestNode {
         self.grpc = format!("http://{}", field("grpc="));
         self.http = format!("http://{}", field("http="));
         self.child = Some(child);
+    }
+
+    /// `drover serve` on this node's config (written now) and data dir,
+    /// with its args and environment; stdio left to the caller.
+    pub fn serve_command(&self) -> Command {
+        let config = self.dir.path().join("node.toml");
+        // Top-level keys must precede the tables the extra config may open.
+        let (top, tables) = match self.extra_config.find('[') {
+            Some(i) => self.extra_config.split_at(i),
+            None => (self.extra_config.as_str(), ""),
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\ngrpc_addr = {:?}\nhttp_addr = \"127.0.0.1:0\"\n{top}\n[log]\nlevel = \"info,raft=warn\"\nformat = \"text\"\n{tables}\n",
+                self.data_dir(),
+                self.grpc_addr
+            ),
+        )
+        .expect("write config");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_drover"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(&self.args)
+            // A test runner under systemd must not hear from test nodes.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(self.env.iter().cloned());
+        command
     }
 
     pub fn is_running(&self) -> bool {

@@ -19,6 +19,10 @@ pub struct ServeArgs {
     http_addr: Option<std::net::SocketAddr>,
     #[arg(long)]
     node_id: Option<u64>,
+    /// Simulates a build whose log entry format is N (it applies formats
+    /// up to N and writes N once every voter does), for upgrade tests.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u8).range(1..))]
+    entry_version: Option<u8>,
 }
 
 /// `json`, `text`, or `auto`: JSON lines under systemd (which sets
@@ -60,6 +64,9 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     }
     if let Some(v) = a.node_id {
         config.node_id = v;
+    }
+    if let Some(v) = a.entry_version {
+        config.entry_version = v;
     }
     config.validate()?;
     init_tracing(&config.log.format, &config.log.level);
