@@ -336,6 +336,39 @@ impl TestCluster {
 
     /// Waits until every running node has applied the same index and has
     /// the same machine digest; returns that index.
+    /// Waits until node `i` has applied as far as the others had when
+    /// asked: caught up, even while load goes on (see `converged` for a
+    /// still cluster).
+    pub async fn caught_up(&self, i: usize) {
+        let applied = |n: &TestNode| {
+            let url = format!("{}/api/v1/debug/digest", n.http);
+            async move {
+                get_json(&url).await.1["applied_index"]
+                    .as_u64()
+                    .unwrap_or(0)
+            }
+        };
+        let mut target = 0;
+        for (j, n) in self.nodes.iter().enumerate() {
+            if j != i && n.is_running() {
+                target = target.max(applied(n).await);
+            }
+        }
+        wait_for(
+            &format!("node {} to apply up to {target}", i + 1),
+            Duration::from_secs(30),
+            || async {
+                let at = applied(&self.nodes[i]).await;
+                if at >= target {
+                    Ok(())
+                } else {
+                    Err(format!("at {at}"))
+                }
+            },
+        )
+        .await;
+    }
+
     pub async fn converged(&self) -> u64 {
         wait_for(
             "all running nodes to hold the same state",
