@@ -29,6 +29,8 @@ pub struct Node {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub app: App,
+    /// Who may call what; its tokens may be reloaded (SIGHUP).
+    pub auth: api::auth::Auth,
     /// Set to ask the node to stop; `shutdown_tx` follows once a leader
     /// has handed its lead over (its peers must still reach it for that).
     stop_tx: watch::Sender<bool>,
@@ -109,7 +111,7 @@ impl Node {
             .layer(tower::util::MapResponseLayer::new(
                 crate::wire::framing_errors_as_invalid_argument::<axum::body::Body>,
             ));
-        let router = api::http::with_auth(router, auth);
+        let router = api::http::with_auth(router, auth.clone());
         let tls = match &app.config.tls {
             Some(t) => Some(api::listen::server_config(t)?),
             None => None,
@@ -133,6 +135,7 @@ impl Node {
             grpc_addr,
             http_addr,
             app,
+            auth,
             stop_tx: watch::channel(false).0,
             shutdown_tx,
             grpc,

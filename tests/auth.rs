@@ -430,3 +430,114 @@ async fn the_rate_limit_counts_each_message_of_an_enqueue_stream() {
     }
     assert!(refused >= 2, "{refused} of 6 refused");
 }
+
+/// SIGHUP reloads the tokens and the log level and says what changed,
+/// including keys that take a restart; a broken file changes nothing.
+/// Neither tokens nor payloads reach the log, even at debug level.
+#[tokio::test]
+async fn sighup_reloads_tokens_and_log_level_and_the_log_never_holds_secrets() {
+    let (admin, admin_hash) = drover::token::generate().unwrap();
+    let (reader, reader_hash) = drover::token::generate().unwrap();
+    let entry = |name: &str, role: &str, hash: &str| {
+        format!("[[tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nhash = \"{hash}\"\n")
+    };
+    let mut node = TestNode::prepare("127.0.0.1:0", &entry("root", "admin", &admin_hash));
+    let log = node.dir.path().join("node.log");
+    node.log_file = Some(log.clone());
+    node.spawn();
+    let (pid, http) = (node.pid(), node.http.clone());
+    let stats = |token: String| {
+        let url = format!("{http}/api/v1/stats");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(stats(reader.clone()).await, 401);
+    let secret_payload = "payload-that-must-not-be-logged";
+    drover_json(
+        &[
+            "enqueue",
+            "--queue",
+            "q",
+            "--payload",
+            secret_payload,
+            "--token",
+            &admin,
+        ],
+        &node.grpc,
+    );
+
+    let hup_and_wait = |event: &'static str| {
+        signal(pid, libc::SIGHUP);
+        let log = log.clone();
+        async move {
+            wait_for(
+                &format!("{event} in the log"),
+                Duration::from_secs(20),
+                || async {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if text.contains(event) {
+                        Ok(text)
+                    } else {
+                        Err(text.lines().last().unwrap_or("").to_string())
+                    }
+                },
+            )
+            .await
+        }
+    };
+    // Add the reader, debug logging, and a key that takes a restart.
+    node.extra_config = format!(
+        "shutdown_grace = \"3s\"\n{}{}",
+        entry("root", "admin", &admin_hash),
+        entry("reader", "read", &reader_hash)
+    );
+    let config = node.write_config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("level = \"info,raft=warn\"", "level = \"debug,raft=warn\""),
+    )
+    .unwrap();
+    let text = hup_and_wait("config_restart_needed").await;
+    assert!(
+        text.contains("tokens_reloaded") && text.contains("reader"),
+        "{text}"
+    );
+    assert!(text.contains("log_level_changed"), "{text}");
+    assert!(text.contains("shutdown_grace"), "{text}");
+    assert_eq!(stats(reader.clone()).await, 200);
+    assert_eq!(stats(admin.clone()).await, 200);
+    // A wrong token at debug level: refused and logged, the token not.
+    assert_eq!(stats("not-a-real-token-xyz".into()).await, 401);
+
+    // The root token goes; then a broken file keeps the reader working.
+    node.extra_config = entry("reader", "read", &reader_hash);
+    node.write_config();
+    hup_and_wait("removed=[\"root\"]").await;
+    assert_eq!(stats(admin.clone()).await, 401);
+    std::fs::write(&config, "node_id = \"not a number\"\n").unwrap();
+    hup_and_wait("config_reload_failed").await;
+    assert_eq!(stats(reader.clone()).await, 200);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("request_refused"),
+        "debug logging took effect: {text}"
+    );
+    for secret in [
+        admin.as_str(),
+        reader.as_str(),
+        "not-a-real-token-xyz",
+        secret_payload,
+    ] {
+        assert!(!text.contains(secret), "the log holds {secret:?}");
+    }
+}

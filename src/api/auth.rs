@@ -226,7 +226,8 @@ pub struct Auth {
 }
 
 struct Inner {
-    tokens: HashMap<TokenHash, Token>,
+    /// Replaced whole by [`Auth::reload_tokens`] (SIGHUP).
+    tokens: std::sync::RwLock<HashMap<TokenHash, Token>>,
     http: matchit::Router<Vec<(Method, Access)>>,
     grpc: HashMap<&'static str, Access>,
     protect_metrics: bool,
@@ -234,32 +235,44 @@ struct Inner {
     peer_mtls: bool,
 }
 
+/// What a token reload changed, by token name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TokenChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// The callers of a config's `[[tokens]]`, by hash.
+fn tokens_of(config: &Config) -> HashMap<TokenHash, Token> {
+    config
+        .tokens
+        .iter()
+        .filter_map(|t| {
+            // Validated at start; a bad hash cannot match anything anyway.
+            let hash = crate::token::parse_hash(&t.hash).ok()?;
+            let caller = Caller {
+                name: t.name.clone(),
+                role: Some(t.role),
+                reason: String::new(),
+                tenants: quota(t.tenant_rate_limit, t.tenant_burst)
+                    .map(|q| Arc::new(governor::RateLimiter::keyed(q))),
+                limiter: quota(t.rate_limit, t.burst)
+                    .map(|q| Arc::new(governor::RateLimiter::direct(q))),
+            };
+            Some((
+                hash,
+                Token {
+                    caller,
+                    role: t.role,
+                },
+            ))
+        })
+        .collect()
+}
+
 impl Auth {
     pub fn new(config: &Config, http_rules: &[Rule]) -> Auth {
-        let tokens = config
-            .tokens
-            .iter()
-            .filter_map(|t| {
-                // Validated at start; a bad hash cannot match anything anyway.
-                let hash = crate::token::parse_hash(&t.hash).ok()?;
-                let caller = Caller {
-                    name: t.name.clone(),
-                    role: Some(t.role),
-                    reason: String::new(),
-                    tenants: quota(t.tenant_rate_limit, t.tenant_burst)
-                        .map(|q| Arc::new(governor::RateLimiter::keyed(q))),
-                    limiter: quota(t.rate_limit, t.burst)
-                        .map(|q| Arc::new(governor::RateLimiter::direct(q))),
-                };
-                Some((
-                    hash,
-                    Token {
-                        caller,
-                        role: t.role,
-                    },
-                ))
-            })
-            .collect();
+        let tokens = std::sync::RwLock::new(tokens_of(config));
         let mut by_path: HashMap<&'static str, Vec<(Method, Access)>> = HashMap::new();
         for r in http_rules {
             by_path
@@ -301,9 +314,31 @@ impl Auth {
         }
     }
 
+    /// Takes the `[[tokens]]` of `config` (validated) in place of the
+    /// current ones: requests from now on are checked against them. A node
+    /// with tokens is not opened to anyone by a config without any: that
+    /// takes a restart, where the start checks its addresses.
+    pub fn reload_tokens(&self, config: &Config) -> Result<TokenChange, String> {
+        let fresh = tokens_of(config);
+        let mut tokens = self.inner.tokens.write().unwrap_or_else(|e| e.into_inner());
+        if fresh.is_empty() && !tokens.is_empty() {
+            return Err("the config has no [[tokens]]: a node is opened to anyone only by a restart; the tokens in effect stay".into());
+        }
+        let names = |m: &HashMap<TokenHash, Token>| -> std::collections::BTreeSet<String> {
+            m.values().map(|t| t.caller.name.clone()).collect()
+        };
+        let (before, after) = (names(&tokens), names(&fresh));
+        *tokens = fresh;
+        Ok(TokenChange {
+            added: after.difference(&before).cloned().collect(),
+            removed: before.difference(&after).cloned().collect(),
+        })
+    }
+
     /// Checks a request's `authorization` value against what it needs.
     pub fn check(&self, access: Access, authorization: Option<&str>) -> Result<Caller, Error> {
-        if self.inner.tokens.is_empty() || access == Access::Open {
+        let tokens = self.inner.tokens.read().unwrap_or_else(|e| e.into_inner());
+        if tokens.is_empty() || access == Access::Open {
             return Ok(Caller::anonymous());
         }
         let presented = authorization
@@ -314,9 +349,7 @@ impl Auth {
                     "this needs a token: send `Authorization: Bearer TOKEN` (the CLI: --token or DROVER_TOKEN)".into(),
                 )
             })?;
-        let token = self
-            .inner
-            .tokens
+        let token = tokens
             .get(&crate::token::hash(presented))
             .ok_or_else(|| {
                 Error::Unauthenticated(

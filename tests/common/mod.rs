@@ -96,6 +96,24 @@ impl TestNode {
     /// `drover serve` on this node's config (written now) and data dir,
     /// with its args and environment; stdio left to the caller.
     pub fn serve_command(&self) -> Command {
+        let config = self.write_config();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_drover"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(&self.args)
+            // A test runner under systemd must not hear from test nodes.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(self.env.iter().cloned());
+        command
+    }
+
+    /// Writes the node's config file (the defaults, its addresses and
+    /// `extra_config`); returns its path. SIGHUP makes a running node read
+    /// it again.
+    pub fn write_config(&self) -> PathBuf {
         let config = self.dir.path().join("node.toml");
         // Top-level keys must precede the tables the extra config may open.
         let (top, tables) = match self.extra_config.find('[') {
@@ -111,17 +129,7 @@ impl TestNode {
             ),
         )
         .expect("write config");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_drover"));
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(&self.args)
-            // A test runner under systemd must not hear from test nodes.
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .envs(self.env.iter().cloned());
-        command
+        config
     }
 
     pub fn is_running(&self) -> bool {

@@ -29,22 +29,66 @@ pub struct ServeArgs {
 /// JOURNAL_STREAM for a service whose stderr is the journal), text
 /// otherwise. Text has colour only on a terminal, so a log written to a
 /// file is not full of escapes.
-pub fn init_tracing(format: &str, level: &str) {
+/// Returns the handle that changes the level later (SIGHUP).
+pub fn init_tracing(format: &str, level: &str) -> LogLevel {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let from_env = std::env::var_os(EnvFilter::DEFAULT_ENV).is_some();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
     let json = match format {
         "auto" => std::env::var_os("JOURNAL_STREAM").is_some(),
         f => f == "json",
     };
+    let registry = tracing_subscriber::registry().with(filter);
     if json {
-        builder.json().flatten_event(true).init();
+        registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init();
     } else {
-        builder.init();
+        registry
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    }
+    LogLevel {
+        handle,
+        level: level.to_string(),
+        from_env,
+    }
+}
+
+/// The log level in effect, and the way to change it.
+pub struct LogLevel {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    level: String,
+    /// RUST_LOG set the filter: it wins over the config file's level.
+    from_env: bool,
+}
+
+impl LogLevel {
+    /// Sets `level` if it differs from the one in effect; returns the one
+    /// it replaced. The config was validated, so `level` parses.
+    fn set(&mut self, level: &str) -> Option<String> {
+        if self.from_env || level == self.level {
+            return None;
+        }
+        let filter = tracing_subscriber::EnvFilter::try_new(level).ok()?;
+        self.handle.reload(filter).ok()?;
+        Some(std::mem::replace(&mut self.level, level.to_string()))
     }
 }
 
@@ -69,7 +113,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         config.entry_version = v;
     }
     config.validate()?;
-    init_tracing(&config.log.format, &config.log.level);
+    let log_level = init_tracing(&config.log.format, &config.log.level);
     if config.tokens.is_empty() {
         tracing::warn!(
             event = "no_tokens",
@@ -84,11 +128,6 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         );
     }
     let node = drover::node::Node::start(config).await?;
-    // One line on stdout that scripts and tests can wait for.
-    println!(
-        "drover node {} ready grpc={} http={}",
-        node.app.config.node_id, node.grpc_addr, node.http_addr
-    );
     if let Some(every) = node.app.config.backup.every {
         let b = &node.app.config.backup;
         let dir = b
@@ -109,49 +148,184 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         node.app.shutdown.clone(),
     ));
     let stop = node.shutdown_handle();
+    let terminated = wait_for_signal();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        terminated.await;
         stop.send_replace(true);
     });
     if let Some(path) = a.config.clone() {
-        tokio::spawn(reload_on_sighup(path, node.app.driver.clone()));
+        let reload = Reload {
+            path,
+            driver: node.app.driver.clone(),
+            auth: node.auth.clone(),
+            log_level,
+            current: (*node.app.config).clone(),
+        };
+        tokio::spawn(reload.on_sighup(hangup()));
     }
+    // One line on stdout that scripts and tests can wait for, once SIGTERM
+    // and SIGHUP are handled: a signal right after it finds them in place.
+    println!(
+        "drover node {} ready grpc={} http={}",
+        node.app.config.node_id, node.grpc_addr, node.http_addr
+    );
     node.wait().await?;
     Ok(())
 }
 
-/// SIGHUP re-reads the config file's policies: the leader proposes them to
-/// the cluster; a follower checks them against the cluster's. Other keys
-/// take a restart.
-async fn reload_on_sighup(path: PathBuf, driver: drover::driver::DriverHandle) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match Config::from_file(&path).and_then(|c| c.validate().map(|()| c)) {
-            Ok(c) => {
-                tracing::info!(event = "config_reloaded", path = %path.display(), "read the policies of the config file again");
-                driver.set_policies(c.policies());
+/// What SIGHUP reloads: the config file's policies (the leader proposes
+/// them to the cluster; a follower checks them against the cluster's), its
+/// tokens and its log level. Other keys take a restart, and the log says
+/// which changed.
+struct Reload {
+    path: PathBuf,
+    driver: drover::driver::DriverHandle,
+    auth: drover::api::auth::Auth,
+    log_level: LogLevel,
+    /// The config in effect, to say what a new file changes.
+    current: Config,
+}
+
+/// Keys SIGHUP takes at run time: policies, tokens and the log level.
+const RELOADED: &[&str] = &[
+    "jobs",
+    "queues",
+    "retry",
+    "tenants",
+    "budgets",
+    "schedules",
+    "limits.keys",
+    "limits.max_pending",
+    "tokens",
+    "log.level",
+];
+
+impl Reload {
+    async fn on_sighup(mut self, hup: Option<tokio::signal::unix::Signal>) {
+        let Some(mut hup) = hup else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match Config::from_file(&self.path).and_then(|c| c.validate().map(|()| c)) {
+                Ok(c) => self.apply(c),
+                Err(e) => {
+                    tracing::error!(event = "config_reload_failed", path = %self.path.display(), error = %e, "kept the config in effect: the file is not valid")
+                }
             }
-            Err(e) => {
-                tracing::error!(event = "config_reload_failed", path = %path.display(), error = %e, "kept the policies in effect: the config file is not valid")
+        }
+    }
+
+    fn apply(&mut self, mut new: Config) {
+        // Set on the command line, not in the file.
+        new.data_dir = self.current.data_dir.clone();
+        new.grpc_addr = self.current.grpc_addr;
+        new.http_addr = self.current.http_addr;
+        new.node_id = self.current.node_id;
+        new.entry_version = self.current.entry_version;
+        let changed = changed_keys(&self.current, &new);
+        tracing::info!(event = "config_reloaded", path = %self.path.display(), changed = ?changed, "read the config file again");
+        self.driver.set_policies(new.policies());
+        match self.auth.reload_tokens(&new) {
+            Ok(t) if t.added.is_empty() && t.removed.is_empty() => {}
+            Ok(t) => {
+                tracing::info!(event = "tokens_reloaded", added = ?t.added, removed = ?t.removed, tokens = new.tokens.len(), "the node checks requests against the new [[tokens]]")
+            }
+            Err(e) => tracing::error!(event = "tokens_reload_refused", reason = %e),
+        }
+        if let Some(was) = self.log_level.set(&new.log.level) {
+            tracing::info!(event = "log_level_changed", from = %was, to = %new.log.level, "log level changed");
+        }
+        let restart: Vec<&String> = changed
+            .iter()
+            .filter(|k| {
+                !RELOADED
+                    .iter()
+                    .any(|r| k.as_str() == *r || k.starts_with(&format!("{r}.")))
+            })
+            .collect();
+        if !restart.is_empty() {
+            tracing::warn!(event = "config_restart_needed", keys = ?restart, "these keys changed in the file and take effect only at a restart");
+        }
+        // What is in effect now: the reloaded parts of the file.
+        self.current.jobs = new.jobs;
+        self.current.queues = new.queues;
+        self.current.retry = new.retry;
+        self.current.tenants = new.tenants;
+        self.current.budgets = new.budgets;
+        self.current.schedules = new.schedules;
+        self.current.limits.keys = new.limits.keys;
+        self.current.limits.max_pending = new.limits.max_pending;
+        if !new.tokens.is_empty() {
+            self.current.tokens = new.tokens;
+        }
+        self.current.log.level = new.log.level;
+    }
+}
+
+/// The keys (two levels deep: `limits.max_pending`) whose values differ.
+fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (serde_json::to_value(a), serde_json::to_value(b)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    diff("", &a, &b, 2, &mut out);
+    out
+}
+
+fn diff(
+    prefix: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    depth: u32,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) if depth > 0 => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                let null = Value::Null;
+                diff(
+                    &path,
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    depth - 1,
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
+/// SIGTERM or ctrl-c. SIGTERM is handled from this call on, not from the
+/// first poll, so a caller may say it is ready right after.
+pub fn wait_for_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    async move {
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
 }
 
-pub async fn wait_for_signal() {
+/// SIGHUP, handled from this call on (its default would end the process).
+fn hangup() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    signal(SignalKind::hangup()).ok()
 }

@@ -95,8 +95,9 @@ pub async fn run(a: WorkerArgs) -> Result<()> {
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let on_signal = stop_tx.clone();
+    let terminated = crate::serve::wait_for_signal();
     tokio::spawn(async move {
-        crate::serve::wait_for_signal().await;
+        terminated.await;
         on_signal.send_replace(true);
     });
     if let Some(lifetime) = a.max_lifetime {
