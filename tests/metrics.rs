@@ -78,42 +78,15 @@ shed = {{ 5 = 0.5 }}
     // Work for the worker: two jobs of one run (the second goes over the
     // run's attempt budget), one of a run that finishes, one that fails
     // (dead at once, breaker open).
-    drover_json(
-        &["enqueue", "--queue", "q", "--type", "t", "--run", "r2"],
-        server,
-    );
-    for payload in ["ok", "ok2"] {
-        drover_json(
-            &[
-                "enqueue",
-                "--queue",
-                "q",
-                "--type",
-                "t",
-                "--run",
-                "r1",
-                "--tenant",
-                "acme",
-                "--payload",
-                payload,
-            ],
-            server,
-        );
-    }
-    drover_json(
-        &[
-            "enqueue",
-            "--queue",
-            "q",
-            "--type",
-            "t",
-            "--tenant",
-            "acme",
-            "--payload",
-            "fail",
-        ],
-        server,
-    );
+    let enqueue = |more: &[&str]| {
+        let mut args = vec!["enqueue", "--queue", "q", "--type", "t", "--tenant", "acme"];
+        args.extend_from_slice(more);
+        drover_json(&args, server);
+    };
+    enqueue(&["--run", "r2"]);
+    enqueue(&["--run", "r1", "--payload", "ok"]);
+    enqueue(&["--run", "r1", "--payload", "ok2"]);
+    enqueue(&["--payload", "fail"]);
     // Shed: the queue's second priority-5 job is over half its max_depth.
     drover_json(&["enqueue", "--queue", "s", "--priority", "5"], server);
     let shed = drover_cli(&["enqueue", "--queue", "s", "--priority", "5"], server, "");
