@@ -90,10 +90,17 @@ impl Node {
         };
         let metrics = Metrics::install();
 
+        // Clients may send gzip (large payloads; the client decides per
+        // connection). Leases, which carry payloads, go back gzipped to a
+        // worker that says it takes gzip; producer answers (ids) never.
+        use tonic::codec::CompressionEncoding::Gzip;
         let producer = ProducerServiceServer::new(api::producer::Producer { app: app.clone() })
-            .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE);
+            .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE)
+            .accept_compressed(Gzip);
         let worker = WorkerServiceServer::new(api::worker::Worker { app: app.clone() })
-            .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE);
+            .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE)
+            .accept_compressed(Gzip)
+            .send_compressed(Gzip);
         let peer = PeerServiceServer::new(api::peer::Peer { app: app.clone() })
             .max_decoding_message_size(crate::wire::MAX_GRPC_MESSAGE)
             .max_encoding_message_size(crate::wire::MAX_GRPC_MESSAGE);

@@ -12,13 +12,13 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::client::worker::{JobFailure, JobOutput, JobUsage};
+use crate::client::worker::{JobError, JobOutput, JobUsage};
 use crate::proto::v1 as pb;
 
 /// Bytes of stderr kept as the failure message.
 const MAX_MESSAGE: usize = 2048;
 
-pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<JobOutput, JobFailure> {
+pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<JobOutput, JobError> {
     let mut child = Command::new("sh")
         // The worker's credentials are not the job's: a job's code must not
         // be able to act as the worker (lease, complete) or as its operator.
@@ -42,7 +42,7 @@ pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<JobOutput, JobFai
         // command started.
         .process_group(0)
         .spawn()
-        .map_err(|e| JobFailure {
+        .map_err(|e| JobError {
             class: "spawn_failed".into(),
             message: format!("cannot start `sh -c {cmd}`: {e}"),
             usage: JobUsage::default(),
@@ -55,7 +55,7 @@ pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<JobOutput, JobFai
             let _ = stdin.write_all(&payload).await;
         });
     }
-    let out = child.wait_with_output().await.map_err(|e| JobFailure {
+    let out = child.wait_with_output().await.map_err(|e| JobError {
         class: "wait_failed".into(),
         message: e.to_string(),
         usage: JobUsage::default(),
@@ -74,7 +74,7 @@ pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<JobOutput, JobFai
             usage,
         });
     }
-    Err(JobFailure {
+    Err(JobError {
         class: error_class(&stderr).unwrap_or_else(|| exit_class(&out.status)),
         message: tail(&stderr, MAX_MESSAGE),
         usage,

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::load::*;
 use common::*;
-use drover::client::worker::{self, JobFailure, WorkerOptions};
+use drover::client::worker::{self, JobError, WorkerOptions};
 use drover::client::Producer;
-use drover::proto::v1 as pb;
 use tokio::sync::watch;
 
 /// Short leases so jobs whose holder vanished come back quickly.
@@ -540,12 +539,12 @@ async fn a_worker_keeps_its_job_across_a_failover_by_heartbeating_it() {
     let runs = Arc::new(Mutex::new(Vec::new()));
     let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
     let seen = runs.clone();
-    let handler = move |job: pb::LeasedJob| {
+    let handler = move |job: drover::client::worker::Job| {
         seen.lock().unwrap().push((job.job_id, job.attempt));
         let _ = started_tx.send(());
         async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
-            Ok::<_, JobFailure>(Bytes::from_static(b"done"))
+            Ok::<_, JobError>(Bytes::from_static(b"done"))
         }
     };
     let mut opts = WorkerOptions::new(rotated(&c, leader), "w-keep", vec!["keep-lease".into()], 1);

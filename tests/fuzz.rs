@@ -355,7 +355,14 @@ fn grpc_call() -> impl Strategy<Value = Call> {
             .prop_map(|b| grpc("/drover.v1.ProducerService/Enqueue", vec![Chunk::Framed(b)])),
         chunks(enqueue_request()).prop_map(|c| grpc("/drover.v1.ProducerService/EnqueueStream", c)),
         mutated(
-            id().prop_map(|id| pb::GetJobRequest { id }.encode_to_vec())
+            (id(), "[ -~]{0,300}", "[a-z .]{0,8}", "[a-z]{0,8}")
+                .prop_map(|(id, key, queue, tenant)| pb::GetJobRequest {
+                    id,
+                    idempotency_key: key,
+                    queue,
+                    tenant,
+                }
+                .encode_to_vec())
                 .boxed()
         )
         .prop_map(|b| grpc("/drover.v1.ProducerService/GetJob", vec![Chunk::Framed(b)])),

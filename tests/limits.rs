@@ -55,7 +55,7 @@ async fn a_concurrency_key_holds_jobs_back_and_jobs_list_finds_them() {
     let opts = drover::client::worker::WorkerOptions::new(server, "w", vec!["q".into()], 4);
     let worker = tokio::spawn(drover::client::worker::run(
         opts,
-        move |_job: drover::proto::v1::LeasedJob| {
+        move |_job: drover::client::worker::Job| {
             let mut release = release.clone();
             async move {
                 let _ = release.wait_for(|r| *r).await;

@@ -26,9 +26,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use drover::client::worker::{self, JobFailure, WorkerOptions};
+use drover::client::worker::{self, JobError, WorkerOptions};
 use drover::client::Producer;
-use drover::proto::v1 as pb;
 use tokio::sync::watch;
 
 /// Frequent snapshots and log compaction, so sled frees and reuses log
@@ -169,8 +168,9 @@ async fn acknowledged_jobs_survive_a_power_cut() {
             }));
         }
         let (stop_tx, stop) = watch::channel(false);
-        let handler =
-            |_job: pb::LeasedJob| async { Ok::<_, JobFailure>(Bytes::from_static(b"done")) };
+        let handler = |_job: drover::client::worker::Job| async {
+            Ok::<_, JobError>(Bytes::from_static(b"done"))
+        };
         let mut opts = WorkerOptions::new(node.grpc.clone(), "pw", vec!["power".into()], 4);
         opts.max_reconnects = 1;
         opts.stop_timeout = Duration::from_secs(1);

@@ -142,7 +142,7 @@ async fn pause_drain_and_resume_through_the_cli() {
     );
     let worker = tokio::spawn(drover::client::worker::run(
         opts,
-        move |job: drover::proto::v1::LeasedJob| {
+        move |job: drover::client::worker::Job| {
             let seen = seen.clone();
             async move {
                 seen.lock().unwrap().push(job.queue.clone());
@@ -257,7 +257,7 @@ async fn a_tenant_flood_does_not_starve_another_tenant() {
     );
     let worker = tokio::spawn(drover::client::worker::run(
         opts,
-        move |job: drover::proto::v1::LeasedJob| {
+        move |job: drover::client::worker::Job| {
             let seen = seen.clone();
             async move {
                 seen.lock().unwrap().push(job.tenant.clone());

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use drover::client::worker::{self, JobFailure, WorkerOptions};
+use drover::client::worker::{self, JobError, WorkerOptions};
 use drover::client::Producer;
-use drover::proto::v1 as pb;
 use tokio::sync::watch;
 
 fn run_workers(
@@ -26,11 +25,11 @@ fn run_workers(
     (0..n)
         .map(|i| {
             let done = done.clone();
-            let handler = move |_job: pb::LeasedJob| {
+            let handler = move |_job: drover::client::worker::Job| {
                 let done = done.clone();
                 async move {
                     done.fetch_add(1, Ordering::Relaxed);
-                    Ok::<_, JobFailure>(Bytes::from_static(b"ok"))
+                    Ok::<_, JobError>(Bytes::from_static(b"ok"))
                 }
             };
             let opts = WorkerOptions::new(servers, format!("w{i}"), vec![queue.into()], capacity);

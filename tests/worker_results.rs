@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use drover::client::worker::{self, JobFailure, WorkerOptions};
+use drover::client::worker::{self, JobError, WorkerOptions};
 use drover::client::Producer;
-use drover::proto::v1 as pb;
 use tokio::sync::watch;
 
 /// Long enough that a dropped result shows as a job still leased (or run
@@ -43,7 +42,7 @@ async fn results_in_flight_when_the_leader_dies_are_sent_again_not_dropped() {
         .iter()
         .map(|&f| {
             let finished = finished.clone();
-            let handler = move |job: pb::LeasedJob| {
+            let handler = move |job: drover::client::worker::Job| {
                 let finished = finished.clone();
                 async move {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -53,7 +52,7 @@ async fn results_in_flight_when_the_leader_dies_are_sent_again_not_dropped() {
                         .entry(job.job_id)
                         .or_default()
                         .push(job.attempt);
-                    Ok::<_, JobFailure>(Bytes::from_static(b"ok"))
+                    Ok::<_, JobError>(Bytes::from_static(b"ok"))
                 }
             };
             let mut opts = WorkerOptions::new(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use drover::client::worker::{self, JobFailure, JobUsage, WorkerOptions};
+use drover::client::worker::{self, JobError, JobUsage, WorkerOptions};
 use drover::client::Producer;
 use drover::proto::v1 as pb;
 use tokio::sync::watch;
@@ -53,11 +53,11 @@ async fn rust_worker_completes_jobs_by_priority() {
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (stop_tx, stop) = watch::channel(false);
     let seen = order.clone();
-    let handler = move |job: pb::LeasedJob| {
+    let handler = move |job: drover::client::worker::Job| {
         seen.lock().unwrap().push(job.job_id);
         let mut out = job.payload.to_vec();
         out.extend_from_slice(b"-done");
-        async move { Ok::<_, JobFailure>(Bytes::from(out)) }
+        async move { Ok::<_, JobError>(Bytes::from(out)) }
     };
     let w = tokio::spawn(worker::run(
         WorkerOptions::new(&node.grpc, "w1", vec!["work".into()], 1),
@@ -102,10 +102,10 @@ async fn failing_jobs_retry_then_dead_letter() {
     let id = p.enqueue(vec![new_job("flaky", "x")]).await.unwrap()[0].id;
     let tries = Arc::new(AtomicU32::new(0));
     let t = tries.clone();
-    let handler = move |_job: pb::LeasedJob| {
+    let handler = move |_job: drover::client::worker::Job| {
         t.fetch_add(1, Ordering::SeqCst);
         async {
-            Err::<Bytes, _>(JobFailure {
+            Err::<Bytes, _>(JobError {
                 class: "upstream_500".into(),
                 message: "bad gateway".into(),
                 usage: JobUsage {
@@ -174,9 +174,9 @@ async fn a_dead_workers_job_is_requeued_and_completed_by_another() {
 
     // The first worker takes the job and never finishes it; then it dies.
     let (taken_tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
-    let handler = move |job: pb::LeasedJob| {
+    let handler = move |job: drover::client::worker::Job| {
         let _ = taken_tx.send(job.attempt);
-        async { std::future::pending::<Result<Bytes, JobFailure>>().await }
+        async { std::future::pending::<Result<Bytes, JobError>>().await }
     };
     let (_stop1, stop) = watch::channel(false);
     let mut opts = WorkerOptions::new(&node.grpc, "doomed", vec!["slow".into()], 1);
@@ -190,8 +190,9 @@ async fn a_dead_workers_job_is_requeued_and_completed_by_another() {
     doomed.abort();
     let _ = doomed.await;
 
-    let handler =
-        |_job: pb::LeasedJob| async { Ok::<_, JobFailure>(Bytes::from_static(b"rescued")) };
+    let handler = |_job: drover::client::worker::Job| async {
+        Ok::<_, JobError>(Bytes::from_static(b"rescued"))
+    };
     let (stop_tx, stop) = watch::channel(false);
     let rescuer = tokio::spawn(worker::run(
         WorkerOptions::new(&node.grpc, "rescuer", vec!["slow".into()], 1),
@@ -310,7 +311,7 @@ printf '%s/%s/%s' "$line" "$DROVER_QUEUE" "$DROVER_ATTEMPT""#;
 async fn node_sigterm_sends_workers_elsewhere_and_exits_cleanly() {
     let _serial = SERIAL.lock().await;
     let mut node = TestNode::start("shutdown_grace = \"5s\"\n");
-    let handler = |_job: pb::LeasedJob| async { Ok::<_, JobFailure>(Bytes::new()) };
+    let handler = |_job: drover::client::worker::Job| async { Ok::<_, JobError>(Bytes::new()) };
     let (_stop_tx, stop) = watch::channel(false);
     let mut opts = WorkerOptions::new(&node.grpc, "w", vec!["q".into()], 1);
     opts.max_reconnects = 1;
@@ -357,12 +358,12 @@ async fn a_stopping_worker_that_reaches_no_node_gives_up_after_its_stop_timeout(
     let (taken_tx, mut taken) = tokio::sync::mpsc::unbounded_channel();
     let release = Arc::new(tokio::sync::Notify::new());
     let finish = release.clone();
-    let handler = move |_job: pb::LeasedJob| {
+    let handler = move |_job: drover::client::worker::Job| {
         let _ = taken_tx.send(());
         let finish = finish.clone();
         async move {
             finish.notified().await;
-            Ok::<_, JobFailure>(Bytes::from_static(b"done too late"))
+            Ok::<_, JobError>(Bytes::from_static(b"done too late"))
         }
     };
     let (stop_tx, stop) = watch::channel(false);
@@ -388,4 +389,45 @@ async fn a_stopping_worker_that_reaches_no_node_gives_up_after_its_stop_timeout(
         }
         other => panic!("expected Abandoned, got {other:?}"),
     }
+}
+
+/// Large payloads go gzipped both ways when the clients ask for it, and
+/// come out whole; the builder's worker reports progress and results.
+#[tokio::test]
+async fn gzipped_payloads_and_the_worker_builder() {
+    let _serial = SERIAL.lock().await;
+    let node = TestNode::start("");
+    let mut p = Producer::connect(&node.grpc)
+        .await
+        .unwrap()
+        .with_compression();
+    let big: Vec<u8> = b"drover ".iter().cycle().take(900 << 10).copied().collect();
+    let mut job = new_job("zip", "");
+    job.payload = big.clone().into();
+    let id = p.enqueue(vec![job]).await.unwrap()[0].id;
+    let (stop_tx, stop) = watch::channel(false);
+    let w = tokio::spawn(
+        worker::Worker::new(node.grpc.clone(), ["zip"])
+            .id("zipper")
+            .compression(true)
+            .run_with(
+                |job: worker::Job| async move {
+                    job.progress(0.5, "half");
+                    Ok::<_, JobError>(Bytes::from(job.payload.len().to_string()))
+                },
+                stop,
+            ),
+    );
+    wait_for("the big job", Duration::from_secs(30), || async {
+        match job_state(&node, id).await.as_str() {
+            "succeeded" => Ok(()),
+            s => Err(s.to_string()),
+        }
+    })
+    .await;
+    let got = p.get(id).await.unwrap();
+    assert_eq!(got.payload.len(), big.len());
+    assert_eq!(&got.result[..], big.len().to_string().as_bytes());
+    stop_tx.send_replace(true);
+    assert_eq!(w.await.unwrap().unwrap().completed, 1);
 }

@@ -161,6 +161,41 @@ impl App {
         })
     }
 
+    /// The job an idempotency key names in a queue for a tenant (empty:
+    /// "default"), until the key expires.
+    pub async fn job_by_key(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+        queue: &str,
+        key: &str,
+    ) -> Result<JobView, Error> {
+        crate::job::validate_queue(queue)?;
+        let tenant = if tenant.is_empty() {
+            crate::job::DEFAULT_NAME
+        } else {
+            tenant
+        };
+        crate::job::validate_name("tenant", tenant)?;
+        if key.is_empty() || key.len() > 256 {
+            return Err(Error::invalid(
+                "key",
+                "an idempotency key is 1 to 256 bytes",
+            ));
+        }
+        self.router.read_barrier().await?;
+        let id = self
+            .driver
+            .reader()
+            .job_by_key(tenant, queue, key)?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no job has idempotency key {key:?} in queue {queue} for tenant {tenant} (or the key expired)"
+                ))
+            })?;
+        self.get_job(caller, id).await
+    }
+
     /// Marks a producer answer from a follower with the leader's address
     /// (`drover-leader`), so a client given several nodes can send there
     /// directly and save the hop through this one.

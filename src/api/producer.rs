@@ -123,9 +123,15 @@ impl ProducerService for Producer {
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let caller = caller_of(&req)?;
-        Ok(self.app.hint_leader(Response::new(
-            self.app.get_job(&caller, req.into_inner().id).await?.into(),
-        )))
+        let r = req.into_inner();
+        let view = if r.id == 0 && !r.idempotency_key.is_empty() {
+            self.app
+                .job_by_key(&caller, &r.tenant, &r.queue, &r.idempotency_key)
+                .await?
+        } else {
+            self.app.get_job(&caller, r.id).await?
+        };
+        Ok(self.app.hint_leader(Response::new(view.into())))
     }
 
     async fn cancel(

@@ -462,7 +462,7 @@ enum Enqueuer {
 impl Enqueuer {
     async fn enqueue(&mut self, jobs: Vec<pb::NewJob>) -> Result<(), ClientError> {
         match self {
-            Enqueuer::Calls(p) => p.enqueue(jobs).await.map(drop),
+            Enqueuer::Calls(p) => p.enqueue_call(jobs).await.map(drop),
             Enqueuer::Stream(s) => s.enqueue(jobs).await.map(drop),
         }
     }
@@ -492,7 +492,7 @@ async fn end_to_end_on(target: &Target, args: &BenchArgs, via: Via) -> Result<Ru
         );
         let run_count = run_count.clone();
         let stop_tx = stop_tx.clone();
-        let handler = move |_job: pb::LeasedJob| {
+        let handler = move |_job: crate::client::worker::Job| {
             if run_count.fetch_add(1, Ordering::Relaxed) + 1 >= total {
                 stop_tx.send_replace(true);
             }
@@ -531,7 +531,7 @@ async fn latency(args: &BenchArgs) -> Result<(f64, f64), BenchError> {
     let mut samples = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let t = Instant::now();
-        p.enqueue(vec![job("bench-lat", &payload)]).await?;
+        p.enqueue_call(vec![job("bench-lat", &payload)]).await?;
         samples.push(t.elapsed());
     }
     samples.sort();

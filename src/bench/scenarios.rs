@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::{
     end_to_end_on, figure, join_workers, target, BenchArgs, BenchError, CpuMark, Target, Via,
 };
-use crate::client::worker::{self, JobFailure, WorkerOptions};
+use crate::client::worker::{self, JobError, WorkerOptions};
 use crate::client::{ClientError, Producer};
 use crate::proto::v1 as pb;
 
@@ -171,7 +171,7 @@ pub(super) async fn mixed(mut args: BenchArgs) -> Result<(), BenchError> {
             "bench-mixed",
             |stop: watch::Sender<bool>| {
                 let (seen, done) = (seen.clone(), done.clone());
-                move |job: pb::LeasedJob| {
+                move |job: crate::client::worker::Job| {
                     let fail = job.attempt == 1 && job.payload.get(8) == Some(&1);
                     if job.attempt == 1 {
                         let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -189,7 +189,7 @@ pub(super) async fn mixed(mut args: BenchArgs) -> Result<(), BenchError> {
                     }
                     async move {
                         if fail {
-                            Err(JobFailure {
+                            Err(JobError {
                                 class: "flaky".into(),
                                 message: "fails once".into(),
                                 ..Default::default()

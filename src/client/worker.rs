@@ -26,7 +26,7 @@ use crate::proto::v1::worker_service_client::WorkerServiceClient;
 /// Why a job failed, as the worker reports it. `class` selects the retry
 /// behaviour; `message` is kept on the job for operators.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct JobFailure {
+pub struct JobError {
     pub class: String,
     pub message: String,
     /// What the failed attempt used; it counts against the run's budgets.
@@ -57,19 +57,87 @@ impl From<Bytes> for JobOutput {
     }
 }
 
-/// Runs one job. Implemented for any `Fn(LeasedJob) -> impl Future` whose
-/// output is `Result<Bytes, JobFailure>` or `Result<JobOutput, JobFailure>`.
+impl JobError {
+    /// A failure of error `class` (which picks the retry policy).
+    pub fn new(class: impl Into<String>, message: impl Into<String>) -> JobError {
+        JobError {
+            class: class.into(),
+            message: message.into(),
+            usage: JobUsage::default(),
+        }
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)
+    }
+}
+
+impl std::error::Error for JobError {}
+
+/// Progress reports of held jobs, sent with the next heartbeat.
+type ProgressReports = Arc<std::sync::Mutex<HashMap<(u64, u32), (f32, String)>>>;
+
+/// A leased job, as a handler gets it: the lease's fields (through
+/// `Deref`: `job.job_id`, `job.attempt`, `job.payload`, `job.labels`...)
+/// and a way to report progress.
+///
+/// ```no_run
+/// # async fn handle(job: drover::client::worker::Job) -> Result<bytes::Bytes, drover::client::worker::JobError> {
+/// job.progress(0.5, "half way");
+/// Ok(job.payload.clone())
+/// # }
+/// ```
+pub struct Job {
+    leased: pb::LeasedJob,
+    reports: ProgressReports,
+}
+
+impl Job {
+    /// Reports progress (a fraction in [0, 1] and a short message) with
+    /// the lease's next heartbeat; it shows in `drover jobs get` and the
+    /// job's timeline.
+    pub fn progress(&self, fraction: f32, message: impl Into<String>) {
+        let fraction = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        reports.insert(
+            (self.leased.job_id, self.leased.attempt),
+            (fraction, message.into()),
+        );
+    }
+
+    /// The lease as it came off the wire.
+    pub fn into_leased(self) -> pb::LeasedJob {
+        self.leased
+    }
+}
+
+impl std::ops::Deref for Job {
+    type Target = pb::LeasedJob;
+
+    fn deref(&self) -> &pb::LeasedJob {
+        &self.leased
+    }
+}
+
+/// Runs one job. Implemented for any `Fn(Job) -> impl Future` whose
+/// output is `Result<Bytes, JobError>` or `Result<JobOutput, JobError>`.
 pub trait Handler: Send + Sync + 'static {
-    fn run(&self, job: pb::LeasedJob) -> BoxFuture<'static, Result<JobOutput, JobFailure>>;
+    fn run(&self, job: Job) -> BoxFuture<'static, Result<JobOutput, JobError>>;
 }
 
 impl<F, Fut, T> Handler for F
 where
-    F: Fn(pb::LeasedJob) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<T, JobFailure>> + Send + 'static,
+    F: Fn(Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, JobError>> + Send + 'static,
     T: Into<JobOutput>,
 {
-    fn run(&self, job: pb::LeasedJob) -> BoxFuture<'static, Result<JobOutput, JobFailure>> {
+    fn run(&self, job: Job) -> BoxFuture<'static, Result<JobOutput, JobError>> {
         (self)(job).map(|r| r.map(Into::into)).boxed()
     }
 }
@@ -97,6 +165,9 @@ pub struct WorkerOptions {
     pub version: String,
     /// What it is doing, kept current for a health check.
     pub health: Arc<WorkerHealth>,
+    /// Gzip its messages (results) and take gzipped leases: for large
+    /// payloads on a slow link; it costs CPU on both ends.
+    pub compression: bool,
 }
 
 /// What a running worker is doing, for a supervisor's health check
@@ -132,6 +203,7 @@ impl WorkerOptions {
             credentials: Default::default(),
             health: Default::default(),
             version: String::new(),
+            compression: false,
         }
     }
 }
@@ -163,7 +235,7 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 struct Done {
     job_id: u64,
     attempt: u32,
-    result: Result<JobOutput, JobFailure>,
+    result: Result<JobOutput, JobError>,
 }
 
 /// The state that outlives a single stream.
@@ -198,6 +270,8 @@ struct Runtime<H> {
     urls: Vec<String>,
     /// Sessions started; picks the node of the next one.
     sessions: usize,
+    /// What handlers reported of their jobs' progress.
+    progress: ProgressReports,
 }
 
 /// Runs a worker until `stop` turns true (or the server shuts down) and every
@@ -225,6 +299,7 @@ pub async fn run<H: Handler>(
         registered: false,
         urls: super::server_list(&opts.url),
         sessions: 0,
+        progress: Default::default(),
     };
     let mut failures = 0u32;
     loop {
@@ -272,7 +347,15 @@ pub async fn run<H: Handler>(
                 // reached the log; send them again (a duplicate is refused as stale).
                 let unacked: Vec<Done> = rt.unacked.drain().map(|(_, d)| d).collect();
                 rt.unsent.extend(unacked);
-                tokio::time::sleep(rt.opts.reconnect_delay).await;
+                // Jittered, so a fleet whose node went away does not all
+                // reconnect to the next one at the same instant.
+                let base = rt.opts.reconnect_delay;
+                tokio::time::sleep(crate::wire::jittered(
+                    failures.saturating_sub(1),
+                    base,
+                    base.saturating_mul(16),
+                ))
+                .await;
             }
         }
     }
@@ -319,6 +402,10 @@ impl<H: Handler> Runtime<H> {
         }
         let mut client =
             WorkerServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        if self.opts.compression {
+            use tonic::codec::CompressionEncoding::Gzip;
+            client = client.send_compressed(Gzip).accept_compressed(Gzip);
+        }
         let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(1024);
         out.send(message(Msg::Register(pb::Register {
             worker_id: self.opts.worker_id.clone(),
@@ -397,9 +484,7 @@ impl<H: Handler> Runtime<H> {
                 }
                 _ = heartbeat.tick() => {
                     if !self.held.is_empty() {
-                        let leases = self.held.iter().map(|(&job_id, &attempt)| pb::LeaseRef {
-                            job_id, attempt, progress: 0.0, progress_message: String::new(),
-                        }).collect();
+                        let leases = self.lease_refs();
                         send(&out, Msg::Heartbeat(pb::Heartbeat { leases })).await?;
                     }
                 }
@@ -437,10 +522,32 @@ impl<H: Handler> Runtime<H> {
         self.forget_held(job_id, attempt);
     }
 
+    /// Every held lease, with the progress its handler reported.
+    fn lease_refs(&self) -> Vec<pb::LeaseRef> {
+        let reports = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        self.held
+            .iter()
+            .map(|(&job_id, &attempt)| {
+                let (progress, progress_message) =
+                    reports.get(&(job_id, attempt)).cloned().unwrap_or_default();
+                pb::LeaseRef {
+                    job_id,
+                    attempt,
+                    progress,
+                    progress_message,
+                }
+            })
+            .collect()
+    }
+
     fn forget_held(&mut self, job_id: u64, attempt: u32) {
         if self.held.get(&job_id) == Some(&attempt) {
             self.held.remove(&job_id);
         }
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(job_id, attempt));
         self.sync_held();
     }
 
@@ -482,17 +589,20 @@ impl<H: Handler> Runtime<H> {
                     let (job_id, attempt) = (job.job_id, job.attempt);
                     let handler = self.handler.clone();
                     let tx = self.done_tx.clone();
+                    let job = Job {
+                        leased: job,
+                        reports: self.progress.clone(),
+                    };
                     let task = tokio::spawn(async move {
                         // A panicking handler fails its job instead of killing the worker.
                         let result = std::panic::AssertUnwindSafe(handler.run(job))
                             .catch_unwind()
                             .await
                             .unwrap_or_else(|_| {
-                                Err(JobFailure {
-                                    class: "handler_panicked".into(),
-                                    message: "the job handler panicked".into(),
-                                    usage: JobUsage::default(),
-                                })
+                                Err(JobError::new(
+                                    "handler_panicked",
+                                    "the job handler panicked",
+                                ))
                             });
                         let _ = tx.send(Done {
                             job_id,
@@ -665,15 +775,159 @@ async fn send_batch(
 /// refusal in a row: 100 ms doubling to 3.2 s, with up to half again of
 /// random jitter so workers refused together do not come back together.
 fn resend_backoff(n: u32) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let base = 100u64 << n.saturating_sub(1).min(5);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(n);
-    Duration::from_millis(base + h.finish() % (base / 2 + 1))
+    crate::wire::jittered(
+        n.saturating_sub(1),
+        Duration::from_millis(100),
+        Duration::from_millis(3200),
+    )
 }
 
 async fn send(out: &mpsc::Sender<pb::WorkerMessage>, msg: Msg) -> Result<(), ClientError> {
     out.send(message(msg))
         .await
         .map_err(|_| ClientError::Protocol("the stream to the server is closed".into()))
+}
+
+/// A worker, configured step by step, that runs an async handler per
+/// leased job: heartbeats every held lease (with the progress the handler
+/// reports), sends results (with their cost and usage) and sends them
+/// again while the node cannot log them, reconnects across the given nodes
+/// with jittered backoff, and on stop drains: no new jobs, held ones finish
+/// and are reported.
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use drover::client::worker::{Job, JobError, Worker};
+///
+/// # async fn example() -> Result<(), drover::client::ClientError> {
+/// let report = Worker::new("127.0.0.1:7070", ["emails"])
+///     .concurrency(4)
+///     .run(|job: Job| async move {
+///         if job.payload.is_empty() {
+///             return Err(JobError::new("empty_payload", "nothing to send"));
+///         }
+///         job.progress(0.5, "rendered");
+///         Ok(Bytes::from_static(b"sent"))
+///     })
+///     .await?; // until SIGTERM or ctrl-c
+/// println!("{} jobs completed", report.completed);
+/// # Ok(()) }
+/// ```
+pub struct Worker {
+    opts: WorkerOptions,
+}
+
+impl From<WorkerOptions> for Worker {
+    fn from(opts: WorkerOptions) -> Worker {
+        Worker { opts }
+    }
+}
+
+impl Worker {
+    /// A worker of `queues` on `servers` (one node's address, or several
+    /// separated by commas), one job at a time, named after this host and
+    /// process.
+    pub fn new<Q: Into<String>>(
+        servers: impl Into<String>,
+        queues: impl IntoIterator<Item = Q>,
+    ) -> Worker {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_else(|_| "worker".into());
+        let id = format!("{}-{}", host.trim(), std::process::id());
+        let queues = queues.into_iter().map(Into::into).collect();
+        Worker {
+            opts: WorkerOptions::new(servers, id, queues, 1),
+        }
+    }
+
+    /// Its id: unique among running workers (the node re-sends a worker's
+    /// leases by it after a reconnect).
+    pub fn id(mut self, id: impl Into<String>) -> Worker {
+        self.opts.worker_id = id.into();
+        self
+    }
+
+    /// Jobs it runs at once.
+    pub fn concurrency(mut self, n: u32) -> Worker {
+        self.opts.concurrency = n;
+        self
+    }
+
+    /// A version label for `drover workers list`.
+    pub fn version(mut self, version: impl Into<String>) -> Worker {
+        self.opts.version = version.into();
+        self
+    }
+
+    /// The token (role worker) and TLS settings.
+    pub fn credentials(mut self, credentials: crate::wire::Credentials) -> Worker {
+        self.opts.credentials = credentials;
+        self
+    }
+
+    /// Gzip results and take gzipped leases (large payloads, slow links).
+    pub fn compression(mut self, on: bool) -> Worker {
+        self.opts.compression = on;
+        self
+    }
+
+    /// How long a stopping worker goes on trying to reach a node to report.
+    pub fn stop_timeout(mut self, timeout: Duration) -> Worker {
+        self.opts.stop_timeout = timeout;
+        self
+    }
+
+    /// The options it runs with, to adjust the rest.
+    pub fn options_mut(&mut self) -> &mut WorkerOptions {
+        &mut self.opts
+    }
+
+    /// What it is doing, for a health check.
+    pub fn health(&self) -> Arc<WorkerHealth> {
+        self.opts.health.clone()
+    }
+
+    /// Works until SIGTERM or ctrl-c, then drains.
+    pub async fn run<H: Handler>(self, handler: H) -> Result<WorkerReport, ClientError> {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        self.run_until(handler, async move {
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Works until `stop` completes, then drains.
+    pub async fn run_until<H: Handler>(
+        self,
+        handler: H,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<WorkerReport, ClientError> {
+        let (tx, rx) = watch::channel(false);
+        let stopper = tokio::spawn(async move {
+            stop.await;
+            tx.send_replace(true);
+        });
+        let report = run(self.opts, handler, rx).await;
+        stopper.abort();
+        report
+    }
+
+    /// Works until `stop` turns true, then drains.
+    pub async fn run_with<H: Handler>(
+        self,
+        handler: H,
+        stop: watch::Receiver<bool>,
+    ) -> Result<WorkerReport, ClientError> {
+        run(self.opts, handler, stop).await
+    }
 }

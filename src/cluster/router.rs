@@ -164,10 +164,12 @@ impl Router {
         patience: Duration,
     ) -> Result<Outcome, Error> {
         let deadline = Instant::now() + patience;
+        let mut backoff =
+            crate::wire::Backoff::new(Duration::from_millis(50), Duration::from_millis(800));
         loop {
             match self.propose(command.clone()).await {
                 Err(e) if e.retry_safe() && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 result => return result,
             }

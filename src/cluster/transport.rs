@@ -217,7 +217,7 @@ async fn send_loop(
     control: mpsc::Sender<Control>,
 ) {
     let mut reachable = true;
-    let mut wait = RECONNECT_MIN;
+    let mut backoff = crate::wire::Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
@@ -244,7 +244,7 @@ async fn send_loop(
                 Ok(()) = &mut up, if !reachable => {
                     tracing::info!(event = "peer_reachable", peer, %addr, "peer is reachable again");
                     reachable = true;
-                    wait = RECONNECT_MIN;
+                    backoff.reset();
                 }
                 n = rx.recv_many(&mut batch, MAX_BATCH) => {
                     if n == 0 {
@@ -274,7 +274,7 @@ async fn send_loop(
         }
         let _ = control.try_send(Control::Unreachable(peer));
         // Messages raft sends meanwhile are dropped: it sends them again.
-        let until = tokio::time::Instant::now() + wait;
+        let until = tokio::time::Instant::now() + backoff.next_delay();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
@@ -287,7 +287,6 @@ async fn send_loop(
                 }
             }
         }
-        wait = (wait * 2).min(RECONNECT_MAX);
     }
 }
 

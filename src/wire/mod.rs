@@ -3,10 +3,12 @@
 //! values that arrive from the network (addresses, durations). A leaf: it
 //! imports nothing of drover's but the generated protocol.
 
+mod backoff;
 pub mod codec;
 mod credentials;
 mod status;
 
+pub use backoff::{jittered, Backoff};
 pub use credentials::{Bearer, ClientTls, Conn, Credentials};
 pub use status::{
     backoff, code_name, mark_retry, request_error, retry_after_ms, retry_safe, retryable,

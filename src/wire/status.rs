@@ -110,10 +110,11 @@ fn never_sent(status: &tonic::Status) -> bool {
 }
 
 /// Backoff before retry `attempt` (0-based): the server's hint if it gave
-/// one, else exponential from 50 ms, at most 1 s.
+/// one (at most 1 s), else jittered exponential from 50 ms to 1 s.
 pub fn backoff(status: &tonic::Status, attempt: u32) -> std::time::Duration {
-    let ms = retry_after_ms(status)
-        .unwrap_or(50u64 << attempt.min(5))
-        .min(1000);
-    std::time::Duration::from_millis(ms)
+    use std::time::Duration;
+    match retry_after_ms(status) {
+        Some(ms) => Duration::from_millis(ms.min(1000)),
+        None => super::jittered(attempt, Duration::from_millis(50), Duration::from_secs(1)),
+    }
 }

@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use drover::client::worker::{self, JobFailure, WorkerOptions};
+use drover::client::worker::{self, JobError, WorkerOptions};
 use drover::client::Producer;
-use drover::proto::v1 as pb;
 use tokio::sync::watch;
 
 use super::{get_json, job_state, new_job, wait_for, TestCluster, TestNode};
@@ -44,13 +43,13 @@ pub fn recording_worker(
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<worker::WorkerReport, drover::client::ClientError>> {
     let me = id.to_string();
-    let handler = move |job: pb::LeasedJob| {
+    let handler = move |job: drover::client::worker::Job| {
         runs.lock()
             .unwrap()
             .push((job.job_id, job.attempt, me.clone()));
         async move {
             tokio::time::sleep(Duration::from_millis(2)).await;
-            Ok::<_, JobFailure>(Bytes::from_static(b"ok"))
+            Ok::<_, JobError>(Bytes::from_static(b"ok"))
         }
     };
     let mut opts = WorkerOptions::new(servers, id, vec![queue.into()], 8);

@@ -145,28 +145,14 @@ pub(super) async fn by_key(
     Path((queue, key)): Path<(String, String)>,
     q: Result<Query<ByKeyQuery>, QueryRejection>,
 ) -> Result<Json<JobBody>, Error> {
-    crate::job::validate_queue(&queue)?;
     let q = query(q)?;
-    let tenant = q.tenant.unwrap_or_else(|| crate::job::DEFAULT_NAME.into());
-    crate::job::validate_name("tenant", &tenant)?;
-    if key.is_empty() || key.len() > 256 {
-        return Err(Error::invalid(
-            "key",
-            "an idempotency key is 1 to 256 bytes",
-        ));
-    }
-    s.app.router.read_barrier().await?;
-    let id = s
-        .app
-        .driver
-        .reader()
-        .job_by_key(&tenant, &queue, &key)?
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "no job has idempotency key {key:?} in queue {queue} for tenant {tenant} (or the key expired)"
-            ))
-        })?;
-    Ok(Json(s.app.get_job(&caller, id).await?.into()))
+    let tenant = q.tenant.unwrap_or_default();
+    Ok(Json(
+        s.app
+            .job_by_key(&caller, &tenant, &queue, &key)
+            .await?
+            .into(),
+    ))
 }
 
 /// Cancel a job that has not finished.

@@ -3,7 +3,6 @@
 use anyhow::Result;
 use clap::Args;
 use drover::client::worker::{self, WorkerOptions};
-use drover::proto::v1 as pb;
 
 use crate::target::Target;
 
@@ -115,7 +114,7 @@ pub async fn run(a: WorkerArgs) -> Result<()> {
     let cmd = std::sync::Arc::new(a.exec);
     let started = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let max_jobs = a.max_jobs;
-    let handler = move |job: pb::LeasedJob| {
+    let handler = move |job: drover::client::worker::Job| {
         let cmd = cmd.clone();
         // The job that reaches --max-jobs still runs; stopping makes the
         // worker take no more and exit once its results are reported.
@@ -129,7 +128,7 @@ pub async fn run(a: WorkerArgs) -> Result<()> {
             );
             stop_tx.send_replace(true);
         }
-        async move { drover::worker_exec::exec_job(&cmd, job).await }
+        async move { drover::worker_exec::exec_job(&cmd, job.into_leased()).await }
     };
     let mut opts = WorkerOptions::new(a.target.server.clone(), id, a.queue, a.concurrency);
     if let Some(addr) = a.health_addr {
@@ -138,7 +137,7 @@ pub async fn run(a: WorkerArgs) -> Result<()> {
     opts.stop_timeout = a.stop_timeout;
     opts.credentials = a.target.credentials()?;
     opts.version = a.worker_version;
-    let report = worker::run(opts, handler, stop).await?;
+    let report = worker::Worker::from(opts).run_with(handler, stop).await?;
     eprintln!(
         "worker stopped: {} completed, {} failed, {} refused",
         report.completed, report.failed, report.refused

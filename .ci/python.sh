@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The Python client (clients/python): built from proto/ (grpcio-tools, at
+# install), mypy --strict on the package, and pytest against real nodes of
+# this checkout's debug binary (built by `cargo test`), including
+# examples/python_worker.py. A venv under target/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=target/python-venv
+if [ ! -x "$VENV/bin/python" ]; then
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        apt-get update -qq && apt-get install -y -qq python3-venv
+        python3 -m venv "$VENV"
+    fi
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
+# Not editable: the wheel is what a user installs, generated code included.
+"$VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps ./clients/python
+"$VENV/bin/pip" install -q --disable-pip-version-check ./clients/python'[dev]'
+echo "-- mypy --strict"
+(cd clients/python && "../../$VENV/bin/mypy" --strict src)
+echo "-- pytest"
+DROVER_BIN="$PWD/target/debug/drover" "$VENV/bin/python" -m pytest -q clients/python/tests

@@ -1,0 +1,285 @@
+"""Enqueue, read and cancel jobs."""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+
+import grpc
+
+from ._wire import Nodes, Servers, backoff, error_of, pb
+from .errors import DroverError
+
+_P = "/drover.v1.ProducerService/"
+
+#: gRPC status codes by number, as the node's errors name them.
+_CODE_NAMES: Dict[int, str] = {c.value[0]: c.name.lower() for c in grpc.StatusCode}
+
+
+@dataclasses.dataclass
+class NewJob:
+    """A job to enqueue. Unset fields take the node's defaults."""
+
+    queue: str
+    payload: bytes = b""
+    job_type: str = ""
+    tenant: str = ""
+    run_id: str = ""
+    #: 1 (highest) to 5; 0 is the default, 3.
+    priority: int = 0
+    idempotency_key: str = ""
+    #: Seconds before it becomes ready.
+    delay: float = 0.0
+    labels: Dict[str, str] = dataclasses.field(default_factory=dict)
+    concurrency_key: str = ""
+    concurrency_limit: int = 0
+    rate_key: str = ""
+    rate_limit: str = ""
+    #: Seconds a lease may run; 0: the job type's or queue's timeout.
+    timeout: float = 0.0
+    #: Ids of jobs (of the same tenant) it runs after, or "@N" for the Nth
+    #: job of the same batch.
+    after: Sequence[str] = ()
+
+    def to_proto(self) -> pb.NewJob:
+        return pb.NewJob(
+            queue=self.queue,
+            payload=self.payload,
+            job_type=self.job_type,
+            tenant=self.tenant,
+            run_id=self.run_id,
+            priority=self.priority,
+            idempotency_key=self.idempotency_key,
+            delay_ms=int(self.delay * 1000),
+            labels=self.labels,
+            concurrency_key=self.concurrency_key,
+            concurrency_limit=self.concurrency_limit,
+            rate_key=self.rate_key,
+            rate_limit=self.rate_limit,
+            timeout_ms=int(self.timeout * 1000),
+            after=list(self.after),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Enqueued:
+    id: int
+    #: The idempotency key named a job that existed: `id` is that job's.
+    duplicate: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class JobEvent:
+    at_ms: int
+    kind: str
+    what: str
+    worker: str
+    attempt: int
+    error_class: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JobInfo:
+    """A job as the node reads it back."""
+
+    id: int
+    queue: str
+    job_type: str
+    tenant: str
+    run_id: str
+    priority: int
+    #: scheduled, ready, waiting, leased, succeeded, dead or cancelled.
+    state: str
+    attempts: int
+    payload: bytes
+    result: bytes
+    last_error_class: str
+    last_error: str
+    idempotency_key: str
+    labels: Dict[str, str]
+    cost_usd: float
+    events: List[JobEvent]
+
+    @staticmethod
+    def from_proto(j: pb.Job) -> "JobInfo":
+        return JobInfo(
+            id=j.id,
+            queue=j.queue,
+            job_type=j.job_type,
+            tenant=j.tenant,
+            run_id=j.run_id,
+            priority=j.priority,
+            state=j.state,
+            attempts=j.attempts,
+            payload=j.payload,
+            result=j.result,
+            last_error_class=j.last_error_class,
+            last_error=j.last_error,
+            idempotency_key=j.idempotency_key,
+            labels=dict(j.labels),
+            cost_usd=j.cost_usd,
+            events=[
+                JobEvent(e.at_ms, e.kind, e.what, e.worker, e.attempt, e.error_class)
+                for e in j.events
+            ],
+        )
+
+
+class Producer:
+    """Enqueues, reads and cancels jobs on a drover cluster.
+
+    ``servers`` is one node ("127.0.0.1:7070") or several (a list, or comma
+    separated): calls go to one and move to another when that is safe (no
+    leader yet, a node down or stopping), and to the leader when a follower
+    names it. ``token`` is a bearer token of role producer (or above)."""
+
+    def __init__(
+        self,
+        servers: Servers,
+        token: Optional[str] = None,
+        timeout: float = 30.0,
+        compression: bool = False,
+        root_certificates: Optional[bytes] = None,
+    ) -> None:
+        self._nodes = Nodes(servers, token, compression, root_certificates)
+        self._timeout = timeout
+
+    def close(self) -> None:
+        self._nodes.close()
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def enqueue(
+        self,
+        queue: str,
+        payload: bytes = b"",
+        *,
+        job_type: str = "",
+        tenant: str = "",
+        run_id: str = "",
+        priority: int = 0,
+        idempotency_key: str = "",
+        delay: float = 0.0,
+        labels: Optional[Dict[str, str]] = None,
+        timeout: float = 0.0,
+        after: Sequence[str] = (),
+    ) -> int:
+        """Enqueues one job once it is durable; returns its id."""
+        job = NewJob(
+            queue=queue,
+            payload=payload,
+            job_type=job_type,
+            tenant=tenant,
+            run_id=run_id,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            delay=delay,
+            labels=dict(labels or {}),
+            timeout=timeout,
+            after=after,
+        )
+        return self.enqueue_many([job])[0].id
+
+    def enqueue_many(self, jobs: Sequence[NewJob]) -> List[Enqueued]:
+        """Enqueues a batch in one call, all or none; ids in order."""
+        request = pb.EnqueueRequest(jobs=[j.to_proto() for j in jobs])
+        response = self._nodes.call(_P + "Enqueue", request, pb.EnqueueResponse, self._timeout)
+        assert isinstance(response, pb.EnqueueResponse)
+        return [Enqueued(e.id, e.duplicate) for e in response.jobs]
+
+    def enqueue_stream(self, jobs: Iterable[NewJob], batch: int = 100) -> Iterator[Enqueued]:
+        """Enqueues many jobs over one stream (far cheaper per job than a
+        call each), `batch` jobs per message; yields each job's outcome in
+        order. A refused message raises its error; what was yielded before
+        is enqueued."""
+        requests: "queue.Queue[Optional[pb.EnqueueRequest]]" = queue.Queue(maxsize=16)
+        sent: "queue.Queue[int]" = queue.Queue()
+        failure: List[BaseException] = []
+
+        def feed() -> None:
+            chunk: List[pb.NewJob] = []
+            try:
+                for j in jobs:
+                    chunk.append(j.to_proto())
+                    if len(chunk) >= batch:
+                        sent.put(len(chunk))
+                        requests.put(pb.EnqueueRequest(jobs=chunk))
+                        chunk = []
+                if chunk:
+                    sent.put(len(chunk))
+                    requests.put(pb.EnqueueRequest(jobs=chunk))
+            except BaseException as e:  # the caller's iterator failed
+                failure.append(e)
+            finally:
+                requests.put(None)
+
+        def request_iter() -> Iterator[pb.EnqueueRequest]:
+            while True:
+                r = requests.get()
+                if r is None:
+                    return
+                yield r
+
+        threading.Thread(target=feed, daemon=True).start()
+        index, channel = self._nodes.channel()
+        stream = channel.stream_stream(
+            _P + "EnqueueStream",
+            request_serializer=pb.EnqueueRequest.SerializeToString,
+            response_deserializer=pb.EnqueueReply.FromString,
+        )
+        try:
+            for reply in stream(request_iter(), metadata=self._nodes.metadata):
+                sent.get()
+                if reply.HasField("error"):
+                    e = reply.error
+                    raise DroverError(
+                        _CODE_NAMES.get(e.code, "unknown"), e.message, e.retry_safe, e.retry_after_ms
+                    )
+                for j in reply.ok.jobs:
+                    yield Enqueued(j.id, j.duplicate)
+        except grpc.RpcError as e:
+            err = error_of(e)
+            if err.retry_safe:
+                self._nodes.move_on(index)
+            raise err from None
+        if failure:
+            raise failure[0]
+
+    def get(self, job_id: int) -> JobInfo:
+        """A job with its payload, result and timeline."""
+        response = self._nodes.call(_P + "GetJob", pb.GetJobRequest(id=job_id), pb.Job, self._timeout)
+        assert isinstance(response, pb.Job)
+        return JobInfo.from_proto(response)
+
+    def get_by_key(self, queue: str, idempotency_key: str, tenant: str = "") -> Optional[JobInfo]:
+        """The job an idempotency key names in ``queue`` for ``tenant``, or
+        None if none does (any more: keys are kept for
+        ``jobs.idempotency_ttl``)."""
+        try:
+            response = self._nodes.call(
+                _P + "GetJob",
+                pb.GetJobRequest(idempotency_key=idempotency_key, queue=queue, tenant=tenant),
+                pb.Job,
+                self._timeout,
+            )
+        except DroverError as e:
+            if e.code == "not_found":
+                return None
+            raise
+        assert isinstance(response, pb.Job)
+        return JobInfo.from_proto(response)
+
+    def cancel(self, job_id: int) -> str:
+        """Cancels a job that has not finished; returns the state it was in."""
+        response = self._nodes.call(_P + "Cancel", pb.CancelRequest(id=job_id), pb.CancelResponse, self._timeout)
+        assert isinstance(response, pb.CancelResponse)
+        return str(response.state)
+
+
+__all__ = ["Producer", "NewJob", "Enqueued", "JobInfo", "JobEvent", "backoff"]
