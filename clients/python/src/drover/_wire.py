@@ -53,9 +53,14 @@ def error_of(e: grpc.RpcError) -> DroverError:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = e.details() if hasattr(e, "details") else str(e)
     trailers = dict(e.trailing_metadata() or ()) if hasattr(e, "trailing_metadata") else {}
-    retry_safe = trailers.get(RETRY_SAFE) == "1" or code == grpc.StatusCode.UNAVAILABLE and (
-        "connect" in (details or "").lower() or "refused" in (details or "").lower()
+    # Never reached a node (grpc's own words when it has no connection):
+    # nothing can have been done. A node's own UNAVAILABLE says whether it
+    # is safe in its trailers.
+    never_sent = code == grpc.StatusCode.UNAVAILABLE and not trailers and (
+        (details or "").startswith("failed to connect to all addresses")
+        or "Connection refused" in (details or "")
     )
+    retry_safe = trailers.get(RETRY_SAFE) == "1" or never_sent
     after = trailers.get(RETRY_AFTER)
     return DroverError(
         code=code.name.lower() if code is not None else "unknown",
