@@ -2,9 +2,14 @@
 # The Python client (clients/python): built from proto/ (grpcio-tools, at
 # install), mypy --strict on the package, and pytest against real nodes of
 # this checkout's debug binary (built by `cargo test`), including
-# examples/python_worker.py. A venv under target/.
+# examples/python_worker.py and the dashboard in headless Chromium
+# (Debian's chromium and chromium-driver, installed here if missing; the
+# screenshots' paths are printed). A venv under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v chromedriver >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver
+fi
 VENV=target/python-venv
 if [ ! -x "$VENV/bin/python" ]; then
     if ! python3 -m venv "$VENV" 2>/dev/null; then
@@ -19,4 +24,7 @@ fi
 echo "-- mypy --strict"
 (cd clients/python && "../../$VENV/bin/mypy" --strict src)
 echo "-- pytest"
-DROVER_BIN="$PWD/target/debug/drover" "$VENV/bin/python" -m pytest -q clients/python/tests
+LIST=$(mktemp)
+DROVER_UI_TESTS=1 DROVER_SCREENSHOT_LIST="$LIST" DROVER_BIN="$PWD/target/debug/drover" \
+    "$VENV/bin/python" -m pytest -q clients/python/tests
+cat "$LIST"

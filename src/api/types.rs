@@ -987,6 +987,18 @@ pub struct DeadCountBody {
     pub count: u64,
 }
 
+/// The caller, as its token says.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmIBody {
+    pub name: String,
+    /// read, operate, admin, producer or worker; absent on a node without
+    /// tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Whether the node checks tokens.
+    pub auth: bool,
+}
+
 /// A page of dead jobs, newest first, and the counts of all of them.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeadPageBody {

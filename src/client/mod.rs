@@ -358,6 +358,18 @@ const STREAM_QUEUE: usize = 64;
 /// `ProducerService.EnqueueStream`): each enqueue is a message rather than a
 /// call, which costs client and server about half as much. It does not move
 /// between nodes: when the stream fails, open another from a [`Producer`].
+///
+/// ```no_run
+/// # async fn example() -> Result<(), drover::client::ClientError> {
+/// let producer = drover::client::Producer::connect("127.0.0.1:7070").await?;
+/// let mut stream = producer.enqueue_stream().await?;
+/// for i in 0..100 {
+///     let job = drover::proto::v1::NewJob { queue: "bulk".into(), payload: format!("{i}").into_bytes().into(), ..Default::default() };
+///     let ids = stream.enqueue(vec![job]).await?; // once durable, in order
+///     assert_eq!(ids.len(), 1);
+/// }
+/// # Ok(()) }
+/// ```
 pub struct EnqueueStream {
     tx: tokio::sync::mpsc::Sender<pb::EnqueueRequest>,
     replies: tonic::Streaming<pb::EnqueueReply>,

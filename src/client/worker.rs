@@ -25,6 +25,12 @@ use crate::proto::v1::worker_service_client::WorkerServiceClient;
 
 /// Why a job failed, as the worker reports it. `class` selects the retry
 /// behaviour; `message` is kept on the job for operators.
+///
+/// ```
+/// use drover::client::worker::JobError;
+/// let e = JobError::new("smtp_timeout", "the mail server did not answer");
+/// assert_eq!(e.to_string(), "smtp_timeout: the mail server did not answer");
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobError {
     pub class: String,
@@ -42,6 +48,15 @@ pub struct JobUsage {
 }
 
 /// A job's result, with what it used. A handler may return plain `Bytes`.
+///
+/// ```
+/// use drover::client::worker::{JobOutput, JobUsage};
+/// let out = JobOutput {
+///     result: bytes::Bytes::from_static(b"done"),
+///     usage: JobUsage { cost_usd: 0.002, named: [("tokens_in".to_string(), 1200)].into() },
+/// };
+/// assert_eq!(out.usage.named["tokens_in"], 1200);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobOutput {
     pub result: Bytes,

@@ -165,3 +165,15 @@ def test_a_worker_survives_its_node_restarting(node: Node) -> None:
     worker.stop()
     t.join(timeout=30)
     assert not t.is_alive()
+
+
+def test_a_worker_with_a_wrong_token_stops_with_the_refusal(tmp_path: pathlib.Path) -> None:
+    hashed = "sha256:" + "0" * 64
+    node = Node(tmp_path, f'[[tokens]]\nname = "w"\nrole = "worker"\nhash = "{hashed}"\n')
+    try:
+        worker = drover.Worker(node.addr, queues=["q"], token="drv_wrong")
+        with pytest.raises(drover.DroverError) as refused:
+            worker.run()
+        assert refused.value.code == "unauthenticated"
+    finally:
+        node.kill()

@@ -15,6 +15,7 @@ mod queues;
 mod runs;
 mod schedules;
 mod tenants;
+mod ui;
 mod workers;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -55,6 +56,9 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
     use Access::*;
     vec![
         route(Method::GET, "/health", Open, get(probes::health)),
+        route(Method::GET, "/", Open, get(ui::index)),
+        route(Method::GET, "/ui/{file}", Open, get(ui::file)),
+        route(Method::GET, "/api/v1/whoami", Any, get(ui::whoami)),
         route(Method::GET, "/ready", Open, get(probes::ready)),
         route(Method::GET, "/metrics", Metrics, get(probes::metrics_text)),
         route(

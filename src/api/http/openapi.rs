@@ -10,6 +10,9 @@ use utoipa::{Modify, OpenApi};
     info(title = "drover admin API", description = "Jobs, queues and the cluster. Send `Authorization: Bearer TOKEN` when the node has tokens."),
     paths(
         super::probes::health,
+        super::ui::index,
+        super::ui::file,
+        super::ui::whoami,
         super::probes::ready,
         super::probes::metrics_text,
         document,

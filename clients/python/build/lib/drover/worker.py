@@ -30,6 +30,8 @@ from .errors import JobError
 log = logging.getLogger("drover.worker")
 
 _WORK = "/drover.v1.WorkerService/Work"
+#: Refusals no reconnect can fix: `run` raises them.
+_FINAL = ("unauthenticated", "permission_denied", "invalid_argument")
 _PING = "/drover.v1.ProducerService/Ping"
 
 Result = Union[bytes, str, None]
@@ -182,6 +184,11 @@ class Worker:
         if out is not None:
             out.put(pb.WorkerMessage(drain=pb.Drain()))
 
+    async def run_async(self) -> None:
+        """:meth:`run` for an asyncio program: works on a thread of its own
+        until :meth:`stop`, without blocking the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, self.run)
+
     # -- the run loop ---------------------------------------------------
 
     def run(self) -> None:
@@ -207,6 +214,10 @@ class Worker:
                     continue
                 except grpc.RpcError as e:
                     err = error_of(e)
+                    if err.code in _FINAL:
+                        # Another node would say the same: a wrong token,
+                        # role or registration is the caller's to fix.
+                        raise err from None
                     log.warning("worker stream lost (%s); reconnecting", err)
                     index, _ = self._nodes.channel()
                     self._nodes.move_on(index)

@@ -1,0 +1,176 @@
+"""The dashboard in headless Chromium against a real node with tokens:
+the overview loads with live numbers, pause from the queues page pauses
+the queue (the CLI confirms), a replay from the dead-letter page
+re-enqueues the job, a read-only token sees no buttons (and the server
+refuses it anyway), and a payload holding <script> shows as text.
+Screenshots of each page are saved and their paths printed.
+
+Needs Debian's chromium and chromium-driver; skipped without them unless
+DROVER_UI_TESTS=1 (as .ci/python.sh sets), when their absence fails."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from typing import Any, Iterator, List, Tuple
+
+import pytest
+
+import drover
+from conftest import Node, drover_bin, wait_until
+
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+HAVE_BROWSER = os.path.exists(CHROMEDRIVER)
+if not HAVE_BROWSER and os.environ.get("DROVER_UI_TESTS") != "1":
+    pytest.skip("chromium-driver is not installed", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+
+def token() -> Tuple[str, str]:
+    t = "drv_" + secrets.token_hex(32)
+    return t, "sha256:" + hashlib.sha256(t.encode()).hexdigest()
+
+
+WORKER = token()
+
+
+@pytest.fixture
+def secured(tmp_path: pathlib.Path) -> Iterator[Tuple[Node, str, str]]:
+    admin, admin_hash = token()
+    reader, reader_hash = token()
+    config = (
+        '[retry.fragile]\nmax_retries = 0\n'
+        f'[[tokens]]\nname = "root"\nrole = "admin"\nhash = "{admin_hash}"\n'
+        f'[[tokens]]\nname = "viewer"\nrole = "read"\nhash = "{reader_hash}"\n'
+        f'[[tokens]]\nname = "hands"\nrole = "worker"\nhash = "{WORKER[1]}"\n'
+    )
+    n = Node(tmp_path, config)
+    yield n, admin, reader
+    n.kill()
+
+
+@pytest.fixture
+def browser(tmp_path: pathlib.Path) -> Iterator[Any]:
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def cli(node: Node, tok: str, *args: str) -> Any:
+    out = subprocess.run(
+        [drover_bin(), *args, "--server", f"http://{node.addr}", "--token", tok, "--json"],
+        check=True, capture_output=True,
+    )
+    return json.loads(out.stdout)
+
+
+def sign_in(driver: Any, node: Node, tok: str) -> None:
+    driver.get(node.http + "/")
+    box = wait_until("the sign-in form", lambda: driver.find_elements(By.ID, "token"))
+    box[0].send_keys(tok)
+    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+    wait_until("signed in", lambda: "(" in driver.find_element(By.ID, "who").text)
+
+
+def shot(driver: Any, shots: List[str], tmp: pathlib.Path, name: str) -> None:
+    path = tmp / f"dashboard-{name}.png"
+    driver.save_screenshot(str(path))
+    shots.append(str(path))
+
+
+def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: pathlib.Path) -> None:
+    node, admin, reader = secured
+    shots: List[str] = []
+    p = drover.Producer(node.addr, token=admin)
+    for i in range(3):
+        p.enqueue("emails", f"mail {i}".encode(), run_id="r1")
+    hostile = p.enqueue("emails", b"<script>alert(1)</script><img src=x onerror=alert(2)>")
+    doomed = p.enqueue("fragile-q", b"", job_type="fragile")
+    worker = drover.Worker(node.addr, queues=["fragile-q"], token=WORKER[0], worker_id="ui-worker", version="v1")
+
+    runs: List[int] = []
+
+    @worker.handler("fragile")
+    def fail(job: drover.Job) -> bytes:
+        runs.append(job.id)
+        if len(runs) == 1:
+            raise drover.JobError("smtp_down", "refused")
+        return b"ok on replay"
+
+    threading.Thread(target=worker.run, daemon=True).start()
+    wait_until("the job dead", lambda: p.get(doomed).state == "dead")
+
+    # Overview with live numbers.
+    sign_in(browser, node, admin)
+    cards = wait_until("the overview's cards", lambda: browser.find_elements(By.ID, "cards"))
+    wait_until("live numbers", lambda: "4\nready jobs" in cards[0].text and "node 1" in cards[0].text)
+    shot(browser, shots, tmp_path, "overview")
+
+    # Pause from the queues page; the CLI confirms.
+    browser.get(node.http + "/#/queues")
+    pause = wait_until("the pause button", lambda: browser.find_elements(By.CSS_SELECTOR, 'tr[data-queue="emails"] button[data-action="pause"]'))
+    pause[0].click()
+    wait_until("the CLI to see it paused", lambda: any(q["name"] == "emails" and q["paused"] for q in cli(node, admin, "queues", "list")["queues"]))
+    wait_until("the page to show it", lambda: "paused" in browser.find_element(By.CSS_SELECTOR, 'tr[data-queue="emails"]').text)
+    shot(browser, shots, tmp_path, "queues")
+
+    # A hostile payload is text, and runs nothing.
+    browser.get(node.http + f"/#/job/{hostile}")
+    pre = wait_until("the payload", lambda: browser.find_elements(By.CSS_SELECTOR, "pre.payload"))
+    assert pre[0].text == "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    assert not browser.find_elements(By.CSS_SELECTOR, "main script, main img")
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text
+    shot(browser, shots, tmp_path, "job")
+
+    # Replay from the dead-letter page.
+    browser.get(node.http + "/#/dead")
+    box = wait_until("the dead job's checkbox", lambda: browser.find_elements(By.CSS_SELECTOR, f'input[type=checkbox][value="{doomed}"]'))
+    shot(browser, shots, tmp_path, "dead")
+    box[0].click()
+    browser.find_element(By.CSS_SELECTOR, 'button[data-action="replay selected"]').click()
+    wait_until("the replayed job to run", lambda: p.get(doomed).state == "succeeded")
+
+    browser.get(node.http + "/#/workers")
+    wait_until("the worker listed", lambda: "ui-worker" in browser.find_element(By.ID, "main").text)
+    shot(browser, shots, tmp_path, "workers")
+    browser.get(node.http + "/#/runs")
+    wait_until("the run listed", lambda: "r1" in browser.find_element(By.ID, "main").text)
+    shot(browser, shots, tmp_path, "runs")
+
+    # A read-only token: no buttons, and the server refuses the action.
+    browser.find_element(By.CSS_SELECTOR, "#who button").click()
+    sign_in(browser, node, reader)
+    browser.get(node.http + "/#/queues")
+    wait_until("the queues for the reader", lambda: "emails" in browser.find_element(By.ID, "main").text)
+    for page in ("#/queues", "#/dead", "#/workers", "#/runs", f"#/job/{hostile}"):
+        browser.get(node.http + "/" + page)
+        wait_until(f"{page} loaded", lambda: "Loading" not in browser.find_element(By.ID, "main").text)
+        assert not browser.find_elements(By.CSS_SELECTOR, "main button"), page
+    request = urllib.request.Request(node.http + "/api/v1/queues/emails/resume", method="POST",
+                                     headers={"authorization": f"Bearer {reader}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 403
+    shot(browser, shots, tmp_path, "read-only")
+
+    worker.stop()
+    listing = "dashboard screenshots:\n  " + "\n  ".join(shots) + "\n"
+    print("\n" + listing)
+    if os.environ.get("DROVER_SCREENSHOT_LIST"):
+        pathlib.Path(os.environ["DROVER_SCREENSHOT_LIST"]).write_text(listing)

@@ -1,0 +1,412 @@
+// The drover dashboard: plain JavaScript over the typed /api/v1 endpoints
+// (the same the CLI uses). Everything user-supplied is put in the page as
+// text nodes, never as HTML; the Content-Security-Policy forbids inline
+// script. The token lives in sessionStorage.
+
+const TOKEN_KEY = "drover-token";
+const main = document.getElementById("main");
+let me = { name: "anonymous", role: null, auth: false };
+let timer = null;
+
+// ---- building the page, safely --------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.className = v;
+    // Through the CSSOM: the CSP refuses style attributes.
+    else if (k === "style") e.style.cssText = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+// Replaces the page's content; absent parts (null, false) are left out.
+function render(...nodes) {
+  main.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
+}
+
+function table(headers, rows) {
+  return el("div", { class: "scroll" },
+    el("table", {},
+      el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: headers.length, class: "muted" }, "nothing")))));
+}
+
+function card(label, value, cls) {
+  return el("div", { class: "card" }, el("div", { class: "n " + (cls || "") }, value), el("div", { class: "l" }, label));
+}
+
+function toast(text, bad) {
+  const t = el("div", { class: bad ? "bad" : "" }, text);
+  document.getElementById("toast").append(t);
+  setTimeout(() => t.remove(), 5000);
+}
+
+function ago(ms) {
+  if (!ms) return "never";
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  if (s < 60) return `${s.toFixed(0)}s ago`;
+  if (s < 3600) return `${(s / 60).toFixed(0)}m ago`;
+  return `${(s / 3600).toFixed(1)}h ago`;
+}
+
+function when(ms) {
+  return ms ? new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z") : "";
+}
+
+// ---- the API ----------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || `HTTP ${status}`);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+async function api(path, { method = "GET", body, reason } = {}) {
+  const headers = { accept: "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  if (reason) headers["x-drover-reason"] = reason;
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = { message: text }; }
+  if (r.status === 401) { showLogin(data && data.message); throw new ApiError(401, data); }
+  if (!r.ok) throw new ApiError(r.status, data);
+  return data;
+}
+
+function canOperate() {
+  return !me.auth || me.role === "operate" || me.role === "admin";
+}
+
+// An action button: only for tokens that may act (the server refuses the
+// others anyway). `confirmText` asks first; `then` redraws.
+function action(label, fn, { danger, confirmText } = {}) {
+  if (!canOperate()) return null;
+  return el("button", {
+    class: danger ? "danger" : "",
+    "data-action": label,
+    onclick: async (ev) => {
+      ev.preventDefault();
+      if (confirmText && !window.confirm(confirmText)) return;
+      try { await fn(); toast(`${label}: done`); route(); } catch (e) { toast(`${label}: ${e.message}`, true); }
+    },
+  }, label);
+}
+
+// ---- login --------------------------------------------------------------------
+
+function showLogin(message) {
+  clearInterval(timer);
+  const input = el("input", { type: "password", id: "token", placeholder: "drv_…", autocomplete: "off" });
+  render(el("form", {
+    class: "login",
+    onsubmit: async (ev) => {
+      ev.preventDefault();
+      sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+      if (await whoami()) route();
+    },
+  },
+  el("h1", {}, "Sign in"),
+  el("p", { class: "muted" }, message || "This node wants a token (drover token new prints one)."),
+  input,
+  el("button", { type: "submit" }, "Sign in")));
+}
+
+// Who the token is; false when it is refused (the sign-in form is shown).
+async function whoami() {
+  try { me = await api("/api/v1/whoami"); } catch { return false; }
+  const who = document.getElementById("who");
+  who.replaceChildren(me.auth ? `${me.name} (${me.role})` : "no tokens: open node",
+    me.auth ? el("button", { onclick: () => { sessionStorage.removeItem(TOKEN_KEY); showLogin(); }, style: "margin-left:.5rem" }, "Sign out") : null);
+  return true;
+}
+
+// ---- pages ----------------------------------------------------------------------
+
+const rates = []; // [time ms, enqueued, completed, failed]
+
+function drawChart(canvas) {
+  const ctx = canvas.getContext("2d");
+  const w = (canvas.width = canvas.clientWidth * devicePixelRatio);
+  const h = (canvas.height = canvas.clientHeight * devicePixelRatio);
+  ctx.clearRect(0, 0, w, h);
+  if (rates.length < 2) return;
+  const series = [[1, "#2563eb"], [2, "#15803d"], [3, "#b91c1c"]];
+  const perSec = [];
+  for (let i = 1; i < rates.length; i++) {
+    const dt = (rates[i][0] - rates[i - 1][0]) / 1000 || 1;
+    perSec.push(series.map(([k]) => Math.max(0, (rates[i][k] - rates[i - 1][k]) / dt)));
+  }
+  const max = Math.max(1, ...perSec.flat());
+  series.forEach(([, color], s) => {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2 * devicePixelRatio;
+    ctx.beginPath();
+    perSec.forEach((p, i) => {
+      const x = (i / Math.max(1, perSec.length - 1)) * w;
+      const y = h - (p[s] / max) * (h - 10) - 5;
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  });
+  ctx.fillStyle = "#6b7280";
+  ctx.font = `${11 * devicePixelRatio}px system-ui`;
+  ctx.fillText(`${max.toFixed(1)}/s`, 4, 12 * devicePixelRatio);
+}
+
+async function overview() {
+  const [stats, members, breakers, runs, workers] = await Promise.all([
+    api("/api/v1/stats"), api("/api/v1/cluster/members"), api("/api/v1/breakers"),
+    api("/api/v1/runs"), api("/api/v1/workers"),
+  ]);
+  const t = stats.totals;
+  rates.push([Date.now(), t.enqueued, t.completed, t.failed]);
+  if (rates.length > 90) rates.shift();
+  const queues = Object.entries(stats.queues);
+  const ready = queues.reduce((n, [, q]) => n + q.ready.reduce((a, b) => a + b, 0), 0);
+  const held = workers.workers.reduce((n, w) => n + w.in_flight, 0);
+  const capacity = workers.workers.reduce((n, w) => n + w.capacity, 0);
+  const open = breakers.breakers.filter((b) => b.state !== "closed").length;
+  const overBudget = runs.runs.filter((r) => r.budget.state === "held").length;
+  const canvas = el("canvas", { id: "rates", "aria-label": "jobs per second" });
+  render(
+    el("h1", {}, "Overview"),
+    el("div", { class: "cards", id: "cards" },
+      card("leader", members.leader_id ? `node ${members.leader_id}` : "none", members.leader_id ? "" : "bad"),
+      card("term", members.term),
+      card("members", members.members.length),
+      card("ready jobs", ready),
+      card("enqueued", t.enqueued),
+      card("completed", t.completed, "ok"),
+      card("failed", t.failed, t.failed ? "bad" : ""),
+      card("workers", workers.workers.length),
+      card("utilization", capacity ? `${Math.round((100 * held) / capacity)}%` : "-"),
+      card("breakers open", open, open ? "bad" : ""),
+      card("runs over budget", overBudget, overBudget ? "bad" : "")),
+    el("h2", {}, "Per second: ", el("span", { style: "color:#2563eb" }, "enqueued "), el("span", { style: "color:#15803d" }, "completed "), el("span", { style: "color:#b91c1c" }, "failed")),
+    canvas,
+    el("h2", {}, "Members"),
+    table(["id", "address", "voter", "match index", "reachable"], members.members.map((m) =>
+      el("tr", {}, el("td", {}, m.id, m.id === members.leader_id ? " (leader)" : ""), el("td", {}, m.addr), el("td", {}, m.voter ? "yes" : "no"), el("td", {}, m.match_index), el("td", { class: m.reachable ? "ok" : "bad" }, m.reachable ? "yes" : "no")))),
+    el("h2", {}, "Pending by queue and priority"),
+    table(["queue", "p1", "p2", "p3", "p4", "p5", "scheduled", "leased"], queues.map(([name, q]) =>
+      el("tr", {}, el("td", {}, el("a", { href: `#/jobs?queue=${encodeURIComponent(name)}` }, name)), q.ready.map((n) => el("td", {}, n)), el("td", {}, q.scheduled), el("td", {}, q.leased)))),
+  );
+  drawChart(canvas);
+}
+
+async function queuesPage() {
+  const { queues } = await api("/api/v1/queues");
+  const post = (q, what) => () => api(`/api/v1/queues/${encodeURIComponent(q)}/${what}`, { method: "POST", reason: "dashboard" });
+  render(
+    el("h1", {}, "Queues"),
+    table(["queue", "state", "ready (p1–p5)", "scheduled", "leased", "waiting", "succeeded", "dead", "limits", ""], queues.map((q) =>
+      el("tr", { "data-queue": q.name },
+        el("td", {}, el("a", { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name)),
+        el("td", {}, q.paused ? el("span", { class: "tag paused" }, "paused") : q.draining ? el("span", { class: "tag draining" }, "draining") : el("span", { class: "tag" }, "running")),
+        el("td", {}, q.ready.join(" / ")),
+        el("td", {}, q.scheduled), el("td", {}, q.leased), el("td", {}, q.waiting || 0),
+        el("td", {}, q.succeeded), el("td", {}, q.dead),
+        el("td", { class: "muted" }, Object.entries(q.policy || {}).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ")),
+        el("td", {},
+          q.paused || q.draining ? action("resume", post(q.name, "resume")) : [action("pause", post(q.name, "pause")), " ", action("drain", post(q.name, "drain"), { danger: true })])))),
+  );
+}
+
+function params() {
+  const i = location.hash.indexOf("?");
+  return new URLSearchParams(i < 0 ? "" : location.hash.slice(i + 1));
+}
+
+async function jobsPage() {
+  const p = params();
+  const field = (name, label, opts) => el("label", {}, label, opts
+    ? el("select", { name }, opts.map((o) => el("option", { value: o, selected: p.get(name) === o }, o || "any")))
+    : el("input", { name, value: p.get(name) || "", size: 12 }));
+  const form = el("form", {
+    class: "row",
+    onsubmit: (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      if (f.get("id")) { location.hash = `#/job/${encodeURIComponent(f.get("id"))}`; return; }
+      const q = new URLSearchParams();
+      for (const [k, v] of f.entries()) if (v) q.set(k, v);
+      location.hash = `#/jobs?${q}`;
+    },
+  }, field("id", "job id"), field("queue", "queue"), field("tenant", "tenant"), field("run", "run"),
+  field("state", "state", ["", "scheduled", "ready", "waiting", "leased", "succeeded", "dead", "cancelled"]),
+  field("key", "idempotency key"), el("button", { type: "submit" }, "Search"));
+  render(el("h1", {}, "Jobs"), form);
+  if (p.get("key")) {
+    if (!p.get("queue")) { main.append(el("p", { class: "bad" }, "An idempotency key is looked up within a queue: give the queue too.")); return; }
+    const tenant = p.get("tenant") ? `?tenant=${encodeURIComponent(p.get("tenant"))}` : "";
+    const job = await api(`/api/v1/queues/${encodeURIComponent(p.get("queue"))}/jobs/by-key/${encodeURIComponent(p.get("key"))}${tenant}`);
+    location.hash = `#/job/${job.id}`;
+    return;
+  }
+  const q = new URLSearchParams();
+  for (const k of ["queue", "tenant", "run", "state"]) if (p.get(k)) q.set(k, p.get(k));
+  q.set("limit", "100");
+  const { jobs } = await api(`/api/v1/jobs?${q}`);
+  main.append(jobsTable(jobs));
+}
+
+function jobsTable(jobs, select) {
+  return table([select ? "" : null, "id", "queue", "type", "tenant", "run", "state", "attempts", "error", "since"].filter((h) => h !== null), jobs.map((j) =>
+    el("tr", {},
+      select ? el("td", {}, el("input", { type: "checkbox", value: j.id, "aria-label": `select ${j.id}` })) : null,
+      el("td", {}, el("a", { href: `#/job/${j.id}` }, j.id)), el("td", {}, j.queue), el("td", {}, j.type), el("td", {}, j.tenant), el("td", {}, j.run_id),
+      el("td", {}, el("span", { class: `tag ${j.state}` }, j.state)), el("td", {}, j.attempts),
+      el("td", { class: "bad" }, j.last_error_class ? `${j.last_error_class}: ${j.last_error}` : ""), el("td", { class: "muted" }, ago(j.state_since_ms)))));
+}
+
+const PREVIEW = 4096;
+
+// A payload as the page shows it: text (escaped by being a text node), or
+// hex when the node sent it as base64 (not UTF-8); at most PREVIEW bytes.
+function preview(text, base64) {
+  if (text) {
+    return el("pre", { class: "payload" }, text.length > PREVIEW ? `${text.slice(0, PREVIEW)}… (${text.length} characters)` : text);
+  }
+  if (base64) {
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    const hex = Array.from(bytes.slice(0, PREVIEW / 4), (b) => b.toString(16).padStart(2, "0")).join(" ");
+    return el("pre", { class: "payload" }, `${hex}${bytes.length > PREVIEW / 4 ? ` … (${bytes.length} bytes)` : ""}`);
+  }
+  return el("p", { class: "muted" }, "empty");
+}
+
+async function jobPage(id) {
+  const j = await api(`/api/v1/jobs/${encodeURIComponent(id)}`);
+  const finished = ["succeeded", "dead", "cancelled"].includes(j.state);
+  render(
+    el("h1", {}, `Job ${j.id} `, el("span", { class: `tag ${j.state}` }, j.state)),
+    el("div", {},
+      !finished ? action("cancel", () => api(`/api/v1/jobs/${j.id}/cancel`, { method: "POST", reason: "dashboard" }), { danger: true, confirmText: `Cancel job ${j.id}?` }) : null,
+      j.state === "dead" ? action("replay", () => api(`/api/v1/dead/${j.id}/replay`, { method: "POST", reason: "dashboard" })) : null),
+    el("div", { class: "cards" },
+      card("queue", j.queue), card("type", j.job_type), card("tenant", j.tenant), card("run", j.run_id || "-"),
+      card("priority", j.priority), card("attempts", j.attempts), card("cost", `$${(j.cost_usd || 0).toFixed(4)}`),
+      j.progress ? card("progress", `${Math.round(100 * (j.progress.fraction || 0))}% ${j.progress.message || ""}`) : null),
+    j.last_error_class ? el("p", { class: "bad" }, `${j.last_error_class}: ${j.last_error}`) : null,
+    el("h2", {}, "Payload"), preview(j.payload, j.payload_base64),
+    el("h2", {}, "Result"), preview(j.result, j.result_base64),
+    el("h2", {}, "Timeline"),
+    table(["at", "event", "worker", "attempt", "error class"], (j.events || []).map((e) =>
+      el("tr", {}, el("td", { class: "muted" }, when(e.at_ms)), el("td", {}, e.what), el("td", {}, e.worker || ""), el("td", {}, e.attempt || ""), el("td", { class: "bad" }, e.error_class || "")))),
+  );
+}
+
+async function deadPage() {
+  const p = params();
+  const q = new URLSearchParams();
+  for (const k of ["queue", "class"]) if (p.get(k)) q.set(k, p.get(k));
+  const page = await api(`/api/v1/dead?${q}`);
+  const filter = {};
+  if (p.get("queue")) filter.queue = p.get("queue");
+  if (p.get("class")) filter.class = p.get("class");
+  const list = jobsTable(page.jobs, canOperate());
+  render(
+    el("h1", {}, "Dead letters"),
+    table(["queue", "error class", "count", ""], page.counts.map((c) =>
+      el("tr", {}, el("td", {}, c.queue), el("td", {}, c.class), el("td", {}, c.count),
+        el("td", {}, el("a", { href: `#/dead?queue=${encodeURIComponent(c.queue)}&class=${encodeURIComponent(c.class)}` }, "show"))))),
+    el("h2", {}, p.get("queue") || p.get("class") ? `Dead jobs of ${p.get("queue") || "any queue"} / ${p.get("class") || "any class"}` : "Dead jobs"),
+    el("div", { style: "margin-bottom:.5rem" },
+      action("replay selected", async () => {
+        const ids = [...list.querySelectorAll("input[type=checkbox]:checked")].map((c) => c.value);
+        if (!ids.length) throw new Error("select some jobs first");
+        for (const id of ids) await api(`/api/v1/dead/${id}/replay`, { method: "POST", reason: "dashboard" });
+      }),
+      " ",
+      action("replay all matching", () => api("/api/v1/dead/replay", { method: "POST", body: filter, reason: "dashboard" }), { confirmText: "Replay every dead job that matches?" })),
+    list,
+  );
+}
+
+async function workersPage() {
+  const w = await api("/api/v1/workers");
+  render(
+    el("h1", {}, "Workers"),
+    el("div", { style: "margin-bottom:.5rem" }, action("shut all down", () => api("/api/v1/workers/shutdown", { method: "POST", reason: "dashboard" }), { danger: true, confirmText: "Ask every worker to stop?" })),
+    table(["worker", "node", "version", "queues", "held / capacity", "completed", "failed", "last heard", ""], w.workers.map((x) =>
+      el("tr", {}, el("td", {}, x.worker_id), el("td", {}, x.node_id), el("td", {}, x.version || "-"), el("td", {}, x.queues.join(", ")),
+        el("td", {}, `${x.in_flight} / ${x.capacity}`), el("td", {}, x.completed), el("td", {}, x.failed), el("td", { class: "muted" }, ago(x.last_seen_ms)),
+        el("td", {}, action("shut down", () => api(`/api/v1/workers/${encodeURIComponent(x.worker_id)}/shutdown`, { method: "POST", reason: "dashboard" }), { danger: true }))))),
+    Object.keys(w.unreachable || {}).length ? el("p", { class: "bad" }, `Not answering: ${Object.entries(w.unreachable).map(([k, v]) => `${k} (${v})`).join(", ")}`) : null,
+  );
+}
+
+async function runsPage() {
+  const [{ breakers }, { runs }] = await Promise.all([api("/api/v1/breakers"), api("/api/v1/runs")]);
+  const reset = (b) => () => api("/api/v1/breakers/reset", { method: "POST", body: { queue: b.queue, tenant: b.tenant, class: b.class }, reason: "dashboard" });
+  render(
+    el("h1", {}, "Breakers"),
+    table(["queue", "tenant", "class", "state", "failures", "opened", ""], breakers.map((b) =>
+      el("tr", {}, el("td", {}, b.queue), el("td", {}, b.tenant), el("td", {}, b.class), el("td", {}, el("span", { class: `tag ${b.state.replace("-", "_")}` }, b.state)),
+        el("td", {}, b.failures), el("td", { class: "muted" }, ago(b.opened_at_ms)), el("td", {}, b.state !== "closed" ? action("reset", reset(b)) : null)))),
+    el("h1", {}, "Runs"),
+    table(["tenant", "run", "state", "jobs", "cost", "budgets", ""], runs.map((r) =>
+      el("tr", {}, el("td", {}, r.tenant), el("td", {}, el("a", { href: `#/jobs?run=${encodeURIComponent(r.run)}&tenant=${encodeURIComponent(r.tenant)}` }, r.run)),
+        el("td", {}, el("span", { class: `tag ${r.budget.state}` }, r.budget.state), r.budget.held_by ? ` by ${r.budget.held_by}` : ""),
+        el("td", {}, `${r.jobs.succeeded}/${r.jobs.enqueued} done, ${r.jobs.dead} dead`),
+        el("td", {}, `$${r.budget.cost_usd.toFixed(4)}`),
+        el("td", {}, r.budget.budgets.map((u) => `${u.budget} ${u.used}/${u.limit}`).join(", ") || "-"),
+        el("td", {}, r.budget.state === "held" ? overrideForm(r) : null)))),
+  );
+}
+
+// Raising a held run's budget needs a reason (audited).
+function overrideForm(r) {
+  if (!canOperate()) return null;
+  const reason = el("input", { name: "reason", placeholder: "reason (required)", required: true, size: 16 });
+  const cost = el("input", { name: "cost_usd", placeholder: "cost_usd", size: 6 });
+  return el("form", {
+    class: "row",
+    onsubmit: async (ev) => {
+      ev.preventDefault();
+      if (!reason.value.trim()) { toast("an override needs a reason", true); return; }
+      const body = { tenant: r.tenant, reason: reason.value.trim() };
+      if (cost.value) body.cost_usd = Number(cost.value);
+      try { await api(`/api/v1/runs/${encodeURIComponent(r.run)}/override`, { method: "POST", body, reason: reason.value.trim() }); toast("override: done"); route(); } catch (e) { toast(`override: ${e.message}`, true); }
+    },
+  }, reason, cost, el("button", { type: "submit", "data-action": "override" }, "override"));
+}
+
+// ---- routing ----------------------------------------------------------------------
+
+async function route() {
+  clearInterval(timer);
+  const hash = location.hash || "#/";
+  const path = hash.split("?")[0];
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === path);
+  try {
+    if (path === "#/" || path === "#") {
+      await overview();
+      timer = setInterval(() => overview().catch(() => {}), 2000);
+    } else if (path === "#/queues") await queuesPage();
+    else if (path === "#/jobs") await jobsPage();
+    else if (path.startsWith("#/job/")) await jobPage(path.slice(6));
+    else if (path === "#/dead") await deadPage();
+    else if (path === "#/workers") await workersPage();
+    else if (path === "#/runs") await runsPage();
+    else render(el("p", {}, "No such page."));
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 401)) render(el("p", { class: "bad" }, `Could not load: ${e.message}`));
+  }
+}
+
+window.addEventListener("hashchange", route);
+whoami().then((ok) => ok && route());
