@@ -167,10 +167,11 @@ function drawChart(canvas) {
 }
 
 async function overview() {
-  const [stats, members, breakers, runs, workers] = await Promise.all([
+  const [stats, members, breakers, runs, workers, { queues: qs }] = await Promise.all([
     api("/api/v1/stats"), api("/api/v1/cluster/members"), api("/api/v1/breakers"),
-    api("/api/v1/runs"), api("/api/v1/workers"),
+    api("/api/v1/runs"), api("/api/v1/workers"), api("/api/v1/queues"),
   ]);
+  const slaMissed = qs.reduce((n, q) => n + (q.sla_missed || 0), 0);
   const t = stats.totals;
   rates.push([Date.now(), t.enqueued, t.completed, t.failed]);
   if (rates.length > 90) rates.shift();
@@ -193,6 +194,7 @@ async function overview() {
       card("failed", t.failed, t.failed ? "bad" : ""),
       card("workers", workers.workers.length),
       card("utilization", capacity ? `${Math.round((100 * held) / capacity)}%` : "-"),
+      card("SLA misses", slaMissed, slaMissed ? "bad" : ""),
       card("breakers open", open, open ? "bad" : ""),
       card("runs over budget", overBudget, overBudget ? "bad" : "")),
     el("h2", {}, "Per second: ", el("span", { style: "color:#2563eb" }, "enqueued "), el("span", { style: "color:#15803d" }, "completed "), el("span", { style: "color:#b91c1c" }, "failed")),
@@ -212,13 +214,14 @@ async function queuesPage() {
   const post = (q, what) => () => api(`/api/v1/queues/${encodeURIComponent(q)}/${what}`, { method: "POST", reason: "dashboard" });
   render(
     el("h1", {}, "Queues"),
-    table(["queue", "state", "ready (p1–p5)", "scheduled", "leased", "waiting", "succeeded", "dead", "limits", ""], queues.map((q) =>
+    table(["queue", "state", "ready (p1–p5)", "oldest ready", "scheduled", "leased", "waiting", "succeeded", "dead", "sla missed", "limits", ""], queues.map((q) =>
       el("tr", { "data-queue": q.name },
         el("td", {}, el("a", { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name)),
         el("td", {}, q.paused ? el("span", { class: "tag paused" }, "paused") : q.draining ? el("span", { class: "tag draining" }, "draining") : el("span", { class: "tag" }, "running")),
         el("td", {}, q.ready.join(" / ")),
+        el("td", { class: "muted" }, q.oldest_ready_at_ms ? ago(q.oldest_ready_at_ms).replace(" ago", "") : "-"),
         el("td", {}, q.scheduled), el("td", {}, q.leased), el("td", {}, q.waiting || 0),
-        el("td", {}, q.succeeded), el("td", {}, q.dead),
+        el("td", {}, q.succeeded), el("td", {}, q.dead), el("td", { class: q.sla_missed ? "bad" : "" }, q.sla_missed),
         el("td", { class: "muted" }, Object.entries(q.policy || {}).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ")),
         el("td", {},
           q.paused || q.draining ? action("resume", post(q.name, "resume")) : [action("pause", post(q.name, "pause")), " ", action("drain", post(q.name, "drain"), { danger: true })])))),

@@ -877,6 +877,13 @@ pub struct QueueStatusBody {
     pub paused: bool,
     /// Takes no new jobs.
     pub draining: bool,
+    /// When its longest-waiting ready job became ready (ms since the
+    /// epoch); absent when none is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_ready_at_ms: Option<u64>,
+    /// Leases past its sla since this node started (all priorities).
+    #[serde(default)]
+    pub sla_missed: u64,
     /// Its policy, with the defaults of `[queues."*"]` filled in.
     pub policy: QueuePolicyBody,
 }

@@ -120,6 +120,19 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
     cards = wait_until("the overview's cards", lambda: browser.find_elements(By.ID, "cards"))
     wait_until("live numbers", lambda: "4\nready jobs" in cards[0].text and "node 1" in cards[0].text)
     shot(browser, shots, tmp_path, "overview")
+    loaded_ms = browser.execute_script(
+        "const t = performance.getEntriesByType('navigation')[0]; return t ? t.loadEventEnd - t.startTime : -1;"
+    )
+    print(f"\ndashboard loaded in {loaded_ms:.0f} ms")
+
+    # A phone-width screen: nothing wider than the screen but tables,
+    # which scroll in their own boxes.
+    browser.set_window_size(390, 844)
+    browser.refresh()
+    wait_until("the overview on a phone", lambda: browser.find_elements(By.ID, "cards"))
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    shot(browser, shots, tmp_path, "overview-phone")
+    browser.set_window_size(1280, 900)
 
     # Pause from the queues page; the CLI confirms.
     browser.get(node.http + "/#/queues")

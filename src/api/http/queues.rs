@@ -34,6 +34,8 @@ pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<QueuesBody>,
                 counts: (&counts).into(),
                 paused: stats.paused.contains(name),
                 draining: stats.draining.contains(name),
+                oldest_ready_at_ms: stats.oldest_ready.get(name).copied(),
+                sla_missed: stats.sla_missed.get(name).map_or(0, |m| m.iter().sum()),
                 policy: QueuePolicyBody {
                     heartbeat_timeout: Some(duration(policies.heartbeat_timeout_ms(name))),
                     ..QueuePolicyBody::from(&p)
