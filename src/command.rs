@@ -19,7 +19,10 @@ use crate::job::{Job, JobId, JobState, NewJob, Progress};
 /// a leader writes it only once every voter applies it (each peer names
 /// its newest format in its `PeerHeader`), so a cluster can be upgraded
 /// one node at a time.
-pub const ENTRY_VERSION: u8 = 1;
+///
+/// Format 2 added [`Command::LeaseAs`], [`Command::SwitchVersion`] and
+/// [`Audited::SwitchVersion`].
+pub const ENTRY_VERSION: u8 = 2;
 
 /// The format of a normal entry, from its raft `context`.
 pub fn entry_version(context: &[u8]) -> u8 {
@@ -200,6 +203,50 @@ pub enum Command {
         after: JobId,
         limit: u32,
     },
+    /// [`Command::Lease`] for a worker of `version`: jobs a version switch
+    /// keeps from that version are left for other workers. Format 2.
+    LeaseAs {
+        worker: String,
+        version: String,
+        queues: Vec<String>,
+        max: u32,
+    },
+    /// Stops (`enabled` false) or allows again leasing the jobs `switch`
+    /// names to workers of its version (sent audited). Format 2.
+    SwitchVersion {
+        switch: VersionSwitch,
+        enabled: bool,
+    },
+}
+
+/// Which jobs a version switch keeps from which workers: those of `queue`
+/// (every queue: None) and `tenant` (every tenant: None), from workers
+/// that registered `version`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VersionSwitch {
+    pub version: String,
+    pub queue: Option<String>,
+    pub tenant: Option<String>,
+}
+
+impl VersionSwitch {
+    /// Whether it keeps a job of `queue` and `tenant` from its version.
+    pub fn covers(&self, queue: &str, tenant: &str) -> bool {
+        self.queue.as_deref().is_none_or(|q| q == queue)
+            && self.tenant.as_deref().is_none_or(|t| t == tenant)
+    }
+
+    /// `v4`, `v4 in queue q`, `v4 for tenant t in queue q`.
+    pub fn describe(&self) -> String {
+        let mut s = format!("version {}", self.version);
+        if let Some(t) = &self.tenant {
+            s.push_str(&format!(" for tenant {t}"));
+        }
+        if let Some(q) = &self.queue {
+            s.push_str(&format!(" in queue {q}"));
+        }
+        s
+    }
 }
 
 /// What a worker reported one attempt of a job used.
@@ -294,6 +341,11 @@ pub enum Audited {
         after: JobId,
         limit: u32,
     },
+    /// Format 2.
+    SwitchVersion {
+        switch: VersionSwitch,
+        enabled: bool,
+    },
 }
 
 /// What a control applies to.
@@ -376,6 +428,10 @@ impl Audited {
                 after: *after,
                 limit: *limit,
             },
+            Audited::SwitchVersion { switch, enabled } => Command::SwitchVersion {
+                switch: switch.clone(),
+                enabled: *enabled,
+            },
         }
     }
 }
@@ -444,6 +500,42 @@ impl Command {
             Command::OverrideRun { .. } => "override_run",
             Command::SetTenantBudgets { .. } => "set_tenant_budgets",
             Command::CancelRun { .. } => "cancel_run",
+            Command::LeaseAs { .. } => "lease",
+            Command::SwitchVersion { .. } => "switch_version",
+        }
+    }
+
+    /// The oldest log entry format that can carry it.
+    pub fn min_format(&self) -> u8 {
+        match self {
+            Command::LeaseAs { .. } | Command::SwitchVersion { .. } => 2,
+            Command::Audit {
+                command: Some(Audited::SwitchVersion { .. }),
+                ..
+            } => 2,
+            _ => 1,
+        }
+    }
+
+    /// The command as an entry of `format` can carry it: itself, or a lease
+    /// without its worker's version (switches are not kept while a cluster
+    /// is upgrading); None when it cannot be written yet.
+    pub fn for_format(self, format: u8) -> Option<Command> {
+        if self.min_format() <= format {
+            return Some(self);
+        }
+        match self {
+            Command::LeaseAs {
+                worker,
+                queues,
+                max,
+                ..
+            } => Some(Command::Lease {
+                worker,
+                queues,
+                max,
+            }),
+            _ => None,
         }
     }
 
@@ -480,8 +572,10 @@ impl Command {
             | Command::ReleaseWorker { .. }
             | Command::OverrideRun { .. }
             | Command::SetTenantBudgets { .. }
-            | Command::CancelRun { .. } => RECORD,
+            | Command::CancelRun { .. }
+            | Command::SwitchVersion { .. } => RECORD,
             Command::Lease { .. }
+            | Command::LeaseAs { .. }
             | Command::Cancel { .. }
             | Command::Tick
             | Command::Held { .. }
@@ -578,6 +672,8 @@ pub enum Refusal {
     UnknownRun { tenant: String, run: String },
     #[error("job {position} of the request: field `after`: {reason}")]
     BadDependency { position: usize, reason: String },
+    #[error("{switch} is not switched off (see drover versions list)")]
+    NotSwitchedOff { switch: String },
 }
 
 fn budget_scope(tenant: &str, run: &str) -> String {
@@ -597,7 +693,8 @@ impl Refusal {
             | Refusal::UnknownSchedule { .. }
             | Refusal::NotQuarantined { .. }
             | Refusal::UnknownBreaker { .. }
-            | Refusal::UnknownRun { .. } => "not_found",
+            | Refusal::UnknownRun { .. }
+            | Refusal::NotSwitchedOff { .. } => "not_found",
             Refusal::BudgetExceeded { .. } => "budget_exceeded",
             Refusal::BadDependency { .. } => "invalid_argument",
             Refusal::StaleLease { .. } => "stale_lease",

@@ -39,6 +39,8 @@ pub enum Error {
     Superseded,
     #[error("the node is shutting down; retry on another node")]
     ShuttingDown,
+    #[error("this needs log entry format {needs}, and the cluster writes format {writing} until every voter runs a drover that applies {needs}: finish upgrading every node (`entry_version_changed` in the leader's log says when), then retry")]
+    Upgrading { needs: u8, writing: u8 },
     #[error("the node stopped after the request entered its log, so it may or may not take effect: retry, with an idempotency key if it must not run twice")]
     OutcomeUnknown,
     #[error("leader (node {leader}) answered {}: {}", .status.code(), .status.message())]
@@ -100,6 +102,7 @@ impl Error {
             Error::Refused(_)
             | Error::NotDead { .. }
             | Error::MembershipBusy
+            | Error::Upgrading { .. }
             | Error::MembershipRefused(_) => Code::FailedPrecondition,
             Error::NoLeader { .. }
             | Error::Superseded
@@ -146,6 +149,7 @@ impl Error {
             Error::NoLeader { .. } => "no_leader",
             Error::Superseded => "superseded",
             Error::ShuttingDown => "shutting_down",
+            Error::Upgrading { .. } => "cluster_upgrading",
             Error::OutcomeUnknown | Error::ForwardLost { .. } => "outcome_unknown",
             Error::Forward { status, .. } => crate::wire::code_name(status.code()),
             Error::Unauthenticated(_) => "unauthenticated",

@@ -110,10 +110,8 @@ impl PeerService for Peer {
             )
             .await?;
         if let Some(h) = &first.header {
-            let version = u8::try_from(h.entry_version).unwrap_or(u8::MAX).max(1);
-            self.app
-                .driver
-                .control(Control::PeerEntryVersion { from, version });
+            let format = u8::try_from(h.entry_version).unwrap_or(u8::MAX);
+            self.app.driver.peer_formats().note(from, format);
         }
         self.step(from, first.messages)?;
         let peer = Peer {

@@ -994,6 +994,50 @@ pub struct DeadCountBody {
     pub count: u64,
 }
 
+/// A version switch: workers of `version` get no jobs of `queue` (all when
+/// absent) and `tenant` (all when absent).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionSwitchBody {
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+impl From<&crate::command::VersionSwitch> for VersionSwitchBody {
+    fn from(s: &crate::command::VersionSwitch) -> VersionSwitchBody {
+        VersionSwitchBody {
+            version: s.version.clone(),
+            queue: s.queue.clone(),
+            tenant: s.tenant.clone(),
+        }
+    }
+}
+
+/// Which jobs a switch covers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VersionSwitchRequest {
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Switch off a version no connected worker has (yet).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Version switches and the workers connected by version.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionsBody {
+    pub switches: Vec<VersionSwitchBody>,
+    /// Connected workers by version ("" for none given).
+    pub connected: BTreeMap<String, usize>,
+    /// Members that did not answer: their workers are not counted.
+    pub unreachable: BTreeMap<String, String>,
+}
+
 /// The caller, as its token says.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WhoAmIBody {

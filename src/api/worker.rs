@@ -272,10 +272,23 @@ impl Session {
             if may_lease && self.may_take(&stats.borrow_and_update()) {
                 lease_in_flight = true;
                 let router = self.app.router.clone();
-                let cmd = Command::Lease {
-                    worker: worker_id.clone(),
-                    queues: self.registration.entry.queues.clone(),
-                    max: (free as u32).min(self.batch.size()),
+                let entry = &self.registration.entry;
+                let (queues, max) = (entry.queues.clone(), (free as u32).min(self.batch.size()));
+                // A worker with a version may be kept from jobs by a
+                // version switch; the machine needs to know it.
+                let cmd = if entry.version.is_empty() {
+                    Command::Lease {
+                        worker: worker_id.clone(),
+                        queues,
+                        max,
+                    }
+                } else {
+                    Command::LeaseAs {
+                        worker: worker_id.clone(),
+                        version: entry.version.clone(),
+                        queues,
+                        max,
+                    }
                 };
                 proposals
                     .push(async move { Event::Leased(false, router.propose(cmd).await) }.boxed());

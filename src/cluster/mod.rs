@@ -43,8 +43,6 @@ pub enum Control {
     Step(raft::eraftpb::Message),
     /// A send to this peer failed.
     Unreachable(u64),
-    /// The newest log entry format a peer applies, from its `PeerHeader`.
-    PeerEntryVersion { from: u64, version: u8 },
     /// Hand leadership to this node.
     TransferLeader(u64),
     /// How streaming a snapshot to a follower ended.

@@ -117,7 +117,7 @@ impl Router {
         let retry_after_ms = self.driver.retry_after_ms();
         let deadline = Instant::now() + Duration::from_millis(retry_after_ms);
         let mut status_rx = self.driver.status_watch();
-        let mut encoded: Option<bytes::Bytes> = None;
+        let mut encoded: Option<(u8, bytes::Bytes)> = None;
         loop {
             // The whole status (members and all) is copied only to forward.
             let (leading, leader_id) = {
@@ -129,14 +129,31 @@ impl Router {
             }
             if leader_id != 0 && leader_id != self.node_id {
                 let status = self.driver.status();
-                let bytes = encoded.get_or_insert_with(|| encode(&what)).clone();
+                // As the leader's build reads it: a follower must not send a
+                // command of a format its leader cannot decode.
+                let format = self
+                    .driver
+                    .peer_formats()
+                    .of(leader_id)
+                    .min(crate::command::ENTRY_VERSION);
+                let bytes = match &encoded {
+                    Some((f, b)) if *f == format => b.clone(),
+                    _ => {
+                        let b = encode_for(&what, format)?;
+                        encoded = Some((format, b.clone()));
+                        b
+                    }
+                };
                 match self.forward(&status, bytes).await {
                     Ok((outcome, index)) => {
                         // A lease is answered with payloads read here, so
                         // this node must have applied the jobs first. Other
                         // answers need nothing local (reads use a read
                         // index), and waiting would cost a round trip.
-                        if matches!(what, Forwardable::Command(Command::Lease { .. })) {
+                        if matches!(
+                            what,
+                            Forwardable::Command(Command::Lease { .. } | Command::LeaseAs { .. })
+                        ) {
                             self.wait_applied(index).await;
                         }
                         return Ok((outcome, index));
@@ -347,6 +364,21 @@ fn lost_contact(status: &tonic::Status) -> bool {
         status.code(),
         tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
     ) || (status.code() == tonic::Code::Unavailable && status.metadata().is_empty())
+}
+
+/// `what` as a leader that reads entry `format` decodes it; a command it
+/// cannot carry yet is refused.
+fn encode_for(what: &Forwardable, format: u8) -> Result<bytes::Bytes, Error> {
+    match what {
+        Forwardable::Command(c) if c.min_format() > format => match c.clone().for_format(format) {
+            Some(c) => Ok(encode(&Forwardable::Command(c))),
+            None => Err(Error::Upgrading {
+                needs: c.min_format(),
+                writing: format,
+            }),
+        },
+        _ => Ok(encode(what)),
+    }
 }
 
 fn encode(what: &Forwardable) -> bytes::Bytes {

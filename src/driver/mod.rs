@@ -95,6 +95,31 @@ pub enum DriverError {
     EntryTooNew { index: u64, found: u8, reads: u8 },
 }
 
+/// The newest log entry format each peer applies, as the first message of
+/// its raft stream to this node said (a peer not heard from: format 1).
+/// Written by the peer service; read by the leader's proposals and by a
+/// follower forwarding a command to its leader.
+#[derive(Clone, Default)]
+pub struct PeerFormats(Arc<std::sync::RwLock<std::collections::BTreeMap<u64, u8>>>);
+
+impl PeerFormats {
+    pub fn note(&self, peer: u64, format: u8) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, format.max(1));
+    }
+
+    pub fn of(&self, peer: u64) -> u8 {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .copied()
+            .unwrap_or(1)
+    }
+}
+
 /// The rest of the node's way to the driver.
 #[derive(Clone)]
 pub struct DriverHandle {
@@ -106,11 +131,18 @@ pub struct DriverHandle {
     /// When the loop last took a raft tick (ms since the epoch), for the
     /// systemd watchdog.
     turned_at: Arc<std::sync::atomic::AtomicU64>,
+    /// The newest entry format each peer applies, as its peer header said.
+    peer_formats: PeerFormats,
     reader: JobReader,
     retry_after_ms: u64,
 }
 
 impl DriverHandle {
+    /// What peers said of the entry formats they apply.
+    pub fn peer_formats(&self) -> &PeerFormats {
+        &self.peer_formats
+    }
+
     /// Proposes a command on this node and waits until it is applied. Fails
     /// with [`Error::NoLeader`] unless this node leads; the cluster router
     /// sends commands where they belong.
@@ -296,7 +328,7 @@ struct Driver {
     /// The newest entry format this node applies, and each peer's (as its
     /// peer header said); a leader writes the oldest among the voters.
     entry_version: u8,
-    peer_entry_versions: std::collections::BTreeMap<u64, u8>,
+    peer_formats: PeerFormats,
     /// The format the last proposal was written in, to log a change.
     writing_version: u8,
     turned_at: Arc<std::sync::atomic::AtomicU64>,
@@ -455,7 +487,9 @@ pub fn start(
     // its lost leases from its next heartbeat instead.
     let (revoked_tx, _) = tokio::sync::broadcast::channel(64);
     let turned_at = Arc::new(std::sync::atomic::AtomicU64::new(now_ms()));
+    let peer_formats = PeerFormats::default();
     let handle = DriverHandle {
+        peer_formats: peer_formats.clone(),
         tx,
         control: control_tx,
         status,
@@ -493,7 +527,7 @@ pub fn start(
         revoked_tx,
         job_times: Default::default(),
         entry_version: cfg.entry_version,
-        peer_entry_versions: Default::default(),
+        peer_formats,
         writing_version: crate::command::ENTRY_VERSION.min(cfg.entry_version),
         turned_at,
         shutdown,
@@ -599,9 +633,7 @@ impl Driver {
                 }
             }
             Control::Unreachable(id) => self.raw.report_unreachable(id),
-            Control::PeerEntryVersion { from, version } => {
-                self.peer_entry_versions.insert(from, version);
-            }
+
             Control::TransferLeader(id) => self.raw.transfer_leader(id),
             Control::SnapshotSent { to, ok } => {
                 let status = if ok {
@@ -832,6 +864,11 @@ impl Driver {
             // its outcome could never come back to us.
             return refuse(replies);
         }
+        let format = self.write_version();
+        let (commands, replies) = for_format(commands, replies, format);
+        if commands.is_empty() {
+            return;
+        }
         let ticks = commands.iter().any(|c| matches!(c, Command::Tick));
         let fires = commands.iter().any(|c| matches!(c, Command::Fire { .. }));
         let purges = commands.iter().any(|c| {
@@ -847,8 +884,7 @@ impl Driver {
         };
         let data = bincode::serde::encode_to_vec(&entry, bincode::config::standard())
             .expect("bincode encoding of in-memory values cannot fail");
-        let version = self.write_version();
-        match self.raw.propose(vec![version], data) {
+        match self.raw.propose(vec![format], data) {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
                 let term = self.raw.raft.term;
@@ -1396,7 +1432,7 @@ impl Driver {
             .iter()
             .map(|id| match id {
                 id if id == me => self.entry_version,
-                id => self.peer_entry_versions.get(&id).copied().unwrap_or(1),
+                id => self.peer_formats.of(id),
             })
             .min()
             .unwrap_or(1)
@@ -1432,6 +1468,41 @@ impl Driver {
             }
         });
     }
+}
+
+/// The commands as an entry of `format` carries them (see
+/// [`Command::for_format`]); one that cannot be written yet is answered
+/// with [`Error::Upgrading`] and left out.
+fn for_format(
+    commands: Vec<Command>,
+    replies: Vec<Option<Reply>>,
+    format: u8,
+) -> (Vec<Command>, Vec<Option<Reply>>) {
+    if format >= crate::command::ENTRY_VERSION {
+        return (commands, replies);
+    }
+    let mut kept = (
+        Vec::with_capacity(commands.len()),
+        Vec::with_capacity(replies.len()),
+    );
+    for (command, reply) in commands.into_iter().zip(replies) {
+        let needs = command.min_format();
+        match command.for_format(format) {
+            Some(c) => {
+                kept.0.push(c);
+                kept.1.push(reply);
+            }
+            None => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(Error::Upgrading {
+                        needs,
+                        writing: format,
+                    }));
+                }
+            }
+        }
+    }
+    kept
 }
 
 /// `breaker_opened` and `breaker_closed` events, from the breakers before

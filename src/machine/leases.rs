@@ -28,10 +28,13 @@ impl Machine {
         Ok(out)
     }
 
+    /// Leases up to `max` ready jobs of `queues` to `worker`; a worker of
+    /// a `version` gets none that a switch keeps from that version.
     pub(super) fn lease(
         &mut self,
         now: u64,
         worker: &str,
+        version: Option<&str>,
         queues: &[String],
         max: u32,
     ) -> Result<Vec<LeasedJob>, MachineError> {
@@ -66,6 +69,7 @@ impl Machine {
                                 || self.tenant_capped(t)
                                 || (!self.breakers.is_empty()
                                     && breaker::holds(&self.breakers, q.as_str(), t))
+                                || version.is_some_and(|v| self.switched_off(v, q, t))
                         },
                         policy.aging_after_ms,
                         now,

@@ -151,6 +151,8 @@ pub struct MachineStats {
     pub flow: BTreeMap<String, tally::Flow>,
     /// When each queue's longest-waiting ready job became ready (ms).
     pub oldest_ready: BTreeMap<String, u64>,
+    /// Worker versions switched off.
+    pub version_switches: BTreeSet<crate::command::VersionSwitch>,
 }
 
 pub struct Machine {
@@ -200,6 +202,8 @@ pub struct Machine {
     requeued: BTreeMap<String, [u64; 3]>,
     /// Counters by queue and job type, recent work, observed times.
     tally: tally::Tally,
+    /// Worker versions switched off, and for which jobs (`v`).
+    switches: BTreeSet<crate::command::VersionSwitch>,
     /// Writes of the entries applied since the last commit; reads look here
     /// first so later entries of a range see earlier ones.
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -283,6 +287,7 @@ impl Machine {
             sla_missed: BTreeMap::new(),
             requeued: BTreeMap::new(),
             tally: tally::Tally::default(),
+            switches: BTreeSet::new(),
             staged: BTreeMap::new(),
             capture: None,
             finished_bytes,
@@ -296,6 +301,7 @@ impl Machine {
         machine.load_limits()?;
         machine.load_breakers()?;
         machine.load_quarantined()?;
+        machine.load_version_switches()?;
         machine.load_runs()?;
         machine.load_dependents()?;
         for item in machine.tree.scan_prefix([JOB]) {
@@ -471,6 +477,7 @@ impl Machine {
             totals: self.totals,
             by_type: self.tally.counts().clone(),
             flow: self.tally.flows(self.meta.last_at_ms),
+            version_switches: self.switches.clone(),
             oldest_ready: self
                 .queues
                 .iter()
@@ -517,7 +524,14 @@ impl Machine {
                 worker,
                 queues,
                 max,
-            } => Outcome::Leased(self.lease(now, worker, queues, *max)?),
+            } => Outcome::Leased(self.lease(now, worker, None, queues, *max)?),
+            Command::LeaseAs {
+                worker,
+                version,
+                queues,
+                max,
+            } => Outcome::Leased(self.lease(now, worker, Some(version), queues, *max)?),
+            Command::SwitchVersion { switch, enabled } => self.switch_version(switch, *enabled),
             Command::Heartbeat { leases, .. } => Outcome::Acks(
                 leases
                     .iter()
@@ -689,6 +703,7 @@ mod scheduler;
 pub mod schedules;
 mod staged;
 pub mod tally;
+mod versions;
 
 pub use indexes::QueueCounts;
 use indexes::QueueIndex;

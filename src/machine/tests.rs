@@ -2391,3 +2391,139 @@ fn daily_cap_policies(cap_micros: u64) -> Command {
     );
     Command::SetPolicies { policies }
 }
+
+#[test]
+fn a_switched_off_version_leases_none_of_the_jobs_its_switch_covers() {
+    use crate::command::VersionSwitch;
+    let mut h = Harness::new();
+    let enqueue_for = |h: &mut Harness, queue: &str, tenant: &str| {
+        let mut job = new_job(queue, 3);
+        job.tenant = tenant.into();
+        match h.run(1, Command::Enqueue { jobs: vec![job] }) {
+            Outcome::Enqueued(v) => v[0].id,
+            o => panic!("unexpected {o:?}"),
+        }
+    };
+    let a = enqueue_for(&mut h, "q", "acme");
+    let b = enqueue_for(&mut h, "q", "beta");
+    let lease_as = |h: &mut Harness, at: u64, version: &str| -> Vec<JobId> {
+        match h.run(
+            at,
+            Command::LeaseAs {
+                worker: format!("w-{version}"),
+                version: version.into(),
+                queues: vec!["q".into()],
+                max: 10,
+            },
+        ) {
+            Outcome::Leased(v) => v.into_iter().map(|l| l.job.id).collect(),
+            o => panic!("unexpected {o:?}"),
+        }
+    };
+    let v4_for_acme = VersionSwitch {
+        version: "v4".into(),
+        queue: Some("q".into()),
+        tenant: Some("acme".into()),
+    };
+    let off = Command::SwitchVersion {
+        switch: v4_for_acme.clone(),
+        enabled: false,
+    };
+    assert_eq!(h.run(2, off.clone()), Outcome::Noop);
+    assert_eq!(
+        h.run(3, off),
+        Outcome::Noop,
+        "switching off twice is one switch"
+    );
+    assert_eq!(
+        lease_as(&mut h, 4, "v4"),
+        vec![b],
+        "v4 gets only the other tenant's job"
+    );
+    // The switch is replicated state: a reopened node keeps it.
+    let digest = h.m.digest().unwrap();
+    h.m = Machine::open(h.db.open_tree("machine").unwrap()).unwrap();
+    assert_eq!(h.m.digest().unwrap(), digest);
+    assert!(h.m.stats().version_switches.contains(&v4_for_acme));
+    assert!(
+        lease_as(&mut h, 5, "v4").is_empty(),
+        "acme's job waits for another version"
+    );
+    assert_eq!(lease_as(&mut h, 6, "v3"), vec![a], "other versions take it");
+
+    let c = enqueue_for(&mut h, "q", "acme");
+    let on = |switch: VersionSwitch| Command::SwitchVersion {
+        switch,
+        enabled: true,
+    };
+    let unknown = VersionSwitch {
+        version: "v9".into(),
+        queue: None,
+        tenant: None,
+    };
+    assert_eq!(
+        h.run(7, on(unknown)),
+        Outcome::Rejected(Refusal::NotSwitchedOff {
+            switch: "version v9".into()
+        })
+    );
+    assert_eq!(h.run(8, on(v4_for_acme)), Outcome::Noop);
+    assert_eq!(lease_as(&mut h, 9, "v4"), vec![c], "switched on again");
+    // A plain lease (a worker with no version) is never held back.
+    let all = VersionSwitch {
+        version: "v4".into(),
+        queue: None,
+        tenant: None,
+    };
+    h.run(
+        10,
+        Command::SwitchVersion {
+            switch: all,
+            enabled: false,
+        },
+    );
+    let d = enqueue_for(&mut h, "q", "acme");
+    assert!(lease_as(&mut h, 11, "v4").is_empty());
+    assert_eq!(
+        h.lease(12, "plain", &["q"], 5)
+            .iter()
+            .map(|j| j.id)
+            .collect::<Vec<_>>(),
+        vec![d]
+    );
+}
+
+#[test]
+fn a_command_of_a_newer_format_is_downgraded_or_refused() {
+    use crate::command::VersionSwitch;
+    let lease = Command::LeaseAs {
+        worker: "w".into(),
+        version: "v4".into(),
+        queues: vec!["q".into()],
+        max: 3,
+    };
+    assert_eq!(lease.min_format(), 2);
+    assert_eq!(lease.clone().for_format(2), Some(lease.clone()));
+    assert_eq!(
+        lease.for_format(1),
+        Some(Command::Lease {
+            worker: "w".into(),
+            queues: vec!["q".into()],
+            max: 3
+        }),
+        "a lease loses its version while the cluster is upgrading"
+    );
+    let switch = Command::SwitchVersion {
+        switch: VersionSwitch {
+            version: "v4".into(),
+            queue: None,
+            tenant: None,
+        },
+        enabled: false,
+    };
+    assert!(
+        switch.clone().for_format(1).is_none(),
+        "a switch waits for format 2"
+    );
+    assert_eq!(Command::Tick.min_format(), 1);
+}

@@ -559,10 +559,16 @@ pub struct Reap(pub Child);
 
 /// A `drover worker --exec SCRIPT` serving `queue` as worker `id`.
 pub fn exec_worker(server: &str, queue: &str, id: &str, script: &str) -> Reap {
+    exec_worker_with(server, queue, id, script, &[])
+}
+
+/// [`exec_worker`] with more `drover worker` arguments.
+pub fn exec_worker_with(server: &str, queue: &str, id: &str, script: &str, more: &[&str]) -> Reap {
     Reap(
         std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
             .args(["worker", "--server", server, "--queue", queue, "--id", id])
             .args(["--exec", script])
+            .args(more)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -16,6 +16,7 @@ mod runs;
 mod schedules;
 mod tenants;
 mod ui;
+mod versions;
 mod workers;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -313,6 +314,19 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             "/api/v1/workers/{id}/release",
             Operate,
             post(workers::release),
+        ),
+        route(Method::GET, "/api/v1/versions", Read, get(versions::list)),
+        route(
+            Method::POST,
+            "/api/v1/versions/{version}/disable",
+            Operate,
+            post(versions::disable),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/versions/{version}/enable",
+            Operate,
+            post(versions::enable),
         ),
     ]
 }

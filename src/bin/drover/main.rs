@@ -18,6 +18,7 @@ mod snapshot;
 mod status;
 mod target;
 mod tenants;
+mod versions;
 mod worker;
 mod workers;
 
@@ -102,6 +103,11 @@ enum Cmd {
         #[command(subcommand)]
         command: workers::WorkersCmd,
     },
+    /// Worker versions: switch one off for a queue, a tenant or all.
+    Versions {
+        #[command(subcommand)]
+        command: versions::VersionsCmd,
+    },
     /// The policies in effect (retries, leases, retention).
     Policies {
         #[command(subcommand)]
@@ -176,6 +182,7 @@ fn run() -> Result<()> {
             Cmd::Snapshot { command } => snapshot::run(command).await,
             Cmd::Audit(a) => audit::run(a).await,
             Cmd::Workers { command } => workers::run(command).await,
+            Cmd::Versions { command } => versions::run(command).await,
             Cmd::Policies { command } => policies::run(command).await,
             Cmd::Bench(a) => {
                 serve::init_tracing("text", "warn");

@@ -22,8 +22,9 @@ pub struct WorkerArgs {
     /// Worker id; defaults to host name and process id.
     #[arg(long)]
     id: Option<String>,
-    /// A version label shown by `drover workers list` (a build, an image tag).
-    #[arg(long, default_value = "")]
+    /// A version label (a build, an image tag): shown by `drover workers
+    /// list`, and what `drover versions disable` switches off.
+    #[arg(long, visible_alias = "version", default_value = "")]
     worker_version: String,
     /// How long a stopping worker keeps trying to reach a node to report
     /// its results before it exits without them (e.g. 30s, 2m).

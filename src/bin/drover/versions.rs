@@ -1,0 +1,96 @@
+//! `drover versions list|disable|enable`: keep a worker version from a
+//! queue's or tenant's jobs (or all), and see which versions are connected.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use drover::api::types::{VersionSwitchBody, VersionsBody};
+
+use crate::target::{table, Target};
+
+#[derive(Subcommand)]
+pub enum VersionsCmd {
+    /// Version switches, and how many workers of each version are connected.
+    List(Target),
+    /// Stop leasing jobs to workers of VERSION (of --queue, of --tenant, or
+    /// all); they go to workers of other versions, or wait. Needs --reason.
+    Disable(SwitchArgs),
+    /// Undo a `disable` (the same --queue and --tenant).
+    Enable(SwitchArgs),
+}
+
+#[derive(Args)]
+pub struct SwitchArgs {
+    /// The version label workers registered (`drover worker --worker-version`).
+    version: String,
+    #[arg(long)]
+    queue: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Switch off a version no connected worker has (yet).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+pub async fn run(cmd: VersionsCmd) -> Result<()> {
+    match cmd {
+        VersionsCmd::List(target) => {
+            let v: VersionsBody = target.admin()?.get("/api/v1/versions").await?;
+            target.print(&v, print)
+        }
+        VersionsCmd::Disable(a) => switch(a, "disable").await,
+        VersionsCmd::Enable(a) => switch(a, "enable").await,
+    }
+}
+
+async fn switch(a: SwitchArgs, action: &str) -> Result<()> {
+    let body = serde_json::json!({ "queue": a.queue, "tenant": a.tenant, "force": a.force });
+    let path = format!("/api/v1/versions/{}/{action}", a.version);
+    let s: VersionSwitchBody = a.target.admin()?.post(&path, &body).await?;
+    a.target.print(&s, |s| {
+        let scope = describe(s);
+        match action {
+            "disable" => println!("switched off {scope}: its workers get none of those jobs"),
+            _ => println!("switched on {scope} again"),
+        }
+    })
+}
+
+fn describe(s: &VersionSwitchBody) -> String {
+    format!(
+        "version {} (queue {}, tenant {})",
+        s.version,
+        s.queue.as_deref().unwrap_or("*"),
+        s.tenant.as_deref().unwrap_or("*")
+    )
+}
+
+fn print(v: &VersionsBody) {
+    let mut t = table(&["VERSION", "CONNECTED WORKERS"]);
+    for (version, n) in &v.connected {
+        let name = if version.is_empty() {
+            "(none)"
+        } else {
+            version
+        };
+        t.add_row(vec![name.to_string(), n.to_string()]);
+    }
+    println!("{t}");
+    if v.switches.is_empty() {
+        println!("no version is switched off");
+    } else {
+        let mut t = table(&["SWITCHED OFF", "QUEUE", "TENANT"]);
+        for s in &v.switches {
+            t.add_row(vec![
+                s.version.clone(),
+                s.queue.clone().unwrap_or_else(|| "*".into()),
+                s.tenant.clone().unwrap_or_else(|| "*".into()),
+            ]);
+        }
+        println!("{t}");
+    }
+    for (node, why) in &v.unreachable {
+        println!("node {node} did not answer ({why}): its workers are not counted");
+    }
+}

@@ -1,0 +1,160 @@
+//! Worker versions on a real node: `drover versions disable` keeps a
+//! version's workers from a queue's jobs (they go to the other version),
+//! `enable` undoes it, both are audited, and bad input is refused with a
+//! clear 4xx and changes nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn leased_by(job: &serde_json::Value) -> Vec<String> {
+    job["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "leased")
+        .map(|e| e["worker"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+async fn all_done(node: &TestNode, ids: &[u64]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for &id in ids {
+        out.push(
+            wait_for(&format!("job {id}"), Duration::from_secs(30), || async {
+                let (_, v) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
+                if v["state"] == "succeeded" {
+                    Ok(v)
+                } else {
+                    Err(v["state"].to_string())
+                }
+            })
+            .await,
+        );
+    }
+    out
+}
+
+fn enqueue(server: &str, n: usize) -> Vec<u64> {
+    let v = drover_json(
+        &[
+            "enqueue",
+            "--queue",
+            "q",
+            "--count",
+            &n.to_string(),
+            "--json",
+        ],
+        server,
+    );
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_disabled_version_gets_no_jobs_until_enabled() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let _v3 = exec_worker_with(server, "q", "w3", "echo v3", &["--worker-version", "v3"]);
+    let _v4 = exec_worker_with(server, "q", "w4", "echo v4", &["--version", "v4"]);
+    wait_for(
+        "both versions connected",
+        Duration::from_secs(20),
+        || async {
+            let v = drover_json(&["versions", "list", "--json"], server);
+            if v["connected"]["v3"] == 1 && v["connected"]["v4"] == 1 {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
+
+    // Bad input changes nothing.
+    let digest = || async {
+        get_json(&format!("{}/api/v1/debug/digest", node.http))
+            .await
+            .1["digest"]
+            .clone()
+    };
+    let before = digest().await;
+    for (args, says) in [
+        (
+            vec!["versions", "disable", "v9", "--reason", "x"],
+            "no connected worker has version",
+        ),
+        (vec!["versions", "disable", "v4"], "needs a reason"),
+        (vec!["versions", "enable", "v4"], "is not switched off"),
+        (
+            vec![
+                "versions",
+                "disable",
+                "v4",
+                "--queue",
+                "bad queue!",
+                "--reason",
+                "x",
+            ],
+            "queue",
+        ),
+    ] {
+        let out = drover_cli(&args, server, "");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    let long = "v".repeat(129);
+    let out = drover_cli(
+        &["versions", "disable", &long, "--reason", "x", "--force"],
+        server,
+        "",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 to 128 bytes"));
+    assert_eq!(digest().await, before, "refused requests change nothing");
+
+    drover_json(
+        &[
+            "versions",
+            "disable",
+            "v4",
+            "--queue",
+            "q",
+            "--reason",
+            "v4 breaks q",
+            "--json",
+        ],
+        server,
+    );
+    let listed = drover_json(&["versions", "list", "--json"], server);
+    assert_eq!(listed["switches"][0]["version"], "v4", "{listed}");
+    assert_eq!(listed["switches"][0]["queue"], "q", "{listed}");
+    for job in all_done(&node, &enqueue(server, 20)).await {
+        assert_eq!(leased_by(&job), vec!["w3"], "{job}");
+        assert_eq!(job["result"].as_str().map(str::trim), Some("v3"));
+    }
+    let audit = get_json(&format!("{}/api/v1/audit", node.http)).await.1;
+    assert!(audit.to_string().contains("versions.disable"), "{audit}");
+    assert!(audit.to_string().contains("v4 breaks q"), "{audit}");
+
+    drover_json(
+        &["versions", "enable", "v4", "--queue", "q", "--json"],
+        server,
+    );
+    assert_eq!(
+        drover_json(&["versions", "list", "--json"], server)["switches"],
+        serde_json::json!([])
+    );
+    let done = all_done(&node, &enqueue(server, 40)).await;
+    assert!(
+        done.iter().any(|j| leased_by(j) == vec!["w4"]),
+        "v4 takes jobs again"
+    );
+}
