@@ -76,7 +76,8 @@ pub async fn schedule(
         match take(&driver, &dir, keep).await {
             Ok(Some(path)) => {
                 let now = crate::driver::now_ms() as f64 / 1000.0;
-                metrics::gauge!("drover_backup_last_success_timestamp_seconds").set(now);
+                crate::metrics::LAST_BACKUP_SECS
+                    .store(now as u64, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(event = "backup_written", path = %path.display(), "scheduled backup written");
             }
             Ok(None) => {}

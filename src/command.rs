@@ -20,8 +20,8 @@ use crate::job::{Job, JobId, JobState, NewJob, Progress};
 /// its newest format in its `PeerHeader`), so a cluster can be upgraded
 /// one node at a time.
 ///
-/// Format 2 added [`Command::LeaseAs`], [`Command::SwitchVersion`] and
-/// [`Audited::SwitchVersion`].
+/// Format 2 added [`Command::LeaseAs`], [`Command::SwitchVersion`],
+/// [`Command::SetCanary`] and their [`Audited`] forms.
 pub const ENTRY_VERSION: u8 = 2;
 
 /// The format of a normal entry, from its raft `context`.
@@ -217,6 +217,23 @@ pub enum Command {
         switch: VersionSwitch,
         enabled: bool,
     },
+    /// Sets the queue's canary rule, or ends it (None; sent audited).
+    /// Format 2.
+    SetCanary {
+        queue: String,
+        rule: Option<CanaryRule>,
+    },
+}
+
+/// A queue's canary: `percent` of its jobs (chosen from the job id) go
+/// only to workers of `version`, the rest only to others; a canary job
+/// that waited `max_wait_ms` goes to the others too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryRule {
+    pub version: String,
+    /// 0 to 100.
+    pub percent: u8,
+    pub max_wait_ms: u64,
 }
 
 /// Which jobs a version switch keeps from which workers: those of `queue`
@@ -346,6 +363,11 @@ pub enum Audited {
         switch: VersionSwitch,
         enabled: bool,
     },
+    /// Format 2.
+    SetCanary {
+        queue: String,
+        rule: Option<CanaryRule>,
+    },
 }
 
 /// What a control applies to.
@@ -432,6 +454,10 @@ impl Audited {
                 switch: switch.clone(),
                 enabled: *enabled,
             },
+            Audited::SetCanary { queue, rule } => Command::SetCanary {
+                queue: queue.clone(),
+                rule: rule.clone(),
+            },
         }
     }
 }
@@ -502,15 +528,18 @@ impl Command {
             Command::CancelRun { .. } => "cancel_run",
             Command::LeaseAs { .. } => "lease",
             Command::SwitchVersion { .. } => "switch_version",
+            Command::SetCanary { .. } => "set_canary",
         }
     }
 
     /// The oldest log entry format that can carry it.
     pub fn min_format(&self) -> u8 {
         match self {
-            Command::LeaseAs { .. } | Command::SwitchVersion { .. } => 2,
+            Command::LeaseAs { .. } | Command::SwitchVersion { .. } | Command::SetCanary { .. } => {
+                2
+            }
             Command::Audit {
-                command: Some(Audited::SwitchVersion { .. }),
+                command: Some(Audited::SwitchVersion { .. } | Audited::SetCanary { .. }),
                 ..
             } => 2,
             _ => 1,
@@ -573,7 +602,8 @@ impl Command {
             | Command::OverrideRun { .. }
             | Command::SetTenantBudgets { .. }
             | Command::CancelRun { .. }
-            | Command::SwitchVersion { .. } => RECORD,
+            | Command::SwitchVersion { .. }
+            | Command::SetCanary { .. } => RECORD,
             Command::Lease { .. }
             | Command::LeaseAs { .. }
             | Command::Cancel { .. }
@@ -674,6 +704,10 @@ pub enum Refusal {
     BadDependency { position: usize, reason: String },
     #[error("{switch} is not switched off (see drover versions list)")]
     NotSwitchedOff { switch: String },
+    #[error(
+        "queue {queue:?} has no canary rule (drover canary set QUEUE --version V --percent N)"
+    )]
+    NoCanary { queue: String },
 }
 
 fn budget_scope(tenant: &str, run: &str) -> String {
@@ -694,7 +728,8 @@ impl Refusal {
             | Refusal::NotQuarantined { .. }
             | Refusal::UnknownBreaker { .. }
             | Refusal::UnknownRun { .. }
-            | Refusal::NotSwitchedOff { .. } => "not_found",
+            | Refusal::NotSwitchedOff { .. }
+            | Refusal::NoCanary { .. } => "not_found",
             Refusal::BudgetExceeded { .. } => "budget_exceeded",
             Refusal::BadDependency { .. } => "invalid_argument",
             Refusal::StaleLease { .. } => "stale_lease",

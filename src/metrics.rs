@@ -20,6 +20,11 @@ pub const LEADER_CHANGES: &str = "drover_raft_leader_changes_total";
 pub const COMMANDS_PER_ENTRY: &str = "drover_raft_commands_per_entry";
 pub const SNAPSHOT_DURATION: &str = "drover_snapshot_duration_seconds";
 
+/// When this node last wrote a scheduled backup (s since the epoch; 0:
+/// never). Kept here and set at every scrape, so the gauge never idles
+/// out between backups hours apart.
+pub static LAST_BACKUP_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Histogram buckets of times in seconds: a millisecond to an hour.
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -513,6 +518,10 @@ impl Metrics {
             metrics::gauge!("drover_data_dir_free_bytes").set(free as f64);
         }
         metrics::gauge!("drover_active_workers").set(scrape.workers.len() as f64);
+        let backup = LAST_BACKUP_SECS.load(std::sync::atomic::Ordering::Relaxed);
+        if backup > 0 {
+            metrics::gauge!("drover_backup_last_success_timestamp_seconds").set(backup as f64);
+        }
         metrics::gauge!("drover_workers_quarantined").set(stats.quarantined.len() as f64);
         let b = &stats.budgets;
         metrics::gauge!("drover_runs_over_budget").set(b.runs_over_budget as f64);
@@ -554,7 +563,11 @@ impl Metrics {
                 .set(age_ms as f64 / 1000.0);
             let policy = stats.policies.queue(queue).workers;
             let pool = policy.unwrap_or_default();
-            let flow = stats.flow.get(queue).copied().unwrap_or_default();
+            let flow = stats
+                .flow
+                .get(queue)
+                .map(|w| crate::machine::tally::flow_at(w, scrape.now_ms))
+                .unwrap_or_default();
             let desired = pool.desired(&flow, c.ready_total(), c.leased);
             metrics::gauge!("drover_queue_desired_workers", "queue" => queue.clone())
                 .set(f64::from(desired));

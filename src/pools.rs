@@ -66,7 +66,11 @@ impl WorkerPool {
             if backlog + leased == 0 {
                 return self.min;
             }
-            return self.expected.clamp(self.min, self.max);
+            // Jobs longer than the window: the ones running keep their
+            // workers whatever the unknown run time.
+            let running = leased.div_ceil(u64::from(self.per_worker));
+            let running = u32::try_from(running).unwrap_or(u32::MAX);
+            return self.expected.max(running).clamp(self.min, self.max);
         } else {
             let w = flow.lease_ms as f64 / flow.leases_ended as f64 / 1000.0;
             let lambda = flow.arrived as f64 / (flow.window_ms as f64 / 1000.0);
@@ -108,8 +112,10 @@ mod tests {
         assert_eq!(pool.desired(&flow(0, 1, 10), 0, 0), 2);
         // Leased jobs keep their workers whatever the rate.
         assert_eq!(pool.desired(&flow(0, 1, 1000), 0, 7), 7);
-        // Unknown run time: expected if there is work, min if not.
+        // Unknown run time: expected if there is work, min if not, and
+        // never fewer than the jobs running need.
         assert_eq!(pool.desired(&flow(5, 0, 0), 5, 0), 4);
+        assert_eq!(pool.desired(&flow(0, 0, 0), 0, 7), 7);
         assert_eq!(pool.desired(&flow(0, 0, 0), 0, 0), 2);
         let wide = WorkerPool {
             per_worker: 4,

@@ -30,6 +30,8 @@ pub const DEFAULT_MACHINE_TREE: &str = "machine";
 pub const INIT_INDEX: u64 = 5;
 /// Addresses of members added at run time (bincode map of id to address).
 const ADDRESSES: &[u8] = b"p";
+/// The newest log entry format this node has applied (one byte).
+const FORMAT_FLOOR: &[u8] = b"F";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -346,6 +348,21 @@ impl RaftStore {
         let bytes = bincode::serde::encode_to_vec(addrs, bincode::config::standard())
             .map_err(|e| corrupt("raft/p", e))?;
         self.tree.insert(ADDRESSES, bytes)?;
+        Ok(())
+    }
+
+    /// The newest entry format this node applied (1 if none recorded):
+    /// once every voter applied a format, a leader never writes below it.
+    pub fn format_floor(&self) -> Result<u8, StoreError> {
+        Ok(self
+            .tree
+            .get(FORMAT_FLOOR)?
+            .and_then(|b| b.first().copied())
+            .unwrap_or(1))
+    }
+
+    pub fn set_format_floor(&mut self, format: u8) -> Result<(), StoreError> {
+        self.tree.insert(FORMAT_FLOOR, vec![format])?;
         Ok(())
     }
 

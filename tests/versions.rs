@@ -158,3 +158,95 @@ async fn a_disabled_version_gets_no_jobs_until_enabled() {
         "v4 takes jobs again"
     );
 }
+
+#[tokio::test]
+async fn a_canary_gets_only_its_share_and_abort_switches_it_off() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let _v3 = exec_worker_with(server, "q", "w3", "echo v3", &["--worker-version", "v3"]);
+    let _v4 = exec_worker_with(server, "q", "w4", "echo v4", &["--worker-version", "v4"]);
+    for (args, says) in [
+        (vec!["canary", "status", "q"], "has no canary rule"),
+        (
+            vec!["canary", "set", "q", "--percent", "10"],
+            "names its version",
+        ),
+        (
+            vec!["canary", "set", "q", "--version", "v4", "--percent", "150"],
+            "outside 0 to 100",
+        ),
+        (
+            vec![
+                "canary",
+                "set",
+                "q",
+                "--version",
+                "v4",
+                "--percent",
+                "5",
+                "--max-wait",
+                "soon",
+            ],
+            "max_wait",
+        ),
+        (vec!["canary", "abort", "q"], "has no canary rule"),
+    ] {
+        let out = drover_cli(&args, server, "");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    let rule = drover_json(
+        &[
+            "canary",
+            "set",
+            "q",
+            "--version",
+            "v4",
+            "--percent",
+            "20",
+            "--json",
+        ],
+        server,
+    );
+    assert_eq!(
+        (rule["percent"].as_u64(), rule["max_wait"].as_str()),
+        (Some(20), Some("5m"))
+    );
+    let ids = enqueue(server, 200);
+    let jobs = all_done(&node, &ids).await;
+    let mut canary = 0;
+    for job in &jobs {
+        let id = job["id"].as_u64().unwrap();
+        let covered = drover::machine::canary::canary_part(id) < 2000;
+        let want = if covered { "w4" } else { "w3" };
+        assert_eq!(leased_by(job), vec![want], "job {id}");
+        canary += usize::from(covered);
+    }
+    assert!(
+        canary > 10 && canary < 80,
+        "{canary} of 200 went to the canary"
+    );
+    drover_json(
+        &["canary", "abort", "q", "--reason", "fails", "--json"],
+        server,
+    );
+    let listed = drover_json(&["versions", "list", "--json"], server);
+    assert_eq!(listed["switches"][0]["version"], "v4", "{listed}");
+    let out = drover_cli(&["canary", "status", "q"], server, "");
+    assert!(!out.status.success());
+    let audit = get_json(&format!("{}/api/v1/audit", node.http))
+        .await
+        .1
+        .to_string();
+    assert!(
+        audit.contains("canary.set") && audit.contains("canary.abort"),
+        "{audit}"
+    );
+    // After the abort, v4 gets nothing of q.
+    for job in all_done(&node, &enqueue(server, 20)).await {
+        assert_eq!(leased_by(&job), vec!["w3"], "{job}");
+    }
+}

@@ -7,6 +7,9 @@ const TOKEN_KEY = "drover-token";
 const main = document.getElementById("main");
 let me = { name: "anonymous", role: null, auth: false };
 let timer = null;
+// Bumped on every navigation: a page whose data arrives after the person
+// moved on draws nothing.
+let navigation = 0;
 
 // ---- building the page, safely --------------------------------------------
 
@@ -109,6 +112,7 @@ function action(label, fn, { danger, confirmText } = {}) {
 
 function showLogin(message) {
   clearInterval(timer);
+  navigation++;
   const input = el("input", { type: "password", id: "token", placeholder: "drv_…", autocomplete: "off" });
   render(el("form", {
     class: "login",
@@ -167,10 +171,13 @@ function drawChart(canvas) {
 }
 
 async function overview() {
+  const nav = navigation;
   const [stats, members, breakers, runs, workers, { queues: qs }] = await Promise.all([
     api("/api/v1/stats"), api("/api/v1/cluster/members"), api("/api/v1/breakers"),
     api("/api/v1/runs"), api("/api/v1/workers"), api("/api/v1/queues"),
   ]);
+  // A refresh that was on its way when the person moved on draws nothing.
+  if (nav !== navigation) return;
   const slaMissed = qs.reduce((n, q) => n + (q.sla_missed || 0), 0);
   const t = stats.totals;
   rates.push([Date.now(), t.enqueued, t.completed, t.failed]);
@@ -392,6 +399,7 @@ function overrideForm(r) {
 
 async function route() {
   clearInterval(timer);
+  navigation++;
   const hash = location.hash || "#/";
   const path = hash.split("?")[0];
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === path);

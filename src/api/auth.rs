@@ -324,6 +324,11 @@ impl Auth {
         if fresh.is_empty() && !tokens.is_empty() {
             return Err("the config has no [[tokens]]: a node is opened to anyone only by a restart; the tokens in effect stay".into());
         }
+        if !fresh.is_empty() && tokens.is_empty() {
+            // Its peers' traffic would need the peer token, which this
+            // node's own peer connections were not set up with.
+            return Err("the node started without [[tokens]]: turning tokens on takes a restart (with peer_token), or its peers' traffic would be refused; it stays open".into());
+        }
         let names = |m: &HashMap<TokenHash, Token>| -> std::collections::BTreeSet<String> {
             m.values().map(|t| t.caller.name.clone()).collect()
         };

@@ -1038,6 +1038,30 @@ pub struct VersionsBody {
     pub unreachable: BTreeMap<String, String>,
 }
 
+/// A queue's canary rule.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CanaryBody {
+    pub queue: String,
+    pub version: String,
+    /// The share of the queue's jobs only its workers get, 0 to 100.
+    pub percent: u8,
+    /// How long a canary job waits for a canary worker before others take it.
+    pub max_wait: String,
+}
+
+/// Sets a canary rule, or changes one (absent fields keep their value).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanarySetBody {
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub percent: Option<u32>,
+    /// A duration: "5m" (default 5m).
+    #[serde(default)]
+    pub max_wait: Option<String>,
+}
+
 /// The caller, as its token says.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WhoAmIBody {

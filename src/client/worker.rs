@@ -498,7 +498,9 @@ impl<H: Handler> Runtime<H> {
                     self.send_results(&out, batch).await?;
                 }
                 _ = heartbeat.tick() => {
-                    if !self.held.is_empty() {
+                    // Sent when idle too, with no leases: the node sees the
+                    // worker is alive (drover_worker_heartbeat_age_seconds).
+                    {
                         let leases = self.lease_refs();
                         send(&out, Msg::Heartbeat(pb::Heartbeat { leases })).await?;
                     }

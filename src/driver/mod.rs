@@ -331,6 +331,10 @@ struct Driver {
     peer_formats: PeerFormats,
     /// The format the last proposal was written in, to log a change.
     writing_version: u8,
+    /// The newest format this node applied (kept in the raft tree): a
+    /// leader never writes below it, even before it has heard from every
+    /// voter again after a restart.
+    format_floor: u8,
     turned_at: Arc<std::sync::atomic::AtomicU64>,
     shutdown: watch::Receiver<bool>,
     tick_interval: Duration,
@@ -420,6 +424,7 @@ pub fn start(
         }
     }
     let tree_name = store.machine_tree()?;
+    let format_floor = store.format_floor()?;
     drop_stale_machine_trees(db, &tree_name);
     for path in snapshot::list(&snap_dir) {
         match snapshot::read_meta(&path) {
@@ -529,6 +534,7 @@ pub fn start(
         entry_version: cfg.entry_version,
         peer_formats,
         writing_version: crate::command::ENTRY_VERSION.min(cfg.entry_version),
+        format_floor,
         turned_at,
         shutdown,
         tick_interval: cfg.raft.tick_interval,
@@ -1101,6 +1107,10 @@ impl Driver {
                             reads: self.entry_version,
                         });
                     }
+                    if found > self.format_floor {
+                        self.format_floor = found;
+                        self.raw.mut_store().set_format_floor(found)?;
+                    }
                     // Every byte must be read: a shorter parse is an entry
                     // of another format that only looks like one of ours.
                     let decoded = bincode::serde::decode_from_slice::<LogEntry, _>(
@@ -1418,25 +1428,24 @@ impl Driver {
         Ok(())
     }
 
-    /// The entry format to write: the newest every voter applies. A voter
-    /// not heard from yet counts as format 1, which every build applies.
+    /// The entry format to write: the newest every member (voters and
+    /// learners) applies. A member not heard from yet counts as format 1,
+    /// which every build applies, unless the log already holds a newer
+    /// format: every voter applied that, so it is never written below.
     fn write_version(&mut self) -> u8 {
         let me = self.raw.raft.id;
-        let version = self
+        let heard = self
             .raw
             .raft
             .prs()
-            .conf()
-            .voters()
-            .ids()
             .iter()
-            .map(|id| match id {
+            .map(|(&id, _)| match id {
                 id if id == me => self.entry_version,
                 id => self.peer_formats.of(id),
             })
             .min()
-            .unwrap_or(1)
-            .clamp(1, self.entry_version);
+            .unwrap_or(1);
+        let version = heard.max(self.format_floor).clamp(1, self.entry_version);
         if version != self.writing_version {
             tracing::info!(
                 event = "entry_version_changed",

@@ -62,7 +62,11 @@ impl Machine {
                 .filter(|(q, _)| self.below_concurrency_limit(q))
                 .filter_map(|(q, policy)| {
                     let qi = self.queues.get(*q)?;
-                    let pick = qi.ready.pick(
+                    let canary = self.canaries.get(q.as_str());
+                    let admits = |id: JobId, since: u64| {
+                        canary.is_none_or(|rule| rule.admits(version, id, since, now))
+                    };
+                    let pick = qi.ready.pick_where(
                         &qi.clocks,
                         |t| {
                             paused.contains(t)
@@ -71,6 +75,7 @@ impl Machine {
                                     && breaker::holds(&self.breakers, q.as_str(), t))
                                 || version.is_some_and(|v| self.switched_off(v, q, t))
                         },
+                        canary.map(|_| &admits as &dyn Fn(JobId, u64) -> bool),
                         policy.aging_after_ms,
                         now,
                     )?;

@@ -147,12 +147,16 @@ pub struct MachineStats {
     pub totals: Totals,
     /// Queue -> job type -> event counts.
     pub by_type: BTreeMap<String, BTreeMap<String, tally::TypeCounts>>,
-    /// Each queue's recent work.
-    pub flow: BTreeMap<String, tally::Flow>,
+    /// Each queue's window of recent work (read it with
+    /// [`tally::flow_at`] at the reader's time).
+    #[serde(skip)]
+    pub flow: BTreeMap<String, crate::window::Sliding<3>>,
     /// When each queue's longest-waiting ready job became ready (ms).
     pub oldest_ready: BTreeMap<String, u64>,
     /// Worker versions switched off.
     pub version_switches: BTreeSet<crate::command::VersionSwitch>,
+    /// Canary rules by queue.
+    pub canaries: BTreeMap<String, crate::command::CanaryRule>,
 }
 
 pub struct Machine {
@@ -204,6 +208,8 @@ pub struct Machine {
     tally: tally::Tally,
     /// Worker versions switched off, and for which jobs (`v`).
     switches: BTreeSet<crate::command::VersionSwitch>,
+    /// Canary rules by queue (`N`).
+    canaries: BTreeMap<String, crate::command::CanaryRule>,
     /// Writes of the entries applied since the last commit; reads look here
     /// first so later entries of a range see earlier ones.
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -288,6 +294,7 @@ impl Machine {
             requeued: BTreeMap::new(),
             tally: tally::Tally::default(),
             switches: BTreeSet::new(),
+            canaries: BTreeMap::new(),
             staged: BTreeMap::new(),
             capture: None,
             finished_bytes,
@@ -302,6 +309,7 @@ impl Machine {
         machine.load_breakers()?;
         machine.load_quarantined()?;
         machine.load_version_switches()?;
+        machine.load_canaries()?;
         machine.load_runs()?;
         machine.load_dependents()?;
         for item in machine.tree.scan_prefix([JOB]) {
@@ -476,8 +484,9 @@ impl Machine {
                 .collect(),
             totals: self.totals,
             by_type: self.tally.counts().clone(),
-            flow: self.tally.flows(self.meta.last_at_ms),
+            flow: self.tally.flows(),
             version_switches: self.switches.clone(),
+            canaries: self.canaries.clone(),
             oldest_ready: self
                 .queues
                 .iter()
@@ -532,6 +541,7 @@ impl Machine {
                 max,
             } => Outcome::Leased(self.lease(now, worker, Some(version), queues, *max)?),
             Command::SwitchVersion { switch, enabled } => self.switch_version(switch, *enabled),
+            Command::SetCanary { queue, rule } => self.set_canary(queue, rule.as_ref()),
             Command::Heartbeat { leases, .. } => Outcome::Acks(
                 leases
                     .iter()
@@ -683,6 +693,7 @@ impl Machine {
 
 pub mod audit;
 pub mod breaker;
+pub mod canary;
 pub mod capture;
 mod controls;
 mod dead;

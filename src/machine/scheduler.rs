@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::JobId;
 
+/// Ready jobs of a tenant a pick with an eligibility test looks at.
+const ELIGIBLE_SCAN: usize = 64;
+
 /// One dispatch of a weight-1 tenant on the clock; a tenant of weight w
 /// advances SCALE / w.
 const SCALE: u64 = 1_000_000;
@@ -134,10 +137,26 @@ impl ReadySet {
     /// that has a tenant not `held`; the tenant furthest behind its share
     /// there; its longest-waiting job, which also stands for the level's
     /// aging.
+    #[cfg(test)]
     pub(super) fn pick(
         &self,
         clocks: &Clocks,
         held: impl Fn(&str) -> bool,
+        aging_after_ms: Option<u64>,
+        now: u64,
+    ) -> Option<Pick> {
+        self.pick_where(clocks, held, None, aging_after_ms, now)
+    }
+
+    /// [`ReadySet::pick`] among the jobs `eligible(id, ready since)` takes:
+    /// within a tenant, the oldest eligible of its first [`ELIGIBLE_SCAN`]
+    /// (a canary rule makes most jobs eligible for most workers; the bound
+    /// keeps a pick cheap when few are).
+    pub(super) fn pick_where(
+        &self,
+        clocks: &Clocks,
+        held: impl Fn(&str) -> bool,
+        eligible: Option<&dyn Fn(JobId, u64) -> bool>,
         aging_after_ms: Option<u64>,
         now: u64,
     ) -> Option<Pick> {
@@ -151,7 +170,14 @@ impl ReadySet {
                 if held(tenant) {
                     continue;
                 }
-                let Some(&(since, id)) = ids.first() else {
+                let first = match eligible {
+                    None => ids.first(),
+                    Some(f) => ids
+                        .iter()
+                        .take(ELIGIBLE_SCAN)
+                        .find(|(since, id)| f(*id, *since)),
+                };
+                let Some(&(since, id)) = first else {
                     continue;
                 };
                 let effective = aged(priority, since, now, aging_after_ms);

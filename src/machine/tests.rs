@@ -2527,3 +2527,86 @@ fn a_command_of_a_newer_format_is_downgraded_or_refused() {
     );
     assert_eq!(Command::Tick.min_format(), 1);
 }
+
+#[test]
+fn a_canary_gets_its_share_and_only_its_share_of_the_queue() {
+    use crate::command::CanaryRule;
+    let mut h = Harness::new();
+    let rule = CanaryRule {
+        version: "v4".into(),
+        percent: 10,
+        max_wait_ms: 60_000,
+    };
+    let set = Command::SetCanary {
+        queue: "q".into(),
+        rule: Some(rule.clone()),
+    };
+    assert_eq!(h.run(1, set), Outcome::Noop);
+    for _ in 0..20 {
+        let jobs = (0..500).map(|_| new_job("q", 3)).collect();
+        h.run(2, Command::Enqueue { jobs });
+    }
+    let lease_as = |h: &mut Harness, at: u64, version: &str, max: u32| -> Vec<JobId> {
+        match h.run(
+            at,
+            Command::LeaseAs {
+                worker: format!("w-{version}"),
+                version: version.into(),
+                queues: vec!["q".into()],
+                max,
+            },
+        ) {
+            Outcome::Leased(v) => v.into_iter().map(|l| l.job.id).collect(),
+            o => panic!("unexpected {o:?}"),
+        }
+    };
+    let (mut canary, mut control) = (Vec::new(), Vec::new());
+    for round in 0..400 {
+        let a = lease_as(&mut h, 3, "v4", 50);
+        let b = lease_as(&mut h, 3, "v3", 50);
+        if a.is_empty() && b.is_empty() {
+            break;
+        }
+        assert!(round < 399, "dispatch did not finish");
+        canary.extend(a);
+        control.extend(b);
+    }
+    assert_eq!(
+        canary.len() + control.len(),
+        10_000,
+        "every job dispatched once"
+    );
+    let share = canary.len() as f64 / 100.0;
+    assert!(
+        (8.5..=11.5).contains(&share),
+        "the canary got {share}% of 10,000"
+    );
+    assert!(canary.iter().all(|&id| rule.covers(id)), "only its share");
+    assert!(
+        control.iter().all(|&id| !rule.covers(id)),
+        "none of its share"
+    );
+
+    // A canary job no canary worker takes goes to the others after max_wait.
+    let id = loop {
+        let id = h.enqueue(100_000, "q", 3);
+        if rule.covers(id) {
+            break id;
+        }
+        lease_as(&mut h, 100_000, "v3", 10);
+    };
+    assert!(lease_as(&mut h, 100_000 + 59_999, "v3", 10).is_empty());
+    assert_eq!(lease_as(&mut h, 100_000 + 60_000, "v3", 10), vec![id]);
+    // A rule survives a reopen; ending one that is gone is refused.
+    h.m = Machine::open(h.db.open_tree("machine").unwrap()).unwrap();
+    assert_eq!(h.m.stats().canaries["q"], rule);
+    let end = || Command::SetCanary {
+        queue: "q".into(),
+        rule: None,
+    };
+    assert_eq!(h.run(200_000, end()), Outcome::Noop);
+    assert_eq!(
+        h.run(200_001, end()),
+        Outcome::Rejected(Refusal::NoCanary { queue: "q".into() })
+    );
+}

@@ -6,6 +6,7 @@
 //! shape from [`Error`]'s `IntoResponse`.
 
 mod breakers;
+mod canary;
 mod cluster;
 mod dead;
 mod jobs;
@@ -316,6 +317,30 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             post(workers::release),
         ),
         route(Method::GET, "/api/v1/versions", Read, get(versions::list)),
+        route(
+            Method::GET,
+            "/api/v1/canary/{queue}",
+            Read,
+            get(canary::status),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/canary/{queue}",
+            Operate,
+            post(canary::set),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/canary/{queue}/promote",
+            Operate,
+            post(canary::promote),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/canary/{queue}/abort",
+            Operate,
+            post(canary::abort),
+        ),
         route(
             Method::POST,
             "/api/v1/versions/{version}/disable",

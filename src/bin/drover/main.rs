@@ -5,6 +5,7 @@
 mod admin;
 mod audit;
 mod breakers;
+mod canary;
 mod cluster;
 mod dead;
 mod jobs;
@@ -103,6 +104,11 @@ enum Cmd {
         #[command(subcommand)]
         command: workers::WorkersCmd,
     },
+    /// Canary rules: a share of a queue's jobs for one worker version.
+    Canary {
+        #[command(subcommand)]
+        command: canary::CanaryCmd,
+    },
     /// Worker versions: switch one off for a queue, a tenant or all.
     Versions {
         #[command(subcommand)]
@@ -183,6 +189,7 @@ fn run() -> Result<()> {
             Cmd::Audit(a) => audit::run(a).await,
             Cmd::Workers { command } => workers::run(command).await,
             Cmd::Versions { command } => versions::run(command).await,
+            Cmd::Canary { command } => canary::run(command).await,
             Cmd::Policies { command } => policies::run(command).await,
             Cmd::Bench(a) => {
                 serve::init_tracing("text", "warn");

@@ -199,8 +199,18 @@ class Producer:
         order. A refused message raises its error; what was yielded before
         is enqueued."""
         requests: "queue.Queue[Optional[pb.EnqueueRequest]]" = queue.Queue(maxsize=16)
-        sent: "queue.Queue[int]" = queue.Queue()
         failure: List[BaseException] = []
+        done = threading.Event()
+
+        def put(r: Optional[pb.EnqueueRequest]) -> bool:
+            # Gives up once the caller stopped reading the outcomes.
+            while not done.is_set():
+                try:
+                    requests.put(r, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         def feed() -> None:
             chunk: List[pb.NewJob] = []
@@ -208,16 +218,15 @@ class Producer:
                 for j in jobs:
                     chunk.append(j.to_proto())
                     if len(chunk) >= batch:
-                        sent.put(len(chunk))
-                        requests.put(pb.EnqueueRequest(jobs=chunk))
+                        if not put(pb.EnqueueRequest(jobs=chunk)):
+                            return
                         chunk = []
                 if chunk:
-                    sent.put(len(chunk))
-                    requests.put(pb.EnqueueRequest(jobs=chunk))
+                    put(pb.EnqueueRequest(jobs=chunk))
             except BaseException as e:  # the caller's iterator failed
                 failure.append(e)
             finally:
-                requests.put(None)
+                put(None)
 
         def request_iter() -> Iterator[pb.EnqueueRequest]:
             while True:
@@ -233,14 +242,20 @@ class Producer:
             request_serializer=pb.EnqueueRequest.SerializeToString,
             response_deserializer=pb.EnqueueReply.FromString,
         )
+        call = stream(request_iter(), metadata=self._nodes.metadata)
+        # A refused message does not stop the others (each is answered on
+        # its own): read every reply, then say which were refused.
+        refused: List[DroverError] = []
+        replies = 0
         try:
-            for reply in stream(request_iter(), metadata=self._nodes.metadata):
-                sent.get()
+            for reply in call:
+                replies += 1
                 if reply.HasField("error"):
                     e = reply.error
-                    raise DroverError(
-                        _CODE_NAMES.get(e.code, "unknown"), e.message, e.retry_safe, e.retry_after_ms
+                    refused.append(
+                        DroverError(_CODE_NAMES.get(e.code, "unknown"), e.message, e.retry_safe, e.retry_after_ms)
                     )
+                    continue
                 for j in reply.ok.jobs:
                     yield Enqueued(j.id, j.duplicate)
         except grpc.RpcError as e:
@@ -248,8 +263,20 @@ class Producer:
             if err.retry_safe:
                 self._nodes.move_on(index)
             raise err from None
+        finally:
+            done.set()
+            call.cancel()
         if failure:
             raise failure[0]
+        if refused:
+            first = refused[0]
+            raise DroverError(
+                first.code,
+                f"{len(refused)} of {replies} messages were refused (the first: {first.message}); "
+                "the jobs of the others were enqueued and yielded",
+                first.retry_safe,
+                first.retry_after_ms,
+            )
 
     def get(self, job_id: int) -> JobInfo:
         """A job with its payload, result and timeline."""

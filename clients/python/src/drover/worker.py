@@ -30,6 +30,9 @@ from .errors import JobError
 log = logging.getLogger("drover.worker")
 
 _WORK = "/drover.v1.WorkerService/Work"
+#: How long a stopped worker with nothing held waits for its node to close
+#: the stream.
+STOP_WAIT = 5.0
 #: Refusals no reconnect can fix: `run` raises them.
 _FINAL = ("unauthenticated", "permission_denied", "invalid_argument")
 _PING = "/drover.v1.ProducerService/Ping"
@@ -158,7 +161,9 @@ class Worker:
         self._lock = threading.Lock()
         self._held: Dict[Lease, Job] = {}
         self._unacked: Dict[Lease, _Done] = {}
-        self._out: Optional["queue.Queue[Optional[pb.WorkerMessage]]"] = None
+        # SimpleQueue: its put is reentrant, so stop() may run in a signal
+        # handler that interrupted a put.
+        self._out: Optional["queue.SimpleQueue[Optional[pb.WorkerMessage]]"] = None
         self._stop = threading.Event()
         self._stop_began: Optional[float] = None
         self._beat_now = threading.Event()
@@ -213,6 +218,8 @@ class Worker:
                     failures = 0
                     continue
                 except grpc.RpcError as e:
+                    if self._finished():
+                        return
                     err = error_of(e)
                     if err.code in _FINAL:
                         # Another node would say the same: a wrong token,
@@ -250,7 +257,7 @@ class Worker:
         except Exception:  # the stream below says what is wrong
             pass
         index, channel = self._nodes.channel()
-        out: "queue.Queue[Optional[pb.WorkerMessage]]" = queue.Queue()
+        out: "queue.SimpleQueue[Optional[pb.WorkerMessage]]" = queue.SimpleQueue()
         out.put(
             pb.WorkerMessage(
                 register=pb.Register(
@@ -279,6 +286,7 @@ class Worker:
         )
         call = work(requests(), metadata=self._nodes.metadata)
         registered = False
+        closing: Optional[threading.Timer] = None
         try:
             for m in call:
                 kind = m.WhichOneof("msg")
@@ -307,9 +315,16 @@ class Worker:
                         raise _NodeLeaving()
                     log.info("asked to stop: %s", m.shutdown.reason)
                     self._stop.set()
-                if self._finished():
-                    break
+                if closing is None and self._finished():
+                    # The node closes a drained stream once every lease it
+                    # sent is reported (one may still be on its way, and is
+                    # run); a node that does not is left after a while.
+                    closing = threading.Timer(STOP_WAIT, call.cancel)
+                    closing.daemon = True
+                    closing.start()
         finally:
+            if closing is not None:
+                closing.cancel()
             with self._lock:
                 if self._out is out:
                     self._out = None
@@ -417,7 +432,9 @@ class Worker:
             with self._lock:
                 jobs = list(self._held.values())
                 out = self._out
-            if out is not None and jobs:
+            if out is not None:
+                # Sent when idle too (no leases): the node sees the worker
+                # is alive.
                 refs = [
                     pb.LeaseRef(job_id=j.id, attempt=j.attempt, progress=j.progress, progress_message=j.progress_message)
                     for j in jobs

@@ -1,0 +1,202 @@
+//! Canary rules at run time: `drover canary set|status|promote|abort`.
+//! A rule sends a share of a queue's jobs only to workers of one version
+//! (see `machine::canary`); every change is audited.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+
+use super::{body, HttpState};
+use crate::api::auth::Caller;
+use crate::api::types::{CanaryBody, CanarySetBody};
+use crate::api::ErrorResponses;
+use crate::command::{Audited, CanaryRule, Outcome, VersionSwitch};
+use crate::error::Error;
+
+/// How long a canary job waits for a canary worker when the request does
+/// not say.
+const DEFAULT_MAX_WAIT_MS: u64 = 5 * 60_000;
+
+fn body_of(queue: &str, rule: &CanaryRule) -> CanaryBody {
+    CanaryBody {
+        queue: queue.to_string(),
+        version: rule.version.clone(),
+        percent: rule.percent,
+        max_wait: crate::wire::config_duration(std::time::Duration::from_millis(rule.max_wait_ms)),
+    }
+}
+
+fn rule_of(s: &HttpState, queue: &str) -> Result<CanaryRule, Error> {
+    s.app
+        .driver
+        .stats()
+        .canaries
+        .get(queue)
+        .cloned()
+        .ok_or_else(|| {
+            Error::Refused(crate::command::Refusal::NoCanary {
+                queue: queue.to_string(),
+            })
+        })
+}
+
+/// The queue's canary rule.
+#[utoipa::path(get, path = "/api/v1/canary/{queue}", tag = "canary",
+    params(("queue" = String, Path)),
+    responses((status = 200, body = CanaryBody), ErrorResponses))]
+pub(super) async fn status(
+    State(s): State<HttpState>,
+    Path(queue): Path<String>,
+) -> Result<Json<CanaryBody>, Error> {
+    crate::job::validate_queue(&queue)?;
+    s.app.router.read_barrier().await?;
+    Ok(Json(body_of(&queue, &rule_of(&s, &queue)?)))
+}
+
+/// Sets the queue's canary rule, or changes its share.
+#[utoipa::path(post, path = "/api/v1/canary/{queue}", tag = "canary",
+    params(("queue" = String, Path)),
+    request_body = CanarySetBody,
+    responses((status = 200, body = CanaryBody), ErrorResponses))]
+pub(super) async fn set(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(queue): Path<String>,
+    b: Result<Json<CanarySetBody>, JsonRejection>,
+) -> Result<Json<CanaryBody>, Error> {
+    crate::job::validate_queue(&queue)?;
+    let b = body(b)?;
+    let current = s.app.driver.stats().canaries.get(&queue).cloned();
+    let version = match (b.version, &current) {
+        (Some(v), _) => v,
+        (None, Some(c)) => c.version.clone(),
+        (None, None) => {
+            return Err(Error::invalid(
+                "version",
+                "a new canary names its version (--version v4)",
+            ))
+        }
+    };
+    if version.is_empty() || version.len() > 128 {
+        return Err(Error::invalid(
+            "version",
+            "a version label is 1 to 128 bytes",
+        ));
+    }
+    let percent = b.percent.or(current.as_ref().map(|c| u32::from(c.percent)));
+    let percent = match percent {
+        Some(p) if p <= 100 => p as u8,
+        Some(p) => {
+            return Err(Error::invalid(
+                "percent",
+                format!("{p} is outside 0 to 100"),
+            ))
+        }
+        None => return Err(Error::invalid("percent", "give the share: --percent 10")),
+    };
+    let max_wait_ms = match b.max_wait {
+        Some(text) => crate::wire::parse_duration_ms(&text, crate::wire::MAX_DELAY)
+            .map_err(|e| Error::invalid("max_wait", format!("{text:?}: {e} (such as \"5m\")")))?,
+        None => current.map_or(DEFAULT_MAX_WAIT_MS, |c| c.max_wait_ms),
+    };
+    let rule = CanaryRule {
+        version,
+        percent,
+        max_wait_ms,
+    };
+    let target = format!("queue {queue}: {}% to {}", rule.percent, rule.version);
+    change(
+        &s,
+        &caller,
+        "canary.set",
+        target,
+        &queue,
+        Some(rule.clone()),
+    )
+    .await?;
+    tracing::info!(event = "canary_set", %queue, version = %rule.version, percent = rule.percent, who = %caller.name, "canary rule set");
+    Ok(Json(body_of(&queue, &rule)))
+}
+
+/// Ends the rule: the canary version takes jobs like any other.
+#[utoipa::path(post, path = "/api/v1/canary/{queue}/promote", tag = "canary",
+    params(("queue" = String, Path)),
+    responses((status = 200, body = CanaryBody), ErrorResponses))]
+pub(super) async fn promote(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(queue): Path<String>,
+) -> Result<Json<CanaryBody>, Error> {
+    crate::job::validate_queue(&queue)?;
+    let rule = rule_of(&s, &queue)?;
+    let target = format!("queue {queue}: {}", rule.version);
+    change(&s, &caller, "canary.promote", target, &queue, None).await?;
+    tracing::info!(event = "canary_promoted", %queue, version = %rule.version, who = %caller.name, "canary promoted: the rule ended");
+    Ok(Json(body_of(&queue, &rule)))
+}
+
+/// Ends the rule and switches the canary version off for the queue.
+#[utoipa::path(post, path = "/api/v1/canary/{queue}/abort", tag = "canary",
+    params(("queue" = String, Path)),
+    responses((status = 200, body = CanaryBody), ErrorResponses))]
+pub(super) async fn abort(
+    State(s): State<HttpState>,
+    Extension(caller): Extension<Caller>,
+    Path(queue): Path<String>,
+) -> Result<Json<CanaryBody>, Error> {
+    crate::job::validate_queue(&queue)?;
+    let rule = rule_of(&s, &queue)?;
+    // Switched off first: between the two, its jobs wait rather than go
+    // to the version being aborted.
+    let switch = VersionSwitch {
+        version: rule.version.clone(),
+        queue: Some(queue.clone()),
+        tenant: None,
+    };
+    let outcome = s
+        .app
+        .audited(
+            &caller,
+            "versions.disable",
+            switch.describe(),
+            Audited::SwitchVersion {
+                switch,
+                enabled: false,
+            },
+        )
+        .await?;
+    if let Outcome::Rejected(r) = outcome {
+        return Err(Error::Refused(r));
+    }
+    let target = format!("queue {queue}: {}", rule.version);
+    change(&s, &caller, "canary.abort", target, &queue, None).await?;
+    tracing::warn!(event = "canary_aborted", %queue, version = %rule.version, who = %caller.name, "canary aborted: the rule ended and its version is switched off for the queue");
+    Ok(Json(body_of(&queue, &rule)))
+}
+
+async fn change(
+    s: &HttpState,
+    caller: &Caller,
+    action: &str,
+    target: String,
+    queue: &str,
+    rule: Option<CanaryRule>,
+) -> Result<(), Error> {
+    let outcome = s
+        .app
+        .audited(
+            caller,
+            action,
+            target,
+            Audited::SetCanary {
+                queue: queue.to_string(),
+                rule,
+            },
+        )
+        .await?;
+    match outcome {
+        Outcome::Noop => Ok(()),
+        Outcome::Rejected(r) => Err(Error::Refused(r)),
+        other => Err(Error::Driver(format!("unexpected outcome {other:?}"))),
+    }
+}
