@@ -196,6 +196,18 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         "[queues.NAME] workers.expected, by queue (queues that set it).",
     ),
     (
+        "drover_canary_comparison",
+        Kind::Gauge,
+        Scope::Cluster,
+        "A canary against its control, by queue and metric: success_rate_delta (canary minus control), duration_ratio and cost_ratio (canary over control).",
+    ),
+    (
+        "drover_canary_verdict",
+        Kind::Gauge,
+        Scope::Cluster,
+        "The verdict of each canary metric, by queue and metric: 1 worse (significantly, past its threshold), 0 ok, -1 not enough data.",
+    ),
+    (
         "drover_queue_oldest_ready_seconds",
         Kind::Gauge,
         Scope::Cluster,
@@ -481,6 +493,7 @@ impl Metrics {
             }
         }
         self.render_queues(&scrape);
+        self.render_canaries(stats);
         self.render_workers(&scrape);
         // Why leases were taken back, per queue: every queue shows each
         // reason, 0 until it happens, so alerts have a series to watch.
@@ -574,6 +587,29 @@ impl Metrics {
             if let Some(p) = policy {
                 metrics::gauge!("drover_queue_expected_workers", "queue" => queue.clone())
                     .set(f64::from(p.expected));
+            }
+        }
+    }
+
+    /// Each canary queue's comparison and verdicts.
+    fn render_canaries(&self, stats: &MachineStats) {
+        for queue in stats.canaries.keys() {
+            let (canary, control) = stats.canary_arms.get(queue).cloned().unwrap_or_default();
+            for j in crate::machine::canary::compare(&canary, &control) {
+                let value = if j.value.is_finite() {
+                    j.value
+                } else {
+                    f64::MAX
+                };
+                metrics::gauge!("drover_canary_comparison", "queue" => queue.clone(), "metric" => j.metric)
+                    .set(value);
+                let verdict = match j.verdict {
+                    "worse" => 1.0,
+                    "ok" => 0.0,
+                    _ => -1.0,
+                };
+                metrics::gauge!("drover_canary_verdict", "queue" => queue.clone(), "metric" => j.metric)
+                    .set(verdict);
             }
         }
     }

@@ -87,6 +87,20 @@ shed = {{ 5 = 0.5 }}
     enqueue(&["--run", "r1", "--payload", "ok"]);
     enqueue(&["--run", "r1", "--payload", "ok2"]);
     enqueue(&["--payload", "fail"]);
+    // A canary rule, so its comparison is on the page.
+    drover_json(
+        &[
+            "canary",
+            "set",
+            "q",
+            "--version",
+            "v2",
+            "--percent",
+            "10",
+            "--json",
+        ],
+        server,
+    );
     // Shed: the queue's second priority-5 job is over half its max_depth.
     drover_json(&["enqueue", "--queue", "s", "--priority", "5"], server);
     let shed = drover_cli(&["enqueue", "--queue", "s", "--priority", "5"], server, "");

@@ -229,6 +229,33 @@ async fn a_canary_gets_only_its_share_and_abort_switches_it_off() {
         canary > 10 && canary < 80,
         "{canary} of 200 went to the canary"
     );
+    let status = drover_json(&["canary", "status", "q", "--json"], server);
+    let stats = &status["stats"];
+    assert_eq!(
+        stats["canary"]["jobs"].as_u64(),
+        Some(canary as u64),
+        "{status}"
+    );
+    assert_eq!(
+        stats["control"]["jobs"].as_u64(),
+        Some(200 - canary as u64),
+        "{status}"
+    );
+    assert_eq!(
+        stats["canary"]["success_rate"].as_f64(),
+        Some(1.0),
+        "{status}"
+    );
+    let verdicts: Vec<&str> = stats["comparison"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["verdict"].as_str().unwrap())
+        .collect();
+    // Both versions succeed and report no cost: not worse on either. (Run
+    // times are real measurements, and may differ.)
+    assert_eq!(verdicts.len(), 3, "{status}");
+    assert!(verdicts[0] != "worse" && verdicts[2] != "worse", "{status}");
     drover_json(
         &["canary", "abort", "q", "--reason", "fails", "--json"],
         server,

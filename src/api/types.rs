@@ -1038,7 +1038,7 @@ pub struct VersionsBody {
     pub unreachable: BTreeMap<String, String>,
 }
 
-/// A queue's canary rule.
+/// A queue's canary rule, and (from `status`) how the canary compares.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CanaryBody {
     pub queue: String,
@@ -1047,6 +1047,48 @@ pub struct CanaryBody {
     pub percent: u8,
     /// How long a canary job waits for a canary worker before others take it.
     pub max_wait: String,
+    /// Results since the rule was set or changed, as the node answering
+    /// counted them since it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<CanaryStatsBody>,
+}
+
+/// The canary's results against the control's (other versions').
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CanaryStatsBody {
+    pub canary: CanaryArmBody,
+    pub control: CanaryArmBody,
+    /// `success_rate_delta`, `duration_ratio`, `cost_ratio`, each with a
+    /// verdict: `ok`, `worse` or `not enough data`.
+    pub comparison: Vec<CanaryJudgedBody>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CanaryArmBody {
+    pub jobs: u64,
+    pub success_rate: f64,
+    pub mean_run_ms: f64,
+    pub p95_run_ms: u64,
+    pub mean_cost_usd: f64,
+}
+
+impl From<&crate::machine::canary::Arm> for CanaryArmBody {
+    fn from(a: &crate::machine::canary::Arm) -> CanaryArmBody {
+        CanaryArmBody {
+            jobs: a.jobs,
+            success_rate: a.success_rate(),
+            mean_run_ms: a.mean_ran_ms(),
+            p95_run_ms: a.p95_ran_ms(),
+            mean_cost_usd: a.mean_cost(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CanaryJudgedBody {
+    pub metric: String,
+    pub value: f64,
+    pub verdict: String,
 }
 
 /// Sets a canary rule, or changes one (absent fields keep their value).

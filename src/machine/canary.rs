@@ -57,10 +57,13 @@ impl Machine {
     pub(super) fn set_canary(&mut self, queue: &str, rule: Option<&CanaryRule>) -> Outcome {
         match rule {
             Some(r) => {
+                // A new version or share starts the comparison afresh.
+                self.canary_arms.remove(queue);
                 self.canaries.insert(queue.to_string(), r.clone());
                 self.put(canary_key(queue), encode(r));
             }
             None => {
+                self.canary_arms.remove(queue);
                 if self.canaries.remove(queue).is_none() {
                     return Outcome::Rejected(Refusal::NoCanary {
                         queue: queue.to_string(),
@@ -70,5 +73,219 @@ impl Machine {
             }
         }
         Outcome::Noop
+    }
+}
+
+/// What one side of a canary comparison did since the rule was set (or its
+/// share changed): counters, and run times in power-of-two buckets of
+/// milliseconds for a rank test. Small and fixed in size, so it is cheap to
+/// publish after every applied range.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub jobs: u64,
+    pub succeeded: u64,
+    pub ran_ms_sum: f64,
+    pub cost_sum: f64,
+    pub cost_sq_sum: f64,
+    /// Bucket b holds runs of [2^(b-1), 2^b) ms; bucket 0 holds 0 ms.
+    pub ran_buckets: Vec<u64>,
+}
+
+const BUCKETS: usize = 40;
+
+fn bucket(ms: u64) -> usize {
+    ((u64::BITS - ms.leading_zeros()) as usize).min(BUCKETS - 1)
+}
+
+impl Arm {
+    pub fn record(&mut self, ok: bool, ran_ms: u64, cost_micros: u64) {
+        if self.ran_buckets.len() != BUCKETS {
+            self.ran_buckets = vec![0; BUCKETS];
+        }
+        self.jobs += 1;
+        self.succeeded += u64::from(ok);
+        self.ran_ms_sum += ran_ms as f64;
+        let cost = cost_micros as f64 / 1e6;
+        self.cost_sum += cost;
+        self.cost_sq_sum += cost * cost;
+        self.ran_buckets[bucket(ran_ms)] += 1;
+    }
+
+    pub fn success_rate(&self) -> f64 {
+        self.succeeded as f64 / self.jobs.max(1) as f64
+    }
+
+    pub fn mean_ran_ms(&self) -> f64 {
+        self.ran_ms_sum / self.jobs.max(1) as f64
+    }
+
+    pub fn mean_cost(&self) -> f64 {
+        self.cost_sum / self.jobs.max(1) as f64
+    }
+
+    /// The run time 95% of jobs stayed under, to a power of two of ms.
+    pub fn p95_ran_ms(&self) -> u64 {
+        let want = (self.jobs as f64 * 0.95).ceil() as u64;
+        let mut seen = 0;
+        for (b, n) in self.ran_buckets.iter().enumerate() {
+            seen += n;
+            if seen >= want && want > 0 {
+                return if b == 0 { 0 } else { 1 << b };
+            }
+        }
+        0
+    }
+}
+
+/// The least samples per side before a verdict is given.
+pub const MIN_SAMPLES: u64 = 30;
+
+/// One metric of a canary comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judged {
+    /// `success_rate_delta` (canary minus control), `duration_ratio` or
+    /// `cost_ratio` (canary over control).
+    pub metric: &'static str,
+    pub value: f64,
+    /// `ok`, `worse` or `not enough data`.
+    pub verdict: &'static str,
+}
+
+/// z above which a one-sided test at 95% says the canary is worse.
+const Z_95: f64 = 1.645;
+
+/// The canary against the control: the success-rate delta by a
+/// two-proportion z-test (worse: more than 5 points below), the run time by
+/// a Mann-Whitney rank test on the buckets (worse: mean more than 10%
+/// above), the cost by Welch's t (worse: mean more than 20% above). Fewer
+/// than [`MIN_SAMPLES`] on either side say "not enough data".
+pub fn compare(canary: &Arm, control: &Arm) -> Vec<Judged> {
+    let enough = canary.jobs >= MIN_SAMPLES && control.jobs >= MIN_SAMPLES;
+    let judge = |metric, value: f64, worse: bool| Judged {
+        metric,
+        value,
+        verdict: match (enough, worse) {
+            (false, _) => "not enough data",
+            (true, true) => "worse",
+            (true, false) => "ok",
+        },
+    };
+    let (n1, n2) = (canary.jobs.max(1) as f64, control.jobs.max(1) as f64);
+    // Success rate.
+    let (p1, p2) = (canary.success_rate(), control.success_rate());
+    let pooled = (canary.succeeded + control.succeeded) as f64 / (n1 + n2);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
+    let z = if se > 0.0 { (p1 - p2) / se } else { 0.0 };
+    let success = judge("success_rate_delta", p1 - p2, p1 - p2 < -0.05 && z < -Z_95);
+    // Run time: U counts, for each canary run, the control runs shorter
+    // (ties count half).
+    let mut below = 0.0;
+    let mut u = 0.0;
+    let buckets = canary.ran_buckets.len().max(control.ran_buckets.len());
+    for b in 0..buckets {
+        let c1 = *canary.ran_buckets.get(b).unwrap_or(&0) as f64;
+        let c2 = *control.ran_buckets.get(b).unwrap_or(&0) as f64;
+        u += c1 * (below + c2 / 2.0);
+        below += c2;
+    }
+    let mean_u = n1 * n2 / 2.0;
+    let sd_u = (n1 * n2 * (n1 + n2 + 1.0) / 12.0).sqrt();
+    let z_ran = if sd_u > 0.0 { (u - mean_u) / sd_u } else { 0.0 };
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            a / b
+        } else if a > 0.0 {
+            f64::INFINITY
+        } else {
+            1.0
+        }
+    };
+    let duration_ratio = ratio(canary.mean_ran_ms(), control.mean_ran_ms());
+    let duration = judge(
+        "duration_ratio",
+        duration_ratio,
+        duration_ratio > 1.10 && z_ran > Z_95,
+    );
+    // Cost: Welch's t on the means.
+    let var = |a: &Arm, n: f64| {
+        let mean = a.mean_cost();
+        ((a.cost_sq_sum / n) - mean * mean).max(0.0) * n / (n - 1.0).max(1.0)
+    };
+    let se_cost = (var(canary, n1) / n1 + var(control, n2) / n2).sqrt();
+    let t = if se_cost > 0.0 {
+        (canary.mean_cost() - control.mean_cost()) / se_cost
+    } else {
+        0.0
+    };
+    let cost_ratio = ratio(canary.mean_cost(), control.mean_cost());
+    let cost = judge("cost_ratio", cost_ratio, cost_ratio > 1.2 && t > Z_95);
+    vec![success, duration, cost]
+}
+
+impl Machine {
+    /// A canary queue's result of a lease by a versioned worker: counted
+    /// for the canary or the control side.
+    pub(super) fn canary_observe(
+        &mut self,
+        job: &Job,
+        attempt: u32,
+        ok: bool,
+        ran_ms: u64,
+        cost: u64,
+    ) {
+        let Some(version) = self.lease_versions.remove(&(job.id, attempt)) else {
+            return;
+        };
+        let Some(rule) = self.canaries.get(&job.queue) else {
+            return;
+        };
+        let canary = version == rule.version;
+        let arms = self.canary_arms.entry(job.queue.clone()).or_default();
+        let arm = if canary { &mut arms.0 } else { &mut arms.1 };
+        arm.record(ok, ran_ms, cost);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arm(jobs: u64, failing: f64, ran_ms: u64) -> Arm {
+        let mut a = Arm::default();
+        for i in 0..jobs {
+            let ok = (i as f64) >= failing * jobs as f64;
+            a.record(ok, ran_ms + i % 7, 10_000);
+        }
+        a
+    }
+
+    #[test]
+    fn a_failing_canary_is_flagged_once_there_is_enough_data() {
+        let verdict = |c: &Arm, k: &Arm| compare(c, k)[0].verdict;
+        assert_eq!(
+            verdict(&arm(20, 0.3, 100), &arm(200, 0.0, 100)),
+            "not enough data"
+        );
+        assert_eq!(verdict(&arm(200, 0.3, 100), &arm(2000, 0.0, 100)), "worse");
+        assert_eq!(verdict(&arm(200, 0.01, 100), &arm(2000, 0.0, 100)), "ok");
+        let delta = compare(&arm(200, 0.3, 100), &arm(2000, 0.0, 100))[0].value;
+        assert!((delta + 0.3).abs() < 0.01, "{delta}");
+    }
+
+    #[test]
+    fn slower_and_dearer_canaries_are_flagged() {
+        let (slow, fast) = (arm(300, 0.0, 400), arm(300, 0.0, 100));
+        let j = compare(&slow, &fast);
+        assert_eq!((j[1].metric, j[1].verdict), ("duration_ratio", "worse"));
+        assert_eq!(compare(&fast, &slow)[1].verdict, "ok");
+        let mut dear = Arm::default();
+        let mut cheap = Arm::default();
+        for i in 0..100 {
+            dear.record(true, 10, 15_000 + i * 10);
+            cheap.record(true, 10, 10_000 + i * 10);
+        }
+        assert_eq!(compare(&dear, &cheap)[2].verdict, "worse");
+        assert_eq!(compare(&cheap, &dear)[2].verdict, "ok");
+        assert_eq!(arm(100, 0.0, 100).p95_ran_ms(), 128);
     }
 }

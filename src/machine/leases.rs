@@ -126,6 +126,12 @@ impl Machine {
                 self.breaker_leased(&job);
             }
             self.put_job(&job, &payload);
+            if let Some(v) = version {
+                if self.canaries.contains_key(&job.queue) {
+                    self.lease_versions
+                        .insert((job.id, job.attempts), v.to_string());
+                }
+            }
             self.totals.dispatched += 1;
             self.tally
                 .count(&job.queue, &job.job_type, tally::Counted::Dispatched);
@@ -233,6 +239,11 @@ impl Machine {
             self.breaker_succeeded(&job);
         }
         self.unplace(&job);
+        if !self.lease_versions.is_empty() {
+            let ran = now.saturating_sub(find::state_since(&job));
+            let cost = usage.map_or(0, |u| u.cost_micros);
+            self.canary_observe(&job, c.attempt, true, ran, cost);
+        }
         self.lease_ended(now, &mut job, usage)?;
         job.state = JobState::Succeeded;
         let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
@@ -275,6 +286,11 @@ impl Machine {
             Err(refusal) => return Ok(Err(refusal)),
         };
         self.unplace(&job);
+        if !self.lease_versions.is_empty() {
+            let ran = now.saturating_sub(find::state_since(&job));
+            let cost = usage.map_or(0, |u| u.cost_micros);
+            self.canary_observe(&job, f.attempt, false, ran, cost);
+        }
         self.lease_ended(now, &mut job, usage)?;
         let worker = job.lease.take().map(|l| l.worker).unwrap_or_default();
         job.last_error_class = f.error_class.clone();

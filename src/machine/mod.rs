@@ -157,6 +157,8 @@ pub struct MachineStats {
     pub version_switches: BTreeSet<crate::command::VersionSwitch>,
     /// Canary rules by queue.
     pub canaries: BTreeMap<String, crate::command::CanaryRule>,
+    /// Each canary queue's (canary, control) results.
+    pub canary_arms: BTreeMap<String, (canary::Arm, canary::Arm)>,
 }
 
 pub struct Machine {
@@ -210,6 +212,12 @@ pub struct Machine {
     switches: BTreeSet<crate::command::VersionSwitch>,
     /// Canary rules by queue (`N`).
     canaries: BTreeMap<String, crate::command::CanaryRule>,
+    /// The version each lease of a canary queue went to, until it ends
+    /// (memory only: a lease in flight across a restart is not counted).
+    lease_versions: HashMap<(JobId, u32), String>,
+    /// Each canary queue's (canary, control) results since its rule was
+    /// set or changed (memory only, like the other counters).
+    canary_arms: BTreeMap<String, (canary::Arm, canary::Arm)>,
     /// Writes of the entries applied since the last commit; reads look here
     /// first so later entries of a range see earlier ones.
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -295,6 +303,8 @@ impl Machine {
             tally: tally::Tally::default(),
             switches: BTreeSet::new(),
             canaries: BTreeMap::new(),
+            lease_versions: HashMap::new(),
+            canary_arms: BTreeMap::new(),
             staged: BTreeMap::new(),
             capture: None,
             finished_bytes,
@@ -391,6 +401,7 @@ impl Machine {
         fresh.sla_missed = std::mem::take(&mut self.sla_missed);
         fresh.requeued = std::mem::take(&mut self.requeued);
         fresh.tally = std::mem::take(&mut self.tally);
+        fresh.canary_arms = std::mem::take(&mut self.canary_arms);
         // A snapshot may carry other policies, set at its index.
         fresh.policies_index = fresh.meta.applied_index;
         fresh.shared = self.shared.clone();
@@ -487,6 +498,7 @@ impl Machine {
             flow: self.tally.flows(),
             version_switches: self.switches.clone(),
             canaries: self.canaries.clone(),
+            canary_arms: self.canary_arms.clone(),
             oldest_ready: self
                 .queues
                 .iter()

@@ -490,6 +490,9 @@ impl Machine {
         let usage = usage.unwrap_or(&empty);
         job.lease_ms = job.lease_ms.saturating_add(held_ms);
         self.tally.lease_ended(now, &job.queue, held_ms);
+        if !self.lease_versions.is_empty() {
+            self.lease_versions.remove(&(job.id, job.attempts));
+        }
         job.cost_micros = job.cost_micros.saturating_add(usage.cost_micros);
         for (name, n) in &usage.named {
             let sum = job.usage.entry(name.clone()).or_default();

@@ -23,6 +23,7 @@ fn body_of(queue: &str, rule: &CanaryRule) -> CanaryBody {
         version: rule.version.clone(),
         percent: rule.percent,
         max_wait: crate::wire::config_duration(std::time::Duration::from_millis(rule.max_wait_ms)),
+        stats: None,
     }
 }
 
@@ -50,7 +51,28 @@ pub(super) async fn status(
 ) -> Result<Json<CanaryBody>, Error> {
     crate::job::validate_queue(&queue)?;
     s.app.router.read_barrier().await?;
-    Ok(Json(body_of(&queue, &rule_of(&s, &queue)?)))
+    let mut body = body_of(&queue, &rule_of(&s, &queue)?);
+    let (canary, control) = s
+        .app
+        .driver
+        .stats()
+        .canary_arms
+        .get(&queue)
+        .cloned()
+        .unwrap_or_default();
+    body.stats = Some(crate::api::types::CanaryStatsBody {
+        canary: (&canary).into(),
+        control: (&control).into(),
+        comparison: crate::machine::canary::compare(&canary, &control)
+            .into_iter()
+            .map(|j| crate::api::types::CanaryJudgedBody {
+                metric: j.metric.into(),
+                value: j.value,
+                verdict: j.verdict.into(),
+            })
+            .collect(),
+    });
+    Ok(Json(body))
 }
 
 /// Sets the queue's canary rule, or changes its share.

@@ -107,4 +107,20 @@ fn print(c: &CanaryBody) {
         "queue {}: {}% of its jobs go only to version {}, the rest only to others; a canary job waits up to {} for a canary worker",
         c.queue, c.percent, c.version, c.max_wait
     );
+    let Some(s) = &c.stats else { return };
+    let mut t = crate::target::table(&["", "JOBS", "SUCCESS", "MEAN RUN", "P95 RUN", "MEAN COST"]);
+    for (name, a) in [("canary", &s.canary), ("control", &s.control)] {
+        t.add_row(vec![
+            name.to_string(),
+            a.jobs.to_string(),
+            format!("{:.1}%", a.success_rate * 100.0),
+            format!("{:.0} ms", a.mean_run_ms),
+            format!("<{} ms", a.p95_run_ms),
+            format!("${:.4}", a.mean_cost_usd),
+        ]);
+    }
+    println!("{t}");
+    for j in &s.comparison {
+        println!("{:<20} {:>8.3}  {}", j.metric, j.value, j.verdict);
+    }
 }
