@@ -223,6 +223,29 @@ pub enum Command {
         queue: String,
         rule: Option<CanaryRule>,
     },
+    /// Sets the faults injected into a queue's leases and results, or ends
+    /// them (None); `queue` None with `rule` None ends every queue's (sent
+    /// audited). Format 2.
+    SetChaos {
+        queue: Option<String>,
+        rule: Option<ChaosRule>,
+    },
+}
+
+/// Faults the nodes that allow chaos inject into a queue's worker streams.
+/// They never touch the log: a dropped or revoked lease expires and its job
+/// runs again; a failed result is a failure like any other.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChaosRule {
+    /// Share of lease grants not sent to the worker (0 to 1).
+    pub drop_leases: f64,
+    /// Lease grants sent this much later.
+    pub delay_ms: u64,
+    /// Share of leases taken back (Cancel) right after they are sent.
+    pub revoke: f64,
+    /// Share of completions turned into failures of `fail_class`.
+    pub fail: f64,
+    pub fail_class: String,
 }
 
 /// A queue's canary: `percent` of its jobs (chosen from the job id) go
@@ -368,6 +391,11 @@ pub enum Audited {
         queue: String,
         rule: Option<CanaryRule>,
     },
+    /// Format 2.
+    SetChaos {
+        queue: Option<String>,
+        rule: Option<ChaosRule>,
+    },
 }
 
 /// What a control applies to.
@@ -458,6 +486,10 @@ impl Audited {
                 queue: queue.clone(),
                 rule: rule.clone(),
             },
+            Audited::SetChaos { queue, rule } => Command::SetChaos {
+                queue: queue.clone(),
+                rule: rule.clone(),
+            },
         }
     }
 }
@@ -529,17 +561,24 @@ impl Command {
             Command::LeaseAs { .. } => "lease",
             Command::SwitchVersion { .. } => "switch_version",
             Command::SetCanary { .. } => "set_canary",
+            Command::SetChaos { .. } => "set_chaos",
         }
     }
 
     /// The oldest log entry format that can carry it.
     pub fn min_format(&self) -> u8 {
         match self {
-            Command::LeaseAs { .. } | Command::SwitchVersion { .. } | Command::SetCanary { .. } => {
-                2
-            }
+            Command::LeaseAs { .. }
+            | Command::SwitchVersion { .. }
+            | Command::SetCanary { .. }
+            | Command::SetChaos { .. } => 2,
             Command::Audit {
-                command: Some(Audited::SwitchVersion { .. } | Audited::SetCanary { .. }),
+                command:
+                    Some(
+                        Audited::SwitchVersion { .. }
+                        | Audited::SetCanary { .. }
+                        | Audited::SetChaos { .. },
+                    ),
                 ..
             } => 2,
             _ => 1,
@@ -603,7 +642,8 @@ impl Command {
             | Command::SetTenantBudgets { .. }
             | Command::CancelRun { .. }
             | Command::SwitchVersion { .. }
-            | Command::SetCanary { .. } => RECORD,
+            | Command::SetCanary { .. }
+            | Command::SetChaos { .. } => RECORD,
             Command::Lease { .. }
             | Command::LeaseAs { .. }
             | Command::Cancel { .. }

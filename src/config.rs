@@ -84,12 +84,23 @@ pub struct Config {
     pub budgets: BudgetsConfig,
     /// `[backup]`: scheduled backups.
     pub backup: Backup,
+    /// `[chaos]`: fault injection, off unless `allowed = true`.
+    pub chaos: ChaosConfig,
     /// The newest log entry format this node applies and writes: this
     /// build's [`crate::command::ENTRY_VERSION`]. Not a config key:
     /// `drover serve --entry-version` sets it, to simulate a newer build in
     /// upgrade tests.
     #[serde(skip)]
     pub entry_version: u8,
+}
+
+/// `[chaos]`: whether this node injects the faults `drover chaos set` asks
+/// for. Off by default; a node without it neither accepts chaos rules nor
+/// applies them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChaosConfig {
+    pub allowed: bool,
 }
 
 /// `[backup]`: every `every`, the leader writes a backup into `dir` and
@@ -449,6 +460,7 @@ impl Default for Config {
             retry: BTreeMap::new(),
             budgets: BudgetsConfig::default(),
             backup: Backup::default(),
+            chaos: ChaosConfig::default(),
             entry_version: crate::command::ENTRY_VERSION,
         }
     }

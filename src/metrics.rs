@@ -196,6 +196,12 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         "[queues.NAME] workers.expected, by queue (queues that set it).",
     ),
     (
+        "drover_chaos_injected_total",
+        Kind::Counter,
+        Scope::Node,
+        "Faults this node injected into worker streams (drover chaos), by queue and kind (drop, delay, revoke, fail).",
+    ),
+    (
         "drover_canary_comparison",
         Kind::Gauge,
         Scope::Cluster,

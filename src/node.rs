@@ -82,6 +82,7 @@ impl Node {
         let grace = config.shutdown_grace;
         let router = Router::new(&config, handle.clone());
         let app = App {
+            chaos: Default::default(),
             router,
             driver: handle,
             config: Arc::new(config),

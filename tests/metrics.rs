@@ -59,6 +59,8 @@ snapshot_every = 20
 [backup]
 every = "1s"
 dir = {:?}
+[chaos]
+allowed = true
 [budgets]
 attempts = 1
 [retry.t]
@@ -87,6 +89,8 @@ shed = {{ 5 = 0.5 }}
     enqueue(&["--run", "r1", "--payload", "ok"]);
     enqueue(&["--run", "r1", "--payload", "ok2"]);
     enqueue(&["--payload", "fail"]);
+    // A little chaos (a 1 ms delay), so its counter is on the page.
+    drover_json(&["chaos", "set", "q", "--delay", "1ms", "--json"], server);
     // A canary rule, so its comparison is on the page.
     drover_json(
         &[

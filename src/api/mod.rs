@@ -32,12 +32,38 @@ use crate::workers::WorkerRegistry;
 /// state of connected workers, and the shutdown signal.
 #[derive(Clone)]
 pub struct App {
+    /// Faults this node injected, by queue and kind (`GET /api/v1/chaos`).
+    pub chaos: ChaosCounts,
     pub driver: DriverHandle,
     /// Where commands go: proposed here, or forwarded to the leader.
     pub router: Router,
     pub config: Arc<Config>,
     pub workers: WorkerRegistry,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// Faults a node injected into its worker streams, by (queue, kind), since
+/// it started.
+#[derive(Clone, Default)]
+pub struct ChaosCounts(
+    Arc<std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>>,
+);
+
+impl ChaosCounts {
+    pub fn count(&self, queue: &str, kind: &'static str) {
+        metrics::counter!("drover_chaos_injected_total", "queue" => queue.to_string(), "kind" => kind)
+            .increment(1);
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((queue.to_string(), kind))
+            .or_default() += 1;
+    }
+
+    pub fn snapshot(&self) -> std::collections::BTreeMap<(String, &'static str), u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// A job as read back, with its payload and result.

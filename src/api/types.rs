@@ -1104,6 +1104,53 @@ pub struct CanarySetBody {
     pub max_wait: Option<String>,
 }
 
+/// Faults injected into a queue (shares are 0 to 1).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChaosRuleBody {
+    /// Share of lease grants not sent to the worker (they expire and run
+    /// again).
+    pub drop_leases: f64,
+    /// Lease grants sent this much later (at most 60000).
+    pub delay_ms: u64,
+    /// Share of leases taken back right after they are sent.
+    pub revoke: f64,
+    /// Share of completions turned into failures of `fail_class`.
+    pub fail: f64,
+    pub fail_class: String,
+}
+
+impl From<&crate::command::ChaosRule> for ChaosRuleBody {
+    fn from(r: &crate::command::ChaosRule) -> ChaosRuleBody {
+        ChaosRuleBody {
+            drop_leases: r.drop_leases,
+            delay_ms: r.delay_ms,
+            revoke: r.revoke,
+            fail: r.fail,
+            fail_class: r.fail_class.clone(),
+        }
+    }
+}
+
+/// A fault this node injected, and how often.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChaosInjectedBody {
+    pub queue: String,
+    /// drop, delay, revoke or fail.
+    pub kind: String,
+    pub count: u64,
+}
+
+/// What is injected, and what this node did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChaosBody {
+    /// Whether this node allows chaos (`[chaos] allowed`).
+    pub allowed: bool,
+    pub rules: BTreeMap<String, ChaosRuleBody>,
+    /// Faults this node injected since it started.
+    pub injected: Vec<ChaosInjectedBody>,
+}
+
 /// The caller, as its token says.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WhoAmIBody {

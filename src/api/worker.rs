@@ -112,6 +112,7 @@ impl WorkerService for Worker {
             quarantine_seen: false,
             reclaim: true,
             tx,
+            chaos_queues: Default::default(),
         };
         tokio::spawn(session.run(inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -231,6 +232,14 @@ struct Session {
     /// their leases.
     reclaim: bool,
     tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    /// The queue of each lease sent while chaos rules are set, for faults
+    /// injected into its result.
+    chaos_queues: std::collections::HashMap<(JobId, u32), String>,
+}
+
+/// True with probability `p`.
+fn chance(p: f64) -> bool {
+    p > 0.0 && (getrandom::u64().unwrap_or(u64::MAX) as f64 / u64::MAX as f64) < p
 }
 
 fn has_ready(stats: &MachineStats, queues: &[String]) -> bool {
@@ -518,6 +527,29 @@ impl Session {
         );
     }
 
+    /// The chaos rules in force, when this node allows chaos.
+    fn chaos(&self) -> std::collections::BTreeMap<String, crate::command::ChaosRule> {
+        if !self.app.config.chaos.allowed {
+            return Default::default();
+        }
+        self.app.driver.stats().chaos.clone()
+    }
+
+    /// Whether chaos fails this completion, and with what error class.
+    fn chaos_fail(&mut self, job_id: JobId, attempt: u32) -> Option<String> {
+        let queue = self.chaos_queues.remove(&(job_id, attempt))?;
+        let rule = self.chaos().get(&queue).cloned()?;
+        if !chance(rule.fail) {
+            return None;
+        }
+        self.app.chaos.count(&queue, "fail");
+        Some(if rule.fail_class.is_empty() {
+            "chaos".into()
+        } else {
+            rule.fail_class
+        })
+    }
+
     async fn send_shutdown(&self, reason: &str, reconnect: bool) {
         let _ = self
             .tx
@@ -583,7 +615,17 @@ impl Session {
                         self.came_back(c.job_id, c.attempt);
                         self.mark_finished(c.job_id, c.attempt);
                         let usage = self.usage(c.job_id, c.cost_usd, c.usage);
-                        if c.result.len() > max_result {
+                        if let Some(class) = self.chaos_fail(c.job_id, c.attempt) {
+                            failures.push((
+                                Failure {
+                                    job_id: c.job_id,
+                                    attempt: c.attempt,
+                                    error_class: class,
+                                    message: "chaos: a completion turned into a failure".into(),
+                                },
+                                usage,
+                            ));
+                        } else if c.result.len() > max_result {
                             // Refusing the completion would leave the job
                             // leased until expiry; failing it says why at once.
                             failures.push((
@@ -740,23 +782,65 @@ impl Session {
                 if jobs.is_empty() {
                     return true;
                 }
+                let chaos = self.chaos();
                 let mut leased = Vec::with_capacity(jobs.len());
+                let (mut revoke, mut delay_ms) = (Vec::new(), 0);
                 for leased_job in jobs {
                     let job = convert::leased_job(leased_job);
                     let lease = (job.job_id, job.attempt);
                     // A reclaim names leases this session already sent or
                     // has seen finish.
-                    if self.finished.contains(&lease) || !self.in_flight.insert(lease) {
+                    if self.finished.contains(&lease) || self.in_flight.contains(&lease) {
                         continue;
                     }
+                    if let Some(rule) = chaos.get(&job.queue) {
+                        // Chaos: the lease stays in the log and expires, so
+                        // its job runs again; nothing acknowledged is lost.
+                        if chance(rule.drop_leases) {
+                            self.app.chaos.count(&job.queue, "drop");
+                            continue;
+                        }
+                        if chance(rule.revoke) {
+                            self.app.chaos.count(&job.queue, "revoke");
+                            revoke.push(pb::Cancel {
+                                job_id: job.job_id,
+                                attempt: job.attempt,
+                                reason: "chaos: lease revoked early".into(),
+                            });
+                        }
+                        if rule.delay_ms > 0 {
+                            self.app.chaos.count(&job.queue, "delay");
+                            delay_ms = delay_ms.max(rule.delay_ms);
+                        }
+                        self.chaos_queues.insert(lease, job.queue.clone());
+                    }
+                    self.in_flight.insert(lease);
                     self.sent_at.insert(lease, Instant::now());
                     leased.push(job);
+                }
+                for c in &revoke {
+                    self.in_flight.remove(&(c.job_id, c.attempt));
                 }
                 if leased.is_empty() {
                     return true;
                 }
                 self.sync_entry();
-                pb::server_message::Msg::Leases(pb::Leases { jobs: leased })
+                let msg = pb::server_message::Msg::Leases(pb::Leases { jobs: leased });
+                if delay_ms > 0 || !revoke.is_empty() {
+                    // Sent apart from the session, so a delay holds up no
+                    // other message.
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                        let _ = tx.send(Ok(pb::ServerMessage { msg: Some(msg) })).await;
+                        for c in revoke {
+                            let m = pb::server_message::Msg::Cancel(c);
+                            let _ = tx.send(Ok(pb::ServerMessage { msg: Some(m) })).await;
+                        }
+                    });
+                    return true;
+                }
+                msg
             }
             Event::Leased(reclaiming, result) => {
                 if let Err(e) = result {

@@ -159,6 +159,8 @@ pub struct MachineStats {
     pub canaries: BTreeMap<String, crate::command::CanaryRule>,
     /// Each canary queue's (canary, control) results.
     pub canary_arms: BTreeMap<String, (canary::Arm, canary::Arm)>,
+    /// Faults to inject, by queue.
+    pub chaos: BTreeMap<String, crate::command::ChaosRule>,
 }
 
 pub struct Machine {
@@ -218,6 +220,8 @@ pub struct Machine {
     /// Each canary queue's (canary, control) results since its rule was
     /// set or changed (memory only, like the other counters).
     canary_arms: BTreeMap<String, (canary::Arm, canary::Arm)>,
+    /// Faults injected by queue (`c`).
+    chaos: BTreeMap<String, crate::command::ChaosRule>,
     /// Writes of the entries applied since the last commit; reads look here
     /// first so later entries of a range see earlier ones.
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -305,6 +309,7 @@ impl Machine {
             canaries: BTreeMap::new(),
             lease_versions: HashMap::new(),
             canary_arms: BTreeMap::new(),
+            chaos: BTreeMap::new(),
             staged: BTreeMap::new(),
             capture: None,
             finished_bytes,
@@ -320,6 +325,7 @@ impl Machine {
         machine.load_quarantined()?;
         machine.load_version_switches()?;
         machine.load_canaries()?;
+        machine.load_chaos()?;
         machine.load_runs()?;
         machine.load_dependents()?;
         for item in machine.tree.scan_prefix([JOB]) {
@@ -499,6 +505,7 @@ impl Machine {
             version_switches: self.switches.clone(),
             canaries: self.canaries.clone(),
             canary_arms: self.canary_arms.clone(),
+            chaos: self.chaos.clone(),
             oldest_ready: self
                 .queues
                 .iter()
@@ -554,6 +561,7 @@ impl Machine {
             } => Outcome::Leased(self.lease(now, worker, Some(version), queues, *max)?),
             Command::SwitchVersion { switch, enabled } => self.switch_version(switch, *enabled),
             Command::SetCanary { queue, rule } => self.set_canary(queue, rule.as_ref()),
+            Command::SetChaos { queue, rule } => self.set_chaos(queue.as_deref(), rule.as_ref()),
             Command::Heartbeat { leases, .. } => Outcome::Acks(
                 leases
                     .iter()
@@ -707,6 +715,7 @@ pub mod audit;
 pub mod breaker;
 pub mod canary;
 pub mod capture;
+mod chaos;
 mod controls;
 mod dead;
 mod dependencies;

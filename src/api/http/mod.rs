@@ -7,6 +7,7 @@
 
 mod breakers;
 mod canary;
+mod chaos;
 mod cluster;
 mod dead;
 mod jobs;
@@ -317,6 +318,14 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             post(workers::release),
         ),
         route(Method::GET, "/api/v1/versions", Read, get(versions::list)),
+        route(Method::GET, "/api/v1/chaos", Read, get(chaos::list)),
+        route(Method::POST, "/api/v1/chaos/off", Operate, post(chaos::off)),
+        route(
+            Method::POST,
+            "/api/v1/chaos/{queue}",
+            Admin,
+            post(chaos::set),
+        ),
         route(
             Method::GET,
             "/api/v1/canary/{queue}",

@@ -6,6 +6,7 @@ mod admin;
 mod audit;
 mod breakers;
 mod canary;
+mod chaos;
 mod cluster;
 mod dead;
 mod jobs;
@@ -104,6 +105,11 @@ enum Cmd {
         #[command(subcommand)]
         command: workers::WorkersCmd,
     },
+    /// Fault injection, to prove a fleet recovers (needs [chaos] allowed).
+    Chaos {
+        #[command(subcommand)]
+        command: chaos::ChaosCmd,
+    },
     /// Canary rules: a share of a queue's jobs for one worker version.
     Canary {
         #[command(subcommand)]
@@ -190,6 +196,7 @@ fn run() -> Result<()> {
             Cmd::Workers { command } => workers::run(command).await,
             Cmd::Versions { command } => versions::run(command).await,
             Cmd::Canary { command } => canary::run(command).await,
+            Cmd::Chaos { command } => chaos::run(command).await,
             Cmd::Policies { command } => policies::run(command).await,
             Cmd::Bench(a) => {
                 serve::init_tracing("text", "warn");

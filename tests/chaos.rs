@@ -1,0 +1,166 @@
+//! Chaos on a real node: dropping a fifth of a queue's lease grants loses
+//! no job (each dropped lease expires and its job runs again, counted as a
+//! requeue), failed completions fail with the chosen class, `chaos off`
+//! ends it at once, and a node that does not allow chaos refuses it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn enqueue(server: &str, queue: &str, n: usize) -> Vec<u64> {
+    let v = drover_json(
+        &[
+            "enqueue",
+            "--queue",
+            queue,
+            "--count",
+            &n.to_string(),
+            "--json",
+        ],
+        server,
+    );
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect()
+}
+
+async fn count_state(node: &TestNode, queue: &str, state: &str) -> u64 {
+    let v = get_json(&format!("{}/api/v1/stats", node.http)).await.1;
+    let q = &v["queues"][queue];
+    match state {
+        "ready" => q["ready"]
+            .as_array()
+            .map_or(0, |r| r.iter().filter_map(|n| n.as_u64()).sum()),
+        s => q[s].as_u64().unwrap_or(0),
+    }
+}
+
+#[tokio::test]
+async fn dropped_leases_lose_no_job_and_chaos_off_ends_it() {
+    let node = TestNode::start(
+        "[jobs]\nheartbeat_timeout = \"1s\"\nmax_retries = 0\n[chaos]\nallowed = true\n",
+    );
+    let server = node.grpc.as_str();
+    for (args, says) in [
+        (
+            vec!["chaos", "set", "q", "--drop", "1.5"],
+            "not a share in 0 to 1",
+        ),
+        (vec!["chaos", "set", "bad queue!", "--drop", "0.1"], "queue"),
+    ] {
+        let out = drover_cli(&args, server, "");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    drover_json(&["chaos", "set", "q", "--drop", "0.2", "--json"], server);
+    enqueue(server, "q", 2000);
+    let _worker = exec_worker_with(server, "q", "w", "true", &["--concurrency", "32"]);
+    wait_for("all 2,000 jobs done", Duration::from_secs(120), || async {
+        let done = count_state(&node, "q", "succeeded").await;
+        if done == 2000 {
+            Ok(())
+        } else {
+            Err(format!("{done} succeeded"))
+        }
+    })
+    .await;
+    let list = drover_json(&["chaos", "list", "--json"], server);
+    let dropped = list["injected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "drop")
+        .and_then(|i| i["count"].as_u64())
+        .unwrap_or(0);
+    assert!(dropped > 100, "about a fifth of the grants dropped: {list}");
+    let metrics = metrics_text(&node).await;
+    let requeued: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"drover_jobs_requeued_total{queue="q",reason="expired"} "#))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        requeued >= dropped as f64,
+        "{requeued} requeued for {dropped} dropped"
+    );
+
+    // Failed completions carry the chosen class; off ends it at once.
+    drover_json(
+        &[
+            "chaos",
+            "set",
+            "f",
+            "--fail",
+            "1",
+            "--fail-class",
+            "injected",
+            "--json",
+        ],
+        server,
+    );
+    let _fw = exec_worker_with(server, "f", "wf", "true", &[]);
+    let failed = enqueue(server, "f", 3);
+    for id in failed {
+        wait_for(
+            &format!("job {id} dead"),
+            Duration::from_secs(20),
+            || async {
+                let (_, v) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
+                if v["state"] == "dead" && v["last_error_class"] == "injected" {
+                    Ok(())
+                } else {
+                    Err(v.to_string())
+                }
+            },
+        )
+        .await;
+    }
+    let off = drover_json(&["chaos", "off", "--json"], server);
+    assert_eq!(off["rules"], serde_json::json!({}), "{off}");
+    let after = enqueue(server, "f", 3);
+    for id in after {
+        wait_for(
+            &format!("job {id} succeeded"),
+            Duration::from_secs(20),
+            || async {
+                match job_state(&node, id).await.as_str() {
+                    "succeeded" => Ok(()),
+                    s => Err(s.to_string()),
+                }
+            },
+        )
+        .await;
+    }
+    let audit = get_json(&format!("{}/api/v1/audit", node.http))
+        .await
+        .1
+        .to_string();
+    assert!(
+        audit.contains("chaos.set") && audit.contains("chaos.off"),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_allow_chaos_refuses_it() {
+    let node = TestNode::start("");
+    let out = drover_cli(&["chaos", "set", "q", "--drop", "0.5"], &node.grpc, "");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("[chaos] allowed = true"),
+        "{err}"
+    );
+    let list = drover_json(&["chaos", "list", "--json"], &node.grpc);
+    assert_eq!(
+        (list["allowed"].as_bool(), &list["rules"]),
+        (Some(false), &serde_json::json!({}))
+    );
+}
