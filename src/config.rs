@@ -389,6 +389,26 @@ pub struct QueueConfig {
     /// the DroverWorkersBelowExpected alert fires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<crate::pools::WorkerPool>,
+    /// `[queues.NAME.canary] version = "v4", percent = 10, max_wait = "5m"`:
+    /// that share of the queue's jobs only to workers of the version
+    /// (`drover canary set` changes it at run time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryConfig>,
+}
+
+/// `[queues.NAME.canary]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    pub version: String,
+    pub percent: u8,
+    /// Default 5m.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_wait: Option<Duration>,
 }
 
 /// `[queues.NAME.breaker]`.
@@ -1036,6 +1056,11 @@ impl Config {
                         quarantine_min_jobs: q.quarantine_min_jobs,
                         quarantine_for_ms: q.quarantine_for.map(ms),
                         workers: q.workers,
+                        canary: q.canary.as_ref().map(|c| crate::command::CanaryRule {
+                            version: c.version.clone(),
+                            percent: c.percent.min(100),
+                            max_wait_ms: c.max_wait.map_or(crate::policies::CANARY_MAX_WAIT_MS, ms),
+                        }),
                         breaker: q.breaker.as_ref().map(|b| crate::policies::QueueBreaker {
                             enabled: b.enabled,
                             threshold: b.threshold,
@@ -1178,6 +1203,14 @@ impl Config {
                     "queues",
                     format!("[queues.{name:?}] quarantine_window, quarantine_for and quarantine_min_jobs must be more than 0"),
                 ));
+            }
+            if let Some(c) = &q.canary {
+                if c.percent > 100 || c.version.is_empty() || c.version.len() > 128 {
+                    return Err(invalid(
+                        "queues",
+                        format!("[queues.{name:?}.canary] needs a version of 1 to 128 bytes and a percent of 0 to 100, such as version = \"v4\", percent = 10"),
+                    ));
+                }
             }
             if let Some(problem) = q.workers.and_then(|w| w.problem()) {
                 return Err(invalid(

@@ -340,7 +340,13 @@ pub struct QueuePolicy {
     /// The workers the queue wants (see [`crate::pools`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<crate::pools::WorkerPool>,
+    /// `[queues.NAME.canary]`; a rule set at run time goes first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<crate::command::CanaryRule>,
 }
+
+/// How long a canary job waits for a canary worker when no rule says.
+pub const CANARY_MAX_WAIT_MS: u64 = 5 * 60_000;
 
 /// When a worker is quarantined, defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -558,6 +564,8 @@ impl Policies {
             workers: named
                 .and_then(|q| q.workers)
                 .or_else(|| defaults.and_then(|q| q.workers)),
+            // Per queue only: a canary of every queue is not a canary.
+            canary: named.and_then(|q| q.canary.clone()),
             breaker: named
                 .and_then(|q| q.breaker.clone())
                 .or_else(|| defaults.and_then(|q| q.breaker.clone())),

@@ -51,6 +51,10 @@ fn a_bad_config_names_what_is_wrong() {
             "min <= expected <= max",
         ),
         ("[queues.q]\nworkers = { most = 3 }\n", "most"),
+        (
+            "[queues.q.canary]\nversion = \"v4\"\npercent = 150\n",
+            "canary",
+        ),
         ("[backup]\nkeep = 0\n", "keep"),
         ("[backup]\nevery = \"soon\"\n", "every"),
     ] {

@@ -277,3 +277,48 @@ async fn a_canary_gets_only_its_share_and_abort_switches_it_off() {
         assert_eq!(leased_by(&job), vec!["w3"], "{job}");
     }
 }
+
+#[tokio::test]
+async fn a_canary_of_the_config_file_ends_only_there() {
+    let node =
+        TestNode::start("[queues.c.canary]\nversion = \"v4\"\npercent = 100\nmax_wait = \"1h\"\n");
+    let server = node.grpc.as_str();
+    let _v3 = exec_worker_with(server, "c", "w3", "echo v3", &["--worker-version", "v3"]);
+    let _v4 = exec_worker_with(server, "c", "w4", "echo v4", &["--worker-version", "v4"]);
+    let status = wait_for(
+        "the config's rule in force",
+        Duration::from_secs(20),
+        || async {
+            let out = drover_cli(&["canary", "status", "c", "--json"], server, "");
+            if out.status.success() {
+                Ok(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        (status["version"].as_str(), status["percent"].as_u64()),
+        (Some("v4"), Some(100))
+    );
+    let v = drover_json(
+        &["enqueue", "--queue", "c", "--count", "10", "--json"],
+        server,
+    );
+    let ids: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect();
+    for job in all_done(&node, &ids).await {
+        assert_eq!(leased_by(&job), vec!["w4"], "{job}");
+    }
+    let out = drover_cli(&["canary", "promote", "c", "--reason", "x"], server, "");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("set in the config"),
+        "{err}"
+    );
+}

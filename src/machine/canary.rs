@@ -44,6 +44,29 @@ fn canary_key(queue: &str) -> Vec<u8> {
 }
 
 impl Machine {
+    /// The queue's canary rule in force: one set at run time, else its
+    /// policy's (`[queues.NAME.canary]`).
+    pub(super) fn canary_rule(&self, queue: &str) -> Option<&CanaryRule> {
+        self.canaries.get(queue).or_else(|| {
+            self.policies
+                .queues
+                .get(queue)
+                .and_then(|p| p.canary.as_ref())
+        })
+    }
+
+    /// Every queue's rule in force.
+    pub(super) fn canary_rules(&self) -> BTreeMap<String, CanaryRule> {
+        let mut out: BTreeMap<String, CanaryRule> = self
+            .policies
+            .queues
+            .iter()
+            .filter_map(|(q, p)| Some((q.clone(), p.canary.clone()?)))
+            .collect();
+        out.extend(self.canaries.iter().map(|(q, r)| (q.clone(), r.clone())));
+        out
+    }
+
     pub(super) fn load_canaries(&mut self) -> Result<(), MachineError> {
         for item in self.tree.scan_prefix([CANARY]) {
             let (k, v) = item?;
@@ -236,7 +259,7 @@ impl Machine {
         let Some(version) = self.lease_versions.remove(&(job.id, attempt)) else {
             return;
         };
-        let Some(rule) = self.canaries.get(&job.queue) else {
+        let Some(rule) = self.canary_rule(&job.queue) else {
             return;
         };
         let canary = version == rule.version;

@@ -62,7 +62,7 @@ impl Machine {
                 .filter(|(q, _)| self.below_concurrency_limit(q))
                 .filter_map(|(q, policy)| {
                     let qi = self.queues.get(*q)?;
-                    let canary = self.canaries.get(q.as_str());
+                    let canary = self.canary_rule(q);
                     let admits = |id: JobId, since: u64| {
                         canary.is_none_or(|rule| rule.admits(version, id, since, now))
                     };
@@ -127,7 +127,7 @@ impl Machine {
             }
             self.put_job(&job, &payload);
             if let Some(v) = version {
-                if self.canaries.contains_key(&job.queue) {
+                if self.canary_rule(&job.queue).is_some() {
                     self.lease_versions
                         .insert((job.id, job.attempts), v.to_string());
                 }

@@ -503,7 +503,7 @@ impl Machine {
             by_type: self.tally.counts().clone(),
             flow: self.tally.flows(),
             version_switches: self.switches.clone(),
-            canaries: self.canaries.clone(),
+            canaries: self.canary_rules(),
             canary_arms: self.canary_arms.clone(),
             chaos: self.chaos.clone(),
             oldest_ready: self

@@ -151,6 +151,7 @@ pub(super) async fn promote(
 ) -> Result<Json<CanaryBody>, Error> {
     crate::job::validate_queue(&queue)?;
     let rule = rule_of(&s, &queue)?;
+    from_config(&s, &queue)?;
     let target = format!("queue {queue}: {}", rule.version);
     change(&s, &caller, "canary.promote", target, &queue, None).await?;
     tracing::info!(event = "canary_promoted", %queue, version = %rule.version, who = %caller.name, "canary promoted: the rule ended");
@@ -168,6 +169,7 @@ pub(super) async fn abort(
 ) -> Result<Json<CanaryBody>, Error> {
     crate::job::validate_queue(&queue)?;
     let rule = rule_of(&s, &queue)?;
+    from_config(&s, &queue)?;
     // Switched off first: between the two, its jobs wait rather than go
     // to the version being aborted.
     let switch = VersionSwitch {
@@ -194,6 +196,17 @@ pub(super) async fn abort(
     change(&s, &caller, "canary.abort", target, &queue, None).await?;
     tracing::warn!(event = "canary_aborted", %queue, version = %rule.version, who = %caller.name, "canary aborted: the rule ended and its version is switched off for the queue");
     Ok(Json(body_of(&queue, &rule)))
+}
+
+/// A canary of the config file ends only there: refused with what to do.
+fn from_config(s: &HttpState, queue: &str) -> Result<(), Error> {
+    if s.app.driver.stats().policies.queue(queue).canary.is_some() {
+        return Err(Error::invalid(
+            "queue",
+            format!("the canary of queue {queue} is set in the config ([queues.{queue}.canary]): remove it there and send SIGHUP to the leader (drover canary set changes its share meanwhile)"),
+        ));
+    }
+    Ok(())
 }
 
 async fn change(
