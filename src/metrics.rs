@@ -499,7 +499,7 @@ impl Metrics {
             }
         }
         self.render_queues(&scrape);
-        self.render_canaries(stats);
+        self.render_canaries(stats, scrape.now_ms);
         self.render_workers(&scrape);
         // Why leases were taken back, per queue: every queue shows each
         // reason, 0 until it happens, so alerts have a series to watch.
@@ -598,9 +598,13 @@ impl Metrics {
     }
 
     /// Each canary queue's comparison and verdicts.
-    fn render_canaries(&self, stats: &MachineStats) {
+    fn render_canaries(&self, stats: &MachineStats, now_ms: u64) {
         for queue in stats.canaries.keys() {
-            let (canary, control) = stats.canary_arms.get(queue).cloned().unwrap_or_default();
+            let (canary, control) = stats
+                .canary_arms
+                .get(queue)
+                .map(|a| a.at(now_ms))
+                .unwrap_or_default();
             for j in crate::machine::canary::compare(&canary, &control) {
                 let value = if j.value.is_finite() {
                     j.value

@@ -160,6 +160,71 @@ impl Arm {
     }
 }
 
+impl Arm {
+    fn merge(&mut self, other: &Arm) {
+        self.jobs += other.jobs;
+        self.succeeded += other.succeeded;
+        self.ran_ms_sum += other.ran_ms_sum;
+        self.cost_sum += other.cost_sum;
+        self.cost_sq_sum += other.cost_sq_sum;
+        if self.ran_buckets.len() < other.ran_buckets.len() {
+            self.ran_buckets.resize(other.ran_buckets.len(), 0);
+        }
+        for (a, b) in self.ran_buckets.iter_mut().zip(&other.ran_buckets) {
+            *a += b;
+        }
+    }
+}
+
+/// The window the comparison counts over.
+pub const ARM_WINDOW_MS: u64 = 60 * 60_000;
+
+/// A canary queue's (canary, control) results over the last
+/// [`ARM_WINDOW_MS`], in ten buckets of a tenth of it; read at the
+/// reader's time, so a quiet queue's old results leave too.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Arms {
+    /// (bucket start ms, canary, control), oldest first.
+    buckets: std::collections::VecDeque<(u64, Arm, Arm)>,
+}
+
+impl Arms {
+    const WIDTH: u64 = ARM_WINDOW_MS / 10;
+
+    fn record(&mut self, now: u64, canary: bool, ok: bool, ran_ms: u64, cost: u64) {
+        let start = now - now % Arms::WIDTH;
+        while self
+            .buckets
+            .front()
+            .is_some_and(|b| b.0 + Arms::WIDTH + ARM_WINDOW_MS <= now)
+        {
+            self.buckets.pop_front();
+        }
+        if self.buckets.back().is_none_or(|b| b.0 != start) {
+            self.buckets
+                .push_back((start, Arm::default(), Arm::default()));
+        }
+        if let Some(b) = self.buckets.back_mut() {
+            let arm = if canary { &mut b.1 } else { &mut b.2 };
+            arm.record(ok, ran_ms, cost);
+        }
+    }
+
+    /// (canary, control) in the window ending at `now`.
+    pub fn at(&self, now: u64) -> (Arm, Arm) {
+        let mut out = (Arm::default(), Arm::default());
+        for b in self
+            .buckets
+            .iter()
+            .filter(|b| b.0 + Arms::WIDTH + ARM_WINDOW_MS > now)
+        {
+            out.0.merge(&b.1);
+            out.1.merge(&b.2);
+        }
+        out
+    }
+}
+
 /// The least samples per side before a verdict is given.
 pub const MIN_SAMPLES: u64 = 30;
 
@@ -263,9 +328,11 @@ impl Machine {
             return;
         };
         let canary = version == rule.version;
-        let arms = self.canary_arms.entry(job.queue.clone()).or_default();
-        let arm = if canary { &mut arms.0 } else { &mut arms.1 };
-        arm.record(ok, ran_ms, cost);
+        let now = self.meta.last_at_ms;
+        self.canary_arms
+            .entry(job.queue.clone())
+            .or_default()
+            .record(now, canary, ok, ran_ms, cost);
     }
 }
 

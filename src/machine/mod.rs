@@ -158,7 +158,7 @@ pub struct MachineStats {
     /// Canary rules by queue.
     pub canaries: BTreeMap<String, crate::command::CanaryRule>,
     /// Each canary queue's (canary, control) results.
-    pub canary_arms: BTreeMap<String, (canary::Arm, canary::Arm)>,
+    pub canary_arms: BTreeMap<String, canary::Arms>,
     /// Faults to inject, by queue.
     pub chaos: BTreeMap<String, crate::command::ChaosRule>,
 }
@@ -219,7 +219,7 @@ pub struct Machine {
     lease_versions: HashMap<(JobId, u32), String>,
     /// Each canary queue's (canary, control) results since its rule was
     /// set or changed (memory only, like the other counters).
-    canary_arms: BTreeMap<String, (canary::Arm, canary::Arm)>,
+    canary_arms: BTreeMap<String, canary::Arms>,
     /// Faults injected by queue (`c`).
     chaos: BTreeMap<String, crate::command::ChaosRule>,
     /// Writes of the entries applied since the last commit; reads look here

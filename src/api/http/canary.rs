@@ -58,7 +58,7 @@ pub(super) async fn status(
         .stats()
         .canary_arms
         .get(&queue)
-        .cloned()
+        .map(|a| a.at(crate::driver::now_ms()))
         .unwrap_or_default();
     body.stats = Some(crate::api::types::CanaryStatsBody {
         canary: (&canary).into(),
