@@ -58,6 +58,7 @@ pub(super) async fn set(
     Path(queue): Path<String>,
     b: Result<Json<ChaosRuleBody>, JsonRejection>,
 ) -> Result<Json<ChaosBody>, Error> {
+    let b = body(b)?;
     if !s.app.config.chaos.allowed {
         return Err(Error::invalid(
             "chaos",
@@ -65,7 +66,6 @@ pub(super) async fn set(
         ));
     }
     crate::job::validate_queue(&queue)?;
-    let b = body(b)?;
     for (name, v) in [
         ("drop_leases", b.drop_leases),
         ("revoke", b.revoke),
