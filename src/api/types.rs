@@ -715,6 +715,18 @@ pub struct QueuePolicyBody {
     pub quarantine_for: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<crate::pools::WorkerPool>,
+    /// `[queues.NAME.canary]` as the config set it (a rule set at run time
+    /// is in `drover canary status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryPolicyBody>,
+}
+
+/// `[queues.NAME.canary]`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CanaryPolicyBody {
+    pub version: String,
+    pub percent: u8,
+    pub max_wait: String,
 }
 
 /// `[queues.NAME.breaker]` as the config writes it.
@@ -756,6 +768,11 @@ impl From<&crate::policies::QueuePolicy> for QueuePolicyBody {
             quarantine_min_jobs: q.quarantine_min_jobs,
             quarantine_for: q.quarantine_for_ms.map(d),
             workers: q.workers,
+            canary: q.canary.as_ref().map(|c| CanaryPolicyBody {
+                version: c.version.clone(),
+                percent: c.percent,
+                max_wait: d(c.max_wait_ms),
+            }),
         }
     }
 }
