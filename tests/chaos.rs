@@ -9,25 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn enqueue(server: &str, queue: &str, n: usize) -> Vec<u64> {
-    let v = drover_json(
-        &[
-            "enqueue",
-            "--queue",
-            queue,
-            "--count",
-            &n.to_string(),
-            "--json",
-        ],
-        server,
-    );
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_u64().unwrap())
-        .collect()
-}
-
 async fn count_state(node: &TestNode, queue: &str, state: &str) -> u64 {
     let v = get_json(&format!("{}/api/v1/stats", node.http)).await.1;
     let q = &v["queues"][queue];
@@ -60,7 +41,7 @@ async fn dropped_leases_lose_no_job_and_chaos_off_ends_it() {
         );
     }
     drover_json(&["chaos", "set", "q", "--drop", "0.2", "--json"], server);
-    enqueue(server, "q", 2000);
+    enqueue_n(server, "q", 2000);
     let _worker = exec_worker_with(server, "q", "w", "true", &["--concurrency", "32"]);
     wait_for("all 2,000 jobs done", Duration::from_secs(120), || async {
         let done = count_state(&node, "q", "succeeded").await;
@@ -107,7 +88,7 @@ async fn dropped_leases_lose_no_job_and_chaos_off_ends_it() {
         server,
     );
     let _fw = exec_worker_with(server, "f", "wf", "true", &[]);
-    let failed = enqueue(server, "f", 3);
+    let failed = enqueue_n(server, "f", 3);
     for id in failed {
         wait_for(
             &format!("job {id} dead"),
@@ -125,7 +106,7 @@ async fn dropped_leases_lose_no_job_and_chaos_off_ends_it() {
     }
     let off = drover_json(&["chaos", "off", "--json"], server);
     assert_eq!(off["rules"], serde_json::json!({}), "{off}");
-    let after = enqueue(server, "f", 3);
+    let after = enqueue_n(server, "f", 3);
     for id in after {
         wait_for(
             &format!("job {id} succeeded"),

@@ -37,25 +37,6 @@ async fn all_done(node: &TestNode, ids: &[u64]) -> Vec<serde_json::Value> {
     out
 }
 
-fn enqueue(server: &str, n: usize) -> Vec<u64> {
-    let v = drover_json(
-        &[
-            "enqueue",
-            "--queue",
-            "q",
-            "--count",
-            &n.to_string(),
-            "--json",
-        ],
-        server,
-    );
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_u64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_disabled_version_gets_no_jobs_until_enabled() {
     let node = TestNode::start("");
@@ -136,7 +117,7 @@ async fn a_disabled_version_gets_no_jobs_until_enabled() {
     let listed = drover_json(&["versions", "list", "--json"], server);
     assert_eq!(listed["switches"][0]["version"], "v4", "{listed}");
     assert_eq!(listed["switches"][0]["queue"], "q", "{listed}");
-    for job in all_done(&node, &enqueue(server, 20)).await {
+    for job in all_done(&node, &enqueue_n(server, "q", 20)).await {
         assert_eq!(leased_by(&job), vec!["w3"], "{job}");
         assert_eq!(job["result"].as_str().map(str::trim), Some("v3"));
     }
@@ -152,7 +133,7 @@ async fn a_disabled_version_gets_no_jobs_until_enabled() {
         drover_json(&["versions", "list", "--json"], server)["switches"],
         serde_json::json!([])
     );
-    let done = all_done(&node, &enqueue(server, 40)).await;
+    let done = all_done(&node, &enqueue_n(server, "q", 40)).await;
     assert!(
         done.iter().any(|j| leased_by(j) == vec!["w4"]),
         "v4 takes jobs again"
@@ -215,7 +196,7 @@ async fn a_canary_gets_only_its_share_and_abort_switches_it_off() {
         (rule["percent"].as_u64(), rule["max_wait"].as_str()),
         (Some(20), Some("5m"))
     );
-    let ids = enqueue(server, 200);
+    let ids = enqueue_n(server, "q", 200);
     let jobs = all_done(&node, &ids).await;
     let mut canary = 0;
     for job in &jobs {
@@ -273,7 +254,7 @@ async fn a_canary_gets_only_its_share_and_abort_switches_it_off() {
         "{audit}"
     );
     // After the abort, v4 gets nothing of q.
-    for job in all_done(&node, &enqueue(server, 20)).await {
+    for job in all_done(&node, &enqueue_n(server, "q", 20)).await {
         assert_eq!(leased_by(&job), vec!["w3"], "{job}");
     }
 }

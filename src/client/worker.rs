@@ -805,6 +805,26 @@ async fn send(out: &mpsc::Sender<pb::WorkerMessage>, msg: Msg) -> Result<(), Cli
         .map_err(|_| ClientError::Protocol("the stream to the server is closed".into()))
 }
 
+/// SIGTERM or ctrl-c. SIGTERM is handled from this call on, not from the
+/// first poll, so a caller may say it is ready right after.
+pub fn terminated() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    async move {
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+}
+
 /// A worker, configured step by step, that runs an async handler per
 /// leased job: heartbeats every held lease (with the progress the handler
 /// reports), sends results (with their cost and usage) and sends them
@@ -906,21 +926,7 @@ impl Worker {
 
     /// Works until SIGTERM or ctrl-c, then drains.
     pub async fn run<H: Handler>(self, handler: H) -> Result<WorkerReport, ClientError> {
-        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-        self.run_until(handler, async move {
-            match term {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        })
-        .await
+        self.run_until(handler, terminated()).await
     }
 
     /// Works until `stop` completes, then drains.

@@ -543,6 +543,26 @@ pub async fn wait_for_policy(node: &TestNode, pointer: &str, want: serde_json::V
     .await;
 }
 
+/// Enqueues `n` jobs into `queue` through the CLI; their ids.
+pub fn enqueue_n(server: &str, queue: &str, n: usize) -> Vec<u64> {
+    let v = drover_json(
+        &[
+            "enqueue",
+            "--queue",
+            queue,
+            "--count",
+            &n.to_string(),
+            "--json",
+        ],
+        server,
+    );
+    v.as_array()
+        .expect("enqueue --json lists the jobs")
+        .iter()
+        .map(|j| j["id"].as_u64().expect("an id"))
+        .collect()
+}
+
 /// Runs the CLI, which must succeed; its `--json` output (Null if none).
 pub fn drover_json(args: &[&str], server: &str) -> serde_json::Value {
     let out = drover_cli(args, server, "");

@@ -149,9 +149,7 @@ pub(super) async fn promote(
     Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
 ) -> Result<Json<CanaryBody>, Error> {
-    crate::job::validate_queue(&queue)?;
-    let rule = rule_of(&s, &queue)?;
-    from_config(&s, &queue)?;
+    let rule = rule_to_end(&s, &queue)?;
     let target = format!("queue {queue}: {}", rule.version);
     change(&s, &caller, "canary.promote", target, &queue, None).await?;
     tracing::info!(event = "canary_promoted", %queue, version = %rule.version, who = %caller.name, "canary promoted: the rule ended");
@@ -167,9 +165,7 @@ pub(super) async fn abort(
     Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
 ) -> Result<Json<CanaryBody>, Error> {
-    crate::job::validate_queue(&queue)?;
-    let rule = rule_of(&s, &queue)?;
-    from_config(&s, &queue)?;
+    let rule = rule_to_end(&s, &queue)?;
     // Switched off first: between the two, its jobs wait rather than go
     // to the version being aborted.
     let switch = VersionSwitch {
@@ -198,15 +194,18 @@ pub(super) async fn abort(
     Ok(Json(body_of(&queue, &rule)))
 }
 
-/// A canary of the config file ends only there: refused with what to do.
-fn from_config(s: &HttpState, queue: &str) -> Result<(), Error> {
+/// The rule promote or abort ends. A canary of the config file ends only
+/// there: refused with what to do.
+fn rule_to_end(s: &HttpState, queue: &str) -> Result<CanaryRule, Error> {
+    crate::job::validate_queue(queue)?;
+    let rule = rule_of(s, queue)?;
     if s.app.driver.stats().policies.queue(queue).canary.is_some() {
         return Err(Error::invalid(
             "queue",
             format!("the canary of queue {queue} is set in the config ([queues.{queue}.canary]): remove it there and send SIGHUP to the leader (drover canary set changes its share meanwhile)"),
         ));
     }
-    Ok(())
+    Ok(rule)
 }
 
 async fn change(

@@ -304,25 +304,7 @@ fn diff(
     }
 }
 
-/// SIGTERM or ctrl-c. SIGTERM is handled from this call on, not from the
-/// first poll, so a caller may say it is ready right after.
-pub fn wait_for_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    async move {
-        match term {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-}
+pub use drover::client::worker::terminated as wait_for_signal;
 
 /// SIGHUP, handled from this call on (its default would end the process).
 fn hangup() -> Option<tokio::signal::unix::Signal> {
