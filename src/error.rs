@@ -66,6 +66,14 @@ pub enum Error {
     },
     #[error("the raft driver stopped: {0}")]
     Driver(String),
+    /// The disk under the data dir failed: the node stopped rather than
+    /// acknowledge what it may not have written.
+    #[error("{}", disk_fault_message(.data_dir, *.fault, .detail))]
+    DiskFault {
+        data_dir: std::path::PathBuf,
+        fault: crate::store::DiskFault,
+        detail: String,
+    },
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -78,9 +86,52 @@ pub enum Error {
     PermissionDenied(String),
     #[error("token {token:?} is over its rate limit; retry in {retry_after_ms} ms")]
     RateLimited { token: String, retry_after_ms: u64 },
+    /// A node's disk or memory alarm stands: the leader takes no new work.
+    #[error("{0}")]
+    Pressure(#[from] crate::resources::Refusal),
+}
+
+/// How long a refusal for a disk or memory alarm asks clients to wait:
+/// nodes sample twice a second, and alarms clear with some margin.
+const PRESSURE_RETRY_MS: u64 = 1000;
+
+fn disk_fault_message(
+    data_dir: &std::path::Path,
+    fault: crate::store::DiskFault,
+    detail: &str,
+) -> String {
+    let dir = data_dir.display();
+    match fault {
+        crate::store::DiskFault::NoSpace => format!(
+            "the filesystem of data dir {dir} is full ({detail}). The node stopped before \
+             acknowledging anything it could not write: nothing acknowledged is lost. Free \
+             space on that filesystem or grow it, then start the node again; until then it \
+             refuses to start and changes nothing (docs/operations.md, \"A disk fills\")"
+        ),
+        crate::store::DiskFault::Io => format!(
+            "the disk of data dir {dir} failed a write or a sync ({detail}). The node stopped: \
+             what the kernel failed to write cannot be trusted to be on disk, and a failed \
+             fsync is never retried. Check the device (dmesg); if it is sound, start the node \
+             again and it recovers from its log, else rebuild it on a new disk from its peers \
+             (docs/operations.md, \"Rebuild a node\")"
+        ),
+    }
 }
 
 impl Error {
+    /// What a stopped driver's error tells an operator: a disk fault names
+    /// the data dir and the way back.
+    pub fn driver_stopped(data_dir: &std::path::Path, e: &crate::driver::DriverError) -> Error {
+        match crate::store::disk_fault(e) {
+            Some(fault) => Error::DiskFault {
+                data_dir: data_dir.to_path_buf(),
+                fault,
+                detail: e.to_string(),
+            },
+            None => Error::Driver(e.to_string()),
+        }
+    }
+
     pub fn invalid(
         field: impl Into<std::borrow::Cow<'static, str>>,
         reason: impl Into<String>,
@@ -112,11 +163,12 @@ impl Error {
             Error::ForwardLost { .. } => Code::Unavailable,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::RateLimited { .. } => Code::ResourceExhausted,
+            Error::RateLimited { .. } | Error::Pressure(_) => Code::ResourceExhausted,
             Error::Config(_)
             | Error::Bind { .. }
             | Error::DataDir { .. }
             | Error::Driver(_)
+            | Error::DiskFault { .. }
             | Error::Store(_)
             | Error::Machine(_)
             | Error::Snapshot(_) => Code::Internal,
@@ -151,10 +203,14 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::Upgrading { .. } => "cluster_upgrading",
             Error::OutcomeUnknown | Error::ForwardLost { .. } => "outcome_unknown",
-            Error::Forward { status, .. } => crate::wire::code_name(status.code()),
+            Error::Forward { status, .. } => crate::wire::drover_code(status)
+                .and_then(crate::resources::Alarm::from_code)
+                .map(crate::resources::Alarm::code)
+                .unwrap_or_else(|| crate::wire::code_name(status.code())),
             Error::Unauthenticated(_) => "unauthenticated",
             Error::PermissionDenied(_) => "permission_denied",
             Error::RateLimited { .. } => "rate_limited",
+            Error::Pressure(r) => r.alarm.code(),
             Error::Config(_)
             | Error::Bind { .. }
             | Error::DataDir { .. }
@@ -162,6 +218,10 @@ impl Error {
             | Error::Store(_)
             | Error::Machine(_)
             | Error::Snapshot(_) => "internal",
+            Error::DiskFault { fault, .. } => match fault {
+                crate::store::DiskFault::NoSpace => "disk_full",
+                crate::store::DiskFault::Io => "disk_failed",
+            },
         }
     }
 
@@ -171,6 +231,7 @@ impl Error {
             Error::NoLeader { retry_after_ms } | Error::RateLimited { retry_after_ms, .. } => {
                 Some(*retry_after_ms)
             }
+            Error::Pressure(_) => Some(PRESSURE_RETRY_MS),
             Error::Forward { status, .. } => crate::wire::retry_after_ms(status),
             _ => None,
         }
@@ -201,6 +262,7 @@ impl Error {
             | Error::Superseded
             | Error::ShuttingDown
             | Error::RateLimited { .. }
+            | Error::Pressure(_)
             | Error::Refused(Refusal::Shed { .. }) => true,
             Error::Forward { status, .. } => crate::wire::retry_safe(status),
             _ => false,
@@ -213,6 +275,7 @@ impl From<Error> for tonic::Status {
         let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
         let retry_after_ms = e.retry_after_ms().unwrap_or(0);
         crate::wire::mark_retry(&mut status, e.retry_safe(), retry_after_ms);
+        crate::wire::mark_code(&mut status, e.code());
         status
     }
 }

@@ -21,6 +21,7 @@ pub mod node;
 pub mod policies;
 pub mod pools;
 pub mod proto;
+pub mod resources;
 pub mod restore;
 pub mod schedules;
 pub mod snapshot;

@@ -310,6 +310,42 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         "Bytes free on the filesystem of this node's data dir.",
     ),
     (
+        "drover_data_dir_min_free_bytes",
+        Kind::Gauge,
+        Scope::Node,
+        "storage.min_free_bytes as this node resolved it: under it, drover_disk_full is 1 (0: not checked).",
+    ),
+    (
+        "drover_disk_full",
+        Kind::Gauge,
+        Scope::Node,
+        "1 while this node's free space is under storage.min_free_bytes (the cluster then refuses new jobs if this node leads or a majority is short).",
+    ),
+    (
+        "drover_memory_rss_bytes",
+        Kind::Gauge,
+        Scope::Node,
+        "This node's resident memory (RSS).",
+    ),
+    (
+        "drover_memory_limit_bytes",
+        Kind::Gauge,
+        Scope::Node,
+        "The memory this node may use: its cgroup's limit, else physical memory.",
+    ),
+    (
+        "drover_memory_high_watermark_bytes",
+        Kind::Gauge,
+        Scope::Node,
+        "limits.memory_high_watermark in bytes: over it, drover_memory_high is 1 (0: not checked).",
+    ),
+    (
+        "drover_memory_high",
+        Kind::Gauge,
+        Scope::Node,
+        "1 while this node's RSS is over limits.memory_high_watermark (the cluster then refuses new jobs).",
+    ),
+    (
         "drover_raft_term",
         Kind::Gauge,
         Scope::Node,
@@ -374,6 +410,8 @@ pub struct Scrape<'a> {
     pub now_ms: u64,
     /// The node's data dir, whose size on disk is reported.
     pub data_dir: &'a Path,
+    /// This node's disk and memory, as last sampled.
+    pub resources: crate::resources::Reading,
 }
 
 /// The process-wide recorder; installed once even when tests start several
@@ -533,8 +571,15 @@ impl Metrics {
         }
         metrics::gauge!("drover_finished_jobs").set(finished as f64);
         metrics::gauge!("drover_data_dir_bytes").set(disk_usage(scrape.data_dir) as f64);
-        if let Some(free) = free_space(scrape.data_dir) {
-            metrics::gauge!("drover_data_dir_free_bytes").set(free as f64);
+        let r = &scrape.resources;
+        metrics::gauge!("drover_data_dir_free_bytes").set(r.free_bytes as f64);
+        metrics::gauge!("drover_data_dir_min_free_bytes").set(r.min_free_bytes as f64);
+        metrics::gauge!("drover_disk_full").set(f64::from(u8::from(r.disk_full)));
+        metrics::gauge!("drover_memory_rss_bytes").set(r.rss_bytes as f64);
+        metrics::gauge!("drover_memory_high_watermark_bytes").set(r.watermark_bytes as f64);
+        metrics::gauge!("drover_memory_high").set(f64::from(u8::from(r.memory_high)));
+        if let Some(limit) = crate::resources::memory_limit() {
+            metrics::gauge!("drover_memory_limit_bytes").set(limit as f64);
         }
         metrics::gauge!("drover_active_workers").set(scrape.workers.len() as f64);
         let backup = LAST_BACKUP_SECS.load(std::sync::atomic::Ordering::Relaxed);
@@ -684,23 +729,6 @@ impl JobTimes {
             handles[i].record(o.ms as f64 / 1000.0);
         }
     }
-}
-
-/// Bytes free for an unprivileged writer on the filesystem holding `dir`;
-/// None if it cannot be read.
-pub fn free_space(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: statvfs writes the struct it is given and reads a
-    // NUL-terminated path; both outlive the call.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    let stat = unsafe { stat.assume_init() };
-    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Bytes a directory tree takes on disk (allocated blocks, as `du` counts

@@ -90,6 +90,10 @@ impl Node {
             shutdown: shutdown.clone(),
         };
         let metrics = Metrics::install();
+        tokio::spawn(crate::resources::watch(
+            app.driver.pressure().clone(),
+            shutdown.clone(),
+        ));
 
         // Clients may send gzip (large payloads; the client decides per
         // connection). Leases, which carry payloads, go back gzipped to a
@@ -219,11 +223,10 @@ impl Node {
         };
         if let Some(r) = driver_failed {
             self.shutdown_tx.send_replace(true);
-            let reason = match r {
-                Ok(Err(e)) => e.to_string(),
-                _ => "the driver thread ended unexpectedly".into(),
-            };
-            return Err(Error::Driver(reason));
+            return Err(match r {
+                Ok(Err(e)) => Error::driver_stopped(&self.app.config.data_dir, &e),
+                _ => Error::Driver("the driver thread ended unexpectedly".into()),
+            });
         }
         tracing::info!(
             event = "node_stopping",
@@ -237,7 +240,7 @@ impl Node {
         let _ = tokio::join!(&mut self.grpc, &mut self.http);
         self.driver_stop.send_replace(true);
         if let Ok(Err(e)) = self.driver_done.await {
-            return Err(Error::Driver(e.to_string()));
+            return Err(Error::driver_stopped(&self.app.config.data_dir, &e));
         }
         tracing::info!(event = "node_stopped", "node stopped");
         Ok(())

@@ -35,12 +35,77 @@ const FORMAT_FLOOR: &[u8] = b"F";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the database in {path}: {source}; check that the directory exists, is writable and is not used by another drover process")]
+    #[error("cannot open the database in {path}: {source}; {}", open_advice(.source))]
     Open { path: String, source: sled::Error },
+    #[error("cannot start on data dir {path}: its filesystem has {} free, and opening the database needs about {} (sled rewrites its snapshot file at every open). Nothing was changed. Free space on that filesystem or grow it, then start again (docs/operations.md, \"A disk fills\")", size(*.free), size(*.needs))]
+    NoSpaceToOpen { path: String, free: u64, needs: u64 },
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
     #[error("raft record {key} is corrupt ({reason}); the data dir is damaged: restore it from a backup or re-sync this node from its peers")]
     Corrupt { key: String, reason: String },
+}
+
+fn size(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}
+
+fn open_advice(e: &sled::Error) -> &'static str {
+    match disk_fault(e) {
+        Some(DiskFault::NoSpace) => "the disk is full: free space on that filesystem or grow it, then start again (docs/operations.md, \"A disk fills\")",
+        Some(DiskFault::Io) => "the disk failed a read or write: check the device (dmesg); if it is sound, start again, else rebuild this node from its peers (docs/operations.md, \"Rebuild a node\")",
+        None => "check that the directory exists, is writable and is not used by another drover process",
+    }
+}
+
+/// A failure of the disk under the data dir, as opposed to a bug or bad
+/// data: what an operator fixes by hand before the node can go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFault {
+    /// ENOSPC or EDQUOT: the filesystem (or the quota) is full.
+    NoSpace,
+    /// EIO: the device failed a write, a read or an fsync.
+    Io,
+}
+
+/// The disk fault somewhere in `e`'s chain of causes, if there is one.
+/// sled keeps only an io error's kind and text when it hands an error on
+/// (its errors are cloned), so the text is read as well.
+pub fn disk_fault(e: &(dyn std::error::Error + 'static)) -> Option<DiskFault> {
+    fn of_io(e: &std::io::Error) -> Option<DiskFault> {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => return Some(DiskFault::NoSpace),
+            Some(libc::EIO) => return Some(DiskFault::Io),
+            _ => {}
+        }
+        match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                Some(DiskFault::NoSpace)
+            }
+            _ => None,
+        }
+    }
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let found = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(of_io)
+            .or_else(|| match e.downcast_ref::<sled::Error>() {
+                Some(sled::Error::Io(io)) => of_io(io),
+                _ => None,
+            });
+        if found.is_some() {
+            return found;
+        }
+        next = e.source();
+    }
+    let text = e.to_string();
+    if text.contains("os error 28") || text.contains("No space left on device") {
+        Some(DiskFault::NoSpace)
+    } else if text.contains("os error 5)") || text.contains("Input/output error") {
+        Some(DiskFault::Io)
+    } else {
+        None
+    }
 }
 
 /// The node's sled database. The vendored sled's flush ends with an
@@ -68,6 +133,7 @@ impl Database {
 
 /// Opens (or creates) the node's database.
 pub fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<Database, StoreError> {
+    crate::resources::check_can_open(path)?;
     let open_error = |source| StoreError::Open {
         path: path.display().to_string(),
         source,

@@ -68,6 +68,13 @@ impl Peer {
         Ok(())
     }
 
+    /// Keeps what member `from` reported of its disk and memory.
+    fn note_resources(&self, from: u64, resources: Option<&pb::NodeResources>) {
+        if let Some(r) = resources {
+            self.app.driver.pressure().note_peer(from, r.into());
+        }
+    }
+
     /// Hands raft messages from member `from` to the driver.
     fn step(&self, from: u64, messages: Vec<bytes::Bytes>) -> Result<(), Status> {
         let me = self.app.config.node_id;
@@ -113,6 +120,7 @@ impl PeerService for Peer {
             let format = u8::try_from(h.entry_version).unwrap_or(u8::MAX);
             self.app.driver.peer_formats().note(from, format);
         }
+        self.note_resources(from, first.resources.as_ref());
         self.step(from, first.messages)?;
         let peer = Peer {
             app: self.app.clone(),
@@ -126,6 +134,7 @@ impl PeerService for Peer {
                             // A member removed while its stream was open
                             // is refused from its next batch on.
                             peer.check_member(from)?;
+                            peer.note_resources(from, batch.resources.as_ref());
                             peer.step(from, batch.messages)?;
                         }
                         None => return Ok(()),

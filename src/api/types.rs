@@ -568,6 +568,10 @@ pub struct MemberBody {
     pub match_index: Option<u64>,
     /// Whether the leader hears from it (known on the leader only).
     pub reachable: Option<bool>,
+    /// Its standing disk and memory alarms (`disk_full`, `memory_high`):
+    /// every voter's on the leader, the node's own elsewhere.
+    #[serde(default)]
+    pub alarms: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -596,6 +600,7 @@ impl From<&crate::driver::NodeStatus> for MembersBody {
                     voter: m.voter,
                     match_index: m.match_index,
                     reachable: m.reachable,
+                    alarms: m.alarms.iter().map(|a| a.code().to_string()).collect(),
                 })
                 .collect(),
         }

@@ -22,7 +22,7 @@ pub enum ClientError {
     },
     /// Not a `source`: the message is the whole story, and an error chain
     /// printed with its causes would say it twice.
-    #[error("the server refused the request ({}): {}", crate::wire::code_name(.0.code()), .0.message())]
+    #[error("the server refused the request ({}): {}", crate::wire::drover_code(.0).unwrap_or(crate::wire::code_name(.0.code())), .0.message())]
     Status(tonic::Status),
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -9,6 +9,7 @@
 //! streaming appends) until a new stream is open.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::proto::v1 as pb;
 use crate::proto::v1::peer_service_client::PeerServiceClient;
+use crate::resources::Pressure;
 use crate::wire::{Conn, Credentials};
 
 use super::Control;
@@ -58,6 +60,8 @@ pub struct Transport {
     header: pb::PeerHeader,
     control: mpsc::Sender<Control>,
     credentials: Credentials,
+    /// This node's disk and memory, reported to each peer as they change.
+    pressure: Arc<Pressure>,
 }
 
 impl Transport {
@@ -66,12 +70,14 @@ impl Transport {
         cfg: &Config,
         addrs: &BTreeMap<u64, String>,
         control: mpsc::Sender<Control>,
+        pressure: Arc<Pressure>,
     ) -> Transport {
         let mut t = Transport {
             peers: HashMap::new(),
             header: super::header(cfg),
             control,
             credentials: super::peer_credentials(cfg),
+            pressure,
         };
         for (id, addr) in addrs.iter().filter(|(id, _)| **id != cfg.node_id) {
             t.add_peer(*id, addr);
@@ -108,6 +114,7 @@ impl Transport {
             self.header.clone(),
             rx,
             self.control.clone(),
+            self.pressure.clone(),
         ));
         // Dropping an old link's sender ends its task.
         self.peers.insert(
@@ -215,6 +222,7 @@ async fn send_loop(
     header: pb::PeerHeader,
     mut rx: mpsc::Receiver<Message>,
     control: mpsc::Sender<Control>,
+    pressure: Arc<Pressure>,
 ) {
     let mut reachable = true;
     let mut backoff = crate::wire::Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
@@ -222,9 +230,11 @@ async fn send_loop(
     loop {
         let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
         // The first batch names this node; the peer admits us on it.
+        let (mut reported, reading) = pressure.local_versioned();
         let _ = stream_tx.try_send(pb::RaftBatch {
             header: Some(header.clone()),
             messages: Vec::new(),
+            resources: Some((&reading).into()),
         });
         let (up_tx, up) = tokio::sync::oneshot::channel();
         // Fused: once answered (or dropped) it stays pending.
@@ -253,8 +263,15 @@ async fn send_loop(
                         return;
                     }
                     let frames = frames(encode(peer, batch.drain(..)));
+                    // A new reading rides on the next batch (a follower
+                    // answers its leader every heartbeat, so the leader
+                    // hears within one).
+                    let (version, reading) = pressure.local_versioned();
+                    let mut resources = (version != reported).then(|| (&reading).into());
+                    reported = version;
                     if frames.into_iter().any(|messages| {
-                        stream_tx.try_send(pb::RaftBatch { header: None, messages }).is_err()
+                        let resources = resources.take();
+                        stream_tx.try_send(pb::RaftBatch { header: None, messages, resources }).is_err()
                     }) {
                         // The peer takes nothing in: treat it as gone.
                         break "the peer stopped reading raft messages".to_string();

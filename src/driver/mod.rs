@@ -27,6 +27,7 @@ use crate::command::{Command, LogEntry, Outcome, Refusal};
 use crate::config::Config;
 use crate::error::Error;
 use crate::machine::{JobReader, LeaseEvent, Machine, MachineError, MachineStats};
+use crate::resources::Pressure;
 use crate::snapshot::{self, SnapshotError, SnapshotMeta};
 use crate::store::{Database, RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_INDEX};
 
@@ -135,9 +136,16 @@ pub struct DriverHandle {
     peer_formats: PeerFormats,
     reader: JobReader,
     retry_after_ms: u64,
+    /// This node's disk and memory, and what its peers report of theirs.
+    pressure: Arc<Pressure>,
 }
 
 impl DriverHandle {
+    /// This node's disk and memory alarms, and its peers'.
+    pub fn pressure(&self) -> &Arc<Pressure> {
+        &self.pressure
+    }
+
     /// What peers said of the entry formats they apply.
     pub fn peer_formats(&self) -> &PeerFormats {
         &self.peer_formats
@@ -370,6 +378,10 @@ struct Driver {
     node_id: u64,
     /// Readies written to sled, on their way to the flusher thread.
     persist: Persistence,
+    /// Disk and memory alarms: a leader takes no new work while one stands.
+    pressure: Arc<Pressure>,
+    /// Schedule fires held back by an alarm (logged once per hold).
+    fires_held: bool,
 }
 
 /// Drops machine trees left by a snapshot install that a crash interrupted.
@@ -485,7 +497,9 @@ pub fn start(
     let mut addrs: std::collections::BTreeMap<u64, String> =
         cfg.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
     addrs.extend(raw.store().addresses()?);
-    let transport = Transport::start(cfg, &addrs, control_tx.clone());
+    let pressure = Pressure::from_config(cfg);
+    pressure.sample();
+    let transport = Transport::start(cfg, &addrs, control_tx.clone(), pressure.clone());
     let (status_tx, status) = watch::channel(NodeStatus::default());
     let (stats_tx, stats) = watch::channel(Arc::new(machine.stats()));
     // Rare (timeouts and expiries); a session that lags behind learns of
@@ -504,6 +518,7 @@ pub fn start(
         reader: machine.reader(),
         retry_after_ms: (cfg.raft.tick_interval * cfg.raft.election_ticks as u32).as_millis()
             as u64,
+        pressure: pressure.clone(),
     };
     let persist = Persistence::start(db.clone()).map_err(|e| {
         Error::Store(StoreError::Corrupt {
@@ -553,6 +568,8 @@ pub fn start(
         audit_keep_ms: u64::try_from(cfg.jobs.audit_retention.as_millis()).unwrap_or(u64::MAX),
         purge_check_at: std::time::Instant::now(),
         node_id: cfg.node_id,
+        pressure,
+        fires_held: false,
     };
     let (done_tx, done) = oneshot::channel();
     // The driver never blocks on the disk (the flusher thread does), so it
@@ -680,6 +697,22 @@ impl Driver {
         {
             return;
         }
+        // A fire is new work: held while an alarm stands, and fired (as
+        // each schedule's misfire rule says) once it clears.
+        match self.refusal() {
+            Some(r) => {
+                if !self.fires_held {
+                    tracing::warn!(event = "schedules_held", reason = %r, "schedule fires wait until the alarm clears");
+                    self.fires_held = true;
+                }
+                return;
+            }
+            None if self.fires_held => {
+                tracing::info!(event = "schedules_resumed", "schedule fires go on");
+                self.fires_held = false;
+            }
+            None => {}
+        }
         let now = now_ms();
         let mut commands = Vec::new();
         for (name, policy) in &self.machine.policies().schedules {
@@ -791,9 +824,18 @@ impl Driver {
         let mut commands = Vec::new();
         let mut replies = Vec::new();
         let mut bytes = 0;
+        // Judged once a turn, and only when the turn holds new work.
+        let mut refusal = None;
         for p in turn {
             match p.what {
                 Proposed::Member(m) => self.propose_member(m, p.reply),
+                Proposed::Command(Command::Enqueue { .. })
+                    if refusal.get_or_insert_with(|| self.refusal()).is_some() =>
+                {
+                    if let Some(Some(r)) = &refusal {
+                        let _ = p.reply.send(Err(Error::Pressure(r.clone())));
+                    }
+                }
                 Proposed::Command(c) => {
                     let size = c.approx_bytes();
                     if !commands.is_empty() && bytes + size > MAX_ENTRY_BYTES {
@@ -1458,12 +1500,24 @@ impl Driver {
         version
     }
 
+    /// Why this node, leading, refuses new work now: an alarm on its
+    /// voters (see [`crate::resources::judge`]). None on a follower: its
+    /// leader judges.
+    fn refusal(&self) -> Option<crate::resources::Refusal> {
+        if !self.pressure.any() || self.raw.raft.state != StateRole::Leader {
+            return None;
+        }
+        let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        self.pressure.refusal(&voters)
+    }
+
     fn publish_status(&mut self) {
         let status = NodeStatus::of(
             &self.raw.raft,
             self.node_id,
             &self.addrs,
             self.machine.meta().applied_index,
+            &self.pressure,
         );
         self.status_tx.send_if_modified(|s| {
             if s.leader_id != status.leader_id {

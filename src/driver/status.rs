@@ -79,6 +79,10 @@ pub struct Member {
     pub match_index: Option<u64>,
     /// Heard from within an election timeout (leader only).
     pub reachable: Option<bool>,
+    /// Its disk and memory alarms, as this node knows them (its own, and
+    /// on the leader every voter's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<crate::resources::Alarm>,
 }
 
 impl NodeStatus {
@@ -89,6 +93,7 @@ impl NodeStatus {
         node_id: u64,
         addrs: &std::collections::BTreeMap<u64, String>,
         applied: u64,
+        pressure: &crate::resources::Pressure,
     ) -> NodeStatus {
         let leader = raft.state == StateRole::Leader;
         let conf = raft.prs().conf();
@@ -106,6 +111,7 @@ impl NodeStatus {
                     voter,
                     match_index: progress.map(|p| p.matched),
                     reachable: progress.map(|p| id == node_id || p.recent_active),
+                    alarms: pressure.alarms_of(id),
                 }
             })
             .collect();

@@ -17,6 +17,23 @@ const RETRY_SAFE: &str = "drover-retry-safe";
 /// Metadata with a hint, in milliseconds, of when to retry.
 const RETRY_AFTER: &str = "drover-retry-after-ms";
 
+/// Metadata with the error's `code` as the admin API names it, for codes
+/// a gRPC code alone does not tell apart (RESOURCE_EXHAUSTED is a shed
+/// queue, a rate limit, a full disk or high memory).
+const CODE: &str = "drover-code";
+
+/// Names `status`'s drover code (see [`CODE`]).
+pub fn mark_code(status: &mut tonic::Status, code: &str) {
+    if let Ok(v) = code.parse() {
+        status.metadata_mut().insert(CODE, v);
+    }
+}
+
+/// The drover code a status carries, if any.
+pub fn drover_code(status: &tonic::Status) -> Option<&str> {
+    status.metadata().get(CODE).and_then(|v| v.to_str().ok())
+}
+
 /// Marks `status` as retry-safe and with a retry hint, as its error says.
 pub fn mark_retry(status: &mut tonic::Status, retry_safe: bool, retry_after_ms: u64) {
     if retry_safe {

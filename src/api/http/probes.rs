@@ -90,6 +90,7 @@ pub(super) async fn metrics_text(State(s): State<HttpState>) -> Response {
                 workers: &workers,
                 now_ms,
                 data_dir: &s.app.config.data_dir,
+                resources: s.app.driver.pressure().local(),
             })
         },
     )

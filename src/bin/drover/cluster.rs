@@ -76,7 +76,7 @@ fn print_members(s: &MembersBody) {
         "leader {leader}  term {}  commit {}  (as seen from node {})",
         s.term, s.commit_index, s.seen_from
     );
-    let mut t = table(&["ID", "ROLE", "ADDR", "MATCH", "REACHABLE"]);
+    let mut t = table(&["ID", "ROLE", "ADDR", "MATCH", "REACHABLE", "ALARMS"]);
     let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
     for m in &s.members {
         let role = match (m.id == s.leader_id, m.voter) {
@@ -90,6 +90,11 @@ fn print_members(s: &MembersBody) {
             m.addr.clone(),
             opt(m.match_index.map(|i| i.to_string())),
             opt(m.reachable.map(|r| r.to_string())),
+            if m.alarms.is_empty() {
+                "-".to_string()
+            } else {
+                m.alarms.join(",")
+            },
         ]);
     }
     println!("{t}");

@@ -834,8 +834,13 @@ impl RunningConfig {
                 let path_buf = de.path();
                 let path = path_buf.as_path();
                 let path_str = &*path.to_string_lossy();
+                // drover: a `.generating` file is a snapshot whose write
+                // never finished (a crash, or ENOSPC part way): it is not a
+                // snapshot, and taking it for the newest one made every
+                // later open fail as corrupt. `write_snapshot` removes them.
                 if path_str.starts_with(&*absolute_path.to_string_lossy())
                     && !path_str.ends_with(".in___motion")
+                    && !path_str.ends_with(".generating")
                 {
                     Some(path.to_path_buf())
                 } else {

@@ -509,6 +509,21 @@ fn read_snapshot(config: &RunningConfig) -> Result<Option<Snapshot>> {
     Snapshot::deserialize(&mut bytes.as_slice()).map(Some)
 }
 
+/// drover: removes `snap.*.generating` files in `dir`: snapshots whose
+/// write was interrupted before their rename, which nothing reads.
+fn remove_unfinished_snapshots(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                warn!("cannot remove an unfinished snapshot file: {}", e);
+            }
+        }
+    }
+}
+
 fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
     trace!("writing snapshot {:?}", snapshot);
 
@@ -547,23 +562,43 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
 
     let parent = path_1.parent().unwrap();
     std::fs::create_dir_all(parent)?;
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).open(&path_1)?;
+    // drover: leftovers of earlier interrupted writes go first; they are
+    // never read (`get_snapshot_files` skips them) but hold disk space.
+    remove_unfinished_snapshots(parent);
+    // drover: `truncate`, so a leftover of the same name cannot leave stale
+    // bytes past the end; and on any error the unfinished file is removed,
+    // so a full disk leaves nothing behind that a later open could trip on.
+    let written = (|| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path_1)?;
 
-    // write the snapshot bytes, followed by a crc64 checksum at the end
-    io_fail!(config, "snap write");
-    f.write_all(&*bytes)?;
-    io_fail!(config, "snap write len");
-    f.write_all(&len_bytes)?;
-    io_fail!(config, "snap write crc");
-    f.write_all(&crc32)?;
-    io_fail!(config, "snap write post");
-    f.sync_all()?;
+        // write the snapshot bytes, followed by a crc64 checksum at the end
+        io_fail!(config, "snap write");
+        f.write_all(&*bytes)?;
+        io_fail!(config, "snap write len");
+        f.write_all(&len_bytes)?;
+        io_fail!(config, "snap write crc");
+        f.write_all(&crc32)?;
+        io_fail!(config, "snap write post");
+        f.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path_1);
+        return Err(e);
+    }
 
     trace!("wrote snapshot to {}", path_1.to_string_lossy());
 
     io_fail!(config, "snap write mv");
-    std::fs::rename(&path_1, &path_2)?;
+    if let Err(e) = std::fs::rename(&path_1, &path_2) {
+        // drover: as above, leave no unfinished file behind.
+        let _ = std::fs::remove_file(&path_1);
+        return Err(e.into());
+    }
     io_fail!(config, "snap write mv post");
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
