@@ -19,11 +19,19 @@ async fn copy_in(from: &Path, dir: &Path, index: u64) -> std::io::Result<PathBuf
     let secs = crate::driver::now_ms() / 1000;
     let name = format!("drover-backup-{secs:012}-{index:020}.bin");
     let partial = dir.join(format!("{name}.partial"));
-    tokio::fs::copy(from, &partial).await?;
-    tokio::fs::File::open(&partial).await?.sync_all().await?;
     let done = dir.join(name);
-    // Renamed only once whole, so a listed backup is never half a file.
-    tokio::fs::rename(&partial, &done).await?;
+    let copied = async {
+        tokio::fs::copy(from, &partial).await?;
+        tokio::fs::File::open(&partial).await?.sync_all().await?;
+        // Renamed only once whole, so a listed backup is never half a file.
+        tokio::fs::rename(&partial, &done).await
+    }
+    .await;
+    if let Err(e) = copied {
+        // A full disk must not keep the half copy that filled it.
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(e);
+    }
     Ok(done)
 }
 

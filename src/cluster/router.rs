@@ -222,7 +222,14 @@ impl Router {
                 })?;
                 Ok((outcome, reply.index))
             }
-            Err(status) if crate::wire::retryable(&status) => Err(Forwarded::Retry),
+            // The leader is busy becoming or ceasing to be one: ask again
+            // (a refusal for load is the leader's answer, not a failure).
+            Err(status)
+                if crate::wire::retryable(&status)
+                    && status.code() != tonic::Code::ResourceExhausted =>
+            {
+                Err(Forwarded::Retry)
+            }
             Err(status) if lost_contact(&status) => Err(Forwarded::Final(Error::ForwardLost {
                 leader,
                 reason: status.message().to_string(),

@@ -140,6 +140,14 @@ impl TestNode {
         self.child.as_ref().expect("running").id()
     }
 
+    /// The process's exit status if it has stopped by itself (it is then
+    /// no longer running); None while it runs.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
