@@ -94,6 +94,12 @@ impl LazyFs {
         }
     }
 
+    /// The disk starts failing every fsync (see tools/lazyfs/README.md).
+    fn fail_fsync(&mut self) {
+        signal(self.child.id(), libc::SIGUSR2);
+        self.expect_line("lazyfs fail-fsync");
+    }
+
     /// The power cut.
     fn cut(&mut self) {
         signal(self.child.id(), libc::SIGUSR1);
@@ -209,6 +215,83 @@ async fn acknowledged_jobs_survive_a_power_cut() {
     check_acked(&node, &all).await;
     eprintln!(
         "after {CYCLES} power cuts: all {} acknowledged jobs are there",
+        all.len()
+    );
+    node.kill();
+    fs.unmount();
+}
+
+/// A disk that fails an fsync under load: the node stops at once, naming
+/// the disk, rather than retry an fsync whose data the kernel may have
+/// dropped; and nothing it acknowledged is missing once the unsynced rest
+/// is gone too (a cut after the failure).
+#[tokio::test]
+#[ignore = "needs root, /dev/fuse and tools/lazyfs built; run by .ci/run"]
+async fn a_failed_fsync_stops_the_node_and_nothing_after_it_is_acknowledged() {
+    let backing = tempfile::tempdir().expect("backing dir");
+    let mut node = TestNode::prepare("127.0.0.1:0", CONFIG);
+    let log = node.dir.path().join("node.log");
+    node.log_file = Some(log.clone());
+    let mut fs = LazyFs::mount(backing.path(), &node.data_dir(), 7);
+    node.spawn();
+    let acked = Arc::new(Mutex::new(HashMap::<u64, String>::new()));
+    let producing = Arc::new(AtomicBool::new(true));
+    let mut producers = Vec::new();
+    for i in 0..4 {
+        let (servers, acked, producing) = (node.grpc.clone(), acked.clone(), producing.clone());
+        producers.push(tokio::spawn(async move {
+            let Ok(mut p) = Producer::connect(&servers).await else {
+                return;
+            };
+            for n in 0..100_000 {
+                if !producing.load(Ordering::Relaxed) {
+                    break;
+                }
+                let payload = format!("f-p{i}-{n}");
+                match p.enqueue(vec![new_job("fsync", &payload)]).await {
+                    Ok(ids) => {
+                        acked.lock().unwrap().insert(ids[0].id, payload);
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+    wait_for(
+        "load before the failure",
+        Duration::from_secs(120),
+        || async {
+            let n = acked.lock().unwrap().len();
+            if n >= 2000 {
+                Ok(())
+            } else {
+                Err(format!("{n} acknowledged"))
+            }
+        },
+    )
+    .await;
+    fs.fail_fsync();
+    let stopped = node.wait_exit(Duration::from_secs(30));
+    assert!(!stopped.success(), "stopped with a failure: {stopped:?}");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("failed a write or a sync"),
+        "names the failing disk: {}",
+        said.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+    producing.store(false, Ordering::Relaxed);
+    for p in producers {
+        let _ = p.await;
+    }
+    // What the failed fsyncs were to write is gone, and so is the rest.
+    fs.cut();
+    fs.unmount();
+    let fs = LazyFs::mount(backing.path(), &node.data_dir(), 0);
+    node.spawn();
+    let all = acked.lock().unwrap().clone();
+    check_acked(&node, &all).await;
+    eprintln!(
+        "after a failed fsync: all {} acknowledged jobs are there",
         all.len()
     );
     node.kill();

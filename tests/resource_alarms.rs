@@ -255,7 +255,7 @@ async fn enospc_stops_the_node_and_restarts_on_a_full_disk_change_nothing() {
     assert!(refused.is_some(), "the disk filled");
     assert!(acked.len() > 100, "took work until the disk filled");
     // The node stops by itself, with an error naming the cause.
-    let status = wait_child_of(&mut node, Duration::from_secs(30));
+    let status = node.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "stopped with a failure: {status:?}");
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -289,21 +289,6 @@ async fn enospc_stops_the_node_and_restarts_on_a_full_disk_change_nothing() {
     );
     for id in [acked[0], acked[acked.len() / 2], *acked.last().unwrap()] {
         assert_eq!(job_state(&node, id).await, "ready");
-    }
-}
-
-/// Waits for a node process that stops by itself.
-fn wait_child_of(node: &mut TestNode, limit: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(s) = node.try_exit() {
-            return s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the node did not stop within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -148,6 +148,22 @@ impl TestNode {
         Some(status)
     }
 
+    /// Waits for the process to stop by itself; its exit status. Panics
+    /// if it still runs after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.try_exit() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not stop within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -106,6 +106,10 @@ pub struct CutStats {
 pub struct State {
     /// The power is off: every request fails with EIO.
     dead: bool,
+    /// The disk fails every fsync/fdatasync from now on, with EIO, and the
+    /// data it was to make durable is dropped (as Linux marks the pages
+    /// clean after a writeback error): what a dying disk does.
+    fsync_fails: bool,
     opts: Options,
     root_dev: u64,
     root_bino: u64,
@@ -559,6 +563,11 @@ impl State {
         (b, sync, trunc)
     }
 
+    /// From now on every fsync fails (see `fsync_fails`).
+    pub fn fail_fsync(&mut self) {
+        self.fsync_fails = true;
+    }
+
     /// The power cut.
     pub fn cut(&mut self) -> CutStats {
         let mut stats = CutStats::default();
@@ -653,6 +662,7 @@ impl LazyFs {
         Ok(LazyFs {
             state: Arc::new(Mutex::new(State {
                 dead: false,
+                fsync_fails: false,
                 opts,
                 root_dev: st.st_dev,
                 root_bino: st.st_ino,
@@ -1125,6 +1135,10 @@ impl Filesystem for LazyFs {
         let mut st = self.lock();
         let r = (|| {
             st.alive()?;
+            if st.fsync_fails {
+                st.inode(ino)?.dirty = None;
+                return Err(eio());
+            }
             let sync_backing = st.opts.sync_backing;
             st.inode(ino)?.flush(sync_backing)
         })();

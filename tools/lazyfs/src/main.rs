@@ -38,6 +38,9 @@ options:
 
 signals:
   SIGUSR1             power cut: discard unsynced data, then EIO for all
+  SIGUSR2             the disk fails: every later fsync/fdatasync returns EIO
+                      and drops the data it was to sync (also `fail-fsync`
+                      on the control FIFO)
   SIGTERM, SIGINT     unmount (lazily if busy), write back unsynced data
                       unless there was a cut, and exit 0
 
@@ -121,6 +124,11 @@ fn do_cut(fs: &LazyFs) {
     }
 }
 
+fn do_fail_fsync(fs: &LazyFs) {
+    fs.lock().fail_fsync();
+    say("lazyfs fail-fsync: every fsync fails with EIO from now on");
+}
+
 fn do_sync(fs: &LazyFs) {
     match fs.lock().sync_all() {
         Ok(n) => say(&format!("lazyfs sync: wrote back {n} files")),
@@ -146,6 +154,7 @@ fn control_loop(path: PathBuf, fs: LazyFs) {
                 "" => {}
                 "cut" => do_cut(&fs),
                 "sync" => do_sync(&fs),
+                "fail-fsync" => do_fail_fsync(&fs),
                 other => eprintln!("lazyfs: unknown control command {other:?}"),
             }
         }
@@ -220,7 +229,7 @@ fn main() {
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGUSR1, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for s in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -265,6 +274,7 @@ fn main() {
         let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &tick) };
         match sig {
             libc::SIGUSR1 => do_cut(&fs),
+            libc::SIGUSR2 => do_fail_fsync(&fs),
             libc::SIGTERM | libc::SIGINT | libc::SIGHUP => {
                 unmount(&mount);
                 break;
