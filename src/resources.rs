@@ -23,8 +23,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::v1 as pb;
 
-/// How often the node reads its free space and RSS.
-pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// How often the node reads its free space and RSS: a statvfs and a read
+/// of /proc, tens of microseconds. Often, because a burst of large jobs
+/// writes tens of MB a second, and each sample's delay is disk written
+/// past the mark.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// A peer's reading older than this is not judged: a node that went
 /// silent cannot grow, and a leader must not refuse forever on its word.
 const PEER_READING_TTL: Duration = Duration::from_secs(10);

@@ -156,11 +156,13 @@ async fn wait_alarm(node: &TestNode, id: u64, alarm: &str, on: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_running_low_refuses_new_work_drains_and_recovers() {
-    let mut node = TestNode::prepare("127.0.0.1:0", "[storage]\nmin_free_bytes = \"24 MiB\"\n");
-    let Some(_fs) = Tmpfs::mount(&node.data_dir(), "96m") else {
+    // 128 MiB: 48 of ballast, 48 kept free; the jobs fill about 32, and
+    // draining them (sled rewrites records as they finish) needs room too.
+    let mut node = TestNode::prepare("127.0.0.1:0", "[storage]\nmin_free_bytes = \"48 MiB\"\n");
+    let Some(_fs) = Tmpfs::mount(&node.data_dir(), "128m") else {
         return;
     };
-    let ballast = ballast(&node.data_dir(), 16);
+    let ballast = ballast(&node.data_dir(), 48);
     node.spawn();
     let mut p = Producer::connect(&node.grpc).await.unwrap();
     // 20 KB jobs, 40 to a batch: the disk reaches the mark in a few dozen.
@@ -278,17 +280,12 @@ async fn enospc_stops_the_node_and_restarts_on_a_full_disk_change_nothing() {
         before,
         "restarts wrote nothing"
     );
-    // Space returns: it opens with every acknowledged job.
+    // Space returns: it opens with every acknowledged job (and perhaps
+    // the batch whose answer the stop cut off).
     std::fs::remove_file(ballast).unwrap();
     node.spawn();
-    let s = states(&node, "fill").await;
-    assert_eq!(
-        s.get("ready").copied().unwrap_or(0),
-        acked.len() as u64,
-        "every acknowledged job is back: {s:?}"
-    );
-    for id in [acked[0], acked[acked.len() / 2], *acked.last().unwrap()] {
-        assert_eq!(job_state(&node, id).await, "ready");
+    for id in &acked {
+        assert_eq!(job_state(&node, *id).await, "ready", "job {id}");
     }
 }
 

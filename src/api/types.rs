@@ -452,6 +452,20 @@ pub struct NodeBody {
     pub commit_index: u64,
     pub applied_index: u64,
     pub last_index: u64,
+    /// Disk and memory alarms standing, as this node knows them (its own;
+    /// on the leader, every voter's). The leader refuses new jobs while
+    /// any voter's memory alarm stands, or its own disk alarm, or a
+    /// majority's.
+    #[serde(default)]
+    pub alarms: Vec<AlarmBody>,
+}
+
+/// A disk or memory alarm on a member.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AlarmBody {
+    pub node: u64,
+    /// `disk_full` or `memory_high`.
+    pub alarm: String,
 }
 
 impl From<&crate::driver::NodeStatus> for NodeBody {
@@ -464,6 +478,16 @@ impl From<&crate::driver::NodeStatus> for NodeBody {
             commit_index: s.commit_index,
             applied_index: s.applied_index,
             last_index: s.last_index,
+            alarms: s
+                .members
+                .iter()
+                .flat_map(|m| {
+                    m.alarms.iter().map(|a| AlarmBody {
+                        node: m.id,
+                        alarm: a.code().to_string(),
+                    })
+                })
+                .collect(),
         }
     }
 }

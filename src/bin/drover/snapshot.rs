@@ -56,18 +56,29 @@ async fn save(file: &Path, target: &Target) -> Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut resp = target.admin()?.download("/api/v1/snapshot").await?;
     let tmp = file.with_extension("partial");
-    let mut out = tokio::fs::File::create(&tmp)
-        .await
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .context("the snapshot download broke off")?
-    {
-        out.write_all(&chunk).await?;
+    let written = async {
+        let mut out = tokio::fs::File::create(&tmp)
+            .await
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .context("the snapshot download broke off")?
+        {
+            out.write_all(&chunk)
+                .await
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+        }
+        out.sync_all()
+            .await
+            .with_context(|| format!("cannot sync {}", tmp.display()))
     }
-    out.sync_all().await?;
-    drop(out);
+    .await;
+    if let Err(e) = written {
+        // A full disk or a broken download leaves no half file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     let meta = match drover::snapshot::verify(&tmp) {
         Ok(m) => m,
         Err(e) => {

@@ -19,6 +19,12 @@ pub async fn run(target: Target) -> Result<()> {
             n.commit_index,
             n.applied_index
         );
+        for a in &n.alarms {
+            println!(
+                "ALARM  node {} {} (drover cluster members; docs/operations.md says what to do)",
+                a.node, a.alarm
+            );
+        }
         println!();
         let mut t = table(&[
             "QUEUE",
