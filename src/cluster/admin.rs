@@ -16,6 +16,8 @@ const CATCH_UP: Duration = Duration::from_secs(120);
 /// A learner this close to the commit index counts as caught up.
 const CAUGHT_UP_SLACK: u64 = 100;
 const TRANSFER_WAIT: Duration = Duration::from_secs(10);
+/// How often a transfer that has not happened yet is asked for again.
+const TRANSFER_RETRY: Duration = Duration::from_secs(2);
 
 fn refused(reason: impl Into<String>) -> Error {
     Error::MembershipRefused(reason.into())
@@ -161,10 +163,19 @@ pub async fn transfer_leader(router: &Router, id: u64) -> Result<NodeStatus, Err
     }
     router.transfer_leader(id).await?;
     let deadline = Instant::now() + TRANSFER_WAIT;
+    let mut asked = Instant::now();
     loop {
         let view = router.members().await?;
         if view.leader_id == id {
             return Ok(view);
+        }
+        // raft gives a transfer up after an election timeout, and the
+        // message that starts the target's election may be lost (its
+        // stream was reconnecting): ask again until the deadline. A
+        // transfer to the same node already under way is left alone.
+        if asked.elapsed() >= TRANSFER_RETRY && view.leader_id != 0 {
+            router.transfer_leader(id).await?;
+            asked = Instant::now();
         }
         if Instant::now() > deadline {
             return Err(refused(format!(
