@@ -56,6 +56,9 @@ pub struct Config {
     /// until a member adds it (`drover cluster add`). `peers` then lists the
     /// members it may hear from.
     pub join: bool,
+    /// A node removed from its cluster (`drover cluster remove`) stops, with
+    /// an error saying so; true keeps it running, idle, instead.
+    pub wait_when_removed: bool,
     pub limits: Limits,
     pub jobs: Jobs,
     pub raft: Raft,
@@ -465,6 +468,7 @@ impl Default for Config {
             cluster_id: "drover".into(),
             peers: Vec::new(),
             join: false,
+            wait_when_removed: false,
             limits: Limits::default(),
             jobs: Jobs::default(),
             raft: Raft::default(),

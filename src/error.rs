@@ -86,6 +86,9 @@ pub enum Error {
     PermissionDenied(String),
     #[error("token {token:?} is over its rate limit; retry in {retry_after_ms} ms")]
     RateLimited { token: String, retry_after_ms: u64 },
+    /// This node was removed from its cluster, and stopped.
+    #[error("node {node_id} was removed from the cluster ({reason}), so it stopped. To bring it back: empty its data dir, start it with join = true, and run `drover cluster add {node_id} ADDR` on a member (docs/operations.md, \"Rebuild a node\"); `wait_when_removed = true` keeps a removed node running instead")]
+    Removed { node_id: u64, reason: String },
     /// A node's disk or memory alarm stands: the leader takes no new work.
     #[error("{0}")]
     Pressure(#[from] crate::resources::Refusal),
@@ -169,6 +172,7 @@ impl Error {
             | Error::DataDir { .. }
             | Error::Driver(_)
             | Error::DiskFault { .. }
+            | Error::Removed { .. }
             | Error::Store(_)
             | Error::Machine(_)
             | Error::Snapshot(_) => Code::Internal,
@@ -218,6 +222,7 @@ impl Error {
             | Error::Store(_)
             | Error::Machine(_)
             | Error::Snapshot(_) => "internal",
+            Error::Removed { .. } => "removed",
             Error::DiskFault { fault, .. } => match fault {
                 crate::store::DiskFault::NoSpace => "disk_full",
                 crate::store::DiskFault::Io => "disk_failed",

@@ -217,9 +217,16 @@ impl Node {
     /// and workers stop within the grace, then the driver.
     pub async fn wait(mut self) -> Result<(), Error> {
         let mut stop = self.stop_tx.subscribe();
+        let mut status = self.app.driver.status_watch();
+        let wait_when_removed = self.app.config.wait_when_removed;
+        let mut removed = None;
         let driver_failed = tokio::select! {
             _ = stop.wait_for(|s| *s) => None,
             r = &mut self.driver_done => Some(r),
+            s = status.wait_for(|s| s.removed.is_some()), if !wait_when_removed => {
+                removed = s.ok().and_then(|s| s.removed.clone());
+                None
+            }
         };
         if let Some(r) = driver_failed {
             self.shutdown_tx.send_replace(true);
@@ -243,6 +250,12 @@ impl Node {
             return Err(Error::driver_stopped(&self.app.config.data_dir, &e));
         }
         tracing::info!(event = "node_stopped", "node stopped");
-        Ok(())
+        match removed {
+            Some(reason) => Err(Error::Removed {
+                node_id: self.app.config.node_id,
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
 }

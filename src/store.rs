@@ -32,6 +32,9 @@ pub const INIT_INDEX: u64 = 5;
 const ADDRESSES: &[u8] = b"p";
 /// The newest log entry format this node has applied (one byte).
 const FORMAT_FLOOR: &[u8] = b"F";
+/// Members removed, by the index of the change that removed them (bincode
+/// map), so their messages are refused with the reason.
+const REMOVED: &[u8] = b"R";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -398,23 +401,49 @@ impl RaftStore {
     }
 
     /// Addresses of the members added since the cluster started.
-    pub fn addresses(&self) -> Result<std::collections::BTreeMap<u64, String>, StoreError> {
-        match self.tree.get(ADDRESSES)? {
+    /// The bincode record at `key` (its default if there is none).
+    fn record<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        key: &[u8],
+    ) -> Result<T, StoreError> {
+        let name = || format!("raft/{}", String::from_utf8_lossy(key));
+        match self.tree.get(key)? {
             Some(b) => bincode::serde::decode_from_slice(&b, bincode::config::standard())
                 .map(|(m, _)| m)
-                .map_err(|e| corrupt("raft/p", e)),
-            None => Ok(Default::default()),
+                .map_err(|e| corrupt(name(), e)),
+            None => Ok(T::default()),
         }
+    }
+
+    fn set_record<T: serde::Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), StoreError> {
+        let bytes = bincode::serde::encode_to_vec(value, bincode::config::standard())
+            .map_err(|e| corrupt(format!("raft/{}", String::from_utf8_lossy(key)), e))?;
+        self.tree.insert(key, bytes)?;
+        Ok(())
+    }
+
+    pub fn addresses(&self) -> Result<std::collections::BTreeMap<u64, String>, StoreError> {
+        self.record(ADDRESSES)
     }
 
     pub fn set_addresses(
         &mut self,
         addrs: &std::collections::BTreeMap<u64, String>,
     ) -> Result<(), StoreError> {
-        let bytes = bincode::serde::encode_to_vec(addrs, bincode::config::standard())
-            .map_err(|e| corrupt("raft/p", e))?;
-        self.tree.insert(ADDRESSES, bytes)?;
-        Ok(())
+        self.set_record(ADDRESSES, addrs)
+    }
+
+    /// Members removed from the cluster, with the log index of the
+    /// configuration change that removed each (until one adds it again).
+    pub fn removed(&self) -> Result<std::collections::BTreeMap<u64, u64>, StoreError> {
+        self.record(REMOVED)
+    }
+
+    pub fn set_removed(
+        &mut self,
+        removed: &std::collections::BTreeMap<u64, u64>,
+    ) -> Result<(), StoreError> {
+        self.set_record(REMOVED, removed)
     }
 
     /// The newest entry format this node applied (1 if none recorded):

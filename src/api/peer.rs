@@ -52,6 +52,16 @@ impl Peer {
     /// Refuses a node that is not (or no longer) a member of this cluster.
     fn check_member(&self, from: u64) -> Result<(), Status> {
         let cfg = &self.app.config;
+        let removed_at = self
+            .app
+            .driver
+            .status_ref()
+            .removed_members
+            .get(&from)
+            .copied();
+        if let Some(at) = removed_at {
+            return Err(crate::wire::removed_status(from, at));
+        }
         let known = cfg.peers.iter().any(|p| p.id == from)
             || self
                 .app

@@ -43,7 +43,7 @@ pub async fn add(router: &Router, id: u64, addr: &str) -> Result<NodeStatus, Err
         Some(m) if m.voter => return Err(refused(format!("node {id} is already a voter"))),
         Some(_) => view.commit_index, // a learner from an earlier attempt: go on to promote it
         None => {
-            dial(router, addr).await?;
+            probe(router, id, addr).await?;
             router
                 .change_members(MemberChange::AddLearner {
                     id,
@@ -86,23 +86,90 @@ pub async fn add(router: &Router, id: u64, addr: &str) -> Result<NodeStatus, Err
     router.members().await
 }
 
-/// Opens a connection to `addr`, so a typo or a node not started yet is
-/// reported before anything enters the log.
-async fn dial(router: &Router, addr: &str) -> Result<(), Error> {
+/// Asks the node at `addr` who it is before anything enters the log: it
+/// must answer (within [`DIAL_TIMEOUT`] per step), over a connection this
+/// cluster's TLS settings trust, admit this cluster (same `cluster_id`,
+/// this node among its peers), run as node `id`, and belong to no cluster
+/// yet (started with `join = true` on an empty data dir). Otherwise the
+/// add is refused, naming what is wrong.
+async fn probe(router: &Router, id: u64, addr: &str) -> Result<(), Error> {
     let endpoint = router
         .credentials()
         .endpoint(addr)
         .map_err(|e| Error::invalid("addr", e.to_string()))?
         .connect_timeout(DIAL_TIMEOUT);
-    match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(refused(format!(
-            "cannot connect to {addr}: {e}; start the new node first (with join = true) and check the address and port"
-        ))),
-        Err(_) => Err(refused(format!(
-            "no answer from {addr} within {}s; start the new node first (with join = true) and check the address and that no firewall drops it",
-            DIAL_TIMEOUT.as_secs()
-        ))),
+    let secs = DIAL_TIMEOUT.as_secs();
+    let channel = match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(refused(connect_failure(addr, &e))),
+        Err(_) => {
+            return Err(refused(format!(
+                "no answer from {addr} within {secs}s; start the new node first (with join = true) and check the address and that no firewall drops it"
+            )))
+        }
+    };
+    let mut client = crate::proto::v1::peer_service_client::PeerServiceClient::new(
+        router.credentials().wrap(channel),
+    );
+    let request = crate::proto::v1::MembersRequest {
+        header: Some(router.header().clone()),
+    };
+    let reply = match tokio::time::timeout(DIAL_TIMEOUT, client.members(request)).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(status)) => {
+            return Err(refused(format!(
+                "the node at {addr} refused this cluster's request: {}; nothing was changed",
+                status.message()
+            )))
+        }
+        Err(_) => {
+            return Err(refused(format!(
+                "the node at {addr} accepted a connection but did not answer within {secs}s; is it a drover node, and is it stuck?"
+            )))
+        }
+    };
+    let them: NodeStatus = serde_json::from_str(&reply.json).map_err(|e| {
+        refused(format!(
+            "the node at {addr} answered with a status this drover cannot read ({e}); are both running the same version?"
+        ))
+    })?;
+    if them.node_id != id {
+        return Err(refused(format!(
+            "the node at {addr} runs as node {}, not node {id}; add it as {} or fix its node_id",
+            them.node_id, them.node_id
+        )));
+    }
+    if !them.members.is_empty() {
+        let members: Vec<u64> = them.members.iter().map(|m| m.id).collect();
+        return Err(refused(format!(
+            "node {id} at {addr} already belongs to a cluster (members {members:?}, term {}, applied index {}): it was started without join = true, or holds an old data dir. Adding it would mix two clusters' logs; stop it, empty its data dir, start it with join = true, and add it again",
+            them.term, them.applied_index
+        )));
+    }
+    Ok(())
+}
+
+/// Why a connection to a would-be member failed, with what to do.
+fn connect_failure(addr: &str, e: &tonic::transport::Error) -> String {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        source = s.source();
+    }
+    let lower = detail.to_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("tls") {
+        format!(
+            "cannot connect to {addr} over TLS ({detail}): its certificate is not trusted by this cluster's [tls] ca, or it does not speak TLS; give it a certificate signed by the cluster's CA"
+        )
+    } else if lower.contains("refused") {
+        format!(
+            "nothing listens at {addr} ({detail}); start the new node first (with join = true) and check the address and port"
+        )
+    } else {
+        format!(
+            "cannot connect to {addr}: {detail}; start the new node first (with join = true) and check the address and port"
+        )
     }
 }
 

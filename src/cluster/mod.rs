@@ -43,6 +43,9 @@ pub enum Control {
     Step(raft::eraftpb::Message),
     /// A send to this peer failed.
     Unreachable(u64),
+    /// Peer `by` refused this node's messages: it applied the removal of
+    /// this node at log index `at`.
+    Removed { by: u64, at: u64, reason: String },
     /// Hand leadership to this node.
     TransferLeader(u64),
     /// How streaming a snapshot to a follower ended.

@@ -57,6 +57,11 @@ impl Router {
         &self.credentials
     }
 
+    /// What this node says of itself on every peer request.
+    pub fn header(&self) -> &pb::PeerHeader {
+        &self.header
+    }
+
     pub fn driver(&self) -> &DriverHandle {
         &self.driver
     }

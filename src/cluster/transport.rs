@@ -279,7 +279,13 @@ async fn send_loop(
                 }
                 ended = &mut call => break match ended {
                     Ok(Ok(())) => "the peer closed the raft stream".to_string(),
-                    Ok(Err(status)) => status.message().to_string(),
+                    Ok(Err(status)) => {
+                        if let Some(at) = crate::wire::removed_at(&status) {
+                            let reason = status.message().to_string();
+                            let _ = control.try_send(Control::Removed { by: peer, at, reason });
+                        }
+                        status.message().to_string()
+                    }
                     Err(e) => e.to_string(),
                 },
             }

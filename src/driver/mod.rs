@@ -55,6 +55,8 @@ const CONTROL_QUEUE: usize = 16384;
 const MAX_ENTRY_BYTES: usize = 256 << 10;
 /// Most log entries dropped per Ready by compaction.
 const COMPACT_STEP: u64 = 1000;
+/// How long the log must say this node is removed before it acts on it.
+const REMOVAL_GRACE: Duration = Duration::from_secs(3);
 /// Most raft messages stepped before the driver handles a Ready.
 const MAX_STEPS_PER_READY: usize = 1024;
 
@@ -382,6 +384,13 @@ struct Driver {
     pressure: Arc<Pressure>,
     /// Schedule fires held back by an alarm (logged once per hold).
     fires_held: bool,
+    /// Members removed, by the index of the change that removed each.
+    removed_members: std::collections::BTreeMap<u64, u64>,
+    /// Why this node counts itself removed from the cluster: it then takes
+    /// no raft ticks, so it never campaigns.
+    removed: Option<String>,
+    /// Since when the log says this node is removed (see `check_removed`).
+    removal_seen: Option<std::time::Instant>,
 }
 
 /// Drops machine trees left by a snapshot install that a crash interrupted.
@@ -497,6 +506,7 @@ pub fn start(
     let mut addrs: std::collections::BTreeMap<u64, String> =
         cfg.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
     addrs.extend(raw.store().addresses()?);
+    let raw_removed = raw.store().removed()?;
     let pressure = Pressure::from_config(cfg);
     pressure.sample();
     let transport = Transport::start(cfg, &addrs, control_tx.clone(), pressure.clone());
@@ -570,6 +580,9 @@ pub fn start(
         node_id: cfg.node_id,
         pressure,
         fires_held: false,
+        removed: None,
+        removed_members: raw_removed,
+        removal_seen: None,
     };
     let (done_tx, done) = oneshot::channel();
     // The driver never blocks on the disk (the flusher thread does), so it
@@ -604,7 +617,12 @@ impl Driver {
                     self.turned_at.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
                     // Reads raft dropped (no leader) whose waiters gave up.
                     self.reads.drop_abandoned();
-                    self.raw.tick();
+                    // A removed node takes no ticks: it never campaigns,
+                    // so it cannot disturb the cluster it left.
+                    self.check_removed();
+                    if self.removed.is_none() {
+                        self.raw.tick();
+                    }
                     self.propose_tick_if_due();
                 }
                 written = self.snapshots.next_written() => self.on_snapshot_written(written),
@@ -656,6 +674,19 @@ impl Driver {
                 }
             }
             Control::Unreachable(id) => self.raw.report_unreachable(id),
+            Control::Removed { by, at, reason } => {
+                // Believed only of a removal this node has not applied yet
+                // while it counts itself a member: a node not yet added
+                // (joining) or added again since (applied past `at`) is
+                // merely talking to a peer that lags behind.
+                let member = {
+                    let conf = self.raw.raft.prs().conf();
+                    conf.voters().contains(self.node_id) || conf.learners().contains(&self.node_id)
+                };
+                if member && self.machine.meta().applied_index < at {
+                    self.mark_removed(format!("node {by} says: {reason}"));
+                }
+            }
 
             Control::TransferLeader(id) => self.raw.transfer_leader(id),
             Control::SnapshotSent { to, ok } => {
@@ -1396,16 +1427,20 @@ impl Driver {
                     ConfChangeType::RemoveNode => {
                         self.addrs.remove(&id);
                         self.transport.remove_peer(id);
-                        if id == self.node_id {
-                            tracing::warn!(
-                                event = "removed_from_cluster",
-                                "this node was removed from the cluster; stop it"
-                            );
-                        }
+                        // This node's own removal is acted on by
+                        // `check_removed`, once it stands.
+                        self.removed_members.insert(id, entry.index);
                     }
                     _ => {}
                 }
+                if matches!(
+                    cc.get_change_type(),
+                    ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+                ) {
+                    self.removed_members.remove(&id);
+                }
                 self.raw.mut_store().set_addresses(&self.addrs)?;
+                self.raw.mut_store().set_removed(&self.removed_members)?;
             }
             result
         };
@@ -1511,14 +1546,52 @@ impl Driver {
         self.pressure.refusal(&voters)
     }
 
+    /// Acts on this node's own removal once it has stood for
+    /// [`REMOVAL_GRACE`]: a node rebuilt under its old id replays the
+    /// change that removed it on the way to the one that added it back.
+    fn check_removed(&mut self) {
+        if self.removed.is_some() {
+            return;
+        }
+        match self.removed_members.get(&self.node_id).copied() {
+            None => self.removal_seen = None,
+            Some(at) => {
+                let since = *self
+                    .removal_seen
+                    .get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= REMOVAL_GRACE {
+                    self.mark_removed(format!("the configuration change at index {at} removed it"));
+                }
+            }
+        }
+    }
+
+    /// This node is out of the cluster: it stops campaigning, says so once,
+    /// and reports it in its status (the node then stops, unless told to
+    /// wait).
+    fn mark_removed(&mut self, reason: String) {
+        if self.removed.is_some() {
+            return;
+        }
+        tracing::error!(
+            event = "removed_from_cluster",
+            node_id = self.node_id,
+            reason = %reason,
+            "this node was removed from the cluster: it no longer campaigns. To bring it back, empty its data dir, start it with join = true and run `drover cluster add`"
+        );
+        self.removed = Some(reason);
+    }
+
     fn publish_status(&mut self) {
-        let status = NodeStatus::of(
+        let mut status = NodeStatus::of(
             &self.raw.raft,
             self.node_id,
             &self.addrs,
             self.machine.meta().applied_index,
             &self.pressure,
         );
+        status.removed_members = self.removed_members.clone();
+        status.removed = self.removed.clone();
         self.status_tx.send_if_modified(|s| {
             if s.leader_id != status.leader_id {
                 metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);

@@ -52,6 +52,14 @@ pub struct NodeStatus {
     pub last_index: u64,
     /// Every voter and learner; progress is known only on the leader.
     pub members: Vec<Member>,
+    /// Nodes removed from the cluster, by the log index of the change that
+    /// removed each: their messages are refused, saying so.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub removed_members: std::collections::BTreeMap<u64, u64>,
+    /// This node was removed from the cluster, and how it learned it: it
+    /// no longer campaigns, and stops unless told to wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
 }
 
 impl NodeStatus {
@@ -125,6 +133,8 @@ impl NodeStatus {
             applied_index: applied,
             last_index: raft.raft_log.last_index(),
             members,
+            removed_members: Default::default(),
+            removed: None,
         }
     }
 }

@@ -11,8 +11,8 @@ mod status;
 pub use backoff::{jittered, Backoff};
 pub use credentials::{Bearer, ClientTls, Conn, Credentials};
 pub use status::{
-    backoff, code_name, drover_code, mark_code, mark_retry, request_error, retry_after_ms,
-    retry_safe, retryable, status_of, LEADER_HINT, MAX_GRPC_MESSAGE,
+    backoff, code_name, drover_code, mark_code, mark_retry, removed_at, removed_status,
+    request_error, retry_after_ms, retry_safe, retryable, status_of, LEADER_HINT, MAX_GRPC_MESSAGE,
 };
 
 use std::time::Duration;

@@ -34,6 +34,34 @@ pub fn drover_code(status: &tonic::Status) -> Option<&str> {
     status.metadata().get(CODE).and_then(|v| v.to_str().ok())
 }
 
+/// Metadata on a peer's refusal of a removed member: the log index of the
+/// change that removed it.
+const REMOVED_AT: &str = "drover-removed-at";
+
+/// A peer's refusal of member `id`, removed at log index `at`.
+pub fn removed_status(id: u64, at: u64) -> tonic::Status {
+    let mut status = tonic::Status::permission_denied(format!(
+        "node {id} was removed from this cluster by the configuration change at index {at}; to bring it back, empty its data dir, start it with join = true and run `drover cluster add {id} ADDR`"
+    ));
+    mark_code(&mut status, "removed");
+    status
+        .metadata_mut()
+        .insert(REMOVED_AT, MetadataValue::from(at));
+    status
+}
+
+/// The index a removed member's refusal names (see [`removed_status`]).
+pub fn removed_at(status: &tonic::Status) -> Option<u64> {
+    if drover_code(status) != Some("removed") {
+        return None;
+    }
+    status
+        .metadata()
+        .get(REMOVED_AT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Marks `status` as retry-safe and with a retry hint, as its error says.
 pub fn mark_retry(status: &mut tonic::Status, retry_safe: bool, retry_after_ms: u64) {
     if retry_safe {

@@ -149,12 +149,21 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// An error ends the command with its message and its causes on one line
 /// (no backtrace, whatever RUST_BACKTRACE says: an operator wants the
 /// reason, not our stack) and exit status 1.
+/// `drover serve`'s exit status when the node was removed from its cluster
+/// (systemd/drover.service does not restart it).
+const EXIT_REMOVED: u8 = 3;
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // A removed node must not be restarted into the same refusal:
+            // the unit's RestartPreventExitStatus names this code.
+            match e.downcast_ref::<drover::Error>() {
+                Some(drover::Error::Removed { .. }) => std::process::ExitCode::from(EXIT_REMOVED),
+                _ => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
