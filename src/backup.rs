@@ -40,6 +40,52 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
     crate::snapshot::list_named(dir, "drover-backup-")
 }
 
+/// Where this node writes its scheduled backups: `[backup] dir`, else
+/// `DATA_DIR/backups`.
+pub fn dir(cfg: &crate::config::Config) -> PathBuf {
+    cfg.backup
+        .dir
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("backups"))
+}
+
+/// A backup file, as its name and size tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// When it was taken, in seconds since the epoch.
+    pub taken_at_secs: u64,
+    /// The log index it holds the state at.
+    pub index: u64,
+}
+
+/// The backups in `dir`, newest first, with what their names say.
+pub fn listing(dir: &Path) -> Vec<Listed> {
+    list(dir)
+        .into_iter()
+        .map(|path| {
+            let name = path
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut parts = name
+                .trim_start_matches("drover-backup-")
+                .split('-')
+                .map(|p| p.parse::<u64>().unwrap_or(0));
+            let taken_at_secs = parts.next().unwrap_or(0);
+            let index = parts.next().unwrap_or(0);
+            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+            Listed {
+                path,
+                bytes,
+                taken_at_secs,
+                index,
+            }
+        })
+        .collect()
+}
+
 /// Takes one backup now, if this node leads; prunes to `keep`.
 pub async fn take(
     driver: &DriverHandle,

@@ -1,6 +1,8 @@
 //! `drover snapshot restore`: seeds a new node's data dir from a snapshot
-//! file, as a one-voter cluster of that node. Other nodes can then be added
-//! with `drover cluster add`.
+//! file, with the voters it is given: every member of a cluster restored
+//! from the same file starts with the same state and membership and elects
+//! a leader as a new cluster would (etcd's way); or one voter, to which
+//! the others are added with `drover cluster add`.
 
 use std::path::Path;
 
@@ -10,10 +12,12 @@ use crate::error::Error;
 use crate::snapshot::{self, SnapshotMeta};
 use crate::store::{self, RaftStore, DEFAULT_MACHINE_TREE};
 
+/// Restores `file` into the empty `data_dir`, with `voters` as the
+/// cluster's members.
 pub fn restore(
     file: &Path,
     data_dir: &Path,
-    node_id: u64,
+    voters: Vec<u64>,
     cache_capacity_bytes: u64,
 ) -> Result<SnapshotMeta, Error> {
     let not_empty = std::fs::read_dir(data_dir)
@@ -39,7 +43,7 @@ pub fn restore(
     crate::machine::check_layout(&tree)?;
     let seeded = SnapshotMeta {
         conf_state: ConfState {
-            voters: vec![node_id],
+            voters,
             ..Default::default()
         },
         ..meta.clone()

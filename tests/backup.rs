@@ -83,3 +83,44 @@ async fn scheduled_backups_are_kept_pruned_and_restore_into_a_new_node() {
         assert_eq!(job_state(&restored, id).await, "ready");
     }
 }
+
+/// `drover backups list` shows every member's backups, newest first, with
+/// the node each lies on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_list_shows_every_members_backups_and_where() {
+    let c = TestCluster::start(3, "[backup]\nevery = \"1s\"\nkeep = 3\n");
+    let leader = c.leader().await;
+    enqueue_n(&c.nodes[leader].grpc, "q", 3);
+    let follower = (leader + 1) % 3;
+    let listed = wait_for("backups to be listed", Duration::from_secs(30), || async {
+        let v = drover_json(&["backups", "list", "--json"], &c.nodes[follower].grpc);
+        let all = v.as_array().cloned().unwrap_or_default();
+        if all.len() >= 2 {
+            Ok(all)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    let taken: Vec<u64> = listed
+        .iter()
+        .map(|b| b["taken_at_secs"].as_u64().unwrap())
+        .collect();
+    assert!(
+        taken.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {taken:?}"
+    );
+    for b in &listed {
+        let node = b["node"].as_u64().unwrap() as usize;
+        let path = std::path::PathBuf::from(b["path"].as_str().unwrap());
+        assert!(
+            path.starts_with(c.nodes[node - 1].data_dir()),
+            "{b} lies on node {node}"
+        );
+        assert!(path.exists(), "{b}");
+    }
+    assert!(
+        listed.iter().any(|b| b["node"] == leader as u64 + 1),
+        "{listed:?}"
+    );
+}

@@ -63,3 +63,61 @@ async fn a_node_whose_data_is_lost_is_rebuilt_from_its_peers() {
     )
     .await;
 }
+
+/// "Restore a cluster": the same snapshot restored on every member, each
+/// with its own config; they start as a cluster that agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_restored_from_one_snapshot_agrees() {
+    let mut c = TestCluster::start(3, "");
+    let leader = c.leader().await;
+    let ids = enqueue_n(&c.nodes[leader].grpc, "q", 40);
+    let file = c.nodes[0].dir.path().join("backup.bin");
+    let file_s = file.to_str().unwrap().to_string();
+    drover_json(&["snapshot", "save", &file_s], &c.nodes[leader].grpc);
+    for n in &mut c.nodes {
+        n.kill();
+        std::fs::remove_dir_all(n.data_dir()).unwrap();
+    }
+    for n in &c.nodes {
+        let config = n.write_config();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["snapshot", "restore", &file_s, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains("members [1, 2, 3]") && said.contains("drover serve --config"),
+            "{said}"
+        );
+    }
+    for n in &mut c.nodes {
+        n.spawn();
+    }
+    let leader = c.leader().await;
+    c.converged().await;
+    for n in &c.nodes {
+        for id in [ids[0], ids[39]] {
+            assert_eq!(job_state(n, id).await, "ready");
+        }
+    }
+    let more = enqueue_n(&c.nodes[leader].grpc, "q", 1);
+    assert!(
+        more[0] > ids[39],
+        "new ids continue after the restored ones"
+    );
+    // A restore into a data dir that holds something is refused.
+    let config = c.nodes[0].write_config();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["snapshot", "restore", &file_s, "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+}

@@ -460,6 +460,29 @@ pub struct NodeBody {
     pub alarms: Vec<AlarmBody>,
 }
 
+/// One node's backups, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupsBody {
+    pub node: u64,
+    /// Where the node writes them (`[backup] dir`, else `DATA_DIR/backups`).
+    pub dir: String,
+    pub backups: Vec<BackupBody>,
+}
+
+/// A backup file on a node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupBody {
+    /// The node it lies on.
+    pub node: u64,
+    /// Its path on that node.
+    pub path: String,
+    pub bytes: u64,
+    /// When it was taken, in seconds since the epoch.
+    pub taken_at_secs: u64,
+    /// The log index whose state it holds.
+    pub index: u64,
+}
+
 /// A disk or memory alarm on a member.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AlarmBody {

@@ -11,8 +11,8 @@ use crate::api::auth::Caller;
 
 use super::{body, id_param, query, HttpState};
 use crate::api::types::{
-    AddMemberBody, AuditBody, AuditPageBody, DigestBody, MembersBody, NodeRefBody, PoliciesBody,
-    StatsBody,
+    AddMemberBody, AuditBody, AuditPageBody, BackupBody, BackupsBody, DigestBody, MembersBody,
+    NodeRefBody, PoliciesBody, StatsBody,
 };
 use crate::api::ErrorResponses;
 use crate::error::Error;
@@ -129,6 +129,35 @@ pub(super) async fn transfer_leader(
         .record(&caller, "cluster.transfer_leader", target, result)
         .await?;
     Ok(Json((&status).into()))
+}
+
+/// This node's scheduled backups, newest first (`drover backups list`
+/// asks every member).
+#[utoipa::path(get, path = "/api/v1/backups", tag = "cluster",
+    responses((status = 200, body = BackupsBody), ErrorResponses))]
+pub(super) async fn backups(State(s): State<HttpState>) -> Json<BackupsBody> {
+    let node = s.app.config.node_id;
+    let dir = crate::backup::dir(&s.app.config);
+    let listed = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || crate::backup::listing(&dir))
+            .await
+            .unwrap_or_default()
+    };
+    Json(BackupsBody {
+        node,
+        dir: dir.display().to_string(),
+        backups: listed
+            .into_iter()
+            .map(|b| BackupBody {
+                node,
+                path: b.path.display().to_string(),
+                bytes: b.bytes,
+                taken_at_secs: b.taken_at_secs,
+                index: b.index,
+            })
+            .collect(),
+    })
 }
 
 /// A consistent backup: takes a snapshot now and streams its file.

@@ -210,6 +210,7 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             Admin,
             get(cluster::snapshot),
         ),
+        route(Method::GET, "/api/v1/backups", Read, get(cluster::backups)),
         route(Method::GET, "/api/v1/audit", Read, get(cluster::audit)),
         route(Method::GET, "/api/v1/workers", Read, get(workers::list)),
         route(

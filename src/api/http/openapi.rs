@@ -37,6 +37,7 @@ use utoipa::{Modify, OpenApi};
         super::cluster::transfer_leader,
         super::cluster::digest,
         super::cluster::snapshot,
+        super::cluster::backups,
         super::cluster::audit,
         super::workers::list,
         super::cluster::policies,

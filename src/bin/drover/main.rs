@@ -4,6 +4,7 @@
 
 mod admin;
 mod audit;
+mod backups;
 mod breakers;
 mod canary;
 mod chaos;
@@ -94,6 +95,11 @@ enum Cmd {
     Cluster {
         #[command(subcommand)]
         command: cluster::ClusterCmd,
+    },
+    /// The scheduled backups of every member, and where each lies.
+    Backups {
+        #[command(subcommand)]
+        command: backups::BackupsCmd,
     },
     /// Back up and restore the state.
     Snapshot {
@@ -201,6 +207,7 @@ fn run() -> Result<()> {
             Cmd::Schedules { command } => schedules::run(command).await,
             Cmd::Cluster { command } => cluster::run(command).await,
             Cmd::Snapshot { command } => snapshot::run(command).await,
+            Cmd::Backups { command } => backups::run(command).await,
             Cmd::Audit(a) => audit::run(a).await,
             Cmd::Workers { command } => workers::run(command).await,
             Cmd::Versions { command } => versions::run(command).await,

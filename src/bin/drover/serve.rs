@@ -19,6 +19,11 @@ pub struct ServeArgs {
     http_addr: Option<std::net::SocketAddr>,
     #[arg(long)]
     node_id: Option<u64>,
+    /// Join an existing cluster instead of bootstrapping one (as `join =
+    /// true`): the node waits on its empty data dir until a member runs
+    /// `drover cluster add`.
+    #[arg(long)]
+    join: bool,
     /// Simulates a build whose log entry format is N (it applies formats
     /// up to N and writes N once every voter does), for upgrade tests.
     #[arg(long, hide = true, value_parser = clap::value_parser!(u8).range(1..))]
@@ -109,6 +114,9 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     if let Some(v) = a.node_id {
         config.node_id = v;
     }
+    if a.join {
+        config.join = true;
+    }
     if let Some(v) = a.entry_version {
         config.entry_version = v;
     }
@@ -130,10 +138,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     let node = drover::node::Node::start(config).await?;
     if let Some(every) = node.app.config.backup.every {
         let b = &node.app.config.backup;
-        let dir = b
-            .dir
-            .clone()
-            .unwrap_or_else(|| node.app.config.data_dir.join("backups"));
+        let dir = drover::backup::dir(&node.app.config);
         tracing::info!(event = "backups_scheduled", dir = %dir.display(), every = ?every, keep = b.keep, "the leader writes a backup on schedule");
         tokio::spawn(drover::backup::schedule(
             node.app.driver.clone(),
