@@ -43,7 +43,7 @@ pub async fn run(cmd: BackupsCmd) -> Result<()> {
             Err(e) => missing.push(format!("node {} ({}): {e:#}", m.id, m.addr)),
         }
     }
-    all.sort_by(|a, b| (b.taken_at_secs, b.index).cmp(&(a.taken_at_secs, a.index)));
+    all.sort_by_key(|b| std::cmp::Reverse((b.taken_at_secs, b.index)));
     target.print(&all, |all| {
         let mut t = table(&["TAKEN (UTC)", "NODE", "INDEX", "BYTES", "PATH"]);
         for b in all {
