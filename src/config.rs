@@ -979,13 +979,35 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|e| match e {
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
                 message,
             },
             other => other,
-        })
+        })?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    /// Relative paths in a file are relative to the file's directory, not
+    /// to wherever the node happens to be started from: `data_dir`,
+    /// `[backup] dir` and the `[tls]` files.
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.data_dir);
+        if let Some(d) = self.backup.dir.as_mut() {
+            resolve(d);
+        }
+        if let Some(t) = self.tls.as_mut() {
+            resolve(&mut t.cert);
+            resolve(&mut t.key);
+            resolve(&mut t.ca);
+        }
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -1437,6 +1459,23 @@ mod tests {
             toml::to_string(&Config::default()).unwrap(),
             "config/drover.toml must document the defaults"
         );
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_resolve_against_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"data\"\n[backup]\ndir = \"../b\"\n[tls]\ncert = \"c.pem\"\nkey = \"/abs/k.pem\"\nca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let c = Config::from_file(&file).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        assert_eq!(c.backup.dir, Some(dir.path().join("../b")));
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, dir.path().join("c.pem"));
+        assert_eq!(tls.key, PathBuf::from("/abs/k.pem"));
     }
 
     #[test]
