@@ -446,11 +446,19 @@ pub fn rss_bytes() -> Option<u64> {
 /// (v2 `memory.max`, or v1 `memory.limit_in_bytes`, the tightest on its
 /// path), else the machine's physical memory.
 pub fn memory_limit() -> Option<u64> {
-    let physical = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    });
+    // sysconf, not /proc/meminfo: our unit's ProcSubset=pid hides the latter.
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let physical = u64::try_from(pages)
+        .ok()
+        .zip(u64::try_from(page).ok())
+        .map(|(n, p)| n.saturating_mul(p))
+        .filter(|b| *b > 0);
     let cgroup = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
         .and_then(|c| cgroup_limit(&c, Path::new("/sys/fs/cgroup")));

@@ -121,3 +121,67 @@ async fn every_member_restored_from_one_snapshot_agrees() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
 }
+
+/// README's rolling restart: followers first, the leader last, each time
+/// waiting with `drover cluster wait --caught-up` before the next; and the
+/// wait fails, naming the node, while one is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_waits_for_each_node_and_keeps_everything() {
+    let mut c = TestCluster::start(3, "");
+    let first = c.leader().await;
+    let ids = enqueue_n(&c.nodes[first].grpc, "q", 20);
+    let servers = c.servers();
+    let out = drover_cli(&["cluster", "leader"], &servers, "");
+    let leader: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(leader, first + 1);
+    let order: Vec<usize> = (1..=3).filter(|i| *i != leader).chain([leader]).collect();
+    for id in order {
+        c.nodes[id - 1].terminate();
+        c.nodes[id - 1].spawn();
+        let out = drover_cli(
+            &["cluster", "wait", "--caught-up", "--timeout", "60s"],
+            &servers,
+            "",
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let leader = c.leader().await;
+    for id in ids {
+        assert_eq!(job_state(&c.nodes[leader], id).await, "ready");
+    }
+    let down = (leader + 1) % 3;
+    c.nodes[down].kill();
+    wait_for(
+        "the leader to notice the node is down",
+        Duration::from_secs(20),
+        || async {
+            let (_, m) =
+                get_json(&format!("{}/api/v1/cluster/members", c.nodes[leader].http)).await;
+            let gone = m["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["id"] == down as u64 + 1 && x["reachable"] == false);
+            if gone {
+                Ok(())
+            } else {
+                Err(m.to_string())
+            }
+        },
+    )
+    .await;
+    let out = drover_cli(
+        &["cluster", "wait", "--caught-up", "--timeout", "5s"],
+        &servers,
+        "",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("node {}", down + 1)),
+        "{err}"
+    );
+}

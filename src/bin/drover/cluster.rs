@@ -33,10 +33,81 @@ pub enum ClusterCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Print the leader's node id (fails while there is none): for
+    /// scripts that must act on the leader last.
+    Leader(Target),
+    /// Wait until the cluster has a leader and every member answers it
+    /// with its log caught up (a rolling restart waits on this before it
+    /// takes the next node down); fails after --timeout saying who lags.
+    Wait {
+        /// Wait for every member to be reachable and caught up.
+        #[arg(long)]
+        caught_up: bool,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// A member this close to the leader's commit index counts as caught up.
+const CAUGHT_UP_SLACK: u64 = 100;
+
+/// Why the cluster is not yet whole, or None once it is.
+fn lagging(m: &MembersBody) -> Option<String> {
+    if m.leader_id == 0 {
+        return Some("no leader".into());
+    }
+    let behind: Vec<String> = m
+        .members
+        .iter()
+        .filter_map(|x| match (x.reachable, x.match_index) {
+            (Some(true), Some(i)) if i + CAUGHT_UP_SLACK >= m.commit_index => None,
+            (Some(false), _) => Some(format!("node {} unreachable", x.id)),
+            (_, Some(i)) => Some(format!("node {} at {i} of {}", x.id, m.commit_index)),
+            _ => Some(format!("node {}: progress unknown", x.id)),
+        })
+        .collect();
+    (!behind.is_empty()).then(|| behind.join(", "))
 }
 
 pub async fn run(cmd: ClusterCmd) -> Result<()> {
     let (target, members): (Target, MembersBody) = match cmd {
+        ClusterCmd::Leader(target) => {
+            let m: MembersBody = target.admin()?.get("/api/v1/cluster/members").await?;
+            if m.leader_id == 0 {
+                anyhow::bail!("no leader is known (as seen from node {})", m.seen_from);
+            }
+            println!("{}", m.leader_id);
+            return Ok(());
+        }
+        ClusterCmd::Wait {
+            caught_up,
+            timeout,
+            target,
+        } => {
+            let deadline = std::time::Instant::now() + timeout;
+            let whole = loop {
+                // A node restarting refuses for a moment: the client moves
+                // on to the next address, and this asks again.
+                let last = match target
+                    .admin()?
+                    .get::<MembersBody>("/api/v1/cluster/members")
+                    .await
+                {
+                    Ok(m) => match lagging(&m) {
+                        Some(why) if caught_up || m.leader_id == 0 => why,
+                        _ => break m,
+                    },
+                    Err(e) => format!("{e:#}"),
+                };
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("the cluster was not whole within {timeout:?}: {last}");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            };
+            (target, whole)
+        }
         ClusterCmd::Members(target) => {
             let m = target.admin()?.get("/api/v1/cluster/members").await?;
             (target, m)
