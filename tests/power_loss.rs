@@ -122,6 +122,42 @@ impl Drop for LazyFs {
     }
 }
 
+/// Four producers enqueueing jobs with unique payloads (`PREFIX-pI-N`)
+/// into `queue` until `producing` is cleared (or 100,000 each), recording
+/// every acknowledged one.
+fn produce(
+    server: &str,
+    queue: &str,
+    prefix: &str,
+    acked: &Arc<Mutex<HashMap<u64, String>>>,
+    producing: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
+        .map(|i| {
+            let (server, queue, prefix) =
+                (server.to_string(), queue.to_string(), prefix.to_string());
+            let (acked, producing) = (acked.clone(), producing.clone());
+            tokio::spawn(async move {
+                let Ok(mut p) = Producer::connect(&server).await else {
+                    return;
+                };
+                for n in 0..100_000 {
+                    if !producing.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let payload = format!("{prefix}-p{i}-{n}");
+                    match p.enqueue(vec![new_job(&queue, &payload)]).await {
+                        Ok(ids) => {
+                            acked.lock().unwrap().insert(ids[0].id, payload);
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 /// Every acknowledged job is in the node, with its payload.
 async fn check_acked(node: &TestNode, acked: &HashMap<u64, String>) {
     let mut p = Producer::connect(&node.grpc).await.expect("connect");
@@ -152,27 +188,13 @@ async fn acknowledged_jobs_survive_a_power_cut() {
 
         // Load: producers with unique payloads, a worker churning records.
         let producing = Arc::new(AtomicBool::new(true));
-        let mut producers = Vec::new();
-        for i in 0..4 {
-            let (servers, acked, producing) = (node.grpc.clone(), acked.clone(), producing.clone());
-            producers.push(tokio::spawn(async move {
-                let Ok(mut p) = Producer::connect(&servers).await else {
-                    return;
-                };
-                for n in 0.. {
-                    if !producing.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let payload = format!("c{cycle}-p{i}-{n}");
-                    match p.enqueue(vec![new_job("power", &payload)]).await {
-                        Ok(ids) => {
-                            acked.lock().unwrap().insert(ids[0].id, payload);
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-            }));
-        }
+        let producers = produce(
+            &node.grpc,
+            "power",
+            &format!("c{cycle}"),
+            &acked,
+            &producing,
+        );
         let (stop_tx, stop) = watch::channel(false);
         let handler = |_job: drover::client::worker::Job| async {
             Ok::<_, JobError>(Bytes::from_static(b"done"))
@@ -225,7 +247,9 @@ async fn acknowledged_jobs_survive_a_power_cut() {
 /// the disk, rather than retry an fsync whose data the kernel may have
 /// dropped; and nothing it acknowledged is missing once the unsynced rest
 /// is gone too (a cut after the failure).
-#[tokio::test]
+// Multi-threaded: the producers go on (and make the node fsync) while the
+// test waits for the node to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, /dev/fuse and tools/lazyfs built; run by .ci/run"]
 async fn a_failed_fsync_stops_the_node_and_nothing_after_it_is_acknowledged() {
     let backing = tempfile::tempdir().expect("backing dir");
@@ -236,27 +260,7 @@ async fn a_failed_fsync_stops_the_node_and_nothing_after_it_is_acknowledged() {
     node.spawn();
     let acked = Arc::new(Mutex::new(HashMap::<u64, String>::new()));
     let producing = Arc::new(AtomicBool::new(true));
-    let mut producers = Vec::new();
-    for i in 0..4 {
-        let (servers, acked, producing) = (node.grpc.clone(), acked.clone(), producing.clone());
-        producers.push(tokio::spawn(async move {
-            let Ok(mut p) = Producer::connect(&servers).await else {
-                return;
-            };
-            for n in 0..100_000 {
-                if !producing.load(Ordering::Relaxed) {
-                    break;
-                }
-                let payload = format!("f-p{i}-{n}");
-                match p.enqueue(vec![new_job("fsync", &payload)]).await {
-                    Ok(ids) => {
-                        acked.lock().unwrap().insert(ids[0].id, payload);
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        }));
-    }
+    let producers = produce(&node.grpc, "fsync", "f", &acked, &producing);
     wait_for(
         "load before the failure",
         Duration::from_secs(120),

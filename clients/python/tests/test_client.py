@@ -5,6 +5,7 @@ node."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pathlib
 import signal
@@ -91,7 +92,8 @@ def test_async_handlers_run_on_the_workers_loop(node: Node) -> None:
     t.join(timeout=30)
 
 
-def test_a_failing_handler_sets_the_error_class(node: Node) -> None:
+def test_a_failing_handler_sets_the_error_class(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="drover.worker")
     p = drover.Producer(node.addr)
     failing = p.enqueue("fragile-q", b"", job_type="fragile")
     crashing = p.enqueue("fragile-q", b"boom", job_type="fragile")
@@ -110,6 +112,40 @@ def test_a_failing_handler_sets_the_error_class(node: Node) -> None:
     assert p.get(crashing).last_error_class == "KeyError"
     worker.stop()
     t.join(timeout=30)
+    # A handler's bug is logged with its traceback; a JobError is not a bug.
+    raised = [r for r in caplog.records if r.exc_info and r.exc_info[0] is KeyError]
+    assert raised and "handle" in caplog.text and "no such thing" in caplog.text, caplog.text
+    assert not any(r.exc_info and r.exc_info[0] is drover.JobError for r in caplog.records)
+
+
+def test_ctrl_c_drains_and_reports_the_job_it_runs(node: Node, tmp_path: pathlib.Path) -> None:
+    p = drover.Producer(node.addr)
+    job_id = p.enqueue("slow", b"")
+    w = spawn_worker(tmp_path, node, "interrupted", 2)
+    assert w.stdout is not None
+    assert w.stdout.readline().startswith(b"running")
+    w.send_signal(signal.SIGINT)
+    assert w.wait(timeout=30) == 0, "ctrl-c drains and exits cleanly"
+    job = p.get(job_id)
+    assert (job.state, job.attempts, job.result) == ("succeeded", 1, b"done by interrupted")
+
+
+def test_addresses_tokens_and_the_ca_come_from_the_environment(
+    node: Node, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    monkeypatch.setenv("DROVER_SERVER", node.addr)
+    assert drover.Producer().enqueue("env-q", b"x") > 0
+    monkeypatch.delenv("DROVER_SERVER")
+    with pytest.raises(ValueError, match="DROVER_SERVER"):
+        drover.Producer()
+    # https:// without a CA would not be encrypted: refused, saying how.
+    with pytest.raises(ValueError, match="DROVER_CA"):
+        drover.Producer("https://127.0.0.1:7070")
+    with pytest.raises(ValueError, match="DROVER_CA"):
+        drover.Worker("https://127.0.0.1:7070", queues=["q"])
+    monkeypatch.setenv("DROVER_CA", str(tmp_path / "missing.pem"))
+    with pytest.raises(ValueError, match="cannot read DROVER_CA"):
+        drover.Producer("https://127.0.0.1:7070")
 
 
 WORKER_SCRIPT = """

@@ -3,6 +3,7 @@ the retry rules every call shares, and the typed method handles."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -77,11 +78,32 @@ class Nodes:
 
     def __init__(
         self,
-        servers: Servers,
+        servers: Optional[Servers],
         token: Optional[str] = None,
         compression: bool = False,
         root_certificates: Optional[bytes] = None,
     ) -> None:
+        # What is not passed comes from the environment, as for the CLI.
+        if servers is None:
+            servers = os.environ.get("DROVER_SERVER", "")
+            if not servers:
+                raise ValueError("no drover node address: pass servers (such as \"127.0.0.1:7070\") or set DROVER_SERVER")
+        if token is None:
+            token = os.environ.get("DROVER_TOKEN") or None
+        if root_certificates is None and os.environ.get("DROVER_CA"):
+            ca = os.environ["DROVER_CA"]
+            try:
+                with open(ca, "rb") as f:
+                    root_certificates = f.read()
+            except OSError as e:
+                raise ValueError(f"cannot read DROVER_CA {ca}: {e}") from None
+        listed = servers.split(",") if isinstance(servers, str) else list(servers)
+        if root_certificates is None and any(s.strip().startswith("https://") for s in listed):
+            raise ValueError(
+                "an https:// address needs the cluster's CA certificate: pass "
+                "root_certificates=open(CA_FILE, 'rb').read() or set DROVER_CA=CA_FILE "
+                "(without it the connection would not be encrypted)"
+            )
         self.targets = server_list(servers)
         self.metadata: Metadata = [("authorization", f"Bearer {token}")] if token else []
         self.compression = grpc.Compression.Gzip if compression else grpc.Compression.NoCompression

@@ -137,7 +137,7 @@ class Producer:
 
     def __init__(
         self,
-        servers: Servers,
+        servers: Optional[Servers] = None,
         token: Optional[str] = None,
         timeout: float = 30.0,
         compression: bool = False,

@@ -134,7 +134,7 @@ class Worker:
 
     def __init__(
         self,
-        servers: Servers,
+        servers: Optional[Servers],
         queues: Sequence[str],
         concurrency: int = 1,
         *,
@@ -201,6 +201,7 @@ class Worker:
         operator's ``drover workers shutdown``."""
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, self._interrupted)
         beats = threading.Thread(target=self._heartbeats, name="drover-heartbeats", daemon=True)
         beats.start()
         failures = 0
@@ -240,6 +241,14 @@ class Worker:
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._loop.stop)
             self._nodes.close()
+
+    def _interrupted(self, signum: int, frame: object) -> None:
+        """Ctrl-C drains as SIGTERM does: held jobs finish and report (a
+        result already computed is not lost); a second Ctrl-C quits now."""
+        if self._stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("interrupted: finishing and reporting the jobs held (ctrl-c again to quit now)")
+        self.stop()
 
     def _finished(self) -> bool:
         if not self._stop.is_set():
@@ -368,6 +377,14 @@ class Worker:
             self._finish(job, error=e)
             return
         except BaseException as e:  # a handler's bug fails its job, not the worker
+            log.error(
+                "the handler of job %d (attempt %d) raised %s; the job fails with error class %r",
+                job.id,
+                job.attempt,
+                type(e).__name__,
+                type(e).__name__,
+                exc_info=e,
+            )
             self._finish(job, error=JobError(type(e).__name__, str(e)))
             return
         if isinstance(value, str):
