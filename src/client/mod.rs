@@ -15,14 +15,14 @@ use crate::proto::v1::producer_service_client::ProducerServiceClient;
 pub enum ClientError {
     #[error("{url:?} is not a usable server address: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("cannot connect to {url}: {source}; is a drover node running there?")]
+    #[error("cannot connect to {url}: {}", connect_failure(.url, .source))]
     Connect {
         url: String,
         source: tonic::transport::Error,
     },
     /// Not a `source`: the message is the whole story, and an error chain
     /// printed with its causes would say it twice.
-    #[error("the server refused the request ({}): {}", crate::wire::drover_code(.0).unwrap_or(crate::wire::code_name(.0.code())), .0.message())]
+    #[error("{}", status_failure(.0))]
     Status(tonic::Status),
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -36,6 +36,31 @@ pub enum ClientError {
         waited: std::time::Duration,
         last_error: String,
     },
+}
+
+fn connect_failure(url: &str, e: &tonic::transport::Error) -> String {
+    let chain = crate::wire::error_chain(e);
+    match crate::wire::connection_hint(Some(url), &chain, crate::wire::ca_in_use()) {
+        Some(fix) => format!("{fix} ({chain})"),
+        None => format!("{chain}; is a drover node running there?"),
+    }
+}
+
+/// A refusal names its code; a call that failed on the way (the node
+/// dropped the connection: often a TLS mismatch) says so, with the cause.
+fn status_failure(status: &tonic::Status) -> String {
+    let code = crate::wire::drover_code(status).unwrap_or(crate::wire::code_name(status.code()));
+    if let Some(cause) = std::error::Error::source(status) {
+        let chain = format!("{}: {}", status.message(), crate::wire::error_chain(cause));
+        let fix = crate::wire::connection_hint(None, &chain, crate::wire::ca_in_use())
+            .map(|f| format!("; {f}"))
+            .unwrap_or_default();
+        return format!("the call failed on the way ({code}): {chain}{fix}");
+    }
+    format!(
+        "the server refused the request ({code}): {}",
+        status.message()
+    )
 }
 
 impl From<tonic::Status> for ClientError {

@@ -11,8 +11,9 @@ mod status;
 pub use backoff::{jittered, Backoff};
 pub use credentials::{Bearer, ClientTls, Conn, Credentials};
 pub use status::{
-    backoff, code_name, drover_code, mark_code, mark_retry, removed_at, removed_status,
-    request_error, retry_after_ms, retry_safe, retryable, status_of, LEADER_HINT, MAX_GRPC_MESSAGE,
+    backoff, ca_in_use, code_name, connection_hint, drover_code, error_chain, mark_code,
+    mark_retry, removed_at, removed_status, request_error, retry_after_ms, retry_safe, retryable,
+    status_of, LEADER_HINT, MAX_GRPC_MESSAGE,
 };
 
 use std::time::Duration;

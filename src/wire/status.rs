@@ -163,3 +163,113 @@ pub fn backoff(status: &tonic::Status, attempt: u32) -> std::time::Duration {
         None => super::jittered(attempt, Duration::from_millis(50), Duration::from_secs(1)),
     }
 }
+
+/// What to do about a connection that failed for a reason the address
+/// can fix, read from the error's text (with its causes): a TLS node called
+/// over http://, a plain node over https://, or a certificate the given CA
+/// does not vouch for. `url` is the address called, when known.
+pub fn connection_hint(url: Option<&str>, text: &str, has_ca: bool) -> Option<String> {
+    let t = text.to_lowercase();
+    let at = url.map(|u| format!(" at {u}")).unwrap_or_default();
+    let https = url.is_some_and(|u| u.starts_with("https://"));
+    let plain = url.is_some_and(|u| !u.starts_with("https://"));
+    if t.contains("unknownissuer")
+        || t.contains("invalid peer certificate")
+        || t.contains("certificate verify failed")
+    {
+        return Some(if has_ca {
+            format!("the node{at} presents a certificate that the CA given with --ca (or DROVER_CA) did not sign: give the cluster's CA")
+        } else {
+            format!("the node{at} presents a certificate this client cannot check: give the cluster's CA with --ca FILE (or DROVER_CA)")
+        });
+    }
+    if https
+        && (t.contains("corrupt message")
+            || t.contains("invalidcontenttype")
+            || t.contains("wrong version number")
+            || t.contains("invalid content type"))
+    {
+        return Some(format!(
+            "the node{at} does not speak TLS: use an http:// address"
+        ));
+    }
+    let broke_at_once = t.contains("h2 protocol error")
+        || t.contains("connection closed before message completed")
+        || t.contains("incompletemessage")
+        || t.contains("invalid http version")
+        || t.contains("connection reset")
+        || t.contains("broken pipe");
+    if broke_at_once && !https && (plain || url.is_none()) {
+        return Some(format!(
+            "the node{at} dropped the connection at once: if it uses TLS, use an https:// address and --ca FILE (or DROVER_CA)"
+        ));
+    }
+    None
+}
+
+/// Whether this process was given a CA (--ca or DROVER_CA), for hints that
+/// depend on it.
+pub fn ca_in_use() -> bool {
+    std::env::var_os("DROVER_CA").is_some_and(|v| !v.is_empty())
+        || std::env::args().any(|a| a == "--ca" || a.starts_with("--ca="))
+}
+
+/// An error with its chain of causes, as one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_mismatches_get_the_fix() {
+        let h = |url: &str, text: &str, ca: bool| {
+            connection_hint(Some(url), text, ca).unwrap_or_default()
+        };
+        assert!(h(
+            "http://n:1",
+            "error sending request: connection closed before message completed",
+            false
+        )
+        .contains("use an https:// address"));
+        assert!(h(
+            "https://n:1",
+            "invalid peer certificate: UnknownIssuer",
+            true
+        )
+        .contains("did not sign"));
+        assert!(h(
+            "https://n:1",
+            "invalid peer certificate: UnknownIssuer",
+            false
+        )
+        .contains("--ca FILE"));
+        assert!(h(
+            "https://n:1",
+            "received corrupt message of type InvalidContentType",
+            true
+        )
+        .contains("does not speak TLS"));
+        assert!(connection_hint(
+            None,
+            "status: Unknown, message: \"h2 protocol error: http2 error\"",
+            false
+        )
+        .is_some());
+        assert_eq!(
+            connection_hint(Some("http://n:1"), "connection refused", false),
+            None
+        );
+    }
+}

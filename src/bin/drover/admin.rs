@@ -14,6 +14,8 @@ pub struct AdminClient {
     urls: Vec<String>,
     authorization: Option<String>,
     reason: String,
+    /// A CA was given (--ca): what a certificate error means depends on it.
+    has_ca: bool,
 }
 
 impl AdminClient {
@@ -36,6 +38,7 @@ impl AdminClient {
             urls,
             authorization: credentials.authorization().map(String::from),
             reason: reason.to_string(),
+            has_ca: credentials.tls().is_some(),
         })
     }
 
@@ -67,9 +70,15 @@ impl AdminClient {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => return Err(error_of(resp, &url).await),
                 Err(e) => {
-                    last = Some(anyhow::anyhow!(
-                        "cannot reach {url}: {e}; is a drover node running there?"
-                    ))
+                    let chain = drover::wire::error_chain(&e);
+                    last = Some(
+                        match drover::wire::connection_hint(Some(base), &chain, self.has_ca) {
+                            Some(fix) => anyhow::anyhow!("cannot reach {url}: {fix} ({chain})"),
+                            None => anyhow::anyhow!(
+                                "cannot reach {url}: {chain}; is a drover node running there?"
+                            ),
+                        },
+                    )
                 }
             }
         }

@@ -164,6 +164,17 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
+            // A gRPC call's failure does not name its address; the fix for
+            // a TLS mismatch is the same whatever the command.
+            let chain = format!("{e:#}");
+            let hinted = chain.contains("cannot reach") || chain.contains("cannot connect");
+            if !hinted && !chain.contains("failed on the way") {
+                if let Some(fix) =
+                    drover::wire::connection_hint(None, &chain, drover::wire::ca_in_use())
+                {
+                    eprintln!("hint: {fix}");
+                }
+            }
             // A removed node must not be restarted into the same refusal:
             // the unit's RestartPreventExitStatus names this code.
             match e.downcast_ref::<drover::Error>() {
@@ -179,10 +190,17 @@ fn run() -> Result<()> {
     if !matches!(cli.command, Cmd::Serve(_) | Cmd::Worker(_)) {
         // A command piped into `head` ends quietly when the pipe closes,
         // as other command-line tools do, instead of failing on the write.
-        // SAFETY: called before any thread starts; SIG_DFL is always valid.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        // Not by SIGPIPE's default action: that would also kill the command
+        // when a node closes a connection it writes to (a TLS node called
+        // over http://). A print to a closed stdout panics; this ends it.
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info.to_string();
+            if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+                std::process::exit(0);
+            }
+            default_hook(info);
+        }));
     }
     // One crypto provider for every TLS user (server, tonic, reqwest).
     let _ = rustls::crypto::ring::default_provider().install_default();
