@@ -48,6 +48,14 @@ pub fn restore(
         },
         ..meta.clone()
     };
-    RaftStore::open(&db)?.apply_snapshot(&seeded, &name)?;
+    let mut store = RaftStore::open(&db)?;
+    store.apply_snapshot(&seeded, &name)?;
+    // A new incarnation: not the cluster the backup came from, so nodes of
+    // that one (or bootstrapped anew) cannot mix with it.
+    store.set_incarnation(crate::cluster::identity::for_restore(
+        meta.index,
+        meta.term,
+        &seeded.conf_state.voters,
+    ))?;
     Ok(meta)
 }

@@ -35,6 +35,8 @@ const FORMAT_FLOOR: &[u8] = b"F";
 /// Members removed, by the index of the change that removed them (bincode
 /// map), so their messages are refused with the reason.
 const REMOVED: &[u8] = b"R";
+/// The cluster's incarnation (bincode u64; see `cluster::identity`).
+const INCARNATION: &[u8] = b"N";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -431,6 +433,15 @@ impl RaftStore {
         addrs: &std::collections::BTreeMap<u64, String>,
     ) -> Result<(), StoreError> {
         self.set_record(ADDRESSES, addrs)
+    }
+
+    /// The cluster incarnation this node belongs to (0: none known yet).
+    pub fn incarnation(&self) -> Result<u64, StoreError> {
+        self.record(INCARNATION)
+    }
+
+    pub fn set_incarnation(&mut self, value: u64) -> Result<(), StoreError> {
+        self.set_record(INCARNATION, &value)
     }
 
     /// Members removed from the cluster, with the log index of the

@@ -72,8 +72,11 @@ async fn cluster_add_refuses_a_node_it_cannot_safely_take() {
         &format!("node_id = 2\ncluster_id = \"test\"\n{peers}\n[[peers]]\nid = 2\naddr = \"{own_addr}\"\n"),
     );
     let (ok, err, _) = add(server, 2, &own.grpc_addr);
+    // Its own incarnation (bootstrapped with other voters) gives it away
+    // first; were it the same, its membership would.
     assert!(
-        !ok && err.contains("already belongs to a cluster") && err.contains("join = true"),
+        !ok && (err.contains("already belongs to a cluster") || err.contains("incarnation"))
+            && err.contains("--join"),
         "{err}"
     );
     assert_eq!(member_ids(leader).await, vec![1], "nothing was proposed");
@@ -135,4 +138,67 @@ async fn a_removed_node_knows_it_and_exits() {
     );
     let (_, m) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[leader].http)).await;
     assert_eq!(m["members"].as_array().map(Vec::len), Some(2), "{m}");
+}
+
+/// README's old mistake: restore one node, start the others with their
+/// usual configs on empty data dirs (no --join). They bootstrap a cluster
+/// of their own incarnation; the two refuse each other, `cluster add` names
+/// the mismatch, and the restored node keeps its jobs and its lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_node_and_nodes_bootstrapped_anew_never_mix() {
+    let mut c = TestCluster::start(3, "");
+    let leader = c.leader().await;
+    let ids = enqueue_n(&c.nodes[leader].grpc, "q", 10);
+    let file = c.nodes[0].dir.path().join("backup.bin");
+    let file_s = file.to_str().unwrap().to_string();
+    drover_json(&["snapshot", "save", &file_s], &c.nodes[leader].grpc);
+    for n in &mut c.nodes {
+        n.kill();
+        std::fs::remove_dir_all(n.data_dir()).unwrap();
+    }
+    // Node 1 restored alone (one voter).
+    let data = c.nodes[0].data_dir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["snapshot", "restore", &file_s, "--data-dir"])
+        .arg(&data)
+        .args(["--node-id", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in &mut c.nodes {
+        n.spawn();
+    }
+    // Nodes 2 and 3 elect a leader of their own...
+    wait_for(
+        "nodes 2 and 3 to elect among themselves",
+        Duration::from_secs(30),
+        || async {
+            let (_, s) = get_json(&format!("{}/api/v1/stats?stale=ok", c.nodes[1].http)).await;
+            match s["node"]["leader_id"].as_u64() {
+                Some(l) if l == 2 || l == 3 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // ...and cannot reach node 1, which still leads its own, with its jobs.
+    let (_, m1) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[0].http)).await;
+    let (_, m2) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[1].http)).await;
+    assert_eq!(m1["leader_id"], 1, "{m1}");
+    assert_ne!(m1["incarnation"], m2["incarnation"], "{m1} {m2}");
+    let (ok, err, took) = add(&c.nodes[0].grpc, 2, &c.nodes[1].grpc_addr);
+    assert!(!ok && err.contains("incarnation"), "{err}");
+    assert!(took < Duration::from_secs(30));
+    for id in &ids {
+        assert_eq!(job_state(&c.nodes[0], *id).await, "ready");
+        // The others never serve a job of their own under a restored id.
+        let (code, _) = get_json(&format!("{}/api/v1/jobs/{id}?stale=ok", c.nodes[1].http)).await;
+        assert_eq!(code, 404, "node 2 has no job {id}");
+    }
+    let (_, m1) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[0].http)).await;
+    assert_eq!(m1["leader_id"], 1, "node 1 kept its lead: {m1}");
 }

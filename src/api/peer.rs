@@ -28,8 +28,31 @@ impl Peer {
                 cfg.cluster_id, h.cluster_id
             )));
         }
+        let mine = self.app.driver.incarnation().get();
+        if h.incarnation != 0 && mine != 0 && h.incarnation != mine {
+            use crate::cluster::identity::show;
+            tracing::warn!(event = "incarnation_mismatch", peer = h.from, theirs = %show(h.incarnation), ours = %show(mine), "refused a node of another incarnation of this cluster");
+            return Err(Status::permission_denied(format!(
+                "node {} belongs to incarnation {} of cluster {:?}, and this node (node {}) to incarnation {}: they are different clusters (one was restored from a backup, or bootstrapped anew on an empty data dir). Do not mix them: restore every member from the same backup (drover snapshot restore FILE --config NODE.toml), or empty the other node's data dir and start it with --join before `drover cluster add`",
+                h.from,
+                show(h.incarnation),
+                cfg.cluster_id,
+                cfg.node_id,
+                show(mine)
+            )));
+        }
         self.check_member(h.from)?;
         Ok(h.from)
+    }
+
+    /// A node that has no incarnation yet (joining) takes the one of the
+    /// leader that replicates to it.
+    fn adopt_incarnation(&self, header: Option<&pb::PeerHeader>) {
+        if let Some(h) = header {
+            if self.app.driver.incarnation().adopt(h.incarnation) {
+                self.app.driver.control(Control::Incarnation(h.incarnation));
+            }
+        }
     }
 
     /// Reads a peer stream's first message, which names the sender, and
@@ -130,6 +153,7 @@ impl PeerService for Peer {
             let format = u8::try_from(h.entry_version).unwrap_or(u8::MAX);
             self.app.driver.peer_formats().note(from, format);
         }
+        self.adopt_incarnation(first.header.as_ref());
         self.note_resources(from, first.resources.as_ref());
         self.step(from, first.messages)?;
         let peer = Peer {
@@ -194,6 +218,7 @@ impl PeerService for Peer {
         let (from, first) = self
             .open(&mut stream, |c| c.header.as_ref(), "empty snapshot stream")
             .await?;
+        self.adopt_incarnation(first.header.as_ref());
         let mut msg = raft::eraftpb::Message::parse_from_bytes(&first.message).map_err(|e| {
             Status::invalid_argument(format!(
                 "undecodable snapshot message from node {from}: {e}"

@@ -628,6 +628,11 @@ pub struct MembersBody {
     pub commit_index: u64,
     /// The node that answered.
     pub seen_from: u64,
+    /// The cluster's incarnation, as the answering node knows it: made when
+    /// the cluster was bootstrapped or restored (16 hex digits, or
+    /// "unknown"). Nodes of another incarnation are refused.
+    #[serde(default)]
+    pub incarnation: String,
     pub members: Vec<MemberBody>,
 }
 
@@ -638,6 +643,7 @@ impl From<&crate::driver::NodeStatus> for MembersBody {
             term: s.term,
             commit_index: s.commit_index,
             seen_from: s.node_id,
+            incarnation: crate::cluster::identity::show(s.incarnation),
             members: s
                 .members
                 .iter()

@@ -112,7 +112,7 @@ async fn probe(router: &Router, id: u64, addr: &str) -> Result<(), Error> {
         router.credentials().wrap(channel),
     );
     let request = crate::proto::v1::MembersRequest {
-        header: Some(router.header().clone()),
+        header: Some(router.header()),
     };
     let reply = match tokio::time::timeout(DIAL_TIMEOUT, client.members(request)).await {
         Ok(Ok(r)) => r.into_inner(),
@@ -142,7 +142,7 @@ async fn probe(router: &Router, id: u64, addr: &str) -> Result<(), Error> {
     if !them.members.is_empty() {
         let members: Vec<u64> = them.members.iter().map(|m| m.id).collect();
         return Err(refused(format!(
-            "node {id} at {addr} already belongs to a cluster (members {members:?}, term {}, applied index {}): it was started without join = true, or holds an old data dir. Adding it would mix two clusters' logs; stop it, empty its data dir, start it with join = true, and add it again",
+            "node {id} at {addr} already belongs to a cluster (members {members:?}, term {}, applied index {}): it was started without join = true, or holds an old data dir. Adding it would mix two clusters' logs; stop it, empty its data dir, start it with --join (join = true), and add it again",
             them.term, them.applied_index
         )));
     }

@@ -3,6 +3,7 @@
 //! leader.
 
 pub mod admin;
+pub mod identity;
 pub mod router;
 pub mod transport;
 
@@ -43,6 +44,8 @@ pub enum Control {
     Step(raft::eraftpb::Message),
     /// A send to this peer failed.
     Unreachable(u64),
+    /// This node (joining, with none) took its leader's incarnation: keep it.
+    Incarnation(u64),
     /// Peer `by` refused this node's messages: it applied the removal of
     /// this node at log index `at`.
     Removed { by: u64, at: u64, reason: String },
@@ -65,12 +68,14 @@ pub enum Control {
     TakeSnapshot(tokio::sync::oneshot::Sender<Result<std::path::PathBuf, crate::error::Error>>),
 }
 
-/// Names this node and its cluster on every peer request.
-pub fn header(cfg: &Config) -> pb::PeerHeader {
+/// Names this node and its cluster on every peer request (the incarnation
+/// as it is when the request is made: a joining node takes one).
+pub fn header(cfg: &Config, incarnation: &identity::Incarnation) -> pb::PeerHeader {
     pb::PeerHeader {
         cluster_id: cfg.cluster_id.clone(),
         from: cfg.node_id,
         entry_version: u32::from(cfg.entry_version),
+        incarnation: incarnation.get(),
     }
 }
 

@@ -44,9 +44,9 @@ pub struct Router {
 impl Router {
     pub fn new(cfg: &Config, driver: DriverHandle) -> Router {
         Router {
+            header: super::header(cfg, driver.incarnation()),
             driver,
             node_id: cfg.node_id,
-            header: super::header(cfg),
             clients: Arc::default(),
             credentials: super::peer_credentials(cfg),
         }
@@ -58,8 +58,11 @@ impl Router {
     }
 
     /// What this node says of itself on every peer request.
-    pub fn header(&self) -> &pb::PeerHeader {
-        &self.header
+    pub fn header(&self) -> pb::PeerHeader {
+        pb::PeerHeader {
+            incarnation: self.driver.incarnation().get(),
+            ..self.header.clone()
+        }
     }
 
     pub fn driver(&self) -> &DriverHandle {
@@ -206,7 +209,7 @@ impl Router {
         let leader = status.leader_id;
         let mut client = self.client(status, leader).map_err(Forwarded::Final)?;
         let request = pb::ForwardRequest {
-            header: Some(self.header.clone()),
+            header: Some(self.header()),
             command,
         };
         match client.forward(request).await {
@@ -279,7 +282,7 @@ impl Router {
         }
         let mut client = self.client(&status, status.leader_id)?;
         let request = pb::MembersRequest {
-            header: Some(self.header.clone()),
+            header: Some(self.header()),
         };
         match client.members(request).await {
             Ok(reply) => {
@@ -316,7 +319,7 @@ impl Router {
                     let mut client = self.client(status, id).map_err(|e| e.to_string())?;
                     let reply = client
                         .workers(pb::WorkersRequest {
-                            header: Some(self.header.clone()),
+                            header: Some(self.header()),
                             stop: stop.to_string(),
                             all,
                         })

@@ -62,6 +62,7 @@ pub struct Transport {
     credentials: Credentials,
     /// This node's disk and memory, reported to each peer as they change.
     pressure: Arc<Pressure>,
+    incarnation: super::identity::Incarnation,
 }
 
 impl Transport {
@@ -71,13 +72,15 @@ impl Transport {
         addrs: &BTreeMap<u64, String>,
         control: mpsc::Sender<Control>,
         pressure: Arc<Pressure>,
+        incarnation: super::identity::Incarnation,
     ) -> Transport {
         let mut t = Transport {
             peers: HashMap::new(),
-            header: super::header(cfg),
+            header: super::header(cfg, &incarnation),
             control,
             credentials: super::peer_credentials(cfg),
             pressure,
+            incarnation,
         };
         for (id, addr) in addrs.iter().filter(|(id, _)| **id != cfg.node_id) {
             t.add_peer(*id, addr);
@@ -115,6 +118,7 @@ impl Transport {
             rx,
             self.control.clone(),
             self.pressure.clone(),
+            self.incarnation.clone(),
         ));
         // Dropping an old link's sender ends its task.
         self.peers.insert(
@@ -135,7 +139,10 @@ impl Transport {
             Some(link) if msg.get_msg_type() == MessageType::MsgSnapshot => {
                 tokio::spawn(send_snapshot(
                     link.snapshots.clone(),
-                    self.header.clone(),
+                    pb::PeerHeader {
+                        incarnation: self.incarnation.get(),
+                        ..self.header.clone()
+                    },
                     msg,
                     self.control.clone(),
                 ));
@@ -223,6 +230,7 @@ async fn send_loop(
     mut rx: mpsc::Receiver<Message>,
     control: mpsc::Sender<Control>,
     pressure: Arc<Pressure>,
+    incarnation: super::identity::Incarnation,
 ) {
     let mut reachable = true;
     let mut backoff = crate::wire::Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
@@ -232,7 +240,10 @@ async fn send_loop(
         // The first batch names this node; the peer admits us on it.
         let (mut reported, reading) = pressure.local_versioned();
         let _ = stream_tx.try_send(pb::RaftBatch {
-            header: Some(header.clone()),
+            header: Some(pb::PeerHeader {
+                incarnation: incarnation.get(),
+                ..header.clone()
+            }),
             messages: Vec::new(),
             resources: Some((&reading).into()),
         });

@@ -140,9 +140,16 @@ pub struct DriverHandle {
     retry_after_ms: u64,
     /// This node's disk and memory, and what its peers report of theirs.
     pressure: Arc<Pressure>,
+    /// The cluster incarnation this node belongs to.
+    incarnation: crate::cluster::identity::Incarnation,
 }
 
 impl DriverHandle {
+    /// The cluster incarnation this node belongs to (0: none yet).
+    pub fn incarnation(&self) -> &crate::cluster::identity::Incarnation {
+        &self.incarnation
+    }
+
     /// This node's disk and memory alarms, and its peers'.
     pub fn pressure(&self) -> &Arc<Pressure> {
         &self.pressure
@@ -391,6 +398,7 @@ struct Driver {
     removed: Option<String>,
     /// Since when the log says this node is removed (see `check_removed`).
     removal_seen: Option<std::time::Instant>,
+    incarnation: crate::cluster::identity::Incarnation,
 }
 
 /// Drops machine trees left by a snapshot install that a crash interrupted.
@@ -429,8 +437,11 @@ pub fn start(
             ?voters,
             "bootstrapped a new cluster"
         );
+        let incarnation = crate::cluster::identity::for_bootstrap(&cfg.cluster_id, &voters);
         store.bootstrap(voters)?;
+        store.set_incarnation(incarnation)?;
     }
+    let incarnation = crate::cluster::identity::Incarnation::new(store.incarnation()?);
     let snap_dir = cfg.data_dir.join("snapshots");
     std::fs::create_dir_all(&snap_dir).map_err(|source| Error::DataDir {
         path: snap_dir.clone(),
@@ -509,7 +520,13 @@ pub fn start(
     let raw_removed = raw.store().removed()?;
     let pressure = Pressure::from_config(cfg);
     pressure.sample();
-    let transport = Transport::start(cfg, &addrs, control_tx.clone(), pressure.clone());
+    let transport = Transport::start(
+        cfg,
+        &addrs,
+        control_tx.clone(),
+        pressure.clone(),
+        incarnation.clone(),
+    );
     let (status_tx, status) = watch::channel(NodeStatus::default());
     let (stats_tx, stats) = watch::channel(Arc::new(machine.stats()));
     // Rare (timeouts and expiries); a session that lags behind learns of
@@ -529,6 +546,7 @@ pub fn start(
         retry_after_ms: (cfg.raft.tick_interval * cfg.raft.election_ticks as u32).as_millis()
             as u64,
         pressure: pressure.clone(),
+        incarnation: incarnation.clone(),
     };
     let persist = Persistence::start(db.clone()).map_err(|e| {
         Error::Store(StoreError::Corrupt {
@@ -583,6 +601,7 @@ pub fn start(
         removed: None,
         removed_members: raw_removed,
         removal_seen: None,
+        incarnation,
     };
     let (done_tx, done) = oneshot::channel();
     // The driver never blocks on the disk (the flusher thread does), so it
@@ -674,6 +693,17 @@ impl Driver {
                 }
             }
             Control::Unreachable(id) => self.raw.report_unreachable(id),
+            Control::Incarnation(value) => {
+                // The peer service took it already (adopt); keep it.
+                match self.raw.mut_store().set_incarnation(value) {
+                    Ok(()) => {
+                        tracing::info!(event = "incarnation_adopted", incarnation = %crate::cluster::identity::show(value), "joined a cluster: took its incarnation")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot keep the cluster's incarnation; it is taken again at the next start")
+                    }
+                }
+            }
             Control::Removed { by, at, reason } => {
                 // Believed only of a removal this node has not applied yet
                 // while it counts itself a member: a node not yet added
@@ -1592,6 +1622,7 @@ impl Driver {
         );
         status.removed_members = self.removed_members.clone();
         status.removed = self.removed.clone();
+        status.incarnation = self.incarnation.get();
         self.status_tx.send_if_modified(|s| {
             if s.leader_id != status.leader_id {
                 metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);

@@ -60,6 +60,9 @@ pub struct NodeStatus {
     /// no longer campaigns, and stops unless told to wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<String>,
+    /// The cluster incarnation this node belongs to (0: none yet).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 impl NodeStatus {
@@ -135,6 +138,7 @@ impl NodeStatus {
             members,
             removed_members: Default::default(),
             removed: None,
+            incarnation: 0,
         }
     }
 }

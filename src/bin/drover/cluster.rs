@@ -144,8 +144,8 @@ fn print_members(s: &MembersBody) {
         s.leader_id.to_string()
     };
     println!(
-        "leader {leader}  term {}  commit {}  (as seen from node {})",
-        s.term, s.commit_index, s.seen_from
+        "leader {leader}  term {}  commit {}  incarnation {}  (as seen from node {})",
+        s.term, s.commit_index, s.incarnation, s.seen_from
     );
     let mut t = table(&["ID", "ROLE", "ADDR", "MATCH", "REACHABLE", "ALARMS"]);
     let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
