@@ -57,12 +57,29 @@ struct Link {
 
 pub struct Transport {
     peers: HashMap<u64, Link>,
+    credentials: Credentials,
+    local: Local,
+}
+
+/// What every link says of this node and where it reports back: shared by
+/// the sender tasks.
+#[derive(Clone)]
+struct Local {
     header: pb::PeerHeader,
     control: mpsc::Sender<Control>,
-    credentials: Credentials,
     /// This node's disk and memory, reported to each peer as they change.
     pressure: Arc<Pressure>,
     incarnation: super::identity::Incarnation,
+}
+
+impl Local {
+    /// The header as it stands now (a joining node takes an incarnation).
+    fn header(&self) -> pb::PeerHeader {
+        pb::PeerHeader {
+            incarnation: self.incarnation.get(),
+            ..self.header.clone()
+        }
+    }
 }
 
 impl Transport {
@@ -76,11 +93,13 @@ impl Transport {
     ) -> Transport {
         let mut t = Transport {
             peers: HashMap::new(),
-            header: super::header(cfg, &incarnation),
-            control,
             credentials: super::peer_credentials(cfg),
-            pressure,
-            incarnation,
+            local: Local {
+                header: super::header(cfg, &incarnation),
+                control,
+                pressure,
+                incarnation,
+            },
         };
         for (id, addr) in addrs.iter().filter(|(id, _)| **id != cfg.node_id) {
             t.add_peer(*id, addr);
@@ -114,11 +133,8 @@ impl Transport {
             id,
             addr.to_string(),
             client(streaming),
-            self.header.clone(),
             rx,
-            self.control.clone(),
-            self.pressure.clone(),
-            self.incarnation.clone(),
+            self.local.clone(),
         ));
         // Dropping an old link's sender ends its task.
         self.peers.insert(
@@ -139,12 +155,9 @@ impl Transport {
             Some(link) if msg.get_msg_type() == MessageType::MsgSnapshot => {
                 tokio::spawn(send_snapshot(
                     link.snapshots.clone(),
-                    pb::PeerHeader {
-                        incarnation: self.incarnation.get(),
-                        ..self.header.clone()
-                    },
+                    self.local.header(),
                     msg,
-                    self.control.clone(),
+                    self.local.control.clone(),
                 ));
             }
             Some(link) => {
@@ -226,12 +239,12 @@ async fn send_loop(
     peer: u64,
     addr: String,
     client: PeerServiceClient<Conn>,
-    header: pb::PeerHeader,
     mut rx: mpsc::Receiver<Message>,
-    control: mpsc::Sender<Control>,
-    pressure: Arc<Pressure>,
-    incarnation: super::identity::Incarnation,
+    local: Local,
 ) {
+    let Local {
+        control, pressure, ..
+    } = local.clone();
     let mut reachable = true;
     let mut backoff = crate::wire::Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -240,10 +253,7 @@ async fn send_loop(
         // The first batch names this node; the peer admits us on it.
         let (mut reported, reading) = pressure.local_versioned();
         let _ = stream_tx.try_send(pb::RaftBatch {
-            header: Some(pb::PeerHeader {
-                incarnation: incarnation.get(),
-                ..header.clone()
-            }),
+            header: Some(local.header()),
             messages: Vec::new(),
             resources: Some((&reading).into()),
         });
