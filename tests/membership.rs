@@ -202,3 +202,30 @@ async fn a_restored_node_and_nodes_bootstrapped_anew_never_mix() {
     let (_, m1) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[0].http)).await;
     assert_eq!(m1["leader_id"], 1, "node 1 kept its lead: {m1}");
 }
+
+/// With `wait_when_removed`, a removed node keeps running, idle, and says
+/// it was removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_told_to_wait_reports_itself_removed() {
+    let c = TestCluster::start(3, "wait_when_removed = true\n");
+    let leader = c.leader().await;
+    let gone = (leader + 1) % 3;
+    let id = (gone + 1).to_string();
+    drover_json(
+        &["cluster", "remove", &id, "--reason", "test"],
+        &c.nodes[leader].grpc,
+    );
+    let seen = wait_for(
+        "the removed node to say so",
+        Duration::from_secs(30),
+        || async {
+            let (_, m) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[gone].http)).await;
+            match m["removed"].as_str() {
+                Some(why) => Ok(why.to_string()),
+                None => Err(m.to_string()),
+            }
+        },
+    )
+    .await;
+    assert!(seen.contains("index"), "{seen}");
+}

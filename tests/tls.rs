@@ -263,3 +263,100 @@ async fn a_three_node_cluster_over_mutual_tls_with_tokens_elects_and_replicates(
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+/// A TLS mismatch gets one clear error that names the fix, on `status`
+/// (the admin API), `enqueue` (gRPC) and `worker` alike: plain http://
+/// against a TLS node, https:// without a CA, and a CA that did not sign
+/// the node's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_mismatch_names_the_fix_on_every_command() {
+    let pki = Pki::new();
+    let node = TestNode::start(&pki.tls_config(false));
+    let plain = node.grpc.clone();
+    let tls = https(&node.grpc);
+    let wrong_ca = pki.path("rogue.pem");
+    let wrong_ca = wrong_ca.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(args)
+            .env_remove("DROVER_CA")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} failed");
+        assert_ne!(
+            out.status.code(),
+            None,
+            "{args:?} was not killed by a signal (SIGPIPE)"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for cmd in [
+        vec!["status"],
+        vec!["enqueue", "--queue", "q", "--payload", "x"],
+    ] {
+        let with = |server: &str, ca: Option<&str>| {
+            let mut a: Vec<&str> = cmd.clone();
+            a.extend(["--server", server]);
+            if let Some(ca) = ca {
+                a.extend(["--ca", ca]);
+            }
+            a.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+        };
+        let said = run(&with(&plain, None)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+        assert!(
+            said.contains("use an https:// address"),
+            "{cmd:?} over http: {said}"
+        );
+        let said = run(&with(&tls, None)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+        assert!(said.contains("--ca"), "{cmd:?} without a CA: {said}");
+        let said = run(&with(&tls, Some(wrong_ca))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+        assert!(
+            said.contains("did not sign"),
+            "{cmd:?} with a wrong CA: {said}"
+        );
+    }
+    // A worker keeps trying (the node may be restarting), saying why.
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args([
+            "worker", "--queue", "q", "--exec", "cat", "--server", &plain,
+        ])
+        .env("DROVER_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = worker.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) if line.contains("use an https:// address") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(found, "the worker says what to do: {seen:?}");
+}

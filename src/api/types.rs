@@ -633,6 +633,10 @@ pub struct MembersBody {
     /// "unknown"). Nodes of another incarnation are refused.
     #[serde(default)]
     pub incarnation: String,
+    /// Set when the answering node was removed from the cluster: how it
+    /// learned it (it no longer campaigns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
     pub members: Vec<MemberBody>,
 }
 
@@ -644,6 +648,7 @@ impl From<&crate::driver::NodeStatus> for MembersBody {
             commit_index: s.commit_index,
             seen_from: s.node_id,
             incarnation: crate::cluster::identity::show(s.incarnation),
+            removed: s.removed.clone(),
             members: s
                 .members
                 .iter()

@@ -164,7 +164,7 @@ fn connect_failure(addr: &str, e: &tonic::transport::Error) -> String {
         )
     } else if lower.contains("refused") {
         format!(
-            "nothing listens at {addr} ({detail}); start the new node first (with join = true) and check the address and port"
+            "cannot connect to {addr}: nothing listens there ({detail}); start the new node first (with join = true) and check the address and port"
         )
     } else {
         format!(

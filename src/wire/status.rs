@@ -194,7 +194,7 @@ pub fn connection_hint(url: Option<&str>, text: &str, has_ca: bool) -> Option<St
         ));
     }
     let broke_at_once = t.contains("h2 protocol error")
-        || t.contains("connection closed before message completed")
+        || t.contains("connection closed")
         || t.contains("incompletemessage")
         || t.contains("invalid http version")
         || t.contains("connection reset")

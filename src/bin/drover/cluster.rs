@@ -147,6 +147,12 @@ fn print_members(s: &MembersBody) {
         "leader {leader}  term {}  commit {}  incarnation {}  (as seen from node {})",
         s.term, s.commit_index, s.incarnation, s.seen_from
     );
+    if let Some(why) = &s.removed {
+        println!(
+            "node {} was REMOVED from the cluster ({why}); it no longer campaigns",
+            s.seen_from
+        );
+    }
     let mut t = table(&["ID", "ROLE", "ADDR", "MATCH", "REACHABLE", "ALARMS"]);
     let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
     for m in &s.members {
