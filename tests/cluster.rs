@@ -308,24 +308,7 @@ async fn members_are_added_and_removed_under_load() {
         .find(|&i| i != leader && i != gone && i != new)
         .unwrap();
     c.nodes[other].kill();
-    wait_for(
-        "the leader to notice the node is down",
-        Duration::from_secs(20),
-        || async {
-            let m = members_of(&c.nodes[leader]).await;
-            let down = m["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|x| x["id"] == other as u64 + 1 && x["reachable"] == false);
-            if down {
-                Ok(())
-            } else {
-                Err(m.to_string())
-            }
-        },
-    )
-    .await;
+    c.wait_unreachable(leader, other as u64 + 1).await;
     let resp = reqwest::Client::new()
         .delete(format!(
             "{}/api/v1/cluster/members/{}",

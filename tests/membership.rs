@@ -149,13 +149,7 @@ async fn a_restored_node_and_nodes_bootstrapped_anew_never_mix() {
     let mut c = TestCluster::start(3, "");
     let leader = c.leader().await;
     let ids = enqueue_n(&c.nodes[leader].grpc, "q", 10);
-    let file = c.nodes[0].dir.path().join("backup.bin");
-    let file_s = file.to_str().unwrap().to_string();
-    drover_json(&["snapshot", "save", &file_s], &c.nodes[leader].grpc);
-    for n in &mut c.nodes {
-        n.kill();
-        std::fs::remove_dir_all(n.data_dir()).unwrap();
-    }
+    let file_s = c.save_and_wipe().await;
     // Node 1 restored alone (one voter).
     let data = c.nodes[0].data_dir();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
@@ -194,7 +188,17 @@ async fn a_restored_node_and_nodes_bootstrapped_anew_never_mix() {
     assert!(!ok && err.contains("incarnation"), "{err}");
     assert!(took < Duration::from_secs(30));
     for id in &ids {
-        assert_eq!(job_state(&c.nodes[0], *id).await, "ready");
+        wait_for(
+            &format!("job {id} on node 1"),
+            Duration::from_secs(20),
+            || async {
+                match job_state(&c.nodes[0], *id).await.as_str() {
+                    "ready" => Ok(()),
+                    other => Err(other.to_string()),
+                }
+            },
+        )
+        .await;
         // The others never serve a job of their own under a restored id.
         let (code, _) = get_json(&format!("{}/api/v1/jobs/{id}?stale=ok", c.nodes[1].http)).await;
         assert_eq!(code, 404, "node 2 has no job {id}");

@@ -71,13 +71,7 @@ async fn every_member_restored_from_one_snapshot_agrees() {
     let mut c = TestCluster::start(3, "");
     let leader = c.leader().await;
     let ids = enqueue_n(&c.nodes[leader].grpc, "q", 40);
-    let file = c.nodes[0].dir.path().join("backup.bin");
-    let file_s = file.to_str().unwrap().to_string();
-    drover_json(&["snapshot", "save", &file_s], &c.nodes[leader].grpc);
-    for n in &mut c.nodes {
-        n.kill();
-        std::fs::remove_dir_all(n.data_dir()).unwrap();
-    }
+    let file_s = c.save_and_wipe().await;
     for n in &c.nodes {
         let config = n.write_config();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
@@ -155,25 +149,7 @@ async fn a_rolling_restart_waits_for_each_node_and_keeps_everything() {
     }
     let down = (leader + 1) % 3;
     c.nodes[down].kill();
-    wait_for(
-        "the leader to notice the node is down",
-        Duration::from_secs(20),
-        || async {
-            let (_, m) =
-                get_json(&format!("{}/api/v1/cluster/members", c.nodes[leader].http)).await;
-            let gone = m["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|x| x["id"] == down as u64 + 1 && x["reachable"] == false);
-            if gone {
-                Ok(())
-            } else {
-                Err(m.to_string())
-            }
-        },
-    )
-    .await;
+    c.wait_unreachable(leader, down as u64 + 1).await;
     let out = drover_cli(
         &["cluster", "wait", "--caught-up", "--timeout", "5s"],
         &servers,

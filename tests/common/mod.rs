@@ -401,6 +401,44 @@ impl TestCluster {
         .await;
     }
 
+    /// Saves a snapshot of the cluster (through its leader) into node 1's
+    /// temp dir, then kills every node and empties its data dir: the
+    /// starting point of a restore. Returns the file.
+    pub async fn save_and_wipe(&mut self) -> String {
+        let leader = self.leader().await;
+        let file = self.nodes[0].dir.path().join("backup.bin");
+        let file = file.to_str().expect("a UTF-8 temp path").to_string();
+        drover_json(&["snapshot", "save", &file], &self.nodes[leader].grpc);
+        for n in &mut self.nodes {
+            n.kill();
+            std::fs::remove_dir_all(n.data_dir()).expect("empty the data dir");
+        }
+        file
+    }
+
+    /// Waits until node `leader` reports member `id` unreachable.
+    pub async fn wait_unreachable(&self, leader: usize, id: u64) {
+        let url = format!("{}/api/v1/cluster/members", self.nodes[leader].http);
+        wait_for(
+            &format!("the leader to notice node {id} is down"),
+            Duration::from_secs(20),
+            || async {
+                let (_, m) = get_json(&url).await;
+                let down = m["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["id"] == id && x["reachable"] == false);
+                if down {
+                    Ok(())
+                } else {
+                    Err(m.to_string())
+                }
+            },
+        )
+        .await;
+    }
+
     pub async fn converged(&self) -> u64 {
         wait_for(
             "all running nodes to hold the same state",
