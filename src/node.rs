@@ -217,14 +217,14 @@ impl Node {
     /// and workers stop within the grace, then the driver.
     pub async fn wait(mut self) -> Result<(), Error> {
         let mut stop = self.stop_tx.subscribe();
-        let mut status = self.app.driver.status_watch();
+        let mut removed_rx = self.app.driver.removed_watch();
         let wait_when_removed = self.app.config.wait_when_removed;
         let mut removed = None;
         let driver_failed = tokio::select! {
             _ = stop.wait_for(|s| *s) => None,
             r = &mut self.driver_done => Some(r),
-            s = status.wait_for(|s| s.removed.is_some()), if !wait_when_removed => {
-                removed = s.ok().and_then(|s| s.removed.clone());
+            r = removed_rx.wait_for(|r| r.is_some()), if !wait_when_removed => {
+                removed = r.ok().and_then(|r| r.clone());
                 None
             }
         };

@@ -75,24 +75,19 @@ impl Peer {
     /// Refuses a node that is not (or no longer) a member of this cluster.
     fn check_member(&self, from: u64) -> Result<(), Status> {
         let cfg = &self.app.config;
-        let removed_at = self
-            .app
-            .driver
-            .status_ref()
-            .removed_members
-            .get(&from)
-            .copied();
+        // One look at the status: it is read on every raft batch, while the
+        // driver publishes a new one every turn.
+        let (removed_at, member) = {
+            let status = self.app.driver.status_ref();
+            (
+                status.removed_members.get(&from).copied(),
+                status.members.iter().any(|m| m.id == from),
+            )
+        };
         if let Some(at) = removed_at {
             return Err(crate::wire::removed_status(from, at));
         }
-        let known = cfg.peers.iter().any(|p| p.id == from)
-            || self
-                .app
-                .driver
-                .status_ref()
-                .members
-                .iter()
-                .any(|m| m.id == from);
+        let known = member || cfg.peers.iter().any(|p| p.id == from);
         if !known || from == cfg.node_id {
             return Err(Status::permission_denied(format!(
                 "node {from} is not a member of this cluster; add it with `drover cluster add` first"

@@ -142,9 +142,16 @@ pub struct DriverHandle {
     pressure: Arc<Pressure>,
     /// The cluster incarnation this node belongs to.
     incarnation: crate::cluster::identity::Incarnation,
+    /// Set once, when this node learns it was removed (and why).
+    removed: watch::Receiver<Option<String>>,
 }
 
 impl DriverHandle {
+    /// Changes once: when this node learns it was removed from the cluster.
+    pub fn removed_watch(&self) -> watch::Receiver<Option<String>> {
+        self.removed.clone()
+    }
+
     /// The cluster incarnation this node belongs to (0: none yet).
     pub fn incarnation(&self) -> &crate::cluster::identity::Incarnation {
         &self.incarnation
@@ -398,6 +405,7 @@ struct Driver {
     removed: Option<String>,
     /// Since when the log says this node is removed (see `check_removed`).
     removal_seen: Option<std::time::Instant>,
+    removed_tx: watch::Sender<Option<String>>,
     incarnation: crate::cluster::identity::Incarnation,
 }
 
@@ -528,6 +536,7 @@ pub fn start(
         incarnation.clone(),
     );
     let (status_tx, status) = watch::channel(NodeStatus::default());
+    let (removed_tx, removed_rx) = watch::channel(None);
     let (stats_tx, stats) = watch::channel(Arc::new(machine.stats()));
     // Rare (timeouts and expiries); a session that lags behind learns of
     // its lost leases from its next heartbeat instead.
@@ -547,6 +556,7 @@ pub fn start(
             as u64,
         pressure: pressure.clone(),
         incarnation: incarnation.clone(),
+        removed: removed_rx,
     };
     let persist = Persistence::start(db.clone()).map_err(|e| {
         Error::Store(StoreError::Corrupt {
@@ -602,6 +612,7 @@ pub fn start(
         removed_members: raw_removed,
         removal_seen: None,
         incarnation,
+        removed_tx,
     };
     let (done_tx, done) = oneshot::channel();
     // The driver never blocks on the disk (the flusher thread does), so it
@@ -1609,6 +1620,7 @@ impl Driver {
             reason = %reason,
             "this node was removed from the cluster: it no longer campaigns. To bring it back, empty its data dir, start it with join = true and run `drover cluster add`"
         );
+        self.removed_tx.send_replace(Some(reason.clone()));
         self.removed = Some(reason);
     }
 
