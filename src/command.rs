@@ -21,8 +21,9 @@ use crate::job::{Job, JobId, JobState, NewJob, Progress};
 /// one node at a time.
 ///
 /// Format 2 added [`Command::LeaseAs`], [`Command::SwitchVersion`],
-/// [`Command::SetCanary`] and their [`Audited`] forms.
-pub const ENTRY_VERSION: u8 = 2;
+/// [`Command::SetCanary`] and their [`Audited`] forms. Format 3 added
+/// [`Command::RenewLeases`].
+pub const ENTRY_VERSION: u8 = 3;
 
 /// The format of a normal entry, from its raft `context`.
 pub fn entry_version(context: &[u8]) -> u8 {
@@ -230,6 +231,11 @@ pub enum Command {
         queue: Option<String>,
         rule: Option<ChaosRule>,
     },
+    /// Proposed by a new leader first: every live lease gets a full
+    /// heartbeat window from now, as etcd renews leases on a leader
+    /// change, so no healthy worker loses its job to the time the cluster
+    /// had no leader to heartbeat to. Format 3.
+    RenewLeases,
 }
 
 /// Faults the nodes that allow chaos inject into a queue's worker streams.
@@ -562,6 +568,7 @@ impl Command {
             Command::SwitchVersion { .. } => "switch_version",
             Command::SetCanary { .. } => "set_canary",
             Command::SetChaos { .. } => "set_chaos",
+            Command::RenewLeases => "renew_leases",
         }
     }
 
@@ -572,6 +579,7 @@ impl Command {
             | Command::SwitchVersion { .. }
             | Command::SetCanary { .. }
             | Command::SetChaos { .. } => 2,
+            Command::RenewLeases => 3,
             Command::Audit {
                 command:
                     Some(
@@ -648,6 +656,7 @@ impl Command {
             | Command::LeaseAs { .. }
             | Command::Cancel { .. }
             | Command::Tick
+            | Command::RenewLeases
             | Command::Held { .. }
             | Command::Purge { .. }
             | Command::PurgeAudit { .. }

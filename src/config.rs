@@ -61,6 +61,8 @@ pub struct Config {
     pub wait_when_removed: bool,
     pub limits: Limits,
     pub jobs: Jobs,
+    /// `[cluster]`: what members ask of each other.
+    pub cluster: ClusterConfig,
     pub raft: Raft,
     pub storage: Storage,
     pub log: Log,
@@ -471,6 +473,7 @@ impl Default for Config {
             wait_when_removed: false,
             limits: Limits::default(),
             jobs: Jobs::default(),
+            cluster: ClusterConfig::default(),
             raft: Raft::default(),
             storage: Storage::default(),
             log: Log::default(),
@@ -904,6 +907,26 @@ impl<'de> Deserialize<'de> for Amount {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// `[cluster]`: what members ask of each other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// A node whose wall clock is further than this from a majority of the
+    /// voters' does not campaign or lead (CockroachDB's max-offset); 0
+    /// turns the check off. Durations never depend on it: log time runs on
+    /// the leader's monotonic clock.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_offset: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            max_clock_offset: Duration::from_millis(500),
+        }
     }
 }
 

@@ -346,6 +346,18 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         "1 while this node's RSS is over limits.memory_high_watermark (the cluster then refuses new jobs).",
     ),
     (
+        "drover_clock_offset_seconds",
+        Kind::Gauge,
+        Scope::Node,
+        "Each peer's wall clock minus this node's, by peer, as its raft batches say (peers heard within 15 s).",
+    ),
+    (
+        "drover_clock_skewed",
+        Kind::Gauge,
+        Scope::Node,
+        "1 while this node's clock is further than cluster.max_clock_offset from a majority of the voters' (it then does not campaign or lead).",
+    ),
+    (
         "drover_raft_term",
         Kind::Gauge,
         Scope::Node,
@@ -412,6 +424,8 @@ pub struct Scrape<'a> {
     pub data_dir: &'a Path,
     /// This node's disk and memory, as last sampled.
     pub resources: crate::resources::Reading,
+    /// Each peer's clock minus this node's (ms), of peers heard lately.
+    pub clock_offsets: std::collections::BTreeMap<u64, i64>,
 }
 
 /// The process-wide recorder; installed once even when tests start several
@@ -578,6 +592,12 @@ impl Metrics {
         metrics::gauge!("drover_memory_rss_bytes").set(r.rss_bytes as f64);
         metrics::gauge!("drover_memory_high_watermark_bytes").set(r.watermark_bytes as f64);
         metrics::gauge!("drover_memory_high").set(f64::from(u8::from(r.memory_high)));
+        for (peer, ms) in &scrape.clock_offsets {
+            metrics::gauge!("drover_clock_offset_seconds", "peer" => peer.to_string())
+                .set(*ms as f64 / 1000.0);
+        }
+        metrics::gauge!("drover_clock_skewed")
+            .set(f64::from(u8::from(scrape.status.clock_skew.is_some())));
         if let Some(limit) = crate::resources::memory_limit() {
             metrics::gauge!("drover_memory_limit_bytes").set(limit as f64);
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio::sync::watch;
 
-use crate::driver::{now_ms, DriverHandle, NodeStatus};
+use crate::driver::{DriverHandle, NodeStatus};
 
 /// How long READY waits for the log to be applied before it is sent anyway
 /// (a node must come up to help a cluster without a quorum).
@@ -74,7 +74,7 @@ pub async fn supervise(driver: DriverHandle, mut stopping: watch::Receiver<bool>
             }
             _ = feed.tick(), if watchdog.is_some() => {
                 let interval = watchdog.unwrap_or_default().as_millis() as u64;
-                let idle = now_ms().saturating_sub(driver.loop_turned_at_ms());
+                let idle = driver.loop_idle_ms();
                 if idle <= interval {
                     send(&[NotifyState::Watchdog]);
                 } else {

@@ -47,7 +47,7 @@ impl App {
             Some(c) => c.parse::<u64>().map_err(|_| bad_cursor(c)),
         };
         self.router.read_barrier().await?;
-        query.now_ms = crate::driver::now_ms();
+        query.now_ms = self.driver.log_now_ms();
         let reader = self.driver.reader();
         // (cursor after it, id, the time its index record says it finished)
         let candidates: Vec<(String, u64, Option<u64>)> = match query.state {

@@ -81,7 +81,7 @@ impl App {
         let stats = self.driver.stats();
         self.workers.list(
             self.config.node_id,
-            crate::driver::now_ms(),
+            self.driver.log_now_ms(),
             &stats.quarantined,
         )
     }

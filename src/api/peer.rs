@@ -103,6 +103,43 @@ impl Peer {
         }
     }
 
+    /// Keeps what member `from`'s batch said of its clocks: its wall
+    /// clock (compared with ours) and, from a leader, the log's time.
+    fn note_clocks(&self, from: u64, batch: &pb::RaftBatch) {
+        let now = std::time::Instant::now();
+        self.app
+            .driver
+            .clocks()
+            .note(from, batch.sent_at_ms, crate::driver::now_ms(), now);
+        self.app.driver.log_time().heard(batch.log_ms, now);
+    }
+
+    /// Whether to drop a vote request from `from`: its clock is too far
+    /// from a majority's for it to lead.
+    fn refuse_vote(&self, from: u64, msg: &raft::eraftpb::Message) -> bool {
+        use raft::eraftpb::MessageType::{MsgRequestPreVote, MsgRequestVote};
+        if !matches!(msg.get_msg_type(), MsgRequestVote | MsgRequestPreVote) {
+            return false;
+        }
+        let voters: Vec<u64> = self
+            .app
+            .driver
+            .status()
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        let clocks = self.app.driver.clocks();
+        match clocks.refuses_vote(from, &voters, std::time::Instant::now()) {
+            Some(offset_ms) => {
+                tracing::warn!(event = "vote_refused_clock", candidate = from, offset_ms, max_offset_ms = clocks.max_offset_ms(), "refused a vote: the candidate's clock is too far from the majority's (see drover cluster members)");
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Hands raft messages from member `from` to the driver.
     fn step(&self, from: u64, messages: Vec<bytes::Bytes>) -> Result<(), Status> {
         let me = self.app.config.node_id;
@@ -120,6 +157,9 @@ impl Peer {
                     "raft message from {} to {} arrived from node {from} at node {me}",
                     msg.from, msg.to
                 )));
+            }
+            if self.refuse_vote(from, &msg) {
+                continue;
             }
             self.app.driver.control(Control::Step(msg));
         }
@@ -150,6 +190,7 @@ impl PeerService for Peer {
         }
         self.adopt_incarnation(first.header.as_ref());
         self.note_resources(from, first.resources.as_ref());
+        self.note_clocks(from, &first);
         self.step(from, first.messages)?;
         let peer = Peer {
             app: self.app.clone(),
@@ -164,6 +205,7 @@ impl PeerService for Peer {
                             // is refused from its next batch on.
                             peer.check_member(from)?;
                             peer.note_resources(from, batch.resources.as_ref());
+                            peer.note_clocks(from, &batch);
                             peer.step(from, batch.messages)?;
                         }
                         None => return Ok(()),
@@ -283,7 +325,7 @@ impl PeerService for Peer {
         req: Request<pb::MembersRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
         self.admit(req.into_inner().header.as_ref())?;
-        let json = serde_json::to_string(&self.app.driver.status())
+        let json = serde_json::to_string(&self.app.driver.members_status())
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::MembersResponse { json }))
     }

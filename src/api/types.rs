@@ -619,6 +619,10 @@ pub struct MemberBody {
     /// every voter's on the leader, the node's own elsewhere.
     #[serde(default)]
     pub alarms: Vec<String>,
+    /// Its wall clock minus the answering node's, in ms (absent: not heard
+    /// lately). The answering node is normally the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -637,6 +641,10 @@ pub struct MembersBody {
     /// learned it (it no longer campaigns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<String>,
+    /// Set while the answering node's clock is too far from a majority's
+    /// (`[cluster] max_clock_offset`): it does not lead until it is back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<String>,
     pub members: Vec<MemberBody>,
 }
 
@@ -649,6 +657,7 @@ impl From<&crate::driver::NodeStatus> for MembersBody {
             seen_from: s.node_id,
             incarnation: crate::cluster::identity::show(s.incarnation),
             removed: s.removed.clone(),
+            clock_skew: s.clock_skew.clone(),
             members: s
                 .members
                 .iter()
@@ -659,6 +668,7 @@ impl From<&crate::driver::NodeStatus> for MembersBody {
                     match_index: m.match_index,
                     reachable: m.reachable,
                     alarms: m.alarms.iter().map(|a| a.code().to_string()).collect(),
+                    clock_offset_ms: m.clock_offset_ms,
                 })
                 .collect(),
         }

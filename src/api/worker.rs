@@ -20,7 +20,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{convert, App};
 use crate::command::{Command, Completion, Failure, LeaseBeat, Outcome, Refusal, Usage};
-use crate::driver::now_ms;
 use crate::error::Error;
 use crate::job::{validate_queue, JobId, Progress};
 use crate::machine::MachineStats;
@@ -156,12 +155,12 @@ impl Worker {
             queues,
             capacity: reg.capacity,
             version: truncate(reg.version, 128),
-            connected_at_ms: now_ms(),
+            connected_at_ms: self.app.driver.log_now_ms(),
             in_flight: Default::default(),
             draining: Default::default(),
             completed: Default::default(),
             failed: Default::default(),
-            last_seen_ms: now_ms().into(),
+            last_seen_ms: self.app.driver.log_now_ms().into(),
             recent: Default::default(),
             stop: Default::default(),
         }))
@@ -454,7 +453,7 @@ impl Session {
         let Some(q) = stats.quarantined.get(worker) else {
             return;
         };
-        if now_ms() < q.until_ms {
+        if self.app.driver.log_now_ms() < q.until_ms {
             tracing::info!(event = "worker_still_quarantined", worker_id = %worker, until_ms = q.until_ms, "a quarantined worker reconnected before its quarantine_for passed: it gets no leases");
             return;
         }
@@ -480,7 +479,7 @@ impl Session {
         let entry = self.registration.entry.clone();
         let policy = stats.policies.quarantine(&entry.queues);
         let window = policy.map_or(crate::policies::QUARANTINE_WINDOW_MS, |p| p.window_ms);
-        let now = now_ms();
+        let now = self.app.driver.log_now_ms();
         let quarantined = stats.quarantined.contains_key(&entry.worker_id);
         let mut recent = entry.recent.lock().unwrap_or_else(|p| p.into_inner());
         if self.quarantine_seen && !quarantined {
@@ -584,7 +583,9 @@ impl Session {
         let mut completions = Vec::new();
         let mut failures = Vec::new();
         let entry = self.registration.entry.clone();
-        entry.last_seen_ms.store(now_ms(), Ordering::Relaxed);
+        entry
+            .last_seen_ms
+            .store(self.app.driver.log_now_ms(), Ordering::Relaxed);
         for m in batch {
             match m.msg {
                 Some(Msg::Register(_)) => {

@@ -3,6 +3,7 @@
 //! leader.
 
 pub mod admin;
+pub mod clocks;
 pub mod identity;
 pub mod router;
 pub mod transport;

@@ -276,7 +276,7 @@ impl Router {
     /// The leader's view of the cluster, or this node's if it leads or no
     /// leader answers.
     pub async fn members(&self) -> Result<NodeStatus, Error> {
-        let status = self.driver.status();
+        let status = self.driver.members_status();
         if status.is_leader() || status.leader_id == 0 {
             return Ok(status);
         }

@@ -27,6 +27,8 @@ use crate::wire::{Conn, Credentials};
 use super::Control;
 
 /// Messages queued per peer before new ones are dropped.
+/// How often a link sends its clock when it has nothing else to send.
+const CLOCK_BEACON: Duration = Duration::from_secs(1);
 const QUEUE: usize = 8192;
 /// Most messages taken from the queue at once.
 const MAX_BATCH: usize = 1024;
@@ -70,9 +72,27 @@ struct Local {
     /// This node's disk and memory, reported to each peer as they change.
     pressure: Arc<Pressure>,
     incarnation: super::identity::Incarnation,
+    /// The log's time, sent with every batch while this node leads.
+    log_time: Arc<crate::driver::LogTime>,
 }
 
 impl Local {
+    /// A batch of `messages`, stamped with this node's clocks.
+    fn batch(
+        &self,
+        header: Option<pb::PeerHeader>,
+        messages: Vec<bytes::Bytes>,
+        resources: Option<pb::NodeResources>,
+    ) -> pb::RaftBatch {
+        pb::RaftBatch {
+            header,
+            messages,
+            resources,
+            sent_at_ms: crate::driver::now_ms(),
+            log_ms: self.log_time.leader_ms().unwrap_or(0),
+        }
+    }
+
     /// The header as it stands now (a joining node takes an incarnation).
     fn header(&self) -> pb::PeerHeader {
         pb::PeerHeader {
@@ -90,6 +110,7 @@ impl Transport {
         control: mpsc::Sender<Control>,
         pressure: Arc<Pressure>,
         incarnation: super::identity::Incarnation,
+        log_time: Arc<crate::driver::LogTime>,
     ) -> Transport {
         let mut t = Transport {
             peers: HashMap::new(),
@@ -99,6 +120,7 @@ impl Transport {
                 control,
                 pressure,
                 incarnation,
+                log_time,
             },
         };
         for (id, addr) in addrs.iter().filter(|(id, _)| **id != cfg.node_id) {
@@ -252,11 +274,15 @@ async fn send_loop(
         let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
         // The first batch names this node; the peer admits us on it.
         let (mut reported, reading) = pressure.local_versioned();
-        let _ = stream_tx.try_send(pb::RaftBatch {
-            header: Some(local.header()),
-            messages: Vec::new(),
-            resources: Some((&reading).into()),
-        });
+        let _ = stream_tx.try_send(local.batch(
+            Some(local.header()),
+            Vec::new(),
+            Some((&reading).into()),
+        ));
+        // Followers send each other nothing else: a clock reading a second
+        // keeps every node's view of every clock fresh.
+        let mut beacon = tokio::time::interval(CLOCK_BEACON);
+        beacon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (up_tx, up) = tokio::sync::oneshot::channel();
         // Fused: once answered (or dropped) it stays pending.
         let mut up = futures::FutureExt::fuse(up);
@@ -292,9 +318,14 @@ async fn send_loop(
                     reported = version;
                     if frames.into_iter().any(|messages| {
                         let resources = resources.take();
-                        stream_tx.try_send(pb::RaftBatch { header: None, messages, resources }).is_err()
+                        stream_tx.try_send(local.batch(None, messages, resources)).is_err()
                     }) {
                         // The peer takes nothing in: treat it as gone.
+                        break "the peer stopped reading raft messages".to_string();
+                    }
+                }
+                _ = beacon.tick() => {
+                    if stream_tx.try_send(local.batch(None, Vec::new(), None)).is_err() {
                         break "the peer stopped reading raft messages".to_string();
                     }
                 }

@@ -31,11 +31,13 @@ use crate::resources::Pressure;
 use crate::snapshot::{self, SnapshotError, SnapshotMeta};
 use crate::store::{Database, RaftStore, StoreError, DEFAULT_MACHINE_TREE, INIT_INDEX};
 
+pub mod log_time;
 mod pending;
 mod persist;
 mod reads;
 mod snapshots;
 mod status;
+pub use log_time::LogTime;
 use snapshots::Snapshots;
 pub use status::{Member, NodeStatus, Role};
 
@@ -131,9 +133,13 @@ pub struct DriverHandle {
     status: watch::Receiver<NodeStatus>,
     stats: watch::Receiver<Arc<MachineStats>>,
     revoked: tokio::sync::broadcast::Sender<Arc<[LeaseEvent]>>,
-    /// When the loop last took a raft tick (ms since the epoch), for the
+    /// When the loop last took a raft tick (ms of [`mono_ms`]), for the
     /// systemd watchdog.
     turned_at: Arc<std::sync::atomic::AtomicU64>,
+    /// The log's clock, as this node reads it.
+    log_time: Arc<LogTime>,
+    /// Peers' wall clocks, as their batches say.
+    clocks: Arc<crate::cluster::clocks::Clocks>,
     /// The newest entry format each peer applies, as its peer header said.
     peer_formats: PeerFormats,
     reader: JobReader,
@@ -266,9 +272,36 @@ impl DriverHandle {
         self.stats.clone()
     }
 
-    /// When the raft loop last turned (took a tick), in ms since the epoch.
-    pub fn loop_turned_at_ms(&self) -> u64 {
-        self.turned_at.load(std::sync::atomic::Ordering::Relaxed)
+    /// How long ago the raft loop last turned (took a tick), in ms of the
+    /// monotonic clock: a step of the wall clock is not a stuck loop.
+    pub fn loop_idle_ms(&self) -> u64 {
+        mono_ms().saturating_sub(self.turned_at.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The log's time now: what the times the machine keeps (enqueued,
+    /// due, finished) compare against. See [`log_time`].
+    pub fn log_now_ms(&self) -> u64 {
+        self.log_time.now_ms()
+    }
+
+    pub fn log_time(&self) -> &Arc<LogTime> {
+        &self.log_time
+    }
+
+    /// Peers' clock offsets, as their batches say.
+    pub fn clocks(&self) -> &Arc<crate::cluster::clocks::Clocks> {
+        &self.clocks
+    }
+
+    /// The status with each member's clock offset as this node reads it:
+    /// what `cluster members` shows.
+    pub fn members_status(&self) -> NodeStatus {
+        let mut status = self.status();
+        let now = std::time::Instant::now();
+        for m in &mut status.members {
+            m.clock_offset_ms = self.clocks.offset_of(m.id, now);
+        }
+        status
     }
 
     /// Leases the log took back without a result (expiries, timeouts, an
@@ -301,11 +334,21 @@ impl DriverHandle {
     }
 }
 
+/// The wall clock in ms since the epoch: for what people read (file
+/// names, display) and for comparing clocks. Durations and the times the
+/// machine keeps go by [`LogTime`] instead.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// ms of the monotonic clock since this process first asked.
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Forwards raft-rs's slog records to tracing, so one log stream shows both.
@@ -407,6 +450,16 @@ struct Driver {
     removal_seen: Option<std::time::Instant>,
     removed_tx: watch::Sender<Option<String>>,
     incarnation: crate::cluster::identity::Incarnation,
+    /// The log's clock: this node advances it while leading.
+    log_time: Arc<LogTime>,
+    /// Peers' wall clocks: a node far from the majority's does not lead.
+    clocks: Arc<crate::cluster::clocks::Clocks>,
+    /// Whether this node led at the last look (see `notice_role`).
+    leading: bool,
+    /// Why this node's clock keeps it from leading, while it does.
+    skew: Option<crate::cluster::clocks::Skew>,
+    /// When a skewed leader last asked to hand leadership away.
+    skew_transfer_at: Option<std::time::Instant>,
 }
 
 /// Drops machine trees left by a snapshot install that a crash interrupted.
@@ -528,12 +581,21 @@ pub fn start(
     let raw_removed = raw.store().removed()?;
     let pressure = Pressure::from_config(cfg);
     pressure.sample();
+    let log_time = Arc::new(LogTime::new(
+        machine.meta().last_at_ms,
+        std::time::Instant::now(),
+    ));
+    let clocks = Arc::new(crate::cluster::clocks::Clocks::new(
+        cfg.node_id,
+        cfg.cluster.max_clock_offset,
+    ));
     let transport = Transport::start(
         cfg,
         &addrs,
         control_tx.clone(),
         pressure.clone(),
         incarnation.clone(),
+        log_time.clone(),
     );
     let (status_tx, status) = watch::channel(NodeStatus::default());
     let (removed_tx, removed_rx) = watch::channel(None);
@@ -541,7 +603,7 @@ pub fn start(
     // Rare (timeouts and expiries); a session that lags behind learns of
     // its lost leases from its next heartbeat instead.
     let (revoked_tx, _) = tokio::sync::broadcast::channel(64);
-    let turned_at = Arc::new(std::sync::atomic::AtomicU64::new(now_ms()));
+    let turned_at = Arc::new(std::sync::atomic::AtomicU64::new(mono_ms()));
     let peer_formats = PeerFormats::default();
     let handle = DriverHandle {
         peer_formats: peer_formats.clone(),
@@ -557,6 +619,8 @@ pub fn start(
         pressure: pressure.clone(),
         incarnation: incarnation.clone(),
         removed: removed_rx,
+        log_time: log_time.clone(),
+        clocks: clocks.clone(),
     };
     let persist = Persistence::start(db.clone()).map_err(|e| {
         Error::Store(StoreError::Corrupt {
@@ -613,6 +677,11 @@ pub fn start(
         removal_seen: None,
         incarnation,
         removed_tx,
+        log_time,
+        clocks,
+        leading: false,
+        skew: None,
+        skew_transfer_at: None,
     };
     let (done_tx, done) = oneshot::channel();
     // The driver never blocks on the disk (the flusher thread does), so it
@@ -644,13 +713,16 @@ impl Driver {
                     None => return Err(DriverError::Flusher("the flusher thread stopped".into())),
                 },
                 _ = ticker.tick() => {
-                    self.turned_at.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+                    self.turned_at.store(mono_ms(), std::sync::atomic::Ordering::Relaxed);
                     // Reads raft dropped (no leader) whose waiters gave up.
                     self.reads.drop_abandoned();
                     // A removed node takes no ticks: it never campaigns,
                     // so it cannot disturb the cluster it left.
                     self.check_removed();
-                    if self.removed.is_none() {
+                    self.check_clock();
+                    // A node whose clock is off takes no ticks while it
+                    // follows, so it never campaigns.
+                    if self.removed.is_none() && (self.skew.is_none() || self.leading) {
                         self.raw.tick();
                     }
                     self.propose_tick_if_due();
@@ -684,6 +756,7 @@ impl Driver {
             // (raft-rs still applies only entries this node has persisted.)
             // Waiting for the flush instead measured 10-20% more CPU per job
             // on 3 nodes.
+            self.notice_role();
             self.reconcile_policies();
             self.propose_purge_if_due();
             self.propose_due_slots();
@@ -785,7 +858,7 @@ impl Driver {
             }
             None => {}
         }
-        let now = now_ms();
+        let now = self.log_now();
         let mut commands = Vec::new();
         for (name, policy) in &self.machine.policies().schedules {
             let key = (policy.cron.clone(), policy.timezone.clone());
@@ -999,7 +1072,7 @@ impl Driver {
         });
         metrics::histogram!(crate::metrics::COMMANDS_PER_ENTRY).record(commands.len() as f64);
         let entry = LogEntry {
-            at_ms: now_ms(),
+            at_ms: self.log_now(),
             commands,
         };
         let data = bincode::serde::encode_to_vec(&entry, bincode::config::standard())
@@ -1029,11 +1102,10 @@ impl Driver {
         if self.raw.raft.state != StateRole::Leader || self.tick_in_flight.is_some() {
             return;
         }
-        if self
-            .machine
-            .next_due_ms()
-            .is_some_and(|due| due <= now_ms())
-        {
+        let Some(due) = self.machine.next_due_ms() else {
+            return self.propose_purge_if_due();
+        };
+        if due <= self.log_now() {
             self.propose(vec![Command::Tick], vec![None]);
         }
         self.propose_purge_if_due();
@@ -1051,7 +1123,7 @@ impl Driver {
         {
             return;
         }
-        let now = now_ms();
+        let now = self.log_now();
         let due = self
             .machine
             .purge_due(now, &self.retention)
@@ -1576,6 +1648,97 @@ impl Driver {
         version
     }
 
+    /// The log's time now, as this node (leading) advances it toward the
+    /// majority's wall clock.
+    fn log_now(&mut self) -> u64 {
+        self.notice_role();
+        let now = std::time::Instant::now();
+        let target = self.majority_wall_ms(now);
+        self.log_time.advance(target, now)
+    }
+
+    fn voters(&self) -> Vec<u64> {
+        self.raw.raft.prs().conf().voters().ids().iter().collect()
+    }
+
+    fn majority_wall_ms(&self, now: std::time::Instant) -> u64 {
+        self.clocks.majority_wall_ms(&self.voters(), now_ms(), now)
+    }
+
+    /// Takes up leadership when raft gave it: the log's time continues
+    /// from where it stands, and the first entry renews every lease.
+    fn notice_role(&mut self) {
+        let leader = self.raw.raft.state == StateRole::Leader;
+        if leader == self.leading {
+            return;
+        }
+        self.leading = leader;
+        if !leader {
+            self.log_time.follow();
+            return;
+        }
+        let now = std::time::Instant::now();
+        let wall = self.majority_wall_ms(now);
+        let last = self.machine.meta().last_at_ms;
+        let (start, anchor) = self.log_time.lead(last, wall, now);
+        let wall_offset_ms = i128::from(start) - i128::from(now_ms());
+        tracing::info!(event = "log_time_taken", log_ms = start, from = ?anchor, wall_offset_ms = wall_offset_ms as i64, term = self.raw.raft.term, "leading: the log's time goes on from here by this node's monotonic clock");
+        self.propose(vec![Command::RenewLeases], vec![None]);
+    }
+
+    /// Judges this node's clock against the voters' (once a tick): while
+    /// it is further than `max_clock_offset` from a majority's, the node
+    /// does not campaign, and hands leadership to a peer if it leads.
+    fn check_clock(&mut self) {
+        let now = std::time::Instant::now();
+        let skew = self.clocks.skew(&self.voters(), now);
+        match (&self.skew, &skew) {
+            (None, Some(s)) => {
+                tracing::error!(
+                    event = "clock_skewed",
+                    offset_ms = s.offset_ms,
+                    max_offset_ms = s.max_offset_ms,
+                    "{s}"
+                );
+            }
+            (Some(_), None) => {
+                tracing::info!(event = "clock_skew_cleared", "this node's clock is back within max_clock_offset of the majority's: it may lead again");
+            }
+            _ => {}
+        }
+        self.skew = skew;
+        if self.skew.is_none() || self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        if self
+            .skew_transfer_at
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(2))
+        {
+            return;
+        }
+        // The voter most up to date whose clock agrees with the majority.
+        let me = self.node_id;
+        let target = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(&id, _)| id != me && self.raw.raft.prs().conf().voters().contains(id))
+            .filter(|(&id, _)| {
+                self.clocks.offset_of(id, now).is_some_and(|o| {
+                    self.skew
+                        .is_some_and(|s| (o - s.offset_ms).unsigned_abs() <= s.max_offset_ms)
+                })
+            })
+            .max_by_key(|(_, p)| p.matched)
+            .map(|(&id, _)| id);
+        if let Some(id) = target {
+            tracing::warn!(event = "clock_skew_transfer", to = id, "this node's clock is off: handing leadership to a node whose clock agrees with the majority");
+            self.skew_transfer_at = Some(now);
+            self.raw.transfer_leader(id);
+        }
+    }
+
     /// Why this node, leading, refuses new work now: an alarm on its
     /// voters (see [`crate::resources::judge`]). None on a follower: its
     /// leader judges.
@@ -1583,8 +1746,7 @@ impl Driver {
         if !self.pressure.any() || self.raw.raft.state != StateRole::Leader {
             return None;
         }
-        let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
-        self.pressure.refusal(&voters)
+        self.pressure.refusal(&self.voters())
     }
 
     /// Acts on this node's own removal once it has stood for
@@ -1635,6 +1797,7 @@ impl Driver {
         status.removed_members = self.removed_members.clone();
         status.removed = self.removed.clone();
         status.incarnation = self.incarnation.get();
+        status.clock_skew = self.skew.map(|s| s.to_string());
         self.status_tx.send_if_modified(|s| {
             if s.leader_id != status.leader_id {
                 metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);

@@ -63,6 +63,10 @@ pub struct NodeStatus {
     /// The cluster incarnation this node belongs to (0: none yet).
     #[serde(default)]
     pub incarnation: u64,
+    /// Set while this node's clock is too far from a majority's for it to
+    /// lead: by how much, and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<String>,
 }
 
 impl NodeStatus {
@@ -94,6 +98,10 @@ pub struct Member {
     /// on the leader every voter's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alarms: Vec<crate::resources::Alarm>,
+    /// Its wall clock minus this node's, in ms, as its last batches said
+    /// (filled where members are shown, not in every published status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl NodeStatus {
@@ -123,6 +131,7 @@ impl NodeStatus {
                     match_index: progress.map(|p| p.matched),
                     reachable: progress.map(|p| id == node_id || p.recent_active),
                     alarms: pressure.alarms_of(id),
+                    clock_offset_ms: None,
                 }
             })
             .collect();
@@ -139,6 +148,7 @@ impl NodeStatus {
             removed_members: Default::default(),
             removed: None,
             incarnation: 0,
+            clock_skew: None,
         }
     }
 }

@@ -367,6 +367,27 @@ impl Machine {
         Ok(Ok(()))
     }
 
+    /// Gives every live lease a full heartbeat window from `now` (a new
+    /// leader's first entry): while the cluster had no leader its workers
+    /// could not heartbeat. Never shortens one.
+    pub(super) fn renew_leases(&mut self, now: u64) -> Result<Outcome, MachineError> {
+        let ids: Vec<JobId> = self.leases.iter().map(|&(_, id)| id).collect();
+        for id in ids {
+            let (mut job, payload) = self.must_load(id)?;
+            let window = now.saturating_add(self.policies.heartbeat_timeout_ms(&job.queue));
+            if job.lease.as_ref().is_none_or(|l| l.deadline_ms >= window) {
+                continue;
+            }
+            self.unplace(&job);
+            if let Some(lease) = job.lease.as_mut() {
+                lease.deadline_ms = window;
+            }
+            self.place(&job);
+            self.put_job(&job, &payload);
+        }
+        Ok(Outcome::Noop)
+    }
+
     pub(super) fn tick(&mut self, now: u64) -> Result<Outcome, MachineError> {
         let mut expired = 0;
         // Past their execution timeout, however well they heartbeat: they

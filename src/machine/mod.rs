@@ -594,6 +594,7 @@ impl Machine {
             ),
             Command::Cancel { id } => Outcome::Cancelled(self.cancel(now, *id)?),
             Command::Tick => self.tick(now)?,
+            Command::RenewLeases => self.renew_leases(now)?,
             Command::Held { worker } => Outcome::Leased(self.held(worker)?),
             Command::Purge { retention, limit } => self.purge(now, retention, *limit)?,
             Command::Audit { record, command } => self.audit(now, record, command.as_ref())?,

@@ -307,6 +307,36 @@ fn heartbeat_extends_the_lease() {
 }
 
 #[test]
+fn a_new_leader_renews_every_lease_for_a_full_window() {
+    let mut h = Harness::new();
+    let id = h.enqueue(0, "q", 3);
+    let other = h.enqueue(0, "q", 3);
+    h.lease(0, "w", &["q"], 2);
+    // Both leases end at 1_000; a leader change at 900 renews them to 1_900.
+    assert_eq!(h.run(900, Command::RenewLeases), Outcome::Noop);
+    let deadline = |h: &Harness, id| h.job(id).lease.map(|l| l.deadline_ms);
+    assert_eq!(deadline(&h, id), Some(1_900));
+    assert_eq!(deadline(&h, other), Some(1_900));
+    assert_eq!(
+        h.run(1_500, Command::Tick),
+        Outcome::Ticked {
+            expired: 0,
+            promoted: 0
+        }
+    );
+    assert_eq!(
+        h.run(1_900, Command::Tick),
+        Outcome::Ticked {
+            expired: 2,
+            promoted: 0
+        },
+        "a renewed lease still expires a window later"
+    );
+    assert_eq!(Command::RenewLeases.min_format(), 3);
+    assert_eq!(Command::RenewLeases.for_format(2), None);
+}
+
+#[test]
 fn failures_retry_with_backoff_then_dead_letter() {
     let mut h = Harness::new();
     let id = h.enqueue(0, "q", 3);

@@ -58,7 +58,7 @@ pub(super) async fn status(
         .stats()
         .canary_arms
         .get(&queue)
-        .map(|a| a.at(crate::driver::now_ms()))
+        .map(|a| a.at(s.app.driver.log_now_ms()))
         .unwrap_or_default();
     body.stats = Some(crate::api::types::CanaryStatsBody {
         canary: (&canary).into(),

@@ -79,7 +79,7 @@ pub(super) async fn metrics_text(State(s): State<HttpState>) -> Response {
         {
             let stats = s.app.driver.stats();
             let status = s.app.driver.status();
-            let now_ms = crate::driver::now_ms();
+            let now_ms = s.app.driver.log_now_ms();
             let workers = s
                 .app
                 .workers
@@ -91,6 +91,7 @@ pub(super) async fn metrics_text(State(s): State<HttpState>) -> Response {
                 now_ms,
                 data_dir: &s.app.config.data_dir,
                 resources: s.app.driver.pressure().local(),
+                clock_offsets: s.app.driver.clocks().offsets(std::time::Instant::now()),
             })
         },
     )

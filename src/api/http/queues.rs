@@ -249,7 +249,7 @@ pub(super) async fn clear_stuck(
     let gone = |w: &str| {
         connected.unreachable.is_empty() && !connected.workers.iter().any(|c| c.worker_id == w)
     };
-    let now = crate::driver::now_ms();
+    let now = s.app.driver.log_now_ms();
     let stuck: Vec<crate::job::Job> = jobs
         .into_iter()
         .filter(|j| {

@@ -153,7 +153,18 @@ fn print_members(s: &MembersBody) {
             s.seen_from
         );
     }
-    let mut t = table(&["ID", "ROLE", "ADDR", "MATCH", "REACHABLE", "ALARMS"]);
+    if let Some(why) = &s.clock_skew {
+        println!("node {} CLOCK SKEWED: {why}", s.seen_from);
+    }
+    let mut t = table(&[
+        "ID",
+        "ROLE",
+        "ADDR",
+        "MATCH",
+        "REACHABLE",
+        "ALARMS",
+        "CLOCK",
+    ]);
     let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
     for m in &s.members {
         let role = match (m.id == s.leader_id, m.voter) {
@@ -171,6 +182,11 @@ fn print_members(s: &MembersBody) {
                 "-".to_string()
             } else {
                 m.alarms.join(",")
+            },
+            match m.clock_offset_ms {
+                _ if m.id == s.seen_from => "-".to_string(),
+                Some(ms) => format!("{:+.3}s", ms as f64 / 1000.0),
+                None => "?".to_string(),
             },
         ]);
     }
