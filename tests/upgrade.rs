@@ -1,7 +1,7 @@
-//! A rolling upgrade, one node at a time, under load. `--entry-version 3`
+//! A rolling upgrade, one node at a time, under load. `--entry-version 4`
 //! simulates a build with a newer log entry format: while any voter is
-//! older the leader writes this build's format (2), which both apply, so the mixed cluster
-//! loses nothing; once all are upgraded it writes format 3; and a node
+//! older the leader writes this build's format (3), which both apply, so the mixed cluster
+//! loses nothing; once all are upgraded it writes format 4; and a node
 //! started on the old build after that refuses the newer entries, saying
 //! to upgrade it, and keeps its data for the build that can.
 
@@ -14,7 +14,7 @@ use common::load::*;
 use common::*;
 use tokio::sync::watch;
 
-const NEWER: [&str; 2] = ["--entry-version", "3"];
+const NEWER: [&str; 2] = ["--entry-version", "4"];
 
 fn log_has(node: &TestNode, needle: &str) -> bool {
     node.log_file
@@ -61,13 +61,13 @@ async fn a_rolling_upgrade_under_load_loses_nothing_and_an_old_build_refuses_new
             // An older voter is left: nobody writes the newer format.
             assert!(
                 !c.nodes.iter().any(|n| log_has(n, "entry_version_changed")),
-                "format 3 written while a voter applies only format 2"
+                "format 4 written while a voter applies only format 3"
             );
         }
     }
     let leader = c.leader().await;
     wait_for(
-        "the leader to write format 3 once every voter applies it",
+        "the leader to write format 4 once every voter applies it",
         Duration::from_secs(20),
         || async {
             let before = load.acked_count();
@@ -86,7 +86,7 @@ async fn a_rolling_upgrade_under_load_loses_nothing_and_an_old_build_refuses_new
     let status = tokio::task::block_in_place(|| c.nodes[old].terminate());
     assert!(status.success());
     let before = load.acked_count();
-    load.wait_acked(before, 50, "format-2 entries while it is down")
+    load.wait_acked(before, 50, "format-3 entries while it is down")
         .await;
     c.nodes[old].args.clear();
     let out = tokio::task::block_in_place(|| {

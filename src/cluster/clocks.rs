@@ -181,7 +181,7 @@ impl Clocks {
             .filter_map(|&v| self.offset_of(v, now))
             .filter(|o| o.unsigned_abs() <= self.max_offset_ms)
             .count();
-        (agree >= voters.len() / 2 + 1).then_some(theirs)
+        (agree > voters.len() / 2).then_some(theirs)
     }
 
     /// The majority's wall clock as this node reads it: the median of the

@@ -291,6 +291,16 @@ impl TestCluster {
     /// Starts `n` nodes, ids 1..=n, each with `extra` config (TOML, top-level
     /// keys first).
     pub fn start(n: usize, extra: &str) -> TestCluster {
+        let mut c = Self::prepare(n, extra);
+        for node in &mut c.nodes {
+            node.spawn();
+        }
+        c
+    }
+
+    /// [`TestCluster::start`] without starting the nodes (to set their
+    /// environment first).
+    pub fn prepare(n: usize, extra: &str) -> TestCluster {
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
@@ -303,7 +313,7 @@ impl TestCluster {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                TestNode::start_at(
+                TestNode::prepare(
                     a,
                     &format!(
                         "node_id = {}\ncluster_id = \"test\"\n{extra}\n{peers}",
