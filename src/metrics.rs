@@ -349,7 +349,7 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         "drover_clock_offset_seconds",
         Kind::Gauge,
         Scope::Node,
-        "Each peer's wall clock minus this node's, by peer, as its raft batches say (peers heard within 15 s).",
+        "Each peer's wall clock minus this node's, by peer, as its raft batches say (peers heard within 15 s; this node's own is 0).",
     ),
     (
         "drover_clock_skewed",

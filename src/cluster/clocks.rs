@@ -130,13 +130,17 @@ impl Clocks {
             .map(Readings::offset)
     }
 
-    /// Every peer heard lately, with its offset.
+    /// Every peer heard lately with its offset, and this node (0), so the
+    /// series is there on a lone node too.
     pub fn offsets(&self, now: Instant) -> BTreeMap<u64, i64> {
-        self.lock()
+        let mut out: BTreeMap<u64, i64> = self
+            .lock()
             .iter()
             .filter(|(_, r)| now.saturating_duration_since(r.heard) < FRESH)
             .map(|(&id, r)| (id, r.offset()))
-            .collect()
+            .collect();
+        out.insert(self.node_id, 0);
+        out
     }
 
     /// Whether this node's clock is further than the limit from a majority
