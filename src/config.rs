@@ -581,6 +581,71 @@ pub struct TokenConfig {
     /// Above `tenant_rate_limit`, at once (default: one second's worth).
     #[serde(default)]
     pub tenant_burst: u32,
+    /// Tenants this token acts for (names, or a prefix and `*`); empty:
+    /// any. A producer enqueues only for them; every role reads, lists
+    /// and cancels only their jobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
+    /// Queues a producer enqueues into and a worker serves (names, or a
+    /// prefix and `*`); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
+    /// What the ids of a worker token's workers start with. A scoped
+    /// token's workers' ids start with this, or else with its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_prefix: Option<String>,
+}
+
+/// Whether `name` matches a scope pattern: the name itself, or a prefix
+/// ending in `*`.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+impl TokenConfig {
+    /// Why this token's scope (`tenants`, `queues`, `worker_prefix`) is
+    /// wrong, if it is.
+    pub fn check_scope(&self) -> Result<(), String> {
+        for (key, patterns) in [("tenants", &self.tenants), ("queues", &self.queues)] {
+            for p in patterns {
+                let name = p.strip_suffix('*').unwrap_or(p);
+                let ok = !p.is_empty()
+                    && !name.contains('*')
+                    && (name.is_empty() || crate::job::validate_name(key, name).is_ok());
+                if !ok {
+                    return Err(format!(
+                        "{key} = {p:?}: give names, or a prefix ending in * (\"render-*\")"
+                    ));
+                }
+            }
+        }
+        let role = self.role.as_str();
+        if !self.tenants.is_empty()
+            && !matches!(
+                self.role,
+                Role::Producer | Role::Read | Role::Operate | Role::Admin
+            )
+        {
+            return Err(format!("tenants scopes producers and the read, operate and admin roles, not a {role} token; a worker is scoped by queues"));
+        }
+        if !self.queues.is_empty() && !matches!(self.role, Role::Producer | Role::Worker) {
+            return Err(format!(
+                "queues scopes producers and workers, not a {role} token"
+            ));
+        }
+        match self.worker_prefix.as_deref() {
+            Some(_) if self.role != Role::Worker => Err(format!(
+                "worker_prefix is for worker tokens, not a {role} token"
+            )),
+            Some("") => {
+                Err("worker_prefix is empty: give the prefix its workers' ids start with".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[tls]`: PEM files. The certificate serves gRPC, HTTP and peer traffic.
@@ -1148,6 +1213,8 @@ impl Config {
             crate::token::parse_hash(&t.hash).map_err(|reason| {
                 invalid("tokens", format!("token {:?}: `hash` {reason}", t.name))
             })?;
+            t.check_scope()
+                .map_err(|reason| invalid("tokens", format!("token {:?}: {reason}", t.name)))?;
         }
         if self.tokens.is_empty() {
             for (key, addr) in [("grpc_addr", self.grpc_addr), ("http_addr", self.http_addr)] {

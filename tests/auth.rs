@@ -541,3 +541,186 @@ async fn sighup_reloads_tokens_and_log_level_and_the_log_never_holds_secrets() {
         assert!(!text.contains(secret), "the log holds {secret:?}");
     }
 }
+
+/// A Register on a raw Work stream with `token`: the gRPC status it ends
+/// with, or None if the node took it.
+async fn register_with(
+    node: &TestNode,
+    token: &str,
+    worker_id: &str,
+    queues: &[&str],
+) -> (Option<i32>, String) {
+    use prost::Message;
+    let register = drover::proto::v1::WorkerMessage {
+        msg: Some(drover::proto::v1::worker_message::Msg::Register(
+            drover::proto::v1::Register {
+                worker_id: worker_id.into(),
+                queues: queues.iter().map(|q| q.to_string()).collect(),
+                capacity: 1,
+                ..Default::default()
+            },
+        )),
+    }
+    .encode_to_vec();
+    let auth = format!("Bearer {token}");
+    let reply = raw_grpc::call_with_headers(
+        &node.grpc,
+        "/drover.v1.WorkerService/Work",
+        &[("authorization", auth.as_str())],
+        vec![raw_grpc::frame(&register)],
+        Duration::from_secs(2),
+        1,
+    )
+    .await;
+    // grpc-message is percent-encoded.
+    let raw = reply.grpc_message.as_bytes();
+    let mut message = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (raw[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                message.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                message.push(c);
+                i += 1;
+            }
+        }
+    }
+    (
+        reply.grpc_status,
+        String::from_utf8_lossy(&message).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_tokens_reach_only_their_tenants_queues_and_worker_ids() {
+    let mut config = String::new();
+    let mut token = std::collections::BTreeMap::new();
+    for (name, role, scope) in [
+        (
+            "acme-p",
+            "producer",
+            "tenants = [\"acme\"]\nqueues = [\"emails\", \"render-*\"]\n",
+        ),
+        ("any-p", "producer", ""),
+        ("acme-reader", "read", "tenants = [\"acme\"]\n"),
+        ("mail", "worker", "queues = [\"emails\"]\n"),
+        (
+            "render-fleet",
+            "worker",
+            "queues = [\"render-*\"]\nworker_prefix = \"render-\"\n",
+        ),
+        ("plain-w", "worker", ""),
+    ] {
+        let (secret, hash) = drover::token::generate().unwrap();
+        config.push_str(&format!(
+            "[[tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nhash = \"{hash}\"\n{scope}"
+        ));
+        token.insert(name, secret);
+    }
+    let node = TestNode::start(&config);
+    let http = reqwest::Client::new();
+    let enqueue = |who: &str, tenant: &str, queue: &str| {
+        http.post(format!("{}/api/v1/queues/{queue}/jobs", node.http))
+            .bearer_auth(&token[who])
+            .json(&serde_json::json!({"payload": "x", "tenant": tenant}))
+            .send()
+    };
+    // A producer scoped to acme is refused for globex, and outside its queues.
+    let acme = enqueue("acme-p", "acme", "emails").await.unwrap();
+    assert_eq!(acme.status(), 201);
+    let acme: serde_json::Value = acme.json().await.unwrap();
+    assert_eq!(
+        enqueue("acme-p", "acme", "render-3d")
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let refused = enqueue("acme-p", "globex", "emails").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let text = refused.text().await.unwrap();
+    assert!(
+        text.contains("tenants scope") && text.contains("globex"),
+        "{text}"
+    );
+    let refused = enqueue("acme-p", "acme", "billing").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("queues scope"));
+    // And over gRPC alike.
+    let mut p = drover::client::Producer::connect_with(
+        &node.grpc,
+        &drover::client::Credentials::new(Some(&token["acme-p"]), None).unwrap(),
+    )
+    .await
+    .unwrap();
+    let job = drover::proto::v1::NewJob {
+        tenant: "globex".into(),
+        ..new_job("emails", "x")
+    };
+    let err = p.enqueue(vec![job]).await.unwrap_err().to_string();
+    assert!(err.contains("tenants scope"), "{err}");
+    // Without scopes nothing changes.
+    let globex = enqueue("any-p", "globex", "emails").await.unwrap();
+    assert_eq!(globex.status(), 201);
+    let globex: serde_json::Value = globex.json().await.unwrap();
+
+    // A reader scoped to acme reads acme's jobs only.
+    let read = |id: &serde_json::Value| {
+        http.get(format!("{}/api/v1/jobs/{id}", node.http))
+            .bearer_auth(&token["acme-reader"])
+            .send()
+    };
+    assert_eq!(read(&acme["id"]).await.unwrap().status(), 200);
+    let refused = read(&globex["id"]).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("tenants scope"));
+    let listed: serde_json::Value = http
+        .get(format!("{}/api/v1/jobs?queue=emails", node.http))
+        .bearer_auth(&token["acme-reader"])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tenants: BTreeSet<String> = listed["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .map(|j| j["tenant"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tenants, BTreeSet::from(["acme".to_string()]), "{listed}");
+
+    // A worker scoped to emails may not serve render queues, nor take an
+    // id that is not its own.
+    let denied = tonic::Code::PermissionDenied as i32;
+    let (status, message) = register_with(&node, &token["mail"], "mail-1", &["render-3d"]).await;
+    assert_eq!(status, Some(denied), "{message}");
+    assert!(message.contains("queues scope"), "{message}");
+    let (status, message) = register_with(&node, &token["mail"], "render-1", &["emails"]).await;
+    assert_eq!(status, Some(denied), "{message}");
+    assert!(
+        message.contains("worker_id starts with \"mail\""),
+        "{message}"
+    );
+    let (status, message) = register_with(
+        &node,
+        &token["render-fleet"],
+        "render-gpu-1",
+        &["render-3d"],
+    )
+    .await;
+    assert_eq!(status, None, "its own prefix is taken: {message}");
+    let (status, _) =
+        register_with(&node, &token["render-fleet"], "render-fleet-1", &["emails"]).await;
+    assert_eq!(status, Some(denied));
+    // An unscoped worker token registers any id, as before.
+    let (status, message) = register_with(&node, &token["plain-w"], "anything", &["emails"]).await;
+    assert_eq!(status, None, "{message}");
+}

@@ -380,3 +380,89 @@ async fn adding_a_member_that_does_not_exist_is_refused_and_the_cluster_stays_up
     let mut p = drover::client::Producer::connect(&node.grpc).await.unwrap();
     p.enqueue(vec![new_job("q", "still up")]).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_grpc_call_to_a_path_no_service_serves_is_unimplemented() {
+    let node = TestNode::start("");
+    // `/` and `/api/v1/queues` are admin routes of other methods; the
+    // others no route at all.
+    for path in [
+        "/",
+        "/api/v1/queues",
+        "/drover.v1.WorkerService/Nope",
+        "/nope.v1.Service/Call",
+    ] {
+        let r = raw_grpc::call(&node.grpc, path, vec![frame(&[])], LIMIT, 1).await;
+        assert_eq!(
+            r.grpc_status,
+            Some(tonic::Code::Unimplemented as i32),
+            "{path}: {r:?}"
+        );
+        assert_eq!(r.http_status, 200, "{path}: a gRPC answer");
+    }
+    // Plain HTTP is still told 405 on a known path with another method.
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/api/v1/stats", node.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_refused_and_enqueues_nothing() {
+    let node = TestNode::start("");
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: &'static str| {
+        client
+            .post(format!("{}{path}", node.http))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for (body, what) in [
+        ("[]", "an array"),
+        (r#"["x"]"#, "an array"),
+        (r#""x""#, "a string"),
+        ("7", "a number"),
+        ("null", "null"),
+        ("  ", "an empty body"),
+    ] {
+        let resp = post("/api/v1/queues/q/jobs", body).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{body}");
+        let e: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "invalid_argument", "{body}: {e}");
+        assert_eq!(e["error"]["details"]["field"], "body", "{body}: {e}");
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("must be a JSON object") && message.contains(what),
+            "{body}: {e}"
+        );
+    }
+    // Every endpoint with a body, not only enqueue.
+    let resp = post("/api/v1/cluster/transfer-leader", "[1]")
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let resp = post("/api/v1/dead/replay", "[]").await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    // Without a JSON content type the body is refused too, saying why.
+    let resp = client
+        .post(format!("{}/api/v1/queues/q/jobs", node.http))
+        .body(r#"{"payload": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("Content-Type: application/json"));
+    // An object still enqueues; nothing else did.
+    let resp = post("/api/v1/queues/q/jobs", r#"{"payload": "x"}"#)
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(queue_stats(&node, "q").await["ready"], 1);
+}

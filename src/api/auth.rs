@@ -108,6 +108,8 @@ pub struct Caller {
     /// The token's own rate limit, if it has one: the middleware counts
     /// each request, and an enqueue stream each message on it.
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    /// The tenants, queues and worker ids it is limited to; None: all.
+    scope: Option<Arc<super::scope::Scope>>,
 }
 
 impl std::fmt::Debug for Caller {
@@ -145,7 +147,36 @@ impl Caller {
             reason: String::new(),
             tenants: None,
             limiter: None,
+            scope: None,
         }
+    }
+
+    /// Refuses a job of `tenant` in `queue` outside the token's scope.
+    pub fn check_job_scope(&self, tenant: &str, queue: &str) -> Result<(), Error> {
+        match &self.scope {
+            Some(s) => s.check_job(tenant, queue),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a worker outside the token's scope: an id it may not take,
+    /// or a queue it may not serve.
+    pub fn check_worker_scope(&self, worker_id: &str, queues: &[String]) -> Result<(), Error> {
+        let Some(s) = &self.scope else {
+            return Ok(());
+        };
+        s.check_worker_id(worker_id)?;
+        queues.iter().try_for_each(|q| s.check_queue(q))
+    }
+
+    /// Whether jobs of `tenant` are this caller's to see and act on.
+    pub fn sees_tenant(&self, tenant: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.admits_tenant(tenant))
+    }
+
+    /// Whether the token is limited to some tenants.
+    pub fn tenant_scoped(&self) -> bool {
+        self.scope.as_ref().is_some_and(|s| s.has_tenants())
     }
 
     /// Counts one request against the token's rate limit, if it has one.
@@ -258,6 +289,7 @@ fn tokens_of(config: &Config) -> HashMap<TokenHash, Token> {
                     .map(|q| Arc::new(governor::RateLimiter::keyed(q))),
                 limiter: quota(t.rate_limit, t.burst)
                     .map(|q| Arc::new(governor::RateLimiter::direct(q))),
+                scope: super::scope::Scope::of(t).map(Arc::new),
             };
             Some((
                 hash,

@@ -11,6 +11,7 @@ pub mod listen;
 pub mod listing;
 pub mod peer;
 pub mod producer;
+pub mod scope;
 pub mod types;
 pub mod worker;
 
@@ -149,6 +150,9 @@ impl App {
                 Ok::<_, Error>(job)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for job in &jobs {
+            caller.check_job_scope(&job.tenant, &job.queue)?;
+        }
         // Checked on validated names only, so a flood of made-up tenants
         // is refused before it can grow the limiter.
         let tenants: std::collections::BTreeSet<&str> =
@@ -237,7 +241,7 @@ impl App {
     /// Cancels a job; returns the state it was in. A producer may cancel
     /// only the jobs it enqueued.
     pub async fn cancel(&self, caller: &Caller, id: JobId) -> Result<JobState, Error> {
-        if caller.is_producer() {
+        if caller.is_producer() || caller.tenant_scoped() {
             self.router.read_barrier().await?;
             let job = self
                 .driver
@@ -302,11 +306,19 @@ impl App {
 /// A producer acts only on the jobs it enqueued (their owner label names
 /// its token); other callers on any job their role reaches.
 /// A producer's own jobs carry its token's name; other callers see all.
+/// A token scoped to tenants reaches only their jobs.
 pub(crate) fn owns(caller: &Caller, job: &Job) -> bool {
-    !caller.is_producer() || job.labels.get(Caller::OWNER_LABEL) == Some(&caller.name)
+    caller.sees_tenant(&job.tenant)
+        && (!caller.is_producer() || job.labels.get(Caller::OWNER_LABEL) == Some(&caller.name))
 }
 
 fn check_owner(caller: &Caller, job: &Job) -> Result<(), Error> {
+    if !caller.sees_tenant(&job.tenant) {
+        return Err(Error::PermissionDenied(format!(
+            "job {} belongs to tenant {:?}, outside the tenants scope of token {:?}",
+            job.id, job.tenant, caller.name
+        )));
+    }
     if !owns(caller, job) {
         return Err(Error::PermissionDenied(format!(
             "job {} was not enqueued with token {:?}; a producer reads and cancels only its own jobs",

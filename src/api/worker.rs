@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::auth::Caller;
 use crate::api::{convert, App};
 use crate::command::{Command, Completion, Failure, LeaseBeat, Outcome, Refusal, Usage};
 use crate::error::Error;
@@ -57,6 +58,7 @@ impl WorkerService for Worker {
         &self,
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::WorkStream>, Status> {
+        let caller = crate::api::auth::caller_of(&req)?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
@@ -74,7 +76,7 @@ impl WorkerService for Worker {
                 "the first message on a Work stream must be Register (worker_id, queues, capacity)",
             ));
         };
-        let registration = self.register(reg).map_err(|e| {
+        let registration = self.register(reg, &caller).map_err(|e| {
             tracing::warn!(event = "worker_register_failed", error = %e, "refused a worker");
             Status::from(e)
         })?;
@@ -119,7 +121,7 @@ impl WorkerService for Worker {
 }
 
 impl Worker {
-    fn register(&self, reg: pb::Register) -> Result<Registration, Error> {
+    fn register(&self, reg: pb::Register, caller: &Caller) -> Result<Registration, Error> {
         if reg.worker_id.is_empty() || reg.worker_id.len() > 128 {
             return Err(Error::invalid("worker_id", "must be 1 to 128 bytes"));
         }
@@ -133,6 +135,7 @@ impl Worker {
         for q in &queues {
             validate_queue(q)?;
         }
+        caller.check_worker_scope(&reg.worker_id, &queues)?;
         if reg.protocol_version > crate::command::PROTOCOL_VERSION {
             // Served: within drover.v1 a newer worker only adds fields this
             // node ignores. Said, so a feature that does nothing is explained.

@@ -1,6 +1,5 @@
 //! Circuit breakers: list them, reset one or all.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::{Extension, Json};
 
@@ -43,7 +42,7 @@ pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<BreakersBody
 pub(super) async fn reset(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    b: Result<Json<ResetBreakersBody>, JsonRejection>,
+    b: Result<super::body::Object<ResetBreakersBody>, Error>,
 ) -> Result<Json<ResetBreakersDoneBody>, Error> {
     let b = body(b)?;
     let scope = match (b.all, b.queue, b.tenant, b.class) {

@@ -2,7 +2,6 @@
 //! A rule sends a share of a queue's jobs only to workers of one version
 //! (see `machine::canary`); every change is audited.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 
@@ -84,7 +83,7 @@ pub(super) async fn set(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
-    b: Result<Json<CanarySetBody>, JsonRejection>,
+    b: Result<super::body::Object<CanarySetBody>, Error>,
 ) -> Result<Json<CanaryBody>, Error> {
     crate::job::validate_queue(&queue)?;
     let b = body(b)?;

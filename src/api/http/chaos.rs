@@ -3,7 +3,6 @@
 //! Faults touch worker streams only, never the log: a dropped or revoked
 //! lease expires and its job runs again.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 
@@ -56,7 +55,7 @@ pub(super) async fn set(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
-    b: Result<Json<ChaosRuleBody>, JsonRejection>,
+    b: Result<super::body::Object<ChaosRuleBody>, Error>,
 ) -> Result<Json<ChaosBody>, Error> {
     let b = body(b)?;
     if !s.app.config.chaos.allowed {

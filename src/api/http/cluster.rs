@@ -1,7 +1,7 @@
 //! The node and its cluster: stats, members and their changes, the digest,
 //! and backups.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -81,7 +81,7 @@ pub(super) async fn members(State(s): State<HttpState>) -> Result<Json<MembersBo
 pub(super) async fn add_member(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    b: Result<Json<AddMemberBody>, JsonRejection>,
+    b: Result<super::body::Object<AddMemberBody>, Error>,
 ) -> Result<Json<MembersBody>, Error> {
     let b = body(b)?;
     let result = crate::cluster::admin::add(&s.app.router, b.id, &b.addr).await;
@@ -119,7 +119,7 @@ pub(super) async fn remove_member(
 pub(super) async fn transfer_leader(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    b: Result<Json<NodeRefBody>, JsonRejection>,
+    b: Result<super::body::Object<NodeRefBody>, Error>,
 ) -> Result<Json<MembersBody>, Error> {
     let b = body(b)?;
     let result = crate::cluster::admin::transfer_leader(&s.app.router, b.id).await;

@@ -1,7 +1,7 @@
 //! Dead letters: list (with counts by queue and class), show with the
 //! error history, replay and purge, one job or by filter.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 
@@ -194,7 +194,7 @@ fn target(b: &DeadFilterBody) -> String {
 pub(super) async fn replay_many(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    b: Result<Json<DeadFilterBody>, JsonRejection>,
+    b: Result<super::body::Object<DeadFilterBody>, Error>,
 ) -> Result<Json<ReplayedBody>, Error> {
     let b = body(b)?;
     let limit = bulk_limit(b.limit)?;
@@ -213,7 +213,7 @@ pub(super) async fn replay_many(
 pub(super) async fn purge(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
-    b: Result<Json<DeadFilterBody>, JsonRejection>,
+    b: Result<super::body::Object<DeadFilterBody>, Error>,
 ) -> Result<Json<PurgedDeadBody>, Error> {
     let b = body(b)?;
     let limit = bulk_limit(b.limit)?;

@@ -1,6 +1,6 @@
 //! Jobs: enqueue one, read one, cancel one.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -73,7 +73,7 @@ pub(super) async fn enqueue(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
-    b: Result<Json<EnqueueBody>, JsonRejection>,
+    b: Result<super::body::Object<EnqueueBody>, Error>,
 ) -> Result<(StatusCode, Json<EnqueuedBody>), Error> {
     let req = into_request(body(b)?, queue)?;
     let ids = s.app.enqueue(&caller, vec![req]).await?;

@@ -5,6 +5,7 @@
 //! and answer the typed bodies of [`crate::api::types`]; errors take their
 //! shape from [`Error`]'s `IntoResponse`.
 
+mod body;
 mod breakers;
 mod canary;
 mod chaos;
@@ -21,11 +22,11 @@ mod ui;
 mod versions;
 mod workers;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query};
 use axum::http::Method;
 use axum::routing::{delete, get, post, put, MethodRouter};
-use axum::{Json, Router};
+use axum::Router;
 
 use crate::api::auth::{Access, Auth, Rule};
 use crate::api::App;
@@ -382,6 +383,7 @@ pub fn router(app: App, metrics: Metrics) -> Router {
     }
     router
         .fallback(probes::not_found)
+        .layer(axum::middleware::from_fn(probes::grpc_method_not_allowed))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(HttpState { app, metrics })
 }
@@ -394,27 +396,9 @@ pub fn with_auth(router: Router, auth: Auth) -> Router {
     ))
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Error> {
-    body.map(|Json(b)| b).map_err(|e| {
-        let text = e.body_text();
-        Error::invalid(json_field(&text).unwrap_or_else(|| "body".into()), text)
-    })
-}
-
-/// The field a JSON rejection is about, from axum's text: it puts the
-/// path in front of serde's message ("...target type: priority: invalid
-/// type"), and serde names an unknown field in backquotes.
-fn json_field(text: &str) -> Option<String> {
-    if let Some(rest) = text.split("unknown field `").nth(1) {
-        return rest.split('`').next().map(str::to_string);
-    }
-    let rest = text.split("target type: ").nth(1)?;
-    let (path, _) = rest.split_once(": ")?;
-    let plain = !path.is_empty()
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
-    plain.then(|| path.to_string())
+/// A body as [`body::Object`] read it, or the error saying what was wrong.
+fn body<T>(body: Result<body::Object<T>, Error>) -> Result<T, Error> {
+    body.map(|body::Object(b)| b)
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Error> {

@@ -9,14 +9,34 @@ use axum::Json;
 use super::HttpState;
 use crate::api::types::{ErrorBody, ErrorInfo, Health, Ready};
 
+/// What a gRPC client is told of a path no gRPC service serves.
+fn grpc_unimplemented() -> Response {
+    tonic::Status::unimplemented(
+        "no such gRPC service or method on this node; see proto/drover/v1/drover.proto",
+    )
+    .into_http()
+}
+
+/// A gRPC call to a path the admin API serves with other methods (`/`,
+/// `/api/v1/...`): UNIMPLEMENTED, as a plain gRPC server answers, not
+/// HTTP 405 (which a gRPC client reports as an unknown error).
+pub(super) async fn grpc_method_not_allowed(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let grpc = crate::api::auth::is_grpc(req.headers());
+    let response = next.run(req).await;
+    if grpc && response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        return grpc_unimplemented();
+    }
+    response
+}
+
 /// An unknown path: UNIMPLEMENTED to a gRPC client (an unknown service or
 /// method), 404 in the API's shape to anyone else.
 pub(super) async fn not_found(headers: axum::http::HeaderMap) -> Response {
     if crate::api::auth::is_grpc(&headers) {
-        return tonic::Status::unimplemented(
-            "no such gRPC service or method on this node; see proto/drover/v1/drover.proto",
-        )
-        .into_http();
+        return grpc_unimplemented();
     }
     (
         StatusCode::NOT_FOUND,

@@ -150,7 +150,7 @@ pub(super) async fn purge(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
-    b: Result<Json<PurgeBody>, axum::extract::rejection::JsonRejection>,
+    b: Result<super::body::Object<PurgeBody>, Error>,
 ) -> Result<Json<PurgedBody>, Error> {
     crate::job::validate_queue(&queue)?;
     let b = super::body(b)?;
@@ -216,7 +216,7 @@ pub(super) async fn clear_stuck(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
-    b: Result<Json<ClearStuckBody>, axum::extract::rejection::JsonRejection>,
+    b: Result<super::body::Object<ClearStuckBody>, Error>,
 ) -> Result<Json<RequeuedBody>, Error> {
     crate::job::validate_queue(&queue)?;
     let b = super::body(b)?;

@@ -1,7 +1,7 @@
 //! Runs: a run's jobs and budgets, the runs of a tenant, overrides;
 //! tenants' budgets; what jobs cost.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -204,7 +204,7 @@ pub(super) async fn override_run(
     State(s): State<HttpState>,
     Extension(mut caller): Extension<Caller>,
     Path(run): Path<String>,
-    b: Result<Json<OverrideBody>, JsonRejection>,
+    b: Result<super::body::Object<OverrideBody>, Error>,
 ) -> Result<Json<RunBudgetBody>, Error> {
     let b = body(b)?;
     crate::job::validate_name("run", &run)?;
@@ -255,7 +255,7 @@ pub(super) async fn set_tenant_budgets(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
     Path(tenant): Path<String>,
-    b: Result<Json<TenantBudgetsBody>, JsonRejection>,
+    b: Result<super::body::Object<TenantBudgetsBody>, Error>,
 ) -> Result<Json<TenantBudgetsBody>, Error> {
     let b = body(b)?;
     crate::job::validate_name("tenant", &tenant)?;
@@ -456,7 +456,7 @@ pub(super) async fn cancel(
     State(s): State<HttpState>,
     Extension(mut caller): Extension<Caller>,
     Path(run): Path<String>,
-    b: Result<Json<CancelRunBody>, JsonRejection>,
+    b: Result<super::body::Object<CancelRunBody>, Error>,
 ) -> Result<Json<RunCancelledBody>, Error> {
     let b = body(b)?;
     let tenant = tenant_of(b.tenant)?;
@@ -552,7 +552,7 @@ pub(super) async fn replay(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
     Path(run): Path<String>,
-    b: Result<Json<ReplayRunBody>, JsonRejection>,
+    b: Result<super::body::Object<ReplayRunBody>, Error>,
 ) -> Result<Json<RunReplayedBody>, Error> {
     let b = body(b)?;
     let tenant = tenant_of(b.tenant)?;

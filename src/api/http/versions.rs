@@ -1,7 +1,6 @@
 //! Worker versions: which are connected, and switches that keep a version
 //! from a queue's or tenant's jobs (`drover versions disable|enable|list`).
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 
@@ -67,7 +66,7 @@ pub(super) async fn disable(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
     Path(version): Path<String>,
-    b: Result<Json<VersionSwitchRequest>, JsonRejection>,
+    b: Result<super::body::Object<VersionSwitchRequest>, Error>,
 ) -> Result<Json<VersionSwitchBody>, Error> {
     let b = body(b)?;
     let force = b.force;
@@ -99,7 +98,7 @@ pub(super) async fn enable(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
     Path(version): Path<String>,
-    b: Result<Json<VersionSwitchRequest>, JsonRejection>,
+    b: Result<super::body::Object<VersionSwitchRequest>, Error>,
 ) -> Result<Json<VersionSwitchBody>, Error> {
     let switch = switch_of(version, body(b)?)?;
     switch_version(&s, &caller, switch, true).await
