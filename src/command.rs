@@ -1,5 +1,5 @@
 //! Commands are the only way state changes: they go into raft log entries,
-//! applied in log order by the [`crate::machine`] on every node. Outcomes are
+//! applied in log order by the state machine on every node. Outcomes are
 //! what apply returns to the request that proposed the command.
 //!
 //! Variants carry batches (many completions, many heartbeats) so a busy worker
@@ -30,9 +30,8 @@ pub fn entry_version(context: &[u8]) -> u8 {
     context.first().copied().unwrap_or(1).max(1)
 }
 
-/// The revision of the gRPC protocol (`drover.v1`) this build speaks; see
-/// `Register.protocol_version`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Kept here too for code that named it here; it is the wire's.
+pub use crate::wire::PROTOCOL_VERSION;
 
 /// One raft log entry's payload: every command the leader took in one turn
 /// of its loop, applied in order at one time. One entry per turn instead of
@@ -254,16 +253,7 @@ pub struct ChaosRule {
     pub fail_class: String,
 }
 
-/// A queue's canary: `percent` of its jobs (chosen from the job id) go
-/// only to workers of `version`, the rest only to others; a canary job
-/// that waited `max_wait_ms` goes to the others too.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CanaryRule {
-    pub version: String,
-    /// 0 to 100.
-    pub percent: u8,
-    pub max_wait_ms: u64,
-}
+pub use crate::policies::CanaryRule;
 
 /// Which jobs a version switch keeps from which workers: those of `queue`
 /// (every queue: None) and `tenant` (every tenant: None), from workers

@@ -605,6 +605,21 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
+impl Config {
+    /// This node's disk and memory limits, resolved for its filesystem
+    /// and memory, with nothing sampled yet.
+    pub fn pressure(&self) -> std::sync::Arc<crate::resources::Pressure> {
+        let fs_bytes = crate::resources::space(&self.data_dir).map_or(0, |(_, total)| total);
+        let memory = crate::resources::memory_limit().unwrap_or(0);
+        crate::resources::Pressure::new(
+            self.node_id,
+            self.data_dir.clone(),
+            self.storage.min_free_for(fs_bytes),
+            self.limits.watermark_for(memory),
+        )
+    }
+}
+
 impl TokenConfig {
     /// Why this token's scope (`tenants`, `queues`, `worker_prefix`) is
     /// wrong, if it is.

@@ -94,7 +94,7 @@ impl Dependency {
 pub struct JobKeys<'a> {
     /// The key and the job's own limit, if it set one.
     pub concurrency: Option<(&'a str, Option<u32>)>,
-    pub rate: Option<(&'a str, Option<crate::policies::Rate>)>,
+    pub rate: Option<(&'a str, Option<Rate>)>,
 }
 
 impl<'a> JobKeys<'a> {
@@ -108,12 +108,8 @@ impl<'a> JobKeys<'a> {
         JobKeys {
             concurrency: get(CONCURRENCY_KEY_LABEL)
                 .map(|k| (k, get(CONCURRENCY_LIMIT_LABEL).and_then(|l| l.parse().ok()))),
-            rate: get(RATE_KEY_LABEL).map(|k| {
-                (
-                    k,
-                    get(RATE_LIMIT_LABEL).and_then(|r| crate::policies::Rate::parse(r).ok()),
-                )
-            }),
+            rate: get(RATE_KEY_LABEL)
+                .map(|k| (k, get(RATE_LIMIT_LABEL).and_then(|r| Rate::parse(r).ok()))),
         }
     }
 }
@@ -647,8 +643,7 @@ impl JobRequest {
                     "needs a rate_key: the rate counts leases of one key",
                 ));
             }
-            let rate = crate::policies::Rate::parse(&self.rate_limit)
-                .map_err(|e| field("rate_limit", e))?;
+            let rate = Rate::parse(&self.rate_limit).map_err(|e| field("rate_limit", e))?;
             labels.insert(RATE_LIMIT_LABEL.into(), rate.to_string());
         }
         crate::wire::duration_ms(
@@ -716,6 +711,51 @@ fn or_default(s: String) -> String {
         DEFAULT_NAME.to_string()
     } else {
         s
+    }
+}
+
+/// At most `count` per `period_ms`: `"10/s"`, `"100/m"`, `"5/30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub count: u32,
+    pub period_ms: u64,
+}
+
+impl Rate {
+    /// Parses `N/UNIT` or `N/DURATION` (`10/s`, `100/m`, `3/h`, `5/30s`).
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let bad = || {
+            format!("{s:?} is not a rate; write N/PERIOD such as \"10/s\", \"100/m\" or \"5/30s\"")
+        };
+        let (count, period) = s.split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let period = period.trim();
+        let period_ms = match period {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            other => {
+                let d = humantime::parse_duration(other).map_err(|_| bad())?;
+                u64::try_from(d.as_millis()).map_err(|_| bad())?
+            }
+        };
+        if count == 0 || period_ms == 0 {
+            return Err(format!(
+                "{s:?}: the count and the period must be more than 0"
+            ));
+        }
+        if period_ms > 366 * 86_400_000 {
+            return Err(format!("{s:?}: the period is over a year"));
+        }
+        Ok(Rate { count, period_ms })
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let period = crate::wire::config_duration(std::time::Duration::from_millis(self.period_ms));
+        write!(f, "{}/{period}", self.count)
     }
 }
 

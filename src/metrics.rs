@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::driver::NodeStatus;
 use crate::machine::MachineStats;
+use crate::status::NodeStatus;
 
 /// The histogram of what each finished run used of each budget.
 pub const RUN_BUDGET_RATIO: &str = "drover_run_budget_used_ratio";
@@ -812,5 +812,70 @@ mod tests {
                 "docs/metrics.md does not list {name}"
             );
         }
+    }
+
+    /// Every `event` name a tracing call under src/ logs (a literal after
+    /// the event field) is documented in docs/metrics.md, in backquotes.
+    #[test]
+    fn every_log_event_is_in_the_doc() {
+        fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+            let entries = std::fs::read_dir(dir)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
+            for entry in entries {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    walk(&path, files);
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        let docs = include_str!("../docs/metrics.md");
+        let mut files = Vec::new();
+        walk(
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")),
+            &mut files,
+        );
+        let needle = "event = \"";
+        let mut names = std::collections::BTreeSet::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+            let mut from = 0;
+            while let Some(at) = text[from..].find(needle) {
+                let start = from + at;
+                let name_start = start + needle.len();
+                from = name_start;
+                // `prevent = "..."` and the like are not the event field.
+                let in_word = text[..start]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+                let Some(len) = text[name_start..].find('"') else {
+                    break;
+                };
+                let name = &text[name_start..name_start + len];
+                let is_name = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if !in_word && is_name {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+        assert!(
+            names.len() > 50,
+            "found only {} log events under src/: is the walk broken?",
+            names.len()
+        );
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|name| !docs.contains(&format!("`{name}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/metrics.md does not list these log events: {missing:?}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Policies: the settings apply depends on (leases, retries, queue limits,
 //! shedding, tenant weights). They are replicated state: the leader proposes
-//! a [`crate::command::Command::SetPolicies`] when its config file says
+//! a `SetPolicies` command when its config file says
 //! otherwise, and the machine reads only what the log gave it, so every node
 //! applies the same rules whatever its own file says.
 
@@ -178,7 +178,7 @@ impl Retry {
         }
         .min(self.max_delay_ms);
         let jitter_range = delay / 4 + 1;
-        delay + crate::machine::jitter(job_id, retry) % jitter_range
+        delay + crate::mix::jitter(job_id, retry) % jitter_range
     }
 
     /// After a failure of `class` that used up `retries_done` retries
@@ -217,49 +217,17 @@ pub struct KeyLimit {
     pub rate: Option<Rate>,
 }
 
-/// At most `count` per `period_ms`: `"10/s"`, `"100/m"`, `"5/30s"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rate {
-    pub count: u32,
-    pub period_ms: u64,
-}
+pub use crate::job::Rate;
 
-impl Rate {
-    /// Parses `N/UNIT` or `N/DURATION` (`10/s`, `100/m`, `3/h`, `5/30s`).
-    pub fn parse(s: &str) -> Result<Rate, String> {
-        let bad = || {
-            format!("{s:?} is not a rate; write N/PERIOD such as \"10/s\", \"100/m\" or \"5/30s\"")
-        };
-        let (count, period) = s.split_once('/').ok_or_else(bad)?;
-        let count: u32 = count.trim().parse().map_err(|_| bad())?;
-        let period = period.trim();
-        let period_ms = match period {
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            other => {
-                let d = humantime::parse_duration(other).map_err(|_| bad())?;
-                u64::try_from(d.as_millis()).map_err(|_| bad())?
-            }
-        };
-        if count == 0 || period_ms == 0 {
-            return Err(format!(
-                "{s:?}: the count and the period must be more than 0"
-            ));
-        }
-        if period_ms > 366 * 86_400_000 {
-            return Err(format!("{s:?}: the period is over a year"));
-        }
-        Ok(Rate { count, period_ms })
-    }
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let period = crate::wire::config_duration(std::time::Duration::from_millis(self.period_ms));
-        write!(f, "{}/{period}", self.count)
-    }
+/// A queue's canary: `percent` of its jobs (chosen from the job id) go
+/// only to workers of `version`, the rest only to others; a canary job
+/// that waited `max_wait_ms` goes to the others too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryRule {
+    pub version: String,
+    /// 0 to 100.
+    pub percent: u8,
+    pub max_wait_ms: u64,
 }
 
 /// `[schedules.NAME]`: a cron expression and the job each slot enqueues.
@@ -342,7 +310,7 @@ pub struct QueuePolicy {
     pub workers: Option<crate::pools::WorkerPool>,
     /// `[queues.NAME.canary]`; a rule set at run time goes first.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub canary: Option<crate::command::CanaryRule>,
+    pub canary: Option<CanaryRule>,
 }
 
 /// How long a canary job waits for a canary worker when no rule says.

@@ -14,7 +14,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::machine::tally::Flow;
+/// A queue's work over the last few minutes (the machine's
+/// `tally::FLOW_WINDOW_MS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// Jobs enqueued.
+    pub arrived: u64,
+    /// Leases that ended (a result, a cancel, a take-back).
+    pub leases_ended: u64,
+    /// The time those leases ran, summed.
+    pub lease_ms: u64,
+    pub window_ms: u64,
+}
 
 /// The time a backlog should drain in.
 pub const DRAIN_TARGET_S: f64 = 300.0;

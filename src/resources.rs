@@ -37,7 +37,7 @@ const CLEAR_DIVISOR: u64 = 10;
 /// Opening the database rewrites sled's snapshot file and may zero a log
 /// segment or two; a start with less free space than that plus the
 /// snapshot's size would fail part way, so it does not begin.
-const OPEN_HEADROOM: u64 = 8 << 20;
+pub const OPEN_HEADROOM: u64 = 8 << 20;
 
 /// Why a node refuses new work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -256,19 +256,6 @@ impl Pressure {
             peers: RwLock::default(),
             any: AtomicBool::new(false),
         })
-    }
-
-    /// The limits `cfg` sets, resolved for this node's filesystem and
-    /// memory.
-    pub fn from_config(cfg: &crate::config::Config) -> Arc<Pressure> {
-        let fs_bytes = space(&cfg.data_dir).map_or(0, |(_, total)| total);
-        let memory = memory_limit().unwrap_or(0);
-        Pressure::new(
-            cfg.node_id,
-            cfg.data_dir.clone(),
-            cfg.storage.min_free_for(fs_bytes),
-            cfg.limits.watermark_for(memory),
-        )
     }
 
     /// Whether some node's alarm may be standing (cheap: one load).
@@ -507,38 +494,6 @@ fn cgroup_limit(proc_cgroup: &str, root: &Path) -> Option<u64> {
     tightest
 }
 
-/// Refuses to open a data dir whose filesystem has too little space to
-/// open the database without failing part way (sled rewrites its snapshot
-/// file at every open). Checked before anything is written, so a node that
-/// a supervisor restarts on a full disk changes nothing, however often.
-pub fn check_can_open(data_dir: &Path) -> Result<(), crate::store::StoreError> {
-    let Some(free) = free_space(data_dir) else {
-        return Ok(());
-    };
-    let snapshot = std::fs::read_dir(data_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("snap.") && !name.ends_with(".generating")
-        })
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .max()
-        .unwrap_or(0);
-    let needs = snapshot + OPEN_HEADROOM;
-    if free < needs {
-        return Err(crate::store::StoreError::NoSpaceToOpen {
-            path: data_dir.display().to_string(),
-            free,
-            needs,
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,11 +599,5 @@ mod tests {
         );
         assert!(memory_limit().is_some_and(|m| m > 0));
         assert!(rss_bytes().is_some_and(|r| r > 0));
-    }
-
-    #[test]
-    fn a_data_dir_without_room_to_open_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(check_can_open(dir.path()).is_ok());
     }
 }

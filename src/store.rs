@@ -138,7 +138,7 @@ impl Database {
 
 /// Opens (or creates) the node's database.
 pub fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<Database, StoreError> {
-    crate::resources::check_can_open(path)?;
+    check_can_open(path)?;
     let open_error = |source| StoreError::Open {
         path: path.display().to_string(),
         source,
@@ -762,9 +762,47 @@ impl Storage for RaftStore {
     }
 }
 
+/// Refuses to open a data dir whose filesystem has too little space to
+/// open the database without failing part way (sled rewrites its snapshot
+/// file at every open). Checked before anything is written, so a node that
+/// a supervisor restarts on a full disk changes nothing, however often.
+pub fn check_can_open(data_dir: &Path) -> Result<(), StoreError> {
+    let Some(free) = crate::resources::free_space(data_dir) else {
+        return Ok(());
+    };
+    let snapshot = std::fs::read_dir(data_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("snap.") && !name.ends_with(".generating")
+        })
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0);
+    let needs = snapshot + crate::resources::OPEN_HEADROOM;
+    if free < needs {
+        return Err(StoreError::NoSpaceToOpen {
+            path: data_dir.display().to_string(),
+            free,
+            needs,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_dir_without_room_to_open_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_can_open(dir.path()).is_ok());
+    }
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry {

@@ -111,7 +111,11 @@ impl Peer {
             .driver
             .clocks()
             .note(from, batch.sent_at_ms, crate::driver::now_ms(), now);
-        self.app.driver.log_time().heard(batch.log_ms, now);
+        // Only the leader this node follows sets its time: one voted out
+        // that has not noticed yet still sends its own.
+        if batch.log_ms != 0 && self.app.driver.status_ref().leader_id == from {
+            self.app.driver.log_time().heard(batch.log_ms, now);
+        }
     }
 
     /// Whether to drop a vote request from `from`: its clock is too far

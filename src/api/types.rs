@@ -430,9 +430,9 @@ impl RoleBody {
     }
 }
 
-impl From<crate::driver::Role> for RoleBody {
-    fn from(r: crate::driver::Role) -> RoleBody {
-        use crate::driver::Role as R;
+impl From<crate::status::Role> for RoleBody {
+    fn from(r: crate::status::Role) -> RoleBody {
+        use crate::status::Role as R;
         match r {
             R::Follower => RoleBody::Follower,
             R::Candidate => RoleBody::Candidate,
@@ -491,8 +491,8 @@ pub struct AlarmBody {
     pub alarm: String,
 }
 
-impl From<&crate::driver::NodeStatus> for NodeBody {
-    fn from(s: &crate::driver::NodeStatus) -> NodeBody {
+impl From<&crate::status::NodeStatus> for NodeBody {
+    fn from(s: &crate::status::NodeStatus) -> NodeBody {
         NodeBody {
             node_id: s.node_id,
             role: s.role.into(),
@@ -648,8 +648,8 @@ pub struct MembersBody {
     pub members: Vec<MemberBody>,
 }
 
-impl From<&crate::driver::NodeStatus> for MembersBody {
-    fn from(s: &crate::driver::NodeStatus) -> MembersBody {
+impl From<&crate::status::NodeStatus> for MembersBody {
+    fn from(s: &crate::status::NodeStatus) -> MembersBody {
         MembersBody {
             leader_id: s.leader_id,
             term: s.term,

@@ -88,7 +88,7 @@ impl WorkerService for Worker {
                     heartbeat_interval_ms: (timeout_ms / 3).max(1),
                     lease_timeout_ms: timeout_ms,
                     node_id: self.app.config.node_id,
-                    protocol_version: crate::command::PROTOCOL_VERSION,
+                    protocol_version: crate::wire::PROTOCOL_VERSION,
                 })),
             }))
             .await;
@@ -136,11 +136,11 @@ impl Worker {
             validate_queue(q)?;
         }
         caller.check_worker_scope(&reg.worker_id, &queues)?;
-        if reg.protocol_version > crate::command::PROTOCOL_VERSION {
+        if reg.protocol_version > crate::wire::PROTOCOL_VERSION {
             // Served: within drover.v1 a newer worker only adds fields this
             // node ignores. Said, so a feature that does nothing is explained.
             tracing::info!(event = "worker_protocol_newer", worker_id = %reg.worker_id,
-                worker = reg.protocol_version, node = crate::command::PROTOCOL_VERSION,
+                worker = reg.protocol_version, node = crate::wire::PROTOCOL_VERSION,
                 "the worker speaks a newer protocol revision than this node; what it added is ignored until the node is upgraded");
         }
         let max = self.app.config.limits.max_worker_capacity;

@@ -427,7 +427,7 @@ impl<H: Handler> Runtime<H> {
             queues: self.opts.queues.clone(),
             capacity: self.opts.concurrency,
             version: self.opts.version.clone(),
-            protocol_version: crate::command::PROTOCOL_VERSION,
+            protocol_version: crate::wire::PROTOCOL_VERSION,
         })))
         .await
         .map_err(|_| ClientError::Protocol("stream closed before Register".into()))?;
@@ -671,10 +671,9 @@ impl<H: Handler> Runtime<H> {
                             }
                         };
                         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        health.last_result_ms.store(
-                            crate::driver::now_ms(),
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
+                        health
+                            .last_result_ms
+                            .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
                     } else {
                         self.report.refused += 1;
                         tracing::warn!(event = "result_refused", job_id = ack.job_id, attempt = ack.attempt, error = %ack.error, "server refused a result");
@@ -805,25 +804,7 @@ async fn send(out: &mpsc::Sender<pb::WorkerMessage>, msg: Msg) -> Result<(), Cli
         .map_err(|_| ClientError::Protocol("the stream to the server is closed".into()))
 }
 
-/// SIGTERM or ctrl-c. SIGTERM is handled from this call on, not from the
-/// first poll, so a caller may say it is ready right after.
-pub fn terminated() -> impl Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    async move {
-        match term {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-}
+pub use crate::shutdown::terminated;
 
 /// A worker, configured step by step, that runs an async handler per
 /// leased job: heartbeats every held lease (with the progress the handler

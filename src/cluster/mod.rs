@@ -1,35 +1,17 @@
-//! What makes one node part of a cluster: the transport that carries raft
-//! messages to peers, and the router that sends a follower's writes to the
-//! leader.
+//! What makes one node part of a cluster above its driver: the router
+//! that sends a follower's writes to the leader, and membership changes.
+//! The peer side below the driver (transport, identity, clocks) is
+//! [`crate::peers`]; its names are kept here too for code that used them.
 
 pub mod admin;
-pub mod clocks;
-pub mod identity;
 pub mod router;
-pub mod transport;
+
+pub use crate::peers::{clocks, header, identity, peer_credentials, transport};
+pub use crate::peers::{Control, MemberChange};
 
 use serde::{Deserialize, Serialize};
 
 use crate::command::Command;
-use crate::config::Config;
-use crate::proto::v1 as pb;
-
-/// A change of membership; one raft conf change each.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MemberChange {
-    /// Joins as a learner: receives the log, does not vote yet.
-    AddLearner {
-        id: u64,
-        addr: String,
-    },
-    /// A learner that has caught up becomes a voter.
-    Promote {
-        id: u64,
-    },
-    Remove {
-        id: u64,
-    },
-}
 
 /// What a follower forwards to the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,54 +19,4 @@ pub enum Forwardable {
     Command(Command),
     Member(MemberChange),
     TransferLeader(u64),
-}
-
-/// Inputs to the raft driver other than proposals.
-pub enum Control {
-    /// A raft message from a peer.
-    Step(raft::eraftpb::Message),
-    /// A send to this peer failed.
-    Unreachable(u64),
-    /// This node (joining, with none) took its leader's incarnation: keep it.
-    Incarnation(u64),
-    /// Peer `by` refused this node's messages: it applied the removal of
-    /// this node at log index `at`.
-    Removed { by: u64, at: u64, reason: String },
-    /// Hand leadership to this node.
-    TransferLeader(u64),
-    /// How streaming a snapshot to a follower ended.
-    SnapshotSent { to: u64, ok: bool },
-    /// Confirm leadership with a quorum and answer with the commit index
-    /// every read after it must see (raft's read index).
-    ReadIndex(tokio::sync::oneshot::Sender<u64>),
-    /// This node's config asks for these policies now.
-    Policies(Box<crate::policies::Policies>),
-    /// Ids of live jobs a query may match, from the machine's indexes.
-    FindJobs(
-        Box<crate::machine::find::JobQuery>,
-        crate::job::JobId,
-        tokio::sync::oneshot::Sender<Vec<crate::job::JobId>>,
-    ),
-    /// Take a snapshot now and answer with its file.
-    TakeSnapshot(tokio::sync::oneshot::Sender<Result<std::path::PathBuf, crate::error::Error>>),
-}
-
-/// Names this node and its cluster on every peer request (the incarnation
-/// as it is when the request is made: a joining node takes one).
-pub fn header(cfg: &Config, incarnation: &identity::Incarnation) -> pb::PeerHeader {
-    pb::PeerHeader {
-        cluster_id: cfg.cluster_id.clone(),
-        from: cfg.node_id,
-        entry_version: u32::from(cfg.entry_version),
-        incarnation: incarnation.get(),
-    }
-}
-
-/// What this node shows its peers. The node checked the files at start; if
-/// one went missing since, peers refuse this node and the log says why.
-pub fn peer_credentials(cfg: &Config) -> crate::wire::Credentials {
-    cfg.peer_credentials().unwrap_or_else(|e| {
-        tracing::error!(event = "peer_credentials_unreadable", error = %e, "cannot read what this node shows its peers");
-        crate::wire::Credentials::default()
-    })
 }

@@ -154,10 +154,4 @@ pub(super) fn hash_records<'a>(records: impl Iterator<Item = (&'a [u8], &'a [u8]
     h
 }
 
-/// splitmix64: a fixed mixing function, so jitter is a pure function of the job.
-pub(super) fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
+pub(super) use crate::mix::mix;

@@ -43,17 +43,7 @@ pub enum Counted<'a> {
     Escalated,
 }
 
-/// A queue's work over the last [`FLOW_WINDOW_MS`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Flow {
-    /// Jobs enqueued.
-    pub arrived: u64,
-    /// Leases that ended (a result, a cancel, a take-back).
-    pub leases_ended: u64,
-    /// The time those leases ran, summed.
-    pub lease_ms: u64,
-    pub window_ms: u64,
-}
+pub use crate::pools::Flow;
 
 /// A time a job took, for the histograms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,10 @@ pub use status::{
 
 use std::time::Duration;
 
+/// The revision of the gRPC protocol (`drover.v1`) this build speaks; see
+/// `Register.protocol_version`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// The longest delay a request may ask for. Anything longer is almost
 /// certainly a unit mistake (seconds sent as milliseconds, an overflowed
 /// value), and refusing it says so instead of scheduling it somewhere odd.

@@ -11,6 +11,7 @@ mod canary;
 mod chaos;
 mod cluster;
 mod dead;
+mod errors;
 mod jobs;
 pub mod openapi;
 mod probes;

@@ -309,7 +309,7 @@ fn diff(
     }
 }
 
-pub use drover::client::worker::terminated as wait_for_signal;
+pub use drover::shutdown::terminated as wait_for_signal;
 
 /// SIGHUP, handled from this call on (its default would end the process).
 fn hangup() -> Option<tokio::signal::unix::Signal> {

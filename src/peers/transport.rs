@@ -73,7 +73,7 @@ struct Local {
     pressure: Arc<Pressure>,
     incarnation: super::identity::Incarnation,
     /// The log's time, sent with every batch while this node leads.
-    log_time: Arc<crate::driver::LogTime>,
+    log_time: Arc<crate::clock::LogTime>,
 }
 
 impl Local {
@@ -88,7 +88,7 @@ impl Local {
             header,
             messages,
             resources,
-            sent_at_ms: crate::driver::now_ms(),
+            sent_at_ms: crate::clock::now_ms(),
             log_ms: self.log_time.leader_ms().unwrap_or(0),
         }
     }
@@ -110,7 +110,7 @@ impl Transport {
         control: mpsc::Sender<Control>,
         pressure: Arc<Pressure>,
         incarnation: super::identity::Incarnation,
-        log_time: Arc<crate::driver::LogTime>,
+        log_time: Arc<crate::clock::LogTime>,
     ) -> Transport {
         let mut t = Transport {
             peers: HashMap::new(),

@@ -20,11 +20,13 @@ use std::time::Instant;
 
 /// The slew: log time runs at most 1/SLEW faster or slower than real time.
 const SLEW: u64 = 100;
+const NS_PER_MS: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Reading {
-    /// Log time in µs as of `at`: µs so that frequent reads add up.
-    log_us: u64,
+    /// Log time in ns as of `at`: ns so that frequent reads add up, and
+    /// the slew of each (a hundredth of its elapsed time) too.
+    log_ns: u64,
     at: Instant,
     /// Set by a live leader's reading, or by this node's own leadership.
     anchored: bool,
@@ -55,7 +57,7 @@ impl LogTime {
     pub fn new(last_at_ms: u64, now: Instant) -> LogTime {
         LogTime {
             reading: Mutex::new(Reading {
-                log_us: last_at_ms.saturating_mul(1000),
+                log_ns: last_at_ms.saturating_mul(NS_PER_MS),
                 at: now,
                 anchored: false,
             }),
@@ -70,7 +72,13 @@ impl LogTime {
 
     pub fn at(&self, now: Instant) -> u64 {
         let r = *self.lock();
-        Self::project(&r, now) / 1000
+        Self::project(&r, now) / NS_PER_MS
+    }
+
+    /// Whether this node has a time to go on from: a live leader's, or its
+    /// own leadership's.
+    pub fn anchored(&self) -> bool {
+        self.lock().anchored
     }
 
     /// The log time a leader sends with its batches; None on a follower.
@@ -84,7 +92,7 @@ impl LogTime {
             return;
         }
         *self.lock() = Reading {
-            log_us: log_ms.saturating_mul(1000),
+            log_ns: log_ms.saturating_mul(NS_PER_MS),
             at: now,
             anchored: true,
         };
@@ -95,7 +103,7 @@ impl LogTime {
     pub fn lead(&self, last_at_ms: u64, majority_wall_ms: u64, now: Instant) -> (u64, Anchor) {
         let mut r = self.lock();
         let (base, anchor) = if r.anchored {
-            (Self::project(&r, now) / 1000, Anchor::Continued)
+            (Self::project(&r, now) / NS_PER_MS, Anchor::Continued)
         } else {
             (majority_wall_ms, Anchor::Wall)
         };
@@ -105,7 +113,7 @@ impl LogTime {
             (base, anchor)
         };
         *r = Reading {
-            log_us: start.saturating_mul(1000),
+            log_ns: start.saturating_mul(NS_PER_MS),
             at: now,
             anchored: true,
         };
@@ -124,24 +132,24 @@ impl LogTime {
     pub fn advance(&self, target_ms: u64, now: Instant) -> u64 {
         let mut r = self.lock();
         let elapsed =
-            u64::try_from(now.saturating_duration_since(r.at).as_micros()).unwrap_or(u64::MAX);
-        let plain = r.log_us.saturating_add(elapsed);
-        let target = target_ms.saturating_mul(1000);
+            u64::try_from(now.saturating_duration_since(r.at).as_nanos()).unwrap_or(u64::MAX);
+        let plain = r.log_ns.saturating_add(elapsed);
+        let target = target_ms.saturating_mul(NS_PER_MS);
         let room = elapsed / SLEW;
         let next = if target > plain {
             plain.saturating_add((target - plain).min(room))
         } else {
             plain - (plain - target).min(room)
         };
-        r.log_us = next;
+        r.log_ns = next;
         r.at = now;
-        next / 1000
+        next / NS_PER_MS
     }
 
     fn project(r: &Reading, now: Instant) -> u64 {
         let elapsed =
-            u64::try_from(now.saturating_duration_since(r.at).as_micros()).unwrap_or(u64::MAX);
-        r.log_us.saturating_add(elapsed)
+            u64::try_from(now.saturating_duration_since(r.at).as_nanos()).unwrap_or(u64::MAX);
+        r.log_ns.saturating_add(elapsed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Reading> {
@@ -167,7 +175,8 @@ mod tests {
         // And an hour back: 10 s later it is 9.9 s on, never back.
         let twenty = ten + Duration::from_secs(10);
         assert_eq!(clock.advance(500_000, twenty), 1_020_000);
-        // Reads many times a millisecond still add up (297 µs of each 300).
+        // Reads many times a millisecond still add up, and so does their
+        // slew (297 µs of each 300).
         let mut now = twenty;
         let mut last = 0;
         for _ in 0..1000 {

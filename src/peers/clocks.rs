@@ -5,7 +5,7 @@
 //! is the sender's clock minus ours at arrival, so it is the true offset
 //! less the time the batch was underway: the largest reading of the last
 //! few seconds is the best estimate. Wall clocks are only read here to be
-//! compared; log time (see [`crate::driver::log_time`]) measures durations
+//! compared; log time (see [`crate::clock::log_time`]) measures durations
 //! with the monotonic clock, so a step of any node's wall clock changes no
 //! lease, delay or timeout. What a skewed clock would still distort is the
 //! log's wall anchor (cron slots, daily caps, the times shown), so a node
@@ -144,28 +144,31 @@ impl Clocks {
     }
 
     /// Whether this node's clock is further than the limit from a majority
-    /// of `voters` (each of which says so by its reading). A node that
-    /// cannot hear a majority cannot be judged, and is not held back: the
-    /// voters it reaches refuse it if it is off (see
-    /// [`Clocks::refuses_vote`]).
+    /// of `voters` that agree among themselves: some voter's clock is
+    /// within the limit of a majority's, and this node's is not within it.
+    /// Where no majority agrees (clocks spread wide) nobody is held back
+    /// (the alert says so), lest leadership pass round and round. A node
+    /// that cannot hear a majority is not judged; the voters it reaches
+    /// refuse it if it is off (see [`Clocks::refuses_vote`]).
     pub fn skew(&self, voters: &[u64], now: Instant) -> Option<Skew> {
         if self.max_offset_ms == 0 || !voters.contains(&self.node_id) {
             return None;
         }
-        let mut off: Vec<i64> = voters
+        let known: Vec<i64> = voters
             .iter()
-            .filter(|&&v| v != self.node_id)
             .filter_map(|&v| self.offset_of(v, now))
-            .filter(|o| o.unsigned_abs() > self.max_offset_ms)
             .collect();
-        if off.len() < voters.len() / 2 + 1 {
-            return None;
-        }
-        off.sort_unstable();
-        Some(Skew {
-            offset_ms: off[off.len() / 2],
-            max_offset_ms: self.max_offset_ms,
-        })
+        let quorum = voters.len() / 2 + 1;
+        let max = self.max_offset_ms;
+        known
+            .iter()
+            .filter(|o| o.unsigned_abs() > max)
+            .filter(|&&o| known.iter().filter(|&&w| w.abs_diff(o) <= max).count() >= quorum)
+            .min_by_key(|o| o.unsigned_abs())
+            .map(|&offset_ms| Skew {
+                offset_ms,
+                max_offset_ms: max,
+            })
     }
 
     /// Whether this node refuses its vote to candidate `from`: its clock is
@@ -188,11 +191,12 @@ impl Clocks {
         (agree > voters.len() / 2).then_some(theirs)
     }
 
-    /// The majority's wall clock as this node reads it: the median of the
-    /// voters' clocks it has heard, this node's own included (of two in
-    /// the middle, the one nearer this node's). One node far off cannot
-    /// move it.
-    pub fn majority_wall_ms(&self, voters: &[u64], wall_ms: u64, now: Instant) -> u64 {
+    /// The majority's wall clock minus this node's, in ms: the median of
+    /// the clocks of the voters it has heard, its own included; of two in
+    /// the middle, the earlier (a log time started late catches up; one
+    /// started early would expire leases and fire delays). One node far
+    /// off cannot move it.
+    pub fn majority_offset_ms(&self, voters: &[u64], now: Instant) -> i64 {
         let mut off: Vec<i64> = voters
             .iter()
             .filter_map(|&v| self.offset_of(v, now))
@@ -201,20 +205,10 @@ impl Clocks {
             off.push(0);
         }
         off.sort_unstable();
-        let n = off.len();
-        let median = match n {
+        match off.len() {
             0 => 0,
-            n if n % 2 == 1 => off[n / 2],
-            n => {
-                let (a, b) = (off[n / 2 - 1], off[n / 2]);
-                if a.unsigned_abs() <= b.unsigned_abs() {
-                    a
-                } else {
-                    b
-                }
-            }
-        };
-        wall_ms.saturating_add_signed(median)
+            n => off[(n - 1) / 2],
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Readings>> {
@@ -309,19 +303,41 @@ mod tests {
         let t = Instant::now();
         let voters = [1, 2, 3];
         let one = clocks(1);
-        assert_eq!(one.majority_wall_ms(&voters, 5_000, t), 5_000, "alone");
+        assert_eq!(one.majority_offset_ms(&voters, t), 0, "alone");
         one.note(3, HOUR + 5_000, 5_000, t);
-        assert_eq!(
-            one.majority_wall_ms(&voters, 5_000, t),
-            5_000,
-            "of two, the one nearer this node's"
-        );
+        assert_eq!(one.majority_offset_ms(&voters, t), 0, "of two, the earlier");
         one.note(2, 5_010, 5_000, t);
-        assert_eq!(one.majority_wall_ms(&voters, 5_000, t), 5_010);
-        // This node an hour ahead: the others pull it back.
+        assert_eq!(one.majority_offset_ms(&voters, t), 10);
+        // This node an hour ahead: the others pull it back, even when only
+        // one of them is heard yet.
         let three = clocks(3);
         three.note(1, 5_000, HOUR + 5_000, t);
+        assert_eq!(three.majority_offset_ms(&voters, t), -(HOUR as i64));
         three.note(2, 5_000, HOUR + 5_000, t);
-        assert_eq!(three.majority_wall_ms(&voters, HOUR + 5_000, t), 5_000);
+        assert_eq!(three.majority_offset_ms(&voters, t), -(HOUR as i64));
+    }
+
+    #[test]
+    fn clocks_spread_wide_hold_nobody_back() {
+        // 0, +0.6 s and -0.6 s with a 0.5 s limit: no majority agrees, so
+        // no node is judged skewed and leadership does not pass round.
+        let t = Instant::now();
+        let voters = [1, 2, 3];
+        let one = clocks(1);
+        one.note(2, 10_600, 10_000, t);
+        one.note(3, 9_400, 10_000, t);
+        assert_eq!(one.skew(&voters, t), None);
+        let two = clocks(2);
+        two.note(1, 10_000, 10_600, t);
+        two.note(3, 9_400, 10_600, t);
+        assert_eq!(two.skew(&voters, t), None);
+        // Five nodes, three agreeing: the two outside are skewed.
+        let five = [1, 2, 3, 4, 5];
+        let four = clocks(4);
+        for (peer, at) in [(1, 10_000), (2, 10_100), (3, 9_900), (5, 12_000)] {
+            four.note(peer, at, 12_000, t);
+        }
+        let skew = four.skew(&five, t).expect("three agree without node 4");
+        assert_eq!(skew.offset_ms, -1_900);
     }
 }
