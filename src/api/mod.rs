@@ -1,6 +1,13 @@
-//! Adapters from the wire to commands: the gRPC producer and worker services
-//! and the HTTP admin API. They validate and translate; the rules live in the
-//! machine.
+//! Adapters from the wire to commands: the gRPC producer, worker and peer
+//! services and the HTTP admin API. They turn requests into commands and
+//! outcomes into responses.
+//!
+//! The rules are not here. A new job is checked by [`crate::job`]'s
+//! validation before it becomes a command, and what a command may do is the
+//! machine's to decide ([`crate::machine`]), so every node applies the same
+//! rules. Access rules stay at the edge, since they are about the caller,
+//! not the state: [`auth`] checks tokens, roles and rate limits, and
+//! [`scope`] what a token may touch.
 
 pub mod auth;
 pub mod convert;

@@ -64,7 +64,8 @@ const MAX_PROPOSALS_PER_READY: usize = 4096;
 /// Raft messages and reports waiting for the driver before more are dropped.
 const CONTROL_QUEUE: usize = 16384;
 /// Commands go into one entry until it holds about this many bytes. The
-/// machine writes an entry in one sled batch, whose memory sled keeps until
+/// machine never splits an entry across sled batches (it commits after an
+/// entry once 1,000 keys are staged), and sled keeps a batch's memory until
 /// the batch ends, so this also bounds that.
 const MAX_ENTRY_BYTES: usize = 256 << 10;
 /// Most log entries dropped per Ready by compaction.

@@ -3,21 +3,74 @@
 //!
 //! It is pure: no clock (time comes in each entry), no randomness (backoff
 //! jitter is derived from the job id), no network, no async. Its one side
-//! effect is its own sled tree. Changes of a range of entries are staged in
-//! memory and written by [`Machine::commit`] in one atomic `Batch` together
-//! with the applied index, so a crash never applies an entry twice or skips
-//! one.
+//! effect is its own sled tree.
+//!
+//! Writes are staged in memory as entries apply, and [`Machine::commit`]
+//! writes them in one atomic `Batch` with the applied index of the last
+//! entry in it. The driver commits at the end of each applied range, and
+//! also after any entry that leaves 1,000 or more keys staged, so a long
+//! range goes in several batches. That is for memory: sled keeps every node
+//! copy a batch makes until the batch ends, and batches of thousands of
+//! writes leave hundreds of MB behind. It is still safe. A batch never
+//! splits an entry and always carries its last entry's index, so after a
+//! crash the tree holds whole entries up to the index it records, and raft
+//! replays the log from the next one: no entry is applied twice or skipped.
+//! Reads see staged writes before the tree, so where the batches fall
+//! changes no outcome, and nodes that commit at other points stay equal.
 //!
 //! Job records live only in sled; memory holds the indexes that scheduling
 //! needs (ready jobs by priority, delayed jobs and leases by due time) and
 //! counters, rebuilt from the tree on open. That keeps a node with a million
 //! pending jobs small.
 //!
-//! The parts: `keys` the tree's layout and codec, `staged` the write set,
-//! `indexes` what scheduling reads in memory, `jobs` and `leases` the
-//! command families, `retry` the backoff policy, `retention` and `audit`
-//! their records and purges, `capture` consistent reads for snapshots,
-//! `reader` reads for the APIs.
+//! The parts, one concern each:
+//!
+//! - `keys`: the tree's key layout and record codec, so every record kind
+//!   has one prefix and one encoding.
+//! - `staged`: the write set, read before the tree so later entries of a
+//!   range see earlier ones.
+//! - `indexes`: what scheduling reads in memory, rebuilt from the tree on
+//!   open.
+//! - `reader`: reads of the committed tree for the APIs, so reads never
+//!   wait behind apply.
+//! - `capture`: a consistent read while apply goes on, so a snapshot does
+//!   not stop the raft loop.
+//! - `migrate`: rewrites a layout-2 tree to layout 3 on open, so old data
+//!   dirs, snapshots and backups still load.
+//! - `jobs`: enqueue and cancel, as producers and operators send them.
+//! - `leases`: lease, heartbeat, complete, fail, and the tick that expires
+//!   leases and promotes delayed jobs.
+//! - `scheduler`: the pick; its clocks are replicated so every node picks
+//!   alike.
+//! - `retry`: retry jitter from the job id, so every node retries at the
+//!   same millisecond.
+//! - `dependencies`: jobs waiting for others, kept out of the ready set so
+//!   they cost the pick nothing.
+//! - `limits`: per-key concurrency and rate limits; a job at its key's
+//!   limit is parked, so later picks skip it.
+//! - `controls`: queue and tenant pause and drain, and admission of new
+//!   jobs against them and the depth limits.
+//! - `breaker`: circuit breakers per queue, tenant and error class, timed
+//!   by the log.
+//! - `quarantine`: workers failing too often, kept from new leases on
+//!   every node.
+//! - `dead`: replay and purge of dead jobs, and requeue of stuck leases,
+//!   acting only on the jobs a command names.
+//! - `retention`: finished-job and idempotency records and their purge, so
+//!   disk and memory stay flat.
+//! - `audit`: the audit log's records and their purge.
+//! - `runs`: runs, their budgets and holds, and tenants' daily cost caps.
+//! - `schedules`: the last slot each schedule fired, so a failover neither
+//!   skips nor doubles one.
+//! - `versions`: worker versions switched off.
+//! - `canary`: canary rules and the canary-against-control results.
+//! - `chaos`: chaos rules; the worker sessions inject them, never the log.
+//! - `tally`: counts by queue and job type, recent work, and job times,
+//!   for the metrics.
+//! - `find`: the candidates of `drover jobs list`, from the index of the
+//!   state asked for, so a page never scans the whole store.
+//!
+//! `tests` drives the machine with no runtime.
 //!
 //! A payload of up to [`INLINE_PAYLOAD_MAX`] bytes shares the job's record:
 //! an enqueue is one tree write per job instead of two (a sled insert costs
@@ -516,7 +569,8 @@ impl Machine {
 
     /// Applies one committed entry: each of its commands in order, with one
     /// outcome each. Must be followed, after the last entry of the range, by
-    /// [`Machine::commit`].
+    /// [`Machine::commit`]; the caller may also commit after any earlier
+    /// entry (see [`Machine::wants_commit`]), never within one.
     pub fn apply(
         &mut self,
         index: u64,
