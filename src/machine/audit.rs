@@ -2,10 +2,9 @@
 //! `A` + time + (index, position), so records sort by time and every node
 //! writes the same keys. Purged by age with [`Command::PurgeAudit`].
 
+use super::keys::AUDIT;
 use super::{decode, encode, retention, Machine, MachineError};
 use crate::command::{AuditRecord, Audited, Outcome};
-
-pub(super) const AUDIT: u8 = b'A';
 
 /// A record as stored and read back.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -8,9 +8,6 @@
 use super::*;
 use crate::policies::BreakerPolicy;
 
-/// `K`+scope: one breaker.
-pub(super) const BREAKER: u8 = b'K';
-
 /// (queue, tenant, error class).
 pub type Scope = (String, String, String);
 

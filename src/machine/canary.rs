@@ -7,8 +7,6 @@
 use super::*;
 use crate::command::CanaryRule;
 
-const CANARY: u8 = b'N';
-
 /// Which of 10,000 parts of the jobs `id` falls in: a fixed mix of the id,
 /// so every node, and every lease, decides the same.
 pub fn canary_part(id: JobId) -> u64 {

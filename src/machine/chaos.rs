@@ -5,10 +5,6 @@
 
 use super::*;
 
-/// The chaos rules: one small record (`c`), replicated so every node that
-/// allows chaos injects the same faults.
-pub(super) const CHAOS_KEY: &[u8] = b"c";
-
 impl Machine {
     pub(super) fn load_chaos(&mut self) -> Result<(), MachineError> {
         if let Some(bytes) = self.tree.get(CHAOS_KEY)? {

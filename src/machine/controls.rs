@@ -5,8 +5,6 @@
 use super::*;
 use crate::command::{QueueAction, QueueScope};
 
-pub(super) const CONTROLS_KEY: &[u8] = b"C";
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Controls {
     pub(super) paused: BTreeSet<String>,

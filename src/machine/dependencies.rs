@@ -11,8 +11,6 @@
 use super::*;
 use crate::job::{Dependency, AFTER_LABEL, ON_DEPENDENCY_FAILURE_LABEL};
 
-const DEPENDENT: u8 = b'E';
-
 fn dependent_key(dependency: JobId, waiter: JobId) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = DEPENDENT;

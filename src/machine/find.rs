@@ -147,9 +147,9 @@ impl JobReader {
     ) -> Result<Vec<(FinishedCursor, JobId)>, MachineError> {
         let tree = self.tree.read().unwrap_or_else(|e| e.into_inner()).clone();
         let prefix = if dead {
-            retention::DEAD_AT
+            DEAD_AT
         } else {
-            retention::FINISHED_AT
+            FINISHED_AT
         };
         let start = retention::time_key(prefix, 0, 0);
         let end = match from {

@@ -1,15 +1,108 @@
 //! The tree's key layout and record codec: one byte of prefix per record
-//! kind (`f` format, `m` meta, `j`+id job with its payload if small, `p`+id
-//! large payload, `r`+id result, `i`+scope idempotency; retention and audit
-//! add their own), bincode values, the layout mark, and the digest's hash.
+//! kind, all of them in the table below with the file that owns each,
+//! bincode values, the layout mark, and the digest's hash.
 
 use super::*;
 
+// Every prefix of the tree, one byte each, with its record and the file
+// that owns it: a new record kind takes a byte no row has
+// (`every_prefix_names_one_record_kind` checks).
+
+/// `f`: the layout mark ([`FORMAT`]).
+pub(super) const FORMAT_KEY: &[u8] = b"f";
+/// `m`: the machine's meta (applied index, log time, counters).
 pub(super) const META_KEY: &[u8] = b"m";
-/// The replicated policies.
+/// `P`: the replicated policies.
 pub(super) const POLICIES_KEY: &[u8] = b"P";
-/// `S`+queue: the tenants' fair-share clocks of a queue.
+/// `j`+id: a job, with its payload when small (jobs.rs, leases.rs).
+pub(super) const JOB: u8 = b'j';
+/// `p`+id: a payload too large to share its job's record.
+pub(super) const PAYLOAD: u8 = b'p';
+/// `r`+id: a job's result.
+pub(super) const RESULT: u8 = b'r';
+/// `i`+scope: an idempotency key's job (jobs.rs).
+pub(super) const IDEMPOTENCY: u8 = b'i';
+/// `S`+queue: the tenants' fair-share clocks of a queue (scheduler.rs).
 pub(super) const CLOCKS: u8 = b'S';
+/// `A`+index: an audit record (audit.rs).
+pub(super) const AUDIT: u8 = b'A';
+/// `K`+scope: one circuit breaker (breaker.rs).
+pub(super) const BREAKER: u8 = b'K';
+/// `N`+queue: a queue's canary rule and results (canary.rs).
+pub(super) const CANARY: u8 = b'N';
+/// `c`: the chaos rules, replicated so every node that allows chaos
+/// injects the same faults (chaos.rs).
+pub(super) const CHAOS_KEY: &[u8] = b"c";
+/// `C`: paused and draining queues and tenants (controls.rs).
+pub(super) const CONTROLS_KEY: &[u8] = b"C";
+/// `E`+id: the jobs waiting for a job (dependencies.rs).
+pub(super) const DEPENDENT: u8 = b'E';
+/// `W`+id: a parked job's hold (limits.rs).
+pub(super) const PARKED: u8 = b'W';
+/// `R`+key: a rate key's state (limits.rs).
+pub(super) const RATE: u8 = b'R';
+/// `M`: the last job key a layout migration rewrote, written with each
+/// chunk, so a migration a crash stopped goes on after it (migrate.rs).
+pub(super) const PROGRESS_KEY: &[u8] = b"M";
+/// `Q`+worker: a quarantined worker (quarantine.rs).
+pub(super) const QUARANTINE: u8 = b'Q';
+/// `F`+time+id: finished jobs by when they finished (retention.rs).
+pub(super) const FINISHED_AT: u8 = b'F';
+/// `D`+time+id: dead jobs by when they died (retention.rs).
+pub(super) const DEAD_AT: u8 = b'D';
+/// `T`+time+scope: idempotency keys by when they expire (retention.rs).
+pub(super) const IDEMPOTENT_AT: u8 = b'T';
+/// `b`: the total bytes of finished jobs, a u64 (retention.rs).
+pub(super) const FINISHED_BYTES_KEY: &[u8] = b"b";
+/// `U`+tenant\0run: a run (runs.rs).
+pub(super) const RUN: u8 = b'U';
+/// `G`+tenant\0run: a run held over its budget (runs.rs).
+pub(super) const HELD_RUN: u8 = b'G';
+/// `V`+tenant+day: a tenant's cost on one UTC day (runs.rs).
+pub(super) const TENANT_DAY: u8 = b'V';
+/// `B`+tenant: a tenant's budgets set by an operator (runs.rs).
+pub(super) const TENANT_BUDGETS: u8 = b'B';
+/// `X`+tenant\0run\0+id: the jobs of a run, for its view, cancel and
+/// replay (runs.rs).
+pub(super) const RUN_JOB: u8 = b'X';
+/// `Z`: the last slot each schedule fired (schedules.rs).
+pub(super) const SCHEDULES_KEY: &[u8] = b"Z";
+/// `v`: worker versions switched off (versions.rs).
+pub(super) const VERSIONS_KEY: &[u8] = b"v";
+
+/// Every prefix above, by name: what the uniqueness test reads.
+#[cfg(test)]
+pub(super) const PREFIXES: &[(&str, u8)] = &[
+    ("FORMAT_KEY", FORMAT_KEY[0]),
+    ("META_KEY", META_KEY[0]),
+    ("POLICIES_KEY", POLICIES_KEY[0]),
+    ("JOB", JOB),
+    ("PAYLOAD", PAYLOAD),
+    ("RESULT", RESULT),
+    ("IDEMPOTENCY", IDEMPOTENCY),
+    ("CLOCKS", CLOCKS),
+    ("AUDIT", AUDIT),
+    ("BREAKER", BREAKER),
+    ("CANARY", CANARY),
+    ("CHAOS_KEY", CHAOS_KEY[0]),
+    ("CONTROLS_KEY", CONTROLS_KEY[0]),
+    ("DEPENDENT", DEPENDENT),
+    ("PARKED", PARKED),
+    ("RATE", RATE),
+    ("PROGRESS_KEY", PROGRESS_KEY[0]),
+    ("QUARANTINE", QUARANTINE),
+    ("FINISHED_AT", FINISHED_AT),
+    ("DEAD_AT", DEAD_AT),
+    ("IDEMPOTENT_AT", IDEMPOTENT_AT),
+    ("FINISHED_BYTES_KEY", FINISHED_BYTES_KEY[0]),
+    ("RUN", RUN),
+    ("HELD_RUN", HELD_RUN),
+    ("TENANT_DAY", TENANT_DAY),
+    ("TENANT_BUDGETS", TENANT_BUDGETS),
+    ("RUN_JOB", RUN_JOB),
+    ("SCHEDULES_KEY", SCHEDULES_KEY[0]),
+    ("VERSIONS_KEY", VERSIONS_KEY[0]),
+];
 
 pub(super) fn clocks_key(queue: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + queue.len());
@@ -17,17 +110,12 @@ pub(super) fn clocks_key(queue: &str) -> Vec<u8> {
     k.extend_from_slice(queue.as_bytes());
     k
 }
-pub(super) const FORMAT_KEY: &[u8] = b"f";
 /// Layout of the tree; a tree of another layout is refused, not misread.
 /// 1 kept payloads under their own `p` keys; 2 kept timelines as text and
 /// no cost, usage or dependencies (see `migrate`).
 pub(super) const FORMAT: u8 = 3;
-pub(super) const JOB: u8 = b'j';
-pub(super) const PAYLOAD: u8 = b'p';
 /// Largest payload kept inside its job's record.
 pub const INLINE_PAYLOAD_MAX: usize = 4096;
-pub(super) const RESULT: u8 = b'r';
-pub(super) const IDEMPOTENCY: u8 = b'i';
 
 /// Where a job's payload is, as its record says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,11 +15,6 @@ use super::*;
 use crate::job::JobKeys;
 use crate::policies::Rate;
 
-/// `W`+id: a parked job's hold.
-pub(super) const PARKED: u8 = b'W';
-/// `R`+key: a rate key's state.
-pub(super) const RATE: u8 = b'R';
-
 /// Most jobs one lease command parks; the rest are met by later leases.
 const MAX_PARKS_PER_LEASE: usize = 1000;
 

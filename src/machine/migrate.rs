@@ -8,9 +8,6 @@ use crate::job::{JobEvent, Progress};
 
 /// The layout this drover can bring up to [`FORMAT`].
 pub(super) const FROM: u8 = 2;
-/// `M`: the last job key rewritten, written with each chunk, so a migration
-/// a crash stopped goes on after it instead of reading new records as old.
-const PROGRESS_KEY: &[u8] = b"M";
 /// Records rewritten per batch: bounds the memory a large store needs.
 const CHUNK: usize = 2_000;
 

@@ -319,12 +319,12 @@ impl Machine {
             },
             None => (Policies::default(), false),
         };
-        let schedules = match tree.get(schedules::SCHEDULES_KEY)? {
-            Some(bytes) => decode(schedules::SCHEDULES_KEY, &bytes)?,
+        let schedules = match tree.get(SCHEDULES_KEY)? {
+            Some(bytes) => decode(SCHEDULES_KEY, &bytes)?,
             None => schedules::Schedules::default(),
         };
-        let controls = match tree.get(controls::CONTROLS_KEY)? {
-            Some(bytes) => decode(controls::CONTROLS_KEY, &bytes)?,
+        let controls = match tree.get(CONTROLS_KEY)? {
+            Some(bytes) => decode(CONTROLS_KEY, &bytes)?,
             None => controls::Controls::default(),
         };
         let meta = match tree.get(META_KEY)? {

@@ -6,8 +6,6 @@
 
 use super::*;
 
-pub(super) const QUARANTINE: u8 = b'Q';
-
 /// Why and until when a worker is kept from new leases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quarantined {

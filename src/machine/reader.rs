@@ -25,8 +25,8 @@ impl JobReader {
 
     /// The schedules' states (last slot, paused, jobs fired).
     pub fn schedules(&self) -> Result<BTreeMap<String, schedules::ScheduleState>, MachineError> {
-        match self.tree().get(schedules::SCHEDULES_KEY)? {
-            Some(v) => decode(schedules::SCHEDULES_KEY, &v),
+        match self.tree().get(SCHEDULES_KEY)? {
+            Some(v) => decode(SCHEDULES_KEY, &v),
             None => Ok(BTreeMap::new()),
         }
     }
@@ -47,8 +47,8 @@ impl JobReader {
             return Ok(None);
         }
         let tree = self.tree();
-        let controls: controls::Controls = match tree.get(controls::CONTROLS_KEY)? {
-            Some(v) => decode(controls::CONTROLS_KEY, &v)?,
+        let controls: controls::Controls = match tree.get(CONTROLS_KEY)? {
+            Some(v) => decode(CONTROLS_KEY, &v)?,
             None => controls::Controls::default(),
         };
         if controls.paused.contains(&job.queue) {
@@ -63,7 +63,7 @@ impl JobReader {
         if let Some(budget) = self.budget_held(job)? {
             return Ok(Some(format!("held: budget {budget}")));
         }
-        let k = key(limits::PARKED, job.id);
+        let k = key(PARKED, job.id);
         Ok(match tree.get(k)? {
             Some(v) => Some(decode::<limits::Hold>(&k, &v)?.describe()),
             None => None,

@@ -12,15 +12,10 @@
 //! the staged writes into the tree's order, so a purge sees the same records
 //! whatever the commit boundaries of the node applying it.
 
+use super::keys::{DEAD_AT, FINISHED_AT, FINISHED_BYTES_KEY, IDEMPOTENT_AT};
 use super::{decode, encode, key, Machine, MachineError, Payload, JOB, PAYLOAD, RESULT};
 use crate::command::{Outcome, Retention};
 use crate::job::{Job, JobId, JobState};
-
-pub(super) const FINISHED_AT: u8 = b'F';
-pub(super) const DEAD_AT: u8 = b'D';
-const IDEMPOTENT_AT: u8 = b'T';
-/// The total bytes of finished jobs, a u64.
-pub(super) const FINISHED_BYTES_KEY: &[u8] = b"b";
 
 /// A time-index key: prefix, time, id (big-endian, so keys sort by time).
 pub(super) fn time_key(prefix: u8, at_ms: u64, id: JobId) -> Vec<u8> {

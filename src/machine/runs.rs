@@ -13,13 +13,7 @@ use super::*;
 use crate::command::Usage;
 use crate::policies::{micros_to_usd, Budgets};
 
-const RUN: u8 = b'U';
-const HELD_RUN: u8 = b'G';
-const TENANT_DAY: u8 = b'V';
-const TENANT_BUDGETS: u8 = b'B';
 const DAY_MS: u64 = 86_400_000;
-/// `X`+tenant\0run\0+id: the jobs of a run, for its view, cancel and replay.
-const RUN_JOB: u8 = b'X';
 
 fn run_jobs_prefix(tenant: &str, run: &str) -> Vec<u8> {
     let mut k = prefixed(RUN_JOB, &run_key(tenant, run));

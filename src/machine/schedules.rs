@@ -7,8 +7,6 @@ use super::*;
 use crate::command::ScheduleAction;
 use crate::policies::JobTemplate;
 
-pub(super) const SCHEDULES_KEY: &[u8] = b"Z";
-
 /// What the log knows of one schedule.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleState {

@@ -1562,7 +1562,7 @@ fn a_cancelled_parked_job_leaves_no_hold() {
     assert!(h
         .m
         .tree()
-        .get(key(limits::PARKED, ids[1]))
+        .get(key(PARKED, ids[1]))
         .unwrap()
         .is_none());
     h.complete(5, ids[0], 1).unwrap();
@@ -2639,4 +2639,18 @@ fn a_canary_gets_its_share_and_only_its_share_of_the_queue() {
         h.run(200_001, end()),
         Outcome::Rejected(Refusal::NoCanary { queue: "q".into() })
     );
+}
+
+#[test]
+fn every_prefix_names_one_record_kind() {
+    let mut seen = std::collections::BTreeMap::new();
+    for (name, byte) in super::keys::PREFIXES {
+        if let Some(other) = seen.insert(*byte, *name) {
+            panic!(
+                "{name} and {other} share the prefix {:?}",
+                char::from(*byte)
+            );
+        }
+    }
+    assert!(seen.len() >= 29);
 }

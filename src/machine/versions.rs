@@ -6,8 +6,6 @@
 use super::*;
 use crate::command::VersionSwitch;
 
-pub(super) const VERSIONS_KEY: &[u8] = b"v";
-
 impl Machine {
     pub(super) fn load_version_switches(&mut self) -> Result<(), MachineError> {
         if let Some(bytes) = self.tree.get(VERSIONS_KEY)? {
