@@ -496,8 +496,7 @@ impl Session {
             return;
         }
         let [ok, bad] = recent.counts(now);
-        let total = ok + bad;
-        if total < policy.min_jobs || (bad as f64) < policy.failure_rate * total as f64 {
+        if !crate::machine::quarantine::judge(&policy, ok, bad) {
             return;
         }
         drop(recent);

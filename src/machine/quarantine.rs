@@ -6,6 +6,15 @@
 
 use super::*;
 
+/// Whether a worker whose results in its policy's window were `completed`
+/// and `failed` is quarantined: it sent at least `min_jobs`, and at least
+/// `failure_rate` of them failed. The node the worker is connected to
+/// counts and asks; the log decides nothing else.
+pub fn judge(policy: &crate::policies::QuarantinePolicy, completed: u64, failed: u64) -> bool {
+    let total = completed.saturating_add(failed);
+    total >= policy.min_jobs && failed as f64 >= policy.failure_rate * total as f64
+}
+
 /// Why and until when a worker is kept from new leases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quarantined {

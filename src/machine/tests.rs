@@ -2654,3 +2654,20 @@ fn every_prefix_names_one_record_kind() {
     }
     assert!(seen.len() >= 29);
 }
+
+#[test]
+fn a_worker_is_quarantined_at_its_failure_rate_once_it_sent_enough() {
+    use super::quarantine::judge;
+    let policy = crate::policies::QuarantinePolicy {
+        failure_rate: 0.5,
+        window_ms: 60_000,
+        min_jobs: 10,
+        for_ms: 60_000,
+    };
+    assert!(!judge(&policy, 0, 9), "9 failures are under min_jobs");
+    assert!(judge(&policy, 0, 10));
+    assert!(judge(&policy, 5, 5), "at the rate");
+    assert!(!judge(&policy, 6, 4), "under the rate");
+    assert!(!judge(&policy, 0, 0));
+    assert!(judge(&policy, u64::MAX, u64::MAX), "no overflow");
+}
