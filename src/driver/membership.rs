@@ -57,7 +57,10 @@ impl Driver {
     /// the transport and the router use. One that raft refuses (it would
     /// remove the last voter, say) is refused the same way on every node,
     /// so it is logged and skipped.
-    pub(super) fn apply_conf_change(&mut self, entry: &Entry) -> Result<Result<(), String>, DriverError> {
+    pub(super) fn apply_conf_change(
+        &mut self,
+        entry: &Entry,
+    ) -> Result<Result<(), String>, DriverError> {
         use protobuf::Message as _;
         let corrupt = |e: protobuf::ProtobufError| StoreError::Corrupt {
             key: format!("raft/e/{}", entry.index),

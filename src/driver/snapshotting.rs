@@ -70,7 +70,10 @@ impl Driver {
     /// Replaces this node's state with a snapshot the leader sent: loads it
     /// into a fresh tree, then switches the machine and moves the log past
     /// it in one flushed batch, so a crash leaves the old state or the new.
-    pub(super) fn install_snapshot(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<(), DriverError> {
+    pub(super) fn install_snapshot(
+        &mut self,
+        snap: &raft::eraftpb::Snapshot,
+    ) -> Result<(), DriverError> {
         let received = PathBuf::from(String::from_utf8_lossy(&snap.data).into_owned());
         let md = snap.get_metadata();
         let name = format!("{DEFAULT_MACHINE_TREE}.{}", md.index);
