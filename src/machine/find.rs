@@ -146,11 +146,7 @@ impl JobReader {
         from: Option<FinishedCursor>,
     ) -> Result<Vec<(FinishedCursor, JobId)>, MachineError> {
         let tree = self.tree.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let prefix = if dead {
-            DEAD_AT
-        } else {
-            FINISHED_AT
-        };
+        let prefix = if dead { DEAD_AT } else { FINISHED_AT };
         let start = retention::time_key(prefix, 0, 0);
         let end = match from {
             Some(c) => retention::time_key(prefix, c.at_ms, c.record),

@@ -1559,12 +1559,7 @@ fn a_cancelled_parked_job_leaves_no_hold() {
         h.run(4, Command::Cancel { id: ids[1] }),
         Outcome::Cancelled(_)
     ));
-    assert!(h
-        .m
-        .tree()
-        .get(key(PARKED, ids[1]))
-        .unwrap()
-        .is_none());
+    assert!(h.m.tree().get(key(PARKED, ids[1])).unwrap().is_none());
     h.complete(5, ids[0], 1).unwrap();
     let next = h.lease(6, "w", &["q"], 5);
     assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[2]]);
