@@ -67,9 +67,7 @@ pub enum Command {
         worker: String,
         items: Vec<Failure>,
     },
-    Cancel {
-        id: JobId,
-    },
+    Cancel(Cancel),
     /// Proposed by the leader when something is due: expires leases not
     /// extended in time and makes delayed jobs ready.
     Tick,
@@ -111,10 +109,7 @@ pub enum Command {
         policies: crate::policies::Policies,
     },
     /// Pause, drain or resume queues (sent wrapped in an audit record).
-    Control {
-        scope: QueueScope,
-        action: QueueAction,
-    },
+    Control(Control),
     /// Proposed by the leader when a schedule's slot is due: marks the slot
     /// fired and, with `enqueue`, enqueues the schedule's job. A slot at or
     /// before the last one fired changes nothing, so a slot proposed twice
@@ -126,10 +121,7 @@ pub enum Command {
     },
     /// Pause or resume a schedule, or run it now (sent wrapped in an audit
     /// record).
-    Schedule {
-        schedule: String,
-        action: ScheduleAction,
-    },
+    Schedule(Schedule),
     /// Cancels up to `limit` of a queue's waiting jobs that match (one
     /// slice of `drover queues purge`; the API sends slices until done).
     PurgeQueue {
@@ -139,24 +131,15 @@ pub enum Command {
     },
     /// Runs these dead jobs again (those still dead): same payload, a new
     /// retry count, the timeline kept.
-    Replay {
-        ids: Vec<JobId>,
-    },
+    Replay(Replay),
     /// Removes these dead jobs (those still dead) with their payloads and
     /// results.
-    PurgeDead {
-        ids: Vec<JobId>,
-    },
+    PurgeDead(PurgeDead),
     /// Takes back these leases (those still held at that attempt) and
     /// makes their jobs ready again: `drover queues clear-stuck`.
-    Requeue {
-        leases: Vec<(JobId, u32)>,
-        reason: String,
-    },
+    Requeue(Requeue),
     /// Closes one circuit breaker (queue, tenant, class), or all of them.
-    ResetBreakers {
-        scope: Option<(String, String, String)>,
-    },
+    ResetBreakers(ResetBreakers),
     /// Keeps `worker` from new leases for at least `for_ms` (proposed by
     /// the node it is connected to when its failure rate crossed its
     /// queues' `quarantine_failure_rate`; `completed` and `failed` are the
@@ -168,9 +151,7 @@ pub enum Command {
         failed: u64,
     },
     /// Lets a quarantined worker lease again.
-    ReleaseWorker {
-        worker: String,
-    },
+    ReleaseWorker(ReleaseWorker),
     /// [`Command::Complete`] with what each job cost (used when any did;
     /// a variant of its own, so entries of earlier drovers still decode).
     CompleteWithUsage {
@@ -184,25 +165,13 @@ pub enum Command {
     },
     /// Raises (or sets) one run's limits and releases its held jobs if it
     /// is under them now (sent wrapped in an audit record, with the reason).
-    OverrideRun {
-        tenant: String,
-        run: String,
-        limits: Box<crate::policies::Budgets>,
-    },
+    OverrideRun(OverrideRun),
     /// A tenant's run limits and daily cap as an operator set them, in
     /// place of its config's (sent wrapped in an audit record).
-    SetTenantBudgets {
-        tenant: String,
-        budgets: Box<crate::policies::Budgets>,
-    },
+    SetTenantBudgets(SetTenantBudgets),
     /// Cancels the unfinished jobs of a run among the `limit` after job
     /// `after` (one slice of `drover runs cancel`).
-    CancelRun {
-        tenant: String,
-        run: String,
-        after: JobId,
-        limit: u32,
-    },
+    CancelRun(CancelRun),
     /// [`Command::Lease`] for a worker of `version`: jobs a version switch
     /// keeps from that version are left for other workers. Format 2.
     LeaseAs {
@@ -213,23 +182,14 @@ pub enum Command {
     },
     /// Stops (`enabled` false) or allows again leasing the jobs `switch`
     /// names to workers of its version (sent audited). Format 2.
-    SwitchVersion {
-        switch: VersionSwitch,
-        enabled: bool,
-    },
+    SwitchVersion(SwitchVersion),
     /// Sets the queue's canary rule, or ends it (None; sent audited).
     /// Format 2.
-    SetCanary {
-        queue: String,
-        rule: Option<CanaryRule>,
-    },
+    SetCanary(SetCanary),
     /// Sets the faults injected into a queue's leases and results, or ends
     /// them (None); `queue` None with `rule` None ends every queue's (sent
     /// audited). Format 2.
-    SetChaos {
-        queue: Option<String>,
-        rule: Option<ChaosRule>,
-    },
+    SetChaos(SetChaos),
     /// Proposed by a new leader first: every live lease gets a full
     /// heartbeat window from now, as etcd renews leases on a leader
     /// change, so no healthy worker loses its job to the time the cluster
@@ -333,65 +293,135 @@ impl ScheduleAction {
 /// entry cannot nest audits (and its decoding cannot recurse).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Audited {
-    Cancel {
-        id: JobId,
-    },
+    Cancel(Cancel),
     /// Pause, drain or resume queues.
-    Control {
-        scope: QueueScope,
-        action: QueueAction,
-    },
+    Control(Control),
     /// Pause, resume or trigger a schedule.
-    Schedule {
-        schedule: String,
-        action: ScheduleAction,
-    },
-    Replay {
-        ids: Vec<JobId>,
-    },
-    PurgeDead {
-        ids: Vec<JobId>,
-    },
-    Requeue {
-        leases: Vec<(JobId, u32)>,
-        reason: String,
-    },
-    ResetBreakers {
-        scope: Option<(String, String, String)>,
-    },
-    ReleaseWorker {
-        worker: String,
-    },
-    OverrideRun {
-        tenant: String,
-        run: String,
-        limits: Box<crate::policies::Budgets>,
-    },
-    SetTenantBudgets {
-        tenant: String,
-        budgets: Box<crate::policies::Budgets>,
-    },
-    CancelRun {
-        tenant: String,
-        run: String,
-        after: JobId,
-        limit: u32,
-    },
+    Schedule(Schedule),
+    Replay(Replay),
+    PurgeDead(PurgeDead),
+    Requeue(Requeue),
+    ResetBreakers(ResetBreakers),
+    ReleaseWorker(ReleaseWorker),
+    OverrideRun(OverrideRun),
+    SetTenantBudgets(SetTenantBudgets),
+    CancelRun(CancelRun),
     /// Format 2.
-    SwitchVersion {
-        switch: VersionSwitch,
-        enabled: bool,
-    },
+    SwitchVersion(SwitchVersion),
     /// Format 2.
-    SetCanary {
-        queue: String,
-        rule: Option<CanaryRule>,
-    },
+    SetCanary(SetCanary),
     /// Format 2.
-    SetChaos {
-        queue: Option<String>,
-        rule: Option<ChaosRule>,
-    },
+    SetChaos(SetChaos),
+}
+
+/// The payload of [`Command::Cancel`], and of [`Audited::Cancel`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub id: JobId,
+}
+
+/// The payload of [`Command::Control`], and of [`Audited::Control`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Control {
+    pub scope: QueueScope,
+    pub action: QueueAction,
+}
+
+/// The payload of [`Command::Schedule`], and of [`Audited::Schedule`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub schedule: String,
+    pub action: ScheduleAction,
+}
+
+/// The payload of [`Command::Replay`], and of [`Audited::Replay`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replay {
+    pub ids: Vec<JobId>,
+}
+
+/// The payload of [`Command::PurgeDead`], and of [`Audited::PurgeDead`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PurgeDead {
+    pub ids: Vec<JobId>,
+}
+
+/// The payload of [`Command::Requeue`], and of [`Audited::Requeue`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Requeue {
+    pub leases: Vec<(JobId, u32)>,
+    pub reason: String,
+}
+
+/// The payload of [`Command::ResetBreakers`], and of [`Audited::ResetBreakers`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResetBreakers {
+    pub scope: Option<(String, String, String)>,
+}
+
+/// The payload of [`Command::ReleaseWorker`], and of [`Audited::ReleaseWorker`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseWorker {
+    pub worker: String,
+}
+
+/// The payload of [`Command::OverrideRun`], and of [`Audited::OverrideRun`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverrideRun {
+    pub tenant: String,
+    pub run: String,
+    pub limits: Box<crate::policies::Budgets>,
+}
+
+/// The payload of [`Command::SetTenantBudgets`], and of [`Audited::SetTenantBudgets`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetTenantBudgets {
+    pub tenant: String,
+    pub budgets: Box<crate::policies::Budgets>,
+}
+
+/// The payload of [`Command::CancelRun`], and of [`Audited::CancelRun`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelRun {
+    pub tenant: String,
+    pub run: String,
+    pub after: JobId,
+    pub limit: u32,
+}
+
+/// The payload of [`Command::SwitchVersion`], and of [`Audited::SwitchVersion`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchVersion {
+    pub switch: VersionSwitch,
+    pub enabled: bool,
+}
+
+/// The payload of [`Command::SetCanary`], and of [`Audited::SetCanary`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetCanary {
+    pub queue: String,
+    pub rule: Option<CanaryRule>,
+}
+
+/// The payload of [`Command::SetChaos`], and of [`Audited::SetChaos`] when an
+/// admin sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetChaos {
+    pub queue: Option<String>,
+    pub rule: Option<ChaosRule>,
 }
 
 /// What a control applies to.
@@ -429,63 +459,20 @@ impl Audited {
     /// The command it stands for.
     pub fn command(&self) -> Command {
         match self {
-            Audited::Cancel { id } => Command::Cancel { id: *id },
-            Audited::Control { scope, action } => Command::Control {
-                scope: scope.clone(),
-                action: *action,
-            },
-            Audited::Schedule { schedule, action } => Command::Schedule {
-                schedule: schedule.clone(),
-                action: *action,
-            },
-            Audited::Replay { ids } => Command::Replay { ids: ids.clone() },
-            Audited::PurgeDead { ids } => Command::PurgeDead { ids: ids.clone() },
-            Audited::Requeue { leases, reason } => Command::Requeue {
-                leases: leases.clone(),
-                reason: reason.clone(),
-            },
-            Audited::ResetBreakers { scope } => Command::ResetBreakers {
-                scope: scope.clone(),
-            },
-            Audited::ReleaseWorker { worker } => Command::ReleaseWorker {
-                worker: worker.clone(),
-            },
-            Audited::OverrideRun {
-                tenant,
-                run,
-                limits,
-            } => Command::OverrideRun {
-                tenant: tenant.clone(),
-                run: run.clone(),
-                limits: limits.clone(),
-            },
-            Audited::SetTenantBudgets { tenant, budgets } => Command::SetTenantBudgets {
-                tenant: tenant.clone(),
-                budgets: budgets.clone(),
-            },
-            Audited::CancelRun {
-                tenant,
-                run,
-                after,
-                limit,
-            } => Command::CancelRun {
-                tenant: tenant.clone(),
-                run: run.clone(),
-                after: *after,
-                limit: *limit,
-            },
-            Audited::SwitchVersion { switch, enabled } => Command::SwitchVersion {
-                switch: switch.clone(),
-                enabled: *enabled,
-            },
-            Audited::SetCanary { queue, rule } => Command::SetCanary {
-                queue: queue.clone(),
-                rule: rule.clone(),
-            },
-            Audited::SetChaos { queue, rule } => Command::SetChaos {
-                queue: queue.clone(),
-                rule: rule.clone(),
-            },
+            Audited::Cancel(p) => Command::Cancel(p.clone()),
+            Audited::Control(p) => Command::Control(p.clone()),
+            Audited::Schedule(p) => Command::Schedule(p.clone()),
+            Audited::Replay(p) => Command::Replay(p.clone()),
+            Audited::PurgeDead(p) => Command::PurgeDead(p.clone()),
+            Audited::Requeue(p) => Command::Requeue(p.clone()),
+            Audited::ResetBreakers(p) => Command::ResetBreakers(p.clone()),
+            Audited::ReleaseWorker(p) => Command::ReleaseWorker(p.clone()),
+            Audited::OverrideRun(p) => Command::OverrideRun(p.clone()),
+            Audited::SetTenantBudgets(p) => Command::SetTenantBudgets(p.clone()),
+            Audited::CancelRun(p) => Command::CancelRun(p.clone()),
+            Audited::SwitchVersion(p) => Command::SwitchVersion(p.clone()),
+            Audited::SetCanary(p) => Command::SetCanary(p.clone()),
+            Audited::SetChaos(p) => Command::SetChaos(p.clone()),
         }
     }
 }
@@ -532,32 +519,32 @@ impl Command {
             Command::Heartbeat { .. } => "heartbeat",
             Command::Complete { .. } => "complete",
             Command::Fail { .. } => "fail",
-            Command::Cancel { .. } => "cancel",
+            Command::Cancel(..) => "cancel",
             Command::Tick => "tick",
             Command::Held { .. } => "held",
             Command::Purge { .. } => "purge",
             Command::Audit { .. } => "audit",
             Command::PurgeAudit { .. } => "purge_audit",
             Command::SetPolicies { .. } => "set_policies",
-            Command::Control { .. } => "control",
+            Command::Control(..) => "control",
             Command::Fire { .. } => "fire",
-            Command::Schedule { .. } => "schedule",
+            Command::Schedule(..) => "schedule",
             Command::PurgeQueue { .. } => "purge_queue",
-            Command::Replay { .. } => "replay",
-            Command::PurgeDead { .. } => "purge_dead",
-            Command::Requeue { .. } => "requeue",
-            Command::ResetBreakers { .. } => "reset_breakers",
+            Command::Replay(..) => "replay",
+            Command::PurgeDead(..) => "purge_dead",
+            Command::Requeue(..) => "requeue",
+            Command::ResetBreakers(..) => "reset_breakers",
             Command::Quarantine { .. } => "quarantine",
-            Command::ReleaseWorker { .. } => "release_worker",
+            Command::ReleaseWorker(..) => "release_worker",
             Command::CompleteWithUsage { .. } => "complete",
             Command::FailWithUsage { .. } => "fail",
-            Command::OverrideRun { .. } => "override_run",
-            Command::SetTenantBudgets { .. } => "set_tenant_budgets",
-            Command::CancelRun { .. } => "cancel_run",
+            Command::OverrideRun(..) => "override_run",
+            Command::SetTenantBudgets(..) => "set_tenant_budgets",
+            Command::CancelRun(..) => "cancel_run",
             Command::LeaseAs { .. } => "lease",
-            Command::SwitchVersion { .. } => "switch_version",
-            Command::SetCanary { .. } => "set_canary",
-            Command::SetChaos { .. } => "set_chaos",
+            Command::SwitchVersion(..) => "switch_version",
+            Command::SetCanary(..) => "set_canary",
+            Command::SetChaos(..) => "set_chaos",
             Command::RenewLeases => "renew_leases",
         }
     }
@@ -566,17 +553,13 @@ impl Command {
     pub fn min_format(&self) -> u8 {
         match self {
             Command::LeaseAs { .. }
-            | Command::SwitchVersion { .. }
-            | Command::SetCanary { .. }
-            | Command::SetChaos { .. } => 2,
+            | Command::SwitchVersion(..)
+            | Command::SetCanary(..)
+            | Command::SetChaos(..) => 2,
             Command::RenewLeases => 3,
             Command::Audit {
                 command:
-                    Some(
-                        Audited::SwitchVersion { .. }
-                        | Audited::SetCanary { .. }
-                        | Audited::SetChaos { .. },
-                    ),
+                    Some(Audited::SwitchVersion(..) | Audited::SetCanary(..) | Audited::SetChaos(..)),
                 ..
             } => 2,
             _ => 1,
@@ -631,29 +614,33 @@ impl Command {
                     + record.target.len()
                     + command.as_ref().map_or(0, |c| c.command().approx_bytes())
             }
-            Command::Replay { ids } | Command::PurgeDead { ids } => RECORD + 8 * ids.len(),
-            Command::Requeue { leases, reason } => RECORD + reason.len() + 12 * leases.len(),
-            Command::ResetBreakers { .. }
+            Command::Replay(Replay { ids }) | Command::PurgeDead(PurgeDead { ids }) => {
+                RECORD + 8 * ids.len()
+            }
+            Command::Requeue(Requeue { leases, reason }) => {
+                RECORD + reason.len() + 12 * leases.len()
+            }
+            Command::ResetBreakers(..)
             | Command::Quarantine { .. }
-            | Command::ReleaseWorker { .. }
-            | Command::OverrideRun { .. }
-            | Command::SetTenantBudgets { .. }
-            | Command::CancelRun { .. }
-            | Command::SwitchVersion { .. }
-            | Command::SetCanary { .. }
-            | Command::SetChaos { .. } => RECORD,
+            | Command::ReleaseWorker(..)
+            | Command::OverrideRun(..)
+            | Command::SetTenantBudgets(..)
+            | Command::CancelRun(..)
+            | Command::SwitchVersion(..)
+            | Command::SetCanary(..)
+            | Command::SetChaos(..) => RECORD,
             Command::Lease { .. }
             | Command::LeaseAs { .. }
-            | Command::Cancel { .. }
+            | Command::Cancel(..)
             | Command::Tick
             | Command::RenewLeases
             | Command::Held { .. }
             | Command::Purge { .. }
             | Command::PurgeAudit { .. }
             | Command::SetPolicies { .. }
-            | Command::Control { .. }
+            | Command::Control(..)
             | Command::Fire { .. }
-            | Command::Schedule { .. }
+            | Command::Schedule(..)
             | Command::PurgeQueue { .. } => RECORD,
         }
     }
@@ -835,4 +822,222 @@ pub enum Outcome {
         cancelled: u32,
         next: Option<JobId>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Audited` as it was written before its variants shared payload
+    /// types with `Command` (fields inline): the log holds entries of it.
+    #[derive(Serialize)]
+    enum Before {
+        Cancel {
+            id: JobId,
+        },
+        Control {
+            scope: QueueScope,
+            action: QueueAction,
+        },
+        Schedule {
+            schedule: String,
+            action: ScheduleAction,
+        },
+        Replay {
+            ids: Vec<JobId>,
+        },
+        PurgeDead {
+            ids: Vec<JobId>,
+        },
+        Requeue {
+            leases: Vec<(JobId, u32)>,
+            reason: String,
+        },
+        ResetBreakers {
+            scope: Option<(String, String, String)>,
+        },
+        ReleaseWorker {
+            worker: String,
+        },
+        OverrideRun {
+            tenant: String,
+            run: String,
+            limits: Box<crate::policies::Budgets>,
+        },
+        SetTenantBudgets {
+            tenant: String,
+            budgets: Box<crate::policies::Budgets>,
+        },
+        CancelRun {
+            tenant: String,
+            run: String,
+            after: JobId,
+            limit: u32,
+        },
+        SwitchVersion {
+            switch: VersionSwitch,
+            enabled: bool,
+        },
+        SetCanary {
+            queue: String,
+            rule: Option<CanaryRule>,
+        },
+        SetChaos {
+            queue: Option<String>,
+            rule: Option<ChaosRule>,
+        },
+    }
+
+    fn bytes<T: Serialize>(v: &T) -> Vec<u8> {
+        bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap()
+    }
+
+    #[test]
+    fn shared_payloads_encode_as_the_inline_fields_did() {
+        let budgets = Box::new(crate::policies::Budgets {
+            cost_micros: Some(5),
+            ..Default::default()
+        });
+        let switch = VersionSwitch {
+            version: "v2".into(),
+            queue: Some("q".into()),
+            tenant: None,
+        };
+        let canary = CanaryRule {
+            version: "v3".into(),
+            percent: 10,
+            max_wait_ms: 9,
+        };
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (
+                bytes(&Before::Cancel { id: 7 }),
+                bytes(&Audited::Cancel(Cancel { id: 7 })),
+            ),
+            (
+                bytes(&Before::Control {
+                    scope: QueueScope::Tenant("t".into()),
+                    action: QueueAction::Drain,
+                }),
+                bytes(&Audited::Control(Control {
+                    scope: QueueScope::Tenant("t".into()),
+                    action: QueueAction::Drain,
+                })),
+            ),
+            (
+                bytes(&Before::Schedule {
+                    schedule: "s".into(),
+                    action: ScheduleAction::Trigger,
+                }),
+                bytes(&Audited::Schedule(Schedule {
+                    schedule: "s".into(),
+                    action: ScheduleAction::Trigger,
+                })),
+            ),
+            (
+                bytes(&Before::Replay { ids: vec![1, 2] }),
+                bytes(&Audited::Replay(Replay { ids: vec![1, 2] })),
+            ),
+            (
+                bytes(&Before::PurgeDead { ids: vec![3] }),
+                bytes(&Audited::PurgeDead(PurgeDead { ids: vec![3] })),
+            ),
+            (
+                bytes(&Before::Requeue {
+                    leases: vec![(4, 2)],
+                    reason: "r".into(),
+                }),
+                bytes(&Audited::Requeue(Requeue {
+                    leases: vec![(4, 2)],
+                    reason: "r".into(),
+                })),
+            ),
+            (
+                bytes(&Before::ResetBreakers {
+                    scope: Some(("q".into(), "t".into(), "c".into())),
+                }),
+                bytes(&Audited::ResetBreakers(ResetBreakers {
+                    scope: Some(("q".into(), "t".into(), "c".into())),
+                })),
+            ),
+            (
+                bytes(&Before::ReleaseWorker { worker: "w".into() }),
+                bytes(&Audited::ReleaseWorker(ReleaseWorker {
+                    worker: "w".into(),
+                })),
+            ),
+            (
+                bytes(&Before::OverrideRun {
+                    tenant: "t".into(),
+                    run: "r".into(),
+                    limits: budgets.clone(),
+                }),
+                bytes(&Audited::OverrideRun(OverrideRun {
+                    tenant: "t".into(),
+                    run: "r".into(),
+                    limits: budgets.clone(),
+                })),
+            ),
+            (
+                bytes(&Before::SetTenantBudgets {
+                    tenant: "t".into(),
+                    budgets: budgets.clone(),
+                }),
+                bytes(&Audited::SetTenantBudgets(SetTenantBudgets {
+                    tenant: "t".into(),
+                    budgets,
+                })),
+            ),
+            (
+                bytes(&Before::CancelRun {
+                    tenant: "t".into(),
+                    run: "r".into(),
+                    after: 8,
+                    limit: 100,
+                }),
+                bytes(&Audited::CancelRun(CancelRun {
+                    tenant: "t".into(),
+                    run: "r".into(),
+                    after: 8,
+                    limit: 100,
+                })),
+            ),
+            (
+                bytes(&Before::SwitchVersion {
+                    switch: switch.clone(),
+                    enabled: true,
+                }),
+                bytes(&Audited::SwitchVersion(SwitchVersion {
+                    switch,
+                    enabled: true,
+                })),
+            ),
+            (
+                bytes(&Before::SetCanary {
+                    queue: "q".into(),
+                    rule: Some(canary.clone()),
+                }),
+                bytes(&Audited::SetCanary(SetCanary {
+                    queue: "q".into(),
+                    rule: Some(canary),
+                })),
+            ),
+            (
+                bytes(&Before::SetChaos {
+                    queue: None,
+                    rule: None,
+                }),
+                bytes(&Audited::SetChaos(SetChaos {
+                    queue: None,
+                    rule: None,
+                })),
+            ),
+        ];
+        for (i, (before, now)) in pairs.iter().enumerate() {
+            assert_eq!(before, now, "variant {i}");
+        }
+        // And in a command: its variant number, then the same fields.
+        let mut cancel = bytes(&Command::Cancel(Cancel { id: 7 }));
+        assert_eq!(cancel.remove(0), 5, "Cancel is Command's sixth variant");
+        assert_eq!(cancel, bytes(&7u64));
+    }
 }

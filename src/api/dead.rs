@@ -66,7 +66,12 @@ impl App {
             return Ok(Vec::new());
         }
         match self
-            .audited(caller, "replay", target, Audited::Replay { ids })
+            .audited(
+                caller,
+                "replay",
+                target,
+                Audited::Replay(crate::command::Replay { ids }),
+            )
             .await?
         {
             Outcome::Replayed(ids) => Ok(ids),
@@ -85,7 +90,12 @@ impl App {
             return Ok(0);
         }
         match self
-            .audited(caller, "purge_dead", target, Audited::PurgeDead { ids })
+            .audited(
+                caller,
+                "purge_dead",
+                target,
+                Audited::PurgeDead(crate::command::PurgeDead { ids }),
+            )
             .await?
         {
             Outcome::Removed(n) => Ok(n),
@@ -113,7 +123,7 @@ impl App {
                 caller,
                 "clear_stuck",
                 target,
-                Audited::Requeue { leases, reason },
+                Audited::Requeue(crate::command::Requeue { leases, reason }),
             )
             .await?
         {

@@ -257,7 +257,7 @@ impl App {
                 .ok_or(Error::JobNotFound(id))?;
             check_owner(caller, &job)?;
         }
-        let change = crate::command::Audited::Cancel { id };
+        let change = crate::command::Audited::Cancel(crate::command::Cancel { id });
         match self
             .audited(caller, "job.cancel", format!("job {id}"), change)
             .await?

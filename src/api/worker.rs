@@ -463,9 +463,9 @@ impl Session {
         tracing::info!(event = "worker_quarantine_lifted", worker_id = %worker, "a quarantined worker reconnected after its quarantine_for: it leases again");
         self.propose_quarantine(
             proposals,
-            Command::ReleaseWorker {
+            Command::ReleaseWorker(crate::command::ReleaseWorker {
                 worker: worker.clone(),
-            },
+            }),
         );
     }
 

@@ -613,9 +613,15 @@ impl Machine {
                 queues,
                 max,
             } => Outcome::Leased(self.lease(now, worker, Some(version), queues, *max)?),
-            Command::SwitchVersion { switch, enabled } => self.switch_version(switch, *enabled),
-            Command::SetCanary { queue, rule } => self.set_canary(queue, rule.as_ref()),
-            Command::SetChaos { queue, rule } => self.set_chaos(queue.as_deref(), rule.as_ref()),
+            Command::SwitchVersion(crate::command::SwitchVersion { switch, enabled }) => {
+                self.switch_version(switch, *enabled)
+            }
+            Command::SetCanary(crate::command::SetCanary { queue, rule }) => {
+                self.set_canary(queue, rule.as_ref())
+            }
+            Command::SetChaos(crate::command::SetChaos { queue, rule }) => {
+                self.set_chaos(queue.as_deref(), rule.as_ref())
+            }
             Command::Heartbeat { leases, .. } => Outcome::Acks(
                 leases
                     .iter()
@@ -646,7 +652,9 @@ impl Machine {
                     .map(|(f, u)| self.fail(now, f, Some(u)))
                     .collect::<Result<_, _>>()?,
             ),
-            Command::Cancel { id } => Outcome::Cancelled(self.cancel(now, *id)?),
+            Command::Cancel(crate::command::Cancel { id }) => {
+                Outcome::Cancelled(self.cancel(now, *id)?)
+            }
             Command::Tick => self.tick(now)?,
             Command::RenewLeases => self.renew_leases(now)?,
             Command::Held { worker } => Outcome::Leased(self.held(worker)?),
@@ -663,13 +671,15 @@ impl Machine {
                 self.rejudge_budgets(now)?;
                 Outcome::Noop
             }
-            Command::Control { scope, action } => self.control(scope, *action),
+            Command::Control(crate::command::Control { scope, action }) => {
+                self.control(scope, *action)
+            }
             Command::Fire {
                 schedule,
                 slot_ms,
                 enqueue,
             } => self.fire(now, schedule, *slot_ms, *enqueue)?,
-            Command::Schedule { schedule, action } => {
+            Command::Schedule(crate::command::Schedule { schedule, action }) => {
                 self.schedule_action(now, schedule, *action)?
             }
             Command::PurgeQueue {
@@ -677,31 +687,37 @@ impl Machine {
                 filter,
                 limit,
             } => self.purge_queue(now, queue, filter, *limit)?,
-            Command::Replay { ids } => self.replay(now, ids)?,
-            Command::PurgeDead { ids } => self.purge_dead(ids)?,
-            Command::Requeue { leases, reason } => self.requeue(now, leases, reason)?,
-            Command::ResetBreakers { scope } => self.reset_breakers(scope.as_ref()),
+            Command::Replay(crate::command::Replay { ids }) => self.replay(now, ids)?,
+            Command::PurgeDead(crate::command::PurgeDead { ids }) => self.purge_dead(ids)?,
+            Command::Requeue(crate::command::Requeue { leases, reason }) => {
+                self.requeue(now, leases, reason)?
+            }
+            Command::ResetBreakers(crate::command::ResetBreakers { scope }) => {
+                self.reset_breakers(scope.as_ref())
+            }
             Command::Quarantine {
                 worker,
                 for_ms,
                 completed,
                 failed,
             } => self.quarantine(now, worker, *for_ms, *completed, *failed),
-            Command::ReleaseWorker { worker } => self.release_worker(worker),
-            Command::OverrideRun {
+            Command::ReleaseWorker(crate::command::ReleaseWorker { worker }) => {
+                self.release_worker(worker)
+            }
+            Command::OverrideRun(crate::command::OverrideRun {
                 tenant,
                 run,
                 limits,
-            } => self.override_run(now, tenant, run, **limits)?,
-            Command::SetTenantBudgets { tenant, budgets } => {
+            }) => self.override_run(now, tenant, run, **limits)?,
+            Command::SetTenantBudgets(crate::command::SetTenantBudgets { tenant, budgets }) => {
                 self.set_tenant_budgets(now, tenant, **budgets)?
             }
-            Command::CancelRun {
+            Command::CancelRun(crate::command::CancelRun {
                 tenant,
                 run,
                 after,
                 limit,
-            } => self.cancel_run(now, tenant, run, *after, *limit)?,
+            }) => self.cancel_run(now, tenant, run, *after, *limit)?,
         })
     }
 

@@ -429,16 +429,16 @@ fn cancel_removes_from_dispatch() {
     let mut h = Harness::new();
     let id = h.enqueue(0, "q", 3);
     assert_eq!(
-        h.run(1, Command::Cancel { id }),
+        h.run(1, Command::Cancel(crate::command::Cancel { id })),
         Outcome::Cancelled(Ok(JobState::Ready))
     );
     assert!(h.lease(2, "w", &["q"], 1).is_empty());
     assert!(matches!(
-        h.run(3, Command::Cancel { id }),
+        h.run(3, Command::Cancel(crate::command::Cancel { id })),
         Outcome::Cancelled(Err(Refusal::Finished { .. }))
     ));
     assert!(matches!(
-        h.run(3, Command::Cancel { id: 999 }),
+        h.run(3, Command::Cancel(crate::command::Cancel { id: 999 })),
         Outcome::Cancelled(Err(Refusal::UnknownJob(999)))
     ));
 }
@@ -685,9 +685,9 @@ fn a_quarantined_worker_leases_nothing_on_any_node_until_released() {
     assert_eq!(
         h.run(
             70,
-            Command::ReleaseWorker {
+            Command::ReleaseWorker(crate::command::ReleaseWorker {
                 worker: "nobody".into()
-            }
+            })
         ),
         Outcome::Rejected(Refusal::NotQuarantined {
             worker: "nobody".into()
@@ -696,9 +696,9 @@ fn a_quarantined_worker_leases_nothing_on_any_node_until_released() {
     assert_eq!(
         h.run(
             80,
-            Command::ReleaseWorker {
+            Command::ReleaseWorker(crate::command::ReleaseWorker {
                 worker: "bad".into()
-            }
+            })
         ),
         Outcome::Removed(1)
     );
@@ -875,7 +875,7 @@ mod props {
                             2 => x_paused = true,
                             _ => x_paused = false,
                         }
-                        h.run(now, Command::Control { scope, action });
+                        h.run(now, Command::Control(crate::command::Control { scope, action }));
                     }
                     Op::Enqueue(p, d, k, x, c) => {
                         let mut j = new_job("q", p);
@@ -1162,7 +1162,9 @@ fn an_audited_command_applies_and_its_record_says_how_it_ended() {
     let id = h.enqueue(10, "q", 3);
     let cancel = |id| Command::Audit {
         record: record("job.cancel"),
-        command: Some(crate::command::Audited::Cancel { id }),
+        command: Some(crate::command::Audited::Cancel(crate::command::Cancel {
+            id,
+        })),
     };
     assert_eq!(
         h.run(20, cancel(id)),
@@ -1296,9 +1298,11 @@ fn paused_queues_lease_nothing_draining_ones_take_nothing_and_limits_hold() {
     for t in 0..4 {
         h.enqueue(2 + t, "q", 3);
     }
-    let control = |action| Command::Control {
-        scope: QueueScope::Queue("q".into()),
-        action,
+    let control = |action| {
+        Command::Control(crate::command::Control {
+            scope: QueueScope::Queue("q".into()),
+            action,
+        })
     };
     assert_eq!(
         h.run(10, control(QueueAction::Pause)),
@@ -1332,10 +1336,10 @@ fn paused_queues_lease_nothing_draining_ones_take_nothing_and_limits_hold() {
     assert!(reopened.stats().draining.contains("q"));
     h.run(
         19,
-        Command::Control {
+        Command::Control(crate::command::Control {
             scope: QueueScope::All,
             action: QueueAction::Resume,
-        },
+        }),
     );
     assert!(h.m.stats().draining.is_empty());
 }
@@ -1556,7 +1560,7 @@ fn a_cancelled_parked_job_leaves_no_hold() {
     let ids = enqueue_all(&mut h, 2, vec![keyed("q", 3, CK, "k1"); 3]);
     assert_eq!(h.lease(3, "w", &["q"], 5).len(), 1);
     assert!(matches!(
-        h.run(4, Command::Cancel { id: ids[1] }),
+        h.run(4, Command::Cancel(crate::command::Cancel { id: ids[1] })),
         Outcome::Cancelled(_)
     ));
     assert!(h.m.tree().get(key(PARKED, ids[1])).unwrap().is_none());
@@ -1714,9 +1718,9 @@ fn dead_jobs_replay_with_fresh_retries_purge_and_stuck_leases_requeue() {
     let before = h.m.digest().unwrap();
     match h.run(
         5,
-        Command::Replay {
+        Command::Replay(crate::command::Replay {
             ids: vec![live, 999],
-        },
+        }),
     ) {
         Outcome::Replayed(ids) => assert!(ids.is_empty()),
         o => panic!("{o:?}"),
@@ -1726,7 +1730,7 @@ fn dead_jobs_replay_with_fresh_retries_purge_and_stuck_leases_requeue() {
         before,
         "nothing dead named: nothing changed"
     );
-    match h.run(6, Command::Replay { ids: vec![a] }) {
+    match h.run(6, Command::Replay(crate::command::Replay { ids: vec![a] })) {
         Outcome::Replayed(ids) => assert_eq!(ids, vec![a]),
         o => panic!("{o:?}"),
     }
@@ -1744,7 +1748,10 @@ fn dead_jobs_replay_with_fresh_retries_purge_and_stuck_leases_requeue() {
     fail_as(&mut h, 8, a, 2, "boom");
     assert_eq!(h.job(a).state, JobState::Dead);
 
-    match h.run(9, Command::PurgeDead { ids: vec![b, live] }) {
+    match h.run(
+        9,
+        Command::PurgeDead(crate::command::PurgeDead { ids: vec![b, live] }),
+    ) {
         Outcome::Removed(n) => assert_eq!(n, 1),
         o => panic!("{o:?}"),
     }
@@ -1758,10 +1765,10 @@ fn dead_jobs_replay_with_fresh_retries_purge_and_stuck_leases_requeue() {
     h.lease(21, "w", &["q"], 1);
     let requeue = |h: &mut Harness, attempt| match h.run(
         22,
-        Command::Requeue {
+        Command::Requeue(crate::command::Requeue {
             leases: vec![(c, attempt)],
             reason: "stuck".into(),
-        },
+        }),
     ) {
         Outcome::Requeued(ids) => ids,
         o => panic!("{o:?}"),
@@ -1869,15 +1876,18 @@ fn a_breaker_opens_holds_its_scope_lets_one_probe_through_and_closes_or_reopens(
     assert!(matches!(
         h.run(
             1_090,
-            Command::ResetBreakers {
+            Command::ResetBreakers(crate::command::ResetBreakers {
                 scope: Some(scope.clone())
-            }
+            })
         ),
         Outcome::Removed(1)
     ));
     let before = h.m.digest().unwrap();
     assert!(matches!(
-        h.run(1_100, Command::ResetBreakers { scope: None }),
+        h.run(
+            1_100,
+            Command::ResetBreakers(crate::command::ResetBreakers { scope: None })
+        ),
         Outcome::Removed(0)
     ));
     assert_eq!(h.m.digest().unwrap(), before);
@@ -2057,23 +2067,23 @@ fn a_run_is_held_exactly_at_its_cost_budget_and_an_override_releases_it() {
         Some(runs::RunEvent::BudgetExceeded { .. })
     ));
 
-    let unknown = Command::OverrideRun {
+    let unknown = Command::OverrideRun(crate::command::OverrideRun {
         tenant: "acme".into(),
         run: "nope".into(),
         limits: Box::default(),
-    };
+    });
     assert!(matches!(
         h.run(60, unknown),
         Outcome::Rejected(Refusal::UnknownRun { .. })
     ));
-    let raise = Command::OverrideRun {
+    let raise = Command::OverrideRun(crate::command::OverrideRun {
         tenant: "acme".into(),
         run: "r1".into(),
         limits: Box::new(crate::policies::Budgets {
             cost_micros: Some(100_000),
             ..Default::default()
         }),
-    };
+    });
     assert_eq!(h.run(61, raise), Outcome::RunBudget { over: None });
     let leased = h.lease(62, "w", &["q"], 5);
     assert_eq!(leased.len(), 3, "the run's two and r2's: {leased:?}");
@@ -2335,7 +2345,7 @@ fn a_cancelled_lease_counts_its_time_against_the_run() {
     enqueue_run(&mut h, 1, "r");
     let id = h.lease(10, "w", &["q"], 1)[0].id;
     assert!(matches!(
-        h.run(510, Command::Cancel { id }),
+        h.run(510, Command::Cancel(crate::command::Cancel { id })),
         Outcome::Cancelled(Ok(JobState::Leased))
     ));
     let run = h.m.reader().run("acme", "r").unwrap().unwrap();
@@ -2450,10 +2460,10 @@ fn a_switched_off_version_leases_none_of_the_jobs_its_switch_covers() {
         queue: Some("q".into()),
         tenant: Some("acme".into()),
     };
-    let off = Command::SwitchVersion {
+    let off = Command::SwitchVersion(crate::command::SwitchVersion {
         switch: v4_for_acme.clone(),
         enabled: false,
-    };
+    });
     assert_eq!(h.run(2, off.clone()), Outcome::Noop);
     assert_eq!(
         h.run(3, off),
@@ -2477,9 +2487,11 @@ fn a_switched_off_version_leases_none_of_the_jobs_its_switch_covers() {
     assert_eq!(lease_as(&mut h, 6, "v3"), vec![a], "other versions take it");
 
     let c = enqueue_for(&mut h, "q", "acme");
-    let on = |switch: VersionSwitch| Command::SwitchVersion {
-        switch,
-        enabled: true,
+    let on = |switch: VersionSwitch| {
+        Command::SwitchVersion(crate::command::SwitchVersion {
+            switch,
+            enabled: true,
+        })
     };
     let unknown = VersionSwitch {
         version: "v9".into(),
@@ -2502,10 +2514,10 @@ fn a_switched_off_version_leases_none_of_the_jobs_its_switch_covers() {
     };
     h.run(
         10,
-        Command::SwitchVersion {
+        Command::SwitchVersion(crate::command::SwitchVersion {
             switch: all,
             enabled: false,
-        },
+        }),
     );
     let d = enqueue_for(&mut h, "q", "acme");
     assert!(lease_as(&mut h, 11, "v4").is_empty());
@@ -2538,14 +2550,14 @@ fn a_command_of_a_newer_format_is_downgraded_or_refused() {
         }),
         "a lease loses its version while the cluster is upgrading"
     );
-    let switch = Command::SwitchVersion {
+    let switch = Command::SwitchVersion(crate::command::SwitchVersion {
         switch: VersionSwitch {
             version: "v4".into(),
             queue: None,
             tenant: None,
         },
         enabled: false,
-    };
+    });
     assert!(
         switch.clone().for_format(1).is_none(),
         "a switch waits for format 2"
@@ -2562,10 +2574,10 @@ fn a_canary_gets_its_share_and_only_its_share_of_the_queue() {
         percent: 10,
         max_wait_ms: 60_000,
     };
-    let set = Command::SetCanary {
+    let set = Command::SetCanary(crate::command::SetCanary {
         queue: "q".into(),
         rule: Some(rule.clone()),
-    };
+    });
     assert_eq!(h.run(1, set), Outcome::Noop);
     for _ in 0..20 {
         let jobs = (0..500).map(|_| new_job("q", 3)).collect();
@@ -2625,9 +2637,11 @@ fn a_canary_gets_its_share_and_only_its_share_of_the_queue() {
     // A rule survives a reopen; ending one that is gone is refused.
     h.m = Machine::open(h.db.open_tree("machine").unwrap()).unwrap();
     assert_eq!(h.m.stats().canaries["q"], rule);
-    let end = || Command::SetCanary {
-        queue: "q".into(),
-        rule: None,
+    let end = || {
+        Command::SetCanary(crate::command::SetCanary {
+            queue: "q".into(),
+            rule: None,
+        })
     };
     assert_eq!(h.run(200_000, end()), Outcome::Noop);
     assert_eq!(

@@ -63,9 +63,9 @@ pub(super) async fn reset(
             &caller,
             "breakers.reset",
             target.clone(),
-            Audited::ResetBreakers {
+            Audited::ResetBreakers(crate::command::ResetBreakers {
                 scope: scope.clone(),
-            },
+            }),
         )
         .await?
     {

@@ -178,10 +178,10 @@ pub(super) async fn abort(
             &caller,
             "versions.disable",
             switch.describe(),
-            Audited::SwitchVersion {
+            Audited::SwitchVersion(crate::command::SwitchVersion {
                 switch,
                 enabled: false,
-            },
+            }),
         )
         .await?;
     if let Outcome::Rejected(r) = outcome {
@@ -221,10 +221,10 @@ async fn change(
             caller,
             action,
             target,
-            Audited::SetCanary {
+            Audited::SetCanary(crate::command::SetCanary {
                 queue: queue.to_string(),
                 rule,
-            },
+            }),
         )
         .await?;
     match outcome {

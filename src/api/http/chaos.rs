@@ -124,7 +124,12 @@ async fn change(
 ) -> Result<(), Error> {
     let outcome = s
         .app
-        .audited(caller, action, target, Audited::SetChaos { queue, rule })
+        .audited(
+            caller,
+            action,
+            target,
+            Audited::SetChaos(crate::command::SetChaos { queue, rule }),
+        )
         .await?;
     match outcome {
         Outcome::Noop => Ok(()),

@@ -73,7 +73,7 @@ pub(super) async fn control(
             caller,
             &format!("{family}.{}", action.as_str()),
             target,
-            crate::command::Audited::Control { scope, action },
+            crate::command::Audited::Control(crate::command::Control { scope, action }),
         )
         .await?;
     match changed {

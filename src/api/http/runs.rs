@@ -228,11 +228,11 @@ pub(super) async fn override_run(
             &caller,
             "runs.override",
             format!("run {run} of tenant {tenant}"),
-            Audited::OverrideRun {
+            Audited::OverrideRun(crate::command::OverrideRun {
                 tenant: tenant.clone(),
                 run: run.clone(),
                 limits: Box::new(limits),
-            },
+            }),
         )
         .await?;
     match outcome {
@@ -271,10 +271,10 @@ pub(super) async fn set_tenant_budgets(
             &caller,
             "budgets.set",
             format!("tenant {tenant}"),
-            Audited::SetTenantBudgets {
+            Audited::SetTenantBudgets(crate::command::SetTenantBudgets {
                 tenant: tenant.clone(),
                 budgets: Box::new(budgets),
-            },
+            }),
         )
         .await?;
     if let Outcome::Rejected(refusal) = outcome {
@@ -472,12 +472,12 @@ pub(super) async fn cancel(
                 &caller,
                 "runs.cancel",
                 format!("run {run} of tenant {tenant}"),
-                Audited::CancelRun {
+                Audited::CancelRun(crate::command::CancelRun {
                     tenant: tenant.clone(),
                     run: run.clone(),
                     after,
                     limit: 500,
-                },
+                }),
             )
             .await?;
         match outcome {

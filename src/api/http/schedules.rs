@@ -52,10 +52,10 @@ async fn act(
     action: ScheduleAction,
 ) -> Result<Json<ScheduleActionBody>, Error> {
     crate::job::validate_name("schedule", &name)?;
-    let change = Audited::Schedule {
+    let change = Audited::Schedule(crate::command::Schedule {
         schedule: name.clone(),
         action,
-    };
+    });
     let target = format!("schedule {name}");
     let verb = format!("schedules.{}", action.as_str());
     let (job_id, changed) = match s.app.audited(caller, &verb, target, change).await? {

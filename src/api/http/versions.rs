@@ -121,10 +121,10 @@ async fn switch_version(
             caller,
             action,
             switch.describe(),
-            Audited::SwitchVersion {
+            Audited::SwitchVersion(crate::command::SwitchVersion {
                 switch: switch.clone(),
                 enabled,
-            },
+            }),
         )
         .await?;
     match outcome {

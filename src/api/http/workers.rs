@@ -98,7 +98,7 @@ pub(super) async fn release(
             &caller,
             "workers.release",
             format!("worker {id}"),
-            Audited::ReleaseWorker { worker: id.clone() },
+            Audited::ReleaseWorker(crate::command::ReleaseWorker { worker: id.clone() }),
         )
         .await?;
     match outcome {
