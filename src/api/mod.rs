@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod costs;
 pub mod dead;
 pub mod http;
 pub mod lease_batch;

@@ -10,15 +10,14 @@ use super::dead::parse_since;
 use super::{body, query, HttpState};
 use crate::api::auth::Caller;
 use crate::api::types::{
-    BudgetUseBody, CancelRunBody, CostSumBody, CostsBody, OverrideBody, ReplayRunBody, RunBody,
-    RunBudgetBody, RunCancelledBody, RunEventBody, RunJobsBody, RunReplayedBody, RunTimelineBody,
-    RunsBody, TenantBudgetsBody,
+    BudgetUseBody, CancelRunBody, CostsBody, OverrideBody, ReplayRunBody, RunBody, RunBudgetBody,
+    RunCancelledBody, RunEventBody, RunJobsBody, RunReplayedBody, RunTimelineBody, RunsBody,
+    TenantBudgetsBody,
 };
 use crate::api::ErrorResponses;
 use crate::command::{Audited, Outcome};
 use crate::error::Error;
 use crate::job::{Job, JobKeys, JobRequest, JobState, DEFAULT_NAME};
-use crate::machine::find::JobQuery;
 use crate::machine::runs::RunRecord;
 use crate::policies::{check_usd, usd_to_micros, Budgets};
 
@@ -291,20 +290,6 @@ pub(super) struct CostsQuery {
     since: Option<String>,
 }
 
-/// Most finished jobs one costs request sums.
-const COSTS_MAX_JOBS: usize = 200_000;
-
-fn add(sum: &mut CostSumBody, job: &Job) {
-    sum.jobs += 1;
-    sum.cost_usd += crate::policies::micros_to_usd(job.cost_micros);
-    sum.lease_ms = sum.lease_ms.saturating_add(job.lease_ms);
-    // Workers report what they like: sums saturate rather than wrap.
-    for (name, n) in &job.usage {
-        let total = sum.usage.entry(name.clone()).or_default();
-        *total = total.saturating_add(*n);
-    }
-}
-
 /// What the jobs that finished since a time cost, with their named usage,
 /// by tenant, run, queue and job type.
 #[utoipa::path(get, path = "/api/v1/costs", tag = "runs", params(CostsQuery),
@@ -319,49 +304,7 @@ pub(super) async fn costs(
         crate::job::validate_name("tenant", t)?;
     }
     let since = parse_since("since", q.since.as_deref().unwrap_or("24h"))?;
-    let mut out = CostsBody {
-        since_ms: since,
-        ..CostsBody::default()
-    };
-    let mut seen = 0;
-    for state in [JobState::Succeeded, JobState::Dead, JobState::Cancelled] {
-        let filter = JobQuery {
-            state: Some(state),
-            tenant: q.tenant.clone(),
-            finished_since_ms: Some(since),
-            ..JobQuery::default()
-        };
-        let mut after: Option<String> = None;
-        loop {
-            let page = s
-                .app
-                .list_jobs(&caller, filter.clone(), after.as_deref(), 1000)
-                .await?;
-            for job in &page.jobs {
-                add(&mut out.total, job);
-                add(out.by_tenant.entry(job.tenant.clone()).or_default(), job);
-                if !job.run_id.is_empty() {
-                    let run = format!("{}/{}", job.tenant, job.run_id);
-                    add(out.by_run.entry(run).or_default(), job);
-                }
-                add(out.by_queue.entry(job.queue.clone()).or_default(), job);
-                add(
-                    out.by_job_type.entry(job.job_type.clone()).or_default(),
-                    job,
-                );
-            }
-            seen += page.jobs.len();
-            match page.next {
-                Some(next) if seen < COSTS_MAX_JOBS => after = Some(next),
-                Some(_) => {
-                    out.truncated = true;
-                    break;
-                }
-                None => break,
-            }
-        }
-    }
-    Ok(Json(out))
+    Ok(Json(s.app.costs(&caller, q.tenant, since).await?))
 }
 
 /// Most jobs of a run a timeline merges or a replay copies.
