@@ -195,6 +195,24 @@ pub enum Command {
     /// change, so no healthy worker loses its job to the time the cluster
     /// had no leader to heartbeat to. Format 3.
     RenewLeases,
+    /// Enqueues a run's jobs again as a new run the machine names: `into`
+    /// if no such run exists, else (None) the first free
+    /// `RUN-replay-N`, chosen where the log is applied so two replays at
+    /// once never share a run. Answered as [`Outcome::EnqueuedRun`].
+    /// Format 3.
+    EnqueueReplay(EnqueueReplay),
+}
+
+/// The payload of [`Command::EnqueueReplay`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnqueueReplay {
+    pub tenant: String,
+    /// The run replayed.
+    pub run: String,
+    /// The new run's name, when the caller chose one.
+    pub into: Option<String>,
+    /// The copies, validated; each takes the new run's name.
+    pub jobs: Vec<NewJob>,
 }
 
 /// Faults the nodes that allow chaos inject into a queue's worker streams.
@@ -546,6 +564,7 @@ impl Command {
             Command::SetCanary(..) => "set_canary",
             Command::SetChaos(..) => "set_chaos",
             Command::RenewLeases => "renew_leases",
+            Command::EnqueueReplay(_) => "enqueue_replay",
         }
     }
 
@@ -556,7 +575,7 @@ impl Command {
             | Command::SwitchVersion(..)
             | Command::SetCanary(..)
             | Command::SetChaos(..) => 2,
-            Command::RenewLeases => 3,
+            Command::RenewLeases | Command::EnqueueReplay(_) => 3,
             Command::Audit {
                 command:
                     Some(Audited::SwitchVersion(..) | Audited::SetCanary(..) | Audited::SetChaos(..)),
@@ -594,6 +613,7 @@ impl Command {
         const RECORD: usize = 64;
         match self {
             Command::Enqueue { jobs } => jobs.iter().map(|j| RECORD + j.payload.len()).sum(),
+            Command::EnqueueReplay(r) => r.jobs.iter().map(|j| RECORD + j.payload.len()).sum(),
             Command::Complete { items, .. } => items.iter().map(|c| RECORD + c.result.len()).sum(),
             Command::Fail { items, .. } => items
                 .iter()
@@ -734,6 +754,8 @@ pub enum Refusal {
         "queue {queue:?} has no canary rule (drover canary set QUEUE --version V --percent N)"
     )]
     NoCanary { queue: String },
+    #[error("run {run:?} of tenant {tenant:?} exists already; name a new one")]
+    RunExists { tenant: String, run: String },
 }
 
 fn budget_scope(tenant: &str, run: &str) -> String {
@@ -757,7 +779,7 @@ impl Refusal {
             | Refusal::NotSwitchedOff { .. }
             | Refusal::NoCanary { .. } => "not_found",
             Refusal::BudgetExceeded { .. } => "budget_exceeded",
-            Refusal::BadDependency { .. } => "invalid_argument",
+            Refusal::BadDependency { .. } | Refusal::RunExists { .. } => "invalid_argument",
             Refusal::StaleLease { .. } => "stale_lease",
             Refusal::Finished { .. } => "already_finished",
             Refusal::Shed { .. } => "shed",
@@ -784,6 +806,11 @@ pub struct LeasedJob {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     Enqueued(Vec<Enqueued>),
+    /// The run a replay's copies went into, and the copies.
+    EnqueuedRun {
+        run: String,
+        jobs: Vec<Enqueued>,
+    },
     /// The jobs leased, with their new lease and their payloads (which a
     /// follower that forwarded the lease gets back from the leader).
     Leased(Vec<LeasedJob>),

@@ -120,6 +120,30 @@ impl App {
         requests: Vec<JobRequest>,
         labels: &[(&str, String)],
     ) -> Result<Vec<Enqueued>, Error> {
+        let jobs = self.validate_jobs(caller, requests, labels)?;
+        match self.router.propose(Command::Enqueue { jobs }).await? {
+            Outcome::Enqueued(ids) => Ok(ids),
+            Outcome::Rejected(refusal) => {
+                if let crate::command::Refusal::Shed {
+                    queue, priority, ..
+                } = &refusal
+                {
+                    metrics::counter!("drover_jobs_shed_total", "queue" => queue.clone(), "priority" => priority.to_string())
+                        .increment(1);
+                }
+                Err(Error::Refused(refusal))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Validates requests into jobs, as [`App::enqueue_labelled`] takes them.
+    fn validate_jobs(
+        &self,
+        caller: &Caller,
+        requests: Vec<JobRequest>,
+        labels: &[(&str, String)],
+    ) -> Result<Vec<crate::job::NewJob>, Error> {
         if requests.is_empty() {
             return Err(Error::invalid("jobs", "the request holds no jobs"));
         }
@@ -168,18 +192,35 @@ impl App {
         for tenant in tenants {
             caller.check_tenant(tenant)?;
         }
-        match self.router.propose(Command::Enqueue { jobs }).await? {
-            Outcome::Enqueued(ids) => Ok(ids),
-            Outcome::Rejected(refusal) => {
-                if let crate::command::Refusal::Shed {
-                    queue, priority, ..
-                } = &refusal
-                {
-                    metrics::counter!("drover_jobs_shed_total", "queue" => queue.clone(), "priority" => priority.to_string())
-                        .increment(1);
-                }
-                Err(Error::Refused(refusal))
-            }
+        Ok(jobs)
+    }
+
+    /// Enqueues `requests` (copies of run `run`'s jobs) as a new run: the
+    /// one named `into`, or the first free `RUN-replay-N`, chosen by the
+    /// machine in the same entry. Answers the run and the copies.
+    pub async fn replay_run(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+        run: &str,
+        into: Option<String>,
+        requests: Vec<JobRequest>,
+    ) -> Result<(String, Vec<Enqueued>), Error> {
+        let replay_of = format!("{tenant}/{run}");
+        let jobs = self.validate_jobs(
+            caller,
+            requests,
+            &[(crate::job::REPLAY_OF_LABEL, replay_of)],
+        )?;
+        let command = Command::EnqueueReplay(crate::command::EnqueueReplay {
+            tenant: tenant.to_string(),
+            run: run.to_string(),
+            into,
+            jobs,
+        });
+        match self.router.propose(command).await? {
+            Outcome::EnqueuedRun { run, jobs } => Ok((run, jobs)),
+            Outcome::Rejected(refusal) => Err(Error::Refused(refusal)),
             other => Err(unexpected(other)),
         }
     }

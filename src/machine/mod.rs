@@ -602,6 +602,7 @@ impl Machine {
                 Ok(()) => Outcome::Enqueued(self.enqueue(now, jobs)?),
                 Err(refusal) => Outcome::Rejected(refusal),
             },
+            Command::EnqueueReplay(r) => self.enqueue_replay(now, r)?,
             Command::Lease {
                 worker,
                 queues,

@@ -266,6 +266,60 @@ impl Machine {
         })
     }
 
+    /// Whether `tenant` has a run named `run` (any job was enqueued in it).
+    fn run_exists(&self, tenant: &str, run: &str) -> Result<bool, MachineError> {
+        Ok(self.get(&prefixed(RUN, &run_key(tenant, run)))?.is_some())
+    }
+
+    /// Enqueues a replay's copies into a new run: the one the caller named
+    /// if it does not exist, else the first free `RUN-replay-N`. Chosen
+    /// here, so two replays applied one after the other never share a run.
+    pub(super) fn enqueue_replay(
+        &mut self,
+        now: u64,
+        r: &crate::command::EnqueueReplay,
+    ) -> Result<Outcome, MachineError> {
+        let into = match &r.into {
+            Some(into) if self.run_exists(&r.tenant, into)? => None,
+            Some(into) => Some(into.clone()),
+            None => {
+                let mut free = None;
+                for n in 1..1000 {
+                    let name = format!("{}-replay-{n}", r.run);
+                    if !self.run_exists(&r.tenant, &name)? {
+                        free = Some(name);
+                        break;
+                    }
+                }
+                free
+            }
+        };
+        let Some(into) = into else {
+            return Ok(Outcome::Rejected(Refusal::RunExists {
+                tenant: r.tenant.clone(),
+                run: r
+                    .into
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-replay-999", r.run)),
+            }));
+        };
+        let jobs: Vec<NewJob> = r
+            .jobs
+            .iter()
+            .map(|j| NewJob {
+                run_id: into.clone(),
+                ..j.clone()
+            })
+            .collect();
+        Ok(match self.admit(&jobs) {
+            Ok(()) => Outcome::EnqueuedRun {
+                run: into,
+                jobs: self.enqueue(now, &jobs)?,
+            },
+            Err(refusal) => Outcome::Rejected(refusal),
+        })
+    }
+
     /// The limits a run of `tenant` is under, with the run's own `limits`
     /// first.
     pub(super) fn run_limits(&self, tenant: &str, limits: Budgets) -> Budgets {

@@ -501,22 +501,18 @@ pub(super) async fn replay(
     let tenant = tenant_of(b.tenant)?;
     find_run(&s, &tenant, &run).await?;
     let reader = s.app.driver.reader();
-    let into = match b.into {
-        Some(into) => {
-            crate::job::validate_name("into", &into)?;
-            if reader.run(&tenant, &into)?.is_some() {
-                return Err(Error::invalid(
-                    "into",
-                    format!("run {into:?} exists already; name a new one"),
-                ));
-            }
-            into
+    // Checked here for a clear answer before the work of copying; the
+    // machine checks again as it applies, and picks a free name if none
+    // was given.
+    if let Some(into) = &b.into {
+        crate::job::validate_name("into", into)?;
+        if reader.run(&tenant, into)?.is_some() {
+            return Err(Error::invalid(
+                "into",
+                format!("run {into:?} exists already; name a new one"),
+            ));
         }
-        None => (1..1000)
-            .map(|n| format!("{run}-replay-{n}"))
-            .find(|r| reader.run(&tenant, r).ok().flatten().is_none())
-            .ok_or_else(|| Error::invalid("into", "name the new run"))?,
-    };
+    }
     let (jobs, more) = run_jobs(&s, &tenant, &run)?;
     if more {
         return Err(Error::invalid(
@@ -552,7 +548,8 @@ pub(super) async fn replay(
         let (_, payload) = reader
             .job_and_payload(job.id)?
             .ok_or(Error::JobNotFound(job.id))?;
-        let mut r = request_again(job, payload, &into);
+        // The machine puts the copies in the new run it names.
+        let mut r = request_again(job, payload, &run);
         // Dependencies among the copied jobs point at the copies; one on a
         // job not copied (it succeeded) is met already.
         r.after = job
@@ -565,15 +562,11 @@ pub(super) async fn replay(
         }
         requests.push(r);
     }
-    let replay_of = format!("{tenant}/{run}");
-    let ids = s
+    let (into, ids) = s
         .app
-        .enqueue_labelled(
-            &caller,
-            requests,
-            &[(crate::job::REPLAY_OF_LABEL, replay_of.clone())],
-        )
+        .replay_run(&caller, &tenant, &run, b.into, requests)
         .await?;
+    let replay_of = format!("{tenant}/{run}");
     tracing::info!(event = "run_replayed", %tenant, %run, into = %into, jobs = ids.len(), who = %caller.name, "a run was enqueued again");
     Ok(Json(RunReplayedBody {
         tenant,
