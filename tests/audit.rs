@@ -8,10 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn drover(args: &[&str], token: &str, server: &str) -> std::process::Output {
-    drover_cli(args, server, token)
-}
-
 fn tokens(extra: &str) -> (TestNode, String, String) {
     let (admin, admin_hash) = drover::token::generate().unwrap();
     let (ops, ops_hash) = drover::token::generate().unwrap();
@@ -24,10 +20,10 @@ fn tokens(extra: &str) -> (TestNode, String, String) {
 #[tokio::test]
 async fn changes_are_recorded_with_who_what_why_and_outcome() {
     let (node, admin, ops) = tokens("");
-    let out = drover(
+    let out = drover_cli(
         &["enqueue", "--queue", "q", "--payload", "x"],
-        &admin,
         &node.grpc,
+        &admin,
     );
     assert!(
         out.status.success(),
@@ -36,10 +32,10 @@ async fn changes_are_recorded_with_who_what_why_and_outcome() {
     );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
 
-    let out = drover(
+    let out = drover_cli(
         &["jobs", "cancel", &id, "--reason", "stuck since noon"],
-        &ops,
         &node.grpc,
+        &ops,
     );
     assert!(
         out.status.success(),
@@ -47,14 +43,14 @@ async fn changes_are_recorded_with_who_what_why_and_outcome() {
         String::from_utf8_lossy(&out.stderr)
     );
     // A refused cancel changes nothing, the audit log included.
-    let out = drover(&["jobs", "cancel", &id], &ops, &node.grpc);
+    let out = drover_cli(&["jobs", "cancel", &id], &node.grpc, &ops);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already_finished"));
-    let out = drover(&["cluster", "add", "9", "127.0.0.1:1"], &admin, &node.grpc);
+    let out = drover_cli(&["cluster", "add", "9", "127.0.0.1:1"], &node.grpc, &admin);
     assert!(!out.status.success());
     // A backup is recorded.
     let file = node.dir.path().join("backup.snap");
-    let out = drover(
+    let out = drover_cli(
         &[
             "snapshot",
             "save",
@@ -62,8 +58,8 @@ async fn changes_are_recorded_with_who_what_why_and_outcome() {
             "--reason",
             "nightly",
         ],
-        &admin,
         &node.grpc,
+        &admin,
     );
     assert!(
         out.status.success(),
@@ -71,7 +67,7 @@ async fn changes_are_recorded_with_who_what_why_and_outcome() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let out = drover(&["audit", "--json"], &ops, &node.grpc);
+    let out = drover_cli(&["audit", "--json"], &node.grpc, &ops);
     assert!(
         out.status.success(),
         "{}",

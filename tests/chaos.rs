@@ -108,17 +108,7 @@ async fn dropped_leases_lose_no_job_and_chaos_off_ends_it() {
     assert_eq!(off["rules"], serde_json::json!({}), "{off}");
     let after = enqueue_n(server, "f", 3);
     for id in after {
-        wait_for(
-            &format!("job {id} succeeded"),
-            Duration::from_secs(20),
-            || async {
-                match job_state(&node, id).await.as_str() {
-                    "succeeded" => Ok(()),
-                    s => Err(s.to_string()),
-                }
-            },
-        )
-        .await;
+        wait_state(&node, id, "succeeded").await;
     }
     let audit = get_json(&format!("{}/api/v1/audit", node.http))
         .await

@@ -80,22 +80,6 @@ fn enqueue_delayed(server: &str, queue: &str, delay: &str) -> u64 {
         .unwrap_or_else(|| panic!("no id in {v}"))
 }
 
-async fn job(node: &TestNode, id: u64) -> serde_json::Value {
-    get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await.1
-}
-
-async fn wait_state(node: &TestNode, id: u64, want: &str, limit: Duration) -> serde_json::Value {
-    wait_for(&format!("job {id} {want}"), limit, || async {
-        let j = job(node, id).await;
-        if j["state"] == want {
-            Ok(j)
-        } else {
-            Err(format!("{}", j["state"]))
-        }
-    })
-    .await
-}
-
 /// Log time from the job's enqueue to its first lease.
 fn waited_ms(j: &serde_json::Value) -> u64 {
     let leased = j["events"]
@@ -121,7 +105,7 @@ fn requeues(j: &serde_json::Value) -> usize {
 async fn five_seconds_are_five_seconds(node: &TestNode, queue: &str) {
     let started = Instant::now();
     let id = enqueue_delayed(&node.grpc, queue, "5s");
-    let j = wait_state(node, id, "succeeded", Duration::from_secs(30)).await;
+    let j = wait_state_within(node, id, "succeeded", Duration::from_secs(30)).await;
     let real = started.elapsed();
     // Broken, it ran at once (a clock ahead) or waited out the offset of
     // a clock behind (10 s, an hour); working, it runs at about 5 s.
@@ -145,7 +129,7 @@ async fn a_step_of_the_wall_clock_expires_no_lease_and_fires_no_delay_early() {
     node.spawn();
     let long = enqueue_n(&node.grpc, "long", 1)[0];
     let _holder = exec_worker(&node.grpc, "long", "holder", "sleep 14; cat");
-    wait_state(&node, long, "leased", Duration::from_secs(15)).await;
+    wait_state_within(&node, long, "leased", Duration::from_secs(15)).await;
     let later = enqueue_delayed(&node.grpc, "timed", "30m");
     let _timed = exec_worker(&node.grpc, "timed", "timed", "cat");
 
@@ -153,8 +137,8 @@ async fn a_step_of_the_wall_clock_expires_no_lease_and_fires_no_delay_early() {
     let stepped = Instant::now();
     let soon = enqueue_delayed(&node.grpc, "timed", "5s");
     clock.set("+1h");
-    assert_eq!(job(&node, soon).await["state"], "scheduled");
-    let j = wait_state(&node, soon, "succeeded", Duration::from_secs(30)).await;
+    assert_eq!(job_json(&node, soon).await["state"], "scheduled");
+    let j = wait_state_within(&node, soon, "succeeded", Duration::from_secs(30)).await;
     assert!(
         stepped.elapsed() >= Duration::from_millis(4500),
         "ran early: {j}"
@@ -166,10 +150,10 @@ async fn a_step_of_the_wall_clock_expires_no_lease_and_fires_no_delay_early() {
     clock.set("-1h");
     five_seconds_are_five_seconds(&node, "timed").await;
 
-    let j = wait_state(&node, long, "succeeded", Duration::from_secs(40)).await;
+    let j = wait_state_within(&node, long, "succeeded", Duration::from_secs(40)).await;
     assert_eq!(j["attempts"], 1, "the held job ran once: {j}");
     assert_eq!(requeues(&j), 0, "its lease never expired: {j}");
-    let j = job(&node, later).await;
+    let j = job_json(&node, later).await;
     assert_eq!(j["state"], "scheduled", "the 30 min job waits: {j}");
 }
 
@@ -183,10 +167,6 @@ fn skewed_cluster(extra: &str) -> (TestCluster, FakeClock) {
         n.spawn();
     }
     (c, clock)
-}
-
-fn log_of(node: &TestNode) -> String {
-    std::fs::read_to_string(node.log_file.as_ref().unwrap()).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,19 +207,34 @@ async fn a_node_an_hour_ahead_never_leads_and_members_name_its_skew() {
     assert!(table.contains("+3600."), "{table}");
 
     // Asked to lead, it cannot: the others refuse its vote requests.
+    let refusals =
+        || c.nodes[0].log_count("vote_refused_clock") + c.nodes[1].log_count("vote_refused_clock");
+    let before = refusals();
     let _ = drover_cli(
         &["cluster", "transfer-leader", "3"],
         &c.nodes[leader].grpc,
         "",
     );
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_for(
+        "node 3's vote requests refused",
+        Duration::from_secs(20),
+        || async {
+            let now = refusals();
+            if now > before {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{now} refusals logged, {before} before the transfer"
+                ))
+            }
+        },
+    )
+    .await;
     let now = c.leader().await;
     assert_ne!(now, 2, "the skewed node took leadership");
-    let three = log_of(&c.nodes[2]);
+    let three = c.nodes[2].log_text();
     assert!(three.contains("clock_skewed"), "{three}");
     assert!(!three.contains("log_time_taken"), "node 3 led: {three}");
-    let refused = log_of(&c.nodes[0]) + &log_of(&c.nodes[1]);
-    assert!(refused.contains("vote_refused_clock"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,11 +281,11 @@ async fn with_the_check_off_a_skewed_leader_leaves_durations_at_real_speed() {
     // A dead worker's lease expires after its timeout, not an hour later.
     let held = enqueue_n(&servers, "held", 1)[0];
     let worker = exec_worker(&servers, "held", "doomed", "sleep 60; cat");
-    wait_state(&c.nodes[0], held, "leased", Duration::from_secs(15)).await;
+    wait_state_within(&c.nodes[0], held, "leased", Duration::from_secs(15)).await;
     drop(worker);
     let died = Instant::now();
     let _next = exec_worker(&servers, "held", "next", "cat");
-    let j = wait_state(&c.nodes[0], held, "succeeded", Duration::from_secs(30)).await;
+    let j = wait_state_within(&c.nodes[0], held, "succeeded", Duration::from_secs(30)).await;
     assert!(
         died.elapsed() >= Duration::from_millis(2500),
         "expired before its 3 s timeout: {j}"
@@ -340,7 +335,7 @@ async fn a_failover_from_a_leader_ten_seconds_ahead_expires_no_heartbeated_lease
     wait_for("six jobs leased", Duration::from_secs(15), || async {
         let mut leased = 0;
         for &id in &ids {
-            if job(&c.nodes[1], id).await["state"] == "leased" {
+            if job_json(&c.nodes[1], id).await["state"] == "leased" {
                 leased += 1;
             }
         }
@@ -358,7 +353,7 @@ async fn a_failover_from_a_leader_ten_seconds_ahead_expires_no_heartbeated_lease
     assert_ne!(new, 0);
     five_seconds_are_five_seconds(&c.nodes[new], "timed_after").await;
     for &id in &ids {
-        let j = wait_state(&c.nodes[new], id, "succeeded", Duration::from_secs(60)).await;
+        let j = wait_state_within(&c.nodes[new], id, "succeeded", Duration::from_secs(60)).await;
         assert_eq!(requeues(&j), 0, "a heartbeated lease expired: {j}");
         assert_eq!(j["attempts"], 1, "{j}");
     }

@@ -541,13 +541,7 @@ async fn a_worker_keeps_its_job_across_a_failover_by_heartbeating_it() {
     // The leader dies while the job runs; the lease it granted outlives it.
     c.nodes[leader].kill();
     let new = c.leader().await;
-    wait_for("the job to succeed", Duration::from_secs(30), || async {
-        match job_state(&c.nodes[new], id).await.as_str() {
-            "succeeded" => Ok(()),
-            s => Err(s.to_string()),
-        }
-    })
-    .await;
+    wait_state_within(&c.nodes[new], id, "succeeded", Duration::from_secs(30)).await;
     stop_tx.send_replace(true);
     let report = w.await.unwrap().unwrap();
     assert_eq!(report.refused, 0, "{report:?}");

@@ -9,24 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::JobStateBody;
 
 use common::drover_json as drover;
-
-async fn wait_state(node: &TestNode, id: u64, want: &str) {
-    wait_for(
-        &format!("job {id} {want}"),
-        Duration::from_secs(20),
-        || async {
-            let s = job_state(node, id).await;
-            if s == want {
-                Ok(())
-            } else {
-                Err(s)
-            }
-        },
-    )
-    .await;
-}
 
 fn enqueue(server: &str, queue: &str) -> u64 {
     drover(&["enqueue", "--queue", queue, "--json"], server)[0]["id"]
@@ -263,9 +248,19 @@ async fn five_failures_of_a_class_open_the_breaker_until_reset() {
     let list = drover(&["breakers", "list", "--json"], server);
     assert_eq!(list["breakers"][0]["state"], "open", "{list}");
     assert_eq!(list["breakers"][0]["class"], "smtp");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another tenant's job in the same queue is leased (and fails, counted
+    // on its own breaker): the worker went on asking for mail's jobs, and
+    // the leases passed the held one over.
+    let probe = drover(
+        &["enqueue", "--queue", "mail", "--tenant", "zeta", "--json"],
+        server,
+    )[0]["id"]
+        .as_u64()
+        .unwrap();
+    wait_state(&node, probe, "dead").await;
     let held = drover(&["jobs", "get", &ids[5].to_string(), "--json"], server);
     assert_eq!(held["state"], "ready", "{held}");
+    assert_eq!(held["attempts"], 0, "{held}");
     assert_eq!(held["waiting"], "held: breaker");
     let text = metrics_text(&node).await;
     assert!(
@@ -425,9 +420,12 @@ async fn wait_quarantined(server: &str, worker: &str, want: bool) -> serde_json:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_failing_too_often_is_quarantined_until_released_or_back_after_quarantine_for() {
-    let node = TestNode::start(
+    let mut node = TestNode::prepare(
+        "127.0.0.1:0",
         "[retry.\"*\"]\nmax_retries = 0\n[queues.\"*\"]\nquarantine_failure_rate = 0.5\nquarantine_min_jobs = 3\nquarantine_for = \"1h\"\n[queues.brief]\nquarantine_for = \"2s\"\n",
     );
+    node.log_file = Some(node.dir.path().join("node.log"));
+    node.spawn();
     let server = node.grpc.as_str();
     wait_for_policy(
         &node,
@@ -461,21 +459,33 @@ async fn a_worker_failing_too_often_is_quarantined_until_released_or_back_after_
     // Reconnecting before quarantine_for does not lift it: a job waits.
     drop(bad);
     let waiting = enqueue(server, "q");
+    let refused = node.log_count("worker_still_quarantined");
     let _bad = exec_worker(server, "q", "bad", "exit 0");
-    wait_for("bad reconnected", Duration::from_secs(20), || async {
-        let l = listed(server);
-        let back = l["workers"]
-            .as_array()
-            .is_some_and(|w| w.iter().any(|w| w["worker_id"] == "bad"));
-        if back {
-            Ok(())
-        } else {
-            Err(l.to_string())
-        }
-    })
-    .await;
+    // The new session (not the old one, which may still be listed) found
+    // the worker quarantined, with a job ready on its queue.
+    let log = node.wait_logged("worker_still_quarantined", refused).await;
+    let (_, said) = log.rsplit_once("worker_still_quarantined").unwrap();
+    assert!(said.contains("worker_id=bad"), "{said}");
+    let back = workers_body(&node).await;
+    let entry = back
+        .workers
+        .iter()
+        .find(|w| w.worker_id == "bad")
+        .unwrap_or_else(|| panic!("bad is not listed: {back:?}"));
+    assert!(entry.quarantined_until_ms.is_some(), "{back:?}");
+    // A bounded wait: it holds nothing, and the job waits.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(job_state(&node, waiting).await, "ready");
+    let job = job_body(&node, waiting).await;
+    assert_eq!(job.state, JobStateBody::Ready, "{job:?}");
+    assert_eq!(job.attempts, 0, "{job:?}");
+    let back = workers_body(&node).await;
+    assert!(
+        back.workers
+            .iter()
+            .filter(|w| w.worker_id == "bad")
+            .all(|w| w.in_flight == 0),
+        "{back:?}"
+    );
 
     // Bad input is named and changes nothing.
     let out = drover_cli(&["workers", "release", "nobody"], server, "");

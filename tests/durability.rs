@@ -88,20 +88,6 @@ async fn sigkill_and_restart_loses_no_acknowledged_job() {
     assert_eq!(next, ready + 1);
 }
 
-fn drover(args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(args)
-        .output()
-        .expect("run drover");
-    assert!(
-        out.status.success(),
-        "drover {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[tokio::test]
 async fn a_saved_snapshot_restores_into_a_new_node() {
     let node = TestNode::start("");
@@ -117,7 +103,7 @@ async fn a_saved_snapshot_restores_into_a_new_node() {
 
     let file = node.dir.path().join("backup.snap");
     let file_s = file.to_str().unwrap();
-    drover(&["snapshot", "save", file_s, "--http", &node.http]);
+    drover_local(&["snapshot", "save", file_s, "--http", &node.http]);
 
     // Restoring into a dir that holds data is refused; into a new one works.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
@@ -132,7 +118,7 @@ async fn a_saved_snapshot_restores_into_a_new_node() {
     );
 
     let mut restored = TestNode::prepare("127.0.0.1:0", "");
-    drover(&[
+    drover_local(&[
         "snapshot",
         "restore",
         file_s,

@@ -259,6 +259,15 @@ async fn reports_for_another_attempt_do_not_free_a_workers_slot() {
             }
             other => panic!("expected the refusal, got {other:?}"),
         }
+        // The node still counts the lease as held: no slot to fill. (Had the
+        // report freed one, the session would have asked for a lease before
+        // answering it, and a write made after the answer would find that
+        // lease in the log.)
+        let listed = workers_body(&node).await;
+        assert_eq!(listed.workers.len(), 1, "{listed:?}");
+        assert_eq!(listed.workers[0].in_flight, 1, "{listed:?}");
+        p.enqueue(vec![new_job("after-report", "x")]).await.unwrap();
+        assert_eq!(queue_stats(&node, "cap").await["leased"], 1);
         // A second lease would come at once; a second of quiet shows none comes.
         if let Some(m) = w.next(Duration::from_secs(1)).await {
             panic!("a worker of capacity 1 holding a lease was sent {m:?}");
@@ -292,7 +301,39 @@ async fn reports_for_another_attempt_do_not_free_a_workers_slot() {
 #[tokio::test]
 async fn a_queue_named_many_times_counts_once() {
     let node = TestNode::start("");
-    let _w = RawWorker::register(&node, vec!["same".to_string(); 100], 1).await;
+    let mut p = drover::client::Producer::connect(&node.grpc).await.unwrap();
+    p.enqueue((0..5).map(|_| new_job("same", "x")).collect())
+        .await
+        .unwrap();
+    // Named 100 times (past the 64 queues a worker may name, counted
+    // apart), with room for 2: one queue, one worker, two leases.
+    let mut w = RawWorker::register(&node, vec!["same".to_string(); 100], 2).await;
+    let mut leased = 0;
+    while leased < 2 {
+        match w.next(LIMIT).await {
+            Some(pb::server_message::Msg::Leases(l)) => leased += l.jobs.len(),
+            other => panic!("expected leases, got {other:?}"),
+        }
+    }
+    assert_eq!(leased, 2, "a worker of capacity 2 was sent {leased} leases");
+    let listed = workers_body(&node).await;
+    assert_eq!(listed.workers.len(), 1, "{listed:?}");
+    assert_eq!(listed.workers[0].queues, ["same"], "{listed:?}");
+    assert_eq!(listed.workers[0].capacity, 2, "{listed:?}");
+    assert_eq!(listed.workers[0].in_flight, 2, "{listed:?}");
+    // Counted once in the queue's worker gauges, not once per mention.
+    let page = metrics_text(&node).await;
+    for (series, want) in [
+        ("drover_queue_workers{queue=\"same\"}", 1.0),
+        ("drover_queue_worker_capacity{queue=\"same\"}", 2.0),
+        ("drover_queue_worker_held{queue=\"same\"}", 2.0),
+    ] {
+        assert_eq!(metric_value(&page, series), Some(want), "{series}: {page}");
+    }
+    // The machine agrees: two leased, three waiting.
+    let stats = queue_stats(&node, "same").await;
+    assert_eq!(stats["leased"], 2, "{stats}");
+    assert_eq!(stats["ready"], json!([0, 0, 3, 0, 0]), "{stats}");
 }
 
 #[tokio::test]
@@ -464,5 +505,9 @@ async fn a_body_that_is_not_a_json_object_is_refused_and_enqueues_nothing() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
-    assert_eq!(queue_stats(&node, "q").await["ready"], 1);
+    assert_eq!(
+        queue_stats(&node, "q").await["ready"],
+        json!([0, 0, 1, 0, 0]),
+        "ready jobs by priority: the one object's job, at the default 3"
+    );
 }

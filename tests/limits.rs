@@ -74,7 +74,24 @@ async fn a_concurrency_key_holds_jobs_back_and_jobs_list_finds_them() {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A job is parked only by a lease that picked it and found its key
+    // full: both of the key's others were offered to this worker (with room
+    // for two more) and refused.
+    for &id in &keyed[1..] {
+        wait_for(
+            &format!("job {id} parked behind its key"),
+            Duration::from_secs(10),
+            || async {
+                let job = drover(&["jobs", "get", &id.to_string(), "--json"], server);
+                if job["waiting"] == "limit api:acme" {
+                    Ok(())
+                } else {
+                    Err(job.to_string())
+                }
+            },
+        )
+        .await;
+    }
     let page = drover(&["jobs", "list", "--state", "leased", "--json"], server);
     assert_eq!(ids(&page), leased, "no more leases while the key is full");
     assert_eq!(

@@ -188,17 +188,7 @@ async fn a_restored_node_and_nodes_bootstrapped_anew_never_mix() {
     assert!(!ok && err.contains("incarnation"), "{err}");
     assert!(took < Duration::from_secs(30));
     for id in &ids {
-        wait_for(
-            &format!("job {id} on node 1"),
-            Duration::from_secs(20),
-            || async {
-                match job_state(&c.nodes[0], *id).await.as_str() {
-                    "ready" => Ok(()),
-                    other => Err(other.to_string()),
-                }
-            },
-        )
-        .await;
+        wait_state(&c.nodes[0], *id, "ready").await;
         // The others never serve a job of their own under a restored id.
         let (code, _) = get_json(&format!("{}/api/v1/jobs/{id}?stale=ok", c.nodes[1].http)).await;
         assert_eq!(code, 404, "node 2 has no job {id}");

@@ -7,20 +7,25 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::{
+    AuditPageBody, JobStateBody, PoliciesBody, PurgedBody, QueuesBody, StatsBody, TenantsBody,
+};
 use drover::client::Producer;
 
-fn drover(args: &[&str], server: &str) -> std::process::Output {
-    drover_cli(args, server, "")
+/// The cluster's `jobs.max_retries` as `node` applies it; None while it
+/// cannot answer.
+async fn max_retries_seen(node: &TestNode) -> Option<u32> {
+    let resp = reqwest::get(format!("{}/api/v1/policies", node.http))
+        .await
+        .ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    let p: PoliciesBody = resp.json().await.ok()?;
+    Some(p.jobs.max_retries)
 }
 
-async fn max_retries_seen(node: &TestNode) -> Option<u64> {
-    let (status, p) = get_json(&format!("{}/api/v1/policies", node.http)).await;
-    (status == 200)
-        .then(|| p["jobs"]["max_retries"].as_u64())
-        .flatten()
-}
-
-async fn every_node_sees_max_retries(cluster: &TestCluster, want: u64) {
+async fn every_node_sees_max_retries(cluster: &TestCluster, want: u32) {
     for n in &cluster.nodes {
         wait_for(
             "the policy on every node",
@@ -38,7 +43,11 @@ async fn every_node_sees_max_retries(cluster: &TestCluster, want: u64) {
 
 #[tokio::test]
 async fn policies_come_from_the_leader_and_reload_on_sighup() {
-    let cluster = TestCluster::start(3, "[jobs]\nmax_retries = 6\n");
+    let mut cluster = TestCluster::prepare(3, "[jobs]\nmax_retries = 6\n");
+    for node in &mut cluster.nodes {
+        node.log_file = Some(node.dir.path().join("node.log"));
+        node.spawn();
+    }
     let leader = cluster.leader().await;
     every_node_sees_max_retries(&cluster, 6).await;
     // The leader's file changes; SIGHUP makes it propose the change, and
@@ -48,30 +57,37 @@ async fn policies_come_from_the_leader_and_reload_on_sighup() {
     std::fs::write(&file, text.replace("max_retries = 6", "max_retries = 8")).unwrap();
     signal(cluster.nodes[leader].pid(), libc::SIGHUP);
     every_node_sees_max_retries(&cluster, 8).await;
-    // A bad file on SIGHUP keeps what is in effect.
+    // A bad file on SIGHUP keeps what is in effect: the node reads it,
+    // says it refused it, and changes nothing.
+    let node = &cluster.nodes[leader];
+    let (reloaded, refused) = (
+        node.log_count("config_reloaded"),
+        node.log_count("config_reload_failed"),
+    );
+    assert!(
+        reloaded >= 1,
+        "the good reload was logged: {}",
+        node.log_text()
+    );
     std::fs::write(&file, "max_retries = \"lots\"").unwrap();
-    signal(cluster.nodes[leader].pid(), libc::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(cluster.nodes[leader].is_running());
-    assert_eq!(max_retries_seen(&cluster.nodes[leader]).await, Some(8));
+    signal(node.pid(), libc::SIGHUP);
+    let log = node.wait_logged("config_reload_failed", refused).await;
+    let (_, said) = log.rsplit_once("config_reload_failed").unwrap();
+    assert!(said.contains("max_retries"), "names the bad key: {said}");
+    assert_eq!(
+        node.log_count("config_reloaded"),
+        reloaded,
+        "the bad file was not applied"
+    );
+    assert!(node.is_running());
+    assert_eq!(max_retries_seen(node).await, Some(8));
+    every_node_sees_max_retries(&cluster, 8).await;
 }
 
 #[tokio::test]
 async fn a_full_queue_sheds_low_priorities_first_with_a_retry_hint() {
     let node = TestNode::start("[queues.\"*\"]\nmax_depth = 4\nshed = { 5 = 0.5 }\n");
-    wait_for(
-        "the policies in the log",
-        Duration::from_secs(10),
-        || async {
-            let (_, p) = get_json(&format!("{}/api/v1/policies", node.http)).await;
-            if p["queues"]["*"]["max_depth"] == 4 {
-                Ok(())
-            } else {
-                Err(p.to_string())
-            }
-        },
-    )
-    .await;
+    wait_for_policy(&node, "/queues/*/max_depth", serde_json::json!(4)).await;
     let http = reqwest::Client::new();
     let enqueue = |priority: u32| {
         http.post(format!("{}/api/v1/queues/q/jobs", node.http))
@@ -116,9 +132,13 @@ async fn pause_drain_and_resume_through_the_cli() {
     let node = TestNode::start("");
     let server = node.grpc.as_str();
     let mut p = Producer::connect(server).await.unwrap();
-    p.enqueue(vec![new_job("mail", "a"), new_job("mail", "b")])
+    let mail_ids: Vec<u64> = p
+        .enqueue(vec![new_job("mail", "a"), new_job("mail", "b")])
         .await
-        .unwrap();
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
     p.enqueue(vec![new_job("other", "c")]).await.unwrap();
 
     let out = drover(
@@ -164,24 +184,27 @@ async fn pause_drain_and_resume_through_the_cli() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every lease this worker asks for names both queues, and mail's jobs
+    // are the older: another job of the other queue, leased while mail's
+    // wait, shows a lease that could have taken them passed them over.
+    let later = p.enqueue(vec![new_job("other", "e")]).await.unwrap()[0].id;
+    wait_state(&node, later, "succeeded").await;
     assert_eq!(
         *got.lock().unwrap(),
-        ["other"],
+        ["other", "other"],
         "a paused queue leases nothing"
     );
+    for &id in &mail_ids {
+        let job = job_body(&node, id).await;
+        assert_eq!(job.state, JobStateBody::Ready, "{job:?}");
+        assert_eq!(job.attempts, 0, "{job:?}");
+        assert_eq!(job.waiting.as_deref(), Some("queue paused"), "{job:?}");
+    }
 
-    let out = drover(&["queues", "list", "--json"], server);
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mail = list["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["name"] == "mail")
-        .unwrap()
-        .clone();
-    assert_eq!(mail["paused"], true, "{mail}");
-    assert_eq!(mail["ready"], serde_json::json!([0, 0, 2, 0, 0]));
+    let list: QueuesBody = drover_body(&["queues", "list", "--json"], server);
+    let mail = list.queues.iter().find(|q| q.name == "mail").unwrap();
+    assert!(mail.paused, "{mail:?}");
+    assert_eq!(mail.counts.ready, [0, 0, 2, 0, 0]);
 
     // Drain: no new jobs, a clear refusal.
     let out = drover(&["queues", "drain", "mail"], server);
@@ -201,7 +224,7 @@ async fn pause_drain_and_resume_through_the_cli() {
     );
     wait_for("the mail jobs done", Duration::from_secs(10), || async {
         let n = got.lock().unwrap().len();
-        if n == 3 {
+        if n == 4 {
             Ok(())
         } else {
             Err(format!("{n}"))
@@ -218,16 +241,10 @@ async fn pause_drain_and_resume_through_the_cli() {
     let out = drover(&["queues", "pause"], server);
     assert!(!out.status.success());
 
-    let out = drover(&["audit", "--json"], server);
-    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let actions: Vec<&str> = page["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["action"].as_str().unwrap())
-        .collect();
+    let page: AuditPageBody = drover_body(&["audit", "--json"], server);
+    let actions: Vec<&str> = page.records.iter().map(|r| r.action.as_str()).collect();
     assert_eq!(actions, ["queues.resume", "queues.drain", "queues.pause"]);
-    assert_eq!(page["records"][2]["reason"], "smtp down");
+    assert_eq!(page.records[2].reason, "smtp down");
 }
 
 /// One tenant floods a queue, another enqueues a little after it: the
@@ -291,16 +308,9 @@ async fn a_tenant_flood_does_not_starve_another_tenant() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = drover(&["tenants", "list", "--json"], &node.grpc);
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let big = list["tenants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "big")
-        .unwrap()
-        .clone();
-    assert_eq!(big["paused"], true, "{big}");
+    let list: TenantsBody = drover_body(&["tenants", "list", "--json"], &node.grpc);
+    let big = list.tenants.iter().find(|t| t.name == "big").unwrap();
+    assert!(big.paused, "{big:?}");
 }
 
 #[tokio::test]
@@ -333,35 +343,21 @@ async fn a_queue_purge_cancels_what_matches_and_counts_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("older_than"));
 
     // Only tenant a's ready jobs: 1,200, over three slices.
-    let out = drover(
+    let done: PurgedBody = drover_body(
         &[
             "queues", "purge", "bulk", "--tenant", "a", "--state", "ready", "--json",
         ],
         server,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(done["cancelled"], 1200);
-    let (_, stats) = get_json(&format!("{}/api/v1/stats", node.http)).await;
-    assert_eq!(
-        stats["queues"]["bulk"]["ready"],
-        serde_json::json!([0, 0, 10, 0, 0])
-    );
-    assert_eq!(stats["queues"]["bulk"]["scheduled"], 5);
-    assert_eq!(
-        stats["queues"]["other"]["ready"],
-        serde_json::json!([0, 0, 1, 0, 0])
-    );
+    assert_eq!(done.cancelled, 1200);
+    let stats: StatsBody = get_body(&format!("{}/api/v1/stats", node.http)).await;
+    assert_eq!(stats.queues["bulk"].ready, [0, 0, 10, 0, 0]);
+    assert_eq!(stats.queues["bulk"].scheduled, 5);
+    assert_eq!(stats.queues["other"].ready, [0, 0, 1, 0, 0]);
     // Then everything left that waits.
-    let out = drover(&["queues", "purge", "bulk", "--json"], server);
-    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(done["cancelled"], 15);
-    let out = drover(&["audit", "--json"], server);
-    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(page["records"][0]["action"], "queues.purge");
-    assert_eq!(page["records"][0]["target"], "queue bulk (15 jobs)");
+    let done: PurgedBody = drover_body(&["queues", "purge", "bulk", "--json"], server);
+    assert_eq!(done.cancelled, 15);
+    let page: AuditPageBody = drover_body(&["audit", "--json"], server);
+    assert_eq!(page.records[0].action, "queues.purge");
+    assert_eq!(page.records[0].target, "queue bulk (15 jobs)");
 }

@@ -91,12 +91,7 @@ async fn fill(
 }
 
 async fn metric(node: &TestNode, name: &str) -> f64 {
-    metrics_text(node)
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
+    metric_value(&metrics_text(node).await, name).unwrap_or(f64::NAN)
 }
 
 /// Every job of `queue` by state, as the node counts them.

@@ -39,11 +39,7 @@ fn run_workers(
 }
 
 async fn metric(node: &TestNode, name: &str) -> f64 {
-    metrics_text(node)
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    metric_value(&metrics_text(node).await, name).unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
 #[tokio::test]

@@ -63,8 +63,16 @@ async fn a_run_over_its_cost_budget_stops_until_an_override() {
         (cost["used"].as_f64().unwrap() - 0.06).abs() < 1e-9,
         "{view}"
     );
-    // Nothing more is dispatched while it is held.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Nothing more is dispatched while it is held. Other runs go on: a job
+    // of another run, newer than r1's two, is leased and done, so a lease
+    // met r1's jobs first and passed them over.
+    let other = drover(
+        &["enqueue", "--queue", "q", "--run", "r2", "--json"],
+        server,
+    )[0]["id"]
+        .as_u64()
+        .unwrap();
+    wait_state(&node, other, "succeeded").await;
     let view = run_view(server, "r1");
     assert_eq!(view["jobs"]["succeeded"], 3, "{view}");
     assert_eq!(view["jobs"]["unfinished"], 2, "{view}");
@@ -75,6 +83,7 @@ async fn a_run_over_its_cost_budget_stops_until_an_override() {
     let first = held["jobs"][0]["id"].as_u64().unwrap();
     let job = drover(&["jobs", "get", &first.to_string(), "--json"], server);
     assert_eq!(job["waiting"], "held: budget cost_usd", "{job}");
+    assert_eq!(job["attempts"], 0, "{job}");
     let text = drover_cli(&["runs", "budget", "r1"], server, "");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("held: budget cost_usd"), "{text}");
@@ -84,11 +93,6 @@ async fn a_run_over_its_cost_budget_stops_until_an_override() {
     assert!(
         err.contains("cost_usd") && err.contains("0.06 of 0.05 USD"),
         "{err}"
-    );
-    // Other runs go on.
-    drover(
-        &["enqueue", "--queue", "q", "--run", "r2", "--json"],
-        server,
     );
 
     let err = fails(&["runs", "override", "r1", "--cost-usd", "1"], server);
@@ -223,17 +227,7 @@ async fn a_plan_enqueued_with_its_steps_runs_first() {
     let script = format!("echo $DROVER_JOB_ID >> {}", order.display());
     let _worker = exec_worker(server, "q", "w", &script);
     for &id in &ids {
-        wait_for(
-            &format!("job {id} done"),
-            Duration::from_secs(20),
-            || async {
-                match job_state(&node, id).await.as_str() {
-                    "succeeded" => Ok(()),
-                    s => Err(s.to_string()),
-                }
-            },
-        )
-        .await;
+        wait_state(&node, id, "succeeded").await;
     }
     let ran = std::fs::read_to_string(&order).unwrap();
     assert_eq!(
@@ -341,4 +335,22 @@ async fn a_run_is_cancelled_replayed_and_read_as_one_timeline() {
     assert_eq!(view["replay_of"], "default/r3", "{view}");
     let err = fails(&["runs", "replay", "r3", "--into", "r3-replay-1"], server);
     assert!(err.contains("exists already"), "{err}");
+    // Replays at once each get a run of their own: the name is chosen
+    // where the log is applied, not by probing first.
+    let both = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| drover(&["runs", "replay", "r3", "--failed-only", "--json"], server))
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().unwrap()["run"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    assert_eq!(
+        both,
+        ["r3-replay-2".to_string(), "r3-replay-3".to_string()].into(),
+        "two replays, two runs"
+    );
 }

@@ -11,10 +11,6 @@ use common::*;
 
 const EVERY_SECOND: &str = "[schedules.tick]\ncron = \"* * * * * *\"\njob = { queue = \"cron\", job_type = \"tick\", payload = \"hi\" }\n";
 
-fn drover(args: &[&str], server: &str) -> std::process::Output {
-    drover_cli(args, server, "")
-}
-
 /// The slots of the jobs the schedule enqueued, read from one node.
 async fn slots(node: &TestNode) -> Vec<u64> {
     let (_, stats) = get_json(&format!("{}/api/v1/stats?stale=ok", node.http)).await;

@@ -22,17 +22,7 @@ fn leased_by(job: &serde_json::Value) -> Vec<String> {
 async fn all_done(node: &TestNode, ids: &[u64]) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for &id in ids {
-        out.push(
-            wait_for(&format!("job {id}"), Duration::from_secs(30), || async {
-                let (_, v) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
-                if v["state"] == "succeeded" {
-                    Ok(v)
-                } else {
-                    Err(v["state"].to_string())
-                }
-            })
-            .await,
-        );
+        out.push(wait_state_within(node, id, "succeeded", Duration::from_secs(30)).await);
     }
     out
 }

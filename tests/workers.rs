@@ -66,15 +66,7 @@ async fn rust_worker_completes_jobs_by_priority() {
     ));
     for id in &ids {
         let id = *id;
-        wait_for("job to succeed", Duration::from_secs(20), || async {
-            let s = job_state(&node, id).await;
-            if s == "succeeded" {
-                Ok(())
-            } else {
-                Err(s)
-            }
-        })
-        .await;
+        wait_state(&node, id, "succeeded").await;
     }
     stop_tx.send_replace(true);
     let report = tokio::time::timeout(Duration::from_secs(20), w)
@@ -121,19 +113,7 @@ async fn failing_jobs_retry_then_dead_letter() {
         handler,
         stop,
     ));
-    wait_for(
-        "job to be dead-lettered",
-        Duration::from_secs(20),
-        || async {
-            let s = job_state(&node, id).await;
-            if s == "dead" {
-                Ok(())
-            } else {
-                Err(s)
-            }
-        },
-    )
-    .await;
+    wait_state(&node, id, "dead").await;
     stop_tx.send_replace(true);
     let report = w.await.unwrap().unwrap();
     assert_eq!(
@@ -199,19 +179,7 @@ async fn a_dead_workers_job_is_requeued_and_completed_by_another() {
         handler,
         stop,
     ));
-    wait_for(
-        "the job to be completed by the second worker",
-        Duration::from_secs(20),
-        || async {
-            let s = job_state(&node, id).await;
-            if s == "succeeded" {
-                Ok(())
-            } else {
-                Err(s)
-            }
-        },
-    )
-    .await;
+    wait_state(&node, id, "succeeded").await;
     stop_tx.send_replace(true);
     rescuer.await.unwrap().unwrap();
     let job = p.get(id).await.unwrap();
@@ -260,15 +228,7 @@ printf '%s/%s/%s' "$line" "$DROVER_QUEUE" "$DROVER_ATTEMPT""#;
     // jobs from a later test's node that reuses the port.
     let _reaper = KillOnDrop(worker.id());
     for (id, want) in [(ok, "succeeded"), (failing, "dead")] {
-        wait_for("exec jobs to finish", Duration::from_secs(20), || async {
-            let s = job_state(&node, id).await;
-            if s == want {
-                Ok(())
-            } else {
-                Err(s)
-            }
-        })
-        .await;
+        wait_state(&node, id, want).await;
     }
     assert_eq!(
         p.get(ok).await.unwrap().result,
@@ -280,19 +240,7 @@ printf '%s/%s/%s' "$line" "$DROVER_QUEUE" "$DROVER_ATTEMPT""#;
 
     // SIGTERM while a slow job runs: the worker finishes it, then exits 0.
     let slow = p.enqueue(vec![new_job("sh", "slow")]).await.unwrap()[0].id;
-    wait_for(
-        "the slow job to be leased",
-        Duration::from_secs(20),
-        || async {
-            let s = job_state(&node, slow).await;
-            if s == "leased" {
-                Ok(())
-            } else {
-                Err(s)
-            }
-        },
-    )
-    .await;
+    wait_state(&node, slow, "leased").await;
     signal(worker.id(), libc::SIGTERM);
     let status = wait_child(&mut worker, Duration::from_secs(30));
     assert!(status.success(), "worker exited with {status}");
@@ -418,13 +366,7 @@ async fn gzipped_payloads_and_the_worker_builder() {
                 stop,
             ),
     );
-    wait_for("the big job", Duration::from_secs(30), || async {
-        match job_state(&node, id).await.as_str() {
-            "succeeded" => Ok(()),
-            s => Err(s.to_string()),
-        }
-    })
-    .await;
+    wait_state_within(&node, id, "succeeded", Duration::from_secs(30)).await;
     let got = p.get(id).await.unwrap();
     assert_eq!(got.payload.len(), big.len());
     assert_eq!(&got.result[..], big.len().to_string().as_bytes());

@@ -4,34 +4,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-fn drover(args: &[&str], server: &str) -> std::process::Output {
-    drover_cli(args, server, "")
-}
-
-fn worker(server: &str, id: &str, version: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(["worker", "--queue", "q", "--exec", "cat", "--id", id])
-        .args(["--worker-version", version, "--server", server])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn drover worker")
-}
-
-struct Workers(Vec<Child>);
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// A `drover worker --exec cat` of queue `q`, with a version label.
+fn worker(server: &str, id: &str, version: &str) -> Reap {
+    exec_worker_with(server, "q", id, "cat", &["--worker-version", version])
 }
 
 async fn listed(server: &str) -> serde_json::Value {
@@ -49,11 +29,11 @@ async fn workers_are_listed_cluster_wide_and_stopped_on_request() {
     let cluster = TestCluster::start(3, "");
     cluster.leader().await;
     // Each worker is given one node only, so they stay where they are put.
-    let mut workers = Workers(vec![
+    let mut workers = [
         worker(&cluster.nodes[0].grpc, "w-a", "v1"),
         worker(&cluster.nodes[1].grpc, "w-b", "v2"),
         worker(&cluster.nodes[2].grpc, "w-c", "v2"),
-    ]);
+    ];
     let asked = &cluster.nodes[0].grpc;
     let list = wait_for("three workers listed", Duration::from_secs(20), || async {
         let l = listed(asked).await;
@@ -98,7 +78,7 @@ async fn workers_are_listed_cluster_wide_and_stopped_on_request() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = wait_child(&mut workers.0[1], Duration::from_secs(20));
+    let status = wait_child(&mut workers[1].0, Duration::from_secs(20));
     assert!(
         status.success(),
         "a worker asked to stop exits cleanly: {status}"
@@ -116,7 +96,7 @@ async fn workers_are_listed_cluster_wide_and_stopped_on_request() {
         String::from_utf8_lossy(&out.stderr)
     );
     for i in [0, 2] {
-        let status = wait_child(&mut workers.0[i], Duration::from_secs(20));
+        let status = wait_child(&mut workers[i].0, Duration::from_secs(20));
         assert!(status.success(), "{status}");
     }
     // Recorded in the audit log.
@@ -142,14 +122,8 @@ async fn a_worker_with_max_jobs_exits_cleanly_after_them() {
         let out = drover(&["enqueue", "--queue", "q"], server);
         assert!(out.status.success());
     }
-    let mut w = Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(["worker", "--queue", "q", "--exec", "cat", "--id", "short"])
-        .args(["--max-jobs", "2", "--server", server])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn drover worker");
-    let status = wait_child(&mut w, Duration::from_secs(20));
+    let mut w = exec_worker_with(server, "q", "short", "cat", &["--max-jobs", "2"]);
+    let status = wait_child(&mut w.0, Duration::from_secs(20));
     assert!(status.success(), "{status}");
     let out = drover(&["jobs", "list", "--state", "succeeded", "--json"], server);
     let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -171,13 +145,7 @@ async fn a_worker_serves_its_health() {
             .success());
     }
     let addr = format!("127.0.0.1:{}", free_port());
-    let _w = Workers(vec![Command::new(env!("CARGO_BIN_EXE_drover"))
-        .args(["worker", "--queue", "q", "--exec", "cat", "--id", "healthy"])
-        .args(["--health-addr", &addr, "--server", &server])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn drover worker")]);
+    let _w = exec_worker_with(&server, "q", "healthy", "cat", &["--health-addr", &addr]);
     let url = format!("http://{addr}/health");
     let seen = wait_for("two results reported", Duration::from_secs(20), || async {
         let Ok(resp) = reqwest::get(&url).await else {

@@ -12,7 +12,7 @@ use drover::client::worker::{self, JobError, WorkerOptions};
 use drover::client::Producer;
 use tokio::sync::watch;
 
-use super::{get_json, job_state, new_job, wait_for, TestCluster, TestNode};
+use super::{get_json, new_job, wait_for, wait_state_within, TestCluster, TestNode};
 
 /// (job, attempt, worker) of every lease a recording worker was handed.
 pub type Runs = Arc<Mutex<Vec<(u64, u32, String)>>>;
@@ -20,17 +20,7 @@ pub type Runs = Arc<Mutex<Vec<(u64, u32, String)>>>;
 /// Waits until `node` reports every job of `ids` succeeded.
 pub async fn all_succeeded(node: &TestNode, ids: &[u64]) {
     for &id in ids {
-        wait_for(
-            &format!("job {id} to succeed"),
-            Duration::from_secs(60),
-            || async {
-                match job_state(node, id).await.as_str() {
-                    "succeeded" => Ok(()),
-                    s => Err(s.to_string()),
-                }
-            },
-        )
-        .await;
+        wait_state_within(node, id, "succeeded", Duration::from_secs(60)).await;
     }
 }
 

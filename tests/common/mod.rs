@@ -164,6 +164,40 @@ impl TestNode {
         }
     }
 
+    /// What the node has logged so far: its `log_file`, which must be set
+    /// before it starts; empty before the file exists.
+    pub fn log_text(&self) -> String {
+        let path = self
+            .log_file
+            .as_ref()
+            .expect("set the node's log_file before it starts to read its log");
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// How many times the node's log holds `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
+    }
+
+    /// Waits until the node's log holds `needle` more than `before` times
+    /// (take `before` from [`TestNode::log_count`] before causing it), for
+    /// up to 20 s; the log then.
+    pub async fn wait_logged(&self, needle: &str, before: usize) -> String {
+        wait_for(
+            &format!("{needle} in the node's log (seen {before} times before)"),
+            Duration::from_secs(20),
+            || async {
+                let text = self.log_text();
+                if text.matches(needle).count() > before {
+                    Ok(text)
+                } else {
+                    Err(text.lines().last().unwrap_or("").to_string())
+                }
+            },
+        )
+        .await
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -245,10 +279,69 @@ pub async fn metrics_text(node: &TestNode) -> String {
         .expect("metrics body")
 }
 
+/// `GET url`, its body read as `T`; panics naming the body if it is not one.
+pub async fn get_body<T: serde::de::DeserializeOwned>(url: &str) -> T {
+    let resp = reqwest::get(url).await.expect("http get");
+    let status = resp.status();
+    let text = resp.text().await.expect("http body");
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("GET {url}: {status} {text} is not the body expected: {e}"))
+}
+
+/// A job as `GET /api/v1/jobs/{id}` shows it (its error body if there is
+/// no such job).
+pub async fn job_json(node: &TestNode, id: u64) -> serde_json::Value {
+    get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await.1
+}
+
+/// A job as `GET /api/v1/jobs/{id}` shows it, typed; panics if there is no
+/// such job.
+pub async fn job_body(node: &TestNode, id: u64) -> drover::api::types::JobBody {
+    get_body(&format!("{}/api/v1/jobs/{id}", node.http)).await
+}
+
+/// The value of one series (its name and labels, as the page writes them:
+/// `drover_queue_workers{queue="q"}`) on a `/metrics` page.
+pub fn metric_value(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The state of a job, read over HTTP.
 pub async fn job_state(node: &TestNode, id: u64) -> String {
-    let (_, j) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
+    let j = job_json(node, id).await;
     j["state"].as_str().unwrap_or("?").to_string()
+}
+
+/// Waits up to `limit` until job `id` is in state `want` on `node`; the job
+/// as then read.
+pub async fn wait_state_within(
+    node: &TestNode,
+    id: u64,
+    want: &str,
+    limit: Duration,
+) -> serde_json::Value {
+    wait_for(&format!("job {id} {want}"), limit, || async {
+        let j = job_json(node, id).await;
+        if j["state"] == want {
+            Ok(j)
+        } else {
+            Err(format!("{}", j["state"]))
+        }
+    })
+    .await
+}
+
+/// [`wait_state_within`] 20 s.
+pub async fn wait_state(node: &TestNode, id: u64, want: &str) -> serde_json::Value {
+    wait_state_within(node, id, want, Duration::from_secs(20)).await
+}
+
+/// The connected workers of the cluster, as `GET /api/v1/workers` on `node`
+/// lists them.
+pub async fn workers_body(node: &TestNode) -> drover::api::types::WorkersBody {
+    get_body(&format!("{}/api/v1/workers", node.http)).await
 }
 
 pub fn new_job(queue: &str, payload: &str) -> drover::proto::v1::NewJob {
@@ -633,6 +726,45 @@ pub fn enqueue_n(server: &str, queue: &str, n: usize) -> Vec<u64> {
         .iter()
         .map(|j| j["id"].as_u64().expect("an id"))
         .collect()
+}
+
+/// Runs the CLI against `server` with no token; its output, success or not.
+pub fn drover(args: &[&str], server: &str) -> std::process::Output {
+    drover_cli(args, server, "")
+}
+
+/// Runs the CLI with `args` alone, setting no server or token (for commands
+/// that name their target or work on local files: `snapshot save --http`,
+/// `snapshot restore`); it must succeed. Its output.
+pub fn drover_local(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(args)
+        .output()
+        .expect("run drover");
+    assert!(
+        out.status.success(),
+        "drover {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs the CLI, which must succeed; its `--json` output read as `T` (the
+/// admin API's body the command prints).
+pub fn drover_body<T: serde::de::DeserializeOwned>(args: &[&str], server: &str) -> T {
+    let out = drover_cli(args, server, "");
+    assert!(
+        out.status.success(),
+        "drover {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "drover {args:?} printed {}, not the body expected: {e}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// Runs the CLI, which must succeed; its `--json` output (Null if none).
