@@ -24,6 +24,7 @@ pub mod peers;
 pub mod policies;
 pub mod pools;
 pub mod proto;
+pub mod reload;
 pub mod resources;
 pub mod restore;
 pub mod schedules;

@@ -159,14 +159,15 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         stop.send_replace(true);
     });
     if let Some(path) = a.config.clone() {
-        let reload = Reload {
+        let mut log_level = log_level;
+        let reload = drover::reload::Reload::new(
             path,
-            driver: node.app.driver.clone(),
-            auth: node.auth.clone(),
-            log_level,
-            current: (*node.app.config).clone(),
-        };
-        tokio::spawn(reload.on_sighup(hangup()));
+            node.app.driver.clone(),
+            node.auth.clone(),
+            (*node.app.config).clone(),
+            move |level: &str| log_level.set(level),
+        );
+        tokio::spawn(reload.on_sighup());
     }
     // One line on stdout that scripts and tests can wait for, once SIGTERM
     // and SIGHUP are handled: a signal right after it finds them in place.
@@ -178,141 +179,4 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// What SIGHUP reloads: the config file's policies (the leader proposes
-/// them to the cluster; a follower checks them against the cluster's), its
-/// tokens and its log level. Other keys take a restart, and the log says
-/// which changed.
-struct Reload {
-    path: PathBuf,
-    driver: drover::driver::DriverHandle,
-    auth: drover::api::auth::Auth,
-    log_level: LogLevel,
-    /// The config in effect, to say what a new file changes.
-    current: Config,
-}
-
-/// Keys SIGHUP takes at run time: policies, tokens and the log level.
-const RELOADED: &[&str] = &[
-    "jobs",
-    "queues",
-    "retry",
-    "tenants",
-    "budgets",
-    "schedules",
-    "limits.keys",
-    "limits.max_pending",
-    "tokens",
-    "log.level",
-];
-
-impl Reload {
-    async fn on_sighup(mut self, hup: Option<tokio::signal::unix::Signal>) {
-        let Some(mut hup) = hup else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            match Config::from_file(&self.path).and_then(|c| c.validate().map(|()| c)) {
-                Ok(c) => self.apply(c),
-                Err(e) => {
-                    tracing::error!(event = "config_reload_failed", path = %self.path.display(), error = %e, "kept the config in effect: the file is not valid")
-                }
-            }
-        }
-    }
-
-    fn apply(&mut self, mut new: Config) {
-        // Set on the command line, not in the file.
-        new.data_dir = self.current.data_dir.clone();
-        new.grpc_addr = self.current.grpc_addr;
-        new.http_addr = self.current.http_addr;
-        new.node_id = self.current.node_id;
-        new.entry_version = self.current.entry_version;
-        let changed = changed_keys(&self.current, &new);
-        tracing::info!(event = "config_reloaded", path = %self.path.display(), changed = ?changed, "read the config file again");
-        self.driver.set_policies(new.policies());
-        match self.auth.reload_tokens(&new) {
-            Ok(t) if t.added.is_empty() && t.removed.is_empty() => {}
-            Ok(t) => {
-                tracing::info!(event = "tokens_reloaded", added = ?t.added, removed = ?t.removed, tokens = new.tokens.len(), "the node checks requests against the new [[tokens]]")
-            }
-            Err(e) => tracing::error!(event = "tokens_reload_refused", reason = %e),
-        }
-        if let Some(was) = self.log_level.set(&new.log.level) {
-            tracing::info!(event = "log_level_changed", from = %was, to = %new.log.level, "log level changed");
-        }
-        let restart: Vec<&String> = changed
-            .iter()
-            .filter(|k| {
-                !RELOADED
-                    .iter()
-                    .any(|r| k.as_str() == *r || k.starts_with(&format!("{r}.")))
-            })
-            .collect();
-        if !restart.is_empty() {
-            tracing::warn!(event = "config_restart_needed", keys = ?restart, "these keys changed in the file and take effect only at a restart");
-        }
-        // What is in effect now: the reloaded parts of the file.
-        self.current.jobs = new.jobs;
-        self.current.queues = new.queues;
-        self.current.retry = new.retry;
-        self.current.tenants = new.tenants;
-        self.current.budgets = new.budgets;
-        self.current.schedules = new.schedules;
-        self.current.limits.keys = new.limits.keys;
-        self.current.limits.max_pending = new.limits.max_pending;
-        if !new.tokens.is_empty() {
-            self.current.tokens = new.tokens;
-        }
-        self.current.log.level = new.log.level;
-    }
-}
-
-/// The keys (two levels deep: `limits.max_pending`) whose values differ.
-fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
-    let (Ok(a), Ok(b)) = (serde_json::to_value(a), serde_json::to_value(b)) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    diff("", &a, &b, 2, &mut out);
-    out
-}
-
-fn diff(
-    prefix: &str,
-    a: &serde_json::Value,
-    b: &serde_json::Value,
-    depth: u32,
-    out: &mut Vec<String>,
-) {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) if depth > 0 => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for k in keys {
-                let path = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                let null = Value::Null;
-                diff(
-                    &path,
-                    x.get(k).unwrap_or(&null),
-                    y.get(k).unwrap_or(&null),
-                    depth - 1,
-                    out,
-                );
-            }
-        }
-        _ if a != b => out.push(prefix.to_string()),
-        _ => {}
-    }
-}
-
 pub use drover::shutdown::terminated as wait_for_signal;
-
-/// SIGHUP, handled from this call on (its default would end the process).
-fn hangup() -> Option<tokio::signal::unix::Signal> {
-    use tokio::signal::unix::{signal, SignalKind};
-    signal(SignalKind::hangup()).ok()
-}
