@@ -198,11 +198,7 @@ async fn bad_requests_are_refused_naming_the_problem() {
 
     let client = reqwest::Client::new();
     let post = |path: &str, body: &'static str| {
-        client
-            .post(format!("{}{path}", node.http))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
+        post_raw_json(&client, format!("{}{path}", node.http), body)
     };
     for (path, body, needle) in [
         ("/api/v1/queues/q/jobs", "{not json", "body"),

@@ -250,18 +250,8 @@ async fn with_the_check_off_a_skewed_leader_leaves_durations_at_real_speed() {
     let first = c.leader().await;
     let servers = c.servers();
     let _timed = exec_worker(&servers, "timed", "timed", "cat");
-    let transfer = |to: usize| {
-        let out = drover_cli(
-            &["cluster", "transfer-leader", &to.to_string()],
-            &servers,
-            "",
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let transfer =
+        |to: usize| drover_ok(&["cluster", "transfer-leader", &to.to_string()], &servers);
     transfer(3);
     wait_for("node 3 to lead", Duration::from_secs(20), || async {
         match c.leader().await {

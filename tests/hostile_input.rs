@@ -455,11 +455,7 @@ async fn a_body_that_is_not_a_json_object_is_refused_and_enqueues_nothing() {
     let node = TestNode::start("");
     let client = reqwest::Client::new();
     let post = |path: &str, body: &'static str| {
-        client
-            .post(format!("{}{path}", node.http))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
+        post_raw_json(&client, format!("{}{path}", node.http), body)
     };
     for (body, what) in [
         ("[]", "an array"),

@@ -767,6 +767,31 @@ pub fn drover_body<T: serde::de::DeserializeOwned>(args: &[&str], server: &str) 
     })
 }
 
+/// Runs the CLI, which must succeed (the test fails with its stderr).
+pub fn drover_ok(args: &[&str], server: &str) {
+    let out = drover_cli(args, server, "");
+    assert!(
+        out.status.success(),
+        "drover {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// POSTs `body`, as it is, with a JSON content type (for bodies no typed
+/// client would send).
+pub async fn post_raw_json(
+    client: &reqwest::Client,
+    url: String,
+    body: &'static str,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+}
+
 /// Runs the CLI, which must succeed; its `--json` output (Null if none).
 pub fn drover_json(args: &[&str], server: &str) -> serde_json::Value {
     let out = drover_cli(args, server, "");
