@@ -52,7 +52,9 @@ pub fn dir(cfg: &crate::config::Config) -> PathBuf {
 /// A backup file, as its name and size tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
+    /// The backup file.
     pub path: PathBuf,
+    /// Its size in bytes (0 if it could not be read).
     pub bytes: u64,
     /// When it was taken, in seconds since the epoch.
     pub taken_at_secs: u64,

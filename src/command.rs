@@ -40,33 +40,63 @@ pub use crate::wire::PROTOCOL_VERSION;
 /// leader when it proposes; the machine never reads a clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {
+    /// The leader's clock when it proposed the entry (ms since the epoch):
+    /// the time its commands apply at (never before the previous entry's).
     pub at_ms: u64,
+    /// The commands, applied in this order, one outcome each.
     pub commands: Vec<Command>,
 }
 
+/// A change of state, as the log carries it. Variants are numbered in the
+/// log by position: a new one goes last.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
+    /// Adds new jobs, all or none: one refused (a drain, a depth limit, a
+    /// budget, a bad dependency) refuses the batch as [`Outcome::Rejected`];
+    /// else answered as [`Outcome::Enqueued`], one per job in order.
     Enqueue {
+        /// The jobs, validated.
         jobs: Vec<NewJob>,
     },
     /// Lease up to `max` ready jobs from `queues` to `worker`.
     Lease {
+        /// The worker's id: the leases are held in its name.
         worker: String,
+        /// The queues to take from, weighed together: the best pick of any
+        /// goes first.
         queues: Vec<String>,
+        /// Most jobs to lease; fewer when fewer are ready.
         max: u32,
     },
+    /// Extends each lease to a full heartbeat timeout from now and keeps
+    /// the progress it reports; answered as [`Outcome::Acks`], one per lease
+    /// (a lease no longer held at that attempt is refused as stale).
     Heartbeat {
+        /// The worker that sent them; the attempts, not this, fence the leases.
         worker: String,
+        /// The leases to extend.
         leases: Vec<LeaseBeat>,
     },
+    /// Ends each lease with success and keeps the job's result; answered as
+    /// [`Outcome::Acks`], one per item. A result sent again for the same
+    /// attempt is acknowledged and changes nothing.
     Complete {
+        /// The worker that sent them; the attempts, not this, fence the leases.
         worker: String,
+        /// One per job finished.
         items: Vec<Completion>,
     },
+    /// Ends each lease with a failure: the job is retried, escalated or dead
+    /// as its type's retry policy says; answered as [`Outcome::Acks`], one
+    /// per item. A failure sent again for the same attempt changes nothing.
     Fail {
+        /// The worker that sent them; the attempts, not this, fence the leases.
         worker: String,
+        /// One per job that failed.
         items: Vec<Failure>,
     },
+    /// Cancels a job that has not finished; answered as
+    /// [`Outcome::Cancelled`] with the state it was in.
     Cancel(Cancel),
     /// Proposed by the leader when something is due: expires leases not
     /// extended in time and makes delayed jobs ready.
@@ -78,6 +108,7 @@ pub enum Command {
     /// outcome it could not learn. Appended last: variants are numbered in
     /// the log by position.
     Held {
+        /// The worker whose leases are asked for.
         worker: String,
     },
     /// Proposed by the leader when finished jobs are past their retention:
@@ -85,7 +116,9 @@ pub enum Command {
     /// past their TTL. The bounds travel in the command, so every node
     /// purges exactly the same whatever its own config says.
     Purge {
+        /// How long each kind of record is kept.
         retention: Retention,
+        /// Most jobs and idempotency records removed by this one command.
         limit: u32,
     },
     /// A change made through the admin API, and who made it: `command` is
@@ -93,18 +126,23 @@ pub enum Command {
     /// machine commands and are recorded after they happened) and the
     /// record is written with its outcome, in the same batch.
     Audit {
+        /// Who did what, and why; the machine fills in its `outcome`.
         record: AuditRecord,
+        /// The machine command the change is, if it is one.
         command: Option<Audited>,
     },
     /// Proposed by the leader: removes up to `limit` audit records older
     /// than `keep_ms` (`jobs.audit_retention`).
     PurgeAudit {
+        /// Age (ms) past which a record goes.
         keep_ms: u64,
+        /// Most records removed by this one command.
         limit: u32,
     },
     /// The policies every node applies from now on (the leader's config,
     /// or an admin's change).
     SetPolicies {
+        /// The policies, whole: they replace those in effect.
         #[serde(with = "crate::policies::as_json")]
         policies: crate::policies::Policies,
     },
@@ -115,8 +153,12 @@ pub enum Command {
     /// before the last one fired changes nothing, so a slot proposed twice
     /// (a failover) fires once.
     Fire {
+        /// The schedule's name in the policies.
         schedule: String,
+        /// The slot (ms since the epoch).
         slot_ms: u64,
+        /// Whether the slot enqueues the job; false only marks a slot missed by
+        /// more than the grace as passed.
         enqueue: bool,
     },
     /// Pause or resume a schedule, or run it now (sent wrapped in an audit
@@ -125,8 +167,11 @@ pub enum Command {
     /// Cancels up to `limit` of a queue's waiting jobs that match (one
     /// slice of `drover queues purge`; the API sends slices until done).
     PurgeQueue {
+        /// The queue whose waiting jobs are cancelled.
         queue: String,
+        /// Which of its waiting jobs.
         filter: PurgeFilter,
+        /// Most jobs this slice cancels.
         limit: u32,
     },
     /// Runs these dead jobs again (those still dead): same payload, a new
@@ -145,9 +190,14 @@ pub enum Command {
     /// queues' `quarantine_failure_rate`; `completed` and `failed` are the
     /// counts that decided it).
     Quarantine {
+        /// The worker's id.
         worker: String,
+        /// How long (ms) it must stay away: reconnecting after it lifts the
+        /// quarantine.
         for_ms: u64,
+        /// Its completions in the window that decided it.
         completed: u64,
+        /// Its failures in the window that decided it.
         failed: u64,
     },
     /// Lets a quarantined worker lease again.
@@ -155,12 +205,16 @@ pub enum Command {
     /// [`Command::Complete`] with what each job cost (used when any did;
     /// a variant of its own, so entries of earlier drovers still decode).
     CompleteWithUsage {
+        /// The worker that sent them; the attempts, not this, fence the leases.
         worker: String,
+        /// Each completion with what its job used.
         items: Vec<(Completion, Usage)>,
     },
     /// [`Command::Fail`] with what each job cost.
     FailWithUsage {
+        /// The worker that sent them; the attempts, not this, fence the leases.
         worker: String,
+        /// Each failure with what its job used.
         items: Vec<(Failure, Usage)>,
     },
     /// Raises (or sets) one run's limits and releases its held jobs if it
@@ -175,9 +229,13 @@ pub enum Command {
     /// [`Command::Lease`] for a worker of `version`: jobs a version switch
     /// keeps from that version are left for other workers. Format 2.
     LeaseAs {
+        /// The worker's id: the leases are held in its name.
         worker: String,
+        /// The version the worker registered with.
         version: String,
+        /// The queues to take from, weighed together.
         queues: Vec<String>,
+        /// Most jobs to lease; fewer when fewer are ready.
         max: u32,
     },
     /// Stops (`enabled` false) or allows again leasing the jobs `switch`
@@ -206,6 +264,7 @@ pub enum Command {
 /// The payload of [`Command::EnqueueReplay`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnqueueReplay {
+    /// The tenant whose run is replayed.
     pub tenant: String,
     /// The run replayed.
     pub run: String,
@@ -228,6 +287,7 @@ pub struct ChaosRule {
     pub revoke: f64,
     /// Share of completions turned into failures of `fail_class`.
     pub fail: f64,
+    /// The error class of those failures.
     pub fail_class: String,
 }
 
@@ -238,8 +298,11 @@ pub use crate::policies::CanaryRule;
 /// that registered `version`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct VersionSwitch {
+    /// The worker version the jobs are kept from.
     pub version: String,
+    /// Only this queue's jobs; None: every queue's.
     pub queue: Option<String>,
+    /// Only this tenant's jobs; None: every tenant's.
     pub tenant: Option<String>,
 }
 
@@ -273,6 +336,7 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Whether the worker reported nothing: no cost, no named amounts.
     pub fn is_empty(&self) -> bool {
         self.cost_micros == 0 && self.named.is_empty()
     }
@@ -283,6 +347,7 @@ impl Usage {
 pub struct PurgeFilter {
     /// Ready or scheduled; None: both.
     pub state: Option<JobState>,
+    /// Only this tenant's jobs; None: every tenant's.
     pub tenant: Option<String>,
     /// Only jobs enqueued at least this long ago.
     pub older_than_ms: Option<u64>,
@@ -291,13 +356,16 @@ pub struct PurgeFilter {
 /// What an operator does to a schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ScheduleAction {
+    /// Its slots pass without enqueueing its job.
     Pause,
+    /// Its slots enqueue its job again.
     Resume,
     /// Enqueue its job now, outside its slots.
     Trigger,
 }
 
 impl ScheduleAction {
+    /// The action's name, as the API and the audit log write it.
     pub fn as_str(self) -> &'static str {
         match self {
             ScheduleAction::Pause => "pause",
@@ -311,18 +379,27 @@ impl ScheduleAction {
 /// entry cannot nest audits (and its decoding cannot recurse).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Audited {
+    /// Cancel a job.
     Cancel(Cancel),
     /// Pause, drain or resume queues.
     Control(Control),
     /// Pause, resume or trigger a schedule.
     Schedule(Schedule),
+    /// Run dead jobs again.
     Replay(Replay),
+    /// Remove dead jobs.
     PurgeDead(PurgeDead),
+    /// Take back leases and make their jobs ready.
     Requeue(Requeue),
+    /// Close one circuit breaker, or all.
     ResetBreakers(ResetBreakers),
+    /// Let a quarantined worker lease again.
     ReleaseWorker(ReleaseWorker),
+    /// Raise (or set) a run's limits.
     OverrideRun(OverrideRun),
+    /// Set a tenant's run limits and daily cap.
     SetTenantBudgets(SetTenantBudgets),
+    /// Cancel one slice of a run's unfinished jobs.
     CancelRun(CancelRun),
     /// Format 2.
     SwitchVersion(SwitchVersion),
@@ -336,6 +413,7 @@ pub enum Audited {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cancel {
+    /// The job to cancel.
     pub id: JobId,
 }
 
@@ -343,7 +421,9 @@ pub struct Cancel {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Control {
+    /// The queues (or the tenant) it applies to.
     pub scope: QueueScope,
+    /// What it does to them.
     pub action: QueueAction,
 }
 
@@ -351,7 +431,9 @@ pub struct Control {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
+    /// The schedule's name in the policies.
     pub schedule: String,
+    /// What is done to it.
     pub action: ScheduleAction,
 }
 
@@ -359,6 +441,7 @@ pub struct Schedule {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Replay {
+    /// The jobs to run again; those not dead are skipped.
     pub ids: Vec<JobId>,
 }
 
@@ -366,6 +449,7 @@ pub struct Replay {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PurgeDead {
+    /// The jobs to remove; those not dead are skipped.
     pub ids: Vec<JobId>,
 }
 
@@ -373,7 +457,10 @@ pub struct PurgeDead {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Requeue {
+    /// Each lease as (job, attempt); one not held at that attempt any
+    /// more is skipped.
     pub leases: Vec<(JobId, u32)>,
+    /// The operator's reason, written into each job's timeline.
     pub reason: String,
 }
 
@@ -381,6 +468,7 @@ pub struct Requeue {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResetBreakers {
+    /// The breaker as (queue, tenant, error class); None: every breaker.
     pub scope: Option<(String, String, String)>,
 }
 
@@ -388,6 +476,7 @@ pub struct ResetBreakers {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseWorker {
+    /// The quarantined worker's id.
     pub worker: String,
 }
 
@@ -395,8 +484,11 @@ pub struct ReleaseWorker {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OverrideRun {
+    /// The run's tenant.
     pub tenant: String,
+    /// The run's name.
     pub run: String,
+    /// The new limits; those not set keep the run's own.
     pub limits: Box<crate::policies::Budgets>,
 }
 
@@ -404,7 +496,9 @@ pub struct OverrideRun {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetTenantBudgets {
+    /// The tenant whose budgets they are.
     pub tenant: String,
+    /// Its run limits and daily cap; those set go before its config's.
     pub budgets: Box<crate::policies::Budgets>,
 }
 
@@ -412,9 +506,13 @@ pub struct SetTenantBudgets {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CancelRun {
+    /// The run's tenant.
     pub tenant: String,
+    /// The run's name.
     pub run: String,
+    /// The slice starts after this job of the run (0: at its first).
     pub after: JobId,
+    /// Most of the run's jobs this slice looks at.
     pub limit: u32,
 }
 
@@ -422,7 +520,10 @@ pub struct CancelRun {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SwitchVersion {
+    /// Which jobs, kept from which version.
     pub switch: VersionSwitch,
+    /// false switches the version off for those jobs; true lets it have
+    /// them again.
     pub enabled: bool,
 }
 
@@ -430,7 +531,10 @@ pub struct SwitchVersion {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetCanary {
+    /// The queue whose canary it is.
     pub queue: String,
+    /// The rule; None ends the one set at run time (the config's, if any,
+    /// applies again).
     pub rule: Option<CanaryRule>,
 }
 
@@ -438,13 +542,16 @@ pub struct SetCanary {
 /// admin sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetChaos {
+    /// The queue; None (with no rule) ends every queue's rule.
     pub queue: Option<String>,
+    /// The faults; None ends the queue's.
     pub rule: Option<ChaosRule>,
 }
 
 /// What a control applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueScope {
+    /// One queue, by name.
     Queue(String),
     /// Every queue that exists now.
     All,
@@ -464,6 +571,7 @@ pub enum QueueAction {
 }
 
 impl QueueAction {
+    /// The action's name, as the API and the audit log write it.
     pub fn as_str(self) -> &'static str {
         match self {
             QueueAction::Pause => "pause",
@@ -670,92 +778,196 @@ fn usage_bytes(u: &Usage) -> usize {
     8 + u.named.keys().map(|k| k.len() + 8).sum::<usize>()
 }
 
+/// One lease a heartbeat extends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseBeat {
+    /// The leased job.
     pub job_id: JobId,
+    /// The attempt the lease was granted for: the fence.
     pub attempt: u32,
+    /// What the worker says of the job's progress, if anything.
     pub progress: Option<Progress>,
 }
 
+/// A worker's result for one leased job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
+    /// The job it finished.
     pub job_id: JobId,
+    /// The lease's attempt; a result for any other is refused as stale.
     pub attempt: u32,
+    /// The job's result, kept with it (empty: none kept).
     pub result: Bytes,
 }
 
+/// A worker's failure of one leased job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
+    /// The job that failed.
     pub job_id: JobId,
+    /// The lease's attempt; a failure for any other is refused as stale.
     pub attempt: u32,
+    /// What kind of failure: its retry policy (`retry_on`, `no_retry`)
+    /// and the circuit breakers go by it.
     pub error_class: String,
+    /// What went wrong, kept as the job's last error.
     pub message: String,
 }
 
 /// The id a new job got, or the id of the job its idempotency key already named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enqueued {
+    /// The new job's id, or the existing job's.
     pub id: JobId,
+    /// True when the idempotency key named an existing job and nothing was
+    /// enqueued.
     pub duplicate: bool,
 }
 
 /// Why the machine refused a message about one job. Refusals change nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Refusal {
+    /// A message named a job that does not exist (never did, or was
+    /// purged).
     #[error("job {0} does not exist")]
     UnknownJob(JobId),
+    /// A heartbeat, result or failure named an attempt that is not the
+    /// job's lease now (it expired, was taken back, or the job finished).
     #[error("stale lease on job {job_id}: attempt {attempt} is not the current lease (job is {state}, current attempt {current})")]
     StaleLease {
+        /// The job named.
         job_id: JobId,
+        /// The attempt the message named.
         attempt: u32,
+        /// How many times the job has been leased: its latest attempt.
         current: u32,
+        /// The state the job is in.
         state: JobState,
     },
+    /// A cancel named a job that has finished already.
     #[error("job {job_id} is already {state}")]
-    Finished { job_id: JobId, state: JobState },
+    Finished {
+        /// The job named.
+        job_id: JobId,
+        /// How it finished.
+        state: JobState,
+    },
+    /// The log entry holding the command did not decode (written by
+    /// another drover version?); every node skipped it.
     #[error("log entry at index {index} could not be decoded: {reason}")]
-    Undecodable { index: u64, reason: String },
+    Undecodable {
+        /// The entry's raft index.
+        index: u64,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// An enqueue would pass its queue's `max_depth` or its priority's
+    /// `shed` fraction, or the cluster's `limits.max_pending`.
     #[error("queue {queue:?} is full for priority {priority}: {depth} jobs waiting, over its {what} limit of {limit}; retry later, or raise the limit")]
     Shed {
+        /// The queue the job was for.
         queue: String,
+        /// The job's priority.
         priority: u8,
+        /// Jobs waiting in the queue (for `limits.max_pending`: jobs not
+        /// finished in the cluster).
         depth: u64,
+        /// The limit that depth reached.
         limit: u64,
+        /// Which limit: `max_depth`, `shed` or `limits.max_pending`.
         what: String,
     },
+    /// An enqueue named a draining queue.
     #[error("queue {queue:?} is draining and takes no new jobs; `drover queues resume {queue}` takes them again")]
-    Draining { queue: String },
+    Draining {
+        /// The draining queue.
+        queue: String,
+    },
+    /// A schedule action named a schedule the policies in effect do not
+    /// have.
     #[error("no schedule {schedule:?} in the policies in effect (see drover schedules list)")]
-    UnknownSchedule { schedule: String },
+    UnknownSchedule {
+        /// The name given.
+        schedule: String,
+    },
+    /// An enqueue was for a draining tenant.
     #[error("tenant {tenant:?} is draining and its jobs are not taken; `drover tenants resume {tenant}` takes them again")]
-    TenantDraining { tenant: String },
+    TenantDraining {
+        /// The draining tenant.
+        tenant: String,
+    },
+    /// A release named a worker that is not quarantined.
     #[error("worker {worker:?} is not quarantined (see drover workers list)")]
-    NotQuarantined { worker: String },
+    NotQuarantined {
+        /// The worker named.
+        worker: String,
+    },
+    /// A reset named a breaker that is neither open nor counting failures.
     #[error("no breaker {queue}/{tenant}/{class} is open or counting failures (see drover breakers list)")]
     UnknownBreaker {
+        /// The breaker's queue.
         queue: String,
+        /// The breaker's tenant.
         tenant: String,
+        /// The breaker's error class.
         class: String,
     },
+    /// An enqueue into a run its budget holds, or for a tenant past its
+    /// daily cost cap.
     #[error("{} is over its {budget} budget ({usage}); `drover runs override RUN --reason TEXT` (or `drover budgets set TENANT`) raises it", budget_scope(tenant, run))]
     BudgetExceeded {
+        /// The job's tenant.
         tenant: String,
+        /// The run held; empty when it is the tenant's daily cap.
         run: String,
+        /// Which budget: `cost_usd`, `time`, `attempts` or
+        /// `daily_cost_cap_usd`.
         budget: String,
+        /// What was used of the limit, for people (`1.5 of 1 USD`).
         usage: String,
     },
+    /// A request named a run of the tenant that has no jobs (an override,
+    /// a read, a cancel).
     #[error("tenant {tenant:?} has no run {run:?} (see drover runs list)")]
-    UnknownRun { tenant: String, run: String },
+    UnknownRun {
+        /// The tenant named.
+        tenant: String,
+        /// The run named.
+        run: String,
+    },
+    /// A job of an enqueue names a job to run after that it cannot wait
+    /// for.
     #[error("job {position} of the request: field `after`: {reason}")]
-    BadDependency { position: usize, reason: String },
+    BadDependency {
+        /// The job's place in the request (from 0).
+        position: usize,
+        /// What is wrong with the dependency.
+        reason: String,
+    },
+    /// Switching a version on where no switch keeps it off.
     #[error("{switch} is not switched off (see drover versions list)")]
-    NotSwitchedOff { switch: String },
+    NotSwitchedOff {
+        /// The switch, described.
+        switch: String,
+    },
+    /// The queue named has no canary rule: none set at run time to end, or
+    /// none at all to show.
     #[error(
         "queue {queue:?} has no canary rule (drover canary set QUEUE --version V --percent N)"
     )]
-    NoCanary { queue: String },
+    NoCanary {
+        /// The queue named.
+        queue: String,
+    },
+    /// A replay named a new run that exists already (or found no free
+    /// `RUN-replay-N`).
     #[error("run {run:?} of tenant {tenant:?} exists already; name a new one")]
-    RunExists { tenant: String, run: String },
+    RunExists {
+        /// The run's tenant.
+        tenant: String,
+        /// The run that exists.
+        run: String,
+    },
 }
 
 fn budget_scope(tenant: &str, run: &str) -> String {
@@ -797,7 +1009,9 @@ impl Refusal {
 /// A job handed to a worker, with the payload it runs on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeasedJob {
+    /// The job, with its new lease.
     pub job: Job,
+    /// The payload the worker runs it on.
     pub payload: Bytes,
 }
 
@@ -805,10 +1019,13 @@ pub struct LeasedJob {
 /// back from the leader it forwarded the command to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
+    /// One per job of an enqueue, in order.
     Enqueued(Vec<Enqueued>),
     /// The run a replay's copies went into, and the copies.
     EnqueuedRun {
+        /// The run the copies went into.
         run: String,
+        /// One per copy, in order.
         jobs: Vec<Enqueued>,
     },
     /// The jobs leased, with their new lease and their payloads (which a
@@ -818,17 +1035,24 @@ pub enum Outcome {
     Acks(Vec<Result<(), Refusal>>),
     /// The state the job was in when it was cancelled.
     Cancelled(Result<JobState, Refusal>),
+    /// What a tick did.
     Ticked {
+        /// Leases that ended: expired, or past their execution timeout.
         expired: u32,
+        /// Delayed jobs made ready.
         promoted: u32,
     },
     /// Raft's own entries (empty entries of a new leader, conf changes).
     Noop,
+    /// The command was refused and changed nothing.
     Rejected(Refusal),
     /// What a purge removed; `more` when it stopped at its limit.
     Purged {
+        /// Jobs removed (cancelled, for a queue's purge).
         jobs: u32,
+        /// Idempotency records removed.
         idempotency_records: u32,
+        /// Whether it stopped at its limit, so a further one may find more.
         more: bool,
     },
     /// The queues a control changed.
@@ -841,12 +1065,15 @@ pub enum Outcome {
     Requeued(Vec<JobId>),
     /// A run's budgets were changed: the budget it is still over, if any.
     RunBudget {
+        /// The budget it is still over; None: under all of them.
         over: Option<String>,
     },
     /// A slice of a run's cancel: how many it cancelled, and the job after
     /// which the next slice starts (none: done).
     RunCancelled {
+        /// Jobs this slice cancelled.
         cancelled: u32,
+        /// The `after` of the next slice; None: the run is done.
         next: Option<JobId>,
     },
 }

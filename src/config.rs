@@ -12,17 +12,34 @@ use serde::{Deserialize, Serialize};
 use crate::job::JobLimits;
 use crate::policies::{JobPolicies, Policies, QueuePolicy, TenantPolicy};
 
+/// Why a config could not be used; each names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The config file's path.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// The file is not TOML of the expected shape: a syntax error, an unknown key
+    /// or a value of the wrong type.
     #[error("config file {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file, or `<inline>` for text parsed with [`Config::from_toml`].
+        path: PathBuf,
+        /// The TOML parser's error, naming the key or line at fault.
+        message: String,
+    },
+    /// A value serde accepted but is out of range or contradicts another key.
     #[error("config key `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid {
+        /// The key at fault, such as `jobs.heartbeat_timeout` or `queues`.
+        key: &'static str,
+        /// What is wrong with it, and what would be right.
+        reason: String,
+    },
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -32,6 +49,7 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A node's whole configuration: the top level of its TOML file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -59,12 +77,19 @@ pub struct Config {
     /// A node removed from its cluster (`drover cluster remove`) stops, with
     /// an error saying so; true keeps it running, idle, instead.
     pub wait_when_removed: bool,
+    /// `[limits]`: payload, request, worker and pending-job limits, the memory
+    /// alarm, and per-key limits.
     pub limits: Limits,
+    /// `[jobs]`: lease timeout, default retries, and how long finished jobs,
+    /// idempotency keys and audit records are kept.
     pub jobs: Jobs,
     /// `[cluster]`: what members ask of each other.
     pub cluster: ClusterConfig,
+    /// `[raft]`: ticks, log compaction, snapshots and pipelining.
     pub raft: Raft,
+    /// `[storage]`: sled's cache and the free-disk alarm.
     pub storage: Storage,
+    /// `[log]`: format and level of the node's own log.
     pub log: Log,
     /// Bearer tokens, each with a name and a role. None: the node answers
     /// anyone who can reach it, so it may bind loopback addresses only.
@@ -105,6 +130,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChaosConfig {
+    /// Accept and apply chaos rules on this node (default false). Set it on
+    /// every node of a test cluster only.
     pub allowed: bool,
 }
 
@@ -123,6 +150,8 @@ pub struct Backup {
     /// Default: `backups` in the data dir. Another disk is better.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// How many of the newest backups stay in `dir`; older ones are removed
+    /// after each backup (default 14, at least 1).
     pub keep: usize,
 }
 
@@ -159,6 +188,7 @@ pub struct BudgetsConfig {
 }
 
 impl BudgetsConfig {
+    /// The replicated form: USD as millionths, durations in ms.
     pub fn policy(&self) -> crate::policies::Budgets {
         crate::policies::Budgets {
             cost_micros: self.cost_usd.map(crate::policies::usd_to_micros),
@@ -188,17 +218,23 @@ impl BudgetsConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
+    /// Retries after the first attempt before the job goes where `on_exhausted`
+    /// says. Unset: `[retry."*"]`'s, else `jobs.max_retries`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
     /// exponential | linear | fixed | immediate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<String>,
+    /// First retry delay, grown by `backoff` up to `max_delay`. Unset:
+    /// `[retry."*"]`'s, else `jobs.retry_base_delay`.
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub base_delay: Option<Duration>,
+    /// Longest delay before a retry. Unset: `[retry."*"]`'s, else
+    /// `jobs.retry_max_delay`.
     #[serde(
         default,
         with = "humantime_serde",
@@ -271,12 +307,15 @@ impl RetryConfig {
 pub struct ScheduleConfig {
     /// `sec min hour day month weekday` (seconds optional).
     pub cron: String,
+    /// IANA time zone the cron expression is read in, such as "Europe/Berlin"
+    /// (default "UTC").
     #[serde(default = "utc")]
     pub timezone: String,
     /// `skip` (default) or `run_once`: what a slot missed by more than a
     /// minute (the cluster was down) does when the cluster is back.
     #[serde(default = "skip")]
     pub misfire: String,
+    /// The job each slot enqueues.
     pub job: JobTemplateConfig,
 }
 
@@ -292,19 +331,29 @@ fn skip() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobTemplateConfig {
+    /// Queue the job goes into.
     pub queue: String,
+    /// Its job type, which picks its `[retry.JOB_TYPE]` policy; empty: "default".
     #[serde(default)]
     pub job_type: String,
+    /// Tenant it runs for; empty: "default".
     #[serde(default)]
     pub tenant: String,
+    /// 1 (highest) to 5 (lowest); 0 or absent: 3.
     #[serde(default)]
     pub priority: u32,
+    /// Payload, as text; at most 64 KiB.
     #[serde(default)]
     pub payload: String,
+    /// Labels, as an enqueue takes them; each slot's job also gets
+    /// `drover.schedule` and `drover.slot`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Concurrency key, limited by the `[limits."PREFIX"]` it starts with;
+    /// empty: none.
     #[serde(default)]
     pub concurrency_key: String,
+    /// Rate key, limited by the `[limits."PREFIX"]` it starts with; empty: none.
     #[serde(default)]
     pub rate_key: String,
 }
@@ -352,6 +401,8 @@ pub struct QueueConfig {
     /// inside their leases and halves it when one expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_batch_size: Option<u32>,
+    /// Most leases a worker of this queue is sent at once, however fast it
+    /// finishes them (default 200; `initial_batch_size` defaults to 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_size: Option<u32>,
     /// `[queues.NAME.breaker]`: circuit breakers per (queue, tenant, error
@@ -405,7 +456,10 @@ pub struct QueueConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryConfig {
+    /// The worker version (as workers register it) that gets the canary share.
     pub version: String,
+    /// Share of the queue's jobs, 0 to 100, sent only to that version's workers;
+    /// the rest go only to workers of other versions.
     pub percent: u8,
     /// Default 5m.
     #[serde(
@@ -497,7 +551,9 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Peer {
+    /// The member's raft id: the `node_id` in its own config.
     pub id: u64,
+    /// Its gRPC address as `host:port`, such as "127.0.0.1:7071".
     pub addr: String,
 }
 
@@ -523,6 +579,8 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order `read`, `operate`, `admin`, `producer`, `worker`,
+    /// `peer`.
     pub const ALL: [Role; 6] = [
         Role::Read,
         Role::Operate,
@@ -532,6 +590,7 @@ impl Role {
         Role::Peer,
     ];
 
+    /// The role's name in config files, the CLI and responses: "read", "admin"...
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Read => "read",
@@ -561,7 +620,10 @@ impl std::str::FromStr for Role {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
+    /// Who holds the token, unique among `[[tokens]]`; audit records and
+    /// refusals name the caller by it.
     pub name: String,
+    /// What the token may do.
     pub role: Role,
     /// `sha256:` and the hex SHA-256 of the token.
     pub hash: String,
@@ -743,6 +805,8 @@ impl Default for Limits {
     }
 }
 
+/// `[jobs]`: lease timeout, default retries, and how long finished jobs,
+/// idempotency keys and audit records are kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Jobs {
@@ -755,6 +819,7 @@ pub struct Jobs {
     /// First retry delay; doubles each retry up to `retry_max_delay`.
     #[serde(with = "humantime_serde")]
     pub retry_base_delay: Duration,
+    /// Longest delay before a retry; the doubling stops there (default 5m).
     #[serde(with = "humantime_serde")]
     pub retry_max_delay: Duration,
     /// Succeeded and cancelled jobs are removed this long after they
@@ -809,6 +874,7 @@ impl Jobs {
     }
 }
 
+/// `[raft]`: timing of elections and heartbeats, log compaction, snapshots.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Raft {
@@ -850,6 +916,7 @@ impl Default for Raft {
     }
 }
 
+/// `[storage]`: sled's page cache and the free-disk alarm.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
@@ -913,7 +980,9 @@ impl Limits {
 /// (`1073741824`, `"1 GiB"`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Amount {
+    /// A fraction of the whole, 0 to 1.
     Share(f64),
+    /// A number of bytes, whatever the whole.
     Bytes(u64),
 }
 
@@ -1010,6 +1079,7 @@ impl Default for ClusterConfig {
     }
 }
 
+/// `[log]`: how the node writes its own log (to stderr).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
@@ -1113,6 +1183,8 @@ impl Config {
         }
     }
 
+    /// Parses TOML text, unknown keys refused; does not validate (see
+    /// [`Config::validate`]) nor resolve relative paths.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<inline>"),
@@ -1287,6 +1359,7 @@ impl Config {
         }
     }
 
+    /// The limits every new job is checked against (`limits.max_payload_bytes`).
     pub fn job_limits(&self) -> JobLimits {
         JobLimits {
             max_payload_bytes: self.limits.max_payload_bytes,

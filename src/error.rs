@@ -10,84 +10,163 @@ use crate::job::{InvalidJob, JobId};
 use crate::machine::MachineError;
 use crate::store::StoreError;
 
+/// What went wrong, for a request or for the node.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A new job breaks a validation rule.
     #[error("invalid argument: {0}")]
     InvalidJob(#[from] InvalidJob),
+    /// A request field is wrong.
     #[error("invalid argument `{field}`: {reason}")]
     InvalidArgument {
+        /// The field, as the request names it.
         field: std::borrow::Cow<'static, str>,
+        /// What is wrong with it.
         reason: String,
     },
+    /// No job has this id (none ever had, or it was purged).
     #[error("job {0} not found")]
     JobNotFound(JobId),
+    /// A dead-letter action named a job that is not dead.
     #[error("job {id} is {state}, not dead: only dead jobs are replayed or purged from the dead letters")]
     NotDead {
+        /// The job named.
         id: JobId,
+        /// The state it is in.
         state: crate::job::JobState,
     },
+    /// Something else the request named (a worker, a version...) does not
+    /// exist; the text says what.
     #[error("{0}")]
     NotFound(String),
+    /// The state machine refused the command; it changed nothing.
     #[error("{0}")]
     Refused(#[from] Refusal),
+    /// No leader is known (an election is under way?), so the request
+    /// could be neither proposed nor forwarded.
     #[error(
         "no leader is known right now (election in progress?); retry in about {retry_after_ms} ms"
     )]
-    NoLeader { retry_after_ms: u64 },
+    NoLeader {
+        /// How long (ms) to wait before sending it again.
+        retry_after_ms: u64,
+    },
+    /// A new leader's entries replaced the request's before it committed:
+    /// it did not take effect.
     #[error("the request's log entry was replaced by a new leader before it committed, so it did not take effect; retry it")]
     Superseded,
+    /// The node is stopping and takes no more requests.
     #[error("the node is shutting down; retry on another node")]
     ShuttingDown,
+    /// The command needs a log entry format the cluster does not write
+    /// yet: some voter runs an older drover.
     #[error("this needs log entry format {needs}, and the cluster writes format {writing} until every voter runs a drover that applies {needs}: finish upgrading every node (`entry_version_changed` in the leader's log says when), then retry")]
-    Upgrading { needs: u8, writing: u8 },
+    Upgrading {
+        /// The format the command needs.
+        needs: u8,
+        /// The format the cluster writes now.
+        writing: u8,
+    },
+    /// The request entered the log, but the node stopped (or a snapshot
+    /// jumped over its entry) before it learnt the outcome: it may or may
+    /// not take effect.
     #[error("the node stopped after the request entered its log, so it may or may not take effect: retry, with an idempotency key if it must not run twice")]
     OutcomeUnknown,
+    /// The leader this node forwarded the request to answered with an error.
     #[error("leader (node {leader}) answered {}: {}", .status.code(), .status.message())]
-    Forward { leader: u64, status: tonic::Status },
+    Forward {
+        /// The leader's node id.
+        leader: u64,
+        /// Its answer.
+        status: tonic::Status,
+    },
+    /// A membership change was asked for while another is under way.
     #[error("another membership change is in progress; wait for it to finish (see `drover cluster members`) and retry")]
     MembershipBusy,
+    /// The cluster refused a membership change; the text says why.
     #[error("{0}")]
     MembershipRefused(String),
+    /// Contact with the leader was lost while it handled a forwarded
+    /// request: it may or may not have taken effect.
     #[error("lost contact with the leader (node {leader}) while it handled the request ({reason}); it may or may not have taken effect: retry, with an idempotency key if it must not run twice")]
-    ForwardLost { leader: u64, reason: String },
+    ForwardLost {
+        /// The leader's node id.
+        leader: u64,
+        /// What the transport said.
+        reason: String,
+    },
+    /// The config is not valid.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// A listener could not bind its address at start.
     #[error("cannot listen on {addr} (config key `{key}`): {source}; pick a free port or stop what uses it")]
     Bind {
+        /// The config key that names the address.
         key: &'static str,
+        /// The address.
         addr: std::net::SocketAddr,
+        /// Why it could not.
         source: std::io::Error,
     },
+    /// A directory or file the node keeps data in (the data dir, a
+    /// snapshot, the backups) could not be created, read or written; also
+    /// a restore into a data dir that is not empty.
     #[error("data dir {path} is not usable (config key `data_dir`): {source}")]
     DataDir {
+        /// The directory or file.
         path: std::path::PathBuf,
+        /// Why it could not be used.
         source: std::io::Error,
     },
+    /// The raft driver stopped, or failed a request it took (a snapshot,
+    /// an outcome the caller did not expect); the text says what.
     #[error("the raft driver stopped: {0}")]
     Driver(String),
     /// The disk under the data dir failed: the node stopped rather than
     /// acknowledge what it may not have written.
     #[error("{}", disk_fault_message(.data_dir, *.fault, .detail))]
     DiskFault {
+        /// The node's data dir.
         data_dir: std::path::PathBuf,
+        /// Whether the disk was full or failed.
         fault: crate::store::DiskFault,
+        /// What the store reported.
         detail: String,
     },
+    /// The raft log's store failed.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The state machine's storage failed, or holds a record it cannot
+    /// read.
     #[error("{0}")]
     Machine(#[from] MachineError),
+    /// Writing or reading a snapshot failed, or a file is not a valid
+    /// snapshot.
     #[error("{0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// The request carried no token, or one the node does not know (or a
+    /// peer came without the client certificate `tls.peer_mtls` asks for).
     #[error("{0}")]
     Unauthenticated(String),
+    /// The token's role or scope does not allow the request.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The token is over its rate limit, or its limit for one tenant.
     #[error("token {token:?} is over its rate limit; retry in {retry_after_ms} ms")]
-    RateLimited { token: String, retry_after_ms: u64 },
+    RateLimited {
+        /// The token's name (and the tenant, for a per-tenant limit).
+        token: String,
+        /// How long (ms) until it may send again.
+        retry_after_ms: u64,
+    },
     /// This node was removed from its cluster, and stopped.
     #[error("node {node_id} was removed from the cluster ({reason}), so it stopped. To bring it back: empty its data dir, start it with join = true, and run `drover cluster add {node_id} ADDR` on a member (docs/operations.md, \"Rebuild a node\"); `wait_when_removed = true` keeps a removed node running instead")]
-    Removed { node_id: u64, reason: String },
+    Removed {
+        /// This node's id.
+        node_id: u64,
+        /// Why it was removed, as the removal said.
+        reason: String,
+    },
     /// A node's disk or memory alarm stands: the leader takes no new work.
     #[error("{0}")]
     Pressure(#[from] crate::resources::Refusal),
@@ -137,6 +216,7 @@ impl Error {
         }
     }
 
+    /// An [`Error::InvalidArgument`] about `field`.
     pub fn invalid(
         field: impl Into<std::borrow::Cow<'static, str>>,
         reason: impl Into<String>,
@@ -181,6 +261,7 @@ impl Error {
         }
     }
 
+    /// The HTTP status the admin API answers it with (its gRPC code's).
     pub fn http_status(&self) -> StatusCode {
         match self.grpc_code() {
             tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,

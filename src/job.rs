@@ -57,12 +57,14 @@ pub const MAX_AFTER: usize = 64;
 /// A job a new job waits for, as its request names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dependency {
+    /// A job enqueued earlier, by id.
     Job(JobId),
     /// The Nth job (from 0) of the same request.
     Earlier(usize),
 }
 
 impl Dependency {
+    /// Reads one entry of a request's `after`: a job id, or `@N`.
     pub fn parse(s: &str) -> Result<Dependency, String> {
         let bad = || format!("{s:?} is not a job id or @N (the Nth job, from 0, of this request)");
         match s.strip_prefix('@') {
@@ -94,6 +96,7 @@ impl Dependency {
 pub struct JobKeys<'a> {
     /// The key and the job's own limit, if it set one.
     pub concurrency: Option<(&'a str, Option<u32>)>,
+    /// The rate key and the job's own rate, if it set one.
     pub rate: Option<(&'a str, Option<Rate>)>,
 }
 
@@ -124,15 +127,19 @@ pub enum JobState {
     Ready,
     /// Held by a worker under a lease.
     Leased,
+    /// Completed by a worker.
     Succeeded,
     /// Failed more often than its retry policy allows.
     Dead,
+    /// Cancelled before it finished (by a request, or because a job it
+    /// waited for failed).
     Cancelled,
     /// Waiting for the jobs it runs after (`after`) to succeed.
     Waiting,
 }
 
 impl JobState {
+    /// The state's name in the APIs and the CLI (`ready`, `dead`...).
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Scheduled => "scheduled",
@@ -163,14 +170,25 @@ impl fmt::Display for JobState {
 /// A job as a producer submits it, after validation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewJob {
+    /// The queue it joins.
     pub queue: String,
+    /// What kind of job it is: retry policies and metrics go by it.
     pub job_type: String,
+    /// Whose job it is: fair shares, budgets and tenant drains go by it.
     pub tenant: String,
+    /// The run it belongs to; empty: none.
     pub run_id: String,
+    /// 1 (highest) to 5 (lowest).
     pub priority: u8,
+    /// What the worker runs it on.
     pub payload: Bytes,
+    /// Names the job within its tenant and queue: an enqueue with a key in
+    /// use gets that job's id back; empty: none.
     pub idempotency_key: String,
+    /// How long (ms) after the enqueue it becomes ready; 0: at once.
     pub delay_ms: u64,
+    /// Its labels, drover's own `drover.` ones (limits, dependencies,
+    /// timeout) among them.
     pub labels: BTreeMap<String, String>,
 }
 
@@ -178,15 +196,21 @@ pub struct NewJob {
 /// this attempt may heartbeat, complete or fail the job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The worker holding it.
     pub worker: String,
+    /// Which lease of the job this is (1 for the first).
     pub attempt: u32,
+    /// When it expires (log time, ms since the epoch) unless a heartbeat
+    /// extends it.
     pub deadline_ms: u64,
 }
 
 /// What a worker last said about a long job's progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
+    /// How far along the job is, 0 to 1.
     pub fraction: f32,
+    /// What the worker says it is doing.
     pub message: String,
 }
 
@@ -194,7 +218,9 @@ pub struct Progress {
 /// entry that did it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
+    /// Log time of the entry that did it (ms since the epoch).
     pub at_ms: u64,
+    /// What happened.
     pub kind: EventKind,
 }
 
@@ -203,39 +229,61 @@ pub struct JobEvent {
 /// English.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
+    /// It was enqueued.
     Enqueued,
+    /// A worker took it under a lease.
     Leased {
+        /// The worker that took it.
         worker: String,
+        /// The lease's attempt.
         attempt: u32,
     },
     /// It waited in the ready set longer than its queue's sla.
     WaitedPastSla {
+        /// How long it waited (ms).
         waited_ms: u64,
     },
     /// The worker reported a new progress message (a heartbeat that only
     /// moves the fraction updates the job's progress, not its timeline).
     Progress {
+        /// The lease's attempt.
         attempt: u32,
+        /// How far along, 0 to 1.
         fraction: f32,
+        /// What the worker said.
         message: String,
     },
+    /// It succeeded.
     Completed {
+        /// The worker that completed it.
         worker: String,
+        /// The lease's attempt.
         attempt: u32,
     },
+    /// An attempt failed: its worker said so, or it ran past its execution
+    /// timeout (class `timeout`).
     Failed {
+        /// The worker that held it.
         worker: String,
+        /// The lease's attempt.
         attempt: u32,
+        /// The failure's error class.
         class: String,
+        /// What became of the job.
         then: AfterFailed,
     },
     /// Its lease ended without a result and it is ready again.
     Requeued {
+        /// The worker whose lease ended.
         worker: String,
+        /// The lease's attempt.
         attempt: u32,
+        /// Why it was taken back.
         by: RequeuedBy,
     },
+    /// It was cancelled.
     Cancelled {
+        /// The state it was in.
         was: JobState,
     },
     /// Taken out of the dead letters to run again.
@@ -245,7 +293,9 @@ pub enum EventKind {
     DependenciesMet,
     /// A job it waited for ended dead or cancelled: it is cancelled.
     DependencyFailed {
+        /// The job it waited for.
         job: JobId,
+        /// How that job ended.
         state: JobState,
     },
     /// An event written by a drover whose timeline was text (layout 2).
@@ -255,9 +305,23 @@ pub enum EventKind {
 /// What became of a job after a failure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AfterFailed {
-    Retry { at_ms: u64 },
-    Escalated { to: String, why: Exhausted },
-    Dead { why: Exhausted },
+    /// It runs again later.
+    Retry {
+        /// When it is ready again (log time, ms since the epoch).
+        at_ms: u64,
+    },
+    /// Out of retries, it moved to the queue its retry policy escalates to.
+    Escalated {
+        /// That queue.
+        to: String,
+        /// The rule that ended its retries.
+        why: Exhausted,
+    },
+    /// Out of retries, it is dead.
+    Dead {
+        /// The rule that ended its retries.
+        why: Exhausted,
+    },
 }
 
 /// Which retry rule gave a failed job no more attempts.
@@ -267,7 +331,9 @@ pub enum Exhausted {
     NoRetryClass,
     /// The policy has a `retry_on` list without its error class.
     NotInRetryOn,
+    /// It used every retry its policy allows.
     OutOfRetries {
+        /// The policy's `max_retries`.
         max_retries: u32,
     },
 }
@@ -278,7 +344,10 @@ pub enum RequeuedBy {
     /// The worker stopped heartbeating.
     LeaseExpired,
     /// An operator (`drover queues clear-stuck`), with their reason.
-    Operator { reason: String },
+    Operator {
+        /// Why, as the operator said.
+        reason: String,
+    },
 }
 
 impl EventKind {
@@ -323,6 +392,7 @@ impl EventKind {
         }
     }
 
+    /// The error class of a failure.
     pub fn error_class(&self) -> Option<&str> {
         match self {
             EventKind::Failed { class, .. } => Some(class),
@@ -397,24 +467,43 @@ impl fmt::Display for EventKind {
 /// which live under their own keys so state changes do not rewrite them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
+    /// Assigned by the machine, in enqueue order.
     pub id: JobId,
+    /// The queue it is in (the one it was escalated to, if it was).
     pub queue: String,
+    /// What kind of job it is: retry policies and metrics go by it.
     pub job_type: String,
+    /// Whose job it is.
     pub tenant: String,
+    /// The run it belongs to; empty: none.
     pub run_id: String,
+    /// 1 (highest) to 5 (lowest).
     pub priority: u8,
+    /// Where it is in its life.
     pub state: JobState,
     /// How many times the job has been leased.
     pub attempts: u32,
+    /// The key it was enqueued with; empty: none.
     pub idempotency_key: String,
+    /// Its labels, drover's own `drover.` ones among them.
     pub labels: BTreeMap<String, String>,
+    /// When it was enqueued (log time, ms since the epoch).
     pub enqueued_at_ms: u64,
+    /// When it became or becomes ready: its enqueue plus its delay, a
+    /// retry's time, or when it was made ready again (a requeue, a replay,
+    /// an escalation); its wait counts from here.
     pub run_at_ms: u64,
+    /// The lease it is under; None unless it is leased.
     pub lease: Option<Lease>,
+    /// What a worker last said of its progress (cleared by each new lease).
     pub progress: Option<Progress>,
+    /// The error class of its last failure; empty if it never failed.
     pub last_error_class: String,
+    /// The message of its last failure; empty if it never failed.
     pub last_error: String,
+    /// When it finished (log time, ms since the epoch); 0 until then.
     pub finished_at_ms: u64,
+    /// Its timeline, oldest first, at most [`TIMELINE_MAX`] events.
     pub events: Vec<JobEvent>,
     /// What its workers reported it cost, over all its attempts, in
     /// millionths of a USD.
@@ -462,10 +551,22 @@ impl Job {
 /// and the rule, so the producer can fix the request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidJob {
+    /// A field breaks a rule.
     #[error("field `{field}`: {reason}")]
-    Field { field: &'static str, reason: String },
+    Field {
+        /// The request field.
+        field: &'static str,
+        /// The rule, and how the value breaks it.
+        reason: String,
+    },
+    /// The payload is larger than `limits.max_payload_bytes`.
     #[error("field `payload`: {size} bytes is over the limit of {limit} bytes (limits.max_payload_bytes)")]
-    PayloadTooLarge { size: usize, limit: usize },
+    PayloadTooLarge {
+        /// The payload's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
 }
 
 impl InvalidJob {
@@ -517,15 +618,24 @@ pub fn validate_name(name: &'static str, value: &str) -> Result<(), InvalidJob> 
 /// The raw fields of a job as they arrive from gRPC, HTTP or the CLI.
 #[derive(Debug, Clone, Default)]
 pub struct JobRequest {
+    /// The queue it joins; required.
     pub queue: String,
+    /// The job type; empty: `default`.
     pub job_type: String,
+    /// The tenant; empty: `default`.
     pub tenant: String,
+    /// The run it belongs to; empty: none.
     pub run_id: String,
     /// 0 means the default priority.
     pub priority: u32,
+    /// What the worker runs it on.
     pub payload: Bytes,
+    /// Names the job within its tenant and queue so a repeated enqueue
+    /// gets it back; empty: none. At most 256 bytes.
     pub idempotency_key: String,
+    /// How long (ms) before it is ready; 0: at once.
     pub delay_ms: u64,
+    /// Free-form labels, at most 32; `drover.` ones are drover's own.
     pub labels: BTreeMap<String, String>,
     /// At most N jobs of this key are leased at once (N: the job's
     /// `concurrency_limit`, else the `[limits."PREFIX"]` of the key).
@@ -549,6 +659,7 @@ pub struct JobRequest {
 /// Limits a node enforces on new jobs.
 #[derive(Debug, Clone, Copy)]
 pub struct JobLimits {
+    /// Largest payload accepted, in bytes (`limits.max_payload_bytes`).
     pub max_payload_bytes: usize,
 }
 
@@ -717,7 +828,9 @@ fn or_default(s: String) -> String {
 /// At most `count` per `period_ms`: `"10/s"`, `"100/m"`, `"5/30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rate {
+    /// Most leases in one period.
     pub count: u32,
+    /// The period (ms).
     pub period_ms: u64,
 }
 

@@ -5,6 +5,8 @@
 //! [`machine`]. The gRPC and HTTP adapters in [`api`] translate requests into
 //! commands and outcomes into responses; [`node`] wires them together.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod backup;
 pub mod bench;

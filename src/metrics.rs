@@ -12,12 +12,22 @@ use crate::status::NodeStatus;
 
 /// The histogram of what each finished run used of each budget.
 pub const RUN_BUDGET_RATIO: &str = "drover_run_budget_used_ratio";
+/// Histogram of how long jobs waited from ready to their lease, by queue.
 pub const JOB_WAIT: &str = "drover_job_wait_seconds";
+/// Histogram of how long leases ran until their result, a cancel or a
+/// take-back, by queue.
 pub const JOB_RUN: &str = "drover_job_run_seconds";
+/// Histogram of this node's enqueue requests, gRPC and HTTP, from receipt to
+/// answer, by outcome.
 pub const ENQUEUE_LATENCY: &str = "drover_enqueue_duration_seconds";
+/// Histogram of worker reports this node put through the log, from receipt
+/// to acknowledgement, by kind.
 pub const WORKER_RPC_LATENCY: &str = "drover_worker_rpc_duration_seconds";
+/// Counter of the leader changes this node saw, to another node or to none.
 pub const LEADER_CHANGES: &str = "drover_raft_leader_changes_total";
+/// Histogram of commands per log entry this node proposed as leader.
 pub const COMMANDS_PER_ENTRY: &str = "drover_raft_commands_per_entry";
+/// Histogram of how long this node took to write each snapshot.
 pub const SNAPSHOT_DURATION: &str = "drover_snapshot_duration_seconds";
 
 /// When this node last wrote a scheduled backup (s since the epoch; 0:
@@ -34,8 +44,11 @@ const SECONDS_BUCKETS: &[f64] = &[
 /// A metric's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Only goes up; starts again at 0 when the node restarts.
     Counter,
+    /// A value as it is now.
     Gauge,
+    /// Observations counted in buckets.
     Histogram,
 }
 
@@ -44,7 +57,9 @@ pub enum Kind {
 /// (this node's own: sum them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
+    /// The cluster's value, the same on every node: do not sum across nodes.
     Cluster,
+    /// This node's own value: sum across nodes.
     Node,
 }
 
@@ -414,7 +429,9 @@ fn describe() {
 
 /// What one scrape renders.
 pub struct Scrape<'a> {
+    /// The state this node's machine last published.
     pub stats: &'a MachineStats,
+    /// This node's raft status: role, term, leader, log indexes, members.
     pub status: &'a NodeStatus,
     /// The workers connected to this node.
     pub workers: &'a [crate::workers::WorkerInfo],
@@ -443,6 +460,8 @@ pub struct Metrics {
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 impl Metrics {
+    /// Installs the process-wide Prometheus recorder, or reuses the one a node
+    /// of this process already installed.
     pub fn install() -> Metrics {
         let handle = HANDLE
             .get_or_init(|| {
@@ -729,6 +748,7 @@ pub struct JobTimes {
 }
 
 impl JobTimes {
+    /// Adds each wait and run time to its queue's histogram.
     pub fn record(&mut self, observations: Vec<crate::machine::tally::Observation>) {
         use crate::machine::tally::Timing;
         for o in observations {

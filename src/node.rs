@@ -25,9 +25,15 @@ use crate::proto::v1::worker_service_server::WorkerServiceServer;
 use crate::store;
 use crate::workers::WorkerRegistry;
 
+/// A running node, from [`Node::start`] until [`Node::wait`] returns.
 pub struct Node {
+    /// The address it serves gRPC on, with the port it got when `grpc_addr`
+    /// asked for port 0.
     pub grpc_addr: SocketAddr,
+    /// The address it serves HTTP on, with the port it got when `http_addr`
+    /// asked for port 0.
     pub http_addr: SocketAddr,
+    /// What its APIs share: the driver handle, config, workers and router.
     pub app: App,
     /// Who may call what; its tokens may be reloaded (SIGHUP).
     pub auth: api::auth::Auth,

@@ -16,6 +16,7 @@ pub const DEFAULTS: &str = "*";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Policies {
+    /// `[jobs]`: the lease timeout and the retry defaults of every queue.
     pub jobs: JobPolicies,
     /// By queue name; `*` holds the defaults of queues not named.
     pub queues: BTreeMap<String, QueuePolicy>,
@@ -41,6 +42,8 @@ pub struct Policies {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Budgets {
+    /// What the run's jobs may cost, summed, in millionths of a USD
+    /// (None: no limit).
     pub cost_micros: Option<u64>,
     /// Lease time, summed over the run's jobs.
     pub time_ms: Option<u64>,
@@ -92,9 +95,13 @@ pub fn micros_to_usd(micros: u64) -> f64 {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RetryPolicy {
+    /// Retries after the first attempt before the job is exhausted.
     pub max_retries: Option<u32>,
+    /// How the delay grows from one retry to the next.
     pub backoff: Option<Backoff>,
+    /// Delay before the first retry (ms).
     pub base_delay_ms: Option<u64>,
+    /// Longest delay before a retry (ms).
     pub max_delay_ms: Option<u64>,
     /// If not empty, only these error classes are retried.
     pub retry_on: Vec<String>,
@@ -106,6 +113,7 @@ pub struct RetryPolicy {
     pub timeout_ms: Option<u64>,
 }
 
+/// How the delay before a retry grows (`base` is the base delay).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backoff {
@@ -121,6 +129,7 @@ pub enum Backoff {
 }
 
 impl Backoff {
+    /// Reads a config's `backoff` value.
     pub fn parse(s: &str) -> Result<Backoff, String> {
         match s {
             "exponential" => Ok(Backoff::Exponential),
@@ -133,6 +142,7 @@ impl Backoff {
         }
     }
 
+    /// The name the config gives it.
     pub fn as_str(self) -> &'static str {
         match self {
             Backoff::Exponential => "exponential",
@@ -146,12 +156,19 @@ impl Backoff {
 /// A job type's retry policy with every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retry {
+    /// Retries after the first attempt before the job is exhausted.
     pub max_retries: u32,
+    /// How the delay grows from one retry to the next.
     pub backoff: Backoff,
+    /// Delay before the first retry (ms), before jitter.
     pub base_delay_ms: u64,
+    /// Longest delay before a retry (ms), before jitter.
     pub max_delay_ms: u64,
+    /// If not empty, only these error classes are retried.
     pub retry_on: Vec<String>,
+    /// These error classes end the job at once.
     pub no_retry: Vec<String>,
+    /// Where an exhausted job goes: a queue to escalate to, or (None) dead.
     pub escalate_to: Option<String>,
 }
 
@@ -159,9 +176,15 @@ pub struct Retry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AfterFailure {
     /// Run again after this delay.
-    Retry { delay_ms: u64 },
+    Retry {
+        /// Ms from now, jitter included (0: ready at once).
+        delay_ms: u64,
+    },
     /// No more attempts; `why` says which rule ended it.
-    Exhausted { why: crate::job::Exhausted },
+    Exhausted {
+        /// The rule that ended it.
+        why: crate::job::Exhausted,
+    },
 }
 
 impl Retry {
@@ -224,31 +247,44 @@ pub use crate::job::Rate;
 /// that waited `max_wait_ms` goes to the others too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CanaryRule {
+    /// The worker version the canary jobs go to.
     pub version: String,
     /// 0 to 100.
     pub percent: u8,
+    /// How long (ms) a canary job waits for a worker of `version` before
+    /// the others may take it too.
     pub max_wait_ms: u64,
 }
 
 /// `[schedules.NAME]`: a cron expression and the job each slot enqueues.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SchedulePolicy {
+    /// `sec min hour day month weekday` (seconds optional).
     pub cron: String,
+    /// The time zone the expression is read in (`UTC` unless set).
     pub timezone: String,
     /// A slot missed by more than the grace (the cluster was down) runs
     /// once when the cluster is back; otherwise it is skipped.
     pub run_once: bool,
+    /// The job each slot enqueues.
     pub job: JobTemplate,
 }
 
 /// The job a schedule enqueues (validated when the config was read).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobTemplate {
+    /// The queue it joins.
     pub queue: String,
+    /// Its job type.
     pub job_type: String,
+    /// Its tenant.
     pub tenant: String,
+    /// 1 (highest) to 5 (lowest).
     pub priority: u8,
+    /// What the worker runs it on.
     pub payload: bytes::Bytes,
+    /// Its labels, the limit keys' `drover.` ones among them; each job
+    /// also gets `drover.schedule` (and `drover.slot` when a slot fired it).
     pub labels: BTreeMap<String, String>,
 }
 
@@ -256,9 +292,14 @@ pub struct JobTemplate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JobPolicies {
+    /// A lease not extended by a heartbeat within this long (ms) expires
+    /// and its job is ready again; a queue may set its own.
     pub heartbeat_timeout_ms: u64,
+    /// Retries after the first attempt, for job types that set none.
     pub max_retries: u32,
+    /// Delay before the first retry (ms), for job types that set none.
     pub retry_base_delay_ms: u64,
+    /// Longest delay before a retry (ms), for job types that set none.
     pub retry_max_delay_ms: u64,
 }
 
@@ -299,6 +340,8 @@ pub struct QueuePolicy {
     /// A worker whose failures are at least this fraction of its results
     /// in `quarantine_window_ms` gets no new leases (off unless set).
     pub quarantine_failure_rate: Option<f64>,
+    /// The window (ms) a worker's results are counted over
+    /// ([`QUARANTINE_WINDOW_MS`] unless set).
     pub quarantine_window_ms: Option<u64>,
     /// Results in the window before the rate counts.
     pub quarantine_min_jobs: Option<u64>,
@@ -319,9 +362,14 @@ pub const CANARY_MAX_WAIT_MS: u64 = 5 * 60_000;
 /// When a worker is quarantined, defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QuarantinePolicy {
+    /// Share of its results (0 to 1) that must have failed.
     pub failure_rate: f64,
+    /// The window (ms) its results are counted over.
     pub window_ms: u64,
+    /// Results in the window before the rate counts.
     pub min_jobs: u64,
+    /// How long (ms) a quarantined worker must stay away: reconnecting
+    /// after it lifts the quarantine.
     pub for_ms: u64,
 }
 
@@ -335,9 +383,14 @@ const QUARANTINE_FOR_MS: u64 = 10 * 60_000;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct QueueBreaker {
+    /// false turns the queue's breakers off.
     pub enabled: Option<bool>,
+    /// Failures of one class within the window that open a breaker.
     pub threshold: Option<u32>,
+    /// The window (ms) failures are counted over.
     pub window_ms: Option<u64>,
+    /// How long (ms) an open breaker stays open before letting one job
+    /// through.
     pub cooldown_ms: Option<u64>,
 }
 
@@ -346,6 +399,7 @@ pub struct QueueBreaker {
 pub struct BreakerPolicy {
     /// Failures of one class within the window that open it.
     pub threshold: u32,
+    /// The window (ms) failures are counted over.
     pub window_ms: u64,
     /// How long it stays open before letting one job through.
     pub cooldown_ms: u64,
@@ -361,6 +415,7 @@ impl Default for BreakerPolicy {
     }
 }
 
+/// `[tenants.NAME]`: a tenant's share of dispatches and its budgets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TenantPolicy {
@@ -382,11 +437,15 @@ impl Default for TenantPolicy {
 /// Why an enqueue was refused by a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shed {
+    /// The queue the job was for.
     pub queue: String,
+    /// The job's priority.
     pub priority: u8,
     /// What the depth was measured against, for the message.
     pub depth: u64,
+    /// The limit reached.
     pub limit: u64,
+    /// Which limit: `max_depth`, `shed` or `limits.max_pending`.
     pub what: &'static str,
 }
 
@@ -395,10 +454,12 @@ pub mod as_json {
     use super::Policies;
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes policies as one JSON string.
     pub fn serialize<S: Serializer>(p: &Policies, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::Policies::to_record_string(p))
     }
 
+    /// Reads policies from a JSON string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Policies, D::Error> {
         let text = String::deserialize(d)?;
         serde_json::from_str(&text).map_err(serde::de::Error::custom)

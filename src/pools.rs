@@ -24,6 +24,7 @@ pub struct Flow {
     pub leases_ended: u64,
     /// The time those leases ran, summed.
     pub lease_ms: u64,
+    /// How long (ms) the counts above cover.
     pub window_ms: u64,
 }
 

@@ -58,6 +58,7 @@ impl Alarm {
         }
     }
 
+    /// The alarm a refusal's `code` names; None for any other code.
     pub fn from_code(code: &str) -> Option<Alarm> {
         [Alarm::DiskFull, Alarm::MemoryHigh]
             .into_iter()
@@ -68,17 +69,23 @@ impl Alarm {
 /// One node's disk and memory, as it last read them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reading {
+    /// Free bytes on the data dir's filesystem; `u64::MAX` if it could not be
+    /// read.
     pub free_bytes: u64,
     /// `storage.min_free_bytes` as this node resolved it (0: not judged).
     pub min_free_bytes: u64,
+    /// The process's resident memory in bytes; 0 if it could not be read.
     pub rss_bytes: u64,
     /// `limits.memory_high_watermark` in bytes (0: not judged).
     pub watermark_bytes: u64,
+    /// The disk alarm stands.
     pub disk_full: bool,
+    /// The memory alarm stands.
     pub memory_high: bool,
 }
 
 impl Reading {
+    /// The alarms that stand, disk first.
     pub fn alarms(&self) -> Vec<Alarm> {
         let mut out = Vec::new();
         if self.disk_full {
@@ -156,7 +163,9 @@ impl From<&pb::NodeResources> for Reading {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{}", describe(*.alarm, .nodes))]
 pub struct Refusal {
+    /// The alarm that refuses.
     pub alarm: Alarm,
+    /// The voters that raised it, by id, with their readings.
     pub nodes: Vec<(u64, Reading)>,
 }
 
@@ -263,6 +272,7 @@ impl Pressure {
         self.any.load(Ordering::Acquire)
     }
 
+    /// This node's reading as last sampled.
     pub fn local(&self) -> Reading {
         *self.local.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -28,17 +28,30 @@ const LOAD_BATCH: usize = 1000;
 /// make us allocate gigabytes.
 const MAX_RECORD: u32 = 256 * 1024 * 1024;
 
+/// Why a snapshot file could not be written, read or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// Reading or writing the file failed.
     #[error("snapshot file {path}: {source}")]
     Io {
+        /// The snapshot file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// The file is not a whole drover snapshot: truncated, damaged, or another
+    /// program's.
     #[error("snapshot file {path} is not a valid drover snapshot ({reason}); it may be truncated or from another program: take a new one")]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What is wrong with it, such as "it ends early".
+        reason: String,
+    },
+    /// sled failed while the machine's tree was read or loaded.
     #[error("while reading the machine tree for a snapshot: {0}")]
     Sled(#[from] sled::Error),
+    /// The consistent read of the machine stopped, or could not start.
     #[error("while reading the machine for a snapshot: {0}")]
     Capture(String),
 }
@@ -52,8 +65,11 @@ impl From<crate::machine::capture::CaptureError> for SnapshotError {
 /// What a snapshot stands for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotMeta {
+    /// The log index of the last entry the state includes.
     pub index: u64,
+    /// The term of that entry.
     pub term: u64,
+    /// The voters and learners as of that entry.
     pub conf_state: ConfState,
     /// Where each member is reached, so a node caught up by snapshot can
     /// talk to members added while it was away.

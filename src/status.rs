@@ -7,14 +7,21 @@
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Follows a leader, or waits to hear from one.
     #[default]
     Follower,
+    /// Campaigning for votes in a new term.
     Candidate,
+    /// Asking whether it could win before it starts an election (raft's
+    /// pre-vote), so a node cut off does not raise the term.
     PreCandidate,
+    /// Leads: proposes entries and replicates the log.
     Leader,
 }
 
 impl Role {
+    /// Its name in the API and CLI: `follower`, `candidate`, `precandidate` or
+    /// `leader`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Follower => "follower",
@@ -28,13 +35,19 @@ impl Role {
 /// What the node knows of its raft group, published after every Ready.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
+    /// This node's raft id.
     pub node_id: u64,
+    /// Its part in the group now.
     pub role: Role,
+    /// The raft term it is in.
     pub term: u64,
     /// 0 when no leader is known.
     pub leader_id: u64,
+    /// Index of the last entry it knows to be committed.
     pub commit_index: u64,
+    /// Index of the last entry its machine applied.
     pub applied_index: u64,
+    /// Index of the last entry in its log, committed or not.
     pub last_index: u64,
     /// Every voter and learner; progress is known only on the leader.
     pub members: Vec<Member>,
@@ -56,6 +69,7 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
+    /// Whether this node leads now.
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader
     }
@@ -72,9 +86,11 @@ impl NodeStatus {
 /// A member as the leader sees it.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
+    /// The member's raft id.
     pub id: u64,
     /// Its gRPC address, as peers reach it.
     pub addr: String,
+    /// A voter; false for a learner, which gets the log but does not vote.
     pub voter: bool,
     /// Highest log index known to be on that node (leader only).
     pub match_index: Option<u64>,

@@ -25,6 +25,8 @@ const COMPACTED: &[u8] = b"s";
 /// loads a new tree and switches this name in the same batch that moves the
 /// log past the snapshot, so a crash leaves one or the other, never a mix.
 const ACTIVE_MACHINE: &[u8] = b"a";
+/// The machine's tree in a new database, until a snapshot install switches
+/// to another.
 pub const DEFAULT_MACHINE_TREE: &str = "machine";
 /// Index (and term) a new cluster's log starts after; see [`RaftStore::bootstrap`].
 pub const INIT_INDEX: u64 = 5;
@@ -38,16 +40,39 @@ const REMOVED: &[u8] = b"R";
 /// The cluster's incarnation (bincode u64; see `cluster::identity`).
 const INCARNATION: &[u8] = b"N";
 
+/// Why the raft store failed; a node cannot go on without it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// sled could not open the database; the message says what to do.
     #[error("cannot open the database in {path}: {source}; {}", open_advice(.source))]
-    Open { path: String, source: sled::Error },
+    Open {
+        /// The data dir.
+        path: String,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// The data dir's filesystem has too little free space for sled to open the
+    /// database; nothing was changed.
     #[error("cannot start on data dir {path}: its filesystem has {} free, and opening the database needs about {} (sled rewrites its snapshot file at every open). Nothing was changed. Free space on that filesystem or grow it, then start again (docs/operations.md, \"A disk fills\")", size(*.free), size(*.needs))]
-    NoSpaceToOpen { path: String, free: u64, needs: u64 },
+    NoSpaceToOpen {
+        /// The data dir.
+        path: String,
+        /// Free bytes on its filesystem.
+        free: u64,
+        /// Bytes opening needs: the size of sled's snapshot file, and headroom.
+        needs: u64,
+    },
+    /// sled failed to read or write the raft tree.
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    /// A raft record does not decode: the data dir is damaged.
     #[error("raft record {key} is corrupt ({reason}); the data dir is damaged: restore it from a backup or re-sync this node from its peers")]
-    Corrupt { key: String, reason: String },
+    Corrupt {
+        /// The record's key: `raft/h`, `raft/e/INDEX`...
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 fn size(bytes: u64) -> String {
@@ -300,6 +325,8 @@ fn within_size<E>(
 }
 
 impl RaftStore {
+    /// Opens the raft tree of `db` and loads the hard state, membership and the
+    /// log's bounds.
     pub fn open(db: &Database) -> Result<RaftStore, StoreError> {
         let tree = db.open_tree("raft")?;
         let hard_state = match tree.get(HARD_STATE)? {
@@ -424,10 +451,13 @@ impl RaftStore {
         Ok(())
     }
 
+    /// Members' gRPC addresses by node id, as the log's membership changes left
+    /// them (empty in a new store); the config's `peers` fill in the rest.
     pub fn addresses(&self) -> Result<std::collections::BTreeMap<u64, String>, StoreError> {
         self.record(ADDRESSES)
     }
 
+    /// Stores the members' addresses; durable with the next flush.
     pub fn set_addresses(
         &mut self,
         addrs: &std::collections::BTreeMap<u64, String>,
@@ -440,6 +470,8 @@ impl RaftStore {
         self.record(INCARNATION)
     }
 
+    /// Stores the cluster incarnation this node belongs to; durable with the next
+    /// flush.
     pub fn set_incarnation(&mut self, value: u64) -> Result<(), StoreError> {
         self.set_record(INCARNATION, &value)
     }
@@ -450,6 +482,8 @@ impl RaftStore {
         self.record(REMOVED)
     }
 
+    /// Stores the removed members and the index that removed each; durable with
+    /// the next flush.
     pub fn set_removed(
         &mut self,
         removed: &std::collections::BTreeMap<u64, u64>,
@@ -467,6 +501,8 @@ impl RaftStore {
             .unwrap_or(1))
     }
 
+    /// Stores the newest entry format this node applied; durable with the next
+    /// flush.
     pub fn set_format_floor(&mut self, format: u8) -> Result<(), StoreError> {
         self.tree.insert(FORMAT_FLOOR, vec![format])?;
         Ok(())
@@ -480,11 +516,15 @@ impl RaftStore {
         })
     }
 
+    /// Offers the snapshot at `path` to followers that fall behind the compacted
+    /// log, and clears raft's wish for one.
     pub fn set_latest_snapshot(&mut self, meta: SnapshotMeta, path: PathBuf) {
         self.latest_snapshot = Some((meta, path));
         self.snapshot_wanted.store(false, Ordering::Relaxed);
     }
 
+    /// The newest snapshot followers are offered, and its file; None while
+    /// this node has none (the newest on disk is taken at start).
     pub fn latest_snapshot(&self) -> Option<&(SnapshotMeta, PathBuf)> {
         self.latest_snapshot.as_ref()
     }
@@ -559,6 +599,8 @@ impl RaftStore {
         self.apply_snapshot(&meta, DEFAULT_MACHINE_TREE)
     }
 
+    /// Stores the membership a configuration change left; durable with the next
+    /// flush.
     pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StoreError> {
         let bytes = cs.write_to_bytes().map_err(|e| corrupt("raft/c", e))?;
         self.tree.insert(CONF_STATE, bytes)?;
@@ -566,6 +608,7 @@ impl RaftStore {
         Ok(())
     }
 
+    /// Raft's term, vote and commit index as last stored.
     pub fn hard_state(&self) -> &HardState {
         &self.hard_state
     }
@@ -647,6 +690,8 @@ impl RaftStore {
         Ok(())
     }
 
+    /// Index of the last entry compacted away (0 in a new log); the log holds
+    /// the entries after it.
     pub fn compacted_index(&self) -> u64 {
         self.compacted.0
     }

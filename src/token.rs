@@ -20,6 +20,7 @@ pub fn generate() -> Result<(String, String), getrandom::Error> {
     Ok((token, hash))
 }
 
+/// A token's SHA-256: what a `[[tokens]]` entry's `hash` holds, decoded.
 pub fn hash(token: &str) -> TokenHash {
     Sha256::digest(token.as_bytes()).into()
 }

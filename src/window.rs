@@ -67,10 +67,13 @@ impl<const K: usize> Sliding<K> {
         out
     }
 
+    /// The window's length in ms, as the last [`Sliding::add`] set it; 0 before
+    /// any.
     pub fn window_ms(&self) -> u64 {
         self.window_ms
     }
 
+    /// Drops every count; the window's length stays.
     pub fn clear(&mut self) {
         self.buckets.clear();
     }

@@ -18,6 +18,8 @@ use crate::proto::v1 as pb;
 /// Bytes of stderr kept as the failure message.
 const MAX_MESSAGE: usize = 2048;
 
+/// Runs `cmd` for one job as the module says: a zero exit completes it
+/// with stdout as the result, any other fails it.
 pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<JobOutput, JobError> {
     let mut child = Command::new("sh")
         // The worker's credentials are not the job's: a job's code must not

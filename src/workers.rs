@@ -11,7 +11,9 @@ use serde::Serialize;
 /// A connected worker, as `drover workers list` and the admin API show it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
+    /// The id it registered with.
     pub worker_id: String,
+    /// The queues it takes jobs from.
     pub queues: Vec<String>,
     /// Its version label (empty if it gave none).
     pub version: String,
@@ -21,10 +23,14 @@ pub struct WorkerInfo {
     pub in_flight: u32,
     /// Completions and failures it reported in this session.
     pub completed: u64,
+    /// Failures it reported in this session (`completed` counts successes).
     pub failed: u64,
+    /// When it connected: log time, ms since the epoch.
     pub connected_at_ms: u64,
     /// When it last sent anything (heartbeats included).
     pub last_seen_ms: u64,
+    /// Taking no new leases: it said it is stopping, an operator asked it to
+    /// stop, or its node is shutting down.
     pub draining: bool,
     /// The node it is connected to.
     pub node_id: u64,
@@ -32,8 +38,10 @@ pub struct WorkerInfo {
     /// (its queues' `quarantine_window`, else 5 minutes).
     #[serde(default)]
     pub recent_completed: u64,
+    /// Failures it reported in the last `recent_window_ms`.
     #[serde(default)]
     pub recent_failed: u64,
+    /// The window `recent_completed` and `recent_failed` count over, in ms.
     #[serde(default)]
     pub recent_window_ms: u64,
     /// Until when it is kept from new leases, if it is quarantined (it
@@ -49,15 +57,26 @@ pub type RecentResults = crate::window::Sliding<2>;
 /// One connected worker's live counters, shared with its session.
 #[derive(Debug)]
 pub struct WorkerEntry {
+    /// The id it registered with.
     pub worker_id: String,
+    /// The queues it takes jobs from.
     pub queues: Vec<String>,
+    /// Most jobs it holds at once, as it registered.
     pub capacity: u32,
+    /// When it connected: log time, ms since the epoch.
     pub connected_at_ms: u64,
+    /// Its version label (empty if it gave none).
     pub version: String,
+    /// Jobs it holds now, as its session last counted.
     pub in_flight: AtomicU32,
+    /// Taking no new leases (see [`WorkerInfo::draining`]).
     pub draining: std::sync::atomic::AtomicBool,
+    /// Completions it reported in this session.
     pub completed: AtomicU64,
+    /// Failures it reported in this session.
     pub failed: AtomicU64,
+    /// When it last sent anything, heartbeats included: log time, ms since the
+    /// epoch.
     pub last_seen_ms: AtomicU64,
     /// Its results over the quarantine window.
     pub recent: Mutex<RecentResults>,
@@ -65,6 +84,8 @@ pub struct WorkerEntry {
     pub stop: tokio::sync::Notify,
 }
 
+/// The workers connected to this node, shared by their sessions and the admin
+/// API.
 #[derive(Clone, Default)]
 pub struct WorkerRegistry {
     inner: Arc<Mutex<HashMap<u64, Arc<WorkerEntry>>>>,
@@ -75,6 +96,7 @@ pub struct WorkerRegistry {
 pub struct Registration {
     registry: WorkerRegistry,
     id: u64,
+    /// The worker's counters, which its session keeps up to date.
     pub entry: Arc<WorkerEntry>,
 }
 
@@ -87,6 +109,8 @@ impl Drop for Registration {
 }
 
 impl WorkerRegistry {
+    /// Lists a worker as its session starts; it stays listed until the returned
+    /// [`Registration`] is dropped.
     pub fn register(&self, entry: WorkerEntry) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(entry);
@@ -158,6 +182,7 @@ impl WorkerRegistry {
         asked
     }
 
+    /// How many workers are connected to this node.
     pub fn count(&self) -> usize {
         self.inner.lock().map(|m| m.len()).unwrap_or(0)
     }

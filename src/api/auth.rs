@@ -18,8 +18,7 @@ use crate::config::{Config, Role};
 use crate::error::Error;
 use crate::token::TokenHash;
 
-/// The header (gRPC metadata alike) that says why a change is made.
-pub const REASON_HEADER: &str = "x-drover-reason";
+pub use crate::wire::REASON_HEADER;
 /// Characters of a reason kept.
 const MAX_REASON: usize = 1024;
 
@@ -32,8 +31,11 @@ pub enum Access {
     Metrics,
     /// Any valid token (`Ping`).
     Any,
+    /// The read role or above (`GET` views).
     Read,
+    /// The operate role or admin (pause, drain, replay, clear stuck jobs).
     Operate,
+    /// Admin only (membership, policies, backups, restore).
     Admin,
     /// Enqueue: producers (and admins).
     Produce,
@@ -86,9 +88,11 @@ pub const GRPC_ROUTES: &[(&str, Access)] = &[
 /// An HTTP route and what it needs.
 #[derive(Debug, Clone)]
 pub struct Rule {
+    /// The HTTP method the rule is for.
     pub method: Method,
     /// axum's syntax: `/api/v1/jobs/{id}`.
     pub path: &'static str,
+    /// Who may call it.
     pub access: Access,
 }
 
@@ -269,7 +273,9 @@ struct Inner {
 /// What a token reload changed, by token name.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct TokenChange {
+    /// Tokens now taken that were not before (new or changed).
     pub added: Vec<String>,
+    /// Tokens no longer taken (gone or changed).
     pub removed: Vec<String>,
 }
 
@@ -303,6 +309,8 @@ fn tokens_of(config: &Config) -> HashMap<TokenHash, Token> {
 }
 
 impl Auth {
+    /// The checks of `config`'s tokens, for the gRPC services and the HTTP
+    /// routes `http_rules` lists.
     pub fn new(config: &Config, http_rules: &[Rule]) -> Auth {
         let tokens = std::sync::RwLock::new(tokens_of(config));
         let mut by_path: HashMap<&'static str, Vec<(Method, Access)>> = HashMap::new();

@@ -12,8 +12,11 @@ use crate::config::Config;
 
 /// Without `initial_batch_size` / `max_batch_size` in `[queues.*]`.
 pub const DEFAULT_INITIAL: u32 = 20;
+/// The most leases a worker is sent at once without `max_batch_size`.
 pub const DEFAULT_MAX: u32 = 200;
 
+/// One worker session's batch size, between 1 and its queues'
+/// `max_batch_size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseBatch {
     size: u32,
@@ -49,6 +52,7 @@ impl LeaseBatch {
         }
     }
 
+    /// The most leases to send the worker in one go now (at least 1).
     pub fn size(&self) -> u32 {
         self.size
     }

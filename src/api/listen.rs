@@ -27,6 +27,7 @@ use crate::config::{ConfigError, Tls};
 /// What the connection a request came on says about its sender.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// The peer address of the TCP connection (a proxy's, behind one).
     pub remote: SocketAddr,
     /// The client presented a certificate the cluster CA signed (only
     /// asked for when `tls.peer_mtls` is on).

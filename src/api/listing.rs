@@ -11,6 +11,7 @@ use crate::machine::find::{FinishedCursor, JobQuery, SCAN_BUDGET};
 /// A page of jobs and where the next one starts.
 #[derive(Debug)]
 pub struct JobsPage {
+    /// The jobs that matched, at most the limit asked for.
     pub jobs: Vec<Job>,
     /// Absent on the last page.
     pub next: Option<String>,

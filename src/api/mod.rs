@@ -43,11 +43,18 @@ use crate::workers::WorkerRegistry;
 pub struct App {
     /// Faults this node injected, by queue and kind (`GET /api/v1/chaos`).
     pub chaos: ChaosCounts,
+    /// The way to this node's raft loop: its committed state, the stats it
+    /// publishes, the log's clock.
     pub driver: DriverHandle,
     /// Where commands go: proposed here, or forwarded to the leader.
     pub router: Router,
+    /// The config file as the node read it at start (a SIGHUP reload does
+    /// not change it).
     pub config: Arc<Config>,
+    /// The workers connected to this node (soft state, lost on restart).
     pub workers: WorkerRegistry,
+    /// Turns true when the node begins to stop: the listener stops
+    /// accepting, and worker streams are told to move to another node.
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -59,6 +66,8 @@ pub struct ChaosCounts(
 );
 
 impl ChaosCounts {
+    /// Counts one fault of `kind` (`drop`, `delay`, `revoke`, `fail`)
+    /// injected into `queue`, here and in `drover_chaos_injected_total`.
     pub fn count(&self, queue: &str, kind: &'static str) {
         metrics::counter!("drover_chaos_injected_total", "queue" => queue.to_string(), "kind" => kind)
             .increment(1);
@@ -70,6 +79,7 @@ impl ChaosCounts {
             .or_default() += 1;
     }
 
+    /// The counts so far, by (queue, kind).
     pub fn snapshot(&self) -> std::collections::BTreeMap<(String, &'static str), u64> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -77,8 +87,11 @@ impl ChaosCounts {
 
 /// A job as read back, with its payload and result.
 pub struct JobView {
+    /// Its record: everything but payload and result.
     pub job: Job,
+    /// What the producer enqueued.
     pub payload: bytes::Bytes,
+    /// What the worker that completed it sent back; empty until then.
     pub result: bytes::Bytes,
     /// Why a ready job is not leased yet (see [`crate::machine::JobReader::waiting`]).
     pub waiting: Option<String>,

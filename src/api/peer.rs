@@ -13,7 +13,9 @@ use crate::proto::v1::peer_service_server::PeerService;
 use crate::snapshot;
 use crate::wire::inbound_stream_error;
 
+/// The gRPC `PeerService`, which the other members of the cluster call.
 pub struct Peer {
+    /// The node it serves for.
     pub app: App,
 }
 

@@ -8,7 +8,10 @@ use crate::api::App;
 use crate::proto::v1 as pb;
 use crate::proto::v1::producer_service_server::ProducerService;
 
+/// The gRPC `ProducerService`: `Enqueue`, `EnqueueStream`, and reading
+/// and cancelling jobs.
 pub struct Producer {
+    /// The node it serves for.
     pub app: App,
 }
 

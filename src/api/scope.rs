@@ -44,6 +44,7 @@ impl Scope {
         matches(&self.tenants, tenant)
     }
 
+    /// Whether the token is limited to some tenants.
     pub fn has_tenants(&self) -> bool {
         !self.tenants.is_empty()
     }
@@ -60,6 +61,7 @@ impl Scope {
         self.check_queue(queue)
     }
 
+    /// Refuses a queue outside this scope, naming the scope.
     pub fn check_queue(&self, queue: &str) -> Result<(), Error> {
         if !matches(&self.queues, queue) {
             return Err(Error::PermissionDenied(format!(

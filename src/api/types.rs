@@ -12,33 +12,21 @@ use utoipa::ToSchema;
 use crate::api::JobView;
 use crate::job::{Job, JobEvent};
 
-/// Every error the admin API answers: `{"error": {...}}`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorInfo,
-}
+pub use crate::wire::{ErrorBody, ErrorInfo};
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ErrorInfo {
-    /// Stable and snake_case, for scripts: `invalid_argument`, `not_found`,
-    /// `unauthenticated`, `permission_denied`, `rate_limited`, `no_leader`...
-    pub code: String,
-    /// For people: what was wrong and what to do.
-    pub message: String,
-    /// What the code needs to say more: `field` for invalid arguments,
-    /// `retry_after_ms` and `retry_safe` for passing failures.
-    #[serde(default)]
-    pub details: BTreeMap<String, serde_json::Value>,
-}
-
+/// `GET /health`: the process answers.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     /// Always `ok`: the process answers.
     pub status: String,
 }
 
+/// `GET /ready`: whether this node is worth sending traffic to (200 when
+/// ready, 503 when not).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Ready {
+    /// A leader is known and this node has applied everything it knows to
+    /// be committed.
     pub ready: bool,
     /// The leader this node knows (0: none).
     pub leader_id: u64,
@@ -54,6 +42,8 @@ pub struct EnqueueBody {
     /// The job type, which retry policies key on.
     #[serde(rename = "type", default)]
     pub job_type: String,
+    /// Who the job is for: fair shares, budgets and token scopes go by it.
+    /// Empty or absent: `default`.
     #[serde(default)]
     pub tenant: String,
     /// Groups jobs into a run, for budgets.
@@ -78,6 +68,9 @@ pub struct EnqueueBody {
     /// Wait this long before the job is ready: "30s", "5m".
     #[serde(default)]
     pub delay: Option<String>,
+    /// Free-form labels, shown with the job: at most 32, keys 1 to 128
+    /// bytes, values at most 1024 bytes. Keys starting `drover.` are
+    /// drover's own, not the producer's.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// At most N jobs of this key are leased at once (N: concurrency_limit,
@@ -107,8 +100,11 @@ pub struct EnqueueBody {
     pub on_dependency_failure: String,
 }
 
+/// What an enqueue answers (201 Created).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnqueuedBody {
+    /// The new job's id; for a duplicate, the id of the job the key named
+    /// first.
     pub id: u64,
     /// The idempotency key named an existing job, whose id this is.
     pub duplicate: bool,
@@ -118,11 +114,19 @@ pub struct EnqueuedBody {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStateBody {
+    /// Waiting for its delay or a retry's backoff to pass.
     Scheduled,
+    /// Waiting for a worker.
     Ready,
+    /// Held by a worker under a lease.
     Leased,
+    /// Completed by a worker. Finished: it never changes state again.
     Succeeded,
+    /// Failed more often than its retry policy allows, or with a class it
+    /// does not retry: in the dead letters (a replay runs it again).
     Dead,
+    /// Cancelled before it finished: by a request, a purge, a run cancel,
+    /// or a job it waited for failing. Finished.
     Cancelled,
     /// Waiting for the jobs it runs after.
     Waiting,
@@ -162,22 +166,34 @@ impl From<JobStateBody> for crate::job::JobState {
 /// payload, result or timeline (`GET /api/v1/jobs/{id}` has those).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobSummaryBody {
+    /// The job's id: unique in the cluster, increasing in enqueue order.
     pub id: u64,
+    /// The queue it is in (after an escalation, the queue it moved to).
     pub queue: String,
+    /// Its type (`default` when none was given).
     #[serde(rename = "type")]
     pub job_type: String,
+    /// Its tenant (`default` when none was given).
     pub tenant: String,
+    /// The run it belongs to; empty: none.
     pub run_id: String,
+    /// 1 (highest) to 5 (lowest).
     pub priority: u8,
+    /// Where it is in its life.
     pub state: JobStateBody,
+    /// How many times it has been leased.
     pub attempts: u32,
+    /// When it was enqueued (ms since the epoch).
     pub enqueued_at_ms: u64,
     /// When it entered its state (leased, became ready, finished).
     pub state_since_ms: u64,
     /// The worker holding a leased job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// The error class of its latest failure (`timeout` for a lease past
+    /// its timeout); empty if it never failed.
     pub last_error_class: String,
+    /// The message of its latest failure; empty if it never failed.
     pub last_error: String,
 }
 
@@ -204,6 +220,8 @@ impl From<&crate::job::Job> for JobSummaryBody {
 /// A page of jobs.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobsPageBody {
+    /// The jobs that matched: in id order, or newest first when a finished
+    /// state was asked for.
     pub jobs: Vec<JobSummaryBody>,
     /// Pass as `after` for the next page; absent on the last. A page may
     /// hold fewer than `limit` jobs and still have a next one (each page
@@ -213,6 +231,7 @@ pub struct JobsPageBody {
 }
 
 impl JobStateBody {
+    /// The state's name in the API: `ready`, `leased`...
     pub fn as_str(self) -> &'static str {
         match self {
             JobStateBody::Scheduled => "scheduled",
@@ -226,17 +245,24 @@ impl JobStateBody {
     }
 }
 
+/// A worker's hold on a job.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LeaseBody {
+    /// The id of the worker holding it.
     pub worker: String,
+    /// Which lease of the job this is (1 for the first); reports naming
+    /// another attempt are refused as stale.
     pub attempt: u32,
     /// When the lease expires unless heartbeated (ms since the epoch).
     pub deadline_ms: u64,
 }
 
+/// What a worker last reported of a long job's progress.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ProgressBody {
+    /// How far along the job is, 0 to 1.
     pub fraction: f32,
+    /// The worker's note, at most 256 bytes; may be empty.
     pub message: String,
 }
 
@@ -251,10 +277,15 @@ pub struct EventBody {
     pub kind: String,
     /// The event as one line of English.
     pub what: String,
+    /// The worker whose lease it is about (`leased`, `completed`, `failed`,
+    /// `requeued`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// The attempt it is about (`leased`, `progress`, `completed`,
+    /// `failed`, `requeued`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// The failure's error class (`failed` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_class: Option<String>,
 }
@@ -276,22 +307,45 @@ impl From<&JobEvent> for EventBody {
 /// they are UTF-8, as base64 otherwise.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobBody {
+    /// The job's id: unique in the cluster, increasing in enqueue order.
     pub id: u64,
+    /// The queue it is in (after an escalation, the queue it moved to).
     pub queue: String,
+    /// Its type, which its retry policy keys on (`default` when none was
+    /// given).
     pub job_type: String,
+    /// Its tenant (`default` when none was given).
     pub tenant: String,
+    /// The run it belongs to; empty: none.
     pub run_id: String,
+    /// 1 (highest) to 5 (lowest).
     pub priority: u8,
+    /// Where it is in its life.
     pub state: JobStateBody,
+    /// How many times it has been leased.
     pub attempts: u32,
+    /// The key it was enqueued with; empty: none.
     pub idempotency_key: String,
+    /// The producer's labels, and drover's own (`drover.concurrency_key`,
+    /// `drover.escalated_from`...).
     pub labels: BTreeMap<String, String>,
+    /// When it was enqueued (ms since the epoch).
     pub enqueued_at_ms: u64,
+    /// When it became, or becomes, ready (ms since the epoch): its enqueue
+    /// plus its delay, or when its latest retry is due.
     pub run_at_ms: u64,
+    /// The lease a worker holds on it; absent unless it is leased.
     pub lease: Option<LeaseBody>,
+    /// What its worker reported of its progress in the latest attempt;
+    /// absent when it reported none.
     pub progress: Option<ProgressBody>,
+    /// The error class of its latest failure (`timeout` for a lease past
+    /// its timeout); empty if it never failed.
     pub last_error_class: String,
+    /// The message of its latest failure; empty if it never failed.
     pub last_error: String,
+    /// When it succeeded, died or was cancelled (ms since the epoch); 0
+    /// while it is unfinished.
     pub finished_at_ms: u64,
     /// The job's timeline, oldest first.
     pub events: Vec<EventBody>,
@@ -312,12 +366,17 @@ pub struct JobBody {
     /// (rate)"; absent when nothing holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The payload, when it is UTF-8 text (empty when none was given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
+    /// The payload in base64, in place of `payload` when it is not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
+    /// What the worker that completed it sent back, when it is UTF-8 text;
+    /// empty until then, or when the worker sent nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
+    /// The result in base64, in place of `result` when it is not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_base64: Option<String>,
 }
@@ -400,8 +459,10 @@ impl From<JobView> for JobBody {
     }
 }
 
+/// What a cancel did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CancelledBody {
+    /// The job cancelled.
     pub id: u64,
     /// Always `cancelled`.
     pub state: JobStateBody,
@@ -413,13 +474,19 @@ pub struct CancelledBody {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RoleBody {
+    /// Follows a leader, or waits to hear from one.
     Follower,
+    /// Campaigning to lead, in a new term.
     Candidate,
+    /// Asking whether it could win before campaigning (raft's pre-vote), so
+    /// a node cut off does not disturb the cluster.
     Precandidate,
+    /// Leads the group: every write goes through it.
     Leader,
 }
 
 impl RoleBody {
+    /// The role's name in the API: `leader`, `follower`...
     pub fn as_str(self) -> &'static str {
         match self {
             RoleBody::Follower => "follower",
@@ -442,15 +509,23 @@ impl From<crate::status::Role> for RoleBody {
     }
 }
 
+/// A node's raft state, and the alarms it knows of.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NodeBody {
+    /// Its id (`node_id` in its config).
     pub node_id: u64,
+    /// Its part in the group now.
     pub role: RoleBody,
+    /// The raft term it is in; every election starts a new one.
     pub term: u64,
     /// 0 when no leader is known.
     pub leader_id: u64,
+    /// The highest log index it knows to be committed (on a majority of the
+    /// voters).
     pub commit_index: u64,
+    /// The highest log index it has applied to its state.
     pub applied_index: u64,
+    /// The highest index in its log, committed or not.
     pub last_index: u64,
     /// Disk and memory alarms standing, as this node knows them (its own;
     /// on the leader, every voter's). The leader refuses new jobs while
@@ -463,9 +538,11 @@ pub struct NodeBody {
 /// One node's backups, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BackupsBody {
+    /// The node that answered.
     pub node: u64,
     /// Where the node writes them (`[backup] dir`, else `DATA_DIR/backups`).
     pub dir: String,
+    /// Its backup files, newest first.
     pub backups: Vec<BackupBody>,
 }
 
@@ -476,6 +553,7 @@ pub struct BackupBody {
     pub node: u64,
     /// Its path on that node.
     pub path: String,
+    /// The file's size in bytes.
     pub bytes: u64,
     /// When it was taken, in seconds since the epoch.
     pub taken_at_secs: u64,
@@ -486,6 +564,7 @@ pub struct BackupBody {
 /// A disk or memory alarm on a member.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AlarmBody {
+    /// The member whose alarm it is.
     pub node: u64,
     /// `disk_full` or `memory_high`.
     pub alarm: String,
@@ -520,10 +599,15 @@ impl From<&crate::status::NodeStatus> for NodeBody {
 pub struct QueueBody {
     /// Ready jobs by priority, 1 to 5.
     pub ready: [u64; 5],
+    /// Jobs waiting for a delay or a retry's backoff to pass.
     pub scheduled: u64,
+    /// Jobs held by workers.
     pub leased: u64,
+    /// Succeeded jobs still kept (`jobs.retention` removes them).
     pub succeeded: u64,
+    /// Dead jobs still kept (`jobs.dead_retention` removes them).
     pub dead: u64,
+    /// Cancelled jobs still kept (`jobs.retention` removes them).
     pub cancelled: u64,
 }
 
@@ -543,13 +627,22 @@ impl From<&crate::machine::QueueCounts> for QueueBody {
 /// Counters since this node opened its state (a restart resets them).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TotalsBody {
+    /// Jobs enqueued (an enqueue answered as a duplicate is not counted).
     pub enqueued: u64,
+    /// Leases granted.
     pub dispatched: u64,
+    /// Jobs completed by their workers.
     pub completed: u64,
+    /// Failed attempts, execution timeouts included.
     pub failed: u64,
+    /// Failures after which the job was scheduled to run again.
     pub retried: u64,
+    /// Leases that expired for want of a heartbeat; their jobs were made
+    /// ready again.
     pub requeued: u64,
+    /// Jobs dead-lettered.
     pub dead: u64,
+    /// Jobs cancelled.
     pub cancelled: u64,
 }
 
@@ -575,6 +668,7 @@ pub use crate::workers::WorkerInfo as WorkerBody;
 /// The workers of the whole cluster.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WorkersBody {
+    /// The workers connected to every member that answered, by worker id.
     pub workers: Vec<WorkerBody>,
     /// Members that did not answer, with why: their workers are missing
     /// from the list.
@@ -590,22 +684,30 @@ pub struct WorkersBody {
 /// A quarantined worker let go.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReleasedWorkerBody {
+    /// The worker let go.
     pub worker_id: String,
     /// Its quarantine as it was.
     pub was: Option<crate::machine::quarantine::Quarantined>,
 }
 
+/// `GET /api/v1/stats`: the answering node, its queues, counters and
+/// workers.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatsBody {
+    /// The answering node's raft state.
     pub node: NodeBody,
+    /// Jobs by state, by queue name.
     pub queues: BTreeMap<String, QueueBody>,
+    /// Counters since this node opened its state.
     pub totals: TotalsBody,
     /// Workers connected to this node.
     pub workers: Vec<WorkerBody>,
 }
 
+/// A voter or learner of the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MemberBody {
+    /// Its id (`node_id` in its config).
     pub id: u64,
     /// The address its peers reach it on.
     pub addr: String,
@@ -625,10 +727,15 @@ pub struct MemberBody {
     pub clock_offset_ms: Option<i64>,
 }
 
+/// The cluster's members, as the answering node (normally the leader) sees
+/// them.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MembersBody {
+    /// The leader the answering node knows (0: none).
     pub leader_id: u64,
+    /// The answering node's raft term.
     pub term: u64,
+    /// The highest log index the answering node knows to be committed.
     pub commit_index: u64,
     /// The node that answered.
     pub seen_from: u64,
@@ -645,6 +752,7 @@ pub struct MembersBody {
     /// (`[cluster] max_clock_offset`): it does not lead until it is back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_skew: Option<String>,
+    /// Every voter and learner.
     pub members: Vec<MemberBody>,
 }
 
@@ -679,6 +787,7 @@ impl From<&crate::status::NodeStatus> for MembersBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMemberBody {
+    /// The new node's `node_id`.
     pub id: u64,
     /// The gRPC address the new node's peers reach it on, `host:port`.
     pub addr: String,
@@ -688,12 +797,16 @@ pub struct AddMemberBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRefBody {
+    /// The member to hand the lead to.
     pub id: u64,
 }
 
+/// `GET /api/v1/debug/digest`: one node's state, hashed.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DigestBody {
+    /// The node that answered.
     pub node_id: u64,
+    /// The log index the digest covers.
     pub applied_index: u64,
     /// Hex; nodes that applied the same log have the same digest.
     pub digest: String,
@@ -704,13 +817,17 @@ pub struct DigestBody {
 pub struct AuditBody {
     /// Where this record is in the log (pass as `before` for older ones).
     pub cursor: String,
+    /// When it took effect (ms since the epoch).
     pub at_ms: u64,
     /// The token's name (`anonymous` on a node without tokens).
     pub who: String,
+    /// The token's role; empty on a node without tokens.
     pub role: String,
     /// `job.cancel`, `cluster.add`, `cluster.remove`,
     /// `cluster.transfer_leader`, `snapshot`...
     pub action: String,
+    /// What it was done to: `job 42`, `queue emails`, `node 4 at
+    /// 10.0.0.4:7070`...
     pub target: String,
     /// As given with `X-Drover-Reason` (the CLI's `--reason`).
     pub reason: String,
@@ -718,6 +835,7 @@ pub struct AuditBody {
     pub outcome: String,
 }
 
+/// A page of the audit log (`GET /api/v1/audit`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditPageBody {
     /// Newest first.
@@ -731,9 +849,16 @@ pub struct AuditPageBody {
 /// (durations as "30s").
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobPoliciesBody {
+    /// A lease not heartbeated within this expires, and its job is ready
+    /// again (a queue may set its own).
     pub heartbeat_timeout: String,
+    /// Retries after the first attempt before a failing job is
+    /// dead-lettered, unless its `[retry]` table says otherwise.
     pub max_retries: u32,
+    /// The first retry's delay; it doubles with each retry up to
+    /// `retry_max_delay`, unless a `[retry]` table says otherwise.
     pub retry_base_delay: String,
+    /// The longest delay between retries.
     pub retry_max_delay: String,
 }
 
@@ -751,6 +876,7 @@ pub struct LimitPoliciesBody {
 /// `[limits."PREFIX"]`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct KeyLimitBody {
+    /// Most jobs of one key leased at once, cluster-wide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
     /// `N/PERIOD`.
@@ -761,31 +887,55 @@ pub struct KeyLimitBody {
 /// A queue's policy as `[queues.NAME]` writes it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct QueuePolicyBody {
+    /// Most jobs waiting (ready and scheduled); enqueues past it are
+    /// refused with 429 `shed`. Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_depth: Option<u64>,
+    /// Most of its jobs leased at once, cluster-wide. Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_limit: Option<u64>,
+    /// Its lease timeout: a lease not heartbeated within this expires.
+    /// Absent: `jobs.heartbeat_timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout: Option<String>,
     /// Priority -> fraction of max_depth.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shed: BTreeMap<String, f64>,
+    /// A job that waits longer than this for its lease counts in
+    /// `drover_sla_missed_total` and its timeline says so. Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sla: Option<String>,
+    /// A ready job counts one priority level higher per this much waiting.
+    /// Absent: no aging.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aging_after: Option<String>,
+    /// How long a lease of its jobs may run, however well its worker
+    /// heartbeats, unless the job or its type sets its own. Absent: no
+    /// limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Its circuit breakers (`[queues.NAME.breaker]`); keys not set take
+    /// the `*` entry's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerPolicyBody>,
+    /// A worker whose failures reach this share (0 to 1) of its results in
+    /// `quarantine_window` gets no new leases. Absent: no quarantine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_failure_rate: Option<f64>,
+    /// How far back a worker's results count (default 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_window: Option<String>,
+    /// Results a worker needs in the window before its failure rate counts
+    /// (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_min_jobs: Option<u64>,
+    /// How long a quarantine lasts at least: it lifts when the worker
+    /// reconnects after this, or with `drover workers release` (default
+    /// 10m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_for: Option<String>,
+    /// How many workers the queue wants: the bounds of
+    /// `drover_queue_desired_workers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<crate::pools::WorkerPool>,
     /// `[queues.NAME.canary]` as the config set it (a rule set at run time
@@ -797,20 +947,32 @@ pub struct QueuePolicyBody {
 /// `[queues.NAME.canary]`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CanaryPolicyBody {
+    /// The worker version that gets the canary share.
     pub version: String,
+    /// The share of the queue's jobs only that version's workers get, 0 to
+    /// 100.
     pub percent: u8,
+    /// How long a canary job waits for a canary worker before others may
+    /// take it.
     pub max_wait: String,
 }
 
 /// `[queues.NAME.breaker]` as the config writes it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct BreakerPolicyBody {
+    /// `false` turns the queue's breakers off. Absent: the `*` entry's,
+    /// else on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// Failures of one class within `window` that open a breaker (default
+    /// 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<u32>,
+    /// How far back failures count (default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
+    /// How long an open breaker holds jobs before it lets one through
+    /// (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown: Option<String>,
 }
@@ -850,8 +1012,11 @@ impl From<&crate::policies::QueuePolicy> for QueuePolicyBody {
     }
 }
 
+/// `[tenants.NAME]` as the config writes it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TenantPolicyBody {
+    /// Its share of dispatches against other tenants of the same priority
+    /// (default 1).
     pub weight: u32,
     /// `[tenants.NAME.budgets]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -861,21 +1026,29 @@ pub struct TenantPolicyBody {
 /// `[retry.JOB_TYPE]` as the config writes it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct RetryPolicyBody {
+    /// Retries after the first attempt before the job is exhausted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    /// `exponential`, `linear`, `fixed` or `immediate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<String>,
+    /// The first retry's delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_delay: Option<String>,
+    /// The longest delay between retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_delay: Option<String>,
+    /// When not empty, only these error classes are retried.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retry_on: Vec<String>,
+    /// Error classes that end the job at once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub no_retry: Vec<String>,
     /// `queue:NAME`; absent: dead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_exhausted: Option<String>,
+    /// How long a lease of a job of this type may run, unless the job sets
+    /// its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
 }
@@ -884,10 +1057,17 @@ pub struct RetryPolicyBody {
 /// leader's config), in the config file's shape.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PoliciesBody {
+    /// `[jobs]`: the lease timeout and the default retries.
     pub jobs: JobPoliciesBody,
+    /// `[limits]`: `max_pending` and the limits by key prefix.
     pub limits: LimitPoliciesBody,
+    /// `[queues.NAME]` by queue; `*` holds the defaults of queues not
+    /// named.
     pub queues: BTreeMap<String, QueuePolicyBody>,
+    /// `[tenants.NAME]` by tenant; a tenant not named has weight 1.
     pub tenants: BTreeMap<String, TenantPolicyBody>,
+    /// `[retry.TYPE]` by job type; `*` holds the defaults of types not
+    /// named, and `[jobs]` what neither sets.
     pub retry: BTreeMap<String, RetryPolicyBody>,
     /// `[budgets]`: every run's limits unless its tenant sets its own.
     #[serde(default)]
@@ -960,7 +1140,9 @@ impl From<&crate::policies::Policies> for PoliciesBody {
 /// A queue as operators see it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueueStatusBody {
+    /// The queue's name.
     pub name: String,
+    /// Its jobs by state.
     #[serde(flatten)]
     pub counts: QueueBody,
     /// Leases nothing.
@@ -978,8 +1160,11 @@ pub struct QueueStatusBody {
     pub policy: QueuePolicyBody,
 }
 
+/// `GET /api/v1/queues`: every queue that holds jobs or is paused or
+/// draining.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueuesBody {
+    /// The queues, by name.
     pub queues: Vec<QueueStatusBody>,
 }
 
@@ -995,6 +1180,7 @@ pub struct ControlledBody {
 /// A tenant as operators see it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TenantStatusBody {
+    /// The tenant's name.
     pub name: String,
     /// Ready jobs, all queues.
     pub ready: u64,
@@ -1006,21 +1192,28 @@ pub struct TenantStatusBody {
     pub draining: bool,
 }
 
+/// `GET /api/v1/tenants`: every tenant with ready jobs, a policy, or a
+/// pause or drain.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TenantsBody {
+    /// The tenants, by name.
     pub tenants: Vec<TenantStatusBody>,
 }
 
 /// A recurring job.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ScheduleBody {
+    /// Its name, as in `[schedules.NAME]`.
     pub name: String,
+    /// When it fires: `sec min hour day month weekday`, seconds optional.
     pub cron: String,
+    /// The IANA time zone its cron is read in: `UTC`, `Europe/Berlin`.
     pub timezone: String,
     /// `skip` or `run_once`.
     pub misfire: String,
     /// The queue its jobs go to.
     pub queue: String,
+    /// An operator paused it: its slots pass without jobs.
     pub paused: bool,
     /// The last slot fired (ms since the epoch; 0: none yet).
     pub last_slot_ms: u64,
@@ -1030,14 +1223,17 @@ pub struct ScheduleBody {
     pub fired: u64,
 }
 
+/// `GET /api/v1/schedules`: every schedule of the policies in effect.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SchedulesBody {
+    /// The schedules, by name.
     pub schedules: Vec<ScheduleBody>,
 }
 
 /// What a schedule action did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ScheduleActionBody {
+    /// The schedule's name.
     pub schedule: String,
     /// `pause`, `resume` or `trigger`.
     pub action: String,
@@ -1055,6 +1251,7 @@ pub struct PurgeBody {
     /// `ready` or `scheduled`; absent: both.
     #[serde(default)]
     pub state: Option<PurgeState>,
+    /// Only this tenant's jobs; absent: every tenant's.
     #[serde(default)]
     pub tenant: Option<String>,
     /// Only jobs waiting at least this long: "1h".
@@ -1062,15 +1259,20 @@ pub struct PurgeBody {
     pub older_than: Option<String>,
 }
 
+/// Which waiting jobs a queue purge cancels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PurgeState {
+    /// Jobs waiting for a worker.
     Ready,
+    /// Jobs waiting for a delay or a retry's backoff to pass.
     Scheduled,
 }
 
+/// What a queue purge did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PurgedBody {
+    /// The queue purged.
     pub queue: String,
     /// Jobs cancelled.
     pub cancelled: u64,
@@ -1079,8 +1281,11 @@ pub struct PurgedBody {
 /// Dead jobs of one queue and error class.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeadCountBody {
+    /// The queue they died in.
     pub queue: String,
+    /// The error class of their last failure.
     pub class: String,
+    /// Dead jobs of that queue and class still kept.
     pub count: u64,
 }
 
@@ -1088,9 +1293,12 @@ pub struct DeadCountBody {
 /// absent) and `tenant` (all when absent).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VersionSwitchBody {
+    /// The workers' version label (`drover worker --version`).
     pub version: String,
+    /// The queue whose jobs it keeps from them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    /// The tenant whose jobs it keeps from them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
 }
@@ -1109,8 +1317,10 @@ impl From<&crate::command::VersionSwitch> for VersionSwitchBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VersionSwitchRequest {
+    /// Only this queue's jobs; absent: every queue's.
     #[serde(default)]
     pub queue: Option<String>,
+    /// Only this tenant's jobs; absent: every tenant's.
     #[serde(default)]
     pub tenant: Option<String>,
     /// Switch off a version no connected worker has (yet).
@@ -1121,6 +1331,7 @@ pub struct VersionSwitchRequest {
 /// Version switches and the workers connected by version.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VersionsBody {
+    /// The switches in effect: versions kept from some jobs.
     pub switches: Vec<VersionSwitchBody>,
     /// Connected workers by version ("" for none given).
     pub connected: BTreeMap<String, usize>,
@@ -1131,7 +1342,9 @@ pub struct VersionsBody {
 /// A queue's canary rule, and (from `status`) how the canary compares.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CanaryBody {
+    /// The queue the rule is on.
     pub queue: String,
+    /// The worker version that gets the canary share.
     pub version: String,
     /// The share of the queue's jobs only its workers get, 0 to 100.
     pub percent: u8,
@@ -1146,19 +1359,28 @@ pub struct CanaryBody {
 /// The canary's results against the control's (other versions').
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CanaryStatsBody {
+    /// Results of the canary version's workers.
     pub canary: CanaryArmBody,
+    /// Results of the other versions' workers.
     pub control: CanaryArmBody,
     /// `success_rate_delta`, `duration_ratio`, `cost_ratio`, each with a
     /// verdict: `ok`, `worse` or `not enough data`.
     pub comparison: Vec<CanaryJudgedBody>,
 }
 
+/// One side of a canary comparison: its results over the last hour.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CanaryArmBody {
+    /// Results counted: completions and failures.
     pub jobs: u64,
+    /// Completions over results, 0 to 1 (0 with no results).
     pub success_rate: f64,
+    /// Mean time from lease to result, in ms.
     pub mean_run_ms: f64,
+    /// The time from lease to result 95% of results stayed under, in ms,
+    /// rounded up to a power of two (0 with no results).
     pub p95_run_ms: u64,
+    /// Mean cost its workers reported per result, in USD.
     pub mean_cost_usd: f64,
 }
 
@@ -1174,10 +1396,17 @@ impl From<&crate::machine::canary::Arm> for CanaryArmBody {
     }
 }
 
+/// One metric of a canary comparison, with its verdict.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CanaryJudgedBody {
+    /// `success_rate_delta`, `duration_ratio` or `cost_ratio`.
     pub metric: String,
+    /// The canary's success rate minus the control's (-1 to 1) for
+    /// `success_rate_delta`; the canary's mean over the control's for the
+    /// ratios.
     pub value: f64,
+    /// `ok`, `worse` (at 95% confidence), or `not enough data` (fewer than
+    /// 30 results on a side).
     pub verdict: String,
 }
 
@@ -1185,8 +1414,11 @@ pub struct CanaryJudgedBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CanarySetBody {
+    /// The worker version to send the share to; required for a new rule.
     #[serde(default)]
     pub version: Option<String>,
+    /// The share of the queue's jobs only that version's workers get, 0 to
+    /// 100; required for a new rule.
     #[serde(default)]
     pub percent: Option<u32>,
     /// A duration: "5m" (default 5m).
@@ -1207,6 +1439,8 @@ pub struct ChaosRuleBody {
     pub revoke: f64,
     /// Share of completions turned into failures of `fail_class`.
     pub fail: f64,
+    /// The error class of the failures `fail` makes (empty: `chaos`), at
+    /// most 128 bytes.
     pub fail_class: String,
 }
 
@@ -1225,9 +1459,11 @@ impl From<&crate::command::ChaosRule> for ChaosRuleBody {
 /// A fault this node injected, and how often.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChaosInjectedBody {
+    /// The queue it was injected into.
     pub queue: String,
     /// drop, delay, revoke or fail.
     pub kind: String,
+    /// How many times this node injected it since it started.
     pub count: u64,
 }
 
@@ -1236,6 +1472,7 @@ pub struct ChaosInjectedBody {
 pub struct ChaosBody {
     /// Whether this node allows chaos (`[chaos] allowed`).
     pub allowed: bool,
+    /// The rules in effect, by queue.
     pub rules: BTreeMap<String, ChaosRuleBody>,
     /// Faults this node injected since it started.
     pub injected: Vec<ChaosInjectedBody>,
@@ -1244,6 +1481,7 @@ pub struct ChaosBody {
 /// The caller, as its token says.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WhoAmIBody {
+    /// The token's name (`anonymous` on a node without tokens).
     pub name: String,
     /// read, operate, admin, producer or worker; absent on a node without
     /// tokens.
@@ -1256,6 +1494,7 @@ pub struct WhoAmIBody {
 /// A page of dead jobs, newest first, and the counts of all of them.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeadPageBody {
+    /// This page's dead jobs, newest first.
     pub jobs: Vec<JobSummaryBody>,
     /// Pass as `after` for the next page; absent on the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1267,6 +1506,7 @@ pub struct DeadPageBody {
 /// A dead job and its failures, oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeadJobBody {
+    /// The job, with its payload, timeline and last error.
     pub job: JobBody,
     /// The failures on its timeline.
     pub errors: Vec<EventBody>,
@@ -1276,6 +1516,7 @@ pub struct DeadJobBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadFilterBody {
+    /// Only jobs that died in this queue.
     #[serde(default)]
     pub queue: Option<String>,
     /// The last error's class.
@@ -1292,12 +1533,14 @@ pub struct DeadFilterBody {
     pub limit: Option<usize>,
 }
 
+/// What a dead-letter replay did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReplayedBody {
     /// The jobs now ready again.
     pub replayed: Vec<u64>,
 }
 
+/// What a dead-letter purge did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PurgedDeadBody {
     /// Dead jobs removed.
@@ -1316,6 +1559,7 @@ pub struct ClearStuckBody {
     pub worker: Option<String>,
 }
 
+/// What `clear-stuck` did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RequeuedBody {
     /// The jobs whose leases were taken back, ready again.
@@ -1325,8 +1569,11 @@ pub struct RequeuedBody {
 /// A circuit breaker of (queue, tenant, error class).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BreakerBody {
+    /// The queue whose failures it counts.
     pub queue: String,
+    /// The tenant whose jobs it holds while open.
     pub tenant: String,
+    /// The error class it counts.
     pub class: String,
     /// `closed`, `half-open` or `open`.
     pub state: String,
@@ -1339,8 +1586,11 @@ pub struct BreakerBody {
     pub probe: Option<u64>,
 }
 
+/// `GET /api/v1/breakers`: every breaker that is open, half-open, or closed
+/// with failures in its window.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BreakersBody {
+    /// The breakers, by queue, tenant and class.
     pub breakers: Vec<BreakerBody>,
 }
 
@@ -1348,10 +1598,13 @@ pub struct BreakersBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetBreakersBody {
+    /// The breaker's queue (with `tenant` and `class`).
     #[serde(default)]
     pub queue: Option<String>,
+    /// The breaker's tenant (with `queue` and `class`).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// The breaker's error class (with `queue` and `tenant`).
     #[serde(default)]
     pub class: Option<String>,
     /// Every breaker.
@@ -1359,6 +1612,7 @@ pub struct ResetBreakersBody {
     pub all: bool,
 }
 
+/// What a breaker reset did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ResetBreakersDoneBody {
     /// Breakers closed.
@@ -1368,9 +1622,15 @@ pub struct ResetBreakersDoneBody {
 /// A job's timeline, oldest first, and its latest progress.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TimelineBody {
+    /// The job asked for.
     pub id: u64,
+    /// Its state now.
     pub state: JobStateBody,
+    /// Its events, oldest first (at most 32: past that the oldest progress
+    /// reports go first, then the oldest events).
     pub events: Vec<EventBody>,
+    /// What its worker reported of its progress in the latest attempt;
+    /// absent when it reported none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<ProgressBody>,
 }
@@ -1379,9 +1639,13 @@ pub struct TimelineBody {
 /// `cost_usd`, seconds for `time`, leases for `attempts`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BudgetUseBody {
+    /// `cost_usd`, `time` or `attempts`.
     pub budget: String,
+    /// The limit, in the budget's unit.
     pub limit: f64,
+    /// What the run used, in that unit.
     pub used: f64,
+    /// What is left, in that unit; 0 once the limit is reached.
     pub remaining: f64,
 }
 
@@ -1404,7 +1668,9 @@ impl From<crate::machine::runs::BudgetUse> for BudgetUseBody {
 /// A run's budgets and what it used.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunBudgetBody {
+    /// The run's tenant.
     pub tenant: String,
+    /// The run's id.
     pub run: String,
     /// `active`, `held` (over a budget, or its tenant over its daily cap)
     /// or `done` (every job finished).
@@ -1414,8 +1680,11 @@ pub struct RunBudgetBody {
     pub held_by: Option<String>,
     /// Each budget that is set, with its limit, use and what is left.
     pub budgets: Vec<BudgetUseBody>,
+    /// What its workers reported its jobs cost, in USD.
     pub cost_usd: f64,
+    /// Time its jobs' leases were held, summed, in ms.
     pub lease_ms: u64,
+    /// Leases granted to its jobs.
     pub attempts: u64,
     /// Named usage its workers reported (`tokens_in`...), summed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -1425,30 +1694,44 @@ pub struct RunBudgetBody {
 /// A run's jobs by how they ended.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunJobsBody {
+    /// Jobs enqueued into the run.
     pub enqueued: u64,
     /// Ready, scheduled or leased.
     pub unfinished: u64,
+    /// Jobs that succeeded.
     pub succeeded: u64,
+    /// Jobs that ended dead.
     pub dead: u64,
+    /// Jobs that were cancelled.
     pub cancelled: u64,
 }
 
 /// A run: its jobs, budgets and when it was active.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunBody {
+    /// The run's tenant.
     pub tenant: String,
+    /// The run's id.
     pub run: String,
+    /// When it first changed, normally as its first job was enqueued (ms
+    /// since the epoch).
     pub first_at_ms: u64,
+    /// When it last changed: a job of it enqueued, leased or finished, or
+    /// an override (ms since the epoch).
     pub last_at_ms: u64,
     /// The run (`tenant/run`) this one replays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<String>,
+    /// Its jobs by how they ended.
     pub jobs: RunJobsBody,
+    /// Its budgets, what it used, and whether it is held.
     pub budget: RunBudgetBody,
 }
 
+/// A page of runs (`GET /api/v1/runs`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunsBody {
+    /// This page's runs, by tenant then run id.
     pub runs: Vec<RunBody>,
     /// Give it as `after` for the next page; absent on the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1463,13 +1746,17 @@ pub struct OverrideBody {
     /// The run's tenant (default `default`).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// The run's new cost limit, in USD.
     #[serde(default)]
     pub cost_usd: Option<f64>,
     /// A duration: `"1h"`.
     #[serde(default)]
     pub time: Option<String>,
+    /// The run's new limit of leases granted.
     #[serde(default)]
     pub attempts: Option<u64>,
+    /// Why, for the audit log (else the `X-Drover-Reason` header); one of
+    /// the two is required.
     #[serde(default)]
     pub reason: Option<String>,
 }
@@ -1478,13 +1765,17 @@ pub struct OverrideBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantBudgetsBody {
+    /// Most one run may cost, in USD (what its workers reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
     /// A duration: `"30m"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
+    /// Most leases one run's jobs may be granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u64>,
+    /// Most the tenant's jobs may cost in one UTC day, in USD; past it all
+    /// its jobs are held until the next day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_cost_cap_usd: Option<f64>,
 }
@@ -1503,9 +1794,13 @@ impl From<crate::policies::Budgets> for TenantBudgetsBody {
 /// What jobs cost, summed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct CostSumBody {
+    /// Finished jobs summed.
     pub jobs: u64,
+    /// What their workers reported they cost, in USD.
     pub cost_usd: f64,
+    /// Time their leases were held, summed, in ms.
     pub lease_ms: u64,
+    /// Named usage their workers reported (`tokens_in`...), summed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub usage: BTreeMap<String, u64>,
 }
@@ -1514,12 +1809,17 @@ pub struct CostSumBody {
 /// named usage summed by tenant, run, queue and job type.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct CostsBody {
+    /// The jobs summed finished at or after this time (ms since the epoch).
     pub since_ms: u64,
+    /// Every job summed.
     pub total: CostSumBody,
+    /// Sums by tenant.
     pub by_tenant: BTreeMap<String, CostSumBody>,
     /// Keyed `tenant/run`.
     pub by_run: BTreeMap<String, CostSumBody>,
+    /// Sums by the queue each job finished in.
     pub by_queue: BTreeMap<String, CostSumBody>,
+    /// Sums by job type.
     pub by_job_type: BTreeMap<String, CostSumBody>,
     /// More jobs finished than one request sums: narrow `since` or `tenant`.
     pub truncated: bool,
@@ -1528,7 +1828,9 @@ pub struct CostsBody {
 /// One event of a run's timeline: a job's event, with the job.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunEventBody {
+    /// The job the event happened to.
     pub job_id: u64,
+    /// The event, its fields inline.
     #[serde(flatten)]
     pub event: EventBody,
 }
@@ -1536,8 +1838,11 @@ pub struct RunEventBody {
 /// A page of a run's timeline: its jobs' events merged in time order.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunTimelineBody {
+    /// The run's tenant.
     pub tenant: String,
+    /// The run's id.
     pub run: String,
+    /// This page's events, oldest first.
     pub events: Vec<RunEventBody>,
     /// Give it as `after` for the next page; absent on the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1551,6 +1856,7 @@ pub struct RunTimelineBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRunBody {
+    /// The run's tenant (default `default`).
     #[serde(default)]
     pub tenant: Option<String>,
     /// Why (or the `X-Drover-Reason` header); required.
@@ -1558,10 +1864,14 @@ pub struct CancelRunBody {
     pub reason: Option<String>,
 }
 
+/// What a run cancel did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunCancelledBody {
+    /// The run's tenant.
     pub tenant: String,
+    /// The run's id.
     pub run: String,
+    /// Its jobs that were unfinished and are now cancelled.
     pub cancelled: u32,
 }
 
@@ -1569,6 +1879,7 @@ pub struct RunCancelledBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRunBody {
+    /// The run's tenant (default `default`).
     #[serde(default)]
     pub tenant: Option<String>,
     /// Only the jobs that ended dead or cancelled.
@@ -1579,11 +1890,14 @@ pub struct ReplayRunBody {
     pub into: Option<String>,
 }
 
+/// What a run replay did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunReplayedBody {
+    /// The tenant of both runs.
     pub tenant: String,
     /// The new run.
     pub run: String,
+    /// The run replayed, as `tenant/run`.
     pub replay_of: String,
     /// The new jobs' ids, in the order of the old ones.
     pub jobs: Vec<u64>,

@@ -46,7 +46,9 @@ const MAX_USAGE_NAMES: usize = 16;
 /// How long a completion or failure is retried while no leader is known.
 const RESULT_RETRY: Duration = Duration::from_secs(10);
 
+/// The gRPC `WorkerService`: each `Work` stream is one worker's session.
 pub struct Worker {
+    /// The node it serves for.
     pub app: App,
 }
 

@@ -18,6 +18,7 @@ use crate::client::worker::{self, WorkerOptions};
 use crate::client::{ClientError, Producer};
 use crate::proto::v1 as pb;
 
+/// `drover bench`'s options: which workloads, how large, against which nodes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// gRPC address of a running node, or of several cluster members
@@ -69,10 +70,13 @@ pub struct BenchArgs {
 
 mod scenarios;
 
+/// Why a benchmark stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// A node for it could not be started, or did not say it was ready.
     #[error("cannot start a node for the benchmark: {0}")]
     Spawn(String),
+    /// A producer's or worker's call to the node failed.
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -616,6 +620,8 @@ fn print_rate(name: &str, f: &Figures, unit: &str, ceiling: Option<f64>) {
     );
 }
 
+/// Runs the workloads (or the scenario) `args` asks for and prints each
+/// figure as it is measured.
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     match args.scenario.as_deref() {
         Some("mixed") => return scenarios::mixed(args).await,

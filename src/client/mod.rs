@@ -1,7 +1,8 @@
-//! The Rust client: a producer over the gRPC producer service and a worker
-//! runtime over the worker stream. The CLI and the benchmark use these, so
+//! The Rust client: a producer over the gRPC producer service, a worker
+//! runtime over the worker stream and a typed client of the admin API. The CLI and the benchmark use these, so
 //! they are exercised by every integration test.
 
+pub mod admin;
 pub mod worker;
 
 use tonic::transport::{Channel, Endpoint};
@@ -11,29 +12,45 @@ pub use crate::wire::{ClientTls, Conn, Credentials};
 use crate::proto::v1 as pb;
 use crate::proto::v1::producer_service_client::ProducerServiceClient;
 
+/// Why a producer or worker call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// A server address that cannot be used.
     #[error("{url:?} is not a usable server address: {reason}")]
-    BadUrl { url: String, reason: String },
+    BadUrl {
+        /// The address as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No connection to the node (down, wrong port, TLS mismatch).
     #[error("cannot connect to {url}: {}", connect_failure(.url, .source))]
     Connect {
+        /// The address tried.
         url: String,
+        /// The transport's error.
         source: tonic::transport::Error,
     },
     /// Not a `source`: the message is the whole story, and an error chain
     /// printed with its causes would say it twice.
     #[error("{}", status_failure(.0))]
     Status(tonic::Status),
+    /// The server answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
     /// The node is going away and asked the worker to move.
     #[error("the node is shutting down ({0}); reconnecting to another")]
     NodeLeaving(String),
+    /// A stopping worker could reach no node to report to.
     #[error("stopped without reporting {results} results and {running} running jobs: no node answered for {waited:?} ({last_error}); those jobs run again once their leases expire")]
     Abandoned {
+        /// Results never reported.
         results: usize,
+        /// Jobs still running when it gave up.
         running: usize,
+        /// How long it tried to reach a node.
         waited: std::time::Duration,
+        /// The last failure to reach one.
         last_error: String,
     },
 }
@@ -80,6 +97,7 @@ pub fn endpoint(url: &str, credentials: &Credentials) -> Result<Endpoint, Client
         })
 }
 
+/// A connection to the node at `url` with `credentials`.
 pub async fn connect(url: &str, credentials: &Credentials) -> Result<Conn, ClientError> {
     let channel = endpoint(url, credentials)?
         .connect()
@@ -222,6 +240,7 @@ impl Producer {
         }
     }
 
+    /// A producer over an open channel, without credentials.
     pub fn new(channel: Channel) -> Producer {
         Producer {
             nodes: vec![client(Credentials::default().wrap(channel))],
@@ -313,6 +332,7 @@ impl Producer {
         Ok(reply.jobs)
     }
 
+    /// The job `id`, as the producer service shows it.
     pub async fn get(&mut self, id: u64) -> Result<pb::Job, ClientError> {
         let request = pb::GetJobRequest {
             id,
@@ -346,6 +366,7 @@ impl Producer {
         .await
     }
 
+    /// Cancels job `id`; the state it was in.
     pub async fn cancel(&mut self, id: u64) -> Result<String, ClientError> {
         let reply = self
             .call(|mut c| async move { c.cancel(pb::CancelRequest { id }).await })
@@ -369,6 +390,7 @@ impl Producer {
         })
     }
 
+    /// A no-op call: the node answers (and the token is valid).
     pub async fn ping(&mut self) -> Result<(), ClientError> {
         let mut c = self.nodes[self.current].clone();
         c.ping(pb::PingRequest {}).await?;

@@ -33,7 +33,10 @@ use crate::proto::v1::worker_service_client::WorkerServiceClient;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobError {
+    /// The error's class (`smtp_timeout`): retry policies, breakers and
+    /// dead-letter filters go by it.
     pub class: String,
+    /// For people: what went wrong.
     pub message: String,
     /// What the failed attempt used; it counts against the run's budgets.
     pub usage: JobUsage,
@@ -43,7 +46,9 @@ pub struct JobError {
 /// (`tokens_in`), counted against its run's budgets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobUsage {
+    /// Cost of the attempt in USD.
     pub cost_usd: f64,
+    /// Named amounts (`tokens_in`: 1200), matched by budgets of that name.
     pub named: HashMap<String, u64>,
 }
 
@@ -59,7 +64,9 @@ pub struct JobUsage {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobOutput {
+    /// The job's result, stored with it.
     pub result: Bytes,
+    /// What the attempt used.
     pub usage: JobUsage,
 }
 
@@ -143,6 +150,7 @@ impl std::ops::Deref for Job {
 /// Runs one job. Implemented for any `Fn(Job) -> impl Future` whose
 /// output is `Result<Bytes, JobError>` or `Result<JobOutput, JobError>`.
 pub trait Handler: Send + Sync + 'static {
+    /// Runs `job`: its result, or why it failed.
     fn run(&self, job: Job) -> BoxFuture<'static, Result<JobOutput, JobError>>;
 }
 
@@ -157,13 +165,18 @@ where
     }
 }
 
+/// How a worker connects and what it takes.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     /// A node's address, or several separated by commas: each reconnect
     /// tries the next, so a worker outlives the node it was connected to.
     pub url: String,
+    /// Its id, unique in the cluster; a reconnect under the same id takes
+    /// back the leases it held.
     pub worker_id: String,
+    /// The queues it leases from.
     pub queues: Vec<String>,
+    /// Jobs it runs at once.
     pub concurrency: u32,
     /// Pause between reconnect attempts after a stream breaks.
     pub reconnect_delay: Duration,
@@ -195,12 +208,15 @@ pub struct WorkerHealth {
     pub held: std::sync::atomic::AtomicU32,
     /// Results the server accepted.
     pub completed: std::sync::atomic::AtomicU64,
+    /// Failures the server accepted.
     pub failed: std::sync::atomic::AtomicU64,
     /// When the server last accepted one (ms since the epoch; 0: never).
     pub last_result_ms: std::sync::atomic::AtomicU64,
 }
 
 impl WorkerOptions {
+    /// Options with the defaults: reconnect every 500 ms without end, a
+    /// 60 s stop timeout, no credentials, no compression.
     pub fn new(
         url: impl Into<String>,
         worker_id: impl Into<String>,
@@ -226,7 +242,9 @@ impl WorkerOptions {
 /// What a worker did before it stopped.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WorkerReport {
+    /// Jobs it completed.
     pub completed: u64,
+    /// Jobs it reported failed.
     pub failed: u64,
     /// Results the server refused (stale lease: the job had been given to
     /// another worker after this one's lease expired).

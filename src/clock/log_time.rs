@@ -70,6 +70,7 @@ impl LogTime {
         self.at(Instant::now())
     }
 
+    /// Log time at the instant `now`, in ms.
     pub fn at(&self, now: Instant) -> u64 {
         let r = *self.lock();
         Self::project(&r, now) / NS_PER_MS

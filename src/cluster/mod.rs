@@ -16,7 +16,10 @@ use crate::command::Command;
 /// What a follower forwards to the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Forwardable {
+    /// A command for the machine.
     Command(Command),
+    /// A membership change.
     Member(MemberChange),
+    /// Hand leadership to this node.
     TransferLeader(u64),
 }

@@ -25,13 +25,17 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The workers connected to a peer, and how many of them it asked to stop.
 pub struct PeerWorkers {
+    /// The workers connected to it, as it listed them.
     pub workers: Vec<crate::workers::WorkerInfo>,
+    /// How many of them it asked to stop.
     pub asked: usize,
 }
 
 /// Peer clients by member id, with the address each was made for.
 type Clients = HashMap<u64, (String, PeerServiceClient<Conn>)>;
 
+/// Sends commands to where they are proposed: this node's driver when it
+/// leads, the leader otherwise.
 #[derive(Clone)]
 pub struct Router {
     driver: DriverHandle,
@@ -42,6 +46,8 @@ pub struct Router {
 }
 
 impl Router {
+    /// A router for this node, with its peer header and credentials from `cfg`;
+    /// it connects to peers as it first needs them.
     pub fn new(cfg: &Config, driver: DriverHandle) -> Router {
         Router {
             header: super::header(cfg, driver.incarnation()),
@@ -65,6 +71,7 @@ impl Router {
         }
     }
 
+    /// This node's driver.
     pub fn driver(&self) -> &DriverHandle {
         &self.driver
     }

@@ -11,6 +11,8 @@ use super::*;
 pub struct PeerFormats(Arc<std::sync::RwLock<std::collections::BTreeMap<u64, u8>>>);
 
 impl PeerFormats {
+    /// Records the newest format `peer` applies, as its stream's first message
+    /// said (0 counts as 1).
     pub fn note(&self, peer: u64, format: u8) {
         self.0
             .write()
@@ -18,6 +20,7 @@ impl PeerFormats {
             .insert(peer, format.max(1));
     }
 
+    /// The newest format `peer` applies; 1 for a peer not heard from.
     pub fn of(&self, peer: u64) -> u8 {
         self.0
             .read()
@@ -153,6 +156,7 @@ impl DriverHandle {
         let _ = self.control.try_send(c);
     }
 
+    /// A copy of the raft status the loop last published.
     pub fn status(&self) -> NodeStatus {
         self.status.borrow().clone()
     }
@@ -162,10 +166,12 @@ impl DriverHandle {
         self.status.borrow()
     }
 
+    /// The raft status, to wait for it to change.
     pub fn status_watch(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
     }
 
+    /// What the machine published after the last applied range.
     pub fn stats(&self) -> Arc<MachineStats> {
         self.stats.borrow().clone()
     }
@@ -187,6 +193,8 @@ impl DriverHandle {
         self.log_time.now_ms()
     }
 
+    /// The log's clock itself: the peer service sets it from the leader's
+    /// batches.
     pub fn log_time(&self) -> &Arc<LogTime> {
         &self.log_time
     }
@@ -228,10 +236,13 @@ impl DriverHandle {
         rx.await.map_err(|_| Error::ShuttingDown)
     }
 
+    /// Reads committed job records without going through the loop.
     pub fn reader(&self) -> &JobReader {
         &self.reader
     }
 
+    /// How long a client told there is no leader should wait before trying
+    /// again: one election timeout, in ms.
     pub fn retry_after_ms(&self) -> u64 {
         self.retry_after_ms
     }

@@ -83,13 +83,17 @@ use reads::ReadWaiters;
 /// What can be proposed: a command for the machine, or a membership change
 /// for raft itself.
 pub enum Proposed {
+    /// A command for the machine.
     Command(Command),
+    /// A change of raft's membership.
     Member(MemberChange),
 }
 
 /// A proposal waiting to be committed and applied.
 pub struct Proposal {
+    /// What to put in the log.
     pub what: Proposed,
+    /// Where the outcome and the index it was applied at go, or why it failed.
     pub reply: Reply,
 }
 
@@ -97,20 +101,35 @@ pub struct Proposal {
 /// is broken. The node stops rather than run on half-written state.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
+    /// The raft log or its state could not be read or written.
     #[error("raft storage failed: {0}")]
     Store(#[from] StoreError),
+    /// The machine's storage failed.
     #[error("state machine failed: {0}")]
     Machine(#[from] MachineError),
+    /// raft-rs returned an error it cannot go on from.
     #[error("raft failed: {0}")]
     Raft(#[from] raft::Error),
+    /// The OS refused to start the driver's thread.
     #[error("cannot start the raft driver thread: {0}")]
     Thread(std::io::Error),
+    /// The thread that makes the log durable stopped.
     #[error("log flusher failed: {0}")]
     Flusher(String),
+    /// A snapshot could not be written, read or installed.
     #[error("{0}")]
     Snapshot(#[from] SnapshotError),
+    /// A committed entry is of a format newer than this build applies: the node
+    /// stops with its log and data as they are, to be upgraded.
     #[error("log entry {index} has format {found}, and this drover applies formats up to {reads}: it was written by a newer drover. Upgrade this node's binary to the version the other nodes run; its log and data are kept as they are")]
-    EntryTooNew { index: u64, found: u8, reads: u8 },
+    EntryTooNew {
+        /// The entry's log index.
+        index: u64,
+        /// Its format.
+        found: u8,
+        /// The newest format this build applies.
+        reads: u8,
+    },
 }
 
 struct Driver {

@@ -9,7 +9,9 @@ use crate::command::{AuditRecord, Audited, Outcome};
 /// A record as stored and read back.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditEntry {
+    /// When the change was applied: log time, ms since the epoch.
     pub at_ms: u64,
+    /// Who changed what, and why.
     pub record: AuditRecord,
 }
 

@@ -11,11 +11,15 @@ use crate::policies::BreakerPolicy;
 /// (queue, tenant, error class).
 pub type Scope = (String, String, String);
 
+/// Where a circuit breaker is in its cycle.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BreakerState {
+    /// Jobs flow; failures of its class are counted in the window.
     #[default]
     Closed,
+    /// The cooldown passed: one job is let through as a probe.
     HalfOpen,
+    /// The scope's ready jobs are held until the cooldown ends.
     Open,
 }
 
@@ -29,6 +33,7 @@ impl BreakerState {
         }
     }
 
+    /// Its name in the API and CLI: `closed`, `half-open` or `open`.
     pub fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
@@ -38,8 +43,10 @@ impl BreakerState {
     }
 }
 
+/// One scope's breaker, as replicated under `K`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Breaker {
+    /// Closed, open or half-open.
     pub state: BreakerState,
     /// Times of the class's failures within the window (closed only).
     pub failures: Vec<u64>,
@@ -277,6 +284,8 @@ impl Machine {
 
 /// Breakers for the APIs, from the committed tree.
 impl JobReader {
+    /// Every stored breaker by scope: those not closed, or closed with failures
+    /// in their window.
     pub fn breakers(&self) -> Result<BTreeMap<Scope, Breaker>, MachineError> {
         let tree = self.tree.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut out = BTreeMap::new();

@@ -103,10 +103,15 @@ impl Machine {
 /// publish after every applied range.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Arm {
+    /// Results counted: successes and failures (timeouts included).
     pub jobs: u64,
+    /// Of them, successes.
     pub succeeded: u64,
+    /// Their run times summed, in ms.
     pub ran_ms_sum: f64,
+    /// Their reported costs summed, in USD.
     pub cost_sum: f64,
+    /// The squares of those costs summed, for Welch's t.
     pub cost_sq_sum: f64,
     /// Bucket b holds runs of [2^(b-1), 2^b) ms; bucket 0 holds 0 ms.
     pub ran_buckets: Vec<u64>,
@@ -119,6 +124,8 @@ fn bucket(ms: u64) -> usize {
 }
 
 impl Arm {
+    /// Counts one result: whether it succeeded, how long it ran, and what it
+    /// cost in millionths of a USD.
     pub fn record(&mut self, ok: bool, ran_ms: u64, cost_micros: u64) {
         if self.ran_buckets.len() != BUCKETS {
             self.ran_buckets = vec![0; BUCKETS];
@@ -132,14 +139,17 @@ impl Arm {
         self.ran_buckets[bucket(ran_ms)] += 1;
     }
 
+    /// Successes over results, 0 to 1; 0 with none.
     pub fn success_rate(&self) -> f64 {
         self.succeeded as f64 / self.jobs.max(1) as f64
     }
 
+    /// Mean run time in ms; 0 with none.
     pub fn mean_ran_ms(&self) -> f64 {
         self.ran_ms_sum / self.jobs.max(1) as f64
     }
 
+    /// Mean cost in USD; 0 with none.
     pub fn mean_cost(&self) -> f64 {
         self.cost_sum / self.jobs.max(1) as f64
     }
@@ -232,6 +242,8 @@ pub struct Judged {
     /// `success_rate_delta` (canary minus control), `duration_ratio` or
     /// `cost_ratio` (canary over control).
     pub metric: &'static str,
+    /// The metric: for the delta a fraction (-0.05 is 5 points below the
+    /// control), for a ratio 1.0 when both sides are alike.
     pub value: f64,
     /// `ok`, `worse` or `not enough data`.
     pub verdict: &'static str,

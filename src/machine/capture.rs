@@ -228,10 +228,13 @@ impl Drop for CaptureReader {
     }
 }
 
+/// Why a consistent read stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// sled failed while reading the tree.
     #[error("reading the machine tree: {0}")]
     Sled(#[from] sled::Error),
+    /// A snapshot was installed meanwhile; what was read is void.
     #[error("the machine's tree was replaced by an installed snapshot while it was being read")]
     Cancelled,
 }

@@ -13,9 +13,13 @@ pub const SCAN_BUDGET: usize = 5_000;
 /// What `drover jobs list` filters on.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobQuery {
+    /// Only jobs of this queue.
     pub queue: Option<String>,
+    /// Only jobs in this state; it picks the index the candidates come from.
     pub state: Option<JobState>,
+    /// Only jobs of this tenant.
     pub tenant: Option<String>,
+    /// Only jobs of this run id.
     pub run: Option<String>,
     /// The last error's class.
     pub class: Option<String>,
@@ -23,10 +27,12 @@ pub struct JobQuery {
     pub older_than_ms: Option<u64>,
     /// Finished at or after this time (ms since the epoch).
     pub finished_since_ms: Option<u64>,
+    /// The time `older_than_ms` is measured at, in ms since the epoch.
     pub now_ms: u64,
 }
 
 impl JobQuery {
+    /// Whether `job` passes every filter that is set.
     pub fn matches(&self, job: &Job) -> bool {
         let is = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
         is(&self.queue, &job.queue)
@@ -63,8 +69,11 @@ pub fn state_since(job: &Job) -> u64 {
 /// of its jobs (newest first) came before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FinishedCursor {
+    /// The finish time of the time-index record, in ms since the epoch.
     pub at_ms: u64,
+    /// The first job id of that record, which with `at_ms` names it.
     pub record: JobId,
+    /// Jobs of the record (newest first) already handed out.
     pub skip: usize,
 }
 

@@ -7,11 +7,17 @@ use super::*;
 /// Jobs of one queue by state. `ready` is split by priority (index 0 is priority 1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueCounts {
+    /// Ready jobs by priority: index 0 is priority 1.
     pub ready: [u64; 5],
+    /// Waiting for their time: delayed, or backing off before a retry.
     pub scheduled: u64,
+    /// Held by a worker now.
     pub leased: u64,
+    /// Succeeded, and not yet removed by retention.
     pub succeeded: u64,
+    /// Dead-lettered, and not yet removed by retention.
     pub dead: u64,
+    /// Cancelled, and not yet removed by retention.
     pub cancelled: u64,
     /// Waiting for the jobs they run after.
     #[serde(default)]
@@ -19,6 +25,7 @@ pub struct QueueCounts {
 }
 
 impl QueueCounts {
+    /// Ready jobs of every priority.
     pub fn ready_total(&self) -> u64 {
         self.ready.iter().sum()
     }

@@ -21,7 +21,9 @@ const MAX_PARKS_PER_LEASE: usize = 1000;
 /// What holds a parked job.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Hold {
+    /// Its concurrency key, which has as many jobs leased as it may.
     Concurrency(String),
+    /// Its rate key, which has no lease left in its period.
     Rate(String),
     /// The job's run (tenant\0run) is over a budget.
     Budget(String),

@@ -102,12 +102,24 @@ const COMMIT_WRITES: usize = 1000;
 /// answer to a request: the node cannot go on applying and must stop.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
+    /// sled failed to read or write the machine's tree.
     #[error("machine storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// A stored record does not decode: the data dir is damaged.
     #[error("machine record {key} is corrupt ({reason}); the data dir is damaged: restore it from a backup or let the node re-sync from its peers")]
-    Corrupt { key: String, reason: String },
+    Corrupt {
+        /// The record's key: its prefix and job id (`j/42`), else its bytes
+        /// as text.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The tree is of a layout this build neither reads nor migrates.
     #[error("the job store has layout {found}, this drover reads layout {FORMAT}: it was written by another version of drover; run that version, or start this node with an empty data dir so it re-syncs from its peers")]
-    Format { found: String },
+    Format {
+        /// The layout mark found, as its bytes, or `1 (no layout mark)`.
+        found: String,
+    },
     /// A bug in the caller, reported rather than panicked on.
     #[error("a consistent read of the machine could not start: {0}")]
     Capture(&'static str),
@@ -117,10 +129,13 @@ pub enum MachineError {
 /// are always written together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
+    /// Index of the last log entry applied.
     pub applied_index: u64,
+    /// Term of that entry.
     pub applied_term: u64,
     /// The latest time seen in the log; apply never lets time go backwards.
     pub last_at_ms: u64,
+    /// The id the next enqueued job gets.
     pub next_id: JobId,
 }
 
@@ -134,10 +149,16 @@ pub const REQUEUE_REASONS: [&str; 3] = ["expired", "stuck", "timeout"];
 pub struct LeaseEvent {
     /// `queue_timeout` (an expiry or a timeout) or `queue_requeued`.
     pub event: &'static str,
+    /// What ended it, for people: `lease expired`, `execution timeout` or
+    /// `requeued by an operator`.
     pub what: &'static str,
+    /// The job whose lease ended.
     pub job_id: JobId,
+    /// The job's queue.
     pub queue: String,
+    /// The worker that held the lease; empty if the record named none.
     pub worker: String,
+    /// The attempt the lease was for.
     pub attempt: u32,
 }
 
@@ -145,13 +166,21 @@ pub struct LeaseEvent {
 /// `_total` metrics; a restart resets them, as Prometheus counters expect.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
+    /// New jobs (an idempotent duplicate is not one).
     pub enqueued: u64,
+    /// Leases granted.
     pub dispatched: u64,
+    /// Jobs that succeeded.
     pub completed: u64,
+    /// Failed attempts, execution timeouts included, whatever came after them.
     pub failed: u64,
+    /// Failures after which the job runs again.
     pub retried: u64,
+    /// Leases that expired, putting their job back to ready.
     pub requeued: u64,
+    /// Jobs dead-lettered.
     pub dead: u64,
+    /// Jobs cancelled.
     pub cancelled: u64,
     /// Exhausted jobs moved to their type's `on_exhausted` queue.
     pub escalated: u64,
@@ -194,9 +223,13 @@ pub struct MachineStats {
     pub policies: Arc<Policies>,
     /// Budget counters, runs over budget, tenants over their daily cap.
     pub budgets: runs::BudgetStats,
+    /// Index of the last log entry applied.
     pub applied_index: u64,
+    /// Log time of the last entry applied, in ms since the epoch.
     pub last_at_ms: u64,
+    /// Jobs of each queue by state; finished ones until retention removes them.
     pub queues: BTreeMap<String, QueueCounts>,
+    /// Event counters since this node opened its machine.
     pub totals: Totals,
     /// Queue -> job type -> event counts.
     pub by_type: BTreeMap<String, BTreeMap<String, tally::TypeCounts>>,
@@ -216,6 +249,9 @@ pub struct MachineStats {
     pub chaos: BTreeMap<String, crate::command::ChaosRule>,
 }
 
+/// The state machine: applies committed entries to its sled tree and keeps
+/// the in-memory indexes scheduling needs. The driver owns it; the APIs read
+/// through a [`JobReader`].
 pub struct Machine {
     tree: sled::Tree,
     /// The same tree, for readers; swapped when a snapshot is installed.
@@ -416,6 +452,8 @@ impl Machine {
         }
     }
 
+    /// The applied index and term, log time and next job id, as of the last
+    /// entry applied (committed or still staged).
     pub fn meta(&self) -> Meta {
         self.meta
     }
@@ -484,6 +522,8 @@ impl Machine {
         self.policies_set
     }
 
+    /// What the driver publishes after each applied range: counts, controls,
+    /// breakers, budgets and rules, for the APIs, metrics and waiting workers.
     pub fn stats(&self) -> MachineStats {
         // Queues a lease would find nothing in however many are ready, so
         // workers do not propose leases in a loop while they stay so.

@@ -18,11 +18,13 @@ pub fn judge(policy: &crate::policies::QuarantinePolicy, completed: u64, failed:
 /// Why and until when a worker is kept from new leases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quarantined {
+    /// When it was quarantined: log time, ms since the epoch.
     pub since_ms: u64,
     /// Reconnecting after this lifts it.
     pub until_ms: u64,
     /// Its results in the window that decided it.
     pub completed: u64,
+    /// Its failed results in that window (`completed` counts the others).
     pub failed: u64,
 }
 

@@ -90,6 +90,8 @@ impl JobReader {
         }
     }
 
+    /// Job `id`'s committed record, without its payload; None if there is no
+    /// such job (never enqueued, or removed by retention).
     pub fn job(&self, id: JobId) -> Result<Option<Job>, MachineError> {
         let k = key(JOB, id);
         match self.tree().get(k)? {
@@ -98,6 +100,8 @@ impl JobReader {
         }
     }
 
+    /// Job `id`'s committed record and its payload, read from its own record
+    /// when it is not kept inline.
     pub fn job_and_payload(&self, id: JobId) -> Result<Option<(Job, bytes::Bytes)>, MachineError> {
         let tree = self.tree();
         let k = key(JOB, id);
@@ -111,6 +115,8 @@ impl JobReader {
         Ok(Some((job, payload)))
     }
 
+    /// What job `id`'s worker returned when it succeeded; empty if nothing was
+    /// stored.
     pub fn result(&self, id: JobId) -> Result<bytes::Bytes, MachineError> {
         Ok(self
             .tree()

@@ -35,23 +35,36 @@ fn id_suffix(k: &[u8]) -> Option<JobId> {
 /// What a run used.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunUsage {
+    /// Cost its workers reported, in millionths of a USD.
     pub cost_micros: u64,
+    /// Time its jobs' leases were held, summed, in ms.
     pub lease_ms: u64,
+    /// Leases granted to its jobs.
     pub attempts: u64,
+    /// Named amounts its workers reported (`tokens_in`), summed by name.
     pub named: BTreeMap<String, u64>,
 }
 
 /// A run as the machine keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
+    /// The tenant whose run it is.
     pub tenant: String,
+    /// The run id.
     pub run: String,
+    /// When its first job was enqueued: log time, ms since the epoch.
     pub first_at_ms: u64,
+    /// When it last changed (an enqueue, a lease, a result), as `first_at_ms`.
     pub last_at_ms: u64,
+    /// Jobs enqueued in it.
     pub enqueued: u64,
+    /// Of them, those that succeeded.
     pub succeeded: u64,
+    /// Of them, those dead-lettered.
     pub dead: u64,
+    /// Of them, those cancelled.
     pub cancelled: u64,
+    /// What its jobs used.
     pub usage: RunUsage,
     /// Limits an operator set for this run (`drover runs override`).
     pub limits: Budgets,
@@ -73,8 +86,11 @@ impl RunRecord {
 /// a USD, ms, leases).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetUse {
+    /// Which budget: `cost_usd`, `time`, `attempts` or `daily_cost_cap_usd`.
     pub budget: &'static str,
+    /// Its limit.
     pub limit: u64,
+    /// What was used of it.
     pub used: u64,
 }
 
@@ -130,7 +146,9 @@ fn over(limits: &Budgets, usage: &RunUsage) -> Option<BudgetUse> {
 /// A tenant's cost on one UTC day of the log's time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantDay {
+    /// The UTC day, in days since the epoch.
     pub day: u64,
+    /// Cost the tenant's workers reported that day, in millionths of a USD.
     pub cost_micros: u64,
     /// At or past its daily cap: its jobs are held until the next day.
     pub capped: bool,
@@ -142,14 +160,20 @@ pub enum RunEvent {
     /// A run went over a budget (or a tenant over its daily cap, with an
     /// empty run).
     BudgetExceeded {
+        /// The run's tenant.
         tenant: String,
+        /// The run id; empty for a tenant over its daily cap.
         run: String,
+        /// The budget used up, and how much of it was used.
         over: BudgetUse,
     },
     /// A run's last job finished: what it used of each budget.
     Finished {
+        /// The run's tenant.
         tenant: String,
+        /// The run id.
         run: String,
+        /// Each budget set for it, with what the run used of it.
         uses: Vec<BudgetUse>,
     },
 }
@@ -208,8 +232,11 @@ pub struct RunTotals {
 /// Budgets as the stats show them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetStats {
+    /// Counters since this node opened its machine.
     pub totals: RunTotals,
+    /// Runs held now, over a budget.
     pub runs_over_budget: u64,
+    /// Tenants whose jobs are held, over their daily cost cap.
     pub capped_tenants: BTreeSet<String>,
 }
 
@@ -741,6 +768,7 @@ impl Machine {
 
 /// Runs for the APIs, from the committed tree.
 impl JobReader {
+    /// The committed record of `tenant`'s run `run`; None if it has none.
     pub fn run(&self, tenant: &str, run: &str) -> Result<Option<RunRecord>, MachineError> {
         let k = prefixed(RUN, &run_key(tenant, run));
         match self.tree().get(&k)? {

@@ -12,6 +12,7 @@ use crate::policies::JobTemplate;
 pub struct ScheduleState {
     /// The last slot fired (ms since the epoch; 0: none yet).
     pub last_slot_ms: u64,
+    /// Paused by an operator: its slots pass without enqueueing.
     pub paused: bool,
     /// Jobs it enqueued (slots and triggers).
     pub fired: u64,

@@ -19,12 +19,20 @@ const MAX_OBSERVATIONS: usize = 100_000;
 /// Events of one job type in one queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypeCounts {
+    /// New jobs (an idempotent duplicate is not one).
     pub enqueued: u64,
+    /// Leases granted.
     pub dispatched: u64,
+    /// Jobs that succeeded.
     pub completed: u64,
+    /// Failures after which the job runs again.
     pub retried: u64,
+    /// Jobs dead-lettered.
     pub dead: u64,
+    /// Jobs cancelled.
     pub cancelled: u64,
+    /// Exhausted jobs moved to their type's `on_exhausted` queue, counted in the
+    /// queue they failed in.
     pub escalated: u64,
     /// Failures by error class.
     pub failed: BTreeMap<String, u64>,
@@ -33,13 +41,24 @@ pub struct TypeCounts {
 /// What happened to a job, for [`Tally::count`].
 #[derive(Debug, Clone, Copy)]
 pub enum Counted<'a> {
+    /// A new job was enqueued.
     Enqueued,
+    /// A lease was granted.
     Dispatched,
+    /// It succeeded.
     Completed,
-    Failed { class: &'a str },
+    /// An attempt failed.
+    Failed {
+        /// The failure's error class.
+        class: &'a str,
+    },
+    /// After a failure it will run again.
     Retried,
+    /// It was dead-lettered.
     Dead,
+    /// It was cancelled.
     Cancelled,
+    /// It was moved to its type's `on_exhausted` queue.
     Escalated,
 }
 
@@ -54,13 +73,19 @@ pub enum Timing {
     Ran,
 }
 
+/// One wait or run time, for the driver's histograms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
+    /// The job's queue.
     pub queue: String,
+    /// Which time it is.
     pub timing: Timing,
+    /// How long, in ms.
     pub ms: u64,
 }
 
+/// The machine's counts by queue and job type, each queue's window of
+/// recent work, and the times the driver has yet to take.
 #[derive(Debug, Default)]
 pub struct Tally {
     /// Queue -> job type -> counts.
@@ -71,6 +96,7 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Counts one event of a job of `job_type` in `queue`.
     pub fn count(&mut self, queue: &str, job_type: &str, what: Counted<'_>) {
         // Looked up by reference: a String is made only for a new key.
         if !self.counts.contains_key(queue) {
@@ -136,6 +162,7 @@ impl Tally {
         std::mem::take(&mut self.observations)
     }
 
+    /// Event counts by queue, then job type.
     pub fn counts(&self) -> &BTreeMap<String, BTreeMap<String, TypeCounts>> {
         &self.counts
     }

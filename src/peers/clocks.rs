@@ -41,6 +41,7 @@ impl Readings {
 pub struct Skew {
     /// The majority's clock minus this node's, in ms.
     pub offset_ms: i64,
+    /// The `[cluster] max_clock_offset` it is past, in ms.
     pub max_offset_ms: u64,
 }
 
@@ -71,6 +72,8 @@ pub struct Clocks {
 }
 
 impl Clocks {
+    /// No readings yet, for node `node_id` with `[cluster] max_clock_offset`
+    /// (zero: offsets are shown, nobody is held back).
     pub fn new(node_id: u64, max_offset: Duration) -> Clocks {
         Clocks {
             node_id,
@@ -79,6 +82,7 @@ impl Clocks {
         }
     }
 
+    /// `[cluster] max_clock_offset` in ms; 0 when the check is off.
     pub fn max_offset_ms(&self) -> u64 {
         self.max_offset_ms
     }

@@ -26,10 +26,12 @@ use sha2::{Digest, Sha256};
 pub struct Incarnation(Arc<AtomicU64>);
 
 impl Incarnation {
+    /// Starts at `value` (0: unknown yet).
     pub fn new(value: u64) -> Incarnation {
         Incarnation(Arc::new(AtomicU64::new(value)))
     }
 
+    /// The incarnation now; 0 while unknown.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }

@@ -16,14 +16,20 @@ use crate::proto::v1 as pb;
 pub enum MemberChange {
     /// Joins as a learner: receives the log, does not vote yet.
     AddLearner {
+        /// The new member's raft id (its `node_id`).
         id: u64,
+        /// Its gRPC address, as its peers reach it.
         addr: String,
     },
     /// A learner that has caught up becomes a voter.
     Promote {
+        /// The learner's raft id.
         id: u64,
     },
+    /// Leaves the cluster, voter or learner: its messages are refused from
+    /// then on, and it stops (unless `wait_when_removed`).
     Remove {
+        /// The member's raft id.
         id: u64,
     },
 }
@@ -38,11 +44,23 @@ pub enum Control {
     Incarnation(u64),
     /// Peer `by` refused this node's messages: it applied the removal of
     /// this node at log index `at`.
-    Removed { by: u64, at: u64, reason: String },
+    Removed {
+        /// The peer that refused.
+        by: u64,
+        /// The log index of the change that removed this node.
+        at: u64,
+        /// The peer's refusal, as it worded it.
+        reason: String,
+    },
     /// Hand leadership to this node.
     TransferLeader(u64),
     /// How streaming a snapshot to a follower ended.
-    SnapshotSent { to: u64, ok: bool },
+    SnapshotSent {
+        /// The follower it was sent to.
+        to: u64,
+        /// Whether the follower took all of it.
+        ok: bool,
+    },
     /// Confirm leadership with a quorum and answer with the commit index
     /// every read after it must see (raft's read index).
     ReadIndex(tokio::sync::oneshot::Sender<u64>),

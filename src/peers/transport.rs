@@ -57,6 +57,8 @@ struct Link {
     snapshots: PeerServiceClient<Conn>,
 }
 
+/// Sends raft messages to the peers: one link (a stream task, and a
+/// connection for snapshots) per peer the driver knows.
 pub struct Transport {
     peers: HashMap<u64, Link>,
     credentials: Credentials,
@@ -168,10 +170,13 @@ impl Transport {
         );
     }
 
+    /// Forgets peer `id`; dropping its link ends its sender task.
     pub fn remove_peer(&mut self, id: u64) {
         self.peers.remove(&id);
     }
 
+    /// Queues `msg` for its peer, or streams the snapshot it names on a task of
+    /// its own; dropped if the peer's queue is full or the peer is unknown.
     pub fn send(&self, msg: Message) {
         match self.peers.get(&msg.to) {
             Some(link) if msg.get_msg_type() == MessageType::MsgSnapshot => {

@@ -24,6 +24,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Waits from `base`, doubling to `cap`, with jitter.
     pub const fn new(base: Duration, cap: Duration) -> Backoff {
         Backoff {
             base,

@@ -33,6 +33,7 @@ pub struct ClientTls {
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// What a client presents: a bearer token and TLS settings.
 #[derive(Clone, Default)]
 pub struct Credentials {
     token: Bearer,
@@ -66,6 +67,7 @@ impl Credentials {
         })
     }
 
+    /// TLS settings were given.
     pub fn has_tls(&self) -> bool {
         self.tls.is_some()
     }
@@ -75,6 +77,7 @@ impl Credentials {
         self.token.0.as_ref().and_then(|v| v.to_str().ok())
     }
 
+    /// The TLS settings, if any.
     pub fn tls(&self) -> Option<&ClientTls> {
         self.tls.as_ref()
     }

@@ -3,11 +3,13 @@
 //! values that arrive from the network (addresses, durations). A leaf: it
 //! imports nothing of drover's but the generated protocol.
 
+mod admin_http;
 mod backoff;
 pub mod codec;
 mod credentials;
 mod status;
 
+pub use admin_http::{ErrorBody, ErrorInfo, REASON_HEADER};
 pub use backoff::{jittered, Backoff};
 pub use credentials::{Bearer, ClientTls, Conn, Credentials};
 pub use status::{

@@ -5,6 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+/// The admin API's OpenAPI document, from the handlers and bodies it lists.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "drover admin API", description = "Jobs, queues and the cluster. Send `Authorization: Bearer TOKEN` when the node has tokens."),

@@ -6,8 +6,8 @@ use anyhow::Result;
 use clap::Subcommand;
 use drover::api::types::{BackupBody, BackupsBody, MembersBody};
 
-use crate::admin::AdminClient;
 use crate::target::{table, Target};
+use drover::client::admin::AdminClient;
 
 #[derive(Subcommand)]
 pub enum BackupsCmd {
@@ -33,9 +33,9 @@ pub async fn run(cmd: BackupsCmd) -> Result<()> {
             a => a,
         };
         let listed: Result<BackupsBody> = async {
-            AdminClient::new(addr, &credentials, "")?
+            Ok(AdminClient::new(addr, &credentials, "")?
                 .get("/api/v1/backups")
-                .await
+                .await?)
         }
         .await;
         match listed {

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use drover::api::types::{BreakersBody, ResetBreakersDoneBody};
+use drover::api::types::{BreakersBody, ResetBreakersBody, ResetBreakersDoneBody};
 
 use crate::jobs::at;
 use crate::target::{table, Target};
@@ -50,9 +50,17 @@ pub async fn run(cmd: BreakersCmd) -> Result<()> {
         }
         BreakersCmd::Reset { scope, all, target } => {
             let body = match (scope, all) {
-                (None, true) => serde_json::json!({"all": true}),
+                (None, true) => ResetBreakersBody {
+                    all: true,
+                    ..Default::default()
+                },
                 (Some(s), false) => match s.splitn(3, '/').collect::<Vec<_>>()[..] {
-                    [q, t, c] => serde_json::json!({"queue": q, "tenant": t, "class": c}),
+                    [q, t, c] => ResetBreakersBody {
+                        queue: Some(q.to_string()),
+                        tenant: Some(t.to_string()),
+                        class: Some(c.to_string()),
+                        all: false,
+                    },
                     _ => bail!("{s:?} is not QUEUE/TENANT/CLASS (see drover breakers list)"),
                 },
                 _ => bail!("name a breaker as QUEUE/TENANT/CLASS, or --all"),

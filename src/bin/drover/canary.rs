@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use drover::api::types::CanaryBody;
+use drover::api::types::{CanaryBody, CanarySetBody};
 
 use crate::target::Target;
 
@@ -61,8 +61,11 @@ pub async fn run(cmd: CanaryCmd) -> Result<()> {
             max_wait,
             target,
         } => {
-            let body =
-                serde_json::json!({ "version": version, "percent": percent, "max_wait": max_wait });
+            let body = CanarySetBody {
+                version,
+                percent,
+                max_wait,
+            };
             let c: CanaryBody = target
                 .admin()?
                 .post(&format!("/api/v1/canary/{queue}"), &body)
@@ -72,10 +75,7 @@ pub async fn run(cmd: CanaryCmd) -> Result<()> {
         CanaryCmd::Promote { queue, target } => {
             let c: CanaryBody = target
                 .admin()?
-                .post(
-                    &format!("/api/v1/canary/{queue}/promote"),
-                    &serde_json::json!({}),
-                )
+                .post_empty(&format!("/api/v1/canary/{queue}/promote"))
                 .await?;
             target.print(&c, |c| {
                 println!(
@@ -87,10 +87,7 @@ pub async fn run(cmd: CanaryCmd) -> Result<()> {
         CanaryCmd::Abort { queue, target } => {
             let c: CanaryBody = target
                 .admin()?
-                .post(
-                    &format!("/api/v1/canary/{queue}/abort"),
-                    &serde_json::json!({}),
-                )
+                .post_empty(&format!("/api/v1/canary/{queue}/abort"))
                 .await?;
             target.print(&c, |c| {
                 println!(

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use drover::api::types::ChaosBody;
+use drover::api::types::{ChaosBody, ChaosRuleBody};
 
 use crate::target::{table, Target};
 
@@ -51,13 +51,13 @@ pub async fn run(cmd: ChaosCmd) -> Result<()> {
             fail_class,
             target,
         } => {
-            let body = serde_json::json!({
-                "drop_leases": drop,
-                "delay_ms": delay.map_or(0, |d| d.as_millis() as u64),
-                "revoke": revoke,
-                "fail": fail,
-                "fail_class": fail_class,
-            });
+            let body = ChaosRuleBody {
+                drop_leases: drop,
+                delay_ms: delay.map_or(0, |d| d.as_millis() as u64),
+                revoke,
+                fail,
+                fail_class,
+            };
             let c: ChaosBody = target
                 .admin()?
                 .post(&format!("/api/v1/chaos/{queue}"), &body)
@@ -65,10 +65,7 @@ pub async fn run(cmd: ChaosCmd) -> Result<()> {
             target.print(&c, print)
         }
         ChaosCmd::Off(target) => {
-            let c: ChaosBody = target
-                .admin()?
-                .post("/api/v1/chaos/off", &serde_json::json!({}))
-                .await?;
+            let c: ChaosBody = target.admin()?.post_empty("/api/v1/chaos/off").await?;
             target.print(&c, |c| {
                 println!("every fault ended");
                 print(c)

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use drover::api::types::{DeadJobBody, DeadPageBody, PurgedDeadBody, ReplayedBody};
+use drover::api::types::{DeadFilterBody, DeadJobBody, DeadPageBody, PurgedDeadBody, ReplayedBody};
 
 use crate::jobs::at;
 use crate::target::{table, Target};
@@ -70,6 +70,17 @@ impl Filter {
     fn is_empty(&self) -> bool {
         self.queue.is_none() && self.class.is_none() && self.since.is_none()
     }
+
+    /// The request body of a bulk replay or purge of what this matches.
+    fn body(self, older_than: Option<String>, limit: usize) -> DeadFilterBody {
+        DeadFilterBody {
+            queue: self.queue,
+            class: self.class,
+            since: self.since,
+            older_than,
+            limit: Some(limit),
+        }
+    }
 }
 
 pub async fn run(cmd: DeadCmd) -> Result<()> {
@@ -129,7 +140,7 @@ pub async fn run(cmd: DeadCmd) -> Result<()> {
             let done: ReplayedBody = match id {
                 Some(id) if filter.is_empty() => {
                     admin
-                        .post(&format!("/api/v1/dead/{id}/replay"), &serde_json::json!({}))
+                        .post_empty(&format!("/api/v1/dead/{id}/replay"))
                         .await?
                 }
                 Some(_) => bail!("name a job id or a filter (--queue, --class, --since), not both"),
@@ -137,10 +148,7 @@ pub async fn run(cmd: DeadCmd) -> Result<()> {
                     bail!("name a job id, or a filter: --queue, --class, --since")
                 }
                 None => {
-                    let body = serde_json::json!({
-                        "queue": filter.queue, "class": filter.class,
-                        "since": filter.since, "limit": limit,
-                    });
+                    let body = filter.body(None, limit);
                     admin.post("/api/v1/dead/replay", &body).await?
                 }
             };
@@ -158,10 +166,7 @@ pub async fn run(cmd: DeadCmd) -> Result<()> {
             if filter.is_empty() && older_than.is_none() {
                 bail!("name what to purge: --queue, --class, --since or --older-than");
             }
-            let body = serde_json::json!({
-                "queue": filter.queue, "class": filter.class, "since": filter.since,
-                "older_than": older_than, "limit": limit,
-            });
+            let body = filter.body(older_than, limit);
             let done: PurgedDeadBody = target.admin()?.post("/api/v1/dead/purge", &body).await?;
             target.print(&done, |d| println!("removed {} dead jobs", d.purged))
         }

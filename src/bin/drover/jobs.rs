@@ -235,7 +235,7 @@ pub async fn run(cmd: JobsCmd) -> Result<()> {
         JobsCmd::Cancel { id, target } => {
             let c: CancelledBody = target
                 .admin()?
-                .post(&format!("/api/v1/jobs/{id}/cancel"), &serde_json::json!({}))
+                .post_empty(&format!("/api/v1/jobs/{id}/cancel"))
                 .await?;
             target.print(&c, |c| {
                 println!("job {} cancelled (was {})", c.id, c.was.as_str())

@@ -2,7 +2,6 @@
 //! each calling into the library (a node, the Rust clients, the typed
 //! admin client).
 
-mod admin;
 mod audit;
 mod backups;
 mod breakers;

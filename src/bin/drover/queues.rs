@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use drover::api::types::{ControlledBody, PurgedBody, QueuesBody, RequeuedBody};
+use drover::api::types::{
+    ClearStuckBody, ControlledBody, PurgeBody, PurgeState, PurgedBody, QueuesBody, RequeuedBody,
+};
 
 use crate::target::{table, Target};
 
@@ -81,8 +83,17 @@ pub async fn run(cmd: QueuesCmd) -> Result<()> {
             older_than,
             target,
         } => {
-            let body =
-                serde_json::json!({"state": state, "tenant": tenant, "older_than": older_than});
+            let state = match state.as_deref() {
+                None => None,
+                Some("ready") => Some(PurgeState::Ready),
+                Some("scheduled") => Some(PurgeState::Scheduled),
+                Some(other) => bail!("--state {other:?}: give ready or scheduled (default: both)"),
+            };
+            let body = PurgeBody {
+                state,
+                tenant,
+                older_than,
+            };
             let done: PurgedBody = target
                 .admin()?
                 .post(&format!("/api/v1/queues/{queue}/purge"), &body)
@@ -95,7 +106,10 @@ pub async fn run(cmd: QueuesCmd) -> Result<()> {
             });
         }
         QueuesCmd::ClearStuck(a) => {
-            let body = serde_json::json!({"older_than": a.older_than, "worker": a.worker});
+            let body = ClearStuckBody {
+                older_than: a.older_than,
+                worker: a.worker,
+            };
             let done: RequeuedBody = a
                 .target
                 .admin()?
@@ -116,7 +130,7 @@ pub async fn run(cmd: QueuesCmd) -> Result<()> {
         _ => bail!("name a queue, or --all"),
     };
     let admin = a.target.admin()?;
-    let done: ControlledBody = admin.post(&path, &serde_json::json!({})).await?;
+    let done: ControlledBody = admin.post_empty(&path).await?;
     a.target.print(&done, |d| {
         if d.changed.is_empty() {
             println!("{action}: no queue changed (already so)");

@@ -42,10 +42,7 @@ pub async fn run(cmd: SchedulesCmd) -> Result<()> {
     };
     let done: ScheduleActionBody = target
         .admin()?
-        .post(
-            &format!("/api/v1/schedules/{name}/{action}"),
-            &serde_json::json!({}),
-        )
+        .post_empty(&format!("/api/v1/schedules/{name}/{action}"))
         .await?;
     target.print(&done, |d| match d.job_id {
         Some(id) => println!("{action}: schedule {name} enqueued job {id}"),

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use drover::client::{ClientTls, Credentials, Producer};
 
-use crate::admin::AdminClient;
+use drover::client::admin::AdminClient;
 
 #[derive(Args, Clone, Debug)]
 pub struct Target {
@@ -49,7 +49,11 @@ impl Target {
     }
 
     pub fn admin(&self) -> Result<AdminClient> {
-        AdminClient::new(&self.server, &self.credentials()?, &self.reason)
+        Ok(AdminClient::new(
+            &self.server,
+            &self.credentials()?,
+            &self.reason,
+        )?)
     }
 
     pub async fn producer(&self) -> Result<Producer> {

@@ -42,10 +42,7 @@ pub async fn run(cmd: TenantsCmd) -> Result<()> {
     };
     let done: ControlledBody = target
         .admin()?
-        .post(
-            &format!("/api/v1/tenants/{tenant}/{action}"),
-            &serde_json::json!({}),
-        )
+        .post_empty(&format!("/api/v1/tenants/{tenant}/{action}"))
         .await?;
     target.print(&done, |d| {
         if d.changed.is_empty() {

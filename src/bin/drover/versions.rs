@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use drover::api::types::{VersionSwitchBody, VersionsBody};
+use drover::api::types::{VersionSwitchBody, VersionSwitchRequest, VersionsBody};
 
 use crate::target::{table, Target};
 
@@ -45,7 +45,11 @@ pub async fn run(cmd: VersionsCmd) -> Result<()> {
 }
 
 async fn switch(a: SwitchArgs, action: &str) -> Result<()> {
-    let body = serde_json::json!({ "queue": a.queue, "tenant": a.tenant, "force": a.force });
+    let body = VersionSwitchRequest {
+        queue: a.queue,
+        tenant: a.tenant,
+        force: a.force,
+    };
     let path = format!("/api/v1/versions/{}/{action}", a.version);
     let s: VersionSwitchBody = a.target.admin()?.post(&path, &body).await?;
     a.target.print(&s, |s| {

@@ -39,10 +39,7 @@ pub async fn run(cmd: WorkersCmd) -> Result<()> {
         WorkersCmd::Release { id, target } => {
             let r: ReleasedWorkerBody = target
                 .admin()?
-                .post(
-                    &format!("/api/v1/workers/{id}/release"),
-                    &serde_json::json!({}),
-                )
+                .post_empty(&format!("/api/v1/workers/{id}/release"))
                 .await?;
             target.print(&r, |r| {
                 println!("released worker {}: it may lease again", r.worker_id);
@@ -54,7 +51,7 @@ pub async fn run(cmd: WorkersCmd) -> Result<()> {
                 (None, true) => "/api/v1/workers/shutdown".to_string(),
                 _ => bail!("name a worker id, or --all"),
             };
-            let w: WorkersBody = target.admin()?.post(&path, &serde_json::json!({})).await?;
+            let w: WorkersBody = target.admin()?.post_empty(&path).await?;
             target.print(&w, |w| {
                 println!(
                     "asked {} worker(s) to finish what they hold and exit",
