@@ -105,7 +105,7 @@ fn requeues(j: &serde_json::Value) -> usize {
 async fn five_seconds_are_five_seconds(node: &TestNode, queue: &str) {
     let started = Instant::now();
     let id = enqueue_delayed(&node.grpc, queue, "5s");
-    let j = wait_state_within(node, id, "succeeded", Duration::from_secs(30)).await;
+    let j = wait_state_json_within(node, id, "succeeded", Duration::from_secs(30)).await;
     let real = started.elapsed();
     // Broken, it ran at once (a clock ahead) or waited out the offset of
     // a clock behind (10 s, an hour); working, it runs at about 5 s.
@@ -138,7 +138,7 @@ async fn a_step_of_the_wall_clock_expires_no_lease_and_fires_no_delay_early() {
     let soon = enqueue_delayed(&node.grpc, "timed", "5s");
     clock.set("+1h");
     assert_eq!(job_json(&node, soon).await["state"], "scheduled");
-    let j = wait_state_within(&node, soon, "succeeded", Duration::from_secs(30)).await;
+    let j = wait_state_json_within(&node, soon, "succeeded", Duration::from_secs(30)).await;
     assert!(
         stepped.elapsed() >= Duration::from_millis(4500),
         "ran early: {j}"
@@ -150,7 +150,7 @@ async fn a_step_of_the_wall_clock_expires_no_lease_and_fires_no_delay_early() {
     clock.set("-1h");
     five_seconds_are_five_seconds(&node, "timed").await;
 
-    let j = wait_state_within(&node, long, "succeeded", Duration::from_secs(40)).await;
+    let j = wait_state_json_within(&node, long, "succeeded", Duration::from_secs(40)).await;
     assert_eq!(j["attempts"], 1, "the held job ran once: {j}");
     assert_eq!(requeues(&j), 0, "its lease never expired: {j}");
     let j = job_json(&node, later).await;
@@ -279,7 +279,7 @@ async fn with_the_check_off_a_skewed_leader_leaves_durations_at_real_speed() {
     drop(worker);
     let died = Instant::now();
     let _next = exec_worker(&servers, "held", "next", "cat");
-    let j = wait_state_within(&c.nodes[0], held, "succeeded", Duration::from_secs(30)).await;
+    let j = wait_state_json_within(&c.nodes[0], held, "succeeded", Duration::from_secs(30)).await;
     assert!(
         died.elapsed() >= Duration::from_millis(2500),
         "expired before its 3 s timeout: {j}"
@@ -347,7 +347,8 @@ async fn a_failover_from_a_leader_ten_seconds_ahead_expires_no_heartbeated_lease
     assert_ne!(new, 0);
     five_seconds_are_five_seconds(&c.nodes[new], "timed_after").await;
     for &id in &ids {
-        let j = wait_state_within(&c.nodes[new], id, "succeeded", Duration::from_secs(60)).await;
+        let j =
+            wait_state_json_within(&c.nodes[new], id, "succeeded", Duration::from_secs(60)).await;
         assert_eq!(requeues(&j), 0, "a heartbeated lease expired: {j}");
         assert_eq!(j["attempts"], 1, "{j}");
     }

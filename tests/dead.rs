@@ -9,25 +9,29 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use drover::api::types::JobStateBody;
+use drover::api::types::{
+    BreakersBody, DeadJobBody, DeadPageBody, DigestBody, ErrorBody, JobBody, JobStateBody,
+    PurgedDeadBody, ReleasedWorkerBody, ReplayedBody, RequeuedBody, ResetBreakersDoneBody,
+    TimelineBody, WorkersBody,
+};
 
-use common::drover_json as drover;
+use common::drover_body as drover;
 
 fn enqueue(server: &str, queue: &str) -> u64 {
-    drover(&["enqueue", "--queue", queue, "--json"], server)[0]["id"]
-        .as_u64()
-        .unwrap()
+    enqueued_id(&["enqueue", "--queue", queue, "--json"], server)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_retry_failure_is_dead_at_once_listed_shown_and_replayed() {
     let node = TestNode::start("[retry.\"*\"]\nmax_retries = 5\nno_retry = [\"fatal_input\"]\n");
     let server = node.grpc.as_str();
-    wait_for_policy(
-        &node,
-        "/retry/*/no_retry/0",
-        serde_json::json!("fatal_input"),
-    )
+    wait_for_policy(&node, "retry.* no_retry [fatal_input]", |p| {
+        p.retry
+            .get("*")
+            .and_then(|r| r.no_retry.first())
+            .map(String::as_str)
+            == Some("fatal_input")
+    })
     .await;
     let id = enqueue(server, "q");
     let _worker = exec_worker(
@@ -37,44 +41,39 @@ async fn a_no_retry_failure_is_dead_at_once_listed_shown_and_replayed() {
         "echo 'the input is bad' >&2; echo error_class=fatal_input >&2; exit 3",
     );
     wait_state(&node, id, "dead").await;
-    let job = drover(&["jobs", "get", &id.to_string(), "--json"], server);
-    assert_eq!(job["attempts"], 1, "no retry for a no_retry class: {job}");
+    let job: JobBody = drover(&["jobs", "get", &id.to_string(), "--json"], server);
+    assert_eq!(job.attempts, 1, "no retry for a no_retry class: {job:?}");
 
-    let page = drover(
+    let page: DeadPageBody = drover(
         &["dead", "list", "--class", "fatal_input", "--json"],
         server,
     );
-    assert_eq!(page["jobs"][0]["id"], id, "{page}");
-    assert_eq!(page["counts"][0]["queue"], "q");
-    assert_eq!(page["counts"][0]["count"], 1);
-    let none = drover(&["dead", "list", "--class", "timeout", "--json"], server);
-    assert!(none["jobs"].as_array().unwrap().is_empty(), "{none}");
-    let shown = drover(&["dead", "show", &id.to_string(), "--json"], server);
-    assert!(
-        shown["errors"][0]["what"]
-            .as_str()
-            .unwrap()
-            .contains("fatal_input"),
-        "{shown}"
-    );
+    assert_eq!(page.jobs.first().map(|j| j.id), Some(id), "{page:?}");
+    assert_eq!(page.counts.first().map(|c| c.queue.as_str()), Some("q"));
+    assert_eq!(page.counts.first().map(|c| c.count), Some(1));
+    let none: DeadPageBody = drover(&["dead", "list", "--class", "timeout", "--json"], server);
+    assert!(none.jobs.is_empty(), "{none:?}");
+    let shown: DeadJobBody = drover(&["dead", "show", &id.to_string(), "--json"], server);
+    assert!(shown.errors[0].what.contains("fatal_input"), "{shown:?}");
 
     // Replayed, it runs again (and fails again: the worker still fails it).
-    let replayed = drover(&["dead", "replay", &id.to_string(), "--json"], server);
-    assert_eq!(replayed["replayed"][0], id);
+    let replayed: ReplayedBody = drover(&["dead", "replay", &id.to_string(), "--json"], server);
+    assert_eq!(replayed.replayed.first(), Some(&id));
     wait_for("the replay to run", Duration::from_secs(20), || async {
-        let job = drover(&["jobs", "get", &id.to_string(), "--json"], server);
-        if job["state"] == "dead" && job["attempts"] == 2 {
+        let job: JobBody = drover(&["jobs", "get", &id.to_string(), "--json"], server);
+        if job.state == JobStateBody::Dead && job.attempts == 2 {
             Ok(())
         } else {
-            Err(job.to_string())
+            Err(format!("{job:?}"))
         }
     })
     .await;
-    let audit = drover(&["audit", "--json"], server);
+    // The whole answer as text: the replay is recorded somewhere in it.
+    let audit = drover_json(&["audit", "--json"], server);
     assert!(audit.to_string().contains("replay"), "{audit}");
 
     // A replay by filter, then a purge by filter.
-    let by_filter = drover(
+    let by_filter: ReplayedBody = drover(
         &[
             "dead",
             "replay",
@@ -86,10 +85,10 @@ async fn a_no_retry_failure_is_dead_at_once_listed_shown_and_replayed() {
         ],
         server,
     );
-    assert_eq!(by_filter["replayed"][0], id);
+    assert_eq!(by_filter.replayed.first(), Some(&id));
     wait_state(&node, id, "dead").await;
-    let purged = drover(&["dead", "purge", "--queue", "q", "--json"], server);
-    assert_eq!(purged["purged"], 1);
+    let purged: PurgedDeadBody = drover(&["dead", "purge", "--queue", "q", "--json"], server);
+    assert_eq!(purged.purged, 1);
     let (status, _) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
     assert_eq!(status, 404);
 }
@@ -102,23 +101,24 @@ async fn clear_stuck_requeues_the_job_of_a_killed_worker() {
     let mut worker = exec_worker(server, "slow", "sleepy", "sleep 600");
     wait_state(&node, id, "leased").await;
     // Nothing is older than ten minutes, and the worker is connected.
-    let none = drover(&["queues", "clear-stuck", "slow", "--json"], server);
-    assert!(none["requeued"].as_array().unwrap().is_empty(), "{none}");
+    let none: RequeuedBody = drover(&["queues", "clear-stuck", "slow", "--json"], server);
+    assert!(none.requeued.is_empty(), "{none:?}");
     worker.0.kill().unwrap();
     worker.0.wait().unwrap();
     let requeued = wait_for(
         "the node to see the worker gone",
         Duration::from_secs(20),
         || async {
-            let r = drover(&["queues", "clear-stuck", "slow", "--json"], server);
-            match r["requeued"].as_array() {
-                Some(ids) if !ids.is_empty() => Ok(r),
-                _ => Err(r.to_string()),
+            let r: RequeuedBody = drover(&["queues", "clear-stuck", "slow", "--json"], server);
+            if !r.requeued.is_empty() {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
             }
         },
     )
     .await;
-    assert_eq!(requeued["requeued"][0], id);
+    assert_eq!(requeued.requeued.first(), Some(&id));
     assert_eq!(job_state(&node, id).await, "ready");
     let text = metrics_text(&node).await;
     assert!(
@@ -132,14 +132,14 @@ async fn bad_dead_letter_requests_are_named_and_change_nothing() {
     let node = TestNode::start("");
     let server = node.grpc.as_str();
     let live = enqueue(server, "q");
-    let (_, before) = get_json(&format!("{}/api/v1/debug/digest", node.http)).await;
+    let before: DigestBody = node.body("/api/v1/debug/digest").await;
     let http = reqwest::Client::new();
     let post = |path: String, body: serde_json::Value| {
         let http = http.clone();
         async move {
             let r = http.post(path).json(&body).send().await.unwrap();
             let status = r.status().as_u16();
-            (status, r.json::<serde_json::Value>().await.unwrap())
+            (status, r.json::<ErrorBody>().await.unwrap())
         }
     };
     let base = &node.http;
@@ -213,19 +213,16 @@ async fn bad_dead_letter_requests_are_named_and_change_nothing() {
     ];
     for (path, body, want, mentions) in cases {
         let (status, got) = post(path.clone(), body).await;
-        assert_eq!(status, want, "{path}: {got}");
-        assert!(
-            got["error"]["message"].to_string().contains(mentions),
-            "{path}: {got}"
-        );
+        assert_eq!(status, want, "{path}: {got:?}");
+        assert!(got.error.message.contains(mentions), "{path}: {got:?}");
     }
-    let (status, got) = get_json(&format!("{base}/api/v1/dead/{live}")).await;
-    assert_eq!(status, 409, "{got}");
-    assert_eq!(got["error"]["code"], "not_dead");
+    let (status, got) = get_error(&format!("{base}/api/v1/dead/{live}")).await;
+    assert_eq!(status, 409, "{got:?}");
+    assert_eq!(got.error.code, "not_dead");
     let out = drover_cli(&["dead", "replay"], server, "");
     assert!(String::from_utf8_lossy(&out.stderr).contains("name a job id"));
-    let (_, after) = get_json(&format!("{}/api/v1/debug/digest", node.http)).await;
-    assert_eq!(before["digest"], after["digest"], "nothing changed");
+    let after: DigestBody = node.body("/api/v1/debug/digest").await;
+    assert_eq!(before.digest, after.digest, "nothing changed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +231,10 @@ async fn five_failures_of_a_class_open_the_breaker_until_reset() {
         "[retry.\"*\"]\nmax_retries = 0\n[queues.\"*\".breaker]\nthreshold = 5\nwindow = \"60s\"\ncooldown = \"10m\"\n",
     );
     let server = node.grpc.as_str();
-    wait_for_policy(&node, "/retry/*/max_retries", serde_json::json!(0)).await;
+    wait_for_policy(&node, "retry.* max_retries = 0", |p| {
+        p.retry.get("*").and_then(|r| r.max_retries) == Some(0)
+    })
+    .await;
     let ids: Vec<u64> = (0..6).map(|_| enqueue(server, "mail")).collect();
     let _worker = exec_worker(
         server,
@@ -245,23 +245,28 @@ async fn five_failures_of_a_class_open_the_breaker_until_reset() {
     for id in &ids[..5] {
         wait_state(&node, *id, "dead").await;
     }
-    let list = drover(&["breakers", "list", "--json"], server);
-    assert_eq!(list["breakers"][0]["state"], "open", "{list}");
-    assert_eq!(list["breakers"][0]["class"], "smtp");
+    let list: BreakersBody = drover(&["breakers", "list", "--json"], server);
+    assert_eq!(
+        list.breakers.first().map(|b| b.state.as_str()),
+        Some("open"),
+        "{list:?}"
+    );
+    assert_eq!(
+        list.breakers.first().map(|b| b.class.as_str()),
+        Some("smtp")
+    );
     // Another tenant's job in the same queue is leased (and fails, counted
     // on its own breaker): the worker went on asking for mail's jobs, and
     // the leases passed the held one over.
-    let probe = drover(
+    let probe = enqueued_id(
         &["enqueue", "--queue", "mail", "--tenant", "zeta", "--json"],
         server,
-    )[0]["id"]
-        .as_u64()
-        .unwrap();
+    );
     wait_state(&node, probe, "dead").await;
-    let held = drover(&["jobs", "get", &ids[5].to_string(), "--json"], server);
-    assert_eq!(held["state"], "ready", "{held}");
-    assert_eq!(held["attempts"], 0, "{held}");
-    assert_eq!(held["waiting"], "held: breaker");
+    let held: JobBody = drover(&["jobs", "get", &ids[5].to_string(), "--json"], server);
+    assert_eq!(held.state, JobStateBody::Ready, "{held:?}");
+    assert_eq!(held.attempts, 0, "{held:?}");
+    assert_eq!(held.waiting.as_deref(), Some("held: breaker"));
     let text = metrics_text(&node).await;
     assert!(
         text.contains("drover_breaker_state{queue=\"mail\",tenant=\"default\",class=\"smtp\"} 2"),
@@ -276,25 +281,26 @@ async fn five_failures_of_a_class_open_the_breaker_until_reset() {
     );
     let out = drover_cli(&["breakers", "reset", "mail"], server, "");
     assert!(String::from_utf8_lossy(&out.stderr).contains("QUEUE/TENANT/CLASS"));
-    let reset = drover(
+    let reset: ResetBreakersDoneBody = drover(
         &["breakers", "reset", "mail/default/smtp", "--json"],
         server,
     );
-    assert_eq!(reset["reset"], 1);
+    assert_eq!(reset.reset, 1);
     wait_state(&node, ids[5], "dead").await;
-    let list = drover(&["breakers", "list", "--json"], server);
+    let list: BreakersBody = drover(&["breakers", "list", "--json"], server);
     assert_eq!(
-        list["breakers"][0]["state"], "closed",
-        "one failure since: {list}"
+        list.breakers.first().map(|b| b.state.as_str()),
+        Some("closed"),
+        "one failure since: {list:?}"
     );
-    assert_eq!(list["breakers"][0]["failures"], 1);
+    assert_eq!(list.breakers.first().map(|b| b.failures), Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_is_found_by_its_idempotency_key_and_a_timeline_has_times() {
     let node = TestNode::start("");
     let server = node.grpc.as_str();
-    let out = drover(
+    let id = enqueued_id(
         &[
             "enqueue",
             "--queue",
@@ -307,10 +313,9 @@ async fn a_result_is_found_by_its_idempotency_key_and_a_timeline_has_times() {
         ],
         server,
     );
-    let id = out[0]["id"].as_u64().unwrap();
     let _worker = exec_worker(server, "q", "echo", "cat");
     wait_state(&node, id, "succeeded").await;
-    let job = drover(
+    let job: JobBody = drover(
         &[
             "jobs",
             "get",
@@ -322,8 +327,8 @@ async fn a_result_is_found_by_its_idempotency_key_and_a_timeline_has_times() {
         ],
         server,
     );
-    assert_eq!(job["id"], id, "{job}");
-    assert_eq!(job["result"], "hi");
+    assert_eq!(job.id, id, "{job:?}");
+    assert_eq!(job.result.as_deref(), Some("hi"));
     let out = drover_cli(
         &["jobs", "get", "--key", "nope", "--queue", "q"],
         server,
@@ -345,16 +350,16 @@ async fn a_result_is_found_by_its_idempotency_key_and_a_timeline_has_times() {
         "",
     );
     assert!(!other_tenant.status.success(), "keys are per tenant");
-    let t = drover(&["jobs", "timeline", &id.to_string(), "--json"], server);
-    let events = t["events"].as_array().unwrap();
-    assert!(events.len() >= 3, "{t}");
-    assert!(events.iter().all(|e| e["at_ms"].as_u64().unwrap() > 0));
-    let kinds: Vec<_> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["enqueued", "leased", "completed"], "{t}");
-    assert_eq!(events[2]["attempt"], 1, "typed fields: {t}");
+    let t: TimelineBody = drover(&["jobs", "timeline", &id.to_string(), "--json"], server);
+    let events = &t.events;
+    assert!(events.len() >= 3, "{t:?}");
+    assert!(events.iter().all(|e| e.at_ms > 0));
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["enqueued", "leased", "completed"], "{t:?}");
+    assert_eq!(events[2].attempt, Some(1), "typed fields: {t:?}");
     assert!(
-        events[2]["worker"].as_str().is_some_and(|w| !w.is_empty()),
-        "{t}"
+        events[2].worker.as_deref().is_some_and(|w| !w.is_empty()),
+        "{t:?}"
     );
     let text = drover_cli(&["jobs", "timeline", &id.to_string()], server, "");
     assert!(String::from_utf8_lossy(&text.stdout).contains("completed"));
@@ -366,19 +371,18 @@ async fn a_job_past_its_timeout_is_stopped_and_fails_with_class_timeout() {
         "[jobs]\nheartbeat_timeout = \"10m\"\n[retry.\"*\"]\nmax_retries = 0\n[queues.slow]\ntimeout = \"1s\"\n",
     );
     let server = node.grpc.as_str();
-    wait_for_policy(&node, "/retry/*/max_retries", serde_json::json!(0)).await;
-    let slow = drover(
+    wait_for_policy(&node, "retry.* max_retries = 0", |p| {
+        p.retry.get("*").and_then(|r| r.max_retries) == Some(0)
+    })
+    .await;
+    let slow = enqueued_id(
         &["enqueue", "--queue", "slow", "--payload", "slow", "--json"],
         server,
-    )[0]["id"]
-        .as_u64()
-        .unwrap();
-    let quick = drover(
+    );
+    let quick = enqueued_id(
         &["enqueue", "--queue", "slow", "--payload", "quick", "--json"],
         server,
-    )[0]["id"]
-        .as_u64()
-        .unwrap();
+    );
     // One job at a time: the quick one runs only once the slow one stopped.
     // Heartbeats are minutes apart, so the stop is the Cancel sent when the
     // log revoked the lease, not a refused heartbeat.
@@ -389,29 +393,29 @@ async fn a_job_past_its_timeout_is_stopped_and_fails_with_class_timeout() {
         "read -r p; if [ \"$p\" = slow ]; then sleep 600; fi; echo done",
     );
     wait_state(&node, slow, "dead").await;
-    let job = drover(&["jobs", "get", &slow.to_string(), "--json"], server);
-    assert_eq!(job["last_error_class"], "timeout", "{job}");
+    let job: JobBody = drover(&["jobs", "get", &slow.to_string(), "--json"], server);
+    assert_eq!(job.last_error_class, "timeout", "{job:?}");
     wait_state(&node, quick, "succeeded").await;
-    let dead = drover(&["dead", "list", "--class", "timeout", "--json"], server);
-    assert_eq!(dead["jobs"][0]["id"], slow);
+    let dead: DeadPageBody = drover(&["dead", "list", "--class", "timeout", "--json"], server);
+    assert_eq!(dead.jobs.first().map(|j| j.id), Some(slow));
 }
 
-fn listed(server: &str) -> serde_json::Value {
+fn listed(server: &str) -> WorkersBody {
     drover(&["workers", "list", "--json"], server)
 }
 
 /// Waits until the cluster lists `worker` as quarantined (or, with
 /// `want` false, as not).
-async fn wait_quarantined(server: &str, worker: &str, want: bool) -> serde_json::Value {
+async fn wait_quarantined(server: &str, worker: &str, want: bool) -> WorkersBody {
     wait_for(
         &format!("{worker} quarantined: {want}"),
         Duration::from_secs(20),
         || async {
             let l = listed(server);
-            if l["quarantined"][worker].is_object() == want {
+            if l.quarantined.contains_key(worker) == want {
                 Ok(l)
             } else {
-                Err(l.to_string())
+                Err(format!("{l:?}"))
             }
         },
     )
@@ -427,11 +431,12 @@ async fn a_worker_failing_too_often_is_quarantined_until_released_or_back_after_
     node.log_file = Some(node.dir.path().join("node.log"));
     node.spawn();
     let server = node.grpc.as_str();
-    wait_for_policy(
-        &node,
-        "/queues/brief/quarantine_for",
-        serde_json::json!("2s"),
-    )
+    wait_for_policy(&node, "queues.brief quarantine_for = 2s", |p| {
+        p.queues
+            .get("brief")
+            .and_then(|q| q.quarantine_for.as_deref())
+            == Some("2s")
+    })
     .await;
     let failing: Vec<u64> = (0..3).map(|_| enqueue(server, "q")).collect();
     let bad = exec_worker(server, "q", "bad", "exit 1");
@@ -439,16 +444,18 @@ async fn a_worker_failing_too_often_is_quarantined_until_released_or_back_after_
         wait_state(&node, id, "dead").await;
     }
     let list = wait_quarantined(server, "bad", true).await;
-    let entry = list["workers"]
-        .as_array()
-        .unwrap()
+    let entry = list
+        .workers
         .iter()
-        .find(|w| w["worker_id"] == "bad")
-        .cloned()
-        .unwrap_or_default();
-    assert!(entry["quarantined_until_ms"].as_u64().is_some(), "{list}");
-    assert_eq!(entry["recent_failed"], 3, "{list}");
-    assert_eq!(list["quarantined"]["bad"]["failed"], 3, "{list}");
+        .find(|w| w.worker_id == "bad")
+        .unwrap_or_else(|| panic!("bad is not listed: {list:?}"));
+    assert!(entry.quarantined_until_ms.is_some(), "{list:?}");
+    assert_eq!(entry.recent_failed, 3, "{list:?}");
+    assert_eq!(
+        list.quarantined.get("bad").map(|q| q.failed),
+        Some(3),
+        "{list:?}"
+    );
     let table = drover_cli(&["workers", "list"], server, "");
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
@@ -497,11 +504,11 @@ async fn a_worker_failing_too_often_is_quarantined_until_released_or_back_after_
     );
     let out = drover_cli(&["workers", "release", &"x".repeat(200)], server, "");
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 to 128"));
-    assert!(listed(server)["quarantined"]["bad"].is_object());
+    assert!(listed(server).quarantined.contains_key("bad"));
 
-    let released = drover(&["workers", "release", "bad", "--json"], server);
-    assert_eq!(released["worker_id"], "bad");
-    assert_eq!(released["was"]["failed"], 3);
+    let released: ReleasedWorkerBody = drover(&["workers", "release", "bad", "--json"], server);
+    assert_eq!(released.worker_id, "bad");
+    assert_eq!(released.was.map(|q| q.failed), Some(3));
     wait_state(&node, waiting, "succeeded").await;
 
     // A worker that comes back after its quarantine_for leases again.

@@ -8,16 +8,16 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::{EnqueuedBody, ErrorBody, JobBody, JobsPageBody, StatsBody};
 
-use common::drover_json as drover;
+use common::drover_body as drover;
 
-fn ids(page: &serde_json::Value) -> Vec<u64> {
-    page["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_u64().unwrap())
-        .collect()
+fn ids(page: &JobsPageBody) -> Vec<u64> {
+    page.jobs.iter().map(|j| j.id).collect()
+}
+
+fn list(args: &[&str], server: &str) -> JobsPageBody {
+    drover(args, server)
 }
 
 // Multi-threaded: the CLI runs blocking while the worker task works on.
@@ -25,8 +25,11 @@ fn ids(page: &serde_json::Value) -> Vec<u64> {
 async fn a_concurrency_key_holds_jobs_back_and_jobs_list_finds_them() {
     let node = TestNode::start("[limits.\"api:\"]\nconcurrency = 1\n");
     let server = node.grpc.as_str();
-    wait_for_policy(&node, "/limits/api:/concurrency", serde_json::json!(1)).await;
-    let keyed = drover(
+    wait_for_policy(&node, "limits.\"api:\" concurrency = 1", |p| {
+        p.limits.keys.get("api:").and_then(|k| k.concurrency) == Some(1)
+    })
+    .await;
+    let keyed: Vec<EnqueuedBody> = drover(
         &[
             "enqueue",
             "--queue",
@@ -39,15 +42,8 @@ async fn a_concurrency_key_holds_jobs_back_and_jobs_list_finds_them() {
         ],
         server,
     );
-    let keyed: Vec<u64> = keyed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_u64().unwrap())
-        .collect();
-    let free = drover(&["enqueue", "--queue", "q", "--json"], server)[0]["id"]
-        .as_u64()
-        .unwrap();
+    let keyed: Vec<u64> = keyed.iter().map(|j| j.id).collect();
+    let free = enqueued_id(&["enqueue", "--queue", "q", "--json"], server);
 
     // A worker with room for four holds what it is given until released.
     let (release_tx, release) = tokio::sync::watch::channel(false);
@@ -65,7 +61,7 @@ async fn a_concurrency_key_holds_jobs_back_and_jobs_list_finds_them() {
         stop,
     ));
     let leased = wait_for("two leases", Duration::from_secs(10), || async {
-        let page = drover(&["jobs", "list", "--state", "leased", "--json"], server);
+        let page = list(&["jobs", "list", "--state", "leased", "--json"], server);
         let got = ids(&page);
         if got.len() >= 2 {
             Ok(got)
@@ -82,46 +78,46 @@ async fn a_concurrency_key_holds_jobs_back_and_jobs_list_finds_them() {
             &format!("job {id} parked behind its key"),
             Duration::from_secs(10),
             || async {
-                let job = drover(&["jobs", "get", &id.to_string(), "--json"], server);
-                if job["waiting"] == "limit api:acme" {
+                let job: JobBody = drover(&["jobs", "get", &id.to_string(), "--json"], server);
+                if job.waiting.as_deref() == Some("limit api:acme") {
                     Ok(())
                 } else {
-                    Err(job.to_string())
+                    Err(format!("{job:?}"))
                 }
             },
         )
         .await;
     }
-    let page = drover(&["jobs", "list", "--state", "leased", "--json"], server);
+    let page = list(&["jobs", "list", "--state", "leased", "--json"], server);
     assert_eq!(ids(&page), leased, "no more leases while the key is full");
     assert_eq!(
         leased,
         vec![keyed[0], free],
         "one of api:acme, and the free job"
     );
-    assert_eq!(page["jobs"][0]["worker"], "w");
+    assert_eq!(page.jobs[0].worker.as_deref(), Some("w"));
 
-    let held = drover(&["jobs", "get", &keyed[1].to_string(), "--json"], server);
-    assert_eq!(held["waiting"], "limit api:acme", "{held}");
+    let held: JobBody = drover(&["jobs", "get", &keyed[1].to_string(), "--json"], server);
+    assert_eq!(held.waiting.as_deref(), Some("limit api:acme"), "{held:?}");
     let text = drover_cli(&["jobs", "get", &keyed[1].to_string()], server, "");
     assert!(
         String::from_utf8_lossy(&text.stdout).contains("waiting: limit api:acme"),
         "{}",
         String::from_utf8_lossy(&text.stdout)
     );
-    let ready = drover(
+    let ready = list(
         &["jobs", "list", "--state", "ready", "--queue", "q", "--json"],
         server,
     );
     assert_eq!(ids(&ready), vec![keyed[1], keyed[2]]);
     // Paged by id: one per page, the cursor goes on.
-    let first = drover(
+    let first = list(
         &["jobs", "list", "--state", "ready", "--limit", "1", "--json"],
         server,
     );
     assert_eq!(ids(&first), vec![keyed[1]]);
-    let next = first["next"].as_str().unwrap().to_string();
-    let second = drover(
+    let next = first.next.clone().unwrap();
+    let second = list(
         &[
             "jobs", "list", "--state", "ready", "--limit", "1", "--after", &next, "--json",
         ],
@@ -129,7 +125,7 @@ async fn a_concurrency_key_holds_jobs_back_and_jobs_list_finds_them() {
     );
     assert_eq!(ids(&second), vec![keyed[2]]);
     // Nothing has been leased for an hour.
-    let stuck = drover(
+    let stuck = list(
         &[
             "jobs",
             "list",
@@ -141,11 +137,11 @@ async fn a_concurrency_key_holds_jobs_back_and_jobs_list_finds_them() {
         ],
         server,
     );
-    assert!(ids(&stuck).is_empty(), "{stuck}");
+    assert!(ids(&stuck).is_empty(), "{stuck:?}");
 
     release_tx.send(true).unwrap();
     let done = wait_for("all succeeded", Duration::from_secs(20), || async {
-        let page = drover(&["jobs", "list", "--state", "succeeded", "--json"], server);
+        let page = list(&["jobs", "list", "--state", "succeeded", "--json"], server);
         let got = ids(&page);
         if got.len() == 4 {
             Ok(got)
@@ -205,16 +201,13 @@ async fn bad_limits_and_list_queries_are_named_and_change_nothing() {
             .await
             .unwrap();
         let status = resp.status().as_u16();
-        let body: serde_json::Value = resp.json().await.unwrap();
-        assert_eq!(status, 400, "{q}: {body}");
-        assert!(
-            body["error"]["message"].to_string().contains(field),
-            "{q}: {body}"
-        );
+        let body: ErrorBody = resp.json().await.unwrap();
+        assert_eq!(status, 400, "{q}: {body:?}");
+        assert!(body.error.message.contains(field), "{q}: {body:?}");
     }
-    let (_, stats) = get_json(&format!("{}/api/v1/stats", node.http)).await;
+    let stats: StatsBody = node.body("/api/v1/stats").await;
     assert!(
-        stats["queues"].get("q").is_none(),
-        "nothing was enqueued: {stats}"
+        !stats.queues.contains_key("q"),
+        "nothing was enqueued: {stats:?}"
     );
 }

@@ -15,13 +15,7 @@ use drover::client::Producer;
 /// The cluster's `jobs.max_retries` as `node` applies it; None while it
 /// cannot answer.
 async fn max_retries_seen(node: &TestNode) -> Option<u32> {
-    let resp = reqwest::get(format!("{}/api/v1/policies", node.http))
-        .await
-        .ok()?;
-    if resp.status() != 200 {
-        return None;
-    }
-    let p: PoliciesBody = resp.json().await.ok()?;
+    let p: PoliciesBody = node.admin().get("/api/v1/policies").await.ok()?;
     Some(p.jobs.max_retries)
 }
 
@@ -87,7 +81,10 @@ async fn policies_come_from_the_leader_and_reload_on_sighup() {
 #[tokio::test]
 async fn a_full_queue_sheds_low_priorities_first_with_a_retry_hint() {
     let node = TestNode::start("[queues.\"*\"]\nmax_depth = 4\nshed = { 5 = 0.5 }\n");
-    wait_for_policy(&node, "/queues/*/max_depth", serde_json::json!(4)).await;
+    wait_for_policy(&node, "queues.* max_depth = 4", |p| {
+        p.queues.get("*").and_then(|q| q.max_depth) == Some(4)
+    })
+    .await;
     let http = reqwest::Client::new();
     let enqueue = |priority: u32| {
         http.post(format!("{}/api/v1/queues/q/jobs", node.http))
@@ -99,9 +96,9 @@ async fn a_full_queue_sheds_low_priorities_first_with_a_retry_hint() {
     let resp = enqueue(5).await.unwrap();
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().contains_key("retry-after"));
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "shed", "{body}");
-    let msg = body["error"]["message"].as_str().unwrap();
+    let body: drover::api::types::ErrorBody = resp.json().await.unwrap();
+    assert_eq!(body.error.code, "shed", "{body:?}");
+    let msg = &body.error.message;
     assert!(
         msg.contains("\"q\"") && msg.contains("2 jobs waiting") && msg.contains("limit of 2"),
         "{msg}"
@@ -350,7 +347,7 @@ async fn a_queue_purge_cancels_what_matches_and_counts_it() {
         server,
     );
     assert_eq!(done.cancelled, 1200);
-    let stats: StatsBody = get_body(&format!("{}/api/v1/stats", node.http)).await;
+    let stats: StatsBody = get_body(&node, "/api/v1/stats").await;
     assert_eq!(stats.queues["bulk"].ready, [0, 0, 10, 0, 0]);
     assert_eq!(stats.queues["bulk"].scheduled, 5);
     assert_eq!(stats.queues["other"].ready, [0, 0, 1, 0, 0]);

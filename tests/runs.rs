@@ -9,8 +9,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::{
+    CostsBody, DigestBody, JobBody, JobStateBody, JobsPageBody, RunBody, RunCancelledBody,
+    RunReplayedBody, RunTimelineBody, RunsBody,
+};
 
-use common::drover_json as drover;
+use common::drover_body as drover;
 
 fn fails(args: &[&str], server: &str) -> String {
     let out = drover_cli(args, server, "");
@@ -18,7 +22,7 @@ fn fails(args: &[&str], server: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn run_view(server: &str, run: &str) -> serde_json::Value {
+fn run_view(server: &str, run: &str) -> RunBody {
     drover(&["runs", "get", run, "--json"], server)
 }
 
@@ -26,14 +30,16 @@ fn run_view(server: &str, run: &str) -> serde_json::Value {
 async fn a_run_over_its_cost_budget_stops_until_an_override() {
     let node = TestNode::start("[tenants.default.budgets]\ncost_usd = 0.05\n");
     let server = node.grpc.as_str();
-    wait_for_policy(
-        &node,
-        "/tenants/default/budgets/cost_usd",
-        serde_json::json!(0.05),
-    )
+    wait_for_policy(&node, "tenants.default budgets cost_usd = 0.05", |p| {
+        p.tenants
+            .get("default")
+            .and_then(|t| t.budgets.as_ref())
+            .and_then(|b| b.cost_usd)
+            == Some(0.05)
+    })
     .await;
     for _ in 0..5 {
-        drover(
+        drover_ok(
             &["enqueue", "--queue", "q", "--run", "r1", "--json"],
             server,
         );
@@ -47,43 +53,42 @@ async fn a_run_over_its_cost_budget_stops_until_an_override() {
     );
     let view = wait_for("the run held", Duration::from_secs(20), || async {
         let v = run_view(server, "r1");
-        if v["budget"]["state"] == "held" {
+        if v.budget.state == "held" {
             Ok(v)
         } else {
-            Err(v.to_string())
+            Err(format!("{v:?}"))
         }
     })
     .await;
-    assert_eq!(view["budget"]["held_by"], "cost_usd", "{view}");
-    assert_eq!(view["jobs"]["succeeded"], 3, "held after the third: {view}");
-    assert_eq!(view["budget"]["usage"]["tokens_in"], 30, "{view}");
-    let cost = view["budget"]["budgets"][0].clone();
-    assert_eq!(cost["budget"], "cost_usd");
-    assert!(
-        (cost["used"].as_f64().unwrap() - 0.06).abs() < 1e-9,
-        "{view}"
-    );
+    assert_eq!(view.budget.held_by.as_deref(), Some("cost_usd"), "{view:?}");
+    assert_eq!(view.jobs.succeeded, 3, "held after the third: {view:?}");
+    assert_eq!(view.budget.usage.get("tokens_in"), Some(&30), "{view:?}");
+    let cost = view.budget.budgets[0].clone();
+    assert_eq!(cost.budget, "cost_usd");
+    assert!((cost.used - 0.06).abs() < 1e-9, "{view:?}");
     // Nothing more is dispatched while it is held. Other runs go on: a job
     // of another run, newer than r1's two, is leased and done, so a lease
     // met r1's jobs first and passed them over.
-    let other = drover(
+    let other = enqueued_id(
         &["enqueue", "--queue", "q", "--run", "r2", "--json"],
         server,
-    )[0]["id"]
-        .as_u64()
-        .unwrap();
+    );
     wait_state(&node, other, "succeeded").await;
     let view = run_view(server, "r1");
-    assert_eq!(view["jobs"]["succeeded"], 3, "{view}");
-    assert_eq!(view["jobs"]["unfinished"], 2, "{view}");
-    let held = drover(
+    assert_eq!(view.jobs.succeeded, 3, "{view:?}");
+    assert_eq!(view.jobs.unfinished, 2, "{view:?}");
+    let held: JobsPageBody = drover(
         &["jobs", "list", "--run", "r1", "--state", "ready", "--json"],
         server,
     );
-    let first = held["jobs"][0]["id"].as_u64().unwrap();
-    let job = drover(&["jobs", "get", &first.to_string(), "--json"], server);
-    assert_eq!(job["waiting"], "held: budget cost_usd", "{job}");
-    assert_eq!(job["attempts"], 0, "{job}");
+    let first = held.jobs[0].id;
+    let job: JobBody = drover(&["jobs", "get", &first.to_string(), "--json"], server);
+    assert_eq!(
+        job.waiting.as_deref(),
+        Some("held: budget cost_usd"),
+        "{job:?}"
+    );
+    assert_eq!(job.attempts, 0, "{job:?}");
     let text = drover_cli(&["runs", "budget", "r1"], server, "");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("held: budget cost_usd"), "{text}");
@@ -97,7 +102,7 @@ async fn a_run_over_its_cost_budget_stops_until_an_override() {
 
     let err = fails(&["runs", "override", "r1", "--cost-usd", "1"], server);
     assert!(err.contains("--reason"), "{err}");
-    drover(
+    drover_ok(
         &[
             "runs",
             "override",
@@ -112,31 +117,34 @@ async fn a_run_over_its_cost_budget_stops_until_an_override() {
     );
     let view = wait_for("the run done", Duration::from_secs(20), || async {
         let v = run_view(server, "r1");
-        if v["budget"]["state"] == "done" {
+        if v.budget.state == "done" {
             Ok(v)
         } else {
-            Err(v.to_string())
+            Err(format!("{v:?}"))
         }
     })
     .await;
-    assert_eq!(view["jobs"]["succeeded"], 5, "{view}");
-    assert!((view["budget"]["cost_usd"].as_f64().unwrap() - 0.10).abs() < 1e-9);
+    assert_eq!(view.jobs.succeeded, 5, "{view:?}");
+    assert!((view.budget.cost_usd - 0.10).abs() < 1e-9);
 
-    let costs = drover(&["costs", "--json"], server);
+    let costs: CostsBody = drover(&["costs", "--json"], server);
     assert!(
-        (costs["by_run"]["default/r1"]["cost_usd"].as_f64().unwrap() - 0.10).abs() < 1e-9,
-        "{costs}"
+        (costs.by_run["default/r1"].cost_usd - 0.10).abs() < 1e-9,
+        "{costs:?}"
     );
-    assert_eq!(costs["by_queue"]["q"]["usage"]["tokens_in"], 60, "{costs}");
-    let runs = drover(&["runs", "list", "--state", "done", "--json"], server);
-    let names: Vec<&str> = runs["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["run"].as_str().unwrap())
-        .collect();
-    assert!(names.contains(&"r1"), "{runs}");
-    let audit = drover(&["audit", "--json"], server);
+    assert_eq!(
+        costs
+            .by_queue
+            .get("q")
+            .and_then(|q| q.usage.get("tokens_in")),
+        Some(&60),
+        "{costs:?}"
+    );
+    let runs: RunsBody = drover(&["runs", "list", "--state", "done", "--json"], server);
+    let names: Vec<&str> = runs.runs.iter().map(|r| r.run.as_str()).collect();
+    assert!(names.contains(&"r1"), "{runs:?}");
+    // The whole answer as text: the reason is recorded somewhere in it.
+    let audit = drover_json(&["audit", "--json"], server);
     assert!(audit.to_string().contains("rerun approved"), "{audit}");
     let metrics = metrics_text(&node).await;
     assert!(
@@ -159,16 +167,11 @@ async fn a_run_over_its_cost_budget_stops_until_an_override() {
 async fn bad_budget_requests_are_named_and_change_nothing() {
     let node = TestNode::start("");
     let server = node.grpc.as_str();
-    drover(
+    drover_ok(
         &["enqueue", "--queue", "q", "--run", "r1", "--json"],
         server,
     );
-    let digest = || async {
-        get_json(&format!("{}/api/v1/debug/digest", node.http))
-            .await
-            .1["digest"]
-            .clone()
-    };
+    let digest = || async { node.body::<DigestBody>("/api/v1/debug/digest").await.digest };
     let before = digest().await;
     let err = fails(&["budgets", "set", "default", "--cost-usd=-1"], server);
     assert!(err.contains("cost_usd"), "{err}");
@@ -235,8 +238,8 @@ async fn a_plan_enqueued_with_its_steps_runs_first() {
         Some(ids[0].to_string().as_str()),
         "{ran}"
     );
-    let step = drover(&["jobs", "get", &ids[1].to_string(), "--json"], server);
-    assert_eq!(step["after"], serde_json::json!([ids[0]]), "{step}");
+    let step: JobBody = drover(&["jobs", "get", &ids[1].to_string(), "--json"], server);
+    assert_eq!(step.after, [ids[0]], "{step:?}");
 
     // A step naming a later job, or an unknown one, is refused as a whole.
     let mut bad = new_job("q", "x");
@@ -250,7 +253,7 @@ async fn a_plan_enqueued_with_its_steps_runs_first() {
 fn enqueue_id(args: &[&str], server: &str) -> u64 {
     let mut all = vec!["enqueue", "--json"];
     all.extend_from_slice(args);
-    drover(&all, server)[0]["id"].as_u64().unwrap()
+    enqueued_id(&all, server)
 }
 
 /// `drover runs cancel` stops a whole run (its waiters too), `runs replay`
@@ -271,7 +274,7 @@ async fn a_run_is_cancelled_replayed_and_read_as_one_timeline() {
     assert!(err.contains("--reason"), "{err}");
     let err = fails(&["runs", "cancel", "nope", "--reason", "x"], server);
     assert!(err.contains("nope"), "{err}");
-    let done = drover(
+    let done: RunCancelledBody = drover(
         &[
             "runs",
             "cancel",
@@ -282,57 +285,46 @@ async fn a_run_is_cancelled_replayed_and_read_as_one_timeline() {
         ],
         server,
     );
-    assert_eq!(done["cancelled"], 3, "{done}");
-    let view = drover(&["runs", "get", "r3", "--json"], server);
-    assert_eq!(view["jobs"]["cancelled"], 3, "{view}");
-    assert_eq!(view["budget"]["state"], "done", "{view}");
+    assert_eq!(done.cancelled, 3, "{done:?}");
+    let view: RunBody = drover(&["runs", "get", "r3", "--json"], server);
+    assert_eq!(view.jobs.cancelled, 3, "{view:?}");
+    assert_eq!(view.budget.state, "done", "{view:?}");
 
-    let t = drover(&["runs", "timeline", "r3", "--json"], server);
-    let kinds: Vec<&str> = t["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "enqueued").count(), 3, "{t}");
+    let t: RunTimelineBody = drover(&["runs", "timeline", "r3", "--json"], server);
+    let kinds: Vec<&str> = t.events.iter().map(|e| e.event.kind.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "enqueued").count(),
+        3,
+        "{t:?}"
+    );
     assert_eq!(
         kinds.iter().filter(|k| **k == "cancelled").count(),
         3,
-        "{t}"
+        "{t:?}"
     );
-    let times: Vec<u64> = t["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["at_ms"].as_u64().unwrap())
-        .collect();
-    assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order: {t}");
-    let page = drover(
+    let times: Vec<u64> = t.events.iter().map(|e| e.event.at_ms).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "in time order: {t:?}"
+    );
+    let page: RunTimelineBody = drover(
         &["runs", "timeline", "r3", "--limit", "2", "--json"],
         server,
     );
-    assert_eq!(page["events"].as_array().unwrap().len(), 2);
-    assert_eq!(page["next"], "2", "{page}");
+    assert_eq!(page.events.len(), 2);
+    assert_eq!(page.next.as_deref(), Some("2"), "{page:?}");
 
-    let replayed = drover(&["runs", "replay", "r3", "--failed-only", "--json"], server);
-    assert_eq!(replayed["run"], "r3-replay-1", "{replayed}");
-    assert_eq!(replayed["replay_of"], "default/r3");
-    let new: Vec<u64> = replayed["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j.as_u64().unwrap())
-        .collect();
+    let replayed: RunReplayedBody =
+        drover(&["runs", "replay", "r3", "--failed-only", "--json"], server);
+    assert_eq!(replayed.run, "r3-replay-1", "{replayed:?}");
+    assert_eq!(replayed.replay_of, "default/r3");
+    let new = replayed.jobs;
     assert_eq!(new.len(), 3);
-    let copy_of_b = drover(&["jobs", "get", &new[1].to_string(), "--json"], server);
-    assert_eq!(
-        copy_of_b["after"],
-        serde_json::json!([new[0]]),
-        "{copy_of_b}"
-    );
-    assert_eq!(copy_of_b["state"], "waiting");
-    let view = drover(&["runs", "get", "r3-replay-1", "--json"], server);
-    assert_eq!(view["replay_of"], "default/r3", "{view}");
+    let copy_of_b: JobBody = drover(&["jobs", "get", &new[1].to_string(), "--json"], server);
+    assert_eq!(copy_of_b.after, [new[0]], "{copy_of_b:?}");
+    assert_eq!(copy_of_b.state, JobStateBody::Waiting);
+    let view: RunBody = drover(&["runs", "get", "r3-replay-1", "--json"], server);
+    assert_eq!(view.replay_of.as_deref(), Some("default/r3"), "{view:?}");
     let err = fails(&["runs", "replay", "r3", "--into", "r3-replay-1"], server);
     assert!(err.contains("exists already"), "{err}");
     // Replays at once each get a run of their own: the name is chosen
@@ -340,12 +332,17 @@ async fn a_run_is_cancelled_replayed_and_read_as_one_timeline() {
     let both = std::thread::scope(|scope| {
         let calls: Vec<_> = (0..2)
             .map(|_| {
-                scope.spawn(|| drover(&["runs", "replay", "r3", "--failed-only", "--json"], server))
+                scope.spawn(|| {
+                    drover::<RunReplayedBody>(
+                        &["runs", "replay", "r3", "--failed-only", "--json"],
+                        server,
+                    )
+                })
             })
             .collect();
         calls
             .into_iter()
-            .map(|c| c.join().unwrap()["run"].as_str().unwrap().to_string())
+            .map(|c| c.join().unwrap().run)
             .collect::<std::collections::BTreeSet<_>>()
     });
     assert_eq!(

@@ -8,18 +8,21 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::{CanaryBody, DigestBody, JobBody, VersionsBody};
 
-fn leased_by(job: &serde_json::Value) -> Vec<String> {
-    job["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["kind"] == "leased")
-        .map(|e| e["worker"].as_str().unwrap_or("").to_string())
+fn leased_by(job: &JobBody) -> Vec<String> {
+    job.events
+        .iter()
+        .filter(|e| e.kind == "leased")
+        .map(|e| e.worker.clone().unwrap_or_default())
         .collect()
 }
 
-async fn all_done(node: &TestNode, ids: &[u64]) -> Vec<serde_json::Value> {
+fn versions(server: &str) -> VersionsBody {
+    drover_body(&["versions", "list", "--json"], server)
+}
+
+async fn all_done(node: &TestNode, ids: &[u64]) -> Vec<JobBody> {
     let mut out = Vec::new();
     for &id in ids {
         out.push(wait_state_within(node, id, "succeeded", Duration::from_secs(30)).await);
@@ -37,23 +40,18 @@ async fn a_disabled_version_gets_no_jobs_until_enabled() {
         "both versions connected",
         Duration::from_secs(20),
         || async {
-            let v = drover_json(&["versions", "list", "--json"], server);
-            if v["connected"]["v3"] == 1 && v["connected"]["v4"] == 1 {
+            let v = versions(server);
+            if v.connected.get("v3") == Some(&1) && v.connected.get("v4") == Some(&1) {
                 Ok(())
             } else {
-                Err(v.to_string())
+                Err(format!("{v:?}"))
             }
         },
     )
     .await;
 
     // Bad input changes nothing.
-    let digest = || async {
-        get_json(&format!("{}/api/v1/debug/digest", node.http))
-            .await
-            .1["digest"]
-            .clone()
-    };
+    let digest = || async { node.body::<DigestBody>("/api/v1/debug/digest").await.digest };
     let before = digest().await;
     for (args, says) in [
         (
@@ -91,7 +89,7 @@ async fn a_disabled_version_gets_no_jobs_until_enabled() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 to 128 bytes"));
     assert_eq!(digest().await, before, "refused requests change nothing");
 
-    drover_json(
+    drover_ok(
         &[
             "versions",
             "disable",
@@ -104,25 +102,32 @@ async fn a_disabled_version_gets_no_jobs_until_enabled() {
         ],
         server,
     );
-    let listed = drover_json(&["versions", "list", "--json"], server);
-    assert_eq!(listed["switches"][0]["version"], "v4", "{listed}");
-    assert_eq!(listed["switches"][0]["queue"], "q", "{listed}");
+    let listed = versions(server);
+    assert_eq!(
+        listed.switches.first().map(|s| s.version.as_str()),
+        Some("v4"),
+        "{listed:?}"
+    );
+    assert_eq!(
+        listed.switches.first().and_then(|s| s.queue.as_deref()),
+        Some("q"),
+        "{listed:?}"
+    );
     for job in all_done(&node, &enqueue_n(server, "q", 20)).await {
-        assert_eq!(leased_by(&job), vec!["w3"], "{job}");
-        assert_eq!(job["result"].as_str().map(str::trim), Some("v3"));
+        assert_eq!(leased_by(&job), vec!["w3"], "{job:?}");
+        assert_eq!(job.result.as_deref().map(str::trim), Some("v3"));
     }
+    // The whole answer as text: the action and the reason are in it.
     let audit = get_json(&format!("{}/api/v1/audit", node.http)).await.1;
     assert!(audit.to_string().contains("versions.disable"), "{audit}");
     assert!(audit.to_string().contains("v4 breaks q"), "{audit}");
 
-    drover_json(
+    drover_ok(
         &["versions", "enable", "v4", "--queue", "q", "--json"],
         server,
     );
-    assert_eq!(
-        drover_json(&["versions", "list", "--json"], server)["switches"],
-        serde_json::json!([])
-    );
+    let listed = versions(server);
+    assert!(listed.switches.is_empty(), "{listed:?}");
     let done = all_done(&node, &enqueue_n(server, "q", 40)).await;
     assert!(
         done.iter().any(|j| leased_by(j) == vec!["w4"]),
@@ -169,7 +174,7 @@ async fn a_canary_gets_only_its_share_and_abort_switches_it_off() {
             "{args:?}: {err}"
         );
     }
-    let rule = drover_json(
+    let rule: CanaryBody = drover_body(
         &[
             "canary",
             "set",
@@ -182,15 +187,12 @@ async fn a_canary_gets_only_its_share_and_abort_switches_it_off() {
         ],
         server,
     );
-    assert_eq!(
-        (rule["percent"].as_u64(), rule["max_wait"].as_str()),
-        (Some(20), Some("5m"))
-    );
+    assert_eq!((rule.percent, rule.max_wait.as_str()), (20, "5m"));
     let ids = enqueue_n(server, "q", 200);
     let jobs = all_done(&node, &ids).await;
     let mut canary = 0;
     for job in &jobs {
-        let id = job["id"].as_u64().unwrap();
+        let id = job.id;
         let covered = drover::machine::canary::canary_part(id) < 2000;
         let want = if covered { "w4" } else { "w3" };
         assert_eq!(leased_by(job), vec![want], "job {id}");
@@ -200,39 +202,36 @@ async fn a_canary_gets_only_its_share_and_abort_switches_it_off() {
         canary > 10 && canary < 80,
         "{canary} of 200 went to the canary"
     );
-    let status = drover_json(&["canary", "status", "q", "--json"], server);
-    let stats = &status["stats"];
-    assert_eq!(
-        stats["canary"]["jobs"].as_u64(),
-        Some(canary as u64),
-        "{status}"
-    );
-    assert_eq!(
-        stats["control"]["jobs"].as_u64(),
-        Some(200 - canary as u64),
-        "{status}"
-    );
-    assert_eq!(
-        stats["canary"]["success_rate"].as_f64(),
-        Some(1.0),
-        "{status}"
-    );
-    let verdicts: Vec<&str> = stats["comparison"]
-        .as_array()
-        .unwrap()
+    let status: CanaryBody = drover_body(&["canary", "status", "q", "--json"], server);
+    let stats = status
+        .stats
+        .as_ref()
+        .unwrap_or_else(|| panic!("no stats: {status:?}"));
+    assert_eq!(stats.canary.jobs, canary as u64, "{status:?}");
+    assert_eq!(stats.control.jobs, 200 - canary as u64, "{status:?}");
+    assert_eq!(stats.canary.success_rate, 1.0, "{status:?}");
+    let verdicts: Vec<&str> = stats
+        .comparison
         .iter()
-        .map(|j| j["verdict"].as_str().unwrap())
+        .map(|j| j.verdict.as_str())
         .collect();
     // Both versions succeed and report no cost: not worse on either. (Run
     // times are real measurements, and may differ.)
-    assert_eq!(verdicts.len(), 3, "{status}");
-    assert!(verdicts[0] != "worse" && verdicts[2] != "worse", "{status}");
-    drover_json(
+    assert_eq!(verdicts.len(), 3, "{status:?}");
+    assert!(
+        verdicts[0] != "worse" && verdicts[2] != "worse",
+        "{status:?}"
+    );
+    drover_ok(
         &["canary", "abort", "q", "--reason", "fails", "--json"],
         server,
     );
-    let listed = drover_json(&["versions", "list", "--json"], server);
-    assert_eq!(listed["switches"][0]["version"], "v4", "{listed}");
+    let listed = versions(server);
+    assert_eq!(
+        listed.switches.first().map(|s| s.version.as_str()),
+        Some("v4"),
+        "{listed:?}"
+    );
     let out = drover_cli(&["canary", "status", "q"], server, "");
     assert!(!out.status.success());
     let audit = get_json(&format!("{}/api/v1/audit", node.http))
@@ -245,7 +244,7 @@ async fn a_canary_gets_only_its_share_and_abort_switches_it_off() {
     );
     // After the abort, v4 gets nothing of q.
     for job in all_done(&node, &enqueue_n(server, "q", 20)).await {
-        assert_eq!(leased_by(&job), vec!["w3"], "{job}");
+        assert_eq!(leased_by(&job), vec!["w3"], "{job:?}");
     }
 }
 
@@ -262,29 +261,17 @@ async fn a_canary_of_the_config_file_ends_only_there() {
         || async {
             let out = drover_cli(&["canary", "status", "c", "--json"], server, "");
             if out.status.success() {
-                Ok(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+                Ok(serde_json::from_slice::<CanaryBody>(&out.stdout).unwrap())
             } else {
                 Err(String::from_utf8_lossy(&out.stderr).to_string())
             }
         },
     )
     .await;
-    assert_eq!(
-        (status["version"].as_str(), status["percent"].as_u64()),
-        (Some("v4"), Some(100))
-    );
-    let v = drover_json(
-        &["enqueue", "--queue", "c", "--count", "10", "--json"],
-        server,
-    );
-    let ids: Vec<u64> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_u64().unwrap())
-        .collect();
+    assert_eq!((status.version.as_str(), status.percent), ("v4", 100));
+    let ids = enqueue_n(server, "c", 10);
     for job in all_done(&node, &ids).await {
-        assert_eq!(leased_by(&job), vec!["w4"], "{job}");
+        assert_eq!(leased_by(&job), vec!["w4"], "{job:?}");
     }
     let out = drover_cli(&["canary", "promote", "c", "--reason", "x"], server, "");
     let err = String::from_utf8_lossy(&out.stderr).to_string();

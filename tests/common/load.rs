@@ -12,7 +12,7 @@ use drover::client::worker::{self, JobError, WorkerOptions};
 use drover::client::Producer;
 use tokio::sync::watch;
 
-use super::{get_json, new_job, wait_for, wait_state_within, TestCluster, TestNode};
+use super::{new_job, wait_for, wait_state_within, TestCluster, TestNode};
 
 /// (job, attempt, worker) of every lease a recording worker was handed.
 pub type Runs = Arc<Mutex<Vec<(u64, u32, String)>>>;
@@ -144,13 +144,16 @@ pub async fn check_history(node: &TestNode, queue: &str, acked: &[u64], unknown:
         acked.len(),
         "duplicate ids acknowledged"
     );
-    let s = get_json(&format!("{}/api/v1/stats", node.http)).await.1;
-    let q = &s["queues"][queue];
-    assert_eq!(q["leased"], 0, "{s}");
-    assert_eq!(q["scheduled"], 0, "{s}");
-    assert_eq!(q["dead"], 0, "{s}");
-    assert!(q["ready"].as_array().unwrap().iter().all(|v| v == 0), "{s}");
-    let succeeded = q["succeeded"].as_u64().unwrap();
+    let s: drover::api::types::StatsBody = node.body("/api/v1/stats").await;
+    let q = s
+        .queues
+        .get(queue)
+        .unwrap_or_else(|| panic!("no queue {queue}: {s:?}"));
+    assert_eq!(q.leased, 0, "{s:?}");
+    assert_eq!(q.scheduled, 0, "{s:?}");
+    assert_eq!(q.dead, 0, "{s:?}");
+    assert!(q.ready.iter().all(|&v| v == 0), "{s:?}");
+    let succeeded = q.succeeded;
     assert!(
         succeeded >= acked.len() as u64 && succeeded <= acked.len() as u64 + unknown,
         "{succeeded} succeeded for {} acknowledged and {unknown} unknown enqueues",

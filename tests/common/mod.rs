@@ -10,6 +10,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use drover::api::types::{
+    DigestBody, EnqueuedBody, ErrorBody, JobBody, MembersBody, PoliciesBody, StatsBody, WorkersBody,
+};
+use drover::client::admin::{AdminClient, AdminError};
+
 pub struct TestNode {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -198,6 +203,39 @@ impl TestNode {
         .await
     }
 
+    /// The typed admin client of this node (its HTTP address), with no
+    /// token: the client the CLI uses.
+    pub fn admin(&self) -> AdminClient {
+        self.admin_as("")
+    }
+
+    /// [`TestNode::admin`] with `token` (empty: none).
+    pub fn admin_as(&self, token: &str) -> AdminClient {
+        let credentials =
+            drover::client::Credentials::new(Some(token), None).expect("a token a header carries");
+        AdminClient::new(&self.http, &credentials, "").expect("an admin client")
+    }
+
+    /// `GET path` (`/api/v1/...`) on this node, its answer read as `T`;
+    /// panics naming the error if the node refuses or answers another body.
+    pub async fn body<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.admin()
+            .get(path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.http))
+    }
+
+    /// `GET path` on this node as `T`, or the error it answered (a refusal,
+    /// another body) as text; panics if the node cannot be reached at all,
+    /// as [`get_json`] does. For polls that wait through refusals.
+    pub async fn try_body<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        match self.admin().get(path).await {
+            Ok(body) => Ok(body),
+            Err(e @ AdminError::Unreachable { .. }) => panic!("GET {path}: {e}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -263,10 +301,24 @@ where
     }
 }
 
+/// `GET url`: its status and its body as raw JSON (Null if it is not
+/// JSON). For the bodies no type describes: error answers to hostile
+/// input, the exact field names of the API contract, the OpenAPI document.
 pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let resp = reqwest::get(url).await.expect("http get");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// `GET url`, which must be refused: its status and its error body, typed;
+/// panics if the answer is not drover's error body.
+pub async fn get_error(url: &str) -> (u16, ErrorBody) {
+    let resp = reqwest::get(url).await.expect("http get");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("http body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("GET {url}: {status} {text} is not an error body: {e}"));
+    (status, body)
 }
 
 /// A node's `/metrics` page.
@@ -279,25 +331,28 @@ pub async fn metrics_text(node: &TestNode) -> String {
         .expect("metrics body")
 }
 
-/// `GET url`, its body read as `T`; panics naming the body if it is not one.
-pub async fn get_body<T: serde::de::DeserializeOwned>(url: &str) -> T {
-    let resp = reqwest::get(url).await.expect("http get");
-    let status = resp.status();
-    let text = resp.text().await.expect("http body");
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("GET {url}: {status} {text} is not the body expected: {e}"))
+/// `GET path` on `node` through its admin client, the answer read as `T`;
+/// panics naming the error if it is refused or not a `T`.
+pub async fn get_body<T: serde::de::DeserializeOwned>(node: &TestNode, path: &str) -> T {
+    node.body(path).await
 }
 
-/// A job as `GET /api/v1/jobs/{id}` shows it (its error body if there is
-/// no such job).
+/// A job as `GET /api/v1/jobs/{id}` shows it, raw (its error body if there
+/// is no such job): for tests of the JSON itself.
 pub async fn job_json(node: &TestNode, id: u64) -> serde_json::Value {
     get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await.1
 }
 
 /// A job as `GET /api/v1/jobs/{id}` shows it, typed; panics if there is no
 /// such job.
-pub async fn job_body(node: &TestNode, id: u64) -> drover::api::types::JobBody {
-    get_body(&format!("{}/api/v1/jobs/{id}", node.http)).await
+pub async fn job_body(node: &TestNode, id: u64) -> JobBody {
+    node.body(&format!("/api/v1/jobs/{id}")).await
+}
+
+/// A job as `GET /api/v1/jobs/{id}` shows it, or the refusal as text (no
+/// such job yet, no leader).
+pub async fn try_job(node: &TestNode, id: u64) -> Result<JobBody, String> {
+    node.try_body(&format!("/api/v1/jobs/{id}")).await
 }
 
 /// The value of one series (its name and labels, as the page writes them:
@@ -308,15 +363,36 @@ pub fn metric_value(page: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The state of a job, read over HTTP.
+/// The state of a job, read over HTTP (`?` if the node refuses: no such
+/// job).
 pub async fn job_state(node: &TestNode, id: u64) -> String {
-    let j = job_json(node, id).await;
-    j["state"].as_str().unwrap_or("?").to_string()
+    match try_job(node, id).await {
+        Ok(j) => j.state.as_str().to_string(),
+        Err(_) => "?".to_string(),
+    }
 }
 
 /// Waits up to `limit` until job `id` is in state `want` on `node`; the job
 /// as then read.
-pub async fn wait_state_within(
+pub async fn wait_state_within(node: &TestNode, id: u64, want: &str, limit: Duration) -> JobBody {
+    wait_for(&format!("job {id} {want}"), limit, || async {
+        match try_job(node, id).await {
+            Ok(j) if j.state.as_str() == want => Ok(j),
+            Ok(j) => Err(j.state.as_str().to_string()),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+}
+
+/// [`wait_state_within`] 20 s.
+pub async fn wait_state(node: &TestNode, id: u64, want: &str) -> JobBody {
+    wait_state_within(node, id, want, Duration::from_secs(20)).await
+}
+
+/// [`wait_state_within`], the job read raw: for the clock tests, which
+/// read it as JSON.
+pub async fn wait_state_json_within(
     node: &TestNode,
     id: u64,
     want: &str,
@@ -333,15 +409,10 @@ pub async fn wait_state_within(
     .await
 }
 
-/// [`wait_state_within`] 20 s.
-pub async fn wait_state(node: &TestNode, id: u64, want: &str) -> serde_json::Value {
-    wait_state_within(node, id, want, Duration::from_secs(20)).await
-}
-
 /// The connected workers of the cluster, as `GET /api/v1/workers` on `node`
 /// lists them.
-pub async fn workers_body(node: &TestNode) -> drover::api::types::WorkersBody {
-    get_body(&format!("{}/api/v1/workers", node.http)).await
+pub async fn workers_body(node: &TestNode) -> WorkersBody {
+    node.body("/api/v1/workers").await
 }
 
 pub fn new_job(queue: &str, payload: &str) -> drover::proto::v1::NewJob {
@@ -451,8 +522,8 @@ impl TestCluster {
             || async {
                 let mut seen = Vec::new();
                 for n in self.nodes.iter().filter(|n| n.is_running()) {
-                    let (_, s) = get_json(&format!("{}/api/v1/stats?stale=ok", n.http)).await;
-                    seen.push(s["node"]["leader_id"].as_u64().unwrap_or(0));
+                    let s = n.try_body::<StatsBody>("/api/v1/stats?stale=ok").await;
+                    seen.push(s.map_or(0, |s| s.node.leader_id));
                 }
                 match seen.first() {
                     Some(&l)
@@ -475,14 +546,11 @@ impl TestCluster {
     /// asked: caught up, even while load goes on (see `converged` for a
     /// still cluster).
     pub async fn caught_up(&self, i: usize) {
-        let applied = |n: &TestNode| {
-            let url = format!("{}/api/v1/debug/digest", n.http);
-            async move {
-                get_json(&url).await.1["applied_index"]
-                    .as_u64()
-                    .unwrap_or(0)
-            }
-        };
+        async fn applied(n: &TestNode) -> u64 {
+            n.try_body::<DigestBody>("/api/v1/debug/digest")
+                .await
+                .map_or(0, |d| d.applied_index)
+        }
         let mut target = 0;
         for (j, n) in self.nodes.iter().enumerate() {
             if j != i && n.is_running() {
@@ -511,7 +579,7 @@ impl TestCluster {
         let leader = self.leader().await;
         let file = self.nodes[0].dir.path().join("backup.bin");
         let file = file.to_str().expect("a UTF-8 temp path").to_string();
-        drover_json(&["snapshot", "save", &file], &self.nodes[leader].grpc);
+        drover_ok(&["snapshot", "save", &file], &self.nodes[leader].grpc);
         for n in &mut self.nodes {
             n.kill();
             std::fs::remove_dir_all(n.data_dir()).expect("empty the data dir");
@@ -521,21 +589,22 @@ impl TestCluster {
 
     /// Waits until node `leader` reports member `id` unreachable.
     pub async fn wait_unreachable(&self, leader: usize, id: u64) {
-        let url = format!("{}/api/v1/cluster/members", self.nodes[leader].http);
+        let node = &self.nodes[leader];
         wait_for(
             &format!("the leader to notice node {id} is down"),
             Duration::from_secs(20),
             || async {
-                let (_, m) = get_json(&url).await;
-                let down = m["members"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|x| x["id"] == id && x["reachable"] == false);
+                let m = node
+                    .try_body::<MembersBody>("/api/v1/cluster/members")
+                    .await?;
+                let down = m
+                    .members
+                    .iter()
+                    .any(|x| x.id == id && x.reachable == Some(false));
                 if down {
                     Ok(())
                 } else {
-                    Err(m.to_string())
+                    Err(format!("{m:?}"))
                 }
             },
         )
@@ -549,11 +618,11 @@ impl TestCluster {
             || async {
                 let mut seen = Vec::new();
                 for n in self.nodes.iter().filter(|n| n.is_running()) {
-                    let (_, d) = get_json(&format!("{}/api/v1/debug/digest", n.http)).await;
-                    seen.push((
-                        d["applied_index"].as_u64().unwrap_or(0),
-                        d["digest"].to_string(),
-                    ));
+                    let d = n.try_body::<DigestBody>("/api/v1/debug/digest").await;
+                    seen.push(match d {
+                        Ok(d) => (d.applied_index, d.digest),
+                        Err(e) => (0, e),
+                    });
                 }
                 if seen.len() > 1 && seen.iter().all(|s| *s == seen[0]) {
                     Ok(seen[0].0)
@@ -690,18 +759,18 @@ pub fn drover_cli(args: &[&str], server: &str, token: &str) -> std::process::Out
     cmd.output().expect("run drover")
 }
 
-/// Waits until the node applies the policies its config asked for: the
-/// policy at JSON `pointer` of `GET /api/v1/policies` is `want`.
-pub async fn wait_for_policy(node: &TestNode, pointer: &str, want: serde_json::Value) {
+/// Waits until the node applies the policies its config asked for:
+/// `applied` holds of `GET /api/v1/policies` (`what` names it).
+pub async fn wait_for_policy(node: &TestNode, what: &str, applied: impl Fn(&PoliciesBody) -> bool) {
     wait_for(
-        &format!("policy {pointer} = {want} in the log"),
+        &format!("policy {what} in the log"),
         Duration::from_secs(10),
         || async {
-            let (_, p) = get_json(&format!("{}/api/v1/policies", node.http)).await;
-            if p.pointer(pointer) == Some(&want) {
+            let p = node.try_body::<PoliciesBody>("/api/v1/policies").await?;
+            if applied(&p) {
                 Ok(())
             } else {
-                Err(p.to_string())
+                Err(format!("{p:?}"))
             }
         },
     )
@@ -710,7 +779,7 @@ pub async fn wait_for_policy(node: &TestNode, pointer: &str, want: serde_json::V
 
 /// Enqueues `n` jobs into `queue` through the CLI; their ids.
 pub fn enqueue_n(server: &str, queue: &str, n: usize) -> Vec<u64> {
-    let v = drover_json(
+    let jobs: Vec<EnqueuedBody> = drover_body(
         &[
             "enqueue",
             "--queue",
@@ -721,11 +790,7 @@ pub fn enqueue_n(server: &str, queue: &str, n: usize) -> Vec<u64> {
         ],
         server,
     );
-    v.as_array()
-        .expect("enqueue --json lists the jobs")
-        .iter()
-        .map(|j| j["id"].as_u64().expect("an id"))
-        .collect()
+    jobs.iter().map(|j| j.id).collect()
 }
 
 /// Runs the CLI against `server` with no token; its output, success or not.
@@ -765,6 +830,15 @@ pub fn drover_body<T: serde::de::DeserializeOwned>(args: &[&str], server: &str) 
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// Runs `drover ARGS` (an `enqueue ... --json`), which must succeed; the
+/// id of the first job it printed.
+pub fn enqueued_id(args: &[&str], server: &str) -> u64 {
+    drover_body::<Vec<EnqueuedBody>>(args, server)
+        .first()
+        .unwrap_or_else(|| panic!("drover {args:?} printed no job"))
+        .id
 }
 
 /// Runs the CLI, which must succeed (the test fails with its stderr).
