@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::{AuditPageBody, ErrorBody};
 
 fn tokens(extra: &str) -> (TestNode, String, String) {
     let (admin, admin_hash) = drover::token::generate().unwrap();
@@ -73,22 +74,16 @@ async fn changes_are_recorded_with_who_what_why_and_outcome() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let records = page["records"].as_array().unwrap();
+    let page: AuditPageBody = serde_json::from_slice(&out.stdout).unwrap();
+    let records = &page.records;
     let summary: Vec<(String, String, String, String)> = records
         .iter()
         .map(|r| {
             (
-                r["who"].as_str().unwrap().to_string(),
-                r["action"].as_str().unwrap().to_string(),
-                r["reason"].as_str().unwrap().to_string(),
-                r["outcome"]
-                    .as_str()
-                    .unwrap()
-                    .split(':')
-                    .next()
-                    .unwrap()
-                    .to_string(),
+                r.who.clone(),
+                r.action.clone(),
+                r.reason.clone(),
+                r.outcome.split(':').next().unwrap().to_string(),
             )
         })
         .collect();
@@ -101,35 +96,28 @@ async fn changes_are_recorded_with_who_what_why_and_outcome() {
         ],
         "newest first"
     );
-    assert_eq!(records[1]["target"], format!("job {id}"));
+    assert_eq!(records[1].target, format!("job {id}"));
 
     // Paging: one at a time, following `next`.
-    let http = reqwest::Client::new();
+    let as_ops = node.admin_as(&ops);
     let mut seen = Vec::new();
     let mut before: Option<String> = None;
     for _ in 0..5 {
-        let mut url = format!("{}/api/v1/audit?limit=1", node.http);
+        let mut path = "/api/v1/audit?limit=1".to_string();
         if let Some(b) = &before {
-            url.push_str(&format!("&before={b}"));
+            path.push_str(&format!("&before={b}"));
         }
-        let page: serde_json::Value = http
-            .get(url)
-            .bearer_auth(&ops)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        seen.push(page["records"][0]["action"].as_str().unwrap().to_string());
-        match page["next"].as_str() {
-            Some(n) => before = Some(n.to_string()),
+        let page: AuditPageBody = as_ops.get(&path).await.unwrap();
+        seen.push(page.records[0].action.clone());
+        match page.next {
+            Some(n) => before = Some(n),
             None => break,
         }
     }
     assert_eq!(seen, ["snapshot", "job.cancel"]);
 
     // A bad cursor is the caller's mistake, named.
+    let http = reqwest::Client::new();
     let resp = http
         .get(format!("{}/api/v1/audit?before=zz", node.http))
         .bearer_auth(&ops)
@@ -137,8 +125,12 @@ async fn changes_are_recorded_with_who_what_why_and_outcome() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["details"]["field"], "before", "{body}");
+    let body: ErrorBody = resp.json().await.unwrap();
+    assert_eq!(
+        body.error.details.get("field").and_then(|f| f.as_str()),
+        Some("before"),
+        "{body:?}"
+    );
 }
 
 #[tokio::test]
@@ -152,17 +144,10 @@ async fn audit_records_are_removed_after_their_retention() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let as_admin = node.admin_as(&admin);
     let count = || async {
-        let page: serde_json::Value = http
-            .get(format!("{}/api/v1/audit", node.http))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        page["records"].as_array().map_or(0, |r| r.len())
+        let page: AuditPageBody = as_admin.get("/api/v1/audit").await.unwrap();
+        page.records.len()
     };
     assert_eq!(count().await, 1);
     wait_for(

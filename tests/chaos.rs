@@ -8,16 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::{ChaosBody, JobStateBody, StatsBody};
 
-async fn count_state(node: &TestNode, queue: &str, state: &str) -> u64 {
-    let v = get_json(&format!("{}/api/v1/stats", node.http)).await.1;
-    let q = &v["queues"][queue];
-    match state {
-        "ready" => q["ready"]
-            .as_array()
-            .map_or(0, |r| r.iter().filter_map(|n| n.as_u64()).sum()),
-        s => q[s].as_u64().unwrap_or(0),
-    }
+/// The succeeded jobs of `queue` (0 while the node does not answer).
+async fn succeeded(node: &TestNode, queue: &str) -> u64 {
+    let stats = node.try_body::<StatsBody>("/api/v1/stats").await;
+    stats.map_or(0, |s| s.queues.get(queue).map_or(0, |q| q.succeeded))
 }
 
 #[tokio::test]
@@ -40,11 +36,11 @@ async fn dropped_leases_lose_no_job_and_chaos_off_ends_it() {
             "{args:?}: {err}"
         );
     }
-    drover_json(&["chaos", "set", "q", "--drop", "0.2", "--json"], server);
+    drover_ok(&["chaos", "set", "q", "--drop", "0.2", "--json"], server);
     enqueue_n(server, "q", 2000);
     let _worker = exec_worker_with(server, "q", "w", "true", &["--concurrency", "32"]);
     wait_for("all 2,000 jobs done", Duration::from_secs(120), || async {
-        let done = count_state(&node, "q", "succeeded").await;
+        let done = succeeded(&node, "q").await;
         if done == 2000 {
             Ok(())
         } else {
@@ -52,15 +48,16 @@ async fn dropped_leases_lose_no_job_and_chaos_off_ends_it() {
         }
     })
     .await;
-    let list = drover_json(&["chaos", "list", "--json"], server);
-    let dropped = list["injected"]
-        .as_array()
-        .unwrap()
+    let list: ChaosBody = drover_body(&["chaos", "list", "--json"], server);
+    let dropped = list
+        .injected
         .iter()
-        .find(|i| i["kind"] == "drop")
-        .and_then(|i| i["count"].as_u64())
-        .unwrap_or(0);
-    assert!(dropped > 100, "about a fifth of the grants dropped: {list}");
+        .find(|i| i.kind == "drop")
+        .map_or(0, |i| i.count);
+    assert!(
+        dropped > 100,
+        "about a fifth of the grants dropped: {list:?}"
+    );
     let metrics = metrics_text(&node).await;
     let requeued: f64 = metrics
         .lines()
@@ -74,7 +71,7 @@ async fn dropped_leases_lose_no_job_and_chaos_off_ends_it() {
     );
 
     // Failed completions carry the chosen class; off ends it at once.
-    drover_json(
+    drover_ok(
         &[
             "chaos",
             "set",
@@ -94,22 +91,23 @@ async fn dropped_leases_lose_no_job_and_chaos_off_ends_it() {
             &format!("job {id} dead"),
             Duration::from_secs(20),
             || async {
-                let (_, v) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
-                if v["state"] == "dead" && v["last_error_class"] == "injected" {
+                let v = try_job(&node, id).await?;
+                if v.state == JobStateBody::Dead && v.last_error_class == "injected" {
                     Ok(())
                 } else {
-                    Err(v.to_string())
+                    Err(format!("{v:?}"))
                 }
             },
         )
         .await;
     }
-    let off = drover_json(&["chaos", "off", "--json"], server);
-    assert_eq!(off["rules"], serde_json::json!({}), "{off}");
+    let off: ChaosBody = drover_body(&["chaos", "off", "--json"], server);
+    assert!(off.rules.is_empty(), "{off:?}");
     let after = enqueue_n(server, "f", 3);
     for id in after {
         wait_state(&node, id, "succeeded").await;
     }
+    // The whole answer as text: both actions are in it.
     let audit = get_json(&format!("{}/api/v1/audit", node.http))
         .await
         .1
@@ -129,9 +127,10 @@ async fn a_node_that_does_not_allow_chaos_refuses_it() {
         !out.status.success() && err.contains("[chaos] allowed = true"),
         "{err}"
     );
-    let list = drover_json(&["chaos", "list", "--json"], &node.grpc);
+    let list: ChaosBody = drover_body(&["chaos", "list", "--json"], &node.grpc);
     assert_eq!(
-        (list["allowed"].as_bool(), &list["rules"]),
-        (Some(false), &serde_json::json!({}))
+        (list.allowed, list.rules.is_empty()),
+        (false, true),
+        "{list:?}"
     );
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::load::*;
 use common::*;
+use drover::api::types::{AddMemberBody, MembersBody, StatsBody, WorkersBody};
 use drover::client::worker::{self, JobError, WorkerOptions};
 use drover::client::Producer;
 use tokio::sync::watch;
@@ -54,15 +55,15 @@ async fn a_job_enqueued_on_one_follower_is_done_through_another() {
     c.converged().await;
 
     // Every node answers membership with the leader's view.
-    let (_, m) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[f2].http)).await;
-    assert_eq!(m["leader_id"].as_u64(), Some(leader as u64 + 1), "{m}");
-    let members = m["members"].as_array().expect("members");
-    assert_eq!(members.len(), 3, "{m}");
+    let m = members_of(&c.nodes[f2]).await;
+    assert_eq!(m.leader_id, leader as u64 + 1, "{m:?}");
+    let members = &m.members;
+    assert_eq!(members.len(), 3, "{m:?}");
     assert!(
         members
             .iter()
-            .all(|x| x["reachable"] == true && x["match_index"].as_u64() > Some(0)),
-        "{m}"
+            .all(|x| x.reachable == Some(true) && x.match_index > Some(0)),
+        "{m:?}"
     );
 }
 
@@ -127,18 +128,13 @@ async fn losing_the_leader_under_load(how: Stop) {
             "both workers on the nodes that stayed",
             Duration::from_secs(20),
             || async {
-                let (_, v) =
-                    get_json(&format!("{}/api/v1/workers", c.nodes[new_leader].http)).await;
-                let on: Vec<(String, u64)> = v["workers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|w| {
-                        (
-                            w["worker_id"].as_str().unwrap_or("").to_string(),
-                            w["node_id"].as_u64().unwrap_or(0),
-                        )
-                    })
+                let v = c.nodes[new_leader]
+                    .try_body::<WorkersBody>("/api/v1/workers")
+                    .await?;
+                let on: Vec<(String, u64)> = v
+                    .workers
+                    .iter()
+                    .map(|w| (w.worker_id.clone(), w.node_id))
                     .collect();
                 let moved = on.len() == 2 && on.iter().all(|(_, node)| *node != gone);
                 if moved {
@@ -235,10 +231,8 @@ async fn a_node_that_was_down_catches_up_by_snapshot() {
     );
 }
 
-async fn members_of(node: &TestNode) -> serde_json::Value {
-    get_json(&format!("{}/api/v1/cluster/members", node.http))
-        .await
-        .1
+async fn members_of(node: &TestNode) -> MembersBody {
+    node.body("/api/v1/cluster/members").await
 }
 
 #[tokio::test]
@@ -256,23 +250,15 @@ async fn members_are_added_and_removed_under_load() {
     let new = c.start_joining(CLUSTER);
     let addr = c.nodes[new].grpc_addr.clone();
     let via = &c.nodes[(leader + 1) % 3];
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/cluster/members", via.http))
-        .json(&serde_json::json!({"id": new + 1, "addr": addr}))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert!(status.is_success(), "{status} {body}");
+    let add = AddMemberBody {
+        id: new as u64 + 1,
+        addr,
+    };
+    let added: Result<MembersBody, _> = via.admin().post("/api/v1/cluster/members", &add).await;
+    assert!(added.is_ok(), "{added:?}");
     let m = members_of(&c.nodes[leader]).await;
-    let voters = m["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|x| x["voter"] == true)
-        .count();
-    assert_eq!(voters, 4, "{m}");
+    let voters = m.members.iter().filter(|x| x.voter).count();
+    assert_eq!(voters, 4, "{m:?}");
 
     // Removing a follower; then the cluster runs on without it.
     let gone = (leader + 2) % 3;
@@ -288,7 +274,7 @@ async fn members_are_added_and_removed_under_load() {
     assert!(resp.status().is_success(), "{:?}", resp.text().await);
     c.nodes[gone].kill();
     let m = members_of(&c.nodes[leader]).await;
-    assert_eq!(m["members"].as_array().unwrap().len(), 3, "{m}");
+    assert_eq!(m.members.len(), 3, "{m:?}");
 
     let (acked, _) = load.stop().await;
     let applied = c.converged().await;
@@ -371,18 +357,17 @@ async fn current_reads_need_a_leader_and_stale_ones_do_not() {
     // still answers a stale read.
     c.nodes[leader].kill();
     c.nodes[(leader + 2) % 3].kill();
-    let (code, body) = get_json(&format!("{}/api/v1/stats", c.nodes[f].http)).await;
-    assert_eq!(code, 503, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("no leader"),
-        "{body}"
-    );
+    let (code, body) = get_error(&format!("{}/api/v1/stats", c.nodes[f].http)).await;
+    assert_eq!(code, 503, "{body:?}");
+    assert!(body.error.message.contains("no leader"), "{body:?}");
     let (code, body) = get_json(&format!("{}/api/v1/stats?stale=ok", c.nodes[f].http)).await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body["queues"]["reads"]["ready"][2], 1, "{body}");
+    let stats: StatsBody = serde_json::from_value(body).expect("a stats body");
+    assert_eq!(
+        stats.queues.get("reads").map(|q| q.ready[2]),
+        Some(1),
+        "{stats:?}"
+    );
     let (code, _) = get_json(&format!("{}/api/v1/stats?stale=maybe", c.nodes[f].http)).await;
     assert_eq!(code, 400);
 }
@@ -391,10 +376,10 @@ async fn current_reads_need_a_leader_and_stale_ones_do_not() {
 async fn leaders_seen(c: &TestCluster, which: &[usize]) -> Vec<u64> {
     let mut seen = Vec::new();
     for &i in which {
-        let s = get_json(&format!("{}/api/v1/stats?stale=ok", c.nodes[i].http))
-            .await
-            .1;
-        seen.push(s["node"]["leader_id"].as_u64().unwrap_or(0));
+        let s = c.nodes[i]
+            .try_body::<StatsBody>("/api/v1/stats?stale=ok")
+            .await;
+        seen.push(s.map_or(0, |s| s.node.leader_id));
     }
     seen
 }
@@ -483,10 +468,8 @@ async fn an_isolated_leader_takes_no_writes_and_rejoins_without_divergence() {
     for id in acked {
         assert_eq!(job_state(&c.nodes[old], id).await, "ready", "job {id}");
     }
-    let s = get_json(&format!("{}/api/v1/stats", c.nodes[new].http))
-        .await
-        .1;
-    assert_eq!(s["queues"]["part"]["ready"][2], 15, "{s}");
+    let s: StatsBody = c.nodes[new].body("/api/v1/stats").await;
+    assert_eq!(s.queues.get("part").map(|q| q.ready[2]), Some(15), "{s:?}");
 }
 
 #[tokio::test]
@@ -546,8 +529,8 @@ async fn a_worker_keeps_its_job_across_a_failover_by_heartbeating_it() {
     let report = w.await.unwrap().unwrap();
     assert_eq!(report.refused, 0, "{report:?}");
     assert_eq!(*runs.lock().unwrap(), vec![(id, 1)], "the job ran again");
-    let (_, job) = get_json(&format!("{}/api/v1/jobs/{id}", c.nodes[new].http)).await;
-    assert_eq!(job["attempts"], 1, "{job}");
+    let job = job_body(&c.nodes[new], id).await;
+    assert_eq!(job.attempts, 1, "{job:?}");
 }
 
 /// A leader stopped with SIGTERM hands its lead over first (so writes move

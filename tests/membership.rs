@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use drover::api::types::{MembersBody, StatsBody};
 
 fn add(server: &str, id: u64, addr: &str) -> (bool, String, Duration) {
     let started = Instant::now();
@@ -23,14 +24,24 @@ fn add(server: &str, id: u64, addr: &str) -> (bool, String, Duration) {
     )
 }
 
+async fn members_of(node: &TestNode) -> MembersBody {
+    node.body("/api/v1/cluster/members").await
+}
+
 async fn member_ids(node: &TestNode) -> Vec<u64> {
-    let (_, m) = get_json(&format!("{}/api/v1/cluster/members", node.http)).await;
-    m["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x["id"].as_u64())
+    members_of(node)
+        .await
+        .members
+        .iter()
+        .map(|x| x.id)
         .collect()
+}
+
+/// The node's raft term (0 if it does not answer).
+async fn term(node: &TestNode) -> u64 {
+    node.try_body::<StatsBody>("/api/v1/stats?stale=ok")
+        .await
+        .map_or(0, |s| s.node.term)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,13 +115,9 @@ async fn a_removed_node_knows_it_and_exits() {
     c.nodes[gone].log_file = Some(log.clone());
     c.nodes[gone].spawn();
     c.converged().await;
-    let term = |n: &TestNode| {
-        let url = format!("{}/api/v1/stats?stale=ok", n.http);
-        async move { get_json(&url).await.1["node"]["term"].as_u64().unwrap_or(0) }
-    };
     let before = term(&c.nodes[leader]).await;
     let id = (gone + 1).to_string();
-    drover_json(
+    drover_ok(
         &["cluster", "remove", &id, "--reason", "test"],
         &c.nodes[leader].grpc,
     );
@@ -136,8 +143,8 @@ async fn a_removed_node_knows_it_and_exits() {
         before,
         "the term did not move"
     );
-    let (_, m) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[leader].http)).await;
-    assert_eq!(m["members"].as_array().map(Vec::len), Some(2), "{m}");
+    let m = members_of(&c.nodes[leader]).await;
+    assert_eq!(m.members.len(), 2, "{m:?}");
 }
 
 /// README's old mistake: restore one node, start the others with their
@@ -171,19 +178,21 @@ async fn a_restored_node_and_nodes_bootstrapped_anew_never_mix() {
         "nodes 2 and 3 to elect among themselves",
         Duration::from_secs(30),
         || async {
-            let (_, s) = get_json(&format!("{}/api/v1/stats?stale=ok", c.nodes[1].http)).await;
-            match s["node"]["leader_id"].as_u64() {
-                Some(l) if l == 2 || l == 3 => Ok(()),
+            let s = c.nodes[1]
+                .try_body::<StatsBody>("/api/v1/stats?stale=ok")
+                .await;
+            match s.map(|s| s.node.leader_id) {
+                Ok(l) if l == 2 || l == 3 => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         },
     )
     .await;
     // ...and cannot reach node 1, which still leads its own, with its jobs.
-    let (_, m1) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[0].http)).await;
-    let (_, m2) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[1].http)).await;
-    assert_eq!(m1["leader_id"], 1, "{m1}");
-    assert_ne!(m1["incarnation"], m2["incarnation"], "{m1} {m2}");
+    let m1 = members_of(&c.nodes[0]).await;
+    let m2 = members_of(&c.nodes[1]).await;
+    assert_eq!(m1.leader_id, 1, "{m1:?}");
+    assert_ne!(m1.incarnation, m2.incarnation, "{m1:?} {m2:?}");
     let (ok, err, took) = add(&c.nodes[0].grpc, 2, &c.nodes[1].grpc_addr);
     assert!(!ok && err.contains("incarnation"), "{err}");
     assert!(took < Duration::from_secs(30));
@@ -193,8 +202,8 @@ async fn a_restored_node_and_nodes_bootstrapped_anew_never_mix() {
         let (code, _) = get_json(&format!("{}/api/v1/jobs/{id}?stale=ok", c.nodes[1].http)).await;
         assert_eq!(code, 404, "node 2 has no job {id}");
     }
-    let (_, m1) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[0].http)).await;
-    assert_eq!(m1["leader_id"], 1, "node 1 kept its lead: {m1}");
+    let m1 = members_of(&c.nodes[0]).await;
+    assert_eq!(m1.leader_id, 1, "node 1 kept its lead: {m1:?}");
 }
 
 /// With `wait_when_removed`, a removed node keeps running, idle, and says
@@ -205,7 +214,7 @@ async fn a_removed_node_told_to_wait_reports_itself_removed() {
     let leader = c.leader().await;
     let gone = (leader + 1) % 3;
     let id = (gone + 1).to_string();
-    drover_json(
+    drover_ok(
         &["cluster", "remove", &id, "--reason", "test"],
         &c.nodes[leader].grpc,
     );
@@ -213,10 +222,12 @@ async fn a_removed_node_told_to_wait_reports_itself_removed() {
         "the removed node to say so",
         Duration::from_secs(30),
         || async {
-            let (_, m) = get_json(&format!("{}/api/v1/cluster/members", c.nodes[gone].http)).await;
-            match m["removed"].as_str() {
-                Some(why) => Ok(why.to_string()),
-                None => Err(m.to_string()),
+            let m = c.nodes[gone]
+                .try_body::<MembersBody>("/api/v1/cluster/members")
+                .await?;
+            match m.removed {
+                Some(why) => Ok(why),
+                None => Err(format!("{m:?}")),
             }
         },
     )

@@ -8,21 +8,23 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::{SchedulesBody, StatsBody};
 
 const EVERY_SECOND: &str = "[schedules.tick]\ncron = \"* * * * * *\"\njob = { queue = \"cron\", job_type = \"tick\", payload = \"hi\" }\n";
 
 /// The slots of the jobs the schedule enqueued, read from one node.
 async fn slots(node: &TestNode) -> Vec<u64> {
-    let (_, stats) = get_json(&format!("{}/api/v1/stats?stale=ok", node.http)).await;
-    let total = stats["totals"]["enqueued"].as_u64().unwrap_or(0);
+    let total = node
+        .try_body::<StatsBody>("/api/v1/stats?stale=ok")
+        .await
+        .map_or(0, |s| s.totals.enqueued);
     let mut out = Vec::new();
     // Ids count up from 1 and only the schedule enqueues here.
     for id in 1..=total.max(1) + 5 {
-        let (status, job) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
-        if status != 200 {
+        let Ok(job) = try_job(node, id).await else {
             continue;
-        }
-        if let Some(slot) = job["labels"]["drover.slot"].as_str() {
+        };
+        if let Some(slot) = job.labels.get("drover.slot") {
             out.push(slot.parse().unwrap());
         }
     }
@@ -78,19 +80,18 @@ async fn schedules_are_listed_paused_and_triggered_through_the_cli() {
         Duration::from_secs(10),
         || async {
             let out = drover(&["schedules", "list", "--json"], server);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            if v["schedules"][0]["name"] == "nightly" {
-                Ok(v)
-            } else {
-                Err(v.to_string())
+            match serde_json::from_slice::<SchedulesBody>(&out.stdout) {
+                Ok(v) if v.schedules.first().is_some_and(|s| s.name == "nightly") => Ok(v),
+                Ok(v) => Err(format!("{v:?}")),
+                Err(e) => Err(format!("{e}: {}", String::from_utf8_lossy(&out.stderr))),
             }
         },
     )
     .await;
-    let s = &list["schedules"][0];
-    assert_eq!(s["queue"], "reports");
-    assert_eq!(s["misfire"], "run_once");
-    assert!(s["next_slot_ms"].as_u64().unwrap() > 0);
+    let s = &list.schedules[0];
+    assert_eq!(s.queue, "reports");
+    assert_eq!(s.misfire, "run_once");
+    assert!(s.next_slot_ms.unwrap() > 0);
 
     let out = drover(
         &["schedules", "trigger", "nightly", "--reason", "rerun"],
@@ -103,16 +104,18 @@ async fn schedules_are_listed_paused_and_triggered_through_the_cli() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("enqueued job"), "{text}");
-    let (_, job) = get_json(&format!("{}/api/v1/jobs/1", node.http)).await;
-    assert_eq!(job["queue"], "reports");
-    assert_eq!(job["priority"], 2);
-    assert_eq!(job["labels"]["drover.schedule"], "nightly");
+    let job = job_body(&node, 1).await;
+    assert_eq!(job.queue, "reports");
+    assert_eq!(job.priority, 2);
+    assert_eq!(
+        job.labels.get("drover.schedule").map(String::as_str),
+        Some("nightly")
+    );
 
     let out = drover(&["schedules", "pause", "nightly"], server);
     assert!(out.status.success());
-    let out = drover(&["schedules", "list", "--json"], server);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["schedules"][0]["paused"], true);
+    let v: SchedulesBody = drover_body(&["schedules", "list", "--json"], server);
+    assert!(v.schedules[0].paused, "{v:?}");
 
     let out = drover(&["schedules", "trigger", "nope"], server);
     assert!(!out.status.success());

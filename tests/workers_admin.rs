@@ -8,20 +8,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::{AuditPageBody, JobsPageBody, WorkersBody};
 
 /// A `drover worker --exec cat` of queue `q`, with a version label.
 fn worker(server: &str, id: &str, version: &str) -> Reap {
     exec_worker_with(server, "q", id, "cat", &["--worker-version", version])
 }
 
-async fn listed(server: &str) -> serde_json::Value {
-    let out = drover(&["workers", "list", "--json"], server);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+fn listed(server: &str) -> WorkersBody {
+    drover_body(&["workers", "list", "--json"], server)
 }
 
 #[tokio::test]
@@ -36,24 +31,17 @@ async fn workers_are_listed_cluster_wide_and_stopped_on_request() {
     ];
     let asked = &cluster.nodes[0].grpc;
     let list = wait_for("three workers listed", Duration::from_secs(20), || async {
-        let l = listed(asked).await;
-        match l["workers"].as_array().map(Vec::len) {
-            Some(3) => Ok(l),
-            n => Err(format!("{n:?} workers: {l}")),
+        let l = listed(asked);
+        match l.workers.len() {
+            3 => Ok(l),
+            n => Err(format!("{n} workers: {l:?}")),
         }
     })
     .await;
-    let seen: Vec<(String, String, u64)> = list["workers"]
-        .as_array()
-        .unwrap()
+    let seen: Vec<(String, String, u64)> = list
+        .workers
         .iter()
-        .map(|w| {
-            (
-                w["worker_id"].as_str().unwrap().into(),
-                w["version"].as_str().unwrap().into(),
-                w["node_id"].as_u64().unwrap(),
-            )
-        })
+        .map(|w| (w.worker_id.clone(), w.version.clone(), w.node_id))
         .collect();
     assert_eq!(
         seen,
@@ -100,14 +88,8 @@ async fn workers_are_listed_cluster_wide_and_stopped_on_request() {
         assert!(status.success(), "{status}");
     }
     // Recorded in the audit log.
-    let out = drover(&["audit", "--json"], asked);
-    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let actions: Vec<&str> = page["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["action"].as_str().unwrap())
-        .collect();
+    let page: AuditPageBody = drover_body(&["audit", "--json"], asked);
+    let actions: Vec<&str> = page.records.iter().map(|r| r.action.as_str()).collect();
     // The shutdown of an unknown worker was refused and is not recorded.
     assert_eq!(actions, ["workers.shutdown"; 2]);
 }
@@ -125,12 +107,11 @@ async fn a_worker_with_max_jobs_exits_cleanly_after_them() {
     let mut w = exec_worker_with(server, "q", "short", "cat", &["--max-jobs", "2"]);
     let status = wait_child(&mut w.0, Duration::from_secs(20));
     assert!(status.success(), "{status}");
-    let out = drover(&["jobs", "list", "--state", "succeeded", "--json"], server);
-    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(page["jobs"].as_array().unwrap().len(), 2, "{page}");
-    let out = drover(&["jobs", "list", "--state", "ready", "--json"], server);
-    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(page["jobs"].as_array().unwrap().len(), 3, "{page}");
+    let page: JobsPageBody =
+        drover_body(&["jobs", "list", "--state", "succeeded", "--json"], server);
+    assert_eq!(page.jobs.len(), 2, "{page:?}");
+    let page: JobsPageBody = drover_body(&["jobs", "list", "--state", "ready", "--json"], server);
+    assert_eq!(page.jobs.len(), 3, "{page:?}");
 }
 
 /// `--health-addr` serves the worker's health for a supervisor: 200 and
@@ -152,6 +133,7 @@ async fn a_worker_serves_its_health() {
             return Err("not listening yet".to_string());
         };
         let code = resp.status().as_u16();
+        // The worker's own health page: no type of the admin API.
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         if code == 200 && body["completed"] == 2 {
             Ok(body)
