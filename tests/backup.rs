@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::BackupBody;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_backups_are_kept_pruned_and_restore_into_a_new_node() {
@@ -19,13 +20,10 @@ async fn scheduled_backups_are_kept_pruned_and_restore_into_a_new_node() {
     let server = node.grpc.as_str();
     let mut ids = Vec::new();
     for payload in ["one", "two", "three"] {
-        let out = drover_cli(
+        ids.push(enqueued_id(
             &["enqueue", "--queue", "q", "--payload", payload, "--json"],
             server,
-            "",
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        ids.push(v[0]["id"].as_u64().unwrap());
+        ));
     }
     let written = wait_for(
         "two backups after the jobs",
@@ -93,34 +91,31 @@ async fn backups_list_shows_every_members_backups_and_where() {
     enqueue_n(&c.nodes[leader].grpc, "q", 3);
     let follower = (leader + 1) % 3;
     let listed = wait_for("backups to be listed", Duration::from_secs(30), || async {
-        let v = drover_json(&["backups", "list", "--json"], &c.nodes[follower].grpc);
-        let all = v.as_array().cloned().unwrap_or_default();
+        let all: Vec<BackupBody> =
+            drover_body(&["backups", "list", "--json"], &c.nodes[follower].grpc);
         if all.len() >= 2 {
             Ok(all)
         } else {
-            Err(v.to_string())
+            Err(format!("{all:?}"))
         }
     })
     .await;
-    let taken: Vec<u64> = listed
-        .iter()
-        .map(|b| b["taken_at_secs"].as_u64().unwrap())
-        .collect();
+    let taken: Vec<u64> = listed.iter().map(|b| b.taken_at_secs).collect();
     assert!(
         taken.windows(2).all(|w| w[0] >= w[1]),
         "newest first: {taken:?}"
     );
     for b in &listed {
-        let node = b["node"].as_u64().unwrap() as usize;
-        let path = std::path::PathBuf::from(b["path"].as_str().unwrap());
+        let node = b.node as usize;
+        let path = std::path::PathBuf::from(&b.path);
         assert!(
             path.starts_with(c.nodes[node - 1].data_dir()),
-            "{b} lies on node {node}"
+            "{b:?} lies on node {node}"
         );
-        assert!(path.exists(), "{b}");
+        assert!(path.exists(), "{b:?}");
     }
     assert!(
-        listed.iter().any(|b| b["node"] == leader as u64 + 1),
+        listed.iter().any(|b| b.node == leader as u64 + 1),
         "{listed:?}"
     );
 }

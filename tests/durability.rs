@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::StatsBody;
 use drover::client::Producer;
 
 #[tokio::test]
@@ -65,8 +66,8 @@ async fn sigkill_and_restart_loses_no_acknowledged_job() {
     }
     // Every id the machine assigned exists exactly once: ids are 1..=max with
     // no gaps, and the ready count is the number of ids.
-    let (_, stats) = get_json(&format!("{}/api/v1/stats", node.http)).await;
-    let ready = stats["queues"]["durable"]["ready"][2].as_u64().unwrap();
+    let stats: StatsBody = node.body("/api/v1/stats").await;
+    let ready = stats.queues["durable"].ready[2];
     let max = *acked.iter().max().unwrap();
     assert!(
         ready >= acked.len() as u64,

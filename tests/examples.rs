@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::{JobBody, JobStateBody};
 
 fn example_binary(name: &str) -> PathBuf {
     // target/debug/deps/examples-HASH -> target/debug/examples/NAME
@@ -22,14 +23,14 @@ fn example_binary(name: &str) -> PathBuf {
         .join(name)
 }
 
-async fn result_of(node: &TestNode, id: u64) -> serde_json::Value {
+async fn result_of(node: &TestNode, id: u64) -> JobBody {
     wait_for(
         &format!("job {id} to finish"),
         Duration::from_secs(30),
         || async {
-            let (_, v) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
-            match v["state"].as_str() {
-                Some("succeeded" | "dead") => Ok(v),
+            let v = try_job(node, id).await?;
+            match v.state {
+                JobStateBody::Succeeded | JobStateBody::Dead => Ok(v),
                 other => Err(format!("{other:?}")),
             }
         },
@@ -38,11 +39,10 @@ async fn result_of(node: &TestNode, id: u64) -> serde_json::Value {
 }
 
 fn enqueue(node: &TestNode, queue: &str, payload: &str) -> u64 {
-    let v = drover_json(
+    enqueued_id(
         &["enqueue", "--queue", queue, "--payload", payload, "--json"],
         &node.grpc,
-    );
-    v[0]["id"].as_u64().expect("an id")
+    )
 }
 
 #[tokio::test]
@@ -56,12 +56,9 @@ async fn the_rust_worker_example_reverses_payloads_and_stops_on_sigterm() {
         .spawn()
         .expect("run target/debug/examples/worker (built by cargo test)");
     let v = result_of(&node, ok).await;
-    assert_eq!(v["state"], "succeeded", "{v}");
-    let result = v["result"]
-        .as_str()
-        .or(v["result_text"].as_str())
-        .unwrap_or_default();
-    assert!(result.contains("olleh"), "{v}");
+    assert_eq!(v.state, JobStateBody::Succeeded, "{v:?}");
+    let result = v.result.as_deref().unwrap_or_default();
+    assert!(result.contains("olleh"), "{v:?}");
     signal(worker.id(), libc::SIGTERM);
     let status = wait_child(&mut worker, Duration::from_secs(30));
     assert!(status.success(), "{status}");
@@ -71,16 +68,16 @@ async fn the_rust_worker_example_reverses_payloads_and_stops_on_sigterm() {
 async fn the_shell_worker_example_uppercases_and_fails_with_its_class() {
     let node = TestNode::start("[retry.\"*\"]\nmax_retries = 0\n");
     let ok = enqueue(&node, "upper", "hello");
-    let empty = drover_json(&["enqueue", "--queue", "upper", "--json"], &node.grpc)[0]["id"]
-        .as_u64()
-        .unwrap();
+    let empty = enqueued_id(&["enqueue", "--queue", "upper", "--json"], &node.grpc);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shell_worker.sh");
     let _worker = exec_worker(&node.grpc, "upper", "sh", script.to_str().unwrap());
     let v = result_of(&node, ok).await;
-    assert_eq!(v["state"], "succeeded", "{v}");
-    assert!(v.to_string().contains("HELLO"), "{v}");
-    assert!(v["cost_usd"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+    assert_eq!(v.state, JobStateBody::Succeeded, "{v:?}");
+    // Anywhere in the job as the API writes it.
+    let text = serde_json::to_string(&v).unwrap();
+    assert!(text.contains("HELLO"), "{text}");
+    assert!(v.cost_usd > 0.0, "{v:?}");
     let v = result_of(&node, empty).await;
-    assert_eq!(v["state"], "dead", "{v}");
-    assert_eq!(v["last_error_class"], "empty", "{v}");
+    assert_eq!(v.state, JobStateBody::Dead, "{v:?}");
+    assert_eq!(v.last_error_class, "empty", "{v:?}");
 }

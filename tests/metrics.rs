@@ -83,16 +83,16 @@ shed = {{ 5 = 0.5 }}
     let enqueue = |more: &[&str]| {
         let mut args = vec!["enqueue", "--queue", "q", "--type", "t", "--tenant", "acme"];
         args.extend_from_slice(more);
-        drover_json(&args, server);
+        drover_ok(&args, server);
     };
     enqueue(&["--run", "r2"]);
     enqueue(&["--run", "r1", "--payload", "ok"]);
     enqueue(&["--run", "r1", "--payload", "ok2"]);
     enqueue(&["--payload", "fail"]);
     // A little chaos (a 1 ms delay), so its counter is on the page.
-    drover_json(&["chaos", "set", "q", "--delay", "1ms", "--json"], server);
+    drover_ok(&["chaos", "set", "q", "--delay", "1ms", "--json"], server);
     // A canary rule, so its comparison is on the page.
-    drover_json(
+    drover_ok(
         &[
             "canary",
             "set",
@@ -106,11 +106,11 @@ shed = {{ 5 = 0.5 }}
         server,
     );
     // Shed: the queue's second priority-5 job is over half its max_depth.
-    drover_json(&["enqueue", "--queue", "s", "--priority", "5"], server);
+    drover_ok(&["enqueue", "--queue", "s", "--priority", "5"], server);
     let shed = drover_cli(&["enqueue", "--queue", "s", "--priority", "5"], server, "");
     assert!(!shed.status.success(), "the second enqueue is shed");
     // Entries enough for a snapshot of its own (snapshot_every = 20).
-    drover_json(&["enqueue", "--queue", "s2", "--count", "30"], server);
+    drover_ok(&["enqueue", "--queue", "s2", "--count", "30"], server);
     let _worker = exec_worker(
         server,
         "q",

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::MembersBody;
 
 /// "Rebuild a node": its data is lost; remove it, empty its data dir,
 /// start it to join, add it back; it catches up by snapshot.
@@ -23,7 +24,7 @@ async fn a_node_whose_data_is_lost_is_rebuilt_from_its_peers() {
     let id = (lost + 1).to_string();
     let server = c.nodes[leader].grpc.clone();
     // 1. Remove it from the cluster.
-    drover_json(
+    drover_ok(
         &["cluster", "remove", &id, "--reason", "disk lost"],
         &server,
     );
@@ -33,7 +34,7 @@ async fn a_node_whose_data_is_lost_is_rebuilt_from_its_peers() {
     node.spawn();
     // 3. Add it back; it catches up by snapshot and votes again.
     let addr = c.nodes[lost].grpc_addr.clone();
-    drover_json(
+    drover_ok(
         &["cluster", "add", &id, &addr, "--reason", "rebuilt"],
         &server,
     );
@@ -46,18 +47,14 @@ async fn a_node_whose_data_is_lost_is_rebuilt_from_its_peers() {
         "the rebuilt node to vote again",
         Duration::from_secs(30),
         || async {
-            let (_, m) =
-                get_json(&format!("{}/api/v1/cluster/members", c.nodes[leader].http)).await;
-            let voters = m["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|x| x["voter"] == true)
-                .count();
+            let m = c.nodes[leader]
+                .try_body::<MembersBody>("/api/v1/cluster/members")
+                .await?;
+            let voters = m.members.iter().filter(|x| x.voter).count();
             if voters == 3 {
                 Ok(())
             } else {
-                Err(m.to_string())
+                Err(format!("{m:?}"))
             }
         },
     )

@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::{JobBody, JobStateBody, MembersBody, QueueBody, StatsBody};
 use drover::client::{ClientError, Producer};
 use drover::proto::v1 as pb;
 
@@ -94,42 +95,22 @@ async fn metric(node: &TestNode, name: &str) -> f64 {
     metric_value(&metrics_text(node).await, name).unwrap_or(f64::NAN)
 }
 
-/// Every job of `queue` by state, as the node counts them.
-async fn states(node: &TestNode, queue: &str) -> BTreeMap<String, u64> {
-    let (_, s) = get_json(&format!("{}/api/v1/stats?stale=ok", node.http)).await;
-    s["queues"][queue]
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter_map(|(k, v)| {
-                    // `ready` is counted by priority.
-                    let n = match v.as_array() {
-                        Some(by_priority) => by_priority.iter().filter_map(|x| x.as_u64()).sum(),
-                        None => v.as_u64()?,
-                    };
-                    Some((k.clone(), n))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// Every job of `queue` by state, as the node counts them (None while it
+/// does not answer, or has no such queue).
+async fn states(node: &TestNode, queue: &str) -> Option<QueueBody> {
+    let s = node
+        .try_body::<StatsBody>("/api/v1/stats?stale=ok")
+        .await
+        .ok()?;
+    s.queues.get(queue).cloned()
 }
 
 async fn alarms_seen_by(node: &TestNode) -> BTreeMap<u64, Vec<String>> {
-    let (_, m) = get_json(&format!("{}/api/v1/cluster/members", node.http)).await;
-    m["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            let alarms = m["alarms"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a.as_str().map(String::from))
-                .collect();
-            (m["id"].as_u64().unwrap_or(0), alarms)
-        })
-        .collect()
+    let m = node
+        .try_body::<MembersBody>("/api/v1/cluster/members")
+        .await;
+    m.map(|m| m.members.into_iter().map(|m| (m.id, m.alarms)).collect())
+        .unwrap_or_default()
 }
 
 async fn wait_alarm(node: &TestNode, id: u64, alarm: &str, on: bool) {
@@ -177,7 +158,8 @@ async fn a_disk_running_low_refuses_new_work_drains_and_recovers() {
     wait_alarm(&node, 1, "disk_full", true).await;
     // Reads go on; so does the CLI, which names the cause.
     let (code, j) = get_json(&format!("{}/api/v1/jobs/{}", node.http, acked[0])).await;
-    assert_eq!((code, j["state"].as_str()), (200, Some("ready")));
+    let state = serde_json::from_value::<JobBody>(j).ok().map(|j| j.state);
+    assert_eq!((code, state), (200, Some(JobStateBody::Ready)));
     let out = drover_cli(
         &["enqueue", "--queue", "fill", "--payload", "x"],
         &node.grpc,
@@ -195,7 +177,7 @@ async fn a_disk_running_low_refuses_new_work_drains_and_recovers() {
         Duration::from_secs(60),
         || async {
             let s = states(&node, "fill").await;
-            if s.get("succeeded") == Some(&(acked.len() as u64)) {
+            if s.as_ref().map(|q| q.succeeded) == Some(acked.len() as u64) {
                 Ok(())
             } else {
                 Err(format!("{s:?}"))
@@ -360,7 +342,7 @@ async fn memory_over_the_watermark_refuses_new_work_until_workers_drain_it() {
     .await;
     try_enqueue(&mut p, vec![job("big", 10, 0)]).await.unwrap();
     let s = states(&node, "big").await;
-    assert_eq!(s.get("dead").copied().unwrap_or(0), 0, "{s:?}");
+    assert_eq!(s.as_ref().map_or(0, |q| q.dead), 0, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

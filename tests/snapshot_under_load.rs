@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use drover::api::types::StatsBody;
 use drover::client::Producer;
 
 /// Enqueue latencies, one producer, one job per call, until `stop`.
@@ -43,11 +44,9 @@ fn p99(mut v: Vec<Duration>) -> Duration {
 }
 
 async fn term_and_leader(node: &TestNode) -> (u64, u64) {
-    let (_, s) = get_json(&format!("{}/api/v1/stats?stale=ok", node.http)).await;
-    (
-        s["node"]["term"].as_u64().unwrap_or(0),
-        s["node"]["leader_id"].as_u64().unwrap_or(0),
-    )
+    node.try_body::<StatsBody>("/api/v1/stats?stale=ok")
+        .await
+        .map_or((0, 0), |s| (s.node.term, s.node.leader_id))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

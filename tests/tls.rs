@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
+use drover::api::types::StatsBody;
+use drover::client::admin::AdminClient;
 use drover::client::{ClientTls, Credentials, Producer};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
@@ -180,8 +182,8 @@ async fn with_peer_mtls_peer_traffic_needs_a_certificate_the_ca_signed() {
     p.enqueue(vec![new_job("tls", "x")]).await.unwrap();
 }
 
-fn stats_leader(v: &serde_json::Value) -> u64 {
-    v["node"]["leader_id"].as_u64().unwrap_or(0)
+fn stats_leader(s: &StatsBody) -> u64 {
+    s.node.leader_id
 }
 
 #[tokio::test]
@@ -196,18 +198,10 @@ async fn a_three_node_cluster_over_mutual_tls_with_tokens_elects_and_replicates(
     );
     let cluster = TestCluster::start(3, &extra);
     let http = pki.reqwest();
+    let as_admin = Credentials::new(Some(&admin_token), Some(pki.client(None))).unwrap();
     let stats = |n: &TestNode| {
-        let req = http
-            .get(format!("{}/api/v1/stats?stale=ok", https(&n.http)))
-            .bearer_auth(&admin_token);
-        async move {
-            req.send()
-                .await
-                .ok()?
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-        }
+        let admin = AdminClient::new(&https(&n.http), &as_admin, "").unwrap();
+        async move { admin.get::<StatsBody>("/api/v1/stats?stale=ok").await.ok() }
     };
     let leader = wait_for("a leader over TLS", Duration::from_secs(30), || async {
         let mut seen = Vec::new();

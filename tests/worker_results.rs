@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use drover::api::types::JobStateBody;
 use drover::client::worker::{self, JobError, WorkerOptions};
 use drover::client::Producer;
 use tokio::sync::watch;
@@ -90,10 +91,10 @@ async fn results_in_flight_when_the_leader_dies_are_sent_again_not_dropped() {
             &format!("job {id} to succeed"),
             Duration::from_secs(60),
             || async {
-                let (_, j) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
-                match j["state"].as_str() {
-                    Some("succeeded") => Ok(j),
-                    other => Err(format!("{other:?}: {j}")),
+                let j = try_job(node, id).await?;
+                match j.state {
+                    JobStateBody::Succeeded => Ok(j),
+                    other => Err(format!("{other:?}: {j:?}")),
                 }
             },
         )
@@ -111,15 +112,14 @@ async fn results_in_flight_when_the_leader_dies_are_sent_again_not_dropped() {
     let mut dropped = Vec::new();
     let mut never_run = Vec::new();
     for &id in &ids {
-        let (_, j) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
+        let j = job_body(node, id).await;
         let runs = finished.get(&id).cloned().unwrap_or_default();
-        for e in j["events"].as_array().unwrap() {
-            let what = e["what"].as_str().unwrap_or("");
-            if what.contains("expired") {
+        for e in &j.events {
+            if e.what.contains("expired") {
                 if runs.contains(&1) {
-                    dropped.push((id, runs.clone(), j["attempts"].clone()));
+                    dropped.push((id, runs.clone(), j.attempts));
                 } else {
-                    never_run.push((id, runs.clone(), j["attempts"].clone()));
+                    never_run.push((id, runs.clone(), j.attempts));
                 }
             }
         }

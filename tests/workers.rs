@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use drover::api::types::StatsBody;
 use drover::client::worker::{self, JobError, JobUsage, WorkerOptions};
 use drover::client::Producer;
 use drover::proto::v1 as pb;
@@ -192,8 +193,8 @@ async fn a_dead_workers_job_is_requeued_and_completed_by_another() {
         "{:?}",
         job.events
     );
-    let (_, stats) = get_json(&format!("{}/api/v1/stats", node.http)).await;
-    assert_eq!(stats["totals"]["requeued"], 1);
+    let stats: StatsBody = node.body("/api/v1/stats").await;
+    assert_eq!(stats.totals.requeued, 1);
 }
 
 #[tokio::test]
@@ -265,11 +266,11 @@ async fn node_sigterm_sends_workers_elsewhere_and_exits_cleanly() {
     opts.max_reconnects = 1;
     let w = tokio::spawn(worker::run(opts, handler, stop));
     wait_for("the worker to connect", Duration::from_secs(20), || async {
-        let (_, s) = get_json(&format!("{}/api/v1/stats", node.http)).await;
-        if s["workers"].as_array().is_some_and(|w| w.len() == 1) {
+        let s = node.try_body::<StatsBody>("/api/v1/stats").await?;
+        if s.workers.len() == 1 {
             Ok(())
         } else {
-            Err(s.to_string())
+            Err(format!("{s:?}"))
         }
     })
     .await;
