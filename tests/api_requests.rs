@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use drover::api::types::{DigestBody, EnqueuedBody, JobBody, JobStateBody, RoleBody, StatsBody};
 use drover::client::{ClientError, Producer};
 use drover::proto::v1 as pb;
 use serde_json::json;
@@ -43,19 +44,22 @@ async fn enqueue_and_get_over_grpc_and_http() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    let id = body["id"].as_u64().unwrap();
+    let body: EnqueuedBody = resp.json().await.unwrap();
+    let id = body.id;
     let (status, j) = get_json(&format!("{}/api/v1/jobs/{id}", node.http)).await;
     assert_eq!(status, 200);
-    assert_eq!(j["state"], "scheduled");
-    assert_eq!(j["payload"], "over http");
-    assert_eq!(j["job_type"], "welcome");
+    let j: JobBody = serde_json::from_value(j).unwrap();
+    assert_eq!(j.state, JobStateBody::Scheduled);
+    assert_eq!(j.payload.as_deref(), Some("over http"));
+    assert_eq!(j.job_type, "welcome");
 
     let (status, stats) = get_json(&format!("{}/api/v1/stats", node.http)).await;
     assert_eq!(status, 200);
-    assert_eq!(stats["queues"]["emails"]["ready"], json!([0, 1, 1, 0, 0]));
-    assert_eq!(stats["queues"]["emails"]["scheduled"], 1);
-    assert_eq!(stats["node"]["role"], "leader");
+    let stats: StatsBody = serde_json::from_value(stats).unwrap();
+    let emails = stats.queues.get("emails");
+    assert_eq!(emails.map(|q| q.ready), Some([0, 1, 1, 0, 0]));
+    assert_eq!(emails.map(|q| q.scheduled), Some(1));
+    assert_eq!(stats.node.role, RoleBody::Leader);
 
     // Idempotency: the same key names the same job.
     let mut keyed = new_job("emails", "once");
@@ -241,8 +245,8 @@ async fn bad_requests_are_refused_naming_the_problem() {
     assert_eq!(status, 404);
 
     // Nothing invalid was stored.
-    let (_, stats) = get_json(&format!("{}/api/v1/stats", node.http)).await;
-    assert_eq!(stats["totals"]["enqueued"], 0, "{stats}");
+    let stats: StatsBody = node.body("/api/v1/stats").await;
+    assert_eq!(stats.totals.enqueued, 0, "{stats:?}");
 }
 
 #[tokio::test]
@@ -321,12 +325,7 @@ async fn bad_bodies_on_every_write_endpoint_are_refused_naming_the_field() {
     use utoipa::OpenApi;
     let node = TestNode::start("[limits]\nmax_payload_bytes = 1024\n");
     let doc = serde_json::to_value(drover::api::http::openapi::ApiDoc::openapi()).unwrap();
-    let digest = || async {
-        get_json(&format!("{}/api/v1/debug/digest", node.http))
-            .await
-            .1["digest"]
-            .clone()
-    };
+    let digest = || async { node.body::<DigestBody>("/api/v1/debug/digest").await.digest };
     let before = digest().await;
     let http = reqwest::Client::new();
     let mut checked = 0;

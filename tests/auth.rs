@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::raw_grpc;
 use common::*;
 use drover::api::auth::{Access, GRPC_ROUTES};
+use drover::api::types::{EnqueuedBody, ErrorBody, JobsPageBody};
 use drover::config::Role;
 
 /// A node with one token per role; returns it and the tokens by role.
@@ -126,13 +127,13 @@ async fn every_http_route_answers_only_the_roles_its_rule_names() {
                         "{} {path} as {who:?} ({:?})",
                         rule.method, rule.access
                     );
-                    let body: serde_json::Value = resp.json().await.unwrap();
+                    let body: ErrorBody = resp.json().await.unwrap();
                     let code = if want == 401 {
                         "unauthenticated"
                     } else {
                         "permission_denied"
                     };
-                    assert_eq!(body["error"]["code"], code, "{body}");
+                    assert_eq!(body.error.code, code, "{body:?}");
                 }
             }
             checked += 1;
@@ -154,43 +155,43 @@ async fn a_producer_cancels_its_own_jobs_only() {
             )
             .send()
     };
-    let by_admin: serde_json::Value = enqueue(token(Role::Admin))
+    let by_admin: EnqueuedBody = enqueue(token(Role::Admin))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let by_producer: serde_json::Value = enqueue(token(Role::Producer))
+    let by_producer: EnqueuedBody = enqueue(token(Role::Producer))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let cancel = |id: &serde_json::Value| {
+    let cancel = |id: u64| {
         http.post(format!("{}/api/v1/jobs/{id}/cancel", node.http))
             .bearer_auth(token(Role::Producer))
             .send()
     };
     // The admin's job claimed the producer's label; the node dropped it.
     // So the producer may neither read nor cancel it.
-    let read = |id: &serde_json::Value| {
+    let read = |id: u64| {
         http.get(format!("{}/api/v1/jobs/{id}", node.http))
             .bearer_auth(token(Role::Producer))
             .send()
     };
-    assert_eq!(read(&by_admin["id"]).await.unwrap().status(), 403);
-    assert_eq!(read(&by_producer["id"]).await.unwrap().status(), 200);
+    assert_eq!(read(by_admin.id).await.unwrap().status(), 403);
+    assert_eq!(read(by_producer.id).await.unwrap().status(), 200);
     let mut p = drover::client::Producer::connect_with(
         &node.grpc,
         &drover::client::Credentials::new(Some(&token(Role::Producer)), None).unwrap(),
     )
     .await
     .unwrap();
-    let err = p.get(by_admin["id"].as_u64().unwrap()).await.unwrap_err();
+    let err = p.get(by_admin.id).await.unwrap_err();
     assert!(err.to_string().contains("only its own"), "{err}");
-    let resp = cancel(&by_admin["id"]).await.unwrap();
+    let resp = cancel(by_admin.id).await.unwrap();
     assert_eq!(resp.status(), 403);
-    let resp = cancel(&by_producer["id"]).await.unwrap();
+    let resp = cancel(by_producer.id).await.unwrap();
     assert_eq!(resp.status(), 200);
 }
 
@@ -322,8 +323,8 @@ async fn a_token_over_its_rate_limit_gets_429_with_retry_after() {
         statuses.push(resp.status().as_u16());
         if resp.status() == 429 {
             assert!(resp.headers().contains_key("retry-after"));
-            let body: serde_json::Value = resp.json().await.unwrap();
-            assert_eq!(body["error"]["code"], "rate_limited");
+            let body: ErrorBody = resp.json().await.unwrap();
+            assert_eq!(body.error.code, "rate_limited");
         }
     }
     assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
@@ -461,7 +462,7 @@ async fn sighup_reloads_tokens_and_log_level_and_the_log_never_holds_secrets() {
     };
     assert_eq!(stats(reader.clone()).await, 401);
     let secret_payload = "payload-that-must-not-be-logged";
-    drover_json(
+    drover_ok(
         &[
             "enqueue",
             "--queue",
@@ -634,7 +635,7 @@ async fn scoped_tokens_reach_only_their_tenants_queues_and_worker_ids() {
     // A producer scoped to acme is refused for globex, and outside its queues.
     let acme = enqueue("acme-p", "acme", "emails").await.unwrap();
     assert_eq!(acme.status(), 201);
-    let acme: serde_json::Value = acme.json().await.unwrap();
+    let acme: EnqueuedBody = acme.json().await.unwrap();
     assert_eq!(
         enqueue("acme-p", "acme", "render-3d")
             .await
@@ -668,34 +669,25 @@ async fn scoped_tokens_reach_only_their_tenants_queues_and_worker_ids() {
     // Without scopes nothing changes.
     let globex = enqueue("any-p", "globex", "emails").await.unwrap();
     assert_eq!(globex.status(), 201);
-    let globex: serde_json::Value = globex.json().await.unwrap();
+    let globex: EnqueuedBody = globex.json().await.unwrap();
 
     // A reader scoped to acme reads acme's jobs only.
-    let read = |id: &serde_json::Value| {
+    let read = |id: u64| {
         http.get(format!("{}/api/v1/jobs/{id}", node.http))
             .bearer_auth(&token["acme-reader"])
             .send()
     };
-    assert_eq!(read(&acme["id"]).await.unwrap().status(), 200);
-    let refused = read(&globex["id"]).await.unwrap();
+    assert_eq!(read(acme.id).await.unwrap().status(), 200);
+    let refused = read(globex.id).await.unwrap();
     assert_eq!(refused.status(), 403);
     assert!(refused.text().await.unwrap().contains("tenants scope"));
-    let listed: serde_json::Value = http
-        .get(format!("{}/api/v1/jobs?queue=emails", node.http))
-        .bearer_auth(&token["acme-reader"])
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let listed: JobsPageBody = node
+        .admin_as(&token["acme-reader"])
+        .get("/api/v1/jobs?queue=emails")
         .await
         .unwrap();
-    let tenants: BTreeSet<String> = listed["jobs"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{listed}"))
-        .iter()
-        .map(|j| j["tenant"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(tenants, BTreeSet::from(["acme".to_string()]), "{listed}");
+    let tenants: BTreeSet<String> = listed.jobs.iter().map(|j| j.tenant.clone()).collect();
+    assert_eq!(tenants, BTreeSet::from(["acme".to_string()]), "{listed:?}");
 
     // A worker scoped to emails may not serve render queues, nor take an
     // id that is not its own.

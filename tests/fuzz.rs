@@ -491,8 +491,9 @@ async fn perform(node: &TestNode, http: &reqwest::Client, call: &Call) -> Answer
 }
 
 async fn digest(node: &TestNode) -> String {
-    let (_, d) = get_json(&format!("{}/api/v1/debug/digest", node.http)).await;
-    d["digest"].to_string()
+    node.body::<drover::api::types::DigestBody>("/api/v1/debug/digest")
+        .await
+        .digest
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::raw_grpc::{self, frame};
 use common::*;
+use drover::api::types::{MembersBody, QueueBody, StatsBody};
 use drover::proto::v1 as pb;
 use prost::Message;
 use serde_json::json;
@@ -26,9 +27,10 @@ fn enqueue_request(queue: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
-async fn queue_stats(node: &TestNode, queue: &str) -> serde_json::Value {
-    let (_, s) = get_json(&format!("{}/api/v1/stats", node.http)).await;
-    s["queues"][queue].clone()
+/// The queue's counts as the node's stats show them (None: no such queue).
+async fn queue_stats(node: &TestNode, queue: &str) -> Option<QueueBody> {
+    let s: StatsBody = node.body("/api/v1/stats").await;
+    s.queues.get(queue).cloned()
 }
 
 #[tokio::test]
@@ -55,10 +57,8 @@ async fn an_oversized_stream_frame_ends_the_stream_and_nothing_inside_it_runs() 
         "{}",
         reply.grpc_message
     );
-    assert_eq!(
-        queue_stats(&node, "smuggled").await,
-        serde_json::Value::Null
-    );
+    let smuggled = queue_stats(&node, "smuggled").await;
+    assert!(smuggled.is_none(), "{smuggled:?}");
     // The node still serves.
     let mut p = drover::client::Producer::connect(&node.grpc).await.unwrap();
     p.enqueue(vec![new_job("after", "x")]).await.unwrap();
@@ -114,8 +114,8 @@ async fn a_stream_that_cannot_be_decoded_ends_instead_of_answering_forever() {
     );
     // The request after the broken one was never read.
     assert_eq!(
-        queue_stats(&node, "b").await["ready"],
-        json!([0, 0, 1, 0, 0])
+        queue_stats(&node, "b").await.map(|q| q.ready),
+        Some([0, 0, 1, 0, 0])
     );
 }
 
@@ -267,13 +267,13 @@ async fn reports_for_another_attempt_do_not_free_a_workers_slot() {
         assert_eq!(listed.workers.len(), 1, "{listed:?}");
         assert_eq!(listed.workers[0].in_flight, 1, "{listed:?}");
         p.enqueue(vec![new_job("after-report", "x")]).await.unwrap();
-        assert_eq!(queue_stats(&node, "cap").await["leased"], 1);
+        assert_eq!(queue_stats(&node, "cap").await.map(|q| q.leased), Some(1));
         // A second lease would come at once; a second of quiet shows none comes.
         if let Some(m) = w.next(Duration::from_secs(1)).await {
             panic!("a worker of capacity 1 holding a lease was sent {m:?}");
         }
     }
-    assert_eq!(queue_stats(&node, "cap").await["leased"], 1);
+    assert_eq!(queue_stats(&node, "cap").await.map(|q| q.leased), Some(1));
     // The real report frees the slot: the next job is leased.
     w.out
         .send(msg(pb::worker_message::Msg::Complete(pb::Complete {
@@ -332,8 +332,12 @@ async fn a_queue_named_many_times_counts_once() {
     }
     // The machine agrees: two leased, three waiting.
     let stats = queue_stats(&node, "same").await;
-    assert_eq!(stats["leased"], 2, "{stats}");
-    assert_eq!(stats["ready"], json!([0, 0, 3, 0, 0]), "{stats}");
+    assert_eq!(stats.as_ref().map(|q| q.leased), Some(2), "{stats:?}");
+    assert_eq!(
+        stats.as_ref().map(|q| q.ready),
+        Some([0, 0, 3, 0, 0]),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test]
@@ -371,7 +375,7 @@ async fn delays_that_overflow_or_are_too_long_are_refused() {
         }
         other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
     }
-    assert_eq!(queue_stats(&node, "q").await["scheduled"], 1);
+    assert_eq!(queue_stats(&node, "q").await.map(|q| q.scheduled), Some(1));
 }
 
 #[tokio::test]
@@ -416,8 +420,8 @@ async fn adding_a_member_that_does_not_exist_is_refused_and_the_cluster_stays_up
             .contains("cannot connect"),
         "{body}"
     );
-    let (_, members) = get_json(&url).await;
-    assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
+    let members: MembersBody = node.body("/api/v1/cluster/members").await;
+    assert_eq!(members.members.len(), 1, "{members:?}");
     let mut p = drover::client::Producer::connect(&node.grpc).await.unwrap();
     p.enqueue(vec![new_job("q", "still up")]).await.unwrap();
 }
@@ -502,8 +506,8 @@ async fn a_body_that_is_not_a_json_object_is_refused_and_enqueues_nothing() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
     assert_eq!(
-        queue_stats(&node, "q").await["ready"],
-        json!([0, 0, 1, 0, 0]),
+        queue_stats(&node, "q").await.map(|q| q.ready),
+        Some([0, 0, 1, 0, 0]),
         "ready jobs by priority: the one object's job, at the default 3"
     );
 }
