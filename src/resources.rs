@@ -432,7 +432,16 @@ pub fn free_space(dir: &Path) -> Option<u64> {
 
 /// The process's resident set, from `/proc/self/statm`.
 pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    rss_at("/proc/self/statm")
+}
+
+/// The resident set of process `pid` (a node the bench or a test started).
+pub fn rss_of(pid: u32) -> Option<u64> {
+    rss_at(&format!("/proc/{pid}/statm"))
+}
+
+fn rss_at(statm: &str) -> Option<u64> {
+    let statm = std::fs::read_to_string(statm).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -1,6 +1,6 @@
 //! Finished jobs do not pile up: past `jobs.retention` the leader's purge
 //! removes them (a purged id answers 404), and a node that runs millions of
-//! jobs keeps a flat data dir.
+//! jobs keeps a flat data dir and a flat memory.
 
 mod common;
 
@@ -149,6 +149,7 @@ async fn the_data_dir_levels_off_while_millions_of_jobs_run_through() {
     }
     let started = Instant::now();
     let mut samples: Vec<(u64, u64)> = Vec::new(); // (jobs done, bytes on disk)
+    let mut rss: Vec<(u64, u64)> = Vec::new(); // (jobs done, the node's RSS)
     let mut next_sample = 0;
     while done.load(Ordering::Relaxed) < total {
         assert!(
@@ -158,15 +159,19 @@ async fn the_data_dir_levels_off_while_millions_of_jobs_run_through() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let n = done.load(Ordering::Relaxed);
         if n >= next_sample {
+            // Not /metrics: a scrape drains the recorder's histogram
+            // samples, which is the very growth this must see if it is back.
             let bytes = du(&node);
+            let resident = drover::resources::rss_of(node.pid()).expect("the node's RSS");
             eprintln!(
-                "{n} jobs done after {:.0?}: data dir {} MB (snapshots {} MB), {} finished jobs kept",
+                "{n} jobs done after {:.0?}: data dir {} MB (snapshots {} MB), RSS {} MB",
                 started.elapsed(),
                 bytes / 1_000_000,
                 drover::metrics::disk_usage(&node.data_dir().join("snapshots")) / 1_000_000,
-                metric(&node, "drover_finished_jobs").await
+                resident / 1_000_000,
             );
             samples.push((n, bytes));
+            rss.push((n, resident));
             next_sample = n + total / 20;
         }
     }
@@ -205,5 +210,32 @@ async fn the_data_dir_levels_off_while_millions_of_jobs_run_through() {
         "the data dir grew with the job count: {} MB by the middle, {} MB after",
         half / 1_000_000,
         second_half_max / 1_000_000
+    );
+    // Memory: the highest RSS of the second half against that of the
+    // first, per job of the second half. Histogram samples kept until a
+    // scrape once made it about 70 bytes per job; a node whose memory
+    // follows what is live (a 5 s window of finished jobs) stays within the
+    // allocator's swings, a few MB. Maxima, not single reads, since RSS
+    // moves by 10-20 MB from one read to the next.
+    let max_rss = |second: bool| {
+        rss.iter()
+            .filter(|(n, _)| (*n > total / 2) == second)
+            .map(|(_, b)| *b)
+            .max()
+            .unwrap_or(0)
+    };
+    let (first_rss, second_rss) = (max_rss(false), max_rss(true));
+    let per_job = second_rss.saturating_sub(first_rss) as f64 / (total / 2) as f64;
+    eprintln!(
+        "RSS at most {} MB by the middle, at most {} MB after it: {per_job:.1} bytes per job; {} finished jobs kept at the end",
+        first_rss / 1_000_000,
+        second_rss / 1_000_000,
+        metric(&node, "drover_finished_jobs").await
+    );
+    assert!(
+        per_job < 30.0,
+        "memory grew with the job count: RSS at most {} MB by the middle, {} MB after, {per_job:.1} bytes per job",
+        first_rss / 1_000_000,
+        second_rss / 1_000_000
     );
 }

@@ -59,9 +59,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub node_config: Option<std::path::PathBuf>,
     /// A scenario instead of the workloads: `mixed` (priorities, weighted
-    /// tenants, failures, a concurrency key) or `deep` (dispatch rate with
-    /// 10,000 and with 1,000,000 ready jobs).
-    #[arg(long, value_parser = ["mixed", "deep"])]
+    /// tenants, failures, a concurrency key), `deep` (dispatch rate with
+    /// 10,000 and with 1,000,000 ready jobs) or `soak` (--jobs e2e with a
+    /// short retention: RSS and data dir at every million jobs).
+    #[arg(long, value_parser = ["mixed", "deep", "soak"])]
     pub scenario: Option<String>,
     /// Config a scenario adds to the nodes it starts.
     #[arg(skip)]
@@ -69,6 +70,7 @@ pub struct BenchArgs {
 }
 
 mod scenarios;
+mod soak;
 
 /// Why a benchmark stopped.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +87,7 @@ pub enum BenchError {
 struct LocalNode {
     child: Child,
     grpc: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for LocalNode {
@@ -150,21 +152,17 @@ impl LocalNode {
         Ok(LocalNode {
             grpc: format!("http://{grpc}"),
             child,
-            _dir: dir,
+            dir,
         })
     }
 
     fn rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
+        crate::resources::rss_of(self.child.id())
+    }
+
+    /// Bytes of the node's data dir on disk.
+    fn data_bytes(&self) -> Option<u64> {
+        Some(crate::metrics::disk_usage(&self.dir.path().join("data")))
     }
 
     /// CPU seconds the node has used so far (user and system).
@@ -626,6 +624,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     match args.scenario.as_deref() {
         Some("mixed") => return scenarios::mixed(args).await,
         Some("deep") => return scenarios::deep(args).await,
+        Some("soak") => return soak::soak(args).await,
         _ => {}
     }
     let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
