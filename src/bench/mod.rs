@@ -618,6 +618,16 @@ fn print_rate(name: &str, f: &Figures, unit: &str, ceiling: Option<f64>) {
     );
 }
 
+/// What the runs talk to, for the heading: `per` follows a fresh node or
+/// cluster (" per run" when each run starts its own).
+fn what_runs(args: &BenchArgs, per: &str) -> String {
+    match (&args.server, args.cluster) {
+        (Some(s), _) => format!("servers {s}"),
+        (None, true) => format!("a fresh local 3-node cluster{per}"),
+        (None, false) => format!("a fresh local node{per}"),
+    }
+}
+
 /// Runs the workloads (or the scenario) `args` asks for and prints each
 /// figure as it is measured.
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
@@ -634,11 +644,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         args.payload_bytes,
         args.runs,
         args.producers,
-        match (&args.server, args.cluster) {
-            (Some(s), _) => format!("servers {s}"),
-            (None, true) => "a fresh local 3-node cluster per run".to_string(),
-            (None, false) => "a fresh local node per run".to_string(),
-        }
+        what_runs(&args, " per run")
     );
     let mut ceiling = None;
     if want("ping") {

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use super::{end_to_end_on, target, BenchArgs, BenchError, LocalNode, Via};
+use super::{end_to_end_on, target, what_runs, BenchArgs, BenchError, LocalNode, Via};
 
 /// Finished jobs are kept this long: short, so the run reaches the steady
 /// state (retention purging as fast as jobs finish) in seconds.
@@ -51,11 +51,7 @@ pub(super) async fn soak(mut args: BenchArgs) -> Result<(), BenchError> {
         args.producers,
         args.workers,
         args.worker_concurrency,
-        match (&args.server, args.cluster) {
-            (Some(s), _) => format!("servers {s}"),
-            (None, true) => "a fresh local 3-node cluster".to_string(),
-            (None, false) => "a fresh local node".to_string(),
-        },
+        what_runs(&args, ""),
         if args.node_config.is_some() {
             "the retention of --node-config".to_string()
         } else {
