@@ -60,9 +60,10 @@ pub struct BenchArgs {
     pub node_config: Option<std::path::PathBuf>,
     /// A scenario instead of the workloads: `mixed` (priorities, weighted
     /// tenants, failures, a concurrency key), `deep` (dispatch rate with
-    /// 10,000 and with 1,000,000 ready jobs) or `soak` (--jobs e2e with a
-    /// short retention: RSS and data dir at every million jobs).
-    #[arg(long, value_parser = ["mixed", "deep", "soak"])]
+    /// 10,000 and with 1,000,000 ready jobs), `soak` (--jobs e2e with a
+    /// short retention: RSS and data dir at every million jobs) or
+    /// `tenants` (a backlog over 1, 20,000 and 100,000 tenants, drained).
+    #[arg(long, value_parser = ["mixed", "deep", "soak", "tenants"])]
     pub scenario: Option<String>,
     /// Config a scenario adds to the nodes it starts.
     #[arg(skip)]
@@ -635,6 +636,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         Some("mixed") => return scenarios::mixed(args).await,
         Some("deep") => return scenarios::deep(args).await,
         Some("soak") => return soak::soak(args).await,
+        Some("tenants") => return scenarios::tenants(args).await,
         _ => {}
     }
     let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);

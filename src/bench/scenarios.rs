@@ -4,7 +4,8 @@
 //! key, then drains it: throughput, p99 wait by priority, and each tenant's
 //! share while all are backlogged. `deep` runs the e2e workload on a queue
 //! that also holds 10,000 and then 1,000,000 ready jobs of a lower
-//! priority, in one session, since a pick must cost O(log n).
+//! priority, in one session, since a pick must cost O(log n). `tenants`
+//! drains a backlog spread over 1, 20,000 and 100,000 tenants.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -315,6 +316,79 @@ pub(super) async fn deep(args: BenchArgs) -> Result<(), BenchError> {
             "deep: with 1,000,000 ready, e2e runs at {:.2}x its rate with 10,000 (the target: above 0.5x)",
             deep / shallow
         );
+    }
+    Ok(())
+}
+
+/// The tenant counts of the `tenants` scenario: one, then many with a few
+/// jobs each.
+const TENANT_COUNTS: [u64; 3] = [1, 20_000, 100_000];
+
+/// Jobs for `tenants` tenants: `--jobs`, but at least two per tenant.
+fn jobs_for(tenants: u64, jobs: u64) -> u64 {
+    jobs.max(tenants * 2)
+}
+
+/// `tenants`: a backlog spread over 1, 20,000 and 100,000 tenants, each
+/// drained by the workers: what a pick costs as tenants grow (it should not
+/// grow with them), as the ratio to one tenant's rate in the same session.
+pub(super) async fn tenants(args: BenchArgs) -> Result<(), BenchError> {
+    println!(
+        "drover bench --scenario tenants: a backlog over {TENANT_COUNTS:?} tenants (--jobs {}, at least two per tenant) drained by {} workers of {}; {} runs each",
+        args.jobs, args.workers, args.worker_concurrency, args.runs
+    );
+    let mut medians = Vec::new();
+    for tenants in TENANT_COUNTS {
+        let n = jobs_for(tenants, args.jobs);
+        let mut rates = Vec::new();
+        for _ in 0..args.runs.max(1) {
+            let target = target(&args).await?;
+            let payload = Bytes::from(vec![b'x'; args.payload_bytes]);
+            preload(&target, &args, n, move |i| pb::NewJob {
+                queue: "bench-tenants".into(),
+                tenant: format!("t{}", i % tenants),
+                payload: payload.clone(),
+                ..Default::default()
+            })
+            .await?;
+            let start = Instant::now();
+            let cpu = CpuMark::now(&target);
+            let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let completed = drain(&target, &args, "bench-tenants", |stop| {
+                let done = done.clone();
+                move |_job: crate::client::worker::Job| {
+                    if done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= n {
+                        stop.send_replace(true);
+                    }
+                    async { Ok::<_, JobError>(Bytes::new()) }
+                }
+            })
+            .await?;
+            let rate = completed as f64 / start.elapsed().as_secs_f64();
+            println!(
+                "  {tenants} tenants, {n} jobs: {rate:.0} jobs/s{}",
+                CpuMark::now(&target)
+                    .per_op_since(cpu, completed)
+                    .nodes
+                    .map(|us| format!(", nodes {us:.0} us cpu/job"))
+                    .unwrap_or_default()
+            );
+            rates.push(rate);
+        }
+        let f = figure(rates);
+        println!(
+            "tenants {tenants:>7}: {:>7.0} jobs/s (min {:.0}, max {:.0})",
+            f.median, f.min, f.max
+        );
+        medians.push(f.median);
+    }
+    if let [one, rest @ ..] = &medians[..] {
+        for (tenants, rate) in TENANT_COUNTS[1..].iter().zip(rest) {
+            println!(
+                "tenants: with {tenants} tenants, dispatch runs at {:.2}x one tenant's rate",
+                rate / one.max(f64::MIN_POSITIVE)
+            );
+        }
     }
     Ok(())
 }
