@@ -99,10 +99,15 @@ pub(super) async fn soak(mut args: BenchArgs) -> Result<(), BenchError> {
     // Bytes per job is MB per million jobs.
     let per_million =
         |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:+.1} MB per million jobs"));
+    // The second half as well: a figure that levels off late (sled's file
+    // grows until its segments are reused) shows it there.
+    let half = &marks[marks.len() / 2..];
     println!(
-        "soak: after the first {step} jobs, rss {} and data dir {}",
+        "soak: after the first {step} jobs, rss {} and data dir {}; over the second half, rss {} and data dir {}",
         per_million(slope(&marks, |m| m.rss)),
         per_million(slope(&marks, |m| m.disk)),
+        per_million(slope(half, |m| m.rss)),
+        per_million(slope(half, |m| m.disk)),
     );
     Ok(())
 }
