@@ -12,6 +12,9 @@ use super::{end_to_end_on, target, what_runs, BenchArgs, BenchError, LocalNode, 
 /// state (retention purging as fast as jobs finish) in seconds.
 const RETENTION: &str = "30s";
 
+/// Reads of RSS at each checkpoint, of which the median counts.
+const RSS_READS: usize = 5;
+
 /// One checkpoint: jobs through so far, and the largest node's RSS and
 /// data dir (every node of a cluster holds every job).
 struct Mark {
@@ -78,9 +81,17 @@ pub(super) async fn soak(mut args: BenchArgs) -> Result<(), BenchError> {
         )
         .await?;
         done += chunk;
+        // RSS swings by 10-20 MB between reads (allocator pages, sled's
+        // buffers): the median of several reads a moment apart.
+        let mut reads = Vec::new();
+        for _ in 0..RSS_READS {
+            reads.extend(read(LocalNode::rss_bytes));
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        reads.sort_unstable();
         let mark = Mark {
             jobs: done,
-            rss: read(LocalNode::rss_bytes),
+            rss: reads.get(reads.len() / 2).copied(),
             disk: read(LocalNode::data_bytes),
         };
         println!(
