@@ -404,6 +404,14 @@ fn listed(server: &str) -> WorkersBody {
     drover(&["workers", "list", "--json"], server)
 }
 
+/// `worker`'s entry in a workers list; panics naming the list if absent.
+fn worker_entry<'a>(list: &'a WorkersBody, worker: &str) -> &'a drover::api::types::WorkerBody {
+    list.workers
+        .iter()
+        .find(|w| w.worker_id == worker)
+        .unwrap_or_else(|| panic!("{worker} is not listed: {list:?}"))
+}
+
 /// Waits until the cluster lists `worker` as quarantined (or, with
 /// `want` false, as not).
 async fn wait_quarantined(server: &str, worker: &str, want: bool) -> WorkersBody {
@@ -444,11 +452,7 @@ async fn a_worker_failing_too_often_is_quarantined_until_released_or_back_after_
         wait_state(&node, id, "dead").await;
     }
     let list = wait_quarantined(server, "bad", true).await;
-    let entry = list
-        .workers
-        .iter()
-        .find(|w| w.worker_id == "bad")
-        .unwrap_or_else(|| panic!("bad is not listed: {list:?}"));
+    let entry = worker_entry(&list, "bad");
     assert!(entry.quarantined_until_ms.is_some(), "{list:?}");
     assert_eq!(entry.recent_failed, 3, "{list:?}");
     assert_eq!(
@@ -474,11 +478,7 @@ async fn a_worker_failing_too_often_is_quarantined_until_released_or_back_after_
     let (_, said) = log.rsplit_once("worker_still_quarantined").unwrap();
     assert!(said.contains("worker_id=bad"), "{said}");
     let back = workers_body(&node).await;
-    let entry = back
-        .workers
-        .iter()
-        .find(|w| w.worker_id == "bad")
-        .unwrap_or_else(|| panic!("bad is not listed: {back:?}"));
+    let entry = worker_entry(&back, "bad");
     assert!(entry.quarantined_until_ms.is_some(), "{back:?}");
     // A bounded wait: it holds nothing, and the job waits.
     tokio::time::sleep(Duration::from_millis(1500)).await;
