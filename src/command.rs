@@ -22,8 +22,11 @@ use crate::job::{Job, JobId, JobState, NewJob, Progress};
 ///
 /// Format 2 added [`Command::LeaseAs`], [`Command::SwitchVersion`],
 /// [`Command::SetCanary`] and their [`Audited`] forms. Format 3 added
-/// [`Command::RenewLeases`].
-pub const ENTRY_VERSION: u8 = 3;
+/// [`Command::RenewLeases`]. Format 4 added [`Command::SetPoliciesFrom`],
+/// and its first entry moves every node's tree to the layout that keeps
+/// each lease's clock changes apart, which a drover that writes format 3
+/// would misread.
+pub const ENTRY_VERSION: u8 = 4;
 
 /// The format of a normal entry, from its raft `context`.
 pub fn entry_version(context: &[u8]) -> u8 {
@@ -259,6 +262,70 @@ pub enum Command {
     /// once never share a run. Answered as [`Outcome::EnqueuedRun`].
     /// Format 3.
     EnqueueReplay(EnqueueReplay),
+    /// [`Command::SetPolicies`] with where they came from: the machine
+    /// also writes an audit record of every value they change. Format 4.
+    SetPoliciesFrom(Box<PoliciesFrom>),
+    /// Erases a tenant's jobs among the `limit` job records after job
+    /// `after`: unfinished ones are cancelled first (their waiters follow),
+    /// then each goes with its payload, result, idempotency record and run
+    /// index. One slice of `drover tenants erase`; the API sends slices
+    /// until none is left, then [`Command::EraseTenant`]. Format 4.
+    EraseTenantJobs(EraseTenantJobs),
+    /// Erases what is left of a tenant once its jobs are gone: its runs
+    /// (at most `limit` of them a slice), held runs, daily cost, budgets,
+    /// breakers, fair-share clocks, pause and drain, and the version
+    /// switches that name it. The API sends slices until none is left,
+    /// then an audit record of the whole erasure. Format 4.
+    EraseTenant(EraseTenant),
+}
+
+/// The payload of [`Command::EraseTenantJobs`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EraseTenantJobs {
+    /// The tenant whose jobs are erased.
+    pub tenant: String,
+    /// The slice starts after this job id (0: at the first job).
+    pub after: JobId,
+    /// Most job records (of any tenant) this slice looks at.
+    pub limit: u32,
+}
+
+/// The payload of [`Command::EraseTenant`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EraseTenant {
+    /// The tenant erased.
+    pub tenant: String,
+    /// Most runs this slice removes.
+    pub limit: u32,
+}
+
+/// What [`Command::EraseTenant`] removed besides jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasedRecords {
+    /// Runs (with their held state and job index).
+    pub runs: u32,
+    /// Circuit breakers of the tenant's scopes.
+    pub breakers: u32,
+    /// Queues whose fair-share clocks named the tenant.
+    pub clocks: u32,
+    /// Other records: daily cost, budgets set at run time, pause or
+    /// drain, version switches naming the tenant.
+    pub other: u32,
+    /// The slice stopped at its limit: send another.
+    pub more: bool,
+}
+
+/// The payload of [`Command::SetPoliciesFrom`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoliciesFrom {
+    /// The policies, whole: they replace those in effect.
+    #[serde(with = "crate::policies::as_json")]
+    pub policies: crate::policies::Policies,
+    /// The node whose config they are (the leader that proposed them).
+    pub node: u64,
+    /// The SHA-256 (hex) of that node's config file; empty for the
+    /// embedded defaults.
+    pub file_sha256: String,
 }
 
 /// The payload of [`Command::EnqueueReplay`].
@@ -673,6 +740,9 @@ impl Command {
             Command::SetChaos(..) => "set_chaos",
             Command::RenewLeases => "renew_leases",
             Command::EnqueueReplay(_) => "enqueue_replay",
+            Command::SetPoliciesFrom(_) => "set_policies",
+            Command::EraseTenantJobs(_) => "erase_tenant_jobs",
+            Command::EraseTenant(_) => "erase_tenant",
         }
     }
 
@@ -684,6 +754,9 @@ impl Command {
             | Command::SetCanary(..)
             | Command::SetChaos(..) => 2,
             Command::RenewLeases | Command::EnqueueReplay(_) => 3,
+            Command::SetPoliciesFrom(_) | Command::EraseTenantJobs(_) | Command::EraseTenant(_) => {
+                4
+            }
             Command::Audit {
                 command:
                     Some(Audited::SwitchVersion(..) | Audited::SetCanary(..) | Audited::SetChaos(..)),
@@ -710,6 +783,10 @@ impl Command {
                 worker,
                 queues,
                 max,
+            }),
+            // Set without the audit record an older build would not write.
+            Command::SetPoliciesFrom(from) => Some(Command::SetPolicies {
+                policies: from.policies,
             }),
             _ => None,
         }
@@ -756,7 +833,9 @@ impl Command {
             | Command::CancelRun(..)
             | Command::SwitchVersion(..)
             | Command::SetCanary(..)
-            | Command::SetChaos(..) => RECORD,
+            | Command::SetChaos(..)
+            | Command::EraseTenantJobs(..)
+            | Command::EraseTenant(..) => RECORD,
             Command::Lease { .. }
             | Command::LeaseAs { .. }
             | Command::Cancel(..)
@@ -766,6 +845,7 @@ impl Command {
             | Command::Purge { .. }
             | Command::PurgeAudit { .. }
             | Command::SetPolicies { .. }
+            | Command::SetPoliciesFrom(_)
             | Command::Control(..)
             | Command::Fire { .. }
             | Command::Schedule(..)
@@ -1076,6 +1156,16 @@ pub enum Outcome {
         /// The `after` of the next slice; None: the run is done.
         next: Option<JobId>,
     },
+    /// A slice of a tenant's erasure: the jobs it erased, and the job
+    /// after which the next slice starts (None: no job records are left).
+    TenantJobsErased {
+        /// The tenant's jobs this slice erased.
+        jobs: u32,
+        /// The `after` of the next slice; None: every job was looked at.
+        next: Option<JobId>,
+    },
+    /// What erasing a tenant's other records removed.
+    TenantErased(ErasedRecords),
 }
 
 #[cfg(test)]

@@ -116,12 +116,19 @@ pub struct Config {
     pub backup: Backup,
     /// `[chaos]`: fault injection, off unless `allowed = true`.
     pub chaos: ChaosConfig,
+    /// `[metrics]`: which job types get series of their own.
+    pub metrics: MetricsConfig,
     /// The newest log entry format this node applies and writes: this
     /// build's [`crate::command::ENTRY_VERSION`]. Not a config key:
     /// `drover serve --entry-version` sets it, to simulate a newer build in
     /// upgrade tests.
     #[serde(skip)]
     pub entry_version: u8,
+    /// The SHA-256 (hex) of the file this config was read from; empty for
+    /// the embedded defaults. Not a config key: the audit record of a
+    /// policies change names it.
+    #[serde(skip)]
+    pub source_sha256: String,
 }
 
 /// `[chaos]`: whether this node injects the faults `drover chaos set` asks
@@ -133,6 +140,17 @@ pub struct ChaosConfig {
     /// Accept and apply chaos rules on this node (default false). Set it on
     /// every node of a test cluster only.
     pub allowed: bool,
+}
+
+/// `[metrics]`: what the metrics break down by.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Job types whose wait and run times get series of their own in
+    /// `drover_job_wait_seconds` and `drover_job_run_seconds`
+    /// (`job_type` label); every other type counts as `other`, so the
+    /// series stay bounded however many types producers use.
+    pub job_types: Vec<String>,
 }
 
 /// `[backup]`: every `every`, the leader writes a backup into `dir` and
@@ -440,6 +458,11 @@ pub struct QueueConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub quarantine_for: Option<Duration>,
+    /// `"restart"`: a quarantined worker is asked to finish what it holds
+    /// and exit, so its supervisor starts a fresh process (which leases
+    /// again); `"keep"` (default): it stays connected, idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_action: Option<crate::policies::QuarantineAction>,
     /// `{ min = 2, max = 10, expected = 4, per_worker = 1 }`: the bounds of
     /// `drover_queue_desired_workers`, and the count under half of which
     /// the DroverWorkersBelowExpected alert fires.
@@ -542,7 +565,9 @@ impl Default for Config {
             budgets: BudgetsConfig::default(),
             backup: Backup::default(),
             chaos: ChaosConfig::default(),
+            metrics: MetricsConfig::default(),
             entry_version: crate::command::ENTRY_VERSION,
+            source_sha256: String::new(),
         }
     }
 }
@@ -929,6 +954,16 @@ pub struct Storage {
     /// Unset: 5% of the filesystem, at most 2 GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_free_bytes: Option<Amount>,
+    /// A key file (`drover key new FILE`): payloads, results and error
+    /// messages are sealed with it at rest, in the log, the store,
+    /// snapshots and backups. Every node of a cluster takes the same key.
+    /// Unset: stored in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_file: Option<PathBuf>,
+    /// Keys that were `encryption_key_file` before a rotation: what was
+    /// sealed with them stays readable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encryption_old_keys: Vec<PathBuf>,
 }
 
 impl Default for Storage {
@@ -936,6 +971,8 @@ impl Default for Storage {
         Storage {
             cache_capacity_bytes: 8 * 1024 * 1024,
             min_free_bytes: None,
+            encryption_key_file: None,
+            encryption_old_keys: Vec::new(),
         }
     }
 }
@@ -1160,12 +1197,13 @@ impl Config {
             other => other,
         })?;
         config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        config.source_sha256 = sha256_hex(text.as_bytes());
         Ok(config)
     }
 
     /// Relative paths in a file are relative to the file's directory, not
     /// to wherever the node happens to be started from: `data_dir`,
-    /// `[backup] dir` and the `[tls]` files.
+    /// `[backup] dir`, the `[tls]` files and the encryption keys.
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -1181,6 +1219,20 @@ impl Config {
             resolve(&mut t.key);
             resolve(&mut t.ca);
         }
+        if let Some(k) = self.storage.encryption_key_file.as_mut() {
+            resolve(k);
+        }
+        for k in &mut self.storage.encryption_old_keys {
+            resolve(k);
+        }
+    }
+
+    /// The keys of `[storage] encryption_key_file` and `encryption_old_keys`.
+    pub fn sealing_keys(&self) -> Result<crate::sealing::Keys, crate::sealing::SealingError> {
+        crate::sealing::Keys::load(
+            self.storage.encryption_key_file.as_deref(),
+            &self.storage.encryption_old_keys,
+        )
     }
 
     /// Parses TOML text, unknown keys refused; does not validate (see
@@ -1392,6 +1444,7 @@ impl Config {
                         quarantine_window_ms: q.quarantine_window.map(ms),
                         quarantine_min_jobs: q.quarantine_min_jobs,
                         quarantine_for_ms: q.quarantine_for.map(ms),
+                        quarantine_action: q.quarantine_action,
                         workers: q.workers,
                         canary: q.canary.as_ref().map(|c| crate::command::CanaryRule {
                             version: c.version.clone(),
@@ -1621,6 +1674,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A file's SHA-256, as hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -144,6 +144,10 @@ pub enum Error {
     /// snapshot.
     #[error("{0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// A sealed value does not open, or the keys do not fit the data dir
+    /// (`[storage] encryption_key_file`).
+    #[error("{0}")]
+    Sealing(#[from] crate::sealing::SealingError),
     /// The request carried no token, or one the node does not know (or a
     /// peer came without the client certificate `tls.peer_mtls` asks for).
     #[error("{0}")]
@@ -257,6 +261,7 @@ impl Error {
             | Error::Removed { .. }
             | Error::Store(_)
             | Error::Machine(_)
+            | Error::Sealing(_)
             | Error::Snapshot(_) => Code::Internal,
         }
     }
@@ -305,6 +310,7 @@ impl Error {
             | Error::Store(_)
             | Error::Machine(_)
             | Error::Snapshot(_) => "internal",
+            Error::Sealing(_) => "sealed",
             Error::Removed { .. } => "removed",
             Error::DiskFault { fault, .. } => match fault {
                 crate::store::DiskFault::NoSpace => "disk_full",

@@ -30,6 +30,7 @@ pub mod reload;
 pub mod resources;
 pub mod restore;
 pub mod schedules;
+pub mod sealing;
 pub mod shutdown;
 pub mod snapshot;
 pub mod status;

@@ -63,6 +63,19 @@ pub enum Scope {
     Node,
 }
 
+/// HTTP requests by route template and status code (api::request_metrics).
+pub const HTTP_REQUESTS: &str = "drover_http_requests_total";
+/// How long HTTP requests took until their answer's head, by route.
+pub const HTTP_DURATION: &str = "drover_http_request_duration_seconds";
+/// gRPC calls by method and status code.
+pub const GRPC_REQUESTS: &str = "drover_grpc_requests_total";
+/// How long gRPC calls took until their status, by method (a stream: its
+/// whole life).
+pub const GRPC_DURATION: &str = "drover_grpc_request_duration_seconds";
+/// When a certificate stops being valid (notAfter), by cert: `node` (this
+/// node's), `ca` (the earliest of `tls.ca`), `peer-N` (what member N serves).
+pub const TLS_CERT_EXPIRY: &str = "drover_tls_cert_expiry_timestamp_seconds";
+
 /// Every metric drover exports, with its HELP text; docs/metrics.md lists
 /// the same (a test checks it).
 pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
@@ -238,13 +251,13 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         JOB_WAIT,
         Kind::Histogram,
         Scope::Cluster,
-        "Time jobs waited from ready to their lease, by queue.",
+        "Time jobs waited from ready to their lease, by queue and job type (the types [metrics] job_types names; the rest as other).",
     ),
     (
         JOB_RUN,
         Kind::Histogram,
         Scope::Cluster,
-        "Time leases ran until their result, cancel or take-back, by queue.",
+        "Time leases ran until their result, cancel or take-back, by queue and job type (the types [metrics] job_types names; the rest as other).",
     ),
     (
         ENQUEUE_LATENCY,
@@ -299,6 +312,36 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         Kind::Counter,
         Scope::Node,
         "Requests this node refused before handling them (auth, rate limits), by code.",
+    ),
+    (
+        HTTP_REQUESTS,
+        Kind::Counter,
+        Scope::Node,
+        "HTTP requests this node answered, by route template (unmatched: no route) and status code.",
+    ),
+    (
+        HTTP_DURATION,
+        Kind::Histogram,
+        Scope::Node,
+        "How long HTTP requests took until their answer's head, by route template.",
+    ),
+    (
+        GRPC_REQUESTS,
+        Kind::Counter,
+        Scope::Node,
+        "gRPC calls this node answered, by method (unknown: not one drover serves) and status code (OK, NotFound, Canceled, ...).",
+    ),
+    (
+        GRPC_DURATION,
+        Kind::Histogram,
+        Scope::Node,
+        "How long gRPC calls took until their status, by method (a stream: its whole life).",
+    ),
+    (
+        TLS_CERT_EXPIRY,
+        Kind::Gauge,
+        Scope::Node,
+        "When a certificate stops being valid, as Unix seconds, by cert: node (this node's tls.cert), ca (the earliest in tls.ca), peer-N (what member N serves, checked every 10 minutes).",
     ),
     (
         "drover_data_dir_bytes",
@@ -443,6 +486,8 @@ pub struct Scrape<'a> {
     pub resources: crate::resources::Reading,
     /// Each peer's clock minus this node's (ms), of peers heard lately.
     pub clock_offsets: std::collections::BTreeMap<u64, i64>,
+    /// Budget counters by tenant.
+    pub run_totals: &'a crate::machine::runs::RunTotals,
 }
 
 /// The process-wide recorder; installed once even when tests start several
@@ -651,18 +696,19 @@ impl Metrics {
         let b = &stats.budgets;
         metrics::gauge!("drover_runs_over_budget").set(b.runs_over_budget as f64);
         metrics::gauge!("drover_tenants_over_daily_cap").set(b.capped_tenants.len() as f64);
-        for (budget, tenants) in &b.totals.exceeded {
+        let totals = scrape.run_totals;
+        for (budget, tenants) in &totals.exceeded {
             for (tenant, n) in tenants {
                 metrics::counter!("drover_budget_exceeded_total", "budget" => budget.clone(), "tenant" => tenant.clone())
                     .absolute(*n);
             }
         }
         // Counters hold integers: cost in millionths of a USD.
-        for (tenant, micros) in &b.totals.cost_micros {
+        for (tenant, micros) in &totals.cost_micros {
             metrics::counter!("drover_tenant_cost_microusd_total", "tenant" => tenant.clone())
                 .absolute(*micros);
         }
-        for (tenant, ms) in &b.totals.lease_ms {
+        for (tenant, ms) in &totals.lease_ms {
             metrics::counter!("drover_tenant_lease_seconds_total", "tenant" => tenant.clone())
                 .absolute(ms / 1000);
         }
@@ -761,29 +807,60 @@ impl Metrics {
     }
 }
 
-/// Records how long jobs waited and ran into the per-queue histograms. It
-/// keeps each queue's handles, so the raft loop builds no metric key per
-/// job.
+/// The `job_type` label of the job-time histograms for types that
+/// `[metrics] job_types` does not name: the series stay as many as the
+/// named types, however many types producers invent.
+pub const OTHER_JOB_TYPE: &str = "other";
+
+/// Records how long jobs waited and ran into the histograms by queue and
+/// job type (the types `[metrics] job_types` names; the rest as
+/// [`OTHER_JOB_TYPE`]). It keeps each series' handles, so the raft loop
+/// builds no metric key per job.
 #[derive(Default)]
 pub struct JobTimes {
-    handles: std::collections::HashMap<String, [metrics::Histogram; 2]>,
+    /// The job types with series of their own.
+    named: std::collections::HashSet<String>,
+    /// Handles by queue, then type label: looked up by `&str`, so no key
+    /// is built per observation.
+    handles: std::collections::HashMap<
+        String,
+        std::collections::HashMap<String, [metrics::Histogram; 2]>,
+    >,
 }
 
 impl JobTimes {
-    /// Adds each wait and run time to its queue's histogram.
+    /// Times with series of their own for `job_types`.
+    pub fn new(job_types: &[String]) -> JobTimes {
+        JobTimes {
+            named: job_types.iter().cloned().collect(),
+            handles: Default::default(),
+        }
+    }
+
+    /// Adds each wait and run time to its queue and type's histogram.
     pub fn record(&mut self, observations: Vec<crate::machine::tally::Observation>) {
         use crate::machine::tally::Timing;
         for o in observations {
-            let handles = match self.handles.get(&o.queue) {
-                Some(h) => h,
-                None => {
-                    let h = [
-                        metrics::histogram!(JOB_WAIT, "queue" => o.queue.clone()),
-                        metrics::histogram!(JOB_RUN, "queue" => o.queue.clone()),
-                    ];
-                    self.handles.entry(o.queue).or_insert(h)
-                }
+            let job_type = match self.named.contains(&o.job_type) {
+                true => o.job_type.as_str(),
+                false => OTHER_JOB_TYPE,
             };
+            if !self.handles.contains_key(&o.queue) {
+                self.handles.insert(o.queue.clone(), Default::default());
+            }
+            let by_type = self.handles.get_mut(&o.queue).expect("inserted above");
+            if !by_type.contains_key(job_type) {
+                let labels = [
+                    ("queue", o.queue.clone()),
+                    ("job_type", job_type.to_string()),
+                ];
+                let h = [
+                    metrics::histogram!(JOB_WAIT, &labels),
+                    metrics::histogram!(JOB_RUN, &labels),
+                ];
+                by_type.insert(job_type.to_string(), h);
+            }
+            let handles = &by_type[job_type];
             let i = match o.timing {
                 Timing::Waited => 0,
                 Timing::Ran => 1,
@@ -918,6 +995,40 @@ mod tests {
         assert!(
             missing.is_empty(),
             "docs/metrics.md does not list these log events: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn job_times_get_a_series_per_named_type_and_one_for_the_rest() {
+        use crate::machine::tally::{Observation, Timing};
+        let mut times = JobTimes::new(&["render".to_string()]);
+        let observations = (0..1000)
+            .map(|i| Observation {
+                queue: "q".into(),
+                job_type: format!("invented-{i}"),
+                timing: Timing::Ran,
+                ms: 5,
+            })
+            .chain(std::iter::once(Observation {
+                queue: "q".into(),
+                job_type: "render".into(),
+                timing: Timing::Waited,
+                ms: 5,
+            }))
+            .collect();
+        times.record(observations);
+        let mut keys: Vec<_> = times
+            .handles
+            .iter()
+            .flat_map(|(q, types)| types.keys().map(move |t| (q.clone(), t.clone())))
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                ("q".to_string(), "other".to_string()),
+                ("q".to_string(), "render".to_string())
+            ]
         );
     }
 }

@@ -37,6 +37,9 @@ pub struct Node {
     pub app: App,
     /// Who may call what; its tokens may be reloaded (SIGHUP).
     pub auth: api::auth::Auth,
+    /// The TLS server config new connections take (SIGHUP may replace it);
+    /// None without `[tls]`.
+    pub server_tls: Option<Arc<api::certs::ServerTls>>,
     /// Set to ask the node to stop; `shutdown_tx` follows once a leader
     /// has handed its lead over (its peers must still reach it for that).
     stop_tx: watch::Sender<bool>,
@@ -62,10 +65,14 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node, Error> {
         config.validate()?;
         config.peer_credentials()?;
+        let keys = config.sealing_keys()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
+        // Before anything opens the data dir: keys that do not fit it stop
+        // the node with nothing changed.
+        keys.check_data_dir(&config.data_dir)?;
         let db = store::open_db(&config.data_dir, config.storage.cache_capacity_bytes)?;
         let grpc_listener = bind("grpc_addr", config.grpc_addr).await?;
         let http_listener = bind("http_addr", config.http_addr).await?;
@@ -94,6 +101,7 @@ impl Node {
             config: Arc::new(config),
             workers: WorkerRegistry::default(),
             shutdown: shutdown.clone(),
+            keys: Arc::new(keys),
         };
         let metrics = Metrics::install();
         tokio::spawn(crate::resources::watch(
@@ -129,11 +137,20 @@ impl Node {
             .layer(tower::util::MapResponseLayer::new(
                 crate::wire::framing_errors_as_invalid_argument::<axum::body::Body>,
             ));
-        let router = api::http::with_auth(router, auth.clone());
-        let tls = match &app.config.tls {
-            Some(t) => Some(api::listen::server_config(t)?),
+        let router = api::http::with_auth(router, auth.clone())
+            // Outside auth, so refusals count too.
+            .layer(axum::middleware::from_fn(api::request_metrics::track));
+        let server_tls = match &app.config.tls {
+            Some(t) => Some(Arc::new(api::certs::ServerTls::new(t)?)),
             None => None,
         };
+        if server_tls.is_some() {
+            tokio::spawn(api::certs::watch_peers(
+                app.driver.clone(),
+                shutdown.clone(),
+            ));
+        }
+        let tls = server_tls.as_ref().map(|t| t.subscribe());
         let grpc = tokio::spawn(api::listen::serve(
             grpc_listener,
             router.clone(),
@@ -154,6 +171,7 @@ impl Node {
             http_addr,
             app,
             auth,
+            server_tls,
             stop_tx: watch::channel(false).0,
             shutdown_tx,
             grpc,

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Name of the queue and tenant entries that hold defaults.
 pub const DEFAULTS: &str = "*";
@@ -348,6 +349,11 @@ pub struct QueuePolicy {
     /// How long a quarantined worker must stay away: reconnecting after it
     /// lifts the quarantine.
     pub quarantine_for_ms: Option<u64>,
+    /// What else happens to a quarantined worker: `restart` asks it to
+    /// finish what it holds and exit, for its supervisor to start a fresh
+    /// one, which leases again. Unset: it stays connected, idle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine_action: Option<QuarantineAction>,
     /// The workers the queue wants (see [`crate::pools`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<crate::pools::WorkerPool>,
@@ -358,6 +364,18 @@ pub struct QueuePolicy {
 
 /// How long a canary job waits for a canary worker when no rule says.
 pub const CANARY_MAX_WAIT_MS: u64 = 5 * 60_000;
+
+/// What a quarantine does besides keeping leases from the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuarantineAction {
+    /// It stays connected, idle, until released or reconnected after
+    /// `quarantine_for`.
+    Keep,
+    /// It is asked to finish what it holds and exit (Shutdown); the fresh
+    /// process its supervisor starts leases again.
+    Restart,
+}
 
 /// When a worker is quarantined, defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -371,6 +389,8 @@ pub struct QuarantinePolicy {
     /// How long (ms) a quarantined worker must stay away: reconnecting
     /// after it lifts the quarantine.
     pub for_ms: u64,
+    /// Whether the worker is asked to exit, to be replaced.
+    pub restart: bool,
 }
 
 /// The window a worker's recent results are counted over when no queue of
@@ -466,7 +486,82 @@ pub mod as_json {
     }
 }
 
+/// One value a change of policies changes: its key as the policies' JSON
+/// names it (`queues."q".sla_ms`), and its value before and after (None:
+/// not set).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyChange {
+    /// The key, dotted, map keys quoted.
+    pub key: String,
+    /// Its value before, as JSON; None where it was not set.
+    pub old: Option<String>,
+    /// Its value after, as JSON; None where it is no longer set.
+    pub new: Option<String>,
+}
+
+impl std::fmt::Display for PolicyChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not set)".into());
+        write!(
+            f,
+            "{}: {} -> {}",
+            self.key,
+            show(&self.old),
+            show(&self.new)
+        )
+    }
+}
+
+/// The leaves of `old` and `new` that differ, under `key`. A null is not
+/// set; a table only one side has is named leaf by leaf, so a new queue
+/// reads as the values it sets.
+fn leaf_changes(key: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<PolicyChange>) {
+    let old = old.filter(|v| !v.is_null());
+    let new = new.filter(|v| !v.is_null());
+    let table = |v: Option<&Value>| v.is_none_or(Value::is_object);
+    if old.is_none() && new.is_none() {
+        return;
+    }
+    if table(old) && table(new) {
+        let none = serde_json::Map::new();
+        let a = old.and_then(Value::as_object).unwrap_or(&none);
+        let b = new.and_then(Value::as_object).unwrap_or(&none);
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        for k in keys {
+            // Names a TOML bare key could not be (`*`, dotted) are quoted.
+            let bare = !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            let part = if bare { k.clone() } else { format!("{k:?}") };
+            let sub = if key.is_empty() {
+                part
+            } else {
+                format!("{key}.{part}")
+            };
+            leaf_changes(&sub, a.get(k), b.get(k), out);
+        }
+        return;
+    }
+    if old != new {
+        out.push(PolicyChange {
+            key: key.to_string(),
+            old: old.map(Value::to_string),
+            new: new.map(Value::to_string),
+        });
+    }
+}
+
 impl Policies {
+    /// What `new` changes of these policies, value by value, in key order.
+    /// The machine's audit record of a change and `drover policies diff`
+    /// both say it this way.
+    pub fn changes(&self, new: &Policies) -> Vec<PolicyChange> {
+        let as_value = |p: &Policies| serde_json::to_value(p).unwrap_or(Value::Null);
+        let mut out = Vec::new();
+        leaf_changes("", Some(&as_value(self)), Some(&as_value(new)), &mut out);
+        out
+    }
+
     fn to_record_string(&self) -> String {
         serde_json::to_string(self).expect("policies serialize to JSON")
     }
@@ -590,6 +685,9 @@ impl Policies {
             quarantine_window_ms: pick(|q| q.quarantine_window_ms),
             quarantine_min_jobs: pick(|q| q.quarantine_min_jobs),
             quarantine_for_ms: pick(|q| q.quarantine_for_ms),
+            quarantine_action: named
+                .and_then(|q| q.quarantine_action)
+                .or_else(|| defaults.and_then(|q| q.quarantine_action)),
             workers: named
                 .and_then(|q| q.workers)
                 .or_else(|| defaults.and_then(|q| q.workers)),
@@ -627,6 +725,7 @@ impl Policies {
                     window_ms: q.quarantine_window_ms.unwrap_or(QUARANTINE_WINDOW_MS),
                     min_jobs: q.quarantine_min_jobs.unwrap_or(QUARANTINE_MIN_JOBS),
                     for_ms: q.quarantine_for_ms.unwrap_or(QUARANTINE_FOR_MS),
+                    restart: q.quarantine_action == Some(QuarantineAction::Restart),
                 })
             })
             .min_by(|a, b| a.failure_rate.total_cmp(&b.failure_rate))
@@ -882,6 +981,49 @@ mod tests {
         // A type with no entry and no defaults uses [jobs].
         let q = Policies::default().retry_for("x");
         assert_eq!(q.max_retries, JobPolicies::default().max_retries);
+    }
+
+    #[test]
+    fn changes_name_each_value_with_its_old_and_new() {
+        let a = policies();
+        let mut b = policies();
+        b.jobs.max_retries = a.jobs.max_retries + 3;
+        b.tenants.insert(
+            "acme.eu".into(),
+            TenantPolicy {
+                weight: 4,
+                ..Default::default()
+            },
+        );
+        let changes = a.changes(&b);
+        let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+        assert!(keys.contains(&"jobs.max_retries"), "{keys:?}");
+        assert!(
+            keys.iter().any(|k| k.starts_with("tenants.\"acme.eu\"")),
+            "a dotted name is quoted: {keys:?}"
+        );
+        let retries = changes
+            .iter()
+            .find(|c| c.key == "jobs.max_retries")
+            .unwrap();
+        assert_eq!(
+            retries.to_string(),
+            format!(
+                "jobs.max_retries: {} -> {}",
+                a.jobs.max_retries, b.jobs.max_retries
+            )
+        );
+        let tenant: Vec<String> = changes
+            .iter()
+            .filter(|c| c.key.starts_with("tenants."))
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            tenant,
+            ["tenants.\"acme.eu\".weight: (not set) -> 4"],
+            "{changes:?}"
+        );
+        assert!(a.changes(&a).is_empty());
     }
 
     #[test]

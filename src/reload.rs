@@ -1,6 +1,7 @@
 //! SIGHUP: the node reads its config file again and takes what can change
-//! while it runs (policies, tokens, the log level); it names the keys that
-//! changed and those that take a restart.
+//! while it runs (policies, tokens, the log level, the TLS certificate and
+//! key it serves); it names the keys that changed and those that take a
+//! restart.
 
 use std::path::PathBuf;
 
@@ -21,6 +22,8 @@ pub struct Reload {
     set_log_level: SetLogLevel,
     /// The config in effect, to say what a new file changes.
     current: Config,
+    /// The TLS server config new connections take; None without `[tls]`.
+    certs: Option<std::sync::Arc<crate::api::certs::ServerTls>>,
 }
 
 /// Keys SIGHUP takes at run time: policies, tokens and the log level.
@@ -35,6 +38,9 @@ const RELOADED: &[&str] = &[
     "limits.max_pending",
     "tokens",
     "log.level",
+    "tls.cert",
+    "tls.key",
+    "tls.ca",
 ];
 
 impl Reload {
@@ -53,7 +59,18 @@ impl Reload {
             auth,
             set_log_level: Box::new(set_log_level),
             current,
+            certs: None,
         }
+    }
+
+    /// Reads the `[tls]` files again at each SIGHUP (their paths may be the
+    /// same and their contents new: a renewed certificate) into `certs`.
+    pub fn with_certs(
+        mut self,
+        certs: Option<std::sync::Arc<crate::api::certs::ServerTls>>,
+    ) -> Reload {
+        self.certs = certs;
+        self
     }
 
     /// Reads the file again at every SIGHUP, from this call on (the
@@ -84,7 +101,8 @@ impl Reload {
         new.entry_version = self.current.entry_version;
         let changed = changed_keys(&self.current, &new);
         tracing::info!(event = "config_reloaded", path = %self.path.display(), changed = ?changed, "read the config file again");
-        self.driver.set_policies(new.policies());
+        self.driver
+            .set_policies(new.policies(), new.source_sha256.clone());
         match self.auth.reload_tokens(&new) {
             Ok(t) if t.added.is_empty() && t.removed.is_empty() => {}
             Ok(t) => {
@@ -92,6 +110,7 @@ impl Reload {
             }
             Err(e) => tracing::error!(event = "tokens_reload_refused", reason = %e),
         }
+        self.reload_certs(&new);
         if let Some(was) = (self.set_log_level)(&new.log.level) {
             tracing::info!(event = "log_level_changed", from = %was, to = %new.log.level, "log level changed");
         }
@@ -119,6 +138,30 @@ impl Reload {
             self.current.tokens = new.tokens;
         }
         self.current.log.level = new.log.level;
+    }
+
+    /// New connections take the certificate and key the files hold now; a
+    /// file that does not read keeps those in effect. Whether peers must
+    /// show a certificate (`peer_mtls`) and TLS itself take a restart.
+    fn reload_certs(&mut self, new: &Config) {
+        let (Some(certs), Some(current), Some(files)) =
+            (&self.certs, self.current.tls.as_mut(), new.tls.as_ref())
+        else {
+            return;
+        };
+        let files = crate::config::Tls {
+            peer_mtls: current.peer_mtls,
+            ..files.clone()
+        };
+        match certs.reload(&files) {
+            Ok(expires) => {
+                tracing::info!(event = "tls_reloaded", cert = %files.cert.display(), expires = %crate::api::certs::rfc3339(expires), "new connections get the certificate the files hold now");
+                *current = files;
+            }
+            Err(e) => {
+                tracing::error!(event = "tls_reload_failed", error = %e, "kept the certificate in effect")
+            }
+        }
     }
 }
 

@@ -528,3 +528,39 @@ async fn a_worker_failing_too_often_is_quarantined_until_released_or_back_after_
         .await
         .contains("drover_workers_quarantined 0"));
 }
+
+#[tokio::test]
+async fn jobs_and_dead_letters_are_filtered_by_type() {
+    let node = TestNode::start("[retry.a]\nmax_retries = 0\n[retry.b]\nmax_retries = 0\n");
+    let server = node.grpc.as_str();
+    for t in ["a", "a", "b"] {
+        drover_ok(&["enqueue", "--queue", "typed", "--type", t], server);
+    }
+    let _w = exec_worker(server, "typed", "w1", "exit 3");
+    wait_for("three dead", Duration::from_secs(30), || async {
+        let page: drover::api::types::DeadPageBody = drover(&["dead", "list", "--json"], server);
+        match page.jobs.len() {
+            3 => Ok(()),
+            n => Err(format!("{n} dead")),
+        }
+    })
+    .await;
+    let types = |page: &drover::api::types::DeadPageBody| -> Vec<String> {
+        page.jobs.iter().map(|j| j.job_type.clone()).collect()
+    };
+    let a: drover::api::types::DeadPageBody =
+        drover(&["dead", "list", "--type", "a", "--json"], server);
+    assert_eq!(types(&a), ["a", "a"]);
+    let b: drover::api::types::JobsPageBody =
+        drover(&["jobs", "list", "--type", "b", "--json"], server);
+    assert_eq!(b.jobs.len(), 1);
+    assert_eq!(b.jobs[0].job_type, "b");
+    // A bulk replay by type takes only that type.
+    drop(_w);
+    drover_ok(
+        &["dead", "replay", "--type", "b", "--reason", "b fixed"],
+        server,
+    );
+    let left: drover::api::types::DeadPageBody = drover(&["dead", "list", "--json"], server);
+    assert_eq!(types(&left), ["a", "a"]);
+}

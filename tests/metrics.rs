@@ -50,6 +50,8 @@ async fn every_metric_of_the_alerts_and_dashboard_is_served() {
     let mut wanted = metric_names(&alerts);
     wanted.extend(metric_names(&board));
     assert!(wanted.len() > 30, "{wanted:?}");
+    // Served only with [tls]: tests/tls.rs checks it on a TLS node.
+    assert!(wanted.remove("drover_tls_cert_expiry_timestamp_seconds"));
 
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(&format!(
@@ -61,6 +63,8 @@ every = "1s"
 dir = {:?}
 [chaos]
 allowed = true
+[metrics]
+job_types = ["t"]
 [budgets]
 attempts = 1
 [retry.t]
@@ -145,7 +149,12 @@ shed = {{ 5 = 0.5 }}
     );
     assert!(page.contains(r#"drover_queue_expected_workers{queue="q"} 2"#));
     assert!(page.contains(r#"drover_worker_heartbeat_age_seconds{worker="w1"}"#));
-    assert!(page.contains(r#"drover_job_wait_seconds_count{queue="q"}"#));
+    // A named type has its own series; the shed queue's jobs (type
+    // "default", not named) count as other.
+    assert!(
+        page.contains(r#"drover_job_wait_seconds_count{queue="q",job_type="t"}"#),
+        "{page}"
+    );
     assert!(page.contains("# TYPE drover_job_run_seconds histogram"));
     // The desired workers stay within the queue's min and max.
     let desired: f64 = page
@@ -155,4 +164,74 @@ shed = {{ 5 = 0.5 }}
         .parse()
         .unwrap();
     assert!((1.0..=4.0).contains(&desired), "{desired}");
+}
+
+/// The value of the sample `series` (name and labels as served) on a page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_route_template_and_method_not_by_raw_path() {
+    let node = TestNode::start("");
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        let url = format!("{}{path}", node.http);
+        async move { http.get(url).send().await.expect("GET").status().as_u16() }
+    };
+    // A 200 and two 404s of one route, and paths no route has.
+    assert_eq!(get("/api/v1/queues".into()).await, 200);
+    assert_eq!(get("/api/v1/jobs/987654".into()).await, 404);
+    assert_eq!(get("/api/v1/jobs/987655".into()).await, 404);
+    for i in 0..3 {
+        assert_eq!(get(format!("/no/such/path-{i}")).await, 404);
+    }
+    // gRPC: a call that works and one that finds nothing.
+    let mut p = drover::client::Producer::connect(&node.grpc).await.unwrap();
+    p.ping().await.unwrap();
+    assert!(p.get(987654).await.is_err());
+
+    let page = wait_for(
+        "the requests counted on /metrics",
+        Duration::from_secs(10),
+        || async {
+            let page = metrics_text(&node).await;
+            let counted = sample(
+                &page,
+                r#"drover_grpc_requests_total{method="/drover.v1.ProducerService/GetJob",code="NotFound"}"#,
+            );
+            if counted == Some(1.0) {
+                Ok(page)
+            } else {
+                Err(format!("GetJob NotFound counted {counted:?}"))
+            }
+        },
+    )
+    .await;
+    let count = |series: &str| sample(&page, series);
+    assert_eq!(
+        count(r#"drover_http_requests_total{route="/api/v1/queues",code="200"}"#),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        count(r#"drover_http_requests_total{route="/api/v1/jobs/{id}",code="404"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        count(r#"drover_http_requests_total{route="unmatched",code="404"}"#),
+        Some(3.0)
+    );
+    assert!(!page.contains("path-1"), "a raw path became a label");
+    assert_eq!(
+        count(r#"drover_grpc_requests_total{method="/drover.v1.ProducerService/Ping",code="OK"}"#),
+        Some(1.0)
+    );
+    assert!(page.contains(r#"drover_http_request_duration_seconds_count{route="/api/v1/queues"}"#));
+    assert!(page.contains(
+        r#"drover_grpc_request_duration_seconds_count{method="/drover.v1.ProducerService/Ping"}"#
+    ));
 }

@@ -48,9 +48,71 @@ async fn policies_come_from_the_leader_and_reload_on_sighup() {
     // every node applies it (the followers' files still say 6).
     let file = cluster.nodes[leader].dir.path().join("node.toml");
     let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, text.replace("max_retries = 6", "max_retries = 8")).unwrap();
+    let changed = text.replace("max_retries = 6", "max_retries = 8");
+    std::fs::write(&file, &changed).unwrap();
+    // Before the reload, `policies diff` says what the file would change.
+    let server = cluster.nodes[leader].grpc.clone();
+    let out = drover_cli(&["policies", "diff", file.to_str().unwrap()], &server, "");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("1 value(s)") && said.contains("jobs.max_retries: 6 -> 8"),
+        "{said}"
+    );
     signal(cluster.nodes[leader].pid(), libc::SIGHUP);
     every_node_sees_max_retries(&cluster, 8).await;
+    // Every node keeps an audit record of it: the same key, the file's
+    // hash and the node whose file it was.
+    let sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(changed.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    for n in &cluster.nodes {
+        wait_for(
+            "the policies change in every node's audit log",
+            Duration::from_secs(20),
+            || async {
+                let page: AuditPageBody = n
+                    .admin()
+                    .get("/api/v1/audit")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let found = page
+                    .records
+                    .iter()
+                    .find(|r| r.action == "policies.set" && r.target == "jobs.max_retries: 6 -> 8");
+                match found {
+                    Some(r)
+                        if r.who == "config"
+                            && r.reason
+                                == format!("node {}'s config file, sha256 {sha}", leader + 1) =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    // Unchanged now: the diff says so; a file that does not parse is named.
+    let out = drover_cli(&["policies", "diff", file.to_str().unwrap()], &server, "");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no changes"));
+    let bad = cluster.nodes[leader].dir.path().join("bad.toml");
+    std::fs::write(&bad, "max_retries = \"lots\"").unwrap();
+    let out = drover_cli(&["policies", "diff", bad.to_str().unwrap()], &server, "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bad.toml") && err.contains("max_retries"),
+        "{err}"
+    );
     // A bad file on SIGHUP keeps what is in effect: the node reads it,
     // says it refused it, and changes nothing.
     let node = &cluster.nodes[leader];

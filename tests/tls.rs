@@ -16,6 +16,36 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 struct Pki {
     dir: tempfile::TempDir,
+    ca: (rcgen::Certificate, KeyPair),
+}
+
+/// A leaf certificate for 127.0.0.1 and localhost, signed by `issuer`,
+/// written as `FILE.pem` and `FILE-key.pem` in `dir`.
+fn write_leaf(
+    dir: &std::path::Path,
+    issuer: &(rcgen::Certificate, KeyPair),
+    file: &str,
+    not_after: Option<(i32, u8, u8)>,
+) {
+    let mut p =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    if let Some((y, m, d)) = not_after {
+        p.not_after = rcgen::date_time_ymd(y, m, d);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &issuer.0, &issuer.1).unwrap();
+    std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{file}-key.pem")), key.serialize_pem()).unwrap();
+}
+
+/// Midnight UTC of a date, as Unix seconds.
+fn unix(y: i32, m: u32, d: u32) -> i64 {
+    chrono::NaiveDate::from_ymd_opt(y, m, d)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp()
 }
 
 impl Pki {
@@ -31,24 +61,20 @@ impl Pki {
             let cert = p.self_signed(&key).unwrap();
             (cert, key)
         };
-        let leaf = |issuer: &(rcgen::Certificate, KeyPair), file: &str| {
-            let p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .unwrap();
-            let key = KeyPair::generate().unwrap();
-            let cert = p.signed_by(&key, &issuer.0, &issuer.1).unwrap();
-            std::fs::write(dir.path().join(format!("{file}.pem")), cert.pem()).unwrap();
-            std::fs::write(
-                dir.path().join(format!("{file}-key.pem")),
-                key.serialize_pem(),
-            )
-            .unwrap();
-        };
         let cluster_ca = ca("drover test CA");
         std::fs::write(dir.path().join("ca.pem"), cluster_ca.0.pem()).unwrap();
-        leaf(&cluster_ca, "node");
+        write_leaf(dir.path(), &cluster_ca, "node", None);
         let rogue_ca = ca("someone else");
-        leaf(&rogue_ca, "rogue");
-        Pki { dir }
+        write_leaf(dir.path(), &rogue_ca, "rogue", None);
+        Pki {
+            dir,
+            ca: cluster_ca,
+        }
+    }
+
+    /// A new node certificate from the cluster CA over the old files.
+    fn renew_node(&self, not_after: (i32, u8, u8)) {
+        write_leaf(self.dir.path(), &self.ca, "node", Some(not_after));
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -246,6 +272,23 @@ async fn a_three_node_cluster_over_mutual_tls_with_tokens_elects_and_replicates(
         })
         .await;
     }
+    // Each node looks at what its peers serve: all show node.pem here.
+    let node1 = &cluster.nodes[0];
+    let own = expiry_gauge(&pki, node1, "node").await;
+    assert!(own.is_some());
+    for peer in ["peer-2", "peer-3"] {
+        wait_for(
+            "the peers' certificates looked at",
+            Duration::from_secs(30),
+            || async {
+                match expiry_gauge(&pki, node1, peer).await {
+                    e if e == own => Ok(()),
+                    e => Err(format!("{peer}: {e:?}, own {own:?}")),
+                }
+            },
+        )
+        .await;
+    }
     // Without the admin token the same request is refused.
     let resp = http
         .get(format!(
@@ -353,4 +396,115 @@ async fn a_tls_mismatch_names_the_fix_on_every_command() {
     let _ = worker.kill();
     let _ = worker.wait();
     assert!(found, "the worker says what to do: {seen:?}");
+}
+
+/// The `drover_tls_cert_expiry_timestamp_seconds` series for `cert` on the
+/// node's `/metrics` page (over TLS, checked against the CA).
+async fn expiry_gauge(pki: &Pki, node: &TestNode, cert: &str) -> Option<i64> {
+    let page = pki
+        .reqwest()
+        .get(format!("{}/metrics", https(&node.http)))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    metric_value(
+        &page,
+        &format!("drover_tls_cert_expiry_timestamp_seconds{{cert=\"{cert}\"}}"),
+    )
+    .map(|v| v as i64)
+}
+
+#[tokio::test]
+async fn sighup_serves_a_renewed_certificate_and_a_bad_file_keeps_the_old_one() {
+    install_provider();
+    let pki = Pki::new();
+    pki.renew_node((2031, 1, 2));
+    let mut node = TestNode::prepare("127.0.0.1:0", &pki.tls_config(false));
+    node.log_file = Some(node.dir.path().join("node.log"));
+    node.spawn();
+    let served = || drover::api::certs::served_expiry(&node.grpc);
+    assert_eq!(served().await, Ok(unix(2031, 1, 2)));
+    assert_eq!(
+        expiry_gauge(&pki, &node, "node").await,
+        Some(unix(2031, 1, 2))
+    );
+    // rcgen's CAs run to 4096.
+    assert_eq!(
+        expiry_gauge(&pki, &node, "ca").await,
+        Some(unix(4096, 1, 1))
+    );
+
+    // Renewed over the same paths: served after SIGHUP, gauge and all.
+    pki.renew_node((2032, 3, 4));
+    signal(node.pid(), libc::SIGHUP);
+    wait_for(
+        "the renewed certificate served",
+        Duration::from_secs(20),
+        || async {
+            match served().await {
+                Ok(at) if at == unix(2032, 3, 4) => Ok(()),
+                other => Err(format!("served {other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        expiry_gauge(&pki, &node, "node").await,
+        Some(unix(2032, 3, 4))
+    );
+    assert_eq!(node.log_count("tls_reloaded"), 1, "{}", node.log_text());
+    // A client that trusts the CA gets in on the new certificate.
+    let resp = pki
+        .reqwest()
+        .get(format!("{}/health", https(&node.http)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A certificate file that does not read: the old one stays in effect.
+    std::fs::write(pki.path("node.pem"), "not a certificate\n").unwrap();
+    signal(node.pid(), libc::SIGHUP);
+    wait_for("the reload refused", Duration::from_secs(20), || async {
+        match node.log_count("tls_reload_failed") {
+            0 => Err("not yet".to_string()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    let log = node.log_text();
+    assert!(
+        log.contains("tls.cert") && log.contains("holds no PEM certificate"),
+        "{log}"
+    );
+    assert_eq!(served().await, Ok(unix(2032, 3, 4)));
+    assert_eq!(
+        expiry_gauge(&pki, &node, "node").await,
+        Some(unix(2032, 3, 4))
+    );
+    // A key that is not the certificate's: refused too, the old pair kept.
+    pki.renew_node((2033, 5, 6));
+    let other_key = KeyPair::generate().unwrap();
+    std::fs::write(pki.path("node-key.pem"), other_key.serialize_pem()).unwrap();
+    signal(node.pid(), libc::SIGHUP);
+    wait_for(
+        "the mismatched key refused",
+        Duration::from_secs(20),
+        || async {
+            match node.log_count("tls_reload_failed") {
+                n if n >= 2 => Ok(()),
+                _ => Err("not yet".to_string()),
+            }
+        },
+    )
+    .await;
+    assert!(
+        node.log_text().contains("does not go with tls.cert"),
+        "{}",
+        node.log_text()
+    );
+    assert_eq!(served().await, Ok(unix(2032, 3, 4)));
 }

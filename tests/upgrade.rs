@@ -1,9 +1,12 @@
-//! A rolling upgrade, one node at a time, under load. `--entry-version 4`
-//! simulates a build with a newer log entry format: while any voter is
-//! older the leader writes this build's format (3), which both apply, so the mixed cluster
-//! loses nothing; once all are upgraded it writes format 4; and a node
-//! started on the old build after that refuses the newer entries, saying
-//! to upgrade it, and keeps its data for the build that can.
+//! A rolling upgrade, one node at a time, under load. The nodes start as
+//! a build that writes entry format 3 (`--entry-version 3`) and are
+//! upgraded to this build (format 4): while any voter is older the leader
+//! writes format 3, which both apply, so the mixed cluster loses nothing;
+//! once all are upgraded it writes format 4, whose first entry moves every
+//! node's tree to layout 4 (clock changes kept apart) at the same index
+//! (the digests still agree); and a node started on the old build after
+//! that refuses the newer entries, saying to upgrade it, and keeps its data
+//! for the build that can.
 
 mod common;
 
@@ -14,7 +17,7 @@ use common::load::*;
 use common::*;
 use tokio::sync::watch;
 
-const NEWER: [&str; 2] = ["--entry-version", "4"];
+const OLDER: [&str; 2] = ["--entry-version", "3"];
 
 fn log_has(node: &TestNode, needle: &str) -> bool {
     node.log_file
@@ -25,7 +28,11 @@ fn log_has(node: &TestNode, needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_upgrade_under_load_loses_nothing_and_an_old_build_refuses_newer_entries() {
-    let mut c = TestCluster::start(3, "[jobs]\nheartbeat_timeout = \"2s\"\n");
+    let mut c = TestCluster::prepare(3, "[jobs]\nheartbeat_timeout = \"2s\"\n");
+    for node in &mut c.nodes {
+        node.args = OLDER.iter().map(|s| s.to_string()).collect();
+        node.spawn();
+    }
     c.leader().await;
     let runs: Runs = Arc::new(Mutex::new(Vec::new()));
     let load = Load::start(&c, "up", 3, 100_000);
@@ -50,7 +57,7 @@ async fn a_rolling_upgrade_under_load_loses_nothing_and_an_old_build_refuses_new
     for (step, &i) in order.iter().enumerate() {
         let status = tokio::task::block_in_place(|| c.nodes[i].terminate());
         assert!(status.success(), "node {} exited with {status}", i + 1);
-        c.nodes[i].args = NEWER.iter().map(|s| s.to_string()).collect();
+        c.nodes[i].args.clear();
         c.nodes[i].log_file = Some(c.nodes[i].dir.path().join("node.log"));
         c.nodes[i].spawn();
         c.caught_up(i).await;
@@ -88,7 +95,7 @@ async fn a_rolling_upgrade_under_load_loses_nothing_and_an_old_build_refuses_new
     let before = load.acked_count();
     load.wait_acked(before, 50, "format-3 entries while it is down")
         .await;
-    c.nodes[old].args.clear();
+    c.nodes[old].args = OLDER.iter().map(|s| s.to_string()).collect();
     let out = tokio::task::block_in_place(|| {
         let mut child = c.nodes[old]
             .serve_command()
@@ -109,7 +116,7 @@ async fn a_rolling_upgrade_under_load_loses_nothing_and_an_old_build_refuses_new
         out.1
     );
     // Its data was kept: the newer build takes it up from there.
-    c.nodes[old].args = NEWER.iter().map(|s| s.to_string()).collect();
+    c.nodes[old].args.clear();
     c.nodes[old].spawn();
     c.caught_up(old).await;
 

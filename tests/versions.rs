@@ -133,6 +133,21 @@ async fn a_disabled_version_gets_no_jobs_until_enabled() {
         done.iter().any(|j| leased_by(j) == vec!["w4"]),
         "v4 takes jobs again"
     );
+    // Both leased: each has a first and a last sight, which the table shows.
+    let listed = versions(server);
+    for v in ["v3", "v4"] {
+        let seen = listed
+            .seen
+            .get(v)
+            .unwrap_or_else(|| panic!("{v}: {listed:?}"));
+        assert!(seen.first_seen_ms > 0 && seen.first_seen_ms <= seen.last_seen_ms);
+    }
+    let out = drover_cli(&["versions", "list"], server, "");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        table.contains("FIRST SEEN") && table.contains("LAST SEEN"),
+        "{table}"
+    );
 }
 
 #[tokio::test]

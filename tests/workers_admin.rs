@@ -174,3 +174,208 @@ async fn a_worker_serves_its_health() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("health-addr"));
 }
+
+/// `drover workers wait` for `count` workers of queue q.
+fn workers_wait(server: &str, count: usize) {
+    let count = count.to_string();
+    let args = [
+        "workers",
+        "wait",
+        "--queue",
+        "q",
+        "--count",
+        &count,
+        "--timeout",
+        "30s",
+    ];
+    drover_ok(&args, server);
+}
+
+/// What systemd's `Restart=always` does for a worker: starts it again, same
+/// id, each time it exits, until `stop`.
+fn supervise(
+    server: String,
+    id: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        let mut starts = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !stop.load(std::sync::atomic::Ordering::SeqCst)
+            && std::time::Instant::now() < deadline
+        {
+            let mut w = exec_worker(&server, "q", id, "sleep 0.05; cat");
+            starts += 1;
+            loop {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return starts;
+                }
+                if w.0.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        starts
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_keeps_all_but_one_serving_and_loses_no_job() {
+    let node = TestNode::start("");
+    let server = node.grpc.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ids = ["r-1", "r-2", "r-3", "r-4"];
+    let supervisors: Vec<_> = ids
+        .iter()
+        .map(|id| supervise(server.clone(), id, stop.clone()))
+        .collect();
+    workers_wait(&server, 4);
+    // Load throughout: 400 jobs of 50 ms each over 4 workers, about 5 s.
+    let jobs = enqueue_n(&server, "q", 400);
+    // Sampled while the restart runs: how many serve the queue, not draining.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (server, sampling) = (server.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            let mut fewest = usize::MAX;
+            for _ in 0..2_000 {
+                if !sampling.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let w = listed(&server);
+                let serving = w.workers.iter().filter(|x| !x.draining).count();
+                fewest = fewest.min(serving);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            fewest
+        })
+    };
+    let out = drover_cli(
+        &[
+            "workers",
+            "restart",
+            "--queue",
+            "q",
+            "--max-unavailable",
+            "1",
+            "--wait",
+            "--timeout",
+            "30s",
+        ],
+        &server,
+        "",
+    );
+    sampling.store(false, std::sync::atomic::Ordering::SeqCst);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(said.matches("draining ").count(), 4, "{said}");
+    assert!(said.contains("restarted 4 workers of queue q"), "{said}");
+    assert!(
+        sampler.join().unwrap() >= 3,
+        "never more than one away: {said}"
+    );
+    // Every job ran once, to success: a drained worker finished what it held.
+    for id in &jobs {
+        let j = wait_state_within(&node, *id, "succeeded", Duration::from_secs(60)).await;
+        assert_eq!(j.attempts, 1, "job {id} ran {} times", j.attempts);
+    }
+
+    // No supervisor: the restart stops after the first worker and says so.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let starts: Vec<u32> = supervisors.into_iter().map(|s| s.join().unwrap()).collect();
+    assert!(
+        starts.iter().all(|n| *n >= 2),
+        "each was started again: {starts:?}"
+    );
+    let _a = exec_worker(&server, "q", "s-1", "cat");
+    let _b = exec_worker(&server, "q", "s-2", "cat");
+    workers_wait(&server, 2);
+    let out = drover_cli(
+        &["workers", "restart", "--queue", "q", "--timeout", "3s"],
+        &server,
+        "",
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no replacement registered for s-1") && err.contains("Not restarted: s-2"),
+        "{err}"
+    );
+    // And a wait that cannot be met names who is there.
+    let out = drover_cli(
+        &[
+            "workers",
+            "wait",
+            "--queue",
+            "q",
+            "--count",
+            "5",
+            "--timeout",
+            "1s",
+        ],
+        &server,
+        "",
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("1 of 5 workers of queue q connected: s-2"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_worker_under_restart_exits_and_its_replacement_leases() {
+    let node = TestNode::start(
+        "[queues.q]\nquarantine_failure_rate = 0.5\nquarantine_min_jobs = 3\nquarantine_action = \"restart\"\n",
+    );
+    let server = node.grpc.clone();
+    let broken = node.dir.path().join("broken");
+    std::fs::write(&broken, "").unwrap();
+    let script = format!("if [ -e {broken:?} ]; then exit 3; fi; cat");
+    let ids = enqueue_n(&server, "q", 20);
+    let mut first = exec_worker(&server, "q", "w-q", &script);
+    // It fails, is quarantined and asked to exit: it exits by itself, 0.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = first.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the quarantined worker did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let w = listed(&server);
+    assert!(w.quarantined.contains_key("w-q"), "{w:?}");
+    // What its supervisor does: a fresh process, the same id, fixed code.
+    std::fs::remove_file(&broken).unwrap();
+    let _second = exec_worker(&server, "q", "w-q", &script);
+    wait_for(
+        "the replacement to lease",
+        Duration::from_secs(30),
+        || async {
+            let mut done = 0;
+            for id in &ids {
+                if job_state(&node, *id).await == "succeeded" {
+                    done += 1;
+                }
+            }
+            match done {
+                0 => Err("no job succeeded yet".to_string()),
+                n => Ok(n),
+            }
+        },
+    )
+    .await;
+    assert!(
+        !listed(&server).quarantined.contains_key("w-q"),
+        "its quarantine was lifted"
+    );
+}

@@ -178,6 +178,12 @@ impl Caller {
         self.scope.as_ref().is_none_or(|s| s.admits_tenant(tenant))
     }
 
+    /// Whether the token is limited in any way (tenants, queues, worker
+    /// ids).
+    pub fn scoped(&self) -> bool {
+        self.scope.is_some()
+    }
+
     /// Whether the token is limited to some tenants.
     pub fn tenant_scoped(&self) -> bool {
         self.scope.as_ref().is_some_and(|s| s.has_tenants())

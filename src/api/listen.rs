@@ -12,17 +12,12 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 use tower::ServiceExt;
-
-use crate::config::{ConfigError, Tls};
 
 /// What the connection a request came on says about its sender.
 #[derive(Debug, Clone)]
@@ -37,76 +32,15 @@ pub struct ConnInfo {
 /// How long a client gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn tls_error(key: &'static str, path: &std::path::Path, e: impl std::fmt::Display) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: format!("{}: {e}", path.display()),
-    }
-}
-
-fn read_certs(
-    key: &'static str,
-    path: &std::path::Path,
-) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| tls_error(key, path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_error(key, path, e))?;
-    if certs.is_empty() {
-        return Err(tls_error(key, path, "holds no PEM certificate"));
-    }
-    Ok(certs)
-}
-
-/// The CA certificates of `tls.ca`, as a root store.
-pub fn ca_roots(tls: &Tls) -> Result<RootCertStore, ConfigError> {
-    let mut roots = RootCertStore::empty();
-    for c in read_certs("tls.ca", &tls.ca)? {
-        roots.add(c).map_err(|e| tls_error("tls.ca", &tls.ca, e))?;
-    }
-    Ok(roots)
-}
-
-/// The node's TLS server config from its PEM files: errors name the key and
-/// the file. With `peer_mtls`, clients are asked for a certificate; one the
-/// CA did not sign fails the handshake, and none at all is allowed here (a
-/// CLI or a worker has none) and refused later for peer traffic.
-pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, ConfigError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = read_certs("tls.cert", &tls.cert)?;
-    let key =
-        PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| tls_error("tls.key", &tls.key, e))?;
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error("tls", &tls.cert, e))?;
-    let roots = ca_roots(tls)?;
-    let builder = if tls.peer_mtls {
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| tls_error("tls.ca", &tls.ca, e))?;
-        builder.with_client_cert_verifier(verifier)
-    } else {
-        builder.with_no_client_auth()
-    };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-        tls_error(
-            "tls.key",
-            &tls.key,
-            format!("does not go with tls.cert: {e}"),
-        )
-    })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
 /// Serves `router` on `listener` until `shutdown`; then stops accepting,
 /// lets open connections finish for up to `grace` (worker streams end once
-/// their workers have reported what they hold), and closes the rest.
+/// their workers have reported what they hold), and closes the rest. With
+/// `tls`, each connection takes the server config in effect when it comes
+/// (SIGHUP may replace it: see [`super::certs::ServerTls`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    tls: Option<Arc<ServerConfig>>,
+    tls: Option<watch::Receiver<Arc<ServerConfig>>>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -120,7 +54,6 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(10)))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
-    let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -141,12 +74,10 @@ pub async fn serve(
         // Without it, Nagle held the second write of an answer until the
         // peer's delayed ACK (40 ms) came.
         let _ = tcp.set_nodelay(true);
-        let (router, builder, acceptor, watcher) = (
-            router.clone(),
-            builder.clone(),
-            acceptor.clone(),
-            graceful.watcher(),
-        );
+        let acceptor = tls
+            .as_ref()
+            .map(|config| TlsAcceptor::from(config.borrow().clone()));
+        let (router, builder, watcher) = (router.clone(), builder.clone(), graceful.watcher());
         conns.spawn(async move {
             match acceptor {
                 None => {

@@ -89,6 +89,8 @@ impl App {
             // A replayed job that finished again is in a newer record too.
             let current = finished_at.is_none_or(|at| at == job.finished_at_ms);
             if current && query.matches(&job) && owns(caller, &job) {
+                let mut job = job;
+                self.open_job(&mut job)?;
                 jobs.push(job);
                 if jobs.len() == limit {
                     return Ok(JobsPage { jobs, next: last });

@@ -10,6 +10,7 @@
 //! [`scope`] what a token may touch.
 
 pub mod auth;
+pub mod certs;
 pub mod convert;
 pub mod costs;
 pub mod dead;
@@ -19,6 +20,7 @@ pub mod listen;
 pub mod listing;
 pub mod peer;
 pub mod producer;
+pub mod request_metrics;
 pub mod scope;
 pub mod types;
 pub mod worker;
@@ -56,6 +58,9 @@ pub struct App {
     /// Turns true when the node begins to stop: the listener stops
     /// accepting, and worker streams are told to move to another node.
     pub shutdown: watch::Receiver<bool>,
+    /// What seals payloads, results and error messages before they are
+    /// proposed and opens them as they leave (no keys: nothing sealed).
+    pub keys: Arc<crate::sealing::Keys>,
 }
 
 /// Faults a node injected into its worker streams, by (queue, kind), since
@@ -192,6 +197,15 @@ impl App {
                 for (k, v) in labels {
                     job.labels.insert(k.to_string(), v.clone());
                 }
+                if crate::sealing::looks_sealed(&job.payload) {
+                    return Err(Error::invalid(
+                        "payload",
+                        "starts with the bytes drover marks sealed payloads with (NUL \"drs1\"): prefix it with another byte",
+                    ));
+                }
+                job.payload = self
+                    .keys
+                    .seal(crate::sealing::Field::Payload, job.payload);
                 Ok::<_, Error>(job)
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -238,17 +252,30 @@ impl App {
         }
     }
 
+    /// Opens what a job record keeps sealed (its last error's message).
+    pub fn open_job(&self, job: &mut Job) -> Result<(), Error> {
+        if !job.last_error.is_empty() {
+            let sealed = std::mem::take(&mut job.last_error);
+            job.last_error = self.keys.open_text(crate::sealing::Field::Error, sealed)?;
+        }
+        Ok(())
+    }
+
     /// Reads a job as it is now in the cluster (after a read index). A
     /// producer reads only the jobs it enqueued.
     pub async fn get_job(&self, caller: &Caller, id: JobId) -> Result<JobView, Error> {
         self.router.read_barrier().await?;
         let reader = self.driver.reader();
-        let (job, payload) = reader.job_and_payload(id)?.ok_or(Error::JobNotFound(id))?;
+        let (mut job, payload) = reader.job_and_payload(id)?.ok_or(Error::JobNotFound(id))?;
         check_owner(caller, &job)?;
+        use crate::sealing::Field;
+        let result = self.keys.open(Field::Result, reader.result(id)?)?;
+        let waiting = reader.waiting(&job)?;
+        self.open_job(&mut job)?;
         Ok(JobView {
-            payload,
-            result: reader.result(id)?,
-            waiting: reader.waiting(&job)?,
+            payload: self.keys.open(Field::Payload, payload)?,
+            result,
+            waiting,
             job,
         })
     }

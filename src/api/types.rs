@@ -1053,6 +1053,25 @@ pub struct RetryPolicyBody {
     pub timeout: Option<String>,
 }
 
+/// Policies to compare with those the cluster applies
+/// (`POST /api/v1/policies/diff`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesDiffRequest {
+    /// The policies as a config yields them, in their JSON record form
+    /// (`drover policies diff FILE` sends its file's); fields left out
+    /// take their defaults.
+    #[schema(value_type = Object)]
+    pub policies: serde_json::Value,
+}
+
+/// What the policies sent would change, value by value, in key order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoliciesDiffBody {
+    /// Every value that differs; empty when nothing would change.
+    pub changes: Vec<crate::policies::PolicyChange>,
+}
+
 /// The policies the cluster applies, as the log last set them (from the
 /// leader's config), in the config file's shape.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -1337,6 +1356,19 @@ pub struct VersionsBody {
     pub connected: BTreeMap<String, usize>,
     /// Members that did not answer: their workers are not counted.
     pub unreachable: BTreeMap<String, String>,
+    /// When each version was first and last seen leasing, cluster-wide
+    /// (the last to within a minute); kept for the 256 seen most recently.
+    #[serde(default)]
+    pub seen: BTreeMap<String, VersionSeenBody>,
+}
+
+/// When a worker version was first and last seen leasing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionSeenBody {
+    /// Its first lease request (ms since the epoch, log time).
+    pub first_seen_ms: u64,
+    /// Its last, to within a minute (ms since the epoch, log time).
+    pub last_seen_ms: u64,
 }
 
 /// A queue's canary rule, and (from `status`) how the canary compares.
@@ -1519,6 +1551,9 @@ pub struct DeadFilterBody {
     /// Only jobs that died in this queue.
     #[serde(default)]
     pub queue: Option<String>,
+    /// Only jobs of this type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub job_type: Option<String>,
     /// The last error's class.
     #[serde(default)]
     pub class: Option<String>,
@@ -1850,6 +1885,36 @@ pub struct RunTimelineBody {
     /// The run has more jobs than a timeline merges (the first ones are).
     #[serde(default)]
     pub truncated: bool,
+}
+
+/// `POST /api/v1/tenants/{tenant}/erase`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseTenantBody {
+    /// Why (or the `X-Drover-Reason` header); required.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What erasing a tenant removed, on every node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantErasedBody {
+    /// The tenant erased.
+    pub tenant: String,
+    /// Jobs removed (unfinished ones cancelled first), each with its
+    /// payload, result and idempotency record.
+    pub jobs: u64,
+    /// Runs removed, with their held state and job index.
+    pub runs: u64,
+    /// Circuit breakers of the tenant's scopes removed.
+    pub breakers: u64,
+    /// Queues whose fair-share clocks named the tenant.
+    pub clocks: u64,
+    /// Other records: daily cost, budgets set at run time, pause or drain,
+    /// version switches naming the tenant.
+    pub other: u64,
+    /// Log entries the erasure took (slices of job records, then the rest).
+    pub slices: u64,
 }
 
 /// `POST /api/v1/runs/{run}/cancel`.

@@ -6,6 +6,7 @@
 //! into one command per kind, so a busy worker costs one log entry per round
 //! of completions, not one per job.
 
+use crate::sealing::Field;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -112,6 +113,7 @@ impl WorkerService for Worker {
             finished: Default::default(),
             worker_drained: false,
             quarantine_asked: false,
+            restart_quarantined: false,
             quarantine_seen: false,
             reclaim: true,
             tx,
@@ -225,6 +227,9 @@ struct Session {
     worker_drained: bool,
     /// A quarantine of this worker is proposed and not yet answered.
     quarantine_asked: bool,
+    /// The worker is asked to exit for its quarantine
+    /// (`quarantine_action = "restart"`), not by an operator.
+    restart_quarantined: bool,
     /// This session has seen the worker quarantined: once released, its
     /// results are counted afresh.
     quarantine_seen: bool,
@@ -383,8 +388,13 @@ impl Session {
                 },
                 _ = &mut stop, if !self.draining => {
                     self.draining = true;
-                    tracing::info!(event = "worker_stop_asked", worker_id = %worker_id, "an operator asked this worker to stop");
-                    self.send_shutdown("an operator asked this worker to stop (drover workers shutdown): finish held jobs and exit", false).await;
+                    if self.restart_quarantined {
+                        tracing::warn!(event = "worker_restart_asked", worker_id = %worker_id, "a quarantined worker is asked to exit, for its supervisor to start a fresh one (quarantine_action = \"restart\")");
+                        self.send_shutdown("quarantined for failing too often (quarantine_action = \"restart\"): finish held jobs and exit; a fresh process leases again", false).await;
+                    } else {
+                        tracing::info!(event = "worker_stop_asked", worker_id = %worker_id, "an operator asked this worker to stop");
+                        self.send_shutdown("an operator asked this worker to stop (drover workers shutdown): finish held jobs and exit", false).await;
+                    }
                 }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
@@ -507,15 +517,22 @@ impl Session {
             "a worker failing too often gets no new leases (drover workers release ID lifts it)");
         self.quarantine_asked = true;
         self.quarantine_seen = true;
+        // A worker to be replaced is kept from leases only until it goes:
+        // the fresh process that reconnects under its id lifts it.
+        let for_ms = if policy.restart { 0 } else { policy.for_ms };
         self.propose_quarantine(
             proposals,
             Command::Quarantine {
                 worker: entry.worker_id.clone(),
-                for_ms: policy.for_ms,
+                for_ms,
                 completed: ok,
                 failed: bad,
             },
         );
+        if policy.restart {
+            self.restart_quarantined = true;
+            entry.stop.notify_one();
+        }
     }
 
     fn propose_quarantine(
@@ -650,7 +667,7 @@ impl Session {
                                 Completion {
                                     job_id: c.job_id,
                                     attempt: c.attempt,
-                                    result: c.result,
+                                    result: self.app.keys.seal(Field::Result, c.result),
                                 },
                                 usage,
                             ));
@@ -675,7 +692,10 @@ impl Session {
                                 } else {
                                     truncate(f.error_class, 128)
                                 },
-                                message: truncate(f.message, MAX_ERROR_MESSAGE),
+                                message: self.app.keys.seal_text(
+                                    Field::Error,
+                                    truncate(f.message, MAX_ERROR_MESSAGE),
+                                ),
                             },
                             usage,
                         ));
@@ -790,7 +810,16 @@ impl Session {
                 let chaos = self.chaos();
                 let mut leased = Vec::with_capacity(jobs.len());
                 let (mut revoke, mut delay_ms) = (Vec::new(), 0);
-                for leased_job in jobs {
+                for mut leased_job in jobs {
+                    match self.app.keys.open(Field::Payload, leased_job.payload) {
+                        Ok(payload) => leased_job.payload = payload,
+                        Err(e) => {
+                            // Its lease stays in the log and expires, so a
+                            // node that has the key may hand it out.
+                            tracing::error!(event = "payload_unreadable", job_id = leased_job.job.id, error = %e, "cannot open a leased job's payload");
+                            continue;
+                        }
+                    }
                     let job = convert::leased_job(leased_job);
                     let lease = (job.job_id, job.attempt);
                     // A reclaim names leases this session already sent or

@@ -29,6 +29,7 @@ impl Driver {
                             reads: self.entry_version,
                         });
                     }
+                    self.machine.entry_format(found);
                     if found > self.format_floor {
                         self.format_floor = found;
                         self.raw.mut_store().set_format_floor(found)?;

@@ -110,9 +110,10 @@ impl DriverHandle {
         rx.await.map_err(|_| Error::OutcomeUnknown)?
     }
 
-    /// The policies this node's config now asks for (after a reload).
-    pub fn set_policies(&self, policies: crate::policies::Policies) {
-        self.control(Control::Policies(Box::new(policies)));
+    /// The policies this node's config now asks for (after a reload), and
+    /// the SHA-256 of the file they were read from.
+    pub fn set_policies(&self, policies: crate::policies::Policies, file_sha256: String) {
+        self.control(Control::Policies(Box::new(policies), file_sha256));
     }
 
     /// Takes a snapshot now (or finds the newest if nothing was applied
@@ -233,6 +234,21 @@ impl DriverHandle {
         let rx = self
             .ask(|reply| Control::FindJobs(Box::new(query), after, reply))
             .await?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// Ready jobs by tenant, every queue, from this node's indexes. Asked
+    /// for, not published with the stats: with many tenants it is too
+    /// large to build after every applied range.
+    pub async fn ready_by_tenant(&self) -> Result<std::collections::BTreeMap<String, u64>, Error> {
+        let rx = self.ask(Control::ReadyByTenant).await?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// Budget counters by tenant since this node opened its machine (for a
+    /// metrics scrape; too large to publish after every applied range).
+    pub async fn run_totals(&self) -> Result<crate::machine::runs::RunTotals, Error> {
+        let rx = self.ask(Control::RunTotals).await?;
         rx.await.map_err(|_| Error::ShuttingDown)
     }
 

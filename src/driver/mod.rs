@@ -181,6 +181,9 @@ struct Driver {
     /// The policies this node's config asks for: the leader proposes them
     /// when the machine's differ; a follower says which keys differ.
     policies: crate::policies::Policies,
+    /// The SHA-256 of the config file they were read from (empty: the
+    /// embedded defaults), for the audit record of a change.
+    policies_source: String,
     /// The machine's policies a follower last warned about.
     policies_warned: Option<crate::policies::Policies>,
     /// This node's config policies still wait to be proposed (asked at
@@ -357,8 +360,15 @@ impl Driver {
             Control::FindJobs(query, after, reply) => {
                 let _ = reply.send(self.machine.live_job_ids(&query, after));
             }
-            Control::Policies(p) => {
+            Control::ReadyByTenant(reply) => {
+                let _ = reply.send(self.machine.ready_by_tenant());
+            }
+            Control::RunTotals(reply) => {
+                let _ = reply.send(self.machine.run_totals());
+            }
+            Control::Policies(p, source) => {
                 self.policies = *p;
+                self.policies_source = source;
                 self.policies_warned = None;
                 self.policies_asked = Some(self.raw.raft.raft_log.last_index());
             }

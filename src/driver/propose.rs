@@ -78,7 +78,10 @@ impl Driver {
         let purges = commands.iter().any(|c| {
             matches!(
                 c,
-                Command::Purge { .. } | Command::PurgeAudit { .. } | Command::SetPolicies { .. }
+                Command::Purge { .. }
+                    | Command::PurgeAudit { .. }
+                    | Command::SetPolicies { .. }
+                    | Command::SetPoliciesFrom(_)
             )
         });
         metrics::histogram!(crate::metrics::COMMANDS_PER_ENTRY).record(commands.len() as f64);

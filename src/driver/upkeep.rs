@@ -97,9 +97,13 @@ impl Driver {
             if self.upkeep_in_flight.is_none() && self.raw.raft.commit_to_current_term() {
                 tracing::info!(event = "policies_proposed", keys = ?current.differences(&self.policies), "proposing this node's config policies to the cluster");
                 self.propose(
-                    vec![Command::SetPolicies {
-                        policies: self.policies.clone(),
-                    }],
+                    vec![Command::SetPoliciesFrom(Box::new(
+                        crate::command::PoliciesFrom {
+                            policies: self.policies.clone(),
+                            node: self.node_id,
+                            file_sha256: self.policies_source.clone(),
+                        },
+                    ))],
                     vec![None],
                 );
             }

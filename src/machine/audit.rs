@@ -24,6 +24,52 @@ fn refusal(outcome: &Outcome) -> Option<&crate::command::Refusal> {
     }
 }
 
+/// Changes named in full in one record; more are counted.
+const CHANGES_NAMED: usize = 40;
+/// Characters of a value kept in the record (a schedule's payload is a
+/// value too); the rest is cut, marked with `...`.
+const VALUE_CHARS: usize = 120;
+
+fn cut(value: &Option<String>) -> String {
+    match value {
+        None => "(not set)".into(),
+        Some(v) if v.chars().count() > VALUE_CHARS => {
+            format!("{}...", v.chars().take(VALUE_CHARS).collect::<String>())
+        }
+        Some(v) => v.clone(),
+    }
+}
+
+/// The record of a change of policies from a node's config: every value
+/// it changed, and which file on which node it came from.
+pub(super) fn policies_record(
+    node: u64,
+    file_sha256: &str,
+    changes: &[crate::policies::PolicyChange],
+) -> AuditRecord {
+    let mut target: Vec<String> = changes
+        .iter()
+        .take(CHANGES_NAMED)
+        .map(|c| format!("{}: {} -> {}", c.key, cut(&c.old), cut(&c.new)))
+        .collect();
+    if changes.len() > CHANGES_NAMED {
+        target.push(format!("and {} more", changes.len() - CHANGES_NAMED));
+    }
+    let source = if file_sha256.is_empty() {
+        format!("node {node}'s embedded defaults")
+    } else {
+        format!("node {node}'s config file, sha256 {file_sha256}")
+    };
+    AuditRecord {
+        who: "config".into(),
+        role: String::new(),
+        action: "policies.set".into(),
+        target: target.join("; "),
+        reason: source,
+        outcome: "ok".into(),
+    }
+}
+
 impl Machine {
     /// Applies a [`Command::Audit`]: its command, then the record, if
     /// the command took effect. A refused request changes nothing, the

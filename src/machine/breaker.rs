@@ -159,6 +159,21 @@ impl Machine {
         }
     }
 
+    /// Removes every breaker of `tenant` (an erasure); answers how many.
+    pub(super) fn erase_tenant_breakers(&mut self, tenant: &str) -> u32 {
+        let scopes: Vec<Scope> = self
+            .breakers
+            .keys()
+            .filter(|(_, t, _)| t == tenant)
+            .cloned()
+            .collect();
+        for scope in &scopes {
+            self.breakers.remove(scope);
+            self.store_breaker(scope);
+        }
+        scopes.len() as u32
+    }
+
     /// A job of (queue, tenant) failed with `class`.
     pub(super) fn breaker_failed(&mut self, now: u64, job: &Job, class: &str) {
         let Some(policy) = self.policies.breaker(&job.queue) else {

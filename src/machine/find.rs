@@ -21,6 +21,8 @@ pub struct JobQuery {
     pub tenant: Option<String>,
     /// Only jobs of this run id.
     pub run: Option<String>,
+    /// Only jobs of this type.
+    pub job_type: Option<String>,
     /// The last error's class.
     pub class: Option<String>,
     /// In its state for longer than this, at `now_ms`.
@@ -39,6 +41,7 @@ impl JobQuery {
             && self.state.is_none_or(|s| s == job.state)
             && is(&self.tenant, &job.tenant)
             && is(&self.run, &job.run_id)
+            && is(&self.job_type, &job.job_type)
             && is(&self.class, &job.last_error_class)
             && self
                 .older_than_ms
@@ -194,13 +197,7 @@ impl JobReader {
         let mut out = Vec::new();
         let end = key(JOB, u64::MAX);
         for item in tree.range(start..=end).keys().take(SCAN_BUDGET) {
-            let k = item?;
-            out.push(u64::from_be_bytes(k[1..9].try_into().map_err(|_| {
-                MachineError::Corrupt {
-                    key: describe_key(&k),
-                    reason: "a job key is not j and an id".into(),
-                }
-            })?));
+            out.push(job_key_id(&item?)?);
         }
         Ok(out)
     }

@@ -50,10 +50,11 @@ impl QueueCounts {
 
 #[derive(Debug, Default)]
 pub(super) struct QueueIndex {
-    /// Ready jobs by priority, tenant, age.
+    /// Ready jobs by priority, tenant, age, and the tenants' fair-share
+    /// clocks (`S`+queue).
     pub(super) ready: scheduler::ReadySet,
-    /// The tenants' fair-share clocks (`S`+queue).
-    pub(super) clocks: scheduler::Clocks,
+    /// The clock changes kept since the clocks' record (layout 4).
+    pub(super) clock_log: fair_clocks::ClockLog,
     pub(super) counts: QueueCounts,
 }
 
@@ -87,7 +88,7 @@ impl Machine {
     }
 
     /// Ready jobs by tenant, over all queues.
-    pub(super) fn ready_by_tenant(&self) -> BTreeMap<String, u64> {
+    pub fn ready_by_tenant(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
         for qi in self.queues.values() {
             for (t, n) in qi.ready.by_tenant() {

@@ -22,8 +22,12 @@ pub(super) const PAYLOAD: u8 = b'p';
 pub(super) const RESULT: u8 = b'r';
 /// `i`+scope: an idempotency key's job (jobs.rs).
 pub(super) const IDEMPOTENCY: u8 = b'i';
-/// `S`+queue: the tenants' fair-share clocks of a queue (scheduler.rs).
+/// `S`+queue: a queue's fair-share clocks; in layout 4 only the queue's
+/// own (scheduler.rs, fair_clocks.rs).
 pub(super) const CLOCKS: u8 = b'S';
+/// `s`+queue+`\0`+sequence: what a lease changed of a queue's clocks,
+/// layout 4 (fair_clocks.rs).
+pub(super) const CLOCK_DELTA: u8 = b's';
 /// `A`+index: an audit record (audit.rs).
 pub(super) const AUDIT: u8 = b'A';
 /// `K`+scope: one circuit breaker (breaker.rs).
@@ -69,6 +73,9 @@ pub(super) const RUN_JOB: u8 = b'X';
 pub(super) const SCHEDULES_KEY: &[u8] = b"Z";
 /// `v`: worker versions switched off (versions.rs).
 pub(super) const VERSIONS_KEY: &[u8] = b"v";
+/// `y`: when each worker version was first and last seen leasing, layout 4
+/// (versions.rs).
+pub(super) const VERSIONS_SEEN_KEY: &[u8] = b"y";
 
 /// Every prefix above, by name: what the uniqueness test reads.
 #[cfg(test)]
@@ -81,6 +88,7 @@ pub(super) const PREFIXES: &[(&str, u8)] = &[
     ("RESULT", RESULT),
     ("IDEMPOTENCY", IDEMPOTENCY),
     ("CLOCKS", CLOCKS),
+    ("CLOCK_DELTA", CLOCK_DELTA),
     ("AUDIT", AUDIT),
     ("BREAKER", BREAKER),
     ("CANARY", CANARY),
@@ -102,6 +110,7 @@ pub(super) const PREFIXES: &[(&str, u8)] = &[
     ("RUN_JOB", RUN_JOB),
     ("SCHEDULES_KEY", SCHEDULES_KEY[0]),
     ("VERSIONS_KEY", VERSIONS_KEY[0]),
+    ("VERSIONS_SEEN_KEY", VERSIONS_SEEN_KEY[0]),
 ];
 
 pub(super) fn clocks_key(queue: &str) -> Vec<u8> {
@@ -112,8 +121,12 @@ pub(super) fn clocks_key(queue: &str) -> Vec<u8> {
 }
 /// Layout of the tree; a tree of another layout is refused, not misread.
 /// 1 kept payloads under their own `p` keys; 2 kept timelines as text and
-/// no cost, usage or dependencies (see `migrate`).
-pub(super) const FORMAT: u8 = 3;
+/// no cost, usage or dependencies (see `migrate`); 3 kept a queue's tenant
+/// clocks in one record rewritten after each lease (see `fair_clocks`).
+pub(super) const FORMAT: u8 = 4;
+/// The layout a tree starts with, and keeps until the cluster writes
+/// entries of format 4 (see `fair_clocks`).
+pub(super) const FORMAT_BEFORE_CLOCK_KEYS: u8 = 3;
 /// Largest payload kept inside its job's record.
 pub const INLINE_PAYLOAD_MAX: usize = 4096;
 
@@ -164,6 +177,17 @@ pub(super) fn idempotency_key(tenant: &str, queue: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// The id of a job record's key (`j`+id), or why it has none.
+pub(super) fn job_key_id(k: &[u8]) -> Result<JobId, MachineError> {
+    k.get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| MachineError::Corrupt {
+            key: describe_key(k),
+            reason: "a job key is not j and an id".into(),
+        })
+}
+
 pub(super) fn describe_key(k: &[u8]) -> String {
     match (k.first(), k.len()) {
         (Some(&p), 9) => format!(
@@ -204,7 +228,7 @@ pub(super) fn missing_payload(id: JobId) -> MachineError {
 /// the mark is the same on all of them.
 pub(super) fn check_format(tree: &sled::Tree) -> Result<(), MachineError> {
     if tree.is_empty() {
-        tree.insert(FORMAT_KEY, &[FORMAT])?;
+        tree.insert(FORMAT_KEY, &[FORMAT_BEFORE_CLOCK_KEYS])?;
         return Ok(());
     }
     check_layout(tree)?;
@@ -220,7 +244,12 @@ pub(super) fn check_format(tree: &sled::Tree) -> Result<(), MachineError> {
 /// cannot start.
 pub fn check_layout(tree: &sled::Tree) -> Result<(), MachineError> {
     match tree.get(FORMAT_KEY)? {
-        Some(v) if v.as_ref() == [FORMAT] || v.as_ref() == [super::migrate::FROM] => Ok(()),
+        Some(v)
+            if v.len() == 1
+                && [FORMAT, FORMAT_BEFORE_CLOCK_KEYS, super::migrate::FROM].contains(&v[0]) =>
+        {
+            Ok(())
+        }
         Some(v) => Err(MachineError::Format {
             found: format!("{:?}", v.as_ref()),
         }),

@@ -66,8 +66,12 @@ impl Machine {
                     let admits = |id: JobId, since: u64| {
                         canary.is_none_or(|rule| rule.admits(version, id, since, now))
                     };
+                    // A switch of this worker's version off the whole queue
+                    // holds every tenant: no need to walk them.
+                    if version.is_some_and(|v| self.switched_off_queue(v, q)) {
+                        return None;
+                    }
                     let pick = qi.ready.pick_where(
-                        &qi.clocks,
                         |t| {
                             paused.contains(t)
                                 || self.tenant_capped(t)
@@ -93,7 +97,7 @@ impl Machine {
             }
             let weight = self.policies.weight(&tenant);
             if let Some(qi) = self.queues.get_mut(queue) {
-                qi.clocks.dispatched(&tenant, weight);
+                qi.ready.dispatched(&tenant, weight);
             }
             touched.insert(queue.clone());
             self.unplace(&job);
@@ -113,7 +117,7 @@ impl Machine {
                 },
             );
             let waited = now.saturating_sub(job.run_at_ms);
-            self.tally.waited(&job.queue, waited);
+            self.tally.waited(&job.queue, &job.job_type, waited);
             if sla_ms.is_some_and(|sla| waited > sla) {
                 job.record(now, EventKind::WaitedPastSla { waited_ms: waited });
                 let missed = self.sla_missed.entry(job.queue.clone()).or_default();
@@ -141,14 +145,7 @@ impl Machine {
         // The clocks are state every node must agree on: written with the
         // leases, once per queue per command.
         for queue in touched {
-            if let Some(qi) = self.queues.get_mut(&queue) {
-                let active = qi.ready.tenants();
-                let mut clocks = std::mem::take(&mut qi.clocks);
-                clocks.trim(&active);
-                qi.clocks = clocks;
-                let bytes = encode(&qi.clocks);
-                self.put(clocks_key(&queue), bytes);
-            }
+            self.store_clocks(&queue);
         }
         Ok(out)
     }

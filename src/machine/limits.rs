@@ -76,6 +76,10 @@ pub(super) struct KeyLimits {
     loaded: HashMap<JobId, Hold>,
     /// Concurrency keys whose leases ended in the command being applied.
     freed: BTreeSet<String>,
+    /// Rate keys with parked jobs by when (ms) the next comes back, so a
+    /// lease looks at the keys that are due, not at every key.
+    rate_due: BTreeSet<(u64, String)>,
+    rate_due_of: HashMap<String, u64>,
 }
 
 fn to_us(ms: u64) -> u64 {
@@ -207,6 +211,9 @@ impl Machine {
                 own_rate,
             },
         );
+        if let Some(Hold::Rate(key)) = self.limits.parked_ids.get(&job.id).map(|p| p.hold.clone()) {
+            self.reschedule_rate(&key);
+        }
     }
 
     /// `place` of a ready job: into the ready set, or back among the parked
@@ -241,6 +248,9 @@ impl Machine {
             if set.is_empty() {
                 l.parked.remove(&p.hold);
             }
+        }
+        if let Hold::Rate(key) = &p.hold {
+            self.reschedule_rate(key);
         }
         true
     }
@@ -301,6 +311,10 @@ impl Machine {
         let mut k = vec![RATE];
         k.extend_from_slice(key.as_bytes());
         self.put(k, bytes);
+        if self.limits.rate_due_of.contains_key(key) {
+            let key = key.to_string();
+            self.reschedule_rate(&key);
+        }
     }
 
     /// After each command: parked jobs of concurrency keys with free slots
@@ -337,17 +351,36 @@ impl Machine {
     /// Parked jobs of rate keys whose time has come: one per key per
     /// emission interval (all of a key no longer limited).
     pub(super) fn release_rates(&mut self, now: u64) {
-        let keys: Vec<String> = self
+        let due: Vec<String> = self
             .limits
-            .parked
-            .keys()
-            .filter_map(|h| match h {
-                Hold::Rate(k) => Some(k.clone()),
-                Hold::Concurrency(_) | Hold::Budget(_) => None,
-            })
+            .rate_due
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, k)| k.clone())
             .collect();
-        for key in keys {
+        for key in due {
             self.release_rate(&key, now);
+            self.reschedule_rate(&key);
+        }
+    }
+
+    /// Files when a rate key's next parked job comes back (at once when it
+    /// is no longer limited), or takes it out when none is parked.
+    fn reschedule_rate(&mut self, key: &str) {
+        let hold = Hold::Rate(key.to_string());
+        let due = self
+            .first_parked(&hold)
+            .map(|p| match self.rate_of(key, p.own_rate) {
+                Some(rate) => self.limits.release_at(key, Some(rate)),
+                None => 0,
+            });
+        let l = &mut self.limits;
+        if let Some(old) = l.rate_due_of.remove(key) {
+            l.rate_due.remove(&(old, key.to_string()));
+        }
+        if let Some(due) = due {
+            l.rate_due.insert((due, key.to_string()));
+            l.rate_due_of.insert(key.to_string(), due);
         }
     }
 
@@ -379,17 +412,21 @@ impl Machine {
 
     /// After new policies: every key's parked jobs are weighed again.
     pub(super) fn release_all(&mut self, now: u64) {
-        let keys: Vec<String> = self
-            .limits
-            .parked
-            .keys()
-            .filter_map(|h| match h {
-                Hold::Concurrency(k) => Some(k.clone()),
-                Hold::Rate(_) | Hold::Budget(_) => None,
-            })
-            .collect();
-        for key in keys {
+        let mut concurrency = Vec::new();
+        let mut rate = Vec::new();
+        for hold in self.limits.parked.keys() {
+            match hold {
+                Hold::Concurrency(k) => concurrency.push(k.clone()),
+                Hold::Rate(k) => rate.push(k.clone()),
+                Hold::Budget(_) => {}
+            }
+        }
+        for key in concurrency {
             self.release_concurrency(&key);
+        }
+        // The policies set the rates: when each key is due again.
+        for key in rate {
+            self.reschedule_rate(&key);
         }
         self.release_rates(now);
     }
@@ -415,17 +452,33 @@ impl Machine {
 
     /// The earliest time a parked rate-limited job comes back.
     pub(super) fn next_release_ms(&self) -> Option<u64> {
+        self.limits.rate_due.first().map(|(at, _)| *at)
+    }
+
+    /// The due index as a scan of every parked rate key works it out.
+    #[cfg(test)]
+    pub(super) fn rate_due_by_scan(&self) -> BTreeSet<(u64, String)> {
         self.limits
             .parked
             .keys()
             .filter_map(|h| match h {
                 Hold::Rate(k) => {
                     let own = self.first_parked(h).and_then(|p| p.own_rate);
-                    Some(self.limits.release_at(k, self.rate_of(k, own)))
+                    let due = match self.rate_of(k, own) {
+                        Some(rate) => self.limits.release_at(k, Some(rate)),
+                        None => 0,
+                    };
+                    Some((due, k.clone()))
                 }
                 Hold::Concurrency(_) | Hold::Budget(_) => None,
             })
-            .min()
+            .collect()
+    }
+
+    /// The due index as kept.
+    #[cfg(test)]
+    pub(super) fn rate_due(&self) -> &BTreeSet<(u64, String)> {
+        &self.limits.rate_due
     }
 
     /// Parks jobs the pick meets in a lease at most this often.

@@ -6,7 +6,8 @@
 use super::*;
 use crate::job::{JobEvent, Progress};
 
-/// The layout this drover can bring up to [`FORMAT`].
+/// The layout this drover can bring up to [`FORMAT_BEFORE_CLOCK_KEYS`]
+/// (and from there the log brings it to [`FORMAT`]).
 pub(super) const FROM: u8 = 2;
 /// Records rewritten per batch: bounds the memory a large store needs.
 const CHUNK: usize = 2_000;
@@ -100,7 +101,7 @@ pub(super) fn migrate(tree: &sled::Tree) -> Result<(), MachineError> {
     }
     let mut batch = sled::Batch::default();
     batch.remove(PROGRESS_KEY);
-    batch.insert(FORMAT_KEY, &[FORMAT]);
+    batch.insert(FORMAT_KEY, &[FORMAT_BEFORE_CLOCK_KEYS]);
     tree.apply_batch(batch)?;
     tree.flush()?;
     Ok(())
@@ -181,7 +182,7 @@ mod tests {
         let m = Machine::open(tree.clone()).expect("a layout-2 store opens");
         assert_eq!(
             tree.get(FORMAT_KEY).unwrap().as_deref(),
-            Some(&[FORMAT][..])
+            Some(&[FORMAT_BEFORE_CLOCK_KEYS][..])
         );
         assert!(tree.get(PROGRESS_KEY).unwrap().is_none());
         let job = |id| m.reader().job(id).unwrap().unwrap();

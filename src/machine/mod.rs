@@ -59,6 +59,8 @@
 //! - `retention`: finished-job and idempotency records and their purge, so
 //!   disk and memory stay flat.
 //! - `audit`: the audit log's records and their purge.
+//! - `erase`: a tenant's erasure, its jobs and then everything else that
+//!   names it, in slices.
 //! - `runs`: runs, their budgets and holds, and tenants' daily cost caps.
 //! - `schedules`: the last slot each schedule fired, so a failover neither
 //!   skips nor doubles one.
@@ -204,8 +206,6 @@ pub struct MachineStats {
     pub paused_tenants: BTreeSet<String>,
     /// Tenants whose new jobs are refused.
     pub draining_tenants: BTreeSet<String>,
-    /// Ready jobs by tenant, all queues.
-    pub ready_by_tenant: BTreeMap<String, u64>,
     /// Leases past their queue's sla, by queue and priority (1 to 5).
     pub sla_missed: BTreeMap<String, [u64; 5]>,
     /// Leases taken back without a result, by queue and why (see
@@ -241,6 +241,9 @@ pub struct MachineStats {
     pub oldest_ready: BTreeMap<String, u64>,
     /// Worker versions switched off.
     pub version_switches: BTreeSet<crate::command::VersionSwitch>,
+    /// When each worker version was first and last seen leasing (log
+    /// time, to the minute).
+    pub versions_seen: BTreeMap<String, versions::Seen>,
     /// Canary rules by queue.
     pub canaries: BTreeMap<String, crate::command::CanaryRule>,
     /// Each canary queue's (canary, control) results.
@@ -301,6 +304,8 @@ pub struct Machine {
     tally: tally::Tally,
     /// Worker versions switched off, and for which jobs (`v`).
     switches: BTreeSet<crate::command::VersionSwitch>,
+    /// When each worker version was first and last seen (`y`).
+    versions_seen: BTreeMap<String, versions::Seen>,
     /// Canary rules by queue (`N`).
     canaries: BTreeMap<String, crate::command::CanaryRule>,
     /// The version each lease of a canary queue went to, until it ends
@@ -334,6 +339,9 @@ pub struct Machine {
     /// Jobs that finished in the command being applied, with how: their
     /// waiters move on after it.
     dependencies_due: Vec<(JobId, JobState)>,
+    /// The tree keeps clock changes apart from the clocks' records (layout
+    /// 4; see `fair_clocks`).
+    clock_log: bool,
 }
 
 /// Reads the `P` record. One an earlier drover wrote (before policies were
@@ -395,6 +403,7 @@ impl Machine {
             requeued: BTreeMap::new(),
             tally: tally::Tally::default(),
             switches: BTreeSet::new(),
+            versions_seen: BTreeMap::new(),
             canaries: BTreeMap::new(),
             lease_versions: HashMap::new(),
             canary_arms: BTreeMap::new(),
@@ -408,6 +417,7 @@ impl Machine {
             runs: runs::Runs::default(),
             dependents: BTreeMap::new(),
             dependencies_due: Vec::new(),
+            clock_log: false,
         };
         machine.load_limits()?;
         machine.load_breakers()?;
@@ -421,11 +431,7 @@ impl Machine {
             let (k, v) = item?;
             machine.place(&decode_job(&k, &v)?);
         }
-        for item in machine.tree.scan_prefix([CLOCKS]) {
-            let (k, v) = item?;
-            let queue = String::from_utf8_lossy(&k[1..]).into_owned();
-            machine.queues.entry(queue).or_default().clocks = decode(&k, &v)?;
-        }
+        machine.load_clocks()?;
         Ok(machine)
     }
 
@@ -543,10 +549,16 @@ impl Machine {
             .iter()
             .filter(|_| some_paused)
             .filter_map(|(name, qi)| {
-                let tenants = qi.ready.tenants();
-                let all_paused = !tenants.is_empty()
-                    && tenants.iter().all(|t| {
-                        self.controls.paused_tenants.contains(*t)
+                // Every tenant held takes at least as many holds: count
+                // first, so many tenants cost nothing while few are held.
+                let holds = self.controls.paused_tenants.len()
+                    + self.runs.capped.len()
+                    + self.breakers.len();
+                let tenants = qi.ready.tenant_count();
+                let all_paused = tenants > 0
+                    && tenants <= holds
+                    && qi.ready.by_tenant().all(|(t, _)| {
+                        self.controls.paused_tenants.contains(t)
                             || self.tenant_capped(t)
                             || breaker::holds(&self.breakers, name, t)
                     });
@@ -571,7 +583,6 @@ impl Machine {
             draining: self.controls.draining.clone(),
             paused_tenants: self.controls.paused_tenants.clone(),
             draining_tenants: self.controls.draining_tenants.clone(),
-            ready_by_tenant: self.ready_by_tenant(),
             sla_missed: self.sla_missed.clone(),
             requeued: self.requeued.clone(),
             dead_by_class: {
@@ -596,6 +607,7 @@ impl Machine {
             by_type: self.tally.counts().clone(),
             flow: self.tally.flows(),
             version_switches: self.switches.clone(),
+            versions_seen: self.versions_seen.clone(),
             canaries: self.canary_rules(),
             canary_arms: self.canary_arms.clone(),
             chaos: self.chaos.clone(),
@@ -605,6 +617,17 @@ impl Machine {
                 .filter_map(|(name, qi)| Some((name.clone(), qi.ready.oldest_since()?)))
                 .collect(),
         }
+    }
+
+    fn set_policies(&mut self, now: u64, policies: &Policies) -> Result<Outcome, MachineError> {
+        self.policies = Arc::new(policies.clone());
+        self.policies_set = true;
+        self.policies_index = self.meta.applied_index;
+        self.put(POLICIES_KEY.to_vec(), self.policies.to_record());
+        self.release_all(now);
+        self.reindex_timeouts()?;
+        self.rejudge_budgets(now)?;
+        Ok(Outcome::Noop)
     }
 
     /// Applies one committed entry: each of its commands in order, with one
@@ -653,7 +676,10 @@ impl Machine {
                 version,
                 queues,
                 max,
-            } => Outcome::Leased(self.lease(now, worker, Some(version), queues, *max)?),
+            } => {
+                self.version_seen(now, version);
+                Outcome::Leased(self.lease(now, worker, Some(version), queues, *max)?)
+            }
             Command::SwitchVersion(crate::command::SwitchVersion { switch, enabled }) => {
                 self.switch_version(switch, *enabled)
             }
@@ -702,15 +728,20 @@ impl Machine {
             Command::Purge { retention, limit } => self.purge(now, retention, *limit)?,
             Command::Audit { record, command } => self.audit(now, record, command.as_ref())?,
             Command::PurgeAudit { keep_ms, limit } => self.purge_audit(now, *keep_ms, *limit)?,
-            Command::SetPolicies { policies } => {
-                self.policies = Arc::new(policies.clone());
-                self.policies_set = true;
-                self.policies_index = self.meta.applied_index;
-                self.put(POLICIES_KEY.to_vec(), self.policies.to_record());
-                self.release_all(now);
-                self.reindex_timeouts()?;
-                self.rejudge_budgets(now)?;
-                Outcome::Noop
+            Command::SetPolicies { policies } => self.set_policies(now, policies)?,
+            Command::SetPoliciesFrom(from) => {
+                // The first set is the cluster taking its config, not a
+                // change of what it applied: no record.
+                let changes = match self.policies_set {
+                    true => self.policies.changes(&from.policies),
+                    false => Vec::new(),
+                };
+                let out = self.set_policies(now, &from.policies)?;
+                if !changes.is_empty() {
+                    let record = audit::policies_record(from.node, &from.file_sha256, &changes);
+                    self.audit(now, &record, None)?;
+                }
+                out
             }
             Command::Control(crate::command::Control { scope, action }) => {
                 self.control(scope, *action)
@@ -759,6 +790,14 @@ impl Machine {
                 after,
                 limit,
             }) => self.cancel_run(now, tenant, run, *after, *limit)?,
+            Command::EraseTenantJobs(crate::command::EraseTenantJobs {
+                tenant,
+                after,
+                limit,
+            }) => self.erase_tenant_jobs(now, tenant, *after, *limit)?,
+            Command::EraseTenant(crate::command::EraseTenant { tenant, limit }) => {
+                self.erase_tenant(tenant, *limit)?
+            }
         })
     }
 
@@ -831,6 +870,8 @@ mod chaos;
 mod controls;
 mod dead;
 mod dependencies;
+mod erase;
+mod fair_clocks;
 pub mod find;
 mod indexes;
 mod jobs;
@@ -847,7 +888,7 @@ mod scheduler;
 pub mod schedules;
 mod staged;
 pub mod tally;
-mod versions;
+pub mod versions;
 
 pub use indexes::QueueCounts;
 use indexes::QueueIndex;

@@ -229,11 +229,11 @@ pub struct RunTotals {
     pub lease_ms: BTreeMap<String, u64>,
 }
 
-/// Budgets as the stats show them.
+/// Budgets as the stats show them. The per-tenant counters are not here:
+/// with many tenants they are too large to copy after every applied range
+/// (see [`Machine::run_totals`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetStats {
-    /// Counters since this node opened its machine.
-    pub totals: RunTotals,
     /// Runs held now, over a budget.
     pub runs_over_budget: u64,
     /// Tenants whose jobs are held, over their daily cost cap.
@@ -564,7 +564,8 @@ impl Machine {
         let empty = Usage::default();
         let usage = usage.unwrap_or(&empty);
         job.lease_ms = job.lease_ms.saturating_add(held_ms);
-        self.tally.lease_ended(now, &job.queue, held_ms);
+        self.tally
+            .lease_ended(now, &job.queue, &job.job_type, held_ms);
         if !self.lease_versions.is_empty() {
             self.lease_versions.remove(&(job.id, job.attempts));
         }
@@ -759,10 +760,17 @@ impl Machine {
     /// Budget counters and the held runs, for the stats.
     pub(super) fn run_stats(&self) -> BudgetStats {
         BudgetStats {
-            totals: self.runs.totals.clone(),
             runs_over_budget: self.runs.held.len() as u64,
             capped_tenants: self.runs.capped.keys().cloned().collect(),
         }
+    }
+}
+
+impl Machine {
+    /// Budget counters by tenant since this node opened its machine, for
+    /// the metrics (asked for at a scrape, not published with the stats).
+    pub fn run_totals(&self) -> RunTotals {
+        self.runs.totals.clone()
     }
 }
 

@@ -78,6 +78,8 @@ pub enum Timing {
 pub struct Observation {
     /// The job's queue.
     pub queue: String,
+    /// The job's type.
+    pub job_type: String,
     /// Which time it is.
     pub timing: Timing,
     /// How long, in ms.
@@ -129,15 +131,16 @@ impl Tally {
         self.flow_of(queue).add(now, FLOW_WINDOW_MS, [1, 0, 0]);
     }
 
-    /// A job of `queue` waited `waited_ms` for its lease.
-    pub fn waited(&mut self, queue: &str, waited_ms: u64) {
-        self.observe(queue, Timing::Waited, waited_ms);
+    /// A job of `queue` and `job_type` waited `waited_ms` for its lease.
+    pub fn waited(&mut self, queue: &str, job_type: &str, waited_ms: u64) {
+        self.observe(queue, job_type, Timing::Waited, waited_ms);
     }
 
-    /// A lease of a job of `queue` ended at `now` after `ran_ms`.
-    pub fn lease_ended(&mut self, now: u64, queue: &str, ran_ms: u64) {
+    /// A lease of a job of `queue` and `job_type` ended at `now` after
+    /// `ran_ms`.
+    pub fn lease_ended(&mut self, now: u64, queue: &str, job_type: &str, ran_ms: u64) {
         self.flow_of(queue).add(now, FLOW_WINDOW_MS, [0, 1, ran_ms]);
-        self.observe(queue, Timing::Ran, ran_ms);
+        self.observe(queue, job_type, Timing::Ran, ran_ms);
     }
 
     fn flow_of(&mut self, queue: &str) -> &mut Sliding<3> {
@@ -147,10 +150,11 @@ impl Tally {
         self.flow.get_mut(queue).expect("inserted above")
     }
 
-    fn observe(&mut self, queue: &str, timing: Timing, ms: u64) {
+    fn observe(&mut self, queue: &str, job_type: &str, timing: Timing, ms: u64) {
         if self.observations.len() < MAX_OBSERVATIONS {
             self.observations.push(Observation {
                 queue: queue.to_string(),
+                job_type: job_type.to_string(),
                 timing,
                 ms,
             });
@@ -207,8 +211,8 @@ mod tests {
         let mut t = Tally::default();
         t.arrived(1_000, "q");
         t.arrived(2_000, "q");
-        t.waited("q", 5);
-        t.lease_ended(3_000, "q", 400);
+        t.waited("q", "t", 5);
+        t.lease_ended(3_000, "q", "t", 400);
         let w = &t.flows()["q"];
         let f = flow_at(w, 3_000);
         assert_eq!((f.arrived, f.leases_ended, f.lease_ms), (2, 1, 400));

@@ -21,10 +21,17 @@ struct Harness {
 }
 
 impl Harness {
+    /// A machine of a cluster that writes this build's entry format.
     fn new() -> Harness {
+        Harness::at_format(crate::command::ENTRY_VERSION)
+    }
+
+    /// A machine whose entries are all of `format`.
+    fn at_format(format: u8) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let m = Machine::open(db.open_tree("machine").unwrap()).unwrap();
+        let mut m = Machine::open(db.open_tree("machine").unwrap()).unwrap();
+        m.entry_format(format);
         let mut h = Harness {
             _dir: dir,
             db,
@@ -707,6 +714,184 @@ fn a_quarantined_worker_leases_nothing_on_any_node_until_released() {
 }
 
 #[test]
+fn policies_set_from_a_config_leave_a_record_of_each_value_unless_written_for_format_3() {
+    let mut h = Harness::new();
+    let mut policies = h.m.policies().clone();
+    policies.jobs.max_retries = 7;
+    policies.queues.insert(
+        "emails".into(),
+        crate::policies::QueuePolicy {
+            sla_ms: Some(30_000),
+            ..Default::default()
+        },
+    );
+    let from = |p: &Policies| {
+        Command::SetPoliciesFrom(Box::new(crate::command::PoliciesFrom {
+            policies: p.clone(),
+            node: 2,
+            file_sha256: "ab12".into(),
+        }))
+    };
+    // A cluster still on format 3 writes the plain command: no record.
+    let plain = from(&policies).for_format(3).unwrap();
+    assert!(matches!(plain, Command::SetPolicies { .. }));
+    let mut older = Harness::new();
+    older.run(1, plain);
+    assert_eq!(older.m.policies().jobs.max_retries, 7);
+    assert!(older.m.reader().audit(None, 10).unwrap().records.is_empty());
+
+    h.run(1, from(&policies));
+    assert_eq!(h.m.policies().jobs.max_retries, 7);
+    let page = h.m.reader().audit(None, 10).unwrap();
+    let r = &page.records[0].1.record;
+    assert_eq!(
+        (r.who.as_str(), r.action.as_str()),
+        ("config", "policies.set")
+    );
+    assert_eq!(
+        r.target,
+        format!(
+            "jobs.max_retries: {} -> 7; queues.emails.sla_ms: (not set) -> 30000",
+            CFG.max_retries
+        )
+    );
+    assert_eq!(r.reason, "node 2's config file, sha256 ab12");
+    // The same again changes nothing and writes nothing more.
+    h.run(2, from(&policies));
+    assert_eq!(h.m.reader().audit(None, 10).unwrap().records.len(), 1);
+}
+
+#[test]
+fn a_policies_record_cuts_long_values_and_counts_changes_past_forty() {
+    let change = |i: usize, len: usize| crate::policies::PolicyChange {
+        key: format!("k{i}"),
+        old: None,
+        new: Some("x".repeat(len)),
+    };
+    let r = audit::policies_record(1, "", &[change(0, 5000)]);
+    assert!(
+        r.target.len() < 200 && r.target.ends_with("..."),
+        "{}",
+        r.target
+    );
+    assert_eq!(r.reason, "node 1's embedded defaults");
+    let many: Vec<_> = (0..45).map(|i| change(i, 1)).collect();
+    let r = audit::policies_record(1, "", &many);
+    assert!(r.target.ends_with("; and 5 more"), "{}", r.target);
+}
+
+/// The clocks of `queue` as the tree keeps them: its record, and how many
+/// lease commands' changes follow it.
+fn stored_clocks(h: &Harness, queue: &str) -> (scheduler::ClocksRecord, usize) {
+    let record = match h.m.tree.get(clocks_key(queue)).unwrap() {
+        Some(v) => decode(b"S", &v).unwrap(),
+        None => scheduler::ClocksRecord::default(),
+    };
+    (record, h.m.tree.scan_prefix([CLOCK_DELTA]).count())
+}
+
+#[test]
+fn the_first_entry_of_format_4_keeps_clock_changes_apart() {
+    let mut h = Harness::at_format(3);
+    for (i, t) in ["a", "b", "c", "a", "b", "c"].into_iter().enumerate() {
+        let mut j = new_job("q", 3);
+        j.tenant = t.into();
+        h.run(i as u64, Command::Enqueue { jobs: vec![j] });
+    }
+    h.lease(10, "w", &["q"], 2);
+    let (record, changes) = stored_clocks(&h, "q");
+    assert_eq!(record.tenants.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(changes, 0);
+    assert_eq!(h.m.tree.get(FORMAT_KEY).unwrap().as_deref(), Some(&[3][..]));
+
+    // The cluster now writes format 4: the next entry converts, and its
+    // lease writes its change apart from the record.
+    let converted_at = h.index + 1;
+    h.m.entry_format(4);
+    h.lease(20, "w", &["q"], 1);
+    let (record, changes) = stored_clocks(&h, "q");
+    assert_eq!(record.tenants.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(changes, 1);
+    assert_eq!(
+        h.m.tree.get(FORMAT_KEY).unwrap().as_deref(),
+        Some(&[FORMAT][..])
+    );
+
+    // Another node converts at the same index and ends up the same.
+    let mut other = Harness::at_format(3);
+    for (i, e) in h.log.iter().enumerate() {
+        let index = i as u64 + 1;
+        if index == converted_at {
+            other.m.entry_format(4);
+        }
+        other.m.apply(index, 1, e).unwrap();
+    }
+    other.m.commit().unwrap();
+    assert_eq!(other.m.digest().unwrap(), h.m.digest().unwrap());
+
+    // Read back from layout 4 (record and change), the clocks lease as
+    // the live ones: a, b, c each once more, in the same order.
+    other.index = h.index;
+    let live: Vec<String> = other
+        .lease(30, "w", &["q"], 3)
+        .into_iter()
+        .map(|j| j.tenant)
+        .collect();
+    h.m = Machine::open(h.db.open_tree("machine").unwrap()).unwrap();
+    let reopened: Vec<String> = h
+        .lease(30, "w", &["q"], 3)
+        .into_iter()
+        .map(|j| j.tenant)
+        .collect();
+    assert_eq!(reopened, live);
+}
+
+#[test]
+fn clock_changes_compact_into_the_record_and_read_back_alike() {
+    let mut h = Harness::new();
+    let jobs = (0..3000)
+        .map(|i| {
+            let mut j = new_job("q", 3);
+            j.tenant = format!("t{}", i % 1500);
+            j
+        })
+        .collect();
+    h.run(1, Command::Enqueue { jobs });
+    let (mut most, mut compacted) = (0, false);
+    for step in 0..40 {
+        h.lease(10 + step, "w", &["q"], 64);
+        let (_, changes) = stored_clocks(&h, "q");
+        compacted |= changes < most;
+        most = most.max(changes);
+    }
+    assert!(
+        compacted,
+        "the changes never went back into the record ({most} kept)"
+    );
+
+    let mut fresh = Harness::new();
+    for (i, e) in h.log.iter().enumerate() {
+        fresh.m.apply(i as u64 + 1, 1, e).unwrap();
+    }
+    fresh.m.commit().unwrap();
+    assert_eq!(fresh.m.digest().unwrap(), h.m.digest().unwrap());
+    fresh.index = h.index;
+    let live: Vec<JobId> = fresh
+        .lease(100, "w", &["q"], 300)
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    h.m = Machine::open(h.db.open_tree("machine").unwrap()).unwrap();
+    let reopened: Vec<JobId> = h
+        .lease(100, "w", &["q"], 300)
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(live.len(), 300);
+    assert_eq!(reopened, live);
+}
+
+#[test]
 fn a_tree_of_another_layout_is_refused_with_what_to_do() {
     let h = Harness::new();
     // Layout 1: job records without their payload, and no layout mark.
@@ -724,6 +909,7 @@ fn a_tree_of_another_layout_is_refused_with_what_to_do() {
     ));
 
     // The mark survives a reopen, so a used tree opens again.
+    drop(h.m);
     let tree = h.db.open_tree("machine").unwrap();
     assert_eq!(
         tree.get(FORMAT_KEY).unwrap().as_deref(),
@@ -804,7 +990,10 @@ mod props {
                         .concurrency
                         .is_some_and(|(key, _)| by_key.get(key).copied().unwrap_or(0) >= 2);
                     let tenant_held = x_paused && job.tenant == "x";
-                    if !(key_full || tenant_held) {
+                    // A rate key's job may wait for its turn (the due index
+                    // is checked against a scan instead).
+                    let rate_limited = job.labels.contains_key(crate::job::RATE_KEY_LABEL);
+                    if !(key_full || tenant_held || rate_limited) {
                         waiting.push(job);
                     }
                 }
@@ -844,9 +1033,9 @@ mod props {
         /// leaves none it could have taken, and a replay gives the same
         /// digest.
         #[test]
-        fn invariants_hold(ops in proptest::collection::vec(op(), 1..60)) {
+        fn invariants_hold(ops in proptest::collection::vec(op(), 1..60), format in 3u8..=4) {
             use crate::command::{QueueAction, QueueScope};
-            let mut h = Harness::new();
+            let mut h = Harness::at_format(format);
             let mut policies = crate::policies::Policies { jobs: CFG, ..Default::default() };
             policies.queues.insert("q".into(), crate::policies::QueuePolicy {
                 concurrency_limit: Some(3),
@@ -855,6 +1044,8 @@ mod props {
             });
             policies.tenants.insert("x".into(), crate::policies::TenantPolicy { weight: 2, ..Default::default() });
             policies.keys.insert("k".into(), crate::policies::KeyLimit { concurrency: Some(2), rate: None });
+            policies.keys.insert("r0".into(), crate::policies::KeyLimit { concurrency: None, rate: Some(crate::policies::Rate { count: 2, period_ms: 100 }) });
+            policies.keys.insert("r1".into(), crate::policies::KeyLimit { concurrency: None, rate: Some(crate::policies::Rate { count: 1, period_ms: 250 }) });
             h.run(0, Command::SetPolicies { policies });
             let (mut queue_paused, mut x_paused) = (false, false);
             let mut now = 0u64;
@@ -881,6 +1072,10 @@ mod props {
                         let mut j = new_job("q", p);
                         if let Some(c) = c {
                             j.labels.insert(crate::job::CONCURRENCY_KEY_LABEL.into(), format!("k{c}"));
+                        }
+                        // Some jobs also wait for a rate key's turn.
+                        if let Some(r) = k.filter(|k| *k < 2) {
+                            j.labels.insert(crate::job::RATE_KEY_LABEL.into(), format!("r{r}"));
                         }
                         if x {
                             j.tenant = "x".into();
@@ -948,14 +1143,22 @@ mod props {
                     }
                 }
                 prop_assert_eq!(indexed, counts.succeeded + counts.dead + counts.cancelled);
+                // The rate keys' due index says what a scan of them says.
+                prop_assert_eq!(h.m.rate_due(), &h.m.rate_due_by_scan());
                 prop_assert_eq!(bytes, h.m.finished_bytes);
             }
-            let mut fresh = Harness::new();
+            let mut fresh = Harness::at_format(format);
             for (i, e) in h.log.iter().enumerate() {
                 fresh.m.apply(i as u64 + 1, 1, e).unwrap();
             }
             fresh.m.commit().unwrap();
             prop_assert_eq!(fresh.m.digest().unwrap(), h.m.digest().unwrap());
+            // The clocks read back from the tree lease as the live ones do.
+            fresh.index = h.index;
+            let live: Vec<JobId> = fresh.lease(now + 10, "w2", &["q"], 3).iter().map(|j| j.id).collect();
+            h.m = Machine::open(h.db.open_tree("machine").unwrap()).unwrap();
+            let reopened: Vec<JobId> = h.lease(now + 10, "w2", &["q"], 3).iter().map(|j| j.id).collect();
+            prop_assert_eq!(reopened, live);
         }
     }
 }
@@ -2061,7 +2264,7 @@ fn a_run_is_held_exactly_at_its_cost_budget_and_an_override_releases_it() {
         Outcome::Enqueued(_)
     ));
     assert_eq!(h.m.stats().budgets.runs_over_budget, 1);
-    assert_eq!(h.m.stats().budgets.totals.exceeded["cost_usd"]["acme"], 1);
+    assert_eq!(h.m.run_totals().exceeded["cost_usd"]["acme"], 1);
     assert!(matches!(
         h.m.take_run_events().first(),
         Some(runs::RunEvent::BudgetExceeded { .. })
@@ -2672,6 +2875,7 @@ fn a_worker_is_quarantined_at_its_failure_rate_once_it_sent_enough() {
         window_ms: 60_000,
         min_jobs: 10,
         for_ms: 60_000,
+        restart: false,
     };
     assert!(!judge(&policy, 0, 9), "9 failures are under min_jobs");
     assert!(judge(&policy, 0, 10));
@@ -2679,4 +2883,227 @@ fn a_worker_is_quarantined_at_its_failure_rate_once_it_sent_enough() {
     assert!(!judge(&policy, 6, 4), "under the rate");
     assert!(!judge(&policy, 0, 0));
     assert!(judge(&policy, u64::MAX, u64::MAX), "no overflow");
+}
+
+/// The ids of up to `max` jobs of "q" leased to worker "w".
+fn lease_ids(h: &mut Harness, at: u64, max: u32) -> Vec<JobId> {
+    let command = Command::Lease {
+        worker: "w".into(),
+        queues: vec!["q".into()],
+        max,
+    };
+    match h.run(at, command) {
+        Outcome::Leased(v) => v.into_iter().map(|l| l.job.id).collect(),
+        o => panic!("unexpected {o:?}"),
+    }
+}
+
+/// One job of `tenant` in each state, in a run: dead, succeeded (with a
+/// result), leased, scheduled, and ready (with an idempotency key). Other
+/// tenants' jobs must not be ready.
+fn jobs_in_every_state(h: &mut Harness, at: u64, tenant: &str) -> Vec<JobId> {
+    let job = |delay_ms: u64, key: &str| NewJob {
+        tenant: tenant.into(),
+        run_id: format!("run-of-{tenant}"),
+        payload: Bytes::from(format!("payload-of-{tenant}")),
+        idempotency_key: key.into(),
+        delay_ms,
+        ..new_job("q", PRIORITY_DEFAULT)
+    };
+    let mut ids = enqueue_all(h, at, vec![job(0, "")]);
+    for attempt in 1..=3u64 {
+        let t = at + 2_000 * attempt;
+        if attempt > 1 {
+            h.run(t, Command::Tick);
+        }
+        assert_eq!(lease_ids(h, t, 1), vec![ids[0]]);
+        h.fail(t + 1, ids[0], attempt as u32).unwrap();
+    }
+    assert_eq!(h.job(ids[0]).state, JobState::Dead);
+    let t = at + 10_000;
+    ids.extend(enqueue_all(
+        h,
+        t,
+        vec![job(0, ""), job(0, ""), job(600_000, "")],
+    ));
+    assert_eq!(lease_ids(h, t + 1, 10), ids[1..3].to_vec());
+    h.complete(t + 2, ids[1], 1).unwrap();
+    ids.extend(enqueue_all(
+        h,
+        t + 3,
+        vec![job(0, &format!("key-of-{tenant}"))],
+    ));
+    ids
+}
+
+/// Whether any committed record outside the audit log holds `needle`.
+fn records_holding(h: &Harness, needle: &[u8]) -> Vec<String> {
+    let holds = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+    h.m.tree()
+        .iter()
+        .map(|r| r.unwrap())
+        .filter(|(k, _)| k[0] != keys::AUDIT)
+        .filter(|(k, v)| holds(k) || holds(v))
+        .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+        .collect()
+}
+
+#[test]
+fn erasing_a_tenant_leaves_no_record_naming_it_and_others_as_they_were() {
+    let mut h = Harness::new();
+    let pause = |tenant: &str| {
+        Command::Control(crate::command::Control {
+            scope: crate::command::QueueScope::Tenant(tenant.into()),
+            action: crate::command::QueueAction::Pause,
+        })
+    };
+    let kept = jobs_in_every_state(&mut h, 0, "kept");
+    // Paused, so its ready job waits while the other tenant's are leased.
+    h.run(50_000, pause("kept"));
+    let gone = jobs_in_every_state(&mut h, 100_000, "gone");
+    h.run(200_000, pause("gone"));
+    h.run(
+        200_001,
+        Command::SwitchVersion(crate::command::SwitchVersion {
+            switch: crate::command::VersionSwitch {
+                version: "v2".into(),
+                queue: None,
+                tenant: Some("gone".into()),
+            },
+            enabled: false,
+        }),
+    );
+    assert!(!records_holding(&h, b"gone").is_empty());
+    let kept_before: Vec<Job> = kept.iter().map(|id| h.job(*id)).collect();
+
+    // Slices of two job records at a time, then the rest one run a time.
+    let (mut after, mut erased, mut slices) = (0, 0, 0);
+    loop {
+        slices += 1;
+        assert!(slices < 100);
+        let command = Command::EraseTenantJobs(crate::command::EraseTenantJobs {
+            tenant: "gone".into(),
+            after,
+            limit: 2,
+        });
+        match h.run(300_000, command) {
+            Outcome::TenantJobsErased { jobs, next } => {
+                erased += jobs;
+                match next {
+                    Some(n) => after = n,
+                    None => break,
+                }
+            }
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+    assert_eq!(erased, 5);
+    let mut rest = crate::command::ErasedRecords::default();
+    for _ in 0..10 {
+        let command = Command::EraseTenant(crate::command::EraseTenant {
+            tenant: "gone".into(),
+            limit: 1,
+        });
+        match h.run(300_001, command) {
+            Outcome::TenantErased(r) => {
+                rest.runs += r.runs;
+                rest.other += r.other;
+                rest.clocks += r.clocks;
+                if !r.more {
+                    break;
+                }
+            }
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+    assert_eq!(rest.runs, 1, "{rest:?}");
+    assert_eq!(rest.other, 2, "the pause and the version switch: {rest:?}");
+    assert_eq!(rest.clocks, 1, "{rest:?}");
+    assert_eq!(records_holding(&h, b"gone"), Vec::<String>::new());
+    for id in &gone {
+        assert_eq!(h.m.reader().job(*id).unwrap(), None);
+    }
+    let kept_after: Vec<Job> = kept.iter().map(|id| h.job(*id)).collect();
+    assert_eq!(kept_after, kept_before);
+    assert!(!records_holding(&h, b"payload-of-kept").is_empty());
+    // A tenant of that name starts afresh: not paused, its key unused.
+    let again = enqueue_all(
+        &mut h,
+        300_002,
+        vec![NewJob {
+            tenant: "gone".into(),
+            idempotency_key: "key-of-gone".into(),
+            ..new_job("q", PRIORITY_DEFAULT)
+        }],
+    );
+    assert!(!gone.contains(&again[0]));
+    assert_eq!(lease_ids(&mut h, 300_003, 10), again, "kept is paused");
+
+    // Replayed from the log, a machine comes to the same store.
+    let digest = h.m.digest().unwrap();
+    let mut fresh = Harness::new();
+    for (i, entry) in h.log.iter().enumerate() {
+        fresh.m.apply(i as u64 + 1, 1, entry).unwrap();
+    }
+    fresh.m.commit().unwrap();
+    assert_eq!(fresh.m.digest().unwrap(), digest);
+}
+
+fn lease_as(h: &mut Harness, at: u64, version: &str) {
+    let command = Command::LeaseAs {
+        worker: format!("w-{version}"),
+        version: version.into(),
+        queues: vec!["q".into()],
+        max: 1,
+    };
+    assert!(matches!(h.run(at, command), Outcome::Leased(_)));
+}
+
+#[test]
+fn versions_are_seen_first_and_last_to_the_minute_and_only_on_layout_4() {
+    let mut old = Harness::at_format(3);
+    lease_as(&mut old, 1_000, "v1");
+    assert!(
+        old.m.stats().versions_seen.is_empty(),
+        "a format-3 build wrote none"
+    );
+
+    let mut h = Harness::new();
+    let before = h.m.digest().unwrap();
+    lease_as(&mut h, 1_000, "v1");
+    let after_first = h.m.digest().unwrap();
+    assert_ne!(before, after_first);
+    // Within the minute: nothing written.
+    lease_as(&mut h, 30_000, "v1");
+    assert_eq!(h.m.digest().unwrap(), after_first);
+    lease_as(&mut h, 61_000, "v1");
+    lease_as(&mut h, 62_000, "v2");
+    let seen = h.m.stats().versions_seen;
+    assert_eq!(
+        seen["v1"],
+        versions::Seen {
+            first_ms: 1_000,
+            last_ms: 61_000
+        }
+    );
+    assert_eq!(
+        seen["v2"],
+        versions::Seen {
+            first_ms: 62_000,
+            last_ms: 62_000
+        }
+    );
+
+    // Bounded: the version seen longest ago makes room.
+    for i in 0..versions::SEEN_KEPT {
+        lease_as(&mut h, 100_000 + i as u64, &format!("many-{i}"));
+    }
+    let seen = h.m.stats().versions_seen;
+    assert_eq!(seen.len(), versions::SEEN_KEPT);
+    assert!(!seen.contains_key("v1") && !seen.contains_key("v2"));
+
+    // Kept across a reopen.
+    let tree = h.db.open_tree("machine").unwrap();
+    let reopened = Machine::open(tree).unwrap();
+    assert_eq!(reopened.stats().versions_seen, seen);
 }

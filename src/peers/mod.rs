@@ -65,13 +65,17 @@ pub enum Control {
     /// every read after it must see (raft's read index).
     ReadIndex(tokio::sync::oneshot::Sender<u64>),
     /// This node's config asks for these policies now.
-    Policies(Box<crate::policies::Policies>),
+    Policies(Box<crate::policies::Policies>, String),
     /// Ids of live jobs a query may match, from the machine's indexes.
     FindJobs(
         Box<crate::machine::find::JobQuery>,
         crate::job::JobId,
         tokio::sync::oneshot::Sender<Vec<crate::job::JobId>>,
     ),
+    /// Ready jobs by tenant, every queue, from the machine's indexes.
+    ReadyByTenant(tokio::sync::oneshot::Sender<std::collections::BTreeMap<String, u64>>),
+    /// Budget counters by tenant, from the machine.
+    RunTotals(tokio::sync::oneshot::Sender<crate::machine::runs::RunTotals>),
     /// Take a snapshot now and answer with its file.
     TakeSnapshot(tokio::sync::oneshot::Sender<Result<std::path::PathBuf, crate::error::Error>>),
 }

@@ -12,7 +12,7 @@ use crate::api::auth::Caller;
 use super::{body, id_param, query, HttpState};
 use crate::api::types::{
     AddMemberBody, AuditBody, AuditPageBody, BackupBody, BackupsBody, DigestBody, MembersBody,
-    NodeRefBody, PoliciesBody, StatsBody,
+    NodeRefBody, PoliciesBody, PoliciesDiffBody, PoliciesDiffRequest, StatsBody,
 };
 use crate::api::ErrorResponses;
 use crate::error::Error;
@@ -258,6 +258,54 @@ pub(super) async fn audit(
             .collect(),
         next: page.next,
     }))
+}
+
+/// What a config's policies would change of those the cluster applies,
+/// value by value, in the keys the audit record of a change uses (`drover
+/// policies diff FILE`). Changes nothing.
+#[utoipa::path(post, path = "/api/v1/policies/diff", tag = "cluster",
+    request_body = PoliciesDiffRequest,
+    responses((status = 200, body = PoliciesDiffBody), ErrorResponses))]
+pub(super) async fn policies_diff(
+    State(s): State<HttpState>,
+    b: Result<super::body::Object<PoliciesDiffRequest>, Error>,
+) -> Result<Json<PoliciesDiffBody>, Error> {
+    let b = body(b)?;
+    let hint = "send the policies a config yields, as `drover policies diff FILE` does";
+    let new: crate::policies::Policies = serde_json::from_value(b.policies.clone())
+        .map_err(|e| Error::invalid("policies", format!("{e}: {hint}")))?;
+    // The record form takes fields it does not know (a newer build's); a
+    // request naming one is a mistake to say, not to ignore.
+    let known = serde_json::to_value(&new).unwrap_or_default();
+    if let Some(key) = unknown_key(&b.policies, &known, "") {
+        return Err(Error::invalid(
+            "policies",
+            format!("unknown key {key}: {hint}"),
+        ));
+    }
+    s.app.router.read_barrier().await?;
+    let current = s.app.driver.reader().policies()?;
+    Ok(Json(PoliciesDiffBody {
+        changes: current.changes(&new),
+    }))
+}
+
+/// The first key of `sent` that `known` (what it parsed into) lacks.
+fn unknown_key(sent: &serde_json::Value, known: &serde_json::Value, at: &str) -> Option<String> {
+    let (serde_json::Value::Object(sent), serde_json::Value::Object(known)) = (sent, known) else {
+        return None;
+    };
+    sent.iter().find_map(|(k, v)| {
+        let path = if at.is_empty() {
+            k.clone()
+        } else {
+            format!("{at}.{k}")
+        };
+        match known.get(k) {
+            None => Some(path),
+            Some(kv) => unknown_key(v, kv, &path),
+        }
+    })
 }
 
 /// The policies the cluster applies (leases, retries, queue limits,

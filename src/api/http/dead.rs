@@ -44,6 +44,7 @@ fn duration(field: &'static str, s: &Option<String>) -> Result<Option<u64>, Erro
 /// The dead jobs a filter names.
 fn dead_query(
     queue: &Option<String>,
+    job_type: &Option<String>,
     class: &Option<String>,
     since: &Option<String>,
     older_than: &Option<String>,
@@ -54,6 +55,7 @@ fn dead_query(
     Ok(JobQuery {
         queue: queue.clone(),
         state: Some(JobState::Dead),
+        job_type: job_type.clone(),
         class: class.clone(),
         older_than_ms: duration("older_than", older_than)?,
         finished_since_ms: since
@@ -70,6 +72,10 @@ fn dead_query(
 pub(super) struct DeadQuery {
     #[serde(default)]
     queue: Option<String>,
+    /// The job type.
+    #[serde(default, rename = "type")]
+    #[param(rename = "type")]
+    job_type: Option<String>,
     /// The last error's class.
     #[serde(default)]
     class: Option<String>,
@@ -94,7 +100,7 @@ pub(super) async fn list(
     q: Result<Query<DeadQuery>, QueryRejection>,
 ) -> Result<Json<DeadPageBody>, Error> {
     let q = query(q)?;
-    let filter = dead_query(&q.queue, &q.class, &q.since, &None)?;
+    let filter = dead_query(&q.queue, &q.job_type, &q.class, &q.since, &None)?;
     let page = s
         .app
         .list_jobs(&caller, filter, q.after.as_deref(), q.limit.unwrap_or(100))
@@ -198,7 +204,7 @@ pub(super) async fn replay_many(
 ) -> Result<Json<ReplayedBody>, Error> {
     let b = body(b)?;
     let limit = bulk_limit(b.limit)?;
-    let filter = dead_query(&b.queue, &b.class, &b.since, &b.older_than)?;
+    let filter = dead_query(&b.queue, &b.job_type, &b.class, &b.since, &b.older_than)?;
     let ids = s.app.find_jobs(&caller, filter, limit).await?;
     let ids = ids.iter().map(|j| j.id).collect();
     let replayed = s.app.replay(&caller, ids, target(&b)).await?;
@@ -217,7 +223,7 @@ pub(super) async fn purge(
 ) -> Result<Json<PurgedDeadBody>, Error> {
     let b = body(b)?;
     let limit = bulk_limit(b.limit)?;
-    let filter = dead_query(&b.queue, &b.class, &b.since, &b.older_than)?;
+    let filter = dead_query(&b.queue, &b.job_type, &b.class, &b.since, &b.older_than)?;
     let ids = s.app.find_jobs(&caller, filter, limit).await?;
     let ids = ids.iter().map(|j| j.id).collect();
     let purged = s.app.purge_dead(&caller, ids, target(&b)).await?;

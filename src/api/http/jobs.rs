@@ -187,6 +187,10 @@ pub(super) struct JobsQuery {
     /// The run id.
     #[serde(default)]
     run: Option<String>,
+    /// The job type.
+    #[serde(default, rename = "type")]
+    #[param(rename = "type")]
+    job_type: Option<String>,
     /// The last error's class.
     #[serde(default)]
     class: Option<String>,
@@ -231,6 +235,7 @@ pub(super) async fn list(
         state: q.state.map(Into::into),
         tenant: q.tenant,
         run: q.run,
+        job_type: q.job_type,
         class: q.class,
         older_than_ms,
         finished_since_ms: None,

@@ -221,6 +221,12 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             Read,
             get(cluster::policies),
         ),
+        route(
+            Method::POST,
+            "/api/v1/policies/diff",
+            Read,
+            post(cluster::policies_diff),
+        ),
         route(Method::GET, "/api/v1/queues", Read, get(queues::list)),
         route(
             Method::POST,
@@ -265,6 +271,12 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
             "/api/v1/tenants/{tenant}/resume",
             Operate,
             post(tenants::resume),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/tenants/{tenant}/erase",
+            Admin,
+            post(tenants::erase),
         ),
         route(
             Method::POST,
@@ -400,6 +412,25 @@ pub fn with_auth(router: Router, auth: Auth) -> Router {
 /// A body as [`body::Object`] read it, or the error saying what was wrong.
 fn body<T>(body: Result<body::Object<T>, Error>) -> Result<T, Error> {
     body.map(|body::Object(b)| b)
+}
+
+/// Takes the body's reason (or keeps the header's) for the audit log, and
+/// refuses `what` without one.
+pub(super) fn require_reason(
+    caller: &mut crate::api::auth::Caller,
+    reason: Option<String>,
+    what: &str,
+) -> Result<(), Error> {
+    if let Some(reason) = reason.filter(|r| !r.trim().is_empty()) {
+        caller.reason = reason.chars().take(1024).collect();
+    }
+    if caller.reason.trim().is_empty() {
+        return Err(Error::invalid(
+            "reason",
+            format!("{what} needs a reason (--reason TEXT, or the X-Drover-Reason header): it goes into the audit log"),
+        ));
+    }
+    Ok(())
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Error> {

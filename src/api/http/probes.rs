@@ -91,6 +91,8 @@ pub(super) async fn ready(State(s): State<HttpState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "probes",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub(super) async fn metrics_text(State(s): State<HttpState>) -> Response {
+    // A node shutting down has none to give: its series stay as they were.
+    let run_totals = s.app.driver.run_totals().await.unwrap_or_default();
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -112,6 +114,7 @@ pub(super) async fn metrics_text(State(s): State<HttpState>) -> Response {
                 data_dir: &s.app.config.data_dir,
                 resources: s.app.driver.pressure().local(),
                 clock_offsets: s.app.driver.clocks().offsets(std::time::Instant::now()),
+                run_totals: &run_totals,
             })
         },
     )

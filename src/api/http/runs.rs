@@ -7,7 +7,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::dead::parse_since;
-use super::{body, query, HttpState};
+use super::{body, query, require_reason, HttpState};
 use crate::api::auth::Caller;
 use crate::api::types::{
     BudgetUseBody, CancelRunBody, CostsBody, OverrideBody, ReplayRunBody, RunBody, RunBudgetBody,
@@ -377,19 +377,6 @@ pub(super) async fn timeline(
 
 /// Takes the reason from the body or the header; an operator's change to
 /// a whole run needs one.
-fn require_reason(caller: &mut Caller, reason: Option<String>, what: &str) -> Result<(), Error> {
-    if let Some(reason) = reason.filter(|r| !r.trim().is_empty()) {
-        caller.reason = reason.chars().take(1024).collect();
-    }
-    if caller.reason.trim().is_empty() {
-        return Err(Error::invalid(
-            "reason",
-            format!("{what} needs a reason (--reason TEXT, or the X-Drover-Reason header): it goes into the audit log"),
-        ));
-    }
-    Ok(())
-}
-
 /// Cancel every unfinished job of a run (their waiters follow), with a
 /// reason for the audit log.
 #[utoipa::path(post, path = "/api/v1/runs/{run}/cancel", tag = "runs",
@@ -548,6 +535,8 @@ pub(super) async fn replay(
         let (_, payload) = reader
             .job_and_payload(job.id)?
             .ok_or(Error::JobNotFound(job.id))?;
+        // Opened: enqueuing the copy seals it again.
+        let payload = s.app.keys.open(crate::sealing::Field::Payload, payload)?;
         // The machine puts the copies in the new run it names.
         let mut r = request_again(job, payload, &run);
         // Dependencies among the copied jobs point at the copies; one on a

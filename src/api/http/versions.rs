@@ -6,12 +6,13 @@ use axum::{Extension, Json};
 
 use super::{body, HttpState};
 use crate::api::auth::Caller;
-use crate::api::types::{VersionSwitchBody, VersionSwitchRequest, VersionsBody};
+use crate::api::types::{VersionSeenBody, VersionSwitchBody, VersionSwitchRequest, VersionsBody};
 use crate::api::ErrorResponses;
 use crate::command::{Audited, Outcome, VersionSwitch};
 use crate::error::Error;
 
-/// Version switches, and how many workers of each version are connected.
+/// Version switches, how many workers of each version are connected, and
+/// when each version was first and last seen.
 #[utoipa::path(get, path = "/api/v1/versions", tag = "versions",
     responses((status = 200, body = VersionsBody), ErrorResponses))]
 pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<VersionsBody>, Error> {
@@ -21,18 +22,28 @@ pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<VersionsBody
     for w in &workers.workers {
         *connected.entry(w.version.clone()).or_insert(0) += 1;
     }
-    let switches = s
-        .app
-        .driver
-        .stats()
+    let stats = s.app.driver.stats();
+    let switches = stats
         .version_switches
         .iter()
         .map(VersionSwitchBody::from)
+        .collect();
+    let seen = stats
+        .versions_seen
+        .iter()
+        .map(|(v, seen)| {
+            let body = VersionSeenBody {
+                first_seen_ms: seen.first_ms,
+                last_seen_ms: seen.last_ms,
+            };
+            (v.clone(), body)
+        })
         .collect();
     Ok(Json(VersionsBody {
         switches,
         connected,
         unreachable: workers.unreachable,
+        seen,
     }))
 }
 

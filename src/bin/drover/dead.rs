@@ -58,6 +58,9 @@ pub enum DeadCmd {
 pub struct Filter {
     #[arg(long)]
     queue: Option<String>,
+    /// The job type.
+    #[arg(long = "type")]
+    job_type: Option<String>,
     /// The last error's class.
     #[arg(long)]
     class: Option<String>,
@@ -68,13 +71,17 @@ pub struct Filter {
 
 impl Filter {
     fn is_empty(&self) -> bool {
-        self.queue.is_none() && self.class.is_none() && self.since.is_none()
+        self.queue.is_none()
+            && self.job_type.is_none()
+            && self.class.is_none()
+            && self.since.is_none()
     }
 
     /// The request body of a bulk replay or purge of what this matches.
     fn body(self, older_than: Option<String>, limit: usize) -> DeadFilterBody {
         DeadFilterBody {
             queue: self.queue,
+            job_type: self.job_type,
             class: self.class,
             since: self.since,
             older_than,
@@ -94,6 +101,7 @@ pub async fn run(cmd: DeadCmd) -> Result<()> {
             let mut q = form_urlencoded::Serializer::new(String::new());
             let pairs = [
                 ("queue", &filter.queue),
+                ("type", &filter.job_type),
                 ("class", &filter.class),
                 ("since", &filter.since),
                 ("after", &after),

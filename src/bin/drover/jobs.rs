@@ -121,6 +121,9 @@ pub struct ListArgs {
     tenant: Option<String>,
     #[arg(long)]
     run: Option<String>,
+    /// The job type.
+    #[arg(long = "type")]
+    job_type: Option<String>,
     /// The last error's class.
     #[arg(long)]
     class: Option<String>,
@@ -251,6 +254,7 @@ async fn list(a: ListArgs) -> Result<()> {
         ("state", &a.state),
         ("tenant", &a.tenant),
         ("run", &a.run),
+        ("type", &a.job_type),
         ("class", &a.class),
         ("older_than", &a.older_than),
         ("after", &a.after),

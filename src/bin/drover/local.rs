@@ -15,6 +15,46 @@ pub enum ConfigCmd {
 }
 
 #[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Write a fresh key to FILE (mode 0600; an existing file is never
+    /// overwritten). Copy the same file to every node and set `[storage]
+    /// encryption_key_file` to it.
+    New {
+        /// Where to write it.
+        file: std::path::PathBuf,
+    },
+}
+
+pub fn key(cmd: KeyCmd) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let KeyCmd::New { file } = cmd;
+    let text = drover::sealing::new_key_text()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .with_context(|| {
+            format!(
+                "cannot create {} (an existing key file is never overwritten)",
+                file.display()
+            )
+        })?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    let keys = drover::sealing::Keys::load(Some(&file), &[])?;
+    println!(
+        "wrote key {} to {} (mode 0600). Copy it to every node, and set in each config:\n\n[storage]\nencryption_key_file = {:?}\n\nKeep a copy offline: without it, what it sealed cannot be read, backups included.",
+        keys.current_id().unwrap_or_default(),
+        file.display(),
+        file.display().to_string()
+    );
+    Ok(())
+}
+
+#[derive(Subcommand)]
 pub enum TokenCmd {
     /// Print a fresh token (once: it is not stored anywhere) and the
     /// [[tokens]] entry that lets it in.
@@ -33,9 +73,13 @@ pub fn config(cmd: ConfigCmd) -> Result<()> {
     let c = Config::from_file(&file)?;
     c.validate()?;
     c.peer_credentials()?;
-    if let Some(tls) = &c.tls {
-        drover::api::listen::server_config(tls)?;
-    }
+    let expiry = match &c.tls {
+        Some(tls) => {
+            drover::api::certs::server_config(tls)?;
+            Some(drover::api::certs::file_expiry(tls)?)
+        }
+        None => None,
+    };
     println!(
         "{} is valid: node {} of cluster {:?}, address {} (and {}), data in {}, {} peers, {} tokens{}",
         file.display(),
@@ -48,6 +92,27 @@ pub fn config(cmd: ConfigCmd) -> Result<()> {
         c.tokens.len(),
         if c.tls.is_some() { ", TLS" } else { "" }
     );
+    let keys = c.sealing_keys()?;
+    if let Some(id) = keys.current_id() {
+        println!(
+            "payloads, results and error messages are sealed with key {id} ({} old keys to open older records)",
+            c.storage.encryption_old_keys.len()
+        );
+    }
+    if let Some((node, ca)) = expiry {
+        let now = drover::clock::now_ms() as i64 / 1000;
+        for (what, at) in [("the node's certificate", node), ("the CA", ca)] {
+            let days = (at - now).div_euclid(86_400);
+            let when = drover::api::certs::rfc3339(at);
+            if at <= now {
+                println!("warning: {what} expired at {when}");
+            } else if days < 14 {
+                println!("warning: {what} expires at {when}, in {days} days");
+            } else {
+                println!("{what} expires at {when}, in {days} days");
+            }
+        }
+    }
     Ok(())
 }
 

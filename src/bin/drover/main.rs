@@ -139,6 +139,12 @@ enum Cmd {
         #[command(subcommand)]
         command: local::ConfigCmd,
     },
+    /// Make encryption keys for payloads, results and error messages at
+    /// rest (`[storage] encryption_key_file`).
+    Key {
+        #[command(subcommand)]
+        command: local::KeyCmd,
+    },
     /// Make bearer tokens.
     Token {
         #[command(subcommand)]
@@ -239,6 +245,7 @@ fn run() -> Result<()> {
             }
             Cmd::Config { command } => local::config(command),
             Cmd::Token { command } => local::token(command),
+            Cmd::Key { command } => local::key(command),
         }
     })
 }

@@ -166,7 +166,8 @@ pub async fn run(a: ServeArgs) -> Result<()> {
             node.auth.clone(),
             (*node.app.config).clone(),
             move |level: &str| log_level.set(level),
-        );
+        )
+        .with_certs(node.server_tls.clone());
         tokio::spawn(reload.on_sighup());
     }
     // One line on stdout that scripts and tests can wait for, once SIGTERM

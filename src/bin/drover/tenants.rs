@@ -1,8 +1,8 @@
-//! `drover tenants list|pause|drain|resume`.
+//! `drover tenants list|pause|drain|resume|erase`.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Subcommand;
-use drover::api::types::{ControlledBody, TenantsBody};
+use drover::api::types::{ControlledBody, EraseTenantBody, TenantErasedBody, TenantsBody};
 
 use crate::target::{table, Target};
 
@@ -28,6 +28,16 @@ pub enum TenantsCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Erase TENANT's data on every node: its jobs in every state
+    /// (unfinished ones cancelled first) with payloads, results and
+    /// idempotency keys, its runs, costs, budgets, breakers and state.
+    /// Cannot be undone; backups taken before keep it. Needs --reason and
+    /// an admin token without a scope.
+    Erase {
+        tenant: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 pub async fn run(cmd: TenantsCmd) -> Result<()> {
@@ -39,6 +49,7 @@ pub async fn run(cmd: TenantsCmd) -> Result<()> {
         TenantsCmd::Pause { tenant, target } => ("pause", tenant, target),
         TenantsCmd::Drain { tenant, target } => ("drain", tenant, target),
         TenantsCmd::Resume { tenant, target } => ("resume", tenant, target),
+        TenantsCmd::Erase { tenant, target } => return erase(tenant, target).await,
     };
     let done: ControlledBody = target
         .admin()?
@@ -50,6 +61,24 @@ pub async fn run(cmd: TenantsCmd) -> Result<()> {
         } else {
             println!("{action}: tenant {tenant}");
         }
+    })
+}
+
+async fn erase(tenant: String, target: Target) -> Result<()> {
+    if target.reason.trim().is_empty() {
+        bail!("erasing a tenant needs --reason TEXT: it goes into the audit log");
+    }
+    let body = EraseTenantBody { reason: None };
+    let e: TenantErasedBody = target
+        .admin()?
+        .post(&format!("/api/v1/tenants/{tenant}/erase"), &body)
+        .await?;
+    target.print(&e, |e| {
+        println!(
+            "erased tenant {} on every node: {} jobs, {} runs, {} breakers, {} other records ({} log entries)",
+            e.tenant, e.jobs, e.runs, e.breakers, e.other, e.slices
+        );
+        println!("backups taken before this still hold its data: see README, Erasing a tenant");
     })
 }
 

@@ -9,7 +9,8 @@ use crate::target::{table, Target};
 
 #[derive(Subcommand)]
 pub enum VersionsCmd {
-    /// Version switches, and how many workers of each version are connected.
+    /// Version switches, how many workers of each version are connected,
+    /// and when each version was first and last seen leasing.
     List(Target),
     /// Stop leasing jobs to workers of VERSION (of --queue, of --tenant, or
     /// all); they go to workers of other versions, or wait. Needs --reason.
@@ -71,14 +72,22 @@ fn describe(s: &VersionSwitchBody) -> String {
 }
 
 fn print(v: &VersionsBody) {
-    let mut t = table(&["VERSION", "CONNECTED WORKERS"]);
-    for (version, n) in &v.connected {
+    let mut t = table(&["VERSION", "CONNECTED WORKERS", "FIRST SEEN", "LAST SEEN"]);
+    let versions: std::collections::BTreeSet<&String> =
+        v.connected.keys().chain(v.seen.keys()).collect();
+    for version in versions {
         let name = if version.is_empty() {
             "(none)"
         } else {
             version
         };
-        t.add_row(vec![name.to_string(), n.to_string()]);
+        let seen = v.seen.get(version);
+        t.add_row(vec![
+            name.to_string(),
+            v.connected.get(version).copied().unwrap_or(0).to_string(),
+            seen.map_or("-".into(), |s| crate::jobs::at(s.first_seen_ms)),
+            seen.map_or("-".into(), |s| crate::jobs::at(s.last_seen_ms)),
+        ]);
     }
     println!("{t}");
     if v.switches.is_empty() {
