@@ -491,6 +491,78 @@ pub struct CanaryConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_wait: Option<Duration>,
+    /// `["success_rate", "duration", "cost"]`: a "worse" verdict on any of
+    /// these, standing for `hold`, makes the leader abort the canary (its
+    /// version switched off for the queue, audited). Empty: only reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub abort_on: Vec<crate::policies::CanaryMetric>,
+    /// Success rate worse when more than this below the control's
+    /// (default 0.05).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_success_drop: Option<f64>,
+    /// Run time worse when its mean is more than this times the control's
+    /// (default 1.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_ratio: Option<f64>,
+    /// Cost worse when its mean is more than this times the control's
+    /// (default 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_ratio: Option<f64>,
+    /// Results each side needs before a verdict (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u64>,
+    /// How long a verdict must stand before the leader acts (default 1m).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hold: Option<Duration>,
+    /// Promote by itself once every measure has been "ok" this long.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub promote_after: Option<Duration>,
+}
+
+impl CanaryConfig {
+    /// The judge these settings make, defaults filled in.
+    pub fn judge(&self) -> crate::policies::CanaryJudge {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let d = crate::policies::CanaryJudge::default();
+        crate::policies::CanaryJudge {
+            abort_on: self.abort_on.clone(),
+            max_success_drop: self.max_success_drop.unwrap_or(d.max_success_drop),
+            max_duration_ratio: self.max_duration_ratio.unwrap_or(d.max_duration_ratio),
+            max_cost_ratio: self.max_cost_ratio.unwrap_or(d.max_cost_ratio),
+            min_samples: self.min_samples.unwrap_or(d.min_samples),
+            hold_ms: self.hold.map_or(d.hold_ms, ms),
+            promote_after_ms: self.promote_after.map(ms),
+        }
+    }
+
+    /// What is wrong with the judge's settings, if anything.
+    fn judge_problem(&self) -> Option<&'static str> {
+        let ratio_ok = |r: Option<f64>| r.is_none_or(|r| r.is_finite() && r >= 1.0);
+        if !self
+            .max_success_drop
+            .is_none_or(|d| d.is_finite() && (0.0..=1.0).contains(&d))
+        {
+            return Some("max_success_drop must be 0 to 1, such as 0.05");
+        }
+        if !ratio_ok(self.max_duration_ratio) || !ratio_ok(self.max_cost_ratio) {
+            return Some("max_duration_ratio and max_cost_ratio must be 1 or more, such as 1.1");
+        }
+        if self.min_samples == Some(0) {
+            return Some("min_samples must be 1 or more");
+        }
+        if self.promote_after.is_some_and(|d| d.is_zero()) {
+            return Some("promote_after must be more than 0");
+        }
+        None
+    }
 }
 
 /// `[queues.NAME.breaker]`.
@@ -1451,6 +1523,7 @@ impl Config {
                             percent: c.percent.min(100),
                             max_wait_ms: c.max_wait.map_or(crate::policies::CANARY_MAX_WAIT_MS, ms),
                         }),
+                        canary_judge: q.canary.as_ref().map(CanaryConfig::judge),
                         breaker: q.breaker.as_ref().map(|b| crate::policies::QueueBreaker {
                             enabled: b.enabled,
                             threshold: b.threshold,
@@ -1602,6 +1675,9 @@ impl Config {
                         "queues",
                         format!("[queues.{name:?}.canary] needs a version of 1 to 128 bytes and a percent of 0 to 100, such as version = \"v4\", percent = 10"),
                     ));
+                }
+                if let Some(problem) = c.judge_problem() {
+                    return Err(invalid("queues", format!("[queues.{name:?}.canary] {problem}")));
                 }
             }
             if let Some(problem) = q.workers.and_then(|w| w.problem()) {

@@ -757,7 +757,8 @@ impl Metrics {
                 .get(queue)
                 .map(|a| a.at(now_ms))
                 .unwrap_or_default();
-            for j in crate::machine::canary::compare(&canary, &control) {
+            let judge = stats.policies.canary_judge(queue);
+            for j in crate::machine::canary::compare(&canary, &control, &judge) {
                 let value = if j.value.is_finite() {
                     j.value
                 } else {

@@ -108,6 +108,7 @@ impl Node {
             app.driver.pressure().clone(),
             shutdown.clone(),
         ));
+        tokio::spawn(api::canary::watch(app.clone(), shutdown.clone()));
 
         // Clients may send gzip (large payloads; the client decides per
         // connection). Leases, which carry payloads, go back gzipped to a

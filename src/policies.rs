@@ -257,6 +257,82 @@ pub struct CanaryRule {
     pub max_wait_ms: u64,
 }
 
+impl CanaryRule {
+    /// Whether the rule is how an ended canary of the config file stands,
+    /// not a canary being tried: at 0% after an abort (the version takes
+    /// none of the queue's jobs), at 100% with no wait after a promotion
+    /// (every worker takes every job). See `api::canary`.
+    pub fn is_end_of_config(&self) -> bool {
+        self.percent == 0 || (self.percent == 100 && self.max_wait_ms == 0)
+    }
+}
+
+/// A measure a canary is judged on (`abort_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryMetric {
+    /// Successes over results, against the control's.
+    SuccessRate,
+    /// Run time, against the control's.
+    Duration,
+    /// Reported cost, against the control's.
+    Cost,
+}
+
+impl CanaryMetric {
+    /// The name its comparison carries (`Judged::metric`).
+    pub fn judged_name(self) -> &'static str {
+        match self {
+            CanaryMetric::SuccessRate => "success_rate_delta",
+            CanaryMetric::Duration => "duration_ratio",
+            CanaryMetric::Cost => "cost_ratio",
+        }
+    }
+}
+
+/// How a queue's canary is judged, and what the leader does on a verdict
+/// (`[queues.NAME.canary]`'s `abort_on`, thresholds, `hold`,
+/// `promote_after`). Kept apart from [`CanaryRule`], which log entries carry
+/// in a fixed encoding: policies travel as JSON, so fields can be added.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CanaryJudge {
+    /// Measures whose "worse" verdict, held for `hold_ms`, makes the
+    /// leader abort the canary. Empty: it only reports.
+    pub abort_on: Vec<CanaryMetric>,
+    /// Worse when the canary's success rate is more than this below the
+    /// control's (0.05: five points).
+    pub max_success_drop: f64,
+    /// Worse when the canary's mean run time is more than this times the
+    /// control's.
+    pub max_duration_ratio: f64,
+    /// Worse when the canary's mean cost is more than this times the
+    /// control's.
+    pub max_cost_ratio: f64,
+    /// Results each side needs before any verdict.
+    pub min_samples: u64,
+    /// How long (ms) a verdict must stand before the leader acts on it.
+    pub hold_ms: u64,
+    /// Promote (end the rule, the version takes jobs like any other) once
+    /// every measure has been "ok" this long (ms). None: never by itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promote_after_ms: Option<u64>,
+}
+
+impl Default for CanaryJudge {
+    fn default() -> Self {
+        CanaryJudge {
+            abort_on: Vec::new(),
+            max_success_drop: 0.05,
+            max_duration_ratio: 1.10,
+            max_cost_ratio: 1.20,
+            min_samples: 30,
+            hold_ms: 60_000,
+            promote_after_ms: None,
+        }
+    }
+}
+
 /// `[schedules.NAME]`: a cron expression and the job each slot enqueues.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SchedulePolicy {
@@ -360,6 +436,10 @@ pub struct QueuePolicy {
     /// `[queues.NAME.canary]`; a rule set at run time goes first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryRule>,
+    /// How the queue's canary (of the config or set at run time) is judged
+    /// and ended; defaults when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary_judge: Option<CanaryJudge>,
 }
 
 /// How long a canary job waits for a canary worker when no rule says.
@@ -666,6 +746,15 @@ impl Policies {
         }
     }
 
+    /// How the queue's canary is judged (its `[queues.NAME.canary]`, or
+    /// the defaults).
+    pub fn canary_judge(&self, queue: &str) -> CanaryJudge {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.canary_judge.clone())
+            .unwrap_or_default()
+    }
+
     /// The queue's policy with the defaults' fields filled in.
     pub fn queue(&self, queue: &str) -> QueuePolicy {
         let named = self.queues.get(queue);
@@ -693,6 +782,7 @@ impl Policies {
                 .or_else(|| defaults.and_then(|q| q.workers)),
             // Per queue only: a canary of every queue is not a canary.
             canary: named.and_then(|q| q.canary.clone()),
+            canary_judge: named.and_then(|q| q.canary_judge.clone()),
             breaker: named
                 .and_then(|q| q.breaker.clone())
                 .or_else(|| defaults.and_then(|q| q.breaker.clone())),

@@ -55,6 +55,14 @@ fn a_bad_config_names_what_is_wrong() {
             "[queues.q.canary]\nversion = \"v4\"\npercent = 150\n",
             "canary",
         ),
+        (
+            "[queues.q.canary]\nversion = \"v4\"\npercent = 10\nabort_on = [\"latency\"]\n",
+            "latency",
+        ),
+        (
+            "[queues.q.canary]\nversion = \"v4\"\npercent = 10\nmax_duration_ratio = 0.5\n",
+            "max_duration_ratio",
+        ),
         ("[backup]\nkeep = 0\n", "keep"),
         ("[backup]\nevery = \"soon\"\n", "every"),
     ] {

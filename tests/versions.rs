@@ -263,8 +263,11 @@ async fn a_canary_gets_only_its_share_and_abort_switches_it_off() {
     }
 }
 
+/// A canary of the config file is ended from the command line too: a
+/// run-time rule for its version goes first (here, promoted: every worker
+/// takes every job), and `canary status` says there is none.
 #[tokio::test]
-async fn a_canary_of_the_config_file_ends_only_there() {
+async fn a_canary_of_the_config_file_ends_by_a_run_time_rule() {
     let node =
         TestNode::start("[queues.c.canary]\nversion = \"v4\"\npercent = 100\nmax_wait = \"1h\"\n");
     let server = node.grpc.as_str();
@@ -288,10 +291,130 @@ async fn a_canary_of_the_config_file_ends_only_there() {
     for job in all_done(&node, &ids).await {
         assert_eq!(leased_by(&job), vec!["w4"], "{job:?}");
     }
-    let out = drover_cli(&["canary", "promote", "c", "--reason", "x"], server, "");
+    drover_ok(&["canary", "promote", "c", "--reason", "x"], server);
+    let out = drover_cli(&["canary", "status", "c"], server, "");
     let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("no canary"), "{err}");
+    let out = drover_cli(&["canary", "abort", "c", "--reason", "x"], server, "");
+    assert!(!out.status.success(), "an ended canary is not ended twice");
+    let after = all_done(&node, &enqueue_n(server, "c", 40)).await;
     assert!(
-        !out.status.success() && err.contains("set in the config"),
-        "{err}"
+        after.iter().any(|j| leased_by(j) == vec!["w3"]),
+        "{after:?}"
+    );
+}
+
+/// The leader ends a canary by itself, as `[queues.NAME.canary]` says: one
+/// that fails half its jobs is aborted once its verdict held for `hold`
+/// (audited, naming the measure), and the control takes every job after;
+/// one as good as the control is promoted after `promote_after`.
+#[tokio::test]
+async fn the_leader_aborts_a_failing_canary_and_promotes_a_good_one() {
+    let judge = "min_samples = 10\nhold = \"2s\"\nmax_duration_ratio = 100.0\n";
+    let node = TestNode::start(&format!(
+        "[jobs]\nmax_retries = 0\n\
+         [queues.bad.breaker]\nenabled = false\n\
+         [queues.bad.canary]\nversion = \"v4\"\npercent = 50\nmax_wait = \"1h\"\nabort_on = [\"success_rate\"]\n{judge}\
+         [queues.good.canary]\nversion = \"v4\"\npercent = 50\nmax_wait = \"1h\"\npromote_after = \"3s\"\n{judge}"
+    ));
+    let server = node.grpc.as_str();
+    let _good3 = exec_worker_with(server, "good", "g3", "true", &["--worker-version", "v3"]);
+    let _good4 = exec_worker_with(server, "good", "g4", "true", &["--worker-version", "v4"]);
+    let _bad3 = exec_worker_with(server, "bad", "b3", "true", &["--worker-version", "v3"]);
+    let _bad4 = exec_worker_with(server, "bad", "b4", "exit 1", &["--worker-version", "v4"]);
+    enqueue_n(server, "good", 60);
+    enqueue_n(server, "bad", 60);
+    let audit = wait_for(
+        "the leader to abort the bad canary and promote the good one",
+        Duration::from_secs(60),
+        || async {
+            let (_, audit) = get_json(&format!("{}/api/v1/audit", node.http)).await;
+            let text = audit.to_string();
+            if text.contains("canary.abort") && text.contains("canary.promote") {
+                Ok(audit)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
+    let records = audit["records"].as_array().cloned().unwrap_or_default();
+    let by_action = |action: &str| {
+        records
+            .iter()
+            .find(|r| r["action"] == action)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {action} in {audit}"))
+    };
+    let abort = by_action("canary.abort");
+    assert_eq!(abort["who"], "node 1 (canary judge)", "{abort}");
+    assert!(
+        abort["target"].as_str().unwrap_or("").contains("queue bad")
+            && abort["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("success_rate_delta"),
+        "{abort}"
+    );
+    let promote = by_action("canary.promote");
+    assert!(
+        promote["target"].as_str().unwrap_or("").contains("queue good"),
+        "{promote}"
+    );
+    // v4 is switched off for bad; both queues say they have no canary now.
+    let listed = versions(server);
+    assert!(
+        listed
+            .switches
+            .iter()
+            .any(|s| s.version == "v4" && s.queue.as_deref() == Some("bad")),
+        "{listed:?}"
+    );
+    for q in ["bad", "good"] {
+        let out = drover_cli(&["canary", "status", q], server, "");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && err.contains("no canary"), "{q}: {err}");
+    }
+    // After the abort, the control takes every job of bad.
+    for job in all_done(&node, &enqueue_n(server, "bad", 20)).await {
+        assert_eq!(leased_by(&job), vec!["b3"], "{job:?}");
+    }
+    // After the promotion, jobs of the canary's share go to v3 too (they
+    // waited for v4 alone before).
+    let after = all_done(&node, &enqueue_n(server, "good", 40)).await;
+    let covered_by_v3 = after.iter().any(|j| {
+        drover::machine::canary::canary_part(j.id) < 5000 && leased_by(j) == vec!["g3"]
+    });
+    let v4_took = after.iter().any(|j| leased_by(j) == vec!["g4"]);
+    assert!(covered_by_v3 && v4_took, "{after:?}");
+}
+
+/// `drover versions only V --queue Q` pins the queue: only V's workers
+/// take its jobs, however long they wait; `canary promote` undoes it.
+#[tokio::test]
+async fn versions_only_pins_a_queue_to_one_version() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let _v3 = exec_worker_with(server, "q", "w3", "echo v3", &["--worker-version", "v3"]);
+    let _v4 = exec_worker_with(server, "q", "w4", "echo v4", &["--worker-version", "v4"]);
+    let out = drover_cli(&["versions", "only", "v4"], server, "");
+    assert!(!out.status.success(), "--queue is required");
+    let pinned: CanaryBody = drover_body(
+        &["versions", "only", "v4", "--queue", "q", "--json"],
+        server,
+    );
+    assert_eq!(
+        (pinned.percent, pinned.max_wait.as_str()),
+        (100, "never"),
+        "{pinned:?}"
+    );
+    for job in all_done(&node, &enqueue_n(server, "q", 20)).await {
+        assert_eq!(leased_by(&job), vec!["w4"], "{job:?}");
+    }
+    drover_ok(&["canary", "promote", "q", "--reason", "unpin"], server);
+    let after = all_done(&node, &enqueue_n(server, "q", 40)).await;
+    assert!(
+        after.iter().any(|j| leased_by(j) == vec!["w3"]),
+        "{after:?}"
     );
 }

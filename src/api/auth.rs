@@ -155,6 +155,22 @@ impl Caller {
         }
     }
 
+    /// The node itself, acting by a rule of its config (the audit log names
+    /// it and what acted: `node 1 (canary judge)`).
+    pub fn node_itself(node_id: u64, what: &str) -> Caller {
+        Caller {
+            name: format!("node {node_id} ({what})"),
+            role: Some(Role::Admin),
+            ..Caller::anonymous()
+        }
+    }
+
+    /// The same caller, giving `reason` for what it does next.
+    pub fn with_reason(mut self, reason: String) -> Caller {
+        self.reason = reason;
+        self
+    }
+
     /// Refuses a job of `tenant` in `queue` outside the token's scope.
     pub fn check_job_scope(&self, tenant: &str, queue: &str) -> Result<(), Error> {
         match &self.scope {

@@ -10,6 +10,7 @@
 //! [`scope`] what a token may touch.
 
 pub mod auth;
+pub mod canary;
 pub mod certs;
 pub mod convert;
 pub mod costs;

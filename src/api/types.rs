@@ -1453,7 +1453,8 @@ pub struct CanarySetBody {
     /// 100; required for a new rule.
     #[serde(default)]
     pub percent: Option<u32>,
-    /// A duration: "5m" (default 5m).
+    /// A duration: "5m" (default 5m); "never": other versions never take
+    /// the canary's jobs (a pin, as `drover versions only` sets).
     #[serde(default)]
     pub max_wait: Option<String>,
 }

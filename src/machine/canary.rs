@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::command::CanaryRule;
+use crate::policies::CanaryJudge;
 
 /// Which of 10,000 parts of the jobs `id` falls in: a fixed mix of the id,
 /// so every node, and every lease, decides the same.
@@ -233,9 +234,6 @@ impl Arms {
     }
 }
 
-/// The least samples per side before a verdict is given.
-pub const MIN_SAMPLES: u64 = 30;
-
 /// One metric of a canary comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Judged {
@@ -252,14 +250,16 @@ pub struct Judged {
 /// z above which a one-sided test at 95% says the canary is worse.
 const Z_95: f64 = 1.645;
 
-/// The canary against the control: the success-rate delta by a
-/// two-proportion z-test (worse: more than 5 points below), the run time by
-/// a Mann-Whitney rank test on the buckets (worse: mean more than 10%
-/// above), the cost by Welch's t (worse: mean more than 20% above). Fewer
-/// than [`MIN_SAMPLES`] on either side say "not enough data".
-pub fn compare(canary: &Arm, control: &Arm) -> Vec<Judged> {
-    let enough = canary.jobs >= MIN_SAMPLES && control.jobs >= MIN_SAMPLES;
-    let judge = |metric, value: f64, worse: bool| Judged {
+/// The canary against the control, with the judge's thresholds (defaults
+/// in brackets): the success-rate delta by a two-proportion z-test (worse:
+/// more than `max_success_drop` [5 points] below), the run time by a
+/// Mann-Whitney rank test on the buckets (worse: mean more than
+/// `max_duration_ratio` [1.1] times), the cost by Welch's t (worse: mean
+/// more than `max_cost_ratio` [1.2] times). Fewer than `min_samples` [30]
+/// on either side say "not enough data".
+pub fn compare(canary: &Arm, control: &Arm, judge: &CanaryJudge) -> Vec<Judged> {
+    let enough = canary.jobs >= judge.min_samples && control.jobs >= judge.min_samples;
+    let verdict = |metric, value: f64, worse: bool| Judged {
         metric,
         value,
         verdict: match (enough, worse) {
@@ -274,7 +274,10 @@ pub fn compare(canary: &Arm, control: &Arm) -> Vec<Judged> {
     let pooled = (canary.succeeded + control.succeeded) as f64 / (n1 + n2);
     let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
     let z = if se > 0.0 { (p1 - p2) / se } else { 0.0 };
-    let success = judge("success_rate_delta", p1 - p2, p1 - p2 < -0.05 && z < -Z_95);
+    let success = verdict(
+        "success_rate_delta",
+        p1 - p2, p1 - p2 < -judge.max_success_drop && z < -Z_95,
+    );
     // Run time: U counts, for each canary run, the control runs shorter
     // (ties count half).
     let mut below = 0.0;
@@ -299,10 +302,10 @@ pub fn compare(canary: &Arm, control: &Arm) -> Vec<Judged> {
         }
     };
     let duration_ratio = ratio(canary.mean_ran_ms(), control.mean_ran_ms());
-    let duration = judge(
+    let duration = verdict(
         "duration_ratio",
         duration_ratio,
-        duration_ratio > 1.10 && z_ran > Z_95,
+        duration_ratio > judge.max_duration_ratio && z_ran > Z_95,
     );
     // Cost: Welch's t on the means.
     let var = |a: &Arm, n: f64| {
@@ -316,7 +319,11 @@ pub fn compare(canary: &Arm, control: &Arm) -> Vec<Judged> {
         0.0
     };
     let cost_ratio = ratio(canary.mean_cost(), control.mean_cost());
-    let cost = judge("cost_ratio", cost_ratio, cost_ratio > 1.2 && t > Z_95);
+    let cost = verdict(
+        "cost_ratio",
+        cost_ratio,
+        cost_ratio > judge.max_cost_ratio && t > Z_95,
+    );
     vec![success, duration, cost]
 }
 
@@ -361,31 +368,39 @@ mod tests {
 
     #[test]
     fn a_failing_canary_is_flagged_once_there_is_enough_data() {
-        let verdict = |c: &Arm, k: &Arm| compare(c, k)[0].verdict;
+        let d = CanaryJudge::default();
+        let verdict = |c: &Arm, k: &Arm| compare(c, k, &d)[0].verdict;
         assert_eq!(
             verdict(&arm(20, 0.3, 100), &arm(200, 0.0, 100)),
             "not enough data"
         );
         assert_eq!(verdict(&arm(200, 0.3, 100), &arm(2000, 0.0, 100)), "worse");
         assert_eq!(verdict(&arm(200, 0.01, 100), &arm(2000, 0.0, 100)), "ok");
-        let delta = compare(&arm(200, 0.3, 100), &arm(2000, 0.0, 100))[0].value;
+        let delta = compare(&arm(200, 0.3, 100), &arm(2000, 0.0, 100), &d)[0].value;
         assert!((delta + 0.3).abs() < 0.01, "{delta}");
     }
 
     #[test]
     fn slower_and_dearer_canaries_are_flagged() {
         let (slow, fast) = (arm(300, 0.0, 400), arm(300, 0.0, 100));
-        let j = compare(&slow, &fast);
+        let d = CanaryJudge::default();
+        let j = compare(&slow, &fast, &d);
         assert_eq!((j[1].metric, j[1].verdict), ("duration_ratio", "worse"));
-        assert_eq!(compare(&fast, &slow)[1].verdict, "ok");
+        assert_eq!(compare(&fast, &slow, &d)[1].verdict, "ok");
+        // A looser threshold forgives the same difference.
+        let loose = CanaryJudge {
+            max_duration_ratio: 5.0,
+            ..CanaryJudge::default()
+        };
+        assert_eq!(compare(&slow, &fast, &loose)[1].verdict, "ok");
         let mut dear = Arm::default();
         let mut cheap = Arm::default();
         for i in 0..100 {
             dear.record(true, 10, 15_000 + i * 10);
             cheap.record(true, 10, 10_000 + i * 10);
         }
-        assert_eq!(compare(&dear, &cheap)[2].verdict, "worse");
-        assert_eq!(compare(&cheap, &dear)[2].verdict, "ok");
+        assert_eq!(compare(&dear, &cheap, &d)[2].verdict, "worse");
+        assert_eq!(compare(&cheap, &dear, &d)[2].verdict, "ok");
         assert_eq!(arm(100, 0.0, 100).p95_ran_ms(), 128);
     }
 }

@@ -9,7 +9,8 @@ use super::{body, HttpState};
 use crate::api::auth::Caller;
 use crate::api::types::{CanaryBody, CanarySetBody};
 use crate::api::ErrorResponses;
-use crate::command::{Audited, CanaryRule, Outcome, VersionSwitch};
+use crate::api::canary::{end, set_rule, End};
+use crate::command::CanaryRule;
 use crate::error::Error;
 
 /// How long a canary job waits for a canary worker when the request does
@@ -21,17 +22,24 @@ fn body_of(queue: &str, rule: &CanaryRule) -> CanaryBody {
         queue: queue.to_string(),
         version: rule.version.clone(),
         percent: rule.percent,
-        max_wait: crate::wire::config_duration(std::time::Duration::from_millis(rule.max_wait_ms)),
+        max_wait: if rule.max_wait_ms == u64::MAX {
+            "never".into()
+        } else {
+            crate::wire::config_duration(std::time::Duration::from_millis(rule.max_wait_ms))
+        },
         stats: None,
     }
 }
 
+/// The canary being tried in the queue: a config canary's end (see
+/// `api::canary`) is none.
 fn rule_of(s: &HttpState, queue: &str) -> Result<CanaryRule, Error> {
-    s.app
-        .driver
-        .stats()
+    let stats = s.app.driver.stats();
+    let of_config = stats.policies.queue(queue).canary.is_some();
+    stats
         .canaries
         .get(queue)
+        .filter(|r| !(of_config && r.is_end_of_config()))
         .cloned()
         .ok_or_else(|| {
             Error::Refused(crate::command::Refusal::NoCanary {
@@ -62,7 +70,11 @@ pub(super) async fn status(
     body.stats = Some(crate::api::types::CanaryStatsBody {
         canary: (&canary).into(),
         control: (&control).into(),
-        comparison: crate::machine::canary::compare(&canary, &control)
+        comparison: crate::machine::canary::compare(
+            &canary,
+            &control,
+            &s.app.driver.stats().policies.canary_judge(&queue),
+        )
             .into_iter()
             .map(|j| crate::api::types::CanaryJudgedBody {
                 metric: j.metric.into(),
@@ -116,6 +128,8 @@ pub(super) async fn set(
         None => return Err(Error::invalid("percent", "give the share: --percent 10")),
     };
     let max_wait_ms = match b.max_wait {
+        // A pin (`drover versions only`): other versions never take them.
+        Some(text) if text == "never" => u64::MAX,
         Some(text) => crate::wire::parse_duration_ms(&text, crate::wire::MAX_DELAY)
             .map_err(|e| Error::invalid("max_wait", format!("{text:?}: {e} (such as \"5m\")")))?,
         None => current.map_or(DEFAULT_MAX_WAIT_MS, |c| c.max_wait_ms),
@@ -126,8 +140,8 @@ pub(super) async fn set(
         max_wait_ms,
     };
     let target = format!("queue {queue}: {}% to {}", rule.percent, rule.version);
-    change(
-        &s,
+    set_rule(
+        &s.app,
         &caller,
         "canary.set",
         target,
@@ -149,8 +163,7 @@ pub(super) async fn promote(
     Path(queue): Path<String>,
 ) -> Result<Json<CanaryBody>, Error> {
     let rule = rule_to_end(&s, &queue)?;
-    let target = format!("queue {queue}: {}", rule.version);
-    change(&s, &caller, "canary.promote", target, &queue, None).await?;
+    end(&s.app, &caller, &queue, &rule, End::Promote).await?;
     tracing::info!(event = "canary_promoted", %queue, version = %rule.version, who = %caller.name, "canary promoted: the rule ended");
     Ok(Json(body_of(&queue, &rule)))
 }
@@ -165,71 +178,13 @@ pub(super) async fn abort(
     Path(queue): Path<String>,
 ) -> Result<Json<CanaryBody>, Error> {
     let rule = rule_to_end(&s, &queue)?;
-    // Switched off first: between the two, its jobs wait rather than go
-    // to the version being aborted.
-    let switch = VersionSwitch {
-        version: rule.version.clone(),
-        queue: Some(queue.clone()),
-        tenant: None,
-    };
-    let outcome = s
-        .app
-        .audited(
-            &caller,
-            "versions.disable",
-            switch.describe(),
-            Audited::SwitchVersion(crate::command::SwitchVersion {
-                switch,
-                enabled: false,
-            }),
-        )
-        .await?;
-    if let Outcome::Rejected(r) = outcome {
-        return Err(Error::Refused(r));
-    }
-    let target = format!("queue {queue}: {}", rule.version);
-    change(&s, &caller, "canary.abort", target, &queue, None).await?;
+    end(&s.app, &caller, &queue, &rule, End::Abort).await?;
     tracing::warn!(event = "canary_aborted", %queue, version = %rule.version, who = %caller.name, "canary aborted: the rule ended and its version is switched off for the queue");
     Ok(Json(body_of(&queue, &rule)))
 }
 
-/// The rule promote or abort ends. A canary of the config file ends only
-/// there: refused with what to do.
+/// The rule promote or abort ends.
 fn rule_to_end(s: &HttpState, queue: &str) -> Result<CanaryRule, Error> {
     crate::job::validate_queue(queue)?;
-    let rule = rule_of(s, queue)?;
-    if s.app.driver.stats().policies.queue(queue).canary.is_some() {
-        return Err(Error::invalid(
-            "queue",
-            format!("the canary of queue {queue} is set in the config ([queues.{queue}.canary]): remove it there and send SIGHUP to the leader (drover canary set changes its share meanwhile)"),
-        ));
-    }
-    Ok(rule)
-}
-
-async fn change(
-    s: &HttpState,
-    caller: &Caller,
-    action: &str,
-    target: String,
-    queue: &str,
-    rule: Option<CanaryRule>,
-) -> Result<(), Error> {
-    let outcome = s
-        .app
-        .audited(
-            caller,
-            action,
-            target,
-            Audited::SetCanary(crate::command::SetCanary {
-                queue: queue.to_string(),
-                rule,
-            }),
-        )
-        .await?;
-    match outcome {
-        Outcome::Noop => Ok(()),
-        Outcome::Rejected(r) => Err(Error::Refused(r)),
-        other => Err(Error::Driver(format!("unexpected outcome {other:?}"))),
-    }
+    rule_of(s, queue)
 }

@@ -160,13 +160,20 @@ pub(super) async fn backups(State(s): State<HttpState>) -> Json<BackupsBody> {
     })
 }
 
-/// A consistent backup: takes a snapshot now and streams its file.
-#[utoipa::path(get, path = "/api/v1/snapshot", tag = "cluster",
+/// A consistent backup: takes a snapshot now and streams its file. It holds
+/// everything acknowledged before the request (read index), so a backup
+/// taken right after an enqueue has the job; `?stale=ok` skips that wait
+/// and saves what this node has applied, for a node with no quorum.
+#[utoipa::path(get, path = "/api/v1/snapshot", tag = "cluster", params(StatsQuery),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), ErrorResponses))]
 pub(super) async fn snapshot(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
+    q: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
+    if query(q)?.stale.is_none() {
+        s.app.router.read_barrier().await?;
+    }
     let result = s.app.driver.snapshot_now().await;
     let target = format!("node {}", s.app.config.node_id);
     let path = s.app.record(&caller, "snapshot", target, result).await?;

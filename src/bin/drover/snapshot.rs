@@ -14,6 +14,11 @@ pub enum SnapshotCmd {
     /// Write a consistent snapshot of a running node's state to FILE.
     Save {
         file: PathBuf,
+        /// Save what this node has applied without first catching up with
+        /// the leader: for a node that has lost its quorum. Without it the
+        /// snapshot holds everything acknowledged before the command.
+        #[arg(long)]
+        stale: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -40,7 +45,11 @@ pub enum SnapshotCmd {
 
 pub async fn run(cmd: SnapshotCmd) -> Result<()> {
     match cmd {
-        SnapshotCmd::Save { file, target } => save(&file, &target).await,
+        SnapshotCmd::Save {
+            file,
+            stale,
+            target,
+        } => save(&file, stale, &target).await,
         SnapshotCmd::Restore {
             file,
             config,
@@ -121,9 +130,14 @@ fn restore(
     Ok(())
 }
 
-async fn save(file: &Path, target: &Target) -> Result<()> {
+async fn save(file: &Path, stale: bool, target: &Target) -> Result<()> {
     use tokio::io::AsyncWriteExt;
-    let mut resp = target.admin()?.download("/api/v1/snapshot").await?;
+    let path = if stale {
+        "/api/v1/snapshot?stale=ok"
+    } else {
+        "/api/v1/snapshot"
+    };
+    let mut resp = target.admin()?.download(path).await?;
     let tmp = file.with_extension("partial");
     let written = async {
         let mut out = tokio::fs::File::create(&tmp)

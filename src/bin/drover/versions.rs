@@ -1,9 +1,12 @@
-//! `drover versions list|disable|enable`: keep a worker version from a
-//! queue's or tenant's jobs (or all), and see which versions are connected.
+//! `drover versions list|disable|enable|only`: keep a worker version from a
+//! queue's or tenant's jobs (or all), pin a queue to one version, and see
+//! which versions are connected.
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use drover::api::types::{VersionSwitchBody, VersionSwitchRequest, VersionsBody};
+use drover::api::types::{
+    CanaryBody, CanarySetBody, VersionSwitchBody, VersionSwitchRequest, VersionsBody,
+};
 
 use crate::target::{table, Target};
 
@@ -17,6 +20,16 @@ pub enum VersionsCmd {
     Disable(SwitchArgs),
     /// Undo a `disable` (the same --queue and --tenant).
     Enable(SwitchArgs),
+    /// Pin --queue to VERSION: only its workers take the queue's jobs (a
+    /// canary rule of 100% that never waits for others); undo with
+    /// `drover canary promote QUEUE`. Needs --reason.
+    Only {
+        version: String,
+        #[arg(long)]
+        queue: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Args)]
@@ -42,6 +55,25 @@ pub async fn run(cmd: VersionsCmd) -> Result<()> {
         }
         VersionsCmd::Disable(a) => switch(a, "disable").await,
         VersionsCmd::Enable(a) => switch(a, "enable").await,
+        VersionsCmd::Only {
+            version,
+            queue,
+            target,
+        } => {
+            let body = CanarySetBody {
+                version: Some(version),
+                percent: Some(100),
+                max_wait: Some("never".into()),
+            };
+            let path = format!("/api/v1/canary/{queue}");
+            let c: CanaryBody = target.admin()?.post(&path, &body).await?;
+            target.print(&c, |c| {
+                println!(
+                    "queue {}: only workers of version {} take its jobs (undo: drover canary promote {})",
+                    c.queue, c.version, c.queue
+                )
+            })
+        }
     }
 }
 
