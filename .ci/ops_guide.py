@@ -90,6 +90,7 @@ action=$1; shift
 [ $# -gt 0 ] || set -- drover
 for unit in "$@"; do
     case "$unit" in
+    --*) continue ;;  # --quiet and the like: the answer is the exit code
     drover-worker@*) worker "$action" "$unit" || exit $? ;;
     drover|drover.service) node "$action" || exit $? ;;
     *) echo "systemctl shim: unit $unit is not simulated" >&2; exit 1 ;;

@@ -1677,7 +1677,10 @@ impl Config {
                     ));
                 }
                 if let Some(problem) = c.judge_problem() {
-                    return Err(invalid("queues", format!("[queues.{name:?}.canary] {problem}")));
+                    return Err(invalid(
+                        "queues",
+                        format!("[queues.{name:?}.canary] {problem}"),
+                    ));
                 }
             }
             if let Some(problem) = q.workers.and_then(|w| w.problem()) {

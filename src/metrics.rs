@@ -500,6 +500,8 @@ pub struct Metrics {
     breakers: std::sync::Arc<
         std::sync::Mutex<std::collections::BTreeSet<crate::machine::breaker::Scope>>,
     >,
+    /// Each queue's desired workers as published, for the cooldown.
+    holds: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::pools::Hold>>>,
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -581,6 +583,7 @@ impl Metrics {
         Metrics {
             handle,
             breakers: Default::default(),
+            holds: Default::default(),
         }
     }
 
@@ -739,7 +742,17 @@ impl Metrics {
                 .get(queue)
                 .map(|w| crate::machine::tally::flow_at(w, scrape.now_ms))
                 .unwrap_or_default();
-            let desired = pool.desired(&flow, c.ready_total(), c.leased);
+            let wanted = pool.desired(&flow, c.ready_total(), c.leased);
+            let cooldown_ms = pool
+                .scale_down_after
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let desired = self
+                .holds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(queue.clone())
+                .or_default()
+                .show(wanted, scrape.now_ms, cooldown_ms);
             metrics::gauge!("drover_queue_desired_workers", "queue" => queue.clone())
                 .set(f64::from(desired));
             if let Some(p) = policy {

@@ -43,6 +43,17 @@ pub struct WorkerPool {
     pub expected: u32,
     /// Jobs one worker runs at once (its `--concurrency`).
     pub per_worker: u32,
+    /// The cooldown: desired workers go down only once a lower figure has
+    /// held this long (then to the highest figure seen meanwhile), so a
+    /// scaler does not stop workers that a dip between bursts would want
+    /// back. They go up at once. Unset: down at once.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub scale_down_after: Option<std::time::Duration>,
 }
 
 impl Default for WorkerPool {
@@ -52,6 +63,7 @@ impl Default for WorkerPool {
             max: 1_000,
             expected: 1,
             per_worker: 1,
+            scale_down_after: None,
         }
     }
 }
@@ -94,6 +106,53 @@ impl WorkerPool {
     }
 }
 
+/// `drover_queue_desired_workers` as published: up at once, down only
+/// after the pool's `scale_down_after` (see [`WorkerPool`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hold {
+    /// The figure published last.
+    shown: Option<u32>,
+    /// Since when (ms) the figure wanted has been below `shown`.
+    lower_since: Option<u64>,
+    /// The highest figure wanted since then.
+    lower_max: u32,
+}
+
+impl Hold {
+    /// The figure to publish at `now` (ms) when the queue wants `wanted`.
+    pub fn show(&mut self, wanted: u32, now: u64, cooldown_ms: u64) -> u32 {
+        let shown = match self.shown {
+            Some(shown) if wanted < shown => match self.lower_since {
+                None => {
+                    self.lower_since = Some(now);
+                    self.lower_max = wanted;
+                    if cooldown_ms == 0 {
+                        self.lower_since = None;
+                        wanted
+                    } else {
+                        shown
+                    }
+                }
+                Some(since) => {
+                    self.lower_max = self.lower_max.max(wanted);
+                    if now.saturating_sub(since) >= cooldown_ms {
+                        self.lower_since = None;
+                        self.lower_max
+                    } else {
+                        shown
+                    }
+                }
+            },
+            _ => {
+                self.lower_since = None;
+                wanted
+            }
+        };
+        self.shown = Some(shown);
+        shown
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,12 +167,34 @@ mod tests {
     }
 
     #[test]
+    fn desired_workers_go_down_only_after_the_cooldown() {
+        let mut h = Hold::default();
+        assert_eq!(h.show(2, 0, 10_000), 2);
+        assert_eq!(h.show(6, 1_000, 10_000), 6, "up at once");
+        assert_eq!(h.show(1, 2_000, 10_000), 6);
+        assert_eq!(h.show(3, 5_000, 10_000), 6);
+        assert_eq!(h.show(1, 11_999, 10_000), 6);
+        // Down to the highest figure wanted during the cooldown.
+        assert_eq!(h.show(1, 12_000, 10_000), 3);
+        // A burst in the next cooldown sends it up and starts it again.
+        assert_eq!(h.show(1, 13_000, 10_000), 3);
+        assert_eq!(h.show(4, 14_000, 10_000), 4);
+        assert_eq!(h.show(1, 20_000, 10_000), 4);
+        assert_eq!(h.show(1, 30_000, 10_000), 1);
+        // Without a cooldown, down at once.
+        let mut h = Hold::default();
+        assert_eq!(h.show(5, 0, 0), 5);
+        assert_eq!(h.show(1, 1, 0), 1);
+    }
+
+    #[test]
     fn littles_law_with_backlog_and_bounds() {
         let pool = WorkerPool {
             min: 2,
             max: 10,
             expected: 4,
             per_worker: 1,
+            scale_down_after: None,
         };
         // 1 job/s, 3 s each: 3 busy; nothing waiting.
         assert_eq!(pool.desired(&flow(300, 300, 900_000), 0, 3), 3);
@@ -143,6 +224,7 @@ mod tests {
             max: 3,
             expected: 4,
             per_worker: 1,
+            scale_down_after: None,
         };
         assert!(bad.problem().unwrap().contains("min <= expected <= max"));
         assert!(WorkerPool::default().problem().is_none());

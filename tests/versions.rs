@@ -358,7 +358,10 @@ async fn the_leader_aborts_a_failing_canary_and_promotes_a_good_one() {
     );
     let promote = by_action("canary.promote");
     assert!(
-        promote["target"].as_str().unwrap_or("").contains("queue good"),
+        promote["target"]
+            .as_str()
+            .unwrap_or("")
+            .contains("queue good"),
         "{promote}"
     );
     // v4 is switched off for bad; both queues say they have no canary now.
@@ -373,7 +376,10 @@ async fn the_leader_aborts_a_failing_canary_and_promotes_a_good_one() {
     for q in ["bad", "good"] {
         let out = drover_cli(&["canary", "status", q], server, "");
         let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(!out.status.success() && err.contains("no canary"), "{q}: {err}");
+        assert!(
+            !out.status.success() && err.contains("no canary"),
+            "{q}: {err}"
+        );
     }
     // After the abort, the control takes every job of bad.
     for job in all_done(&node, &enqueue_n(server, "bad", 20)).await {
@@ -382,9 +388,9 @@ async fn the_leader_aborts_a_failing_canary_and_promotes_a_good_one() {
     // After the promotion, jobs of the canary's share go to v3 too (they
     // waited for v4 alone before).
     let after = all_done(&node, &enqueue_n(server, "good", 40)).await;
-    let covered_by_v3 = after.iter().any(|j| {
-        drover::machine::canary::canary_part(j.id) < 5000 && leased_by(j) == vec!["g3"]
-    });
+    let covered_by_v3 = after
+        .iter()
+        .any(|j| drover::machine::canary::canary_part(j.id) < 5000 && leased_by(j) == vec!["g3"]);
     let v4_took = after.iter().any(|j| leased_by(j) == vec!["g4"]);
     assert!(covered_by_v3 && v4_took, "{after:?}");
 }

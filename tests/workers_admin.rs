@@ -379,3 +379,120 @@ async fn a_quarantined_worker_under_restart_exits_and_its_replacement_leases() {
         "its quarantine was lifted"
     );
 }
+
+/// `drover scale` against a fake `systemctl` on PATH: it starts instances
+/// one step at a time up to the queue's desired workers, and once the
+/// backlog is gone stops them only after `scale_down_after`.
+#[tokio::test]
+async fn the_scaler_starts_workers_for_a_backlog_and_stops_them_after_the_cooldown() {
+    let node = TestNode::start(
+        "[queues.s]\nworkers = { min = 0, max = 4, expected = 2, scale_down_after = \"8s\" }\n",
+    );
+    let server = node.grpc.as_str();
+    let fake = tempfile::tempdir().unwrap();
+    let units = fake.path().join("units");
+    std::fs::create_dir(&units).unwrap();
+    let script = fake.path().join("systemctl");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n# systemctl is-active --quiet UNIT | start UNIT | stop UNIT\nd={:?}\n\
+             case \"$1\" in\n  is-active) [ -e \"$d/$3\" ] ;;\n  start) touch \"$d/$2\" ;;\n  stop) rm -f \"$d/$2\" ;;\n  *) exit 2 ;;\nesac\n",
+            units
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        fake.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let scale = |more: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["scale", "--queue", "s", "--unit", "drover-worker@s-%i"])
+            .args(["--server", server])
+            .args(more)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let running = || {
+        let mut names: Vec<String> = std::fs::read_dir(&units)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    // Bad input says what is wrong and starts nothing.
+    for (args, says) in [
+        (["--queue", "s", "--unit", "drover-worker"], "%i"),
+        (["--queue", "nope", "--unit", "w@%i"], "nope"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+            .arg("scale")
+            .args(args)
+            .args(["--server", server])
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(running().is_empty());
+    // A backlog: the queue wants its expected 2, started one at a time.
+    enqueue_n(server, "s", 5);
+    let (ok, text) = scale(&["--dry-run"]);
+    assert!(ok && text.contains("start drover-worker@s-1"), "{text}");
+    assert!(running().is_empty(), "a dry run starts nothing");
+    for want in [
+        vec!["drover-worker@s-1"],
+        vec!["drover-worker@s-1", "drover-worker@s-2"],
+    ] {
+        let (ok, text) = scale(&[]);
+        assert!(ok, "{text}");
+        assert_eq!(running(), want, "{text}");
+    }
+    let (ok, text) = scale(&[]);
+    assert!(ok && text.contains("nothing to do"), "{text}");
+    // The backlog goes: the queue wants none, but not before the cooldown.
+    drover_ok(&["queues", "purge", "s", "--reason", "test"], server);
+    let emptied = std::time::Instant::now();
+    let (ok, text) = scale(&[]);
+    assert!(ok && text.contains("nothing to do"), "held: {text}");
+    assert_eq!(running().len(), 2);
+    let mut first_stop = None;
+    for _ in 0..60 {
+        let (ok, text) = scale(&[]);
+        assert!(ok, "{text}");
+        if running().len() < 2 && first_stop.is_none() {
+            first_stop = Some(emptied.elapsed());
+            assert_eq!(
+                running(),
+                vec!["drover-worker@s-1"],
+                "the highest stops first"
+            );
+        }
+        if running().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(running().is_empty(), "{:?}", running());
+    let waited = first_stop.expect("a stop");
+    assert!(
+        waited >= Duration::from_secs(7),
+        "stopped after {waited:?}, before the 8s cooldown"
+    );
+}

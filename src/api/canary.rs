@@ -67,7 +67,11 @@ pub async fn end(
     let replacement = of_config.then(|| CanaryRule {
         version: rule.version.clone(),
         percent: if how == End::Abort { 0 } else { 100 },
-        max_wait_ms: if how == End::Abort { rule.max_wait_ms } else { 0 },
+        max_wait_ms: if how == End::Abort {
+            rule.max_wait_ms
+        } else {
+            0
+        },
     });
     let action = match how {
         End::Promote => "canary.promote",
@@ -127,11 +131,7 @@ impl Standing {
     /// Takes the verdicts of `now` and says what to do.
     pub fn step(&mut self, judged: &[Judged], judge: &CanaryJudge, now: u64) -> Decision {
         let worse = judged.iter().find(|j| {
-            j.verdict == "worse"
-                && judge
-                    .abort_on
-                    .iter()
-                    .any(|m| m.judged_name() == j.metric)
+            j.verdict == "worse" && judge.abort_on.iter().any(|m| m.judged_name() == j.metric)
         });
         match worse {
             Some(j) => {
@@ -243,7 +243,9 @@ async fn clear_end(
         "queue {queue}: {} ended, the config names {}",
         ended.version, configured.version
     );
-    let caller = caller.clone().with_reason("a new canary in the config".into());
+    let caller = caller
+        .clone()
+        .with_reason("a new canary in the config".into());
     if let Err(e) = set_rule(app, &caller, "canary.clear", target, queue, None).await {
         tracing::warn!(event = "canary_auto_failed", %queue, version = %configured.version, error = %e, "could not clear the ended canary for the config's new one");
     }
@@ -259,7 +261,7 @@ mod tests {
             .iter()
             .zip(verdicts)
             .map(|(m, v)| Judged {
-                metric: *m,
+                metric: m,
                 value: 0.5,
                 verdict: v,
             })
@@ -280,7 +282,9 @@ mod tests {
         // A good second starts the hold again.
         assert_eq!(s.step(&judged(["ok"; 3]), &judge, 11_000), Decision::Wait);
         assert_eq!(s.step(&bad, &judge, 12_000), Decision::Wait);
-        assert!(matches!(s.step(&bad, &judge, 22_000), Decision::Abort(j) if j.metric == "success_rate_delta"));
+        assert!(
+            matches!(s.step(&bad, &judge, 22_000), Decision::Abort(j) if j.metric == "success_rate_delta")
+        );
         // A measure not in abort_on only reports.
         let mut s = Standing::default();
         let slow = judged(["ok", "worse", "ok"]);

@@ -276,7 +276,8 @@ pub fn compare(canary: &Arm, control: &Arm, judge: &CanaryJudge) -> Vec<Judged> 
     let z = if se > 0.0 { (p1 - p2) / se } else { 0.0 };
     let success = verdict(
         "success_rate_delta",
-        p1 - p2, p1 - p2 < -judge.max_success_drop && z < -Z_95,
+        p1 - p2,
+        p1 - p2 < -judge.max_success_drop && z < -Z_95,
     );
     // Run time: U counts, for each canary run, the control runs shorter
     // (ties count half).

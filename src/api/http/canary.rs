@@ -7,9 +7,9 @@ use axum::{Extension, Json};
 
 use super::{body, HttpState};
 use crate::api::auth::Caller;
+use crate::api::canary::{end, set_rule, End};
 use crate::api::types::{CanaryBody, CanarySetBody};
 use crate::api::ErrorResponses;
-use crate::api::canary::{end, set_rule, End};
 use crate::command::CanaryRule;
 use crate::error::Error;
 
@@ -75,13 +75,13 @@ pub(super) async fn status(
             &control,
             &s.app.driver.stats().policies.canary_judge(&queue),
         )
-            .into_iter()
-            .map(|j| crate::api::types::CanaryJudgedBody {
-                metric: j.metric.into(),
-                value: j.value,
-                verdict: j.verdict.into(),
-            })
-            .collect(),
+        .into_iter()
+        .map(|j| crate::api::types::CanaryJudgedBody {
+            metric: j.metric.into(),
+            value: j.value,
+            verdict: j.verdict.into(),
+        })
+        .collect(),
     });
     Ok(Json(body))
 }

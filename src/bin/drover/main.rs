@@ -14,6 +14,7 @@ mod local;
 mod policies;
 mod queues;
 mod runs;
+mod scale;
 mod schedules;
 mod serve;
 mod snapshot;
@@ -110,6 +111,9 @@ enum Cmd {
         #[command(subcommand)]
         command: workers::WorkersCmd,
     },
+    /// One step of a scaler: start or stop systemd worker instances to
+    /// match a queue's desired workers (run it from drover-scale@.timer).
+    Scale(scale::ScaleArgs),
     /// Fault injection, to prove a fleet recovers (needs [chaos] allowed).
     Chaos {
         #[command(subcommand)]
@@ -235,6 +239,7 @@ fn run() -> Result<()> {
             Cmd::Backups { command } => backups::run(command).await,
             Cmd::Audit(a) => audit::run(a).await,
             Cmd::Workers { command } => workers::run(command).await,
+            Cmd::Scale(a) => scale::run(a).await,
             Cmd::Versions { command } => versions::run(command).await,
             Cmd::Canary { command } => canary::run(command).await,
             Cmd::Chaos { command } => chaos::run(command).await,
