@@ -904,6 +904,15 @@ pub struct Enqueued {
     pub duplicate: bool,
 }
 
+/// What a [`Refusal::Shed`] says, by the limit it names.
+fn shed_message(queue: &str, priority: u8, depth: u64, limit: u64, what: &str) -> String {
+    match what {
+        "shed_when.oldest_ready" => format!("queue {queue:?} sheds new jobs of priority {priority}: its oldest ready job has waited {depth}s, over its {what} of {limit}s; retry later, add workers, or raise the limit"),
+        "shed_when.failure_rate" => format!("queue {queue:?} sheds new jobs of priority {priority}: {depth}% of its recent results failed, over its {what} of {limit}%; retry later, or fix what fails (drover dead list --queue {queue})"),
+        _ => format!("queue {queue:?} is full for priority {priority}: {depth} jobs waiting, over its {what} limit of {limit}; retry later, or raise the limit"),
+    }
+}
+
 /// Why the machine refused a message about one job. Refusals change nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Refusal {
@@ -943,7 +952,7 @@ pub enum Refusal {
     },
     /// An enqueue would pass its queue's `max_depth` or its priority's
     /// `shed` fraction, or the cluster's `limits.max_pending`.
-    #[error("queue {queue:?} is full for priority {priority}: {depth} jobs waiting, over its {what} limit of {limit}; retry later, or raise the limit")]
+    #[error("{}", shed_message(queue, *priority, *depth, *limit, what))]
     Shed {
         /// The queue the job was for.
         queue: String,

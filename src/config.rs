@@ -398,6 +398,15 @@ pub struct QueueConfig {
     /// refused: `{ 5 = 0.6, 4 = 0.8 }`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shed: BTreeMap<String, f64>,
+    /// `{ oldest_ready = "60s", failure_rate = 0.2 }`: refuse new jobs
+    /// (429 / RESOURCE_EXHAUSTED, code shed) while the oldest ready job
+    /// waited that long, or that share of the queue's recent results
+    /// failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shed_when: Option<ShedWhenConfig>,
+    /// Job types shed first: refused at half of each of the queue's limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shed_types: Vec<String>,
     /// A wait beyond it counts in `drover_sla_missed_total{queue,priority}`
     /// and is noted in the job's timeline.
     #[serde(
@@ -473,6 +482,65 @@ pub struct QueueConfig {
     /// (`drover canary set` changes it at run time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryConfig>,
+}
+
+/// `[queues.NAME] shed_when`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShedWhenConfig {
+    /// Refuse while the oldest ready job has waited this long.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub oldest_ready: Option<Duration>,
+    /// Refuse while at least this share (0 to 1) of the recent results
+    /// failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<f64>,
+    /// How far back results count (default 5m).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub window: Option<Duration>,
+    /// Results in the window before the failure rate counts (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_results: Option<u64>,
+}
+
+impl ShedWhenConfig {
+    fn policy(&self) -> crate::policies::ShedWhen {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let d = crate::policies::ShedWhen::default();
+        crate::policies::ShedWhen {
+            oldest_ready_ms: self.oldest_ready.map(ms),
+            failure_rate: self.failure_rate,
+            window_ms: self.window.map_or(d.window_ms, ms),
+            min_results: self.min_results.unwrap_or(d.min_results),
+        }
+    }
+
+    fn problem(&self) -> Option<&'static str> {
+        if self.oldest_ready.is_none() && self.failure_rate.is_none() {
+            return Some("shed_when names oldest_ready, failure_rate or both, such as shed_when = { oldest_ready = \"60s\", failure_rate = 0.2 }");
+        }
+        if !self
+            .failure_rate
+            .is_none_or(|r| r.is_finite() && r > 0.0 && r <= 1.0)
+        {
+            return Some("shed_when failure_rate must be more than 0 and at most 1, such as 0.2");
+        }
+        if self.oldest_ready.is_some_and(|d| d.is_zero())
+            || self.window.is_some_and(|d| d.is_zero())
+            || self.min_results == Some(0)
+        {
+            return Some("shed_when oldest_ready, window and min_results must be more than 0");
+        }
+        None
+    }
 }
 
 /// `[queues.NAME.canary]`.
@@ -1524,6 +1592,8 @@ impl Config {
                             max_wait_ms: c.max_wait.map_or(crate::policies::CANARY_MAX_WAIT_MS, ms),
                         }),
                         canary_judge: q.canary.as_ref().map(CanaryConfig::judge),
+                        shed_when: q.shed_when.as_ref().map(ShedWhenConfig::policy),
+                        shed_types: q.shed_types.clone(),
                         breaker: q.breaker.as_ref().map(|b| crate::policies::QueueBreaker {
                             enabled: b.enabled,
                             threshold: b.threshold,
@@ -1688,6 +1758,13 @@ impl Config {
                     "queues",
                     format!("[queues.{name:?}] workers {problem}, such as workers = {{ min = 2, max = 10, expected = 4 }}"),
                 ));
+            }
+            if let Some(problem) = q.shed_when.as_ref().and_then(ShedWhenConfig::problem) {
+                return Err(invalid("queues", format!("[queues.{name:?}] {problem}")));
+            }
+            for t in &q.shed_types {
+                crate::job::validate_name("job type", t)
+                    .map_err(|e| invalid("queues", format!("[queues.{name:?}] shed_types: {e}")))?;
             }
             for (p, f) in &q.shed {
                 let priority_ok = matches!(p.parse::<u8>(), Ok(1..=5));

@@ -436,10 +436,53 @@ pub struct QueuePolicy {
     /// `[queues.NAME.canary]`; a rule set at run time goes first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryRule>,
+    /// Shed on the queue's health, not only its depth: new jobs are
+    /// refused while its oldest ready job waited longer, or its recent
+    /// failure rate is higher, than this says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shed_when: Option<ShedWhen>,
+    /// Job types shed first: refused at half of each limit (`max_depth`,
+    /// `shed_when`'s wait and failure rate) while others are still taken.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shed_types: Vec<String>,
     /// How the queue's canary (of the config or set at run time) is judged
     /// and ended; defaults when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary_judge: Option<CanaryJudge>,
+}
+
+/// `[queues.NAME] shed_when = { oldest_ready = "60s", failure_rate = 0.2 }`,
+/// judged by the machine from replicated state, so every node refuses
+/// alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShedWhen {
+    /// Refuse while the queue's oldest ready job has waited at least this
+    /// long (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_ready_ms: Option<u64>,
+    /// Refuse while at least this share of the queue's results in
+    /// `window_ms` failed (with `min_results` of them at least).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<f64>,
+    /// The window results count over (ms).
+    pub window_ms: u64,
+    /// Results in the window before the failure rate counts.
+    pub min_results: u64,
+}
+
+/// The window `shed_when`'s failure rate counts over, unless set.
+pub const SHED_WINDOW_MS: u64 = 5 * 60_000;
+
+impl Default for ShedWhen {
+    fn default() -> Self {
+        ShedWhen {
+            oldest_ready_ms: None,
+            failure_rate: None,
+            window_ms: SHED_WINDOW_MS,
+            min_results: 20,
+        }
+    }
 }
 
 /// How long a canary job waits for a canary worker when no rule says.
@@ -534,6 +577,29 @@ impl Default for TenantPolicy {
     }
 }
 
+/// The job an enqueue asks [`Policies::admit`] about.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted<'a> {
+    /// Its queue.
+    pub queue: &'a str,
+    /// Its job type.
+    pub job_type: &'a str,
+    /// Its priority, 1 to 5.
+    pub priority: u8,
+}
+
+/// What `shed_when` looks at, as the machine knows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueHealth {
+    /// How long (ms) the queue's oldest ready job has waited; None with
+    /// none ready.
+    pub oldest_wait_ms: Option<u64>,
+    /// Results that succeeded in the window.
+    pub succeeded: u64,
+    /// Results that failed in the window.
+    pub failed: u64,
+}
+
 /// Why an enqueue was refused by a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shed {
@@ -545,7 +611,9 @@ pub struct Shed {
     pub depth: u64,
     /// The limit reached.
     pub limit: u64,
-    /// Which limit: `max_depth`, `shed` or `limits.max_pending`.
+    /// Which limit: `max_depth`, `shed`, `shed_when.oldest_ready` (depth
+    /// and limit in seconds), `shed_when.failure_rate` (in percent) or
+    /// `limits.max_pending`.
     pub what: &'static str,
 }
 
@@ -783,6 +851,14 @@ impl Policies {
             // Per queue only: a canary of every queue is not a canary.
             canary: named.and_then(|q| q.canary.clone()),
             canary_judge: named.and_then(|q| q.canary_judge.clone()),
+            shed_when: named
+                .and_then(|q| q.shed_when.clone())
+                .or_else(|| defaults.and_then(|q| q.shed_when.clone())),
+            shed_types: named
+                .filter(|q| !q.shed_types.is_empty())
+                .or(defaults)
+                .map(|q| q.shed_types.clone())
+                .unwrap_or_default(),
             breaker: named
                 .and_then(|q| q.breaker.clone())
                 .or_else(|| defaults.and_then(|q| q.breaker.clone())),
@@ -836,13 +912,21 @@ impl Policies {
             .map_or(1, |t| t.weight.max(1))
     }
 
-    /// Whether a job of `priority` may join `queue` holding `depth` waiting
-    /// jobs, with `pending` unfinished jobs in the cluster: `Err` names the
-    /// limit it would pass.
-    pub fn admit(&self, queue: &str, priority: u8, depth: u64, pending: u64) -> Result<(), Shed> {
+    /// Whether a job of `job_type` and `priority` may join `queue` holding
+    /// `depth` waiting jobs, with `pending` unfinished jobs in the cluster;
+    /// `health` tells the queue's oldest wait and recent results when its
+    /// `shed_when` asks. `Err` names the limit it would pass. A type of
+    /// `shed_types` meets each of the queue's limits at half of it.
+    pub fn admit(
+        &self,
+        job: Admitted<'_>,
+        depth: u64,
+        pending: u64,
+        health: impl Fn(&ShedWhen) -> QueueHealth,
+    ) -> Result<(), Shed> {
         let shed = |depth, limit, what| Shed {
-            queue: queue.to_string(),
-            priority,
+            queue: job.queue.to_string(),
+            priority: job.priority,
             depth,
             limit,
             what,
@@ -850,17 +934,52 @@ impl Policies {
         if self.max_pending > 0 && pending >= self.max_pending {
             return Err(shed(pending, self.max_pending, "limits.max_pending"));
         }
-        let q = self.queue(queue);
-        let Some(max) = q.max_depth else {
+        // Most queues have no policy at all: spare them the merge.
+        if !self.queues.contains_key(job.queue) && !self.queues.contains_key(DEFAULTS) {
             return Ok(());
-        };
-        if depth >= max {
-            return Err(shed(depth, max, "max_depth"));
         }
-        if let Some(fraction) = q.shed.get(&priority) {
-            let limit = (max as f64 * fraction).floor() as u64;
-            if depth >= limit {
-                return Err(shed(depth, limit, "shed"));
+        let q = self.queue(job.queue);
+        let first = q.shed_types.iter().any(|t| t == job.job_type);
+        let scale = if first { 0.5 } else { 1.0 };
+        let scaled = |limit: u64| (limit as f64 * scale).floor() as u64;
+        if let Some(max) = q.max_depth {
+            let max_limit = scaled(max);
+            if depth >= max_limit {
+                return Err(shed(
+                    depth,
+                    max_limit,
+                    if first {
+                        "max_depth (shed_types)"
+                    } else {
+                        "max_depth"
+                    },
+                ));
+            }
+            if let Some(fraction) = q.shed.get(&job.priority) {
+                let limit = scaled((max as f64 * fraction).floor() as u64);
+                if depth >= limit {
+                    return Err(shed(depth, limit, "shed"));
+                }
+            }
+        }
+        if let Some(when) = &q.shed_when {
+            let h = health(when);
+            if let (Some(limit), Some(waited)) = (when.oldest_ready_ms, h.oldest_wait_ms) {
+                let limit = scaled(limit);
+                if waited >= limit {
+                    return Err(shed(waited / 1000, limit / 1000, "shed_when.oldest_ready"));
+                }
+            }
+            if let Some(rate) = when.failure_rate {
+                let total = h.succeeded + h.failed;
+                if total >= when.min_results && total > 0 {
+                    let limit = rate * scale;
+                    let failing = h.failed as f64 / total as f64;
+                    if failing >= limit {
+                        let pct = |f: f64| (f * 100.0).round() as u64;
+                        return Err(shed(pct(failing), pct(limit), "shed_when.failure_rate"));
+                    }
+                }
             }
         }
         Ok(())
@@ -981,21 +1100,82 @@ mod tests {
         assert_eq!(p.quarantine(&names(&["emails"])).unwrap().failure_rate, 0.8);
     }
 
+    fn admit(p: &Policies, priority: u8, depth: u64, pending: u64) -> Result<(), Shed> {
+        admit_as(p, "t", priority, depth, pending, QueueHealth::default())
+    }
+
+    fn admit_as(
+        p: &Policies,
+        job_type: &str,
+        priority: u8,
+        depth: u64,
+        pending: u64,
+        health: QueueHealth,
+    ) -> Result<(), Shed> {
+        let job = Admitted {
+            queue: "q",
+            job_type,
+            priority,
+        };
+        p.admit(job, depth, pending, |_| health)
+    }
+
     #[test]
     fn lower_priorities_are_shed_first() {
         let p = policies();
-        assert!(p.admit("q", 5, 59, 0).is_ok());
-        assert_eq!(p.admit("q", 5, 60, 0).unwrap_err().what, "shed");
-        assert!(p.admit("q", 4, 60, 0).is_ok());
-        assert_eq!(p.admit("q", 4, 80, 0).unwrap_err().what, "shed");
-        assert!(p.admit("q", 1, 99, 0).is_ok());
-        assert_eq!(p.admit("q", 1, 100, 0).unwrap_err().what, "max_depth");
+        assert!(admit(&p, 5, 59, 0).is_ok());
+        assert_eq!(admit(&p, 5, 60, 0).unwrap_err().what, "shed");
+        assert!(admit(&p, 4, 60, 0).is_ok());
+        assert_eq!(admit(&p, 4, 80, 0).unwrap_err().what, "shed");
+        assert!(admit(&p, 1, 99, 0).is_ok());
+        assert_eq!(admit(&p, 1, 100, 0).unwrap_err().what, "max_depth");
         let mut p = p;
         p.max_pending = 10;
-        assert_eq!(
-            p.admit("q", 1, 0, 10).unwrap_err().what,
-            "limits.max_pending"
+        assert_eq!(admit(&p, 1, 0, 10).unwrap_err().what, "limits.max_pending");
+    }
+
+    #[test]
+    fn shed_when_judges_the_oldest_wait_and_the_failure_rate_and_shed_types_go_first() {
+        let mut p = Policies::default();
+        p.queues.insert(
+            "q".into(),
+            QueuePolicy {
+                shed_when: Some(ShedWhen {
+                    oldest_ready_ms: Some(60_000),
+                    failure_rate: Some(0.2),
+                    ..ShedWhen::default()
+                }),
+                shed_types: vec!["analytics".into()],
+                ..Default::default()
+            },
         );
+        let health = |wait: Option<u64>, ok: u64, failed: u64| QueueHealth {
+            oldest_wait_ms: wait,
+            succeeded: ok,
+            failed,
+        };
+        let admit = |t: &str, h: QueueHealth| admit_as(&p, t, 3, 0, 0, h).map_err(|s| s.what);
+        assert_eq!(admit("report", health(Some(59_999), 100, 0)), Ok(()));
+        assert_eq!(
+            admit("report", health(Some(60_000), 100, 0)),
+            Err("shed_when.oldest_ready")
+        );
+        // The named type at half: 30 s.
+        assert_eq!(
+            admit("analytics", health(Some(30_000), 100, 0)),
+            Err("shed_when.oldest_ready")
+        );
+        assert_eq!(
+            admit("report", health(None, 80, 20)),
+            Err("shed_when.failure_rate")
+        );
+        assert_eq!(admit("report", health(None, 81, 19)), Ok(()));
+        assert_eq!(
+            admit("analytics", health(None, 90, 10)),
+            Err("shed_when.failure_rate")
+        );
+        // Too few results say nothing.
+        assert_eq!(admit("report", health(None, 0, 19)), Ok(()));
     }
 
     #[test]

@@ -73,6 +73,21 @@ impl<const K: usize> Sliding<K> {
         self.window_ms
     }
 
+    /// The buckets as (start ms, counts), oldest first: what
+    /// [`Sliding::from_buckets`] takes back.
+    pub fn buckets(&self) -> Vec<(u64, [u64; K])> {
+        self.buckets.iter().copied().collect()
+    }
+
+    /// A window of `window_ms` holding `buckets` (as [`Sliding::buckets`]
+    /// gave them).
+    pub fn from_buckets(window_ms: u64, buckets: Vec<(u64, [u64; K])>) -> Self {
+        Sliding {
+            window_ms,
+            buckets: buckets.into(),
+        }
+    }
+
     /// Drops every count; the window's length stays.
     pub fn clear(&mut self) {
         self.buckets.clear();

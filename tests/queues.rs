@@ -420,3 +420,94 @@ async fn a_queue_purge_cancels_what_matches_and_counts_it() {
     assert_eq!(page.records[0].action, "queues.purge");
     assert_eq!(page.records[0].target, "queue bulk (15 jobs)");
 }
+
+/// `shed_when` is judged from replicated state, so every node refuses
+/// alike: once the oldest ready job of `s` waited past `oldest_ready` (a
+/// type of `shed_types` at half of it), and once half the recent results
+/// of `f` failed. gRPC says RESOURCE_EXHAUSTED, HTTP 429 with code shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shed_when_refuses_on_every_node_alike() {
+    let cluster = TestCluster::start(
+        3,
+        "[jobs]\nmax_retries = 0\n\
+         [queues.s]\nshed_when = { oldest_ready = \"6s\" }\nshed_types = [\"analytics\"]\n\
+         [queues.f]\nshed_when = { failure_rate = 0.5, min_results = 4 }\n\
+         [queues.f.breaker]\nenabled = false\n",
+    );
+    let leader = cluster.leader().await;
+    let typed = |queue: &str, job_type: &str| drover::proto::v1::NewJob {
+        job_type: job_type.into(),
+        ..new_job(queue, "x")
+    };
+    let refused = |node: usize, job: drover::proto::v1::NewJob| {
+        let server = cluster.nodes[node].grpc.clone();
+        async move {
+            let mut p = Producer::connect(&server)
+                .await
+                .map_err(|e| e.to_string())?;
+            match p.enqueue(vec![job]).await {
+                Ok(_) => Err("admitted".to_string()),
+                Err(drover::client::ClientError::Status(s))
+                    if s.code() == tonic::Code::ResourceExhausted =>
+                {
+                    Ok(s.message().to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    let mut p = Producer::connect(&cluster.nodes[leader].grpc)
+        .await
+        .unwrap();
+    p.enqueue(vec![typed("s", "report")]).await.unwrap();
+    let first = std::time::Instant::now();
+    let said = wait_for(
+        "analytics jobs of s shed at half the wait",
+        Duration::from_secs(30),
+        || refused(leader, typed("s", "analytics")),
+    )
+    .await;
+    assert!(said.contains("oldest ready job has waited"), "{said}");
+    assert!(
+        first.elapsed() >= Duration::from_millis(2_500),
+        "{:?}",
+        first.elapsed()
+    );
+    let every_node_refuses = |queue: &'static str, says: &'static str| async move {
+        for node in 0..3 {
+            let said = wait_for(
+                &format!("node {node} to shed {queue}"),
+                Duration::from_secs(30),
+                || refused(node, typed(queue, "report")),
+            )
+            .await;
+            assert!(said.contains(says), "node {node}: {said}");
+        }
+    };
+    every_node_refuses("s", "shed_when.oldest_ready").await;
+    assert!(
+        first.elapsed() >= Duration::from_millis(5_500),
+        "{:?}",
+        first.elapsed()
+    );
+    let follower = (leader + 1) % 3;
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/queues/s/jobs",
+            cluster.nodes[follower].http
+        ))
+        .json(&serde_json::json!({"payload": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: drover::api::types::ErrorBody = resp.json().await.unwrap();
+    assert_eq!(body.error.code, "shed", "{body:?}");
+    // A queue whose every result fails: shed once it has four of them.
+    let _failing = exec_worker(&cluster.nodes[leader].grpc, "f", "wf", "exit 1");
+    let ids = enqueue_n(&cluster.nodes[leader].grpc, "f", 4);
+    for id in ids {
+        wait_state(&cluster.nodes[leader], id, "dead").await;
+    }
+    every_node_refuses("f", "100% of its recent results failed").await;
+}

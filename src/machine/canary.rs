@@ -37,9 +37,7 @@ impl CanaryRule {
 }
 
 fn canary_key(queue: &str) -> Vec<u8> {
-    let mut k = vec![CANARY];
-    k.extend_from_slice(queue.as_bytes());
-    k
+    named_key(CANARY, queue)
 }
 
 impl Machine {

@@ -66,9 +66,10 @@ impl Machine {
     }
 
     /// Whether a batch of new jobs may join their queues: none draining,
-    /// none past a depth limit or its priority's shed fraction, the cluster
-    /// under `limits.max_pending`. All or nothing, like the batch.
-    pub(super) fn admit(&self, jobs: &[NewJob]) -> Result<(), Refusal> {
+    /// none past a depth limit, its priority's shed fraction or its
+    /// queue's `shed_when`, the cluster under `limits.max_pending`. All or
+    /// nothing, like the batch.
+    pub(super) fn admit(&self, now: u64, jobs: &[NewJob]) -> Result<(), Refusal> {
         let pending: u64 = self.queues.values().map(|qi| qi.counts.pending()).sum();
         let mut added: HashMap<&str, u64> = HashMap::new();
         for (index, (pending, job)) in (pending..).zip(jobs).enumerate() {
@@ -104,8 +105,15 @@ impl Machine {
                 .get(&job.queue)
                 .map_or(0, |qi| qi.counts.ready_total() + qi.counts.scheduled);
             let extra = added.entry(&job.queue).or_default();
+            let admitted = crate::policies::Admitted {
+                queue: &job.queue,
+                job_type: &job.job_type,
+                priority: job.priority,
+            };
             self.policies
-                .admit(&job.queue, job.priority, waiting + *extra, pending)
+                .admit(admitted, waiting + *extra, pending, |when| {
+                    self.queue_health(now, &job.queue, when)
+                })
                 .map_err(|s| Refusal::Shed {
                     queue: s.queue,
                     priority: s.priority,

@@ -77,6 +77,9 @@ pub(super) const VERSIONS_KEY: &[u8] = b"v";
 /// (versions.rs).
 pub(super) const VERSIONS_SEEN_KEY: &[u8] = b"y";
 
+/// `O`+queue: a queue's results over its `shed_when` window (shedding.rs).
+pub(super) const SHED_RESULTS: u8 = b'O';
+
 /// Every prefix above, by name: what the uniqueness test reads.
 #[cfg(test)]
 pub(super) const PREFIXES: &[(&str, u8)] = &[
@@ -111,13 +114,19 @@ pub(super) const PREFIXES: &[(&str, u8)] = &[
     ("SCHEDULES_KEY", SCHEDULES_KEY[0]),
     ("VERSIONS_KEY", VERSIONS_KEY[0]),
     ("VERSIONS_SEEN_KEY", VERSIONS_SEEN_KEY[0]),
+    ("SHED_RESULTS", SHED_RESULTS),
 ];
 
-pub(super) fn clocks_key(queue: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + queue.len());
-    k.push(CLOCKS);
-    k.extend_from_slice(queue.as_bytes());
+/// `prefix`+`name`: the key of a record kept per queue, worker or tenant.
+pub(super) fn named_key(prefix: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(prefix);
+    k.extend_from_slice(name.as_bytes());
     k
+}
+
+pub(super) fn clocks_key(queue: &str) -> Vec<u8> {
+    named_key(CLOCKS, queue)
 }
 /// Layout of the tree; a tree of another layout is refused, not misread.
 /// 1 kept payloads under their own `p` keys; 2 kept timelines as text and

@@ -262,6 +262,7 @@ impl Machine {
         self.totals.completed += 1;
         self.tally
             .count(&job.queue, &job.job_type, tally::Counted::Completed);
+        self.shed_observe(now, &job.queue, true);
         Ok(Ok(()))
     }
 
@@ -295,6 +296,7 @@ impl Machine {
         self.totals.failed += 1;
         // Counted where it failed, before an escalation moves it.
         let (queue, job_type) = (job.queue.clone(), job.job_type.clone());
+        self.shed_observe(now, &queue, false);
         self.tally.count(
             &queue,
             &job_type,

@@ -308,6 +308,8 @@ pub struct Machine {
     versions_seen: BTreeMap<String, versions::Seen>,
     /// Canary rules by queue (`N`).
     canaries: BTreeMap<String, crate::command::CanaryRule>,
+    /// Results of queues whose `shed_when` has a failure rate (`O`).
+    shed_results: BTreeMap<String, shedding::Results>,
     /// The version each lease of a canary queue went to, until it ends
     /// (memory only: a lease in flight across a restart is not counted).
     lease_versions: HashMap<(JobId, u32), String>,
@@ -405,6 +407,7 @@ impl Machine {
             switches: BTreeSet::new(),
             versions_seen: BTreeMap::new(),
             canaries: BTreeMap::new(),
+            shed_results: BTreeMap::new(),
             lease_versions: HashMap::new(),
             canary_arms: BTreeMap::new(),
             chaos: BTreeMap::new(),
@@ -424,6 +427,7 @@ impl Machine {
         machine.load_quarantined()?;
         machine.load_version_switches()?;
         machine.load_canaries()?;
+        machine.load_shed_results()?;
         machine.load_chaos()?;
         machine.load_runs()?;
         machine.load_dependents()?;
@@ -661,7 +665,7 @@ impl Machine {
 
     fn apply_command(&mut self, now: u64, command: &Command) -> Result<Outcome, MachineError> {
         Ok(match command {
-            Command::Enqueue { jobs } => match self.admit(jobs) {
+            Command::Enqueue { jobs } => match self.admit(now, jobs) {
                 Ok(()) => Outcome::Enqueued(self.enqueue(now, jobs)?),
                 Err(refusal) => Outcome::Rejected(refusal),
             },
@@ -886,6 +890,7 @@ mod retry;
 pub mod runs;
 mod scheduler;
 pub mod schedules;
+mod shedding;
 mod staged;
 pub mod tally;
 pub mod versions;

@@ -29,10 +29,7 @@ pub struct Quarantined {
 }
 
 fn quarantine_key(worker: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + worker.len());
-    k.push(QUARANTINE);
-    k.extend_from_slice(worker.as_bytes());
-    k
+    named_key(QUARANTINE, worker)
 }
 
 impl Machine {

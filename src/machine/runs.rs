@@ -338,7 +338,7 @@ impl Machine {
                 ..j.clone()
             })
             .collect();
-        Ok(match self.admit(&jobs) {
+        Ok(match self.admit(now, &jobs) {
             Ok(()) => Outcome::EnqueuedRun {
                 run: into,
                 jobs: self.enqueue(now, &jobs)?,

@@ -62,7 +62,7 @@ impl Machine {
             }));
         };
         let jobs = vec![job_of(&policy.job, name, slot_ms)];
-        if let Err(refusal) = self.admit(&jobs) {
+        if let Err(refusal) = self.admit(now, &jobs) {
             return Ok(Outcome::Rejected(refusal));
         }
         let ids = self.enqueue(now, &jobs)?;
