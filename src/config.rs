@@ -151,6 +151,11 @@ pub struct MetricsConfig {
     /// (`job_type` label); every other type counts as `other`, so the
     /// series stay bounded however many types producers use.
     pub job_types: Vec<String>,
+    /// How many worker ids get series of their own in
+    /// `drover_worker_results_total` and `drover_worker_quarantined` (the
+    /// first this node sees; the rest count as `other`). Default 100.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_series: Option<usize>,
 }
 
 /// `[backup]`: every `every`, the leader writes a backup into `dir` and

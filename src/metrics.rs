@@ -182,6 +182,18 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         "Workers kept from new leases for failing too often.",
     ),
     (
+        "drover_worker_quarantined",
+        Kind::Gauge,
+        Scope::Cluster,
+        "1 while the worker is quarantined, 0 after, by worker (the first [metrics] worker_series ids; the rest as other, counted).",
+    ),
+    (
+        "drover_worker_results_total",
+        Kind::Counter,
+        Scope::Node,
+        "Results the workers connected to this node reported, by worker (the first [metrics] worker_series ids; the rest as other) and result (succeeded, failed).",
+    ),
+    (
         "drover_active_workers",
         Kind::Gauge,
         Scope::Node,
@@ -500,6 +512,10 @@ pub struct Metrics {
     breakers: std::sync::Arc<
         std::sync::Mutex<std::collections::BTreeSet<crate::machine::breaker::Scope>>,
     >,
+    /// Quarantined workers shown last time, so a released one reads 0.
+    quarantined: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// Which worker ids get series of their own.
+    worker_labels: WorkerLabels,
     /// Each queue's desired workers as published, for the cooldown.
     holds: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::pools::Hold>>>,
 }
@@ -583,6 +599,8 @@ impl Metrics {
         Metrics {
             handle,
             breakers: Default::default(),
+            quarantined: Default::default(),
+            worker_labels: WorkerLabels::new(DEFAULT_WORKER_SERIES),
             holds: Default::default(),
         }
     }
@@ -696,6 +714,7 @@ impl Metrics {
             metrics::gauge!("drover_backup_last_success_timestamp_seconds").set(backup as f64);
         }
         metrics::gauge!("drover_workers_quarantined").set(stats.quarantined.len() as f64);
+        self.render_quarantined(stats);
         let b = &stats.budgets;
         metrics::gauge!("drover_runs_over_budget").set(b.runs_over_budget as f64);
         metrics::gauge!("drover_tenants_over_daily_cap").set(b.capped_tenants.len() as f64);
@@ -724,7 +743,78 @@ impl Metrics {
     }
 }
 
+/// How many worker ids get series of their own unless `[metrics]
+/// worker_series` says.
+pub const DEFAULT_WORKER_SERIES: usize = 100;
+
+/// Which worker ids get series of their own in the per-worker metrics: the
+/// first `cap` this node saw; every other counts as `other`, so the series
+/// stay bounded however many ids come and go. Shared by the worker
+/// sessions and the scrape.
+#[derive(Debug, Clone)]
+pub struct WorkerLabels {
+    cap: usize,
+    named: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl WorkerLabels {
+    /// Labels for at most `cap` ids.
+    pub fn new(cap: usize) -> WorkerLabels {
+        WorkerLabels {
+            cap,
+            named: Default::default(),
+        }
+    }
+
+    /// The `worker` label of `id`.
+    pub fn label(&self, id: &str) -> String {
+        let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        if named.contains(id) {
+            return id.to_string();
+        }
+        if named.len() < self.cap {
+            named.insert(id.to_string());
+            return id.to_string();
+        }
+        "other".to_string()
+    }
+}
+
+/// Counts results a worker reported, under its bounded label.
+pub fn count_worker_results(label: &str, succeeded: u64, failed: u64) {
+    for (result, n) in [("succeeded", succeeded), ("failed", failed)] {
+        if n > 0 {
+            metrics::counter!("drover_worker_results_total", "worker" => label.to_string(), "result" => result)
+                .increment(n);
+        }
+    }
+}
+
 impl Metrics {
+    /// The per-worker labels this node's metrics use.
+    pub fn with_worker_labels(mut self, labels: WorkerLabels) -> Metrics {
+        self.worker_labels = labels;
+        self
+    }
+
+    /// `drover_worker_quarantined`: 1 for each quarantined worker (its
+    /// bounded label; `other` counts the rest), 0 for one released since
+    /// the last scrape.
+    fn render_quarantined(&self, stats: &MachineStats) {
+        let mut now: std::collections::BTreeMap<String, f64> = Default::default();
+        for worker in stats.quarantined.keys() {
+            *now.entry(self.worker_labels.label(worker)).or_default() += 1.0;
+        }
+        let mut shown = self.quarantined.lock().unwrap_or_else(|e| e.into_inner());
+        for label in shown.iter().filter(|l| !now.contains_key(*l)) {
+            metrics::gauge!("drover_worker_quarantined", "worker" => label.clone()).set(0.0);
+        }
+        for (label, n) in &now {
+            metrics::gauge!("drover_worker_quarantined", "worker" => label.clone()).set(*n);
+        }
+        *shown = now.into_keys().collect();
+    }
+
     /// Per queue: the oldest ready job's age and the workers it wants.
     fn render_queues(&self, scrape: &Scrape<'_>) {
         let stats = scrape.stats;

@@ -94,7 +94,14 @@ impl Node {
         let (handle, driver_done) = driver::start(&config, &db, driver_stop_rx)?;
         let grace = config.shutdown_grace;
         let router = Router::new(&config, handle.clone());
+        let worker_labels = crate::metrics::WorkerLabels::new(
+            config
+                .metrics
+                .worker_series
+                .unwrap_or(crate::metrics::DEFAULT_WORKER_SERIES),
+        );
         let app = App {
+            worker_labels: worker_labels.clone(),
             chaos: Default::default(),
             router,
             driver: handle,
@@ -103,7 +110,7 @@ impl Node {
             shutdown: shutdown.clone(),
             keys: Arc::new(keys),
         };
-        let metrics = Metrics::install();
+        let metrics = Metrics::install().with_worker_labels(worker_labels);
         tokio::spawn(crate::resources::watch(
             app.driver.pressure().clone(),
             shutdown.clone(),

@@ -354,6 +354,20 @@ async fn a_quarantined_worker_under_restart_exits_and_its_replacement_leases() {
     assert!(status.success(), "{status:?}");
     let w = listed(&server);
     assert!(w.quarantined.contains_key("w-q"), "{w:?}");
+    let page = metrics_text(&node).await;
+    assert_eq!(
+        metric_value(&page, r#"drover_worker_quarantined{worker="w-q"}"#),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(
+        metric_value(
+            &page,
+            r#"drover_worker_results_total{worker="w-q",result="failed"}"#
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{page}"
+    );
     // What its supervisor does: a fresh process, the same id, fixed code.
     std::fs::remove_file(&broken).unwrap();
     let _second = exec_worker(&server, "q", "w-q", &script);
@@ -378,6 +392,43 @@ async fn a_quarantined_worker_under_restart_exits_and_its_replacement_leases() {
         !listed(&server).quarantined.contains_key("w-q"),
         "its quarantine was lifted"
     );
+    let page = metrics_text(&node).await;
+    assert_eq!(
+        metric_value(&page, r#"drover_worker_quarantined{worker="w-q"}"#),
+        Some(0.0),
+        "{page}"
+    );
+}
+
+/// Per-worker series stay bounded: past `[metrics] worker_series`, other
+/// workers' results count under `other`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_worker_series_are_bounded() {
+    let node = TestNode::start("[metrics]\nworker_series = 2\n");
+    let server = node.grpc.clone();
+    let _workers: Vec<Reap> = (0..4)
+        .map(|i| exec_worker(&server, "q", &format!("w-{i}"), "cat"))
+        .collect();
+    let ids = enqueue_n(&server, "q", 40);
+    for id in ids {
+        wait_state(&node, id, "succeeded").await;
+    }
+    let page = metrics_text(&node).await;
+    let labels: std::collections::BTreeSet<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("drover_worker_results_total{worker=\""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert!(
+        labels.len() <= 3 && labels.iter().filter(|l| **l != "other").count() <= 2,
+        "{labels:?}"
+    );
+    let total: f64 = page
+        .lines()
+        .filter(|l| l.starts_with("drover_worker_results_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(total, 40.0, "every result counted once: {page}");
 }
 
 /// `drover scale` against a fake `systemctl` on PATH: it starts instances

@@ -44,6 +44,8 @@ use crate::workers::WorkerRegistry;
 /// state of connected workers, and the shutdown signal.
 #[derive(Clone)]
 pub struct App {
+    /// Which worker ids get series of their own in the per-worker metrics.
+    pub worker_labels: crate::metrics::WorkerLabels,
     /// Faults this node injected, by queue and kind (`GET /api/v1/chaos`).
     pub chaos: ChaosCounts,
     /// The way to this node's raft loop: its committed state, the stats it
