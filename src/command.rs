@@ -25,8 +25,8 @@ use crate::job::{Job, JobId, JobState, NewJob, Progress};
 /// [`Command::RenewLeases`]. Format 4 added [`Command::SetPoliciesFrom`],
 /// and its first entry moves every node's tree to the layout that keeps
 /// each lease's clock changes apart, which a drover that writes format 3
-/// would misread.
-pub const ENTRY_VERSION: u8 = 4;
+/// would misread. Format 5 added [`Command::PurgeJobs`].
+pub const ENTRY_VERSION: u8 = 5;
 
 /// The format of a normal entry, from its raft `context`.
 pub fn entry_version(context: &[u8]) -> u8 {
@@ -277,6 +277,20 @@ pub enum Command {
     /// switches that name it. The API sends slices until none is left,
     /// then an audit record of the whole erasure. Format 4.
     EraseTenant(EraseTenant),
+    /// Cancels these jobs of a queue that still wait (ready or
+    /// scheduled): a slice of `drover queues purge --type`, whose filter
+    /// the API applied to a listing (job types have no index the machine
+    /// could filter a slice on). Format 5.
+    PurgeJobs(PurgeJobs),
+}
+
+/// The payload of [`Command::PurgeJobs`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PurgeJobs {
+    /// The queue they must still be in.
+    pub queue: String,
+    /// The jobs; those no longer waiting in the queue are skipped.
+    pub ids: Vec<JobId>,
 }
 
 /// The payload of [`Command::EraseTenantJobs`].
@@ -743,6 +757,7 @@ impl Command {
             Command::SetPoliciesFrom(_) => "set_policies",
             Command::EraseTenantJobs(_) => "erase_tenant_jobs",
             Command::EraseTenant(_) => "erase_tenant",
+            Command::PurgeJobs(_) => "purge_jobs",
         }
     }
 
@@ -757,6 +772,7 @@ impl Command {
             Command::SetPoliciesFrom(_) | Command::EraseTenantJobs(_) | Command::EraseTenant(_) => {
                 4
             }
+            Command::PurgeJobs(_) => 5,
             Command::Audit {
                 command:
                     Some(Audited::SwitchVersion(..) | Audited::SetCanary(..) | Audited::SetChaos(..)),
@@ -819,9 +835,9 @@ impl Command {
                     + record.target.len()
                     + command.as_ref().map_or(0, |c| c.command().approx_bytes())
             }
-            Command::Replay(Replay { ids }) | Command::PurgeDead(PurgeDead { ids }) => {
-                RECORD + 8 * ids.len()
-            }
+            Command::Replay(Replay { ids })
+            | Command::PurgeDead(PurgeDead { ids })
+            | Command::PurgeJobs(PurgeJobs { ids, .. }) => RECORD + 8 * ids.len(),
             Command::Requeue(Requeue { leases, reason }) => {
                 RECORD + reason.len() + 12 * leases.len()
             }

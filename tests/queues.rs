@@ -511,3 +511,66 @@ async fn shed_when_refuses_on_every_node_alike() {
     }
     every_node_refuses("f", "100% of its recent results failed").await;
 }
+
+/// `drover queues purge --type` cancels the waiting jobs of one type only
+/// (ready and delayed), and leaves the other types waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_type_cancels_that_type_only() {
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let enqueue = |t: &str, more: &[&str]| {
+        let mut args = vec![
+            "enqueue", "--queue", "p", "--type", t, "--count", "3", "--json",
+        ];
+        args.extend_from_slice(more);
+        drover_json(&args, server)
+    };
+    enqueue("analytics", &[]);
+    enqueue("analytics", &["--delay", "1h"]);
+    enqueue("report", &[]);
+    let out = drover_cli(
+        &[
+            "queues",
+            "purge",
+            "p",
+            "--type",
+            "no such type!",
+            "--reason",
+            "x",
+        ],
+        server,
+        "",
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("type"), "{err}");
+    let purge_analytics = || -> PurgedBody {
+        drover_body(
+            &[
+                "queues",
+                "purge",
+                "p",
+                "--type",
+                "analytics",
+                "--reason",
+                "x",
+                "--json",
+            ],
+            server,
+        )
+    };
+    let purged = purge_analytics();
+    assert_eq!(purged.cancelled, 6, "{purged:?}");
+    let left: serde_json::Value = drover_json(
+        &["jobs", "list", "--queue", "p", "--state", "ready", "--json"],
+        server,
+    );
+    let jobs = left["jobs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(jobs.len(), 3, "{left}");
+    assert!(
+        jobs.iter()
+            .all(|j| j["type"] == "report" || j["job_type"] == "report"),
+        "{left}"
+    );
+    let purged = purge_analytics();
+    assert_eq!(purged.cancelled, 0, "nothing of that type is left");
+}

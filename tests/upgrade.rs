@@ -1,8 +1,8 @@
 //! A rolling upgrade, one node at a time, under load. The nodes start as
 //! a build that writes entry format 3 (`--entry-version 3`) and are
-//! upgraded to this build (format 4): while any voter is older the leader
+//! upgraded to this build (format 5): while any voter is older the leader
 //! writes format 3, which both apply, so the mixed cluster loses nothing;
-//! once all are upgraded it writes format 4, whose first entry moves every
+//! once all are upgraded it writes format 5, whose first entry moves every
 //! node's tree to layout 4 (clock changes kept apart) at the same index
 //! (the digests still agree); and a node started on the old build after
 //! that refuses the newer entries, saying to upgrade it, and keeps its data
@@ -68,13 +68,13 @@ async fn a_rolling_upgrade_under_load_loses_nothing_and_an_old_build_refuses_new
             // An older voter is left: nobody writes the newer format.
             assert!(
                 !c.nodes.iter().any(|n| log_has(n, "entry_version_changed")),
-                "format 4 written while a voter applies only format 3"
+                "a newer format written while a voter applies only format 3"
             );
         }
     }
     let leader = c.leader().await;
     wait_for(
-        "the leader to write format 4 once every voter applies it",
+        "the leader to write the newest format once every voter applies it",
         Duration::from_secs(20),
         || async {
             let before = load.acked_count();

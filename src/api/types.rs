@@ -1276,6 +1276,10 @@ pub struct PurgeBody {
     /// Only jobs waiting at least this long: "1h".
     #[serde(default)]
     pub older_than: Option<String>,
+    /// Only jobs of this type (needs every node on a build that writes
+    /// log format 5).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub job_type: Option<String>,
 }
 
 /// Which waiting jobs a queue purge cancels.

@@ -124,6 +124,31 @@ impl Machine {
         Ok(Ok(was))
     }
 
+    /// Applies a [`Command::PurgeJobs`]: cancels each job that still waits
+    /// (ready or scheduled) in `queue`; one leased, finished or moved since
+    /// the API listed it is left as it is.
+    pub(super) fn purge_jobs(
+        &mut self,
+        now: u64,
+        queue: &str,
+        ids: &[JobId],
+    ) -> Result<Outcome, MachineError> {
+        let mut cancelled = 0;
+        for &id in ids {
+            let waiting = self.load(id)?.is_some_and(|(job, _)| {
+                job.queue == queue && matches!(job.state, JobState::Ready | JobState::Scheduled)
+            });
+            if waiting && self.cancel(now, id)?.is_ok() {
+                cancelled += 1;
+            }
+        }
+        Ok(Outcome::Purged {
+            jobs: cancelled,
+            idempotency_records: 0,
+            more: false,
+        })
+    }
+
     /// Applies a [`Command::PurgeQueue`]: cancels up to `limit` matching
     /// waiting jobs, ready ones first (their age counted from when they
     /// became ready; scheduled ones from their enqueue). Scheduled jobs are

@@ -765,6 +765,9 @@ impl Machine {
             } => self.purge_queue(now, queue, filter, *limit)?,
             Command::Replay(crate::command::Replay { ids }) => self.replay(now, ids)?,
             Command::PurgeDead(crate::command::PurgeDead { ids }) => self.purge_dead(ids)?,
+            Command::PurgeJobs(crate::command::PurgeJobs { queue, ids }) => {
+                self.purge_jobs(now, queue, ids)?
+            }
             Command::Requeue(crate::command::Requeue { leases, reason }) => {
                 self.requeue(now, leases, reason)?
             }

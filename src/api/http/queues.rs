@@ -172,23 +172,16 @@ pub(super) async fn purge(
         tenant: b.tenant.clone(),
         older_than_ms,
     };
-    let mut cancelled = 0u64;
-    let result = loop {
-        let slice = crate::command::Command::PurgeQueue {
-            queue: queue.clone(),
-            filter: filter.clone(),
-            limit: PURGE_SLICE,
-        };
-        match s.app.router.propose(slice).await {
-            Ok(crate::command::Outcome::Purged { jobs, more, .. }) => {
-                cancelled += u64::from(jobs);
-                if !more || jobs == 0 {
-                    break Ok(());
-                }
-            }
-            Ok(other) => break Err(crate::api::unexpected(other)),
-            Err(e) => break Err(e),
-        }
+    if let Some(t) = &b.job_type {
+        crate::job::validate_name("type", t)?;
+    }
+    let result = match &b.job_type {
+        Some(job_type) => purge_of_type(&s, &caller, &queue, &filter, job_type).await,
+        None => purge_slices(&s, &queue, &filter).await,
+    };
+    let cancelled = match &result {
+        Ok(n) => *n,
+        Err((n, _)) => *n,
     };
     // What was cancelled stays cancelled even if a later slice failed.
     let target = format!("queue {queue} ({cancelled} jobs)");
@@ -197,8 +190,100 @@ pub(super) async fn purge(
             .record(&caller, "queues.purge", target, Ok(()))
             .await?;
     }
-    result?;
+    result.map_err(|(_, e)| e)?;
     Ok(Json(PurgedBody { queue, cancelled }))
+}
+
+/// The slices of a purge the machine filters itself: (jobs cancelled, and
+/// the error that stopped it, if one did).
+async fn purge_slices(
+    s: &HttpState,
+    queue: &str,
+    filter: &crate::command::PurgeFilter,
+) -> Result<u64, (u64, Error)> {
+    let mut cancelled = 0u64;
+    loop {
+        let slice = crate::command::Command::PurgeQueue {
+            queue: queue.to_string(),
+            filter: filter.clone(),
+            limit: PURGE_SLICE,
+        };
+        match s.app.router.propose(slice).await {
+            Ok(crate::command::Outcome::Purged { jobs, more, .. }) => {
+                cancelled += u64::from(jobs);
+                if !more || jobs == 0 {
+                    return Ok(cancelled);
+                }
+            }
+            Ok(other) => return Err((cancelled, crate::api::unexpected(other))),
+            Err(e) => return Err((cancelled, e)),
+        }
+    }
+}
+
+/// A purge of one job type: the jobs listed by the filter (off the raft
+/// loop), then cancelled by id, a page at a time, by
+/// [`crate::command::Command::PurgeJobs`], which skips any that stopped
+/// waiting meanwhile.
+async fn purge_of_type(
+    s: &HttpState,
+    caller: &Caller,
+    queue: &str,
+    filter: &crate::command::PurgeFilter,
+    job_type: &str,
+) -> Result<u64, (u64, Error)> {
+    use crate::job::JobState;
+    let states = match filter.state {
+        Some(state) => vec![state],
+        None => vec![JobState::Ready, JobState::Scheduled],
+    };
+    let mut cancelled = 0u64;
+    for state in states {
+        let mut after: Option<String> = None;
+        loop {
+            let query = crate::machine::find::JobQuery {
+                queue: Some(queue.to_string()),
+                state: Some(state),
+                tenant: filter.tenant.clone(),
+                job_type: Some(job_type.to_string()),
+                ..Default::default()
+            };
+            let page = s
+                .app
+                .list_jobs(caller, query, after.as_deref(), PURGE_SLICE as usize)
+                .await
+                .map_err(|e| (cancelled, e))?;
+            let now = s.app.driver.log_now_ms();
+            let ids: Vec<u64> = page
+                .jobs
+                .iter()
+                .filter(|j| {
+                    filter
+                        .older_than_ms
+                        .is_none_or(|age| now.saturating_sub(j.enqueued_at_ms) >= age)
+                })
+                .map(|j| j.id)
+                .collect();
+            if !ids.is_empty() {
+                let slice = crate::command::Command::PurgeJobs(crate::command::PurgeJobs {
+                    queue: queue.to_string(),
+                    ids,
+                });
+                match s.app.router.propose(slice).await {
+                    Ok(crate::command::Outcome::Purged { jobs, .. }) => {
+                        cancelled += u64::from(jobs)
+                    }
+                    Ok(other) => return Err((cancelled, crate::api::unexpected(other))),
+                    Err(e) => return Err((cancelled, e)),
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(cancelled)
 }
 
 /// Default age past which `clear-stuck` takes a lease back.

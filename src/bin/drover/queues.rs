@@ -31,6 +31,9 @@ pub enum QueuesCmd {
         /// Only jobs waiting at least this long: "1h".
         #[arg(long)]
         older_than: Option<String>,
+        /// Only jobs of this type.
+        #[arg(long = "type")]
+        job_type: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -81,6 +84,7 @@ pub async fn run(cmd: QueuesCmd) -> Result<()> {
             state,
             tenant,
             older_than,
+            job_type,
             target,
         } => {
             let state = match state.as_deref() {
@@ -93,6 +97,7 @@ pub async fn run(cmd: QueuesCmd) -> Result<()> {
                 state,
                 tenant,
                 older_than,
+                job_type,
             };
             let done: PurgedBody = target
                 .admin()?
