@@ -221,7 +221,7 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         "drover_worker_heartbeat_age_seconds",
         Kind::Gauge,
         Scope::Node,
-        "Time since each worker connected to this node was last heard from, by worker.",
+        "Time since each worker connected to this node was last heard from, by worker (the first [metrics] worker_series ids; other: the longest of the rest).",
     ),
     (
         "drover_queue_desired_workers",
@@ -888,6 +888,7 @@ impl Metrics {
         for queue in scrape.stats.queues.keys() {
             by_queue.insert(queue, [0; 3]);
         }
+        let mut ages: std::collections::BTreeMap<String, u64> = Default::default();
         for w in scrape.workers {
             for queue in &w.queues {
                 let sums = by_queue.entry(queue).or_default();
@@ -895,8 +896,14 @@ impl Metrics {
                 sums[1] += u64::from(w.capacity);
                 sums[2] += u64::from(w.in_flight);
             }
+            // Bounded like the other per-worker series: `other` shows the
+            // oldest of the workers past the labelled ones.
             let age_ms = scrape.now_ms.saturating_sub(w.last_seen_ms);
-            metrics::gauge!("drover_worker_heartbeat_age_seconds", "worker" => w.worker_id.clone())
+            let oldest = ages.entry(self.worker_labels.label(&w.worker_id)).or_default();
+            *oldest = (*oldest).max(age_ms);
+        }
+        for (label, age_ms) in ages {
+            metrics::gauge!("drover_worker_heartbeat_age_seconds", "worker" => label)
                 .set(age_ms as f64 / 1000.0);
         }
         for (queue, [workers, capacity, held]) in by_queue {
