@@ -544,6 +544,12 @@ impl ShedWhenConfig {
         {
             return Some("shed_when oldest_ready, window and min_results must be more than 0");
         }
+        if self
+            .window
+            .is_some_and(|d| d > Duration::from_secs(7 * 24 * 3600))
+        {
+            return Some("shed_when window must be at most 7d, such as window = \"10m\"");
+        }
         None
     }
 }
@@ -1749,6 +1755,15 @@ impl Config {
                     return Err(invalid(
                         "queues",
                         format!("[queues.{name:?}.canary] needs a version of 1 to 128 bytes and a percent of 0 to 100, such as version = \"v4\", percent = 10"),
+                    ));
+                }
+                let judged = !c.abort_on.is_empty() || c.promote_after.is_some();
+                let ended_shape =
+                    c.percent == 0 || (c.percent == 100 && c.max_wait.is_some_and(|d| d.is_zero()));
+                if judged && ended_shape {
+                    return Err(invalid(
+                        "queues",
+                        format!("[queues.{name:?}.canary] at 0% (or 100% with max_wait 0) sends no share to compare, so abort_on and promote_after cannot judge it: give a percent of 1 to 99"),
                     ));
                 }
                 if let Some(problem) = c.judge_problem() {

@@ -899,7 +899,9 @@ impl Metrics {
             // Bounded like the other per-worker series: `other` shows the
             // oldest of the workers past the labelled ones.
             let age_ms = scrape.now_ms.saturating_sub(w.last_seen_ms);
-            let oldest = ages.entry(self.worker_labels.label(&w.worker_id)).or_default();
+            let oldest = ages
+                .entry(self.worker_labels.label(&w.worker_id))
+                .or_default();
             *oldest = (*oldest).max(age_ms);
         }
         for (label, age_ms) in ages {

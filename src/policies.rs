@@ -814,6 +814,25 @@ impl Policies {
         }
     }
 
+    /// The policies as a log entry of `format` may carry them. Before
+    /// format 5 an older build applies them too, and it would refuse
+    /// `workers.scale_down_after` (an unknown key) and ignore `shed_when`
+    /// and `shed_types` (admitting what newer nodes shed): those wait until
+    /// every voter writes format 5, when the leader proposes them again.
+    pub fn for_format(&self, format: u8) -> Policies {
+        let mut p = self.clone();
+        if format < 5 {
+            for q in p.queues.values_mut() {
+                q.shed_when = None;
+                q.shed_types.clear();
+                if let Some(w) = q.workers.as_mut() {
+                    w.scale_down_after = None;
+                }
+            }
+        }
+        p
+    }
+
     /// How the queue's canary is judged (its `[queues.NAME.canary]`, or
     /// the defaults).
     pub fn canary_judge(&self, queue: &str) -> CanaryJudge {
@@ -941,7 +960,8 @@ impl Policies {
         let q = self.queue(job.queue);
         let first = q.shed_types.iter().any(|t| t == job.job_type);
         let scale = if first { 0.5 } else { 1.0 };
-        let scaled = |limit: u64| (limit as f64 * scale).floor() as u64;
+        // Rounded up: half of a limit of 1 still admits one.
+        let scaled = |limit: u64| (limit as f64 * scale).ceil() as u64;
         if let Some(max) = q.max_depth {
             let max_limit = scaled(max);
             if depth >= max_limit {
@@ -1132,6 +1152,37 @@ mod tests {
         let mut p = p;
         p.max_pending = 10;
         assert_eq!(admit(&p, 1, 0, 10).unwrap_err().what, "limits.max_pending");
+    }
+
+    #[test]
+    fn keys_an_older_build_would_misread_wait_for_format_5() {
+        let mut p = Policies::default();
+        p.queues.insert(
+            "q".into(),
+            QueuePolicy {
+                shed_when: Some(ShedWhen::default()),
+                shed_types: vec!["a".into()],
+                workers: Some(crate::pools::WorkerPool {
+                    scale_down_after: Some(std::time::Duration::from_secs(60)),
+                    ..Default::default()
+                }),
+                max_depth: Some(7),
+                ..Default::default()
+            },
+        );
+        assert_eq!(p.for_format(5), p);
+        let old = p.for_format(4);
+        let q = &old.queues["q"];
+        assert_eq!(q.shed_when, None);
+        assert!(q.shed_types.is_empty());
+        assert_eq!(q.workers.and_then(|w| w.scale_down_after), None);
+        assert_eq!(q.max_depth, Some(7), "the rest stays");
+        // What an older build reads: no key its structs refuse.
+        let json = old.to_record_string();
+        assert!(
+            !json.contains("scale_down_after") && !json.contains("shed_when"),
+            "{json}"
+        );
     }
 
     #[test]

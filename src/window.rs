@@ -37,7 +37,7 @@ impl<const K: usize> Sliding<K> {
         while self
             .buckets
             .front()
-            .is_some_and(|b| b.0 + width + self.window_ms <= now)
+            .is_some_and(|b| b.0.saturating_add(width).saturating_add(self.window_ms) <= now)
         {
             self.buckets.pop_front();
         }
@@ -58,7 +58,7 @@ impl<const K: usize> Sliding<K> {
         for b in self
             .buckets
             .iter()
-            .filter(|b| b.0 + width + self.window_ms > now)
+            .filter(|b| b.0.saturating_add(width).saturating_add(self.window_ms) > now)
         {
             for (sum, n) in out.iter_mut().zip(b.1) {
                 *sum = sum.saturating_add(n);

@@ -28,7 +28,12 @@ fn log_has(node: &TestNode, needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_upgrade_under_load_loses_nothing_and_an_old_build_refuses_newer_entries() {
-    let mut c = TestCluster::prepare(3, "[jobs]\nheartbeat_timeout = \"2s\"\n");
+    // shed_when is a key the older build would ignore: the leader holds it
+    // back until every voter writes the newest format.
+    let mut c = TestCluster::prepare(
+        3,
+        "[jobs]\nheartbeat_timeout = \"2s\"\n[queues.up]\nshed_when = { oldest_ready = \"1h\" }\n",
+    );
     for node in &mut c.nodes {
         node.args = OLDER.iter().map(|s| s.to_string()).collect();
         node.spawn();
@@ -82,6 +87,21 @@ async fn a_rolling_upgrade_under_load_loses_nothing_and_an_old_build_refuses_new
                 Ok(())
             } else {
                 Err(format!("{before} acked"))
+            }
+        },
+    )
+    .await;
+
+    // ...and then sets the key it held back, audited.
+    wait_for(
+        "the held-back shed_when to reach the cluster",
+        Duration::from_secs(20),
+        || async {
+            let (_, audit) = get_json(&format!("{}/api/v1/audit", c.nodes[leader].http)).await;
+            let text = audit.to_string();
+            match text.contains("policies.set") && text.contains("shed_when") {
+                true => Ok(()),
+                false => Err(text),
             }
         },
     )

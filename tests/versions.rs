@@ -291,6 +291,13 @@ async fn a_canary_of_the_config_file_ends_by_a_run_time_rule() {
     for job in all_done(&node, &ids).await {
         assert_eq!(leased_by(&job), vec!["w4"], "{job:?}");
     }
+    // 0% is how an ended config canary stands: not a share to set.
+    let out = drover_cli(&["canary", "set", "c", "--percent", "0"], server, "");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("canary abort"),
+        "{err}"
+    );
     drover_ok(&["canary", "promote", "c", "--reason", "x"], server);
     let out = drover_cli(&["canary", "status", "c"], server, "");
     let err = String::from_utf8_lossy(&out.stderr).to_string();

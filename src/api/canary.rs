@@ -203,8 +203,17 @@ pub async fn watch(app: App, mut shutdown: watch::Receiver<bool>) {
             let judged = crate::machine::canary::compare(&canary, &control, &judge);
             let key = (queue.clone(), rule.version.clone());
             seen.push(key.clone());
-            let decision = standing.entry(key).or_default().step(&judged, &judge, now);
-            act(&app, &caller, queue, rule, decision).await;
+            let decision = standing
+                .entry(key.clone())
+                .or_default()
+                .step(&judged, &judge, now);
+            if decision != Decision::Wait {
+                act(&app, &caller, queue, rule, decision).await;
+                // Acted, or failed to: either way the verdict must hold
+                // again before the next try, so a failure is not retried
+                // (and audited) every second.
+                standing.remove(&key);
+            }
         }
         standing.retain(|k, _| seen.contains(k));
     }
@@ -225,7 +234,7 @@ async fn act(app: &App, caller: &Caller, queue: &str, rule: &CanaryRule, decisio
             tracing::info!(event = "canary_auto_promoted", %queue, version = %rule.version, "the canary was as good as the control for promote_after: promoted");
         }
         Err(e) => {
-            tracing::warn!(event = "canary_auto_failed", %queue, version = %rule.version, error = %e, "could not end the canary; trying again next second");
+            tracing::warn!(event = "canary_auto_failed", %queue, version = %rule.version, error = %e, "could not end the canary; trying again once the verdict held again");
         }
     }
 }

@@ -178,9 +178,13 @@ struct Driver {
     /// Index of an upkeep entry (a purge, an audit purge, new policies)
     /// proposed and not yet applied; one at a time.
     upkeep_in_flight: Option<u64>,
-    /// The policies this node's config asks for: the leader proposes them
-    /// when the machine's differ; a follower says which keys differ.
+    /// The policies this node's config asks for, as the format it writes
+    /// can carry them: the leader proposes them when the machine's differ;
+    /// a follower says which keys differ.
     policies: crate::policies::Policies,
+    /// The same, whole: what `policies` becomes once every voter writes
+    /// the newest format.
+    policies_whole: crate::policies::Policies,
     /// The SHA-256 of the config file they were read from (empty: the
     /// embedded defaults), for the audit record of a change.
     policies_source: String,
@@ -367,7 +371,8 @@ impl Driver {
                 let _ = reply.send(self.machine.run_totals());
             }
             Control::Policies(p, source) => {
-                self.policies = *p;
+                self.policies_whole = *p;
+                self.policies = self.policies_whole.for_format(self.writing_version);
                 self.policies_source = source;
                 self.policies_warned = None;
                 self.policies_asked = Some(self.raw.raft.raft_log.last_index());

@@ -136,6 +136,11 @@ impl Driver {
                 "log entries are now written in another format: the oldest every voter applies"
             );
             self.writing_version = version;
+            // Keys the old format could not carry go to the cluster now:
+            // look again as if asked.
+            self.policies = self.policies_whole.for_format(version);
+            self.policies_asked = Some(self.raw.raft.raft_log.last_index());
+            self.policies_checked = None;
         }
         version
     }

@@ -223,7 +223,10 @@ pub fn start(
         fire_in_flight: None,
         crons: std::collections::HashMap::new(),
         upkeep_in_flight: None,
-        policies: cfg.policies(),
+        policies: cfg
+            .policies()
+            .for_format(crate::command::ENTRY_VERSION.min(cfg.entry_version)),
+        policies_whole: cfg.policies(),
         policies_source: cfg.source_sha256.clone(),
         policies_warned: None,
         policies_asked: Some(asked_at),

@@ -139,6 +139,12 @@ pub(super) async fn set(
         percent,
         max_wait_ms,
     };
+    if rule.is_end_of_config() && s.app.driver.stats().policies.queue(&queue).canary.is_some() {
+        return Err(Error::invalid(
+            "percent",
+            format!("queue {queue} has a canary in the config, and 0% (or 100% with no wait) is how an ended one stands: end it with drover canary abort {queue} or drover canary promote {queue}"),
+        ));
+    }
     let target = format!("queue {queue}: {}% to {}", rule.percent, rule.version);
     set_rule(
         &s.app,

@@ -237,6 +237,7 @@ async fn purge_of_type(
         Some(state) => vec![state],
         None => vec![JobState::Ready, JobState::Scheduled],
     };
+    let started = s.app.driver.log_now_ms();
     let mut cancelled = 0u64;
     for state in states {
         let mut after: Option<String> = None;
@@ -253,14 +254,23 @@ async fn purge_of_type(
                 .list_jobs(caller, query, after.as_deref(), PURGE_SLICE as usize)
                 .await
                 .map_err(|e| (cancelled, e))?;
-            let now = s.app.driver.log_now_ms();
-            let ids: Vec<u64> = page
-                .jobs
-                .iter()
+            // Ids grow with the log's time: a job enqueued after the purge
+            // began ends it, so producers that keep enqueueing the type
+            // cannot keep it going.
+            let (before, after_start): (Vec<&crate::job::Job>, Vec<&crate::job::Job>) =
+                page.jobs.iter().partition(|j| j.enqueued_at_ms <= started);
+            // Waiting as `PurgeQueue` measures it: ready jobs from when they
+            // became ready, delayed ones from their enqueue.
+            let waited = |j: &crate::job::Job| match state {
+                JobState::Ready => crate::machine::find::state_since(j),
+                _ => j.enqueued_at_ms,
+            };
+            let ids: Vec<u64> = before
+                .into_iter()
                 .filter(|j| {
                     filter
                         .older_than_ms
-                        .is_none_or(|age| now.saturating_sub(j.enqueued_at_ms) >= age)
+                        .is_none_or(|age| started.saturating_sub(waited(j)) >= age)
                 })
                 .map(|j| j.id)
                 .collect();
@@ -278,8 +288,8 @@ async fn purge_of_type(
                 }
             }
             match page.next {
-                Some(next) => after = Some(next),
-                None => break,
+                Some(next) if after_start.is_empty() => after = Some(next),
+                _ => break,
             }
         }
     }
