@@ -780,13 +780,28 @@ impl WorkerLabels {
     }
 }
 
-/// Counts results a worker reported, under its bounded label.
-pub fn count_worker_results(label: &str, succeeded: u64, failed: u64) {
-    for (result, n) in [("succeeded", succeeded), ("failed", failed)] {
-        if n > 0 {
-            metrics::counter!("drover_worker_results_total", "worker" => label.to_string(), "result" => result)
-                .increment(n);
+/// A worker's result counters, registered once per session so counting a
+/// round of results is two atomic adds.
+#[derive(Clone)]
+pub struct WorkerResults {
+    succeeded: metrics::Counter,
+    failed: metrics::Counter,
+}
+
+impl WorkerResults {
+    /// The counters of the worker labelled `label`.
+    pub fn new(label: &str) -> WorkerResults {
+        let counter = |result: &'static str| metrics::counter!("drover_worker_results_total", "worker" => label.to_string(), "result" => result);
+        WorkerResults {
+            succeeded: counter("succeeded"),
+            failed: counter("failed"),
         }
+    }
+
+    /// Counts a round of results.
+    pub fn count(&self, succeeded: u64, failed: u64) {
+        self.succeeded.increment(succeeded);
+        self.failed.increment(failed);
     }
 }
 

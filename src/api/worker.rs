@@ -103,7 +103,9 @@ impl WorkerService for Worker {
             std::time::Duration::from_millis(timeout_ms),
         );
         let session = Session {
-            worker_label: self.app.worker_labels.label(&registration.entry.worker_id),
+            results: crate::metrics::WorkerResults::new(
+                &self.app.worker_labels.label(&registration.entry.worker_id),
+            ),
             app: self.app.clone(),
             registration,
             batch,
@@ -234,8 +236,9 @@ struct Session {
     /// This session has seen the worker quarantined: once released, its
     /// results are counted afresh.
     quarantine_seen: bool,
-    /// Its `worker` label in the per-worker metrics (bounded).
-    worker_label: String,
+    /// Its counters in `drover_worker_results_total` (under its bounded
+    /// label).
+    results: crate::metrics::WorkerResults,
     /// The log may hold leases for this worker that it never received: its
     /// previous session ended (or a lease proposal's answer was lost) with a
     /// lease on the way. Set at register and after such a loss; the session
@@ -495,7 +498,7 @@ impl Session {
     ) {
         let stats = self.app.driver.stats();
         let entry = self.registration.entry.clone();
-        crate::metrics::count_worker_results(&self.worker_label, completed, failed);
+        self.results.count(completed, failed);
         let policy = stats.policies.quarantine(&entry.queues);
         let window = policy.map_or(crate::policies::QUARANTINE_WINDOW_MS, |p| p.window_ms);
         let now = self.app.driver.log_now_ms();
