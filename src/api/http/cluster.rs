@@ -172,7 +172,7 @@ pub(super) async fn snapshot(
     q: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
     if query(q)?.stale.is_none() {
-        s.app.router.read_barrier().await?;
+        patient_barrier(&s).await?;
     }
     let result = s.app.driver.snapshot_now().await;
     let target = format!("node {}", s.app.config.node_id);
@@ -195,6 +195,26 @@ pub(super) async fn snapshot(
         body,
     )
         .into_response())
+}
+
+/// How long a backup waits to catch up with the leader before it says so.
+const SNAPSHOT_BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A read barrier that asks again while the answer is "no leader yet": a
+/// backup is in no hurry, and under load, or while every member writes a
+/// snapshot at once, a read index can take longer than a client read waits.
+async fn patient_barrier(s: &HttpState) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + SNAPSHOT_BARRIER_WAIT;
+    loop {
+        match s.app.router.read_barrier().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.retry_safe() && tokio::time::Instant::now() < deadline => {
+                tracing::info!(event = "snapshot_waits_for_leader", error = %e, "the backup waits until this node has caught up with the leader");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A digest of this node's machine state: nodes that applied the same log
