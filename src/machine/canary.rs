@@ -65,11 +65,7 @@ impl Machine {
     }
 
     pub(super) fn load_canaries(&mut self) -> Result<(), MachineError> {
-        for item in self.tree.scan_prefix([CANARY]) {
-            let (k, v) = item?;
-            let queue = String::from_utf8_lossy(&k[1..]).into_owned();
-            self.canaries.insert(queue, decode(&k, &v)?);
-        }
+        self.canaries.extend(load_named(&self.tree, CANARY)?);
         Ok(())
     }
 

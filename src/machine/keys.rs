@@ -125,6 +125,21 @@ pub(super) fn named_key(prefix: u8, name: &str) -> Vec<u8> {
     k
 }
 
+/// Every record kept under `prefix`+name in `tree`, by name: what a
+/// machine opening its tree loads into memory.
+pub(super) fn load_named<T: for<'de> Deserialize<'de>>(
+    tree: &sled::Tree,
+    prefix: u8,
+) -> Result<Vec<(String, T)>, MachineError> {
+    let mut out = Vec::new();
+    for item in tree.scan_prefix([prefix]) {
+        let (k, v) = item?;
+        let name = String::from_utf8_lossy(&k[1..]).into_owned();
+        out.push((name, decode(&k, &v)?));
+    }
+    Ok(out)
+}
+
 pub(super) fn clocks_key(queue: &str) -> Vec<u8> {
     named_key(CLOCKS, queue)
 }

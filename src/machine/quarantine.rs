@@ -34,11 +34,7 @@ fn quarantine_key(worker: &str) -> Vec<u8> {
 
 impl Machine {
     pub(super) fn load_quarantined(&mut self) -> Result<(), MachineError> {
-        for item in self.tree.scan_prefix([QUARANTINE]) {
-            let (k, v) = item?;
-            let worker = String::from_utf8_lossy(&k[1..]).into_owned();
-            self.quarantined.insert(worker, decode(&k, &v)?);
-        }
+        self.quarantined.extend(load_named(&self.tree, QUARANTINE)?);
         Ok(())
     }
 

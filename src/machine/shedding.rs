@@ -26,10 +26,7 @@ fn results_key(queue: &str) -> Vec<u8> {
 
 impl Machine {
     pub(super) fn load_shed_results(&mut self) -> Result<(), MachineError> {
-        for item in self.tree.scan_prefix([SHED_RESULTS]) {
-            let (k, v) = item?;
-            let queue = String::from_utf8_lossy(&k[1..]).into_owned();
-            let stored: Stored = decode(&k, &v)?;
+        for (queue, stored) in load_named::<Stored>(&self.tree, SHED_RESULTS)? {
             self.shed_results.insert(
                 queue,
                 Results::from_buckets(stored.window_ms, stored.buckets),
