@@ -33,6 +33,7 @@ pub mod schedules;
 pub mod sealing;
 pub mod shutdown;
 pub mod snapshot;
+pub mod spill;
 pub mod status;
 pub mod store;
 pub mod systemd;

@@ -39,7 +39,8 @@ pub fn restore(
     let db = store::open_db(data_dir, cache_capacity_bytes)?;
     let name = format!("{DEFAULT_MACHINE_TREE}.{}", meta.index);
     let tree = db.open_tree(&name).map_err(store::StoreError::from)?;
-    snapshot::load(file, &tree)?;
+    let files = db.spill().dir(&name);
+    snapshot::load(file, &tree, |k, v| crate::machine::stored_form(&files, k, v))?;
     crate::machine::check_layout(&tree)?;
     let seeded = SnapshotMeta {
         conf_state: ConfState {

@@ -54,6 +54,9 @@ pub enum SnapshotError {
     /// The consistent read of the machine stopped, or could not start.
     #[error("while reading the machine for a snapshot: {0}")]
     Capture(String),
+    /// A record of the snapshot could not be stored (a payload's file).
+    #[error("while storing a record of the snapshot: {0}")]
+    Store(String),
 }
 
 impl From<crate::machine::capture::CaptureError> for SnapshotError {
@@ -361,10 +364,17 @@ pub fn verify(path: &Path) -> Result<SnapshotMeta, SnapshotError> {
 /// Loads every record of a snapshot into `tree`, which should be empty, and
 /// checks the file's CRC. On error the tree holds part of the snapshot and
 /// must be thrown away.
-pub fn load(path: &Path, tree: &sled::Tree) -> Result<SnapshotMeta, SnapshotError> {
+/// `store_as` gives each record's stored form (a large payload goes to a
+/// file of its own, see [`crate::machine::stored_form`]).
+pub fn load<E: std::fmt::Display>(
+    path: &Path,
+    tree: &sled::Tree,
+    mut store_as: impl FnMut(&[u8], Vec<u8>) -> Result<Vec<u8>, E>,
+) -> Result<SnapshotMeta, SnapshotError> {
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
     let meta = scan(path, |k, v| {
+        let v = store_as(&k, v).map_err(|e| SnapshotError::Store(e.to_string()))?;
         batch.insert(k, v);
         in_batch += 1;
         if in_batch == LOAD_BATCH {
@@ -410,6 +420,10 @@ pub fn path_for(dir: &Path, index: u64, term: u64) -> PathBuf {
 mod tests {
     use super::*;
 
+    fn as_is(_: &[u8], v: Vec<u8>) -> Result<Vec<u8>, std::convert::Infallible> {
+        Ok(v)
+    }
+
     fn meta() -> SnapshotMeta {
         SnapshotMeta {
             index: 42,
@@ -442,7 +456,7 @@ mod tests {
         write(&path, &meta(), src.iter()).unwrap();
         assert_eq!(read_meta(&path).unwrap(), meta());
         let dst = db.open_tree("dst").unwrap();
-        assert_eq!(load(&path, &dst).unwrap(), meta());
+        assert_eq!(load(&path, &dst, as_is).unwrap(), meta());
         let a: Vec<_> = src.iter().map(|r| r.unwrap()).collect();
         let b: Vec<_> = dst.iter().map(|r| r.unwrap()).collect();
         assert_eq!(a, b);
@@ -452,10 +466,10 @@ mod tests {
         let mut flipped = good.clone();
         flipped[good.len() / 2] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
-        let err = load(&path, &db.open_tree("x").unwrap()).unwrap_err();
+        let err = load(&path, &db.open_tree("x").unwrap(), as_is).unwrap_err();
         assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
         std::fs::write(&path, &good[..good.len() - 10]).unwrap();
-        let err = load(&path, &db.open_tree("y").unwrap()).unwrap_err();
+        let err = load(&path, &db.open_tree("y").unwrap(), as_is).unwrap_err();
         assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
         std::fs::write(&path, b"hello world, not a snapshot").unwrap();
         let err = read_meta(&path).unwrap_err();

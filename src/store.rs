@@ -10,12 +10,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use crate::snapshot::SnapshotMeta;
+use crate::spill::{value_len as stored_len, Marker, Spill, SpillDir, SpillError, SPILL_MIN};
 
 const ENTRY: u8 = b'e';
 const HARD_STATE: &[u8] = b"h";
@@ -65,6 +67,9 @@ pub enum StoreError {
     /// sled failed to read or write the raft tree.
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    /// A log entry kept in a file of its own could not be written or read.
+    #[error(transparent)]
+    Spill(#[from] SpillError),
     /// A raft record does not decode: the data dir is damaged.
     #[error("raft record {key} is corrupt ({reason}); the data dir is damaged: restore it from a backup or re-sync this node from its peers")]
     Corrupt {
@@ -144,6 +149,7 @@ pub fn disk_fault(e: &(dyn std::error::Error + 'static)) -> Option<DiskFault> {
 #[derive(Clone)]
 pub struct Database {
     db: sled::Db,
+    spill: Arc<Spill>,
 }
 
 impl std::ops::Deref for Database {
@@ -154,10 +160,18 @@ impl std::ops::Deref for Database {
 }
 
 impl Database {
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable, then unlinks the spilled
+    /// values whose markers that dropped.
     pub fn flush(&self) -> Result<(), sled::Error> {
+        let dropped = self.spill.before_flush();
         self.db.flush()?;
+        self.spill.after_flush(dropped);
         Ok(())
+    }
+
+    /// Where values too large for sled go (see [`crate::spill`]).
+    pub fn spill(&self) -> &Arc<Spill> {
+        &self.spill
     }
 }
 
@@ -176,7 +190,10 @@ pub fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<Database, Store
         .flush_every_ms(None)
         .open()
         .map_err(open_error)?;
-    Ok(Database { db })
+    Ok(Database {
+        db,
+        spill: Spill::new(path),
+    })
 }
 
 fn entry_key(index: u64) -> [u8; 9] {
@@ -201,6 +218,8 @@ fn to_raft(e: StoreError) -> raft::Error {
 pub struct RaftStore {
     db: Database,
     tree: sled::Tree,
+    /// Entries of [`SPILL_MIN`] bytes or more, one file each (`log/INDEX-TERM`).
+    files: SpillDir,
     hard_state: HardState,
     conf_state: ConfState,
     /// Index and term of the last compacted entry (0, 0 for a new log).
@@ -364,6 +383,7 @@ impl RaftStore {
         }
         let mut sizes = std::collections::VecDeque::new();
         let mut log_bytes = 0;
+        let mut spilled = std::collections::HashSet::new();
         for item in tree.range(below..entry_key(u64::MAX)) {
             let (k, v) = item?;
             let index = u64::from_be_bytes(
@@ -371,12 +391,21 @@ impl RaftStore {
                     .try_into()
                     .map_err(|_| corrupt("raft/e", "entry key is not 9 bytes"))?,
             );
-            sizes.push_back((index, v.len() as u32));
-            log_bytes += v.len() as u64;
+            if let Some(m) = Marker::decode(&v) {
+                spilled.insert((index, m.name));
+            }
+            let len = stored_len(&v);
+            sizes.push_back((index, len as u32));
+            log_bytes += len;
         }
+        // Files of entries compacted or overwritten before a crash let their
+        // removal happen, and of entries whose marker never became durable.
+        let files = db.spill().dir("log");
+        files.sweep(|index, term| spilled.contains(&(index, term)))?;
         Ok(RaftStore {
             db: db.clone(),
             tree,
+            files,
             hard_state,
             conf_state,
             compacted,
@@ -565,6 +594,8 @@ impl RaftStore {
         );
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
+        // The log is empty now, and that is durable.
+        self.files.sweep(|_, _| false)?;
         self.recent.clear();
         self.sizes.clear();
         self.log_bytes = 0;
@@ -627,14 +658,33 @@ impl RaftStore {
             // crash midway never leaves old entries after new ones.
             let first = entries[0].index;
             for stale in (first..=self.last_index).rev() {
-                self.tree.remove(entry_key(stale))?;
+                if let Some(old) = self.tree.remove(entry_key(stale))? {
+                    self.drop_stored(stale, &old);
+                }
             }
             self.forget_sizes_from(first);
+            let mut encoded = Vec::with_capacity(entries.len());
             for e in entries {
-                let bytes = e.write_to_bytes().map_err(|err| corrupt("raft/e", err))?;
+                encoded.push(e.write_to_bytes().map_err(|err| corrupt("raft/e", err))?);
+            }
+            // Large entries go to files first, synced: a marker must never
+            // reach the disk before what it stands for.
+            let large: Vec<(u64, u64, &[u8])> = entries
+                .iter()
+                .zip(&encoded)
+                .filter(|(_, b)| b.len() >= SPILL_MIN)
+                .map(|(e, b)| (e.index, e.term, &b[..]))
+                .collect();
+            let mut markers = self.files.write(&large)?.into_iter();
+            for (e, bytes) in entries.iter().zip(encoded) {
                 self.sizes.push_back((e.index, bytes.len() as u32));
                 self.log_bytes += bytes.len() as u64;
-                self.tree.insert(entry_key(e.index), bytes)?;
+                let stored = if bytes.len() >= SPILL_MIN {
+                    markers.next().map(|m| m.encode()).unwrap_or(bytes)
+                } else {
+                    bytes
+                };
+                self.tree.insert(entry_key(e.index), stored)?;
             }
             self.recent.append(entries);
             self.last_index = last.index;
@@ -685,9 +735,33 @@ impl RaftStore {
         self.recent.drop_through(index);
         self.forget_sizes_through(index);
         for i in old + 1..=index {
-            self.tree.remove(entry_key(i))?;
+            if let Some(stored) = self.tree.remove(entry_key(i))? {
+                self.drop_stored(i, &stored);
+            }
         }
         Ok(())
+    }
+
+    /// Queues the file of a removed entry's marker for removal once the
+    /// removal is durable.
+    fn drop_stored(&self, index: u64, stored: &[u8]) {
+        if let Some(m) = Marker::decode(stored) {
+            self.files.remove_later(index, m.name);
+        }
+    }
+
+    /// An entry from its stored form: its protobuf, or the marker of the
+    /// file that holds it.
+    fn parse_entry(&self, index: u64, stored: &[u8]) -> Result<Entry, StoreError> {
+        let spilled;
+        let proto = match Marker::decode(stored) {
+            Some(m) => {
+                spilled = self.files.read(index, &m)?;
+                &spilled[..]
+            }
+            None => stored,
+        };
+        Entry::parse_from_bytes(proto).map_err(|e| corrupt(format!("raft/e/{index}"), e))
     }
 
     /// Index of the last entry compacted away (0 in a new log); the log holds
@@ -698,9 +772,7 @@ impl RaftStore {
 
     fn load(&self, index: u64) -> Result<Entry, StoreError> {
         match self.tree.get(entry_key(index))? {
-            Some(b) => {
-                Entry::parse_from_bytes(&b).map_err(|e| corrupt(format!("raft/e/{index}"), e))
-            }
+            Some(b) => self.parse_entry(index, &b),
             None => Err(corrupt(
                 format!("raft/e/{index}"),
                 "entry is missing from the log",
@@ -736,13 +808,13 @@ impl Storage for RaftStore {
             .range(entry_key(low)..entry_key(high))
             .map(|item| {
                 let (k, v) = item.map_err(|e| to_raft(e.into()))?;
-                let e = Entry::parse_from_bytes(&v).map_err(|err| {
-                    to_raft(corrupt(
-                        format!("raft/{}", String::from_utf8_lossy(&k[..1])),
-                        err,
-                    ))
-                })?;
-                Ok::<_, raft::Error>((e, v.len() as u64))
+                let index = k
+                    .get(1..)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| to_raft(corrupt("raft/e", "entry key is not 9 bytes")))?;
+                let e = self.parse_entry(index, &v).map_err(to_raft)?;
+                Ok::<_, raft::Error>((e, stored_len(&v)))
             });
         let out = within_size(stored, max_size)?;
         if out.is_empty() && low < high {

@@ -81,8 +81,12 @@ impl Driver {
         self.db
             .drop_tree(name.as_bytes())
             .map_err(StoreError::from)?;
+        let files = self.db.spill().dir(&name);
+        files.sweep(|_, _| false).map_err(StoreError::from)?;
         let tree = self.db.open_tree(&name).map_err(StoreError::from)?;
-        let meta = snapshot::load(&received, &tree)?;
+        let meta = snapshot::load(&received, &tree, |k, v| {
+            crate::machine::stored_form(&files, k, v)
+        })?;
         crate::machine::check_layout(&tree)?;
         if meta.index != md.index || meta.term != md.term {
             return Err(DriverError::Snapshot(SnapshotError::Corrupt {
@@ -96,7 +100,7 @@ impl Driver {
         self.db.flush().map_err(StoreError::from)?;
         let old = self.raw.store().machine_tree()?;
         self.raw.mut_store().apply_snapshot(&meta, &name)?;
-        self.machine.replace_tree(tree)?;
+        self.machine.replace_tree(tree, Some(files))?;
         for (id, addr) in &meta.addrs {
             if self.addrs.get(id) != Some(addr) {
                 self.addrs.insert(*id, addr.clone());

@@ -24,12 +24,18 @@ impl slog::Drain for TracingDrain {
 }
 
 /// Drops machine trees left by a snapshot install that a crash interrupted.
-fn drop_stale_machine_trees(db: &sled::Db, active: &str) {
+fn drop_stale_machine_trees(db: &Database, active: &str) {
     for name in db.tree_names() {
         let name = String::from_utf8_lossy(&name).into_owned();
         if name.starts_with(DEFAULT_MACHINE_TREE) && name != active {
             tracing::info!(tree = %name, "dropping a machine tree left by an interrupted snapshot install");
             let _ = db.drop_tree(name.as_bytes());
+        }
+    }
+    // And the payload files of trees no longer in use.
+    for name in db.spill().dir_names() {
+        if name.starts_with(DEFAULT_MACHINE_TREE) && name != active {
+            let _ = db.spill().remove_dir(&name);
         }
     }
 }
@@ -91,7 +97,10 @@ pub fn start(
             }
         }
     }
-    let mut machine = Machine::open(db.open_tree(&tree_name).map_err(StoreError::from)?)?;
+    let mut machine = Machine::open_spilling(
+        db.open_tree(&tree_name).map_err(StoreError::from)?,
+        db.spill().dir(&tree_name),
+    )?;
     if bootstrapping {
         // The machine starts where the bootstrapped log does.
         machine.apply_noop(INIT_INDEX, INIT_INDEX);

@@ -302,7 +302,7 @@ impl JobReader {
     /// Every stored breaker by scope: those not closed, or closed with failures
     /// in their window.
     pub fn breakers(&self) -> Result<BTreeMap<Scope, Breaker>, MachineError> {
-        let tree = self.tree.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let tree = self.tree();
         let mut out = BTreeMap::new();
         for item in tree.scan_prefix([BREAKER]) {
             let (k, v) = item?;
@@ -315,7 +315,7 @@ impl JobReader {
 
     /// Whether a breaker holds (queue, tenant) now.
     pub fn breaker_holds(&self, queue: &str, tenant: &str) -> Result<bool, MachineError> {
-        let tree = self.tree.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let tree = self.tree();
         let mut prefix = vec![BREAKER];
         prefix.extend_from_slice(queue.as_bytes());
         prefix.push(0);

@@ -95,6 +95,10 @@ pub struct CaptureReader {
     capture: Arc<Capture>,
     tree: sled::Tree,
     ready: std::collections::VecDeque<(IVec, IVec)>,
+    /// Where spilled payloads are, and the hold that keeps the ones dropped
+    /// during the read: records are handed out with their payloads, so a
+    /// snapshot never depends on the files of the node that wrote it.
+    files: Option<(crate::spill::SpillDir, crate::spill::SpillHold)>,
 }
 
 impl CaptureReader {
@@ -106,8 +110,35 @@ impl CaptureReader {
             capture: capture.clone(),
             tree,
             ready: Default::default(),
+            files: None,
         };
         (capture, reader)
+    }
+
+    /// Hands out spilled payloads from `files` instead of their markers;
+    /// files dropped from now on stay until this reader is dropped.
+    pub fn with_files(mut self, files: crate::spill::SpillDir) -> CaptureReader {
+        let hold = files.spill().hold();
+        self.files = Some((files, hold));
+        self
+    }
+
+    /// A record as a snapshot carries it: a spilled payload's bytes in
+    /// place of its marker.
+    fn unspilled(&self, k: IVec, v: IVec) -> Result<(IVec, IVec), CaptureError> {
+        let Some((files, _)) = &self.files else {
+            return Ok((k, v));
+        };
+        match crate::spill::Marker::decode(&v) {
+            Some(m) if k.first() == Some(&super::keys::PAYLOAD) => {
+                let id = super::keys::job_key_id(&k).map_err(|e| CaptureError::Spill(e.to_string()))?;
+                let bytes = files
+                    .read(id, &m)
+                    .map_err(|e| CaptureError::Spill(e.to_string()))?;
+                Ok((k, IVec::from(bytes)))
+            }
+            _ => Ok((k, v)),
+        }
     }
 
     /// Reads the next slice into `ready`; false at the end.
@@ -202,8 +233,8 @@ impl Iterator for CaptureReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(record) = self.ready.pop_front() {
-                return Some(Ok(record));
+            if let Some((k, v)) = self.ready.pop_front() {
+                return Some(self.unspilled(k, v));
             }
             match self.fill() {
                 Ok(true) => continue,
@@ -237,6 +268,9 @@ pub enum CaptureError {
     /// A snapshot was installed meanwhile; what was read is void.
     #[error("the machine's tree was replaced by an installed snapshot while it was being read")]
     Cancelled,
+    /// A spilled payload could not be read.
+    #[error("{0}")]
+    Spill(String),
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ impl JobReader {
         dead: bool,
         from: Option<FinishedCursor>,
     ) -> Result<Vec<(FinishedCursor, JobId)>, MachineError> {
-        let tree = self.tree.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let tree = self.tree();
         let prefix = if dead { DEAD_AT } else { FINISHED_AT };
         let start = retention::time_key(prefix, 0, 0);
         let end = match from {
@@ -192,7 +192,7 @@ impl JobReader {
 
     /// Job ids above `after` from the job records, at most [`SCAN_BUDGET`].
     pub fn job_ids_after(&self, after: JobId) -> Result<Vec<JobId>, MachineError> {
-        let tree = self.tree.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let tree = self.tree();
         let start = key(JOB, after.saturating_add(1));
         let mut out = Vec::new();
         let end = key(JOB, u64::MAX);

@@ -240,6 +240,35 @@ pub(super) fn decode<T: for<'de> Deserialize<'de>>(
         })
 }
 
+/// A payload kept apart from its stored form: the bytes, or the marker of
+/// the file they were spilled to (read and checked here).
+pub(super) fn payload_value(
+    files: Option<&SpillDir>,
+    id: JobId,
+    stored: Vec<u8>,
+) -> Result<bytes::Bytes, MachineError> {
+    match (Marker::decode(&stored), files) {
+        (Some(m), Some(files)) => Ok(files.read(id, &m)?.into()),
+        (Some(_), None) => Err(MachineError::Corrupt {
+            key: describe_key(&key(PAYLOAD, id)),
+            reason: "the payload was spilled to a file, and this machine was opened without its files".into(),
+        }),
+        (None, _) => Ok(stored.into()),
+    }
+}
+
+/// The form a machine record is stored in: a payload of
+/// [`crate::spill::SPILL_MIN`] bytes or more goes to its own file, and its
+/// marker to the tree. Snapshot loads store records through this.
+pub fn stored_form(files: &SpillDir, k: &[u8], v: Vec<u8>) -> Result<Vec<u8>, MachineError> {
+    if k.first() != Some(&PAYLOAD) || v.len() < SPILL_MIN {
+        return Ok(v);
+    }
+    let id = job_key_id(k)?;
+    let marker = files.write(&[(id, 0, &v)])?;
+    Ok(marker.first().map(|m| m.encode()).unwrap_or(v))
+}
+
 pub(super) fn missing_payload(id: JobId) -> MachineError {
     MachineError::Corrupt {
         key: describe_key(&key(PAYLOAD, id)),

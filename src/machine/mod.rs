@@ -93,6 +93,7 @@ use crate::job::{
     AfterFailed, EventKind, Job, JobId, JobState, Lease, NewJob, RequeuedBy, PRIORITY_LOWEST,
 };
 use crate::policies::Policies;
+use crate::spill::{Marker, SpillDir, SpillError, SPILL_MIN};
 
 /// Payload bytes one [`Command::Held`] answer carries at most.
 const HELD_ANSWER_BYTES: usize = 16 << 20;
@@ -125,6 +126,9 @@ pub enum MachineError {
     /// A bug in the caller, reported rather than panicked on.
     #[error("a consistent read of the machine could not start: {0}")]
     Capture(&'static str),
+    /// A payload kept in a file of its own could not be written or read.
+    #[error(transparent)]
+    Spill(#[from] SpillError),
 }
 
 /// Persisted with every commit; the applied index and the state it describes
@@ -257,8 +261,12 @@ pub struct MachineStats {
 /// through a [`JobReader`].
 pub struct Machine {
     tree: sled::Tree,
-    /// The same tree, for readers; swapped when a snapshot is installed.
-    shared: Arc<RwLock<sled::Tree>>,
+    /// Where payloads of [`SPILL_MIN`] bytes or more go; None keeps them
+    /// in the tree (a machine opened for tests or tools).
+    files: Option<SpillDir>,
+    /// The same tree and files, for readers; swapped when a snapshot is
+    /// installed.
+    shared: Arc<RwLock<reader::Committed>>,
     /// What the log last set (`P`); defaults until then. Apply reads these,
     /// never a node's own config.
     policies: Arc<Policies>,
@@ -357,6 +365,26 @@ impl Machine {
     /// Opens the machine on its tree and rebuilds the in-memory indexes from
     /// the job records.
     pub fn open(tree: sled::Tree) -> Result<Machine, MachineError> {
+        Machine::open_with(tree, None)
+    }
+
+    /// Opens the machine on its tree, with large payloads in `files` (see
+    /// [`crate::spill`]), and removes any file there no record names: one
+    /// written before a crash whose record never became durable.
+    pub fn open_spilling(tree: sled::Tree, files: SpillDir) -> Result<Machine, MachineError> {
+        files.sweep(|id, name| {
+            name == 0
+                && tree
+                    .get(key(PAYLOAD, id))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| Marker::decode(&v))
+                    .is_some()
+        })?;
+        Machine::open_with(tree, Some(files))
+    }
+
+    fn open_with(tree: sled::Tree, files: Option<SpillDir>) -> Result<Machine, MachineError> {
         check_format(&tree)?;
         let (policies, policies_set) = match tree.get(POLICIES_KEY)? {
             Some(bytes) => match read_policies(&bytes) {
@@ -382,8 +410,12 @@ impl Machine {
         };
         let finished_bytes = Machine::load_finished_bytes(&tree)?;
         let mut machine = Machine {
-            shared: Arc::new(RwLock::new(tree.clone())),
+            shared: Arc::new(RwLock::new(reader::Committed {
+                tree: tree.clone(),
+                files: files.clone(),
+            })),
             tree,
+            files,
             policies: Arc::new(policies),
             policies_set,
             policies_index: 0,
@@ -471,7 +503,7 @@ impl Machine {
     /// A reader of committed job records that needs no access to the machine.
     pub fn reader(&self) -> JobReader {
         JobReader {
-            tree: self.shared.clone(),
+            committed: self.shared.clone(),
         }
     }
 
@@ -494,16 +526,27 @@ impl Machine {
         }
         let (shared, reader) = capture::CaptureReader::start(self.tree.clone());
         self.capture = Some(shared);
-        Ok(reader)
+        Ok(match &self.files {
+            // Files dropped from now on stay until the read ends.
+            Some(files) => reader.with_files(files.clone()),
+            None => reader,
+        })
     }
 
     /// Moves the machine onto `tree` (a snapshot just loaded into it) and
     /// rebuilds the indexes from it. Readers follow; event totals carry on.
-    pub fn replace_tree(&mut self, tree: sled::Tree) -> Result<(), MachineError> {
+    pub fn replace_tree(
+        &mut self,
+        tree: sled::Tree,
+        files: Option<SpillDir>,
+    ) -> Result<(), MachineError> {
         if let Some(c) = self.capture.take() {
             c.cancel();
         }
-        let mut fresh = Machine::open(tree.clone())?;
+        let mut fresh = match files.clone() {
+            Some(files) => Machine::open_spilling(tree.clone(), files)?,
+            None => Machine::open(tree.clone())?,
+        };
         fresh.totals = self.totals;
         fresh.sla_missed = std::mem::take(&mut self.sla_missed);
         fresh.requeued = std::mem::take(&mut self.requeued);
@@ -512,7 +555,8 @@ impl Machine {
         // A snapshot may carry other policies, set at its index.
         fresh.policies_index = fresh.meta.applied_index;
         fresh.shared = self.shared.clone();
-        *fresh.shared.write().unwrap_or_else(|e| e.into_inner()) = tree;
+        *fresh.shared.write().unwrap_or_else(|e| e.into_inner()) =
+            reader::Committed { tree, files };
         *self = fresh;
         Ok(())
     }
@@ -835,6 +879,9 @@ impl Machine {
                 c.before_write(&self.tree, keys.chain(std::iter::once(META_KEY)))?;
             }
         }
+        if let Some(files) = &self.files {
+            spill_staged(files, &mut self.staged)?;
+        }
         let mut batch = sled::Batch::default();
         for (k, v) in std::mem::take(&mut self.staged) {
             match v {
@@ -869,6 +916,38 @@ impl Machine {
     }
 }
 
+/// Writes the large payloads among `staged` to their files (synced before
+/// their markers are written) and puts the markers in their place; queues
+/// the files of removed payloads for removal once that is durable.
+fn spill_staged(
+    files: &SpillDir,
+    staged: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+) -> Result<(), MachineError> {
+    let mut large = Vec::new();
+    for (k, v) in staged.iter() {
+        if k.first() != Some(&PAYLOAD) {
+            continue;
+        }
+        let id = job_key_id(k)?;
+        match v {
+            Some(v) if v.len() >= SPILL_MIN => large.push((id, 0, &v[..])),
+            Some(_) => {}
+            // Kept in the tree or spilled: the unlink finds nothing in the
+            // first case, and costs nothing on the driver's thread.
+            None => files.remove_later(id, 0),
+        }
+    }
+    if large.is_empty() {
+        return Ok(());
+    }
+    let markers = files.write(&large)?;
+    let ids: Vec<JobId> = large.iter().map(|&(id, _, _)| id).collect();
+    for (id, marker) in ids.into_iter().zip(markers) {
+        staged.insert(key(PAYLOAD, id).to_vec(), Some(marker.encode()));
+    }
+    Ok(())
+}
+
 pub mod audit;
 pub mod breaker;
 pub mod canary;
@@ -901,7 +980,7 @@ pub mod versions;
 pub use indexes::QueueCounts;
 use indexes::QueueIndex;
 use keys::*;
-pub use keys::{check_layout, INLINE_PAYLOAD_MAX};
+pub use keys::{check_layout, stored_form, INLINE_PAYLOAD_MAX};
 pub use reader::JobReader;
 pub use retry::jitter;
 

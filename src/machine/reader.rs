@@ -6,12 +6,31 @@ use super::*;
 /// apply, so reads never wait behind writes.
 #[derive(Clone)]
 pub struct JobReader {
-    pub(super) tree: Arc<RwLock<sled::Tree>>,
+    pub(super) committed: Arc<RwLock<Committed>>,
+}
+
+/// The committed tree and where its large payloads are; replaced together
+/// when a snapshot is installed.
+pub(super) struct Committed {
+    pub(super) tree: sled::Tree,
+    pub(super) files: Option<SpillDir>,
 }
 
 impl JobReader {
     pub(super) fn tree(&self) -> sled::Tree {
-        self.tree.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.committed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .tree
+            .clone()
+    }
+
+    fn files(&self) -> Option<SpillDir> {
+        self.committed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .files
+            .clone()
     }
 
     /// A page of the audit log, newest first (see [`audit::page`]).
@@ -109,8 +128,11 @@ impl JobReader {
             return Ok(None);
         };
         let (job, payload): (Job, Payload) = decode(&k, &v)?;
+        let files = self.files();
         let payload = payload.bytes(id, |k| {
-            Ok(tree.get(k)?.map(|v| bytes::Bytes::copy_from_slice(&v)))
+            tree.get(k)?
+                .map(|v| payload_value(files.as_ref(), id, v.to_vec()))
+                .transpose()
         })?;
         Ok(Some((job, payload)))
     }

@@ -127,7 +127,9 @@ impl Machine {
         result: usize,
     ) -> Result<u64, MachineError> {
         let apart = match payload {
-            Payload::Apart => self.get(&key(PAYLOAD, id))?.map_or(0, |p| p.len()),
+            Payload::Apart => self
+                .get(&key(PAYLOAD, id))?
+                .map_or(0, |p| crate::spill::value_len(&p) as usize),
             Payload::Inline(_) => 0,
         };
         Ok((record + apart + result) as u64)

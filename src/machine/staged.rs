@@ -34,7 +34,11 @@ impl Machine {
         id: JobId,
         payload: Payload,
     ) -> Result<bytes::Bytes, MachineError> {
-        payload.bytes(id, |k| Ok(self.get(k)?.map(bytes::Bytes::from)))
+        payload.bytes(id, |k| {
+            self.get(k)?
+                .map(|v| payload_value(self.files.as_ref(), id, v))
+                .transpose()
+        })
     }
 
     pub(super) fn load(&self, id: JobId) -> Result<Option<(Job, Payload)>, MachineError> {
