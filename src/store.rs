@@ -931,6 +931,64 @@ mod tests {
     }
 
     #[test]
+    fn large_entries_live_in_files_until_dropped_and_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path(), 1 << 20).unwrap();
+        let mut s = RaftStore::open(&db).unwrap();
+        let big = |index: u64, term: u64| Entry {
+            index,
+            term,
+            data: vec![index as u8; SPILL_MIN + 10].into(),
+            ..Default::default()
+        };
+        let files = |s: &RaftStore| {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path().join("spill/log"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            let _ = s;
+            names
+        };
+        s.write(&[big(1, 1), entry(2, 1), big(3, 1), big(4, 1)], None)
+            .unwrap();
+        s.flush().unwrap();
+        assert_eq!(files(&s).len(), 3);
+        // Sizes count the entries, not their markers.
+        assert!(s.log_bytes() > 3 * SPILL_MIN as u64);
+        // Read back through sled (not the cache) after a reopen.
+        drop(s);
+        let mut s = RaftStore::open(&db).unwrap();
+        let got = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got[0], big(1, 1));
+        assert_eq!(got[2], big(3, 1));
+        // A new leader overwrites 4; the old file goes at the next flush,
+        // not before: until then the removal may not be durable.
+        s.write(&[big(4, 2)], None).unwrap();
+        assert_eq!(files(&s).len(), 4);
+        s.flush().unwrap();
+        assert!(files(&s).iter().any(|n| n.ends_with("-2")));
+        assert_eq!(files(&s).len(), 3);
+        s.compact(3).unwrap();
+        s.flush().unwrap();
+        assert_eq!(files(&s), vec![format!("{:020}-2", 4)]);
+        assert_eq!(s.term(4).unwrap(), 2);
+        // A file whose marker never became durable is swept at open; one
+        // whose contents are damaged is an error, not a wrong entry.
+        std::fs::write(dir.path().join("spill/log").join(format!("{:020}-9", 7)), b"x").unwrap();
+        std::fs::write(dir.path().join("spill/log").join(format!("{:020}-2", 4)), b"x").unwrap();
+        drop(s);
+        let s = RaftStore::open(&db).unwrap();
+        assert_eq!(files(&s).len(), 1);
+        let err = s
+            .entries(4, 5, None, GetEntriesContext::empty(false))
+            .unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+    }
+
+    #[test]
     fn persists_truncates_compacts_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path(), 1 << 20).unwrap();

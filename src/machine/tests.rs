@@ -3107,3 +3107,83 @@ fn versions_are_seen_first_and_last_to_the_minute_and_only_on_layout_4() {
     let reopened = Machine::open(tree).unwrap();
     assert_eq!(reopened.stats().versions_seen, seen);
 }
+
+#[test]
+fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::store::open_db(dir.path(), 1 << 20).unwrap();
+    let files = db.spill().dir("machine");
+    let mut m = Machine::open_spilling(db.open_tree("machine").unwrap(), files).unwrap();
+    let big = Bytes::from(vec![7u8; SPILL_MIN + 1]);
+    let mut large = new_job("q", PRIORITY_DEFAULT);
+    large.payload = big.clone();
+    let run = |m: &mut Machine, index: u64, command: Command| {
+        let entry = LogEntry {
+            at_ms: index,
+            commands: vec![command],
+        };
+        let out = m.apply(index, 1, &entry).unwrap().remove(0);
+        m.commit().unwrap();
+        out
+    };
+    let jobs = vec![large, new_job("q", PRIORITY_DEFAULT)];
+    run(&mut m, 1, Command::Enqueue { jobs });
+    let spilled = dir.path().join("spill/machine");
+    let count = || std::fs::read_dir(&spilled).unwrap().count();
+    assert_eq!(count(), 1, "only the large payload has a file");
+    let stored = m.tree().get(key(PAYLOAD, 1)).unwrap().unwrap();
+    assert!(Marker::decode(&stored).is_some(), "the tree holds its marker");
+    assert_eq!(m.reader().job_and_payload(1).unwrap().unwrap().1, big);
+
+    // A snapshot carries the bytes; a node loading it spills them again,
+    // to the same records.
+    let records: Vec<_> = m
+        .start_capture()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(records
+        .iter()
+        .any(|(k, v)| k[..] == key(PAYLOAD, 1) && v[..] == big[..]));
+    let other = db.spill().dir("machine.9");
+    let tree = db.open_tree("machine.9").unwrap();
+    for (k, v) in records {
+        tree.insert(&k, stored_form(&other, &k, v.to_vec()).unwrap())
+            .unwrap();
+    }
+    let loaded = Machine::open_spilling(tree, other).unwrap();
+    assert_eq!(loaded.digest().unwrap(), m.digest().unwrap());
+    assert_eq!(loaded.reader().job_and_payload(1).unwrap().unwrap().1, big);
+
+    // A lease hands it out.
+    let leased = run(
+        &mut m,
+        2,
+        Command::Lease {
+            worker: "w".into(),
+            queues: vec!["q".into()],
+            max: 2,
+        },
+    );
+    let Outcome::Leased(leased) = leased else {
+        panic!("unexpected {leased:?}")
+    };
+    let payload_of = |id| leased.iter().find(|l| l.job.id == id).unwrap().payload.clone();
+    assert_eq!(payload_of(1), big);
+    assert_eq!(payload_of(2), Bytes::from_static(b"payload"));
+
+    // Erased: the file goes once the erase is durable, not before.
+    run(
+        &mut m,
+        3,
+        Command::EraseTenantJobs(crate::command::EraseTenantJobs {
+            tenant: "default".into(),
+            after: 0,
+            limit: 100,
+        }),
+    );
+    assert!(m.tree().get(key(PAYLOAD, 1)).unwrap().is_none());
+    assert_eq!(count(), 1);
+    db.flush().unwrap();
+    assert_eq!(count(), 0);
+}
