@@ -211,24 +211,7 @@ impl Write for Paced {
     }
 }
 
-/// Asks the kernel to start writing a range of `file` back, without
-/// waiting. Only pacing: durability comes from the `sync_all` at the end.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: sync_file_range on an open fd we own; no memory is passed.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+use crate::spill::start_writeback;
 
 struct Reader {
     r: Crc<BufReader<File>>,
@@ -364,8 +347,8 @@ pub fn verify(path: &Path) -> Result<SnapshotMeta, SnapshotError> {
 /// Loads every record of a snapshot into `tree`, which should be empty, and
 /// checks the file's CRC. On error the tree holds part of the snapshot and
 /// must be thrown away.
-/// `store_as` gives each record's stored form (a large payload goes to a
-/// file of its own, see [`crate::machine::stored_form`]).
+/// `store_as` gives each record's stored form (the machine puts a large
+/// payload in a file of its own).
 pub fn load<E: std::fmt::Display>(
     path: &Path,
     tree: &sled::Tree,

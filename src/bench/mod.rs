@@ -61,15 +61,19 @@ pub struct BenchArgs {
     /// A scenario instead of the workloads: `mixed` (priorities, weighted
     /// tenants, failures, a concurrency key), `deep` (dispatch rate with
     /// 10,000 and with 1,000,000 ready jobs), `soak` (--jobs e2e with a
-    /// short retention: RSS and data dir at every million jobs) or
-    /// `tenants` (a backlog over 1, 20,000 and 100,000 tenants, drained).
-    #[arg(long, value_parser = ["mixed", "deep", "soak", "tenants"])]
+    /// short retention: RSS and data dir at every million jobs),
+    /// `tenants` (a backlog over 1, 20,000 and 100,000 tenants, drained) or
+    /// `large` (500 payloads of 1,000,000 bytes, or --jobs of
+    /// --payload-bytes, then drained: MB/s against the disk's sequential
+    /// write speed, and the peak RSS and data dir of every node).
+    #[arg(long, value_parser = ["mixed", "deep", "soak", "tenants", "large"])]
     pub scenario: Option<String>,
     /// Config a scenario adds to the nodes it starts.
     #[arg(skip)]
     pub extra_config: String,
 }
 
+mod large;
 mod scenarios;
 mod soak;
 
@@ -637,6 +641,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         Some("deep") => return scenarios::deep(args).await,
         Some("soak") => return soak::soak(args).await,
         Some("tenants") => return scenarios::tenants(args).await,
+        Some("large") => return large::large(args).await,
         _ => {}
     }
     let want = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);

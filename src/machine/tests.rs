@@ -3111,8 +3111,9 @@ fn versions_are_seen_first_and_last_to_the_minute_and_only_on_layout_4() {
 #[test]
 fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let db = crate::store::open_db(dir.path(), 1 << 20).unwrap();
-    let files = db.spill().dir("machine");
+    let db = sled::open(dir.path()).unwrap();
+    let spill = crate::spill::Spill::new(dir.path());
+    let files = spill.dir("machine");
     let mut m = Machine::open_spilling(db.open_tree("machine").unwrap(), files).unwrap();
     let big = Bytes::from(vec![7u8; SPILL_MIN + 1]);
     let mut large = new_job("q", PRIORITY_DEFAULT);
@@ -3145,7 +3146,7 @@ fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
     assert!(records
         .iter()
         .any(|(k, v)| k[..] == key(PAYLOAD, 1) && v[..] == big[..]));
-    let other = db.spill().dir("machine.9");
+    let other = spill.dir("machine.9");
     let tree = db.open_tree("machine.9").unwrap();
     for (k, v) in records {
         tree.insert(&k, stored_form(&other, &k, v.to_vec()).unwrap())
@@ -3184,6 +3185,9 @@ fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
     );
     assert!(m.tree().get(key(PAYLOAD, 1)).unwrap().is_none());
     assert_eq!(count(), 1);
+    // As the node's flush does it.
+    let dropped = spill.before_flush();
     db.flush().unwrap();
+    spill.after_flush(dropped);
     assert_eq!(count(), 0);
 }
