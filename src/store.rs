@@ -242,8 +242,10 @@ pub struct RaftStore {
     log_bytes: u64,
 }
 
-/// Most bytes of entry data [`EntryCache`] keeps.
+/// Most bytes of entry data [`EntryCache`] keeps...
 const CACHE_BYTES: usize = 8 << 20;
+/// ...unless fewer entries than this are that large.
+const CACHE_MIN_ENTRIES: usize = 3;
 
 /// A contiguous run of the newest log entries, in memory.
 #[derive(Default)]
@@ -275,7 +277,10 @@ impl EntryCache {
             self.bytes += Self::size(e);
             self.entries.push_back(e.clone());
         }
-        while self.bytes > CACHE_BYTES && self.entries.len() > 1 {
+        // At least the newest few, however large: raft reads an entry back
+        // to apply it after the next ones are appended, and an entry of
+        // large payloads read from its file costs a read and a checksum.
+        while self.bytes > CACHE_BYTES && self.entries.len() > CACHE_MIN_ENTRIES {
             self.pop_front();
         }
     }
@@ -770,9 +775,14 @@ impl RaftStore {
         self.compacted.0
     }
 
-    fn load(&self, index: u64) -> Result<Entry, StoreError> {
+    /// The term of a stored entry; a spilled one's marker names it, so its
+    /// file is not read.
+    fn stored_term(&self, index: u64) -> Result<u64, StoreError> {
         match self.tree.get(entry_key(index))? {
-            Some(b) => self.parse_entry(index, &b),
+            Some(b) => match Marker::decode(&b) {
+                Some(m) => Ok(m.name),
+                None => self.parse_entry(index, &b).map(|e| e.term),
+            },
             None => Err(corrupt(
                 format!("raft/e/{index}"),
                 "entry is missing from the log",
@@ -836,7 +846,7 @@ impl Storage for RaftStore {
         if let Some(e) = self.recent.get(idx) {
             return Ok(e.term);
         }
-        self.load(idx).map(|e| e.term).map_err(to_raft)
+        self.stored_term(idx).map_err(to_raft)
     }
 
     fn first_index(&self) -> raft::Result<u64> {

@@ -89,7 +89,16 @@ impl Driver {
             at_ms: self.log_now(),
             commands,
         };
-        let data = bincode::serde::encode_to_vec(&entry, bincode::config::standard())
+        // Sized up front: grown by doubling, an entry of large payloads was
+        // copied several times over (a tenth of a node's CPU under them).
+        let mut data = Vec::with_capacity(
+            64 + entry
+                .commands
+                .iter()
+                .map(Command::approx_bytes)
+                .sum::<usize>(),
+        );
+        bincode::serde::encode_into_std_write(&entry, &mut data, bincode::config::standard())
             .expect("bincode encoding of in-memory values cannot fail");
         match self.raw.propose(vec![format], data) {
             Ok(()) => {
