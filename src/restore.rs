@@ -40,7 +40,9 @@ pub fn restore(
     let name = format!("{DEFAULT_MACHINE_TREE}.{}", meta.index);
     let tree = db.open_tree(&name).map_err(store::StoreError::from)?;
     let files = db.spill().dir(&name);
-    snapshot::load(file, &tree, |k, v| crate::machine::stored_form(&files, k, v))?;
+    snapshot::load(file, &tree, |k, v| {
+        crate::machine::stored_form(&files, k, v)
+    })?;
     crate::machine::check_layout(&tree)?;
     let seeded = SnapshotMeta {
         conf_state: ConfState {

@@ -66,7 +66,8 @@ impl Marker {
         if stored.len() != Self::LEN || !stored.starts_with(Self::TAG) {
             return None;
         }
-        let u64_at = |at: usize| u64::from_be_bytes(stored[at..at + 8].try_into().unwrap_or_default());
+        let u64_at =
+            |at: usize| u64::from_be_bytes(stored[at..at + 8].try_into().unwrap_or_default());
         Some(Marker {
             name: u64_at(4),
             len: u64_at(12),
@@ -357,7 +358,10 @@ mod tests {
         // A damaged file is refused, not returned.
         let path = tmp.path().join("spill/log").join(format!("{:020}-2", 9));
         std::fs::write(&path, b"short").unwrap();
-        assert!(matches!(dir.read(9, &m[0]), Err(SpillError::Corrupt { .. })));
+        assert!(matches!(
+            dir.read(9, &m[0]),
+            Err(SpillError::Corrupt { .. })
+        ));
         dir.write(&[(9, 2, &big)]).unwrap();
         // Held by a consistent read: a flush keeps the file.
         dir.remove_later(9, 2);
@@ -367,7 +371,10 @@ mod tests {
         drop(hold);
         spill.after_flush(spill.before_flush());
         assert!(!path.exists());
-        assert!(matches!(dir.read(9, &m[0]), Err(SpillError::Corrupt { .. })));
+        assert!(matches!(
+            dir.read(9, &m[0]),
+            Err(SpillError::Corrupt { .. })
+        ));
     }
 
     #[test]

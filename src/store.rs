@@ -987,8 +987,16 @@ mod tests {
         assert_eq!(s.term(4).unwrap(), 2);
         // A file whose marker never became durable is swept at open; one
         // whose contents are damaged is an error, not a wrong entry.
-        std::fs::write(dir.path().join("spill/log").join(format!("{:020}-9", 7)), b"x").unwrap();
-        std::fs::write(dir.path().join("spill/log").join(format!("{:020}-2", 4)), b"x").unwrap();
+        std::fs::write(
+            dir.path().join("spill/log").join(format!("{:020}-9", 7)),
+            b"x",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("spill/log").join(format!("{:020}-2", 4)),
+            b"x",
+        )
+        .unwrap();
         drop(s);
         let s = RaftStore::open(&db).unwrap();
         assert_eq!(files(&s).len(), 1);

@@ -231,6 +231,56 @@ async fn a_node_that_was_down_catches_up_by_snapshot() {
     );
 }
 
+#[tokio::test]
+async fn large_payloads_reach_every_node_by_log_and_by_snapshot() {
+    // Payloads over 128 KiB live in files of their own (spill/); a node
+    // that was down gets them in a snapshot, which carries their bytes,
+    // and spills them again to the same records (the digests agree).
+    let mut c = TestCluster::start(
+        3,
+        "[jobs]\nheartbeat_timeout = \"2s\"\n[raft]\nlog_keep_entries = 10\nsnapshot_every = 20\n",
+    );
+    let leader = c.leader().await;
+    let down = (leader + 1) % 3;
+    c.nodes[down].kill();
+    let mut p = Producer::connect(&c.nodes[leader].grpc).await.unwrap();
+    let payload = |i: usize| format!("{i:07}").repeat(30_000);
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(
+            p.enqueue(vec![new_job("large", &payload(i))])
+                .await
+                .unwrap()[0]
+                .id,
+        );
+    }
+    c.nodes[down].spawn();
+    c.converged().await;
+    let spilled = |n: &TestNode| {
+        std::fs::read_dir(n.data_dir().join("spill"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|d| d.file_name().to_string_lossy().starts_with("machine"))
+            .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+            .count()
+    };
+    for n in &c.nodes {
+        assert_eq!(
+            spilled(n),
+            ids.len(),
+            "one payload file per job on every node"
+        );
+        let (status, job) = get_json(&format!("{}/api/v1/jobs/{}", n.http, ids[7])).await;
+        assert_eq!(status, 200, "{job}");
+        assert_eq!(job["payload"].as_str(), Some(payload(7).as_str()));
+    }
+    let snaps = std::fs::read_dir(c.nodes[down].data_dir().join("snapshots"))
+        .unwrap()
+        .count();
+    assert!(snaps > 0, "the node caught up without a snapshot");
+}
+
 async fn members_of(node: &TestNode) -> MembersBody {
     node.body("/api/v1/cluster/members").await
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{join_workers, job, target, what_runs, BenchArgs, BenchError};
+use super::{job, join_workers, target, what_runs, BenchArgs, BenchError};
 use crate::client::worker::{self, WorkerOptions};
 use crate::client::Producer;
 

@@ -131,7 +131,8 @@ impl CaptureReader {
         };
         match crate::spill::Marker::decode(&v) {
             Some(m) if k.first() == Some(&super::keys::PAYLOAD) => {
-                let id = super::keys::job_key_id(&k).map_err(|e| CaptureError::Spill(e.to_string()))?;
+                let id =
+                    super::keys::job_key_id(&k).map_err(|e| CaptureError::Spill(e.to_string()))?;
                 let bytes = files
                     .read(id, &m)
                     .map_err(|e| CaptureError::Spill(e.to_string()))?;

@@ -251,7 +251,9 @@ pub(super) fn payload_value(
         (Some(m), Some(files)) => Ok(files.read(id, &m)?.into()),
         (Some(_), None) => Err(MachineError::Corrupt {
             key: describe_key(&key(PAYLOAD, id)),
-            reason: "the payload was spilled to a file, and this machine was opened without its files".into(),
+            reason:
+                "the payload was spilled to a file, and this machine was opened without its files"
+                    .into(),
         }),
         (None, _) => Ok(stored.into()),
     }

@@ -3133,7 +3133,10 @@ fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
     let count = || std::fs::read_dir(&spilled).unwrap().count();
     assert_eq!(count(), 1, "only the large payload has a file");
     let stored = m.tree().get(key(PAYLOAD, 1)).unwrap().unwrap();
-    assert!(Marker::decode(&stored).is_some(), "the tree holds its marker");
+    assert!(
+        Marker::decode(&stored).is_some(),
+        "the tree holds its marker"
+    );
     assert_eq!(m.reader().job_and_payload(1).unwrap().unwrap().1, big);
 
     // A snapshot carries the bytes; a node loading it spills them again,
@@ -3169,7 +3172,14 @@ fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
     let Outcome::Leased(leased) = leased else {
         panic!("unexpected {leased:?}")
     };
-    let payload_of = |id| leased.iter().find(|l| l.job.id == id).unwrap().payload.clone();
+    let payload_of = |id| {
+        leased
+            .iter()
+            .find(|l| l.job.id == id)
+            .unwrap()
+            .payload
+            .clone()
+    };
     assert_eq!(payload_of(1), big);
     assert_eq!(payload_of(2), Bytes::from_static(b"payload"));
 
