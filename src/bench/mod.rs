@@ -71,6 +71,15 @@ pub struct BenchArgs {
     /// Config a scenario adds to the nodes it starts.
     #[arg(skip)]
     pub extra_config: String,
+    /// A second drover binary (another build): every workload runs on
+    /// fresh nodes of this binary and of that one in turn, run by run, and
+    /// both are printed with their ratios, so a change is judged in one
+    /// window of this noisy machine. Build it in a target dir of its own.
+    #[arg(long, conflicts_with_all = ["server", "scenario"])]
+    pub baseline: Option<std::path::PathBuf>,
+    /// The binary the nodes of a run are started from (this one when None).
+    #[arg(skip)]
+    pub exe: Option<std::path::PathBuf>,
 }
 
 mod large;
@@ -106,6 +115,7 @@ impl LocalNode {
     /// Starts a node; `member` makes it (id, gRPC address, `[[peers]]`
     /// tables) a member of a local cluster.
     fn start(
+        exe: Option<&Path>,
         base_config: Option<&Path>,
         member: Option<(u64, String, String)>,
         extra: &str,
@@ -128,7 +138,10 @@ impl LocalNode {
         let grpc_addr = member
             .as_ref()
             .map_or("127.0.0.1:0".to_string(), |m| m.1.clone());
-        let exe = std::env::current_exe().map_err(|e| BenchError::Spawn(e.to_string()))?;
+        let exe = match exe {
+            Some(exe) => exe.to_path_buf(),
+            None => std::env::current_exe().map_err(|e| BenchError::Spawn(e.to_string()))?,
+        };
         let mut child = Command::new(exe)
             .arg("serve")
             .arg("--config")
@@ -292,9 +305,10 @@ async fn start_nodes(args: &BenchArgs) -> Result<Vec<LocalNode>, BenchError> {
     for member in members {
         let config = config.clone();
         let extra = args.extra_config.clone();
+        let exe = args.exe.clone();
         nodes.push(
             tokio::task::spawn_blocking(move || {
-                LocalNode::start(config.as_deref(), member, &extra)
+                LocalNode::start(exe.as_deref(), config.as_deref(), member, &extra)
             })
             .await
             .map_err(|e| BenchError::Spawn(e.to_string()))??,
@@ -601,12 +615,129 @@ where
     for _ in 0..runs.max(1) {
         done.push(f().await?);
     }
+    Ok(figures(&done))
+}
+
+fn figures(done: &[Run]) -> Figures {
     let nodes: Option<Vec<f64>> = done.iter().map(|r| r.cpu.nodes).collect();
-    Ok(Figures {
+    Figures {
         rate: figure(done.iter().map(|r| r.rate).collect()),
         nodes_cpu: nodes.map(|v| figure(v).median),
         client_cpu: figure(done.iter().map(|r| r.cpu.client).collect()).median,
-    })
+    }
+}
+
+/// A throughput workload of `drover bench`.
+#[derive(Clone, Copy)]
+enum Workload {
+    Ping,
+    Enq,
+    Enqs,
+    E2e,
+    E2es,
+    Batch,
+}
+
+impl Workload {
+    const ALL: [Workload; 6] = [
+        Workload::Ping,
+        Workload::Enq,
+        Workload::Enqs,
+        Workload::E2e,
+        Workload::E2es,
+        Workload::Batch,
+    ];
+
+    /// Its name in `--only`.
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Ping => "ping",
+            Workload::Enq => "enq",
+            Workload::Enqs => "enqs",
+            Workload::E2e => "e2e",
+            Workload::E2es => "e2es",
+            Workload::Batch => "batch",
+        }
+    }
+
+    /// Its name in the output.
+    fn label(self) -> &'static str {
+        match self {
+            Workload::Batch => "batch100",
+            w => w.name(),
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Workload::Ping => "calls/s",
+            _ => "jobs/s ",
+        }
+    }
+
+    async fn run(self, args: &BenchArgs) -> Result<Run, BenchError> {
+        match self {
+            Workload::Ping => ping(args).await,
+            Workload::Enq => enqueue(args, 1, Via::Calls).await,
+            Workload::Enqs => enqueue(args, 1, Via::Streams).await,
+            Workload::E2e => end_to_end(args, Via::Calls).await,
+            Workload::E2es => end_to_end(args, Via::Streams).await,
+            Workload::Batch => enqueue(args, 100, Via::Calls).await,
+        }
+    }
+}
+
+/// `--baseline`: each wanted workload on this binary's nodes and the
+/// baseline's in turn, run by run, so both see the same moments of a noisy
+/// machine; prints both, each against its own no-op ceiling, and the ratios.
+async fn compare(args: &BenchArgs) -> Result<(), BenchError> {
+    let want = |w: Workload| args.only.is_empty() || args.only.iter().any(|o| o == w.name());
+    let base = BenchArgs {
+        exe: args.baseline.clone(),
+        ..args.clone()
+    };
+    println!(
+        "  (A/B: \"this\" is this binary, \"base\" is {}; lat and rss are not compared)",
+        args.baseline
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    );
+    let mut ceilings: Option<(f64, f64)> = None;
+    for w in Workload::ALL.into_iter().filter(|w| want(*w)) {
+        let (mut this, mut other) = (Vec::new(), Vec::new());
+        for _ in 0..args.runs.max(1) {
+            this.push(w.run(args).await?);
+            other.push(w.run(&base).await?);
+        }
+        let (this, other) = (figures(&this), figures(&other));
+        print_rate(
+            &format!("{} this", w.label()),
+            &this,
+            w.unit(),
+            ceilings.map(|c| c.0),
+        );
+        print_rate(
+            &format!("{} base", w.label()),
+            &other,
+            w.unit(),
+            ceilings.map(|c| c.1),
+        );
+        let cpu = match (this.nodes_cpu, other.nodes_cpu) {
+            (Some(a), Some(b)) if b > 0.0 => format!(", node cpu/op {:.2}", a / b),
+            _ => String::new(),
+        };
+        println!(
+            "{:<10} this/base: rate {:.2}{cpu}, client cpu/op {:.2}",
+            "",
+            this.rate.median / other.rate.median.max(f64::MIN_POSITIVE),
+            this.client_cpu / other.client_cpu.max(f64::MIN_POSITIVE)
+        );
+        if let Workload::Ping = w {
+            ceilings = Some((this.rate.median, other.rate.median));
+        }
+    }
+    Ok(())
 }
 
 fn print_rate(name: &str, f: &Figures, unit: &str, ceiling: Option<f64>) {
@@ -653,27 +784,24 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         args.producers,
         what_runs(&args, " per run")
     );
+    if args.baseline.is_some() {
+        return compare(&args).await;
+    }
     let mut ceiling = None;
-    if want("ping") {
-        let f = repeat(args.runs, || ping(&args)).await?;
-        print_rate("ping", &f, "calls/s", None);
-        ceiling = Some(f.rate.median);
-    }
-    if want("enq") {
-        let f = repeat(args.runs, || enqueue(&args, 1, Via::Calls)).await?;
-        print_rate("enq", &f, "jobs/s ", ceiling);
-    }
-    if want("enqs") {
-        let f = repeat(args.runs, || enqueue(&args, 1, Via::Streams)).await?;
-        print_rate("enqs", &f, "jobs/s ", ceiling);
-    }
-    if want("e2e") {
-        let f = repeat(args.runs, || end_to_end(&args, Via::Calls)).await?;
-        print_rate("e2e", &f, "jobs/s ", ceiling);
-    }
-    if want("e2es") {
-        let f = repeat(args.runs, || end_to_end(&args, Via::Streams)).await?;
-        print_rate("e2es", &f, "jobs/s ", ceiling);
+    for w in [
+        Workload::Ping,
+        Workload::Enq,
+        Workload::Enqs,
+        Workload::E2e,
+        Workload::E2es,
+    ] {
+        if want(w.name()) {
+            let f = repeat(args.runs, || w.run(&args)).await?;
+            print_rate(w.label(), &f, w.unit(), ceiling);
+            if let Workload::Ping = w {
+                ceiling = Some(f.rate.median);
+            }
+        }
     }
     if want("lat") {
         let mut p50 = Vec::new();
@@ -690,8 +818,8 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         );
     }
     if want("batch") {
-        let f = repeat(args.runs, || enqueue(&args, 100, Via::Calls)).await?;
-        print_rate("batch100", &f, "jobs/s ", ceiling);
+        let f = repeat(args.runs, || Workload::Batch.run(&args)).await?;
+        print_rate(Workload::Batch.label(), &f, Workload::Batch.unit(), ceiling);
     }
     if want("rss") && args.rss_jobs > 0 {
         match rss(&args).await? {
