@@ -287,17 +287,18 @@ impl SpillDir {
             }
             Err(source) => return Err(SpillError::Io { path, source }),
         };
-        if value.len() as u64 != marker.len || crc32fast::hash(&value) != marker.crc {
-            return Err(SpillError::Corrupt {
-                path,
-                reason: format!(
-                    "it holds {} bytes that do not match the {} bytes and checksum recorded",
-                    value.len(),
-                    marker.len
-                ),
-            });
-        }
-        Ok(value)
+        let reason = if value.len() as u64 != marker.len {
+            format!(
+                "it holds {} bytes where its record says {}",
+                value.len(),
+                marker.len
+            )
+        } else if crc32fast::hash(&value) != marker.crc {
+            "its checksum does not match its record".to_string()
+        } else {
+            return Ok(value);
+        };
+        Err(SpillError::Corrupt { path, reason })
     }
 
     /// Queues the file of (id, name) for removal after the next flush.

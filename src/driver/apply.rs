@@ -87,6 +87,9 @@ impl Driver {
         self.machine.commit()?;
         // Publish before replying, so whoever is answered sees the new state.
         self.job_times.record(self.machine.take_observations());
+        for (job_id, error) in self.machine.take_unreadable_payloads() {
+            tracing::error!(event = "payload_unreadable", job_id, %error, "cannot read a leased job's payload on this node: the job is not handed out and its lease expires");
+        }
         let revoked = self.machine.take_lease_events();
         for e in &revoked {
             tracing::warn!(event = e.event, what = e.what, job_id = e.job_id, queue = %e.queue, worker = %e.worker, attempt = e.attempt, "a lease ended without a result");

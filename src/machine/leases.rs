@@ -8,24 +8,47 @@ use crate::policies::AfterFailure;
 impl Machine {
     /// The jobs leased to `worker` now, as a lease hands them out. Changes
     /// nothing.
-    pub(super) fn held(&self, worker: &str) -> Result<Vec<LeasedJob>, MachineError> {
+    pub(super) fn held(&mut self, worker: &str) -> Result<Vec<LeasedJob>, MachineError> {
         let Some(ids) = self.held_by.get(worker) else {
             return Ok(Vec::new());
         };
+        let ids: Vec<JobId> = ids.iter().copied().collect();
         let mut out = Vec::with_capacity(ids.len());
         let mut bytes = 0;
-        for &id in ids {
+        for id in ids {
             // One answer stays well inside a gRPC message; leases past it
             // are not re-sent and run again after they expire.
             if bytes >= HELD_ANSWER_BYTES {
                 break;
             }
             let (job, payload) = self.must_load(id)?;
-            let payload = self.payload_bytes(job.id, payload)?;
+            let Some(payload) = self.payload_for_lease(job.id, payload)? else {
+                continue;
+            };
             bytes += payload.len();
             out.push(LeasedJob { job, payload });
         }
         Ok(out)
+    }
+
+    /// A leased job's payload to hand out, or None when its file cannot be
+    /// read on this node: the job is left out of the answer (its lease
+    /// stays and expires, so it runs again, on a node whose copy reads)
+    /// rather than stopping the node, which replays the same lease at every
+    /// start. The lease itself is state and is the same on every node.
+    fn payload_for_lease(
+        &mut self,
+        id: JobId,
+        payload: Payload,
+    ) -> Result<Option<bytes::Bytes>, MachineError> {
+        match self.payload_bytes(id, payload) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(MachineError::Spill(e)) => {
+                self.unreadable.push((id, e.to_string()));
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Leases up to `max` ready jobs of `queues` to `worker`; a worker of
@@ -139,8 +162,9 @@ impl Machine {
             self.totals.dispatched += 1;
             self.tally
                 .count(&job.queue, &job.job_type, tally::Counted::Dispatched);
-            let payload = self.payload_bytes(job.id, payload)?;
-            out.push(LeasedJob { job, payload });
+            if let Some(payload) = self.payload_for_lease(job.id, payload)? {
+                out.push(LeasedJob { job, payload });
+            }
         }
         // The clocks are state every node must agree on: written with the
         // leases, once per queue per command.

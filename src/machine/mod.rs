@@ -297,6 +297,9 @@ pub struct Machine {
     /// What the last applied entries did to leases, for the driver's log
     /// (`queue_timeout`, `queue_requeued`); not state.
     lease_events: Vec<LeaseEvent>,
+    /// Leased jobs whose payload file could not be read here (job id, why),
+    /// for the driver's log; not state: another node may read its copy.
+    unreadable: Vec<(JobId, String)>,
     /// Dead jobs by (queue, last error class), for the dead-letter view.
     dead_classes: BTreeMap<(String, String), u64>,
     /// Leased jobs by the worker holding them, for [`Command::Held`].
@@ -432,6 +435,7 @@ impl Machine {
             exec_deadlines: BTreeSet::new(),
             exec_of: HashMap::new(),
             lease_events: Vec::new(),
+            unreadable: Vec::new(),
             totals: Totals::default(),
             sla_missed: BTreeMap::new(),
             requeued: BTreeMap::new(),
@@ -480,6 +484,12 @@ impl Machine {
     /// What the entries applied since the last call did to leases.
     pub fn take_lease_events(&mut self) -> Vec<LeaseEvent> {
         std::mem::take(&mut self.lease_events)
+    }
+
+    /// Jobs leased since the last call whose payload could not be read on
+    /// this node (job id, why): they were left out of the lease's answer.
+    pub fn take_unreadable_payloads(&mut self) -> Vec<(JobId, String)> {
+        std::mem::take(&mut self.unreadable)
     }
 
     /// Counts a lease of `queue` taken back for reason `REQUEUE_REASONS[why]`.

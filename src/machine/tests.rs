@@ -3183,10 +3183,35 @@ fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
     assert_eq!(payload_of(1), big);
     assert_eq!(payload_of(2), Bytes::from_static(b"payload"));
 
+    // A damaged file leaves its job out of the lease's answer and is
+    // reported; the lease is state like any other, and the node goes on.
+    let mut large = new_job("q", PRIORITY_DEFAULT);
+    large.payload = big.clone();
+    run(&mut m, 3, Command::Enqueue { jobs: vec![large] });
+    std::fs::write(spilled.join(format!("{:020}-0", 3)), b"damaged").unwrap();
+    let leased = run(
+        &mut m,
+        4,
+        Command::Lease {
+            worker: "w".into(),
+            queues: vec!["q".into()],
+            max: 1,
+        },
+    );
+    assert!(
+        matches!(&leased, Outcome::Leased(v) if v.is_empty()),
+        "{leased:?}"
+    );
+    let unreadable = m.take_unreadable_payloads();
+    assert_eq!(unreadable.len(), 1);
+    assert_eq!(unreadable[0].0, 3);
+    assert!(unreadable[0].1.contains("damaged"), "{unreadable:?}");
+    assert_eq!(m.reader().job(3).unwrap().unwrap().state, JobState::Leased);
+
     // Erased: the file goes once the erase is durable, not before.
     run(
         &mut m,
-        3,
+        5,
         Command::EraseTenantJobs(crate::command::EraseTenantJobs {
             tenant: "default".into(),
             after: 0,
@@ -3194,7 +3219,7 @@ fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
         }),
     );
     assert!(m.tree().get(key(PAYLOAD, 1)).unwrap().is_none());
-    assert_eq!(count(), 1);
+    assert_eq!(count(), 2);
     // As the node's flush does it.
     let dropped = spill.before_flush();
     db.flush().unwrap();
