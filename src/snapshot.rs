@@ -352,12 +352,12 @@ pub fn verify(path: &Path) -> Result<SnapshotMeta, SnapshotError> {
 pub fn load<E: std::fmt::Display>(
     path: &Path,
     tree: &sled::Tree,
-    mut store_as: impl FnMut(&[u8], Vec<u8>) -> Result<Vec<u8>, E>,
+    mut store_as: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), E>,
 ) -> Result<SnapshotMeta, SnapshotError> {
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
     let meta = scan(path, |k, v| {
-        let v = store_as(&k, v).map_err(|e| SnapshotError::Store(e.to_string()))?;
+        let (k, v) = store_as(k, v).map_err(|e| SnapshotError::Store(e.to_string()))?;
         batch.insert(k, v);
         in_batch += 1;
         if in_batch == LOAD_BATCH {
@@ -403,8 +403,8 @@ pub fn path_for(dir: &Path, index: u64, term: u64) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn as_is(_: &[u8], v: Vec<u8>) -> Result<Vec<u8>, std::convert::Infallible> {
-        Ok(v)
+    fn as_is(k: Vec<u8>, v: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), std::convert::Infallible> {
+        Ok((k, v))
     }
 
     fn meta() -> SnapshotMeta {

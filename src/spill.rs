@@ -134,6 +134,16 @@ struct Removals {
 pub struct Spill {
     root: PathBuf,
     removals: Mutex<Removals>,
+    /// Hands flushed removals to a thread of their own, so a flush reports
+    /// durability without waiting for unlinks. Made at the first removal.
+    unlinker: Mutex<Option<std::sync::mpsc::Sender<Unlink>>>,
+}
+
+/// What the unlinker thread is asked.
+enum Unlink {
+    Paths(Vec<PathBuf>),
+    /// Answer once everything sent before is unlinked.
+    Settled(std::sync::mpsc::SyncSender<()>),
 }
 
 impl Spill {
@@ -142,6 +152,7 @@ impl Spill {
         Arc::new(Spill {
             root: data_dir.join("spill"),
             removals: Mutex::default(),
+            unlinker: Mutex::default(),
         })
     }
 
@@ -186,22 +197,81 @@ impl Spill {
         std::mem::take(&mut r.paths)
     }
 
-    /// Unlinks what [`Spill::before_flush`] took, now that the flush that
-    /// dropped their markers is done.
+    /// Has what [`Spill::before_flush`] took unlinked, now that the flush
+    /// that dropped their markers is done: by a thread of its own, or here
+    /// if it cannot be started.
     pub fn after_flush(&self, taken: Vec<PathBuf>) {
-        for path in taken {
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(event = "spill_unlink_failed", path = %path.display(), error = %e, "cannot remove a spilled value no longer used; it stays until the node's next start");
-                }
+        if taken.is_empty() {
+            return;
+        }
+        let mut unlinker = self.unlinker.lock().unwrap_or_else(|e| e.into_inner());
+        if unlinker.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<Unlink>();
+            let spawned = std::thread::Builder::new()
+                .name("spill-unlinker".into())
+                .spawn(move || {
+                    while let Ok(asked) = rx.recv() {
+                        match asked {
+                            Unlink::Paths(paths) => unlink(paths),
+                            Unlink::Settled(done) => {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                });
+            if spawned.is_ok() {
+                *unlinker = Some(tx);
             }
         }
+        match unlinker.as_ref() {
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(Unlink::Paths(back))) =
+                    tx.send(Unlink::Paths(taken))
+                {
+                    unlink(back);
+                }
+            }
+            None => unlink(taken),
+        }
+    }
+
+    /// Waits until every removal handed on so far is unlinked (tests, and
+    /// whoever must see the disk settle).
+    pub fn settle(&self) {
+        let tx = self
+            .unlinker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(tx) = tx {
+            let (done_tx, done) = std::sync::mpsc::sync_channel(1);
+            if tx.send(Unlink::Settled(done_tx)).is_ok() {
+                let _ = done.recv();
+            }
+        }
+    }
+
+    /// Queues again what a failed flush took.
+    pub fn flush_failed(&self, taken: Vec<PathBuf>) {
+        self.lock().paths.extend(taken);
     }
 
     /// Keeps dropped files while the returned guard lives.
     pub fn hold(self: &Arc<Self>) -> SpillHold {
         self.lock().holds += 1;
         SpillHold(self.clone())
+    }
+}
+
+fn unlink(paths: Vec<PathBuf>) {
+    {
+        for path in paths {
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(event = "spill_unlink_failed", path = %path.display(), error = %e, "cannot remove a spilled value no longer used; it stays until the node's next start");
+                }
+            }
+        }
     }
 }
 
@@ -277,6 +347,20 @@ impl SpillDir {
     /// The value `marker` stands for, checked against it.
     pub fn read(&self, id: u64, marker: &Marker) -> Result<Vec<u8>, SpillError> {
         let path = self.path(id, marker.name);
+        // The size first: a damaged marker must not make us read gigabytes.
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() != marker.len => {
+                return Err(SpillError::Corrupt {
+                    reason: format!(
+                        "it holds {} bytes where its record says {}",
+                        m.len(),
+                        marker.len
+                    ),
+                    path,
+                })
+            }
+            _ => {}
+        }
         let value = match std::fs::read(&path) {
             Ok(v) => v,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -322,6 +406,9 @@ impl SpillDir {
         let mut removed = 0;
         for entry in entries {
             let entry = entry.map_err(io)?;
+            if entry.file_type().map_err(io)?.is_dir() {
+                continue;
+            }
             let name = entry.file_name();
             let parsed = name.to_str().and_then(|n| {
                 let (id, name) = n.split_once('-')?;
@@ -368,9 +455,11 @@ mod tests {
         dir.remove_later(9, 2);
         let hold = spill.hold();
         spill.after_flush(spill.before_flush());
+        spill.settle();
         assert!(path.exists());
         drop(hold);
         spill.after_flush(spill.before_flush());
+        spill.settle();
         assert!(!path.exists());
         assert!(matches!(
             dir.read(9, &m[0]),

@@ -164,7 +164,10 @@ impl Database {
     /// values whose markers that dropped.
     pub fn flush(&self) -> Result<(), sled::Error> {
         let dropped = self.spill.before_flush();
-        self.db.flush()?;
+        if let Err(e) = self.db.flush() {
+            self.spill.flush_failed(dropped);
+            return Err(e);
+        }
         self.spill.after_flush(dropped);
         Ok(())
     }
@@ -387,7 +390,7 @@ impl RaftStore {
             tree.remove(k)?;
         }
         let mut sizes = std::collections::VecDeque::new();
-        let mut log_bytes = 0;
+        let mut log_bytes = 0u64;
         let mut spilled = std::collections::HashSet::new();
         for item in tree.range(below..entry_key(u64::MAX)) {
             let (k, v) = item?;
@@ -399,9 +402,9 @@ impl RaftStore {
             if let Some(m) = Marker::decode(&v) {
                 spilled.insert((index, m.name));
             }
-            let len = stored_len(&v);
+            let len = stored_len(&v).min(u64::from(u32::MAX));
             sizes.push_back((index, len as u32));
-            log_bytes += len;
+            log_bytes = log_bytes.saturating_add(len);
         }
         // Files of entries compacted or overwritten before a crash let their
         // removal happen, and of entries whose marker never became durable.
@@ -952,12 +955,13 @@ mod tests {
             ..Default::default()
         };
         let files = |s: &RaftStore| {
+            // Unlinks happen on a thread of their own, after the flush.
+            s.db.spill().settle();
             let mut names: Vec<String> = std::fs::read_dir(dir.path().join("spill/log"))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect();
             names.sort();
-            let _ = s;
             names
         };
         s.write(&[big(1, 1), entry(2, 1), big(3, 1), big(4, 1)], None)

@@ -129,17 +129,15 @@ impl CaptureReader {
         let Some((files, _)) = &self.files else {
             return Ok((k, v));
         };
-        match crate::spill::Marker::decode(&v) {
-            Some(m) if k.first() == Some(&super::keys::PAYLOAD) => {
-                let id =
-                    super::keys::job_key_id(&k).map_err(|e| CaptureError::Spill(e.to_string()))?;
-                let bytes = files
-                    .read(id, &m)
-                    .map_err(|e| CaptureError::Spill(e.to_string()))?;
-                Ok((k, IVec::from(bytes)))
-            }
-            _ => Ok((k, v)),
+        if k.first() != Some(&super::keys::SPILLED) {
+            return Ok((k, v));
         }
+        let spill = |e: super::MachineError| CaptureError::Spill(e.to_string());
+        let id = super::keys::job_key_id(&k).map_err(spill)?;
+        let bytes = super::keys::read_spilled(Some(files), id, &v).map_err(spill)?;
+        // Under its key of the tree's layout, so any build reads the file.
+        let payload = super::keys::with_prefix(super::keys::PAYLOAD, &k);
+        Ok((IVec::from(payload), IVec::from(bytes.to_vec())))
     }
 
     /// Reads the next slice into `ready`; false at the end.

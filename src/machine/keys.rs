@@ -18,6 +18,11 @@ pub(super) const POLICIES_KEY: &[u8] = b"P";
 pub(super) const JOB: u8 = b'j';
 /// `p`+id: a payload too large to share its job's record.
 pub(super) const PAYLOAD: u8 = b'p';
+/// `q`+id: the marker of a payload of [`SPILL_MIN`] bytes or more, kept in
+/// a file of its own (`DATA_DIR/spill/TREE/ID-0`). Not under `p`: a build
+/// from before spilling finds no payload there and stops with an error,
+/// where it would hand out the marker as the payload.
+pub(super) const SPILLED: u8 = b'q';
 /// `r`+id: a job's result.
 pub(super) const RESULT: u8 = b'r';
 /// `i`+scope: an idempotency key's job (jobs.rs).
@@ -88,6 +93,7 @@ pub(super) const PREFIXES: &[(&str, u8)] = &[
     ("POLICIES_KEY", POLICIES_KEY[0]),
     ("JOB", JOB),
     ("PAYLOAD", PAYLOAD),
+    ("SPILLED", SPILLED),
     ("RESULT", RESULT),
     ("IDEMPOTENCY", IDEMPOTENCY),
     ("CLOCKS", CLOCKS),
@@ -240,35 +246,68 @@ pub(super) fn decode<T: for<'de> Deserialize<'de>>(
         })
 }
 
-/// A payload kept apart from its stored form: the bytes, or the marker of
-/// the file they were spilled to (read and checked here).
-pub(super) fn payload_value(
-    files: Option<&SpillDir>,
-    id: JobId,
-    stored: Vec<u8>,
-) -> Result<bytes::Bytes, MachineError> {
-    match (Marker::decode(&stored), files) {
-        (Some(m), Some(files)) => Ok(files.read(id, &m)?.into()),
-        (Some(_), None) => Err(MachineError::Corrupt {
-            key: describe_key(&key(PAYLOAD, id)),
-            reason:
-                "the payload was spilled to a file, and this machine was opened without its files"
-                    .into(),
-        }),
-        (None, _) => Ok(stored.into()),
-    }
+/// The marker record of a payload spilled to a file (`q`+id), from the
+/// form a snapshot carries it in (`p`+id with its bytes), or None for any
+/// other record: a payload of [`SPILL_MIN`] bytes or more is kept in a file.
+pub(super) fn spilled_form(k: &[u8], v: &[u8]) -> Option<(Vec<u8>, Marker)> {
+    (k.first() == Some(&PAYLOAD) && k.len() == 9 && v.len() >= SPILL_MIN)
+        .then(|| (with_prefix(SPILLED, k), Marker::of(0, v)))
 }
 
-/// The form a machine record is stored in: a payload of
-/// [`crate::spill::SPILL_MIN`] bytes or more goes to its own file, and its
-/// marker to the tree. Snapshot loads store records through this.
-pub fn stored_form(files: &SpillDir, k: &[u8], v: Vec<u8>) -> Result<Vec<u8>, MachineError> {
-    if k.first() != Some(&PAYLOAD) || v.len() < SPILL_MIN {
-        return Ok(v);
+/// A spilled payload's bytes, from its marker record (`q`+id).
+pub(super) fn read_spilled(
+    files: Option<&SpillDir>,
+    id: JobId,
+    stored: &[u8],
+) -> Result<bytes::Bytes, MachineError> {
+    let corrupt = |reason: &str| MachineError::Corrupt {
+        key: describe_key(&key(SPILLED, id)),
+        reason: reason.into(),
+    };
+    let marker =
+        Marker::decode(stored).ok_or_else(|| corrupt("it is not a spilled payload's marker"))?;
+    let files = files.ok_or_else(|| {
+        corrupt("the payload was spilled to a file, and this machine was opened without its files")
+    })?;
+    Ok(files.read(id, &marker)?.into())
+}
+
+/// The same key under another prefix.
+pub(super) fn with_prefix(prefix: u8, k: &[u8]) -> Vec<u8> {
+    let mut out = k.to_vec();
+    if let Some(first) = out.first_mut() {
+        *first = prefix;
     }
-    let id = job_key_id(k)?;
+    out
+}
+
+/// The form a machine record is stored in: a payload of [`SPILL_MIN`]
+/// bytes or more goes to its own file, and its marker to the tree under
+/// `q`+id. Snapshot loads store records through this.
+pub fn stored_form(
+    files: &SpillDir,
+    k: Vec<u8>,
+    v: Vec<u8>,
+) -> Result<(Vec<u8>, Vec<u8>), MachineError> {
+    let Some((spilled, _)) = spilled_form(&k, &v) else {
+        return Ok((k, v));
+    };
+    let id = job_key_id(&k)?;
     let marker = files.write(&[(id, 0, &v)])?;
-    Ok(marker.first().map(|m| m.encode()).unwrap_or(v))
+    Ok(match marker.first() {
+        Some(m) => (spilled, m.encode()),
+        None => (k, v),
+    })
+}
+
+/// A record as digests count it: a payload's marker whether it is kept in
+/// a file or (written before spilling, or staged) in the tree, so nodes
+/// that hold the same state agree however each stored it.
+pub(super) fn digest_form(k: Vec<u8>, v: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    match spilled_form(&k, &v) {
+        Some((spilled, marker)) => (spilled, marker.encode()),
+        None => (k, v),
+    }
 }
 
 pub(super) fn missing_payload(id: JobId) -> MachineError {

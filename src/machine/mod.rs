@@ -375,15 +375,12 @@ impl Machine {
     /// [`crate::spill`]), and removes any file there no record names: one
     /// written before a crash whose record never became durable.
     pub fn open_spilling(tree: sled::Tree, files: SpillDir) -> Result<Machine, MachineError> {
-        files.sweep(|id, name| {
-            name == 0
-                && tree
-                    .get(key(PAYLOAD, id))
-                    .ok()
-                    .flatten()
-                    .and_then(|v| Marker::decode(&v))
-                    .is_some()
-        })?;
+        let mut spilled = std::collections::HashSet::new();
+        for item in tree.scan_prefix([SPILLED]) {
+            let (k, _) = item?;
+            spilled.insert(job_key_id(&k)?);
+        }
+        files.sweep(|id, name| name == 0 && spilled.contains(&id))?;
         Machine::open_with(tree, Some(files))
     }
 
@@ -881,6 +878,11 @@ impl Machine {
     /// index, in one atomic batch. Does not flush: the raft log already holds
     /// the entries durably and replays them after a crash.
     pub fn commit(&mut self) -> Result<(), MachineError> {
+        // First, so a running capture saves the keys the batch really writes.
+        let removed = match &self.files {
+            Some(files) => spill_staged(files, &self.tree, &mut self.staged)?,
+            None => Vec::new(),
+        };
         if let Some(c) = &self.capture {
             if c.finished() {
                 self.capture = None;
@@ -888,9 +890,6 @@ impl Machine {
                 let keys = self.staged.keys().map(|k| &k[..]);
                 c.before_write(&self.tree, keys.chain(std::iter::once(META_KEY)))?;
             }
-        }
-        if let Some(files) = &self.files {
-            spill_staged(files, &mut self.staged)?;
         }
         let mut batch = sled::Batch::default();
         for (k, v) in std::mem::take(&mut self.staged) {
@@ -901,6 +900,11 @@ impl Machine {
         }
         batch.insert(META_KEY, encode(&self.meta));
         self.tree.apply_batch(batch)?;
+        if let Some(files) = &self.files {
+            for id in removed {
+                files.remove_later(id, 0);
+            }
+        }
         Ok(())
     }
 
@@ -922,40 +926,56 @@ impl Machine {
             };
         }
         all.remove(META_KEY);
+        let all: BTreeMap<Vec<u8>, Vec<u8>> =
+            all.into_iter().map(|(k, v)| digest_form(k, v)).collect();
         Ok(hash_records(all.iter().map(|(k, v)| (&k[..], &v[..]))))
     }
 }
 
 /// Writes the large payloads among `staged` to their files (synced before
-/// their markers are written) and puts the markers in their place; queues
-/// the files of removed payloads for removal once that is durable.
+/// their markers are staged) and stages each marker under `q`+id in the
+/// payload's place; stages the removal of the marker of every spilled
+/// payload being removed, and answers their ids: their files may go only
+/// once that removal is written (and then flushed).
 fn spill_staged(
     files: &SpillDir,
+    tree: &sled::Tree,
     staged: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-) -> Result<(), MachineError> {
+) -> Result<Vec<JobId>, MachineError> {
     let mut large = Vec::new();
+    let mut removed = Vec::new();
     for (k, v) in staged.iter() {
         if k.first() != Some(&PAYLOAD) {
             continue;
         }
-        let id = job_key_id(k)?;
         match v {
-            Some(v) if v.len() >= SPILL_MIN => large.push((id, 0, &v[..])),
+            Some(v) if v.len() >= SPILL_MIN => large.push((job_key_id(k)?, k.clone())),
             Some(_) => {}
-            // Kept in the tree or spilled: the unlink finds nothing in the
-            // first case, and costs nothing on the driver's thread.
-            None => files.remove_later(id, 0),
+            None => {
+                if tree.contains_key(with_prefix(SPILLED, k))? {
+                    removed.push(job_key_id(k)?);
+                }
+            }
         }
     }
+    for &id in &removed {
+        staged.insert(key(SPILLED, id).to_vec(), None);
+    }
     if large.is_empty() {
-        return Ok(());
+        return Ok(removed);
     }
-    let markers = files.write(&large)?;
-    let ids: Vec<JobId> = large.iter().map(|&(id, _, _)| id).collect();
-    for (id, marker) in ids.into_iter().zip(markers) {
-        staged.insert(key(PAYLOAD, id).to_vec(), Some(marker.encode()));
+    let markers = {
+        let values: Vec<(u64, u64, &[u8])> = large
+            .iter()
+            .filter_map(|(id, k)| staged.get(k)?.as_deref().map(|v| (*id, 0, v)))
+            .collect();
+        files.write(&values)?
+    };
+    for ((id, k), marker) in large.into_iter().zip(markers) {
+        staged.remove(&k);
+        staged.insert(key(SPILLED, id).to_vec(), Some(marker.encode()));
     }
-    Ok(())
+    Ok(removed)
 }
 
 pub mod audit;

@@ -25,14 +25,6 @@ impl JobReader {
             .clone()
     }
 
-    fn files(&self) -> Option<SpillDir> {
-        self.committed
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .files
-            .clone()
-    }
-
     /// A page of the audit log, newest first (see [`audit::page`]).
     pub fn audit(
         &self,
@@ -122,19 +114,32 @@ impl JobReader {
     /// Job `id`'s committed record and its payload, read from its own record
     /// when it is not kept inline.
     pub fn job_and_payload(&self, id: JobId) -> Result<Option<(Job, bytes::Bytes)>, MachineError> {
-        let tree = self.tree();
+        // One read of both: a snapshot installed meanwhile swaps them
+        // together.
+        let (tree, files) = {
+            let c = self.committed.read().unwrap_or_else(|e| e.into_inner());
+            (c.tree.clone(), c.files.clone())
+        };
         let k = key(JOB, id);
         let Some(v) = tree.get(k)? else {
             return Ok(None);
         };
         let (job, payload): (Job, Payload) = decode(&k, &v)?;
-        let files = self.files();
         let payload = payload.bytes(id, |k| {
-            tree.get(k)?
-                .map(|v| payload_value(files.as_ref(), id, v.to_vec()))
+            if let Some(v) = tree.get(k)? {
+                return Ok(Some(bytes::Bytes::copy_from_slice(&v)));
+            }
+            tree.get(key(SPILLED, id))?
+                .map(|m| read_spilled(files.as_ref(), id, &m))
                 .transpose()
-        })?;
-        Ok(Some((job, payload)))
+        });
+        match payload {
+            Ok(payload) => Ok(Some((job, payload))),
+            // Removed since the record was read (retention, an erase): its
+            // file may be gone with it.
+            Err(_) if tree.get(k)?.is_none() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// What job `id`'s worker returned when it succeeded; empty if nothing was
@@ -151,11 +156,12 @@ impl JobReader {
     /// [`Machine::digest`] computes it. Consistent only while nothing is
     /// applied meanwhile: for comparing nodes of a quiet cluster.
     pub fn digest(&self) -> Result<(u64, u64), MachineError> {
-        let mut records = Vec::new();
+        let mut records = BTreeMap::new();
         for item in self.tree().iter() {
             let (k, v) = item?;
             if &k[..] != META_KEY {
-                records.push((k, v));
+                let (k, v) = digest_form(k.to_vec(), v.to_vec());
+                records.insert(k, v);
             }
         }
         let applied = match self.tree().get(META_KEY)? {

@@ -127,9 +127,12 @@ impl Machine {
         result: usize,
     ) -> Result<u64, MachineError> {
         let apart = match payload {
-            Payload::Apart => self
-                .get(&key(PAYLOAD, id))?
-                .map_or(0, |p| crate::spill::value_len(&p) as usize),
+            Payload::Apart => match self.get(&key(PAYLOAD, id))? {
+                Some(p) => p.len(),
+                None => self
+                    .get(&key(super::keys::SPILLED, id))?
+                    .map_or(0, |m| crate::spill::value_len(&m) as usize),
+            },
             Payload::Inline(_) => 0,
         };
         Ok((record + apart + result) as u64)

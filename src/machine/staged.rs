@@ -35,8 +35,11 @@ impl Machine {
         payload: Payload,
     ) -> Result<bytes::Bytes, MachineError> {
         payload.bytes(id, |k| {
-            self.get(k)?
-                .map(|v| payload_value(self.files.as_ref(), id, v))
+            if let Some(v) = self.get(k)? {
+                return Ok(Some(v.into()));
+            }
+            self.get(&key(SPILLED, id))?
+                .map(|m| read_spilled(self.files.as_ref(), id, &m))
                 .transpose()
         })
     }

@@ -3132,10 +3132,11 @@ fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
     let spilled = dir.path().join("spill/machine");
     let count = || std::fs::read_dir(&spilled).unwrap().count();
     assert_eq!(count(), 1, "only the large payload has a file");
-    let stored = m.tree().get(key(PAYLOAD, 1)).unwrap().unwrap();
+    assert!(m.tree().get(key(PAYLOAD, 1)).unwrap().is_none());
+    let stored = m.tree().get(key(SPILLED, 1)).unwrap().unwrap();
     assert!(
         Marker::decode(&stored).is_some(),
-        "the tree holds its marker"
+        "the tree holds its marker, where a build before spilling looks for nothing"
     );
     assert_eq!(m.reader().job_and_payload(1).unwrap().unwrap().1, big);
 
@@ -3152,8 +3153,8 @@ fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
     let other = spill.dir("machine.9");
     let tree = db.open_tree("machine.9").unwrap();
     for (k, v) in records {
-        tree.insert(&k, stored_form(&other, &k, v.to_vec()).unwrap())
-            .unwrap();
+        let (k, v) = stored_form(&other, k.to_vec(), v.to_vec()).unwrap();
+        tree.insert(k, v).unwrap();
     }
     let loaded = Machine::open_spilling(tree, other).unwrap();
     assert_eq!(loaded.digest().unwrap(), m.digest().unwrap());
@@ -3218,11 +3219,12 @@ fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
             limit: 100,
         }),
     );
-    assert!(m.tree().get(key(PAYLOAD, 1)).unwrap().is_none());
+    assert!(m.tree().get(key(SPILLED, 1)).unwrap().is_none());
     assert_eq!(count(), 2);
     // As the node's flush does it.
     let dropped = spill.before_flush();
     db.flush().unwrap();
     spill.after_flush(dropped);
+    spill.settle();
     assert_eq!(count(), 0);
 }
