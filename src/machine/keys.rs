@@ -300,13 +300,16 @@ pub fn stored_form(
     })
 }
 
-/// A record as digests count it: a payload's marker whether it is kept in
-/// a file or (written before spilling, or staged) in the tree, so nodes
-/// that hold the same state agree however each stored it.
-pub(super) fn digest_form(k: Vec<u8>, v: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
-    match spilled_form(&k, &v) {
-        Some((spilled, marker)) => (spilled, marker.encode()),
-        None => (k, v),
+/// A record's share of a digest, which is the sum of every record's (so
+/// the order records are read in does not matter, and a node's tree is
+/// digested in one pass without copying it). A large payload counts by its
+/// marker whether it is kept in a file or (written before spilling, or
+/// staged) in the tree, so nodes that hold the same state agree however
+/// each stored it.
+pub(super) fn digest_record(k: &[u8], v: &[u8]) -> u64 {
+    match spilled_form(k, v) {
+        Some((spilled, marker)) => hash_record(&spilled, &marker.encode()),
+        None => hash_record(k, v),
     }
 }
 
@@ -354,15 +357,12 @@ pub fn check_layout(tree: &sled::Tree) -> Result<(), MachineError> {
 }
 
 /// An order-sensitive hash of records in key order: equal trees, equal hashes.
-pub(super) fn hash_records<'a>(records: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
+fn hash_record(k: &[u8], v: &[u8]) -> u64 {
     let mut h = 0u64;
-    for (k, v) in records {
-        for b in k.iter().chain(v.iter()) {
-            h = mix(h ^ u64::from(*b));
-        }
-        h = mix(h ^ 0xff);
+    for b in k.iter().chain(v.iter()) {
+        h = mix(h ^ u64::from(*b));
     }
-    h
+    mix(h ^ 0xff)
 }
 
 pub(super) use crate::mix::mix;
