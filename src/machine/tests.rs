@@ -3161,15 +3161,12 @@ fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
     assert_eq!(loaded.reader().job_and_payload(1).unwrap().unwrap().1, big);
 
     // A lease hands it out.
-    let leased = run(
-        &mut m,
-        2,
-        Command::Lease {
-            worker: "w".into(),
-            queues: vec!["q".into()],
-            max: 2,
-        },
-    );
+    let lease = |max| Command::Lease {
+        worker: "w".into(),
+        queues: vec!["q".into()],
+        max,
+    };
+    let leased = run(&mut m, 2, lease(2));
     let Outcome::Leased(leased) = leased else {
         panic!("unexpected {leased:?}")
     };
@@ -3190,15 +3187,7 @@ fn large_payloads_are_spilled_read_back_carried_by_snapshots_and_removed() {
     large.payload = big.clone();
     run(&mut m, 3, Command::Enqueue { jobs: vec![large] });
     std::fs::write(spilled.join(format!("{:020}-0", 3)), b"damaged").unwrap();
-    let leased = run(
-        &mut m,
-        4,
-        Command::Lease {
-            worker: "w".into(),
-            queues: vec!["q".into()],
-            max: 1,
-        },
-    );
+    let leased = run(&mut m, 4, lease(1));
     assert!(
         matches!(&leased, Outcome::Leased(v) if v.is_empty()),
         "{leased:?}"
