@@ -54,6 +54,74 @@ def test_enqueue_stream_keeps_order(node: Node) -> None:
         assert p.get(out[123].id).payload == b"123"
 
 
+def grpc_requests(node: Node, method: str) -> int:
+    """drover_grpc_requests_total of `method` (any status) on the node."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{node.http}/metrics", timeout=10).read().decode()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("drover_grpc_requests_total{") and f'method="/drover.v1.ProducerService/{method}"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def test_enqueue_goes_on_one_stream_and_survives_refusals_and_restarts(node: Node) -> None:
+    with drover.Producer(node.addr) as p:
+        ids = [p.enqueue("streamed", f"{i}".encode()) for i in range(30)]
+        assert len(set(ids)) == 30 and ids == sorted(ids)
+        # A refused message raises the node's words and leaves the stream usable.
+        with pytest.raises(drover.DroverError) as bad:
+            p.enqueue("bad queue name!", b"")
+        assert bad.value.code == "invalid_argument" and "queue" in bad.value.message
+        ids += [e.id for e in p.enqueue_many([drover.NewJob("streamed", b"x")] * 3)]
+        assert p.get(ids[-1]).payload == b"x"
+        # One stream carried all of it; no call was made.
+        assert grpc_requests(node, "Enqueue") == 0
+        # The node restarts while the stream is idle: the next enqueue opens
+        # a new stream (the old one ended) and nothing is sent twice.
+        assert node.stop() == 0
+        node.start()
+        after = p.enqueue("streamed", b"after")
+        assert p.get(after).payload == b"after" and after > ids[-1]
+        assert grpc_requests(node, "Enqueue") == 0
+        # Threads share the producer: one sends on the stream, the others
+        # make calls of their own instead of waiting for it.
+        out: "list[int]" = []
+        lock = threading.Lock()
+
+        def send(n: int) -> None:
+            for i in range(n):
+                got = p.enqueue("streamed", b"t")
+                with lock:
+                    out.append(got)
+
+        threads = [threading.Thread(target=send, args=(20,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(set(out)) == 80
+
+
+def test_enqueue_falls_back_to_a_call_when_the_node_is_down_at_first(tmp_path: pathlib.Path) -> None:
+    node = Node(tmp_path)
+    try:
+        assert node.stop() == 0
+        p = drover.Producer(node.addr, timeout=20)
+        started = threading.Timer(1.0, node.start)
+        started.start()
+        # The stream cannot reach the node: the jobs go as a call, which
+        # retries until the node is back.
+        job = p.enqueue("late", b"1")
+        started.join()
+        assert p.get(job).payload == b"1"
+        assert grpc_requests(node, "Enqueue") == 1
+        p.close()
+    finally:
+        node.kill()
+
+
 def test_a_worker_completes_jobs_with_progress_and_cost(node: Node) -> None:
     p = drover.Producer(node.addr)
     ids = [p.enqueue("emails", f"to-{i}".encode(), run_id="r1") for i in range(20)]

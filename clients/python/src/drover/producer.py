@@ -145,8 +145,17 @@ class Producer:
     ) -> None:
         self._nodes = Nodes(servers, token, compression, root_certificates)
         self._timeout = timeout
+        # enqueue and enqueue_many send on one EnqueueStream, far cheaper
+        # per job for the node than a call each; a second thread that finds
+        # it busy makes a call of its own rather than wait.
+        self._stream: Optional[_EnqueueStream] = None
+        self._stream_lock = threading.Lock()
 
     def close(self) -> None:
+        with self._stream_lock:
+            if self._stream is not None:
+                self._stream.close()
+            self._stream = None
         self._nodes.close()
 
     def __enter__(self) -> "Producer":
@@ -187,11 +196,43 @@ class Producer:
         return self.enqueue_many([job])[0].id
 
     def enqueue_many(self, jobs: Sequence[NewJob]) -> List[Enqueued]:
-        """Enqueues a batch in one call, all or none; ids in order."""
+        """Enqueues a batch at once, all or none; ids in order. It goes as
+        one message on the producer's enqueue stream; when that stream
+        cannot take it safely (no node reachable yet, a node stopping, no
+        leader) it goes as a call of its own, which moves between nodes and
+        retries as every call does."""
         request = pb.EnqueueRequest(jobs=[j.to_proto() for j in jobs])
+        if self._stream_lock.acquire(blocking=False):
+            try:
+                reply = self._on_stream(request)
+            finally:
+                self._stream_lock.release()
+            if reply is not None:
+                return [Enqueued(e.id, e.duplicate) for e in reply.jobs]
         response = self._nodes.call(_P + "Enqueue", request, pb.EnqueueResponse, self._timeout)
         assert isinstance(response, pb.EnqueueResponse)
         return [Enqueued(e.id, e.duplicate) for e in response.jobs]
+
+    def _on_stream(self, request: pb.EnqueueRequest) -> Optional[pb.EnqueueResponse]:
+        """Sends `request` on the stream (opened if there is none) and
+        answers its reply; None when it is safe to send it as a call instead
+        (the stream is dropped then). Raises what is not safe to retry: the
+        node refused the jobs, or the stream broke after they were sent."""
+        if self._stream is not None and self._stream.ended():
+            self._stream.close()
+            self._stream = None
+        if self._stream is None:
+            self._stream = _EnqueueStream(self._nodes)
+        try:
+            return self._stream.send(request, self._timeout)
+        except DroverError as e:
+            if e.retry_safe:
+                self._stream.close()
+                self._stream = None
+                return None
+            if not self._stream.usable():
+                self._stream = None
+            raise
 
     def enqueue_stream(self, jobs: Iterable[NewJob], batch: int = 100) -> Iterator[Enqueued]:
         """Enqueues many jobs over one stream (far cheaper per job than a
@@ -307,6 +348,81 @@ class Producer:
         response = self._nodes.call(_P + "Cancel", pb.CancelRequest(id=job_id), pb.CancelResponse, self._timeout)
         assert isinstance(response, pb.CancelResponse)
         return str(response.state)
+
+
+class _EnqueueStream:
+    """One EnqueueStream held open: a message at a time, each answered in
+    order. A thread reads the replies so a send can wait with a timeout."""
+
+    _END = object()
+
+    def __init__(self, nodes: Nodes) -> None:
+        self._nodes = nodes
+        self._index, channel = nodes.channel()
+        self._requests: "queue.Queue[object]" = queue.Queue()
+        self._replies: "queue.Queue[object]" = queue.Queue()
+        self._broken = False
+        method = channel.stream_stream(
+            _P + "EnqueueStream",
+            request_serializer=pb.EnqueueRequest.SerializeToString,
+            response_deserializer=pb.EnqueueReply.FromString,
+        )
+        self._call = method(iter(self._requests.get, _EnqueueStream._END), metadata=nodes.metadata)
+        threading.Thread(target=self._read, name="drover-enqueue-stream", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for reply in self._call:
+                self._replies.put(reply)
+            self._replies.put(None)
+        except grpc.RpcError as e:
+            self._replies.put(e)
+
+    def ended(self) -> bool:
+        """The node ended the stream (or the connection broke) while it was
+        idle: the next message needs a new one."""
+        return self._broken or not self._replies.empty() or self._call.done()
+
+    def usable(self) -> bool:
+        return not self._broken
+
+    def send(self, request: pb.EnqueueRequest, timeout: float) -> pb.EnqueueResponse:
+        self._requests.put(request)
+        try:
+            got = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            self.close()
+            raise DroverError(
+                "deadline_exceeded",
+                f"no answer on the enqueue stream within {timeout:g} s; the jobs may or may not "
+                "have been enqueued (enqueue with idempotency keys to send them again safely)",
+                False,
+                0,
+            ) from None
+        if isinstance(got, pb.EnqueueReply):
+            if got.HasField("error"):
+                e = got.error
+                raise DroverError(_CODE_NAMES.get(e.code, "unknown"), e.message, e.retry_safe, e.retry_after_ms)
+            return pb.EnqueueResponse(jobs=got.ok.jobs)
+        self._broken = True
+        if got is None:
+            raise DroverError(
+                "unavailable",
+                "the node ended the enqueue stream before answering; the jobs may or may not have "
+                "been enqueued (enqueue with idempotency keys to send them again safely)",
+                False,
+                0,
+            )
+        assert isinstance(got, grpc.RpcError)
+        err = error_of(got)
+        if err.retry_safe:
+            self._nodes.move_on(self._index)
+        raise err
+
+    def close(self) -> None:
+        self._broken = True
+        self._requests.put(_EnqueueStream._END)
+        self._call.cancel()
 
 
 __all__ = ["Producer", "NewJob", "Enqueued", "JobInfo", "JobEvent", "backoff"]
