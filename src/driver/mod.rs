@@ -280,6 +280,11 @@ impl Driver {
                 }
                 p = self.rx.recv(), if self.takes_proposals() => {
                     let Some(p) = p else { break };
+                    // The first request after a commit usually comes alone:
+                    // the producers just answered are still on their way
+                    // back. Letting the tasks that are ready run first puts
+                    // theirs into the same entry (and the same flush).
+                    tokio::task::yield_now().await;
                     let mut turn = vec![p];
                     while turn.len() < MAX_PROPOSALS_PER_READY {
                         match self.rx.try_recv() {
