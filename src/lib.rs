@@ -17,6 +17,7 @@ pub mod command;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod history;
 pub mod job;
 pub mod machine;
 pub mod metrics;

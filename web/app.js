@@ -42,8 +42,8 @@ function table(headers, rows) {
       el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: headers.length, class: "muted" }, "nothing")))));
 }
 
-function card(label, value, cls) {
-  return el("div", { class: "card" }, el("div", { class: "n " + (cls || "") }, value), el("div", { class: "l" }, label));
+function card(label, value, cls, title) {
+  return el("div", { class: "card", title }, el("div", { class: "n " + (cls || "") }, value), el("div", { class: "l" }, label));
 }
 
 function toast(text, bad) {
@@ -68,7 +68,8 @@ function when(ms) {
 
 class ApiError extends Error {
   constructor(status, body) {
-    super((body && body.message) || `HTTP ${status}`);
+    // The API's errors are {"error": {"code", "message"}}; say its words.
+    super((body && ((body.error && body.error.message) || body.message)) || `HTTP ${status}`);
     this.status = status;
     this.body = body;
   }
@@ -84,7 +85,11 @@ async function api(path, { method = "GET", body, reason } = {}) {
   const text = await r.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = { message: text }; }
-  if (r.status === 401) { showLogin(data && data.message); throw new ApiError(401, data); }
+  if (r.status === 401) {
+    const e = new ApiError(401, data);
+    showLogin(token ? `The node refused this token: ${e.message}` : e.message);
+    throw e;
+  }
   if (!r.ok) throw new ApiError(r.status, data);
   return data;
 }
@@ -139,56 +144,75 @@ async function whoami() {
 
 // ---- pages ----------------------------------------------------------------------
 
-const rates = []; // [time ms, enqueued, completed, failed]
+// The overview chart's range: "1h" or "24h" (the server keeps both).
+let chartRange = "1h";
 
-function drawChart(canvas) {
+// Draws the server's history (GET /api/v1/history): one line per rate, a
+// time axis under it, the highest rate on the left.
+function drawChart(canvas, history) {
   const ctx = canvas.getContext("2d");
-  const w = (canvas.width = canvas.clientWidth * devicePixelRatio);
-  const h = (canvas.height = canvas.clientHeight * devicePixelRatio);
+  const dpr = devicePixelRatio;
+  const w = (canvas.width = canvas.clientWidth * dpr);
+  const h = (canvas.height = canvas.clientHeight * dpr);
   ctx.clearRect(0, 0, w, h);
-  if (rates.length < 2) return;
-  const series = [[1, "#2563eb"], [2, "#15803d"], [3, "#b91c1c"]];
-  const perSec = [];
-  for (let i = 1; i < rates.length; i++) {
-    const dt = (rates[i][0] - rates[i - 1][0]) / 1000 || 1;
-    perSec.push(series.map(([k]) => Math.max(0, (rates[i][k] - rates[i - 1][k]) / dt)));
-  }
-  const max = Math.max(1, ...perSec.flat());
-  series.forEach(([, color], s) => {
+  const points = history.points;
+  if (points.length < 2) return;
+  const axis = 16 * dpr;
+  const plot = h - axis;
+  const series = [["enqueued_per_sec", "#2563eb"], ["completed_per_sec", "#15803d"], ["failed_per_sec", "#b91c1c"]];
+  const max = Math.max(1, ...points.flatMap((p) => series.map(([k]) => p[k])));
+  const x = (i) => (i / (points.length - 1)) * (w - 2 * dpr) + dpr;
+  for (const [k, color] of series) {
     ctx.strokeStyle = color;
-    ctx.lineWidth = 2 * devicePixelRatio;
+    ctx.lineWidth = 2 * dpr;
     ctx.beginPath();
-    perSec.forEach((p, i) => {
-      const x = (i / Math.max(1, perSec.length - 1)) * w;
-      const y = h - (p[s] / max) * (h - 10) - 5;
-      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    points.forEach((p, i) => {
+      const y = plot - (p[k] / max) * (plot - 10 * dpr) - 2 * dpr;
+      if (i === 0) ctx.moveTo(x(i), y); else ctx.lineTo(x(i), y);
     });
     ctx.stroke();
-  });
-  ctx.fillStyle = "#6b7280";
-  ctx.font = `${11 * devicePixelRatio}px system-ui`;
-  ctx.fillText(`${max.toFixed(1)}/s`, 4, 12 * devicePixelRatio);
+  }
+  ctx.fillStyle = "#4b5563";
+  ctx.font = `${11 * dpr}px system-ui`;
+  ctx.fillText(`${max.toFixed(1)}/s`, 4 * dpr, 12 * dpr);
+  // Five ticks: local clock times, the last one "now".
+  ctx.strokeStyle = "#d1d5db";
+  ctx.lineWidth = dpr;
+  ctx.beginPath(); ctx.moveTo(0, plot); ctx.lineTo(w, plot); ctx.stroke();
+  for (let t = 0; t <= 4; t++) {
+    const i = Math.round((t / 4) * (points.length - 1));
+    const label = t === 4 ? "now" : new Date(points[i].at_ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    ctx.textAlign = t === 0 ? "left" : t === 4 ? "right" : "center";
+    ctx.fillText(label, x(i), h - 3 * dpr);
+  }
+  ctx.textAlign = "left";
 }
 
 async function overview() {
   const nav = navigation;
-  const [stats, members, breakers, runs, workers, { queues: qs }] = await Promise.all([
+  const [stats, members, breakers, runs, workers, { queues: qs }, history] = await Promise.all([
     api("/api/v1/stats"), api("/api/v1/cluster/members"), api("/api/v1/breakers"),
     api("/api/v1/runs"), api("/api/v1/workers"), api("/api/v1/queues"),
+    api(`/api/v1/history?range=${chartRange}`),
   ]);
   // A refresh that was on its way when the person moved on draws nothing.
   if (nav !== navigation) return;
   const slaMissed = qs.reduce((n, q) => n + (q.sla_missed || 0), 0);
   const t = stats.totals;
-  rates.push([Date.now(), t.enqueued, t.completed, t.failed]);
-  if (rates.length > 90) rates.shift();
   const queues = Object.entries(stats.queues);
   const ready = queues.reduce((n, [, q]) => n + q.ready.reduce((a, b) => a + b, 0), 0);
   const held = workers.workers.reduce((n, w) => n + w.in_flight, 0);
   const capacity = workers.workers.reduce((n, w) => n + w.capacity, 0);
   const open = breakers.breakers.filter((b) => b.state !== "closed").length;
   const overBudget = runs.runs.filter((r) => r.budget.state === "held").length;
-  const canvas = el("canvas", { id: "rates", "aria-label": "jobs per second" });
+  // Counters start again when a node restarts: they say since when.
+  const since = `since node ${history.node_id} started, ${when(history.since_ms)}`;
+  const from = new Date(history.since_ms).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  const canvas = el("canvas", { id: "rates", role: "img", "aria-label": `jobs per second over the last ${history.range === "1h" ? "hour" : "day"}` });
+  const pick = (r) => el("button", {
+    "data-range": r, class: r === chartRange ? "active" : "", "aria-pressed": r === chartRange ? "true" : "false",
+    onclick: () => { chartRange = r; overview().catch(() => {}); },
+  }, r === "1h" ? "last hour" : "last day");
   render(
     el("h1", {}, "Overview"),
     el("div", { class: "cards", id: "cards" },
@@ -196,16 +220,17 @@ async function overview() {
       card("term", members.term),
       card("members", members.members.length),
       card("ready jobs", ready),
-      card("enqueued", t.enqueued),
-      card("completed", t.completed, "ok"),
-      card("failed", t.failed, t.failed ? "bad" : ""),
+      card(`enqueued since ${from}`, t.enqueued, "", since),
+      card(`completed since ${from}`, t.completed, "ok", since),
+      card(`failed since ${from}`, t.failed, t.failed ? "bad" : "", since),
       card("workers", workers.workers.length),
       card("utilization", capacity ? `${Math.round((100 * held) / capacity)}%` : "-"),
       card("SLA misses", slaMissed, slaMissed ? "bad" : ""),
       card("breakers open", open, open ? "bad" : ""),
       card("runs over budget", overBudget, overBudget ? "bad" : "")),
-    el("h2", {}, "Per second: ", el("span", { style: "color:#2563eb" }, "enqueued "), el("span", { style: "color:#15803d" }, "completed "), el("span", { style: "color:#b91c1c" }, "failed")),
+    el("h2", {}, "Per second: ", el("span", { style: "color:#2563eb" }, "enqueued "), el("span", { style: "color:#15803d" }, "completed "), el("span", { style: "color:#b91c1c" }, "failed"), " ", pick("1h"), " ", pick("24h")),
     canvas,
+    el("p", { class: "muted", id: "chart-note" }, `${history.bucket_seconds} s buckets, kept by node ${history.node_id} since ${when(history.since_ms)}`),
     el("h2", {}, "Members"),
     table(["id", "address", "voter", "match index", "reachable"], members.members.map((m) =>
       el("tr", {}, el("td", {}, m.id, m.id === members.leader_id ? " (leader)" : ""), el("td", {}, m.addr), el("td", {}, m.voter ? "yes" : "no"), el("td", {}, m.match_index), el("td", { class: m.reachable ? "ok" : "bad" }, m.reachable ? "yes" : "no")))),
@@ -213,7 +238,7 @@ async function overview() {
     table(["queue", "p1", "p2", "p3", "p4", "p5", "scheduled", "leased"], queues.map(([name, q]) =>
       el("tr", {}, el("td", {}, el("a", { href: `#/jobs?queue=${encodeURIComponent(name)}` }, name)), q.ready.map((n) => el("td", {}, n)), el("td", {}, q.scheduled), el("td", {}, q.leased)))),
   );
-  drawChart(canvas);
+  drawChart(canvas, history);
 }
 
 async function queuesPage() {
@@ -399,14 +424,16 @@ function overrideForm(r) {
 
 async function route() {
   clearInterval(timer);
-  navigation++;
+  const nav = ++navigation;
   const hash = location.hash || "#/";
   const path = hash.split("?")[0];
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === path);
   try {
     if (path === "#/" || path === "#") {
       await overview();
-      timer = setInterval(() => overview().catch(() => {}), 2000);
+      // Only if the person is still here: a slow load must not leave a
+      // timer drawing the overview over the page they moved to.
+      if (nav === navigation) timer = setInterval(() => overview().catch(() => {}), 2000);
     } else if (path === "#/queues") await queuesPage();
     else if (path === "#/jobs") await jobsPage();
     else if (path.startsWith("#/job/")) await jobPage(path.slice(6));

@@ -1179,6 +1179,30 @@ pub struct QueueStatusBody {
     pub policy: QueuePolicyBody,
 }
 
+/// `GET /api/v1/queues/{queue}/history` and `GET /api/v1/history`: what
+/// this node saw over the last hour (10-second buckets) or day (5-minute
+/// buckets), oldest first, one point per bucket (zeros where nothing
+/// happened). Each node keeps its own from the jobs it applies, in memory:
+/// it starts at the node's start (`since_ms`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HistoryBody {
+    /// The queue; absent for all queues together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// `1h` or `24h`.
+    pub range: String,
+    /// Each point's width.
+    pub bucket_seconds: u64,
+    /// When this node started counting (ms since the epoch): nothing
+    /// before it is in the points, and counters on this node count from it.
+    pub since_ms: u64,
+    /// The node that answered.
+    pub node_id: u64,
+    /// One per bucket, oldest first; the last is the bucket being filled,
+    /// its rates over the part of it that has passed.
+    pub points: Vec<crate::history::Point>,
+}
+
 /// `GET /api/v1/queues`: every queue that holds jobs or is paused or
 /// draining.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -86,7 +86,11 @@ impl Driver {
         }
         self.machine.commit()?;
         // Publish before replying, so whoever is answered sees the new state.
-        self.job_times.record(self.machine.take_observations());
+        let observations = self.machine.take_observations();
+        if !observations.is_empty() {
+            self.history_times(&observations);
+        }
+        self.job_times.record(observations);
         for (job_id, error) in self.machine.take_unreadable_payloads() {
             tracing::error!(event = "payload_unreadable", job_id, %error, "cannot read a leased job's payload on this node: the job is not handed out and its lease expires");
         }
@@ -122,6 +126,21 @@ impl Driver {
         }
         self.compact_log()?;
         Ok(())
+    }
+
+    /// Adds the wait and run times of an applied range to the history (at
+    /// this node's clock: the charts are of when it applied them).
+    fn history_times(&self, observations: &[crate::machine::tally::Observation]) {
+        use crate::machine::tally::Timing;
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        for o in observations {
+            let timing = match o.timing {
+                Timing::Waited => crate::history::Timing::Wait,
+                Timing::Ran => crate::history::Timing::Run,
+            };
+            history.time(now, &o.queue, timing, o.ms);
+        }
     }
 
     pub(super) fn publish_status(&mut self) {

@@ -38,6 +38,8 @@ pub struct DriverHandle {
     pub(super) control: mpsc::Sender<Control>,
     pub(super) status: watch::Receiver<NodeStatus>,
     pub(super) stats: watch::Receiver<Arc<MachineStats>>,
+    /// Each queue's recent history on this node, for charts.
+    pub(super) history: Arc<std::sync::Mutex<crate::history::History>>,
     pub(super) revoked: tokio::sync::broadcast::Sender<Arc<[LeaseEvent]>>,
     /// When the loop last took a raft tick (ms of [`mono_ms`]), for the
     /// systemd watchdog.
@@ -175,6 +177,11 @@ impl DriverHandle {
     /// What the machine published after the last applied range.
     pub fn stats(&self) -> Arc<MachineStats> {
         self.stats.borrow().clone()
+    }
+
+    /// Each queue's last hour and day on this node (see [`crate::history`]).
+    pub fn history(&self) -> Arc<std::sync::Mutex<crate::history::History>> {
+        self.history.clone()
     }
 
     /// Changes whenever an applied range changed the machine.

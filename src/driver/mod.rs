@@ -153,6 +153,7 @@ struct Driver {
     revoked_tx: tokio::sync::broadcast::Sender<Arc<[LeaseEvent]>>,
     /// The wait and run time histograms' handles.
     job_times: crate::metrics::JobTimes,
+    history: Arc<std::sync::Mutex<crate::history::History>>,
     /// The newest entry format this node applies, and each peer's (as its
     /// peer header said); a leader writes the oldest among the voters.
     entry_version: u8,

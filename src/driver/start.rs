@@ -170,6 +170,10 @@ pub fn start(
     let (status_tx, status) = watch::channel(NodeStatus::default());
     let (removed_tx, removed_rx) = watch::channel(None);
     let (stats_tx, stats) = watch::channel(Arc::new(machine.stats()));
+    let history = Arc::new(std::sync::Mutex::new(
+        crate::history::History::new(now_ms()),
+    ));
+    sample_history(history.clone(), stats.clone(), shutdown.clone());
     // Rare (timeouts and expiries); a session that lags behind learns of
     // its lost leases from its next heartbeat instead.
     let (revoked_tx, _) = tokio::sync::broadcast::channel(64);
@@ -181,6 +185,7 @@ pub fn start(
         control: control_tx,
         status,
         stats,
+        history: history.clone(),
         revoked: revoked_tx.clone(),
         turned_at: turned_at.clone(),
         reader: machine.reader(),
@@ -218,6 +223,7 @@ pub fn start(
         stats_tx,
         revoked_tx,
         job_times: crate::metrics::JobTimes::new(&cfg.metrics.job_types),
+        history,
         entry_version: cfg.entry_version,
         peer_formats,
         writing_version: crate::command::ENTRY_VERSION.min(cfg.entry_version),
@@ -271,4 +277,39 @@ pub fn start(
         let _ = done_tx.send(result);
     });
     Ok((handle, done))
+}
+
+/// Every second, adds what each queue's event totals grew by to the
+/// history (the machine's published stats carry them, so the apply path
+/// pays nothing for it); stops with the node.
+fn sample_history(
+    history: Arc<std::sync::Mutex<crate::history::History>>,
+    stats: watch::Receiver<Arc<MachineStats>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let stats = stats.borrow().clone();
+            let totals = stats.by_type.iter().map(|(queue, types)| {
+                let mut c = crate::history::Counts::default();
+                for t in types.values() {
+                    c.enqueued = c.enqueued.saturating_add(t.enqueued);
+                    c.completed = c.completed.saturating_add(t.completed);
+                    let failed = t.failed.values().fold(0u64, |a, n| a.saturating_add(*n));
+                    c.failed = c.failed.saturating_add(failed);
+                }
+                (queue.as_str(), c)
+            });
+            history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sample(now_ms(), totals);
+        }
+    });
 }

@@ -79,6 +79,13 @@ def cli(node: Node, tok: str, *args: str) -> Any:
     return json.loads(out.stdout)
 
 
+def text_of(driver: Any, css: str) -> str:
+    """The text of the first element `css` matches, read in one script:
+    pages that refresh draw their elements anew, so a handle kept from an
+    earlier look can be gone."""
+    return str(driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", css))
+
+
 def sign_in(driver: Any, node: Node, tok: str) -> None:
     driver.get(node.http + "/")
     box = wait_until("the sign-in form", lambda: driver.find_elements(By.ID, "token"))
@@ -115,10 +122,28 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
     threading.Thread(target=worker.run, daemon=True).start()
     wait_until("the job dead", lambda: p.get(doomed).state == "dead")
 
+    # A wrong token: the sign-in form says the node refused it, in its words.
+    browser.get(node.http + "/")
+    box = wait_until("the sign-in form", lambda: browser.find_elements(By.ID, "token"))
+    box[0].send_keys("drv_wrong")
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    wait_until("the refusal", lambda: "refused this token" in text_of(browser, "form.login"))
+    assert "HTTP 401" not in text_of(browser, "form.login")
+
     # Overview with live numbers.
     sign_in(browser, node, admin)
     cards = wait_until("the overview's cards", lambda: browser.find_elements(By.ID, "cards"))
-    wait_until("live numbers", lambda: "4\nready jobs" in cards[0].text and "node 1" in cards[0].text)
+    wait_until("live numbers", lambda: "4\nready jobs" in text_of(browser, "#cards") and "node 1" in text_of(browser, "#cards"))
+    # The counters say since when they count; the chart is the node's own
+    # history (10-second buckets over the hour, 5-minute over the day).
+    assert "enqueued since" in text_of(browser, "#cards")
+    note = text_of(browser, "#chart-note")
+    assert "10 s buckets" in note and "since" in note
+    history = json.loads(urllib.request.urlopen(urllib.request.Request(
+        node.http + "/api/v1/history?range=1h", headers={"authorization": f"Bearer {admin}"})).read())
+    assert len(history["points"]) == 360 and sum(pt["enqueued"] for pt in history["points"]) >= 5
+    browser.find_element(By.CSS_SELECTOR, 'button[data-range="24h"]').click()
+    wait_until("the day's chart", lambda: "300 s buckets" in text_of(browser, "#chart-note"))
     shot(browser, shots, tmp_path, "overview")
     loaded_ms = browser.execute_script(
         "const t = performance.getEntriesByType('navigation')[0]; return t ? t.loadEventEnd - t.startTime : -1;"
@@ -133,6 +158,19 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
     shot(browser, shots, tmp_path, "overview-phone")
     browser.set_window_size(1280, 900)
+
+    # The refresh race: the overview's data comes slowly and the person
+    # moves on meanwhile; the page they went to stays (no overview timer
+    # left behind draws over it).
+    browser.execute_script(
+        "const f = window.fetch; window.fetch = (u, o) => new Promise((r) => "
+        "setTimeout(() => r(f(u, o)), String(u).includes('/history') ? 1500 : 0));"
+        "location.hash = '#/'; setTimeout(() => { location.hash = '#/queues'; }, 300);"
+    )
+    wait_until("the queues page", lambda: text_of(browser, "main h1") == "Queues")
+    threading.Event().wait(6)
+    assert text_of(browser, "main h1") == "Queues"
+    browser.refresh()
 
     # Pause from the queues page; the CLI confirms.
     browser.get(node.http + "/#/queues")

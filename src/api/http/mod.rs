@@ -229,6 +229,18 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
         ),
         route(Method::GET, "/api/v1/queues", Read, get(queues::list)),
         route(
+            Method::GET,
+            "/api/v1/queues/{queue}/history",
+            Read,
+            get(queues::history),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/history",
+            Read,
+            get(queues::history_all),
+        ),
+        route(
             Method::POST,
             "/api/v1/queues/{queue}/purge",
             Operate,

@@ -44,6 +44,8 @@ use utoipa::{Modify, OpenApi};
         super::cluster::policies,
         super::cluster::policies_diff,
         super::queues::list,
+        super::queues::history,
+        super::queues::history_all,
         super::queues::purge,
         super::tenants::list,
         super::schedules::list,

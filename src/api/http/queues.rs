@@ -1,14 +1,16 @@
 //! Queues: their depths, state and policy; pause, drain and resume, one
 //! queue or all of them.
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
+use serde::Deserialize;
 
 use super::HttpState;
 use crate::api::auth::Caller;
 use crate::api::types::{
-    ClearStuckBody, ControlledBody, PurgeBody, PurgeState, PurgedBody, QueuePolicyBody,
-    QueueStatusBody, QueuesBody, RequeuedBody,
+    ClearStuckBody, ControlledBody, HistoryBody, PurgeBody, PurgeState, PurgedBody,
+    QueuePolicyBody, QueueStatusBody, QueuesBody, RequeuedBody,
 };
 use crate::api::ErrorResponses;
 use crate::command::{QueueAction, QueueScope};
@@ -44,6 +46,90 @@ pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<QueuesBody>,
         })
         .collect();
     Ok(Json(QueuesBody { queues }))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct HistoryQuery {
+    /// `1h` (10-second buckets, the default) or `24h` (5-minute buckets).
+    #[serde(default)]
+    range: Option<String>,
+}
+
+/// One queue's last hour or day on the node that answers: enqueued,
+/// completed and failed per second, wait and run time percentiles.
+#[utoipa::path(get, path = "/api/v1/queues/{queue}/history", tag = "queues",
+    params(("queue" = String, Path), HistoryQuery),
+    responses((status = 200, body = HistoryBody), ErrorResponses))]
+pub(super) async fn history(
+    State(s): State<HttpState>,
+    Path(queue): Path<String>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<HistoryBody>, Error> {
+    crate::job::validate_queue(&queue)?;
+    history_of(&s, Some(queue), super::query(q)?)
+}
+
+/// Every queue's last hour or day together, on the node that answers.
+#[utoipa::path(get, path = "/api/v1/history", tag = "queues", params(HistoryQuery),
+    responses((status = 200, body = HistoryBody), ErrorResponses))]
+pub(super) async fn history_all(
+    State(s): State<HttpState>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<HistoryBody>, Error> {
+    history_of(&s, None, super::query(q)?)
+}
+
+fn history_of(
+    s: &HttpState,
+    queue: Option<String>,
+    q: HistoryQuery,
+) -> Result<Json<HistoryBody>, Error> {
+    use crate::history::Range;
+    let range = match q.range.as_deref() {
+        None => Range::Hour,
+        Some(r) => Range::parse(r).ok_or_else(|| {
+            Error::invalid(
+                "range",
+                format!(
+                    "{r:?} is not a range: use 1h (10-second buckets) or 24h (5-minute buckets)"
+                ),
+            )
+        })?,
+    };
+    let now = crate::driver::now_ms();
+    let history = s.app.driver.history();
+    // Plain data: a panic elsewhere while it was held leaves nothing half
+    // written that matters.
+    let history = history.lock().unwrap_or_else(|e| e.into_inner());
+    let points = match history.points(queue.as_deref(), range, now) {
+        Some(p) => p,
+        // A queue the node knows that saw nothing since it started has an
+        // empty chart; one it has never heard of is a typo.
+        None if queue
+            .as_ref()
+            .is_some_and(|q| s.app.driver.stats().queues.contains_key(q)) =>
+        {
+            crate::history::History::new(now)
+                .points(None, range, now)
+                .unwrap_or_default()
+        }
+        None => {
+            return Err(Error::NotFound(format!(
+                "no queue {:?} on this node: `drover queues list` shows the queues",
+                queue.unwrap_or_default()
+            )))
+        }
+    };
+    Ok(Json(HistoryBody {
+        queue,
+        range: range.as_str().into(),
+        bucket_seconds: range.bucket_ms() / 1000,
+        since_ms: history.since_ms(),
+        node_id: s.app.driver.status().node_id,
+        points,
+    }))
 }
 
 fn duration(ms: u64) -> String {

@@ -1,11 +1,12 @@
-//! `drover queues list|pause|drain|resume|purge|clear-stuck`.
+//! `drover queues list|history|pause|drain|resume|purge|clear-stuck`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use drover::api::types::{
-    ClearStuckBody, ControlledBody, PurgeBody, PurgeState, PurgedBody, QueuesBody, RequeuedBody,
+    ClearStuckBody, ControlledBody, HistoryBody, PurgeBody, PurgeState, PurgedBody, QueuesBody,
+    RequeuedBody,
 };
 
 use crate::target::{table, Target};
@@ -14,6 +15,20 @@ use crate::target::{table, Target};
 pub enum QueuesCmd {
     /// Every queue: depth by state and priority, paused or draining, limits.
     List(Target),
+    /// What the node saw of QUEUE (or of every queue) over the last hour
+    /// or day: rates and wait and run time percentiles per bucket.
+    History {
+        /// The queue (default: all queues together).
+        queue: Option<String>,
+        /// `1h` (10-second buckets) or `24h` (5-minute buckets).
+        #[arg(long, default_value = "1h")]
+        range: String,
+        /// Print every bucket, not only the last 30 that saw work (--json has them all).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Lease nothing from QUEUE (or --all); its jobs wait, enqueues go on.
     Pause(ControlArgs),
     /// Take no new jobs into QUEUE (or --all); leases go on.
@@ -78,6 +93,19 @@ pub async fn run(cmd: QueuesCmd) -> Result<()> {
         QueuesCmd::List(target) => {
             let q: QueuesBody = target.admin()?.get("/api/v1/queues").await?;
             return target.print(&q, print);
+        }
+        QueuesCmd::History {
+            queue,
+            range,
+            all,
+            target,
+        } => {
+            let path = match &queue {
+                Some(q) => format!("/api/v1/queues/{q}/history?range={range}"),
+                None => format!("/api/v1/history?range={range}"),
+            };
+            let h: HistoryBody = target.admin()?.get(&path).await?;
+            return target.print(&h, |h| print_history(h, all));
         }
         QueuesCmd::Purge {
             queue,
@@ -168,6 +196,58 @@ pub async fn run(cmd: QueuesCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_history(h: &HistoryBody, all: bool) {
+    let what = h
+        .queue
+        .as_deref()
+        .map_or("all queues".to_string(), |q| format!("queue {q}"));
+    println!(
+        "{what} on node {}, last {} in {} s buckets; counting since {}",
+        h.node_id,
+        h.range,
+        h.bucket_seconds,
+        crate::jobs::at(h.since_ms)
+    );
+    let shown: Vec<_> = if all {
+        h.points.iter().collect()
+    } else {
+        let busy: Vec<_> = h
+            .points
+            .iter()
+            .filter(|p| p.enqueued + p.completed + p.failed > 0 || p.wait_ms.is_some())
+            .collect();
+        busy[busy.len().saturating_sub(30)..].to_vec()
+    };
+    if shown.is_empty() {
+        println!("nothing enqueued, completed or failed in that time");
+        return;
+    }
+    let mut t = table(&[
+        "FROM",
+        "ENQUEUED/S",
+        "COMPLETED/S",
+        "FAILED/S",
+        "WAIT p50/p95/p99",
+        "RUN p50/p95/p99",
+    ]);
+    let times = |t: Option<drover::history::TimesMs>| {
+        t.map_or("-".to_string(), |t| {
+            format!("{}/{}/{} ms", t.p50, t.p95, t.p99)
+        })
+    };
+    for p in shown {
+        t.add_row(vec![
+            crate::jobs::at(p.at_ms),
+            p.enqueued_per_sec.to_string(),
+            p.completed_per_sec.to_string(),
+            p.failed_per_sec.to_string(),
+            times(p.wait_ms),
+            times(p.run_ms),
+        ]);
+    }
+    println!("{t}");
 }
 
 fn print(q: &QueuesBody) {
