@@ -574,3 +574,89 @@ async fn purge_by_type_cancels_that_type_only() {
     let purged = purge_analytics();
     assert_eq!(purged.cancelled, 0, "nothing of that type is left");
 }
+
+/// Every node keeps the history of what it applied: after 12 jobs, two of
+/// them failing once, the queue's last bucket counts them and carries wait
+/// and run percentiles; the day's chart has them too; unknown queues and
+/// ranges are refused naming the problem.
+#[tokio::test]
+async fn every_node_keeps_the_history_of_its_queues() {
+    use drover::api::types::HistoryBody;
+    use drover::client::worker::{self, JobError};
+    let cluster = TestCluster::start(3, "[jobs]\nretry_base_delay = \"10ms\"\n");
+    let leader = cluster.leader().await;
+    let node = &cluster.nodes[leader];
+    let mut p = Producer::connect(&node.grpc).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let mut job = new_job("charted", "x");
+        job.job_type = if i < 2 { "flaky".into() } else { String::new() };
+        ids.push(p.enqueue(vec![job]).await.unwrap()[0].id);
+    }
+    let failed = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let w = tokio::spawn(
+        worker::Worker::new(node.grpc.clone(), ["charted"]).run_with(
+            move |job: worker::Job| {
+                let failed = failed.clone();
+                async move {
+                    // Each flaky job fails its first attempt.
+                    if job.job_type == "flaky" && failed.lock().unwrap().insert(job.job_id) {
+                        return Err(JobError::new("transient", "first try"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok(bytes::Bytes::new())
+                }
+            },
+            stop,
+        ),
+    );
+    for id in &ids {
+        wait_state(node, *id, "succeeded").await;
+    }
+    for n in &cluster.nodes {
+        let h: HistoryBody = wait_for(
+            "the history on every node",
+            Duration::from_secs(20),
+            || async {
+                let h: HistoryBody = n
+                    .admin()
+                    .get("/api/v1/queues/charted/history?range=1h")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let sum =
+                    |f: fn(&drover::history::Point) -> u64| h.points.iter().map(f).sum::<u64>();
+                match (sum(|p| p.enqueued), sum(|p| p.completed), sum(|p| p.failed)) {
+                    (12, 12, 2) => Ok(h),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+        assert_eq!((h.points.len(), h.bucket_seconds), (360, 10));
+        assert!(h.since_ms > 0 && h.since_ms <= h.points.last().unwrap().at_ms + 10_000);
+        let run = h
+            .points
+            .iter()
+            .filter_map(|p| p.run_ms)
+            .next()
+            .expect("run times");
+        assert!(run.p50 >= 15 && run.p99 < 60_000, "{run:?}");
+        assert!(h.points.iter().any(|p| p.wait_ms.is_some()));
+        let day: HistoryBody = n.admin().get("/api/v1/history?range=24h").await.unwrap();
+        assert_eq!((day.points.len(), day.bucket_seconds), (288, 300));
+        assert_eq!(day.points.iter().map(|p| p.completed).sum::<u64>(), 12);
+    }
+    let (code, err) = get_error(&format!("{}/api/v1/queues/nope/history", node.http)).await;
+    assert_eq!(code, 404);
+    assert!(
+        err.error.message.contains("queues list"),
+        "{}",
+        err.error.message
+    );
+    let (code, err) = get_error(&format!("{}/api/v1/history?range=7d", node.http)).await;
+    assert_eq!(code, 400);
+    assert!(err.error.message.contains("1h"), "{}", err.error.message);
+    let _ = stop_tx.send(true);
+    let _ = w.await;
+}
