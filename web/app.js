@@ -195,8 +195,9 @@ async function overview() {
     api("/api/v1/runs"), api("/api/v1/workers"), api("/api/v1/queues"),
     api(`/api/v1/history?range=${chartRange}`),
   ]);
-  // A refresh that was on its way when the person moved on draws nothing.
-  if (nav !== navigation) return;
+  // A refresh that was on its way when the person moved on, or picked
+  // another range, draws nothing.
+  if (nav !== navigation || history.range !== chartRange) return;
   const slaMissed = qs.reduce((n, q) => n + (q.sla_missed || 0), 0);
   const t = stats.totals;
   const queues = Object.entries(stats.queues);

@@ -133,7 +133,7 @@ impl Driver {
     fn history_times(&self, observations: &[crate::machine::tally::Observation]) {
         use crate::machine::tally::Timing;
         let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        let now = now_ms();
+        let now = history.now_ms();
         for o in observations {
             let timing = match o.timing {
                 Timing::Waited => crate::history::Timing::Wait,

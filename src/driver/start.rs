@@ -306,10 +306,9 @@ fn sample_history(
                 }
                 (queue.as_str(), c)
             });
-            history
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sample(now_ms(), totals);
+            let mut history = history.lock().unwrap_or_else(|e| e.into_inner());
+            let now = history.now_ms();
+            history.sample(now, totals);
         }
     });
 }

@@ -104,6 +104,26 @@ def test_enqueue_goes_on_one_stream_and_survives_refusals_and_restarts(node: Nod
         assert len(set(out)) == 80
 
 
+def test_an_interrupted_send_never_hands_its_reply_to_the_next(node: Node) -> None:
+    p = drover.Producer(node.addr, timeout=1e-6)
+    with pytest.raises(drover.DroverError) as late:
+        p.enqueue("owed", b"first")
+    assert late.value.code == "deadline_exceeded" and "may or may not" in late.value.message
+    p._timeout = 30.0
+    second = p.enqueue("owed", b"second")
+    assert p.get(second).payload == b"second"
+    # A producer dropped without close() ends its stream's threads.
+    import gc
+
+    def stream_threads() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "drover-enqueue-stream")
+
+    assert stream_threads() >= 1
+    del p, late  # (the exception's traceback holds the producer too)
+    gc.collect()
+    wait_until("the stream's thread to end", lambda: stream_threads() == 0)
+
+
 def test_enqueue_falls_back_to_a_call_when_the_node_is_down_at_first(tmp_path: pathlib.Path) -> None:
     node = Node(tmp_path)
     try:

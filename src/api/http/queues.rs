@@ -98,11 +98,11 @@ fn history_of(
             )
         })?,
     };
-    let now = crate::driver::now_ms();
     let history = s.app.driver.history();
     // Plain data: a panic elsewhere while it was held leaves nothing half
     // written that matters.
     let history = history.lock().unwrap_or_else(|e| e.into_inner());
+    let now = history.now_ms();
     let points = match history.points(queue.as_deref(), range, now) {
         Some(p) => p,
         // A queue the node knows that saw nothing since it started has an

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import weakref
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import grpc
@@ -148,14 +149,16 @@ class Producer:
         # enqueue and enqueue_many send on one EnqueueStream, far cheaper
         # per job for the node than a call each; a second thread that finds
         # it busy makes a call of its own rather than wait.
-        self._stream: Optional[_EnqueueStream] = None
+        # The stream sits in a one-slot holder a finalizer shares, so a
+        # producer dropped without close() still ends its stream and threads.
+        self._stream_slot: List[Optional[_EnqueueStream]] = [None]
         self._stream_lock = threading.Lock()
+        weakref.finalize(self, _close_slot, self._stream_slot)
 
     def close(self) -> None:
-        with self._stream_lock:
-            if self._stream is not None:
-                self._stream.close()
-            self._stream = None
+        # Not behind the stream's lock: a send waiting on it ends with an
+        # error instead of holding close() up.
+        _close_slot(self._stream_slot)
         self._nodes.close()
 
     def __enter__(self) -> "Producer":
@@ -218,21 +221,25 @@ class Producer:
         answers its reply; None when it is safe to send it as a call instead
         (the stream is dropped then). Raises what is not safe to retry: the
         node refused the jobs, or the stream broke after they were sent."""
-        if self._stream is not None and self._stream.ended():
-            self._stream.close()
-            self._stream = None
-        if self._stream is None:
-            self._stream = _EnqueueStream(self._nodes)
+        stream = self._stream_slot[0]
+        if stream is not None and stream.ended():
+            _close_slot(self._stream_slot)
+            stream = None
+        if stream is None:
+            stream = self._stream_slot[0] = _EnqueueStream(self._nodes)
         try:
-            return self._stream.send(request, self._timeout)
+            reply = stream.send(request, self._timeout)
         except DroverError as e:
+            if e.retry_safe or not stream.usable():
+                _close_slot(self._stream_slot)
             if e.retry_safe:
-                self._stream.close()
-                self._stream = None
                 return None
-            if not self._stream.usable():
-                self._stream = None
             raise
+        if stream.leader_elsewhere():
+            # A follower answered (it forwards): the next stream goes to
+            # the leader it names, as calls do.
+            _close_slot(self._stream_slot)
+        return reply
 
     def enqueue_stream(self, jobs: Iterable[NewJob], batch: int = 100) -> Iterator[Enqueued]:
         """Enqueues many jobs over one stream (far cheaper per job than a
@@ -350,6 +357,20 @@ class Producer:
         return str(response.state)
 
 
+class _Refused(Exception):
+    """The node answered a message with an error: the stream stays usable."""
+
+    def __init__(self, error: DroverError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _close_slot(slot: List[Optional["_EnqueueStream"]]) -> None:
+    stream, slot[0] = slot[0], None
+    if stream is not None:
+        stream.close()
+
+
 class _EnqueueStream:
     """One EnqueueStream held open: a message at a time, each answered in
     order. A thread reads the replies so a send can wait with a timeout."""
@@ -362,6 +383,7 @@ class _EnqueueStream:
         self._requests: "queue.Queue[object]" = queue.Queue()
         self._replies: "queue.Queue[object]" = queue.Queue()
         self._broken = False
+        self._hint_checked = False
         method = channel.stream_stream(
             _P + "EnqueueStream",
             request_serializer=pb.EnqueueRequest.SerializeToString,
@@ -386,12 +408,37 @@ class _EnqueueStream:
     def usable(self) -> bool:
         return not self._broken
 
+    def leader_elsewhere(self) -> bool:
+        """Whether the node that answered named another as the leader; if
+        so the producer's calls move there (the stream is closed after)."""
+        if self._hint_checked:
+            return False
+        self._hint_checked = True
+        try:
+            metadata = self._call.initial_metadata()
+        except grpc.RpcError:
+            return False
+        before = self._nodes.channel()[0]
+        self._nodes.follow_hint(self._index, metadata)
+        return self._nodes.channel()[0] != before
+
     def send(self, request: pb.EnqueueRequest, timeout: float) -> pb.EnqueueResponse:
+        # Whatever interrupts the wait (a timeout, Ctrl-C) leaves a reply
+        # owed on this stream: it is closed, so no later send takes that
+        # reply for its own.
+        try:
+            return self._exchange(request, timeout)
+        except _Refused as r:
+            raise r.error from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _exchange(self, request: pb.EnqueueRequest, timeout: float) -> pb.EnqueueResponse:
         self._requests.put(request)
         try:
             got = self._replies.get(timeout=timeout)
         except queue.Empty:
-            self.close()
             raise DroverError(
                 "deadline_exceeded",
                 f"no answer on the enqueue stream within {timeout:g} s; the jobs may or may not "
@@ -401,10 +448,11 @@ class _EnqueueStream:
             ) from None
         if isinstance(got, pb.EnqueueReply):
             if got.HasField("error"):
+                # The node refused this message; the stream goes on.
                 e = got.error
-                raise DroverError(_CODE_NAMES.get(e.code, "unknown"), e.message, e.retry_safe, e.retry_after_ms)
+                err = DroverError(_CODE_NAMES.get(e.code, "unknown"), e.message, e.retry_safe, e.retry_after_ms)
+                raise _Refused(err)
             return pb.EnqueueResponse(jobs=got.ok.jobs)
-        self._broken = True
         if got is None:
             raise DroverError(
                 "unavailable",
@@ -414,10 +462,9 @@ class _EnqueueStream:
                 0,
             )
         assert isinstance(got, grpc.RpcError)
-        err = error_of(got)
-        if err.retry_safe:
-            self._nodes.move_on(self._index)
-        raise err
+        # A retry-safe end (the node stopping, or never reached) sends the
+        # request as a call, which moves to another node itself.
+        raise error_of(got)
 
     def close(self) -> None:
         self._broken = True
