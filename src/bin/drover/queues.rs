@@ -240,14 +240,25 @@ fn print_history(h: &HistoryBody, all: bool) {
     for p in shown {
         t.add_row(vec![
             crate::jobs::at(p.at_ms),
-            p.enqueued_per_sec.to_string(),
-            p.completed_per_sec.to_string(),
-            p.failed_per_sec.to_string(),
+            per_sec(p.enqueued_per_sec),
+            per_sec(p.completed_per_sec),
+            per_sec(p.failed_per_sec),
             times(p.wait_ms),
             times(p.run_ms),
         ]);
     }
     println!("{t}");
+}
+
+/// A rate as people read it: three significant digits or so, and a
+/// trickle (one job in five minutes) not shown as 0.
+fn per_sec(v: f64) -> String {
+    match v {
+        v if v == 0.0 => "0".to_string(),
+        v if v >= 100.0 => format!("{v:.0}"),
+        v if v >= 1.0 => format!("{v:.2}"),
+        v => format!("{v:.4}"),
+    }
 }
 
 fn print(q: &QueuesBody) {
