@@ -253,11 +253,14 @@ fn print_history(h: &HistoryBody, all: bool) {
 /// A rate as people read it: three significant digits or so, and a
 /// trickle (one job in five minutes) not shown as 0.
 fn per_sec(v: f64) -> String {
-    match v {
-        v if v == 0.0 => "0".to_string(),
-        v if v >= 100.0 => format!("{v:.0}"),
-        v if v >= 1.0 => format!("{v:.2}"),
-        v => format!("{v:.4}"),
+    if v == 0.0 {
+        "0".to_string()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.4}")
     }
 }
 
