@@ -136,6 +136,36 @@ pub(super) fn holds(breakers: &BTreeMap<Scope, Breaker>, queue: &str, tenant: &s
     of(breakers, queue, tenant).any(|(_, b)| b.holds())
 }
 
+/// The first breaker that holds (queue, tenant), if any.
+pub(super) fn holding<'a>(
+    breakers: &'a BTreeMap<Scope, Breaker>,
+    queue: &str,
+    tenant: &str,
+) -> Option<&'a Scope> {
+    of(breakers, queue, tenant)
+        .find(|(_, b)| b.holds())
+        .map(|(s, _)| s)
+}
+
+/// The tenants a breaker holds in `queue`.
+pub(super) fn held_tenants<'a>(
+    breakers: &'a BTreeMap<Scope, Breaker>,
+    queue: &str,
+) -> Vec<&'a str> {
+    if breakers.is_empty() {
+        return Vec::new();
+    }
+    let start = (queue.to_string(), String::new(), String::new());
+    let mut out: Vec<&str> = breakers
+        .range(start..)
+        .take_while(|((q, _, _), _)| q == queue)
+        .filter(|(_, b)| b.holds())
+        .map(|((_, t, _), _)| t.as_str())
+        .collect();
+    out.dedup();
+    out
+}
+
 impl Machine {
     pub(super) fn load_breakers(&mut self) -> Result<(), MachineError> {
         for item in self.tree.scan_prefix([BREAKER]) {

@@ -56,6 +56,27 @@ pub(super) struct QueueIndex {
     /// The clock changes kept since the clocks' record (layout 4).
     pub(super) clock_log: fair_clocks::ClockLog,
     pub(super) counts: QueueCounts,
+    /// Jobs in `ready` by run key (`tenant\0run`), for the blocked counts
+    /// of held runs.
+    pub(super) run_ready: HashMap<String, u64>,
+}
+
+impl QueueIndex {
+    /// Counts a job of run `run` (none if empty) into or out of `ready`.
+    pub(super) fn count_run_ready(&mut self, tenant: &str, run: &str, add: bool) {
+        if run.is_empty() {
+            return;
+        }
+        let key = runs::run_key(tenant, run);
+        if add {
+            *self.run_ready.entry(key).or_default() += 1;
+        } else if let Some(n) = self.run_ready.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.run_ready.remove(&key);
+            }
+        }
+    }
 }
 
 impl Machine {

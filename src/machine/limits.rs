@@ -56,6 +56,8 @@ struct Parked {
     hold: Hold,
     queue: String,
     tenant: String,
+    /// Its run's key (`tenant\0run`), empty if it has none.
+    run: String,
     priority: u8,
     since: u64,
     /// The job's own limits, if it set them.
@@ -72,6 +74,9 @@ pub(super) struct KeyLimits {
     /// Parked jobs by hold, in (priority, id) order.
     parked: BTreeMap<Hold, BTreeSet<(u8, JobId)>>,
     parked_ids: HashMap<JobId, Parked>,
+    /// Parked jobs by queue, then by (tenant, hold), for the blocked
+    /// counts.
+    parked_by_queue: HashMap<String, BTreeMap<(String, Hold), u64>>,
     /// Holds read from `W` on open, before their jobs are placed.
     loaded: HashMap<JobId, Hold>,
     /// Concurrency keys whose leases ended in the command being applied.
@@ -104,6 +109,35 @@ impl KeyLimits {
             .iter()
             .filter(move |(_, p)| keep(&p.queue, &p.tenant))
             .map(|(id, _)| *id)
+    }
+
+    /// Parked jobs of `queue` by (tenant, hold).
+    pub(super) fn parked_in(&self, queue: &str) -> impl Iterator<Item = (&(String, Hold), &u64)> {
+        self.parked_by_queue.get(queue).into_iter().flatten()
+    }
+
+    /// What holds job `id` parked, if it is.
+    #[cfg(test)]
+    pub(super) fn hold_of(&self, id: JobId) -> Option<&Hold> {
+        self.parked_ids.get(&id).map(|p| &p.hold)
+    }
+
+    fn count_parked(&mut self, p: &Parked, add: bool) {
+        let by = self.parked_by_queue.entry(p.queue.clone()).or_default();
+        let k = (p.tenant.clone(), p.hold.clone());
+        if add {
+            *by.entry(k).or_default() += 1;
+        } else {
+            if let Some(n) = by.get_mut(&k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    by.remove(&k);
+                }
+            }
+            if by.is_empty() {
+                self.parked_by_queue.remove(&p.queue);
+            }
+        }
     }
 
     /// Whether a lease of `key` at `now` (ms) keeps within `rate`.
@@ -183,8 +217,12 @@ impl Machine {
     /// frees.
     pub(super) fn park(&mut self, job: &Job, hold: Hold) {
         if let Some(qi) = self.queues.get_mut(&job.queue) {
-            qi.ready
-                .remove(job.priority, &job.tenant, job.id, job.run_at_ms);
+            if qi
+                .ready
+                .remove(job.priority, &job.tenant, job.id, job.run_at_ms)
+            {
+                qi.count_run_ready(&job.tenant, &job.run_id, false);
+            }
         }
         self.put(key(PARKED, job.id).to_vec(), encode(&hold));
         self.track_parked(job, hold);
@@ -199,18 +237,21 @@ impl Machine {
         let keys = JobKeys::of(&job.labels);
         let own_limit = keys.concurrency.and_then(|(_, own)| own);
         let own_rate = keys.rate.and_then(|(_, own)| own);
-        l.parked_ids.insert(
-            job.id,
-            Parked {
-                hold,
-                queue: job.queue.clone(),
-                tenant: job.tenant.clone(),
-                priority: job.priority,
-                since: job.run_at_ms,
-                own_limit,
-                own_rate,
+        let parked = Parked {
+            hold,
+            queue: job.queue.clone(),
+            tenant: job.tenant.clone(),
+            run: match job.run_id.as_str() {
+                "" => String::new(),
+                run => runs::run_key(&job.tenant, run),
             },
-        );
+            priority: job.priority,
+            since: job.run_at_ms,
+            own_limit,
+            own_rate,
+        };
+        l.count_parked(&parked, true);
+        l.parked_ids.insert(job.id, parked);
         if let Some(Hold::Rate(key)) = self.limits.parked_ids.get(&job.id).map(|p| p.hold.clone()) {
             self.reschedule_rate(&key);
         }
@@ -224,8 +265,12 @@ impl Machine {
             return;
         }
         let qi = self.queues.entry(job.queue.clone()).or_default();
-        qi.ready
-            .insert(job.priority, &job.tenant, job.id, job.run_at_ms);
+        if qi
+            .ready
+            .insert(job.priority, &job.tenant, job.id, job.run_at_ms)
+        {
+            qi.count_run_ready(&job.tenant, &job.run_id, true);
+        }
     }
 
     /// `unplace` of a ready job: out of the ready set or the parked.
@@ -233,8 +278,12 @@ impl Machine {
         if self.forget_parked(job.id) {
             self.delete(key(PARKED, job.id).to_vec());
         } else if let Some(qi) = self.queues.get_mut(&job.queue) {
-            qi.ready
-                .remove(job.priority, &job.tenant, job.id, job.run_at_ms);
+            if qi
+                .ready
+                .remove(job.priority, &job.tenant, job.id, job.run_at_ms)
+            {
+                qi.count_run_ready(&job.tenant, &job.run_id, false);
+            }
         }
     }
 
@@ -243,6 +292,7 @@ impl Machine {
         let Some(p) = l.parked_ids.remove(&id) else {
             return false;
         };
+        l.count_parked(&p, false);
         if let Some(set) = l.parked.get_mut(&p.hold) {
             set.remove(&(p.priority, id));
             if set.is_empty() {
@@ -262,11 +312,10 @@ impl Machine {
         };
         self.forget_parked(id);
         self.delete(key(PARKED, id).to_vec());
-        self.queues
-            .entry(p.queue)
-            .or_default()
-            .ready
-            .insert(p.priority, &p.tenant, id, p.since);
+        let qi = self.queues.entry(p.queue).or_default();
+        if qi.ready.insert(p.priority, &p.tenant, id, p.since) && !p.run.is_empty() {
+            *qi.run_ready.entry(p.run).or_default() += 1;
+        }
     }
 
     /// Counts a job's lease against its concurrency key (`place`).

@@ -254,6 +254,9 @@ pub struct MachineStats {
     pub canary_arms: BTreeMap<String, canary::Arms>,
     /// Faults to inject, by queue.
     pub chaos: BTreeMap<String, crate::command::ChaosRule>,
+    /// Each queue's ready jobs held back, by reason and scope (queues with
+    /// none are left out); see [`blocked`].
+    pub blocked_jobs: BTreeMap<String, Vec<blocked::Blocked>>,
 }
 
 /// The state machine: applies committed entries to its sled tree and keeps
@@ -586,46 +589,19 @@ impl Machine {
     /// What the driver publishes after each applied range: counts, controls,
     /// breakers, budgets and rules, for the APIs, metrics and waiting workers.
     pub fn stats(&self) -> MachineStats {
+        let blocked_jobs = self.blocked_jobs();
         // Queues a lease would find nothing in however many are ready, so
-        // workers do not propose leases in a loop while they stay so.
+        // workers do not propose leases in a loop while they stay so: paused,
+        // at their concurrency limit, or every ready job held.
         let at_limit = self.queues.iter().filter_map(|(name, qi)| {
             let limit = self.policies.queue(name).concurrency_limit?;
             (qi.counts.leased >= limit).then(|| name.clone())
         });
-        // Only when some tenant is paused: this runs after every applied range.
-        let some_paused = !self.controls.paused_tenants.is_empty()
-            || !self.runs.capped.is_empty()
-            || self
-                .breakers
-                .values()
-                .any(|b| b.state != breaker::BreakerState::Closed);
-        let tenants_paused = self
-            .queues
-            .iter()
-            .filter(|_| some_paused)
-            .filter_map(|(name, qi)| {
-                // Every tenant held takes at least as many holds: count
-                // first, so many tenants cost nothing while few are held.
-                let holds = self.controls.paused_tenants.len()
-                    + self.runs.capped.len()
-                    + self.breakers.len();
-                let tenants = qi.ready.tenant_count();
-                let all_paused = tenants > 0
-                    && tenants <= holds
-                    && qi.ready.by_tenant().all(|(t, _)| {
-                        self.controls.paused_tenants.contains(t)
-                            || self.tenant_capped(t)
-                            || breaker::holds(&self.breakers, name, t)
-                    });
-                all_paused.then(|| name.clone())
-            });
-        // Every ready job parked behind a key limit.
-        let all_parked = self
-            .queues
-            .iter()
-            .filter(|(_, qi)| qi.ready.is_empty() && qi.counts.ready_total() > 0)
-            .map(|(name, _)| name.clone());
-        let at_limit = at_limit.chain(tenants_paused).chain(all_parked);
+        let all_held = blocked_jobs.iter().filter_map(|(name, b)| {
+            let ready = self.queues.get(name)?.counts.ready_total();
+            (b.iter().map(|b| b.jobs).sum::<u64>() >= ready).then(|| name.clone())
+        });
+        let at_limit = at_limit.chain(all_held);
         MachineStats {
             blocked: self
                 .controls
@@ -666,6 +642,7 @@ impl Machine {
             canaries: self.canary_rules(),
             canary_arms: self.canary_arms.clone(),
             chaos: self.chaos.clone(),
+            blocked_jobs,
             oldest_ready: self
                 .queues
                 .iter()
@@ -979,6 +956,7 @@ fn spill_staged(
 }
 
 pub mod audit;
+pub mod blocked;
 pub mod breaker;
 pub mod canary;
 pub mod capture;

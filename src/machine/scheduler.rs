@@ -225,33 +225,36 @@ impl ReadySet {
             .map_or_else(|| Arc::from(name), |(t, _)| t.clone())
     }
 
-    pub(super) fn insert(&mut self, priority: u8, tenant: &str, id: JobId, since: u64) {
+    /// Adds a job; false if it was in the set already.
+    pub(super) fn insert(&mut self, priority: u8, tenant: &str, id: JobId, since: u64) -> bool {
         let t = self.tenant(tenant);
         let clock = self.clocks.ahead.get(tenant).copied();
         let level = self.levels.entry(priority).or_default();
         let ids = level.tenants.entry(t.clone()).or_default();
         let before = ids.first().copied();
         if !ids.insert((since, id)) {
-            return;
+            return false;
         }
         let after = ids.first().copied();
         level.reindex(&t, before, after, clock);
         *self.counts.entry(t).or_default() += 1;
+        true
     }
 
-    pub(super) fn remove(&mut self, priority: u8, tenant: &str, id: JobId, since: u64) {
+    /// Removes a job; false if it was not in the set.
+    pub(super) fn remove(&mut self, priority: u8, tenant: &str, id: JobId, since: u64) -> bool {
         let Some(level) = self.levels.get_mut(&priority) else {
-            return;
+            return false;
         };
         let Some(t) = level.tenants.get_key_value(tenant).map(|(t, _)| t.clone()) else {
-            return;
+            return false;
         };
         let Some(ids) = level.tenants.get_mut(tenant) else {
-            return;
+            return false;
         };
         let before = ids.first().copied();
         if !ids.remove(&(since, id)) {
-            return;
+            return false;
         }
         let after = ids.first().copied();
         if ids.is_empty() {
@@ -269,10 +272,7 @@ impl ReadySet {
             }
             None => {}
         }
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.levels.is_empty()
+        true
     }
 
     /// When the longest-waiting ready job became ready (ms).
@@ -286,6 +286,11 @@ impl ReadySet {
     /// Tenants with ready jobs, each with how many.
     pub(super) fn by_tenant(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
         self.counts.iter().map(|(t, n)| (&**t, *n))
+    }
+
+    /// How many ready jobs `tenant` has, every level.
+    pub(super) fn tenant_ready(&self, tenant: &str) -> u64 {
+        self.counts.get(tenant).copied().unwrap_or(0)
     }
 
     /// How many tenants have ready jobs.

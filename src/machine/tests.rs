@@ -1025,6 +1025,195 @@ mod props {
         Ok(())
     }
 
+    /// The machine's blocked counts summed by reason, as
+    /// [`Machine::blocked_by_scan`] gives them.
+    fn blocked_by_reason(m: &Machine) -> BTreeMap<String, BTreeMap<blocked::BlockReason, u64>> {
+        let mut out: BTreeMap<String, BTreeMap<blocked::BlockReason, u64>> = BTreeMap::new();
+        for (queue, held) in m.stats().blocked_jobs {
+            for b in held {
+                *out.entry(queue.clone())
+                    .or_default()
+                    .entry(b.reason)
+                    .or_default() += b.jobs;
+            }
+        }
+        out
+    }
+
+    #[derive(Debug, Clone)]
+    enum HoldOp {
+        /// Queue (0-1), tenant (0-1), run (none, r1, r2), key k or none.
+        Enqueue(u8, u8, Option<u8>, bool),
+        Lease(u8, u32),
+        /// Complete the i-th held job at this cost (millionths of a USD).
+        Complete(usize, u64),
+        /// Fail the i-th held job with this class.
+        Fail(usize, u8),
+        /// Pause or resume: queue q0 (0, 1), tenant a (2, 3).
+        Control(u8),
+        /// Raise run r1 or r2 of tenant a (or b) past what it used.
+        Override(u8, u8),
+        ResetBreakers,
+        Tick(u64),
+    }
+
+    fn hold_op() -> impl Strategy<Value = HoldOp> {
+        prop_oneof![
+            4 => (0u8..2, 0u8..2, proptest::option::of(1u8..3), any::<bool>())
+                .prop_map(|(q, t, r, k)| HoldOp::Enqueue(q, t, r, k)),
+            3 => (0u8..2, 1u32..4).prop_map(|(q, n)| HoldOp::Lease(q, n)),
+            2 => (0usize..6, 0u64..25_000).prop_map(|(i, c)| HoldOp::Complete(i, c)),
+            3 => (0usize..6, 0u8..4).prop_map(|(i, c)| HoldOp::Fail(i, c / 3)),
+            1 => (0u8..4).prop_map(HoldOp::Control),
+            1 => (0u8..2, 1u8..3).prop_map(|(t, r)| HoldOp::Override(t, r)),
+            1 => Just(HoldOp::ResetBreakers),
+            1 => (0u64..2_000).prop_map(HoldOp::Tick),
+        ]
+    }
+
+    /// Queues q0 (concurrency limit 2) and q1 (a breaker at two failures
+    /// of a class), runs with a cost budget, tenant b with a daily cap and
+    /// a concurrency key of 1.
+    fn hold_policies() -> Command {
+        let mut policies = crate::policies::Policies {
+            jobs: CFG,
+            budgets: crate::policies::Budgets {
+                cost_micros: Some(15_000),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        policies.queues.insert(
+            "q0".into(),
+            crate::policies::QueuePolicy {
+                concurrency_limit: Some(2),
+                ..Default::default()
+            },
+        );
+        policies.queues.insert(
+            "q1".into(),
+            crate::policies::QueuePolicy {
+                breaker: Some(crate::policies::QueueBreaker {
+                    threshold: Some(2),
+                    window_ms: Some(10_000),
+                    cooldown_ms: Some(1_000),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        policies.tenants.insert(
+            "b".into(),
+            crate::policies::TenantPolicy {
+                budgets: crate::policies::Budgets {
+                    daily_cost_cap_micros: Some(40_000),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        policies.keys.insert(
+            "k".into(),
+            crate::policies::KeyLimit {
+                concurrency: Some(1),
+                rate: None,
+            },
+        );
+        Command::SetPolicies { policies }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The blocked counts by reason equal a scan of every ready job,
+        /// whatever holds them (pauses, breakers, budgets, daily caps, key
+        /// and queue limits), and a replayed or reopened machine counts
+        /// the same.
+        #[test]
+        fn blocked_counts_equal_a_scan(ops in proptest::collection::vec(hold_op(), 1..70)) {
+            use crate::command::{QueueAction, QueueScope};
+            let mut h = Harness::new();
+            h.run(0, hold_policies());
+            let mut now = 1_000u64;
+            let mut held: Vec<(JobId, u32)> = Vec::new();
+            for op in ops {
+                now += 10;
+                match op {
+                    HoldOp::Enqueue(q, t, r, k) => {
+                        let mut j = new_job(&format!("q{q}"), 3);
+                        j.tenant = ["a", "b"][usize::from(t)].into();
+                        if let Some(r) = r {
+                            j.run_id = format!("r{r}");
+                        }
+                        if k {
+                            j.labels.insert(crate::job::CONCURRENCY_KEY_LABEL.into(), "k".into());
+                        }
+                        h.run(now, Command::Enqueue { jobs: vec![j] });
+                    }
+                    HoldOp::Lease(q, n) => {
+                        for j in h.lease(now, "w", &[&format!("q{q}")], n) {
+                            held.push((j.id, j.attempts));
+                        }
+                    }
+                    HoldOp::Complete(i, cost) if i < held.len() => {
+                        let (id, attempt) = held.remove(i);
+                        let usage = crate::command::Usage { cost_micros: cost, named: Default::default() };
+                        let items = vec![(Completion { job_id: id, attempt, result: Bytes::new() }, usage)];
+                        h.run(now, Command::CompleteWithUsage { worker: "w".into(), items });
+                    }
+                    HoldOp::Fail(i, class) if i < held.len() => {
+                        let (id, attempt) = held.remove(i);
+                        let items = vec![Failure {
+                            job_id: id,
+                            attempt,
+                            error_class: format!("c{class}"),
+                            message: "no".into(),
+                        }];
+                        h.run(now, Command::Fail { worker: "w".into(), items });
+                    }
+                    HoldOp::Control(kind) => {
+                        let (scope, action) = match kind {
+                            0 => (QueueScope::Queue("q0".into()), QueueAction::Pause),
+                            1 => (QueueScope::Queue("q0".into()), QueueAction::Resume),
+                            2 => (QueueScope::Tenant("a".into()), QueueAction::Pause),
+                            _ => (QueueScope::Tenant("a".into()), QueueAction::Resume),
+                        };
+                        h.run(now, Command::Control(crate::command::Control { scope, action }));
+                    }
+                    HoldOp::Override(t, r) => {
+                        h.run(now, Command::OverrideRun(crate::command::OverrideRun {
+                            tenant: ["a", "b"][usize::from(t)].into(),
+                            run: format!("r{r}"),
+                            limits: Box::new(crate::policies::Budgets {
+                                cost_micros: Some(1_000_000),
+                                ..Default::default()
+                            }),
+                        }));
+                    }
+                    HoldOp::ResetBreakers => {
+                        h.run(now, Command::ResetBreakers(crate::command::ResetBreakers { scope: None }));
+                    }
+                    HoldOp::Tick(dt) => {
+                        now += dt;
+                        h.run(now, Command::Tick);
+                    }
+                    _ => {}
+                }
+                prop_assert_eq!(blocked_by_reason(&h.m), h.m.blocked_by_scan());
+            }
+            // Every node counts alike: one that replays the log, and one
+            // that reopens the tree.
+            let mut fresh = Harness::new();
+            for (i, e) in h.log.iter().enumerate().skip(1) {
+                fresh.m.apply(i as u64 + 1, 1, e).unwrap();
+            }
+            fresh.m.commit().unwrap();
+            prop_assert_eq!(fresh.m.stats().blocked_jobs, h.m.stats().blocked_jobs);
+            h.m = Machine::open(h.db.open_tree("machine").unwrap()).unwrap();
+            prop_assert_eq!(fresh.m.stats().blocked_jobs, h.m.stats().blocked_jobs);
+            prop_assert_eq!(blocked_by_reason(&h.m), h.m.blocked_by_scan());
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         /// Counts always match the records, no job is leased twice at once,
@@ -1145,6 +1334,7 @@ mod props {
                 prop_assert_eq!(indexed, counts.succeeded + counts.dead + counts.cancelled);
                 // The rate keys' due index says what a scan of them says.
                 prop_assert_eq!(h.m.rate_due(), &h.m.rate_due_by_scan());
+                prop_assert_eq!(blocked_by_reason(&h.m), h.m.blocked_by_scan());
                 prop_assert_eq!(bytes, h.m.finished_bytes);
             }
             let mut fresh = Harness::at_format(format);
@@ -1153,6 +1343,7 @@ mod props {
             }
             fresh.m.commit().unwrap();
             prop_assert_eq!(fresh.m.digest().unwrap(), h.m.digest().unwrap());
+            prop_assert_eq!(fresh.m.stats().blocked_jobs, h.m.stats().blocked_jobs);
             // The clocks read back from the tree lease as the live ones do.
             fresh.index = h.index;
             let live: Vec<JobId> = fresh.lease(now + 10, "w2", &["q"], 3).iter().map(|j| j.id).collect();
