@@ -92,6 +92,12 @@ pub const METRICS: &[(&str, Kind, Scope, &str)] = &[
         "Ready jobs by queue and priority (1 highest to 5).",
     ),
     (
+        "drover_queue_blocked_jobs",
+        Kind::Gauge,
+        Scope::Cluster,
+        "Ready jobs held back, by queue and reason (paused, tenant_paused, breaker, daily_cap, budget, key_limit, concurrency_limit), each counted under the first reason that holds it; `drover queues why QUEUE` says what holds them. What the connected workers add (version, no_workers) is in the API, not here: see drover_queue_workers.",
+    ),
+    (
         "drover_jobs_enqueued_total",
         Kind::Counter,
         Scope::Cluster,
@@ -626,6 +632,18 @@ impl Metrics {
                 ("waiting", c.waiting),
             ] {
                 metrics::gauge!("drover_jobs", "queue" => queue.clone(), "state" => state)
+                    .set(n as f64);
+            }
+            // Every reason, zeros too: a released hold reads 0, not stale.
+            let held = stats.blocked_jobs.get(queue);
+            for reason in crate::machine::blocked::BlockReason::REPLICATED {
+                let n: u64 = held
+                    .into_iter()
+                    .flatten()
+                    .filter(|b| b.reason == reason)
+                    .map(|b| b.jobs)
+                    .sum();
+                metrics::gauge!("drover_queue_blocked_jobs", "queue" => queue.clone(), "reason" => reason.as_str())
                     .set(n as f64);
             }
         }

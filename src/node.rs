@@ -109,6 +109,7 @@ impl Node {
             workers: WorkerRegistry::default(),
             shutdown: shutdown.clone(),
             keys: Arc::new(keys),
+            workers_cache: Default::default(),
         };
         let metrics = Metrics::install().with_worker_labels(worker_labels);
         tokio::spawn(crate::resources::watch(

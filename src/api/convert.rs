@@ -35,6 +35,7 @@ impl From<JobView> for pb::Job {
             payload,
             result,
             waiting,
+            holds: _,
         } = v;
         pb::Job {
             waiting: waiting.unwrap_or_default(),

@@ -10,6 +10,7 @@
 //! [`scope`] what a token may touch.
 
 pub mod auth;
+pub mod blocked;
 pub mod canary;
 pub mod certs;
 pub mod convert;
@@ -64,6 +65,8 @@ pub struct App {
     /// What seals payloads, results and error messages before they are
     /// proposed and opens them as they leave (no keys: nothing sealed).
     pub keys: Arc<crate::sealing::Keys>,
+    /// The cluster's workers as last gathered, for what they hold back.
+    pub workers_cache: blocked::WorkersCache,
 }
 
 /// Faults a node injected into its worker streams, by (queue, kind), since
@@ -101,8 +104,11 @@ pub struct JobView {
     pub payload: bytes::Bytes,
     /// What the worker that completed it sent back; empty until then.
     pub result: bytes::Bytes,
-    /// Why a ready job is not leased yet (see [`crate::machine::JobReader::waiting`]).
+    /// Why a ready job is not leased yet: the first of `holds`.
     pub waiting: Option<String>,
+    /// Everything that holds a ready job back, the log's reasons first
+    /// (see [`crate::machine::JobReader::holds`]), then the workers'.
+    pub holds: Vec<crate::machine::JobHold>,
 }
 
 impl App {
@@ -114,6 +120,41 @@ impl App {
             self.driver.log_now_ms(),
             &stats.quarantined,
         )
+    }
+
+    /// The workers connected across the cluster, gathered at most once a
+    /// second.
+    pub async fn cluster_workers(&self) -> Arc<blocked::ClusterWorkers> {
+        if let Some(w) = self.workers_cache.fresh() {
+            return w;
+        }
+        let mut workers = self.local_workers();
+        let mut unreachable = Vec::new();
+        for (id, answer) in self.router.peer_workers("", false).await {
+            match answer {
+                Ok(peer) => workers.extend(peer.workers),
+                Err(_) => unreachable.push(id),
+            }
+        }
+        self.workers_cache.keep(blocked::ClusterWorkers {
+            workers,
+            unreachable,
+        })
+    }
+
+    /// Everything that holds `job` back from a lease now (nothing unless
+    /// it is ready).
+    pub async fn job_holds(&self, job: &Job) -> Result<Vec<crate::machine::JobHold>, Error> {
+        if job.state != crate::job::JobState::Ready {
+            return Ok(Vec::new());
+        }
+        let stats = self.driver.stats();
+        let leased = stats.queues.get(&job.queue).map_or(0, |c| c.leased);
+        let mut holds = self.driver.reader().holds(job, leased)?;
+        let workers = self.cluster_workers().await;
+        let now = self.driver.log_now_ms();
+        holds.extend(blocked::job_worker_hold(job, &stats, &workers, now));
+        Ok(holds)
     }
 
     /// Validates a batch of job requests and enqueues them as one command.
@@ -273,12 +314,13 @@ impl App {
         check_owner(caller, &job)?;
         use crate::sealing::Field;
         let result = self.keys.open(Field::Result, reader.result(id)?)?;
-        let waiting = reader.waiting(&job)?;
+        let holds = self.job_holds(&job).await?;
         self.open_job(&mut job)?;
         Ok(JobView {
             payload: self.keys.open(Field::Payload, payload)?,
             result,
-            waiting,
+            waiting: holds.first().map(|h| h.detail.clone()),
+            holds,
             job,
         })
     }

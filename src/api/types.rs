@@ -361,11 +361,16 @@ pub struct JobBody {
     /// Jobs it waits for (it runs once all of them succeeded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<u64>,
-    /// Why a ready job is not leased yet: "queue paused", "tenant paused",
-    /// "limit KEY" (its concurrency key is at its limit) or "limit KEY
-    /// (rate)"; absent when nothing holds it.
+    /// Why a ready job is not leased yet, in words: the first of
+    /// `blocked` ("queue paused", "tenant paused", "held: breaker", "held:
+    /// budget BUDGET", "limit KEY", "limit KEY (rate)"...); absent when
+    /// nothing holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// Everything that holds a ready job back, the one its queue's counts
+    /// show first; empty when nothing does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<BlockedBody>,
     /// The payload, when it is UTF-8 text (empty when none was given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
@@ -395,6 +400,11 @@ impl From<JobView> for JobBody {
     fn from(v: JobView) -> JobBody {
         let (payload, payload_base64) = text_or_base64(&v.payload);
         let (result, result_base64) = text_or_base64(&v.result);
+        let blocked = v
+            .holds
+            .iter()
+            .map(|h| BlockedBody::of(&v.job.queue, h.reason, &h.scope, None, Some(&h.detail)))
+            .collect();
         let Job {
             id,
             queue,
@@ -451,6 +461,7 @@ impl From<JobView> for JobBody {
             lease_ms,
             after,
             waiting: v.waiting,
+            blocked,
             payload,
             payload_base64,
             result,
@@ -609,6 +620,9 @@ pub struct QueueBody {
     pub dead: u64,
     /// Cancelled jobs still kept (`jobs.retention` removes them).
     pub cancelled: u64,
+    /// Jobs waiting for the jobs they run after.
+    #[serde(default)]
+    pub waiting: u64,
 }
 
 impl From<&crate::machine::QueueCounts> for QueueBody {
@@ -620,6 +634,7 @@ impl From<&crate::machine::QueueCounts> for QueueBody {
             succeeded: c.succeeded,
             dead: c.dead,
             cancelled: c.cancelled,
+            waiting: c.waiting,
         }
     }
 }
@@ -1175,8 +1190,84 @@ pub struct QueueStatusBody {
     /// Leases past its sla since this node started (all priorities).
     #[serde(default)]
     pub sla_missed: u64,
+    /// Ready jobs nothing holds back.
+    #[serde(default)]
+    pub runnable: u64,
+    /// The other ready jobs by reason (`paused`, `tenant_paused`,
+    /// `breaker`, `budget`, `daily_cap`, `key_limit`, `concurrency_limit`,
+    /// `version`, `no_workers`); `drover queues why` says what holds them.
+    #[serde(default)]
+    pub blocked: BTreeMap<String, u64>,
     /// Its policy, with the defaults of `[queues."*"]` filled in.
     pub policy: QueuePolicyBody,
+}
+
+/// Ready jobs held back for one reason, at one scope.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BlockedBody {
+    /// `paused`, `tenant_paused`, `breaker`, `budget`, `daily_cap`,
+    /// `key_limit`, `concurrency_limit`, `version` or `no_workers`.
+    pub reason: String,
+    /// What holds them: a tenant, a breaker (`QUEUE/TENANT/CLASS`), a run
+    /// (`TENANT/RUN`), a key, a limit, worker versions; empty for the
+    /// queue itself.
+    #[serde(default)]
+    pub scope: String,
+    /// How many (absent for one job's view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u64>,
+    /// In words, for one job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// What releases them: a command, or what to wait for.
+    pub release: String,
+}
+
+impl BlockedBody {
+    /// The body of `reason` at `scope` in `queue`.
+    pub fn of(
+        queue: &str,
+        reason: crate::machine::blocked::BlockReason,
+        scope: &str,
+        jobs: Option<u64>,
+        detail: Option<&str>,
+    ) -> BlockedBody {
+        BlockedBody {
+            reason: reason.as_str().into(),
+            scope: scope.into(),
+            jobs,
+            detail: detail.map(str::to_string),
+            release: reason.release(queue, scope),
+        }
+    }
+}
+
+/// `GET /api/v1/queues/{queue}/why`: why a queue's jobs are not moving.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueWhyBody {
+    /// The queue.
+    pub queue: String,
+    /// Ready jobs.
+    pub ready: u64,
+    /// Ready jobs nothing holds back.
+    pub runnable: u64,
+    /// The other ready jobs, by reason and scope, each counted once (under
+    /// the first reason that holds it), with what releases them.
+    pub blocked: Vec<BlockedBody>,
+    /// Jobs waiting for the jobs they run after.
+    pub waiting: u64,
+    /// Jobs waiting for their time (a delay or a retry's backoff).
+    pub scheduled: u64,
+    /// Jobs held by workers now.
+    pub leased: u64,
+    /// Workers connected for the queue that take new leases (absent when a
+    /// node did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u64>,
+    /// What holds some jobs that the counts cannot say (a canary's share,
+    /// a version switched off for some tenants).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// `GET /api/v1/queues/{queue}/history` and `GET /api/v1/history`: what

@@ -343,8 +343,12 @@ impl JobReader {
         Ok(out)
     }
 
-    /// Whether a breaker holds (queue, tenant) now.
-    pub fn breaker_holds(&self, queue: &str, tenant: &str) -> Result<bool, MachineError> {
+    /// The breaker that holds (queue, tenant) now, if one does.
+    pub fn breaker_holding(
+        &self,
+        queue: &str,
+        tenant: &str,
+    ) -> Result<Option<Scope>, MachineError> {
         let tree = self.tree();
         let mut prefix = vec![BREAKER];
         prefix.extend_from_slice(queue.as_bytes());
@@ -354,10 +358,10 @@ impl JobReader {
         for item in tree.scan_prefix(prefix) {
             let (k, v) = item?;
             if decode::<Breaker>(&k, &v)?.holds() {
-                return Ok(true);
+                return Ok(parse_key(&k));
             }
         }
-        Ok(false)
+        Ok(None)
     }
 }
 

@@ -989,7 +989,7 @@ pub use indexes::QueueCounts;
 use indexes::QueueIndex;
 use keys::*;
 pub use keys::{check_layout, stored_form, INLINE_PAYLOAD_MAX};
-pub use reader::JobReader;
+pub use reader::{JobHold, JobReader};
 pub use retry::jitter;
 
 #[cfg(test)]

@@ -16,6 +16,17 @@ pub(super) struct Committed {
     pub(super) files: Option<SpillDir>,
 }
 
+/// One thing that holds a ready job back (see [`JobReader::holds`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobHold {
+    /// Why it waits.
+    pub reason: blocked::BlockReason,
+    /// What holds it, as [`blocked::Blocked::scope`] names it.
+    pub scope: String,
+    /// The job's view's words for it.
+    pub detail: String,
+}
+
 impl JobReader {
     pub(super) fn tree(&self) -> sled::Tree {
         self.committed
@@ -50,35 +61,82 @@ impl JobReader {
         })
     }
 
-    /// Why a ready job is not leased yet: its queue or tenant is paused, or
-    /// the scheduler parked it behind a key limit. None when nothing holds
-    /// it (or it is not ready).
-    pub fn waiting(&self, job: &Job) -> Result<Option<String>, MachineError> {
+    /// What holds a ready job back from a lease, of what the log decides,
+    /// in the order [`blocked`] counts them (the first is the one its
+    /// queue's counts show); `queue_leased` is how many of its queue's
+    /// jobs are leased. Empty when nothing does (or it is not ready).
+    /// What the workers connected add is the APIs' to say.
+    pub fn holds(&self, job: &Job, queue_leased: u64) -> Result<Vec<JobHold>, MachineError> {
+        use blocked::BlockReason as R;
+        let mut out = Vec::new();
         if job.state != JobState::Ready {
-            return Ok(None);
+            return Ok(out);
         }
+        let mut hold = |reason, scope: &str, detail: String| {
+            out.push(JobHold {
+                reason,
+                scope: scope.to_string(),
+                detail,
+            })
+        };
         let tree = self.tree();
         let controls: controls::Controls = match tree.get(CONTROLS_KEY)? {
             Some(v) => decode(CONTROLS_KEY, &v)?,
             None => controls::Controls::default(),
         };
         if controls.paused.contains(&job.queue) {
-            return Ok(Some("queue paused".into()));
+            hold(R::Paused, "", "queue paused".into());
         }
         if controls.paused_tenants.contains(&job.tenant) {
-            return Ok(Some("tenant paused".into()));
+            hold(R::TenantPaused, &job.tenant, "tenant paused".into());
         }
-        if self.breaker_holds(&job.queue, &job.tenant)? {
-            return Ok(Some("held: breaker".into()));
+        if let Some((q, t, class)) = self.breaker_holding(&job.queue, &job.tenant)? {
+            hold(
+                R::Breaker,
+                &format!("{q}/{t}/{class}"),
+                "held: breaker".into(),
+            );
         }
-        if let Some(budget) = self.budget_held(job)? {
-            return Ok(Some(format!("held: budget {budget}")));
+        if self.tenant_day(&job.tenant)?.capped {
+            hold(
+                R::DailyCap,
+                &job.tenant,
+                "held: budget daily_cost_cap_usd".into(),
+            );
+        }
+        if let Some(budget) = self.run_held(job)? {
+            hold(
+                R::Budget,
+                &format!("{}/{}", job.tenant, job.run_id),
+                format!("held: budget {budget}"),
+            );
         }
         let k = key(PARKED, job.id);
-        Ok(match tree.get(k)? {
-            Some(v) => Some(decode::<limits::Hold>(&k, &v)?.describe()),
-            None => None,
-        })
+        if let Some(v) = tree.get(k)? {
+            // A budget's hold is its run's record's to say (above).
+            let h = decode::<limits::Hold>(&k, &v)?;
+            if let limits::Hold::Concurrency(key) | limits::Hold::Rate(key) = &h {
+                hold(R::KeyLimit, key, h.describe());
+            }
+        }
+        if let Some(limit) = self.policies()?.queue(&job.queue).concurrency_limit {
+            if queue_leased >= limit {
+                hold(
+                    R::ConcurrencyLimit,
+                    &format!("{queue_leased} leased of {limit}"),
+                    format!("queue at its concurrency limit ({queue_leased} leased of {limit})"),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Why a ready job is not leased yet: the first of its [`holds`]
+    /// (queue limits aside), as text. None when nothing holds it.
+    ///
+    /// [`holds`]: JobReader::holds
+    pub fn waiting(&self, job: &Job) -> Result<Option<String>, MachineError> {
+        Ok(self.holds(job, 0)?.into_iter().next().map(|h| h.detail))
     }
 
     /// The job an idempotency key names in (tenant, queue), while the key

@@ -876,11 +876,8 @@ impl JobReader {
         Ok((budget_uses(&limits, &rec.usage), held_by))
     }
 
-    /// The budget holding `job`'s run or tenant, if one does.
-    pub fn budget_held(&self, job: &Job) -> Result<Option<String>, MachineError> {
-        if self.tenant_day(&job.tenant)?.capped {
-            return Ok(Some("daily_cost_cap_usd".into()));
-        }
+    /// The budget `job`'s run is over, if it is held.
+    pub fn run_held(&self, job: &Job) -> Result<Option<String>, MachineError> {
         if job.run_id.is_empty() {
             return Ok(None);
         }

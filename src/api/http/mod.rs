@@ -236,6 +236,12 @@ fn routes() -> Vec<(Rule, MethodRouter<HttpState>)> {
         ),
         route(
             Method::GET,
+            "/api/v1/queues/{queue}/why",
+            Read,
+            get(queues::why),
+        ),
+        route(
+            Method::GET,
             "/api/v1/history",
             Read,
             get(queues::history_all),

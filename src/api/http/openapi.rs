@@ -45,6 +45,7 @@ use utoipa::{Modify, OpenApi};
         super::cluster::policies_diff,
         super::queues::list,
         super::queues::history,
+        super::queues::why,
         super::queues::history_all,
         super::queues::purge,
         super::tenants::list,

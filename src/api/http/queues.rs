@@ -8,9 +8,10 @@ use serde::Deserialize;
 
 use super::HttpState;
 use crate::api::auth::Caller;
+use crate::api::blocked::queue_holds;
 use crate::api::types::{
-    ClearStuckBody, ControlledBody, HistoryBody, PurgeBody, PurgeState, PurgedBody,
-    QueuePolicyBody, QueueStatusBody, QueuesBody, RequeuedBody,
+    BlockedBody, ClearStuckBody, ControlledBody, HistoryBody, PurgeBody, PurgeState, PurgedBody,
+    QueuePolicyBody, QueueStatusBody, QueueWhyBody, QueuesBody, RequeuedBody,
 };
 use crate::api::ErrorResponses;
 use crate::command::{QueueAction, QueueScope};
@@ -24,6 +25,7 @@ pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<QueuesBody>,
     s.app.router.read_barrier().await?;
     let stats = s.app.driver.stats();
     let policies = s.app.driver.reader().policies()?;
+    let workers = s.app.cluster_workers().await;
     let mut names: std::collections::BTreeSet<&String> = stats.queues.keys().collect();
     names.extend(stats.paused.iter().chain(stats.draining.iter()));
     let queues = names
@@ -31,6 +33,7 @@ pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<QueuesBody>,
         .map(|name| {
             let counts = stats.queues.get(name).cloned().unwrap_or_default();
             let p = policies.queue(name);
+            let holds = queue_holds(name, &counts, &stats, Some(&workers));
             QueueStatusBody {
                 name: name.clone(),
                 counts: (&counts).into(),
@@ -38,6 +41,8 @@ pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<QueuesBody>,
                 draining: stats.draining.contains(name),
                 oldest_ready_at_ms: stats.oldest_ready.get(name).copied(),
                 sla_missed: stats.sla_missed.get(name).map_or(0, |m| m.iter().sum()),
+                runnable: holds.runnable,
+                blocked: holds.by_reason(),
                 policy: QueuePolicyBody {
                     heartbeat_timeout: Some(duration(policies.heartbeat_timeout_ms(name))),
                     ..QueuePolicyBody::from(&p)
@@ -46,6 +51,44 @@ pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<QueuesBody>,
         })
         .collect();
     Ok(Json(QueuesBody { queues }))
+}
+
+/// Why a queue's jobs are not moving: its ready jobs, runnable and blocked
+/// by reason and scope (each counted once, under the first reason that
+/// holds it) with what releases them, and those waiting for dependencies
+/// or their time.
+#[utoipa::path(get, path = "/api/v1/queues/{queue}/why", tag = "queues",
+    params(("queue" = String, Path)),
+    responses((status = 200, body = QueueWhyBody), ErrorResponses))]
+pub(super) async fn why(
+    State(s): State<HttpState>,
+    Path(queue): Path<String>,
+) -> Result<Json<QueueWhyBody>, Error> {
+    crate::job::validate_queue(&queue)?;
+    s.app.router.read_barrier().await?;
+    let stats = s.app.driver.stats();
+    let Some(counts) = stats.queues.get(&queue) else {
+        return Err(Error::NotFound(format!(
+            "no queue {queue:?} holds jobs: `drover queues list` shows the queues"
+        )));
+    };
+    let workers = s.app.cluster_workers().await;
+    let holds = queue_holds(&queue, counts, &stats, Some(&workers));
+    Ok(Json(QueueWhyBody {
+        ready: counts.ready_total(),
+        runnable: holds.runnable,
+        blocked: holds
+            .blocked
+            .iter()
+            .map(|b| BlockedBody::of(&queue, b.reason, &b.scope, Some(b.jobs), None))
+            .collect(),
+        waiting: counts.waiting,
+        scheduled: counts.scheduled,
+        leased: counts.leased,
+        workers: holds.workers.map(|n| n as u64),
+        notes: holds.notes,
+        queue,
+    }))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

@@ -326,6 +326,24 @@ fn print_job(j: &JobBody) {
         ),
         None => println!("state {}  attempts {}", j.state.as_str(), j.attempts),
     }
+    // Every hold, with what releases it; the first is the one its queue's
+    // counts show.
+    if !j.blocked.is_empty() {
+        println!("held back by:");
+        for b in &j.blocked {
+            let scope = if b.scope.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", b.scope)
+            };
+            println!(
+                "  {}{scope}: {}",
+                b.reason,
+                b.detail.as_deref().unwrap_or("")
+            );
+            println!("    release: {}", b.release);
+        }
+    }
     match (&j.result, &j.result_base64) {
         (Some(r), _) if !r.is_empty() => println!("result: {r}"),
         (_, Some(b)) => println!("result (base64): {b}"),

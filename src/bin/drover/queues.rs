@@ -1,12 +1,12 @@
-//! `drover queues list|history|pause|drain|resume|purge|clear-stuck`.
+//! `drover queues list|why|history|pause|drain|resume|purge|clear-stuck`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use drover::api::types::{
-    ClearStuckBody, ControlledBody, HistoryBody, PurgeBody, PurgeState, PurgedBody, QueuesBody,
-    RequeuedBody,
+    ClearStuckBody, ControlledBody, HistoryBody, PurgeBody, PurgeState, PurgedBody, QueueWhyBody,
+    QueuesBody, RequeuedBody,
 };
 
 use crate::target::{table, Target};
@@ -15,6 +15,16 @@ use crate::target::{table, Target};
 pub enum QueuesCmd {
     /// Every queue: depth by state and priority, paused or draining, limits.
     List(Target),
+    /// Why QUEUE's jobs are not moving: its ready jobs that are runnable,
+    /// those held back by each reason (paused, tenant_paused, breaker,
+    /// budget, daily_cap, key_limit, concurrency_limit, version,
+    /// no_workers) with what holds them and the command that releases
+    /// them, and those waiting for dependencies or their time.
+    Why {
+        queue: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// What the node saw of QUEUE (or of every queue) over the last hour
     /// or day: rates and wait and run time percentiles per bucket.
     History {
@@ -93,6 +103,14 @@ pub async fn run(cmd: QueuesCmd) -> Result<()> {
         QueuesCmd::List(target) => {
             let q: QueuesBody = target.admin()?.get("/api/v1/queues").await?;
             return target.print(&q, print);
+        }
+        QueuesCmd::Why { queue, target } => {
+            drover::job::validate_queue(&queue)?;
+            let w: QueueWhyBody = target
+                .admin()?
+                .get(&format!("/api/v1/queues/{queue}/why"))
+                .await?;
+            return target.print(&w, print_why);
         }
         QueuesCmd::History {
             queue,
@@ -264,10 +282,75 @@ fn per_sec(v: f64) -> String {
     }
 }
 
+/// Blocked jobs as one cell: "12 (paused)", "5 budget, 3 key_limit".
+fn blocked_cell(blocked: &std::collections::BTreeMap<String, u64>) -> String {
+    let total: u64 = blocked.values().sum();
+    match blocked.len() {
+        0 => "0".to_string(),
+        1 => format!(
+            "{total} ({})",
+            blocked.keys().next().map_or("", |k| k.as_str())
+        ),
+        _ => {
+            // In the order a job is counted under the first reason.
+            let rank = |r: &str| {
+                drover::machine::blocked::BlockReason::ALL
+                    .iter()
+                    .position(|b| b.as_str() == r)
+                    .unwrap_or(usize::MAX)
+            };
+            let mut held: Vec<(&String, &u64)> = blocked.iter().collect();
+            held.sort_by_key(|(r, _)| rank(r));
+            let parts: Vec<String> = held.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            format!("{total} ({})", parts.join(", "))
+        }
+    }
+}
+
+fn print_why(w: &QueueWhyBody) {
+    println!(
+        "queue {}: {} ready, {} runnable, {} blocked; {} leased, {} waiting for dependencies, {} scheduled",
+        w.queue,
+        w.ready,
+        w.runnable,
+        w.ready.saturating_sub(w.runnable),
+        w.leased,
+        w.waiting,
+        w.scheduled
+    );
+    match w.workers {
+        Some(n) => println!("{n} workers connected for it take new leases"),
+        None => println!("a node did not answer: its workers are not counted"),
+    }
+    if !w.blocked.is_empty() {
+        let mut t = table(&["REASON", "JOBS", "SCOPE", "RELEASE"]);
+        for b in &w.blocked {
+            t.add_row(vec![
+                b.reason.clone(),
+                b.jobs.unwrap_or(0).to_string(),
+                if b.scope.is_empty() {
+                    "-".to_string()
+                } else {
+                    b.scope.clone()
+                },
+                b.release.clone(),
+            ]);
+        }
+        println!("{t}");
+    } else if w.ready > 0 {
+        println!("nothing holds its ready jobs back: workers lease them as they ask");
+    }
+    for note in &w.notes {
+        println!("note: {note}");
+    }
+}
+
 fn print(q: &QueuesBody) {
     let mut t = table(&[
         "QUEUE",
         "READY p1/p2/p3/p4/p5",
+        "RUNNABLE",
+        "BLOCKED",
         "SCHEDULED",
         "LEASED",
         "SUCCEEDED",
@@ -289,6 +372,8 @@ fn print(q: &QueuesBody) {
         t.add_row(vec![
             s.name.clone(),
             ready.join("/"),
+            s.runnable.to_string(),
+            blocked_cell(&s.blocked),
             c.scheduled.to_string(),
             c.leased.to_string(),
             c.succeeded.to_string(),
