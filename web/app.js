@@ -247,11 +247,13 @@ async function queuesPage() {
   const post = (q, what) => () => api(`/api/v1/queues/${encodeURIComponent(q)}/${what}`, { method: "POST", reason: "dashboard" });
   render(
     el("h1", {}, "Queues"),
-    table(["queue", "state", "ready (p1–p5)", "oldest ready", "scheduled", "leased", "waiting", "succeeded", "dead", "sla missed", "limits", ""], queues.map((q) =>
+    table(["queue", "state", "ready (p1–p5)", "runnable", "blocked", "oldest ready", "scheduled", "leased", "waiting", "succeeded", "dead", "sla missed", "limits", ""], queues.map((q) =>
       el("tr", { "data-queue": q.name },
         el("td", {}, el("a", { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name)),
         el("td", {}, q.paused ? el("span", { class: "tag paused" }, "paused") : q.draining ? el("span", { class: "tag draining" }, "draining") : el("span", { class: "tag" }, "running")),
         el("td", {}, q.ready.join(" / ")),
+        el("td", {}, q.runnable ?? "-"),
+        blockedCell(q.blocked || {}),
         el("td", { class: "muted" }, q.oldest_ready_at_ms ? ago(q.oldest_ready_at_ms).replace(" ago", "") : "-"),
         el("td", {}, q.scheduled), el("td", {}, q.leased), el("td", {}, q.waiting || 0),
         el("td", {}, q.succeeded), el("td", {}, q.dead), el("td", { class: q.sla_missed ? "bad" : "" }, q.sla_missed),
@@ -259,6 +261,18 @@ async function queuesPage() {
         el("td", {},
           q.paused || q.draining ? action("resume", post(q.name, "resume")) : [action("pause", post(q.name, "pause")), " ", action("drain", post(q.name, "drain"), { danger: true })])))),
   );
+}
+
+// The order a job is counted in, under the first reason that holds it.
+const BLOCK_REASONS = ["paused", "tenant_paused", "breaker", "daily_cap", "budget", "key_limit", "concurrency_limit", "version", "no_workers"];
+
+function blockedCell(blocked) {
+  const held = Object.entries(blocked).filter(([, n]) => n > 0)
+    .sort(([a], [b]) => BLOCK_REASONS.indexOf(a) - BLOCK_REASONS.indexOf(b));
+  const total = held.reduce((sum, [, n]) => sum + n, 0);
+  if (!total) return el("td", { class: "blocked muted" }, "0");
+  return el("td", { class: "blocked bad", title: "drover queues why QUEUE says what holds them and how to release them" },
+    held.length > 1 ? `${total}: ` : "", held.map(([r, n]) => `${n} ${r.replaceAll("_", " ")}`).join(", "));
 }
 
 function params() {
@@ -337,6 +351,11 @@ async function jobPage(id) {
       card("priority", j.priority), card("attempts", j.attempts), card("cost", `$${(j.cost_usd || 0).toFixed(4)}`),
       j.progress ? card("progress", `${Math.round(100 * (j.progress.fraction || 0))}% ${j.progress.message || ""}`) : null),
     j.last_error_class ? el("p", { class: "bad" }, `${j.last_error_class}: ${j.last_error}`) : null,
+    (j.blocked || []).length ? [
+      el("h2", {}, "Held back by"),
+      table(["reason", "scope", "why", "release"], j.blocked.map((b) =>
+        el("tr", { "data-reason": b.reason }, el("td", { class: "bad" }, b.reason.replaceAll("_", " ")), el("td", {}, b.scope || "-"), el("td", {}, b.detail || ""), el("td", {}, el("code", {}, b.release))))),
+    ] : null,
     el("h2", {}, "Payload"), preview(j.payload, j.payload_base64),
     el("h2", {}, "Result"), preview(j.result, j.result_base64),
     el("h2", {}, "Timeline"),

@@ -178,12 +178,17 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
     pause[0].click()
     wait_until("the CLI to see it paused", lambda: any(q["name"] == "emails" and q["paused"] for q in cli(node, admin, "queues", "list")["queues"]))
     wait_until("the page to show it", lambda: "paused" in browser.find_element(By.CSS_SELECTOR, 'tr[data-queue="emails"]').text)
+    # Its ready jobs are blocked, and the page says why.
+    wait_until("the blocked count", lambda: text_of(browser, 'tr[data-queue="emails"] td.blocked') == "4 paused")
     shot(browser, shots, tmp_path, "queues")
 
     # A hostile payload is text, and runs nothing.
     browser.get(node.http + f"/#/job/{hostile}")
     pre = wait_until("the payload", lambda: browser.find_elements(By.CSS_SELECTOR, "pre.payload"))
     assert pre[0].text == "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    # What holds it, and the command that releases it.
+    held = text_of(browser, 'tr[data-reason="paused"]')
+    assert "queue paused" in held and "drover queues resume emails" in held, held
     assert not browser.find_elements(By.CSS_SELECTOR, "main script, main img")
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text
