@@ -436,7 +436,13 @@ impl fmt::Display for EventKind {
             } => {
                 write!(f, "failed with {class} on {worker} (attempt {attempt}); ")?;
                 match then {
-                    AfterFailed::Retry { at_ms } => write!(f, "retry scheduled at {at_ms}"),
+                    AfterFailed::Retry { at_ms } => write!(
+                        f,
+                        "retry scheduled at {}",
+                        humantime::format_rfc3339_millis(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(*at_ms)
+                        )
+                    ),
                     AfterFailed::Escalated { to, why } => {
                         write!(f, "escalated to queue {to} ({why})")
                     }

@@ -842,6 +842,15 @@ impl Policies {
             .unwrap_or_default()
     }
 
+    /// The queue's concurrency limit alone (its own, else `*`'s): what
+    /// [`Policies::queue`] says, without building the rest.
+    pub fn concurrency_limit(&self, queue: &str) -> Option<u64> {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.concurrency_limit)
+            .or_else(|| self.queues.get(DEFAULTS).and_then(|q| q.concurrency_limit))
+    }
+
     /// The queue's policy with the defaults' fields filled in.
     pub fn queue(&self, queue: &str) -> QueuePolicy {
         let named = self.queues.get(queue);

@@ -3,8 +3,10 @@
 //! completes the job with stdout as its result; any other exit fails it with
 //! the class named by the last stderr line of the form `error_class=NAME`, or
 //! `exit_<code>` when there is none. Either way, a last line of stderr (else
-//! stdout) beginning `cost_usd=` reports what the job used:
-//! `cost_usd=0.012 tokens_in=1200 tokens_out=300`.
+//! stdout) with `cost_usd=` reports what the job used:
+//! `cost_usd=0.012 tokens_in=1200 tokens_out=300`. Both may share a line
+//! (`error_class=oom cost_usd=0.004`); such report lines are left out of
+//! the failure's message.
 
 use std::process::Stdio;
 
@@ -76,29 +78,29 @@ pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<JobOutput, JobErr
             usage,
         });
     }
+    let told: Vec<&str> = stderr.lines().filter(|l| report(l).is_none()).collect();
     Err(JobError {
         class: error_class(&stderr).unwrap_or_else(|| exit_class(&out.status)),
-        message: tail(&stderr, MAX_MESSAGE),
+        message: tail(&told.join("\n"), MAX_MESSAGE),
         usage,
     })
 }
 
-/// What the last line beginning `cost_usd=` of stderr, else of stdout,
+/// What the last report line with `cost_usd=` of stderr, else of stdout,
 /// reports: `cost_usd=0.012 tokens_in=1200`. A value that does not parse
 /// is left out.
 pub fn reported_usage(stderr: &str, stdout: &str) -> JobUsage {
-    let line = [stderr, stdout].into_iter().find_map(|text| {
+    let pairs = [stderr, stdout].into_iter().find_map(|text| {
         text.lines()
             .rev()
-            .map(str::trim)
-            .find(|l| l.starts_with("cost_usd="))
+            .filter_map(report)
+            .find(|pairs| pairs.iter().any(|(k, _)| *k == "cost_usd"))
     });
     let mut usage = JobUsage::default();
-    for (name, value) in line
-        .unwrap_or("")
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-    {
+    for (name, value) in pairs.unwrap_or_default() {
+        if name == "error_class" {
+            continue;
+        }
         if name == "cost_usd" {
             usage.cost_usd = value.parse().unwrap_or(0.0);
         } else if let Ok(n) = value.parse() {
@@ -117,13 +119,26 @@ fn exit_class(status: &std::process::ExitStatus) -> String {
     }
 }
 
-/// The class from the last stderr line `error_class=NAME`.
+/// A report line's `key=value` pairs (other words are left out): a line
+/// whose first word is `error_class=...` or `cost_usd=...`. None for any
+/// other line.
+fn report(line: &str) -> Option<Vec<(&str, &str)>> {
+    let mut words = line.split_whitespace().peekable();
+    let first = words.peek()?;
+    if !(first.starts_with("error_class=") || first.starts_with("cost_usd=")) {
+        return None;
+    }
+    Some(words.filter_map(|kv| kv.split_once('=')).collect())
+}
+
+/// The class from the last stderr line with `error_class=NAME`.
 pub fn error_class(stderr: &str) -> Option<String> {
     stderr
         .lines()
         .rev()
-        .find_map(|l| l.trim().strip_prefix("error_class="))
-        .map(|c| c.trim().to_string())
+        .filter_map(report)
+        .find_map(|pairs| pairs.into_iter().find(|(k, _)| *k == "error_class"))
+        .map(|(_, c)| c.to_string())
         .filter(|c| !c.is_empty())
 }
 
@@ -213,5 +228,16 @@ mod tests {
         let f = exec_job("echo oops >&2; exit 7", job()).await.unwrap_err();
         assert_eq!(f.class, "exit_7");
         assert_eq!(f.message, "oops");
+        // One line with both: the class is its word, the cost counts, and
+        // the message is what the job said besides.
+        let f = exec_job(
+            "echo out of memory >&2; echo error_class=oom cost_usd=0.004 >&2; exit 1",
+            job(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(f.class, "oom");
+        assert_eq!(f.usage.cost_usd, 0.004);
+        assert_eq!(f.message, "out of memory");
     }
 }

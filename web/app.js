@@ -35,10 +35,19 @@ function render(...nodes) {
   main.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
 }
 
+// `render` for a page loaded at navigation `nav`: nothing if the person
+// has moved on since (its data came late).
+function renderAt(nav, ...nodes) {
+  if (nav !== navigation) return false;
+  render(...nodes);
+  return true;
+}
+
 function table(headers, rows) {
   return el("div", { class: "scroll" },
     el("table", {},
-      el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
+      // A column of buttons or boxes has no visible heading; readers get one.
+      el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h === "" ? el("span", { class: "sr-only" }, "actions") : h)))),
       el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: headers.length, class: "muted" }, "nothing")))));
 }
 
@@ -99,18 +108,54 @@ function canOperate() {
 }
 
 // An action button: only for tokens that may act (the server refuses the
-// others anyway). `confirmText` asks first; `then` redraws.
-function action(label, fn, { danger, confirmText } = {}) {
+// others anyway). `confirmText` asks first; `askReason` asks why, and the
+// answer goes to the audit log (`fn` gets it; nothing is done without
+// one). Done, the page redraws.
+function action(label, fn, { danger, confirmText, askReason } = {}) {
   if (!canOperate()) return null;
   return el("button", {
     class: danger ? "danger" : "",
     "data-action": label,
     onclick: async (ev) => {
       ev.preventDefault();
-      if (confirmText && !window.confirm(confirmText)) return;
-      try { await fn(); toast(`${label}: done`); route(); } catch (e) { toast(`${label}: ${e.message}`, true); }
+      let reason = "dashboard";
+      if (askReason) {
+        const said = window.prompt(`${askReason}\n\nWhy? (goes to the audit log)`);
+        if (said === null) return;
+        if (!said.trim()) { toast(`${label}: a reason is needed`, true); return; }
+        reason = said.trim();
+      } else if (confirmText && !window.confirm(confirmText)) return;
+      try { await fn(reason); toast(`${label}: done`); route(); } catch (e) { toast(`${label}: ${e.message}`, true); }
     },
   }, label);
+}
+
+// A duration in ms as people read it: 850 ms, 12 s, 4 min, 2.5 h, 3 d.
+function dur(ms) {
+  if (ms === null || ms === undefined) return "-";
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  const s = ms / 1000;
+  if (s < 60) return `${s < 10 ? s.toFixed(1) : Math.round(s)} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  if (s < 86400) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} d`;
+}
+
+// A policy value in words: objects as "key value, key value".
+function readable(v) {
+  if (v === null || v === undefined) return "-";
+  if (typeof v !== "object") return String(v);
+  return Object.entries(v).filter(([, x]) => x !== null && x !== undefined)
+    .map(([k, x]) => `${k.replaceAll("_", " ")} ${readable(x)}`).join(", ") || "-";
+}
+
+// Pause, drain and resume of a queue: each asks why.
+function queueActions(q) {
+  const post = (what) => (reason) => api(`/api/v1/queues/${encodeURIComponent(q.name)}/${what}`, { method: "POST", reason });
+  return q.paused || q.draining
+    ? action("resume", post("resume"), { askReason: `Resume queue ${q.name}?` })
+    : [action("pause", post("pause"), { askReason: `Pause queue ${q.name}? Its jobs wait; enqueues go on.` }), " ",
+      action("drain", post("drain"), { danger: true, askReason: `Drain queue ${q.name}? New jobs are refused; leases go on.` })];
 }
 
 // ---- login --------------------------------------------------------------------
@@ -214,7 +259,7 @@ async function overview() {
     "data-range": r, class: r === chartRange ? "active" : "", "aria-pressed": r === chartRange ? "true" : "false",
     onclick: () => { chartRange = r; overview().catch(() => {}); },
   }, r === "1h" ? "last hour" : "last day");
-  render(
+  renderAt(nav, 
     el("h1", {}, "Overview"),
     el("div", { class: "cards", id: "cards" },
       card("leader", members.leader_id ? `node ${members.leader_id}` : "none", members.leader_id ? "" : "bad"),
@@ -243,24 +288,83 @@ async function overview() {
 }
 
 async function queuesPage() {
+  const nav = navigation;
   const { queues } = await api("/api/v1/queues");
-  const post = (q, what) => () => api(`/api/v1/queues/${encodeURIComponent(q)}/${what}`, { method: "POST", reason: "dashboard" });
-  render(
+  renderAt(nav, 
     el("h1", {}, "Queues"),
     table(["queue", "state", "ready (p1–p5)", "runnable", "blocked", "oldest ready", "scheduled", "leased", "waiting", "succeeded", "dead", "sla missed", "limits", ""], queues.map((q) =>
       el("tr", { "data-queue": q.name },
-        el("td", {}, el("a", { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name)),
+        el("td", {}, el("a", { href: `#/queue/${encodeURIComponent(q.name)}` }, q.name)),
         el("td", {}, q.paused ? el("span", { class: "tag paused" }, "paused") : q.draining ? el("span", { class: "tag draining" }, "draining") : el("span", { class: "tag" }, "running")),
-        el("td", {}, q.ready.join(" / ")),
+        el("td", { class: "nowrap" }, q.ready.join(" / ")),
         el("td", {}, q.runnable ?? "-"),
         blockedCell(q.blocked || {}),
         el("td", { class: "muted" }, q.oldest_ready_at_ms ? ago(q.oldest_ready_at_ms).replace(" ago", "") : "-"),
         el("td", {}, q.scheduled), el("td", {}, q.leased), el("td", {}, q.waiting || 0),
         el("td", {}, q.succeeded), el("td", {}, q.dead), el("td", { class: q.sla_missed ? "bad" : "" }, q.sla_missed),
-        el("td", { class: "muted" }, Object.entries(q.policy || {}).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ")),
-        el("td", {},
-          q.paused || q.draining ? action("resume", post(q.name, "resume")) : [action("pause", post(q.name, "pause")), " ", action("drain", post(q.name, "drain"), { danger: true })])))),
+        el("td", { class: "muted" }, Object.entries(q.policy || {}).map(([k, v]) => `${k.replaceAll("_", " ")}: ${readable(v)}`).join("; ")),
+        el("td", {}, queueActions(q))))),
   );
+}
+
+// One queue: its numbers, what holds its jobs and what releases it, its
+// history, workers, breakers, recent failures and policy.
+async function queuePage(name) {
+  const nav = navigation;
+  const q = encodeURIComponent(name);
+  const [{ queues }, why, history, workers, { breakers }, dead] = await Promise.all([
+    api("/api/v1/queues"),
+    // A queue with no jobs has nothing to say why about.
+    api(`/api/v1/queues/${q}/why`).catch((e) => { if (e.status === 404) return null; throw e; }),
+    api(`/api/v1/queues/${q}/history?range=${chartRange}`).catch((e) => { if (e.status === 404) return null; throw e; }),
+    api("/api/v1/workers"), api("/api/v1/breakers"), api(`/api/v1/dead?queue=${q}&limit=10`),
+  ]);
+  if (nav !== navigation) return;
+  const s = queues.find((x) => x.name === name);
+  if (!s) { renderAt(nav, el("h1", {}, `Queue ${name}`), el("p", { class: "bad" }, "No such queue on this cluster: the Queues page lists them.")); return; }
+  const latest = (k) => [...((history && history.points) || [])].reverse().find((p) => p[k]);
+  const wait = latest("wait_ms");
+  const run = latest("run_ms");
+  const pct = (t) => (t ? `${dur(t.p50)} / ${dur(t.p95)} / ${dur(t.p99)}` : "-");
+  const serving = workers.workers.filter((w) => w.queues.includes(name));
+  const canvas = el("canvas", { id: "rates", role: "img", "aria-label": `jobs of ${name} per second` });
+  const blockedTotal = Object.values(s.blocked || {}).reduce((a, b) => a + b, 0);
+  renderAt(nav, 
+    el("h1", {}, `Queue ${name} `, s.paused ? el("span", { class: "tag paused" }, "paused") : s.draining ? el("span", { class: "tag draining" }, "draining") : el("span", { class: "tag" }, "running")),
+    el("div", {}, queueActions(s), " ", el("a", { href: `#/jobs?queue=${q}` }, "its jobs")),
+    el("div", { class: "cards", id: "queue-cards" },
+      card("ready", s.ready.reduce((a, b) => a + b, 0)),
+      card("runnable", s.runnable ?? "-", "ok"),
+      card("blocked", blockedTotal, blockedTotal ? "bad" : ""),
+      card("leased", s.leased),
+      card("scheduled", s.scheduled),
+      card("waiting on dependencies", s.waiting || 0),
+      card("oldest ready", s.oldest_ready_at_ms ? ago(s.oldest_ready_at_ms).replace(" ago", "") : "-"),
+      card("workers taking leases", why && why.workers !== undefined ? why.workers : serving.length),
+      card("wait p50/p95/p99", pct(wait && wait.wait_ms)),
+      card("run p50/p95/p99", pct(run && run.run_ms))),
+    el("h2", {}, "Held back"),
+    why && why.blocked.length
+      ? table(["reason", "jobs", "scope", "release"], why.blocked.map((b) =>
+        el("tr", { "data-reason": b.reason }, el("td", { class: "bad" }, b.reason.replaceAll("_", " ")), el("td", {}, b.jobs), el("td", {}, b.scope || "-"), el("td", {}, el("code", {}, b.release)))))
+      : el("p", { class: "muted", id: "held-none" }, "Nothing holds its ready jobs back."),
+    ...((why && why.notes) || []).map((n) => el("p", { class: "muted" }, n)),
+    el("h2", {}, "Per second: ", el("span", { style: "color:#2563eb" }, "enqueued "), el("span", { style: "color:#15803d" }, "completed "), el("span", { style: "color:#b91c1c" }, "failed")),
+    canvas,
+    el("p", { class: "muted" }, history ? `${history.bucket_seconds} s buckets, kept by node ${history.node_id} since ${when(history.since_ms)}` : "no history on this node yet"),
+    el("h2", {}, "Workers"),
+    table(["worker", "node", "version", "held / capacity", "state"], serving.map((w) =>
+      el("tr", {}, el("td", {}, w.worker_id), el("td", {}, w.node_id), el("td", {}, w.version || "-"), el("td", {}, `${w.in_flight} / ${w.capacity}`),
+        el("td", { class: w.draining || w.quarantined_until_ms ? "bad" : "ok" }, w.quarantined_until_ms ? "quarantined" : w.draining ? "draining" : "taking leases")))),
+    el("h2", {}, "Breakers"),
+    table(["tenant", "class", "state", "failures", "opened"], breakers.filter((b) => b.queue === name).map((b) =>
+      el("tr", {}, el("td", {}, b.tenant), el("td", {}, b.class), el("td", {}, el("span", { class: `tag ${b.state.replace("-", "_")}` }, b.state)), el("td", {}, b.failures), el("td", { class: "muted" }, b.opened_at_ms ? ago(b.opened_at_ms) : "never")))),
+    el("h2", {}, "Recent failures"),
+    jobsTable(dead.jobs || [], false),
+    el("h2", {}, "Policy"),
+    el("dl", { class: "policy" }, Object.entries(s.policy || {}).map(([k, v]) => [el("dt", {}, k.replaceAll("_", " ")), el("dd", {}, readable(v))])),
+  );
+  if (history) drawChart(canvas, history);
 }
 
 // The order a job is counted in, under the first reason that holds it.
@@ -281,6 +385,7 @@ function params() {
 }
 
 async function jobsPage() {
+  const nav = navigation;
   const p = params();
   const field = (name, label, opts) => el("label", {}, label, opts
     ? el("select", { name }, opts.map((o) => el("option", { value: o, selected: p.get(name) === o }, o || "any")))
@@ -297,8 +402,9 @@ async function jobsPage() {
     },
   }, field("id", "job id"), field("queue", "queue"), field("tenant", "tenant"), field("run", "run"),
   field("state", "state", ["", "scheduled", "ready", "waiting", "leased", "succeeded", "dead", "cancelled"]),
+  field("type", "type"), field("class", "error class"), field("older_than", "in its state over (1h)"),
   field("key", "idempotency key"), el("button", { type: "submit" }, "Search"));
-  render(el("h1", {}, "Jobs"), form);
+  renderAt(nav, el("h1", {}, "Jobs"), form);
   if (p.get("key")) {
     if (!p.get("queue")) { main.append(el("p", { class: "bad" }, "An idempotency key is looked up within a queue: give the queue too.")); return; }
     const tenant = p.get("tenant") ? `?tenant=${encodeURIComponent(p.get("tenant"))}` : "";
@@ -307,10 +413,18 @@ async function jobsPage() {
     return;
   }
   const q = new URLSearchParams();
-  for (const k of ["queue", "tenant", "run", "state"]) if (p.get(k)) q.set(k, p.get(k));
+  for (const k of ["queue", "tenant", "run", "state", "type", "class", "older_than", "after"]) if (p.get(k)) q.set(k, p.get(k));
   q.set("limit", "100");
-  const { jobs } = await api(`/api/v1/jobs?${q}`);
-  main.append(jobsTable(jobs));
+  const page = await api(`/api/v1/jobs?${q}`);
+  if (nav !== navigation) return;
+  const next = new URLSearchParams(p);
+  if (page.next) next.set("after", page.next);
+  main.append(
+    el("p", { class: "muted" }, "Finished jobs come newest first; ready, scheduled and leased ones oldest first (by id)."),
+    jobsTable(page.jobs),
+    el("p", {}, p.get("after") ? el("a", { href: "#/jobs?" + new URLSearchParams([...p].filter(([k]) => k !== "after")) }, "first page") : null,
+      p.get("after") && page.next ? " · " : null,
+      page.next ? el("a", { href: `#/jobs?${next}`, id: "next-page" }, "next page") : null));
 }
 
 function jobsTable(jobs, select) {
@@ -339,18 +453,24 @@ function preview(text, base64) {
 }
 
 async function jobPage(id) {
+  const nav = navigation;
   const j = await api(`/api/v1/jobs/${encodeURIComponent(id)}`);
   const finished = ["succeeded", "dead", "cancelled"].includes(j.state);
-  render(
+  renderAt(nav, 
     el("h1", {}, `Job ${j.id} `, el("span", { class: `tag ${j.state}` }, j.state)),
     el("div", {},
-      !finished ? action("cancel", () => api(`/api/v1/jobs/${j.id}/cancel`, { method: "POST", reason: "dashboard" }), { danger: true, confirmText: `Cancel job ${j.id}?` }) : null,
+      !finished ? action("cancel", (reason) => api(`/api/v1/jobs/${j.id}/cancel`, { method: "POST", reason }), { danger: true, askReason: `Cancel job ${j.id}? It will not run.` }) : null,
       j.state === "dead" ? action("replay", () => api(`/api/v1/dead/${j.id}/replay`, { method: "POST", reason: "dashboard" })) : null),
     el("div", { class: "cards" },
       card("queue", j.queue), card("type", j.job_type), card("tenant", j.tenant), card("run", j.run_id || "-"),
-      card("priority", j.priority), card("attempts", j.attempts), card("cost", `$${(j.cost_usd || 0).toFixed(4)}`),
+      card("priority", j.priority), card("attempts", j.attempts), card("cost (USD)", `$${(j.cost_usd || 0).toFixed(4)}`),
+      card("enqueued", ago(j.enqueued_at_ms), "", when(j.enqueued_at_ms)),
+      j.state === "scheduled" ? card("runs at", j.run_at_ms > Date.now() ? `in ${dur(j.run_at_ms - Date.now())}` : "now", "", when(j.run_at_ms)) : null,
+      j.finished_at_ms ? card("finished", ago(j.finished_at_ms), "", when(j.finished_at_ms)) : null,
       j.progress ? card("progress", `${Math.round(100 * (j.progress.fraction || 0))}% ${j.progress.message || ""}`) : null),
     j.last_error_class ? el("p", { class: "bad" }, `${j.last_error_class}: ${j.last_error}`) : null,
+    (j.after || []).length ? el("p", { id: "after" }, `Runs after ${j.after.length === 1 ? "job" : "jobs"} `, j.after.map((id, i) => [i ? ", " : "", el("a", { href: `#/job/${id}` }, id)]),
+      j.state === "waiting" ? " (waiting for them to succeed)" : "") : null,
     (j.blocked || []).length ? [
       el("h2", {}, "Held back by"),
       table(["reason", "scope", "why", "release"], j.blocked.map((b) =>
@@ -365,6 +485,7 @@ async function jobPage(id) {
 }
 
 async function deadPage() {
+  const nav = navigation;
   const p = params();
   const q = new URLSearchParams();
   for (const k of ["queue", "class"]) if (p.get(k)) q.set(k, p.get(k));
@@ -373,7 +494,11 @@ async function deadPage() {
   if (p.get("queue")) filter.queue = p.get("queue");
   if (p.get("class")) filter.class = p.get("class");
   const list = jobsTable(page.jobs, canOperate());
-  render(
+  // How many a replay of all that match touches, said before it is done.
+  const matching = page.counts
+    .filter((c) => (!filter.queue || c.queue === filter.queue) && (!filter.class || c.class === filter.class))
+    .reduce((n, c) => n + c.count, 0);
+  renderAt(nav, 
     el("h1", {}, "Dead letters"),
     table(["queue", "error class", "count", ""], page.counts.map((c) =>
       el("tr", {}, el("td", {}, c.queue), el("td", {}, c.class), el("td", {}, c.count),
@@ -386,32 +511,34 @@ async function deadPage() {
         for (const id of ids) await api(`/api/v1/dead/${id}/replay`, { method: "POST", reason: "dashboard" });
       }),
       " ",
-      action("replay all matching", () => api("/api/v1/dead/replay", { method: "POST", body: filter, reason: "dashboard" }), { confirmText: "Replay every dead job that matches?" })),
+      action(`replay all ${matching} matching`, (reason) => api("/api/v1/dead/replay", { method: "POST", body: filter, reason }), { askReason: `Replay the ${matching} dead jobs of ${filter.queue || "every queue"} / ${filter.class || "every class"}?` })),
     list,
   );
 }
 
 async function workersPage() {
+  const nav = navigation;
   const w = await api("/api/v1/workers");
-  render(
+  renderAt(nav, 
     el("h1", {}, "Workers"),
-    el("div", { style: "margin-bottom:.5rem" }, action("shut all down", () => api("/api/v1/workers/shutdown", { method: "POST", reason: "dashboard" }), { danger: true, confirmText: "Ask every worker to stop?" })),
+    el("div", { style: "margin-bottom:.5rem" }, action("shut all down", (reason) => api("/api/v1/workers/shutdown", { method: "POST", reason }), { danger: true, askReason: `Ask all ${w.workers.length} workers to finish what they hold and stop?` })),
     table(["worker", "node", "version", "queues", "held / capacity", "completed", "failed", "last heard", ""], w.workers.map((x) =>
       el("tr", {}, el("td", {}, x.worker_id), el("td", {}, x.node_id), el("td", {}, x.version || "-"), el("td", {}, x.queues.join(", ")),
         el("td", {}, `${x.in_flight} / ${x.capacity}`), el("td", {}, x.completed), el("td", {}, x.failed), el("td", { class: "muted" }, ago(x.last_seen_ms)),
-        el("td", {}, action("shut down", () => api(`/api/v1/workers/${encodeURIComponent(x.worker_id)}/shutdown`, { method: "POST", reason: "dashboard" }), { danger: true }))))),
+        el("td", {}, action("shut down", (reason) => api(`/api/v1/workers/${encodeURIComponent(x.worker_id)}/shutdown`, { method: "POST", reason }), { danger: true, askReason: `Ask worker ${x.worker_id} to finish what it holds and stop?` }))))),
     Object.keys(w.unreachable || {}).length ? el("p", { class: "bad" }, `Not answering: ${Object.entries(w.unreachable).map(([k, v]) => `${k} (${v})`).join(", ")}`) : null,
   );
 }
 
 async function runsPage() {
+  const nav = navigation;
   const [{ breakers }, { runs }] = await Promise.all([api("/api/v1/breakers"), api("/api/v1/runs")]);
-  const reset = (b) => () => api("/api/v1/breakers/reset", { method: "POST", body: { queue: b.queue, tenant: b.tenant, class: b.class }, reason: "dashboard" });
-  render(
+  const reset = (b) => (reason) => api("/api/v1/breakers/reset", { method: "POST", body: { queue: b.queue, tenant: b.tenant, class: b.class }, reason });
+  renderAt(nav, 
     el("h1", {}, "Breakers"),
     table(["queue", "tenant", "class", "state", "failures", "opened", ""], breakers.map((b) =>
       el("tr", {}, el("td", {}, b.queue), el("td", {}, b.tenant), el("td", {}, b.class), el("td", {}, el("span", { class: `tag ${b.state.replace("-", "_")}` }, b.state)),
-        el("td", {}, b.failures), el("td", { class: "muted" }, ago(b.opened_at_ms)), el("td", {}, b.state !== "closed" ? action("reset", reset(b)) : null)))),
+        el("td", {}, b.failures), el("td", { class: "muted" }, ago(b.opened_at_ms)), el("td", {}, b.state !== "closed" ? action("reset", reset(b), { askReason: `Close breaker ${b.queue}/${b.tenant}/${b.class}? Its jobs are leased again.` }) : null)))),
     el("h1", {}, "Runs"),
     table(["tenant", "run", "state", "jobs", "cost", "budgets", ""], runs.map((r) =>
       el("tr", {}, el("td", {}, r.tenant), el("td", {}, el("a", { href: `#/jobs?run=${encodeURIComponent(r.run)}&tenant=${encodeURIComponent(r.tenant)}` }, r.run)),
@@ -440,6 +567,132 @@ function overrideForm(r) {
   }, reason, cost, el("button", { type: "submit", "data-action": "override" }, "override"));
 }
 
+// Tenants: ready jobs, weight and fair share, pause and drain.
+async function tenantsPage() {
+  const nav = navigation;
+  const { tenants } = await api("/api/v1/tenants");
+  const weights = tenants.reduce((n, t) => n + t.weight, 0);
+  const post = (t, what) => (reason) => api(`/api/v1/tenants/${encodeURIComponent(t.name)}/${what}`, { method: "POST", reason });
+  renderAt(nav, 
+    el("h1", {}, "Tenants"),
+    table(["tenant", "state", "ready", "weight", "fair share", ""], tenants.map((t) =>
+      el("tr", { "data-tenant": t.name }, el("td", {}, el("a", { href: `#/jobs?tenant=${encodeURIComponent(t.name)}` }, t.name)),
+        el("td", {}, t.paused ? el("span", { class: "tag paused" }, "paused") : t.draining ? el("span", { class: "tag draining" }, "draining") : el("span", { class: "tag" }, "running")),
+        el("td", {}, t.ready), el("td", {}, t.weight), el("td", {}, weights ? `${Math.round((100 * t.weight) / weights)}%` : "-"),
+        el("td", {}, t.paused || t.draining
+          ? action("resume", post(t, "resume"), { askReason: `Resume tenant ${t.name}?` })
+          : [action("pause", post(t, "pause"), { askReason: `Pause tenant ${t.name}? Its jobs wait in every queue.` }), " ",
+            action("drain", post(t, "drain"), { danger: true, askReason: `Drain tenant ${t.name}? Its new jobs are refused.` })])))),
+    el("p", { class: "muted" }, "A tenant's fair share is its weight over the weights of the tenants listed, among those with ready jobs in a queue."),
+  );
+}
+
+// Recurring jobs: last and next slot, pause, resume, trigger now.
+async function schedulesPage() {
+  const nav = navigation;
+  const { schedules } = await api("/api/v1/schedules");
+  const post = (x, what) => (reason) => api(`/api/v1/schedules/${encodeURIComponent(x.name)}/${what}`, { method: "POST", reason });
+  renderAt(nav, 
+    el("h1", {}, "Schedules"),
+    table(["schedule", "cron", "queue", "state", "last", "next", "fired", ""], schedules.map((x) =>
+      el("tr", { "data-schedule": x.name }, el("td", {}, x.name), el("td", {}, el("code", {}, x.cron), ` ${x.timezone}`), el("td", {}, x.queue),
+        el("td", {}, x.paused ? el("span", { class: "tag paused" }, "paused") : el("span", { class: "tag" }, "running")),
+        el("td", { class: "muted", title: when(x.last_slot_ms) }, x.last_slot_ms ? ago(x.last_slot_ms) : "never"),
+        el("td", { class: "muted", title: when(x.next_slot_ms) }, x.next_slot_ms ? `in ${dur(x.next_slot_ms - Date.now())}` : "-"),
+        el("td", {}, x.fired),
+        el("td", {}, x.paused ? action("resume", post(x, "resume"), { askReason: `Resume schedule ${x.name}?` }) : action("pause", post(x, "pause"), { askReason: `Pause schedule ${x.name}? Its slots are skipped.` }),
+          " ", action("trigger", post(x, "trigger"), { askReason: `Enqueue schedule ${x.name}'s job now?` }))))),
+  );
+}
+
+// The audit log, newest first, a page at a time, filtered on the page by
+// action, actor and age.
+async function auditPage() {
+  const nav = navigation;
+  const p = params();
+  const q = new URLSearchParams({ limit: "200" });
+  if (p.get("before")) q.set("before", p.get("before"));
+  const page = await api(`/api/v1/audit?${q}`);
+  const since = p.get("within") ? Date.now() - Number(p.get("within")) * 3600000 : 0;
+  const rows = page.records.filter((r) =>
+    (!p.get("action") || r.action.includes(p.get("action"))) && (!p.get("actor") || r.who.includes(p.get("actor"))) && r.at_ms >= since);
+  const form = el("form", {
+    class: "row",
+    onsubmit: (ev) => {
+      ev.preventDefault();
+      const f = new URLSearchParams();
+      for (const [k, v] of new FormData(form)) if (v) f.set(k, v);
+      location.hash = `#/audit?${f}`;
+    },
+  },
+  el("label", {}, "action ", el("input", { name: "action", value: p.get("action") || "", size: 14 })),
+  el("label", {}, "actor ", el("input", { name: "actor", value: p.get("actor") || "", size: 12 })),
+  el("label", {}, "within ", el("select", { name: "within" }, [["", "any time"], ["1", "1 hour"], ["24", "1 day"], ["168", "1 week"]].map(([v, l]) => el("option", { value: v, selected: (p.get("within") || "") === v }, l)))),
+  el("button", { type: "submit" }, "filter"));
+  const older = new URLSearchParams(p);
+  if (page.next) older.set("before", page.next);
+  renderAt(nav, 
+    el("h1", {}, "Audit log"),
+    form,
+    table(["when", "who", "role", "action", "target", "reason", "outcome"], rows.map((r) =>
+      el("tr", {}, el("td", { class: "muted", title: when(r.at_ms) }, ago(r.at_ms)), el("td", {}, r.who), el("td", {}, r.role), el("td", {}, r.action),
+        el("td", {}, r.target), el("td", {}, r.reason), el("td", { class: r.outcome === "ok" ? "ok" : "bad" }, r.outcome)))),
+    page.next ? el("p", {}, el("a", { href: `#/audit?${older}`, id: "older" }, "older records")) : null,
+  );
+}
+
+// Worker versions: switches with their undo, versions connected and seen,
+// and each queue's canary with its verdicts.
+async function versionsPage() {
+  const nav = navigation;
+  const [v, { queues }] = await Promise.all([api("/api/v1/versions"), api("/api/v1/queues")]);
+  const canaries = (await Promise.all(queues.map((q) => api(`/api/v1/canary/${encodeURIComponent(q.name)}`).catch(() => null))))
+    .filter((c) => c && c.version && !(c.percent === 100 && c.max_wait === "0s"));
+  if (nav !== navigation) return;
+  const enable = (x) => (reason) => api(`/api/v1/versions/${encodeURIComponent(x.version)}/enable`, { method: "POST", body: { queue: x.queue || undefined, tenant: x.tenant || undefined }, reason });
+  const end = (c, how) => (reason) => api(`/api/v1/canary/${encodeURIComponent(c.queue)}/${how}`, { method: "POST", reason });
+  const versions = [...new Set([...Object.keys(v.connected), ...Object.keys(v.seen)])].sort();
+  renderAt(nav, 
+    el("h1", {}, "Versions"),
+    el("h2", {}, "Switched off"),
+    table(["version", "queue", "tenant", ""], v.switches.map((x) =>
+      el("tr", {}, el("td", {}, x.version), el("td", {}, x.queue || "every queue"), el("td", {}, x.tenant || "every tenant"),
+        el("td", {}, action("enable", enable(x), { askReason: `Lease jobs to version ${x.version} again?` }))))),
+    el("h2", {}, "Seen"),
+    table(["version", "workers connected", "first seen", "last seen"], versions.map((name) =>
+      el("tr", {}, el("td", {}, name || "(none)"), el("td", {}, v.connected[name] || 0),
+        el("td", { class: "muted" }, v.seen[name] ? when(v.seen[name].first_seen_ms) : "-"), el("td", { class: "muted" }, v.seen[name] ? ago(v.seen[name].last_seen_ms) : "-")))),
+    el("h2", {}, "Canaries"),
+    table(["queue", "version", "share", "canary", "control", "verdicts", ""], canaries.map((c) => {
+      const arm = (a) => (a ? `${a.jobs} results, ${(100 * a.success_rate).toFixed(1)}% ok, ${dur(a.mean_run_ms)}` : "-");
+      return el("tr", { "data-canary": c.queue }, el("td", {}, c.queue), el("td", {}, c.version), el("td", {}, `${c.percent}%`),
+        el("td", {}, arm(c.stats && c.stats.canary)), el("td", {}, arm(c.stats && c.stats.control)),
+        el("td", {}, ((c.stats && c.stats.comparison) || []).map((j) => el("span", { class: `tag ${j.verdict === "worse" ? "paused" : ""}` }, `${j.metric}: ${j.verdict}`))),
+        el("td", {}, action("promote", end(c, "promote"), { askReason: `Promote ${c.version} on ${c.queue}: every worker takes every job?` }), " ",
+          action("abort", end(c, "abort"), { danger: true, askReason: `Abort the canary ${c.version} on ${c.queue}?` })));
+    })),
+  );
+}
+
+// What jobs cost, by tenant, queue, job type and run.
+async function costsPage() {
+  const nav = navigation;
+  const c = await api("/api/v1/costs");
+  const usd = (n) => `$${n.toFixed(n < 1 ? 4 : 2)}`;
+  const part = (title, rows, link) => [el("h2", {}, title),
+    table([title.replace("By ", ""), "jobs", "cost (USD)", "lease time"], Object.entries(rows).sort(([, a], [, b]) => b.cost_usd - a.cost_usd).map(([k, x]) =>
+      el("tr", {}, el("td", {}, link ? el("a", { href: link(k) }, k) : k), el("td", {}, x.jobs), el("td", {}, usd(x.cost_usd)), el("td", {}, dur(x.lease_ms)))))];
+  renderAt(nav, 
+    el("h1", {}, "Costs"),
+    el("div", { class: "cards" }, card("jobs", c.total.jobs), card("cost (USD)", usd(c.total.cost_usd)), card("lease time", dur(c.total.lease_ms)), card("since", when(c.since_ms))),
+    c.truncated ? el("p", { class: "bad" }, "Only the newest jobs were counted: narrow it with drover costs --since.") : null,
+    part("By tenant", c.by_tenant),
+    part("By queue", c.by_queue, (k) => `#/queue/${encodeURIComponent(k)}`),
+    part("By job type", c.by_job_type),
+    part("By run", c.by_run),
+  );
+}
+
 // ---- routing ----------------------------------------------------------------------
 
 async function route() {
@@ -449,22 +702,74 @@ async function route() {
   const path = hash.split("?")[0];
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === path);
   try {
-    if (path === "#/" || path === "#") {
-      await overview();
-      // Only if the person is still here: a slow load must not leave a
-      // timer drawing the overview over the page they moved to.
-      if (nav === navigation) timer = setInterval(() => overview().catch(() => {}), 2000);
-    } else if (path === "#/queues") await queuesPage();
-    else if (path === "#/jobs") await jobsPage();
-    else if (path.startsWith("#/job/")) await jobPage(path.slice(6));
-    else if (path === "#/dead") await deadPage();
-    else if (path === "#/workers") await workersPage();
-    else if (path === "#/runs") await runsPage();
-    else render(el("p", {}, "No such page."));
+    const page = pageOf(path);
+    if (!page) { render(el("p", {}, "No such page.")); return; }
+    await page();
+    refreshed();
+    // Only if the person is still here: a slow load must not leave a
+    // timer drawing this page over the one they moved to.
+    if (nav === navigation) timer = setInterval(() => tick(page, nav), path === "#/" || path === "#" ? 2000 : 5000);
   } catch (e) {
-    if (!(e instanceof ApiError && e.status === 401)) render(el("p", { class: "bad" }, `Could not load: ${e.message}`));
+    if (!(e instanceof ApiError && e.status === 401) && nav === navigation) render(el("p", { class: "bad" }, `Could not load: ${e.message}`));
   }
 }
+
+// The page a path shows, as a function that loads and draws it.
+function pageOf(path) {
+  const pages = {
+    "#/": overview, "#": overview, "#/queues": queuesPage, "#/jobs": jobsPage, "#/dead": deadPage,
+    "#/workers": workersPage, "#/runs": runsPage, "#/tenants": tenantsPage, "#/schedules": schedulesPage,
+    "#/audit": auditPage, "#/versions": versionsPage, "#/costs": costsPage,
+  };
+  if (pages[path]) return pages[path];
+  if (path.startsWith("#/queue/")) return () => queuePage(decodeURIComponent(path.slice(8)));
+  if (path.startsWith("#/job/")) return () => jobPage(path.slice(6));
+  return null;
+}
+
+// Live refresh, unless paused in the header; it waits while the person is
+// typing in a form or has ticked boxes, so nothing they did is redrawn away.
+let live = sessionStorage.getItem("drover-live") !== "off";
+let ticking = false;
+
+async function tick(page, nav) {
+  if (!live || ticking || nav !== navigation) return;
+  const focus = document.activeElement;
+  if (main.contains(focus) && ["INPUT", "SELECT", "TEXTAREA"].includes(focus.tagName)) return;
+  if (main.querySelector("input[type=checkbox]:checked")) return;
+  ticking = true;
+  try {
+    const [members] = await Promise.all([api("/api/v1/cluster/members"), page()]);
+    if (nav !== navigation) return;
+    refreshed(members.leader_id ? null : "The cluster has no leader: reads may be stale and changes wait (drover cluster members says which nodes answer).");
+  } catch (e) {
+    if (nav === navigation && !(e instanceof ApiError && e.status === 401)) refreshed(`Refresh failed: ${e.message}. Showing what was loaded before; the node may be down.`);
+  } finally {
+    ticking = false;
+  }
+}
+
+// Says when the page was last refreshed, or why it could not be.
+function refreshed(problem) {
+  const banner = document.getElementById("banner");
+  banner.replaceChildren(problem || "");
+  banner.hidden = !problem;
+  const at = new Date().toLocaleTimeString();
+  document.getElementById("updated").replaceChildren(problem ? `last try ${at}` : `updated ${at}`);
+}
+
+document.getElementById("live").addEventListener("click", () => {
+  live = !live;
+  sessionStorage.setItem("drover-live", live ? "on" : "off");
+  showLive();
+});
+
+function showLive() {
+  const b = document.getElementById("live");
+  b.replaceChildren(live ? "pause refresh" : "resume refresh");
+  b.setAttribute("aria-pressed", live ? "false" : "true");
+}
+showLive();
 
 window.addEventListener("hashchange", route);
 whoami().then((ok) => ok && route());

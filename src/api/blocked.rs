@@ -293,3 +293,106 @@ pub fn job_worker_hold(
         detail,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policies::CanaryRule;
+
+    fn worker(version: &str, queue: &str, draining: bool) -> WorkerInfo {
+        WorkerInfo {
+            worker_id: format!("w-{version}"),
+            queues: vec![queue.into()],
+            version: version.into(),
+            capacity: 1,
+            in_flight: 0,
+            completed: 0,
+            failed: 0,
+            connected_at_ms: 0,
+            last_seen_ms: 0,
+            draining,
+            node_id: 1,
+            recent_completed: 0,
+            recent_failed: 0,
+            recent_window_ms: 0,
+            quarantined_until_ms: None,
+        }
+    }
+
+    fn holds(stats: &MachineStats, workers: Vec<WorkerInfo>) -> QueueHolds {
+        let counts = QueueCounts {
+            ready: [0, 0, 4, 0, 0],
+            ..Default::default()
+        };
+        let workers = ClusterWorkers {
+            workers,
+            unreachable: Vec::new(),
+        };
+        queue_holds("q", &counts, stats, Some(&workers))
+    }
+
+    fn reasons(h: &QueueHolds) -> Vec<(BlockReason, u64)> {
+        h.blocked.iter().map(|b| (b.reason, b.jobs)).collect()
+    }
+
+    #[test]
+    fn what_the_workers_connected_hold_back() {
+        let mut stats = MachineStats::default();
+        // Nobody, or only a draining worker: no_workers, saying so.
+        let h = holds(&stats, vec![]);
+        assert_eq!(
+            (h.runnable, reasons(&h)),
+            (0, vec![(BlockReason::NoWorkers, 4)])
+        );
+        let h = holds(
+            &stats,
+            vec![worker("v1", "q", true), worker("v1", "other", false)],
+        );
+        assert_eq!(reasons(&h), vec![(BlockReason::NoWorkers, 4)]);
+        assert!(h.blocked[0].scope.contains("1 connected"), "{h:?}");
+        // A version switched off for the queue.
+        stats.version_switches.insert(VersionSwitch {
+            version: "v1".into(),
+            queue: Some("q".into()),
+            tenant: None,
+        });
+        let h = holds(&stats, vec![worker("v1", "q", false)]);
+        assert_eq!(reasons(&h), vec![(BlockReason::Version, 4)]);
+        assert_eq!(h.blocked[0].scope, "v1");
+        let h = holds(
+            &stats,
+            vec![worker("v1", "q", false), worker("v2", "q", false)],
+        );
+        assert_eq!((h.runnable, h.blocked.len()), (4, 0));
+        // A pin to v3 (every job, never others) with only v2 connected.
+        stats.canaries.insert(
+            "q".into(),
+            CanaryRule {
+                version: "v3".into(),
+                percent: 100,
+                max_wait_ms: u64::MAX,
+            },
+        );
+        let h = holds(&stats, vec![worker("v2", "q", false)]);
+        assert_eq!(reasons(&h), vec![(BlockReason::Version, 4)]);
+        // A split canary cannot be counted: it is noted.
+        stats.canaries.get_mut("q").unwrap().percent = 10;
+        let h = holds(&stats, vec![worker("v3", "q", false)]);
+        assert_eq!((h.runnable, h.blocked.len()), (4, 0));
+        assert!(
+            h.notes[0].contains("90% of jobs outside its share"),
+            "{h:?}"
+        );
+        // A node that did not answer: nothing is said about workers.
+        let counts = QueueCounts {
+            ready: [0, 0, 4, 0, 0],
+            ..Default::default()
+        };
+        let partial = ClusterWorkers {
+            workers: vec![],
+            unreachable: vec![2],
+        };
+        let h = queue_holds("q", &counts, &stats, Some(&partial));
+        assert_eq!((h.runnable, h.workers), (4, None));
+    }
+}

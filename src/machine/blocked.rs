@@ -245,7 +245,7 @@ impl Machine {
         let counted: u64 = by.values().sum();
         let rest = total.saturating_sub(counted);
         if rest > 0 {
-            if let Some(limit) = self.policies.queue(queue).concurrency_limit {
+            if let Some(limit) = self.policies.concurrency_limit(queue) {
                 if qi.counts.leased >= limit {
                     by.insert(
                         (
@@ -303,7 +303,7 @@ impl Machine {
             } else if self.budget_hold(&job).is_some() {
                 Some(BlockReason::Budget)
             } else {
-                let limit = self.policies.queue(q).concurrency_limit;
+                let limit = self.policies.concurrency_limit(q);
                 let leased = self.queues.get(q).map_or(0, |qi| qi.counts.leased);
                 limit
                     .is_some_and(|l| leased >= l)

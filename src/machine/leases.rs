@@ -177,8 +177,7 @@ impl Machine {
     fn below_concurrency_limit(&self, queue: &str) -> bool {
         let leased = self.queues.get(queue).map_or(0, |qi| qi.counts.leased);
         self.policies
-            .queue(queue)
-            .concurrency_limit
+            .concurrency_limit(queue)
             .is_none_or(|limit| leased < limit)
     }
 

@@ -594,7 +594,7 @@ impl Machine {
         // workers do not propose leases in a loop while they stay so: paused,
         // at their concurrency limit, or every ready job held.
         let at_limit = self.queues.iter().filter_map(|(name, qi)| {
-            let limit = self.policies.queue(name).concurrency_limit?;
+            let limit = self.policies.concurrency_limit(name)?;
             (qi.counts.leased >= limit).then(|| name.clone())
         });
         let all_held = blocked_jobs.iter().filter_map(|(name, b)| {

@@ -79,6 +79,35 @@ def cli(node: Node, tok: str, *args: str) -> Any:
     return json.loads(out.stdout)
 
 
+def axe_check(driver: Any, page: str) -> None:
+    """Runs axe-core on the page: no serious or critical violations."""
+    path = os.environ.get("DROVER_AXE")
+    if not path:
+        if os.environ.get("DROVER_UI_TESTS") == "1":
+            pytest.fail("DROVER_AXE names no axe.min.js (.ci/python.sh fetches it)")
+        return
+    driver.set_script_timeout(60)
+    driver.execute_script(pathlib.Path(path).read_text())
+    found = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, { resultTypes: ['violations'] })"
+        ".then((r) => done(r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help,"
+        " nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) }))))"
+        ".catch((e) => done([{ id: 'axe', impact: 'critical', help: String(e), nodes: [] }]));"
+    )
+    print(f"axe {page}: {len(found)} violations ({', '.join(sorted(v['id'] + ':' + str(v['impact']) for v in found)) or 'none'})")
+    bad = [v for v in found if v["impact"] in ("serious", "critical")]
+    assert not bad, f"{page}: {json.dumps(bad, indent=1)}"
+
+
+def alert_of(driver: Any) -> Any:
+    """The open alert, prompt or confirm, or None."""
+    try:
+        return driver.switch_to.alert
+    except NoAlertPresentException:
+        return None
+
+
 def text_of(driver: Any, css: str) -> str:
     """The text of the first element `css` matches, read in one script:
     pages that refresh draw their elements anew, so a handle kept from an
@@ -176,10 +205,28 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
     browser.get(node.http + "/#/queues")
     pause = wait_until("the pause button", lambda: browser.find_elements(By.CSS_SELECTOR, 'tr[data-queue="emails"] button[data-action="pause"]'))
     pause[0].click()
+    # It asks why; the answer is the audit record's reason.
+    prompt = wait_until("the reason prompt", lambda: alert_of(browser))
+    assert "Pause queue emails?" in prompt.text
+    prompt.send_keys("smtp relay down")
+    prompt.accept()
     wait_until("the CLI to see it paused", lambda: any(q["name"] == "emails" and q["paused"] for q in cli(node, admin, "queues", "list")["queues"]))
     wait_until("the page to show it", lambda: "paused" in browser.find_element(By.CSS_SELECTOR, 'tr[data-queue="emails"]').text)
     # Its ready jobs are blocked, and the page says why.
     wait_until("the blocked count", lambda: text_of(browser, 'tr[data-queue="emails"] td.blocked') == "4 paused")
+    audit = cli(node, admin, "audit")["records"][0]
+    assert (audit["action"], audit["reason"]) == ("queues.pause", "smtp relay down"), audit
+
+    # The queue's own page: its numbers, what holds its jobs and what
+    # releases them, its policy in words.
+    browser.find_element(By.CSS_SELECTOR, 'tr[data-queue="emails"] a').click()
+    wait_until("the queue's page", lambda: text_of(browser, "main h1").startswith("Queue emails"))
+    held = wait_until("its holds", lambda: text_of(browser, 'tr[data-reason="paused"]'))
+    assert "4" in held and "drover queues resume emails" in held, held
+    cards = text_of(browser, "#queue-cards")
+    assert "4\nblocked" in cards and "0\nrunnable" in cards, cards
+    assert "heartbeat timeout" in text_of(browser, "dl.policy")
+    shot(browser, shots, tmp_path, "queue")
     shot(browser, shots, tmp_path, "queues")
 
     # A hostile payload is text, and runs nothing.
@@ -209,6 +256,26 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
     wait_until("the run listed", lambda: "r1" in browser.find_element(By.ID, "main").text)
     shot(browser, shots, tmp_path, "runs")
 
+    # Every other page, with what it should show; none has a serious or
+    # critical accessibility fault (axe-core).
+    pages = {
+        "#/tenants": lambda: "default" in text_of(browser, 'tr[data-tenant="default"]'),
+        "#/schedules": lambda: text_of(browser, "main h1") == "Schedules",
+        "#/versions": lambda: "v1" in text_of(browser, "main"),
+        "#/costs": lambda: "By tenant" in text_of(browser, "main"),
+        "#/audit": lambda: "smtp relay down" in text_of(browser, "main"),
+    }
+    for page, shows in pages.items():
+        browser.get(node.http + "/" + page)
+        wait_until(f"{page} to show its content", shows)
+        shot(browser, shots, tmp_path, page.strip("#/"))
+    browser.get(node.http + "/#/audit?action=queues.drain")
+    wait_until("the audit filter", lambda: "nothing" in text_of(browser, "main table"))
+    for page in ("#/", "#/queues", "#/queue/emails", "#/jobs", f"#/job/{hostile}", "#/dead", "#/workers", "#/runs", *pages):
+        browser.get(node.http + "/" + page)
+        wait_until(f"{page} loaded", lambda: text_of(browser, "main h1") not in ("", "Loading…"))
+        axe_check(browser, page)
+
     # A read-only token: no buttons, and the server refuses the action.
     browser.find_element(By.CSS_SELECTOR, "#who button").click()
     sign_in(browser, node, reader)
@@ -225,7 +292,18 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
     assert refused.value.code == 403
     shot(browser, shots, tmp_path, "read-only")
 
+    # A node that stops answering: the page keeps what it had, says when it
+    # last refreshed, and a banner says the refresh failed.
+    browser.get(node.http + "/#/queues")
+    wait_until("the queues", lambda: "emails" in text_of(browser, "main"))
+    wait_until("the refresh time", lambda: text_of(browser, "#updated").startswith("updated"))
     worker.stop()
+    node.stop()
+    banner = wait_until("the banner", lambda: text_of(browser, "#banner"))
+    assert "Refresh failed" in banner, banner
+    assert "emails" in text_of(browser, "main"), "what was loaded stays"
+    assert text_of(browser, "#updated").startswith("last try")
+    shot(browser, shots, tmp_path, "node-down")
     listing = "dashboard screenshots:\n  " + "\n  ".join(shots) + "\n"
     print("\n" + listing)
     if os.environ.get("DROVER_SCREENSHOT_LIST"):
