@@ -536,12 +536,15 @@ async function runsPage() {
   const reset = (b) => (reason) => api("/api/v1/breakers/reset", { method: "POST", body: { queue: b.queue, tenant: b.tenant, class: b.class }, reason });
   renderAt(nav, 
     el("h1", {}, "Breakers"),
-    table(["queue", "tenant", "class", "state", "failures", "opened", ""], breakers.map((b) =>
-      el("tr", {}, el("td", {}, b.queue), el("td", {}, b.tenant), el("td", {}, b.class), el("td", {}, el("span", { class: `tag ${b.state.replace("-", "_")}` }, b.state)),
-        el("td", {}, b.failures), el("td", { class: "muted" }, ago(b.opened_at_ms)), el("td", {}, b.state !== "closed" ? action("reset", reset(b), { askReason: `Close breaker ${b.queue}/${b.tenant}/${b.class}? Its jobs are leased again.` }) : null)))),
+    table(["queue", "tenant", "class", "state", "failures", "opened", "cooldown ends", ""], breakers.map((b) =>
+      el("tr", { "data-breaker": `${b.queue}/${b.tenant}/${b.class}` }, el("td", {}, el("a", { href: `#/queue/${encodeURIComponent(b.queue)}` }, b.queue)), el("td", {}, b.tenant), el("td", {}, b.class), el("td", {}, el("span", { class: `tag ${b.state.replace("-", "_")}` }, b.state)),
+        // Open, it counts nothing: it opened at its threshold.
+        el("td", {}, b.state === "closed" ? `${b.failures}${b.threshold ? ` of ${b.threshold}` : ""} in its window` : `opened at ${b.threshold || "its threshold"}`),
+        el("td", { class: "muted", title: when(b.opened_at_ms) }, b.opened_at_ms ? ago(b.opened_at_ms) : "never"),
+        el("td", { class: "muted", title: when(b.cooldown_until_ms) }, b.state === "open" && b.cooldown_until_ms ? (b.cooldown_until_ms > Date.now() ? `in ${dur(b.cooldown_until_ms - Date.now())}` : "now: a probe goes through") : "-"), el("td", {}, b.state !== "closed" ? action("reset", reset(b), { askReason: `Close breaker ${b.queue}/${b.tenant}/${b.class}? Its jobs are leased again.` }) : null)))),
     el("h1", {}, "Runs"),
     table(["tenant", "run", "state", "jobs", "cost", "budgets", ""], runs.map((r) =>
-      el("tr", {}, el("td", {}, r.tenant), el("td", {}, el("a", { href: `#/jobs?run=${encodeURIComponent(r.run)}&tenant=${encodeURIComponent(r.tenant)}` }, r.run)),
+      el("tr", {}, el("td", {}, r.tenant), el("td", {}, el("a", { href: `#/run/${encodeURIComponent(r.tenant)}/${encodeURIComponent(r.run)}` }, r.run)),
         el("td", {}, el("span", { class: `tag ${r.budget.state}` }, r.budget.state), r.budget.held_by ? ` by ${r.budget.held_by}` : ""),
         el("td", {}, `${r.jobs.succeeded}/${r.jobs.enqueued} done, ${r.jobs.dead} dead`),
         el("td", {}, `$${r.budget.cost_usd.toFixed(4)}`),
@@ -693,6 +696,38 @@ async function costsPage() {
   );
 }
 
+// One run: its jobs by how they ended, budgets with what is left, its
+// timeline, and replay (of all, or only the failed).
+async function runPage(tenant, run) {
+  const nav = navigation;
+  const q = `tenant=${encodeURIComponent(tenant)}`;
+  const r = encodeURIComponent(run);
+  const [info, timeline] = await Promise.all([api(`/api/v1/runs/${r}?${q}`), api(`/api/v1/runs/${r}/timeline?${q}&limit=200`)]);
+  const replay = (failedOnly) => (reason) => api(`/api/v1/runs/${r}/replay`, { method: "POST", body: { tenant, failed_only: failedOnly }, reason });
+  const b = info.budget;
+  renderAt(nav,
+    el("h1", {}, `Run ${run} `, el("span", { class: `tag ${b.state}` }, b.state), b.held_by ? ` by ${b.held_by}` : ""),
+    el("div", {},
+      action("replay failed", replay(true), { askReason: `Enqueue the ${info.jobs.dead + info.jobs.cancelled} dead or cancelled jobs of run ${run} again, as a new run?` }), " ",
+      action("replay all", replay(false), { askReason: `Enqueue all ${info.jobs.enqueued} jobs of run ${run} again, as a new run?` }), " ",
+      el("a", { href: `#/jobs?run=${r}&${q}` }, "its jobs")),
+    el("div", { class: "cards", id: "run-cards" },
+      card("tenant", tenant), card("enqueued", info.jobs.enqueued), card("unfinished", info.jobs.unfinished),
+      card("succeeded", info.jobs.succeeded, "ok"), card("dead", info.jobs.dead, info.jobs.dead ? "bad" : ""), card("cancelled", info.jobs.cancelled),
+      card("cost (USD)", `$${b.cost_usd.toFixed(4)}`), card("lease time", dur(b.lease_ms)), card("attempts", b.attempts),
+      card("started", ago(info.first_at_ms), "", when(info.first_at_ms)),
+      info.replay_of ? card("replay of", info.replay_of) : null),
+    el("h2", {}, "Budgets"),
+    table(["budget", "limit", "used", "left"], b.budgets.map((u) =>
+      el("tr", { "data-budget": u.budget }, el("td", {}, u.budget.replaceAll("_", " ")), el("td", {}, u.limit), el("td", { class: u.used >= u.limit ? "bad" : "" }, u.used), el("td", {}, u.remaining)))),
+    b.state === "held" ? el("div", { style: "margin-top:.5rem" }, overrideForm({ tenant, run })) : null,
+    el("h2", {}, "Timeline"),
+    table(["at", "job", "event"], timeline.events.map((e) =>
+      el("tr", {}, el("td", { class: "muted" }, when(e.at_ms)), el("td", {}, el("a", { href: `#/job/${e.job_id}` }, e.job_id)), el("td", {}, e.what)))),
+    timeline.truncated || timeline.next ? el("p", { class: "muted" }, "The first 200 events; drover runs timeline pages through the rest.") : null,
+  );
+}
+
 // ---- routing ----------------------------------------------------------------------
 
 async function route() {
@@ -724,6 +759,10 @@ function pageOf(path) {
   if (pages[path]) return pages[path];
   if (path.startsWith("#/queue/")) return () => queuePage(decodeURIComponent(path.slice(8)));
   if (path.startsWith("#/job/")) return () => jobPage(path.slice(6));
+  if (path.startsWith("#/run/")) {
+    const [tenant, run] = path.slice(6).split("/").map(decodeURIComponent);
+    return () => runPage(tenant, run || "");
+  }
   return null;
 }
 

@@ -1736,6 +1736,13 @@ pub struct BreakerBody {
     pub failures: u32,
     /// When it last opened (0: never).
     pub opened_at_ms: u64,
+    /// Failures of the class within the window that open it, as the
+    /// queue's policy says now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+    /// While open: when its cooldown ends and one job goes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_until_ms: Option<u64>,
     /// The job let through while half-open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<u64>,

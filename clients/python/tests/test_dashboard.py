@@ -264,6 +264,8 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
         "#/versions": lambda: "v1" in text_of(browser, "main"),
         "#/costs": lambda: "By tenant" in text_of(browser, "main"),
         "#/audit": lambda: "smtp relay down" in text_of(browser, "main"),
+        "#/run/default/r1": lambda: text_of(browser, "main h1").startswith("Run r1")
+        and "3\nenqueued" in text_of(browser, "#run-cards"),
     }
     for page, shows in pages.items():
         browser.get(node.http + "/" + page)
@@ -275,6 +277,16 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
         browser.get(node.http + "/" + page)
         wait_until(f"{page} loaded", lambda: text_of(browser, "main h1") not in ("", "Loading…"))
         axe_check(browser, page)
+    # At phone width nothing is wider than the screen but tables, which
+    # scroll in their own boxes.
+    browser.set_window_size(390, 844)
+    for page in ("#/", "#/queues", "#/queue/emails", "#/jobs", f"#/job/{hostile}", "#/dead", "#/workers", "#/runs", *pages):
+        browser.get(node.http + "/" + page)
+        wait_until(f"{page} loaded", lambda: text_of(browser, "main h1") not in ("", "Loading…"))
+        wide = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert wide <= 1, f"{page} is {wide} px wider than a phone's screen"
+    shot(browser, shots, tmp_path, "queue-phone")
+    browser.set_window_size(1280, 900)
 
     # A read-only token: no buttons, and the server refuses the action.
     browser.find_element(By.CSS_SELECTOR, "#who button").click()

@@ -16,20 +16,27 @@ use crate::error::Error;
     responses((status = 200, body = BreakersBody), ErrorResponses))]
 pub(super) async fn list(State(s): State<HttpState>) -> Result<Json<BreakersBody>, Error> {
     s.app.router.read_barrier().await?;
-    let breakers = s
-        .app
-        .driver
-        .reader()
+    let reader = s.app.driver.reader();
+    let policies = reader.policies()?;
+    let breakers = reader
         .breakers()?
         .into_iter()
-        .map(|((queue, tenant, class), b)| BreakerBody {
-            queue,
-            tenant,
-            class,
-            state: b.state.as_str().into(),
-            failures: b.failures.len() as u32,
-            opened_at_ms: b.opened_at_ms,
-            probe: b.probe,
+        .map(|((queue, tenant, class), b)| {
+            let policy = policies.breaker(&queue);
+            let open = b.state == crate::machine::breaker::BreakerState::Open;
+            BreakerBody {
+                threshold: policy.map(|p| p.threshold),
+                cooldown_until_ms: policy
+                    .filter(|_| open)
+                    .map(|p| b.opened_at_ms.saturating_add(p.cooldown_ms)),
+                queue,
+                tenant,
+                class,
+                state: b.state.as_str().into(),
+                failures: b.failures.len() as u32,
+                opened_at_ms: b.opened_at_ms,
+                probe: b.probe,
+            }
         })
         .collect();
     Ok(Json(BreakersBody { breakers }))
