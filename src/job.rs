@@ -49,6 +49,24 @@ pub const AFTER_LABEL: &str = "drover.after";
 /// `run`: the job runs even if a job it waits for ends dead or cancelled
 /// (else it is cancelled).
 pub const ON_DEPENDENCY_FAILURE_LABEL: &str = "drover.on_dependency_failure";
+/// The W3C trace context the producer enqueued it in (`traceparent`),
+/// handed to its workers with each lease.
+pub const TRACEPARENT_LABEL: &str = "drover.traceparent";
+
+/// Whether `s` is a W3C `traceparent` this node keeps: version `00`, a
+/// trace id and a parent id in lower-case hex, neither all zeros, and the
+/// flags (`00-<32 hex>-<16 hex>-<2 hex>`).
+pub fn valid_traceparent(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    matches!(parts.as_slice(), [v, t, p, f]
+        if *v == "00" && hex(t, 32) && hex(p, 16) && hex(f, 2)
+            && t.bytes().any(|b| b != b'0') && p.bytes().any(|b| b != b'0'))
+}
 /// The run (`tenant/run`) a replayed run's jobs came from.
 pub const REPLAY_OF_LABEL: &str = "drover.replay_of";
 /// Most jobs one job may wait for.
@@ -660,6 +678,8 @@ pub struct JobRequest {
     /// `cancel` (default) or `run`: what happens to it when a job it waits
     /// for ends dead or cancelled.
     pub on_dependency_failure: String,
+    /// The W3C trace context it is enqueued in; empty: none.
+    pub traceparent: String,
 }
 
 /// Limits a node enforces on new jobs.
@@ -790,6 +810,18 @@ impl JobRequest {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| field("after", e))?;
             labels.insert(AFTER_LABEL.into(), deps.join(","));
+        }
+        if !self.traceparent.is_empty() {
+            if !valid_traceparent(&self.traceparent) {
+                return Err(field(
+                    "traceparent",
+                    format!(
+                        "{:?} is not a W3C traceparent: give 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>, lower case",
+                        self.traceparent
+                    ),
+                ));
+            }
+            labels.insert(TRACEPARENT_LABEL.into(), self.traceparent);
         }
         match self.on_dependency_failure.as_str() {
             "" | "cancel" => {}

@@ -1,5 +1,6 @@
 //! The handler behind `drover worker --exec CMD`: runs CMD with `sh -c` once
-//! per job, payload on stdin, job facts in `DROVER_*` variables. Exit 0
+//! per job, payload on stdin, job facts in `DROVER_*` variables (and its
+//! trace context in `TRACEPARENT`, when it has one). Exit 0
 //! completes the job with stdout as its result; any other exit fails it with
 //! the class named by the last stderr line of the form `error_class=NAME`, or
 //! `exit_<code>` when there is none. Either way, a last line of stderr (else
@@ -23,7 +24,12 @@ const MAX_MESSAGE: usize = 2048;
 /// Runs `cmd` for one job as the module says: a zero exit completes it
 /// with stdout as the result, any other fails it.
 pub async fn exec_job(cmd: &str, job: pb::LeasedJob) -> Result<JobOutput, JobError> {
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    // Its trace context, where tools that trace (otel-cli, SDKs) look.
+    if !job.traceparent.is_empty() {
+        command.env("TRACEPARENT", &job.traceparent);
+    }
+    let mut child = command
         // The worker's credentials are not the job's: a job's code must not
         // be able to act as the worker (lease, complete) or as its operator.
         .env_remove("DROVER_TOKEN")

@@ -24,6 +24,7 @@ impl From<pb::NewJob> for JobRequest {
             timeout_ms: j.timeout_ms,
             after: j.after,
             on_dependency_failure: j.on_dependency_failure,
+            traceparent: j.traceparent,
         }
     }
 }
@@ -92,6 +93,11 @@ pub fn leased_job(LeasedJob { job, payload }: LeasedJob) -> pb::LeasedJob {
         run_id: job.run_id.clone(),
         priority: u32::from(job.priority),
         payload,
+        traceparent: job
+            .labels
+            .get(crate::job::TRACEPARENT_LABEL)
+            .cloned()
+            .unwrap_or_default(),
         labels: job.labels.clone().into_iter().collect(),
         lease_deadline_ms: lease.map_or(0, |l| l.deadline_ms),
     }

@@ -25,15 +25,37 @@ const STREAM_PIPELINE: usize = 16;
 /// stream's requests before it ends the stream.
 const STOP_DRAIN: std::time::Duration = std::time::Duration::from_millis(300);
 
-/// Enqueues the jobs of one request, unary or on a stream.
+/// The request's `traceparent` metadata, if it is a valid one (W3C: an
+/// invalid one is ignored, not refused).
+fn traceparent_of<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| crate::job::valid_traceparent(t))
+        .map(str::to_string)
+}
+
+/// Enqueues the jobs of one request, unary or on a stream; those without
+/// a trace context of their own take the request's.
 async fn enqueue_jobs(
     app: &App,
     caller: &Caller,
     jobs: Vec<pb::NewJob>,
+    traceparent: Option<&str>,
 ) -> Result<pb::EnqueueResponse, Status> {
-    let ids = app
-        .enqueue(caller, jobs.into_iter().map(Into::into).collect())
-        .await?;
+    let requests = jobs
+        .into_iter()
+        .map(|mut j| {
+            if j.traceparent.is_empty() {
+                if let Some(t) = traceparent {
+                    j.traceparent = t.to_string();
+                }
+            }
+            j.into()
+        })
+        .collect();
+    let ids = app.enqueue(caller, requests).await?;
     Ok(pb::EnqueueResponse {
         jobs: ids
             .into_iter()
@@ -52,7 +74,14 @@ impl ProducerService for Producer {
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         let caller = caller_of(&req)?;
-        let reply = enqueue_jobs(&self.app, &caller, req.into_inner().jobs).await?;
+        let traceparent = traceparent_of(&req);
+        let reply = enqueue_jobs(
+            &self.app,
+            &caller,
+            req.into_inner().jobs,
+            traceparent.as_deref(),
+        )
+        .await?;
         Ok(self.app.hint_leader(Response::new(reply)))
     }
 
@@ -64,6 +93,7 @@ impl ProducerService for Producer {
     ) -> Result<Response<Self::EnqueueStreamStream>, Status> {
         let app = self.app.clone();
         let caller = caller_of(&req)?;
+        let traceparent = traceparent_of(&req);
         let mut shutdown = self.app.shutdown.clone();
         let stopped = self.app.shutdown.clone();
         // A stopping node answers the requests it took, refuses (retry-safe)
@@ -99,6 +129,7 @@ impl ProducerService for Producer {
             .map(move |request| {
                 let app = app.clone();
                 let caller = caller.clone();
+                let traceparent = traceparent.clone();
                 let refusing = *refusing.borrow();
                 async move {
                     let request = request?;
@@ -107,7 +138,7 @@ impl ProducerService for Producer {
                     } else if let Err(e) = caller.check_rate() {
                         Err(Status::from(e))
                     } else {
-                        enqueue_jobs(&app, &caller, request.jobs).await
+                        enqueue_jobs(&app, &caller, request.jobs, traceparent.as_deref()).await
                     };
                     Ok(pb::EnqueueReply {
                         result: Some(match result {

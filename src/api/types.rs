@@ -98,6 +98,11 @@ pub struct EnqueueBody {
     /// for ends dead or cancelled.
     #[serde(default)]
     pub on_dependency_failure: String,
+    /// The W3C trace context it is enqueued in
+    /// (`00-<trace id>-<parent id>-<flags>`), kept with the job and handed
+    /// to its workers. Absent: the request's `traceparent` header, if any.
+    #[serde(default)]
+    pub traceparent: String,
 }
 
 /// What an enqueue answers (201 Created).

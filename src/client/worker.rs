@@ -622,6 +622,17 @@ impl<H: Handler> Runtime<H> {
                     self.held.insert(job.job_id, job.attempt);
                     self.sync_held();
                     let (job_id, attempt) = (job.job_id, job.attempt);
+                    // The handler runs in this span; its `traceparent` is
+                    // the producer's context, for a subscriber that links
+                    // traces (tracing-opentelemetry) to make it the parent.
+                    let span = tracing::info_span!(
+                        "drover.job",
+                        job_id,
+                        attempt,
+                        queue = %job.queue,
+                        job_type = %job.job_type,
+                        traceparent = %job.traceparent,
+                    );
                     let handler = self.handler.clone();
                     let tx = self.done_tx.clone();
                     let job = Job {
@@ -630,15 +641,18 @@ impl<H: Handler> Runtime<H> {
                     };
                     let task = tokio::spawn(async move {
                         // A panicking handler fails its job instead of killing the worker.
-                        let result = std::panic::AssertUnwindSafe(handler.run(job))
-                            .catch_unwind()
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(JobError::new(
-                                    "handler_panicked",
-                                    "the job handler panicked",
-                                ))
-                            });
+                        let result = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(
+                            handler.run(job),
+                            span,
+                        ))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(JobError::new(
+                                "handler_panicked",
+                                "the job handler panicked",
+                            ))
+                        });
                         let _ = tx.send(Done {
                             job_id,
                             attempt,

@@ -15,7 +15,24 @@ use crate::api::ErrorResponses;
 use crate::error::Error;
 use crate::job::JobRequest;
 
-fn into_request(b: EnqueueBody, queue: String) -> Result<JobRequest, Error> {
+fn into_request(
+    b: EnqueueBody,
+    queue: String,
+    headers: &axum::http::HeaderMap,
+) -> Result<JobRequest, Error> {
+    // The body's own, else the request's header (an invalid header is
+    // ignored, as W3C asks; an invalid field is refused).
+    let traceparent = if b.traceparent.is_empty() {
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| crate::job::valid_traceparent(t))
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        b.traceparent
+    };
     let payload = match (b.payload, b.payload_base64) {
         (Some(_), Some(_)) => {
             return Err(Error::invalid(
@@ -61,6 +78,7 @@ fn into_request(b: EnqueueBody, queue: String) -> Result<JobRequest, Error> {
         timeout_ms,
         after: b.after.iter().map(u64::to_string).collect(),
         on_dependency_failure: b.on_dependency_failure,
+        traceparent,
     })
 }
 
@@ -73,9 +91,10 @@ pub(super) async fn enqueue(
     State(s): State<HttpState>,
     Extension(caller): Extension<Caller>,
     Path(queue): Path<String>,
+    headers: axum::http::HeaderMap,
     b: Result<super::body::Object<EnqueueBody>, Error>,
 ) -> Result<(StatusCode, Json<EnqueuedBody>), Error> {
-    let req = into_request(body(b)?, queue)?;
+    let req = into_request(body(b)?, queue, &headers)?;
     let ids = s.app.enqueue(&caller, vec![req]).await?;
     let e = ids
         .first()

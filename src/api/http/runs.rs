@@ -468,6 +468,11 @@ fn request_again(job: &Job, payload: bytes::Bytes, run: &str) -> JobRequest {
             .get(crate::job::ON_DEPENDENCY_FAILURE_LABEL)
             .cloned()
             .unwrap_or_default(),
+        traceparent: job
+            .labels
+            .get(crate::job::TRACEPARENT_LABEL)
+            .cloned()
+            .unwrap_or_default(),
         ..JobRequest::default()
     }
 }

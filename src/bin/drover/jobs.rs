@@ -65,6 +65,11 @@ pub struct EnqueueArgs {
     /// for ends dead or cancelled.
     #[arg(long, default_value = "")]
     on_dependency_failure: String,
+    /// The W3C trace context to enqueue it in
+    /// (00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>); its workers
+    /// get it with the lease. Default: $TRACEPARENT, if set.
+    #[arg(long, env = "TRACEPARENT", default_value = "")]
+    traceparent: String,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -166,6 +171,7 @@ pub async fn enqueue(a: EnqueueArgs) -> Result<()> {
         timeout_ms: a.timeout.map_or(0, |d| d.as_millis() as u64),
         after: a.after,
         on_dependency_failure: a.on_dependency_failure,
+        traceparent: a.traceparent,
     };
     let mut producer = a.target.producer().await?;
     let mut left = a.count;

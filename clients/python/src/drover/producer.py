@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import queue
 import threading
 import weakref
@@ -17,6 +18,18 @@ _P = "/drover.v1.ProducerService/"
 
 #: gRPC status codes by number, as the node's errors name them.
 _CODE_NAMES: Dict[int, str] = {c.value[0]: c.name.lower() for c in grpc.StatusCode}
+
+
+def current_traceparent() -> str:
+    """The active OpenTelemetry span's context as a W3C traceparent, or ""
+    (no opentelemetry installed, or no span active)."""
+    try:
+        propagate = importlib.import_module("opentelemetry.propagate")
+    except ImportError:
+        return ""
+    carrier: Dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent", "")
 
 
 @dataclasses.dataclass
@@ -43,6 +56,10 @@ class NewJob:
     #: Ids of jobs (of the same tenant) it runs after, or "@N" for the Nth
     #: job of the same batch.
     after: Sequence[str] = ()
+    #: The W3C trace context to enqueue it in
+    #: (``00-<trace id>-<parent id>-<flags>``); empty: the current
+    #: OpenTelemetry span's, when opentelemetry is installed and one is active.
+    traceparent: str = ""
 
     def to_proto(self) -> pb.NewJob:
         return pb.NewJob(
@@ -61,6 +78,7 @@ class NewJob:
             rate_limit=self.rate_limit,
             timeout_ms=int(self.timeout * 1000),
             after=list(self.after),
+            traceparent=self.traceparent or current_traceparent(),
         )
 
 
@@ -181,6 +199,7 @@ class Producer:
         labels: Optional[Dict[str, str]] = None,
         timeout: float = 0.0,
         after: Sequence[str] = (),
+        traceparent: str = "",
     ) -> int:
         """Enqueues one job once it is durable; returns its id."""
         job = NewJob(
@@ -195,6 +214,7 @@ class Producer:
             labels=dict(labels or {}),
             timeout=timeout,
             after=after,
+            traceparent=traceparent,
         )
         return self.enqueue_many([job])[0].id
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
+import importlib
 import inspect
 import logging
 import os
@@ -20,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Awaitable, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -42,6 +44,32 @@ Handler = Callable[["Job"], Union[Result, Awaitable[Result]]]
 Lease = Tuple[int, int]
 
 
+def _job_span(job: "Job") -> ContextManager[Any]:
+    """An OpenTelemetry span for the handler, a child of the job's trace
+    context; nothing when opentelemetry is not installed or the job has no
+    trace context."""
+    if not job.traceparent:
+        return contextlib.nullcontext()
+    try:
+        trace = importlib.import_module("opentelemetry.trace")
+        propagate = importlib.import_module("opentelemetry.propagate")
+    except ImportError:
+        return contextlib.nullcontext()
+    parent = propagate.extract({"traceparent": job.traceparent})
+    span: ContextManager[Any] = trace.get_tracer("drover.worker").start_as_current_span(
+        f"drover job {job.job_type}",
+        context=parent,
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            "drover.job_id": job.id,
+            "drover.attempt": job.attempt,
+            "drover.queue": job.queue,
+            "drover.tenant": job.tenant,
+        },
+    )
+    return span
+
+
 class Job:
     """A leased job, as a handler gets it."""
 
@@ -55,6 +83,10 @@ class Job:
         self.priority: int = leased.priority
         self.payload: bytes = leased.payload
         self.labels: Dict[str, str] = dict(leased.labels)
+        #: The W3C trace context the job was enqueued in ("" if none): the
+        #: handler runs in an OpenTelemetry span that is its child, when
+        #: opentelemetry is installed.
+        self.traceparent: str = leased.traceparent
         #: Set when the node took the lease back (timeout, expiry, an
         #: operator): a result is refused; a long handler should check it.
         self.cancelled = threading.Event()
@@ -356,10 +388,22 @@ class Worker:
             return
         if inspect.iscoroutinefunction(fn):
             loop = self._event_loop()
-            fut = asyncio.run_coroutine_threadsafe(fn(job), loop)
+            afn = fn
+
+            async def traced() -> Any:
+                with _job_span(job):
+                    return await afn(job)
+
+            fut = asyncio.run_coroutine_threadsafe(traced(), loop)
             fut.add_done_callback(lambda f: self._done(job, f))
         else:
-            self._pool.submit(fn, job).add_done_callback(lambda f: self._done(job, f))
+            sfn = fn
+
+            def run() -> Any:
+                with _job_span(job):
+                    return sfn(job)
+
+            self._pool.submit(run).add_done_callback(lambda f: self._done(job, f))
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
