@@ -118,6 +118,8 @@ pub struct Config {
     pub chaos: ChaosConfig,
     /// `[metrics]`: which job types get series of their own.
     pub metrics: MetricsConfig,
+    /// `[tracing]`: where node spans go over OTLP (nowhere by default).
+    pub tracing: TracingConfig,
     /// The newest log entry format this node applies and writes: this
     /// build's [`crate::command::ENTRY_VERSION`]. Not a config key:
     /// `drover serve --entry-version` sets it, to simulate a newer build in
@@ -717,6 +719,7 @@ impl Default for Config {
             backup: Backup::default(),
             chaos: ChaosConfig::default(),
             metrics: MetricsConfig::default(),
+            tracing: TracingConfig::default(),
             entry_version: crate::command::ENTRY_VERSION,
             source_sha256: String::new(),
         }
@@ -1267,6 +1270,16 @@ impl Default for ClusterConfig {
     }
 }
 
+/// `[tracing]`: node spans (a job's enqueue, lease and completion, each a
+/// child of the job's `traceparent`) exported over OTLP/gRPC. Off unless
+/// `otlp_endpoint` is set; off, it costs nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// An OTLP/gRPC collector: `http://127.0.0.1:4317`. Empty: no spans.
+    pub otlp_endpoint: String,
+}
+
 /// `[log]`: how the node writes its own log (to stderr).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1479,6 +1492,16 @@ impl Config {
         }
         self.validate_tokens()?;
         self.validate_policies()?;
+        let otlp = &self.tracing.otlp_endpoint;
+        if !otlp.is_empty()
+            && !((otlp.starts_with("http://") || otlp.starts_with("https://"))
+                && otlp.parse::<http::Uri>().is_ok_and(|u| u.host().is_some()))
+        {
+            return Err(invalid(
+                "tracing.otlp_endpoint",
+                format!("{otlp:?} is not a collector's URL: give http://HOST:4317 (OTLP over gRPC), or leave it empty for no spans"),
+            ));
+        }
         if !matches!(self.log.format.as_str(), "json" | "text") {
             return Err(invalid(
                 "log.format",

@@ -23,6 +23,7 @@ pub mod machine;
 pub mod metrics;
 pub mod mix;
 pub mod node;
+pub mod otlp;
 pub mod peers;
 pub mod policies;
 pub mod pools;

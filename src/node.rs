@@ -100,6 +100,7 @@ impl Node {
                 .worker_series
                 .unwrap_or(crate::metrics::DEFAULT_WORKER_SERIES),
         );
+        let tracer = crate::otlp::NodeTracer::start(&config.tracing.otlp_endpoint, config.node_id)?;
         let app = App {
             worker_labels: worker_labels.clone(),
             chaos: Default::default(),
@@ -110,6 +111,7 @@ impl Node {
             shutdown: shutdown.clone(),
             keys: Arc::new(keys),
             workers_cache: Default::default(),
+            tracer,
         };
         let metrics = Metrics::install().with_worker_labels(worker_labels);
         tokio::spawn(crate::resources::watch(
@@ -278,6 +280,13 @@ impl Node {
         // Both listeners stop within the grace (streams end when their
         // workers finish; what is left is closed), and at the same time.
         let _ = tokio::join!(&mut self.grpc, &mut self.http);
+        if self.app.tracer.is_on() {
+            // The spans still batched go out; a collector that does not
+            // answer holds the stop up for a few seconds at most.
+            let tracer = self.app.tracer.clone();
+            let flush = tokio::task::spawn_blocking(move || tracer.shutdown());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flush).await;
+        }
         self.driver_stop.send_replace(true);
         if let Ok(Err(e)) = self.driver_done.await {
             return Err(Error::driver_stopped(&self.app.config.data_dir, &e));

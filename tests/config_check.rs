@@ -65,6 +65,10 @@ fn a_bad_config_names_what_is_wrong() {
         ),
         ("[backup]\nkeep = 0\n", "keep"),
         ("[backup]\nevery = \"soon\"\n", "every"),
+        (
+            "[tracing]\notlp_endpoint = \"collector:4317\"\n",
+            "tracing.otlp_endpoint",
+        ),
     ] {
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, body).unwrap();

@@ -67,6 +67,8 @@ pub struct App {
     pub keys: Arc<crate::sealing::Keys>,
     /// The cluster's workers as last gathered, for what they hold back.
     pub workers_cache: blocked::WorkersCache,
+    /// Where node spans go (`[tracing] otlp_endpoint`), if anywhere.
+    pub tracer: crate::otlp::NodeTracer,
 }
 
 /// Faults a node injected into its worker streams, by (queue, kind), since
@@ -183,8 +185,25 @@ impl App {
         labels: &[(&str, String)],
     ) -> Result<Vec<Enqueued>, Error> {
         let jobs = self.validate_jobs(caller, requests, labels)?;
+        // Spans only for jobs that carry a trace context, and only when
+        // they go somewhere.
+        let traced: Vec<(usize, crate::job::NewJob)> = if self.tracer.is_on() {
+            jobs.iter()
+                .enumerate()
+                .filter(|(_, j)| j.labels.contains_key(crate::job::TRACEPARENT_LABEL))
+                .map(|(i, j)| (i, j.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let started = (!traced.is_empty()).then(std::time::SystemTime::now);
         match self.router.propose(Command::Enqueue { jobs }).await? {
-            Outcome::Enqueued(ids) => Ok(ids),
+            Outcome::Enqueued(ids) => {
+                if let Some(started) = started {
+                    self.trace_enqueued(&traced, &ids, started);
+                }
+                Ok(ids)
+            }
             Outcome::Rejected(refusal) => {
                 if let crate::command::Refusal::Shed {
                     queue, priority, ..
@@ -196,6 +215,38 @@ impl App {
                 Err(Error::Refused(refusal))
             }
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// The enqueue spans of the traced jobs of a batch (by their place in
+    /// it) that `ids` says were new.
+    fn trace_enqueued(
+        &self,
+        traced: &[(usize, crate::job::NewJob)],
+        ids: &[Enqueued],
+        started: std::time::SystemTime,
+    ) {
+        for (i, job) in traced {
+            let Some(e) = ids.get(*i).filter(|e| !e.duplicate) else {
+                continue;
+            };
+            let span = crate::otlp::SpanJob {
+                id: e.id,
+                queue: &job.queue,
+                job_type: &job.job_type,
+                tenant: &job.tenant,
+                traceparent: job
+                    .labels
+                    .get(crate::job::TRACEPARENT_LABEL)
+                    .map_or("", String::as_str),
+            };
+            self.tracer.job_span(
+                "drover.enqueue",
+                opentelemetry::trace::SpanKind::Server,
+                span,
+                started,
+                &[],
+            );
         }
     }
 

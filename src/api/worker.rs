@@ -111,6 +111,7 @@ impl WorkerService for Worker {
             batch,
             lost: Vec::new(),
             sent_at: Default::default(),
+            traced: Default::default(),
             in_flight: HashSet::new(),
             draining: false,
             finished: Default::default(),
@@ -210,6 +211,28 @@ enum Event {
     Acked(Kind, Vec<(JobId, u32)>, Result<Outcome, Error>),
 }
 
+/// A traced lease: its job as a span names it, and when it was handed out.
+struct Traced {
+    id: JobId,
+    queue: String,
+    job_type: String,
+    tenant: String,
+    traceparent: String,
+    leased_at: std::time::SystemTime,
+}
+
+impl Traced {
+    fn span(&self) -> crate::otlp::SpanJob<'_> {
+        crate::otlp::SpanJob {
+            id: self.id,
+            queue: &self.queue,
+            job_type: &self.job_type,
+            tenant: &self.tenant,
+            traceparent: &self.traceparent,
+        }
+    }
+}
+
 struct Session {
     app: App,
     registration: Registration,
@@ -222,6 +245,9 @@ struct Session {
     lost: Vec<(JobId, u32, String)>,
     /// When each lease in flight was sent, to tell quick jobs from slow.
     sent_at: std::collections::HashMap<(JobId, u32), Instant>,
+    /// Leases of jobs with a trace context, while spans go somewhere: what
+    /// their completion span needs.
+    traced: std::collections::HashMap<(JobId, u32), Traced>,
     draining: bool,
     /// Leases whose result this session has received, so a late heartbeat
     /// answer does not count them as held again.
@@ -642,6 +668,7 @@ impl Session {
                     for c in c.completions {
                         self.in_flight.remove(&(c.job_id, c.attempt));
                         self.came_back(c.job_id, c.attempt);
+                        self.trace_result(c.job_id, c.attempt, "completed");
                         self.mark_finished(c.job_id, c.attempt);
                         let usage = self.usage(c.job_id, c.cost_usd, c.usage);
                         if let Some(class) = self.chaos_fail(c.job_id, c.attempt) {
@@ -688,6 +715,7 @@ impl Session {
                     for f in f.failures {
                         self.in_flight.remove(&(f.job_id, f.attempt));
                         self.came_back(f.job_id, f.attempt);
+                        self.trace_result(f.job_id, f.attempt, "failed");
                         self.mark_finished(f.job_id, f.attempt);
                         let usage = self.usage(f.job_id, f.cost_usd, f.usage);
                         failures.push((
@@ -827,6 +855,9 @@ impl Session {
                             continue;
                         }
                     }
+                    if self.app.tracer.is_on() {
+                        self.trace_lease(&leased_job.job);
+                    }
                     let job = convert::leased_job(leased_job);
                     let lease = (job.job_id, job.attempt);
                     // A reclaim names leases this session already sent or
@@ -965,6 +996,58 @@ impl Session {
     }
 
     /// A lease came back with a result: a quick one grows the batch.
+    /// The lease span of a job with a trace context (from when it became
+    /// ready to now, when it goes to this worker), and what its completion
+    /// span will need.
+    fn trace_lease(&mut self, job: &crate::job::Job) {
+        let span = crate::otlp::SpanJob::of(job);
+        if span.traceparent.is_empty() {
+            return;
+        }
+        let attempt = job.lease.as_ref().map_or(job.attempts, |l| l.attempt);
+        let worker = self.registration.entry.worker_id.clone();
+        let ready_since = std::time::UNIX_EPOCH + std::time::Duration::from_millis(job.run_at_ms);
+        self.app.tracer.job_span(
+            "drover.lease",
+            opentelemetry::trace::SpanKind::Producer,
+            span,
+            ready_since,
+            &[
+                opentelemetry::KeyValue::new("drover.worker", worker),
+                opentelemetry::KeyValue::new("drover.attempt", i64::from(attempt)),
+            ],
+        );
+        self.traced.insert(
+            (job.id, attempt),
+            Traced {
+                id: job.id,
+                queue: job.queue.clone(),
+                job_type: job.job_type.clone(),
+                tenant: job.tenant.clone(),
+                traceparent: span.traceparent.to_string(),
+                leased_at: std::time::SystemTime::now(),
+            },
+        );
+    }
+
+    /// The completion span of a traced lease: from its hand-out to its
+    /// result, with how it ended.
+    fn trace_result(&mut self, job_id: JobId, attempt: u32, outcome: &str) {
+        let Some(t) = self.traced.remove(&(job_id, attempt)) else {
+            return;
+        };
+        self.app.tracer.job_span(
+            "drover.complete",
+            opentelemetry::trace::SpanKind::Consumer,
+            t.span(),
+            t.leased_at,
+            &[
+                opentelemetry::KeyValue::new("drover.attempt", i64::from(attempt)),
+                opentelemetry::KeyValue::new("drover.outcome", outcome.to_string()),
+            ],
+        );
+    }
+
     fn came_back(&mut self, job_id: JobId, attempt: u32) {
         if let Some(sent) = self.sent_at.remove(&(job_id, attempt)) {
             self.batch.finished(sent.elapsed());
