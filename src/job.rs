@@ -53,20 +53,7 @@ pub const ON_DEPENDENCY_FAILURE_LABEL: &str = "drover.on_dependency_failure";
 /// handed to its workers with each lease.
 pub const TRACEPARENT_LABEL: &str = "drover.traceparent";
 
-/// Whether `s` is a W3C `traceparent` this node keeps: version `00`, a
-/// trace id and a parent id in lower-case hex, neither all zeros, and the
-/// flags (`00-<32 hex>-<16 hex>-<2 hex>`).
-pub fn valid_traceparent(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    let hex = |p: &str, n: usize| {
-        p.len() == n
-            && p.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    matches!(parts.as_slice(), [v, t, p, f]
-        if *v == "00" && hex(t, 32) && hex(p, 16) && hex(f, 2)
-            && t.bytes().any(|b| b != b'0') && p.bytes().any(|b| b != b'0'))
-}
+pub use crate::wire::trace::valid_traceparent;
 /// The run (`tenant/run`) a replayed run's jobs came from.
 pub const REPLAY_OF_LABEL: &str = "drover.replay_of";
 /// Most jobs one job may wait for.

@@ -5,11 +5,8 @@
 
 use std::time::SystemTime;
 
-use opentelemetry::trace::{
-    Span, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
-    Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::{Span, SpanKind, Tracer as _, TracerProvider as _};
+use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 
@@ -54,25 +51,6 @@ impl<'a> SpanJob<'a> {
 #[derive(Clone, Default)]
 pub struct NodeTracer {
     inner: Option<(SdkTracerProvider, opentelemetry_sdk::trace::Tracer)>,
-}
-
-/// The remote parent a `traceparent` names, if it is a valid one.
-fn parent_of(traceparent: &str) -> Option<Context> {
-    if !crate::job::valid_traceparent(traceparent) {
-        return None;
-    }
-    let mut parts = traceparent.split('-').skip(1);
-    let trace_id = TraceId::from_hex(parts.next()?).ok()?;
-    let span_id = SpanId::from_hex(parts.next()?).ok()?;
-    let flags = u8::from_str_radix(parts.next()?, 16).ok()?;
-    let cx = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags),
-        true,
-        TraceState::default(),
-    );
-    Some(Context::new().with_remote_span_context(cx))
 }
 
 impl NodeTracer {
@@ -130,7 +108,7 @@ impl NodeTracer {
         let Some((_, tracer)) = &self.inner else {
             return;
         };
-        let Some(parent) = parent_of(job.traceparent) else {
+        let Some(parent) = crate::wire::trace::remote_parent(job.traceparent) else {
             return;
         };
         let mut attributes = vec![

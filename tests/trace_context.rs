@@ -107,3 +107,82 @@ async fn a_trace_context_goes_from_producer_to_worker() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("traceparent"));
 }
+
+/// The Rust worker runs a traced job's handler in a span of the program's
+/// tracer provider, a child of the job's trace context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_workers_handler_span_is_a_child_of_the_jobs_context() {
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let _ = provider.tracer("test");
+
+    let node = TestNode::start("");
+    let server = node.grpc.as_str();
+    let mut producer = Producer::connect(server).await.unwrap();
+    let traced = pb::NewJob {
+        traceparent: FIELD.into(),
+        ..new_job("rust-traced", "a")
+    };
+    let ids: Vec<u64> = producer
+        .enqueue(vec![traced, new_job("rust-traced", "b")])
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let inside = seen.clone();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let opts = drover::client::worker::WorkerOptions::new(
+        server,
+        "rust-tracer",
+        vec!["rust-traced".into()],
+        2,
+    );
+    let worker = tokio::spawn(drover::client::worker::run(
+        opts,
+        move |job: drover::client::worker::Job| {
+            let inside = inside.clone();
+            async move {
+                let cx = opentelemetry::Context::current();
+                let span = cx.span();
+                let trace_id = format!("{:032x}", span.span_context().trace_id());
+                inside
+                    .lock()
+                    .unwrap()
+                    .push((job.job_id, job.traceparent.clone(), trace_id));
+                Ok(bytes::Bytes::new())
+            }
+        },
+        stop,
+    ));
+    for &id in &ids {
+        wait_state(&node, id, "succeeded").await;
+    }
+    stop_tx.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker).await;
+    let seen = seen.lock().unwrap().clone();
+    let traced = seen.iter().find(|(id, _, _)| *id == ids[0]).unwrap();
+    assert_eq!(traced.1, FIELD);
+    assert_eq!(
+        traced.2, "0af7651916cd43dd8448eb211c80319c",
+        "the handler ran in the job's trace"
+    );
+    let plain = seen.iter().find(|(id, _, _)| *id == ids[1]).unwrap();
+    assert_eq!(plain.1, "");
+    assert_eq!(plain.2, format!("{:032x}", 0), "no context, no span");
+    let spans = exporter.get_finished_spans().unwrap();
+    let handler: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "drover job default")
+        .collect();
+    assert_eq!(handler.len(), 1, "{spans:?}");
+    assert_eq!(
+        format!("{:016x}", handler[0].parent_span_id),
+        "b7ad6b7169203331"
+    );
+}

@@ -101,6 +101,26 @@ impl std::error::Error for JobError {}
 /// Progress reports of held jobs, sent with the next heartbeat.
 type ProgressReports = Arc<std::sync::Mutex<HashMap<(u64, u32), (f32, String)>>>;
 
+/// The OpenTelemetry context a job's handler runs in: a span of the
+/// global tracer provider, child of the job's `traceparent`. None when the
+/// job has no trace context.
+fn job_context(job: &pb::LeasedJob) -> Option<opentelemetry::Context> {
+    use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+    let parent = crate::wire::trace::remote_parent(&job.traceparent)?;
+    let tracer = opentelemetry::global::tracer("drover.worker");
+    let span = tracer
+        .span_builder(format!("drover job {}", job.job_type))
+        .with_kind(SpanKind::Consumer)
+        .with_attributes([
+            opentelemetry::KeyValue::new("drover.job_id", job.job_id as i64),
+            opentelemetry::KeyValue::new("drover.attempt", i64::from(job.attempt)),
+            opentelemetry::KeyValue::new("drover.queue", job.queue.clone()),
+            opentelemetry::KeyValue::new("drover.tenant", job.tenant.clone()),
+        ])
+        .start_with_context(&tracer, &parent);
+    Some(parent.with_span(span))
+}
+
 /// A leased job, as a handler gets it: the lease's fields (through
 /// `Deref`: `job.job_id`, `job.attempt`, `job.payload`, `job.labels`...)
 /// and a way to report progress.
@@ -622,9 +642,11 @@ impl<H: Handler> Runtime<H> {
                     self.held.insert(job.job_id, job.attempt);
                     self.sync_held();
                     let (job_id, attempt) = (job.job_id, job.attempt);
-                    // The handler runs in this span; its `traceparent` is
-                    // the producer's context, for a subscriber that links
-                    // traces (tracing-opentelemetry) to make it the parent.
+                    // With a trace context, the handler runs in an
+                    // OpenTelemetry span that is its child (through the
+                    // global tracer provider the program set, if any).
+                    let otel = job_context(&job);
+                    // And in this tracing span, which names the context.
                     let span = tracing::info_span!(
                         "drover.job",
                         job_id,
@@ -641,18 +663,22 @@ impl<H: Handler> Runtime<H> {
                     };
                     let task = tokio::spawn(async move {
                         // A panicking handler fails its job instead of killing the worker.
-                        let result = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(
-                            handler.run(job),
-                            span,
-                        ))
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(JobError::new(
-                                "handler_panicked",
-                                "the job handler panicked",
-                            ))
-                        });
+                        let run = tracing::Instrument::instrument(handler.run(job), span);
+                        let run = match otel {
+                            Some(cx) => futures::future::Either::Left(
+                                opentelemetry::trace::FutureExt::with_context(run, cx),
+                            ),
+                            None => futures::future::Either::Right(run),
+                        };
+                        let result = std::panic::AssertUnwindSafe(run)
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(JobError::new(
+                                    "handler_panicked",
+                                    "the job handler panicked",
+                                ))
+                            });
                         let _ = tx.send(Done {
                             job_id,
                             attempt,

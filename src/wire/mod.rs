@@ -8,6 +8,7 @@ mod backoff;
 pub mod codec;
 mod credentials;
 mod status;
+pub mod trace;
 
 pub use admin_http::{ErrorBody, ErrorInfo, REASON_HEADER};
 pub use backoff::{jittered, Backoff};
