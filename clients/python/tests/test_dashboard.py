@@ -270,7 +270,7 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
     for page, shows in pages.items():
         browser.get(node.http + "/" + page)
         wait_until(f"{page} to show its content", shows)
-        shot(browser, shots, tmp_path, page.strip("#/"))
+        shot(browser, shots, tmp_path, page.strip("#/").replace("/", "-"))
     browser.get(node.http + "/#/audit?action=queues.drain")
     wait_until("the audit filter", lambda: "nothing" in text_of(browser, "main table"))
     for page in ("#/", "#/queues", "#/queue/emails", "#/jobs", f"#/job/{hostile}", "#/dead", "#/workers", "#/runs", *pages):
