@@ -4,6 +4,7 @@
 // script. The token lives in sessionStorage.
 
 const TOKEN_KEY = "drover-token";
+const API_TIMEOUT_MS = 10000;
 const main = document.getElementById("main");
 let me = { name: "anonymous", role: null, auth: false };
 let timer = null;
@@ -90,7 +91,17 @@ async function api(path, { method = "GET", body, reason } = {}) {
   if (token) headers.authorization = `Bearer ${token}`;
   if (body !== undefined) headers["content-type"] = "application/json";
   if (reason) headers["x-drover-reason"] = reason;
-  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  // A node that hangs answers nothing: after a while that is an error too.
+  const abort = new AbortController();
+  const timeout = setTimeout(() => abort.abort(), API_TIMEOUT_MS);
+  let r;
+  try {
+    r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: abort.signal });
+  } catch (e) {
+    throw new Error(abort.signal.aborted ? `the node did not answer within ${API_TIMEOUT_MS / 1000} s` : `the node could not be reached (${e.message})`);
+  } finally {
+    clearTimeout(timeout);
+  }
   const text = await r.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = { message: text }; }
@@ -183,7 +194,7 @@ async function whoami() {
   try { me = await api("/api/v1/whoami"); } catch { return false; }
   const who = document.getElementById("who");
   who.replaceChildren(me.auth ? `${me.name} (${me.role})` : "no tokens: open node",
-    me.auth ? el("button", { onclick: () => { sessionStorage.removeItem(TOKEN_KEY); showLogin(); }, style: "margin-left:.5rem" }, "Sign out") : null);
+    me.auth ? el("button", { onclick: () => { sessionStorage.removeItem(TOKEN_KEY); who.replaceChildren(); me = { name: "anonymous", role: null, auth: false }; showLogin(); }, style: "margin-left:.5rem" }, "Sign out") : null);
   return true;
 }
 
@@ -415,7 +426,14 @@ async function jobsPage() {
   const q = new URLSearchParams();
   for (const k of ["queue", "tenant", "run", "state", "type", "class", "older_than", "after"]) if (p.get(k)) q.set(k, p.get(k));
   q.set("limit", "100");
-  const page = await api(`/api/v1/jobs?${q}`);
+  let page;
+  try {
+    page = await api(`/api/v1/jobs?${q}`);
+  } catch (e) {
+    // The search stays as typed, with the node's reason under it.
+    if (nav === navigation) main.append(el("p", { class: "bad", id: "search-error" }, `Search refused: ${e.message}`));
+    return;
+  }
   if (nav !== navigation) return;
   const next = new URLSearchParams(p);
   if (page.next) next.set("after", page.next);

@@ -271,6 +271,11 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
         browser.get(node.http + "/" + page)
         wait_until(f"{page} to show its content", shows)
         shot(browser, shots, tmp_path, page.strip("#/").replace("/", "-"))
+    # A refused search keeps what was typed, with the node's reason.
+    browser.get(node.http + "/#/jobs?older_than=soon")
+    refused = wait_until("the search refused", lambda: text_of(browser, "#search-error"))
+    assert "older_than" in refused, refused
+    assert browser.find_element(By.CSS_SELECTOR, 'input[name="older_than"]').get_attribute("value") == "soon"
     browser.get(node.http + "/#/audit?action=queues.drain")
     wait_until("the audit filter", lambda: "nothing" in text_of(browser, "main table"))
     for page in ("#/", "#/queues", "#/queue/emails", "#/jobs", f"#/job/{hostile}", "#/dead", "#/workers", "#/runs", *pages):
@@ -290,6 +295,8 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
 
     # A read-only token: no buttons, and the server refuses the action.
     browser.find_element(By.CSS_SELECTOR, "#who button").click()
+    wait_until("the sign-in form", lambda: browser.find_elements(By.ID, "token"))
+    assert "root" not in text_of(browser, "#who"), "signed out, the old role is gone"
     sign_in(browser, node, reader)
     browser.get(node.http + "/#/queues")
     wait_until("the queues for the reader", lambda: "emails" in browser.find_element(By.ID, "main").text)
