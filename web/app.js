@@ -426,6 +426,7 @@ async function jobsPage() {
   const q = new URLSearchParams();
   for (const k of ["queue", "tenant", "run", "state", "type", "class", "older_than", "after"]) if (p.get(k)) q.set(k, p.get(k));
   q.set("limit", "100");
+  q.set("order", "newest");
   let page;
   try {
     page = await api(`/api/v1/jobs?${q}`);
@@ -438,7 +439,7 @@ async function jobsPage() {
   const next = new URLSearchParams(p);
   if (page.next) next.set("after", page.next);
   main.append(
-    el("p", { class: "muted" }, "Finished jobs come newest first; ready, scheduled and leased ones oldest first (by id)."),
+    el("p", { class: "muted" }, "Newest first."),
     jobsTable(page.jobs),
     el("p", {}, p.get("after") ? el("a", { href: "#/jobs?" + new URLSearchParams([...p].filter(([k]) => k !== "after")) }, "first page") : null,
       p.get("after") && page.next ? " · " : null,

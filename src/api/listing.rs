@@ -22,8 +22,9 @@ pub const MAX_PAGE: usize = 1000;
 
 impl App {
     /// Jobs matching `query`, from the cursor `after` (the `next` of the page
-    /// before): live states and no state in id order, finished states newest
-    /// first. A producer sees only its own jobs.
+    /// before): live states and no state in id order (newest first with
+    /// `query.newest`), finished states newest first. A producer sees only
+    /// its own jobs.
     pub async fn list_jobs(
         &self,
         caller: &Caller,
@@ -72,7 +73,7 @@ impl App {
             }
             // Waiting jobs have no index of their own: the records by id.
             _ => reader
-                .job_ids_after(id_cursor(after)?)?
+                .job_ids_from(id_cursor(after)?, query.newest)?
                 .into_iter()
                 .map(|id| (id.to_string(), id, None))
                 .collect(),

@@ -31,6 +31,9 @@ pub struct JobQuery {
     pub finished_since_ms: Option<u64>,
     /// The time `older_than_ms` is measured at, in ms since the epoch.
     pub now_ms: u64,
+    /// Live states and the unindexed list newest first (by id, from the
+    /// cursor down); finished states are newest first anyway.
+    pub newest: bool,
 }
 
 impl JobQuery {
@@ -99,6 +102,26 @@ impl std::fmt::Display for FinishedCursor {
     }
 }
 
+/// The first `n` ids from the cursor on: the smallest above it, or with
+/// `newest` the largest below it (0: from the top), in that order.
+fn page_of(ids: impl Iterator<Item = JobId>, cursor: JobId, n: usize, newest: bool) -> Vec<JobId> {
+    if !newest {
+        return smallest(ids, cursor, n);
+    }
+    let below = if cursor == 0 { JobId::MAX } else { cursor };
+    let mut heap = std::collections::BinaryHeap::with_capacity(n + 1);
+    for id in ids.filter(|id| *id < below) {
+        let id = std::cmp::Reverse(id);
+        if heap.len() < n {
+            heap.push(id);
+        } else if heap.peek().is_some_and(|top| id < *top) {
+            heap.pop();
+            heap.push(id);
+        }
+    }
+    heap.into_sorted_vec().into_iter().map(|r| r.0).collect()
+}
+
 /// The smallest `n` ids above `after`, in order.
 fn smallest(ids: impl Iterator<Item = JobId>, after: JobId, n: usize) -> Vec<JobId> {
     let mut heap = std::collections::BinaryHeap::with_capacity(n + 1);
@@ -135,14 +158,20 @@ impl Machine {
                 let parked = self.limits.parked_ids(|queue, tenant| {
                     q.queue.as_deref().is_none_or(|w| w == queue) && tenant_ok(tenant)
                 });
-                smallest(ready.chain(parked), after, SCAN_BUDGET)
+                page_of(ready.chain(parked), after, SCAN_BUDGET, q.newest)
             }
-            Some(JobState::Scheduled) => {
-                smallest(self.scheduled.iter().map(|(_, id)| *id), after, SCAN_BUDGET)
-            }
-            Some(JobState::Leased) => {
-                smallest(self.leases.iter().map(|(_, id)| *id), after, SCAN_BUDGET)
-            }
+            Some(JobState::Scheduled) => page_of(
+                self.scheduled.iter().map(|(_, id)| *id),
+                after,
+                SCAN_BUDGET,
+                q.newest,
+            ),
+            Some(JobState::Leased) => page_of(
+                self.leases.iter().map(|(_, id)| *id),
+                after,
+                SCAN_BUDGET,
+                q.newest,
+            ),
             _ => Vec::new(),
         }
     }
@@ -190,13 +219,20 @@ impl JobReader {
         Ok(out)
     }
 
-    /// Job ids above `after` from the job records, at most [`SCAN_BUDGET`].
-    pub fn job_ids_after(&self, after: JobId) -> Result<Vec<JobId>, MachineError> {
+    /// Job ids from the job records from the cursor on, at most
+    /// [`SCAN_BUDGET`]: above it in id order, or with `newest` below it (0:
+    /// from the newest) newest first.
+    pub fn job_ids_from(&self, cursor: JobId, newest: bool) -> Result<Vec<JobId>, MachineError> {
         let tree = self.tree();
-        let start = key(JOB, after.saturating_add(1));
         let mut out = Vec::new();
-        let end = key(JOB, u64::MAX);
-        for item in tree.range(start..=end).keys().take(SCAN_BUDGET) {
+        let ids: Box<dyn Iterator<Item = sled::Result<sled::IVec>>> = if newest {
+            let below = if cursor == 0 { u64::MAX } else { cursor };
+            Box::new(tree.range(key(JOB, 0)..key(JOB, below)).keys().rev())
+        } else {
+            let start = key(JOB, cursor.saturating_add(1));
+            Box::new(tree.range(start..=key(JOB, u64::MAX)).keys())
+        };
+        for item in ids.take(SCAN_BUDGET) {
             out.push(job_key_id(&item?)?);
         }
         Ok(out)
@@ -211,5 +247,14 @@ mod tests {
     fn smallest_keeps_the_first_ids_above_the_cursor_in_order() {
         assert_eq!(smallest([9, 3, 7, 1, 5].into_iter(), 1, 2), vec![3, 5]);
         assert_eq!(smallest([2, 4].into_iter(), 4, 10), Vec::<JobId>::new());
+    }
+
+    #[test]
+    fn newest_pages_go_down_from_the_cursor() {
+        let ids = [9, 3, 7, 1, 5];
+        assert_eq!(page_of(ids.into_iter(), 0, 2, true), vec![9, 7]);
+        assert_eq!(page_of(ids.into_iter(), 7, 2, true), vec![5, 3]);
+        assert_eq!(page_of(ids.into_iter(), 1, 2, true), Vec::<JobId>::new());
+        assert_eq!(page_of(ids.into_iter(), 0, 2, false), vec![1, 3]);
     }
 }

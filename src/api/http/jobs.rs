@@ -223,11 +223,17 @@ pub(super) struct JobsQuery {
     #[serde(default)]
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `oldest` (the default) or `newest`: the order of live states and
+    /// of the list with no state (finished states are newest first).
+    #[serde(default)]
+    #[param(pattern = "^(newest|oldest)$")]
+    order: Option<String>,
 }
 
 /// Jobs by queue, state, tenant, run, error class and age: live states
-/// (ready, scheduled, leased) in id order, finished ones newest first;
-/// served from the state's index, never a scan of every job.
+/// (ready, scheduled, leased) in id order (`order=newest`: newest first),
+/// finished ones newest first; served from the state's index, never a scan
+/// of every job.
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobsQuery),
     responses((status = 200, body = JobsPageBody), ErrorResponses))]
 pub(super) async fn list(
@@ -249,7 +255,18 @@ pub(super) async fn list(
                 .map_err(|reason| Error::invalid("older_than", reason))?,
         ),
     };
+    let newest = match q.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(Error::invalid(
+                "order",
+                format!("{other:?} is not newest or oldest"),
+            ))
+        }
+    };
     let filter = crate::machine::find::JobQuery {
+        newest,
         queue: q.queue,
         state: q.state.map(Into::into),
         tenant: q.tenant,

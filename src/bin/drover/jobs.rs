@@ -141,6 +141,10 @@ pub struct ListArgs {
     /// Go on from this cursor (the `next` a page printed).
     #[arg(long)]
     after: Option<String>,
+    /// Newest first (live states and the list with no --state; finished
+    /// states come newest first anyway).
+    #[arg(long)]
+    newest: bool,
 }
 
 pub async fn enqueue(a: EnqueueArgs) -> Result<()> {
@@ -271,6 +275,9 @@ async fn list(a: ListArgs) -> Result<()> {
         }
     }
     q.append_pair("limit", &a.limit.to_string());
+    if a.newest {
+        q.append_pair("order", "newest");
+    }
     let page: JobsPageBody = a
         .target
         .admin()?
