@@ -168,9 +168,14 @@ def test_the_dashboard(secured: Tuple[Node, str, str], browser: Any, tmp_path: p
     assert "enqueued since" in text_of(browser, "#cards")
     note = text_of(browser, "#chart-note")
     assert "10 s buckets" in note and "since" in note
-    history = json.loads(urllib.request.urlopen(urllib.request.Request(
-        node.http + "/api/v1/history?range=1h", headers={"authorization": f"Bearer {admin}"})).read())
-    assert len(history["points"]) == 360 and sum(pt["enqueued"] for pt in history["points"]) >= 5
+    def history() -> Any:
+        return json.loads(urllib.request.urlopen(urllib.request.Request(
+            node.http + "/api/v1/history?range=1h", headers={"authorization": f"Bearer {admin}"})).read())
+
+    # The node samples its counters once a second: the enqueues are in the
+    # hour's points by the next sample.
+    wait_until("the enqueues in the history", lambda: sum(pt["enqueued"] for pt in history()["points"]) >= 5)
+    assert len(history()["points"]) == 360
     browser.find_element(By.CSS_SELECTOR, 'button[data-range="24h"]').click()
     wait_until("the day's chart", lambda: "300 s buckets" in text_of(browser, "#chart-note"))
     shot(browser, shots, tmp_path, "overview")
