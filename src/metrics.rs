@@ -636,7 +636,7 @@ impl Metrics {
             }
             // Every reason, zeros too: a released hold reads 0, not stale.
             let held = stats.blocked_jobs.get(queue);
-            for reason in crate::machine::blocked::BlockReason::REPLICATED {
+            for &reason in crate::machine::blocked::BlockReason::REPLICATED {
                 let n: u64 = held
                     .into_iter()
                     .flatten()

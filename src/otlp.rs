@@ -34,13 +34,27 @@ pub struct SpanJob<'a> {
 impl<'a> SpanJob<'a> {
     /// Of a job record.
     pub fn of(job: &'a Job) -> SpanJob<'a> {
+        SpanJob::of_parts(job.id, &job.queue, &job.job_type, &job.tenant, &job.labels)
+    }
+
+    /// Of a new job, once the log gave it `id`.
+    pub fn of_new(id: u64, job: &'a crate::job::NewJob) -> SpanJob<'a> {
+        SpanJob::of_parts(id, &job.queue, &job.job_type, &job.tenant, &job.labels)
+    }
+
+    fn of_parts(
+        id: u64,
+        queue: &'a str,
+        job_type: &'a str,
+        tenant: &'a str,
+        labels: &'a std::collections::BTreeMap<String, String>,
+    ) -> SpanJob<'a> {
         SpanJob {
-            id: job.id,
-            queue: &job.queue,
-            job_type: &job.job_type,
-            tenant: &job.tenant,
-            traceparent: job
-                .labels
+            id,
+            queue,
+            job_type,
+            tenant,
+            traceparent: labels
                 .get(crate::job::TRACEPARENT_LABEL)
                 .map_or("", String::as_str),
         }

@@ -230,20 +230,10 @@ impl App {
             let Some(e) = ids.get(*i).filter(|e| !e.duplicate) else {
                 continue;
             };
-            let span = crate::otlp::SpanJob {
-                id: e.id,
-                queue: &job.queue,
-                job_type: &job.job_type,
-                tenant: &job.tenant,
-                traceparent: job
-                    .labels
-                    .get(crate::job::TRACEPARENT_LABEL)
-                    .map_or("", String::as_str),
-            };
             self.tracer.job_span(
                 "drover.enqueue",
                 opentelemetry::trace::SpanKind::Server,
-                span,
+                crate::otlp::SpanJob::of_new(e.id, job),
                 started,
                 &[],
             );

@@ -70,16 +70,9 @@ impl BlockReason {
         BlockReason::NoWorkers,
     ];
 
-    /// The reasons the machine counts (the rest come from the workers).
-    pub const REPLICATED: [BlockReason; 7] = [
-        BlockReason::Paused,
-        BlockReason::TenantPaused,
-        BlockReason::Breaker,
-        BlockReason::DailyCap,
-        BlockReason::Budget,
-        BlockReason::KeyLimit,
-        BlockReason::ConcurrencyLimit,
-    ];
+    /// The reasons the machine counts, the first of [`BlockReason::ALL`]
+    /// (the rest come from the workers).
+    pub const REPLICATED: &'static [BlockReason] = Self::ALL.as_slice().split_at(7).0;
 
     /// The name the APIs, the CLI and the metric's `reason` label use.
     pub fn as_str(self) -> &'static str {
