@@ -27,11 +27,17 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "redis,rabbitmq,jetstream,jetstream3"
+        default_value = "redis,rabbitmq,jetstream,jetstream3",
+        value_parser = ["redis", "rabbitmq", "rabbitmq3", "jetstream", "jetstream3"]
     )]
     peers: Vec<String>,
     /// Workloads, comma separated: enq, e2e, lat.
-    #[arg(long, value_delimiter = ',', default_value = "enq,e2e,lat")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "enq,e2e,lat",
+        value_parser = ["enq", "e2e", "lat"]
+    )]
     only: Vec<String>,
     /// Jobs per throughput run (lat runs a tenth of it).
     #[arg(long, default_value_t = 100_000)]
