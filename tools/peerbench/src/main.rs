@@ -701,27 +701,19 @@ async fn main() -> Result<()> {
     );
     for peer in peers {
         println!("{}", peer.label());
-        if args.only.iter().any(|o| o == "enq") {
+        for what in ["enq", "e2e"] {
+            if !args.only.iter().any(|o| o == what) {
+                continue;
+            }
             let mut runs = Vec::new();
             for _ in 0..args.runs {
-                runs.push(
-                    enq(peer, &args)
-                        .await
-                        .with_context(|| format!("enq on {}", peer.label()))?,
-                );
+                let run = match what {
+                    "enq" => enq(peer, &args).await,
+                    _ => e2e(peer, &args).await,
+                };
+                runs.push(run.with_context(|| format!("{what} on {}", peer.label()))?);
             }
-            print_rate("enq", runs);
-        }
-        if args.only.iter().any(|o| o == "e2e") {
-            let mut runs = Vec::new();
-            for _ in 0..args.runs {
-                runs.push(
-                    e2e(peer, &args)
-                        .await
-                        .with_context(|| format!("e2e on {}", peer.label()))?,
-                );
-            }
-            print_rate("e2e", runs);
+            print_rate(what, runs);
         }
         if args.only.iter().any(|o| o == "lat") {
             let (p50, p99) = lat(peer, &args).await?;
